@@ -1,0 +1,219 @@
+"""Chunk leases: claim with one UPDATE, fence stale attempts, release, quarantine, find expired leases.
+
+The lease is the only lock. `attempt` rises by one at every claim; every write a worker makes for a chunk
+is guarded by `WHERE id = :id AND attempt = :attempt AND status = 'leased'`, so a worker that was paused
+past its lease (and whose chunk another worker has since claimed) can no longer change anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.errors import StaleAttemptError
+from db.jobs import JobProgress, bump_job_counters
+from db.status import ChunkStatus
+from db.tables import Chunk, utcnow
+
+LEASE_SECONDS = 120
+MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Proof that one attempt holds a chunk until `expires_at`."""
+
+    chunk_id: int
+    job_id: str
+    item_id: int
+    start_index: int
+    stop_index: int
+    attempt: int
+    expires_at: dt.datetime
+
+
+def _claimable(now: dt.datetime) -> object:
+    return or_(
+        Chunk.status == ChunkStatus.PENDING,
+        and_(Chunk.status == ChunkStatus.LEASED, Chunk.lease_expires_at < now),
+    )
+
+
+def claim_chunk(
+    session: Session,
+    chunk_id: int,
+    *,
+    worker: str,
+    lease_seconds: float = LEASE_SECONDS,
+    max_attempts: int = MAX_ATTEMPTS,
+    now: dt.datetime | None = None,
+) -> Lease | None:
+    """Take the lease on a chunk in one UPDATE ... RETURNING.
+
+    Succeeds when the chunk is pending, or leased with an expired lease; returns None when it is finished,
+    held by a live lease, or has used up `max_attempts` (the reaper quarantines those).
+    Of two concurrent callers exactly one gets the lease: the row lock (PostgreSQL) or the database
+    write lock (SQLite) makes the second UPDATE see the first one's result.
+    """
+    now = now or utcnow()
+    expires = now + dt.timedelta(seconds=lease_seconds)
+    row = session.execute(
+        update(Chunk)
+        .where(Chunk.id == chunk_id, Chunk.attempt < max_attempts, _claimable(now))  # type: ignore[arg-type]
+        .values(status=ChunkStatus.LEASED, attempt=Chunk.attempt + 1, lease_expires_at=expires, leased_by=worker)
+        .returning(Chunk.job_id, Chunk.item_id, Chunk.start_index, Chunk.stop_index, Chunk.attempt)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        return None
+    job_id, item_id, start, stop, attempt = row
+    return Lease(chunk_id, job_id, item_id, start, stop, attempt, expires)
+
+
+def _fenced(lease: Lease) -> object:
+    return and_(Chunk.id == lease.chunk_id, Chunk.attempt == lease.attempt, Chunk.status == ChunkStatus.LEASED)
+
+
+def assert_lease(session: Session, lease: Lease) -> None:
+    """Raise `StaleAttemptError` unless `lease` still holds its chunk; locks the chunk row on PostgreSQL.
+
+    Call it first in a transaction whose other writes (image rows) must come from the lease holder only.
+    """
+    result = session.execute(
+        update(Chunk)
+        .where(_fenced(lease))  # type: ignore[arg-type]
+        .values(leased_by=Chunk.leased_by)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleAttemptError(f"chunk {lease.chunk_id}: attempt {lease.attempt} no longer holds the lease")
+
+
+def renew_lease(
+    session: Session, lease: Lease, *, lease_seconds: float = LEASE_SECONDS, now: dt.datetime | None = None
+) -> Lease:
+    """Extend a live lease (long chunks call this between batches); raises `StaleAttemptError` if lost.
+
+    A lease that has already expired can still be renewed as long as no other attempt claimed the chunk.
+    """
+    expires = (now or utcnow()) + dt.timedelta(seconds=lease_seconds)
+    result = session.execute(
+        update(Chunk)
+        .where(_fenced(lease))  # type: ignore[arg-type]
+        .values(lease_expires_at=expires)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleAttemptError(f"chunk {lease.chunk_id}: attempt {lease.attempt} lost its lease")
+    return Lease(lease.chunk_id, lease.job_id, lease.item_id, lease.start_index, lease.stop_index, lease.attempt, expires)
+
+
+def complete_chunk(
+    session: Session, lease: Lease, *, done: int, failed: int = 0, rejected: int = 0, now: dt.datetime | None = None
+) -> JobProgress:
+    """Mark the chunk succeeded and add its counts to the job, in the caller's transaction.
+
+    Fenced: raises `StaleAttemptError` when the lease was lost, so counters move exactly once per chunk.
+    """
+    result = session.execute(
+        update(Chunk)
+        .where(_fenced(lease))  # type: ignore[arg-type]
+        .values(
+            status=ChunkStatus.SUCCEEDED,
+            lease_expires_at=None,
+            finished_at=now or utcnow(),
+            images_done=done,
+            images_failed=failed,
+            images_rejected=rejected,
+            last_error=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleAttemptError(f"chunk {lease.chunk_id}: attempt {lease.attempt} cannot complete, lease lost")
+    return bump_job_counters(session, lease.job_id, done=done, failed=failed, rejected=rejected)
+
+
+def release_chunk(session: Session, lease: Lease, *, error: str | None = None) -> bool:
+    """Give the lease back at once (graceful shutdown, retryable failure): the chunk is pending again.
+
+    Returns False when the lease was already lost (nothing to release).
+    """
+    result = session.execute(
+        update(Chunk)
+        .where(_fenced(lease))  # type: ignore[arg-type]
+        .values(status=ChunkStatus.PENDING, lease_expires_at=None, leased_by=None, last_error=error)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def cancel_chunk(session: Session, chunk_id: int, *, attempt: int | None = None) -> bool:
+    """Mark a not-yet-finished chunk cancelled (fenced by `attempt` when given); returns True if it changed."""
+    query = update(Chunk).where(Chunk.id == chunk_id, Chunk.status.in_([ChunkStatus.PENDING, ChunkStatus.LEASED]))
+    if attempt is not None:
+        query = query.where(Chunk.attempt == attempt)
+    result = session.execute(
+        query.values(status=ChunkStatus.CANCELLED, lease_expires_at=None, finished_at=utcnow()).execution_options(
+            synchronize_session=False
+        )
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def mark_quarantined(session: Session, chunk_id: int, *, error: str, attempt: int | None = None) -> bool:
+    """Move a pending or leased chunk to quarantined (fenced by `attempt` when given).
+
+    Only the status changes here; the caller (the worker or the reaper) writes the failed image rows and
+    bumps the job counters in the same transaction. Returns True when this call made the change.
+    """
+    query = update(Chunk).where(Chunk.id == chunk_id, Chunk.status.in_([ChunkStatus.PENDING, ChunkStatus.LEASED]))
+    if attempt is not None:
+        query = query.where(Chunk.attempt == attempt)
+    result = session.execute(
+        query.values(
+            status=ChunkStatus.QUARANTINED, lease_expires_at=None, last_error=error, finished_at=utcnow()
+        ).execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def find_expired_leases(session: Session, *, now: dt.datetime | None = None, limit: int = 1000) -> Sequence[Chunk]:
+    """Chunks whose lease ran out: their worker died or hung. The reaper re-enqueues or quarantines them."""
+    now = now or utcnow()
+    return session.scalars(
+        select(Chunk)
+        .where(Chunk.status == ChunkStatus.LEASED, Chunk.lease_expires_at < now)
+        .order_by(Chunk.id)
+        .limit(limit)
+    ).all()
+
+
+def find_stale_pending(
+    session: Session, *, enqueued_before: dt.datetime, limit: int = 1000
+) -> Sequence[Chunk]:
+    """Pending chunks published before `enqueued_before` (their message may be lost, e.g. Redis restarted empty)."""
+    return session.scalars(
+        select(Chunk)
+        .where(
+            Chunk.status == ChunkStatus.PENDING,
+            or_(Chunk.enqueued_at.is_(None), Chunk.enqueued_at < enqueued_before),
+        )
+        .order_by(Chunk.id)
+        .limit(limit)
+    ).all()
+
+
+def mark_enqueued(session: Session, chunk_ids: Sequence[int], *, now: dt.datetime | None = None) -> None:
+    """Record when the chunks' messages were (re)published, so the reaper can tell lost messages apart."""
+    if chunk_ids:
+        session.execute(
+            update(Chunk)
+            .where(Chunk.id.in_(chunk_ids))
+            .values(enqueued_at=now or utcnow())
+            .execution_options(synchronize_session=False)
+        )

@@ -1,0 +1,62 @@
+"""Engines and sessions: one engine per process, built from `DatabaseSettings` in the entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.settings import DatabaseSettings, DataSettings
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+
+def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
+    """Create an engine; SQLite gets WAL, a busy timeout and foreign keys so several processes can share it."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not pysqlite, emit BEGIN — and make it BEGIN IMMEDIATE so that two writers
+            # serialize at the start of a transaction instead of deadlocking on a lock upgrade.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, echo=echo, pool_size=pool_size, pool_pre_ping=True, max_overflow=pool_size)
+
+
+def engine_from_settings(db: DatabaseSettings | None = None, data: DataSettings | None = None) -> Engine:
+    """Build the process's engine from settings (read from the environment when not given)."""
+    db = db or DatabaseSettings()
+    return make_engine(db.url(data), echo=db.database_echo, pool_size=db.database_pool_size)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory that keeps loaded attributes usable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any exception."""
+    with factory() as session, session.begin():
+        yield session

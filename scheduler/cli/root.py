@@ -1,0 +1,64 @@
+"""Root of the `catalogan` command: global options, `version`, and the lazily-loaded groups."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import PackageNotFoundError, version
+
+import click
+
+from scheduler.cli.lazy import LazyGroup
+
+# name -> "module:command". Groups that import torch are only imported when invoked.
+LAZY_SUBCOMMANDS: dict[str, str] = {
+    "db": "scheduler.cli.db_commands:db",
+}
+LAZY_HELP: dict[str, str] = {
+    "db": "Create or upgrade the SQL schema (Alembic migrations).",
+}
+
+
+def package_version() -> str:
+    """The installed version of the `catalogan` distribution."""
+    try:
+        return version("catalogan")
+    except PackageNotFoundError:  # running from a source tree without `pip install -e .`
+        return "0+unknown"
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_subcommands=LAZY_SUBCOMMANDS,
+    lazy_help=LAZY_HELP,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
+def cli() -> None:
+    """catalogan — bulk e-commerce product images from class-conditional GANs.
+
+    Settings come from CATALOGAN_* environment variables (see docs/configuration.md);
+    with none set, everything runs embedded under ./catalogan-data/.
+
+    Example:
+
+        catalogan generate --category Sneaker=16 --seed 7 --out out/
+    """
+
+
+@cli.command("version")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def version_command(as_json: bool) -> None:
+    """Print the catalogan version.
+
+    Example:
+
+        catalogan version --json
+    """
+    if as_json:
+        click.echo(json.dumps({"version": package_version()}))
+    else:
+        click.echo(f"catalogan {package_version()}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="catalogan")
