@@ -1,0 +1,62 @@
+"""The object-store interface. Three implementations: S3 (boto3), a local folder, and in-memory.
+
+Keys are relative, `/`-separated, and validated by `validate_key` before any backend sees them.
+Every backend raises only `db.errors` storage errors.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a listing returns for one object."""
+
+    key: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class PresignedUrl:
+    """A time-limited GET URL for one object."""
+
+    url: str
+    expires_at: dt.datetime
+
+
+class ObjectStore(abc.ABC):
+    """A flat key → bytes store rooted at a prefix (an S3 bucket/prefix, a folder, a dict)."""
+
+    url: str  # the URL the store was built from, e.g. s3://bucket/prefix
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+        """Store `data` under `key`, replacing any object there; readers never see a partial object."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """Return the object's bytes; raise `ObjectNotFoundError` when there is none."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool:
+        """True when an object is stored under `key`."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object under `key`; deleting a missing key is not an error."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield the objects whose keys start with `prefix`, in key order."""
+
+    @abc.abstractmethod
+    def presign(self, key: str, *, expires_in_seconds: int) -> PresignedUrl:
+        """A GET URL valid for `expires_in_seconds` (a `file://` URI for local folders)."""
+
+    def uri(self, key: str) -> str:
+        """The full URI of `key` in this store (e.g. `s3://bucket/prefix/key`)."""
+        return f"{self.url.rstrip('/')}/{key}"
