@@ -1,0 +1,189 @@
+"""S3 object store (`s3://bucket/prefix`) via boto3: AWS, MinIO, SeaweedFS.
+
+Credentials, region and endpoint come the standard AWS way (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+`AWS_REGION`, `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3`, profiles, instance roles). With a custom endpoint,
+buckets are addressed path-style (`http://host:port/bucket/key`), which every S3-compatible server accepts.
+
+boto3/botocore exceptions never leave this module: they become `ObjectNotFoundError` (no such key),
+`TransientStorageError` (throttling, 5xx, timeouts, refused connections — worth retrying) or
+`StorageError` (everything else: no such bucket, access denied, missing credentials).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    ResponseStreamingError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+
+from db.errors import ObjectNotFoundError, StorageError, TransientStorageError
+from db.storage.base import ObjectInfo, ObjectStore, PresignedUrl
+from db.storage.keys import validate_key, validate_prefix
+from db.storage.presign import check_expiry
+
+# Total attempts per call, first one included (botocore "standard" mode backs off exponentially with jitter).
+S3_MAX_ATTEMPTS = 5
+S3_CONNECT_TIMEOUT_SECONDS = 5
+S3_READ_TIMEOUT_SECONDS = 60
+S3_MAX_POOL_CONNECTIONS = 32  # workers upload from a thread pool; boto3's default of 10 would queue them
+
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "503",
+        "500",
+    }
+)
+_TRANSIENT_BOTO = (BotoConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError)
+
+
+def custom_endpoint() -> str | None:
+    """The S3 endpoint from the environment (`AWS_ENDPOINT_URL_S3` wins over `AWS_ENDPOINT_URL`), if any."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def client_config(*, path_style: bool) -> Config:
+    """The botocore config every catalogan S3 client uses: standard retries, bounded timeouts, SigV4."""
+    return Config(
+        retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
+        connect_timeout=S3_CONNECT_TIMEOUT_SECONDS,
+        read_timeout=S3_READ_TIMEOUT_SECONDS,
+        max_pool_connections=S3_MAX_POOL_CONNECTIONS,
+        signature_version="s3v4",
+        s3={"addressing_style": "path" if path_style else "auto"},
+    )
+
+
+def make_s3_client(endpoint_url: str | None = None) -> Any:
+    """A boto3 S3 client configured the catalogan way (endpoint from the environment unless given)."""
+    endpoint = endpoint_url or custom_endpoint()
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint, config=client_config(path_style=endpoint is not None)
+    )
+
+
+def translate_error(exc: Exception, what: str) -> StorageError:
+    """The project error for a boto3/botocore exception raised while doing `what` (e.g. "get s3://b/k")."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        message = f"{what}: {code or status} {error.get('Message', '')}".rstrip()
+        if code in _NOT_FOUND_CODES:
+            return ObjectNotFoundError(message)
+        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+            return TransientStorageError(message)
+        return StorageError(message)
+    if isinstance(exc, NoCredentialsError):
+        return StorageError(f"{what}: no AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+    if isinstance(exc, _TRANSIENT_BOTO):
+        return TransientStorageError(f"{what}: {exc}")
+    return StorageError(f"{what}: {exc}")
+
+
+@contextmanager
+def _boundary(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise translate_error(exc, what) from exc
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """Split `s3://bucket/prefix` into (bucket, prefix); the prefix is "" or a valid key without a trailing /."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise StorageError(f"{url!r}: expected s3://bucket or s3://bucket/prefix")
+    if parts.query or parts.fragment:
+        raise StorageError(f"{url!r}: an s3:// URL takes no query or fragment")
+    prefix = parts.path.strip("/")
+    if prefix:
+        validate_key(prefix)
+    return parts.netloc, prefix
+
+
+class S3Store(ObjectStore):
+    """Objects in one S3 bucket under an optional key prefix."""
+
+    def __init__(self, url: str, *, client: Any | None = None) -> None:
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        self.client = client if client is not None else make_s3_client()
+
+    def _full(self, key: str) -> str:
+        validate_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+        """Upload `data` in one PUT (S3 makes it visible atomically)."""
+        full = self._full(key)
+        with _boundary(f"put {self.uri(key)}"):
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentType=content_type)
+
+    def get(self, key: str) -> bytes:
+        """Download the object; raise `ObjectNotFoundError` when there is none."""
+        full = self._full(key)
+        with _boundary(f"get {self.uri(key)}"):
+            response = self.client.get_object(Bucket=self.bucket, Key=full)
+            with response["Body"] as body:
+                return bytes(body.read())
+
+    def exists(self, key: str) -> bool:
+        """True when a HEAD on the key succeeds."""
+        full = self._full(key)
+        try:
+            with _boundary(f"head {self.uri(key)}"):
+                self.client.head_object(Bucket=self.bucket, Key=full)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        """Delete the object (S3 treats a missing key as success)."""
+        full = self._full(key)
+        with _boundary(f"delete {self.uri(key)}"):
+            self.client.delete_object(Bucket=self.bucket, Key=full)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield the objects under `prefix` page by page; S3 returns keys in UTF-8 byte (= key) order."""
+        validate_prefix(prefix)
+        full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        with _boundary(f"list {self.url}/{prefix}"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(item["Key"][strip:], int(item["Size"]))
+
+    def presign(self, key: str, *, expires_in_seconds: int) -> PresignedUrl:
+        """A SigV4 presigned GET URL valid for `expires_in_seconds` (at most 7 days)."""
+        full = self._full(key)
+        expires_at = check_expiry(expires_in_seconds)
+        with _boundary(f"presign {self.uri(key)}"):
+            url = self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=expires_in_seconds
+            )
+        return PresignedUrl(str(url), expires_at)
