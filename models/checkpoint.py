@@ -1,0 +1,125 @@
+"""The checkpoint format: weights + metadata with a format version, to and from bytes, through the object store.
+
+A checkpoint is a dict saved with `torch.save` and read back with `weights_only=True` (no pickled code):
+
+    format_version  int, CHECKPOINT_FORMAT_VERSION
+    kind            "full" (resumable training state) or "generator" (G_ema + config: what inference needs)
+    preset          the preset name it was trained with
+    model_config    ModelConfig.to_dict();  train_config  TrainConfig.to_dict() (full only)
+    step            optimiser steps done
+    generator_ema   state dict (both kinds)
+    generator, discriminator, optimizer_g, optimizer_d   state dicts (full only)
+    rng             {"torch": ByteTensor, "numpy": {...}, "python": [...]} of the writing process (full only)
+    history         {"step": [...], "loss_d": [...], "loss_g": [...]}: the loss curve so far (full only)
+    data_fingerprint  str identifying the training data
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from db.storage.base import ObjectStore
+from models.errors import CheckpointError
+
+CHECKPOINT_FORMAT_VERSION = 1
+FULL = "full"
+GENERATOR = "generator"
+FULL_KEYS = (
+    "generator",
+    "generator_ema",
+    "discriminator",
+    "optimizer_g",
+    "optimizer_d",
+    "rng",
+    "train_config",
+)
+GENERATOR_KEYS = ("generator_ema", "model_config")
+
+
+def sha256_hex(data: bytes) -> str:
+    """The lowercase hex sha256 of `data` (what the registry and model cards record)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def checkpoint_to_bytes(payload: dict[str, Any]) -> bytes:
+    """Serialise a checkpoint dict (format version added) to bytes."""
+    buffer = io.BytesIO()
+    torch.save({**payload, "format_version": CHECKPOINT_FORMAT_VERSION}, buffer)
+    return buffer.getvalue()
+
+
+def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
+    """Read checkpoint bytes; raise `CheckpointError` when unreadable, of another version, or incomplete."""
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors…
+        raise CheckpointError(f"unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict):
+        raise CheckpointError("unreadable checkpoint: not a dict")
+    version = payload.get("format_version")
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint format version {version!r}; this catalogan reads {CHECKPOINT_FORMAT_VERSION}"
+        )
+    required = FULL_KEYS + GENERATOR_KEYS if payload.get("kind") == FULL else GENERATOR_KEYS
+    missing = [key for key in required if key not in payload]
+    if missing:
+        raise CheckpointError(f"incomplete {payload.get('kind')!r} checkpoint: missing {', '.join(missing)}")
+    return payload
+
+
+def generator_only(payload: dict[str, Any]) -> dict[str, Any]:
+    """Strip a full checkpoint down to what inference needs: G_ema, configs, step, fingerprint (a few MB)."""
+    keep = ("preset", "model_config", "train_config", "step", "generator_ema", "data_fingerprint", "metrics")
+    return {**{key: payload[key] for key in keep if key in payload}, "kind": GENERATOR}
+
+
+def capture_rng_states() -> dict[str, Any]:
+    """The torch, numpy and python RNG states of this process, as weights-only-loadable values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, state, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": [version, list(state), gauss_next],
+    }
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Put back RNG states captured by `capture_rng_states`."""
+    torch.set_rng_state(states["torch"])
+    numpy_state = states["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached"],
+        )
+    )
+    version, state, gauss_next = states["python"]
+    random.setstate((version, tuple(state), gauss_next))
+
+
+def save_checkpoint(store: ObjectStore, key: str, payload: dict[str, Any]) -> str:
+    """Write a checkpoint to the object store under `key`; return its URI."""
+    store.put(key, checkpoint_to_bytes(payload))
+    return store.uri(key)
+
+
+def load_checkpoint(store: ObjectStore, key: str) -> dict[str, Any]:
+    """Read and validate the checkpoint under `key` (raises `ObjectNotFoundError`, `CheckpointError`)."""
+    return checkpoint_from_bytes(store.get(key))

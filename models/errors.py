@@ -1,0 +1,35 @@
+"""Errors raised by the models package (training, checkpoints, registry).
+
+    CataloganError (db.errors)
+    └── ModelError                    raised by models/
+        ├── UnknownPresetError        a preset name that `PRESETS` does not hold (also a ValueError)
+        ├── CheckpointError           checkpoint bytes that cannot be read or are of another format version
+        ├── TrainingError             a training run that cannot start or continue (e.g. nothing to resume)
+        └── PromotionRefusedError     a promotion below the metric gates without --force (a ConflictError)
+
+Data problems raise `models.data.errors.DataError`; registry look-ups raise `db.errors.NotFoundError`.
+"""
+
+from __future__ import annotations
+
+from db.errors import CataloganError, ConflictError
+
+
+class ModelError(CataloganError):
+    """Raised by the models package."""
+
+
+class UnknownPresetError(ModelError, ValueError):
+    """Raised when a preset name is not one of `models.config.PRESETS`."""
+
+
+class CheckpointError(ModelError):
+    """Raised when checkpoint bytes are unreadable, incomplete or of an unsupported format version."""
+
+
+class TrainingError(ModelError):
+    """Raised when a training run cannot start or continue (bad arguments, nothing to resume from)."""
+
+
+class PromotionRefusedError(ModelError, ConflictError):
+    """Raised when a model version is promoted below the configured metric gates without `force`."""
