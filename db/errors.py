@@ -7,6 +7,8 @@
         ├── InvalidTransitionError a status change the transitions map does not allow
         ├── StaleAttemptError      a write from an attempt that no longer holds the lease
         ├── ConflictError          a uniqueness rule was broken (idempotency key, name@version)
+        ├── AuthenticationError    an API key is unknown, malformed or revoked
+        ├── PlanningError          a job spec broke a rule (names the field and the rule; also a ValueError)
         └── StorageError           the object store failed
             ├── InvalidKeyError    a key broke a naming rule (permanent)
             ├── ObjectNotFoundError the key holds no object (permanent)
@@ -44,6 +46,14 @@ class StaleAttemptError(DbError):
 
 class ConflictError(DbError):
     """Raised when a write would break a uniqueness rule (idempotency key, model name@version)."""
+
+
+class PlanningError(DbError, ValueError):
+    """Raised when a job spec breaks a rule; the message names the field (e.g. `items[2].count`) and the rule."""
+
+
+class AuthenticationError(DbError):
+    """Raised when an API key is unknown, malformed or revoked (the message never echoes the key)."""
 
 
 class StorageError(DbError):

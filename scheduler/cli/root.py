@@ -12,9 +12,15 @@ from scheduler.cli.lazy import LazyGroup
 # name -> "module:command". Groups that import torch are only imported when invoked.
 LAZY_SUBCOMMANDS: dict[str, str] = {
     "db": "scheduler.cli.db_commands:db",
+    "worker": "workers.cli:worker",
+    "generate": "workers.cli:generate",
+    "beat": "scheduler.cli.beat_commands:beat",
 }
 LAZY_HELP: dict[str, str] = {
     "db": "Create or upgrade the SQL schema (Alembic migrations).",
+    "worker": "Run a generation worker (one process per GPU, Celery solo pool).",
+    "generate": "Generate images with a real job and export them to a folder.",
+    "beat": "Run the reaper loop: re-enqueue lost chunks, quarantine, finalize stragglers.",
 }
 
 

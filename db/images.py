@@ -1,0 +1,201 @@
+"""Image rows: deterministic keys, fenced bulk upserts, failed rows for quarantined chunks, manifest listing.
+
+One row per (job, index), enforced by a unique constraint. Writes use INSERT ... ON CONFLICT DO UPDATE
+(PostgreSQL and SQLite dialects), so a chunk that runs twice writes the same rows again, never a second row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Insert, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.chunks import Lease, assert_lease
+from db.status import ImageStatus
+from db.storage.keys import validate_key
+from db.tables import Image, JobItem, utcnow
+
+# Rows per INSERT statement: SQLite allows 32,766 bound variables; 15 columns x 1,000 rows stays under.
+UPSERT_BATCH_ROWS = 1000
+LIST_BATCH_ROWS = 5000
+
+CONTENT_TYPES = {"png": "image/png", "webp": "image/webp"}
+
+
+def image_folder(category: str, sku: str | None) -> str:
+    """The folder of an image under its job: the SKU when the item has one, else the category."""
+    return sku if sku else category
+
+
+def image_key(tenant_id: str, job_id: str, folder: str, index: int, output_format: str) -> str:
+    """`<tenant>/jobs/<job_id>/<category-or-sku>/<index:08d>.<ext>`, validated."""
+    return validate_key(f"{tenant_id}/jobs/{job_id}/{folder}/{index:08d}.{output_format}")
+
+
+def manifest_keys(tenant_id: str, job_id: str) -> tuple[str, str]:
+    """The JSONL and Parquet manifest keys of a job."""
+    base = f"{tenant_id}/jobs/{job_id}/manifest"
+    return validate_key(base + ".jsonl"), validate_key(base + ".parquet")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """What a worker knows about one finished image."""
+
+    index: int
+    category: str
+    sku: str | None
+    key: str
+    sha256: str
+    size_bytes: int
+    width: int
+    height: int
+
+
+def _insert_for(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _upsert(session: Session, rows: list[dict[str, Any]], update_columns: Sequence[str]) -> None:
+    insert = _insert_for(session)
+    for start in range(0, len(rows), UPSERT_BATCH_ROWS):
+        statement: Insert = insert(Image).values(rows[start : start + UPSERT_BATCH_ROWS])
+        excluded = statement.excluded  # type: ignore[attr-defined]
+        statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
+            index_elements=[Image.job_id, Image.index],
+            set_={column: getattr(excluded, column) for column in update_columns},
+        )
+        session.execute(statement)
+
+
+def upsert_images(
+    session: Session, lease: Lease, records: Sequence[ImageRecord], *, now: dt.datetime | None = None
+) -> None:
+    """Write succeeded image rows for a chunk, fenced: raises `StaleAttemptError` if `lease` was lost.
+
+    Runs in the caller's transaction. A row already there (a rerun) gets the same values again; its
+    `created_at` stays as first written.
+    """
+    assert_lease(session, lease)
+    if not records:
+        return
+    now = now or utcnow()
+    rows = [
+        {
+            "job_id": lease.job_id,
+            "chunk_id": lease.chunk_id,
+            "index": record.index,
+            "category": record.category,
+            "sku": record.sku,
+            "key": record.key,
+            "sha256": record.sha256,
+            "size_bytes": record.size_bytes,
+            "width": record.width,
+            "height": record.height,
+            "status": ImageStatus.SUCCEEDED,
+            "error": None,
+            "redraws": 0,
+            "attempt": lease.attempt,
+            "created_at": now,
+        }
+        for record in records
+    ]
+    _upsert(
+        session,
+        rows,
+        ["chunk_id", "key", "sha256", "size_bytes", "width", "height", "status", "error", "attempt"],
+    )
+
+
+def write_failed_images(
+    session: Session,
+    *,
+    job_id: str,
+    chunk_id: int,
+    item: JobItem,
+    start: int,
+    stop: int,
+    attempt: int,
+    error: str,
+) -> None:
+    """Mark every image of `[start, stop)` without a succeeded row as failed with `error` (quarantine).
+
+    Images a previous attempt already finished keep their succeeded rows.
+    """
+    succeeded = set(
+        session.scalars(
+            select(Image.index).where(
+                Image.job_id == job_id,
+                Image.index >= start,
+                Image.index < stop,
+                Image.status == ImageStatus.SUCCEEDED,
+            )
+        )
+    )
+    now = utcnow()
+    rows = [
+        {
+            "job_id": job_id,
+            "chunk_id": chunk_id,
+            "index": index,
+            "category": item.category,
+            "sku": item.sku,
+            "key": None,
+            "sha256": None,
+            "size_bytes": None,
+            "width": None,
+            "height": None,
+            "status": ImageStatus.FAILED,
+            "error": error,
+            "redraws": 0,
+            "attempt": attempt,
+            "created_at": now,
+        }
+        for index in range(start, stop)
+        if index not in succeeded
+    ]
+    if rows:
+        _upsert(
+            session, rows, ["status", "error", "attempt", "key", "sha256", "size_bytes", "width", "height"]
+        )
+
+
+def count_chunk_images(session: Session, job_id: str, start: int, stop: int, status: ImageStatus) -> int:
+    """How many images of `[start, stop)` have a row with `status`."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Image)
+            .where(Image.job_id == job_id, Image.index >= start, Image.index < stop, Image.status == status)
+        )
+        or 0
+    )
+
+
+def count_images(session: Session, job_id: str, status: ImageStatus | None = None) -> int:
+    """How many image rows a job has (with `status`, when given)."""
+    query = select(func.count()).select_from(Image).where(Image.job_id == job_id)
+    if status is not None:
+        query = query.where(Image.status == status)
+    return int(session.scalar(query) or 0)
+
+
+def iter_job_images(session: Session, job_id: str, *, batch_rows: int = LIST_BATCH_ROWS) -> Iterator[Image]:
+    """Every image row of a job in index order, read in keyset-paginated batches (for manifests, exports)."""
+    last = -1
+    while True:
+        batch = session.scalars(
+            select(Image)
+            .where(Image.job_id == job_id, Image.index > last)
+            .order_by(Image.index)
+            .limit(batch_rows)
+        ).all()
+        if not batch:
+            return
+        yield from batch
+        last = batch[-1].index

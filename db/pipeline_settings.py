@@ -1,0 +1,59 @@
+"""Settings of the generation pipeline, shared by workers and the reaper (`CATALOGAN_*` variables).
+
+Torch-free on purpose: `scheduler` (the reaper) reads the same lease and attempt limits as `workers`.
+Tests shorten `lease_seconds` and the reaper intervals through the environment of the processes they start.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from db.chunks import LEASE_SECONDS, MAX_ATTEMPTS
+
+DEFAULT_QUEUES = "interactive,bulk,backfill"
+
+
+def _config() -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix="CATALOGAN_", extra="ignore", frozen=True)
+
+
+class WorkerSettings(BaseSettings):
+    """How a `catalogan worker` process runs chunks."""
+
+    model_config = _config()
+
+    lease_seconds: float = Field(default=LEASE_SECONDS, gt=0, le=3600, description="Chunk lease length.")
+    max_attempts: int = Field(default=MAX_ATTEMPTS, ge=1, le=100, description="Claims before quarantine.")
+    batch_size: int = Field(default=64, ge=1, le=4096, description="Images per forward pass.")
+    upload_threads: int = Field(default=8, ge=1, le=128, description="Encode + upload threads per worker.")
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    queues: str = Field(default=DEFAULT_QUEUES, description="Comma-separated queues this worker consumes.")
+    retry_delay_seconds: float = Field(
+        default=2.0, ge=0, le=600, description="Wait before a failed chunk reruns."
+    )
+    generator_cache_size: int = Field(default=2, ge=1, le=32, description="Model versions kept loaded.")
+    # Fault injection (job option `test_fail_chunk_starts`) is honoured only when this is set; tests only.
+    test_faults: bool = Field(default=False, description="CATALOGAN_TEST_FAULTS=1 enables fault injection.")
+
+    @property
+    def queue_names(self) -> list[str]:
+        """The queues as a list."""
+        return [name.strip() for name in self.queues.split(",") if name.strip()]
+
+
+class ReaperSettings(BaseSettings):
+    """How often `catalogan beat` repairs the pipeline, and when it considers a message lost."""
+
+    model_config = _config()
+
+    reaper_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    max_attempts: int = Field(default=MAX_ATTEMPTS, ge=1, le=100)
+    # A pending chunk published longer ago than this *and* sitting behind an empty (short) broker queue has
+    # lost its message: nothing in the queue can still deliver it.
+    republish_after_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    queue_short_threshold: int = Field(default=0, ge=0, le=100_000, description="'Short' queue depth.")
+    finalize_grace_seconds: float = Field(default=30.0, ge=0, le=86_400)
+    reaper_batch_limit: int = Field(
+        default=1000, ge=1, le=100_000, description="Rows handled per step and tick."
+    )

@@ -1,0 +1,48 @@
+"""The clock of `catalogan beat`: a plain loop that runs periodic steps every few seconds.
+
+A plain loop, not Celery beat, because the reaper repairs the broker's losses and so must not depend on
+the broker to be scheduled (see docs/architecture.md). Other periodic steps (webhook dispatch, retention)
+register as more `PeriodicStep`s. A failing step is logged and retried at the next tick; the loop never dies
+of a database or broker outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodicStep:
+    """A named callable run every `interval_seconds`."""
+
+    name: str
+    interval_seconds: float
+    run: Callable[[], object]
+
+
+def run_periodic(steps: Sequence[PeriodicStep], stop: threading.Event, *, once: bool = False) -> int:
+    """Run each step when it is due until `stop` is set (or one round, with `once`); returns failed runs."""
+    next_due = {step.name: 0.0 for step in steps}
+    failures = 0
+    while not stop.is_set():
+        now = time.monotonic()
+        for step in steps:
+            if now < next_due[step.name]:
+                continue
+            try:
+                step.run()
+            except Exception:
+                failures += 1
+                logger.exception("periodic step %s failed; retrying next tick", step.name)
+            next_due[step.name] = time.monotonic() + step.interval_seconds
+        if once:
+            break
+        wait = min(next_due.values()) - time.monotonic()
+        stop.wait(max(0.05, wait))
+    return failures

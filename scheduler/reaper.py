@@ -1,0 +1,233 @@
+"""The reaper: repairs the pipeline from SQL, the source of truth, whatever the broker lost.
+
+One `reap_once` pass, every few seconds from `catalogan beat`:
+
+1. expired leases (a worker died or hung): quarantine at `max_attempts`, else release and re-publish;
+2. pending chunks out of attempts (a worker released its last one): quarantine;
+3. lost messages: pending chunks published more than `republish_after_seconds` ago are re-published, but
+   only for a queue whose broker depth is at most `queue_short_threshold` — while a queue still holds
+   messages, an old pending chunk is just waiting its turn, and re-publishing would flood the queue. When
+   Redis restarted empty (or a publish after commit never happened), the queue is empty and every stale
+   pending chunk goes back in, once per `republish_after_seconds`;
+4. cancelling jobs: their pending chunks are cancelled (counted), so they finish without a worker;
+5. stragglers: a job whose chunks are all finished but which is not terminal (a crash between the last
+   chunk's commit and its finalize) gets a `finalize_job` task, at most once per `finalize_grace_seconds`.
+
+Torch-free and broker-agnostic: it publishes by task name through `db.messaging`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.chunk_outcomes import cancel_pending_chunks, quarantine_chunk
+from db.chunks import Lease, find_expired_leases, mark_enqueued, release_chunk
+from db.engine import transaction
+from db.jobs import JobProgress
+from db.messaging import QUEUE_NAMES, Publisher
+from db.pipeline_settings import ReaperSettings
+from db.status import JOB_TERMINAL, ChunkStatus
+from db.tables import Chunk, Job, utcnow
+
+logger = logging.getLogger(__name__)
+
+QueueDepth = Callable[[str], int]
+FinalizePublisher = Callable[[str, str], None]  # (queue, job_id)
+
+
+@dataclass
+class ReapReport:
+    """What one pass did (chunk and job ids), for logs and tests."""
+
+    requeued: list[int] = field(default_factory=list)
+    quarantined: list[int] = field(default_factory=list)
+    republished: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+    finalize_published: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        """True when the pass changed nothing."""
+        return not (
+            self.requeued or self.quarantined or self.republished or self.cancelled or self.finalize_published
+        )
+
+
+def _lease_of(chunk: Chunk) -> Lease:
+    assert chunk.lease_expires_at is not None
+    return Lease(
+        chunk.id,
+        chunk.job_id,
+        chunk.item_id,
+        chunk.start_index,
+        chunk.stop_index,
+        chunk.attempt,
+        chunk.lease_expires_at,
+    )
+
+
+class Reaper:
+    """Repairs chunks and jobs; holds only the in-memory time each straggler was first seen."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        *,
+        publisher: Publisher,
+        publish_finalize: FinalizePublisher,
+        queue_depth: QueueDepth,
+        settings: ReaperSettings | None = None,
+    ) -> None:
+        self.session_factory = session_factory
+        self.publisher = publisher
+        self.publish_finalize = publish_finalize
+        self.queue_depth = queue_depth
+        self.settings = settings or ReaperSettings()
+        self._stragglers: dict[str, dt.datetime] = {}
+
+    def reap_once(self, now: dt.datetime | None = None) -> ReapReport:
+        """One repair pass; each step commits on its own, so a failure in one leaves the others done."""
+        now = now or utcnow()
+        report = ReapReport()
+        finished: set[str] = set()
+        self._expired(now, report, finished)
+        self._exhausted_pending(report, finished)
+        self._lost_messages(now, report)
+        self._cancelling(report, finished)
+        self._finalize_stragglers(now, report, finished)
+        if not report.empty:
+            logger.info(
+                "reaper: requeued=%d quarantined=%d republished=%d cancelled=%d finalize=%d",
+                len(report.requeued),
+                len(report.quarantined),
+                len(report.republished),
+                len(report.cancelled),
+                len(report.finalize_published),
+            )
+        return report
+
+    def _publish(self, by_queue: dict[str, list[int]], now: dt.datetime) -> None:
+        for queue, chunk_ids in by_queue.items():
+            self.publisher(queue, chunk_ids)
+            with transaction(self.session_factory) as session:
+                mark_enqueued(session, chunk_ids, now=now)
+
+    def _quarantine(
+        self, session: Session, chunk: Chunk, error: str, report: ReapReport, finished: set[str]
+    ) -> None:
+        progress = quarantine_chunk(session, chunk.id, error=error, attempt=chunk.attempt)
+        if progress is not None:
+            report.quarantined.append(chunk.id)
+            _note_finished(progress, chunk.job_id, finished)
+
+    def _expired(self, now: dt.datetime, report: ReapReport, finished: set[str]) -> None:
+        by_queue: dict[str, list[int]] = defaultdict(list)
+        with transaction(self.session_factory) as session:
+            for chunk in find_expired_leases(session, now=now, limit=self.settings.reaper_batch_limit):
+                error = f"lease expired (attempt {chunk.attempt}, worker {chunk.leased_by})"
+                if chunk.attempt >= self.settings.max_attempts:
+                    self._quarantine(
+                        session, chunk, f"{error}; gave up after {chunk.attempt} attempts", report, finished
+                    )
+                elif release_chunk(session, _lease_of(chunk), error=error):
+                    by_queue[_queue_of(session, chunk.job_id)].append(chunk.id)
+                    report.requeued.append(chunk.id)
+        self._publish(by_queue, now)
+
+    def _exhausted_pending(self, report: ReapReport, finished: set[str]) -> None:
+        with transaction(self.session_factory) as session:
+            chunks = session.scalars(
+                select(Chunk)
+                .where(Chunk.status == ChunkStatus.PENDING, Chunk.attempt >= self.settings.max_attempts)
+                .limit(self.settings.reaper_batch_limit)
+            ).all()
+            for chunk in chunks:
+                error = chunk.last_error or "failed"
+                self._quarantine(
+                    session, chunk, f"{error}; gave up after {chunk.attempt} attempts", report, finished
+                )
+
+    def _lost_messages(self, now: dt.datetime, report: ReapReport) -> None:
+        cutoff = now - dt.timedelta(seconds=self.settings.republish_after_seconds)
+        by_queue: dict[str, list[int]] = defaultdict(list)
+        for queue in QUEUE_NAMES:
+            if self.queue_depth(queue) > self.settings.queue_short_threshold:
+                continue  # the queue still holds messages: old pending chunks are waiting their turn
+            with self.session_factory() as session:
+                rows = session.execute(
+                    select(Chunk.id)
+                    .join(Job, Job.id == Chunk.job_id)
+                    .where(
+                        Job.queue == queue,
+                        Job.cancel_requested.is_(False),
+                        Chunk.status == ChunkStatus.PENDING,
+                        or_(
+                            Chunk.enqueued_at < cutoff,
+                            and_(Chunk.enqueued_at.is_(None), Job.created_at < cutoff),
+                        ),
+                    )
+                    .order_by(Chunk.id)
+                    .limit(self.settings.reaper_batch_limit)
+                ).scalars()
+                by_queue[queue].extend(rows)
+        self._publish({queue: ids for queue, ids in by_queue.items() if ids}, now)
+        for ids in by_queue.values():
+            report.republished.extend(ids)
+
+    def _cancelling(self, report: ReapReport, finished: set[str]) -> None:
+        with transaction(self.session_factory) as session:
+            job_ids = session.scalars(
+                select(Job.id).where(Job.cancel_requested.is_(True), Job.status.not_in(JOB_TERMINAL))
+            ).all()
+            for job_id in job_ids:
+                before = set(_pending_ids(session, job_id))
+                progress = cancel_pending_chunks(session, job_id, limit=self.settings.reaper_batch_limit)
+                report.cancelled.extend(sorted(before))
+                if progress is not None:
+                    _note_finished(progress, job_id, finished)
+
+    def _finalize_stragglers(self, now: dt.datetime, report: ReapReport, finished: set[str]) -> None:
+        with self.session_factory() as session:
+            rows = session.execute(
+                select(Job.id, Job.queue).where(
+                    Job.status.not_in(JOB_TERMINAL), Job.chunks_finished >= Job.chunks_total
+                )
+            ).all()
+        grace = dt.timedelta(seconds=self.settings.finalize_grace_seconds)
+        seen_now = set()
+        for job_id, queue in rows:
+            seen_now.add(job_id)
+            first_seen = self._stragglers.setdefault(job_id, now)
+            # The reaper itself just finished it (quarantine, cancel): finalize at once.
+            if job_id in finished or now - first_seen >= grace:
+                self.publish_finalize(queue, job_id)
+                self._stragglers[job_id] = now
+                report.finalize_published.append(job_id)
+        for job_id in list(self._stragglers):
+            if job_id not in seen_now:
+                del self._stragglers[job_id]
+
+
+def _note_finished(progress: JobProgress, job_id: str, finished: set[str]) -> None:
+    if progress.all_chunks_finished:
+        finished.add(job_id)
+
+
+def _queue_of(session: Session, job_id: str) -> str:
+    return str(session.scalar(select(Job.queue).where(Job.id == job_id)) or "bulk")
+
+
+def _pending_ids(session: Session, job_id: str) -> Sequence[int]:
+    return session.scalars(
+        select(Chunk.id).where(Chunk.job_id == job_id, Chunk.status == ChunkStatus.PENDING)
+    ).all()
+
+
+__all__ = ["ReapReport", "Reaper"]

@@ -1,0 +1,319 @@
+"""Producing one chunk: claim → load → latents → forward → encode + upload (overlapped) → rows → complete.
+
+A plain function of its dependencies (`ChunkContext`); the Celery task only parses the chunk id.
+
+Safety, step by step:
+- the claim is one UPDATE that bumps `attempt`; every later write is fenced by that attempt, so a worker
+  that stalled past its lease cannot write rows or counters after another worker took over;
+- image `i` depends on (model version, seed, i, category) alone, so any rerun writes identical bytes to
+  identical keys (an upload that happened before a crash is simply overwritten with the same bytes);
+- rows are upserted per batch (unique job + index): a rerun never duplicates a row;
+- the chunk and the job counters move in one transaction at the end: counters count each chunk once.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.chunk_outcomes import cancel_chunk_counted, quarantine_chunk
+from db.chunks import Lease, claim_chunk, complete_chunk, mark_enqueued, release_chunk, renew_lease
+from db.engine import transaction
+from db.errors import StaleAttemptError
+from db.images import CONTENT_TYPES, ImageRecord, image_folder, image_key, upsert_images
+from db.jobs import JobProgress, is_cancel_requested, mark_job_running
+from db.pipeline_settings import WorkerSettings
+from db.storage import ObjectStore
+from db.tables import Job, JobItem, ModelVersion
+from models.sampling import latents_for
+from workers.encoding import Provenance, encode_with_digest
+from workers.errors import InjectedFaultError
+from workers.generator_cache import GeneratorCache, GeneratorLike
+
+logger = logging.getLogger(__name__)
+
+# Job option honoured only with CATALOGAN_TEST_FAULTS=1: chunks starting at these indices always fail.
+FAULT_OPTION = "test_fail_chunk_starts"
+
+
+class ChunkOutcome(enum.StrEnum):
+    """How one run of the generate-chunk task ended."""
+
+    SUCCEEDED = "succeeded"
+    NOT_CLAIMED = "not_claimed"  # finished already, held by a live lease, or out of attempts
+    CANCELLED = "cancelled"
+    RELEASED = "released"  # graceful shutdown: pending again, republished
+    STALE = "stale"  # another attempt took over; this one stopped writing
+    RETRY = "retry"  # failed; released and republished with a delay
+    QUARANTINED = "quarantined"
+
+
+@dataclass
+class ChunkContext:
+    """Everything `generate_chunk` needs, built once per worker process."""
+
+    session_factory: sessionmaker[Session]
+    store: ObjectStore
+    generators: GeneratorCache
+    settings: WorkerSettings
+    worker_name: str
+    pool: ThreadPoolExecutor
+    device: str = "cpu"
+    # Called after the commit that finished a job's last chunk.
+    on_job_finished: Callable[[str], None] = lambda job_id: None
+    # Called to rerun a released or failed chunk: (queue, chunk_id, countdown seconds).
+    republish: Callable[[str, int, float | None], None] = lambda queue, chunk_id, countdown: None
+    shutdown: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPlan:
+    """What a claimed chunk generates, read once after the claim."""
+
+    lease: Lease
+    job_id: str
+    tenant_id: str
+    seed: int
+    output_format: str
+    queue: str
+    options: dict[str, Any]
+    category: str
+    class_index: int
+    sku: str | None
+    model_version: ModelVersion
+
+    @property
+    def model_ref(self) -> str:
+        """ "name@version" of the model version."""
+        return f"{self.model_version.name}@{self.model_version.version}"
+
+
+def log_extra(lease: Lease) -> dict[str, Any]:
+    """Structured log fields for one attempt at one chunk."""
+    return {"job_id": lease.job_id, "chunk_id": lease.chunk_id, "attempt": lease.attempt}
+
+
+def _claim(ctx: ChunkContext, chunk_id: int) -> ChunkPlan | JobProgress | None:
+    """Claim and read the chunk; cancel it at once when its job is being cancelled."""
+    with transaction(ctx.session_factory) as session:
+        lease = claim_chunk(
+            session,
+            chunk_id,
+            worker=ctx.worker_name,
+            lease_seconds=ctx.settings.lease_seconds,
+            max_attempts=ctx.settings.max_attempts,
+        )
+        if lease is None:
+            return None
+        job = session.get(Job, lease.job_id)
+        item = session.get(JobItem, lease.item_id)
+        assert job is not None and item is not None
+        if job.cancel_requested:
+            progress = cancel_chunk_counted(session, chunk_id, attempt=lease.attempt)
+            return progress if progress is not None else None
+        mark_job_running(session, job.id)
+        model_version = session.get(ModelVersion, job.model_version_id)
+        assert model_version is not None
+        return ChunkPlan(
+            lease,
+            job.id,
+            job.tenant_id,
+            int(job.seed),
+            job.output_format,
+            job.queue,
+            dict(job.options or {}),
+            item.category,
+            item.class_index,
+            item.sku,
+            model_version,
+        )
+
+
+def _forward(generator: GeneratorLike, plan: ChunkPlan, indices: Sequence[int]) -> Any:
+    """uint8 pixels (B, H, W, C) as a numpy array for the given image indices.
+
+    `generate` runs under `torch.inference_mode()` with bf16 autocast on CUDA and returns CPU pixels.
+    """
+    latents = latents_for(plan.seed, indices, generator.z_dim)  # (B, z_dim), from (seed, index) alone
+    classes = torch.full((len(indices),), plan.class_index, dtype=torch.long)  # (B,)
+    with torch.inference_mode():
+        pixels = generator.generate(classes, latents)  # (B, H, W, C) uint8
+    return pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
+
+
+def _encode_and_upload(
+    ctx: ChunkContext, plan: ChunkPlan, index: int, pixels: Any, checkpoint_sha: str
+) -> ImageRecord:
+    provenance = Provenance(
+        model_version=plan.model_ref,
+        checkpoint_sha256=checkpoint_sha,
+        job_id=plan.job_id,
+        index=index,
+        seed=plan.seed,
+        category=plan.category,
+        sku=plan.sku,
+    )
+    encoded = encode_with_digest(pixels, plan.output_format, provenance)
+    key = image_key(
+        plan.tenant_id, plan.job_id, image_folder(plan.category, plan.sku), index, plan.output_format
+    )
+    ctx.store.put(key, encoded.data, content_type=CONTENT_TYPES[plan.output_format])
+    return ImageRecord(
+        index, plan.category, plan.sku, key, encoded.sha256, len(encoded.data), encoded.width, encoded.height
+    )
+
+
+def _check_fault(ctx: ChunkContext, plan: ChunkPlan) -> None:
+    starts = plan.options.get(FAULT_OPTION) or []
+    if ctx.settings.test_faults and plan.lease.start_index in starts:
+        raise InjectedFaultError(f"injected fault for chunk starting at index {plan.lease.start_index}")
+
+
+class _Stop(Exception):
+    """Internal: leave the batch loop with an outcome (after the batch in flight was written)."""
+
+    def __init__(self, outcome: ChunkOutcome) -> None:
+        super().__init__(outcome.value)
+        self.outcome = outcome
+
+
+def _write_rows(ctx: ChunkContext, lease: Lease, futures: list[Future[ImageRecord]]) -> int:
+    records = [future.result() for future in futures]
+    with transaction(ctx.session_factory) as session:
+        upsert_images(session, lease, records)
+    return len(records)
+
+
+def _between_batches(ctx: ChunkContext, plan: ChunkPlan, lease: Lease) -> Lease:
+    """Shutdown and cancel checks, then a lease renewal, before each forward pass."""
+    if ctx.shutdown.is_set():
+        raise _Stop(ChunkOutcome.RELEASED)
+    with transaction(ctx.session_factory) as session:
+        if is_cancel_requested(session, plan.job_id):
+            raise _Stop(ChunkOutcome.CANCELLED)
+        return renew_lease(session, lease, lease_seconds=ctx.settings.lease_seconds)
+
+
+def _run_batches(ctx: ChunkContext, plan: ChunkPlan, generator: GeneratorLike) -> tuple[Lease, int]:
+    """Forward batch k+1 while batch k encodes and uploads in the pool; rows of batch k follow its uploads."""
+    lease = plan.lease
+    indices = range(lease.start_index, lease.stop_index)
+    batch_size = ctx.settings.batch_size
+    checkpoint_sha = plan.model_version.checkpoint_sha256 or generator.checkpoint_sha256
+    in_flight: list[Future[ImageRecord]] = []
+    written = 0
+    try:
+        for start in range(0, len(indices), batch_size):
+            lease = _between_batches(ctx, plan, lease)
+            batch = indices[start : start + batch_size]
+            pixels = _forward(generator, plan, batch)  # (B, H, W, C) uint8
+            futures = [
+                ctx.pool.submit(_encode_and_upload, ctx, plan, index, pixels[row], checkpoint_sha)
+                for row, index in enumerate(batch)
+            ]
+            if in_flight:
+                written += _write_rows(ctx, lease, in_flight)
+            in_flight = futures
+        if in_flight:
+            written += _write_rows(ctx, lease, in_flight)
+            in_flight = []
+    except _Stop:
+        if in_flight:  # finished images stay: write the batch that was uploading
+            _write_rows(ctx, lease, in_flight)
+        raise
+    finally:
+        for future in in_flight:
+            future.cancel()
+    return lease, written
+
+
+def _finish(ctx: ChunkContext, plan: ChunkPlan, progress: JobProgress | None) -> None:
+    if progress is not None and progress.all_chunks_finished:
+        ctx.on_job_finished(plan.job_id)
+
+
+def _fail(ctx: ChunkContext, plan: ChunkPlan, lease: Lease, exc: BaseException) -> ChunkOutcome:
+    """A failed attempt: quarantine at the last attempt, else release and rerun after a delay."""
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    extra = log_extra(lease)
+    if lease.attempt >= ctx.settings.max_attempts:
+        with transaction(ctx.session_factory) as session:
+            progress = quarantine_chunk(session, lease.chunk_id, error=error, attempt=lease.attempt)
+        logger.error("chunk quarantined after %d attempts: %s", lease.attempt, error, extra=extra)
+        _finish(ctx, plan, progress)
+        return ChunkOutcome.QUARANTINED
+    with transaction(ctx.session_factory) as session:
+        released = release_chunk(session, lease, error=error)
+        if released:  # the retry message below is the chunk's message now: the reaper leaves it alone
+            mark_enqueued(session, [lease.chunk_id])
+    logger.warning("chunk attempt failed, retrying: %s", error, extra=extra, exc_info=exc)
+    if released:
+        ctx.republish(plan.queue, lease.chunk_id, ctx.settings.retry_delay_seconds * lease.attempt)
+    return ChunkOutcome.RETRY
+
+
+def generate_chunk(ctx: ChunkContext, chunk_id: int) -> ChunkOutcome:
+    """Run one chunk end to end; safe to call any number of times for the same id."""
+    claimed = _claim(ctx, chunk_id)
+    if claimed is None:
+        logger.info("chunk not claimable (finished, leased or out of attempts)", extra={"chunk_id": chunk_id})
+        return ChunkOutcome.NOT_CLAIMED
+    if isinstance(claimed, JobProgress):
+        if claimed.all_chunks_finished:
+            ctx.on_job_finished(_job_of(ctx, chunk_id))
+        return ChunkOutcome.CANCELLED
+    plan = claimed
+    lease = plan.lease
+    extra = log_extra(lease)
+    logger.info("chunk claimed [%d, %d)", lease.start_index, lease.stop_index, extra=extra)
+    try:
+        _check_fault(ctx, plan)
+        generator = ctx.generators.get(plan.model_version)
+        lease, written = _run_batches(ctx, plan, generator)
+        with transaction(ctx.session_factory) as session:
+            progress = complete_chunk(session, lease, done=lease.stop_index - lease.start_index)
+    except _Stop as stop:
+        return _stop(ctx, plan, lease, stop.outcome)
+    except StaleAttemptError as exc:
+        logger.warning("stale attempt stopped: %s", exc, extra=extra)
+        return ChunkOutcome.STALE
+    except Exception as exc:
+        return _fail(ctx, plan, lease, exc)
+    logger.info("chunk succeeded: %d images", written, extra=extra)
+    _finish(ctx, plan, progress)
+    return ChunkOutcome.SUCCEEDED
+
+
+def _stop(ctx: ChunkContext, plan: ChunkPlan, lease: Lease, outcome: ChunkOutcome) -> ChunkOutcome:
+    extra = log_extra(lease)
+    if outcome is ChunkOutcome.CANCELLED:
+        with transaction(ctx.session_factory) as session:
+            progress = cancel_chunk_counted(session, lease.chunk_id, attempt=lease.attempt)
+        logger.info("chunk cancelled between batches", extra=extra)
+        _finish(ctx, plan, progress)
+        return outcome
+    with transaction(ctx.session_factory) as session:
+        released = release_chunk(session, lease, error="released at worker shutdown")
+        if released:
+            mark_enqueued(session, [lease.chunk_id])
+    logger.info("chunk released at shutdown", extra=extra)
+    if released:
+        ctx.republish(plan.queue, lease.chunk_id, None)
+    return outcome
+
+
+def _job_of(ctx: ChunkContext, chunk_id: int) -> str:
+    from db.tables import Chunk
+
+    with ctx.session_factory() as session:
+        chunk = session.get(Chunk, chunk_id)
+        assert chunk is not None
+        return chunk.job_id

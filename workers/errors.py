@@ -1,0 +1,23 @@
+"""Errors raised by the workers.
+
+CataloganError (db.errors)
+└── WorkerError           raised by workers/
+    ├── InjectedFaultError a test-only fault (CATALOGAN_TEST_FAULTS=1 and a job option asked for it)
+    └── WorkerConfigError  the worker cannot start as configured (device, queues)
+"""
+
+from __future__ import annotations
+
+from db.errors import CataloganError
+
+
+class WorkerError(CataloganError):
+    """Raised by the worker package."""
+
+
+class InjectedFaultError(WorkerError):
+    """Raised when fault injection is enabled and a job's options ask this chunk to fail (tests only)."""
+
+
+class WorkerConfigError(WorkerError, ValueError):
+    """Raised when a worker cannot start as configured (unknown device, unknown queue)."""

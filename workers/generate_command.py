@@ -1,0 +1,277 @@
+"""The main job as a plain function: plan → (start worker + reaper) → wait with progress → export → summary.
+
+Same code path as the distributed stack: the job is planned by `db.planning.submit_job`, its chunks travel
+through the broker to a real `catalogan worker` process, and the reaper runs as `catalogan beat`.
+
+The job id is derived from the request (tenant, model version, spec incl. the seed): running the same
+command again against the same database finds that job and exports it again (or waits for it, if a
+previous run was interrupted), and two fresh data folders produce byte-identical files — the job id is
+part of each file's provenance, so a random id would make every run's bytes differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import migrate
+from db.engine import engine_from_settings, make_session_factory, transaction
+from db.errors import ConflictError, NotFoundError, PlanningError
+from db.messaging import CeleryPublisher, make_celery_app
+from db.planning import JobSpec, parse_job_spec, publish_planned, request_sha256, split_model_ref, submit_job
+from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageSettings
+from db.status import JobStatus, ModelVersionStatus
+from db.storage import ObjectStore, open_store
+from db.tables import Chunk, Job, ModelVersion, Tenant
+from workers.export import export_job
+
+LOCAL_TENANT_NAME = "local"
+LOCAL_TENANT_ID = uuid.uuid5(uuid.NAMESPACE_URL, "catalogan:tenant:local").hex
+DEFAULT_MODEL_NAME = "fashion-cgan"
+POLL_INTERVAL_SECONDS = 0.25
+CHILD_STOP_TIMEOUT_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """The parsed options of `catalogan generate`."""
+
+    model_ref: str | None
+    categories: tuple[str, ...]
+    sku_file: Path | None
+    seed: int | None
+    output_format: str
+    chunk_size: int | None
+    out_dir: Path
+    start_worker: bool = True
+    show_progress: bool = True
+    timeout_seconds: float = 3600.0
+
+
+def parse_items(categories: tuple[str, ...], sku_file: Path | None) -> list[dict[str, Any]]:
+    """Items from `CAT=COUNT` options and a SKU file; raise `PlanningError` naming the bad input."""
+    items: list[dict[str, Any]] = []
+    for option in categories:
+        name, sep, count = option.partition("=")
+        if not sep or not name or not count.strip().isdigit():
+            raise PlanningError(f"--category {option!r}: must be CATEGORY=COUNT, e.g. sneaker=16")
+        items.append({"category": name.strip(), "count": int(count)})
+    if sku_file is not None:
+        for number, line in enumerate(sku_file.read_text(encoding="utf-8").splitlines(), start=1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = [part.strip() for part in line.split(",")]
+            if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].isdigit()):
+                raise PlanningError(f"{sku_file}:{number}: must be 'SKU,CATEGORY[,COUNT]'")
+            items.append(
+                {"sku": parts[0], "category": parts[1], "count": int(parts[2]) if len(parts) == 3 else 1}
+            )
+    if not items:
+        raise PlanningError("items: give at least one --category CAT=COUNT or a --sku-file")
+    return items
+
+
+def ensure_local_tenant(session: Session) -> str:
+    """The embedded stack's single tenant (`local`), created on first use."""
+    if session.get(Tenant, LOCAL_TENANT_ID) is None:
+        session.add(Tenant(id=LOCAL_TENANT_ID, name=LOCAL_TENANT_NAME))
+        session.flush()
+    return LOCAL_TENANT_ID
+
+
+def resolve_model_version(session: Session, ref: str) -> ModelVersion:
+    """ "name@version" exactly, or "name" → its production version (else its newest candidate)."""
+    name, version = split_model_ref(ref)
+    query = select(ModelVersion).where(ModelVersion.name == name)
+    if version is not None:
+        found = session.scalars(query.where(ModelVersion.version == version)).one_or_none()
+    else:
+        found = (
+            session.scalars(
+                query.where(ModelVersion.status == ModelVersionStatus.PRODUCTION).order_by(
+                    ModelVersion.version.desc()
+                )
+            ).first()
+            or session.scalars(
+                query.where(ModelVersion.status == ModelVersionStatus.CANDIDATE).order_by(
+                    ModelVersion.version.desc()
+                )
+            ).first()
+        )
+    if found is None:
+        raise NotFoundError(f"model {ref!r}: no such model version is registered")
+    return found
+
+
+def _ensure_default_model(session_factory: sessionmaker[Session], store: ObjectStore) -> None:
+    try:
+        from models.default_model import ensure_default_model
+    except ImportError:  # the shipped model is registered by the models package when it is present
+        return
+    ensure_default_model(session_factory, store)
+
+
+def derived_job_id(tenant_id: str, model_version_id: int, spec: JobSpec) -> str:
+    """A job id that is a function of the request, so the same request maps to the same job."""
+    material = f"{tenant_id}:{model_version_id}:{request_sha256(spec)}"
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def _start_children(data: DataSettings) -> list[subprocess.Popen[bytes]]:
+    from workers.cli import CATALOGAN
+
+    env = {**os.environ, "CATALOGAN_DATA_DIR": str(data.resolved)}
+    logs = data.resolved / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    children = []
+    for name, args in (("worker", ["worker"]), ("beat", ["beat"])):
+        log = (logs / f"{name}.log").open("ab")
+        children.append(subprocess.Popen([*CATALOGAN, *args], env=env, stdout=log, stderr=log))
+    return children
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.terminate()  # graceful: the worker releases its chunk
+    deadline = time.monotonic() + CHILD_STOP_TIMEOUT_SECONDS
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _wait(
+    session_factory: sessionmaker[Session],
+    job_id: str,
+    request: GenerateRequest,
+    children: list[subprocess.Popen[bytes]],
+) -> Job:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    deadline = time.monotonic() + request.timeout_seconds
+    columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not request.show_progress, transient=True) as progress:
+        task = None
+        while True:
+            with session_factory() as session:
+                job = session.get(Job, job_id)
+                assert job is not None
+                if task is None:
+                    task = progress.add_task("images", total=job.images_total)
+                progress.update(task, completed=job.images_done + job.images_failed)
+                if job.status.is_terminal:
+                    return job
+            for child in children:
+                if child.poll() is not None:
+                    raise ConflictError(
+                        f"a {child.args!r} process exited with {child.returncode}; see catalogan-data/logs/"
+                    )
+            if time.monotonic() > deadline:
+                raise ConflictError(f"job {job_id} did not finish within {request.timeout_seconds:.0f} s")
+            time.sleep(POLL_INTERVAL_SECONDS)
+
+
+def run_generate(request: GenerateRequest) -> dict[str, Any]:
+    """Run (or find) the job for this request, wait for it, export it; return the summary."""
+    data, db_settings, storage, broker = (
+        DataSettings(),
+        DatabaseSettings(),
+        StorageSettings(),
+        BrokerSettings(),
+    )
+    url = db_settings.url(data)
+    migrate.upgrade(url)
+    session_factory = make_session_factory(engine_from_settings(db_settings, data))
+    store = open_store(storage.url(data))
+    _ensure_default_model(session_factory, store)
+    app = make_celery_app(broker, data)
+    publisher = CeleryPublisher(app)
+    spec = parse_job_spec(
+        {
+            "model": request.model_ref or DEFAULT_MODEL_NAME,
+            "items": parse_items(request.categories, request.sku_file),
+            "seed": request.seed
+            if request.seed is not None
+            else int.from_bytes(os.urandom(8), "little") >> 1,
+            "output_format": request.output_format,
+            "chunk_size": request.chunk_size,
+        }
+    )
+    with transaction(session_factory) as session:
+        tenant_id = ensure_local_tenant(session)
+        model_version = resolve_model_version(session, spec.model)
+        model_ref = f"{model_version.name}@{model_version.version}"
+        job_id = derived_job_id(tenant_id, model_version.id, spec)
+        existing = session.get(Job, job_id)
+    if existing is not None and existing.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise ConflictError(
+            f"job {job_id} for this request already ended {existing.status.value}; use another --seed or data folder"
+        )
+    if existing is None:
+        submit_job(
+            session_factory,
+            spec,
+            tenant_id=tenant_id,
+            model_version=model_version,
+            publisher=publisher,
+            job_id=job_id,
+        )
+    children = _start_children(data) if request.start_worker and not existing_is_done(existing) else []
+    try:
+        if existing is not None and not existing.status.is_terminal:
+            _republish_pending(session_factory, job_id, existing.queue, publisher)
+        job = _wait(session_factory, job_id, request, children)
+    finally:
+        _stop_children(children)
+    with session_factory() as session:
+        found = session.get(Job, job_id)
+        assert found is not None
+        job = found
+        exported = export_job(session, store, job, request.out_dir)
+    return {
+        "job_id": job.id,
+        "status": job.status.value,
+        "images_total": int(job.images_total),
+        "images_done": int(job.images_done),
+        "images_failed": int(job.images_failed),
+        "seed": int(job.seed),
+        "model_version": model_ref,
+        "output": str(request.out_dir.resolve()),
+        "exported_images": exported.images,
+        "contact_sheets": [str(path) for path in exported.contact_sheets],
+        "manifests": [str(path) for path in exported.manifests],
+    }
+
+
+def existing_is_done(job: Job | None) -> bool:
+    """True when a job found for the request is already finished (nothing to run)."""
+    return job is not None and job.status.is_terminal
+
+
+def _republish_pending(
+    session_factory: sessionmaker[Session], job_id: str, queue: str, publisher: CeleryPublisher
+) -> None:
+    """A resumed job: publish its pending chunks again (their messages may be gone with the last run)."""
+    from db.planning import PlannedJob
+    from db.status import ChunkStatus
+
+    with session_factory() as session:
+        ids = tuple(
+            session.scalars(
+                select(Chunk.id).where(Chunk.job_id == job_id, Chunk.status == ChunkStatus.PENDING)
+            )
+        )
+    publish_planned(session_factory, PlannedJob(job_id, ids, queue, 0, 0), publisher)

@@ -1,0 +1,97 @@
+"""Per-process cache of loaded generators: a model version's checkpoint is read and loaded once per worker.
+
+Model versions are immutable, so a cached generator never goes stale; the cache only bounds memory (LRU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from db.errors import StorageError
+from db.storage import ObjectStore, open_store
+
+logger = logging.getLogger(__name__)
+
+
+class GeneratorLike(Protocol):
+    """What the worker needs from `models.inference.LoadedGenerator`."""
+
+    categories: Any
+    z_dim: int
+    checkpoint_sha256: str
+
+    def generate(self, class_indices: Any, latents: Any) -> Any:
+        """uint8 images (B, H, W, C) for class indices (B,) and latents (B, z_dim)."""
+
+
+class ModelVersionRef(Protocol):
+    """The fields of a model version row the cache reads."""
+
+    id: int
+    checkpoint_uri: str
+    checkpoint_sha256: str
+
+
+Loader = Callable[[bytes, str], GeneratorLike]
+
+
+def default_loader(data: bytes, device: str) -> GeneratorLike:
+    """Load a checkpoint with `models.inference.load_generator` (imported here: it imports torch)."""
+    from models.inference import load_generator
+
+    return load_generator(data, device=device)
+
+
+def read_checkpoint(store: ObjectStore, uri: str) -> bytes:
+    """Checkpoint bytes from a URI in `store` (or a key relative to it, or a URI of another store)."""
+    base = store.url.rstrip("/") + "/"
+    if uri.startswith(base):
+        return store.get(uri[len(base) :])
+    if "://" not in uri:
+        return store.get(uri)
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    if not name or "://" not in parent:
+        raise StorageError(f"checkpoint {uri!r}: not an object URI")
+    return open_store(parent).get(name)
+
+
+class GeneratorCache:
+    """An LRU of loaded generators keyed by model version id; thread-safe."""
+
+    def __init__(
+        self, store: ObjectStore, *, device: str, max_entries: int = 2, loader: Loader | None = None
+    ) -> None:
+        self.store = store
+        self.device = device
+        self.max_entries = max_entries
+        self.loader = loader or default_loader
+        self._entries: OrderedDict[int, GeneratorLike] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, model_version: ModelVersionRef) -> GeneratorLike:
+        """The loaded generator of a model version, loading it on first use."""
+        with self._lock:
+            cached = self._entries.get(model_version.id)
+            if cached is not None:
+                self._entries.move_to_end(model_version.id)
+                return cached
+            data = read_checkpoint(self.store, model_version.checkpoint_uri)
+            digest = hashlib.sha256(data).hexdigest()
+            if model_version.checkpoint_sha256 and digest != model_version.checkpoint_sha256:
+                logger.warning(
+                    "model version %s: checkpoint sha256 %s differs from the registered %s",
+                    model_version.id,
+                    digest,
+                    model_version.checkpoint_sha256,
+                )
+            generator = self.loader(data, self.device)
+            self._entries[model_version.id] = generator
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+            logger.info("loaded model version %s on %s", model_version.id, self.device)
+            return generator

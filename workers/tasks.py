@@ -1,0 +1,28 @@
+"""Thin Celery tasks: parse the id, call the plain function with the process's context."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from db.messaging import FINALIZE_JOB_TASK, GENERATE_CHUNK_TASK, CeleryPublisher
+
+
+def register_tasks(app: Celery) -> None:
+    """Register `generate_chunk` and `finalize_job` on `app` under their contract names."""
+    publisher = CeleryPublisher(app)
+
+    @app.task(name=GENERATE_CHUNK_TASK, ignore_result=True)
+    def generate_chunk_task(chunk_id: int) -> str:
+        from workers.chunk_generation import generate_chunk
+        from workers.context import get_context
+
+        return generate_chunk(get_context(publisher), int(chunk_id)).value
+
+    @app.task(name=FINALIZE_JOB_TASK, ignore_result=True)
+    def finalize_job_task(job_id: str) -> str | None:
+        from workers.context import get_context
+        from workers.finalize import finalize_job
+
+        context = get_context(publisher)
+        status = finalize_job(context.session_factory, context.store, str(job_id))
+        return status.value if status is not None else None
