@@ -18,6 +18,7 @@ from db.errors import (
     NotFoundError,
     StorageError,
 )
+from scheduler.errors import ApiError, TransportError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,6 +37,7 @@ class ExitCode(enum.IntEnum):
 
 
 EXIT_CODES: list[tuple[type[BaseException], ExitCode]] = [
+    (TransportError, ExitCode.UNAVAILABLE),
     (NotFoundError, ExitCode.NOT_FOUND),
     (ConflictError, ExitCode.CONFLICT),
     (InvalidTransitionError, ExitCode.CONFLICT),
@@ -46,8 +48,21 @@ EXIT_CODES: list[tuple[type[BaseException], ExitCode]] = [
 ]
 
 
+# What an API answer means for a CLI command built on the SDK (`catalogan jobs ...`).
+API_STATUS_EXIT_CODES: dict[int, ExitCode] = {
+    401: ExitCode.CONFIG,
+    404: ExitCode.NOT_FOUND,
+    409: ExitCode.CONFLICT,
+    413: ExitCode.USAGE,
+    422: ExitCode.USAGE,
+    429: ExitCode.UNAVAILABLE,
+}
+
+
 def exit_code_for(exc: BaseException) -> ExitCode:
     """The exit code for an exception raised by a command."""
+    if isinstance(exc, ApiError):
+        return API_STATUS_EXIT_CODES.get(exc.status, ExitCode.UNAVAILABLE if exc.status >= 500 else ExitCode.ERROR)
     for cls, code in EXIT_CODES:
         if isinstance(exc, cls):
             return code

@@ -15,12 +15,24 @@ LAZY_SUBCOMMANDS: dict[str, str] = {
     "worker": "workers.cli:worker",
     "generate": "workers.cli:generate",
     "beat": "scheduler.cli.beat_commands:beat",
+    "serve": "scheduler.cli.serve:serve",
+    "tenants": "scheduler.cli.tenants:tenants",
+    "keys": "scheduler.cli.keys:keys",
+    "jobs": "scheduler.cli.jobs:jobs",
+    "workers": "scheduler.cli.workers:workers",
+    "dlq": "scheduler.cli.dlq:dlq",
 }
 LAZY_HELP: dict[str, str] = {
     "db": "Create or upgrade the SQL schema (Alembic migrations).",
     "worker": "Run a generation worker (one process per GPU, Celery solo pool).",
     "generate": "Generate images with a real job and export them to a folder.",
     "beat": "Run the reaper loop: re-enqueue lost chunks, quarantine, finalize stragglers.",
+    "serve": "Serve the HTTP API (uvicorn).",
+    "tenants": "Create and list tenants.",
+    "keys": "Create, revoke and list API keys.",
+    "jobs": "List, watch, cancel, retry and export jobs (through the API).",
+    "workers": "Live workers and queue depths.",
+    "dlq": "Quarantined chunks: list and retry.",
 }
 
 

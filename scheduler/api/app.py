@@ -1,0 +1,159 @@
+"""The FastAPI application factory: `create_app(settings...)` builds the services once and mounts the routers.
+
+    uvicorn --factory scheduler.api.app:create_app      # or: catalogan serve
+
+Everything the app talks to is built here from typed settings (or passed in by tests): the SQL session
+factory, the object store, the chunk publisher, Redis (when the broker is Redis) and the rate limiter.
+Nothing here imports torch, `models` or `workers`; tasks are sent by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import engine_from_settings, make_session_factory
+from db.messaging import CeleryPublisher, Publisher, make_celery_app, queue_depth
+from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageSettings
+from db.storage import open_store
+from db.storage.base import ObjectStore
+from scheduler.api.deps import Services
+from scheduler.api.limits import BodySizeLimitMiddleware, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from scheduler.api.problems import install_problem_handlers, problem_response
+from scheduler.api.routes import health, images, jobs, models, previews
+from scheduler.errors import PayloadTooLargeError
+from scheduler.metrics import make_registry
+from scheduler.settings import ApiSettings, WebhookSettings
+
+API_VERSION = "1.0.0"
+DESCRIPTION = """
+Bulk e-commerce product images from class-conditional GANs.
+
+Authenticate with `Authorization: Bearer <api key>` (keys come from `catalogan keys create`).
+Errors are `application/problem+json` (RFC 9457); a 422 lists each broken `field` and its `rule`.
+Limits: `429` with `Retry-After` for rate limits and quotas, `413` for bodies over the size limit.
+"""
+
+
+def _too_large(scope: Any, limit: int) -> Any:
+    return problem_response(
+        413,
+        "payload-too-large",
+        "Request body too large",
+        str(PayloadTooLargeError(limit)),
+        instance=scope["path"],
+    )
+
+
+class RequestCounterMiddleware:
+    """Counts answered requests per method, route template and status for `/metrics`."""
+
+    def __init__(self, app: Any, counter: Any) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def counting_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.counter.labels(scope["method"], template, str(status["code"])).inc()
+
+
+def build_services(
+    settings: ApiSettings,
+    *,
+    webhooks: WebhookSettings | None = None,
+    database: DatabaseSettings | None = None,
+    storage: StorageSettings | None = None,
+    broker: BrokerSettings | None = None,
+    data: DataSettings | None = None,
+    session_factory: sessionmaker[Session] | None = None,
+    store: ObjectStore | None = None,
+    publisher: Publisher | None = None,
+    rate_limiter: RateLimiter | None = None,
+) -> Services:
+    """The per-process services, from settings (read from the environment when not given)."""
+    data = data or DataSettings()
+    storage = storage or StorageSettings()
+    broker = broker or BrokerSettings()
+    redis_client = None
+    if not broker.embedded and broker.broker_url.startswith(("redis://", "rediss://")):
+        import redis
+
+        redis_client = redis.Redis.from_url(broker.broker_url, socket_timeout=5, socket_connect_timeout=5)
+    celery_app = make_celery_app(broker, data)
+    return Services(
+        settings=settings,
+        webhooks=webhooks or WebhookSettings(),
+        broker=broker,
+        data=data,
+        session_factory=session_factory
+        or make_session_factory(engine_from_settings(database or DatabaseSettings(), data)),
+        store=store or open_store(storage.url(data)),
+        publisher=publisher or CeleryPublisher(celery_app),
+        rate_limiter=rate_limiter
+        or (RedisRateLimiter(redis_client) if redis_client else MemoryRateLimiter()),
+        presign_ttl_seconds=storage.presigned_url_ttl_seconds,
+        celery_app=celery_app,
+        redis=redis_client,
+    )
+
+
+def create_app(
+    settings: ApiSettings | None = None, *, services: Services | None = None, **overrides: Any
+) -> FastAPI:
+    """The catalogan API. `services` (or keyword overrides for `build_services`) replace what settings would build."""
+    settings = settings or (services.settings if services else ApiSettings())
+    services = services or build_services(settings, **overrides)
+    app = FastAPI(
+        title="catalogan",
+        version=API_VERSION,
+        description=DESCRIPTION,
+        openapi_tags=[
+            {"name": "jobs", "description": "Submit and follow bulk image jobs."},
+            {"name": "images", "description": "A job's images (presigned URLs) and manifest."},
+            {"name": "models", "description": "Registered generator versions."},
+            {"name": "previews", "description": "A few images right away."},
+            {"name": "health", "description": "Liveness, readiness, metrics."},
+        ],
+    )
+    app.state.services = services
+    celery_app = services.celery_app
+    depth = None
+    if services.redis is not None:
+        redis_client = services.redis
+
+        def depth(queue: str) -> int:
+            return int(redis_client.llen(queue))
+    elif celery_app is not None:
+
+        def depth(queue: str) -> int:
+            return queue_depth(celery_app, queue)
+
+    registry, requests = make_registry(services.session_factory, depth, settings.default_images_per_second)
+    app.state.metrics_registry = registry
+    install_problem_handlers(app)
+    for module in (jobs, images, models, previews, health):
+        app.include_router(module.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
+        )
+    app.add_middleware(RequestCounterMiddleware, counter=requests)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes, on_too_large=_too_large)
+    return app

@@ -1,0 +1,161 @@
+"""Per-tenant limits: request rate (429 + Retry-After), request body size (413), and quotas
+(images per day, concurrent jobs → 429 + Retry-After).
+
+The rate limiter is a fixed-window counter per tenant. With a Redis broker the counter lives in Redis
+(`INCR` + `EXPIRE`), so every API replica shares it; without one it lives in this process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.status import JobStatus
+from db.tables import Job, Tenant, utcnow
+from scheduler.errors import PayloadTooLargeError, QuotaExceededError, RateLimitedError
+
+QUOTA_WINDOW_SECONDS = 24 * 3600
+CONCURRENT_JOBS_RETRY_AFTER_SECONDS = 30
+ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
+
+
+class RateLimiter(Protocol):
+    """Counts requests per tenant per window."""
+
+    def hit(self, tenant_id: str, *, limit: int, window_seconds: int) -> None:
+        """Count one request; raise `RateLimitedError` when it is over `limit` in the current window."""
+
+
+def _window(window_seconds: int, now: float) -> tuple[int, int]:
+    start = int(now // window_seconds) * window_seconds
+    return start, max(1, math.ceil(start + window_seconds - now))
+
+
+class MemoryRateLimiter:
+    """Fixed windows counted in this process (one API process, or tests)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._counts: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, tenant_id: str, *, limit: int, window_seconds: int) -> None:
+        """Count one request; raise `RateLimitedError` when it is over `limit` in the current window."""
+        start, retry_after = _window(window_seconds, self._clock())
+        with self._lock:
+            # Forget finished windows so the dict stays as small as the number of active tenants.
+            for key in [k for k in self._counts if k[1] < start]:
+                del self._counts[key]
+            count = self._counts.get((tenant_id, start), 0) + 1
+            self._counts[(tenant_id, start)] = count
+        if count > limit:
+            raise RateLimitedError(
+                f"rate limit of {limit} requests per {window_seconds} s reached",
+                retry_after_seconds=retry_after,
+            )
+
+
+class RedisRateLimiter:
+    """Fixed windows counted in Redis, shared by every API replica."""
+
+    def __init__(self, redis_client: Any, clock: Callable[[], float] = time.time) -> None:
+        self._redis = redis_client
+        self._clock = clock
+
+    def hit(self, tenant_id: str, *, limit: int, window_seconds: int) -> None:
+        """Count one request; raise `RateLimitedError` when it is over `limit` in the current window."""
+        start, retry_after = _window(window_seconds, self._clock())
+        key = f"catalogan:ratelimit:{tenant_id}:{start}"
+        pipe = self._redis.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, window_seconds + 5)
+        count = int(pipe.execute()[0])
+        if count > limit:
+            raise RateLimitedError(
+                f"rate limit of {limit} requests per {window_seconds} s reached",
+                retry_after_seconds=retry_after,
+            )
+
+
+def check_job_quotas(
+    session: Session, tenant: Tenant, *, images: int, now: dt.datetime | None = None
+) -> None:
+    """Raise `QuotaExceededError` when a new job of `images` would break the tenant's quotas.
+
+    Images per day is a rolling 24 h window over submitted jobs (cancelled ones included: their images
+    were reserved). Call it inside the submitting transaction after locking the tenant row, so two
+    concurrent submits cannot both squeeze under the quota.
+    """
+    now = now or utcnow()
+    active = session.scalar(
+        select(func.count()).where(Job.tenant_id == tenant.id, Job.status.in_(ACTIVE_JOB_STATUSES))
+    )
+    if (active or 0) >= tenant.max_concurrent_jobs:
+        raise QuotaExceededError(
+            f"concurrent jobs quota of {tenant.max_concurrent_jobs} reached; wait for a job to finish",
+            retry_after_seconds=CONCURRENT_JOBS_RETRY_AFTER_SECONDS,
+        )
+    since = now - dt.timedelta(seconds=QUOTA_WINDOW_SECONDS)
+    used, oldest = session.execute(
+        select(func.coalesce(func.sum(Job.images_total), 0), func.min(Job.created_at)).where(
+            Job.tenant_id == tenant.id, Job.created_at > since
+        )
+    ).one()
+    if int(used) + images > tenant.images_per_day:
+        if images > tenant.images_per_day or oldest is None:
+            raise QuotaExceededError(
+                f"a job of {images} images exceeds the quota of {tenant.images_per_day} images per day",
+                retry_after_seconds=QUOTA_WINDOW_SECONDS,
+            )
+        frees_at = oldest + dt.timedelta(seconds=QUOTA_WINDOW_SECONDS)
+        raise QuotaExceededError(
+            f"images per day quota of {tenant.images_per_day} reached ({used} used in the last 24 h)",
+            retry_after_seconds=int((frees_at - now).total_seconds()) + 1,
+        )
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodySizeLimitMiddleware:
+    """Refuse bodies over `max_bytes` with 413: at once from `Content-Length`, or while streaming a chunked one."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, on_too_large: Callable[[Scope, int], ASGIApp]
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.on_too_large = on_too_large
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self.on_too_large(scope, self.max_bytes)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise PayloadTooLargeError(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)

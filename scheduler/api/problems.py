@@ -1,0 +1,183 @@
+"""The ONE place where errors become HTTP statuses: RFC 9457 `application/problem+json` bodies.
+
+Every error a route lets through lands here. A problem body has `type`, `title`, `status`, `detail`,
+`instance`, and for 422s an `errors` list whose entries name the `field` and the `rule` it broke.
+Unexpected exceptions become a 500 problem without a traceback (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError as FastApiValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from db.errors import AuthenticationError as KeyAuthenticationError
+from db.errors import (
+    CataloganError,
+    ConfigError,
+    ConflictError,
+    InvalidKeyError,
+    InvalidTransitionError,
+    NotFoundError,
+    ObjectNotFoundError,
+    PlanningError,
+    StorageError,
+    TransientStorageError,
+)
+from scheduler.errors import (
+    AuthenticationError,
+    JobStateError,
+    LimitExceededError,
+    PayloadTooLargeError,
+    RequestValidationError,
+    ServiceUnavailableError,
+    UnsafeWebhookTargetError,
+    UnsupportedMediaTypeError,
+)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "urn:catalogan:problem:"
+
+log = logging.getLogger(__name__)
+
+# Most specific first: the first class an exception is an instance of decides its status and slug.
+STATUS_FOR: list[tuple[type[BaseException], int, str, str]] = [
+    (AuthenticationError, 401, "unauthenticated", "Missing or invalid API key"),
+    (KeyAuthenticationError, 401, "unauthenticated", "Missing or invalid API key"),
+    (RequestValidationError, 422, "validation", "The request broke a rule"),
+    (UnsafeWebhookTargetError, 422, "validation", "The request broke a rule"),
+    (InvalidKeyError, 422, "validation", "The request broke a rule"),
+    (PayloadTooLargeError, 413, "payload-too-large", "Request body too large"),
+    (UnsupportedMediaTypeError, 415, "unsupported-media-type", "Unsupported content type"),
+    (PlanningError, 422, "validation", "The request broke a rule"),
+    (LimitExceededError, 429, "too-many-requests", "Limit exceeded"),
+    (ObjectNotFoundError, 404, "not-found", "Not found"),
+    (NotFoundError, 404, "not-found", "Not found"),
+    (JobStateError, 409, "conflict", "The job's status does not allow this"),
+    (InvalidTransitionError, 409, "conflict", "The job's status does not allow this"),
+    (ConflictError, 409, "conflict", "Conflict"),
+    (ServiceUnavailableError, 503, "unavailable", "A backing service did not answer"),
+    (TransientStorageError, 503, "unavailable", "A backing service did not answer"),
+    (StorageError, 502, "storage", "The object store failed"),
+    (ConfigError, 500, "misconfigured", "The server is misconfigured"),
+]
+
+EXAMPLE_PROBLEM: dict[str, Any] = {
+    "type": "urn:catalogan:problem:validation",
+    "title": "The request broke a rule",
+    "status": 422,
+    "detail": "items.0.count: must be ≤ 100000",
+    "instance": "/v1/jobs",
+    "errors": [{"field": "items.0.count", "rule": "less_than_equal", "message": "must be ≤ 100000"}],
+}
+
+
+def problem_response(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str = "",
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """A `application/problem+json` response."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+    }
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def _field_errors(exc: BaseException) -> list[dict[str, str]] | None:
+    if isinstance(exc, RequestValidationError):
+        return [{"field": exc.field, "rule": exc.rule, "message": str(exc)}]
+    if isinstance(exc, UnsafeWebhookTargetError):
+        return [{"field": "webhook_url", "rule": "public_http_target", "message": str(exc)}]
+    if isinstance(exc, PlanningError):
+        # Planning messages start with the field path ("items[0].category: ... is not a category").
+        field, _, message = str(exc).partition(": ")
+        return [{"field": field if message else "spec", "rule": "job_spec", "message": str(exc)}]
+    if isinstance(exc, InvalidKeyError):
+        # The storage layer's messages start with the field name ("sku 'a/b': must not contain '/'").
+        field = str(exc).split(" ", 1)[0]
+        return [{"field": field, "rule": "object_key_segment", "message": str(exc)}]
+    return None
+
+
+def problem_for(exc: BaseException, instance: str) -> JSONResponse:
+    """The problem response for a project error (or a 500 for anything unexpected)."""
+    for cls, status, slug, title in STATUS_FOR:
+        if isinstance(exc, cls):
+            headers: dict[str, str] = {}
+            if isinstance(exc, LimitExceededError):
+                headers["Retry-After"] = str(exc.retry_after_seconds)
+            if isinstance(exc, AuthenticationError | KeyAuthenticationError):
+                headers["WWW-Authenticate"] = 'Bearer realm="catalogan"'
+            if status >= 500:
+                log.warning("%s %s: %s", status, instance, exc)
+            return problem_response(
+                status, slug, title, str(exc), instance=instance, errors=_field_errors(exc), headers=headers
+            )
+    log.exception("unexpected error on %s", instance, exc_info=exc)
+    return problem_response(
+        500, "internal", "Internal server error", "an unexpected error occurred", instance=instance
+    )
+
+
+def _pydantic_errors(exc: FastApiValidationError) -> list[dict[str, str]]:
+    errors = []
+    for error in exc.errors():
+        location = [str(part) for part in error.get("loc", ()) if part not in ("body",)]
+        field = ".".join(location) or "body"
+        errors.append(
+            {"field": field, "rule": str(error.get("type", "invalid")), "message": str(error.get("msg", ""))}
+        )
+    return errors
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Register the handlers that turn every error into a problem response."""
+
+    async def on_project_error(request: Request, exc: Exception) -> JSONResponse:
+        return problem_for(exc, request.url.path)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, FastApiValidationError)
+        errors = _pydantic_errors(exc)
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return problem_response(
+            422, "validation", "The request broke a rule", detail, instance=request.url.path, errors=errors
+        )
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        slug = {404: "not-found", 405: "method-not-allowed", 401: "unauthenticated"}.get(
+            exc.status_code, "http"
+        )
+        return problem_response(
+            exc.status_code,
+            slug,
+            str(exc.detail) if exc.status_code != 404 else "Not found",
+            str(exc.detail),
+            instance=request.url.path,
+            headers=dict(exc.headers or {}),
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return problem_for(exc, request.url.path)
+
+    app.add_exception_handler(CataloganError, on_project_error)
+    app.add_exception_handler(FastApiValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

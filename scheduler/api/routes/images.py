@@ -1,0 +1,115 @@
+"""`/v1/jobs/{id}/images` (cursor pages with presigned URLs) and `/v1/jobs/{id}/manifest`.
+
+Only keys under the calling tenant's prefix are ever presigned: the check is on the key itself, not only
+on the job's owner, so a row that somehow pointed elsewhere could still never leak another tenant's object.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from sqlalchemy import select
+
+from db.images import manifest_keys
+from db.jobs import get_job
+from db.tables import Image
+from scheduler.api.cursors import decode_cursor, encode_cursor
+from scheduler.api.deps import ServicesDep, SessionDep, TenantDep
+from scheduler.api.routes.jobs import COMMON_ERRORS, _problem
+from scheduler.api.schemas import ImagePage
+from scheduler.api.views import image_public
+from scheduler.errors import JobStateError, RequestValidationError
+
+router = APIRouter(prefix="/v1", tags=["images"])
+
+MANIFEST_MEDIA_TYPES = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
+
+
+def tenant_owns_key(tenant_id: str, key: str) -> bool:
+    """True when `key` lies under the tenant's prefix (`<tenant>/...`) and so may be presigned for it."""
+    return key.startswith(f"{tenant_id}/") and "/../" not in f"/{key}/"
+
+
+@router.get(
+    "/jobs/{job_id}/images", response_model=ImagePage, summary="List a job's images", responses=COMMON_ERRORS
+)
+def list_images(
+    job_id: str,
+    session: SessionDep,
+    services: ServicesDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> ImagePage:
+    """The job's images in index order, each with a presigned GET URL and its expiry."""
+    job = get_job(session, job_id, tenant_id=tenant.id)
+    query = select(Image).where(Image.job_id == job.id)
+    if cursor:
+        (after,) = decode_cursor(cursor, arity=1)
+        if not isinstance(after, int) or isinstance(after, bool):
+            raise RequestValidationError("cursor", "opaque_cursor", "cursor: not a cursor this API issued")
+        query = query.where(Image.index > after)
+    rows = session.scalars(query.order_by(Image.index).limit(limit + 1)).all()
+    page = rows[:limit]
+    ttl = services.presign_ttl_seconds
+    data = []
+    for image in page:
+        url = expires = None
+        if image.key and tenant_owns_key(tenant.id, image.key):
+            presigned = services.store.presign(image.key, expires_in_seconds=ttl)
+            url, expires = presigned.url, presigned.expires_at
+        data.append(image_public(image, url, expires))
+    next_cursor = encode_cursor(page[-1].index) if len(rows) > limit else None
+    return ImagePage(data=data, next_cursor=next_cursor)
+
+
+@router.get(
+    "/jobs/{job_id}/manifest",
+    summary="Download a finished job's manifest",
+    response_class=Response,
+    responses={
+        **COMMON_ERRORS,
+        200: {
+            "description": "JSONL (one object per image) or Parquet.",
+            "content": {
+                "application/x-ndjson": {
+                    "example": '{"index":0,"sku":"SKU-1","category":"sneaker","key":"t/jobs/j/SKU-1/00000000.png",'
+                    '"sha256":"…","seed":7,"model_version":"fashion-cgan@1","status":"succeeded","error":null}\n'
+                },
+                "application/vnd.apache.parquet": {},
+            },
+        },
+        409: _problem("The job has not finished yet: no manifest."),
+    },
+)
+async def get_manifest(
+    job_id: str,
+    services: ServicesDep,
+    tenant: TenantDep,
+    format: Annotated[Literal["jsonl", "parquet"], Query(description="Manifest format.")] = "jsonl",
+) -> Response:
+    """The manifest the workers wrote when the job finished: index, sku, category, key, sha256, seed, model
+    version, status and error for every image."""
+
+    def read() -> bytes:
+        with services.session_factory() as session:
+            job = get_job(session, job_id, tenant_id=tenant.id)
+        if not job.manifest_key:
+            raise JobStateError(
+                f"job {job_id} is {job.status.value}; its manifest is written when it finishes"
+            )
+        jsonl_key, parquet_key = manifest_keys(tenant.id, job.id)
+        key = jsonl_key if format == "jsonl" else parquet_key
+        if not tenant_owns_key(tenant.id, key):  # pragma: no cover - manifest_keys builds tenant keys
+            raise JobStateError("manifest outside the tenant's prefix")
+        return services.store.get(key)
+
+    data = await run_in_threadpool(read)
+    return Response(
+        content=data,
+        media_type=MANIFEST_MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'attachment; filename="{job_id}.{format}"'},
+    )

@@ -1,0 +1,234 @@
+"""API payloads (*schemas*): `...Create` for what clients send, `...Public` for what the API returns.
+
+Every count and string is bounded here so that a request breaking a bound is a 422 naming the field.
+Bounds that an operator can tighten (images per job, items per job) are checked again against
+`ApiSettings` in `scheduler/submission.py`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from db.status import ImageStatus, JobStatus, ModelVersionStatus
+
+MAX_ITEMS_PER_JOB = 100_000
+MAX_IMAGES_PER_ITEM = 100_000
+MAX_PREVIEW_IMAGES = 8
+MAX_SEED = 2**63 - 1
+MAX_URL_LENGTH = 2048
+
+ModelRef = Field(
+    default=None,
+    max_length=80,
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[0-9]{1,9})?$",
+    description="`name` (its production version) or `name@version`; empty = the production model.",
+    examples=["fashion-cgan", "fashion-cgan@3"],
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ItemCreate(_Strict):
+    """One requested line: `count` images of a category, optionally for one SKU."""
+
+    category: str = Field(min_length=1, max_length=64, examples=["sneaker"])
+    count: int = Field(ge=1, le=MAX_IMAGES_PER_ITEM, examples=[4])
+    sku: str | None = Field(default=None, min_length=1, max_length=128, examples=["SKU-10042"])
+    client_item_id: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class JobCreate(_Strict):
+    """A bulk job: inline `items`, or a manifest of SKUs at `manifest_uri` (or uploaded as multipart `file`)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "fashion-cgan",
+                    "items": [{"category": "sneaker", "count": 4, "sku": "SKU-10042"}],
+                    "seed": 7,
+                    "webhook_url": "https://etl.example.com/hooks/catalogan",
+                }
+            ]
+        },
+    )
+
+    model: str | None = ModelRef
+    items: list[ItemCreate] | None = Field(default=None, min_length=1, max_length=MAX_ITEMS_PER_JOB)
+    manifest_uri: str | None = Field(
+        default=None,
+        max_length=MAX_URL_LENGTH,
+        pattern=r"^s3://[^/]+/.+\.(csv|jsonl|parquet)$",
+        description="An `s3://bucket/key` CSV, JSONL or Parquet file with columns sku, category, count.",
+        examples=["s3://catalog/exports/missing-images.csv"],
+    )
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Chosen and recorded when omitted.")
+    chunk_size: int | None = Field(
+        default=None, ge=1, le=10_000, description="Images per task; default chosen."
+    )
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=MAX_URL_LENGTH,
+        pattern=r"^https?://",
+        description="Overrides the tenant default.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JobCreate:
+        if self.items is not None and self.manifest_uri is not None:
+            raise ValueError("give either items or manifest_uri, not both")
+        return self
+
+
+class CountsPublic(BaseModel):
+    """How far a job got."""
+
+    images_total: int
+    images_done: int
+    images_failed: int
+    images_rejected: int
+    chunks_total: int
+    chunks_finished: int
+
+
+class ModelVersionRef(BaseModel):
+    """The model version a job runs with."""
+
+    name: str
+    version: int
+
+
+class JobPublic(BaseModel):
+    """A job as clients see it."""
+
+    id: str = Field(examples=["4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f"])
+    status: JobStatus
+    model: ModelVersionRef | None
+    seed: int
+    output_format: str
+    chunk_size: int
+    counts: CountsPublic
+    progress: float = Field(ge=0, le=1, description="Finished images (done + failed + rejected) / total.")
+    eta_seconds: float | None = Field(
+        description="Seconds left at the measured rate; null when unknown or done."
+    )
+    cancel_requested: bool
+    webhook_url: str | None
+    error: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+class JobPage(BaseModel):
+    """One page of jobs, newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    data: list[JobPublic]
+    next_cursor: str | None
+
+
+class ImagePublic(BaseModel):
+    """One generated image; `url` is a presigned GET valid until `url_expires_at`."""
+
+    index: int
+    category: str
+    sku: str | None
+    status: ImageStatus
+    key: str | None
+    sha256: str | None
+    size_bytes: int | None
+    width: int | None
+    height: int | None
+    url: str | None
+    url_expires_at: dt.datetime | None
+    error: str | None
+
+
+class ImagePage(BaseModel):
+    """One page of a job's images in index order."""
+
+    data: list[ImagePublic]
+    next_cursor: str | None
+
+
+class EstimatePublic(BaseModel):
+    """What a job would cost, without creating it."""
+
+    images: int
+    chunks: int
+    seconds: float
+    images_per_second: float
+    throughput_basis: Literal["measured", "default"] = Field(
+        description="`measured` from chunks finished in the last hour, else the configured default."
+    )
+    model: ModelVersionRef
+
+
+class PreviewCreate(_Strict):
+    """Up to 8 images generated synchronously, to try a model before a bulk job."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"model": "fashion-cgan", "category": "dress", "count": 4}]},
+    )
+
+    model: str | None = ModelRef
+    category: str = Field(min_length=1, max_length=64)
+    count: int = Field(default=4, ge=1, le=MAX_PREVIEW_IMAGES)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+
+
+class PreviewImagePublic(BaseModel):
+    """One preview image, inline as base64 PNG."""
+
+    index: int
+    category: str
+    sha256: str
+    png_base64: str
+
+
+class PreviewPublic(BaseModel):
+    """The images of one preview."""
+
+    model: ModelVersionRef
+    seed: int
+    images: list[PreviewImagePublic]
+
+
+class ModelPublic(BaseModel):
+    """A registered generator version."""
+
+    name: str
+    version: int
+    status: ModelVersionStatus
+    preset: str
+    architecture: str
+    categories: list[Any]
+    metrics: dict[str, Any]
+    created_at: dt.datetime
+    promoted_at: dt.datetime | None
+
+
+class ModelList(BaseModel):
+    """Every registered model version, newest first."""
+
+    data: list[ModelPublic]
+
+
+class HealthPublic(BaseModel):
+    """Liveness: the process answers."""
+
+    status: Literal["ok"]
+
+
+class ReadinessPublic(BaseModel):
+    """Readiness: each backing service and whether it answered."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(examples=[{"database": "ok", "broker": "ok", "object_store": "ok"}])

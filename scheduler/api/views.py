@@ -1,0 +1,83 @@
+"""Turning table rows into response schemas (and the ETA a job view carries)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from db.status import JobStatus
+from db.tables import Image, Job, ModelVersion, utcnow
+from scheduler.api.schemas import CountsPublic, ImagePublic, JobPublic, ModelPublic, ModelVersionRef
+
+
+def eta_seconds(job: Job, now: dt.datetime | None = None) -> float | None:
+    """Seconds left at the job's own rate so far; None before the first image or once it is finished."""
+    if job.status is not JobStatus.RUNNING or job.started_at is None:
+        return None
+    finished = job.images_done + job.images_failed + job.images_rejected
+    if finished <= 0:
+        return None
+    elapsed = ((now or utcnow()) - job.started_at).total_seconds()
+    remaining = max(0, job.images_total - finished)
+    return round(remaining * max(elapsed, 0.0) / finished, 1)
+
+
+def job_public(job: Job, model: ModelVersion | None, *, now: dt.datetime | None = None) -> JobPublic:
+    """The public view of a job."""
+    finished = job.images_done + job.images_failed + job.images_rejected
+    return JobPublic(
+        id=job.id,
+        status=job.status,
+        model=ModelVersionRef(name=model.name, version=model.version) if model else None,
+        seed=job.seed,
+        output_format=job.output_format,
+        chunk_size=job.chunk_size,
+        counts=CountsPublic(
+            images_total=job.images_total,
+            images_done=job.images_done,
+            images_failed=job.images_failed,
+            images_rejected=job.images_rejected,
+            chunks_total=job.chunks_total,
+            chunks_finished=job.chunks_finished,
+        ),
+        progress=min(1.0, finished / job.images_total) if job.images_total else 0.0,
+        eta_seconds=eta_seconds(job, now),
+        cancel_requested=job.cancel_requested,
+        webhook_url=job.webhook_url,
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+def image_public(image: Image, url: str | None, expires_at: dt.datetime | None) -> ImagePublic:
+    """The public view of an image row with its presigned URL (None when it has no object)."""
+    return ImagePublic(
+        index=image.index,
+        category=image.category,
+        sku=image.sku,
+        status=image.status,
+        key=image.key,
+        sha256=image.sha256,
+        size_bytes=image.size_bytes,
+        width=image.width,
+        height=image.height,
+        url=url,
+        url_expires_at=expires_at,
+        error=image.error,
+    )
+
+
+def model_public(model: ModelVersion) -> ModelPublic:
+    """The public view of a model version."""
+    return ModelPublic(
+        name=model.name,
+        version=model.version,
+        status=model.status,
+        preset=model.preset,
+        architecture=model.architecture,
+        categories=list(model.categories or []),
+        metrics=dict(model.metrics or {}),
+        created_at=model.created_at,
+        promoted_at=model.promoted_at,
+    )

@@ -1,0 +1,99 @@
+"""`catalogan dlq ls|retry`: quarantined chunks (the dead-letter queue), straight from SQL."""
+
+from __future__ import annotations
+
+import click
+from sqlalchemy import select
+
+from db.engine import transaction
+from db.messaging import CeleryPublisher, make_celery_app
+from db.planning import mark_job_enqueued
+from db.settings import BrokerSettings, DataSettings
+from db.status import ChunkStatus
+from db.tables import Chunk, Job
+from scheduler.cli.database import cli_session_factory
+from scheduler.cli.errors import one_line_errors
+from scheduler.cli.output import json_option, print_json, print_rows
+from scheduler.job_retries import retry_failed_images
+
+COLUMNS = ("chunk", "job", "tenant", "start", "stop", "attempt", "error", "finished_at")
+
+
+@click.group("dlq")
+def dlq() -> None:
+    """Inspect and retry quarantined chunks (those that failed every attempt).
+
+    Example:
+
+    \b
+        catalogan dlq ls --limit 20
+    """
+
+
+@dlq.command("ls")
+@click.option("--job", "job_id", default=None, help="Only this job's chunks.")
+@click.option(
+    "--limit", type=click.IntRange(1, 10_000), default=100, show_default=True, help="How many chunks."
+)
+@json_option
+@one_line_errors
+def list_quarantined(job_id: str | None, limit: int, as_json: bool) -> None:
+    """List quarantined chunks with their last error, newest first.
+
+    Example:
+
+    \b
+        catalogan dlq ls --job 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f --json
+    """
+    with cli_session_factory()() as session:
+        query = (
+            select(Chunk, Job.tenant_id)
+            .join(Job, Job.id == Chunk.job_id)
+            .where(Chunk.status == ChunkStatus.QUARANTINED)
+        )
+        if job_id:
+            query = query.where(Chunk.job_id == job_id)
+        rows = session.execute(query.order_by(Chunk.finished_at.desc(), Chunk.id.desc()).limit(limit)).all()
+    data = [
+        {
+            "chunk": chunk.id,
+            "job": chunk.job_id,
+            "tenant": tenant,
+            "start": chunk.start_index,
+            "stop": chunk.stop_index,
+            "attempt": chunk.attempt,
+            "error": (chunk.last_error or "")[:200],
+            "finished_at": chunk.finished_at,
+        }
+        for chunk, tenant in rows
+    ]
+    print_rows(data, COLUMNS, as_json=as_json, title="quarantined chunks")
+
+
+@dlq.command("retry")
+@click.argument("job_id")
+@json_option
+@one_line_errors
+def retry(job_id: str, as_json: bool) -> None:
+    """Put a job's quarantined chunks back on its queue (as `POST /v1/jobs/{id}/retry` does).
+
+    Example:
+
+    \b
+        catalogan dlq retry 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f
+    """
+    factory = cli_session_factory()
+    with transaction(factory) as session:
+        tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
+        if tenant_id is None:
+            from db.errors import NotFoundError
+
+            raise NotFoundError(f"job {job_id!r} not found")
+        plan = retry_failed_images(session, job_id, tenant_id=tenant_id)
+    CeleryPublisher(make_celery_app(BrokerSettings(), DataSettings()))(plan.queue, plan.chunk_ids)
+    with transaction(factory) as session:
+        mark_job_enqueued(session, job_id)
+    if as_json:
+        print_json({"job": job_id, "chunks": list(plan.chunk_ids), "queue": plan.queue})
+    else:
+        click.echo(f"job {job_id}: {len(plan.chunk_ids)} chunks back on the {plan.queue} queue")

@@ -1,0 +1,255 @@
+"""`catalogan jobs ls|show|watch|cancel|retry|export`: follow jobs through the HTTP API (built on the SDK).
+
+The API is found with CATALOGAN_API_URL and CATALOGAN_API_KEY.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from scheduler.cli.errors import ExitCode, one_line_errors
+from scheduler.cli.output import json_option, print_json, print_rows
+from scheduler.client import Client, Job
+from scheduler.settings import ClientSettings
+
+COLUMNS = ("id", "status", "model", "images", "done", "failed", "progress", "created_at", "finished_at")
+MANIFEST_CSV_COLUMNS = (
+    "index",
+    "sku",
+    "category",
+    "key",
+    "sha256",
+    "seed",
+    "model_version",
+    "status",
+    "error",
+)
+
+
+def _client() -> Client:
+    settings = ClientSettings()
+    return Client(settings.api_url, settings.require_key())
+
+
+def _row(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "status": job.status,
+        "model": f"{job.model_name}@{job.model_version}" if job.model_name else None,
+        "images": job.images_total,
+        "done": job.images_done,
+        "failed": job.images_failed,
+        "progress": f"{job.progress:.0%}",
+        "eta_seconds": job.eta_seconds,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def _job_json(job: Job) -> dict[str, Any]:
+    return dict(job.raw) if job.raw else {k: v for k, v in asdict(job).items() if k != "raw"}
+
+
+@click.group("jobs")
+def jobs() -> None:
+    """List, follow, cancel, retry and export jobs through the API.
+
+    Example:
+
+    \b
+        CATALOGAN_API_URL=http://localhost:8000 CATALOGAN_API_KEY=cg_... catalogan jobs ls --status running
+    """
+
+
+@jobs.command("ls")
+@click.option(
+    "--status",
+    type=click.Choice(["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]),
+    default=None,
+    help="Only jobs in this status.",
+)
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True, help="How many jobs.")
+@json_option
+@one_line_errors
+def list_jobs(status: str | None, limit: int, as_json: bool) -> None:
+    """List the tenant's jobs, newest first.
+
+    Example:
+
+    \b
+        catalogan jobs ls --status failed --json
+    """
+    with _client() as client:
+        page = client.list_jobs(status=status, limit=limit)
+    if as_json:
+        print_json([_job_json(job) for job in page.jobs])
+    else:
+        print_rows([_row(job) for job in page.jobs], COLUMNS, as_json=False, title="jobs")
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@json_option
+@one_line_errors
+def show(job_id: str, as_json: bool) -> None:
+    """Show one job: status, counts, timestamps, model version, ETA.
+
+    Example:
+
+    \b
+        catalogan jobs show 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f
+    """
+    with _client() as client:
+        job = client.get_job(job_id)
+    if as_json:
+        print_json(_job_json(job))
+        return
+    for name, value in _row(job).items():
+        click.echo(f"{name:>12}: {'-' if value is None else value}")
+    if job.error:
+        click.echo(f"{'error':>12}: {job.error}")
+
+
+@jobs.command("watch")
+@click.argument("job_id")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between polls.")
+@one_line_errors
+def watch(job_id: str, interval: float) -> None:
+    """Follow a job with a live progress bar until it finishes; exit 7 unless it succeeded.
+
+    Example:
+
+    \b
+        catalogan jobs watch 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f --interval 2
+    """
+    with (
+        _client() as client,
+        Progress(
+            TextColumn("[bold]{task.fields[status]}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.completed}/{task.total} images, {task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            transient=False,
+        ) as progress,
+    ):
+        task = progress.add_task("job", total=None, status="…", failed=0)
+
+        def update(job: Job) -> None:
+            finished = job.images_done + job.images_failed + job.images_rejected
+            progress.update(
+                task, total=job.images_total, completed=finished, status=job.status, failed=job.images_failed
+            )
+
+        job = client.wait(job_id, progress=update, poll_seconds=interval)
+    click.echo(f"job {job.id} {job.status}")
+    if job.status != "succeeded":
+        sys.exit(ExitCode.JOB_FAILED)
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@json_option
+@one_line_errors
+def cancel(job_id: str, as_json: bool) -> None:
+    """Ask a job to stop; finished images stay.
+
+    Example:
+
+    \b
+        catalogan jobs cancel 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f
+    """
+    with _client() as client:
+        job = client.cancel_job(job_id)
+    if as_json:
+        print_json(_job_json(job))
+    else:
+        click.echo(f"job {job.id} {job.status}")
+
+
+@jobs.command("retry")
+@click.argument("job_id")
+@json_option
+@one_line_errors
+def retry(job_id: str, as_json: bool) -> None:
+    """Run a job's failed images again (its quarantined chunks).
+
+    Example:
+
+    \b
+        catalogan jobs retry 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f
+    """
+    with _client() as client:
+        job = client.retry_job(job_id)
+    if as_json:
+        print_json(_job_json(job))
+    else:
+        click.echo(f"job {job.id} {job.status}: {job.images_total - job.images_done} images to run again")
+
+
+def manifest_csv(rows: list[dict[str, Any]]) -> str:
+    """Manifest rows as CSV text with the manifest's columns first."""
+    extra = sorted({key for row in rows for key in row} - set(MANIFEST_CSV_COLUMNS))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=[*MANIFEST_CSV_COLUMNS, *extra], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+@jobs.command("export")
+@click.argument("job_id")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "parquet", "csv"]),
+    default="jsonl",
+    show_default=True,
+    help="Manifest format.",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the manifest here (default: stdout; Parquet needs --out).",
+)
+@click.option(
+    "--images",
+    "images_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also download the images into this folder (checked against their sha256).",
+)
+@one_line_errors
+def export(job_id: str, fmt: str, out: Path | None, images_dir: Path | None) -> None:
+    """Export a finished job's manifest (and optionally its images).
+
+    Example:
+
+    \b
+        catalogan jobs export 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f --format csv --out manifest.csv --images out/
+    """
+    if fmt == "parquet" and out is None:
+        raise click.UsageError("--format parquet needs --out FILE")
+    with _client() as client:
+        if fmt == "csv":
+            data = manifest_csv(client.manifest_rows(job_id)).encode()
+        else:
+            data = client.get_manifest(job_id, format=fmt)
+        saved = client.download(job_id, images_dir) if images_dir is not None else []
+    if out is None:
+        click.echo(data.decode(), nl=False)
+    else:
+        out.write_bytes(data)
+        click.echo(f"manifest written to {out}", err=True)
+    if images_dir is not None:
+        click.echo(f"{len(saved)} images written under {images_dir}", err=True)

@@ -1,0 +1,39 @@
+"""`catalogan serve`: run the HTTP API under uvicorn."""
+
+from __future__ import annotations
+
+import click
+
+from scheduler.cli.errors import one_line_errors
+from scheduler.settings import ApiSettings
+
+
+@click.command("serve")
+@click.option("--host", default=None, help="Bind address (default CATALOGAN_API_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default CATALOGAN_API_PORT, 8000).")
+@click.option(
+    "--workers", type=int, default=None, help="uvicorn worker processes (default CATALOGAN_API_WORKERS)."
+)
+@click.option("--log-level", default="info", show_default=True, help="uvicorn log level.")
+@one_line_errors
+def serve(host: str | None, port: int | None, workers: int | None, log_level: str) -> None:
+    """Serve the HTTP API (FastAPI under uvicorn); settings come from CATALOGAN_* variables.
+
+    Example:
+
+    \b
+        CATALOGAN_DATABASE_URL=postgresql://postgres@localhost/catalogan \\
+        CATALOGAN_BROKER_URL=redis://localhost:6379/0 catalogan serve --host 0.0.0.0 --port 8000
+    """
+    import uvicorn
+
+    settings = ApiSettings()  # validated here so a bad setting is one line, not a worker traceback
+    uvicorn.run(
+        "scheduler.api.app:create_app",
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        workers=workers or settings.api_workers,
+        log_level=log_level,
+        proxy_headers=True,
+    )

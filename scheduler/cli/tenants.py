@@ -1,0 +1,130 @@
+"""`catalogan tenants create|ls`: customer accounts (direct SQL; an operator command)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from sqlalchemy import func, select, update
+
+from db.engine import transaction
+from db.tables import ApiKey, Tenant
+from db.tenants import create_api_key, create_tenant
+from scheduler.cli.database import cli_session_factory
+from scheduler.cli.errors import one_line_errors
+from scheduler.cli.output import json_option, print_json, print_rows
+from scheduler.signatures import new_secret
+
+COLUMNS = (
+    "id",
+    "name",
+    "images_per_day",
+    "max_concurrent_jobs",
+    "requests_per_minute",
+    "webhook_url",
+    "keys",
+    "created_at",
+)
+
+
+@click.group("tenants")
+def tenants() -> None:
+    """Create and list tenants (customer accounts that own keys, jobs and objects).
+
+    Example:
+
+    \b
+        catalogan tenants create acme --images-per-day 100000 --with-key
+    """
+
+
+@tenants.command("create")
+@click.argument("name")
+@click.option("--images-per-day", type=click.IntRange(min=1), default=None, help="Quota of images per 24 h.")
+@click.option(
+    "--max-concurrent-jobs", type=click.IntRange(min=1), default=None, help="Quota of unfinished jobs."
+)
+@click.option("--requests-per-minute", type=click.IntRange(min=1), default=None, help="API rate limit.")
+@click.option("--webhook-url", default=None, help="Default webhook URL for the tenant's jobs.")
+@click.option("--with-key", is_flag=True, help="Also create a first API key and print it (shown once).")
+@json_option
+@one_line_errors
+def create(
+    name: str,
+    images_per_day: int | None,
+    max_concurrent_jobs: int | None,
+    requests_per_minute: int | None,
+    webhook_url: str | None,
+    with_key: bool,
+    as_json: bool,
+) -> None:
+    """Create a tenant with a fresh webhook signing secret (printed once).
+
+    Example:
+
+    \b
+        catalogan tenants create acme --images-per-day 100000 --with-key --json
+    """
+    secret = new_secret()
+    with transaction(cli_session_factory()) as session:
+        tenant = create_tenant(
+            session,
+            name,
+            webhook_url=webhook_url,
+            images_per_day=images_per_day,
+            max_concurrent_jobs=max_concurrent_jobs,
+            requests_per_minute=requests_per_minute,
+        )
+        session.flush()
+        session.execute(update(Tenant).where(Tenant.id == tenant.id).values(webhook_secret=secret))
+        issued = create_api_key(session, tenant.id, name="default") if with_key else None
+        result: dict[str, Any] = {"id": tenant.id, "name": name, "webhook_secret": secret}
+    if issued is not None:
+        result["api_key"] = issued.clear_key
+        result["api_key_id"] = issued.key_id
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"tenant {name} created: {result['id']}")
+    click.echo(f"webhook secret (shown once): {secret}")
+    if issued is not None:
+        click.echo(f"API key {issued.key_id} (shown once): {issued.clear_key}")
+
+
+@tenants.command("ls")
+@json_option
+@one_line_errors
+def list_tenants(as_json: bool) -> None:
+    """List tenants with their quotas and number of live keys.
+
+    Example:
+
+    \b
+        catalogan tenants ls --json
+    """
+    with cli_session_factory()() as session:
+        live_keys = (
+            select(ApiKey.tenant_id, func.count().label("keys"))
+            .where(ApiKey.revoked_at.is_(None))
+            .group_by(ApiKey.tenant_id)
+            .subquery()
+        )
+        rows = session.execute(
+            select(Tenant, func.coalesce(live_keys.c["keys"], 0))
+            .join(live_keys, live_keys.c.tenant_id == Tenant.id, isouter=True)
+            .order_by(Tenant.name)
+        ).all()
+    data = [
+        {
+            "id": tenant.id,
+            "name": tenant.name,
+            "images_per_day": tenant.images_per_day,
+            "max_concurrent_jobs": tenant.max_concurrent_jobs,
+            "requests_per_minute": tenant.requests_per_minute,
+            "webhook_url": tenant.webhook_url,
+            "keys": keys,
+            "created_at": tenant.created_at,
+        }
+        for tenant, keys in rows
+    ]
+    print_rows(data, COLUMNS, as_json=as_json, title="tenants")

@@ -1,0 +1,86 @@
+"""`catalogan workers`: live workers (Celery ping), what they hold (SQL leases), and queue depths (Redis LLEN)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from sqlalchemy import func, select
+
+from db.messaging import QUEUE_NAMES, make_celery_app, queue_depth
+from db.settings import BrokerSettings, DataSettings
+from db.status import ChunkStatus
+from db.tables import Chunk, utcnow
+from scheduler.cli.database import cli_session_factory
+from scheduler.cli.errors import one_line_errors
+from scheduler.cli.output import json_option, print_json, print_table
+
+PING_TIMEOUT_SECONDS = 2.0
+
+
+def queue_depths(broker: BrokerSettings, data: DataSettings) -> dict[str, int]:
+    """Messages waiting per queue: Redis LLEN, or the embedded broker's files."""
+    if not broker.embedded and broker.broker_url.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(broker.broker_url, socket_connect_timeout=5)
+        try:
+            return {queue: int(client.llen(queue)) for queue in QUEUE_NAMES}
+        finally:
+            client.close()
+    app = make_celery_app(broker, data)
+    return {queue: queue_depth(app, queue) for queue in QUEUE_NAMES}
+
+
+def ping_workers(broker: BrokerSettings, data: DataSettings) -> list[str]:
+    """Names of the workers that answer a Celery ping (only those with remote control enabled answer)."""
+    if broker.embedded:
+        return []  # the filesystem transport has no broadcast: no pings
+    app = make_celery_app(broker, data)
+    replies = app.control.inspect(timeout=PING_TIMEOUT_SECONDS).ping() or {}
+    return sorted(replies)
+
+
+def lease_holders() -> list[dict[str, Any]]:
+    """Workers holding live chunk leases right now, from SQL (the source of truth)."""
+    now = utcnow()
+    with cli_session_factory()() as session:
+        rows = session.execute(
+            select(Chunk.leased_by, func.count(), func.max(Chunk.lease_expires_at))
+            .where(Chunk.status == ChunkStatus.LEASED, Chunk.lease_expires_at > now)
+            .group_by(Chunk.leased_by)
+        ).all()
+    return [{"worker": worker, "chunks": count, "lease_until": until} for worker, count, until in rows]
+
+
+@click.command("workers")
+@json_option
+@one_line_errors
+def workers(as_json: bool) -> None:
+    """Show live workers (Celery ping and live chunk leases) and the depth of each queue.
+
+    Example:
+
+    \b
+        CATALOGAN_BROKER_URL=redis://localhost:6379/0 catalogan workers --json
+    """
+    broker, data = BrokerSettings(), DataSettings()
+    depths = queue_depths(broker, data)
+    pinged = ping_workers(broker, data)
+    holders = lease_holders()
+    names = sorted({*pinged, *(str(h["worker"]) for h in holders if h["worker"])})
+    by_name = {str(h["worker"]): h for h in holders}
+    rows = [
+        {
+            "worker": name,
+            "ping": "ok" if name in pinged else "-",
+            "chunks": by_name.get(name, {}).get("chunks", 0),
+            "lease_until": by_name.get(name, {}).get("lease_until"),
+        }
+        for name in names
+    ]
+    if as_json:
+        print_json({"workers": rows, "queues": depths})
+        return
+    print_table(rows, ("worker", "ping", "chunks", "lease_until"), title="workers")
+    print_table([{"queue": q, "depth": d} for q, d in depths.items()], ("queue", "depth"), title="queues")

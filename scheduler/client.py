@@ -1,0 +1,498 @@
+"""The Python SDK for the catalogan HTTP API (httpx, synchronous).
+
+    from scheduler.client import Client
+
+    with Client("http://127.0.0.1:8000", api_key="cg_...") as client:
+        job = client.submit_job([{"category": "sneaker", "count": 4, "sku": "SKU-1"}], seed=7)
+        job = client.wait(job, progress=lambda j: print(f"{j.progress:.0%}"))
+        paths = client.download(job, "out/")
+
+Every call retries on 5xx, 429 and connection failures with exponential backoff, honouring `Retry-After`.
+`submit_job` always sends an `Idempotency-Key` (one is generated when none is given), so a retried submit
+never creates a second job. Errors: `ApiError` (the API answered with a problem; `.status`, `.problem`),
+`TransportError` (the API could not be reached), `WebhookVerificationError` (from `verify_webhook`) —
+all `scheduler.errors.ClientError`/`SchedulerError`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from scheduler.errors import ApiError, ClientError, TransportError
+from scheduler.signatures import DEFAULT_TOLERANCE_SECONDS, verify
+
+__all__ = [
+    "Client",
+    "Estimate",
+    "Image",
+    "Job",
+    "JobPage",
+    "Model",
+    "PreviewImage",
+    "verify_webhook",
+]
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 30.0
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def _time(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as the API reported it when this object was made."""
+
+    id: str
+    status: str
+    model_name: str | None
+    model_version: int | None
+    seed: int
+    images_total: int
+    images_done: int
+    images_failed: int
+    images_rejected: int
+    chunks_total: int
+    chunks_finished: int
+    progress: float
+    eta_seconds: float | None
+    cancel_requested: bool
+    webhook_url: str | None
+    error: str | None
+    created_at: dt.datetime | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    replayed: bool = False
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job succeeded, failed or was cancelled."""
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any], *, replayed: bool = False) -> Job:
+        """Build from a `JobPublic` body."""
+        counts = body.get("counts", {})
+        model = body.get("model") or {}
+        return cls(
+            id=body["id"],
+            status=body["status"],
+            model_name=model.get("name"),
+            model_version=model.get("version"),
+            seed=body["seed"],
+            images_total=counts.get("images_total", 0),
+            images_done=counts.get("images_done", 0),
+            images_failed=counts.get("images_failed", 0),
+            images_rejected=counts.get("images_rejected", 0),
+            chunks_total=counts.get("chunks_total", 0),
+            chunks_finished=counts.get("chunks_finished", 0),
+            progress=body.get("progress", 0.0),
+            eta_seconds=body.get("eta_seconds"),
+            cancel_requested=body.get("cancel_requested", False),
+            webhook_url=body.get("webhook_url"),
+            error=body.get("error"),
+            created_at=_time(body.get("created_at")),
+            started_at=_time(body.get("started_at")),
+            finished_at=_time(body.get("finished_at")),
+            replayed=replayed,
+            raw=dict(body),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of jobs and the cursor of the next one (None at the end)."""
+
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """One image of a job, with a presigned `url` valid until `url_expires_at`."""
+
+    index: int
+    category: str
+    sku: str | None
+    status: str
+    key: str | None
+    sha256: str | None
+    size_bytes: int | None
+    url: str | None
+    url_expires_at: dt.datetime | None
+    error: str | None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Image:
+        """Build from an `ImagePublic` body."""
+        return cls(
+            index=body["index"],
+            category=body["category"],
+            sku=body.get("sku"),
+            status=body["status"],
+            key=body.get("key"),
+            sha256=body.get("sha256"),
+            size_bytes=body.get("size_bytes"),
+            url=body.get("url"),
+            url_expires_at=_time(body.get("url_expires_at")),
+            error=body.get("error"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A dry-run estimate of a job."""
+
+    images: int
+    chunks: int
+    seconds: float
+    images_per_second: float
+    throughput_basis: str
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A registered model version."""
+
+    name: str
+    version: int
+    status: str
+    categories: list[Any]
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewImage:
+    """One preview image (PNG bytes)."""
+
+    index: int
+    category: str
+    sha256: str
+    png: bytes
+
+
+def _job_id(job: Job | str) -> str:
+    return job.id if isinstance(job, Job) else job
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class Client:
+    """A connection to one catalogan API with one API key. Use as a context manager or call `close()`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.max_retries = max_retries
+        self.backoff_seconds = backoff_seconds
+        self._sleep = sleep
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": "catalogan-sdk/1"},
+            timeout=timeout_seconds,
+            transport=transport,
+        )
+        # Presigned URLs are fetched without our Authorization header (S3 would refuse it).
+        self._downloads = httpx.Client(timeout=timeout_seconds, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._http.close()
+        self._downloads.close()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt >= self.max_retries:
+                    raise TransportError(f"{method} {self.base_url}{path}: {exc}") from exc
+                self._sleep(self._delay(attempt, None))
+                attempt += 1
+                continue
+            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
+                self._sleep(self._delay(attempt, _retry_after(response)))
+                attempt += 1
+                continue
+            if response.status_code >= 400:
+                raise ApiError(response.status_code, self._problem(response))
+            return response
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, MAX_BACKOFF_SECONDS * 4)
+        return min(MAX_BACKOFF_SECONDS, self.backoff_seconds * 2**attempt)
+
+    @staticmethod
+    def _problem(response: httpx.Response) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            return {"status": response.status_code, "detail": response.text[:500]}
+        return body if isinstance(body, dict) else {"status": response.status_code, "detail": str(body)}
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    def submit_job(
+        self,
+        items: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        model: str | None = None,
+        seed: int | None = None,
+        manifest: str | Path | None = None,
+        manifest_uri: str | None = None,
+        webhook_url: str | None = None,
+        chunk_size: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Submit a job from inline `items`, an uploaded `manifest` file (CSV, JSONL, Parquet) or an `s3://` URI.
+
+        Sends `Idempotency-Key` (a fresh one unless given): retrying the same call returns the same job,
+        marked `replayed=True`.
+        """
+        spec: dict[str, Any] = {
+            name: value
+            for name, value in {
+                "model": model,
+                "items": list(items) if items is not None else None,
+                "seed": seed,
+                "manifest_uri": manifest_uri,
+                "webhook_url": webhook_url,
+                "chunk_size": chunk_size,
+            }.items()
+            if value is not None
+        }
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        if manifest is not None:
+            path = Path(manifest)
+            files = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
+            data = {"spec": json.dumps(spec)} if spec else {}
+            response = self._request("POST", "/v1/jobs", files=files, data=data, headers=headers)
+        else:
+            response = self._request("POST", "/v1/jobs", json=spec, headers=headers)
+        replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
+        return Job.from_json(response.json(), replayed=replayed)
+
+    def get_job(self, job: Job | str) -> Job:
+        """The job's current status and counts."""
+        return Job.from_json(self._request("GET", f"/v1/jobs/{_job_id(job)}").json())
+
+    def list_jobs(self, *, status: str | None = None, limit: int = 50, cursor: str | None = None) -> JobPage:
+        """One page of the tenant's jobs, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if cursor:
+            params["cursor"] = cursor
+        body = self._request("GET", "/v1/jobs", params=params).json()
+        return JobPage([Job.from_json(item) for item in body["data"]], body.get("next_cursor"))
+
+    def iter_jobs(self, *, status: str | None = None, page_size: int = 100) -> Iterator[Job]:
+        """Every job of the tenant, newest first, fetching pages as needed."""
+        cursor: str | None = None
+        while True:
+            page = self.list_jobs(status=status, limit=page_size, cursor=cursor)
+            yield from page.jobs
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def wait(
+        self,
+        job: Job | str,
+        *,
+        progress: Callable[[Job], None] | None = None,
+        poll_seconds: float = 1.0,
+        timeout_seconds: float | None = None,
+    ) -> Job:
+        """Poll until the job is finished and return it; `progress` is called with every poll's result.
+
+        Raises `ClientError` when `timeout_seconds` pass first. A failed or cancelled job is returned,
+        not raised: check `job.status`.
+        """
+        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+        while True:
+            current = self.get_job(job)
+            if progress is not None:
+                progress(current)
+            if current.is_terminal:
+                return current
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ClientError(f"job {current.id} still {current.status} after {timeout_seconds} s")
+            self._sleep(poll_seconds)
+
+    def cancel_job(self, job: Job | str) -> Job:
+        """Ask the job to stop; finished images stay."""
+        return Job.from_json(self._request("POST", f"/v1/jobs/{_job_id(job)}/cancel").json())
+
+    def retry_job(self, job: Job | str) -> Job:
+        """Run the job's failed images again (its quarantined chunks)."""
+        return Job.from_json(self._request("POST", f"/v1/jobs/{_job_id(job)}/retry").json())
+
+    def estimate_job(
+        self, items: Sequence[Mapping[str, Any]], *, model: str | None = None, chunk_size: int | None = None
+    ) -> Estimate:
+        """What a job of `items` would take, without creating it."""
+        spec: dict[str, Any] = {"items": list(items)}
+        if model:
+            spec["model"] = model
+        if chunk_size:
+            spec["chunk_size"] = chunk_size
+        body = self._request("POST", "/v1/jobs:estimate", json=spec).json()
+        return Estimate(
+            body["images"],
+            body["chunks"],
+            body["seconds"],
+            body["images_per_second"],
+            body["throughput_basis"],
+        )
+
+    # -- images and manifests -----------------------------------------------------------------------
+
+    def iter_images(self, job: Job | str, *, page_size: int = 200) -> Iterator[Image]:
+        """Every image of the job in index order, with fresh presigned URLs."""
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size}
+            if cursor:
+                params["cursor"] = cursor
+            body = self._request("GET", f"/v1/jobs/{_job_id(job)}/images", params=params).json()
+            for item in body["data"]:
+                yield Image.from_json(item)
+            cursor = body.get("next_cursor")
+            if not cursor:
+                return
+
+    def fetch_image(self, image: Image) -> bytes:
+        """The bytes behind an image's presigned URL, checked against its sha256."""
+        if not image.url:
+            raise ClientError(f"image {image.index} has no URL (status {image.status})")
+        parts = urlsplit(image.url)
+        if parts.scheme == "file":
+            data = Path(unquote(parts.path)).read_bytes()
+        else:
+            try:
+                response = self._downloads.get(image.url)
+            except httpx.HTTPError as exc:
+                raise TransportError(f"image {image.index}: {exc}") from exc
+            if response.status_code != 200:
+                raise ApiError(
+                    response.status_code, {"detail": f"image {image.index}: {response.text[:200]}"}
+                )
+            data = response.content
+        if image.sha256 and hashlib.sha256(data).hexdigest() != image.sha256:
+            raise ClientError(f"image {image.index}: downloaded bytes do not match sha256 {image.sha256}")
+        return data
+
+    def download(self, job: Job | str, directory: str | Path) -> list[Path]:
+        """Save every succeeded image of the job under `directory`, mirroring category/SKU folders."""
+        root = Path(directory)
+        saved = []
+        for image in self.iter_images(job):
+            if image.status != "succeeded" or not image.url or not image.key:
+                continue
+            # The last two key segments are "<category or sku>/<index>.png": safe names by construction.
+            target = root.joinpath(*image.key.split("/")[-2:])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.fetch_image(image))
+            saved.append(target)
+        return saved
+
+    def get_manifest(self, job: Job | str, *, format: str = "jsonl") -> bytes:
+        """The finished job's manifest, as JSONL (default) or Parquet bytes."""
+        return self._request("GET", f"/v1/jobs/{_job_id(job)}/manifest", params={"format": format}).content
+
+    def manifest_rows(self, job: Job | str) -> list[dict[str, Any]]:
+        """The finished job's manifest rows (index, sku, category, key, sha256, seed, model version, status, error)."""
+        text = self.get_manifest(job).decode()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    # -- models and previews -----------------------------------------------------------------------------
+
+    def list_models(self) -> list[Model]:
+        """Every registered model version."""
+        body = self._request("GET", "/v1/models").json()
+        return [
+            Model(m["name"], m["version"], m["status"], m.get("categories", []), m.get("metrics", {}))
+            for m in body["data"]
+        ]
+
+    def preview(
+        self, category: str, *, count: int = 4, model: str | None = None, seed: int | None = None
+    ) -> list[PreviewImage]:
+        """Up to 8 images generated right away, to try a model before a bulk job."""
+        import base64
+
+        spec: dict[str, Any] = {"category": category, "count": count}
+        if model:
+            spec["model"] = model
+        if seed is not None:
+            spec["seed"] = seed
+        body = self._request("POST", "/v1/previews", json=spec).json()
+        return [
+            PreviewImage(i["index"], i["category"], i["sha256"], base64.b64decode(i["png_base64"]))
+            for i in body["images"]
+        ]
+
+
+def verify_webhook(
+    headers: Mapping[str, str],
+    body: bytes,
+    secret: str,
+    *,
+    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
+) -> dict[str, Any]:
+    """Check a webhook's Standard Webhooks signature and freshness; return its parsed JSON payload.
+
+    Raises `WebhookVerificationError` for a missing header, a signature that does not match `body`
+    (e.g. a tampered body) or a timestamp older or newer than `tolerance_seconds`.
+    """
+    verify(headers, body, secret, tolerance_seconds=tolerance_seconds)
+    payload: dict[str, Any] = json.loads(body)
+    return payload

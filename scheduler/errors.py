@@ -1,0 +1,123 @@
+"""Errors raised by the scheduler: the API, the webhook dispatcher and the SDK.
+
+    CataloganError (db.errors)
+    └── SchedulerError                  raised by scheduler/
+        ├── AuthenticationError         no API key, an unknown one, or a revoked one        → 401
+        ├── RequestValidationError      a field broke a rule (names the field and the rule) → 422
+        │   └── IdempotencyMismatchError same Idempotency-Key, different body              → 422
+        ├── PayloadTooLargeError        the request body is over the limit                  → 413
+        ├── UnsupportedMediaTypeError   a body that is neither JSON nor multipart           → 415
+        ├── LimitExceededError          a rate limit or quota was hit (carries Retry-After) → 429
+        │   ├── RateLimitedError        too many requests in the current window
+        │   └── QuotaExceededError      images per day or concurrent jobs used up
+        ├── JobStateError               the job is in a state that does not allow the action → 409
+        ├── ServiceUnavailableError     the broker, a worker or the object store did not answer → 503
+        │   └── PreviewTimeoutError     no worker answered a preview in time
+        ├── UnsafeWebhookTargetError    a webhook URL resolves to loopback/private/link-local
+        ├── WebhookVerificationError    a webhook's signature or timestamp did not verify
+        └── ClientError                 raised by the SDK (scheduler.client)
+            ├── ApiError                the API answered with a problem (status + problem body)
+            └── TransportError          the API could not be reached after the retries
+
+The HTTP mapping lives in one place: `scheduler/api/problems.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from db.errors import CataloganError
+
+
+class SchedulerError(CataloganError):
+    """Raised by the scheduler package (API, webhooks, SDK, CLI plumbing)."""
+
+
+class AuthenticationError(SchedulerError):
+    """Raised when a request carries no API key, an unknown key, or a revoked key."""
+
+
+class RequestValidationError(SchedulerError, ValueError):
+    """Raised when a request field breaks a rule; `field` names it and `rule` says which rule."""
+
+    def __init__(self, field: str, rule: str, message: str | None = None) -> None:
+        super().__init__(message or f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
+
+
+class IdempotencyMismatchError(RequestValidationError):
+    """Raised when an Idempotency-Key is reused with a different request body."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            "Idempotency-Key",
+            "reused with a different request body",
+            f"Idempotency-Key {key!r} was already used with a different request body",
+        )
+
+
+class PayloadTooLargeError(SchedulerError):
+    """Raised when a request body is larger than `max_request_bytes`."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(f"request body is larger than {limit_bytes} bytes")
+        self.limit_bytes = limit_bytes
+
+
+class UnsupportedMediaTypeError(SchedulerError):
+    """Raised when a request body has a content type the endpoint does not accept."""
+
+
+class LimitExceededError(SchedulerError):
+    """Raised when a tenant hits a limit; `retry_after_seconds` says when trying again makes sense."""
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = max(1, int(retry_after_seconds))
+
+
+class RateLimitedError(LimitExceededError):
+    """Raised when a tenant sent more requests than its per-minute rate limit allows."""
+
+
+class QuotaExceededError(LimitExceededError):
+    """Raised when a job would exceed the tenant's images-per-day or concurrent-jobs quota."""
+
+
+class JobStateError(SchedulerError):
+    """Raised when a job's status does not allow the requested action (e.g. a manifest before it finished)."""
+
+
+class ServiceUnavailableError(SchedulerError):
+    """Raised when the broker, the workers or the object store did not answer."""
+
+
+class PreviewTimeoutError(ServiceUnavailableError):
+    """Raised when no worker answered a preview request within the timeout."""
+
+
+class UnsafeWebhookTargetError(SchedulerError, ValueError):
+    """Raised when a webhook URL is not http(s) or resolves to a loopback, private or link-local address."""
+
+
+class WebhookVerificationError(SchedulerError):
+    """Raised when a webhook's signature, id or timestamp does not verify."""
+
+
+class ClientError(SchedulerError):
+    """Raised by the Python SDK (`scheduler.client`)."""
+
+
+class ApiError(ClientError):
+    """Raised when the API answers with an error; `status` and `problem` hold what it said."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        title = problem.get("detail") or problem.get("title") or "request failed"
+        super().__init__(f"HTTP {status}: {title}")
+        self.status = status
+        self.problem = problem
+
+
+class TransportError(ClientError):
+    """Raised when the API could not be reached after all retries."""

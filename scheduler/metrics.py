@@ -1,0 +1,118 @@
+"""Prometheus metrics, computed at scrape time from SQL and the broker (so every API replica agrees).
+
+catalogan_queue_depth{queue}                messages waiting per queue
+catalogan_images_per_second                 fleet throughput over the last hour
+catalogan_jobs{status}                      jobs per status
+catalogan_images_failed                     failed images over all jobs
+catalogan_chunks_quarantined                chunks in the dead-letter state
+catalogan_job_latency_seconds{quantile}     submit → finish of jobs finished in the last hour
+catalogan_http_requests_total{method,route,status}   requests this process answered
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.messaging import QUEUE_NAMES
+from db.status import ChunkStatus, JobStatus
+from db.tables import Chunk, Job, utcnow
+from scheduler.estimates import measured_throughput
+
+log = logging.getLogger(__name__)
+
+LATENCY_WINDOW_SECONDS = 3600
+LATENCY_QUANTILES = (0.5, 0.9, 0.99)
+
+
+def quantile(sorted_values: list[float], q: float) -> float:
+    """The `q` quantile of already-sorted values (nearest rank)."""
+    if not sorted_values:
+        return 0.0
+    rank = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[rank]
+
+
+class PipelineCollector(Collector):
+    """Reads queue depths, throughput, job counts, failures and latency when Prometheus scrapes."""
+
+    def __init__(
+        self, factory: sessionmaker[Session], queue_depth: Callable[[str], int] | None, default_rate: float
+    ) -> None:
+        self.factory = factory
+        self.queue_depth = queue_depth
+        self.default_rate = default_rate
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every metric family (a failing source is logged and skipped, never a failed scrape)."""
+        depth = GaugeMetricFamily(
+            "catalogan_queue_depth", "Messages waiting in a broker queue.", labels=["queue"]
+        )
+        if self.queue_depth is not None:
+            for queue in QUEUE_NAMES:
+                try:
+                    depth.add_metric([queue], self.queue_depth(queue))
+                except Exception as exc:
+                    log.warning("queue depth of %s unavailable: %s", queue, exc)
+        yield depth
+        try:
+            with self.factory() as session:
+                yield from self._from_sql(session)
+        except Exception as exc:
+            log.warning("metrics from SQL unavailable: %s", exc)
+
+    def _from_sql(self, session: Session) -> Iterator[Metric]:
+        now = utcnow()
+        rate = measured_throughput(session, default=0.0, now=now)
+        yield GaugeMetricFamily(
+            "catalogan_images_per_second",
+            "Images written per second over the last hour.",
+            value=rate.images_per_second,
+        )
+        jobs = GaugeMetricFamily("catalogan_jobs", "Jobs per status.", labels=["status"])
+        counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
+        for status in JobStatus:
+            jobs.add_metric([status.value], counts.get(status, 0))
+        yield jobs
+        failed = session.scalar(select(func.coalesce(func.sum(Job.images_failed), 0))) or 0
+        yield GaugeMetricFamily(
+            "catalogan_images_failed", "Failed images over all jobs.", value=float(failed)
+        )
+        quarantined = session.scalar(select(func.count()).where(Chunk.status == ChunkStatus.QUARANTINED)) or 0
+        yield GaugeMetricFamily(
+            "catalogan_chunks_quarantined", "Chunks quarantined.", value=float(quarantined)
+        )
+        since = now - dt.timedelta(seconds=LATENCY_WINDOW_SECONDS)
+        rows = session.execute(
+            select(Job.created_at, Job.finished_at).where(
+                Job.finished_at.is_not(None), Job.finished_at > since
+            )
+        ).all()
+        latencies = sorted((finished - created).total_seconds() for created, finished in rows if finished)
+        latency = GaugeMetricFamily(
+            "catalogan_job_latency_seconds",
+            "Submit-to-finish time of jobs finished in the last hour.",
+            labels=["quantile"],
+        )
+        for q in LATENCY_QUANTILES:
+            latency.add_metric([str(q)], quantile(latencies, q))
+        yield latency
+
+
+def make_registry(
+    factory: sessionmaker[Session], queue_depth: Callable[[str], int] | None, default_rate: float
+) -> tuple[CollectorRegistry, Counter]:
+    """A registry for one app: the pipeline collector and an HTTP request counter."""
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector(factory, queue_depth, default_rate))
+    requests = Counter(
+        "catalogan_http_requests", "HTTP requests answered.", ["method", "route", "status"], registry=registry
+    )
+    return registry, requests

@@ -1,0 +1,99 @@
+"""Typed settings of the scheduler, read from `CATALOGAN_*` environment variables once per process.
+
+Persistence settings (database, object store, broker) live in `db.settings`; this module holds what only
+the API, the webhook dispatcher and the SDK/CLI read. Each class refuses unsafe combinations at load time
+instead of discovering them in production.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from db.errors import ConfigError
+
+MIB = 1024 * 1024
+DEFAULT_MAX_REQUEST_BYTES = 10 * MIB
+MAX_REQUEST_BYTES_CEILING = 1024 * MIB
+
+
+def _config() -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix="CATALOGAN_", extra="ignore", frozen=True)
+
+
+class ApiSettings(BaseSettings):
+    """The HTTP API (`catalogan serve`): bind address, request limits, job bounds, previews."""
+
+    model_config = _config()
+
+    environment: Literal["development", "production"] = Field(
+        default="development", description="`production` turns unsafe settings into start-up errors."
+    )
+    api_host: str = Field(default="127.0.0.1", description="Address `catalogan serve` binds to.")
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes.")
+    max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024, le=MAX_REQUEST_BYTES_CEILING)
+    max_items_per_job: int = Field(default=100_000, ge=1)
+    max_images_per_item: int = Field(default=100_000, ge=1)
+    max_images_per_job: int = Field(default=1_000_000, ge=1)
+    page_size_max: int = Field(default=500, ge=1, le=10_000)
+    preview_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    rate_limit_window_seconds: int = Field(default=60, ge=1, le=3600)
+    default_images_per_second: float = Field(
+        default=50.0, gt=0, description="Throughput assumed by estimates until workers have measured one."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed to call the API from a browser."
+    )
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> ApiSettings:
+        if self.environment == "production" and "*" in self.cors_origins:
+            raise ConfigError("CATALOGAN_CORS_ORIGINS='*' is refused in production: list the origins")
+        return self
+
+
+class WebhookSettings(BaseSettings):
+    """The webhook dispatcher: delivery timeout, retries with exponential backoff, SSRF guard."""
+
+    model_config = _config()
+
+    environment: Literal["development", "production"] = "development"
+    webhook_allow_private_targets: bool = Field(
+        default=False,
+        description="Deliver to loopback, private and link-local addresses (tests, single-host setups).",
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=30)
+    webhook_backoff_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_backoff_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_progress_interval_seconds: float = Field(
+        default=30.0, gt=0, description="At most one job.progress event per job per interval."
+    )
+    webhook_batch_size: int = Field(default=100, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> WebhookSettings:
+        if self.environment == "production" and self.webhook_allow_private_targets:
+            raise ConfigError(
+                "CATALOGAN_WEBHOOK_ALLOW_PRIVATE_TARGETS=true is refused in production: "
+                "it lets tenants make the dispatcher call internal services"
+            )
+        return self
+
+
+class ClientSettings(BaseSettings):
+    """Where the CLI's SDK-based commands find the API (`CATALOGAN_API_URL`, `CATALOGAN_API_KEY`)."""
+
+    model_config = _config()
+
+    api_url: str = Field(default="http://127.0.0.1:8000")
+    api_key: str = Field(default="", repr=False)
+
+    def require_key(self) -> str:
+        """The API key, or a `ConfigError` that says how to set one."""
+        if not self.api_key:
+            raise ConfigError("no API key: set CATALOGAN_API_KEY (create one with `catalogan keys create`)")
+        return self.api_key

@@ -1,0 +1,92 @@
+"""Standard Webhooks signatures (https://www.standardwebhooks.com), with no dependency on the rest of catalogan.
+
+A delivery carries three headers: `webhook-id` (unique per event, the receiver's dedup key),
+`webhook-timestamp` (Unix seconds) and `webhook-signature` = `v1,` + base64(HMAC-SHA256(secret,
+f"{id}.{timestamp}.{body}")). Several space-separated signatures may be sent during a secret rotation.
+A secret written `whsec_<base64>` is used as the decoded bytes (the Standard Webhooks convention);
+any other string is used as its UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Mapping
+
+from scheduler.errors import WebhookVerificationError
+
+SECRET_PREFIX = "whsec_"
+SIGNATURE_VERSION = "v1"
+DEFAULT_TOLERANCE_SECONDS = 300
+
+
+def new_secret() -> str:
+    """A fresh `whsec_...` secret with 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _secret_bytes(secret: str) -> bytes:
+    if secret.startswith(SECRET_PREFIX):
+        try:
+            return base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+        except ValueError as exc:
+            raise WebhookVerificationError("webhook secret: not valid base64 after 'whsec_'") from exc
+    return secret.encode()
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header value for one delivery."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(_secret_bytes(secret), signed, hashlib.sha256).digest()
+    return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
+
+
+def signed_headers(
+    secret: str, message_id: str, body: bytes, *, timestamp: int | None = None
+) -> dict[str, str]:
+    """The three Standard Webhooks headers for `body`, stamped now unless `timestamp` is given."""
+    stamp = int(time.time()) if timestamp is None else timestamp
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": sign(secret, message_id, stamp, body),
+    }
+
+
+def verify(
+    headers: Mapping[str, str],
+    body: bytes,
+    secret: str,
+    *,
+    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
+    now: float | None = None,
+) -> None:
+    """Raise `WebhookVerificationError` unless `body` carries a valid, fresh signature under `secret`.
+
+    Header names are matched case-insensitively. A timestamp more than `tolerance_seconds` away from
+    `now` is refused (replay protection); signatures are compared in constant time.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    message_id = lowered.get("webhook-id")
+    stamp_text = lowered.get("webhook-timestamp")
+    signatures = lowered.get("webhook-signature")
+    if not message_id or not stamp_text or not signatures:
+        raise WebhookVerificationError("missing webhook-id, webhook-timestamp or webhook-signature header")
+    try:
+        stamp = int(stamp_text)
+    except ValueError as exc:
+        raise WebhookVerificationError(f"webhook-timestamp {stamp_text!r} is not an integer") from exc
+    current = time.time() if now is None else now
+    if abs(current - stamp) > tolerance_seconds:
+        raise WebhookVerificationError(
+            f"webhook-timestamp is {int(current - stamp)} s away from now (tolerance {tolerance_seconds} s)"
+        )
+    expected = sign(secret, message_id, stamp, body).split(",", 1)[1]
+    for candidate in signatures.split():
+        version, _, value = candidate.partition(",")
+        if version == SIGNATURE_VERSION and hmac.compare_digest(value, expected):
+            return
+    raise WebhookVerificationError("no webhook-signature matches the body")

@@ -1,0 +1,166 @@
+"""Submitting a job through the API: bounds, webhook target, idempotency, quotas, planning, publishing.
+
+    result = submit_job_request(factory, publisher, tenant, request, idempotency_key="k1", ...)
+
+One transaction per submit: lock the tenant row (so quotas and idempotency see other submits of the same
+tenant), return the job an `Idempotency-Key` already created (same body) or refuse it (different body),
+check quotas, plan. Chunks are published after the commit. Two submits racing with one key past the lock
+(SQLite, or a crashed lock holder) still make one job: the unique constraint (tenant_id, idempotency_key)
+fails the second INSERT, and the existing job is returned instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.errors import ConflictError, PlanningError
+from db.messaging import Publisher
+from db.planning import JobSpec, PlannedJob, plan_job, publish_planned, request_sha256
+from db.tables import Job, Tenant
+from scheduler.api.limits import check_job_quotas
+from scheduler.api.schemas import ItemCreate, JobCreate
+from scheduler.errors import IdempotencyMismatchError, RequestValidationError
+from scheduler.model_refs import resolve_model_version
+from scheduler.settings import ApiSettings, WebhookSettings
+from scheduler.webhooks import check_target
+
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """The job a submit created or replayed."""
+
+    job: Job
+    replayed: bool
+
+
+def check_bounds(items: Sequence[ItemCreate], settings: ApiSettings) -> None:
+    """Raise `RequestValidationError` naming the field when the items break the operator's bounds."""
+    if len(items) > settings.max_items_per_job:
+        raise RequestValidationError(
+            "items", "max_items", f"items: at most {settings.max_items_per_job} items per job"
+        )
+    for position, item in enumerate(items):
+        if item.count > settings.max_images_per_item:
+            raise RequestValidationError(
+                f"items[{position}].count",
+                "max_images_per_item",
+                f"items[{position}].count: at most {settings.max_images_per_item} images per item",
+            )
+    total = sum(item.count for item in items)
+    if total > settings.max_images_per_job:
+        raise RequestValidationError(
+            "items",
+            "max_images_per_job",
+            f"items: {total} images; at most {settings.max_images_per_job} per job",
+        )
+
+
+def build_spec(request: JobCreate, items: Sequence[ItemCreate]) -> JobSpec:
+    """The planning spec of an API request (items inline or read from a manifest)."""
+    values: dict[str, object] = {
+        "items": [item.model_dump(exclude_none=True) for item in items],
+        "seed": request.seed,
+        "chunk_size": request.chunk_size,
+        "webhook_url": request.webhook_url,
+    }
+    if request.model:
+        values["model"] = request.model
+    try:
+        return JobSpec.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise RequestValidationError("items", "job_spec", str(exc).splitlines()[0]) from exc
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    """The key, or a 422 when it is empty or too long."""
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
+        raise RequestValidationError(
+            "Idempotency-Key",
+            "length",
+            f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters",
+        )
+    return key
+
+
+def _existing(session: Session, tenant_id: str, key: str, digest: str) -> Job | None:
+    job = session.scalars(
+        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+    ).one_or_none()
+    if job is not None and job.request_sha256 != digest:
+        raise IdempotencyMismatchError(key)
+    return job
+
+
+def _plan(
+    session: Session,
+    spec: JobSpec,
+    tenant: Tenant,
+    request: JobCreate,
+    idempotency_key: str | None,
+    digest: str,
+) -> tuple[Job, PlannedJob | None]:
+    # Serialize this tenant's submits: quotas and idempotency then see every committed job.
+    session.scalars(select(Tenant).where(Tenant.id == tenant.id).with_for_update()).one()
+    if idempotency_key is not None:
+        existing = _existing(session, tenant.id, idempotency_key, digest)
+        if existing is not None:
+            return existing, None
+    model_version = resolve_model_version(session, request.model)
+    check_job_quotas(session, tenant, images=spec.images_total)
+    try:
+        planned = plan_job(
+            session, spec, tenant_id=tenant.id, model_version=model_version, idempotency_key=idempotency_key
+        )
+    except ConflictError as exc:
+        raise IdempotencyMismatchError(idempotency_key or "") from exc
+    except PlanningError as exc:
+        field, _, _rule = str(exc).partition(": ")
+        raise RequestValidationError(field or "spec", "job_spec", str(exc)) from exc
+    job = session.get(Job, planned.job_id)
+    assert job is not None  # just inserted
+    return job, planned
+
+
+def submit_job_request(
+    factory: sessionmaker[Session],
+    publisher: Publisher,
+    tenant: Tenant,
+    request: JobCreate,
+    items: Sequence[ItemCreate],
+    *,
+    idempotency_key: str | None,
+    settings: ApiSettings,
+    webhook_settings: WebhookSettings,
+) -> SubmitResult:
+    """Create (or replay) a job for `tenant` and publish its chunks; the API's `POST /v1/jobs`."""
+    idempotency_key = check_idempotency_key(idempotency_key)
+    check_bounds(items, settings)
+    spec = build_spec(request, items)
+    digest = request_sha256(spec)
+    if request.webhook_url:
+        check_target(request.webhook_url, allow_private=webhook_settings.webhook_allow_private_targets)
+    try:
+        with factory() as session, session.begin():
+            job, planned = _plan(session, spec, tenant, request, idempotency_key, digest)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        # Lost a race on (tenant_id, idempotency_key): the winner's job is the answer.
+        with factory() as session:
+            existing = _existing(session, tenant.id, idempotency_key, digest)
+        if existing is None:
+            raise
+        return SubmitResult(existing, replayed=True)
+    if planned is None:
+        return SubmitResult(job, replayed=True)
+    publish_planned(factory, planned, publisher)
+    return SubmitResult(job, replayed=False)

@@ -1,0 +1,339 @@
+"""Webhooks: job events into the outbox, and delivery from the outbox with signatures, retries and an SSRF guard.
+
+Two steps, both run by the periodic tick (`run_webhook_tick`, called from `catalogan beat`):
+
+1. `emit_job_events` looks at jobs that have a webhook target (the job's `webhook_url`, else the tenant's
+   default) and writes outbox rows for what happened since the last tick: `job.started`, `job.progress`
+   (at most one per `webhook_progress_interval_seconds` and only when the counts moved), and one terminal
+   event — `job.completed`, `job.failed` or `job.cancelled`. Each event is written once per job.
+2. `dispatch_due` POSTs due outbox rows, signed the Standard Webhooks way (`scheduler.signatures`) with the
+   tenant's secret. A 2xx marks the row delivered; anything else retries with exponential backoff
+   until `webhook_max_attempts`, then the row is failed. `webhook-id` is the outbox row id, the same on
+   every retry, so receivers can deduplicate.
+
+SSRF guard: a target must be http(s) and every address its host resolves to must be public — loopback,
+private, link-local, multicast, reserved and unspecified addresses are refused unless the operator sets
+`CATALOGAN_WEBHOOK_ALLOW_PRIVATE_TARGETS=true`. The check runs at submit and again before every delivery
+(DNS may change in between). Redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import random
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import transaction
+from db.status import DeliveryStatus, JobStatus
+from db.tables import Job, Tenant, WebhookDelivery, utcnow
+from scheduler.errors import UnsafeWebhookTargetError
+from scheduler.settings import WebhookSettings
+from scheduler.signatures import signed_headers
+
+EVENT_STARTED = "job.started"
+EVENT_PROGRESS = "job.progress"
+TERMINAL_EVENTS = {
+    JobStatus.SUCCEEDED: "job.completed",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELLED: "job.cancelled",
+}
+EVENTS = (EVENT_STARTED, EVENT_PROGRESS, *TERMINAL_EVENTS.values())
+# Finished jobs are looked at for this long after they finish, so a missed terminal event is still sent.
+TERMINAL_LOOKBACK_SECONDS = 24 * 3600
+MAX_ERROR_CHARS = 500
+USER_AGENT = "catalogan-webhooks/1"
+
+Resolver = Callable[[str, int], Sequence[str]]
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """Every IP address `host` resolves to (IPv4 and IPv6)."""
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UnsafeWebhookTargetError(f"webhook_url host {host!r} does not resolve: {exc}") from exc
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not (
+        ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or not ip.is_global
+    )
+
+
+def check_target(url: str, *, allow_private: bool, resolver: Resolver = resolve_host) -> None:
+    """Raise `UnsafeWebhookTargetError` unless `url` is http(s) and (unless allowed) resolves to public addresses only."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeWebhookTargetError(f"webhook_url {url!r}: must be an http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise UnsafeWebhookTargetError(f"webhook_url {url!r}: must not carry credentials")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise UnsafeWebhookTargetError(f"webhook_url {url!r}: invalid port") from exc
+    if allow_private:
+        return
+    addresses = resolver(parts.hostname, port)
+    refused = [address for address in addresses if not _is_public(address)]
+    if refused or not addresses:
+        raise UnsafeWebhookTargetError(
+            f"webhook_url {url!r}: resolves to a loopback, private or link-local address ({', '.join(refused)}); "
+            "refused unless the operator sets CATALOGAN_WEBHOOK_ALLOW_PRIVATE_TARGETS"
+        )
+
+
+def job_event_payload(job: Job, event: str, now: dt.datetime) -> dict[str, Any]:
+    """The JSON body of one event: Standard Webhooks' `type`, `timestamp`, `data`."""
+    return {
+        "type": event,
+        "timestamp": now.isoformat(),
+        "data": {
+            "job_id": job.id,
+            "status": job.status.value,
+            "images_total": job.images_total,
+            "images_done": job.images_done,
+            "images_failed": job.images_failed,
+            "images_rejected": job.images_rejected,
+            "error": job.error,
+            "started_at": job.started_at.isoformat() if job.started_at else None,
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        },
+    }
+
+
+def _new_delivery(job: Job, url: str, event: str, now: dt.datetime) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=uuid.uuid4().hex,
+        tenant_id=job.tenant_id,
+        job_id=job.id,
+        event=event,
+        url=url,
+        payload=job_event_payload(job, event, now),
+        status=DeliveryStatus.PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+    )
+
+
+def emit_job_events(session: Session, settings: WebhookSettings, *, now: dt.datetime | None = None) -> int:
+    """Write the outbox rows for events that happened since the last call; returns how many were written."""
+    now = now or utcnow()
+    target = func.coalesce(Job.webhook_url, Tenant.webhook_url)
+    lookback = now - dt.timedelta(seconds=TERMINAL_LOOKBACK_SECONDS)
+    rows = session.execute(
+        select(Job, target)
+        .join(Tenant, Tenant.id == Job.tenant_id)
+        .where(target.is_not(None), Job.status != JobStatus.QUEUED)
+        .where(or_(Job.finished_at.is_(None), Job.finished_at > lookback))
+    ).all()
+    if not rows:
+        return 0
+    sent: dict[tuple[str, str], dt.datetime] = {
+        (str(job_id), event): last
+        for job_id, event, last in session.execute(
+            select(WebhookDelivery.job_id, WebhookDelivery.event, func.max(WebhookDelivery.created_at))
+            .where(WebhookDelivery.job_id.in_([job.id for job, _ in rows]))
+            .group_by(WebhookDelivery.job_id, WebhookDelivery.event)
+        ).all()
+    }
+    last_progress = _last_progress_counts(session, [job.id for job, _ in rows])
+    written = 0
+    interval = dt.timedelta(seconds=settings.webhook_progress_interval_seconds)
+    for job, url in rows:
+        if (job.id, EVENT_STARTED) not in sent and job.started_at is not None:
+            session.add(_new_delivery(job, url, EVENT_STARTED, now))
+            written += 1
+        terminal = TERMINAL_EVENTS.get(job.status)
+        if terminal is not None:
+            if (job.id, terminal) not in sent:
+                session.add(_new_delivery(job, url, terminal, now))
+                written += 1
+            continue
+        if job.status is not JobStatus.RUNNING:
+            continue
+        previous = sent.get((job.id, EVENT_PROGRESS)) or sent.get((job.id, EVENT_STARTED))
+        counts = (job.images_done, job.images_failed, job.images_rejected)
+        moved = counts != (0, 0, 0) and last_progress.get(job.id) != counts
+        if previous is not None and now - previous >= interval and moved:
+            session.add(_new_delivery(job, url, EVENT_PROGRESS, now))
+            written += 1
+    return written
+
+
+def _last_progress_counts(session: Session, job_ids: list[str]) -> dict[str, tuple[int, int, int]]:
+    latest = (
+        select(WebhookDelivery.job_id, func.max(WebhookDelivery.created_at).label("at"))
+        .where(WebhookDelivery.job_id.in_(job_ids), WebhookDelivery.event == EVENT_PROGRESS)
+        .group_by(WebhookDelivery.job_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(WebhookDelivery.job_id, WebhookDelivery.payload).join(
+            latest, (latest.c.job_id == WebhookDelivery.job_id) & (latest.c.at == WebhookDelivery.created_at)
+        )
+    ).all()
+    counts = {}
+    for job_id, payload in rows:
+        data = payload.get("data", {})
+        counts[job_id] = (data.get("images_done"), data.get("images_failed"), data.get("images_rejected"))
+    return counts
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchReport:
+    """What one `dispatch_due` call did."""
+
+    delivered: int = 0
+    retrying: int = 0
+    failed: int = 0
+
+
+def backoff_seconds(attempts: int, settings: WebhookSettings, *, rng: random.Random | None = None) -> float:
+    """Delay before attempt `attempts + 1`: base · 2^(attempts-1), capped, with up to 10 % jitter."""
+    delay = min(
+        settings.webhook_backoff_max_seconds,
+        settings.webhook_backoff_base_seconds * 2 ** max(0, attempts - 1),
+    )
+    return delay * (1 + 0.1 * (rng or random).random())
+
+
+def _claim_due(
+    factory: sessionmaker[Session], settings: WebhookSettings, now: dt.datetime
+) -> list[tuple[str, str, str, dict[str, Any], int, str | None]]:
+    # Claim rows by pushing their next attempt past the delivery timeout, so a second dispatcher skips them.
+    lease_until = now + dt.timedelta(seconds=settings.webhook_timeout_seconds * 3)
+    with transaction(factory) as session:
+        ids = session.scalars(
+            select(WebhookDelivery.id)
+            .where(WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now)
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.created_at)
+            .limit(settings.webhook_batch_size)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if not ids:
+            return []
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(ids))
+            .values(next_attempt_at=lease_until)
+            .execution_options(synchronize_session=False)
+        )
+        rows = session.execute(
+            select(
+                WebhookDelivery.id,
+                WebhookDelivery.tenant_id,
+                WebhookDelivery.url,
+                WebhookDelivery.payload,
+                WebhookDelivery.attempts,
+                Tenant.webhook_secret,
+            )
+            .join(Tenant, Tenant.id == WebhookDelivery.tenant_id)
+            .where(WebhookDelivery.id.in_(ids))
+            .order_by(WebhookDelivery.created_at)
+        ).all()
+        return [tuple(row) for row in rows]
+
+
+def deliver(
+    http: httpx.Client,
+    url: str,
+    message_id: str,
+    payload: dict[str, Any],
+    secret: str,
+    settings: WebhookSettings,
+) -> None:
+    """POST one signed event; raise `httpx.HTTPError` or `UnsafeWebhookTargetError` when it was not accepted."""
+    check_target(url, allow_private=settings.webhook_allow_private_targets)
+    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    headers = signed_headers(secret, message_id, body)
+    headers["content-type"] = "application/json"
+    headers["user-agent"] = USER_AGENT
+    response = http.post(url, content=body, headers=headers, timeout=settings.webhook_timeout_seconds)
+    if not 200 <= response.status_code < 300:
+        raise httpx.HTTPStatusError(
+            f"receiver answered HTTP {response.status_code}", request=response.request, response=response
+        )
+
+
+def dispatch_due(
+    factory: sessionmaker[Session],
+    settings: WebhookSettings,
+    *,
+    http: httpx.Client | None = None,
+    now: dt.datetime | None = None,
+) -> DispatchReport:
+    """Deliver every due outbox row once; schedule retries with backoff; give up after the max attempts."""
+    now = now or utcnow()
+    rows = _claim_due(factory, settings, now)
+    if not rows:
+        return DispatchReport()
+    own_client = http is None
+    client = http or httpx.Client(follow_redirects=False)
+    delivered = retrying = failed = 0
+    try:
+        for delivery_id, _tenant, url, payload, attempts, secret in rows:
+            error: str | None = None
+            permanent = False
+            try:
+                if not secret:
+                    permanent, error = True, "the tenant has no webhook secret"
+                else:
+                    deliver(client, url, delivery_id, payload, secret, settings)
+            except UnsafeWebhookTargetError as exc:
+                permanent, error = True, str(exc)
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            attempts += 1
+            values: dict[str, Any] = {"attempts": attempts}
+            if error is None:
+                values |= {"status": DeliveryStatus.DELIVERED, "delivered_at": utcnow(), "last_error": None}
+                delivered += 1
+            elif permanent or attempts >= settings.webhook_max_attempts:
+                values |= {"status": DeliveryStatus.FAILED, "last_error": error[:MAX_ERROR_CHARS]}
+                failed += 1
+            else:
+                retry_at = utcnow() + dt.timedelta(seconds=backoff_seconds(attempts, settings))
+                values |= {"next_attempt_at": retry_at, "last_error": error[:MAX_ERROR_CHARS]}
+                retrying += 1
+            with transaction(factory) as session:
+                session.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id == delivery_id)
+                    .values(**values)
+                    .execution_options(synchronize_session=False)
+                )
+    finally:
+        if own_client:
+            client.close()
+    return DispatchReport(delivered, retrying, failed)
+
+
+def run_webhook_tick(
+    factory: sessionmaker[Session], settings: WebhookSettings, *, http: httpx.Client | None = None
+) -> DispatchReport:
+    """One periodic step: write new job events into the outbox, then deliver what is due."""
+    with transaction(factory) as session:
+        emit_job_events(session, settings)
+    return dispatch_due(factory, settings, http=http)
