@@ -1,0 +1,205 @@
+"""`catalogan evaluator train` and `catalogan evaluate MODEL`: thin commands over models.evaluator / evaluation.
+
+Loaded lazily by the root CLI (it imports torch).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from models.data.fashion_mnist import DEFAULT_ROOT
+from scheduler.cli.errors import one_line_errors
+
+if TYPE_CHECKING:
+    from models.evaluation import EvaluationReport
+
+
+@click.group("evaluator")
+def evaluator() -> None:
+    """Train or inspect the evaluator CNN whose features the GAN metrics use.
+
+    Example:
+
+        catalogan evaluator train --epochs 15
+    """
+
+
+@evaluator.command("train")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: 15].")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for init, shuffling, augmentation."
+)
+@click.option(
+    "--data",
+    "data_root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_ROOT,
+    show_default=True,
+    help="Folder with the Fashion-MNIST IDX .gz files.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the state_dict (+ .sha256 beside it) [default: the shipped models/weights/evaluator-fashion.pt].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
+@one_line_errors
+def train_command(epochs: int | None, seed: int, data_root: Path, out: Path | None, as_json: bool) -> None:
+    """Train the evaluator CNN on Fashion-MNIST train and report its test accuracy.
+
+    Example:
+
+        nice -n 10 catalogan evaluator train --epochs 15 --out models/weights/evaluator-fashion.pt
+    """
+    from dataclasses import replace
+
+    from models.data.fashion_mnist import load_fashion_mnist
+    from models.evaluator import (
+        DEFAULT_WEIGHTS_PATH,
+        EvaluatorTrainingConfig,
+        save_evaluator,
+        train_evaluator,
+    )
+
+    config = EvaluatorTrainingConfig(seed=seed)
+    if epochs is not None:
+        config = replace(config, epochs=epochs)
+    out = out or DEFAULT_WEIGHTS_PATH
+    train_images, train_labels = load_fashion_mnist(data_root, "train")
+    test_images, test_labels = load_fashion_mnist(data_root, "test")
+
+    def report(epoch: int, loss: float, accuracy: float, seconds: float) -> None:
+        click.echo(
+            f"epoch {epoch}/{config.epochs}  train loss {loss:.4f}  test accuracy {accuracy:.4f}  {seconds:.1f} s",
+            err=as_json,
+        )
+
+    started = time.perf_counter()
+    trained = train_evaluator(train_images, train_labels, test_images, test_labels, config, on_epoch=report)
+    digest = save_evaluator(trained.model, out)
+    summary = {
+        "weights": str(out),
+        "sha256": digest,
+        "test_accuracy": trained.test_accuracy,
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "seconds_per_epoch_mean": sum(trained.seconds_per_epoch) / len(trained.seconds_per_epoch),
+        "seconds_total": time.perf_counter() - started,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"test accuracy {trained.test_accuracy:.4f}; wrote {out} (sha256 {digest})")
+
+
+def read_model_bytes(model: str) -> tuple[bytes, str]:
+    """Checkpoint bytes and a display name for MODEL: a checkpoint file path, or a registry `name[@version]`."""
+    path = Path(model)
+    if path.is_file():
+        return path.read_bytes(), str(path)
+    if any(sep in model for sep in ("/", "\\")) or model.endswith((".pt", ".ckpt")):
+        raise click.BadParameter(f"{model}: no such checkpoint file", param_hint="MODEL")
+    return registry_checkpoint_bytes(model)
+
+
+def registry_checkpoint_bytes(reference: str) -> tuple[bytes, str]:
+    """Resolve `name[@version]` in the model registry and read its checkpoint from the object store."""
+    raise click.BadParameter(
+        f"{reference}: not a checkpoint file, and registry look-ups are not wired in yet", param_hint="MODEL"
+    )
+
+
+@click.command("evaluate")
+@click.argument("model")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=10),
+    default=1000,
+    show_default=True,
+    help="Generated images per category (the calibration row uses as many real train images).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Job seed for the latents and subsets.")
+@click.option("--no-cas", is_flag=True, help="Skip CAS (it trains a small classifier: the slowest metric).")
+@click.option("--no-calibration", is_flag=True, help="Skip the real-train-vs-real-test calibration row.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the JSON report to this file.",
+)
+@one_line_errors
+def evaluate(
+    model: str, samples: int, seed: int, no_cas: bool, no_calibration: bool, as_json: bool, out: Path | None
+) -> None:
+    """Measure a generator against real Fashion-MNIST test in the evaluator's feature space.
+
+    MODEL is a checkpoint file, or a registry reference `name` (the promoted version) or `name@version`.
+    Metrics: FID_fm and KID (lower is better), precision / recall, conditional accuracy, CAS (higher is
+    better), intra-class SSIM (high means mode collapse). The calibration row scores real train images.
+
+    Example:
+
+        catalogan evaluate fashion-cgan --samples 1000 --out report.json
+    """
+    from models.evaluation import calibration_report, evaluate_generator
+    from models.evaluator import DEFAULT_WEIGHTS_PATH, sha256_path_for
+    from models.inference import load_generator
+    from models.metrics.cas import CasConfig
+
+    data, name = read_model_bytes(model)
+    generator = load_generator(data)
+    cas_config = None if no_cas else CasConfig()
+    report = evaluate_generator(generator, samples, seed, source=name, cas_config=cas_config)
+    calibration = None if no_calibration else calibration_report(samples, seed, cas_config=cas_config)
+    document = {
+        "model": name,
+        "checkpoint_sha256": generator.checkpoint_sha256,
+        "evaluator_sha256": sha256_path_for(DEFAULT_WEIGHTS_PATH).read_text().split()[0],
+        "samples_per_class": samples,
+        "seed": seed,
+        "report": report.to_dict(),
+        "calibration": None if calibration is None else calibration.to_dict(),
+    }
+    text = json.dumps(document, indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    if as_json:
+        click.echo(text)
+        return
+    print_report_table([r for r in (calibration, report) if r is not None])
+
+
+def print_report_table(reports: list[EvaluationReport]) -> None:
+    """One rich table row per report, then any mode-collapse warnings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="catalogan evaluate (reference: Fashion-MNIST test, evaluator feature space)")
+    table.add_column("source")
+    for heading in ("N", "FID_fm ↓", "KID×10³ ↓", "precision", "recall", "cond. acc.", "CAS", "SSIM ↓"):
+        table.add_column(heading, justify="right")
+    for r in reports:
+        table.add_row(
+            r.source,
+            str(r.sample_count),
+            f"{r.fid_fm:.2f}",
+            f"{r.kid * 1e3:.2f}",
+            f"{r.precision:.3f}",
+            f"{r.recall:.3f}",
+            f"{r.conditional_accuracy:.3f}",
+            "-" if r.cas is None else f"{r.cas:.3f}",
+            f"{r.intra_class_ssim:.3f}",
+        )
+    console = Console()
+    console.print(table)
+    for r in reports:
+        for warning in r.warnings:
+            console.print(f"[yellow]warning[/yellow] ({r.source}): {warning}")
