@@ -21,6 +21,8 @@ LAZY_SUBCOMMANDS: dict[str, str] = {
     "jobs": "scheduler.cli.jobs:jobs",
     "workers": "scheduler.cli.workers:workers",
     "dlq": "scheduler.cli.dlq:dlq",
+    "evaluator": "models.cli_evaluate:evaluator",
+    "evaluate": "models.cli_evaluate:evaluate",
 }
 LAZY_HELP: dict[str, str] = {
     "db": "Create or upgrade the SQL schema (Alembic migrations).",
@@ -33,6 +35,8 @@ LAZY_HELP: dict[str, str] = {
     "jobs": "List, watch, cancel, retry and export jobs (through the API).",
     "workers": "Live workers and queue depths.",
     "dlq": "Quarantined chunks: list and retry.",
+    "evaluator": "Train the evaluator CNN whose features the GAN metrics use.",
+    "evaluate": "Measure a generator: FID_fm, KID, precision/recall, accuracy, CAS, diversity.",
 }
 
 
