@@ -1,0 +1,45 @@
+"""The `catalogan` root: help works, and the CLI and `db` never import torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from scheduler.cli.root import LAZY_HELP, LAZY_SUBCOMMANDS, cli
+
+
+def test_importing_the_cli_and_db_commands_does_not_load_torch() -> None:
+    """Given a fresh interpreter, importing scheduler.cli and the db command group leaves torch unloaded."""
+    code = (
+        "import sys, scheduler.cli, scheduler.cli.root, scheduler.cli.db_commands; "
+        "print('torch' in sys.modules, 'models' in sys.modules, 'workers' in sys.modules)"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+
+    assert output.stdout.split() == ["False", "False", "False"]
+
+
+def test_catalogan_help_lists_commands_without_importing_them(tmp_path: Path) -> None:
+    """Given the installed console script, `catalogan --help` exits 0 and lists every lazy command."""
+    exe = Path(sys.executable).parent / "catalogan"
+    result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "Usage: catalogan" in result.stdout
+    for name in LAZY_SUBCOMMANDS:
+        assert name in result.stdout
+
+
+def test_every_db_command_has_help_with_an_example() -> None:
+    """Given each `catalogan db` subcommand, its --help shows an `Example:` section."""
+    runner = CliRunner()
+    for name in ["upgrade", "downgrade", "current", "check"]:
+        result = runner.invoke(cli, ["db", name, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Example:" in result.output
+    assert "db" in LAZY_HELP

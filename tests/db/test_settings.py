@@ -1,0 +1,82 @@
+"""Settings: embedded defaults, CATALOGAN_* parsing and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageSettings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CATALOGAN_* variable from the developer's shell leaks into these tests."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("CATALOGAN_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_are_the_embedded_stack_under_catalogan_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given no settings, the database is a SQLite file and objects a folder, both in ./catalogan-data/,
+    and the broker is the embedded one."""
+    monkeypatch.chdir(tmp_path)
+
+    assert DatabaseSettings().url() == f"sqlite:///{tmp_path / 'catalogan-data' / 'catalogan.db'}"
+    assert StorageSettings().url() == (tmp_path / "catalogan-data" / "objects").as_uri()
+    assert BrokerSettings().embedded
+    assert StorageSettings().presigned_url_ttl_seconds == 3600
+
+
+def test_environment_variables_override_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Given CATALOGAN_* variables, each setting class reads its own, and DATA_DIR moves the embedded files."""
+    monkeypatch.setenv("CATALOGAN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CATALOGAN_STORAGE_URL", "s3://bucket/prefix")
+    monkeypatch.setenv("CATALOGAN_BROKER_URL", "redis://127.0.0.1:6379/3")
+    monkeypatch.setenv("CATALOGAN_DATABASE_POOL_SIZE", "12")
+    monkeypatch.setenv("CATALOGAN_PRESIGNED_URL_TTL_SECONDS", "60")
+
+    assert DatabaseSettings().url() == f"sqlite:///{tmp_path / 'data' / 'catalogan.db'}"
+    assert DatabaseSettings().database_pool_size == 12
+    assert StorageSettings().url() == "s3://bucket/prefix"
+    assert StorageSettings().presigned_url_ttl_seconds == 60
+    assert BrokerSettings().broker_url == "redis://127.0.0.1:6379/3" and not BrokerSettings().embedded
+    assert DataSettings().resolved == (tmp_path / "data").resolve()
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_plain_postgres_urls_use_psycopg3(monkeypatch: pytest.MonkeyPatch, scheme: str) -> None:
+    """Given postgresql:// or postgres://, the URL is rewritten to the psycopg 3 driver we ship."""
+    monkeypatch.setenv("CATALOGAN_DATABASE_URL", f"{scheme}://u:p@db:5432/catalogan")
+
+    assert DatabaseSettings().url() == "postgresql+psycopg://u:p@db:5432/catalogan"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CATALOGAN_DATABASE_POOL_SIZE", "0"),
+        ("CATALOGAN_DATABASE_POOL_SIZE", "many"),
+        ("CATALOGAN_PRESIGNED_URL_TTL_SECONDS", "0"),
+        ("CATALOGAN_PRESIGNED_URL_TTL_SECONDS", str(8 * 24 * 3600)),
+    ],
+)
+def test_out_of_range_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """Given a value outside its bounds or of the wrong type, building the settings raises and names it."""
+    monkeypatch.setenv(name, value)
+    cls = DatabaseSettings if "POOL" in name else StorageSettings
+
+    with pytest.raises(ValidationError, match=name.removeprefix("CATALOGAN_").lower()):
+        cls()
+
+
+def test_settings_are_frozen() -> None:
+    """Given a settings object, assigning to it fails: settings are read once and passed down."""
+    settings = DatabaseSettings()
+    with pytest.raises(ValidationError):
+        settings.database_url = "sqlite://"  # type: ignore[misc]
