@@ -77,7 +77,10 @@ class PipelineCollector(Collector):
             value=rate.images_per_second,
         )
         jobs = GaugeMetricFamily("catalogan_jobs", "Jobs per status.", labels=["status"])
-        counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
+        counts = {
+            status: count
+            for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status))
+        }
         for status in JobStatus:
             jobs.add_metric([status.value], counts.get(status, 0))
         yield jobs

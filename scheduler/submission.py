@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import pydantic
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -74,8 +75,10 @@ def build_spec(request: JobCreate, items: Sequence[ItemCreate]) -> JobSpec:
         values["model"] = request.model
     try:
         return JobSpec.model_validate({k: v for k, v in values.items() if v is not None})
-    except ValueError as exc:  # pydantic.ValidationError is a ValueError
-        raise RequestValidationError("items", "job_spec", str(exc).splitlines()[0]) from exc
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "spec"
+        raise RequestValidationError(field, str(error["type"]), f"{field}: {error['msg']}") from exc
 
 
 def check_idempotency_key(key: str | None) -> str | None:

@@ -49,6 +49,7 @@ TERMINAL_EVENTS = {
     JobStatus.CANCELLED: "job.cancelled",
 }
 EVENTS = (EVENT_STARTED, EVENT_PROGRESS, *TERMINAL_EVENTS.values())
+EVENT_ALIASES = {"job.succeeded": "job.completed"}
 # Finished jobs are looked at for this long after they finish, so a missed terminal event is still sent.
 TERMINAL_LOOKBACK_SECONDS = 24 * 3600
 MAX_ERROR_CHARS = 500
@@ -103,23 +104,30 @@ def check_target(url: str, *, allow_private: bool, resolver: Resolver = resolve_
         )
 
 
-def job_event_payload(job: Job, event: str, now: dt.datetime) -> dict[str, Any]:
-    """The JSON body of one event: Standard Webhooks' `type`, `timestamp`, `data`."""
+def job_event_data(job: Job) -> dict[str, Any]:
+    """The `data` of a job event (stored as the outbox row's payload)."""
     return {
-        "type": event,
-        "timestamp": now.isoformat(),
-        "data": {
-            "job_id": job.id,
-            "status": job.status.value,
-            "images_total": job.images_total,
-            "images_done": job.images_done,
-            "images_failed": job.images_failed,
-            "images_rejected": job.images_rejected,
-            "error": job.error,
-            "started_at": job.started_at.isoformat() if job.started_at else None,
-            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        },
+        "job_id": job.id,
+        "status": job.status.value,
+        "images_total": job.images_total,
+        "images_done": job.images_done,
+        "images_failed": job.images_failed,
+        "images_rejected": job.images_rejected,
+        "manifest_key": job.manifest_key,
+        "error": job.error,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }
+
+
+def event_envelope(event: str, created_at: dt.datetime, payload: dict[str, Any]) -> dict[str, Any]:
+    """The body sent for one outbox row: Standard Webhooks' `type`, `timestamp` and `data`.
+
+    Rows written by the workers' finalize step carry a flat payload with an `event` key and name success
+    `job.succeeded`; both are normalised here so receivers see one shape and one vocabulary.
+    """
+    data = {key: value for key, value in payload.items() if key != "event"}
+    return {"type": EVENT_ALIASES.get(event, event), "timestamp": created_at.isoformat(), "data": data}
 
 
 def _new_delivery(job: Job, url: str, event: str, now: dt.datetime) -> WebhookDelivery:
@@ -129,7 +137,7 @@ def _new_delivery(job: Job, url: str, event: str, now: dt.datetime) -> WebhookDe
         job_id=job.id,
         event=event,
         url=url,
-        payload=job_event_payload(job, event, now),
+        payload=job_event_data(job),
         status=DeliveryStatus.PENDING,
         attempts=0,
         next_attempt_at=now,
@@ -167,7 +175,8 @@ def emit_job_events(session: Session, settings: WebhookSettings, *, now: dt.date
             written += 1
         terminal = TERMINAL_EVENTS.get(job.status)
         if terminal is not None:
-            if (job.id, terminal) not in sent:
+            names = {terminal, f"job.{job.status.value}"}  # the finalize step may have written it already
+            if not any((job.id, name) in sent for name in names):
                 session.add(_new_delivery(job, url, terminal, now))
                 written += 1
             continue
@@ -219,9 +228,16 @@ def backoff_seconds(attempts: int, settings: WebhookSettings, *, rng: random.Ran
     return delay * (1 + 0.1 * (rng or random).random())
 
 
-def _claim_due(
-    factory: sessionmaker[Session], settings: WebhookSettings, now: dt.datetime
-) -> list[tuple[str, str, str, dict[str, Any], int, str | None]]:
+@dataclass(frozen=True, slots=True)
+class _Due:
+    id: str
+    url: str
+    body: dict[str, Any]
+    attempts: int
+    secret: str | None
+
+
+def _claim_due(factory: sessionmaker[Session], settings: WebhookSettings, now: dt.datetime) -> list[_Due]:
     # Claim rows by pushing their next attempt past the delivery timeout, so a second dispatcher skips them.
     lease_until = now + dt.timedelta(seconds=settings.webhook_timeout_seconds * 3)
     with transaction(factory) as session:
@@ -243,7 +259,8 @@ def _claim_due(
         rows = session.execute(
             select(
                 WebhookDelivery.id,
-                WebhookDelivery.tenant_id,
+                WebhookDelivery.event,
+                WebhookDelivery.created_at,
                 WebhookDelivery.url,
                 WebhookDelivery.payload,
                 WebhookDelivery.attempts,
@@ -253,7 +270,10 @@ def _claim_due(
             .where(WebhookDelivery.id.in_(ids))
             .order_by(WebhookDelivery.created_at)
         ).all()
-        return [tuple(row) for row in rows]
+        return [
+            _Due(id_, url, event_envelope(event, created, payload), attempts, secret)
+            for id_, event, created, url, payload, attempts, secret in rows
+        ]
 
 
 def deliver(
@@ -293,14 +313,15 @@ def dispatch_due(
     client = http or httpx.Client(follow_redirects=False)
     delivered = retrying = failed = 0
     try:
-        for delivery_id, _tenant, url, payload, attempts, secret in rows:
+        for row in rows:
+            delivery_id, attempts = row.id, row.attempts
             error: str | None = None
             permanent = False
             try:
-                if not secret:
+                if not row.secret:
                     permanent, error = True, "the tenant has no webhook secret"
                 else:
-                    deliver(client, url, delivery_id, payload, secret, settings)
+                    deliver(client, row.url, delivery_id, row.body, row.secret, settings)
             except UnsafeWebhookTargetError as exc:
                 permanent, error = True, str(exc)
             except httpx.HTTPError as exc:

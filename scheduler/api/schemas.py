@@ -10,9 +10,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from db.errors import InvalidKeyError
 from db.status import ImageStatus, JobStatus, ModelVersionStatus
+from db.storage.keys import validate_key_segment
 
 MAX_ITEMS_PER_JOB = 100_000
 MAX_IMAGES_PER_ITEM = 100_000
@@ -40,6 +42,17 @@ class ItemCreate(_Strict):
     count: int = Field(ge=1, le=MAX_IMAGES_PER_ITEM, examples=[4])
     sku: str | None = Field(default=None, min_length=1, max_length=128, examples=["SKU-10042"])
     client_item_id: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @field_validator("sku", "category")
+    @classmethod
+    def _key_segment(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # SKU and category become folders in object keys: reject (never rewrite) anything unsafe there.
+        if value is not None:
+            try:
+                validate_key_segment(value, str(info.field_name))
+            except InvalidKeyError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
 
 
 class JobCreate(_Strict):
