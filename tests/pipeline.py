@@ -68,7 +68,9 @@ def tiny_checkpoint(seed: int = 0) -> bytes:
     return random_generator_checkpoint("tiny", seed=seed)
 
 
-def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.2, what: str = "condition") -> None:
+def wait_for(
+    predicate: Callable[[], bool], *, timeout: float, interval: float = 0.2, what: str = "condition"
+) -> None:
     """Poll until `predicate()` is true; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -121,3 +123,97 @@ def pipeline_env(**overrides: str) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("CATALOGAN_")}
     env.update(overrides)
     return env
+
+
+class PipelineStack:
+    """Real PostgreSQL + Redis + SeaweedFS, a registered tiny model, and worker / beat subprocesses."""
+
+    def __init__(
+        self, *, db_url: str, redis_url: str, store: ObjectStore, s3_env: dict[str, str], folder: Path
+    ) -> None:
+        from db.engine import make_engine, make_session_factory
+        from db.messaging import CeleryPublisher, make_celery_app
+        from db.settings import BrokerSettings, DataSettings
+
+        self.folder = folder
+        self.store = store
+        self.redis_url = redis_url
+        self.engine = make_engine(db_url)
+        self.session_factory = make_session_factory(self.engine)
+        self.env = pipeline_env(
+            CATALOGAN_DATABASE_URL=db_url,
+            CATALOGAN_BROKER_URL=redis_url,
+            CATALOGAN_STORAGE_URL=store.url,
+            CATALOGAN_DATA_DIR=str(folder / "data"),
+            CATALOGAN_LEASE_SECONDS="3",
+            CATALOGAN_BATCH_SIZE="25",
+            CATALOGAN_UPLOAD_THREADS="4",
+            CATALOGAN_MAX_ATTEMPTS="3",
+            CATALOGAN_RETRY_DELAY_SECONDS="0.2",
+            CATALOGAN_TEST_FAULTS="1",
+            CATALOGAN_REAPER_INTERVAL_SECONDS="0.5",
+            CATALOGAN_REPUBLISH_AFTER_SECONDS="2",
+            CATALOGAN_FINALIZE_GRACE_SECONDS="2",
+            **s3_env,
+        )
+        self.app = make_celery_app(
+            BrokerSettings(broker_url=redis_url), DataSettings(data_dir=folder / "data")
+        )
+        self.publisher = CeleryPublisher(self.app)
+        self.tenant_id = make_tenant(self.session_factory)
+        self.model_version = make_model_version(
+            self.session_factory, checkpoint=tiny_checkpoint(), store=store
+        )
+        self.processes: list[ServiceProcess] = []
+
+    def start(self, kind: str, name: str | None = None, **env: str) -> ServiceProcess:
+        """Start `catalogan worker` (kind="worker") or `catalogan beat` (kind="beat")."""
+        args = ["worker", "--gpus", "none"] if kind == "worker" else ["beat"]
+        log = self.folder / f"{name or kind}-{len(self.processes)}.log"
+        process = ServiceProcess(args, {**self.env, **env}, log)
+        self.processes.append(process)
+        return process
+
+    def submit(self, spec: dict[str, object]) -> str:
+        """Plan and publish a job; return its id."""
+        from db.planning import parse_job_spec, submit_job
+
+        planned = submit_job(
+            self.session_factory,
+            parse_job_spec({"model": "tiny", **spec}),
+            tenant_id=self.tenant_id,
+            model_version=self.model_version,
+            publisher=self.publisher,
+        )
+        return planned.job_id
+
+    def job(self, job_id: str) -> Job:
+        """A fresh copy of the job row."""
+        return job_row(self.session_factory, job_id)
+
+    def wait_terminal(self, job_id: str, timeout: float = 240) -> Job:
+        """Wait until the job is succeeded, failed or cancelled; dump process logs on timeout."""
+        try:
+            wait_for(
+                lambda: self.job(job_id).status.is_terminal, timeout=timeout, what=f"job {job_id} to finish"
+            )
+        except AssertionError:
+            for process in self.processes:
+                print(f"==== {process.log_path.name}\n{process.log()[-4000:]}")
+            raise
+        return self.job(job_id)
+
+    def image_keys(self, job_id: str) -> list[str]:
+        """The image objects stored for a job (manifests excluded)."""
+        prefix = f"{self.tenant_id}/jobs/{job_id}/"
+        return [
+            info.key
+            for info in self.store.list(prefix)
+            if not info.key.rsplit("/", 1)[-1].startswith("manifest")
+        ]
+
+    def close(self) -> None:
+        """Stop every process and dispose of the engine."""
+        for process in self.processes:
+            process.stop()
+        self.engine.dispose()
