@@ -155,6 +155,7 @@ def emit_job_events(session: Session, settings: WebhookSettings, *, now: dt.date
         .join(Tenant, Tenant.id == Job.tenant_id)
         .where(target.is_not(None), Job.status != JobStatus.QUEUED)
         .where(or_(Job.finished_at.is_(None), Job.finished_at > lookback))
+        .execution_options(populate_existing=True)  # counters move under us: read them fresh
     ).all()
     if not rows:
         return 0
@@ -205,7 +206,7 @@ def _last_progress_counts(session: Session, job_ids: list[str]) -> dict[str, tup
     ).all()
     counts = {}
     for job_id, payload in rows:
-        data = payload.get("data", {})
+        data = payload.get("data", payload)
         counts[job_id] = (data.get("images_done"), data.get("images_failed"), data.get("images_rejected"))
     return counts
 
