@@ -1,0 +1,225 @@
+"""The reaper repairs the pipeline from SQL: expired leases, lost messages, quarantine, cancel, stragglers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.chunks import claim_chunk
+from db.engine import transaction
+from db.jobs import request_cancel
+from db.pipeline_settings import ReaperSettings
+from db.planning import parse_job_spec, submit_job
+from db.status import ChunkStatus, ImageStatus, JobStatus
+from db.storage import ObjectStore
+from db.tables import Chunk, Image, Job, utcnow
+from scheduler.reaper import Reaper
+from tests.pipeline import PipelineStack, job_row, make_model_version, make_tenant, wait_for
+
+
+class FakeBroker:
+    """Records published chunk ids and finalize requests; reports a settable queue depth."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[str, int]] = []
+        self.finalized: list[str] = []
+        self.depth = 0
+
+    def publish(self, queue: str, chunk_ids: Sequence[int]) -> None:
+        self.chunks.extend((queue, chunk_id) for chunk_id in chunk_ids)
+
+    def publish_finalize(self, queue: str, job_id: str) -> None:
+        self.finalized.append(job_id)
+
+
+@pytest.fixture
+def broker() -> FakeBroker:
+    """A recording stand-in for the broker (the real one is exercised by the Redis test below)."""
+    return FakeBroker()
+
+
+@pytest.fixture
+def reaper(session_factory: sessionmaker[Session], broker: FakeBroker) -> Reaper:
+    """A reaper with 3 attempts, a 60 s lost-message threshold and a 30 s finalize grace."""
+    settings = ReaperSettings(max_attempts=3, republish_after_seconds=60, finalize_grace_seconds=30)
+    return Reaper(
+        session_factory,
+        publisher=broker.publish,
+        publish_finalize=broker.publish_finalize,
+        queue_depth=lambda queue: broker.depth,
+        settings=settings,
+    )
+
+
+def _job(
+    session_factory: sessionmaker[Session], count: int = 20, chunk_size: int = 10
+) -> tuple[str, tuple[int, ...]]:
+    tenant_id = make_tenant(session_factory)
+    model_version = make_model_version(session_factory)
+    planned = submit_job(
+        session_factory,
+        parse_job_spec({"items": [{"category": "a", "count": count}], "chunk_size": chunk_size, "seed": 1}),
+        tenant_id=tenant_id,
+        model_version=model_version,
+        publisher=lambda queue, ids: None,
+    )
+    return planned.job_id, planned.chunk_ids
+
+
+def _claim(session_factory: sessionmaker[Session], chunk_id: int, now: dt.datetime) -> None:
+    with transaction(session_factory) as session:
+        assert (
+            claim_chunk(session, chunk_id, worker="w", lease_seconds=5, max_attempts=10, now=now) is not None
+        )
+
+
+def _chunk(session_factory: sessionmaker[Session], chunk_id: int) -> Chunk:
+    with session_factory() as session:
+        chunk = session.get(Chunk, chunk_id)
+        assert chunk is not None
+        return chunk
+
+
+def test_an_expired_lease_is_released_and_republished(
+    session_factory: sessionmaker[Session], reaper: Reaper, broker: FakeBroker
+) -> None:
+    # Given a chunk whose worker died: its lease expired a minute ago
+    _job_id, chunk_ids = _job(session_factory)
+    _claim(session_factory, chunk_ids[0], utcnow() - dt.timedelta(seconds=60))
+    # When the reaper runs
+    report = reaper.reap_once()
+    # Then the chunk is pending again and its message was published once
+    assert report.requeued == [chunk_ids[0]] and broker.chunks == [("bulk", chunk_ids[0])]
+    chunk = _chunk(session_factory, chunk_ids[0])
+    assert chunk.status is ChunkStatus.PENDING and "lease expired" in str(chunk.last_error)
+
+
+def test_a_chunk_out_of_attempts_is_quarantined_and_the_job_finalized(
+    session_factory: sessionmaker[Session], reaper: Reaper, broker: FakeBroker
+) -> None:
+    # Given a 2-chunk job: chunk 0 done, chunk 1's third attempt died
+    job_id, chunk_ids = _job(session_factory)
+    with transaction(session_factory) as session:
+        session.execute(
+            update(Chunk).where(Chunk.id == chunk_ids[0]).values(status=ChunkStatus.SUCCEEDED, images_done=10)
+        )
+        session.execute(update(Job).values(chunks_finished=1, images_done=10, status=JobStatus.RUNNING))
+        session.execute(update(Chunk).where(Chunk.id == chunk_ids[1]).values(attempt=2))
+    _claim(session_factory, chunk_ids[1], utcnow() - dt.timedelta(seconds=60))
+    # When the reaper runs
+    report = reaper.reap_once()
+    # Then the chunk is quarantined with failed image rows, counters are exact and a finalize is published at once
+    assert report.quarantined == [chunk_ids[1]] and broker.finalized == [job_id] and broker.chunks == []
+    assert _chunk(session_factory, chunk_ids[1]).status is ChunkStatus.QUARANTINED
+    job = job_row(session_factory, job_id)
+    assert (job.chunks_finished, job.images_done, job.images_failed) == (2, 10, 10)
+    with session_factory() as session:
+        failed = session.scalars(select(Image).where(Image.job_id == job_id)).all()
+        assert sorted(image.index for image in failed) == list(range(10, 20))
+        assert all(
+            image.status is ImageStatus.FAILED and "gave up after 3" in str(image.error) for image in failed
+        )
+
+
+def test_lost_messages_are_republished_only_when_the_queue_is_empty(
+    session_factory: sessionmaker[Session], reaper: Reaper, broker: FakeBroker
+) -> None:
+    # Given a job whose chunks were published two minutes ago and are still pending
+    _job_id, chunk_ids = _job(session_factory)
+    with transaction(session_factory) as session:
+        session.execute(update(Chunk).values(enqueued_at=utcnow() - dt.timedelta(seconds=120)))
+    # When the queue still holds messages, then nothing is republished (they are waiting their turn)
+    broker.depth = 5
+    assert reaper.reap_once().republished == []
+    # When the queue is empty (Redis restarted empty), then each stale chunk is republished once
+    broker.depth = 0
+    assert reaper.reap_once().republished == list(chunk_ids)
+    assert reaper.reap_once().republished == []  # enqueued_at was refreshed: no flood
+    assert broker.chunks == [("bulk", chunk_id) for chunk_id in chunk_ids]
+
+
+def test_a_cancelled_job_is_finished_without_a_worker(
+    session_factory: sessionmaker[Session], reaper: Reaper, broker: FakeBroker
+) -> None:
+    # Given a queued job with pending chunks, then cancelled
+    job_id, chunk_ids = _job(session_factory, count=30)
+    with transaction(session_factory) as session:
+        request_cancel(session, job_id)
+    # When the reaper runs, then every pending chunk is cancelled and a finalize is published
+    report = reaper.reap_once()
+    assert sorted(report.cancelled) == sorted(chunk_ids) and broker.finalized == [job_id]
+    assert job_row(session_factory, job_id).chunks_finished == 3
+
+
+def test_a_straggler_gets_a_finalize_after_the_grace_period(
+    session_factory: sessionmaker[Session], reaper: Reaper, broker: FakeBroker
+) -> None:
+    # Given a job whose chunks all finished but whose finalize never ran (crash after the last commit)
+    job_id, _ = _job(session_factory)
+    with transaction(session_factory) as session:
+        session.execute(update(Chunk).values(status=ChunkStatus.SUCCEEDED))
+        session.execute(update(Job).values(chunks_finished=2, images_done=20, status=JobStatus.RUNNING))
+    now = utcnow()
+    # When the reaper sees it first, then it waits for the grace period (the worker may be finalizing)
+    assert reaper.reap_once(now).finalize_published == []
+    # And after the grace period it publishes one finalize
+    assert reaper.reap_once(now + dt.timedelta(seconds=31)).finalize_published == [job_id]
+    assert reaper.reap_once(now + dt.timedelta(seconds=32)).finalize_published == []
+
+
+def test_the_reaper_and_beat_command_import_no_torch() -> None:
+    # Given a fresh interpreter, when the reaper, the beat command and planning are imported
+    code = (
+        "import sys, scheduler.reaper, scheduler.periodic, scheduler.cli.beat_commands, db.planning, db.messaging;"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('workers', 'models'))]; print(bad)"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    # Then neither torch nor the workers or models packages were loaded
+    assert output.strip() == "[]"
+
+
+@pytest.fixture
+def stack(
+    pg_url: str, redis_url: str, s3_store: ObjectStore, s3_env: dict[str, str], tmp_path: Path
+) -> Iterator[PipelineStack]:
+    """PostgreSQL + Redis + SeaweedFS with a tiny model registered; processes are stopped afterwards."""
+    pipeline = PipelineStack(
+        db_url=pg_url, redis_url=redis_url, store=s3_store, s3_env=s3_env, folder=tmp_path
+    )
+    yield pipeline
+    pipeline.close()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_redis_flushed_mid_job_the_reaper_requeues_from_sql(stack: PipelineStack) -> None:
+    import redis
+
+    # Given a job in progress on a worker, with `catalogan beat` running
+    stack.start("worker")
+    stack.start("beat")
+    job_id = stack.submit({"items": [{"category": "c", "count": 1500}], "chunk_size": 100, "seed": 4})
+    wait_for(lambda: stack.job(job_id).images_done >= 100, timeout=120, what="a finished chunk")
+    # When Redis loses every queued message (FLUSHDB, keeping this test's claim on the database)
+    client = redis.Redis.from_url(stack.redis_url)
+    owner = client.get("catalogan-test:owner")
+    with client.pipeline(transaction=True) as pipe:
+        pipe.flushdb()
+        if owner is not None:
+            pipe.set("catalogan-test:owner", owner, ex=6 * 3600)
+        pipe.execute()
+    assert client.llen("bulk") == 0
+    client.close()
+    # Then the reaper re-enqueues the pending chunks from SQL and the job completes, exactly
+    job = stack.wait_terminal(job_id)
+    assert (job.status, job.images_done, job.images_failed) == (JobStatus.SUCCEEDED, 1500, 0)
+    assert len(stack.image_keys(job_id)) == 1500
+    with stack.session_factory() as session:
+        assert len(session.scalars(select(Image.index).where(Image.job_id == job_id)).all()) == 1500
