@@ -110,9 +110,26 @@ def read_model_bytes(model: str) -> tuple[bytes, str]:
 
 def registry_checkpoint_bytes(reference: str) -> tuple[bytes, str]:
     """Resolve `name[@version]` in the model registry and read its checkpoint from the object store."""
-    raise click.BadParameter(
-        f"{reference}: not a checkpoint file, and registry look-ups are not wired in yet", param_hint="MODEL"
-    )
+    from db.engine import engine_from_settings, make_session_factory
+    from db.settings import StorageSettings
+    from models.registry import get_version
+
+    row = get_version(make_session_factory(engine_from_settings()), reference)
+    return read_checkpoint_uri(row.checkpoint_uri, StorageSettings().url()), f"{row.name}@{row.version}"
+
+
+def read_checkpoint_uri(uri: str, store_url: str) -> bytes:
+    """Bytes of a checkpoint URI: a key of the configured store, or a full URI of any store."""
+    from db.errors import StorageError
+    from db.storage import open_store
+
+    base = store_url.rstrip("/") + "/"
+    if uri.startswith(base) or "://" not in uri:
+        return open_store(store_url).get(uri.removeprefix(base))
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    if not name or "://" not in parent:
+        raise StorageError(f"checkpoint {uri!r}: not an object URI")
+    return open_store(parent).get(name)
 
 
 @click.command("evaluate")
@@ -127,6 +144,11 @@ def registry_checkpoint_bytes(reference: str) -> tuple[bytes, str]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Job seed for the latents and subsets.")
 @click.option("--no-cas", is_flag=True, help="Skip CAS (it trains a small classifier: the slowest metric).")
 @click.option("--no-calibration", is_flag=True, help="Skip the real-train-vs-real-test calibration row.")
+@click.option(
+    "--record",
+    is_flag=True,
+    help="Store the metrics in the registry row of MODEL (a `name@version` reference) for promotion gates.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option(
     "--out",
@@ -136,7 +158,14 @@ def registry_checkpoint_bytes(reference: str) -> tuple[bytes, str]:
 )
 @one_line_errors
 def evaluate(
-    model: str, samples: int, seed: int, no_cas: bool, no_calibration: bool, as_json: bool, out: Path | None
+    model: str,
+    samples: int,
+    seed: int,
+    no_cas: bool,
+    no_calibration: bool,
+    record: bool,
+    as_json: bool,
+    out: Path | None,
 ) -> None:
     """Measure a generator against real Fashion-MNIST test in the evaluator's feature space.
 
@@ -154,6 +183,10 @@ def evaluate(
     from models.metrics.cas import CasConfig
 
     data, name = read_model_bytes(model)
+    if record and Path(model).is_file():
+        raise click.BadParameter(
+            "--record needs a registry reference, not a checkpoint file", param_hint="MODEL"
+        )
     generator = load_generator(data)
     cas_config = None if no_cas else CasConfig()
     report = evaluate_generator(generator, samples, seed, source=name, cas_config=cas_config)
@@ -167,6 +200,8 @@ def evaluate(
         "report": report.to_dict(),
         "calibration": None if calibration is None else calibration.to_dict(),
     }
+    if record:
+        record_report(name, report)
     text = json.dumps(document, indent=2)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +210,15 @@ def evaluate(
         click.echo(text)
         return
     print_report_table([r for r in (calibration, report) if r is not None])
+
+
+def record_report(reference: str, report: EvaluationReport) -> None:
+    """Merge the headline metrics into the registry row, where the promotion gates read them."""
+    from db.engine import engine_from_settings, make_session_factory
+    from models.registry import record_metrics
+
+    metrics = {key: value for key, value in report.to_dict().items() if key not in {"source", "warnings"}}
+    record_metrics(make_session_factory(engine_from_settings()), reference, metrics)
 
 
 def print_report_table(reports: list[EvaluationReport]) -> None:

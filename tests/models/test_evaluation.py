@@ -1,0 +1,158 @@
+"""`evaluate_generator` / `calibration_report` end to end with generator callables and the shipped evaluator."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.evaluation import (
+    RealReference,
+    build_real_reference,
+    calibration_report,
+    evaluate_generator,
+    evaluate_images,
+    sample_generator,
+)
+from models.evaluator import default_evaluator, evaluate_accuracy
+from models.metrics.cas import CasConfig
+
+METRIC_FIELDS = {
+    "fid_fm",
+    "kid",
+    "kid_std",
+    "precision",
+    "recall",
+    "conditional_accuracy",
+    "cas",
+    "intra_class_ssim",
+    "per_class_accuracy",
+    "per_class_ssim",
+    "warnings",
+}
+
+
+@pytest.fixture(scope="module")
+def small_reference(fashion_test: tuple[np.ndarray, np.ndarray]) -> RealReference:
+    """The first 2,000 Fashion-MNIST test images embedded with the shipped evaluator."""
+    images, labels = fashion_test
+    return build_real_reference(images[:2000], labels[:2000])
+
+
+def replaying_generator(images: np.ndarray, labels: np.ndarray):  # type: ignore[no-untyped-def]
+    """A 'perfect' generator: for class c it returns a real image of class c picked by the latent."""
+    by_class = [images[labels == c] for c in range(10)]
+
+    def generate(class_indices: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        picks = (latents[:, 0].abs() * 1e6).long()
+        out = [
+            by_class[int(c)][int(p) % len(by_class[int(c)])]
+            for c, p in zip(class_indices, picks, strict=True)
+        ]
+        return torch.from_numpy(np.stack(out))[..., None]  # (B, 28, 28, 1)
+
+    return generate
+
+
+def noise_generator(class_indices: torch.Tensor, latents: torch.Tensor) -> np.ndarray:
+    """A useless generator: uniform noise, whatever was asked."""
+    rng = np.random.default_rng(int(latents[0, 0].abs() * 1e6))
+    return rng.integers(0, 256, (len(class_indices), 32, 32, 1), dtype=np.uint8)
+
+
+def test_sampling_is_deterministic_and_ordered_by_class() -> None:
+    """Given a callable generator, image i asks for class i // samples_per_class with latent (seed, i)."""
+    seen: list[torch.Tensor] = []
+
+    def record(class_indices: torch.Tensor, latents: torch.Tensor) -> np.ndarray:
+        seen.append(latents)
+        return np.zeros((len(class_indices), 32, 32, 1), dtype=np.uint8)
+
+    images, labels = sample_generator(record, 3, seed=5, z_dim=4)
+    sample_generator(record, 3, seed=5, z_dim=4)
+    assert images.shape == (30, 32, 32, 1)
+    assert labels.tolist() == [c for c in range(10) for _ in range(3)]
+    assert torch.equal(seen[0], seen[1])
+
+
+def test_conditional_accuracy_of_the_real_test_set_equals_the_evaluator_accuracy(
+    fashion_test: tuple[np.ndarray, np.ndarray], small_reference: RealReference
+) -> None:
+    """Given real test images 'requested' as their true labels, conditional accuracy is the evaluator's accuracy."""
+    images, labels = fashion_test
+    report = evaluate_images(
+        images[2000:3000],
+        labels[2000:3000],
+        source="real test",
+        samples_per_class=100,
+        reference=small_reference,
+        cas_config=None,
+    )
+    assert report.conditional_accuracy == pytest.approx(
+        evaluate_accuracy(default_evaluator(), images[2000:3000], labels[2000:3000])
+    )
+    assert report.conditional_accuracy > 0.9
+
+
+def test_real_images_score_far_better_than_noise_and_reports_serialise(
+    fashion_train: tuple[np.ndarray, np.ndarray], small_reference: RealReference
+) -> None:
+    """Given a generator replaying real train images and one emitting noise, every metric ranks them right."""
+    images, labels = fashion_train
+    real = evaluate_generator(
+        replaying_generator(images[:5000], labels[:5000]),
+        30,
+        seed=1,
+        z_dim=8,
+        reference=small_reference,
+        cas_config=None,
+    )
+    noise = evaluate_generator(
+        noise_generator, 30, seed=1, z_dim=8, reference=small_reference, cas_config=None
+    )
+    assert real.fid_fm * 10 < noise.fid_fm
+    assert real.kid < noise.kid
+    assert real.precision > 0.6 > noise.precision
+    assert real.recall > 0.4 > noise.recall
+    assert real.conditional_accuracy > 0.85 > 0.3 > noise.conditional_accuracy
+    document = json.loads(json.dumps(real.to_dict()))
+    assert set(document) >= METRIC_FIELDS
+    assert document["sample_count"] == 300
+    assert (
+        set(document["per_class_accuracy"]) == set(document["per_class_ssim"])
+        and len(document["per_class_ssim"]) == 10
+    )
+
+
+def test_a_collapsed_generator_raises_the_diversity_alarm_and_loses_recall(
+    fashion_train: tuple[np.ndarray, np.ndarray], small_reference: RealReference
+) -> None:
+    """Given a generator that returns one image per class, SSIM is 1, warnings name classes, recall is low."""
+    images, labels = fashion_train
+    one_per_class = np.stack([images[labels == c][0] for c in range(10)])
+
+    def collapsed(class_indices: torch.Tensor, latents: torch.Tensor) -> np.ndarray:
+        return one_per_class[class_indices.numpy()]
+
+    report = evaluate_generator(collapsed, 20, seed=0, z_dim=8, reference=small_reference, cas_config=None)
+    assert report.intra_class_ssim == pytest.approx(1.0)
+    assert len(report.warnings) == 10 and "mode collapse" in report.warnings[0]
+    assert report.recall < 0.1
+
+
+@pytest.mark.slow
+def test_calibration_row_real_train_vs_real_test(small_reference: RealReference) -> None:
+    """Given real train images as the 'generated' set, FID_fm is small, accuracy and CAS are high, no alarms."""
+    report = calibration_report(100, seed=0, reference=small_reference, cas_config=CasConfig(epochs=3))
+    assert report.source == "real train (calibration)"
+    assert report.conditional_accuracy > 0.9
+    assert report.cas is not None and report.cas > 0.75
+    assert report.precision > 0.6 and report.recall > 0.6
+    assert report.warnings == []
+    assert (
+        report.fid_fm
+        < 0.2
+        * evaluate_generator(noise_generator, 20, z_dim=8, reference=small_reference, cas_config=None).fid_fm
+    )
