@@ -187,3 +187,28 @@ def test_a_chunk_that_always_fails_is_quarantined_and_the_rest_completes(stack: 
     assert len(stack.image_keys(job_id)) == 300
     manifest = [json.loads(line) for line in stack.store.get(str(job.manifest_key)).decode().splitlines()]
     assert len(manifest) == 400 and sum(entry["status"] == "failed" for entry in manifest) == 100
+
+
+def test_sigterm_releases_the_running_chunk_at_once(stack: PipelineStack) -> None:
+    # Given a worker in the middle of one long chunk (2,000 images in batches of 25)
+    first = stack.start("worker", "first")
+    job_id = stack.submit({"items": [{"category": "a", "count": 2000}], "chunk_size": 2000, "seed": 9})
+    wait_for(lambda: _count_rows(stack, job_id) >= 50, timeout=120, what="the first batches")
+    # When it receives SIGTERM
+    started = time.monotonic()
+    assert first.stop(timeout=30) == 0
+    # Then it exits promptly, having released the chunk (no waiting for the lease to expire)
+    assert time.monotonic() - started < 20
+    with stack.session_factory() as session:
+        chunk = session.scalars(select(Chunk).where(Chunk.job_id == job_id)).one()
+        assert (chunk.status, chunk.attempt, chunk.last_error) == (
+            ChunkStatus.PENDING,
+            1,
+            "released at worker shutdown",
+        )
+    assert 50 <= _count_rows(stack, job_id) < 2000
+    # And a new worker picks the republished chunk up and completes the job exactly
+    stack.start("worker", "second")
+    job = stack.wait_terminal(job_id)
+    assert (job.status, job.images_done) == (JobStatus.SUCCEEDED, 2000)
+    _assert_complete_and_exact(stack, job_id, 2000)
