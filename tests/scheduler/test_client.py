@@ -1,0 +1,111 @@
+"""The SDK's own behaviour: retries on 5xx and 429 honouring Retry-After, errors as ApiError, a public surface."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+import scheduler.client as client_module
+from scheduler.client import Client
+from scheduler.errors import ApiError, TransportError
+
+JOB = {
+    "id": "j1",
+    "status": "queued",
+    "model": {"name": "tiny", "version": 1},
+    "seed": 1,
+    "counts": {"images_total": 2},
+    "progress": 0.0,
+    "created_at": "2026-01-01T00:00:00+00:00",
+}
+
+
+def scripted(responses: list[httpx.Response], seen: list[httpx.Request]) -> httpx.MockTransport:
+    """A transport that answers with `responses` in order and records the requests."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return responses.pop(0)
+
+    return httpx.MockTransport(handler)
+
+
+def test_429_and_503_are_retried_honouring_retry_after() -> None:
+    """Given a 429 (Retry-After: 7) then a 503, when getting a job, then the SDK waits 7 s, backs off, and succeeds."""
+    seen: list[httpx.Request] = []
+    sleeps: list[float] = []
+    transport = scripted(
+        [
+            httpx.Response(429, headers={"Retry-After": "7"}, json={"status": 429}),
+            httpx.Response(503, json={"status": 503}),
+            httpx.Response(200, json=JOB),
+        ],
+        seen,
+    )
+    with Client(
+        "http://api", "cg_key", transport=transport, sleep=sleeps.append, backoff_seconds=0.5
+    ) as client:
+        job = client.get_job("j1")
+    assert job.id == "j1" and job.model_name == "tiny"
+    assert sleeps == [7.0, 1.0]  # Retry-After, then the second backoff step
+    assert len(seen) == 3 and all(r.headers["authorization"] == "Bearer cg_key" for r in seen)
+
+
+def test_a_retried_submit_sends_the_same_idempotency_key() -> None:
+    """Given a 502 on the first submit, when the SDK retries, then both attempts carry one Idempotency-Key."""
+    seen: list[httpx.Request] = []
+    transport = scripted([httpx.Response(502), httpx.Response(201, json=JOB)], seen)
+    with Client("http://api", "k", transport=transport, sleep=lambda _: None) as client:
+        client.submit_job([{"category": "a", "count": 2}])
+    keys = {request.headers["idempotency-key"] for request in seen}
+    assert len(seen) == 2 and len(keys) == 1
+
+
+def test_a_4xx_is_raised_as_api_error_with_the_problem() -> None:
+    """Given a 404 problem, when getting a job, then ApiError carries the status and the problem body."""
+    problem = {"type": "urn:catalogan:problem:not-found", "status": 404, "detail": "job 'x' not found"}
+    transport = scripted([httpx.Response(404, json=problem)], [])
+    with Client("http://api", "k", transport=transport) as client, pytest.raises(ApiError) as error:
+        client.get_job("x")
+    assert error.value.status == 404 and error.value.problem == problem and "not found" in str(error.value)
+
+
+def test_retries_give_up_after_max_retries() -> None:
+    """Given a server that always answers 500, when called with 2 retries, then the third answer is raised."""
+    seen: list[httpx.Request] = []
+    transport = scripted([httpx.Response(500, json={"status": 500})] * 3, seen)
+    client = Client("http://api", "k", transport=transport, max_retries=2, sleep=lambda _: None)
+    with client, pytest.raises(ApiError) as error:
+        client.get_job("j1")
+    assert error.value.status == 500 and len(seen) == 3
+
+
+def test_an_unreachable_api_is_a_transport_error() -> None:
+    """Given nothing listening, when called, then TransportError after the retries."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with (
+        Client(
+            "http://api", "k", transport=httpx.MockTransport(refuse), max_retries=1, sleep=lambda _: None
+        ) as c,
+        pytest.raises(TransportError),
+    ):
+        c.get_job("j1")
+
+
+def test_the_public_surface_is_declared() -> None:
+    """Given the SDK module, when imported with *, then exactly the documented names come out."""
+    assert sorted(client_module.__all__) == [
+        "Client",
+        "Estimate",
+        "Image",
+        "Job",
+        "JobPage",
+        "Model",
+        "PreviewImage",
+        "verify_webhook",
+    ]
+    for name in client_module.__all__:
+        assert getattr(client_module, name).__doc__
