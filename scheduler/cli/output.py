@@ -11,6 +11,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+ID_COLUMNS = frozenset({"id", "job", "tenant", "worker"})
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
@@ -43,7 +45,8 @@ def print_table(
     """Print rows as a rich table with the given columns (a row without a column shows `-`)."""
     table = Table(title=title, header_style="bold")
     for column in columns:
-        table.add_column(column)
+        # Ids are copied into the next command: never wrap or truncate them.
+        table.add_column(column, no_wrap=column in ID_COLUMNS, min_width=32 if column in ID_COLUMNS else None)
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))
     Console().print(table)

@@ -1,0 +1,143 @@
+"""The operator and client commands: tenants, keys, jobs (through the API), workers, dlq — on real services."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.chunk_outcomes import quarantine_chunk
+from db.engine import transaction
+from db.status import JobStatus
+from db.storage import MemoryStore
+from db.tables import Chunk, Job
+from scheduler.cli.errors import ExitCode
+from scheduler.cli.root import cli
+from scheduler.settings import ApiSettings, WebhookSettings
+from tests.scheduler.conftest import LiveServer, _app
+
+
+def run(args: list[str], env: dict[str, str]) -> Result:
+    """Invoke `catalogan` with `env` (CliRunner captures output and exit code)."""
+    return CliRunner().invoke(cli, args, env=env, prog_name="catalogan")
+
+
+@pytest.fixture
+def cli_env(pg_url: str, tmp_path: Path) -> dict[str, str]:
+    """CATALOGAN_* for direct-SQL commands on the test PostgreSQL."""
+    return {"CATALOGAN_DATABASE_URL": pg_url, "CATALOGAN_DATA_DIR": str(tmp_path / "data")}
+
+
+def test_tenants_and_keys_lifecycle(cli_env: dict[str, str], pg_url: str) -> None:
+    """Given an empty database, when an operator creates a tenant with a key, lists and revokes it,
+    then each step shows up in the listings and a second tenant with the same name is refused (exit 4)."""
+    created = run(["tenants", "create", "acme", "--images-per-day", "500", "--with-key", "--json"], cli_env)
+    assert created.exit_code == 0, created.output
+    tenant = json.loads(created.output)
+    assert tenant["api_key"].startswith("cg_") and tenant["webhook_secret"].startswith("whsec_")
+
+    listed = json.loads(run(["tenants", "ls", "--json"], cli_env).output)
+    assert [(t["name"], t["images_per_day"], t["keys"]) for t in listed] == [("acme", 500, 1)]
+
+    second = json.loads(
+        run(["keys", "create", "--tenant", "acme", "--name", "etl", "--json"], cli_env).output
+    )
+    keys = json.loads(run(["keys", "ls", "--tenant", "acme", "--json"], cli_env).output)
+    assert {k["name"] for k in keys} == {"default", "etl"}
+    assert all("api_key" not in k and tenant["api_key"] not in json.dumps(k) for k in keys)
+
+    revoked = run(["keys", "revoke", second["id"]], cli_env)
+    assert revoked.exit_code == 0 and "revoked" in revoked.output
+    keys = json.loads(run(["keys", "ls", "--json"], cli_env).output)
+    assert [k["revoked_at"] is not None for k in sorted(keys, key=lambda k: k["name"])] == [False, True]
+
+    duplicate = run(["tenants", "create", "acme"], cli_env)
+    assert duplicate.exit_code == ExitCode.CONFLICT and duplicate.output.startswith("Error:")
+    missing = run(["keys", "revoke", "nope"], cli_env)
+    assert missing.exit_code == ExitCode.NOT_FOUND and len(missing.output.strip().splitlines()) == 1
+
+
+def test_jobs_commands_work_through_the_api(
+    cli_env: dict[str, str],
+    pg_factory: sessionmaker[Session],
+    model_version: Any,
+    tmp_path: Path,
+    live_server_factory: Callable[[Any], LiveServer],
+) -> None:
+    """Given a live API, when a client lists, shows, cancels and exports jobs with the CLI, then each command
+    answers from the API, and a missing job is one line with exit code 3."""
+    tenant = json.loads(run(["tenants", "create", "acme", "--with-key", "--json"], cli_env).output)
+    published: list[Any] = []
+    server = live_server_factory(
+        _app(pg_factory, MemoryStore(), published, tmp_path, ApiSettings(), WebhookSettings())
+    )
+    env = {**cli_env, "CATALOGAN_API_URL": server.url, "CATALOGAN_API_KEY": tenant["api_key"]}
+    import httpx
+
+    job_id = httpx.post(
+        f"{server.url}/v1/jobs",
+        json={"items": [{"category": "a", "count": 2}]},
+        headers={"Authorization": f"Bearer {tenant['api_key']}"},
+    ).json()["id"]
+
+    listed = run(["jobs", "ls", "--json"], env)
+    assert listed.exit_code == 0, listed.output
+    assert [job["id"] for job in json.loads(listed.output)] == [job_id]
+    table = run(["jobs", "ls"], {**env, "COLUMNS": "200"})
+    assert job_id in table.output and "queued" in table.output
+    shown = json.loads(run(["jobs", "show", job_id, "--json"], env).output)
+    assert shown["counts"]["images_total"] == 2
+    cancelled = run(["jobs", "cancel", job_id], env)
+    assert cancelled.exit_code == 0 and "cancelling" in cancelled.output
+    not_ready = run(["jobs", "export", job_id], env)
+    assert not_ready.exit_code == ExitCode.CONFLICT
+    missing = run(["jobs", "show", "0" * 32], env)
+    assert missing.exit_code == ExitCode.NOT_FOUND and missing.output.startswith("Error: HTTP 404")
+    no_key = run(["jobs", "ls"], {**env, "CATALOGAN_API_KEY": ""})
+    assert no_key.exit_code == ExitCode.CONFIG
+
+
+def test_dlq_lists_and_retries_quarantined_chunks(
+    cli_env: dict[str, str], pg_factory: sessionmaker[Session], model_version: Any
+) -> None:
+    """Given a failed job with a quarantined chunk, when the operator lists the DLQ and retries the job,
+    then the chunk is listed with its error and goes back to pending."""
+    from db.planning import JobSpec, plan_job
+
+    tenant = json.loads(run(["tenants", "create", "acme", "--json"], cli_env).output)
+    with transaction(pg_factory) as session:
+        spec = JobSpec(model="tiny", items=[{"category": "a", "count": 2}], chunk_size=2)  # type: ignore[list-item]
+        planned = plan_job(session, spec, tenant_id=tenant["id"], model_version=model_version)
+        quarantine_chunk(session, planned.chunk_ids[0], error="CUDA out of memory")
+        session.query(Job).filter(Job.id == planned.job_id).update({"status": JobStatus.FAILED})
+
+    listed = json.loads(run(["dlq", "ls", "--json"], cli_env).output)
+    assert [(row["chunk"], row["job"], row["error"]) for row in listed] == [
+        (planned.chunk_ids[0], planned.job_id, "CUDA out of memory")
+    ]
+    retried = run(["dlq", "retry", planned.job_id, "--json"], cli_env)
+    assert retried.exit_code == 0, retried.output
+    assert json.loads(retried.output)["chunks"] == [planned.chunk_ids[0]]
+    with pg_factory() as session:
+        assert session.scalar(select(Chunk.status).where(Chunk.id == planned.chunk_ids[0])) == "pending"
+    assert json.loads(run(["dlq", "ls", "--json"], cli_env).output) == []
+
+
+def test_workers_shows_queue_depths_from_redis(cli_env: dict[str, str], redis_url: str) -> None:
+    """Given two messages waiting on the bulk queue, when `catalogan workers --json` runs, then it reports
+    a depth of 2 for bulk and no live worker."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.rpush("bulk", b"m1", b"m2")
+    result = run(["workers", "--json"], {**cli_env, "CATALOGAN_BROKER_URL": redis_url})
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert body["queues"]["bulk"] == 2 and body["queues"]["interactive"] == 0
+    assert body["workers"] == []
