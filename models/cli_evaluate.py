@@ -48,9 +48,17 @@ def evaluator() -> None:
     default=None,
     help="Where to write the state_dict (+ .sha256 beside it) [default: the shipped models/weights/evaluator-fashion.pt].",
 )
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Torch device to train on (`cuda` for a GPU); the recipe is the same.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @one_line_errors
-def train_command(epochs: int | None, seed: int, data_root: Path, out: Path | None, as_json: bool) -> None:
+def train_command(
+    epochs: int | None, seed: int, data_root: Path, out: Path | None, device: str, as_json: bool
+) -> None:
     """Train the evaluator CNN on Fashion-MNIST train and report its test accuracy.
 
     Example:
@@ -67,7 +75,7 @@ def train_command(epochs: int | None, seed: int, data_root: Path, out: Path | No
         train_evaluator,
     )
 
-    config = EvaluatorTrainingConfig(seed=seed)
+    config = EvaluatorTrainingConfig(seed=seed, device=device)
     if epochs is not None:
         config = replace(config, epochs=epochs)
     out = out or DEFAULT_WEIGHTS_PATH
@@ -89,6 +97,9 @@ def train_command(epochs: int | None, seed: int, data_root: Path, out: Path | No
         "test_accuracy": trained.test_accuracy,
         "epochs": config.epochs,
         "seed": config.seed,
+        "device": config.device,
+        "seconds_per_epoch": trained.seconds_per_epoch,
+        "test_accuracy_per_epoch": trained.test_accuracy_per_epoch,
         "seconds_per_epoch_mean": sum(trained.seconds_per_epoch) / len(trained.seconds_per_epoch),
         "seconds_total": time.perf_counter() - started,
     }

@@ -131,6 +131,7 @@ class EvaluatorTrainingConfig:
     label_smoothing: float = 0.05
     max_shift_px: int = 2
     seed: int = 0
+    device: str = "cpu"  # "cuda" trains the same recipe on a GPU (cuDNN set deterministic)
 
 
 @dataclass
@@ -157,10 +158,14 @@ def train_evaluator(
     `on_epoch(epoch, train_loss, test_accuracy, seconds)` is called after every epoch (for progress output).
     """
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # shuffling and augmentation stay on the CPU
+    device = torch.device(config.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     x_train = to_evaluator_input(train_images)
     y_train = torch.as_tensor(train_labels, dtype=torch.int64)
-    model = EvaluatorCNN()
+    model = EvaluatorCNN().to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.max_learning_rate, weight_decay=config.weight_decay
     )
@@ -176,8 +181,10 @@ def train_evaluator(
         total_loss = 0.0
         for start in range(0, len(order), config.batch_size):
             index = order[start : start + config.batch_size]
-            batch = augment(x_train[index], generator, config.max_shift_px)
-            loss = F.cross_entropy(model(batch), y_train[index], label_smoothing=config.label_smoothing)
+            batch = augment(x_train[index], generator, config.max_shift_px).to(device)
+            loss = F.cross_entropy(
+                model(batch), y_train[index].to(device), label_smoothing=config.label_smoothing
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -189,7 +196,7 @@ def train_evaluator(
         result.test_accuracy_per_epoch.append(accuracy)
         if on_epoch is not None:
             on_epoch(epoch, total_loss / len(order), accuracy, seconds)
-    model.eval()
+    model.cpu().eval()
     result.test_accuracy = result.test_accuracy_per_epoch[-1] if result.test_accuracy_per_epoch else 0.0
     return result
 
@@ -199,12 +206,13 @@ def embed(model: EvaluatorCNN, images: np.ndarray | torch.Tensor) -> tuple[np.nd
     """Features (N, 128) float64 and logits (N, 10) float64 of uint8 images, in batches, eval mode."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     features, logits = [], []
     for start in range(0, len(images), EMBED_BATCH_SIZE):
-        x = to_evaluator_input(images[start : start + EMBED_BATCH_SIZE])
+        x = to_evaluator_input(images[start : start + EMBED_BATCH_SIZE]).to(device)
         f = model.features(x)
-        features.append(f.double().numpy())
-        logits.append(model.head(f).double().numpy())
+        features.append(f.double().cpu().numpy())
+        logits.append(model.head(f).double().cpu().numpy())
     model.train(was_training)
     if not features:
         return np.zeros((0, FEATURE_DIM)), np.zeros((0, NUM_CLASSES))
