@@ -1,0 +1,317 @@
+"""End-to-end generation throughput against the floor measured in the same run.
+
+    .venv/bin/python bench/bench_pipeline.py --images 10000,50000 --chunk-size 256
+
+What it runs, in order, on real services (PostgreSQL, Redis, and a SeaweedFS S3 server it starts itself):
+
+1. planning: a 1,000,000-image job planned (one transaction) on SQLite and on PostgreSQL, and the time to
+   publish its chunk ids to Redis;
+2. the floor: generator forward + PNG encode + S3 PUT in this process, with the worker's batch size and
+   upload-thread count and the same overlap (batch k uploads while batch k+1 runs), no queue and no SQL;
+3. end to end: for each size, a job submitted through `db.planning.submit_job` to one real `catalogan worker`
+   process (Celery over Redis, rows in PostgreSQL, objects in SeaweedFS), timed from submit to `succeeded`,
+   with the worker's RSS sampled every second.
+
+It prints images/s for each, and the ratio end-to-end / floor. The generator is the fashion-cgan
+architecture with random weights (throughput does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from sqlalchemy import make_url, text  # noqa: E402
+
+from db import migrate  # noqa: E402
+from db.engine import make_engine, make_session_factory, transaction  # noqa: E402
+from db.images import image_key  # noqa: E402
+from db.messaging import CeleryPublisher, make_celery_app  # noqa: E402
+from db.planning import parse_job_spec, plan_job, publish_planned, submit_job  # noqa: E402
+from db.settings import BrokerSettings, DataSettings  # noqa: E402
+from db.storage import ObjectStore, open_store  # noqa: E402
+from models.inference import load_generator, random_generator_checkpoint  # noqa: E402
+from models.sampling import latents_for  # noqa: E402
+from tests.pipeline import CATALOGAN, job_row, make_model_version, make_tenant, pipeline_env  # noqa: E402
+from tests.services import TEST_BUCKET, SeaweedFS  # noqa: E402
+from workers.encoding import Provenance, encode_with_digest  # noqa: E402
+
+REDIS_LOCK_KEY = "catalogan-test:owner"
+
+
+def _create_database(admin_url: str) -> str:
+    name = f"catalogan_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    engine = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_database(admin_url: str, url: str) -> None:
+    engine = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def bench_planning(db_url: str, redis_url: str, images: int, folder: Path) -> dict[str, float]:
+    """Seconds to plan a job of `images` on SQLite and PostgreSQL, and to publish its chunks to Redis."""
+    results: dict[str, float] = {}
+    spec = parse_job_spec({"model": "bench", "items": [{"category": "a", "count": images}], "seed": 1})
+    for name, url in (("sqlite", f"sqlite:///{folder / 'plan.db'}"), ("postgresql", db_url)):
+        migrate.upgrade(url)
+        engine = make_engine(url)
+        factory = make_session_factory(engine)
+        tenant_id = make_tenant(factory)
+        model_version = make_model_version(factory, name="plan-bench", categories=("a",))
+        warm_up = parse_job_spec({"model": "bench", "items": [{"category": "a", "count": 1000}], "seed": 1})
+        with transaction(factory) as session:  # connect and compile the statements first
+            plan_job(session, warm_up, tenant_id=tenant_id, model_version=model_version)
+        started = time.perf_counter()
+        with transaction(factory) as session:
+            planned = plan_job(session, spec, tenant_id=tenant_id, model_version=model_version)
+        results[f"plan_{name}_s"] = time.perf_counter() - started
+        if name == "postgresql":
+            app = make_celery_app(BrokerSettings(broker_url=redis_url), DataSettings(data_dir=folder))
+            started = time.perf_counter()
+            publish_planned(factory, planned, CeleryPublisher(app))
+            results["publish_redis_s"] = time.perf_counter() - started
+            results["chunks"] = len(planned.chunk_ids)
+            with app.connection_for_write() as connection:  # leave the queue empty for the next steps
+                connection.default_channel.queue_purge("bulk")
+        engine.dispose()
+    return results
+
+
+def bench_floor(checkpoint: bytes, store: ObjectStore, images: int, batch_size: int, threads: int) -> float:
+    """Images/s of forward + encode + S3 PUT with the worker's overlap, no queue, no SQL."""
+    generator = load_generator(checkpoint, device="cpu")
+    pool = ThreadPoolExecutor(max_workers=threads)
+    seed, job_id = 1, uuid.uuid4().hex
+
+    def encode_and_put(index: int, pixels: Any) -> None:
+        provenance = Provenance("bench@1", generator.checkpoint_sha256, job_id, index, seed, "a", None)
+        encoded = encode_with_digest(pixels, "png", provenance)
+        store.put(image_key("floor", job_id, "a", index, "png"), encoded.data, content_type="image/png")
+
+    def run(count: int) -> None:
+        in_flight: list[Future[None]] = []
+        for start in range(0, count, batch_size):
+            indices = list(range(start, min(start + batch_size, count)))
+            latents = latents_for(seed, indices, generator.z_dim)
+            classes = torch.zeros(len(indices), dtype=torch.long)
+            pixels = generator.generate(classes, latents).numpy()
+            futures = [pool.submit(encode_and_put, index, pixels[row]) for row, index in enumerate(indices)]
+            for future in in_flight:
+                future.result()
+            in_flight = futures
+        for future in in_flight:
+            future.result()
+
+    run(min(images, batch_size * 2))  # warm-up: allocator, boto3 connections
+    started = time.perf_counter()
+    run(images)
+    elapsed = time.perf_counter() - started
+    pool.shutdown()
+    return images / elapsed
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bench_end_to_end(
+    env: dict[str, str],
+    factory: Any,
+    store: ObjectStore,
+    checkpoint: bytes,
+    sizes: list[int],
+    chunk_size: int,
+    folder: Path,
+    redis_url: str,
+) -> list[dict[str, float]]:
+    """One worker process; for each size a job from submit to succeeded; worker RSS sampled every second."""
+    app = make_celery_app(BrokerSettings(broker_url=redis_url), DataSettings(data_dir=folder))
+    publisher = CeleryPublisher(app)
+    tenant_id = make_tenant(factory)
+    model_version = make_model_version(
+        factory,
+        checkpoint=checkpoint,
+        store=store,
+        name="bench",
+        categories=("a", "b", "c", "d", "e", "f", "g", "h", "i", "j"),
+    )
+    log = (folder / "worker.log").open("ab")
+    worker = subprocess.Popen([*CATALOGAN, "worker", "--gpus", "none"], env=env, stdout=log, stderr=log)
+    rss: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(1.0) and worker.poll() is None:
+            rss.append(_rss_mib(worker.pid))
+
+    threading.Thread(target=sample, daemon=True).start()
+
+    def run_job(count: int, seed: int) -> float:
+        spec = parse_job_spec(
+            {
+                "model": "bench",
+                "items": [
+                    {"category": "a", "count": count // 2},
+                    {"category": "b", "count": count - count // 2},
+                ],
+                "chunk_size": chunk_size,
+                "seed": seed,
+            }
+        )
+        started = time.perf_counter()
+        planned = submit_job(
+            factory, spec, tenant_id=tenant_id, model_version=model_version, publisher=publisher
+        )
+        while not job_row(factory, planned.job_id).status.is_terminal:
+            if worker.poll() is not None:
+                raise RuntimeError(f"worker exited with {worker.returncode}; see {folder / 'worker.log'}")
+            time.sleep(0.2)
+        elapsed = time.perf_counter() - started
+        job = job_row(factory, planned.job_id)
+        assert job.status.value == "succeeded" and job.images_done == count, (job.status, job.images_done)
+        return count / elapsed
+
+    results = []
+    try:
+        run_job(chunk_size, seed=0)  # warm-up: worker start, model load
+        for size in sizes:
+            before = len(rss)
+            rate = run_job(size, seed=size)
+            samples = rss[before:] or [_rss_mib(worker.pid)]
+            results.append(
+                {
+                    "images": size,
+                    "images_per_s": rate,
+                    "chunks": -(-size // chunk_size),
+                    "rss_first_mib": samples[0],
+                    "rss_last_mib": samples[-1],
+                    "rss_max_mib": max(samples),
+                }
+            )
+    finally:
+        stop.set()
+        worker.terminate()
+        worker.wait(timeout=60)
+        log.close()
+    return results
+
+
+def _claim_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    if client.exists(REDIS_LOCK_KEY):
+        raise SystemExit(f"{url} is claimed by a test run; pass another --redis-url")
+    client.flushdb()
+    client.close()
+
+
+def main() -> None:
+    """Parse the flags, run the three measurements, print a table and a JSON line."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--images", default="10000", help="Comma-separated job sizes, e.g. 10000,50000,200000."
+    )
+    parser.add_argument("--floor-images", type=int, default=5000, help="Images for the floor measurement.")
+    parser.add_argument("--plan-images", type=int, default=1_000_000, help="Size of the planning benchmark.")
+    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--upload-threads", type=int, default=8)
+    parser.add_argument("--preset", default="fashion-cgan", help="Architecture preset (random weights).")
+    parser.add_argument(
+        "--postgres-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    )
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.images.split(",")]
+
+    _claim_redis(args.redis_url)
+    folder = Path(tempfile.mkdtemp(prefix="catalogan-bench-"))
+    seaweed = SeaweedFS(folder / "seaweedfs")
+    seaweed.start()
+    os.environ.update(seaweed.env())
+    db_url = _create_database(args.postgres_admin_url)
+    try:
+        planning = bench_planning(db_url, args.redis_url, args.plan_images, folder)
+        migrate.upgrade(db_url)
+        engine = make_engine(db_url)
+        factory = make_session_factory(engine)
+        store = open_store(f"s3://{TEST_BUCKET}/bench-{uuid.uuid4().hex[:8]}")
+        checkpoint = random_generator_checkpoint(args.preset, seed=0)
+        floor_before = bench_floor(checkpoint, store, args.floor_images, args.batch_size, args.upload_threads)
+        env = pipeline_env(
+            CATALOGAN_DATABASE_URL=db_url,
+            CATALOGAN_BROKER_URL=args.redis_url,
+            CATALOGAN_STORAGE_URL=store.url,
+            CATALOGAN_DATA_DIR=str(folder / "data"),
+            CATALOGAN_BATCH_SIZE=str(args.batch_size),
+            CATALOGAN_UPLOAD_THREADS=str(args.upload_threads),
+            CATALOGAN_DEVICE="cpu",
+            **seaweed.env(),
+        )
+        runs = bench_end_to_end(
+            env, factory, store, checkpoint, sizes, args.chunk_size, folder, args.redis_url
+        )
+        # Measured again after: the S3 server warms up (allocates volumes) during the first writes. The
+        # higher of the two is the floor, so the ratio is never flattered by a cold server.
+        floor_after = bench_floor(checkpoint, store, args.floor_images, args.batch_size, args.upload_threads)
+        floor = max(floor_before, floor_after)
+        engine.dispose()
+    finally:
+        _drop_database(args.postgres_admin_url, db_url)
+        seaweed.stop()
+    print(
+        f"planning {args.plan_images:,} images ({planning['chunks']:.0f} chunks): "
+        f"SQLite {planning['plan_sqlite_s'] * 1000:.0f} ms, PostgreSQL {planning['plan_postgresql_s'] * 1000:.0f} ms;"
+        f" publishing to Redis {planning['publish_redis_s'] * 1000:.0f} ms"
+    )
+    print(
+        f"floor (forward + encode + S3 PUT, {args.upload_threads} threads, batch {args.batch_size}): "
+        f"{floor:.0f} images/s (before {floor_before:.0f}, after {floor_after:.0f})"
+    )
+    for run in runs:
+        print(
+            f"end to end {run['images']:>8,} images ({run['chunks']:.0f} chunks): {run['images_per_s']:.0f} images/s"
+            f" = {run['images_per_s'] / floor:.2f} x floor; worker RSS {run['rss_first_mib']:.0f} -> "
+            f"{run['rss_last_mib']:.0f} MiB (max {run['rss_max_mib']:.0f})"
+        )
+    print(
+        json.dumps(
+            {
+                "planning": planning,
+                "floor_images_per_s": floor,
+                "runs": runs,
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
