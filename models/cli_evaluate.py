@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,7 +114,7 @@ def read_model_bytes(model: str) -> tuple[bytes, str]:
     """Checkpoint bytes and a display name for MODEL: a checkpoint file path, or a registry `name[@version]`."""
     path = Path(model)
     if path.is_file():
-        return path.read_bytes(), str(path)
+        return path.read_bytes(), path.name
     if any(sep in model for sep in ("/", "\\")) or model.endswith((".pt", ".ckpt")):
         raise click.BadParameter(f"{model}: no such checkpoint file", param_hint="MODEL")
     return registry_checkpoint_bytes(model)
@@ -233,28 +234,28 @@ def record_report(reference: str, report: EvaluationReport) -> None:
 
 
 def print_report_table(reports: list[EvaluationReport]) -> None:
-    """One rich table row per report, then any mode-collapse warnings."""
+    """One column per report (calibration first), one row per metric, then any mode-collapse warnings."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="catalogan evaluate (reference: Fashion-MNIST test, evaluator feature space)")
-    table.add_column("source")
-    for heading in ("N", "FID_fm ↓", "KID×10³ ↓", "precision", "recall", "cond. acc.", "CAS", "SSIM ↓"):
-        table.add_column(heading, justify="right")
+    table = Table(title="catalogan evaluate — against Fashion-MNIST test, in the evaluator's feature space")
+    table.add_column("metric")
     for r in reports:
-        table.add_row(
-            r.source,
-            str(r.sample_count),
-            f"{r.fid_fm:.2f}",
-            f"{r.kid * 1e3:.2f}",
-            f"{r.precision:.3f}",
-            f"{r.recall:.3f}",
-            f"{r.conditional_accuracy:.3f}",
-            "-" if r.cas is None else f"{r.cas:.3f}",
-            f"{r.intra_class_ssim:.3f}",
-        )
+        table.add_column(r.source, justify="right", overflow="fold")
+    rows: list[tuple[str, Callable[[EvaluationReport], str]]] = [
+        ("images", lambda r: str(r.sample_count)),
+        ("FID_fm (lower is better)", lambda r: f"{r.fid_fm:.2f}"),
+        ("KID ×10³ (lower is better)", lambda r: f"{r.kid * 1e3:.2f} ± {r.kid_std * 1e3:.2f}"),
+        ("precision", lambda r: f"{r.precision:.3f}"),
+        ("recall", lambda r: f"{r.recall:.3f}"),
+        ("conditional accuracy", lambda r: f"{r.conditional_accuracy:.3f}"),
+        ("CAS", lambda r: "-" if r.cas is None else f"{r.cas:.3f}"),
+        ("intra-class SSIM (↑ = collapse)", lambda r: f"{r.intra_class_ssim:.3f}"),
+    ]
+    for name, cell in rows:
+        table.add_row(name, *(cell(r) for r in reports))
     console = Console()
     console.print(table)
     for r in reports:
         for warning in r.warnings:
-            console.print(f"[yellow]warning[/yellow] ({r.source}): {warning}")
+            console.print(f"[yellow]warning[/yellow] ({r.source}): {warning}", soft_wrap=True)
