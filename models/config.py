@@ -112,7 +112,7 @@ PRESETS: dict[str, Preset] = {
                 channels=1,
                 z_dim=128,
                 g_width=48,
-                d_width=48,
+                d_width=64,
                 categories=FASHION_CATEGORIES,
             ),
             train=TrainConfig(

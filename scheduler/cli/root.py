@@ -23,6 +23,8 @@ LAZY_SUBCOMMANDS: dict[str, str] = {
     "dlq": "scheduler.cli.dlq:dlq",
     "evaluator": "models.cli_evaluate:evaluator",
     "evaluate": "models.cli_evaluate:evaluate",
+    "train": "models.cli:train",
+    "models": "models.cli:models_group",
 }
 LAZY_HELP: dict[str, str] = {
     "db": "Create or upgrade the SQL schema (Alembic migrations).",
@@ -37,6 +39,8 @@ LAZY_HELP: dict[str, str] = {
     "dlq": "Quarantined chunks: list and retry.",
     "evaluator": "Train the evaluator CNN whose features the GAN metrics use.",
     "evaluate": "Measure a generator: FID_fm, KID, precision/recall, accuracy, CAS, diversity.",
+    "train": "Train a GAN preset on Ray Train (DDP workers, checkpoints to the object store).",
+    "models": "List, show, promote and retire registered generator versions.",
 }
 
 

@@ -1,0 +1,463 @@
+"""GAN training: a plain per-rank loop (`run_worker`) and the Ray Train `TorchTrainer` that runs it on W workers.
+
+Per step, every rank: reads its own slice of a global batch whose indices are a deterministic function of
+(seed, step); draws its noise from a generator seeded by (seed, step, rank); does one D step then one G step
+through its own DDP wrappers of G and D; updates the EMA of G (identically on every rank, since DDP keeps
+the weights identical). Every `checkpoint_every` steps rank 0 writes a full-state checkpoint, a loss-curve
+PNG and a sample grid PNG to the object store under `models/<name>/<run>/`, and reports the checkpoint to
+Ray Train. Because nothing random depends on process history, `--resume` from a checkpoint continues
+exactly as if the run had never stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from db.errors import ObjectNotFoundError
+from db.storage import ObjectStore, open_store
+from models.build import build_discriminator, build_generator
+from models.checkpoint import (
+    FULL,
+    capture_rng_states,
+    checkpoint_from_bytes,
+    checkpoint_to_bytes,
+    generator_only,
+    restore_rng_states,
+    sha256_hex,
+)
+from models.config import ModelConfig, Preset, TrainConfig, get_preset, with_categories
+from models.data.dataset import TrainingData, open_dataset
+from models.ema import ema_decay_at, make_ema, update_ema
+from models.errors import TrainingError
+from models.plots import loss_curve_png, sample_grid_png
+from models.sampling import latents_for
+from models.steps import discriminator_step, draw_noise, generator_step, make_optimizers
+
+LATEST = "latest.json"
+GENERATOR_FILE = "generator.pt"
+SAMPLE_COLUMNS = 8  # images per category row in the sample grid
+SAMPLE_SEED = 20_240_601  # fixed, so grids of successive checkpoints show the same latents
+MASK_63_BITS = (1 << 63) - 1
+
+ReportFn = Callable[[dict[str, Any], bytes | None], None]
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """One training run, as the CLI asked for it (JSON-friendly: it travels to Ray workers)."""
+
+    preset: str
+    data: str
+    steps: int
+    out_url: str
+    name: str
+    run: str
+    workers: int = 1
+    use_gpu: bool = False
+    checkpoint_every: int = 500
+    resume: bool = False
+    seed: int | None = None  # None = the preset's
+    log_every: int = 50
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainRequest:
+        """Inverse of `to_dict`."""
+        return cls(**data)
+
+
+@dataclass
+class RunResult:
+    """Where a finished run left its artefacts."""
+
+    name: str
+    run: str
+    preset: str
+    step: int
+    checkpoint_uri: str
+    generator_uri: str
+    generator_key: str
+    generator_sha256: str
+    data_fingerprint: str
+    model_config: dict[str, Any]
+    train_config: dict[str, Any]
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def run_prefix(name: str, run: str) -> str:
+    """Object-store folder of one run: `models/<name>/<run>`."""
+    return f"models/{name}/{run}"
+
+
+def new_run_id() -> str:
+    """A sortable run id from the current UTC time."""
+    return dt.datetime.now(dt.UTC).strftime("run-%Y%m%d-%H%M%S")
+
+
+def step_seed(seed: int, step: int, rank: int, purpose: str) -> int:
+    """A 63-bit seed for one (step, rank, purpose), mixed with BLAKE2b."""
+    digest = hashlib.blake2b(f"{seed}:{step}:{rank}:{purpose}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & MASK_63_BITS
+
+
+@lru_cache(maxsize=4)
+def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The order of the data set in one epoch, a function of (seed, epoch) only."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, epoch, -1, "epoch")))
+
+
+def batch_indices(seed: int, step: int, n: int, global_batch: int) -> torch.Tensor:
+    """Data indices of step `step`'s global batch: consecutive slices of per-epoch permutations."""
+    parts: list[torch.Tensor] = []
+    position = step * global_batch
+    taken = 0
+    while taken < global_batch:
+        epoch, offset = divmod(position + taken, n)
+        take = min(global_batch - taken, n - offset)
+        parts.append(epoch_permutation(seed, epoch, n)[offset : offset + take])
+        taken += take
+    return torch.cat(parts)
+
+
+def rank_shard(indices: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's contiguous slice of a global batch."""
+    per_rank = len(indices) // world
+    return indices[rank * per_rank : (rank + 1) * per_rank]
+
+
+def find_latest(store: ObjectStore, name: str, run: str) -> dict[str, Any] | None:
+    """The run's `latest.json` (step, checkpoint key, …), or None when it has no checkpoint yet."""
+    try:
+        return dict(json.loads(store.get(f"{run_prefix(name, run)}/{LATEST}")))
+    except ObjectNotFoundError:
+        return None
+
+
+def latest_run(store: ObjectStore, name: str) -> str | None:
+    """The run of `name` whose checkpoint was written last, or None."""
+    best: tuple[str, str] | None = None
+    for info in store.list(f"models/{name}/"):
+        parts = info.key.split("/")
+        if len(parts) == 4 and parts[3] == LATEST:
+            updated = str(json.loads(store.get(info.key)).get("updated_at", ""))
+            if best is None or updated > best[0]:
+                best = (updated, parts[2])
+    return best[1] if best else None
+
+
+@torch.no_grad()
+def sample_images(generator: nn.Module, num_classes: int, columns: int = SAMPLE_COLUMNS) -> np.ndarray:
+    """uint8 (num_classes, columns, H, W, C): column j uses the same latent in every category row."""
+    was_training = generator.training
+    generator.eval()
+    device = next(generator.parameters()).device
+    config = generator.config
+    assert isinstance(config, ModelConfig)
+    latents = latents_for(SAMPLE_SEED, range(columns), config.z_dim).repeat(num_classes, 1)  # (K·cols, z)
+    classes = torch.arange(num_classes).repeat_interleave(columns)
+    images = generator(latents.to(device), classes.to(device)).float().cpu()  # (K·cols, C, H, W)
+    generator.train(was_training)
+    pixels = ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return pixels.reshape(num_classes, columns, *pixels.shape[1:]).numpy()
+
+
+@dataclass
+class WorkerState:
+    """Everything a rank trains: the networks, their optimisers, the step counter and the loss history."""
+
+    model: ModelConfig
+    train: TrainConfig
+    generator: nn.Module
+    generator_ema: nn.Module
+    discriminator: nn.Module
+    optimizer_g: torch.optim.Optimizer
+    optimizer_d: torch.optim.Optimizer
+    step: int = 0
+    history: dict[str, list[float]] = field(default_factory=lambda: {"step": [], "loss_d": [], "loss_g": []})
+
+
+def init_state(preset: Preset, data: TrainingData, seed: int, device: torch.device) -> WorkerState:
+    """Fresh networks (identical on every rank: same seed) for the data's categories."""
+    model = with_categories(preset.model, data.categories)
+    train = TrainConfig.from_dict({**preset.train.to_dict(), "seed": seed})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = build_generator(model).to(device)
+        discriminator = build_discriminator(model).to(device)
+    optimizer_g, optimizer_d = make_optimizers(generator, discriminator, train)
+    return WorkerState(model, train, generator, make_ema(generator), discriminator, optimizer_g, optimizer_d)
+
+
+def state_payload(state: WorkerState, preset: str, fingerprint: str) -> dict[str, Any]:
+    """A full checkpoint dict of the state (see `models.checkpoint`)."""
+    return {
+        "kind": FULL,
+        "preset": preset,
+        "model_config": state.model.to_dict(),
+        "train_config": state.train.to_dict(),
+        "step": state.step,
+        "generator": state.generator.state_dict(),
+        "generator_ema": state.generator_ema.state_dict(),
+        "discriminator": state.discriminator.state_dict(),
+        "optimizer_g": state.optimizer_g.state_dict(),
+        "optimizer_d": state.optimizer_d.state_dict(),
+        "rng": capture_rng_states(),
+        "history": state.history,
+        "data_fingerprint": fingerprint,
+    }
+
+
+def load_state(state: WorkerState, payload: dict[str, Any]) -> None:
+    """Put a full checkpoint's weights, optimiser states, step, history and RNG states into `state`."""
+    if ModelConfig.from_dict(payload["model_config"]) != state.model:
+        raise TrainingError("the checkpoint's model config differs from this run's preset and data")
+    state.generator.load_state_dict(payload["generator"])
+    state.generator_ema.load_state_dict(payload["generator_ema"])
+    state.discriminator.load_state_dict(payload["discriminator"])
+    state.optimizer_g.load_state_dict(payload["optimizer_g"])
+    state.optimizer_d.load_state_dict(payload["optimizer_d"])
+    state.step = int(payload["step"])
+    state.history = {key: list(values) for key, values in payload.get("history", {}).items()} or state.history
+    restore_rng_states(payload["rng"])
+
+
+def write_checkpoint(
+    store: ObjectStore, request: TrainRequest, state: WorkerState, fingerprint: str, final: bool
+) -> bytes:
+    """Rank 0: the full checkpoint, loss curve and sample grid to the store, then `latest.json`; returns the bytes."""
+    prefix = run_prefix(request.name, request.run)
+    data = checkpoint_to_bytes(state_payload(state, request.preset, fingerprint))
+    key = f"{prefix}/checkpoint-{state.step:08d}.pt"
+    store.put(key, data)
+    history = state.history
+    title = f"{request.name} {request.run} step {state.step}"
+    store.put(
+        f"{prefix}/loss-{state.step:08d}.png",
+        loss_curve_png(history["step"], history["loss_d"], history["loss_g"], title),
+        content_type="image/png",
+    )
+    grid = sample_images(state.generator_ema, state.model.num_classes)
+    store.put(
+        f"{prefix}/samples-{state.step:08d}.png",
+        sample_grid_png(grid, state.model.categories, title),
+        content_type="image/png",
+    )
+    latest: dict[str, Any] = {
+        "step": state.step,
+        "checkpoint_key": key,
+        "checkpoint_sha256": sha256_hex(data),
+        "preset": request.preset,
+        "data_fingerprint": fingerprint,
+        "updated_at": dt.datetime.now(dt.UTC).isoformat(),
+        "done": final,
+    }
+    if final:
+        generator_bytes = checkpoint_to_bytes(generator_only(checkpoint_from_bytes(data)))
+        store.put(f"{prefix}/{GENERATOR_FILE}", generator_bytes)
+        latest.update(
+            generator_key=f"{prefix}/{GENERATOR_FILE}", generator_sha256=sha256_hex(generator_bytes)
+        )
+    store.put(f"{prefix}/{LATEST}", json.dumps(latest, indent=2).encode(), content_type="application/json")
+    return data
+
+
+def format_eta(seconds: float) -> str:
+    """h:mm:ss."""
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def run_worker(
+    request: TrainRequest,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+    report: ReportFn | None = None,
+    log: Callable[[str], None] = print,
+) -> WorkerState:
+    """Train one rank from step 0 (or the run's latest checkpoint when resuming) to `request.steps`.
+
+    Works without Ray (world 1) and under Ray Train (a torch process group already initialised).
+    """
+    device = device or torch.device("cpu")
+    preset = get_preset(request.preset)
+    seed = preset.train.seed if request.seed is None else request.seed
+    store = open_store(request.out_url)
+    data = open_dataset(request.data, preset.model.resolution, preset.model.channels)
+    state = init_state(preset, data, seed, device)
+    if request.resume:
+        latest = find_latest(store, request.name, request.run)
+        if latest is None:
+            raise TrainingError(
+                f"nothing to resume: {store.uri(run_prefix(request.name, request.run))} has no {LATEST}"
+            )
+        load_state(state, checkpoint_from_bytes(store.get(latest["checkpoint_key"])))
+        if rank == 0:
+            log(f"resumed {request.name}/{request.run} at step {state.step}")
+    generator, discriminator = state.generator, state.discriminator
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [device.index] if device.type == "cuda" else None
+        generator = DistributedDataParallel(state.generator, device_ids=device_ids)
+        discriminator = DistributedDataParallel(state.discriminator, device_ids=device_ids)
+    batch = state.train.batch_size
+    started, started_step = time.monotonic(), state.step
+    while state.step < request.steps:
+        step = state.step
+        torch.manual_seed(
+            step_seed(seed, step, rank, "torch")
+        )  # dropout etc.: a function of (seed, step, rank)
+        indices = rank_shard(batch_indices(seed, step, len(data), batch * world), rank, world)
+        real, labels = data.batch(indices, device)
+        noise = draw_noise(
+            state.model, batch, torch.Generator().manual_seed(step_seed(seed, step, rank, "noise")), device
+        )
+        loss_d = discriminator_step(
+            generator, discriminator, state.optimizer_d, real, labels, noise, state.train
+        )
+        # G's loss goes through D's bare module: D's gradients from it are discarded, so no all-reduce is needed.
+        loss_g = generator_step(generator, state.discriminator, state.optimizer_g, noise, state.train)
+        update_ema(
+            state.generator_ema,
+            state.generator,
+            ema_decay_at(step, state.train.ema_decay, state.train.ema_start_step),
+        )
+        state.step += 1
+        for key, value in (("step", state.step), ("loss_d", loss_d), ("loss_g", loss_g)):
+            state.history[key].append(float(value))
+        if rank == 0 and (state.step % request.log_every == 0 or state.step == request.steps):
+            elapsed = time.monotonic() - started
+            rate = (state.step - started_step) / elapsed if elapsed > 0 else math.nan
+            eta = format_eta((request.steps - state.step) / rate) if rate > 0 else "?"
+            log(
+                f"step {state.step}/{request.steps} | {rate:.2f} steps/s | {rate * batch * world:.0f} img/s | "
+                f"loss D {loss_d:.3f} G {loss_g:.3f} | ETA {eta}"
+            )
+        final = state.step == request.steps
+        if state.step % request.checkpoint_every == 0 or final:
+            metrics = {"step": state.step, "loss_d": loss_d, "loss_g": loss_g}
+            data_bytes = (
+                write_checkpoint(store, request, state, data.fingerprint, final) if rank == 0 else None
+            )
+            if report is not None:
+                report(metrics, data_bytes)
+    return state
+
+
+def ray_report(metrics: dict[str, Any], checkpoint_bytes: bytes | None) -> None:
+    """Report metrics (and rank 0's full checkpoint) to Ray Train; every rank calls it the same number of times."""
+    import ray.train
+
+    if checkpoint_bytes is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "checkpoint.pt").write_bytes(checkpoint_bytes)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's entry point on each worker: parse the request, find rank and device, call `run_worker`."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    request = TrainRequest.from_dict(config)
+    device = ray.train.torch.get_device() if request.use_gpu else torch.device("cpu")
+    run_worker(
+        request,
+        rank=context.get_world_rank(),
+        world=context.get_world_size(),
+        device=device,
+        report=ray_report,
+    )
+
+
+def prepare_run(request: TrainRequest, store: ObjectStore) -> TrainRequest:
+    """Check the request against the store: pick the run to resume, refuse to overwrite a run."""
+    if request.steps < 1 or request.workers < 1 or request.checkpoint_every < 1:
+        raise TrainingError("--steps, --workers and --checkpoint-every must be at least 1")
+    run = request.run
+    if request.resume and not run:
+        run = latest_run(store, request.name) or ""
+        if not run:
+            raise TrainingError(
+                f"nothing to resume: no run of {request.name!r} under {store.uri('models/' + request.name)}"
+            )
+    run = run or new_run_id()
+    latest = find_latest(store, request.name, run)
+    if request.resume and latest is None:
+        raise TrainingError(
+            f"nothing to resume: {store.uri(run_prefix(request.name, run))} has no checkpoint"
+        )
+    if not request.resume and latest is not None:
+        raise TrainingError(f"run {request.name}/{run} already has checkpoints; pass --resume to continue it")
+    if latest is not None and int(latest["step"]) >= request.steps:
+        raise TrainingError(
+            f"run {request.name}/{run} is already at step {latest['step']} ≥ --steps {request.steps}"
+        )
+    return TrainRequest.from_dict({**request.to_dict(), "run": run})
+
+
+def fit_with_ray(request: TrainRequest, ray_storage: Path) -> RunResult:
+    """Run the request on a Ray `TorchTrainer` with W workers; return where the artefacts are."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    store = open_store(request.out_url)
+    request = prepare_run(request, store)
+    trainer = TorchTrainer(
+        train_loop_per_worker=train_loop_per_worker,
+        train_loop_config=request.to_dict(),
+        scaling_config=ScalingConfig(num_workers=request.workers, use_gpu=request.use_gpu),
+        run_config=RunConfig(
+            name=f"{request.name}-{request.run}",
+            storage_path=str(ray_storage.resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise TrainingError(f"training failed: {result.error}") from result.error
+    return run_result(store, request)
+
+
+def run_result(store: ObjectStore, request: TrainRequest) -> RunResult:
+    """Read a finished run's `latest.json` and checkpoint back as a `RunResult`."""
+    latest = find_latest(store, request.name, request.run)
+    if latest is None or not latest.get("done"):
+        raise TrainingError(f"run {request.name}/{request.run} did not finish (no final checkpoint)")
+    payload = checkpoint_from_bytes(store.get(latest["checkpoint_key"]))
+    return RunResult(
+        name=request.name,
+        run=request.run,
+        preset=request.preset,
+        step=int(latest["step"]),
+        checkpoint_uri=store.uri(latest["checkpoint_key"]),
+        generator_uri=store.uri(latest["generator_key"]),
+        generator_key=str(latest["generator_key"]),
+        generator_sha256=str(latest["generator_sha256"]),
+        data_fingerprint=str(latest["data_fingerprint"]),
+        model_config=payload["model_config"],
+        train_config=payload["train_config"],
+        history=payload.get("history", {}),
+    )
