@@ -157,6 +157,11 @@ def read_checkpoint_uri(uri: str, store_url: str) -> bytes:
 @click.option("--no-cas", is_flag=True, help="Skip CAS (it trains a small classifier: the slowest metric).")
 @click.option("--no-calibration", is_flag=True, help="Skip the real-train-vs-real-test calibration row.")
 @click.option(
+    "--memorization",
+    is_flag=True,
+    help="Also check for copies of training images (embeds all 60,000 train images first).",
+)
+@click.option(
     "--record",
     is_flag=True,
     help="Store the metrics in the registry row of MODEL (a `name@version` reference) for promotion gates.",
@@ -175,6 +180,7 @@ def evaluate(
     seed: int,
     no_cas: bool,
     no_calibration: bool,
+    memorization: bool,
     record: bool,
     as_json: bool,
     out: Path | None,
@@ -189,7 +195,7 @@ def evaluate(
 
         catalogan evaluate fashion-cgan --samples 1000 --out report.json
     """
-    from models.evaluation import calibration_report, evaluate_generator
+    from models.evaluation import calibration_report, evaluate_generator, real_train_features
     from models.evaluator import DEFAULT_WEIGHTS_PATH, sha256_path_for
     from models.inference import load_generator
     from models.metrics.cas import CasConfig
@@ -201,7 +207,10 @@ def evaluate(
         )
     generator = load_generator(data)
     cas_config = None if no_cas else CasConfig()
-    report = evaluate_generator(generator, samples, seed, source=name, cas_config=cas_config)
+    train_features = real_train_features() if memorization else None
+    report = evaluate_generator(
+        generator, samples, seed, source=name, cas_config=cas_config, train_features=train_features
+    )
     calibration = None if no_calibration else calibration_report(samples, seed, cas_config=cas_config)
     document = {
         "model": name,
@@ -252,6 +261,9 @@ def print_report_table(reports: list[EvaluationReport]) -> None:
         ("CAS", lambda r: "-" if r.cas is None else f"{r.cas:.3f}"),
         ("intra-class SSIM (↑ = collapse)", lambda r: f"{r.intra_class_ssim:.3f}"),
     ]
+    if any(r.memorization_copy_fraction is not None for r in reports):
+        rows.append(("copies of train images", lambda r: _optional(r.memorization_copy_fraction)))
+        rows.append(("nearest-train distance ratio", lambda r: _optional(r.memorization_median_ratio)))
     for name, cell in rows:
         table.add_row(name, *(cell(r) for r in reports))
     console = Console()
@@ -259,3 +271,7 @@ def print_report_table(reports: list[EvaluationReport]) -> None:
     for r in reports:
         for warning in r.warnings:
             console.print(f"[yellow]warning[/yellow] ({r.source}): {warning}", soft_wrap=True)
+
+
+def _optional(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -25,6 +25,7 @@ from models.metrics.cas import CasConfig, classification_accuracy_score
 from models.metrics.conditional_accuracy import conditional_accuracy, per_class_accuracy
 from models.metrics.frechet import frechet_distance_from_features
 from models.metrics.kid import kernel_inception_distance
+from models.metrics.memorization import memorization
 from models.metrics.precision_recall import precision_recall
 from models.metrics.ssim import DEFAULT_MAX_PAIRS, intra_class_ssim
 from models.sampling import latents_for
@@ -62,6 +63,8 @@ class EvaluationReport:
     conditional_accuracy: float
     cas: float | None
     intra_class_ssim: float  # mean over categories of the mean pairwise SSIM (high = collapse)
+    memorization_copy_fraction: float | None = None  # ≈ 0.01 for fresh real data, → 1 for copies
+    memorization_median_ratio: float | None = None  # < 1: nearer the training set than fresh real data
     per_class_accuracy: dict[str, float] = field(default_factory=dict)
     per_class_ssim: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -95,6 +98,14 @@ def real_test_reference(data_root: Path = DEFAULT_ROOT) -> RealReference:
     """The Fashion-MNIST test split embedded with the shipped evaluator (cached per process)."""
     images, labels = load_fashion_mnist(data_root, "test")
     return build_real_reference(images, labels)
+
+
+@lru_cache(maxsize=2)
+def real_train_features(data_root: Path = DEFAULT_ROOT) -> np.ndarray:
+    """Evaluator features of all 60,000 Fashion-MNIST train images, for the memorization check (cached)."""
+    images, _ = load_fashion_mnist(data_root, "train")
+    features, _ = embed(default_evaluator(), images)
+    return features
 
 
 def canonical_images(images: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -144,8 +155,13 @@ def evaluate_images(
     seed: int = 0,
     kid_subsets: int = 100,
     class_names: Sequence[str] = CATEGORIES,
+    train_features: np.ndarray | None = None,
 ) -> EvaluationReport:
-    """Every metric for uint8 `images` that were requested as `labels`; `cas_config=None` skips CAS."""
+    """Every metric for uint8 `images` that were requested as `labels`; `cas_config=None` skips CAS.
+
+    With `train_features` (the evaluator's features of the generator's training images) the
+    memorization check runs too, with the reference (real test) as the held-out set.
+    """
     started = time.perf_counter()
     evaluator = evaluator or default_evaluator()
     reference = reference or real_test_reference()
@@ -166,6 +182,7 @@ def evaluate_images(
         if cas_config is None
         else classification_accuracy_score(images, labels, reference.images, reference.labels, cas_config)
     )
+    copies = None if train_features is None else memorization(features, train_features, reference.features)
     return EvaluationReport(
         source=source,
         samples_per_class=samples_per_class,
@@ -178,6 +195,8 @@ def evaluate_images(
         conditional_accuracy=conditional_accuracy(logits, labels),
         cas=cas,
         intra_class_ssim=float(np.mean(list(ssim_by_class.values()))) if ssim_by_class else float("nan"),
+        memorization_copy_fraction=None if copies is None else copies.copy_fraction,
+        memorization_median_ratio=None if copies is None else copies.median_ratio,
         per_class_accuracy=per_class_accuracy(logits, labels, class_names),
         per_class_ssim=ssim_by_class,
         warnings=_ssim_warnings(ssim_by_class),
@@ -196,6 +215,7 @@ def evaluate_generator(
     reference: RealReference | None = None,
     evaluator: EvaluatorCNN | None = None,
     cas_config: CasConfig | None = CasConfig(),
+    train_features: np.ndarray | None = None,
 ) -> EvaluationReport:
     """Sample `samples_per_class` images per category from `generator` and measure them against real test.
 
@@ -220,6 +240,7 @@ def evaluate_generator(
         evaluator=evaluator,
         cas_config=cas_config,
         seed=seed,
+        train_features=train_features,
     )
     report.seconds = time.perf_counter() - started
     return report

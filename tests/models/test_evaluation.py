@@ -16,7 +16,7 @@ from models.evaluation import (
     evaluate_images,
     sample_generator,
 )
-from models.evaluator import default_evaluator, evaluate_accuracy
+from models.evaluator import default_evaluator, embed, evaluate_accuracy
 from models.metrics.cas import CasConfig
 
 METRIC_FIELDS = {
@@ -156,3 +156,23 @@ def test_calibration_row_real_train_vs_real_test(small_reference: RealReference)
         < 0.2
         * evaluate_generator(noise_generator, 20, z_dim=8, reference=small_reference, cas_config=None).fid_fm
     )
+
+
+def test_memorization_flags_a_generator_that_replays_its_training_images(
+    fashion_train: tuple[np.ndarray, np.ndarray], small_reference: RealReference
+) -> None:
+    """Given a generator replaying training images, most images count as copies; real held-out data does not."""
+    images, labels = fashion_train
+    train_features, _ = embed(default_evaluator(), images[:3000])
+    replaying = evaluate_generator(
+        replaying_generator(images[:3000], labels[:3000]),
+        20,
+        z_dim=8,
+        reference=small_reference,
+        cas_config=None,
+        train_features=train_features,
+    )
+    assert replaying.memorization_copy_fraction is not None and replaying.memorization_copy_fraction > 0.9
+    assert replaying.memorization_median_ratio is not None and replaying.memorization_median_ratio < 0.1
+    no_check = evaluate_generator(noise_generator, 20, z_dim=8, reference=small_reference, cas_config=None)
+    assert no_check.memorization_copy_fraction is None
