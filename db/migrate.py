@@ -17,13 +17,15 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, Engine, inspect
+from sqlalchemy import Connection, Engine, inspect, text
 
 from db.engine import make_engine
 from db.errors import ConfigError
 from db.tables import Base
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# PostgreSQL advisory-lock key taken for the duration of a migration ("catalogan" in ASCII, fits in int64).
+MIGRATION_LOCK_KEY = 0x636174616C6F67
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,10 @@ def _run(url: str, action: str, revision: str) -> MigrationResult:
     engine = make_engine(url)
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Two processes upgrading at once (API and worker starting together) run one after the other;
+                # the second then finds the schema at head. SQLite serializes writers by itself.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             before = _current(connection)
             config = alembic_config(url)
             config.attributes["connection"] = connection

@@ -151,3 +151,30 @@ def test_cli_reports_an_unreachable_database_as_unavailable(tmp_path: Path) -> N
 
     assert result.returncode == 5
     assert len(result.stderr.strip().splitlines()) == 1 and "did not answer" in result.stderr
+
+
+def test_concurrent_upgrades_of_an_empty_postgresql_all_succeed(empty_pg_url: str) -> None:
+    """Given an empty PostgreSQL database, when three processes' worth of upgrades start at once (API, worker,
+    beat starting together), then all succeed, exactly one of them creates the schema, and it matches."""
+    import threading
+
+    results: list[migrate.MigrationResult] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(3)
+
+    def run() -> None:
+        try:
+            barrier.wait(timeout=10)
+            results.append(migrate.upgrade(empty_pg_url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    assert sum(result.changed for result in results) == 1
+    assert migrate.check_schema(empty_pg_url) == []
