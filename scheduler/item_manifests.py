@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from db.errors import CataloganError
+from db.errors import TransientStorageError
 from db.storage import open_store
 from db.storage.base import ObjectStore
 from scheduler.api.schemas import MAX_ITEMS_PER_JOB, ItemCreate
@@ -138,6 +138,10 @@ def read_manifest_uri(uri: str, *, tenant_id: str, store: ObjectStore) -> tuple[
     fmt = manifest_format(key)
     try:
         data = open_store(f"s3://{bucket}").get(key)
-    except CataloganError as exc:
-        raise RequestValidationError("manifest_uri", "readable", f"manifest_uri {uri!r}: {exc}") from exc
+    except TransientStorageError:
+        raise  # the store is down, not the request wrong: 503
+    except Exception as exc:
+        # Bucket and key come from the client: a missing object, a bad bucket name or a refused read is theirs.
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RequestValidationError("manifest_uri", "readable", f"manifest_uri {uri!r}: {message}") from exc
     return data, fmt
