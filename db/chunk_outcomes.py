@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from db.chunks import cancel_chunk, mark_quarantined
 from db.images import count_chunk_images, write_failed_images
 from db.jobs import JobProgress, bump_job_counters
-from db.status import ImageStatus
+from db.status import ChunkStatus, ImageStatus
 from db.tables import Chunk, JobItem
 
 
@@ -66,8 +66,6 @@ def cancel_chunk_counted(
 
 def cancel_pending_chunks(session: Session, job_id: str, *, limit: int = 10_000) -> JobProgress | None:
     """Cancel every chunk of a job that nobody holds (the reaper does this for cancelling jobs)."""
-    from db.status import ChunkStatus
-
     chunk_ids = session.scalars(
         select(Chunk.id).where(Chunk.job_id == job_id, Chunk.status == ChunkStatus.PENDING).limit(limit)
     ).all()

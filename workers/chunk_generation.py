@@ -32,7 +32,7 @@ from db.images import CONTENT_TYPES, ImageRecord, image_folder, image_key, upser
 from db.jobs import JobProgress, is_cancel_requested, mark_job_running
 from db.pipeline_settings import WorkerSettings
 from db.storage import ObjectStore
-from db.tables import Job, JobItem, ModelVersion
+from db.tables import Chunk, Job, JobItem, ModelVersion
 from models.sampling import latents_for
 from workers.encoding import Provenance, encode_with_digest
 from workers.errors import InjectedFaultError
@@ -311,8 +311,6 @@ def _stop(ctx: ChunkContext, plan: ChunkPlan, lease: Lease, outcome: ChunkOutcom
 
 
 def _job_of(ctx: ChunkContext, chunk_id: int) -> str:
-    from db.tables import Chunk
-
     with ctx.session_factory() as session:
         chunk = session.get(Chunk, chunk_id)
         assert chunk is not None

@@ -22,7 +22,8 @@ from scheduler.cli.errors import one_line_errors
 )
 @one_line_errors
 def beat(once: bool, interval: float | None) -> None:
-    """Run the periodic repairs: re-enqueue expired or lost chunks, quarantine, finalize stragglers.
+    """Run the periodic steps: the reaper (re-enqueue expired or lost chunks, quarantine, finalize
+    stragglers) and the webhook outbox (job events, signed deliveries with retries).
 
     Run exactly one `catalogan beat` per deployment (two are safe — every repair is a guarded UPDATE —
     but publish duplicate messages). It talks to the broker by task name only.
@@ -37,14 +38,18 @@ def beat(once: bool, interval: float | None) -> None:
     from db.settings import BrokerSettings, DatabaseSettings, DataSettings
     from scheduler.periodic import PeriodicStep, run_periodic
     from scheduler.reaper import Reaper
+    from scheduler.settings import WebhookSettings
+    from scheduler.webhooks import run_webhook_tick
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data = DataSettings()
     settings = ReaperSettings()
     app = make_celery_app(BrokerSettings(), data)
     publisher = CeleryPublisher(app)
+    session_factory = make_session_factory(engine_from_settings(DatabaseSettings(), data))
+    webhook_settings = WebhookSettings()
     reaper = Reaper(
-        make_session_factory(engine_from_settings(DatabaseSettings(), data)),
+        session_factory,
         publisher=publisher,
         publish_finalize=lambda queue, job_id: publisher.publish_finalize(queue, job_id),
         queue_depth=lambda queue: queue_depth(app, queue),
@@ -57,7 +62,11 @@ def beat(once: bool, interval: float | None) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    steps = [PeriodicStep("reaper", interval or settings.reaper_interval_seconds, reaper.reap_once)]
+    every = interval or settings.reaper_interval_seconds
+    steps = [
+        PeriodicStep("reaper", every, reaper.reap_once),
+        PeriodicStep("webhooks", every, lambda: run_webhook_tick(session_factory, webhook_settings)),
+    ]
     failures = run_periodic(steps, stop, once=once)
     if once and failures:
         raise click.ClickException(f"{failures} periodic step(s) failed; see the log above")
