@@ -12,12 +12,15 @@ boto3/botocore exceptions never leave this module: they become `ObjectNotFoundEr
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -77,10 +80,26 @@ def client_config(*, path_style: bool) -> Config:
     )
 
 
+_loader_lock = threading.Lock()
+_shared_loader: botocore.loaders.Loader | None = None
+
+
+def _data_loader() -> botocore.loaders.Loader:
+    # Parsing botocore's service models is most of the cost of a new client (~0.2 s); share the parsed data
+    # between clients, but give each client a session of its own so credentials are resolved afresh.
+    global _shared_loader
+    with _loader_lock:
+        if _shared_loader is None:
+            _shared_loader = botocore.loaders.create_loader()
+        return _shared_loader
+
+
 def make_s3_client(endpoint_url: str | None = None) -> Any:
     """A boto3 S3 client configured the catalogan way (endpoint from the environment unless given)."""
     endpoint = endpoint_url or custom_endpoint()
-    return boto3.session.Session().client(
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _data_loader())
+    return boto3.session.Session(botocore_session=core).client(
         "s3", endpoint_url=endpoint, config=client_config(path_style=endpoint is not None)
     )
 
