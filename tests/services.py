@@ -75,6 +75,7 @@ class SeaweedFS:
     data_dir: Path
     s3_port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    ports: list[int] = field(default_factory=list)
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -97,7 +98,8 @@ class SeaweedFS:
 
     def command(self) -> list[str]:
         """The `weed server` command line; every listening port is an explicit free one (or disabled)."""
-        (s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc) = free_ports(8)
+        self.ports = free_ports(8)
+        (s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc) = self.ports
         self.s3_port = s3
         return [
             str(weed_binary()),
@@ -183,6 +185,13 @@ class SeaweedFS:
                 process.wait(timeout=SEAWEEDFS_STOP_TIMEOUT_SECONDS)
         except ProcessLookupError:  # already gone
             process.wait(timeout=SEAWEEDFS_STOP_TIMEOUT_SECONDS)
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        # weed also listens on /tmp/seaweedfs-<service>-<port>.sock and a killed weed leaves them behind.
+        for port in self.ports:
+            for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                path.unlink(missing_ok=True)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the server's log, for error messages."""
