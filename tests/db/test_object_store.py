@@ -230,3 +230,31 @@ def test_open_store_parses_s3_bucket_and_prefix(monkeypatch: pytest.MonkeyPatch)
     assert store.uri("k.png") == "s3://my-bucket/some/prefix/k.png"
     with pytest.raises(InvalidKeyError):
         open_store("s3://my-bucket/a/../b")
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("NoSuchKey", 404, "ObjectNotFoundError"),
+        ("404", 404, "ObjectNotFoundError"),  # HEAD has no body, botocore reports the status as the code
+        ("SlowDown", 503, "TransientStorageError"),
+        ("Throttling", 400, "TransientStorageError"),
+        ("InternalError", 500, "TransientStorageError"),
+        ("", 502, "TransientStorageError"),
+        ("TooManyRequests", 429, "TransientStorageError"),
+        ("AccessDenied", 403, "StorageError"),
+        ("NoSuchBucket", 404, "StorageError"),
+    ],
+)
+def test_s3_client_errors_map_to_project_errors(code: str, status: int, expected: str) -> None:
+    """Given an S3 error response, translate_error picks the project error a caller can act on:
+    not found, retry later, or a permanent failure."""
+    from botocore.exceptions import ClientError
+
+    from db.storage.s3 import translate_error
+
+    response = {"Error": {"Code": code, "Message": "msg"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    error = translate_error(ClientError(response, "GetObject"), "get s3://b/k")  # type: ignore[arg-type]
+
+    assert type(error).__name__ == expected
+    assert str(error).startswith("get s3://b/k: ")
