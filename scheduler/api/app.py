@@ -16,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import engine_from_settings, make_session_factory
+from db.errors import ConfigError
 from db.messaging import CeleryPublisher, Publisher, make_celery_app, queue_depth
 from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageSettings
 from db.storage import open_store
@@ -74,6 +75,24 @@ class RequestCounterMiddleware:
             self.counter.labels(scope["method"], template, str(status["code"])).inc()
 
 
+def refuse_embedded_defaults(
+    database: DatabaseSettings, storage: StorageSettings, broker: BrokerSettings
+) -> None:
+    """In production, refuse the embedded defaults: a SQLite file, a local or in-memory store, a folder broker.
+
+    They are right for one machine and wrong behind several API replicas (each would see its own data).
+    """
+    problems = []
+    if not database.database_url or database.database_url.startswith("sqlite"):
+        problems.append("CATALOGAN_DATABASE_URL must name a PostgreSQL database")
+    if not storage.storage_url.startswith("s3://"):
+        problems.append("CATALOGAN_STORAGE_URL must be an s3:// URL")
+    if broker.embedded:
+        problems.append("CATALOGAN_BROKER_URL must name a Redis broker")
+    if problems:
+        raise ConfigError("CATALOGAN_ENVIRONMENT=production: " + "; ".join(problems))
+
+
 def build_services(
     settings: ApiSettings,
     *,
@@ -91,6 +110,9 @@ def build_services(
     data = data or DataSettings()
     storage = storage or StorageSettings()
     broker = broker or BrokerSettings()
+    database = database or DatabaseSettings()
+    if settings.environment == "production":
+        refuse_embedded_defaults(database, storage, broker)
     redis_client = None
     if not broker.embedded and broker.broker_url.startswith(("redis://", "rediss://")):
         import redis
