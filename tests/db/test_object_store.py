@@ -254,7 +254,7 @@ def test_s3_client_errors_map_to_project_errors(code: str, status: int, expected
     from db.storage.s3 import translate_error
 
     response = {"Error": {"Code": code, "Message": "msg"}, "ResponseMetadata": {"HTTPStatusCode": status}}
-    error = translate_error(ClientError(response, "GetObject"), "get s3://b/k")  # type: ignore[arg-type]
+    error = translate_error(ClientError(response, "GetObject"), "get s3://b/k")
 
     assert type(error).__name__ == expected
     assert str(error).startswith("get s3://b/k: ")

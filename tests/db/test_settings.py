@@ -79,4 +79,4 @@ def test_settings_are_frozen() -> None:
     """Given a settings object, assigning to it fails: settings are read once and passed down."""
     settings = DatabaseSettings()
     with pytest.raises(ValidationError):
-        settings.database_url = "sqlite://"  # type: ignore[misc]
+        settings.database_url = "sqlite://"

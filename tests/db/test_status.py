@@ -22,7 +22,7 @@ from db.status import (
     sources_of,
 )
 
-MAPS: list[tuple[type[enum.StrEnum], Mapping]] = [  # type: ignore[type-arg]
+MAPS: list[tuple[type[enum.StrEnum], Mapping]] = [
     (JobStatus, JOB_TRANSITIONS),
     (ChunkStatus, CHUNK_TRANSITIONS),
     (ModelVersionStatus, MODEL_VERSION_TRANSITIONS),
@@ -39,7 +39,7 @@ def test_every_transition_is_allowed_exactly_when_the_map_says_so(
     cls: type[enum.StrEnum],
     allowed: Mapping,
     current: enum.StrEnum,
-    target: enum.StrEnum,  # type: ignore[type-arg]
+    target: enum.StrEnum,
 ) -> None:
     """Given any (current, target) pair, check_transition passes if the map lists it and raises otherwise,
     with both statuses in the message."""
@@ -51,7 +51,7 @@ def test_every_transition_is_allowed_exactly_when_the_map_says_so(
 
 
 @pytest.mark.parametrize(("cls", "allowed"), [pytest.param(c, a, id=c.__name__) for c, a in MAPS])
-def test_every_status_has_an_entry_in_its_map(cls: type[enum.StrEnum], allowed: Mapping) -> None:  # type: ignore[type-arg]
+def test_every_status_has_an_entry_in_its_map(cls: type[enum.StrEnum], allowed: Mapping) -> None:
     """Given a status enum, its map names every member as a source, so no status is a dead end by omission."""
     assert set(allowed) == set(cls)
 
