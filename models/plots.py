@@ -32,7 +32,7 @@ def _smooth(values: np.ndarray) -> np.ndarray:
 
 
 def loss_curve_png(
-    steps: Sequence[int], loss_d: Sequence[float], loss_g: Sequence[float], title: str = ""
+    steps: Sequence[float], loss_d: Sequence[float], loss_g: Sequence[float], title: str = ""
 ) -> bytes:
     """Discriminator and generator losses against the step (raw, faint; moving average, solid)."""
     figure, axis = plt.subplots(figsize=(7, 3.5))
