@@ -76,6 +76,20 @@ EXAMPLE_PROBLEM: dict[str, Any] = {
 }
 
 
+def problem_doc(description: str) -> dict[str, Any]:
+    """An OpenAPI `responses` entry for a problem answer, with the example problem."""
+    return {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"example": EXAMPLE_PROBLEM}}}
+
+
+# The errors every authenticated route can answer, for the OpenAPI document.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: problem_doc("Missing, unknown or revoked API key."),
+    404: problem_doc("No such job for this tenant."),
+    422: problem_doc("A field broke a rule; `errors` names the field and the rule."),
+    429: problem_doc("Rate limit or quota reached; see `Retry-After`."),
+}
+
+
 def problem_response(
     status: int,
     slug: str,

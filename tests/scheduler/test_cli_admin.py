@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.chunk_outcomes import quarantine_chunk
 from db.engine import transaction
+from db.images import manifest_keys
 from db.status import JobStatus
 from db.storage import MemoryStore
 from db.tables import Chunk, Job
@@ -74,8 +75,9 @@ def test_jobs_commands_work_through_the_api(
     answers from the API, and a missing job is one line with exit code 3."""
     tenant = json.loads(run(["tenants", "create", "acme", "--with-key", "--json"], cli_env).output)
     published: list[Any] = []
+    store = MemoryStore()
     server = live_server_factory(
-        _app(pg_factory, MemoryStore(), published, tmp_path, ApiSettings(), WebhookSettings())
+        _app(pg_factory, store, published, tmp_path, ApiSettings(), WebhookSettings())
     )
     env = {**cli_env, "CATALOGAN_API_URL": server.url, "CATALOGAN_API_KEY": tenant["api_key"]}
     import httpx
@@ -101,6 +103,29 @@ def test_jobs_commands_work_through_the_api(
     assert missing.exit_code == ExitCode.NOT_FOUND and missing.output.startswith("Error: HTTP 404")
     no_key = run(["jobs", "ls"], {**env, "CATALOGAN_API_KEY": ""})
     assert no_key.exit_code == ExitCode.CONFIG
+
+    # The job ends: watch reports it, export writes the manifest as CSV.
+    jsonl_key, _ = manifest_keys(tenant["id"], job_id)
+    store.put(
+        jsonl_key,
+        b'{"index": 0, "sku": "S1", "category": "a", "key": "k", "sha256": "ab", "status": "succeeded"}\n',
+    )
+    with transaction(pg_factory) as session:
+        session.execute(
+            update(Job).where(Job.id == job_id).values(status=JobStatus.SUCCEEDED, manifest_key=jsonl_key)
+        )
+    watched = run(["jobs", "watch", job_id, "--interval", "0.1"], env)
+    assert watched.exit_code == 0 and f"job {job_id} succeeded" in watched.output
+    out = tmp_path / "manifest.csv"
+    exported = run(["jobs", "export", job_id, "--format", "csv", "--out", str(out)], env)
+    assert exported.exit_code == 0, exported.output
+    assert out.read_text().splitlines() == [
+        "index,sku,category,key,sha256,seed,model_version,status,error",
+        "0,S1,a,k,ab,,,succeeded,",
+    ]
+    with transaction(pg_factory) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.FAILED))
+    assert run(["jobs", "watch", job_id], env).exit_code == ExitCode.JOB_FAILED
 
 
 def test_dlq_lists_and_retries_quarantined_chunks(

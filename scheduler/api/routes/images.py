@@ -18,7 +18,7 @@ from db.jobs import get_job
 from db.tables import Image
 from scheduler.api.cursors import decode_cursor, encode_cursor
 from scheduler.api.deps import ServicesDep, SessionDep, TenantDep
-from scheduler.api.routes.jobs import COMMON_ERRORS, _problem
+from scheduler.api.problems import COMMON_ERRORS, problem_doc
 from scheduler.api.schemas import ImagePage
 from scheduler.api.views import image_public
 from scheduler.errors import JobStateError, RequestValidationError
@@ -82,7 +82,7 @@ def list_images(
                 "application/vnd.apache.parquet": {},
             },
         },
-        409: _problem("The job has not finished yet: no manifest."),
+        409: problem_doc("The job has not finished yet: no manifest."),
     },
 )
 async def get_manifest(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated
 
 import pydantic
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -19,7 +19,7 @@ from db.status import JobStatus
 from db.tables import Job, ModelVersion
 from scheduler.api.cursors import decode_cursor, encode_cursor
 from scheduler.api.deps import Services, ServicesDep, SessionDep, SettingsDep, TenantDep
-from scheduler.api.problems import EXAMPLE_PROBLEM, PROBLEM_MEDIA_TYPE
+from scheduler.api.problems import COMMON_ERRORS, problem_doc
 from scheduler.api.schemas import EstimatePublic, ItemCreate, JobCreate, JobPage, JobPublic, ModelVersionRef
 from scheduler.api.views import job_public
 from scheduler.errors import RequestValidationError, UnsupportedMediaTypeError
@@ -31,17 +31,6 @@ from scheduler.submission import submit_job_request
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
-
-def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"example": EXAMPLE_PROBLEM}}}
-
-
-COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: _problem("Missing, unknown or revoked API key."),
-    404: _problem("No such job for this tenant."),
-    422: _problem("A field broke a rule; `errors` names the field and the rule."),
-    429: _problem("Rate limit or quota reached; see `Retry-After`."),
-}
 
 SUBMIT_BODY = {
     "requestBody": {
@@ -154,8 +143,8 @@ async def _read_request(
         200: {
             "description": "Replayed: the job this Idempotency-Key created before (`Idempotent-Replayed: true`)."
         },
-        413: _problem("Request body too large."),
-        415: _problem("Neither JSON nor multipart."),
+        413: problem_doc("Request body too large."),
+        415: problem_doc("Neither JSON nor multipart."),
     },
 )
 async def create_job(
@@ -269,7 +258,10 @@ def cancel_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobPubl
     response_model=JobPublic,
     status_code=202,
     summary="Retry failed images",
-    responses={**COMMON_ERRORS, 409: _problem("The job has no failed images, or is cancelled or succeeded.")},
+    responses={
+        **COMMON_ERRORS,
+        409: problem_doc("The job has no failed images, or is cancelled or succeeded."),
+    },
 )
 def retry_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobPublic:
     """Run the job's failed images again: its quarantined chunks go back to the queue."""

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from db.tables import ModelVersion
 from scheduler.api.deps import SessionDep, TenantDep
-from scheduler.api.routes.jobs import COMMON_ERRORS
+from scheduler.api.problems import COMMON_ERRORS
 from scheduler.api.schemas import ModelList
 from scheduler.api.views import model_public
 

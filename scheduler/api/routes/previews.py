@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from scheduler.api.deps import ServicesDep, TenantDep
-from scheduler.api.routes.jobs import COMMON_ERRORS, _problem
+from scheduler.api.problems import COMMON_ERRORS, problem_doc
 from scheduler.api.schemas import PreviewCreate, PreviewPublic
 from scheduler.model_refs import resolve_model_version
 from scheduler.previews import run_preview
@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1", tags=["previews"])
     "/previews",
     response_model=PreviewPublic,
     summary="Generate up to 8 images now",
-    responses={**COMMON_ERRORS, 503: _problem("No worker on the interactive queue answered in time.")},
+    responses={**COMMON_ERRORS, 503: problem_doc("No worker on the interactive queue answered in time.")},
 )
 async def create_preview(request: PreviewCreate, services: ServicesDep, tenant: TenantDep) -> PreviewPublic:
     """Generate `count` (≤ 8) images of one category through the `interactive` queue and return them inline."""
