@@ -117,8 +117,36 @@ class ModelVersionRef(BaseModel):
     version: int
 
 
+JOB_EXAMPLE: dict[str, Any] = {
+    "id": "4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f",
+    "status": "running",
+    "model": {"name": "fashion-cgan", "version": 3},
+    "seed": 7,
+    "output_format": "png",
+    "chunk_size": 256,
+    "counts": {
+        "images_total": 10000,
+        "images_done": 6144,
+        "images_failed": 0,
+        "images_rejected": 0,
+        "chunks_total": 40,
+        "chunks_finished": 24,
+    },
+    "progress": 0.6144,
+    "eta_seconds": 41.5,
+    "cancel_requested": False,
+    "webhook_url": "https://etl.example.com/hooks/catalogan",
+    "error": None,
+    "created_at": "2026-11-27T07:00:00Z",
+    "started_at": "2026-11-27T07:00:02Z",
+    "finished_at": None,
+}
+
+
 class JobPublic(BaseModel):
     """A job as clients see it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})
 
     id: str = Field(examples=["4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f"])
     status: JobStatus
@@ -141,6 +169,12 @@ class JobPublic(BaseModel):
 
 class JobPage(BaseModel):
     """One page of jobs, newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"data": [JOB_EXAMPLE], "next_cursor": "WyIyMDI2LTExLTI3VDA3OjAwOjAwWiIsIjRmMGMiXQ"}]
+        }
+    )
 
     data: list[JobPublic]
     next_cursor: str | None
@@ -166,12 +200,53 @@ class ImagePublic(BaseModel):
 class ImagePage(BaseModel):
     """One page of a job's images in index order."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "data": [
+                        {
+                            "index": 0,
+                            "category": "sneaker",
+                            "sku": "SKU-10042",
+                            "status": "succeeded",
+                            "key": "9b1f.../jobs/4f0c.../SKU-10042/00000000.png",
+                            "sha256": "5d41402abc4b2a76b9719d911017c592" * 2,
+                            "size_bytes": 1834,
+                            "width": 28,
+                            "height": 28,
+                            "url": "https://s3.example.com/catalogan/...&X-Amz-Signature=...",
+                            "url_expires_at": "2026-11-27T08:00:00Z",
+                            "error": None,
+                        }
+                    ],
+                    "next_cursor": "WzBd",
+                }
+            ]
+        }
+    )
+
     data: list[ImagePublic]
     next_cursor: str | None
 
 
 class EstimatePublic(BaseModel):
     """What a job would cost, without creating it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "images": 10000,
+                    "chunks": 40,
+                    "seconds": 83.3,
+                    "images_per_second": 120.0,
+                    "throughput_basis": "measured",
+                    "model": {"name": "fashion-cgan", "version": 3},
+                }
+            ]
+        }
+    )
 
     images: int
     chunks: int

@@ -138,3 +138,26 @@ def test_an_unsupported_content_type_is_415(api: TestClient, tenant: Credentials
     """Given a text/plain body, when submitting, then 415."""
     headers = {**tenant.headers, "content-type": "text/plain"}
     assert_problem(api.post("/v1/jobs", content=b"hello", headers=headers), 415)
+
+
+def test_the_redis_rate_limiter_is_shared_between_replicas(redis_url: str) -> None:
+    """Given two API replicas counting in one Redis, when a tenant sends 3 requests through each with a limit
+    of 5, then the 6th request overall is refused with a Retry-After inside the window."""
+    import redis
+
+    from scheduler.api.limits import RedisRateLimiter
+    from scheduler.errors import RateLimitedError
+
+    clock = [1_000_040.0]  # 20 s into the 60 s window that starts at 1_000_020
+    replicas = [RedisRateLimiter(redis.Redis.from_url(redis_url), clock=lambda: clock[0]) for _ in range(2)]
+    for i in range(5):
+        replicas[i % 2].hit("tenant-1", limit=5, window_seconds=60)
+    try:
+        replicas[1].hit("tenant-1", limit=5, window_seconds=60)
+    except RateLimitedError as exc:
+        assert exc.retry_after_seconds == 40
+    else:
+        raise AssertionError("the 6th request was allowed")
+    replicas[0].hit("tenant-2", limit=5, window_seconds=60)  # another tenant is unaffected
+    clock[0] += 40  # the next window
+    replicas[0].hit("tenant-1", limit=5, window_seconds=60)
