@@ -8,6 +8,7 @@ and a live stack (uvicorn on loopback + a real `catalogan worker` + Redis + Seaw
     published           the (queue, chunk ids) the API published, in order
     api                 a TestClient on the app (memory object store, recording publisher)
     live_stack          a real uvicorn server + a real worker on PostgreSQL, Redis and SeaweedFS S3
+    worker_overrides    extra environment for that worker (override it in a test module)
 """
 
 from __future__ import annotations
@@ -232,7 +233,14 @@ def live_server_factory() -> Iterator[Callable[[Any], LiveServer]]:
 
 
 @pytest.fixture
+def worker_overrides() -> dict[str, str]:
+    """Extra CATALOGAN_* variables for the live stack's worker (a test module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture
 def live_stack(
+    worker_overrides: dict[str, str],
     pg_url: str,
     pg_factory: sessionmaker[Session],
     redis_url: str,
@@ -253,6 +261,7 @@ def live_stack(
         CATALOGAN_DEVICE="cpu",
         CATALOGAN_UPLOAD_THREADS="2",
         **s3_env,
+        **worker_overrides,
     )
     worker = ServiceProcess(["worker", "--queues", "interactive,bulk"], env, tmp_path / "worker.log")
     webhooks = WebhookSettings(webhook_allow_private_targets=True, webhook_backoff_base_seconds=0.2)
