@@ -25,13 +25,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import migrate
 from db.engine import engine_from_settings, make_session_factory, transaction
-from db.errors import ConflictError, NotFoundError, PlanningError
+from db.errors import ConflictError, PlanningError
 from db.messaging import CeleryPublisher, make_celery_app
+from db.model_versions import resolve_model_version
 from db.planning import JobSpec, parse_job_spec, publish_planned, request_sha256, split_model_ref, submit_job
 from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageSettings
-from db.status import JobStatus, ModelVersionStatus
+from db.status import JobStatus
 from db.storage import ObjectStore, open_store
-from db.tables import Chunk, Job, ModelVersion, Tenant
+from db.tables import Chunk, Job, Tenant
 from workers.export import export_job
 
 LOCAL_TENANT_NAME = "local"
@@ -89,35 +90,12 @@ def ensure_local_tenant(session: Session) -> str:
     return LOCAL_TENANT_ID
 
 
-def resolve_model_version(session: Session, ref: str) -> ModelVersion:
-    """ "name@version" exactly, or "name" → its production version (else its newest candidate)."""
-    name, version = split_model_ref(ref)
-    query = select(ModelVersion).where(ModelVersion.name == name)
-    if version is not None:
-        found = session.scalars(query.where(ModelVersion.version == version)).one_or_none()
-    else:
-        found = (
-            session.scalars(
-                query.where(ModelVersion.status == ModelVersionStatus.PRODUCTION).order_by(
-                    ModelVersion.version.desc()
-                )
-            ).first()
-            or session.scalars(
-                query.where(ModelVersion.status == ModelVersionStatus.CANDIDATE).order_by(
-                    ModelVersion.version.desc()
-                )
-            ).first()
-        )
-    if found is None:
-        raise NotFoundError(f"model {ref!r}: no such model version is registered")
-    return found
-
-
-def _ensure_default_model(session_factory: sessionmaker[Session], store: ObjectStore) -> None:
-    try:
-        from models.default_model import ensure_default_model
-    except ImportError:  # the shipped model is registered by the models package when it is present
+def _ensure_default_model(session_factory: sessionmaker[Session], store: ObjectStore, model_ref: str) -> None:
+    """Register the shipped fashion-cgan (weights in the package) when the request names it."""
+    if split_model_ref(model_ref)[0] != DEFAULT_MODEL_NAME:
         return
+    from models.default_model import ensure_default_model
+
     ensure_default_model(session_factory, store)
 
 
@@ -196,7 +174,7 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     migrate.upgrade(url)
     session_factory = make_session_factory(engine_from_settings(db_settings, data))
     store = open_store(storage.url(data))
-    _ensure_default_model(session_factory, store)
+    _ensure_default_model(session_factory, store, request.model_ref or DEFAULT_MODEL_NAME)
     app = make_celery_app(broker, data)
     publisher = CeleryPublisher(app)
     spec = parse_job_spec(

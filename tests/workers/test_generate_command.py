@@ -10,7 +10,8 @@ import pytest
 
 from db import migrate
 from db.engine import make_engine, make_session_factory
-from db.storage import open_store
+from db.storage import ObjectStore, open_store
+from db.tables import Job
 from tests.pipeline import CATALOGAN, make_model_version, pipeline_env, tiny_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -92,3 +93,45 @@ def test_generate_rejects_an_unknown_category_in_one_line(tmp_path: Path) -> Non
     assert result.stderr.strip().splitlines() == [
         "Error: items[0].category: 'sofa' is not a category of model tiny@1 (one of: a, b, c)"
     ]
+
+
+@pytest.mark.integration
+def test_generate_uses_postgresql_redis_and_s3_when_configured(
+    pg_url: str, redis_url: str, s3_store: ObjectStore, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given CATALOGAN_* settings that point at PostgreSQL, Redis and S3, with the tiny model registered there
+    engine = make_engine(pg_url)
+    make_model_version(make_session_factory(engine), checkpoint=tiny_checkpoint(), store=s3_store)
+    env = pipeline_env(
+        CATALOGAN_DATABASE_URL=pg_url,
+        CATALOGAN_BROKER_URL=redis_url,
+        CATALOGAN_STORAGE_URL=s3_store.url,
+        CATALOGAN_DATA_DIR=str(tmp_path / "data"),
+        **s3_env,
+    )
+    # When `catalogan generate` runs
+    command = [
+        *CATALOGAN,
+        "generate",
+        "--model",
+        "tiny@1",
+        "--category",
+        "b=20",
+        "--seed",
+        "1",
+        "--out",
+        "out",
+        "--json",
+    ]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    # Then the job ran on those services: its rows are in PostgreSQL and its objects in S3
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "succeeded" and summary["exported_images"] == 20
+    with make_session_factory(engine)() as session:
+        job = session.get(Job, summary["job_id"])
+        assert job is not None and job.images_done == 20
+        keys = [info.key for info in s3_store.list(f"{job.tenant_id}/jobs/{job.id}/b/")]
+    assert len(keys) == 20
+    assert not (tmp_path / "data" / "catalogan.db").exists()  # no embedded SQLite was used
+    engine.dispose()
