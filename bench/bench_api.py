@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 import warnings
+from pathlib import Path
 
 from sqlalchemy import text
 
@@ -68,7 +69,7 @@ def main() -> None:
         services = build_services(
             ApiSettings(),
             broker=BrokerSettings(broker_url=""),
-            data=DataSettings(data_dir=tempfile.mkdtemp(prefix="catalogan-bench-")),
+            data=DataSettings(data_dir=Path(tempfile.mkdtemp(prefix="catalogan-bench-"))),
             storage=StorageSettings(storage_url="memory://"),
             session_factory=factory,
             store=MemoryStore(),

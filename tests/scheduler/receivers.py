@@ -27,8 +27,8 @@ class Receiver:
     def url(self) -> str:
         """Where to send webhooks."""
         assert self.server is not None
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/hooks"
+        port = self.server.server_address[1]
+        return f"http://127.0.0.1:{port}/hooks"
 
     def start(self) -> Receiver:
         """Serve on a free loopback port in a daemon thread."""

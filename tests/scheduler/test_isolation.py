@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable
 
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
@@ -23,7 +23,7 @@ def add_images(
     """Image rows (and objects) for a job; returns their sha256s."""
     digests = []
     with transaction(factory) as session:
-        chunk_id = session.query(Chunk.id).filter(Chunk.job_id == job_id).order_by(Chunk.id).first()[0]
+        chunk_id = session.scalars(select(Chunk.id).where(Chunk.job_id == job_id).order_by(Chunk.id)).first()
         for index, key in enumerate(keys):
             data = f"png-{key}".encode()
             store.put(key, data)

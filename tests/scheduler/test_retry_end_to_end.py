@@ -3,6 +3,8 @@ the rest of its images done; after the cause is fixed, a retry through the SDK r
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import update
 
@@ -25,7 +27,7 @@ def worker_overrides() -> dict[str, str]:
     return {"CATALOGAN_TEST_FAULTS": "1", "CATALOGAN_MAX_ATTEMPTS": "2", "CATALOGAN_RETRY_DELAY_SECONDS": "0"}
 
 
-def test_retry_reruns_only_the_failed_images(live_stack: LiveStack, redis_url: str, tmp_path: object) -> None:
+def test_retry_reruns_only_the_failed_images(live_stack: LiveStack, redis_url: str, tmp_path: Path) -> None:
     """Given a job whose chunk at index 4 always fails, when it ends, then it is failed with 4 of 8 images
     failed; when the fault is removed and the job retried through the SDK, then it succeeds with all 8 images
     and the first chunk's images are the very same objects."""
@@ -41,7 +43,7 @@ def test_retry_reruns_only_the_failed_images(live_stack: LiveStack, redis_url: s
     )
     publisher = CeleryPublisher(
         make_celery_app(BrokerSettings(broker_url=redis_url), DataSettings(data_dir=tmp_path))
-    )  # type: ignore[arg-type]
+    )
     planned = submit_job(
         live_stack.factory,
         spec,
