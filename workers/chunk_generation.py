@@ -68,7 +68,7 @@ class ChunkContext:
     pool: ThreadPoolExecutor
     device: str = "cpu"
     # Called after the commit that finished a job's last chunk.
-    on_job_finished: Callable[[str], None] = lambda job_id: None
+    on_job_finished: Callable[[str], object] = lambda job_id: None
     # Called to rerun a released or failed chunk: (queue, chunk_id, countdown seconds).
     republish: Callable[[str, int, float | None], None] = lambda queue, chunk_id, countdown: None
     shutdown: threading.Event = field(default_factory=threading.Event)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -34,8 +34,8 @@ class Recorder:
     def __init__(self) -> None:
         self.published: list[int] = []
 
-    def __call__(self, queue: str, chunk_ids: object) -> None:
-        self.published.extend(chunk_ids)  # type: ignore[call-overload]
+    def __call__(self, queue: str, chunk_ids: Sequence[int]) -> None:
+        self.published.extend(chunk_ids)
 
 
 @pytest.fixture
@@ -118,10 +118,11 @@ def test_a_job_run_chunk_by_chunk_succeeds_with_provenance_and_a_manifest(contex
     # And each PNG carries its provenance and the IPTC marker
     png = PILImage.open(io.BytesIO(snapshot[31][-1]))  # type: ignore[arg-type]
     assert png.size == (8, 8)
-    assert png.text["catalogan:job_id"] == job_id and png.text["catalogan:index"] == "31"
-    assert png.text["catalogan:seed"] == "42" and png.text["catalogan:sku"] == "SKU-9"
-    assert png.text["catalogan:ai_generated"] == "AI-generated"
-    assert IPTC_TRAINED_ALGORITHMIC_MEDIA in png.text["XML:com.adobe.xmp"]
+    text: dict[str, str] = png.text  # type: ignore[attr-defined]
+    assert text["catalogan:job_id"] == job_id and text["catalogan:index"] == "31"
+    assert text["catalogan:seed"] == "42" and text["catalogan:sku"] == "SKU-9"
+    assert text["catalogan:ai_generated"] == "AI-generated"
+    assert IPTC_TRAINED_ALGORITHMIC_MEDIA in text["XML:com.adobe.xmp"]
     # And the manifest lists every image
     lines = context.store.get(f"{job.tenant_id}/jobs/{job_id}/manifest.jsonl").decode().splitlines()
     manifest = [json.loads(line) for line in lines]
