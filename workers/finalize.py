@@ -29,6 +29,7 @@ from db.tables import Chunk, Job, ModelVersion, Tenant, WebhookDelivery
 
 logger = logging.getLogger(__name__)
 
+MANIFEST_BATCH_ROWS = 50_000
 MANIFEST_COLUMNS = pa.schema(
     [
         ("index", pa.int64()),
@@ -61,18 +62,28 @@ def manifest_rows(session: Session, job: Job, model_ref: str) -> Iterator[dict[s
 
 
 def write_manifests(session: Session, store: ObjectStore, job: Job) -> str:
-    """Write `manifest.jsonl` and `manifest.parquet` next to the job's images; returns the JSONL key."""
+    """Write `manifest.jsonl` and `manifest.parquet` next to the job's images; returns the JSONL key.
+
+    Rows stream from SQL in batches: the JSONL is built as bytes and the Parquet file one row group per batch,
+    so a million-image job never holds a million Python dicts.
+    """
     model_version = session.get(ModelVersion, job.model_version_id)
     assert model_version is not None
     model_ref = f"{model_version.name}@{model_version.version}"
-    rows = list(manifest_rows(session, job, model_ref))
-    jsonl = "".join(json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n" for row in rows)
+    jsonl = io.BytesIO()
+    parquet = io.BytesIO()
+    batch: list[dict[str, Any]] = []
+    with pq.ParquetWriter(parquet, MANIFEST_COLUMNS, compression="zstd") as writer:
+        for row in manifest_rows(session, job, model_ref):
+            jsonl.write(json.dumps(row, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+            batch.append(row)
+            if len(batch) >= MANIFEST_BATCH_ROWS:
+                writer.write_table(pa.Table.from_pylist(batch, schema=MANIFEST_COLUMNS))
+                batch = []
+        writer.write_table(pa.Table.from_pylist(batch, schema=MANIFEST_COLUMNS))
     jsonl_key, parquet_key = manifest_keys(job.tenant_id, job.id)
-    store.put(jsonl_key, jsonl.encode(), content_type="application/x-ndjson")
-    table = pa.Table.from_pylist(rows, schema=MANIFEST_COLUMNS)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    store.put(parquet_key, buffer.getvalue(), content_type="application/vnd.apache.parquet")
+    store.put(jsonl_key, jsonl.getvalue(), content_type="application/x-ndjson")
+    store.put(parquet_key, parquet.getvalue(), content_type="application/vnd.apache.parquet")
     return jsonl_key
 
 

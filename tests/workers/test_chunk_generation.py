@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image as PILImage
 from sqlalchemy import select, update
@@ -129,6 +130,19 @@ def test_a_job_run_chunk_by_chunk_succeeds_with_provenance_and_a_manifest(contex
     assert [row["index"] for row in manifest] == list(range(50))
     assert manifest[31]["sha256"] == snapshot[31][1] and manifest[31]["model_version"] == "tiny@1"
     assert job.manifest_key == f"{job.tenant_id}/jobs/{job_id}/manifest.jsonl"
+    table = pq.read_table(io.BytesIO(context.store.get(f"{job.tenant_id}/jobs/{job_id}/manifest.parquet")))
+    assert table.column_names == [
+        "index",
+        "sku",
+        "category",
+        "key",
+        "sha256",
+        "seed",
+        "model_version",
+        "status",
+        "error",
+    ]
+    assert table.to_pylist() == manifest  # the same records as the JSONL
 
 
 def test_rerunning_a_finished_chunk_changes_no_byte_and_no_row(context: ChunkContext) -> None:
