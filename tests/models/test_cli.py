@@ -1,0 +1,75 @@
+"""`catalogan models list|show|promote|retire` and `catalogan train` argument errors, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from db.engine import make_engine, make_session_factory
+from models.registry import register_version
+from scheduler.cli.errors import ExitCode
+from scheduler.cli.root import cli
+
+
+@pytest.fixture
+def registry_env(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """CATALOGAN_DATABASE_URL set to a fresh SQLite database holding fashion-cgan@1 (weak) and @2 (good)."""
+    monkeypatch.setenv("CATALOGAN_DATABASE_URL", sqlite_url)
+    factory = make_session_factory(make_engine(sqlite_url))
+    for metrics in ({"conditional_accuracy": 0.4, "cas": 0.3}, {"conditional_accuracy": 0.97, "cas": 0.88}):
+        register_version(
+            factory,
+            name="fashion-cgan",
+            preset="fashion-cgan",
+            checkpoint_uri="file:///x/generator.pt",
+            checkpoint_sha256="0" * 64,
+            model_config={"architecture": "cgan", "categories": ["a"]},
+            data_fingerprint="sha256:d",
+            metrics=metrics,
+        )
+    return sqlite_url
+
+
+def test_list_show_promote_and_retire(registry_env: str) -> None:
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["models", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [(v["ref"], v["status"]) for v in json.loads(listed.output)] == [
+        ("fashion-cgan@1", "candidate"),
+        ("fashion-cgan@2", "candidate"),
+    ]
+    # Promoting the weak version is refused with the CONFLICT exit code and a one-line reason
+    refused = runner.invoke(cli, ["models", "promote", "fashion-cgan@1"])
+    assert refused.exit_code == ExitCode.CONFLICT
+    assert "below the promotion gates" in refused.output and "Traceback" not in refused.output
+    # The good one is promoted, and `show NAME` then finds it
+    assert runner.invoke(cli, ["models", "promote", "fashion-cgan@2"]).exit_code == 0
+    shown = json.loads(runner.invoke(cli, ["models", "show", "fashion-cgan", "--json"]).output)
+    assert shown["ref"] == "fashion-cgan@2" and shown["status"] == "production"
+    # --force overrides the gates; retire works on an exact version
+    assert runner.invoke(cli, ["models", "promote", "fashion-cgan@1", "--force"]).exit_code == 0
+    retired = runner.invoke(cli, ["models", "retire", "fashion-cgan@1", "--json"])
+    assert json.loads(retired.output)["status"] == "retired"
+    missing = runner.invoke(cli, ["models", "show", "nope@3"])
+    assert missing.exit_code == ExitCode.NOT_FOUND
+
+
+def test_train_refuses_an_unknown_preset_before_starting_ray() -> None:
+    result = CliRunner().invoke(cli, ["train", "--preset", "nope", "--steps", "1"])
+    assert result.exit_code == ExitCode.USAGE
+    assert "unknown preset 'nope'" in result.output
+
+
+def test_every_command_has_an_example_in_its_help() -> None:
+    runner = CliRunner()
+    for args in (
+        ["train"],
+        ["models", "list"],
+        ["models", "show"],
+        ["models", "promote"],
+        ["models", "retire"],
+    ):
+        result = runner.invoke(cli, [*args, "--help"])
+        assert result.exit_code == 0 and "Example:" in result.output, args

@@ -1,0 +1,96 @@
+"""The model registry on SQLite and PostgreSQL: versions, references, transitions, promotion gates."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.errors import InvalidTransitionError, NotFoundError
+from db.status import ModelVersionStatus
+from models.errors import PromotionRefusedError
+from models.registry import (
+    PromotionGates,
+    get_version,
+    list_versions,
+    promote_version,
+    record_metrics,
+    register_version,
+    retire_version,
+)
+
+GOOD = {"conditional_accuracy": 0.97, "cas": 0.85, "fid_fm": 3.0}
+
+
+def _register(factory: sessionmaker[Session], metrics: dict[str, float] | None = None) -> str:
+    row = register_version(
+        factory,
+        name="fashion-cgan",
+        preset="fashion-cgan",
+        checkpoint_uri="file:///tmp/x/generator.pt",
+        checkpoint_sha256="ab" * 32,
+        model_config={"architecture": "cgan", "categories": ["a", "b"]},
+        data_fingerprint="sha256:data",
+        metrics=metrics,
+    )
+    return f"{row.name}@{row.version}"
+
+
+def test_versions_are_numbered_and_start_as_candidates(session_factory: sessionmaker[Session]) -> None:
+    first, second = _register(session_factory), _register(session_factory)
+    assert (first, second) == ("fashion-cgan@1", "fashion-cgan@2")
+    rows = list_versions(session_factory, "fashion-cgan")
+    assert [row.status for row in rows] == [ModelVersionStatus.CANDIDATE] * 2
+    assert rows[0].categories == ["a", "b"] and rows[0].architecture == "cgan"
+
+
+def test_a_name_resolves_to_its_production_version_only(session_factory: sessionmaker[Session]) -> None:
+    ref = _register(session_factory, GOOD)
+    with pytest.raises(NotFoundError, match="no production version"):
+        get_version(session_factory, "fashion-cgan")
+    assert get_version(session_factory, ref).version == 1
+    promote_version(session_factory, ref)
+    assert get_version(session_factory, "fashion-cgan").version == 1
+    with pytest.raises(NotFoundError, match="fashion-cgan@9"):
+        get_version(session_factory, "fashion-cgan@9")
+
+
+def test_promotion_below_the_gates_is_refused_unless_forced(session_factory: sessionmaker[Session]) -> None:
+    # Given a candidate without metrics and one with a low conditional accuracy
+    bare = _register(session_factory)
+    weak = _register(session_factory, {**GOOD, "conditional_accuracy": 0.5})
+    # Then promoting either is refused, naming the failing gate
+    with pytest.raises(PromotionRefusedError, match="conditional_accuracy not measured"):
+        promote_version(session_factory, bare)
+    with pytest.raises(PromotionRefusedError, match=r"conditional_accuracy = 0\.5 < gate 0\.9"):
+        promote_version(session_factory, weak)
+    # And a stricter FID gate from settings refuses even good accuracy
+    with pytest.raises(PromotionRefusedError, match="fid_fm"):
+        promote_version(
+            session_factory, weak, gates=PromotionGates(min_conditional_accuracy=None, max_fid_fm=1.0)
+        )
+    # Unless forced
+    assert promote_version(session_factory, weak, force=True).status is ModelVersionStatus.PRODUCTION
+
+
+def test_gates_are_read_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CATALOGAN_GATE_MIN_CAS", "0.9")
+    assert PromotionGates().failures({"conditional_accuracy": 0.95, "cas": 0.8}) == ["cas = 0.8 < gate 0.9"]
+
+
+def test_promoting_a_new_version_retires_the_old_one(session_factory: sessionmaker[Session]) -> None:
+    old, new = _register(session_factory, GOOD), _register(session_factory)
+    promote_version(session_factory, old)
+    record_metrics(session_factory, new, GOOD)
+    promote_version(session_factory, new)
+    statuses = {f"{r.name}@{r.version}": r.status for r in list_versions(session_factory)}
+    assert statuses == {old: ModelVersionStatus.RETIRED, new: ModelVersionStatus.PRODUCTION}
+
+
+def test_transitions_follow_the_map(session_factory: sessionmaker[Session]) -> None:
+    ref = _register(session_factory, GOOD)
+    retire_version(session_factory, ref)
+    # retired → production is not allowed (it must become a candidate again first)
+    with pytest.raises(InvalidTransitionError, match="'retired' to 'production'"):
+        promote_version(session_factory, ref)
+    with pytest.raises(InvalidTransitionError):
+        retire_version(session_factory, ref)
