@@ -53,11 +53,19 @@ def _run_celery_worker(queues: list[str], hostname: str, loglevel: str) -> None:
     )
 
 
+def physical_gpu_ids(indices: list[int]) -> list[str]:
+    """The ids to put in a child's CUDA_VISIBLE_DEVICES for these visible indices (respecting our own pinning)."""
+    inherited = [
+        part.strip() for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part.strip()
+    ]
+    return [inherited[index] if index < len(inherited) else str(index) for index in indices]
+
+
 def _supervise(gpus: list[int], queues: str, loglevel: str) -> int:
     """One `catalogan worker` child per GPU; SIGTERM/SIGINT are forwarded; returns the worst exit code."""
     children = []
-    for gpu in gpus:
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu), "CATALOGAN_DEVICE": "cuda"}
+    for gpu in physical_gpu_ids(gpus):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "CATALOGAN_DEVICE": "cuda"}
         command = [*CATALOGAN, "worker", "--gpus", "pinned", "--queues", queues, "--loglevel", loglevel]
         children.append(subprocess.Popen(command, env=env))
 
@@ -105,7 +113,9 @@ def worker(queues: str | None, gpus: str, loglevel: str) -> None:
         check_queue(name)
     host = socket.gethostname()
     if gpus == "pinned":
-        _run_celery_worker(names, f"gpu{os.environ.get('CUDA_VISIBLE_DEVICES', '0')}@{host}", loglevel)
+        _run_celery_worker(
+            names, f"gpu{os.environ.get('CUDA_VISIBLE_DEVICES', '0')}-{os.getpid()}@{host}", loglevel
+        )
         return
     if gpus == "none":
         os.environ["CATALOGAN_DEVICE"] = "cpu"
@@ -115,6 +125,10 @@ def worker(queues: str | None, gpus: str, loglevel: str) -> None:
     if not selected:
         os.environ.setdefault("CATALOGAN_DEVICE", "cpu")
         _run_celery_worker(names, f"cpu-{os.getpid()}@{host}", loglevel)
+        return
+    if gpus == "auto" and len(selected) == 1:  # the one visible GPU: no supervisor needed
+        os.environ["CATALOGAN_DEVICE"] = "cuda"
+        _run_celery_worker(names, f"gpu0-{os.getpid()}@{host}", loglevel)
         return
     sys.exit(_supervise(selected, ",".join(names), loglevel))
 
