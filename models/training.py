@@ -239,7 +239,12 @@ def load_state(state: WorkerState, payload: dict[str, Any]) -> None:
 
 
 def write_checkpoint(
-    store: ObjectStore, request: TrainRequest, state: WorkerState, fingerprint: str, final: bool
+    store: ObjectStore,
+    request: TrainRequest,
+    state: WorkerState,
+    fingerprint: str,
+    final: bool,
+    log: Callable[[str], None] = print,
 ) -> bytes:
     """Rank 0: the full checkpoint, loss curve and sample grid to the store, then `latest.json`; returns the bytes."""
     prefix = run_prefix(request.name, request.run)
@@ -267,7 +272,10 @@ def write_checkpoint(
         "data_fingerprint": fingerprint,
         "updated_at": dt.datetime.now(dt.UTC).isoformat(),
         "done": final,
+        "warnings": mode_collapse_warnings(grid, state.model.categories),
     }
+    for warning in latest["warnings"]:
+        log(f"warning at step {state.step}: {warning}")
     if final:
         generator_bytes = checkpoint_to_bytes(generator_only(checkpoint_from_bytes(data)))
         store.put(f"{prefix}/{GENERATOR_FILE}", generator_bytes)
@@ -276,6 +284,13 @@ def write_checkpoint(
         )
     store.put(f"{prefix}/{LATEST}", json.dumps(latest, indent=2).encode(), content_type="application/json")
     return data
+
+
+def mode_collapse_warnings(grid: np.ndarray, categories: tuple[str, ...]) -> list[str]:
+    """The evaluator's intra-class SSIM alarm on a sample grid (rows = categories): [] when diverse."""
+    from models.evaluation import diversity_alarm  # the metrics stack is only needed at checkpoints
+
+    return diversity_alarm({category: grid[row] for row, category in enumerate(categories)})
 
 
 def format_eta(seconds: float) -> str:
@@ -356,7 +371,7 @@ def run_worker(
         if state.step % request.checkpoint_every == 0 or final:
             metrics = {"step": state.step, "loss_d": loss_d, "loss_g": loss_g}
             data_bytes = (
-                write_checkpoint(store, request, state, data.fingerprint, final) if rank == 0 else None
+                write_checkpoint(store, request, state, data.fingerprint, final, log) if rank == 0 else None
             )
             if report is not None:
                 report(metrics, data_bytes)

@@ -87,3 +87,15 @@ def test_every_preset_builds_networks_of_its_shape() -> None:
         assert float(images.abs().max()) <= 1.0
         with torch.no_grad():
             assert discriminator(images, y).shape == (2,)
+
+
+def test_training_warns_when_a_category_collapses() -> None:
+    import numpy as np
+
+    from models.training import mode_collapse_warnings
+
+    rng = np.random.default_rng(0)
+    grid = rng.integers(0, 255, (2, 8, 32, 32, 1), dtype=np.uint8)
+    grid[1] = grid[1, :1]  # every "bag" sample is the same image
+    warnings = mode_collapse_warnings(grid, ("shirt", "bag"))
+    assert len(warnings) == 1 and "'bag'" in warnings[0]
