@@ -73,3 +73,13 @@ def test_every_command_has_an_example_in_its_help() -> None:
     ):
         result = runner.invoke(cli, [*args, "--help"])
         assert result.exit_code == 0 and "Example:" in result.output, args
+
+
+def test_registry_commands_do_not_import_torch() -> None:
+    # `catalogan models list` must start fast: the registry side of models/ imports no torch or Ray
+    import subprocess
+    import sys
+
+    code = "import sys, models.cli, models.default_model; print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
