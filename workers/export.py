@@ -23,6 +23,8 @@ from db.tables import Job
 CONTACT_SHEET_MAX_IMAGES = 64
 CONTACT_SHEET_COLUMNS = 8
 CONTACT_SHEET_PADDING_PX = 2
+# Tiles are enlarged (nearest neighbour, whole multiples) to at least this many pixels wide: 28 px is a thumbnail.
+CONTACT_SHEET_MIN_TILE_PX = 112
 
 
 @dataclass
@@ -43,10 +45,16 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def contact_sheet(images: list[bytes]) -> bytes:
-    """A PNG grid of up to `CONTACT_SHEET_MAX_IMAGES` images (white padding, row-major, deterministic)."""
+    """A PNG grid of up to `CONTACT_SHEET_MAX_IMAGES` images (enlarged, white padding, row-major, deterministic)."""
     tiles = [PILImage.open(io.BytesIO(data)).convert("RGB") for data in images[:CONTACT_SHEET_MAX_IMAGES]]
     if not tiles:
         raise ValueError("contact sheet: no images")
+    scale = max(1, CONTACT_SHEET_MIN_TILE_PX // tiles[0].size[0])
+    if scale > 1:
+        tiles = [
+            tile.resize((tile.width * scale, tile.height * scale), PILImage.Resampling.NEAREST)
+            for tile in tiles
+        ]
     width, height = tiles[0].size
     columns = min(CONTACT_SHEET_COLUMNS, len(tiles))
     rows = math.ceil(len(tiles) / columns)
