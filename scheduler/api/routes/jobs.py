@@ -5,12 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-import pydantic
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError as FastApiValidationError
 from sqlalchemy import and_, or_, select
-from starlette.datastructures import UploadFile
 
 from db.engine import transaction
 from db.jobs import get_job, request_cancel
@@ -18,13 +15,13 @@ from db.planning import mark_job_enqueued
 from db.status import JobStatus
 from db.tables import Job, ModelVersion
 from scheduler.api.cursors import decode_cursor, encode_cursor
-from scheduler.api.deps import Services, ServicesDep, SessionDep, SettingsDep, TenantDep
+from scheduler.api.deps import ServicesDep, SessionDep, SettingsDep, TenantDep
+from scheduler.api.job_requests import SUBMIT_BODY_OPENAPI, read_job_request
 from scheduler.api.problems import COMMON_ERRORS, problem_doc
-from scheduler.api.schemas import EstimatePublic, ItemCreate, JobCreate, JobPage, JobPublic, ModelVersionRef
+from scheduler.api.schemas import EstimatePublic, JobCreate, JobPage, JobPublic, ModelVersionRef
 from scheduler.api.views import job_public
-from scheduler.errors import RequestValidationError, UnsupportedMediaTypeError
+from scheduler.errors import RequestValidationError
 from scheduler.estimates import count_chunks, measured_throughput
-from scheduler.item_manifests import manifest_format, parse_item_manifest, read_manifest_uri
 from scheduler.job_retries import retry_failed_images
 from scheduler.model_refs import resolve_model_version
 from scheduler.submission import submit_job_request
@@ -32,112 +29,12 @@ from scheduler.submission import submit_job_request
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
-SUBMIT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {"$ref": "#/components/schemas/JobCreate"},
-                "examples": {
-                    "inline": {
-                        "summary": "Inline items",
-                        "value": {
-                            "model": "fashion-cgan",
-                            "items": [
-                                {"category": "sneaker", "count": 4, "sku": "SKU-10042"},
-                                {"category": "dress", "count": 2},
-                            ],
-                            "seed": 7,
-                        },
-                    },
-                    "s3": {
-                        "summary": "Manifest in S3",
-                        "value": {"manifest_uri": "s3://catalog/exports/missing-images.csv", "seed": 7},
-                    },
-                },
-            },
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "CSV, JSONL or Parquet with columns sku, category, count.",
-                        },
-                        "spec": {
-                            "type": "string",
-                            "description": "JSON object with the other JobCreate fields (model, seed, webhook_url).",
-                        },
-                    },
-                }
-            },
-        },
-    }
-}
-
-
-def _validation_error(exc: pydantic.ValidationError) -> FastApiValidationError:
-    return FastApiValidationError(exc.errors(include_url=False, include_context=False))
-
-
-async def _read_request(
-    request: Request, services: Services, tenant_id: str
-) -> tuple[JobCreate, list[ItemCreate]]:
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=2)
-        upload = form.get("file")
-        spec_text = form.get("spec")
-        if not isinstance(upload, UploadFile):
-            raise RequestValidationError(
-                "file", "required", "file: upload the manifest as the multipart part 'file'"
-            )
-        try:
-            job_request = JobCreate.model_validate_json(
-                spec_text if isinstance(spec_text, str) and spec_text else "{}"
-            )
-        except pydantic.ValidationError as exc:
-            raise _validation_error(exc) from exc
-        if job_request.items is not None or job_request.manifest_uri is not None:
-            raise RequestValidationError(
-                "spec", "one_source", "spec: with an uploaded file, omit items and manifest_uri"
-            )
-        fmt = manifest_format(upload.filename or "", upload.content_type)
-        data = await upload.read()
-        items = await run_in_threadpool(
-            parse_item_manifest, data, fmt, max_items=services.settings.max_items_per_job
-        )
-        return job_request, items
-    if content_type and not content_type.startswith("application/json"):
-        raise UnsupportedMediaTypeError(
-            f"content type {content_type!r}: send application/json or multipart/form-data"
-        )
-    body = await request.body()
-    try:
-        job_request = JobCreate.model_validate_json(body or b"null")
-    except pydantic.ValidationError as exc:
-        raise _validation_error(exc) from exc
-    if job_request.manifest_uri is not None:
-        data, fmt = await run_in_threadpool(
-            read_manifest_uri, job_request.manifest_uri, tenant_id=tenant_id, store=services.store
-        )
-        items = await run_in_threadpool(
-            parse_item_manifest, data, fmt, max_items=services.settings.max_items_per_job
-        )
-        return job_request, items
-    if not job_request.items:
-        raise RequestValidationError("items", "required", "items: give items, manifest_uri, or upload a file")
-    return job_request, job_request.items
-
-
 @router.post(
     "/jobs",
     status_code=201,
     response_model=JobPublic,
     summary="Submit a job",
-    openapi_extra=SUBMIT_BODY,
+    openapi_extra=SUBMIT_BODY_OPENAPI,
     responses={
         **COMMON_ERRORS,
         200: {
@@ -162,7 +59,7 @@ async def create_job(
     Its chunks are queued after the commit. With an `Idempotency-Key`, repeating the request returns the
     same job with `Idempotent-Replayed: true`; the same key with a different body is a 422.
     """
-    job_request, items = await _read_request(request, services, tenant.id)
+    job_request, items = await read_job_request(request, services, tenant.id)
     result = await run_in_threadpool(
         submit_job_request,
         services.session_factory,

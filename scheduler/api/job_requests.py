@@ -1,0 +1,123 @@
+"""Reading a `POST /v1/jobs` request: JSON (inline items or an `s3://` manifest) or a multipart upload.
+
+FastAPI cannot declare one body with two media types, so the route reads the request itself and the
+OpenAPI document gets both through `SUBMIT_BODY_OPENAPI`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError as FastApiValidationError
+from starlette.datastructures import UploadFile
+
+from scheduler.api.deps import Services
+from scheduler.api.schemas import ItemCreate, JobCreate
+from scheduler.errors import RequestValidationError, UnsupportedMediaTypeError
+from scheduler.item_manifests import manifest_format, parse_item_manifest, read_manifest_uri
+
+SUBMIT_BODY_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/JobCreate"},
+                "examples": {
+                    "inline": {
+                        "summary": "Inline items",
+                        "value": {
+                            "model": "fashion-cgan",
+                            "items": [
+                                {"category": "sneaker", "count": 4, "sku": "SKU-10042"},
+                                {"category": "dress", "count": 2},
+                            ],
+                            "seed": 7,
+                        },
+                    },
+                    "s3": {
+                        "summary": "Manifest in S3",
+                        "value": {"manifest_uri": "s3://catalog/exports/missing-images.csv", "seed": 7},
+                    },
+                },
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "CSV, JSONL or Parquet with columns sku, category, count.",
+                        },
+                        "spec": {
+                            "type": "string",
+                            "description": "JSON object with the other JobCreate fields (model, seed, webhook_url).",
+                        },
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def _validation_error(exc: pydantic.ValidationError) -> FastApiValidationError:
+    return FastApiValidationError(exc.errors(include_url=False, include_context=False))
+
+
+async def read_job_request(
+    request: Request, services: Services, tenant_id: str
+) -> tuple[JobCreate, list[ItemCreate]]:
+    """The submitted job and its items, from a JSON body (inline items or `manifest_uri`) or a multipart upload.
+
+    Raises `RequestValidationError` (422, naming the field) and `UnsupportedMediaTypeError` (415).
+    """
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=2)
+        upload = form.get("file")
+        spec_text = form.get("spec")
+        if not isinstance(upload, UploadFile):
+            raise RequestValidationError(
+                "file", "required", "file: upload the manifest as the multipart part 'file'"
+            )
+        try:
+            job_request = JobCreate.model_validate_json(
+                spec_text if isinstance(spec_text, str) and spec_text else "{}"
+            )
+        except pydantic.ValidationError as exc:
+            raise _validation_error(exc) from exc
+        if job_request.items is not None or job_request.manifest_uri is not None:
+            raise RequestValidationError(
+                "spec", "one_source", "spec: with an uploaded file, omit items and manifest_uri"
+            )
+        fmt = manifest_format(upload.filename or "", upload.content_type)
+        data = await upload.read()
+        items = await run_in_threadpool(
+            parse_item_manifest, data, fmt, max_items=services.settings.max_items_per_job
+        )
+        return job_request, items
+    if content_type and not content_type.startswith("application/json"):
+        raise UnsupportedMediaTypeError(
+            f"content type {content_type!r}: send application/json or multipart/form-data"
+        )
+    body = await request.body()
+    try:
+        job_request = JobCreate.model_validate_json(body or b"null")
+    except pydantic.ValidationError as exc:
+        raise _validation_error(exc) from exc
+    if job_request.manifest_uri is not None:
+        data, fmt = await run_in_threadpool(
+            read_manifest_uri, job_request.manifest_uri, tenant_id=tenant_id, store=services.store
+        )
+        items = await run_in_threadpool(
+            parse_item_manifest, data, fmt, max_items=services.settings.max_items_per_job
+        )
+        return job_request, items
+    if not job_request.items:
+        raise RequestValidationError("items", "required", "items: give items, manifest_uri, or upload a file")
+    return job_request, job_request.items
