@@ -9,6 +9,8 @@ Nothing here imports torch, `models` or `workers`; tasks are sent by name.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -133,6 +135,7 @@ def build_services(
         presign_ttl_seconds=storage.presigned_url_ttl_seconds,
         celery_app=celery_app,
         redis=redis_client,
+        owns_engine=session_factory is None,
     )
 
 
@@ -142,7 +145,15 @@ def create_app(
     """The catalogan API. `services` (or keyword overrides for `build_services`) replace what settings would build."""
     settings = settings or (services.settings if services else ApiSettings())
     services = services or build_services(settings, **overrides)
+    built = services
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        built.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="catalogan",
         version=API_VERSION,
         description=DESCRIPTION,

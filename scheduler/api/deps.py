@@ -38,6 +38,7 @@ class Services:
     celery_app: Any | None = None  # sends previews by task name; built lazily when None
     redis: Any | None = None  # a redis.Redis when the broker is Redis (queue depths, readiness, rate limits)
     data: DataSettings = field(default_factory=DataSettings)
+    owns_engine: bool = False  # True when build_services made the engine (then close() disposes it)
 
     def celery(self) -> Any:
         """The Celery app used to send tasks by name (built on first use; no worker code is imported)."""
@@ -48,6 +49,17 @@ class Services:
     def send_task(self, name: str, **kwargs: Any) -> Any:
         """Send a task by name (e.g. a preview to the `interactive` queue)."""
         return self.celery().send_task(name, **kwargs)
+
+    def close(self) -> None:
+        """Release connections at shutdown: Redis, the broker pool, and an engine this process built."""
+        if self.redis is not None:
+            self.redis.close()
+        if self.celery_app is not None:
+            self.celery_app.pool.force_close_all()
+        if self.owns_engine:
+            bind = self.session_factory.kw.get("bind")
+            if bind is not None:
+                bind.dispose()
 
 
 def get_services(request: Request) -> Services:
