@@ -64,7 +64,7 @@ def train_command(
 
     Example:
 
-        nice -n 10 catalogan evaluator train --epochs 15 --out models/weights/evaluator-fashion.pt
+        nice -n 10 catalogan evaluator train --epochs 15 --json
     """
     from dataclasses import replace
 
@@ -154,8 +154,18 @@ def read_checkpoint_uri(uri: str, store_url: str) -> bytes:
     help="Generated images per category (the calibration row uses as many real train images).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Job seed for the latents and subsets.")
-@click.option("--no-cas", is_flag=True, help="Skip CAS (it trains a small classifier: the slowest metric).")
+@click.option(
+    "--no-cas", is_flag=True, help="Skip CAS (it trains a small classifier on the generated images)."
+)
 @click.option("--no-calibration", is_flag=True, help="Skip the real-train-vs-real-test calibration row.")
+@click.option(
+    "--data",
+    "data_root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_ROOT,
+    show_default=True,
+    help="Folder with the Fashion-MNIST IDX .gz files (the real reference).",
+)
 @click.option(
     "--memorization",
     is_flag=True,
@@ -180,6 +190,7 @@ def evaluate(
     seed: int,
     no_cas: bool,
     no_calibration: bool,
+    data_root: Path,
     memorization: bool,
     record: bool,
     as_json: bool,
@@ -195,7 +206,12 @@ def evaluate(
 
         catalogan evaluate fashion-cgan --samples 1000 --out report.json
     """
-    from models.evaluation import calibration_report, evaluate_generator, real_train_features
+    from models.evaluation import (
+        calibration_report,
+        evaluate_generator,
+        real_test_reference,
+        real_train_features,
+    )
     from models.evaluator import DEFAULT_WEIGHTS_PATH, sha256_path_for
     from models.inference import load_generator
     from models.metrics.cas import CasConfig
@@ -207,11 +223,24 @@ def evaluate(
         )
     generator = load_generator(data)
     cas_config = None if no_cas else CasConfig()
-    train_features = real_train_features() if memorization else None
+    reference = real_test_reference(data_root)
+    train_features = real_train_features(data_root) if memorization else None
     report = evaluate_generator(
-        generator, samples, seed, source=name, cas_config=cas_config, train_features=train_features
+        generator,
+        samples,
+        seed,
+        source=name,
+        reference=reference,
+        cas_config=cas_config,
+        train_features=train_features,
     )
-    calibration = None if no_calibration else calibration_report(samples, seed, cas_config=cas_config)
+    calibration = (
+        None
+        if no_calibration
+        else calibration_report(
+            samples, seed, data_root=data_root, reference=reference, cas_config=cas_config
+        )
+    )
     document = {
         "model": name,
         "checkpoint_sha256": generator.checkpoint_sha256,
