@@ -202,6 +202,7 @@ def bench_end_to_end(
             before = len(rss)
             rate = run_job(size, seed=size)
             samples = rss[before:] or [_rss_mib(worker.pid)]
+            quartiles = [samples[min(len(samples) - 1, (len(samples) - 1) * q // 4)] for q in range(5)]
             results.append(
                 {
                     "images": size,
@@ -210,6 +211,7 @@ def bench_end_to_end(
                     "rss_first_mib": samples[0],
                     "rss_last_mib": samples[-1],
                     "rss_max_mib": max(samples),
+                    "rss_quartiles_mib": quartiles,
                 }
             )
     finally:
@@ -298,8 +300,8 @@ def main() -> None:
     for run in runs:
         print(
             f"end to end {run['images']:>8,} images ({run['chunks']:.0f} chunks): {run['images_per_s']:.0f} images/s"
-            f" = {run['images_per_s'] / floor:.2f} x floor; worker RSS {run['rss_first_mib']:.0f} -> "
-            f"{run['rss_last_mib']:.0f} MiB (max {run['rss_max_mib']:.0f})"
+            f" = {run['images_per_s'] / floor:.2f} x floor; worker RSS by quarter of the run "
+            f"{' / '.join(f'{value:.0f}' for value in run['rss_quartiles_mib'])} MiB (max {run['rss_max_mib']:.0f})"
         )
     print(
         json.dumps(

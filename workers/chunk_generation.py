@@ -202,8 +202,14 @@ def _between_batches(ctx: ChunkContext, plan: ChunkPlan, lease: Lease) -> Lease:
         return renew_lease(session, lease, lease_seconds=ctx.settings.lease_seconds)
 
 
-def _run_batches(ctx: ChunkContext, plan: ChunkPlan, generator: GeneratorLike) -> tuple[Lease, int]:
-    """Forward batch k+1 while batch k encodes and uploads in the pool; rows of batch k follow its uploads."""
+def _run_batches(
+    ctx: ChunkContext, plan: ChunkPlan, generator: GeneratorLike
+) -> tuple[Lease, int, list[ImageRecord]]:
+    """Forward batch k+1 while batch k encodes and uploads in the pool; rows of batch k follow its uploads.
+
+    Returns the lease, the rows written, and the last batch's records: the caller writes those in the
+    transaction that completes the chunk (one commit fewer per chunk).
+    """
     lease = plan.lease
     indices = range(lease.start_index, lease.stop_index)
     batch_size = ctx.settings.batch_size
@@ -212,7 +218,11 @@ def _run_batches(ctx: ChunkContext, plan: ChunkPlan, generator: GeneratorLike) -
     written = 0
     try:
         for start in range(0, len(indices), batch_size):
-            lease = _between_batches(ctx, plan, lease)
+            if start == 0:  # just claimed: the lease is fresh and the cancel flag was read in the claim
+                if ctx.shutdown.is_set():
+                    raise _Stop(ChunkOutcome.RELEASED)
+            else:
+                lease = _between_batches(ctx, plan, lease)
             batch = indices[start : start + batch_size]
             pixels = _forward(generator, plan, batch)  # (B, H, W, C) uint8
             futures = [
@@ -222,17 +232,17 @@ def _run_batches(ctx: ChunkContext, plan: ChunkPlan, generator: GeneratorLike) -
             if in_flight:
                 written += _write_rows(ctx, lease, in_flight)
             in_flight = futures
-        if in_flight:
-            written += _write_rows(ctx, lease, in_flight)
-            in_flight = []
+        last = [future.result() for future in in_flight]
+        in_flight = []
     except _Stop:
         if in_flight:  # finished images stay: write the batch that was uploading
             _write_rows(ctx, lease, in_flight)
+            in_flight = []
         raise
     finally:
         for future in in_flight:
             future.cancel()
-    return lease, written
+    return lease, written, last
 
 
 def _finish(ctx: ChunkContext, plan: ChunkPlan, progress: JobProgress | None) -> None:
@@ -277,9 +287,11 @@ def generate_chunk(ctx: ChunkContext, chunk_id: int) -> ChunkOutcome:
     try:
         _check_fault(ctx, plan)
         generator = ctx.generators.get(plan.model_version)
-        lease, written = _run_batches(ctx, plan, generator)
-        with transaction(ctx.session_factory) as session:
+        lease, written, last = _run_batches(ctx, plan, generator)
+        with transaction(ctx.session_factory) as session:  # fenced rows + completion + counters, one commit
+            upsert_images(session, lease, last)
             progress = complete_chunk(session, lease, done=lease.stop_index - lease.start_index)
+        written += len(last)
     except _Stop as stop:
         return _stop(ctx, plan, lease, stop.outcome)
     except StaleAttemptError as exc:
