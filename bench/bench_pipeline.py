@@ -147,7 +147,7 @@ def bench_end_to_end(
     chunk_size: int,
     folder: Path,
     redis_url: str,
-) -> list[dict[str, float]]:
+) -> list[dict[str, Any]]:
     """One worker process; for each size a job from submit to succeeded; worker RSS sampled every second."""
     app = make_celery_app(BrokerSettings(broker_url=redis_url), DataSettings(data_dir=folder))
     publisher = CeleryPublisher(app)
