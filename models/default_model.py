@@ -3,8 +3,10 @@ fresh machine without training.
 
 `ensure_default_model` copies the shipped EMA generator into the object store (same bytes → same key, so
 re-running is harmless) and inserts its `model_versions` row as production when no row with its sha256
-exists. Two processes racing here both try to insert the same `name@version`; the loser's insert breaks
-the unique constraint, and it reads the winner's row instead. No torch is imported.
+exists. Registrations are serialised (a transaction-scoped advisory lock on PostgreSQL; SQLite's
+BEGIN IMMEDIATE already serialises writers), so whoever comes second finds the first one's row. Should an
+insert still collide on `name@version` (a concurrent `catalogan train` of the same name), it is retried.
+No torch is imported.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
@@ -32,6 +34,8 @@ SHIPPED_SHA256 = SHIPPED_DIR / "generator.sha256"
 SHIPPED_METADATA = SHIPPED_DIR / "metadata.json"
 STORE_KEY = f"models/{DEFAULT_MODEL_NAME}/shipped/generator.pt"
 INSERT_ATTEMPTS = 3
+# PostgreSQL advisory-lock key serialising registrations of the shipped model (any fixed 63-bit number).
+ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"catalogan:default-model").digest()[:8], "big") >> 1
 
 
 def shipped_checkpoint_bytes() -> tuple[bytes, str]:
@@ -63,6 +67,12 @@ def _find_shipped(session: Session, sha256: str) -> ModelVersion | None:
     ).first()
 
 
+def _lock_registration(session: Session) -> None:
+    """Hold the registration lock until the transaction ends (PostgreSQL; a no-op elsewhere)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+
+
 def ensure_default_model(session_factory: sessionmaker[Session], store: ObjectStore) -> ModelVersion:
     """Register the shipped `fashion-cgan` generator (object store + registry row), once; return its row.
 
@@ -80,6 +90,7 @@ def ensure_default_model(session_factory: sessionmaker[Session], store: ObjectSt
     for _ in range(INSERT_ATTEMPTS):
         try:
             with transaction(session_factory) as session:
+                _lock_registration(session)
                 found = _find_shipped(session, sha256)
                 if found is not None:
                     return found

@@ -18,7 +18,7 @@ from models.sampling import latents_for
 def test_the_shipped_model_is_registered_once_as_production(
     session_factory: sessionmaker[Session], local_store: LocalStore
 ) -> None:
-    # Given a fresh database and object store, When four threads ensure the default model at once
+    # Given a fresh database and object store, When eight threads ensure the default model at once
     rows = []
     errors: list[BaseException] = []
 
@@ -28,7 +28,7 @@ def test_the_shipped_model_is_registered_once_as_production(
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=ensure) for _ in range(4)]
+    threads = [threading.Thread(target=ensure) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
