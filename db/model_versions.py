@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,7 +20,15 @@ from db.tables import ModelVersion, utcnow
 
 
 def next_version(session: Session, name: str) -> int:
-    """1 + the highest version registered under `name` (1 for a new name)."""
+    """1 + the highest version registered under `name` (1 for a new name).
+
+    On PostgreSQL a transaction-scoped advisory lock on the name is taken first, so concurrent registrations
+    of one name get consecutive numbers instead of colliding (SQLite's BEGIN IMMEDIATE serialises writers).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": f"model_versions:{name}"}
+        )
     highest = session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name))
     return int(highest or 0) + 1
 
@@ -106,7 +114,13 @@ def resolve_model_version(session: Session, ref: str) -> ModelVersion:
 
 
 def transition_model_version(session: Session, row: ModelVersion, target: ModelVersionStatus) -> ModelVersion:
-    """Move `row` to `target` if the transitions map allows it; promoting retires the previous production."""
+    """Move `row` to `target` if the transitions map allows it; promoting retires the previous production.
+
+    The name's rows are locked first (FOR UPDATE; SQLite serialises writers anyway), so two concurrent
+    promotions cannot leave two production versions.
+    """
+    session.execute(select(ModelVersion.id).where(ModelVersion.name == row.name).with_for_update())
+    session.refresh(row)
     check_transition(f"model {row.name}@{row.version}", row.status, target, MODEL_VERSION_TRANSITIONS)
     if target is ModelVersionStatus.PRODUCTION:
         previous = find_production(session, row.name)

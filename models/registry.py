@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
+from db.errors import ConflictError
 from db.model_versions import (
     create_model_version,
     list_model_versions,
@@ -24,6 +25,8 @@ from db.model_versions import (
 from db.status import ModelVersionStatus
 from db.tables import ModelVersion
 from models.errors import PromotionRefusedError
+
+REGISTER_ATTEMPTS = 3
 
 
 class PromotionGates(BaseSettings):
@@ -72,7 +75,54 @@ def register_version(
     status: ModelVersionStatus = ModelVersionStatus.CANDIDATE,
     version: int | None = None,
 ) -> ModelVersion:
-    """Record a trained generator as a new version of `name` (a candidate unless told otherwise)."""
+    """Record a trained generator as a new version of `name` (a candidate unless told otherwise).
+
+    Without an explicit `version` the next free number is taken; a concurrent registration of the same
+    name that wins the number makes this one retry with the next.
+    """
+    for _ in range(REGISTER_ATTEMPTS - 1):
+        try:
+            return _insert_version(
+                session_factory,
+                name,
+                preset,
+                checkpoint_uri,
+                checkpoint_sha256,
+                model_config,
+                data_fingerprint,
+                metrics,
+                status,
+                version,
+            )
+        except ConflictError:
+            if version is not None:
+                raise
+    return _insert_version(
+        session_factory,
+        name,
+        preset,
+        checkpoint_uri,
+        checkpoint_sha256,
+        model_config,
+        data_fingerprint,
+        metrics,
+        status,
+        version,
+    )
+
+
+def _insert_version(
+    session_factory: sessionmaker[Session],
+    name: str,
+    preset: str,
+    checkpoint_uri: str,
+    checkpoint_sha256: str,
+    model_config: Mapping[str, Any],
+    data_fingerprint: str,
+    metrics: Mapping[str, Any] | None,
+    status: ModelVersionStatus,
+    version: int | None,
+) -> ModelVersion:
     with transaction(session_factory) as session:
         return create_model_version(
             session,

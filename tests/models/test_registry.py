@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -94,3 +96,38 @@ def test_transitions_follow_the_map(session_factory: sessionmaker[Session]) -> N
         promote_version(session_factory, ref)
     with pytest.raises(InvalidTransitionError):
         retire_version(session_factory, ref)
+
+
+def test_concurrent_registrations_and_promotions_stay_consistent(
+    session_factory: sessionmaker[Session],
+) -> None:
+    import threading
+    from functools import partial
+
+    # Given six threads registering versions of one name at once
+    refs: list[str] = []
+    errors: list[BaseException] = []
+
+    def run(target: Callable[[], object]) -> None:
+        try:
+            result = target()
+            if isinstance(result, str):
+                refs.append(result)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def start_all(targets: list[Callable[[], object]]) -> None:
+        threads = [threading.Thread(target=run, args=(t,)) for t in targets]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    start_all([lambda: _register(session_factory, GOOD) for _ in range(6)])
+    # Then each got its own version number
+    assert not errors and sorted(refs) == [f"fashion-cgan@{v}" for v in range(1, 7)]
+    # And when all six are promoted at once, exactly one ends in production
+    promotions: list[Callable[[], object]] = [partial(promote_version, session_factory, ref) for ref in refs]
+    start_all(promotions)
+    statuses = [row.status for row in list_versions(session_factory, "fashion-cgan")]
+    assert statuses.count(ModelVersionStatus.PRODUCTION) == 1
