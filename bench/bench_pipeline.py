@@ -7,7 +7,8 @@ What it runs, in order, on real services (PostgreSQL, Redis, and a SeaweedFS S3 
 1. planning: a 1,000,000-image job planned (one transaction) on SQLite and on PostgreSQL, and the time to
    publish its chunk ids to Redis;
 2. the floor: generator forward + PNG encode + S3 PUT in this process, with the worker's batch size and
-   upload-thread count and the same overlap (batch k uploads while batch k+1 runs), no queue and no SQL;
+   upload-thread count and the same overlap (batch k uploads while batch k+1 runs), no queue and no SQL —
+   measured before the first job and after every job, so each job is compared with the floors around it;
 3. end to end: for each size, a job submitted through `db.planning.submit_job` to one real `catalogan worker`
    process (Celery over Redis, rows in PostgreSQL, objects in SeaweedFS), timed from submit to `succeeded`,
    with the worker's RSS sampled every second.
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -147,8 +149,13 @@ def bench_end_to_end(
     chunk_size: int,
     folder: Path,
     redis_url: str,
+    measure_floor: Callable[[], float],
 ) -> list[dict[str, Any]]:
-    """One worker process; for each size a job from submit to succeeded; worker RSS sampled every second."""
+    """One worker process; for each size a job from submit to succeeded; worker RSS sampled every second.
+
+    The floor is measured again right after each job (the worker idles meanwhile), so every run is compared
+    with floors taken just before and just after it on the same, possibly busy, machine.
+    """
     app = make_celery_app(BrokerSettings(broker_url=redis_url), DataSettings(data_dir=folder))
     publisher = CeleryPublisher(app)
     tenant_id = make_tenant(factory)
@@ -159,6 +166,9 @@ def bench_end_to_end(
         name="bench",
         categories=("a", "b", "c", "d", "e", "f", "g", "h", "i", "j"),
     )
+    floors = [
+        measure_floor()
+    ]  # before the worker starts: its start-up (importing torch) would slow the floor
     log = (folder / "worker.log").open("ab")
     worker = subprocess.Popen([*CATALOGAN, "worker", "--gpus", "none"], env=env, stdout=log, stderr=log)
     rss: list[float] = []
@@ -202,11 +212,15 @@ def bench_end_to_end(
             before = len(rss)
             rate = run_job(size, seed=size)
             samples = rss[before:] or [_rss_mib(worker.pid)]
+            floors.append(measure_floor())
             quartiles = [samples[min(len(samples) - 1, (len(samples) - 1) * q // 4)] for q in range(5)]
             results.append(
                 {
                     "images": size,
                     "images_per_s": rate,
+                    "floor_before": floors[-2],
+                    "floor_after": floors[-1],
+                    "ratio": rate / ((floors[-2] + floors[-1]) / 2),
                     "chunks": -(-size // chunk_size),
                     "rss_first_mib": samples[0],
                     "rss_last_mib": samples[-1],
@@ -266,7 +280,10 @@ def main() -> None:
         factory = make_session_factory(engine)
         store = open_store(f"s3://{TEST_BUCKET}/bench-{uuid.uuid4().hex[:8]}")
         checkpoint = random_generator_checkpoint(args.preset, seed=0)
-        floor_before = bench_floor(checkpoint, store, args.floor_images, args.batch_size, args.upload_threads)
+
+        def measure_floor() -> float:
+            return bench_floor(checkpoint, store, args.floor_images, args.batch_size, args.upload_threads)
+
         env = pipeline_env(
             CATALOGAN_DATABASE_URL=db_url,
             CATALOGAN_BROKER_URL=args.redis_url,
@@ -278,12 +295,8 @@ def main() -> None:
             **seaweed.env(),
         )
         runs = bench_end_to_end(
-            env, factory, store, checkpoint, sizes, args.chunk_size, folder, args.redis_url
+            env, factory, store, checkpoint, sizes, args.chunk_size, folder, args.redis_url, measure_floor
         )
-        # Measured again after: the S3 server warms up (allocates volumes) during the first writes. The
-        # higher of the two is the floor, so the ratio is never flattered by a cold server.
-        floor_after = bench_floor(checkpoint, store, args.floor_images, args.batch_size, args.upload_threads)
-        floor = max(floor_before, floor_after)
         engine.dispose()
     finally:
         _drop_database(args.postgres_admin_url, db_url)
@@ -294,20 +307,18 @@ def main() -> None:
         f" publishing to Redis {planning['publish_redis_s'] * 1000:.0f} ms"
     )
     print(
-        f"floor (forward + encode + S3 PUT, {args.upload_threads} threads, batch {args.batch_size}): "
-        f"{floor:.0f} images/s (before {floor_before:.0f}, after {floor_after:.0f})"
+        f"floor (forward + encode + S3 PUT, {args.upload_threads} threads, batch {args.batch_size}), per run:"
     )
     for run in runs:
         print(
-            f"end to end {run['images']:>8,} images ({run['chunks']:.0f} chunks): {run['images_per_s']:.0f} images/s"
-            f" = {run['images_per_s'] / floor:.2f} x floor; worker RSS by quarter of the run "
-            f"{' / '.join(f'{value:.0f}' for value in run['rss_quartiles_mib'])} MiB (max {run['rss_max_mib']:.0f})"
+            f"end to end {run['images']:>8,} images ({run['chunks']:.0f} chunks): {run['images_per_s']:.0f} images/s; "
+            f"floor {run['floor_before']:.0f} before / {run['floor_after']:.0f} after -> {run['ratio']:.2f} x floor; "
+            f"worker RSS by quarter {' / '.join(f'{value:.0f}' for value in run['rss_quartiles_mib'])} MiB"
         )
     print(
         json.dumps(
             {
                 "planning": planning,
-                "floor_images_per_s": floor,
                 "runs": runs,
                 "torch_threads": torch.get_num_threads(),
             }
