@@ -51,11 +51,10 @@ class Services:
         return self.celery().send_task(name, **kwargs)
 
     def close(self) -> None:
-        """Release connections at shutdown: Redis, the broker pool, and an engine this process built."""
+        """Release connections at shutdown: Redis, and an engine this process built."""
         if self.redis is not None:
             self.redis.close()
-        if self.celery_app is not None:
-            self.celery_app.pool.force_close_all()
+        # The broker's producer pools are kombu globals shared by every app on the same URL: left alone.
         if self.owns_engine:
             bind = self.session_factory.kw.get("bind")
             if bind is not None:
