@@ -66,7 +66,7 @@ def cli() -> None:
 
     Example:
 
-        catalogan generate --category Sneaker=16 --seed 7 --out out/
+        catalogan generate --category sneaker=16 --seed 7 --out out/
     """
 
 
