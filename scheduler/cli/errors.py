@@ -62,7 +62,9 @@ API_STATUS_EXIT_CODES: dict[int, ExitCode] = {
 def exit_code_for(exc: BaseException) -> ExitCode:
     """The exit code for an exception raised by a command."""
     if isinstance(exc, ApiError):
-        return API_STATUS_EXIT_CODES.get(exc.status, ExitCode.UNAVAILABLE if exc.status >= 500 else ExitCode.ERROR)
+        return API_STATUS_EXIT_CODES.get(
+            exc.status, ExitCode.UNAVAILABLE if exc.status >= 500 else ExitCode.ERROR
+        )
     for cls, code in EXIT_CODES:
         if isinstance(exc, cls):
             return code
