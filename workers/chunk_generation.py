@@ -21,7 +21,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.chunk_outcomes import cancel_chunk_counted, quarantine_chunk
@@ -33,10 +32,10 @@ from db.jobs import JobProgress, is_cancel_requested, mark_job_running
 from db.pipeline_settings import WorkerSettings
 from db.storage import ObjectStore
 from db.tables import Chunk, Job, JobItem, ModelVersion
-from models.sampling import latents_for
 from workers.encoding import Provenance, encode_with_digest
 from workers.errors import InjectedFaultError
 from workers.generator_cache import GeneratorCache, GeneratorLike
+from workers.pixels import render_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -138,15 +137,11 @@ def _claim(ctx: ChunkContext, chunk_id: int) -> ChunkPlan | JobProgress | None:
 
 
 def _forward(generator: GeneratorLike, plan: ChunkPlan, indices: Sequence[int]) -> Any:
-    """uint8 pixels (B, H, W, C) as a numpy array for the given image indices.
+    """uint8 pixels (B, H, W, C) as a numpy array for the given image indices (`workers.pixels.render_pixels`).
 
     `generate` runs under `torch.inference_mode()` with bf16 autocast on CUDA and returns CPU pixels.
     """
-    latents = latents_for(plan.seed, indices, generator.z_dim)  # (B, z_dim), from (seed, index) alone
-    classes = torch.full((len(indices),), plan.class_index, dtype=torch.long)  # (B,)
-    with torch.inference_mode():
-        pixels = generator.generate(classes, latents)  # (B, H, W, C) uint8
-    return pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
+    return render_pixels(generator, plan.seed, plan.class_index, indices)
 
 
 def _encode_and_upload(

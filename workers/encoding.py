@@ -36,6 +36,7 @@ class Provenance:
     seed: int
     category: str
     sku: str | None
+    redraw: int = 0  # > 0 when a quality gate redrew the image from sub-seed (seed, index, redraw)
 
     def text_fields(self) -> dict[str, str]:
         """The provenance as ordered key → text pairs (the PNG text chunks)."""
@@ -51,6 +52,8 @@ class Provenance:
         }
         if self.sku is not None:
             fields["catalogan:sku"] = self.sku
+        if self.redraw:  # written only when redrawn, so first draws keep their bytes
+            fields["catalogan:redraw"] = str(self.redraw)
         return fields
 
 

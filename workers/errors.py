@@ -3,7 +3,8 @@
 CataloganError (db.errors)
 └── WorkerError           raised by workers/
     ├── InjectedFaultError a test-only fault (CATALOGAN_TEST_FAULTS=1 and a job option asked for it)
-    └── WorkerConfigError  the worker cannot start as configured (device, queues)
+    ├── WorkerConfigError  the worker cannot start as configured (device, queues)
+    └── ProvenanceError    a file to verify carries no (or unreadable) catalogan provenance
 """
 
 from __future__ import annotations
@@ -21,3 +22,7 @@ class InjectedFaultError(WorkerError):
 
 class WorkerConfigError(WorkerError, ValueError):
     """Raised when a worker cannot start as configured (unknown device, unknown queue)."""
+
+
+class ProvenanceError(WorkerError, ValueError):
+    """Raised when a file to verify is not a catalogan image or its provenance is missing or unreadable."""

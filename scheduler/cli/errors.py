@@ -34,6 +34,7 @@ class ExitCode(enum.IntEnum):
     UNAVAILABLE = 5  # a service (database, broker, object store) did not answer
     CONFIG = 6
     JOB_FAILED = 7  # the job ran but did not succeed
+    NOT_VERIFIED = 8  # `verify`: the file does not match its provenance, or carries none
 
 
 EXIT_CODES: list[tuple[type[BaseException], ExitCode]] = [

@@ -25,6 +25,7 @@ LAZY_SUBCOMMANDS: dict[str, str] = {
     "evaluate": "models.cli_evaluate:evaluate",
     "train": "models.cli:train",
     "models": "models.cli:models_group",
+    "verify": "workers.cli_verify:verify",
 }
 LAZY_HELP: dict[str, str] = {
     "db": "Create or upgrade the SQL schema (Alembic migrations).",
@@ -41,6 +42,7 @@ LAZY_HELP: dict[str, str] = {
     "evaluate": "Measure a generator: FID_fm, KID, precision/recall, accuracy, CAS, diversity.",
     "train": "Train a GAN preset on Ray Train (DDP workers, checkpoints to the object store).",
     "models": "List, show, promote and retire registered generator versions.",
+    "verify": "Read a file's provenance; with --regenerate, recompute it and compare bit for bit.",
 }
 
 
