@@ -9,11 +9,13 @@ from celery.signals import worker_shutting_down
 
 from db.messaging import make_celery_app
 from db.settings import BrokerSettings, DataSettings
+from workers.broker_watchdog import BrokerWatchdog
 from workers.context import SHUTDOWN
 from workers.tasks import register_tasks
 
 app = make_celery_app(BrokerSettings(), DataSettings())
 register_tasks(app)
+app.steps["consumer"].add(BrokerWatchdog)  # reconnect a worker left connected but idle
 
 
 @worker_shutting_down.connect
