@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
 from db.errors import ConflictError, InvalidKeyError, PlanningError
+from db.incremental import ItemKey, JobSettings, find_delivered_items
 from db.messaging import QUEUE_NAMES, Publisher
 from db.status import ChunkStatus, JobStatus
 from db.storage.keys import validate_key_segment
@@ -130,6 +131,7 @@ class PlannedJob:
     images_total: int
     published: bool = False
     existing: bool = False
+    skipped_existing: int = 0  # items skipped: their images were delivered by an earlier job (db.incremental)
 
 
 def _field_path(loc: Sequence[int | str]) -> str:
@@ -235,11 +237,15 @@ def plan_job(
         if previous is not None:
             return previous
     categories = _category_indices(spec, model_version)
-    chunks_total = _check_size(spec)
+    _check_size(spec)
     job_id = job_id or uuid.uuid4().hex
     seed = spec.seed if spec.seed is not None else secrets.randbits(63)
     chunk_size = spec.effective_chunk_size
     now = utcnow()
+    skipped = _delivered_positions(session, spec, categories, tenant_id, model_version.id)
+    generated = [item for position, item in enumerate(spec.items) if position not in skipped]
+    images_total = sum(item.count for item in generated)
+    chunks_total = sum(math.ceil(item.count / chunk_size) for item in generated)
     session.execute(
         insert(Job).values(
             id=job_id,
@@ -251,7 +257,7 @@ def plan_job(
             chunk_size=chunk_size,
             queue=spec.queue,
             options=dict(spec.options),
-            images_total=spec.images_total,
+            images_total=images_total,
             chunks_total=chunks_total,
             webhook_url=spec.webhook_url,
             idempotency_key=idempotency_key,
@@ -272,14 +278,18 @@ def plan_job(
                 "client_item_id": item.client_item_id,
                 "count": item.count,
                 "first_index": first_index,
+                "skipped_existing": position in skipped,
             }
         )
-        first_index += item.count
+        if position not in skipped:  # a skipped item owns no indices: the job's images stay 0..total-1
+            first_index += item.count
     session.execute(insert(JobItem), item_rows)
     positions = session.execute(select(JobItem.position, JobItem.id).where(JobItem.job_id == job_id))
     item_ids: dict[int, int] = {position: item_id for position, item_id in positions}
     chunk_rows = []
     for row in item_rows:
+        if row["skipped_existing"]:
+            continue
         start, stop = row["first_index"], row["first_index"] + row["count"]
         item_id = item_ids[row["position"]]
         for chunk_start in range(start, stop, chunk_size):
@@ -293,11 +303,34 @@ def plan_job(
                     "attempt": 0,
                 }
             )
-    session.execute(insert(Chunk), chunk_rows)
+    if chunk_rows:
+        session.execute(insert(Chunk), chunk_rows)
     chunk_ids = tuple(
         session.scalars(select(Chunk.id).where(Chunk.job_id == job_id).order_by(Chunk.start_index))
     )
-    return PlannedJob(job_id, chunk_ids, spec.queue, seed, spec.images_total)
+    return PlannedJob(job_id, chunk_ids, spec.queue, seed, images_total, skipped_existing=len(skipped))
+
+
+def _delivered_positions(
+    session: Session,
+    spec: JobSpec,
+    categories: Sequence[tuple[str, int]],
+    tenant_id: str,
+    model_version_id: int,
+) -> set[int]:
+    """Positions of items whose images an earlier job already delivered with the same settings."""
+    if spec.seed is None:
+        return set()
+    keys: dict[int, ItemKey] = {
+        position: (str(item.client_item_id), category, item.sku, item.count)
+        for position, (item, (category, _)) in enumerate(zip(spec.items, categories, strict=True))
+        if item.client_item_id is not None
+    }
+    if not keys:
+        return set()
+    settings = JobSettings(tenant_id, model_version_id, spec.seed, spec.output_format, dict(spec.options))
+    delivered = find_delivered_items(session, settings, keys.values())
+    return {position for position, key in keys.items() if key in delivered}
 
 
 def mark_job_enqueued(session: Session, job_id: str) -> None:
@@ -319,7 +352,12 @@ def publish_planned(
     enqueued, so the client must not retry (and so create a second job).
     """
     try:
-        publisher(planned.queue, planned.chunk_ids)
+        if planned.chunk_ids:
+            publisher(planned.queue, planned.chunk_ids)
+        else:  # every item was skipped as already delivered: nothing to generate, only the manifest to write
+            publish_finalize = getattr(publisher, "publish_finalize", None)
+            if publish_finalize is not None:
+                publish_finalize(planned.queue, planned.job_id)
     except Exception:
         logger.exception(
             "job %s: publishing %d chunks failed; the reaper will publish them",
@@ -356,5 +394,11 @@ def submit_job(
         return planned
     published = publish_planned(session_factory, planned, publisher)
     return PlannedJob(
-        planned.job_id, planned.chunk_ids, planned.queue, planned.seed, planned.images_total, published
+        planned.job_id,
+        planned.chunk_ids,
+        planned.queue,
+        planned.seed,
+        planned.images_total,
+        published,
+        skipped_existing=planned.skipped_existing,
     )

@@ -143,7 +143,8 @@ def worker(queues: str | None, gpus: str, loglevel: str) -> None:
 @click.option(
     "--sku-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Lines 'SKU,CATEGORY[,COUNT]' (COUNT defaults to 1; '#' starts a comment).",
+    help="Lines 'SKU,CATEGORY[,COUNT[,CLIENT_ITEM_ID]]' (COUNT defaults to 1, CLIENT_ITEM_ID to the SKU; "
+    "'#' starts a comment). With --seed, SKUs already delivered by an earlier job are skipped.",
 )
 @click.option("--seed", type=int, default=None, help="Job seed; same seed + model version = identical files.")
 @click.option(
@@ -206,6 +207,11 @@ def generate(
             f"job {summary['job_id']} {summary['status']}: {summary['images_done']}/{summary['images_total']} images "
             f"({summary['images_failed']} failed), model {summary['model_version']}, seed {summary['seed']}"
         )
+        if summary["items_skipped_existing"]:
+            click.echo(
+                f"skipped {summary['items_skipped_existing']} items ({summary['images_skipped_existing']} images) "
+                "already delivered by an earlier job: listed in the manifest as skipped_existing"
+            )
         click.echo(f"images, manifest and contact sheets in {summary['output']}")
     if summary["status"] != "succeeded":
         sys.exit(ExitCode.JOB_FAILED)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
 from db.images import iter_job_images, manifest_keys
+from db.incremental import SKIPPED_EXISTING_STATUS, iter_skipped_images
 from db.jobs import get_job, mark_job_running, transition_job
 from db.status import CHUNK_TERMINAL, JobStatus
 from db.storage import ObjectStore
@@ -46,7 +47,11 @@ MANIFEST_COLUMNS = pa.schema(
 
 
 def manifest_rows(session: Session, job: Job, model_ref: str) -> Iterator[dict[str, Any]]:
-    """One manifest record per image row of the job, in index order."""
+    """One manifest record per image row of the job, in index order, then one per already-delivered image.
+
+    Items skipped as already delivered (`db.incremental`) are listed after the job's own images with status
+    `skipped_existing`; their `index` and `key` are those of the earlier job that made them.
+    """
     for image in iter_job_images(session, job.id):
         yield {
             "index": int(image.index),
@@ -58,6 +63,19 @@ def manifest_rows(session: Session, job: Job, model_ref: str) -> Iterator[dict[s
             "model_version": model_ref,
             "status": image.status.value,
             "error": image.error,
+        }
+    # Items skipped as already delivered: their earlier images (keys and indices of the earlier job).
+    for _item, image in iter_skipped_images(session, job):
+        yield {
+            "index": int(image.index),
+            "sku": image.sku,
+            "category": image.category,
+            "key": image.key,
+            "sha256": image.sha256,
+            "seed": int(job.seed),
+            "model_version": model_ref,
+            "status": SKIPPED_EXISTING_STATUS,
+            "error": None,
         }
 
 

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import migrate
 from db.engine import engine_from_settings, make_session_factory, transaction
 from db.errors import ConflictError, PlanningError
+from db.incremental import count_skipped_items
 from db.messaging import CeleryPublisher, make_celery_app
 from db.model_versions import resolve_model_version
 from db.planning import JobSpec, parse_job_spec, publish_planned, request_sha256, split_model_ref, submit_job
@@ -72,10 +73,16 @@ def parse_items(categories: tuple[str, ...], sku_file: Path | None) -> list[dict
             if not line:
                 continue
             parts = [part.strip() for part in line.split(",")]
-            if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].isdigit()):
-                raise PlanningError(f"{sku_file}:{number}: must be 'SKU,CATEGORY[,COUNT]'")
+            if len(parts) not in (2, 3, 4) or (len(parts) >= 3 and not parts[2].isdigit()):
+                raise PlanningError(f"{sku_file}:{number}: must be 'SKU,CATEGORY[,COUNT[,CLIENT_ITEM_ID]]'")
             items.append(
-                {"sku": parts[0], "category": parts[1], "count": int(parts[2]) if len(parts) == 3 else 1}
+                {
+                    "sku": parts[0],
+                    "category": parts[1],
+                    "count": int(parts[2]) if len(parts) >= 3 else 1,
+                    # The item's identity for incremental resubmits (db.incremental): the SKU unless given.
+                    "client_item_id": parts[3] if len(parts) == 4 and parts[3] else parts[0],
+                }
             )
     if not items:
         raise PlanningError("items: give at least one --category CAT=COUNT or a --sku-file")
@@ -219,12 +226,15 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
         assert found is not None
         job = found
         exported = export_job(session, store, job, request.out_dir)
+        skipped_items, skipped_images = count_skipped_items(session, job.id)
     return {
         "job_id": job.id,
         "status": job.status.value,
         "images_total": int(job.images_total),
         "images_done": int(job.images_done),
         "images_failed": int(job.images_failed),
+        "items_skipped_existing": skipped_items,
+        "images_skipped_existing": skipped_images,
         "seed": int(job.seed),
         "model_version": model_ref,
         "output": str(request.out_dir.resolve()),

@@ -108,6 +108,13 @@ class CountsPublic(BaseModel):
     images_rejected: int
     chunks_total: int
     chunks_finished: int
+    items_skipped_existing: int = Field(
+        default=0,
+        description="Items not generated: an earlier job delivered all their images with the same "
+        "client_item_id, category, SKU, count, model version, seed, format and options. The manifest lists "
+        "those images with status `skipped_existing`. Not counted in images_total.",
+    )
+    images_skipped_existing: int = Field(default=0, description="Images of the skipped items.")
 
 
 class ModelVersionRef(BaseModel):
@@ -131,6 +138,8 @@ JOB_EXAMPLE: dict[str, Any] = {
         "images_rejected": 0,
         "chunks_total": 40,
         "chunks_finished": 24,
+        "items_skipped_existing": 0,
+        "images_skipped_existing": 0,
     },
     "progress": 0.6144,
     "eta_seconds": 41.5,

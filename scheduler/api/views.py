@@ -21,8 +21,14 @@ def eta_seconds(job: Job, now: dt.datetime | None = None) -> float | None:
     return round(remaining * max(elapsed, 0.0) / finished, 1)
 
 
-def job_public(job: Job, model: ModelVersion | None, *, now: dt.datetime | None = None) -> JobPublic:
-    """The public view of a job."""
+def job_public(
+    job: Job,
+    model: ModelVersion | None,
+    *,
+    now: dt.datetime | None = None,
+    skipped_existing: tuple[int, int] = (0, 0),
+) -> JobPublic:
+    """The public view of a job; `skipped_existing` = (items, images) skipped as already delivered."""
     finished = job.images_done + job.images_failed + job.images_rejected
     return JobPublic(
         id=job.id,
@@ -38,6 +44,8 @@ def job_public(job: Job, model: ModelVersion | None, *, now: dt.datetime | None 
             images_rejected=job.images_rejected,
             chunks_total=job.chunks_total,
             chunks_finished=job.chunks_finished,
+            items_skipped_existing=skipped_existing[0],
+            images_skipped_existing=skipped_existing[1],
         ),
         progress=min(1.0, finished / job.images_total) if job.images_total else 0.0,
         eta_seconds=eta_seconds(job, now),

@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import and_, or_, select
 
 from db.engine import transaction
+from db.incremental import count_skipped_items, count_skipped_items_of_jobs
 from db.jobs import get_job, request_cancel
 from db.planning import mark_job_enqueued
 from db.status import JobStatus
@@ -73,11 +74,12 @@ async def create_job(
     )
     with services.session_factory() as session:
         model = session.get(ModelVersion, result.job.model_version_id)
+        skipped = count_skipped_items(session, result.job.id)
     response.headers["Location"] = f"/v1/jobs/{result.job.id}"
     if result.replayed:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return job_public(result.job, model)
+    return job_public(result.job, model, skipped_existing=skipped)
 
 
 @router.get("/jobs", response_model=JobPage, summary="List jobs", responses=COMMON_ERRORS)
@@ -116,7 +118,11 @@ def list_jobs(
     if len(rows) > limit:
         last = page[-1][0]
         next_cursor = encode_cursor(last.created_at.isoformat(), last.id)
-    return JobPage(data=[job_public(job, model) for job, model in page], next_cursor=next_cursor)
+    skipped = count_skipped_items_of_jobs(session, [job.id for job, _ in page])
+    return JobPage(
+        data=[job_public(job, model, skipped_existing=skipped.get(job.id, (0, 0))) for job, model in page],
+        next_cursor=next_cursor,
+    )
 
 
 def _parse_time(value: object) -> dt.datetime:
@@ -132,7 +138,11 @@ def _parse_time(value: object) -> dt.datetime:
 def show_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
     """Status, counts, timestamps, model version and ETA of one job."""
     job = get_job(session, job_id, tenant_id=tenant.id)
-    return job_public(job, session.get(ModelVersion, job.model_version_id))
+    return job_public(
+        job,
+        session.get(ModelVersion, job.model_version_id),
+        skipped_existing=count_skipped_items(session, job.id),
+    )
 
 
 @router.post(
