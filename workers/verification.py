@@ -137,9 +137,12 @@ def read_provenance(data: bytes) -> FileProvenance:
     return FileProvenance(provenance, output_format, fields.get("DigitalSourceType", ""))
 
 
-def _decode_pixels(data: bytes) -> np.ndarray:
-    """Pixels of an encoded image as uint8 (H, W, C), the layout `render_pixels` returns."""
-    array = np.asarray(PILImage.open(io.BytesIO(data)))
+def _decode_pixels(data: bytes) -> np.ndarray | None:
+    """Pixels of an encoded image as uint8 (H, W, C), the layout `render_pixels` returns; None if undecodable."""
+    try:
+        array = np.asarray(PILImage.open(io.BytesIO(data)))
+    except (OSError, ValueError):  # a damaged image: its pixels cannot match anything
+        return None
     return array[:, :, None] if array.ndim == 2 else array
 
 
@@ -222,7 +225,11 @@ def verify_file(
         ) from exc
     actual = _decode_pixels(data)
     # WebP has no grey mode: a grey image decodes as RGB with equal channels, compared against the grey value.
-    same_shape = actual.shape[:2] == pixels.shape[:2] and pixels.shape[2] in (1, actual.shape[2])
+    same_shape = (
+        actual is not None
+        and actual.shape[:2] == pixels.shape[:2]
+        and pixels.shape[2] in (1, actual.shape[2])
+    )
     differing = int(np.any(actual != pixels, axis=-1).sum()) if same_shape else int(np.prod(pixels.shape[:2]))
     pixels_match = same_shape and differing == 0
     matches = expected == data
