@@ -26,6 +26,7 @@ from tests.services import free_port
 
 REDIS_START_TIMEOUT_SECONDS = 20.0
 PROXY_BUFFER_BYTES = 65536
+ACCEPT_POLL_SECONDS = 0.1
 SLOW_DOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>injected fault: please reduce your request rate</Message></Error>"
@@ -119,11 +120,19 @@ class TcpProxy:
         return self
 
     def _accept(self, listener: socket.socket) -> None:
-        while True:
+        # accept() with a short timeout: closing a socket from another thread does not wake a blocked accept.
+        listener.settimeout(ACCEPT_POLL_SECONDS)
+        while self._listener is listener:
             try:
                 client, _ = listener.accept()
+            except TimeoutError:
+                continue
             except OSError:  # closed by cut()/stop()
                 return
+            if self._listener is not listener:
+                client.close()
+                return
+            client.settimeout(None)
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
                 server.settimeout(None)
@@ -156,10 +165,10 @@ class TcpProxy:
     def cut(self) -> None:
         """Drop every relayed connection and stop listening: new connections are refused."""
         listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if listener is not None:
+            listener.close()
         with self._lock:
             open_sockets = list(self._sockets)
         for sock in open_sockets:
