@@ -93,6 +93,7 @@ def test_postgres_unreachable_mid_job_503s_publishes_nothing_and_leaves_nothing_
     while time.monotonic() - cut_at < OUTAGE_SECONDS:
         response = api.post("/v1/jobs", json=JOB, headers=headers)
         statuses.append((response.status_code, response.headers.get("content-type", "")))
+        assert response.status_code != 503 or int(response.headers["retry-after"]) >= 1
         time.sleep(1)
     pg_proxy.restore()
     # Then every submission was answered 503 as a problem, and nothing was published for them
