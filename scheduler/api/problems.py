@@ -13,6 +13,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError as FastApiValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError as SqlInterfaceError
+from sqlalchemy.exc import OperationalError as SqlOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db.errors import AuthenticationError as KeyAuthenticationError
@@ -40,6 +42,8 @@ from scheduler.errors import (
 )
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# What a client is told to wait when the database does not answer.
+DATABASE_RETRY_AFTER_SECONDS = 5
 PROBLEM_TYPE_BASE = "urn:catalogan:problem:"
 
 log = logging.getLogger(__name__)
@@ -191,7 +195,21 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         return problem_for(exc, request.url.path)
 
+    async def on_database_unreachable(request: Request, exc: Exception) -> JSONResponse:
+        # The database refused or dropped the connection: nothing was committed, so a retry is safe.
+        log.warning("503 %s: database unreachable: %s", request.url.path, str(exc).splitlines()[0])
+        return problem_response(
+            503,
+            "unavailable",
+            "A backing service did not answer",
+            "the database did not answer; retry later",
+            instance=request.url.path,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
+
     app.add_exception_handler(CataloganError, on_project_error)
     app.add_exception_handler(FastApiValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(SqlOperationalError, on_database_unreachable)
+    app.add_exception_handler(SqlInterfaceError, on_database_unreachable)
     app.add_exception_handler(Exception, on_unexpected)
