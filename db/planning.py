@@ -39,6 +39,8 @@ MAX_SEED = (1 << 63) - 1
 MIN_CHUNK_SIZE = 1
 MAX_CHUNK_SIZE = 4096
 DEFAULT_CHUNK_SIZES: Mapping[str, int] = {"interactive": 32, "bulk": 256, "backfill": 1024}
+# `output_format: tar` writes one WebDataset shard per chunk: the chunk size is the shard size.
+DEFAULT_SHARD_IMAGES = 1000
 MAX_IMAGES_PER_ITEM = 10_000_000
 MAX_IMAGES_PER_JOB = 10_000_000
 MAX_ITEMS_PER_JOB = 100_000
@@ -83,7 +85,7 @@ class JobSpec(BaseModel):
     )
     items: list[ItemSpec] = Field(min_length=1, max_length=MAX_ITEMS_PER_JOB)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    output_format: Literal["png", "webp"] = "png"
+    output_format: Literal["png", "webp", "tar"] = "png"
     chunk_size: int | None = Field(default=None, ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE)
     queue: QueueName = "bulk"
     webhook_url: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL_LENGTH)
@@ -103,7 +105,9 @@ class JobSpec(BaseModel):
 
     @property
     def effective_chunk_size(self) -> int:
-        """The chunk size asked for, or the queue's default."""
+        """The chunk size asked for, or the queue's default (tar: images per shard, 1,000)."""
+        if self.output_format == "tar":
+            return self.chunk_size or DEFAULT_SHARD_IMAGES
         return self.chunk_size or DEFAULT_CHUNK_SIZES[self.queue]
 
 

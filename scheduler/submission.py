@@ -68,6 +68,7 @@ def build_spec(request: JobCreate, items: Sequence[ItemCreate]) -> JobSpec:
     values: dict[str, object] = {
         "items": [item.model_dump(exclude_none=True) for item in items],
         "seed": request.seed,
+        "output_format": request.output_format,
         "chunk_size": request.chunk_size,
         "webhook_url": request.webhook_url,
     }

@@ -36,6 +36,14 @@ from workers.encoding import Provenance, encode_with_digest
 from workers.errors import InjectedFaultError
 from workers.generator_cache import GeneratorCache, GeneratorLike
 from workers.pixels import render_pixels
+from workers.shards import (
+    SHARD_CONTENT_TYPE,
+    SHARD_FORMAT,
+    SHARD_IMAGE_FORMAT,
+    ShardMember,
+    build_shard,
+    shard_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +174,64 @@ def _encode_and_upload(
     )
 
 
+def _encode_for_shard(
+    plan: ChunkPlan, lease: Lease, index: int, pixels: Any, checkpoint_sha: str
+) -> tuple[ImageRecord, ShardMember]:
+    """Encode one image as the PNG a `png` job would upload; its row points at the chunk's shard."""
+    provenance = Provenance(
+        plan.model_ref, checkpoint_sha, plan.job_id, index, plan.seed, plan.category, plan.sku
+    )
+    encoded = encode_with_digest(pixels, SHARD_IMAGE_FORMAT, provenance)
+    key = shard_key(plan.tenant_id, plan.job_id, lease.start_index)
+    metadata = {
+        "index": index,
+        "category": plan.category,
+        "sku": plan.sku,
+        "seed": plan.seed,
+        "model_version": plan.model_ref,
+        "sha256": encoded.sha256,
+    }
+    record = ImageRecord(
+        index, plan.category, plan.sku, key, encoded.sha256, len(encoded.data), encoded.width, encoded.height
+    )
+    return record, ShardMember(index, encoded.data, metadata)
+
+
+def _run_shard_batches(
+    ctx: ChunkContext, plan: ChunkPlan, generator: GeneratorLike
+) -> tuple[Lease, int, list[ImageRecord]]:
+    """A tar job's chunk: forward and encode (overlapped) every batch, then PUT one shard of the chunk.
+
+    No row is written before the shard is stored: the caller writes them all with the chunk's completion.
+    A chunk stopped midway (cancel, shutdown) delivers nothing; a rerun writes the same shard bytes.
+    """
+    lease = plan.lease
+    indices = range(lease.start_index, lease.stop_index)
+    batch_size = ctx.settings.batch_size
+    checkpoint_sha = plan.model_version.checkpoint_sha256 or generator.checkpoint_sha256
+    futures: list[Future[tuple[ImageRecord, ShardMember]]] = []
+    try:
+        for start in range(0, len(indices), batch_size):
+            if start == 0:
+                if ctx.shutdown.is_set():
+                    raise _Stop(ChunkOutcome.RELEASED)
+            else:
+                lease = _between_batches(ctx, plan, lease)
+            batch = indices[start : start + batch_size]
+            pixels = _forward(generator, plan, batch)  # (B, H, W, C) uint8
+            futures += [
+                ctx.pool.submit(_encode_for_shard, plan, lease, index, pixels[row], checkpoint_sha)
+                for row, index in enumerate(batch)
+            ]
+        encoded = [future.result() for future in futures]
+    finally:
+        for future in futures:
+            future.cancel()
+    shard = build_shard(member for _, member in encoded)
+    ctx.store.put(encoded[0][0].key, shard, content_type=SHARD_CONTENT_TYPE)
+    return lease, 0, [record for record, _ in encoded]
+
+
 def _check_fault(ctx: ChunkContext, plan: ChunkPlan) -> None:
     starts = plan.options.get(FAULT_OPTION) or []
     if ctx.settings.test_faults and plan.lease.start_index in starts:
@@ -282,7 +348,8 @@ def generate_chunk(ctx: ChunkContext, chunk_id: int) -> ChunkOutcome:
     try:
         _check_fault(ctx, plan)
         generator = ctx.generators.get(plan.model_version)
-        lease, written, last = _run_batches(ctx, plan, generator)
+        runner = _run_shard_batches if plan.output_format == SHARD_FORMAT else _run_batches
+        lease, written, last = runner(ctx, plan, generator)
         with transaction(ctx.session_factory) as session:  # fenced rows + completion + counters, one commit
             upsert_images(session, lease, last)
             progress = complete_chunk(session, lease, done=lease.stop_index - lease.start_index)

@@ -148,7 +148,12 @@ def worker(queues: str | None, gpus: str, loglevel: str) -> None:
 )
 @click.option("--seed", type=int, default=None, help="Job seed; same seed + model version = identical files.")
 @click.option(
-    "--format", "output_format", type=click.Choice(["png", "webp"]), default="png", show_default=True
+    "--format",
+    "output_format",
+    type=click.Choice(["png", "webp", "tar"]),
+    default="png",
+    show_default=True,
+    help="tar: WebDataset shards of PNGs (one per chunk, 1,000 images by default) plus shards/index.json.",
 )
 @click.option("--chunk-size", type=int, default=None, help="Images per chunk [default: 256].")
 @click.option(

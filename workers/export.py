@@ -19,6 +19,7 @@ from db.images import iter_job_images, manifest_keys
 from db.status import ImageStatus
 from db.storage import ObjectStore
 from db.tables import Job
+from workers.shards import SHARD_FORMAT, index_key, read_member
 
 CONTACT_SHEET_MAX_IMAGES = 64
 CONTACT_SHEET_COLUMNS = 8
@@ -73,15 +74,23 @@ def export_job(session: Session, store: ObjectStore, job: Job, folder: Path) -> 
     result = ExportResult(folder)
     prefix = f"{job.tenant_id}/jobs/{job.id}/"
     sheets: dict[str, list[bytes]] = defaultdict(list)
+    shard: tuple[str, bytes] | None = None  # tar jobs: many image rows share one shard object
     for image in iter_job_images(session, job.id):
         if image.status is not ImageStatus.SUCCEEDED or image.key is None:
             continue
-        data = store.get(image.key)
-        _write(folder / image.key.removeprefix(prefix), data)
+        if job.output_format == SHARD_FORMAT:
+            if shard is None or shard[0] != image.key:
+                shard = (image.key, store.get(image.key))
+                _write(folder / image.key.removeprefix(prefix), shard[1])
+            data = read_member(shard[1], int(image.index))
+        else:
+            data = store.get(image.key)
+            _write(folder / image.key.removeprefix(prefix), data)
         result.images += 1
         if len(sheets[image.category]) < CONTACT_SHEET_MAX_IMAGES:
             sheets[image.category].append(data)
-    for key in manifest_keys(job.tenant_id, job.id):
+    extra = [index_key(job.tenant_id, job.id)] if job.output_format == SHARD_FORMAT else []
+    for key in [*manifest_keys(job.tenant_id, job.id), *extra]:
         if store.exists(key):
             path = folder / key.removeprefix(prefix)
             _write(path, store.get(key))

@@ -27,6 +27,7 @@ from db.jobs import get_job, mark_job_running, transition_job
 from db.status import CHUNK_TERMINAL, JobStatus
 from db.storage import ObjectStore
 from db.tables import Chunk, Job, ModelVersion, Tenant, WebhookDelivery
+from workers.shards import SHARD_FORMAT, write_shard_index
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ def finalize_job(session_factory: sessionmaker[Session], store: ObjectStore, job
             logger.info("job not finished yet; finalize skipped", extra={"job_id": job_id})
             return None
         manifest_key = write_manifests(session, store, job)
+        if job.output_format == SHARD_FORMAT:
+            write_shard_index(session, store, job)
     with transaction(session_factory) as session:
         job = get_job(session, job_id, for_update=True)
         if job.status.is_terminal:

@@ -82,6 +82,11 @@ class JobCreate(_Strict):
         examples=["s3://catalog/exports/missing-images.csv"],
     )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Chosen and recorded when omitted.")
+    output_format: Literal["png", "webp", "tar"] | None = Field(
+        default=None,
+        description="png (default) or lossless webp, one object per image; tar: WebDataset shards of PNGs, "
+        "one per chunk (chunk_size = images per shard, default 1,000), plus `shards/index.json`.",
+    )
     chunk_size: int | None = Field(
         default=None, ge=1, le=10_000, description="Images per task; default chosen."
     )

@@ -78,7 +78,7 @@ def test_a_million_image_job_plans_chunks_and_no_image_rows(session_factory: ses
         ),
         (
             {"items": [{"category": "a", "count": 1}], "output_format": "gif"},
-            "output_format: Input should be 'png' or 'webp'",
+            "output_format: Input should be 'png', 'webp' or 'tar'",
         ),
         (
             {"items": [{"category": "a", "count": 1}], "chunk_size": 10**6},
