@@ -1,0 +1,170 @@
+"""A bounded load test on loopback: N concurrent job submissions through the HTTP API, each client then
+polling its job's status until it is finished. Shared by `tests/faults/test_load.py` and `bench/bench_load.py`.
+
+    api = LiveApi(app).start()                      # uvicorn in a thread, on a free loopback port
+    report = run_load(api.url, headers, submissions=200, concurrency=200)
+    print(report.summary())
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+
+from db.engine import transaction
+from db.tenants import create_api_key, create_tenant
+from tests.services import free_port
+
+POLL_INTERVAL_SECONDS = 0.5
+REQUEST_TIMEOUT_SECONDS = 60.0
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+# One tenant carries the whole load: its quotas must not be what the test measures.
+LOAD_QUOTAS = {"max_concurrent_jobs": 100_000, "requests_per_minute": 1_000_000, "images_per_day": 10_000_000}
+
+
+class LiveApi:
+    """uvicorn serving an app on a free loopback port, in a daemon thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", backlog=2048)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_seconds: float = 20.0) -> LiveApi:
+        """Start and wait until it serves."""
+        self.thread.start()
+        deadline = time.monotonic() + timeout_seconds
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        """Ask uvicorn to exit and wait for it."""
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+def load_tenant_headers(session_factory: Any, name: str = "load") -> tuple[str, dict[str, str]]:
+    """A tenant with quotas out of the way and one key: (tenant id, Authorization header)."""
+    with transaction(session_factory) as session:
+        tenant = create_tenant(session, f"{name}-{time.monotonic_ns()}", **LOAD_QUOTAS)
+        session.flush()
+        key = create_api_key(session, tenant.id, name=name).clear_key
+    return tenant.id, {"Authorization": f"Bearer {key}"}
+
+
+@dataclass
+class LoadReport:
+    """Latencies (seconds) of every submit and status request, the failures, and the jobs' final statuses."""
+
+    submit_seconds: list[float] = field(default_factory=list)
+    poll_seconds: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    final_status: dict[str, str] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @staticmethod
+    def percentile(values: list[float], q: float) -> float:
+        """The q-th percentile (0..100) in milliseconds; 0 when there are no values."""
+        if not values:
+            return 0.0
+        if len(values) == 1:
+            return values[0] * 1000
+        return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, int(q) - 1))] * 1000
+
+    def summary(self) -> str:
+        """One paragraph: counts, p50/p99 per request kind, errors, wall time."""
+        succeeded = sum(status == "succeeded" for status in self.final_status.values())
+        return (
+            f"{len(self.submit_seconds)} submissions, {len(self.poll_seconds)} status polls in "
+            f"{self.wall_seconds:.1f} s; jobs succeeded {succeeded}/{len(self.final_status)}; errors {len(self.errors)}\n"
+            f"POST /v1/jobs      p50 {self.percentile(self.submit_seconds, 50):7.1f} ms  "
+            f"p99 {self.percentile(self.submit_seconds, 99):7.1f} ms\n"
+            f"GET /v1/jobs/{{id}}  p50 {self.percentile(self.poll_seconds, 50):7.1f} ms  "
+            f"p99 {self.percentile(self.poll_seconds, 99):7.1f} ms"
+        )
+
+
+def _client_run(
+    base_url: str, headers: dict[str, str], body: dict[str, Any], report: LoadReport, deadline: float
+) -> None:
+    with httpx.Client(base_url=base_url, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS) as client:
+        started = time.perf_counter()
+        try:
+            response = client.post("/v1/jobs", json=body)
+        except httpx.HTTPError as exc:
+            with report.lock:
+                report.errors.append(f"POST: {type(exc).__name__}: {exc}")
+            return
+        elapsed = time.perf_counter() - started
+        with report.lock:
+            report.submit_seconds.append(elapsed)
+        if response.status_code != 201:
+            with report.lock:
+                report.errors.append(f"POST: {response.status_code} {response.text[:200]}")
+            return
+        job_id = response.json()["id"]
+        while time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL_SECONDS)
+            started = time.perf_counter()
+            try:
+                response = client.get(f"/v1/jobs/{job_id}")
+            except httpx.HTTPError as exc:
+                with report.lock:
+                    report.errors.append(f"GET: {type(exc).__name__}: {exc}")
+                continue
+            with report.lock:
+                report.poll_seconds.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                with report.lock:
+                    report.errors.append(f"GET: {response.status_code} {response.text[:200]}")
+                continue
+            status = response.json()["status"]
+            if status in TERMINAL:
+                with report.lock:
+                    report.final_status[job_id] = status
+                return
+        with report.lock:
+            report.errors.append(f"job {job_id}: not finished before the deadline")
+            report.final_status[job_id] = "timeout"
+
+
+def run_load(
+    base_url: str,
+    headers: dict[str, str],
+    *,
+    submissions: int,
+    concurrency: int,
+    job_body: Callable[[int], dict[str, Any]],
+    timeout_seconds: float = 600.0,
+) -> LoadReport:
+    """Run `submissions` clients, `concurrency` at a time: each submits `job_body(i)` and polls it to the end."""
+    report = LoadReport()
+    deadline = time.monotonic() + timeout_seconds
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="load") as pool:
+        futures = [
+            pool.submit(_client_run, base_url, headers, job_body(i), report, deadline)
+            for i in range(submissions)
+        ]
+        for future in futures:
+            future.result()
+    report.wall_seconds = time.perf_counter() - started
+    return report
