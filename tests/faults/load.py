@@ -27,7 +27,9 @@ POLL_INTERVAL_SECONDS = 0.5
 REQUEST_TIMEOUT_SECONDS = 60.0
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # One tenant carries the whole load: its quotas must not be what the test measures.
-LOAD_QUOTAS = {"max_concurrent_jobs": 100_000, "requests_per_minute": 1_000_000, "images_per_day": 10_000_000}
+LOAD_MAX_CONCURRENT_JOBS = 100_000
+LOAD_REQUESTS_PER_MINUTE = 1_000_000
+LOAD_IMAGES_PER_DAY = 10_000_000
 
 
 class LiveApi:
@@ -63,7 +65,13 @@ class LiveApi:
 def load_tenant_headers(session_factory: Any, name: str = "load") -> tuple[str, dict[str, str]]:
     """A tenant with quotas out of the way and one key: (tenant id, Authorization header)."""
     with transaction(session_factory) as session:
-        tenant = create_tenant(session, f"{name}-{time.monotonic_ns()}", **LOAD_QUOTAS)
+        tenant = create_tenant(
+            session,
+            f"{name}-{time.monotonic_ns()}",
+            max_concurrent_jobs=LOAD_MAX_CONCURRENT_JOBS,
+            requests_per_minute=LOAD_REQUESTS_PER_MINUTE,
+            images_per_day=LOAD_IMAGES_PER_DAY,
+        )
         session.flush()
         key = create_api_key(session, tenant.id, name=name).clear_key
     return tenant.id, {"Authorization": f"Bearer {key}"}
