@@ -20,7 +20,7 @@ from db.status import ImageStatus
 from db.storage.keys import validate_key
 from db.tables import Image, JobItem, utcnow
 
-# Rows per INSERT statement: SQLite allows 32,766 bound variables; 15 columns x 1,000 rows stays under.
+# Rows per INSERT statement: SQLite allows 32,766 bound variables; 16 columns x 1,000 rows stays under.
 UPSERT_BATCH_ROWS = 1000
 LIST_BATCH_ROWS = 5000
 
@@ -50,11 +50,14 @@ class ImageRecord:
     index: int
     category: str
     sku: str | None
-    key: str
-    sha256: str
-    size_bytes: int
-    width: int
-    height: int
+    key: str | None  # None for a rejected image (no object is stored)
+    sha256: str | None
+    size_bytes: int | None
+    width: int | None
+    height: int | None
+    status: ImageStatus = ImageStatus.SUCCEEDED  # or REJECTED by a quality gate
+    score: float | None = None  # the quality gate's confidence for the requested category
+    redraws: int = 0
 
 
 def _insert_for(session: Session) -> Any:
@@ -76,7 +79,7 @@ def _upsert(session: Session, rows: list[dict[str, Any]], update_columns: Sequen
 def upsert_images(
     session: Session, lease: Lease, records: Sequence[ImageRecord], *, now: dt.datetime | None = None
 ) -> None:
-    """Write succeeded image rows for a chunk, fenced: raises `StaleAttemptError` if `lease` was lost.
+    """Write finished image rows (succeeded or rejected) for a chunk, fenced: `StaleAttemptError` if `lease` was lost.
 
     Runs in the caller's transaction. A row already there (a rerun) gets the same values again; its
     `created_at` stays as first written.
@@ -97,9 +100,10 @@ def upsert_images(
             "size_bytes": record.size_bytes,
             "width": record.width,
             "height": record.height,
-            "status": ImageStatus.SUCCEEDED,
+            "status": record.status,
             "error": None,
-            "redraws": 0,
+            "score": record.score,
+            "redraws": record.redraws,
             "attempt": lease.attempt,
             "created_at": now,
         }
@@ -108,7 +112,19 @@ def upsert_images(
     _upsert(
         session,
         rows,
-        ["chunk_id", "key", "sha256", "size_bytes", "width", "height", "status", "error", "attempt"],
+        [
+            "chunk_id",
+            "key",
+            "sha256",
+            "size_bytes",
+            "width",
+            "height",
+            "status",
+            "error",
+            "score",
+            "redraws",
+            "attempt",
+        ],
     )
 
 

@@ -46,6 +46,8 @@ MAX_IMAGES_PER_JOB = 10_000_000
 MAX_ITEMS_PER_JOB = 100_000
 MAX_CHUNKS_PER_JOB = 200_000
 MAX_WEBHOOK_URL_LENGTH = 2048
+MAX_REDRAWS = 16
+QUALITY_GATE_OPTION = "quality_gate"  # where a job row keeps its gate: jobs.options["quality_gate"]
 # mark_enqueued takes ids in an IN (...) list; keep each statement under SQLite's variable limit.
 ENQUEUE_BATCH_SIZE = 5000
 
@@ -75,6 +77,17 @@ class ItemSpec(BaseModel):
         return value
 
 
+class QualityGateSpec(BaseModel):
+    """Per-image quality gate: redraw an image scored below `min_confidence`, at most `max_redraws` times."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_confidence: float = Field(
+        ge=0.0, le=1.0, description="Evaluator probability of the requested category."
+    )
+    max_redraws: int = Field(default=3, ge=0, le=MAX_REDRAWS)
+
+
 class JobSpec(BaseModel):
     """What a client asks for. `seed` is chosen and recorded when absent; `chunk_size` defaults per queue."""
 
@@ -90,6 +103,7 @@ class JobSpec(BaseModel):
     queue: QueueName = "bulk"
     webhook_url: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL_LENGTH)
     options: dict[str, Any] = Field(default_factory=dict)
+    quality_gate: QualityGateSpec | None = None
 
     @field_validator("webhook_url")
     @classmethod
@@ -260,7 +274,7 @@ def plan_job(
             output_format=spec.output_format,
             chunk_size=chunk_size,
             queue=spec.queue,
-            options=dict(spec.options),
+            options=job_options(spec),
             images_total=images_total,
             chunks_total=chunks_total,
             webhook_url=spec.webhook_url,
@@ -332,9 +346,17 @@ def _delivered_positions(
     }
     if not keys:
         return set()
-    settings = JobSettings(tenant_id, model_version_id, spec.seed, spec.output_format, dict(spec.options))
+    settings = JobSettings(tenant_id, model_version_id, spec.seed, spec.output_format, job_options(spec))
     delivered = find_delivered_items(session, settings, keys.values())
     return {position for position, key in keys.items() if key in delivered}
+
+
+def job_options(spec: JobSpec) -> dict[str, Any]:
+    """The options stored on the job row: the client's, plus the quality gate under `quality_gate`."""
+    options = dict(spec.options)
+    if spec.quality_gate is not None:
+        options[QUALITY_GATE_OPTION] = spec.quality_gate.model_dump()
+    return options
 
 
 def mark_job_enqueued(session: Session, job_id: str) -> None:

@@ -69,6 +69,7 @@ def build_spec(request: JobCreate, items: Sequence[ItemCreate]) -> JobSpec:
         "items": [item.model_dump(exclude_none=True) for item in items],
         "seed": request.seed,
         "output_format": request.output_format,
+        "quality_gate": request.quality_gate.model_dump() if request.quality_gate else None,
         "chunk_size": request.chunk_size,
         "webhook_url": request.webhook_url,
     }

@@ -27,15 +27,24 @@ from db.chunk_outcomes import cancel_chunk_counted, quarantine_chunk
 from db.chunks import Lease, claim_chunk, complete_chunk, mark_enqueued, release_chunk, renew_lease
 from db.engine import transaction
 from db.errors import StaleAttemptError
-from db.images import CONTENT_TYPES, ImageRecord, image_folder, image_key, upsert_images
+from db.images import (
+    CONTENT_TYPES,
+    ImageRecord,
+    count_chunk_images,
+    image_folder,
+    image_key,
+    upsert_images,
+)
 from db.jobs import JobProgress, is_cancel_requested, mark_job_running
 from db.pipeline_settings import WorkerSettings
+from db.status import ImageStatus
 from db.storage import ObjectStore
 from db.tables import Chunk, Job, JobItem, ModelVersion
 from workers.encoding import Provenance, encode_with_digest
 from workers.errors import InjectedFaultError
 from workers.generator_cache import GeneratorCache, GeneratorLike
 from workers.pixels import render_pixels
+from workers.quality_gate import GatedImage, Scorer, apply_gate, evaluator_scorer, gate_settings
 from workers.shards import (
     SHARD_CONTENT_TYPE,
     SHARD_FORMAT,
@@ -79,6 +88,8 @@ class ChunkContext:
     # Called to rerun a released or failed chunk: (queue, chunk_id, countdown seconds).
     republish: Callable[[str, int, float | None], None] = lambda queue, chunk_id, countdown: None
     shutdown: threading.Event = field(default_factory=threading.Event)
+    # Quality-gate scorer (the evaluator), built on the first gated job; tests may inject one.
+    scorer: Scorer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +164,11 @@ def _forward(generator: GeneratorLike, plan: ChunkPlan, indices: Sequence[int]) 
 
 
 def _encode_and_upload(
-    ctx: ChunkContext, plan: ChunkPlan, index: int, pixels: Any, checkpoint_sha: str
+    ctx: ChunkContext, plan: ChunkPlan, image: GatedImage, checkpoint_sha: str
 ) -> ImageRecord:
+    if image.pixels is None:  # rejected by the quality gate: a row, no object
+        return _rejected_record(plan, image)
+    index = image.index
     provenance = Provenance(
         model_version=plan.model_ref,
         checkpoint_sha256=checkpoint_sha,
@@ -163,25 +177,74 @@ def _encode_and_upload(
         seed=plan.seed,
         category=plan.category,
         sku=plan.sku,
+        redraw=image.redraws,
     )
-    encoded = encode_with_digest(pixels, plan.output_format, provenance)
+    encoded = encode_with_digest(image.pixels, plan.output_format, provenance)
     key = image_key(
         plan.tenant_id, plan.job_id, image_folder(plan.category, plan.sku), index, plan.output_format
     )
     ctx.store.put(key, encoded.data, content_type=CONTENT_TYPES[plan.output_format])
     return ImageRecord(
-        index, plan.category, plan.sku, key, encoded.sha256, len(encoded.data), encoded.width, encoded.height
+        index,
+        plan.category,
+        plan.sku,
+        key,
+        encoded.sha256,
+        len(encoded.data),
+        encoded.width,
+        encoded.height,
+        score=image.score,
+        redraws=image.redraws,
+    )
+
+
+def _rejected_record(plan: ChunkPlan, image: GatedImage) -> ImageRecord:
+    return ImageRecord(
+        image.index,
+        plan.category,
+        plan.sku,
+        None,
+        None,
+        None,
+        None,
+        None,
+        status=ImageStatus.REJECTED,
+        score=image.score,
+        redraws=image.redraws,
+    )
+
+
+def _gated(
+    ctx: ChunkContext, plan: ChunkPlan, generator: GeneratorLike, batch: Sequence[int], pixels: Any
+) -> list[GatedImage]:
+    """The batch's images after the job's quality gate (all accepted, unscored, when it has none)."""
+    gate = gate_settings(plan.options)
+    if gate is None:
+        return [GatedImage(index, pixels[row], None, 0) for row, index in enumerate(batch)]
+    if ctx.scorer is None:
+        ctx.scorer = evaluator_scorer()
+    return apply_gate(
+        generator,
+        ctx.scorer,
+        gate,
+        seed=plan.seed,
+        class_index=plan.class_index,
+        indices=batch,
+        pixels=pixels,
     )
 
 
 def _encode_for_shard(
-    plan: ChunkPlan, lease: Lease, index: int, pixels: Any, checkpoint_sha: str
-) -> tuple[ImageRecord, ShardMember]:
+    plan: ChunkPlan, lease: Lease, image: GatedImage, checkpoint_sha: str
+) -> tuple[ImageRecord, ShardMember | None]:
     """Encode one image as the PNG a `png` job would upload; its row points at the chunk's shard."""
+    if image.pixels is None:  # rejected by the quality gate: a row, no member
+        return _rejected_record(plan, image), None
+    index = image.index
     provenance = Provenance(
-        plan.model_ref, checkpoint_sha, plan.job_id, index, plan.seed, plan.category, plan.sku
+        plan.model_ref, checkpoint_sha, plan.job_id, index, plan.seed, plan.category, plan.sku, image.redraws
     )
-    encoded = encode_with_digest(pixels, SHARD_IMAGE_FORMAT, provenance)
+    encoded = encode_with_digest(image.pixels, SHARD_IMAGE_FORMAT, provenance)
     key = shard_key(plan.tenant_id, plan.job_id, lease.start_index)
     metadata = {
         "index": index,
@@ -190,9 +253,20 @@ def _encode_for_shard(
         "seed": plan.seed,
         "model_version": plan.model_ref,
         "sha256": encoded.sha256,
+        "score": image.score,
+        "redraws": image.redraws,
     }
     record = ImageRecord(
-        index, plan.category, plan.sku, key, encoded.sha256, len(encoded.data), encoded.width, encoded.height
+        index,
+        plan.category,
+        plan.sku,
+        key,
+        encoded.sha256,
+        len(encoded.data),
+        encoded.width,
+        encoded.height,
+        score=image.score,
+        redraws=image.redraws,
     )
     return record, ShardMember(index, encoded.data, metadata)
 
@@ -209,7 +283,7 @@ def _run_shard_batches(
     indices = range(lease.start_index, lease.stop_index)
     batch_size = ctx.settings.batch_size
     checkpoint_sha = plan.model_version.checkpoint_sha256 or generator.checkpoint_sha256
-    futures: list[Future[tuple[ImageRecord, ShardMember]]] = []
+    futures: list[Future[tuple[ImageRecord, ShardMember | None]]] = []
     try:
         for start in range(0, len(indices), batch_size):
             if start == 0:
@@ -220,15 +294,17 @@ def _run_shard_batches(
             batch = indices[start : start + batch_size]
             pixels = _forward(generator, plan, batch)  # (B, H, W, C) uint8
             futures += [
-                ctx.pool.submit(_encode_for_shard, plan, lease, index, pixels[row], checkpoint_sha)
-                for row, index in enumerate(batch)
+                ctx.pool.submit(_encode_for_shard, plan, lease, image, checkpoint_sha)
+                for image in _gated(ctx, plan, generator, batch, pixels)
             ]
         encoded = [future.result() for future in futures]
     finally:
         for future in futures:
             future.cancel()
-    shard = build_shard(member for _, member in encoded)
-    ctx.store.put(encoded[0][0].key, shard, content_type=SHARD_CONTENT_TYPE)
+    members = [member for _, member in encoded if member is not None]
+    if members:  # every image rejected: no shard
+        key = shard_key(plan.tenant_id, plan.job_id, lease.start_index)
+        ctx.store.put(key, build_shard(members), content_type=SHARD_CONTENT_TYPE)
     return lease, 0, [record for record, _ in encoded]
 
 
@@ -287,8 +363,8 @@ def _run_batches(
             batch = indices[start : start + batch_size]
             pixels = _forward(generator, plan, batch)  # (B, H, W, C) uint8
             futures = [
-                ctx.pool.submit(_encode_and_upload, ctx, plan, index, pixels[row], checkpoint_sha)
-                for row, index in enumerate(batch)
+                ctx.pool.submit(_encode_and_upload, ctx, plan, image, checkpoint_sha)
+                for image in _gated(ctx, plan, generator, batch, pixels)
             ]
             if in_flight:
                 written += _write_rows(ctx, lease, in_flight)
@@ -352,7 +428,11 @@ def generate_chunk(ctx: ChunkContext, chunk_id: int) -> ChunkOutcome:
         lease, written, last = runner(ctx, plan, generator)
         with transaction(ctx.session_factory) as session:  # fenced rows + completion + counters, one commit
             upsert_images(session, lease, last)
-            progress = complete_chunk(session, lease, done=lease.stop_index - lease.start_index)
+            rejected = count_chunk_images(
+                session, lease.job_id, lease.start_index, lease.stop_index, ImageStatus.REJECTED
+            )
+            total = lease.stop_index - lease.start_index
+            progress = complete_chunk(session, lease, done=total - rejected, rejected=rejected)
         written += len(last)
     except _Stop as stop:
         return _stop(ctx, plan, lease, stop.outcome)

@@ -43,6 +43,8 @@ MANIFEST_COLUMNS = pa.schema(
         ("model_version", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("score", pa.float64()),
+        ("redraws", pa.int64()),
     ]
 )
 
@@ -64,6 +66,8 @@ def manifest_rows(session: Session, job: Job, model_ref: str) -> Iterator[dict[s
             "model_version": model_ref,
             "status": image.status.value,
             "error": image.error,
+            "score": image.score,
+            "redraws": int(image.redraws or 0),
         }
     # Items skipped as already delivered: their earlier images (keys and indices of the earlier job).
     for _item, image in iter_skipped_images(session, job):
@@ -77,6 +81,8 @@ def manifest_rows(session: Session, job: Job, model_ref: str) -> Iterator[dict[s
             "model_version": model_ref,
             "status": SKIPPED_EXISTING_STATUS,
             "error": None,
+            "score": image.score,
+            "redraws": int(image.redraws or 0),
         }
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from db.errors import InvalidKeyError
+from db.planning import QualityGateSpec
 from db.status import ImageStatus, JobStatus, ModelVersionStatus
 from db.storage.keys import validate_key_segment
 
@@ -86,6 +87,13 @@ class JobCreate(_Strict):
         default=None,
         description="png (default) or lossless webp, one object per image; tar: WebDataset shards of PNGs, "
         "one per chunk (chunk_size = images per shard, default 1,000), plus `shards/index.json`.",
+    )
+    quality_gate: QualityGateSpec | None = Field(
+        default=None,
+        description="Score each image with the evaluator (probability of its category); below "
+        "`min_confidence` redraw it from sub-seed (seed, index, redraw) up to `max_redraws` times, then mark it "
+        "`rejected` (counted in `images_rejected`, listed in the manifest with its score and redraws).",
+        examples=[{"min_confidence": 0.6, "max_redraws": 3}],
     )
     chunk_size: int | None = Field(
         default=None, ge=1, le=10_000, description="Images per task; default chosen."

@@ -141,6 +141,8 @@ def test_a_job_run_chunk_by_chunk_succeeds_with_provenance_and_a_manifest(contex
         "model_version",
         "status",
         "error",
+        "score",
+        "redraws",
     ]
     assert table.to_pylist() == manifest  # the same records as the JSONL
 
