@@ -156,20 +156,24 @@ def _client_run(
 
 def run_load(
     base_url: str,
-    headers: dict[str, str],
+    headers: dict[str, str] | list[dict[str, str]],
     *,
     submissions: int,
     concurrency: int,
     job_body: Callable[[int], dict[str, Any]],
     timeout_seconds: float = 600.0,
 ) -> LoadReport:
-    """Run `submissions` clients, `concurrency` at a time: each submits `job_body(i)` and polls it to the end."""
+    """Run `submissions` clients, `concurrency` at a time: each submits `job_body(i)` and polls it to the end.
+
+    With a list of headers (one per tenant), client i speaks for tenant i modulo their number.
+    """
+    tenants = headers if isinstance(headers, list) else [headers]
     report = LoadReport()
     deadline = time.monotonic() + timeout_seconds
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="load") as pool:
         futures = [
-            pool.submit(_client_run, base_url, headers, job_body(i), report, deadline)
+            pool.submit(_client_run, base_url, tenants[i % len(tenants)], job_body(i), report, deadline)
             for i in range(submissions)
         ]
         for future in futures:

@@ -1,0 +1,161 @@
+"""A bounded load test on loopback: concurrent job submissions plus status polling through the HTTP API.
+
+    .venv/bin/python bench/bench_load.py --submissions 200 --concurrency 200 --images-per-job 2
+
+What it runs: the API (uvicorn, in this process) on a fresh PostgreSQL database, a private redis-server on a
+free port (or `--redis-url`), a SeaweedFS S3 server it starts itself, and `--workers` real `catalogan worker`
+processes with a tiny random-weight model. Each of `--submissions` clients (`--concurrency` at a time) submits
+one job (tenants taken round robin, `--tenants`) and polls `GET /v1/jobs/{id}` every 0.5 s until it finishes. It prints the p50/p99 latency of both
+requests, the error count (the target is 0) and whether every job succeeded, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import make_url, text  # noqa: E402
+
+from db import migrate  # noqa: E402
+from db.engine import make_engine, make_session_factory  # noqa: E402
+from db.settings import BrokerSettings, DataSettings, StorageSettings  # noqa: E402
+from db.storage import open_store  # noqa: E402
+from scheduler.api.app import build_services, create_app  # noqa: E402
+from scheduler.settings import ApiSettings  # noqa: E402
+from tests.faults.load import LiveApi, load_tenant_headers, run_load  # noqa: E402
+from tests.faults.services import RedisServer  # noqa: E402
+from tests.pipeline import ServiceProcess, make_model_version, pipeline_env, tiny_checkpoint  # noqa: E402
+from tests.services import TEST_BUCKET, SeaweedFS  # noqa: E402
+
+
+def _create_database(admin_url: str) -> str:
+    name = f"catalogan_load_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    engine = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_database(admin_url: str, url: str) -> None:
+    engine = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def main() -> None:
+    """Parse the flags, start the services, run the load, print the summary and a JSON line."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--submissions", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--images-per-job", type=int, default=2)
+    parser.add_argument(
+        "--tenants", type=int, default=1, help="Spread the clients over this many tenants (round robin)."
+    )
+    parser.add_argument("--workers", type=int, default=1, help="`catalogan worker` processes.")
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, help="Seconds before unfinished jobs count as errors."
+    )
+    parser.add_argument(
+        "--postgres-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    )
+    parser.add_argument("--redis-url", default="", help="Default: a private redis-server on a free port.")
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="catalogan-load-"))
+    redis_server = None
+    redis_url = args.redis_url
+    if not redis_url:
+        redis_server = RedisServer(folder / "redis")
+        redis_server.start()
+        redis_url = redis_server.url
+    seaweed = SeaweedFS(folder / "seaweedfs")
+    seaweed.start()
+    os.environ.update(seaweed.env())
+    db_url = _create_database(args.postgres_admin_url)
+    workers: list[ServiceProcess] = []
+    api = None
+    try:
+        migrate.upgrade(db_url)
+        engine = make_engine(db_url, pool_size=20)
+        factory = make_session_factory(engine)
+        store = open_store(f"s3://{TEST_BUCKET}/load-{uuid.uuid4().hex[:8]}")
+        make_model_version(factory, checkpoint=tiny_checkpoint(), store=store)
+        env = pipeline_env(
+            CATALOGAN_DATABASE_URL=db_url,
+            CATALOGAN_BROKER_URL=redis_url,
+            CATALOGAN_STORAGE_URL=store.url,
+            CATALOGAN_DATA_DIR=str(folder / "data"),
+            CATALOGAN_DEVICE="cpu",
+            **seaweed.env(),
+        )
+        workers = [
+            ServiceProcess(["worker", "--gpus", "none"], env, folder / f"worker-{i}.log")
+            for i in range(args.workers)
+        ]
+        services = build_services(
+            ApiSettings(),
+            broker=BrokerSettings(broker_url=redis_url),
+            data=DataSettings(data_dir=folder / "api-data"),
+            storage=StorageSettings(storage_url=store.url),
+            session_factory=factory,
+            store=store,
+        )
+        api = LiveApi(create_app(ApiSettings(), services=services)).start()
+        headers = [load_tenant_headers(factory, f"load{i}")[1] for i in range(args.tenants)]
+        count = args.images_per_job
+        report = run_load(
+            api.url,
+            headers,
+            submissions=args.submissions,
+            concurrency=args.concurrency,
+            job_body=lambda i: {"items": [{"category": "abc"[i % 3], "count": count}], "seed": i},
+            timeout_seconds=args.timeout,
+        )
+    finally:
+        if api is not None:
+            api.stop()
+        for worker in workers:
+            worker.stop()
+        _drop_database(args.postgres_admin_url, db_url)
+        seaweed.stop()
+        if redis_server is not None:
+            redis_server.stop()
+    print(report.summary())
+    for error in report.errors[:10]:
+        print("error:", error)
+    print(
+        json.dumps(
+            {
+                "submissions": args.submissions,
+                "concurrency": args.concurrency,
+                "images_per_job": args.images_per_job,
+                "workers": args.workers,
+                "tenants": args.tenants,
+                "wall_s": round(report.wall_seconds, 2),
+                "submit_p50_ms": round(report.percentile(report.submit_seconds, 50), 1),
+                "submit_p99_ms": round(report.percentile(report.submit_seconds, 99), 1),
+                "poll_p50_ms": round(report.percentile(report.poll_seconds, 50), 1),
+                "poll_p99_ms": round(report.percentile(report.poll_seconds, 99), 1),
+                "polls": len(report.poll_seconds),
+                "errors": len(report.errors),
+                "succeeded": sum(status == "succeeded" for status in report.final_status.values()),
+            }
+        )
+    )
+    sys.exit(1 if report.errors else 0)
+
+
+if __name__ == "__main__":
+    main()
