@@ -63,10 +63,23 @@ def beat(once: bool, interval: float | None) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     every = interval or settings.reaper_interval_seconds
-    steps = [
-        PeriodicStep("reaper", every, reaper.reap_once),
-        PeriodicStep("webhooks", every, lambda: run_webhook_tick(session_factory, webhook_settings)),
+    reaper_steps = [PeriodicStep("reaper", every, reaper.reap_once)]
+    # Webhook deliveries wait on other people's servers (up to the timeout each): their own thread, so a slow
+    # receiver never delays the repairs.
+    webhook_steps = [
+        PeriodicStep("webhooks", every, lambda: run_webhook_tick(session_factory, webhook_settings))
     ]
-    failures = run_periodic(steps, stop, once=once)
+    results: dict[str, int] = {}
+    webhook_thread = threading.Thread(
+        target=lambda: results.__setitem__("webhooks", run_periodic(webhook_steps, stop, once=once)),
+        name="webhooks",
+        daemon=True,
+    )
+    webhook_thread.start()
+    failures = run_periodic(reaper_steps, stop, once=once)
+    if not once:
+        stop.set()
+    webhook_thread.join(timeout=webhook_settings.webhook_timeout_seconds * 2)
+    failures += results.get("webhooks", 0)
     if once and failures:
         raise click.ClickException(f"{failures} periodic step(s) failed; see the log above")
