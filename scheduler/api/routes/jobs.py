@@ -16,7 +16,7 @@ from db.planning import mark_job_enqueued
 from db.status import JobStatus
 from db.tables import Job, ModelVersion
 from scheduler.api.cursors import decode_cursor, encode_cursor
-from scheduler.api.deps import ServicesDep, SessionDep, SettingsDep, TenantDep
+from scheduler.api.deps import Services, ServicesDep, SessionDep, SettingsDep, TenantDep
 from scheduler.api.job_requests import SUBMIT_BODY_OPENAPI, read_job_request
 from scheduler.api.problems import COMMON_ERRORS, problem_doc
 from scheduler.api.schemas import EstimatePublic, JobCreate, JobPage, JobPublic, ModelVersionRef
@@ -72,14 +72,19 @@ async def create_job(
         settings=services.settings,
         webhook_settings=services.webhooks,
     )
-    with services.session_factory() as session:
-        model = session.get(ModelVersion, result.job.model_version_id)
-        skipped = count_skipped_items(session, result.job.id)
+    # In the thread pool too: waiting for a pooled connection on the event loop would stall every request.
+    model, skipped = await run_in_threadpool(_model_and_skipped, services, result.job)
     response.headers["Location"] = f"/v1/jobs/{result.job.id}"
     if result.replayed:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
     return job_public(result.job, model, skipped_existing=skipped)
+
+
+def _model_and_skipped(services: Services, job: Job) -> tuple[ModelVersion | None, tuple[int, int]]:
+    """The job's model version and `count_skipped_items` (items, images skipped as already generated)."""
+    with services.session_factory() as session:
+        return session.get(ModelVersion, job.model_version_id), count_skipped_items(session, job.id)
 
 
 @router.get("/jobs", response_model=JobPage, summary="List jobs", responses=COMMON_ERRORS)
