@@ -58,6 +58,7 @@ class ImageRecord:
     status: ImageStatus = ImageStatus.SUCCEEDED  # or REJECTED by a quality gate
     score: float | None = None  # the quality gate's confidence for the requested category
     redraws: int = 0
+    error: str | None = None  # why a rejected image was rejected
 
 
 def _insert_for(session: Session) -> Any:
@@ -101,7 +102,7 @@ def upsert_images(
             "width": record.width,
             "height": record.height,
             "status": record.status,
-            "error": None,
+            "error": record.error,
             "score": record.score,
             "redraws": record.redraws,
             "attempt": lease.attempt,

@@ -129,6 +129,12 @@ def start_ray(workers: int, use_gpu: bool) -> bool:
     help="Measure the final generator and store the metrics.",
 )
 @click.option(
+    "--memorization-index/--no-memorization-index",
+    default=True,
+    show_default=True,
+    help="Index the training set in evaluator space next to the generator (the workers' memorization gate).",
+)
+@click.option(
     "--ray-dir",
     default=None,
     type=click.Path(path_type=Path),
@@ -151,6 +157,7 @@ def train(
     log_every: int,
     register: bool,
     evaluate: bool,
+    memorization_index: bool,
     ray_dir: Path | None,
     as_json: bool,
 ) -> None:
@@ -205,6 +212,16 @@ def train(
 
         metrics = evaluate_checkpoint(open_store(request.out_url).get(result.generator_key))
         summary["metrics"] = metrics
+    if register and memorization_index:
+        from db.storage import open_store
+        from models.config import get_preset as preset_of
+        from models.memorization_index import METRICS_KEY, store_index_for_training
+
+        config = preset_of(result.preset).model
+        metrics[METRICS_KEY] = store_index_for_training(
+            open_store(request.out_url), result.generator_key, data_spec, config.resolution, config.channels
+        )
+        summary["memorization_index"] = metrics[METRICS_KEY]["uri"]
     if register:
         row = register_version(
             open_registry(),

@@ -43,6 +43,7 @@ from db.tables import Chunk, Job, JobItem, ModelVersion
 from workers.encoding import Provenance, encode_with_digest
 from workers.errors import InjectedFaultError
 from workers.generator_cache import GeneratorCache, GeneratorLike
+from workers.memorization import MEMORIZATION_METRICS_KEY, load_memorization_index
 from workers.pixels import render_pixels
 from workers.quality_gate import GatedImage, Scorer, apply_gate, evaluator_scorer, gate_settings
 from workers.shards import (
@@ -88,8 +89,8 @@ class ChunkContext:
     # Called to rerun a released or failed chunk: (queue, chunk_id, countdown seconds).
     republish: Callable[[str, int, float | None], None] = lambda queue, chunk_id, countdown: None
     shutdown: threading.Event = field(default_factory=threading.Event)
-    # Quality-gate scorer (the evaluator), built on the first gated job; tests may inject one.
-    scorer: Scorer | None = None
+    # Quality-gate scorers (the evaluator + the model version's memorization index), per model version id.
+    scorers: dict[int, Scorer] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +212,7 @@ def _rejected_record(plan: ChunkPlan, image: GatedImage) -> ImageRecord:
         status=ImageStatus.REJECTED,
         score=image.score,
         redraws=image.redraws,
+        error=image.error,
     )
 
 
@@ -218,19 +220,16 @@ def _gated(
     ctx: ChunkContext, plan: ChunkPlan, generator: GeneratorLike, batch: Sequence[int], pixels: Any
 ) -> list[GatedImage]:
     """The batch's images after the job's quality gate (all accepted, unscored, when it has none)."""
-    gate = gate_settings(plan.options)
+    indexed = bool((plan.model_version.metrics or {}).get(MEMORIZATION_METRICS_KEY))
+    gate = gate_settings(plan.options, memorization_index=indexed)
     if gate is None:
         return [GatedImage(index, pixels[row], None, 0) for row, index in enumerate(batch)]
-    if ctx.scorer is None:
-        ctx.scorer = evaluator_scorer()
+    scorer = ctx.scorers.get(plan.model_version.id)
+    if scorer is None:
+        index = load_memorization_index(ctx.store, plan.model_version) if indexed else None
+        scorer = ctx.scorers[plan.model_version.id] = evaluator_scorer(index)
     return apply_gate(
-        generator,
-        ctx.scorer,
-        gate,
-        seed=plan.seed,
-        class_index=plan.class_index,
-        indices=batch,
-        pixels=pixels,
+        generator, scorer, gate, seed=plan.seed, class_index=plan.class_index, indices=batch, pixels=pixels
     )
 
 

@@ -1,12 +1,15 @@
-"""The per-image quality gate (`quality_gate: {min_confidence, max_redraws}`): score, redraw, or reject.
+"""The per-image quality gate (`quality_gate: {min_confidence, max_redraws}`) and the memorization gate.
 
 Each image is scored by the project's evaluator CNN (`models.evaluator`) as its softmax probability of the
-requested category (the model version's class index). Below `min_confidence` it is redrawn from the latent
-of (seed, index, redraw) for redraw = 1, 2, … `max_redraws` (`models.sampling.latents_for(redraws=...)`); an
-image still below the threshold after the last redraw is *rejected*: its row says so (status `rejected`,
-score, redraws) and no object is stored. Everything is a function of (model version, seed, index, category,
-gate) and the shipped evaluator on the CPU, so the same job twice gives the same scores, redraws and
-rejections.
+requested category (the model version's class index). When the model version has a memorization index
+(`models.memorization_index`, built at the end of training), an image whose evaluator features sit closer to
+a training image than the calibrated threshold is a *near copy* and fails the gate too, whatever its score
+(such model versions are gated on every job: `min_confidence` 0 and 3 redraws unless the job says more).
+A failed image is redrawn from the latent of (seed, index, redraw) for redraw = 1, 2, … `max_redraws`
+(`models.sampling.latents_for(redraws=...)`); an image that still fails after the last redraw is
+*rejected*: its row says so (status `rejected`, score, redraws, and the reason) and no object is stored.
+Everything is a function of (model version, seed, index, category, gate) and the shipped evaluator on the
+CPU, so the same job twice gives the same scores, redraws and rejections.
 """
 
 from __future__ import annotations
@@ -23,8 +26,20 @@ from workers.generator_cache import GeneratorLike
 from workers.pixels import render_pixels
 
 GATE_OPTION = "quality_gate"
+DEFAULT_REDRAWS = 3
+NEAR_COPY_ERROR = "near copy of a training image (memorization gate)"
+LOW_SCORE_ERROR = "below the quality gate's min_confidence after every redraw"
 
-Scorer = Callable[[np.ndarray, int], np.ndarray]  # (pixels (B, H, W, C) uint8, class index) -> scores (B,)
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """A batch's evaluator confidence for the requested category, and which images are near copies."""
+
+    confidence: np.ndarray  # (B,) float64
+    near_copy: np.ndarray  # (B,) bool
+
+
+Scorer = Callable[[np.ndarray, int], Scores]  # (pixels (B, H, W, C) uint8, class index) -> Scores
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,24 +52,25 @@ class GateSettings:
 
 @dataclass(frozen=True, slots=True)
 class GatedImage:
-    """One image after the gate: its final pixels (None when rejected), score and redraw number."""
+    """One image after the gate: its final pixels (None when rejected), score, redraw number and reason."""
 
     index: int
     pixels: np.ndarray | None
     score: float | None  # None when the job has no gate
     redraws: int
+    error: str | None = None
 
     @property
     def rejected(self) -> bool:
-        """True when every draw scored below the threshold."""
+        """True when every draw failed the gate."""
         return self.pixels is None
 
 
-def gate_settings(options: Mapping[str, Any]) -> GateSettings | None:
-    """The gate a job's options ask for (validated at planning), or None."""
+def gate_settings(options: Mapping[str, Any], *, memorization_index: bool = False) -> GateSettings | None:
+    """The gate a job runs under: its `quality_gate` option, a memorization-only gate, or None."""
     gate = options.get(GATE_OPTION)
     if not gate:
-        return None
+        return GateSettings(0.0, DEFAULT_REDRAWS) if memorization_index else None
     try:
         return GateSettings(float(gate["min_confidence"]), int(gate["max_redraws"]))
     except (KeyError, TypeError, ValueError) as exc:
@@ -63,16 +79,19 @@ def gate_settings(options: Mapping[str, Any]) -> GateSettings | None:
         ) from exc
 
 
-def evaluator_scorer() -> Scorer:
-    """Score with the shipped evaluator (CPU, loaded and verified once per process)."""
+def evaluator_scorer(index: Any | None = None) -> Scorer:
+    """Score with the shipped evaluator (CPU, loaded once per process); near copies from `index` when given."""
     from models.evaluator import default_evaluator, embed
 
     model = default_evaluator()
 
-    def score(pixels: np.ndarray, class_index: int) -> np.ndarray:
-        _, logits = embed(model, pixels)  # (B, 10) float64
+    def score(pixels: np.ndarray, class_index: int) -> Scores:
+        features, logits = embed(model, pixels)  # (B, 128), (B, 10) float64
         probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-        return np.asarray(probabilities[:, class_index], dtype=np.float64)
+        near = index.near_copies(features) if index is not None else np.zeros(len(pixels), dtype=bool)
+        return Scores(
+            np.asarray(probabilities[:, class_index], dtype=np.float64), np.asarray(near, dtype=bool)
+        )
 
     return score
 
@@ -87,23 +106,34 @@ def apply_gate(
     indices: Sequence[int],
     pixels: np.ndarray,
 ) -> list[GatedImage]:
-    """Score a batch; redraw the images below the threshold round by round; reject what never passes."""
+    """Score a batch; redraw the images that fail round by round; reject what never passes."""
     current = [np.asarray(row) for row in pixels]
-    scores = [float(value) for value in scorer(np.asarray(pixels), class_index)]
+    first = scorer(np.asarray(pixels), class_index)
+    scores = [float(value) for value in first.confidence]
+    near = [bool(value) for value in first.near_copy]
     redraws = [0] * len(indices)
-    failing = [row for row, value in enumerate(scores) if value < gate.min_confidence]
+
+    def fails(row: int) -> bool:
+        return near[row] or scores[row] < gate.min_confidence
+
+    failing = [row for row in range(len(indices)) if fails(row)]
     for redraw in range(1, gate.max_redraws + 1):
         if not failing:
             break
         redrawn = render_pixels(
             generator, seed, class_index, [indices[row] for row in failing], redraws=[redraw] * len(failing)
         )  # (F, H, W, C)
-        new_scores = scorer(redrawn, class_index)
+        again = scorer(redrawn, class_index)
         for position, row in enumerate(failing):
-            current[row], scores[row], redraws[row] = redrawn[position], float(new_scores[position]), redraw
-        failing = [row for row in failing if scores[row] < gate.min_confidence]
+            current[row], redraws[row] = redrawn[position], redraw
+            scores[row], near[row] = float(again.confidence[position]), bool(again.near_copy[position])
+        failing = [row for row in failing if fails(row)]
     rejected = set(failing)
     return [
-        GatedImage(index, None if row in rejected else current[row], scores[row], redraws[row])
+        GatedImage(index, current[row], scores[row], redraws[row])
+        if row not in rejected
+        else GatedImage(
+            index, None, scores[row], redraws[row], NEAR_COPY_ERROR if near[row] else LOW_SCORE_ERROR
+        )
         for row, index in enumerate(indices)
     ]
