@@ -172,6 +172,14 @@ def read_checkpoint_uri(uri: str, store_url: str) -> bytes:
     help="Also check for copies of training images (embeds all 60,000 train images first).",
 )
 @click.option(
+    "--closest-pairs",
+    "closest_pairs",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --memorization: write a PNG of the 16 generated images nearest the training set (top) over "
+    "their nearest training images (bottom).",
+)
+@click.option(
     "--record",
     is_flag=True,
     help="Store the metrics in the registry row of MODEL (a `name@version` reference) for promotion gates.",
@@ -192,6 +200,7 @@ def evaluate(
     no_calibration: bool,
     data_root: Path,
     memorization: bool,
+    closest_pairs: Path | None,
     record: bool,
     as_json: bool,
     out: Path | None,
@@ -225,6 +234,11 @@ def evaluate(
     cas_config = None if no_cas else CasConfig()
     reference = real_test_reference(data_root)
     train_features = real_train_features(data_root) if memorization else None
+    train_images = None
+    if memorization and closest_pairs is not None:
+        from models.data.fashion_mnist import load_fashion_mnist
+
+        train_images = load_fashion_mnist(data_root, "train")[0]
     report = evaluate_generator(
         generator,
         samples,
@@ -233,6 +247,8 @@ def evaluate(
         reference=reference,
         cas_config=cas_config,
         train_features=train_features,
+        train_images=train_images,
+        closest_pairs_path=closest_pairs,
     )
     calibration = (
         None
@@ -293,6 +309,7 @@ def print_report_table(reports: list[EvaluationReport]) -> None:
     if any(r.memorization_copy_fraction is not None for r in reports):
         rows.append(("copies of train images", lambda r: _optional(r.memorization_copy_fraction)))
         rows.append(("nearest-train distance ratio", lambda r: _optional(r.memorization_median_ratio)))
+        rows.append(("near copies (memorization gate)", lambda r: _optional(r.near_copy_rate)))
     for name, cell in rows:
         table.add_row(name, *(cell(r) for r in reports))
     console = Console()

@@ -65,6 +65,8 @@ class EvaluationReport:
     intra_class_ssim: float  # mean over categories of the mean pairwise SSIM (high = collapse)
     memorization_copy_fraction: float | None = None  # ≈ 0.01 for fresh real data, → 1 for copies
     memorization_median_ratio: float | None = None  # < 1: nearer the training set than fresh real data
+    near_copy_rate: float | None = None  # share below the memorization gate's threshold (0.1 % of real test)
+    closest_pairs_png: str | None = None  # where the closest generated/training pairs were drawn
     per_class_accuracy: dict[str, float] = field(default_factory=dict)
     per_class_ssim: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -156,11 +158,15 @@ def evaluate_images(
     kid_subsets: int = 100,
     class_names: Sequence[str] = CATEGORIES,
     train_features: np.ndarray | None = None,
+    train_images: np.ndarray | None = None,
+    closest_pairs_path: Path | None = None,
 ) -> EvaluationReport:
     """Every metric for uint8 `images` that were requested as `labels`; `cas_config=None` skips CAS.
 
     With `train_features` (the evaluator's features of the generator's training images) the
-    memorization check runs too, with the reference (real test) as the held-out set.
+    memorization check runs too, with the reference (real test) as the held-out set, and the near-copy
+    rate under the memorization gate's threshold; with `train_images` and `closest_pairs_path` as well, a
+    PNG of the generated images nearest the training set over their nearest training images.
     """
     started = time.perf_counter()
     evaluator = evaluator or default_evaluator()
@@ -183,6 +189,9 @@ def evaluate_images(
         else classification_accuracy_score(images, labels, reference.images, reference.labels, cas_config)
     )
     copies = None if train_features is None else memorization(features, train_features, reference.features)
+    near_copies, pairs_path = _near_copies(
+        images, features, reference.features, train_features, train_images, closest_pairs_path
+    )
     return EvaluationReport(
         source=source,
         samples_per_class=samples_per_class,
@@ -197,12 +206,35 @@ def evaluate_images(
         intra_class_ssim=float(np.mean(list(ssim_by_class.values()))) if ssim_by_class else float("nan"),
         memorization_copy_fraction=None if copies is None else copies.copy_fraction,
         memorization_median_ratio=None if copies is None else copies.median_ratio,
+        near_copy_rate=near_copies,
+        closest_pairs_png=pairs_path,
         per_class_accuracy=per_class_accuracy(logits, labels, class_names),
         per_class_ssim=ssim_by_class,
         warnings=_ssim_warnings(ssim_by_class),
         seed=seed,
         seconds=time.perf_counter() - started,
     )
+
+
+def _near_copies(
+    images: np.ndarray,
+    features: np.ndarray,
+    held_out_features: np.ndarray,
+    train_features: np.ndarray | None,
+    train_images: np.ndarray | None,
+    closest_pairs_path: Path | None,
+) -> tuple[float | None, str | None]:
+    """The near-copy rate under the gate's calibrated threshold, and the closest-pairs PNG when asked for."""
+    if train_features is None:
+        return None, None
+    from models.memorization_index import build_index, closest_pairs_png, near_copy_rate
+
+    index = build_index(train_features, held_out_features)
+    if train_images is None or closest_pairs_path is None:
+        return near_copy_rate(index, features), None
+    closest_pairs_path.parent.mkdir(parents=True, exist_ok=True)
+    closest_pairs_path.write_bytes(closest_pairs_png(images, train_images, index, features, pairs=16))
+    return near_copy_rate(index, features), str(closest_pairs_path)
 
 
 def evaluate_generator(
@@ -216,6 +248,8 @@ def evaluate_generator(
     evaluator: EvaluatorCNN | None = None,
     cas_config: CasConfig | None = CasConfig(),
     train_features: np.ndarray | None = None,
+    train_images: np.ndarray | None = None,
+    closest_pairs_path: Path | None = None,
 ) -> EvaluationReport:
     """Sample `samples_per_class` images per category from `generator` and measure them against real test.
 
@@ -241,6 +275,8 @@ def evaluate_generator(
         cas_config=cas_config,
         seed=seed,
         train_features=train_features,
+        train_images=train_images,
+        closest_pairs_path=closest_pairs_path,
     )
     report.seconds = time.perf_counter() - started
     return report

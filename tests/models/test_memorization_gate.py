@@ -122,3 +122,29 @@ def test_the_training_hook_stores_an_index_next_to_the_generator(tmp_path: Path)
     index = MemorizationIndex.from_bytes(data)
     assert entry["uri"] == store.uri(f"models/x/run/{INDEX_FILE_NAME}") and entry["train_images"] == 76
     assert entry["sha256"] == hashlib.sha256(data).hexdigest() and index.threshold == entry["threshold"] > 0
+
+
+def test_the_evaluation_report_gives_the_near_copy_rate_and_the_closest_pairs_png(
+    train_subset: np.ndarray, fashion_train: Split, tmp_path: Path
+) -> None:
+    # Given 200 images that are training images (a memorizer's output) with their labels
+    from models.evaluation import evaluate_images
+
+    copies, labels = train_subset[:200], fashion_train[1][::12][:200]
+    evaluator = default_evaluator()
+    # When they are evaluated with the training set's features and images
+    report = evaluate_images(
+        copies,
+        labels,
+        source="memorizer",
+        samples_per_class=20,
+        cas_config=None,
+        train_features=embed(evaluator, train_subset)[0],
+        train_images=train_subset,
+        closest_pairs_path=tmp_path / "closest-pairs.png",
+    )
+    # Then the report flags every image as a near copy and points at the closest-pairs sheet
+    assert report.near_copy_rate == 1.0
+    assert report.closest_pairs_png == str(tmp_path / "closest-pairs.png")
+    assert PILImage.open(tmp_path / "closest-pairs.png").format == "PNG"
+    assert report.to_dict()["near_copy_rate"] == 1.0
