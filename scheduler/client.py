@@ -80,6 +80,8 @@ class Job:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     replayed: bool = False
+    items_skipped_existing: int = 0  # items an earlier job already delivered (client_item_id)
+    images_skipped_existing: int = 0
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -104,6 +106,8 @@ class Job:
             images_rejected=counts.get("images_rejected", 0),
             chunks_total=counts.get("chunks_total", 0),
             chunks_finished=counts.get("chunks_finished", 0),
+            items_skipped_existing=counts.get("items_skipped_existing", 0),
+            images_skipped_existing=counts.get("images_skipped_existing", 0),
             progress=body.get("progress", 0.0),
             eta_seconds=body.get("eta_seconds"),
             cancel_requested=body.get("cancel_requested", False),
@@ -290,8 +294,14 @@ class Client:
         webhook_url: str | None = None,
         chunk_size: int | None = None,
         idempotency_key: str | None = None,
+        output_format: str | None = None,
+        quality_gate: Mapping[str, Any] | None = None,
     ) -> Job:
         """Submit a job from inline `items`, an uploaded `manifest` file (CSV, JSONL, Parquet) or an `s3://` URI.
+
+        `output_format`: png (default), webp or tar (WebDataset shards); `quality_gate`:
+        `{"min_confidence": 0.6, "max_redraws": 3}`. Items may carry `client_item_id`: with a `seed`, items
+        already delivered with the same settings are skipped (`Job.items_skipped_existing` says how many).
 
         Sends `Idempotency-Key` (a fresh one unless given): retrying the same call returns the same job,
         marked `replayed=True`.
@@ -305,6 +315,8 @@ class Client:
                 "manifest_uri": manifest_uri,
                 "webhook_url": webhook_url,
                 "chunk_size": chunk_size,
+                "output_format": output_format,
+                "quality_gate": dict(quality_gate) if quality_gate is not None else None,
             }.items()
             if value is not None
         }
