@@ -4,7 +4,8 @@ CataloganError (db.errors)
 └── WorkerError           raised by workers/
     ├── InjectedFaultError a test-only fault (CATALOGAN_TEST_FAULTS=1 and a job option asked for it)
     ├── WorkerConfigError  the worker cannot start as configured (device, queues)
-    └── ProvenanceError    a file to verify carries no (or unreadable) catalogan provenance
+    ├── ProvenanceError    a file to verify carries no (or unreadable) catalogan provenance
+    └── PreviewRequestError a preview task's argument breaks the worker contract (count, key_prefix, model)
 """
 
 from __future__ import annotations
@@ -26,3 +27,7 @@ class WorkerConfigError(WorkerError, ValueError):
 
 class ProvenanceError(WorkerError, ValueError):
     """Raised when a file to verify is not a catalogan image or its provenance is missing or unreadable."""
+
+
+class PreviewRequestError(WorkerError, ValueError):
+    """Raised when a `catalogan.generate_preview` argument breaks the contract (fields, count, key_prefix)."""

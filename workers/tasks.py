@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 from db.messaging import FINALIZE_JOB_TASK, GENERATE_CHUNK_TASK, CeleryPublisher
 
+# The API sends this name (scheduler.previews.PREVIEW_TASK; a test checks they agree).
+PREVIEW_TASK = "catalogan.generate_preview"
+
 
 def register_tasks(app: Celery) -> None:
-    """Register `generate_chunk` and `finalize_job` on `app` under their contract names."""
+    """Register `generate_chunk`, `finalize_job` and `generate_preview` on `app` under their contract names."""
     publisher = CeleryPublisher(app)
 
     @app.task(name=GENERATE_CHUNK_TASK, ignore_result=True)
@@ -26,3 +31,16 @@ def register_tasks(app: Celery) -> None:
         context = get_context(publisher)
         status = finalize_job(context.session_factory, context.store, str(job_id))
         return status.value if status is not None else None
+
+    @app.task(name=PREVIEW_TASK, ignore_result=True)
+    def generate_preview_task(request: dict[str, Any]) -> None:
+        from workers.context import get_context
+        from workers.previews import generate_preview
+
+        context = get_context(publisher)
+        generate_preview(
+            request,
+            session_factory=context.session_factory,
+            store=context.store,
+            generators=context.generators,
+        )
