@@ -20,8 +20,8 @@ Guarantees:
   model version whose image `i` is of this category (the first item of a job starts at index 0) and that
   the job's quality gate accepted at its first draw (previews are not gated; a redrawn job image differs).
 - files: PNGs encoded by `workers.encoding.encode_with_digest` with the same provenance fields as a job's,
-  `job_id` being `preview-<preview_id>`: the bytes differ from the job's only in that field. The same
-  request (same preview id, seed, model version) gives the same bytes.
+  `job_id` being the constant `preview`: the bytes differ from the job's PNG only in that field, and two
+  previews with the same model version, category and seed give byte-identical files (same sha256).
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ RESULT_NAME = "result.json"
 PREVIEW_FORMAT = "png"
 MAX_PREVIEW_IMAGES = 8
 MAX_SEED = 2**63 - 1  # the API's bound (scheduler.api.schemas.MAX_SEED)
-PREVIEW_JOB_PREFIX = "preview-"  # provenance job_id of a preview image: "preview-<preview_id>"
+# Provenance job_id of every preview image: not a job, and the same for every preview, so the same
+# (model version, seed, category, index) always gives the same file bytes and sha256.
+PREVIEW_JOB_ID = "preview"
 # One path segment: no "/", no "..", nothing a store could read as a different key.
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -153,7 +155,7 @@ def _render(
         provenance = Provenance(
             model_version=f"{model.name}@{model.version}",
             checkpoint_sha256=checkpoint_sha,
-            job_id=f"{PREVIEW_JOB_PREFIX}{request.preview_id}",
+            job_id=PREVIEW_JOB_ID,
             index=index,
             seed=request.seed,
             category=request.category,

@@ -14,7 +14,6 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.errors import ObjectNotFoundError
 from db.pipeline_settings import WorkerSettings
 from db.planning import parse_job_spec, submit_job
 from db.storage import ObjectStore
@@ -220,22 +219,33 @@ def test_preview_images_are_the_pixels_a_job_with_the_same_seed_delivers(
         info = PILImage.open(io.BytesIO(data)).info
         assert info["catalogan:model_version"] == "tiny@1" and info["catalogan:seed"] == "11"
         assert info["catalogan:index"] == str(index) and info["catalogan:category"] == "b"
-        assert info["catalogan:job_id"] == "preview-p1"
+        assert info["catalogan:job_id"] == "preview"
         assert IPTC_TRAINED_ALGORITHMIC_MEDIA in info["XML:com.adobe.xmp"]
 
 
-def test_the_same_request_twice_gives_the_same_bytes(
+def test_two_previews_with_the_same_seed_give_the_same_bytes(
     session_factory: sessionmaker[Session],
     local_store: ObjectStore,
     generators: GeneratorCache,
     model: ModelVersion,
 ) -> None:
-    """Given one preview request, when it runs twice (a redelivered task), then the files are byte-identical."""
+    """Given two previews (different ids) of the same model, category and seed, when both run,
+    then their files are byte-identical, and a third with another seed differs."""
     first = _run(_request(model), session_factory, local_store, generators)
-    first_bytes = [local_store.get(image["key"]) for image in first["images"]]
-    local_store.delete("t1/previews/p1/result.json")
-    with pytest.raises(ObjectNotFoundError):
-        local_store.get("t1/previews/p1/result.json")
-    second = _run(_request(model), session_factory, local_store, generators)
-    assert second == first
-    assert [local_store.get(image["key"]) for image in second["images"]] == first_bytes
+    second = _run(
+        _request(model, preview_id="p2", key_prefix="t1/previews/p2"),
+        session_factory,
+        local_store,
+        generators,
+    )
+    other = _run(
+        _request(model, preview_id="p3", key_prefix="t1/previews/p3", seed=12),
+        session_factory,
+        local_store,
+        generators,
+    )
+    assert [image["sha256"] for image in second["images"]] == [image["sha256"] for image in first["images"]]
+    assert [local_store.get(image["key"]) for image in second["images"]] == [
+        local_store.get(image["key"]) for image in first["images"]
+    ]
+    assert other["images"][0]["sha256"] != first["images"][0]["sha256"]
