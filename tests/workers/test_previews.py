@@ -14,6 +14,7 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.messaging import INTERACTIVE_QUEUE
 from db.pipeline_settings import WorkerSettings
 from db.planning import parse_job_spec, submit_job
 from db.storage import ObjectStore
@@ -249,3 +250,11 @@ def test_two_previews_with_the_same_seed_give_the_same_bytes(
         local_store.get(image["key"]) for image in first["images"]
     ]
     assert other["images"][0]["sha256"] != first["images"][0]["sha256"]
+
+
+def test_a_worker_started_without_queues_consumes_the_interactive_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given no CATALOGAN_QUEUES, when `catalogan worker` reads its settings, then previews' queue is among them."""
+    monkeypatch.delenv("CATALOGAN_QUEUES", raising=False)
+    assert INTERACTIVE_QUEUE in WorkerSettings().queue_names
