@@ -20,6 +20,7 @@ from tests.pipeline import job_row, make_model_version, make_tenant, tiny_checkp
 from workers.chunk_generation import ChunkContext, ChunkOutcome, generate_chunk
 from workers.finalize import finalize_job
 from workers.generator_cache import GeneratorCache
+from workers.shards import read_shard
 from workers.verification import read_provenance, verify_file
 
 # The tiny random generator's images score about 0.03 for category "a": 0.036 is a high bar for it.
@@ -153,3 +154,33 @@ def test_a_gate_outside_its_bounds_is_refused_at_planning() -> None:
     ):
         with pytest.raises(PlanningError, match=f"quality_gate.{field}"):
             parse_job_spec({"items": [{"category": "a", "count": 1}], "quality_gate": gate})
+
+
+def test_a_gated_tar_job_shards_only_the_accepted_images(context: ChunkContext, model: ModelVersion) -> None:
+    # Given a gated 30-image tar job (shards of 16)
+    job_id = _run(
+        context,
+        model,
+        {
+            "model": "tiny",
+            "items": [{"category": "a", "count": 30}],
+            "seed": 42,
+            "chunk_size": 16,
+            "output_format": "tar",
+            "quality_gate": HIGH_GATE,
+        },
+    )
+    # When its shards are read
+    job = job_row(context.session_factory, job_id)
+    prefix = f"{job.tenant_id}/jobs/{job_id}/shards/"
+    members = [
+        name
+        for info in context.store.list(prefix)
+        if info.key.endswith(".tar")
+        for name, _ in read_shard(context.store.get(info.key))
+    ]
+    # Then they hold one PNG + JSON pair per accepted image, none for the rejected ones
+    accepted = [row[0] for row in _outcome(context, job_id) if row[1] is ImageStatus.SUCCEEDED]
+    assert job.images_rejected > 0 and job.images_done == len(accepted)
+    assert sorted(name for name in members if name.endswith(".png")) == [f"{i:08d}.png" for i in accepted]
+    assert len(members) == 2 * len(accepted)
