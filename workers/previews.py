@@ -20,8 +20,11 @@ Guarantees:
   model version whose image `i` is of this category (the first item of a job starts at index 0) and that
   the job's quality gate accepted at its first draw (previews are not gated; a redrawn job image differs).
 - files: PNGs encoded by `workers.encoding.encode_with_digest` with the same provenance fields as a job's,
-  `job_id` being the constant `preview`: the bytes differ from the job's PNG only in that field, and two
-  previews with the same model version, category and seed give byte-identical files (same sha256).
+  `job_id` being the constant `preview`: the bytes differ from the job's PNG only in that field (and `sku`,
+  for an item with one), and two previews with the same model version, category and seed give
+  byte-identical files (same sha256).
+- devices: "equal" holds on the same kind of device (the generator runs bf16 autocast on CUDA): a preview
+  answered by a GPU worker may differ in a few pixel values from a job image rendered on a CPU worker.
 """
 
 from __future__ import annotations
