@@ -23,8 +23,8 @@ Guarantees:
   `job_id` being the constant `preview`: the bytes differ from the job's PNG only in that field (and `sku`,
   for an item with one), and two previews with the same model version, category and seed give
   byte-identical files (same sha256).
-- devices: "equal" holds on the same kind of device (the generator runs bf16 autocast on CUDA): a preview
-  answered by a GPU worker may differ in a few pixel values from a job image rendered on a CPU worker.
+- devices: "equal" is tested on CPU workers. On CUDA (bf16 autocast, and one batch of `count` images where
+  a chunk batches by `batch_size`) a few pixel values may differ; not measured on a GPU.
 """
 
 from __future__ import annotations
