@@ -28,3 +28,22 @@ def test_the_app_sdk_and_cli_modules_import_no_torch(tmp_path: object) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_every_scheduler_module_imports_on_its_own_in_a_fresh_interpreter() -> None:
+    """Given each module of the scheduler package, when it is the first thing a fresh interpreter imports,
+    then it loads (no import cycle hides behind the order in which the app imports them)."""
+    import pkgutil
+
+    import scheduler
+
+    names = sorted(info.name for info in pkgutil.walk_packages(scheduler.__path__, "scheduler."))
+    probe = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    failures = []
+    for name in names:
+        result = subprocess.run(
+            [sys.executable, "-c", probe, name], capture_output=True, text=True, timeout=120
+        )
+        if result.returncode != 0:
+            failures.append(f"{name}: {result.stderr.strip().splitlines()[-1]}")
+    assert failures == []

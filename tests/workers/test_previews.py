@@ -62,7 +62,6 @@ def _run(
 
 def test_the_worker_registers_the_task_name_the_api_sends() -> None:
     """Given the API's and the worker's task names, then they are the contract's one name."""
-    import scheduler.api  # noqa: F401  (scheduler.previews alone hits an import cycle through scheduler.api)
     from scheduler.previews import PREVIEW_TASK as API_PREVIEW_TASK
 
     assert PREVIEW_TASK == API_PREVIEW_TASK == "catalogan.generate_preview"
