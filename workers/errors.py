@@ -5,7 +5,8 @@ CataloganError (db.errors)
     ├── InjectedFaultError a test-only fault (CATALOGAN_TEST_FAULTS=1 and a job option asked for it)
     ├── WorkerConfigError  the worker cannot start as configured (device, queues)
     ├── ProvenanceError    a file to verify carries no (or unreadable) catalogan provenance
-    └── PreviewRequestError a preview task's argument breaks the worker contract (count, key_prefix, model)
+    ├── PreviewRequestError a preview task's argument breaks the worker contract (count, key_prefix, model)
+    └── CheckpointMismatchError a checkpoint's bytes are not the ones its model version registered
 """
 
 from __future__ import annotations
@@ -31,3 +32,7 @@ class ProvenanceError(WorkerError, ValueError):
 
 class PreviewRequestError(WorkerError, ValueError):
     """Raised when a `catalogan.generate_preview` argument breaks the contract (fields, count, key_prefix)."""
+
+
+class CheckpointMismatchError(WorkerError):
+    """Raised when a checkpoint's sha256 differs from its model version's registered one (never generate from it)."""

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from db.errors import StorageError
 from db.storage import ObjectStore, open_store
+from workers.errors import CheckpointMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +84,10 @@ class GeneratorCache:
             data = read_checkpoint(self.store, model_version.checkpoint_uri)
             digest = hashlib.sha256(data).hexdigest()
             if model_version.checkpoint_sha256 and digest != model_version.checkpoint_sha256:
-                logger.warning(
-                    "model version %s: checkpoint sha256 %s differs from the registered %s",
-                    model_version.id,
-                    digest,
-                    model_version.checkpoint_sha256,
+                # Images carry the registered sha256 as provenance: generating from other bytes would lie.
+                raise CheckpointMismatchError(
+                    f"model version {model_version.id}: checkpoint {model_version.checkpoint_uri} has sha256 "
+                    f"{digest}, the registry says {model_version.checkpoint_sha256}"
                 )
             generator = self.loader(data, self.device)
             self._entries[model_version.id] = generator
