@@ -110,7 +110,9 @@ def make_celery_app(broker: BrokerSettings, data: DataSettings, *, main: str = "
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,
-        worker_enable_remote_control=False,
+        # Remote control (pidbox) lets `catalogan workers` ping idle workers; the folder transport has no
+        # broadcast, so the embedded stack keeps it off.
+        worker_enable_remote_control=not broker.embedded,
         broker_connection_timeout=5,
     )
     return app

@@ -212,3 +212,33 @@ def test_sigterm_releases_the_running_chunk_at_once(stack: PipelineStack) -> Non
     job = stack.wait_terminal(job_id)
     assert (job.status, job.images_done) == (JobStatus.SUCCEEDED, 2000)
     _assert_complete_and_exact(stack, job_id, 2000)
+
+
+def test_catalogan_workers_lists_an_idle_worker_that_answers_a_ping(stack: PipelineStack) -> None:
+    """Given a `catalogan worker` on Redis with nothing to do, when an operator runs `catalogan workers --json`,
+    then the idle worker is listed as answering a ping (it holds no lease, so SQL alone could not show it)."""
+    import json
+    import subprocess
+    import sys
+
+    worker = stack.start("worker", name="idle")
+    seen: list[dict[str, object]] = []
+
+    def listed() -> bool:
+        result = subprocess.run(
+            [sys.executable, "-c", "from scheduler.cli import main; main()", "workers", "--json"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        seen[:] = json.loads(result.stdout)["workers"]
+        return bool(seen)
+
+    try:
+        wait_for(listed, timeout=90, interval=1, what="the idle worker to answer a ping")
+    finally:
+        worker.stop()
+    assert [row["ping"] for row in seen] == ["ok"]
+    assert not seen[0]["chunks"]
