@@ -80,7 +80,7 @@ def register_version(
     Without an explicit `version` the next free number is taken; a concurrent registration of the same
     name that wins the number makes this one retry with the next.
     """
-    for _ in range(REGISTER_ATTEMPTS - 1):
+    for attempt in range(1, REGISTER_ATTEMPTS + 1):
         try:
             return _insert_version(
                 session_factory,
@@ -95,20 +95,9 @@ def register_version(
                 version,
             )
         except ConflictError:
-            if version is not None:
+            if version is not None or attempt == REGISTER_ATTEMPTS:
                 raise
-    return _insert_version(
-        session_factory,
-        name,
-        preset,
-        checkpoint_uri,
-        checkpoint_sha256,
-        model_config,
-        data_fingerprint,
-        metrics,
-        status,
-        version,
-    )
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _insert_version(
