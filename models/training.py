@@ -54,6 +54,8 @@ SAMPLE_SEED = 20_240_601  # fixed, so grids of successive checkpoints show the s
 MASK_63_BITS = (1 << 63) - 1
 
 ReportFn = Callable[[dict[str, Any], bytes | None], None]
+StepFn = Callable[[int], None]  # called with the number of steps done, e.g. to time them
+TrainLoopFn = Callable[[dict[str, Any]], None]  # Ray Train's train_loop_per_worker
 
 
 @dataclass(frozen=True)
@@ -307,10 +309,13 @@ def run_worker(
     device: torch.device | None = None,
     report: ReportFn | None = None,
     log: Callable[[str], None] = print,
+    on_step: StepFn | None = None,
 ) -> WorkerState:
     """Train one rank from step 0 (or the run's latest checkpoint when resuming) to `request.steps`.
 
     Works without Ray (world 1) and under Ray Train (a torch process group already initialised).
+    `on_step(steps_done)` runs at the end of every step, after its checkpoint and report if it had one
+    (`bench/bench_train.py` times steps with it).
     """
     device = device or torch.device("cpu")
     preset = get_preset(request.preset)
@@ -375,6 +380,8 @@ def run_worker(
             )
             if report is not None:
                 report(metrics, data_bytes)
+        if on_step is not None:
+            on_step(state.step)
     return state
 
 
@@ -390,7 +397,7 @@ def ray_report(metrics: dict[str, Any], checkpoint_bytes: bytes | None) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+def train_loop_per_worker(config: dict[str, Any], on_step: StepFn | None = None) -> None:
     """Ray Train's entry point on each worker: parse the request, find rank and device, call `run_worker`."""
     import ray.train
     import ray.train.torch
@@ -404,6 +411,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         world=context.get_world_size(),
         device=device,
         report=ray_report,
+        on_step=on_step,
     )
 
 
@@ -433,15 +441,20 @@ def prepare_run(request: TrainRequest, store: ObjectStore) -> TrainRequest:
     return TrainRequest.from_dict({**request.to_dict(), "run": run})
 
 
-def fit_with_ray(request: TrainRequest, ray_storage: Path) -> RunResult:
-    """Run the request on a Ray `TorchTrainer` with W workers; return where the artefacts are."""
+def fit_with_ray(
+    request: TrainRequest, ray_storage: Path, train_loop: TrainLoopFn = train_loop_per_worker
+) -> RunResult:
+    """Run the request on a Ray `TorchTrainer` with W workers; return where the artefacts are.
+
+    `train_loop` is what each worker runs: `train_loop_per_worker`, or a wrapper of it (the benchmark's).
+    """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     store = open_store(request.out_url)
     request = prepare_run(request, store)
     trainer = TorchTrainer(
-        train_loop_per_worker=train_loop_per_worker,
+        train_loop_per_worker=train_loop,
         train_loop_config=request.to_dict(),
         scaling_config=ScalingConfig(num_workers=request.workers, use_gpu=request.use_gpu),
         run_config=RunConfig(
