@@ -1,22 +1,55 @@
-"""The shipped default model: registered once, as production, safely under concurrency."""
+"""The shipped default model: registered once, as production, safely under concurrency, with the memorization
+index of its training data (or, without that data, registered all the same and saying why it has none)."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.engine import make_engine, make_session_factory
 from db.status import ModelVersionStatus
 from db.storage import LocalStore
-from models.default_model import STORE_KEY, ensure_default_model, shipped_checkpoint_bytes
+from models.data.fashion_mnist import DEFAULT_ROOT, FILES
+from models.default_model import (
+    INDEX_KEY_PREFIX,
+    STORE_KEY,
+    ShippedIndexSpec,
+    ensure_default_model,
+    shipped_checkpoint_bytes,
+)
 from models.inference import load_generator
+from models.memorization_index import METRICS_KEY, MemorizationIndex
 from models.registry import get_version, list_versions
 from models.sampling import latents_for
 
+# Every 60th image of each split (1,000 train, 167 test): the real build path, a few seconds on a CPU.
+QUICK_INDEX = ShippedIndexSpec(every=60)
+
+
+@pytest.fixture
+def sqlite_session_factory(sqlite_url: str) -> Iterator[sessionmaker[Session]]:
+    """A session factory on a private SQLite file (the embedded default's database)."""
+    engine = make_engine(sqlite_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def quick_index(fashion_test: tuple[np.ndarray, np.ndarray]) -> ShippedIndexSpec:
+    """A small index of the installed Fashion-MNIST (skips without it locally, fails in CI)."""
+    return QUICK_INDEX
+
 
 def test_the_shipped_model_is_registered_once_as_production(
-    session_factory: sessionmaker[Session], local_store: LocalStore
+    session_factory: sessionmaker[Session], local_store: LocalStore, quick_index: ShippedIndexSpec
 ) -> None:
     # Given a fresh database and object store, When eight threads ensure the default model at once
     rows = []
@@ -24,7 +57,7 @@ def test_the_shipped_model_is_registered_once_as_production(
 
     def ensure() -> None:
         try:
-            rows.append(ensure_default_model(session_factory, local_store))
+            rows.append(ensure_default_model(session_factory, local_store, index=quick_index))
         except BaseException as exc:
             errors.append(exc)
 
@@ -44,9 +77,69 @@ def test_the_shipped_model_is_registered_once_as_production(
     assert row.checkpoint_sha256 == sha256 and row.checkpoint_uri == local_store.uri(STORE_KEY)
     assert local_store.get(STORE_KEY) == data
     assert row.data_fingerprint.startswith("sha256:") and len(row.categories) == 10
+    # And its memorization index was built once, stored next to the generator, and recorded in the row
+    entry = row.metrics[METRICS_KEY]
+    stored = [info.key for info in local_store.list(INDEX_KEY_PREFIX)]
+    assert stored == [entry["uri"].removeprefix(local_store.url.rstrip("/") + "/")]
+    payload = local_store.get(stored[0])
+    assert entry["sha256"] == hashlib.sha256(payload).hexdigest() and entry["train_images"] == 1000
+    assert MemorizationIndex.from_bytes(payload).threshold == entry["threshold"] > 0
     # And calling it again changes nothing
-    assert ensure_default_model(session_factory, local_store).id == row.id
+    assert ensure_default_model(session_factory, local_store, index=quick_index).metrics == row.metrics
     assert len(list_versions(session_factory)) == 1
+    assert len(list(local_store.list(INDEX_KEY_PREFIX))) == 1
+
+
+def test_without_the_dataset_it_registers_without_an_index_says_so_and_attaches_one_later(
+    sqlite_session_factory: sessionmaker[Session],
+    local_store: LocalStore,
+    quick_index: ShippedIndexSpec,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a machine without Debian's dataset-fashion-mnist
+    messages: list[str] = []
+    absent = ShippedIndexSpec(data_root=tmp_path / "no-dataset", every=60)
+    # When the default model is ensured
+    with caplog.at_level(logging.WARNING, logger="models.default_model"):
+        row = ensure_default_model(sqlite_session_factory, local_store, index=absent, notify=messages.append)
+    # Then it is registered as production all the same, without an index, and the caller is told why
+    assert row.status is ModelVersionStatus.PRODUCTION and METRICS_KEY not in row.metrics
+    assert list(local_store.list(INDEX_KEY_PREFIX)) == []
+    assert (
+        len(messages) == 1
+        and "not installed" in messages[0]
+        and "without a memorization index" in messages[0]
+    )
+    assert messages[0] in caplog.messages
+    # When the dataset is there on a later call, Then the same row gets its index
+    later = ensure_default_model(
+        sqlite_session_factory, local_store, index=quick_index, notify=messages.append
+    )
+    assert later.id == row.id and later.metrics[METRICS_KEY]["train_images"] == 1000
+    assert "memorization index stored" in messages[-1]
+
+
+def test_other_data_than_the_model_was_trained_on_is_not_indexed(
+    sqlite_session_factory: sessionmaker[Session],
+    local_store: LocalStore,
+    quick_index: ShippedIndexSpec,
+    tmp_path: Path,
+) -> None:
+    # Given a Fashion-MNIST folder whose train files are really the test split (another fingerprint)
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    for split, source in (("train", "test"), ("test", "test")):
+        for name, real in zip(FILES[split], FILES[source], strict=True):
+            (folder / name).symlink_to(DEFAULT_ROOT / real)
+    messages: list[str] = []
+    # When the default model is ensured from it
+    row = ensure_default_model(
+        sqlite_session_factory, local_store, index=ShippedIndexSpec(data_root=folder), notify=messages.append
+    )
+    # Then no index is built from the wrong data, and the message says so
+    assert METRICS_KEY not in row.metrics and list(local_store.list(INDEX_KEY_PREFIX)) == []
+    assert len(messages) == 1 and "is not the data the model was trained on" in messages[0]
 
 
 def test_the_shipped_generator_makes_distinct_images_per_category() -> None:
