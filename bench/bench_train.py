@@ -69,6 +69,8 @@ class StepTimer:
     window_end: float | None = None  # … and at the end of step `warmup + timed`
     step_seconds: list[float] = field(default_factory=list)  # each timed step's duration
     last_call: float | None = None  # time.perf_counter() of the previous call
+    cpu_start: float = 0.0  # time.process_time() (this process, all threads) at the window's start …
+    cpu_end: float = 0.0  # … and end
 
     def __post_init__(self) -> None:
         if self.warmup < 1 or self.timed < 1:
@@ -79,11 +81,11 @@ class StepTimer:
         if self.first_step_done_at is None:
             self.first_step_done_at = time.time()
         if steps_done == self.warmup:
-            self.window_start = now
+            self.window_start, self.cpu_start = now, time.process_time()
         elif self.warmup < steps_done <= self.warmup + self.timed and self.last_call is not None:
             self.step_seconds.append(now - self.last_call)
             if steps_done == self.warmup + self.timed:
-                self.window_end = now
+                self.window_end, self.cpu_end = now, time.process_time()
         self.last_call = now
 
     @property
@@ -106,6 +108,12 @@ class StepTimer:
         return self.timed / self.seconds
 
     @property
+    def cpu_ms_per_step(self) -> float:
+        """CPU time of the loop's process per timed step, in ms: the work done, whatever else ran."""
+        self.seconds  # noqa: B018 - raises when the window is incomplete
+        return (self.cpu_end - self.cpu_start) * 1000.0 / self.timed
+
+    @property
     def median_steps_per_s(self) -> float:
         """1 / the median timed step: less sensitive than the window to other processes taking the CPU."""
         return 1.0 / statistics.median(self.step_seconds)
@@ -124,6 +132,8 @@ class VariantResult:
     window_s: float
     steps_per_s: float
     median_steps_per_s: float  # 1 / median step duration
+    cpu_ms_per_step: float  # CPU time of the training process per step (the slowest rank's)
+    nice: int  # the training process's niceness
     startup_s: float  # from the call that starts it to the end of its first step (that step included)
     wall_s: float  # the whole call, start-up and the final checkpoint included
     load_before: float  # 1-minute load average before and after
@@ -153,6 +163,15 @@ def timed_steps_for(calibration_steps_per_s: float, target_seconds: float) -> in
 def plain_reference(results: list[VariantResult]) -> float:
     """Mean steps/s of the plain runs (before and after)."""
     return statistics.fmean(r.steps_per_s for r in results if r.name.startswith(PLAIN))
+
+
+def process_settings() -> dict[str, Any]:
+    """What decides this process's speed besides the code: torch threads, OMP_NUM_THREADS, niceness."""
+    return {
+        "threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+        "nice": os.nice(0),
+    }
 
 
 def load_average() -> float:
@@ -207,12 +226,7 @@ class TimedTrainLoop:
         timer = StepTimer(self.warmup, self.timed)
         train_loop_per_worker(config, on_step=timer)
         rank = ray.train.get_context().get_world_rank()
-        record = {
-            **asdict(timer),
-            "seconds": timer.seconds,
-            "threads": torch.get_num_threads(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
-        }
+        record = {**asdict(timer), "seconds": timer.seconds, **process_settings()}
         (self.folder / f"{self.tag}-rank{rank}.json").write_text(json.dumps(record))
 
 
@@ -237,17 +251,7 @@ def measure_plain(args: argparse.Namespace, data: TrainingData, name: str, timed
     load_before, started = load_average(), time.time()
     timer = StepTimer(args.warmup_steps, timed)
     plain_loop(args.preset, data, args.threads, args.warmup_steps + timed, timer)
-    return _result(
-        name,
-        1,
-        torch.get_num_threads(),
-        os.environ.get("OMP_NUM_THREADS", ""),
-        args,
-        timer,
-        started,
-        time.time(),
-        load_before,
-    )
+    return _result(name, 1, process_settings(), args, timer, started, time.time(), load_before)
 
 
 def measure_direct(args: argparse.Namespace, store_url: str, timed: int) -> VariantResult:
@@ -259,17 +263,7 @@ def measure_direct(args: argparse.Namespace, store_url: str, timed: int) -> Vari
     timer = StepTimer(args.warmup_steps, timed)
     steps = args.warmup_steps + timed + 1  # the final checkpoint falls after the window
     run_worker(train_request(args, store_url, "direct", 1, steps), log=lambda _line: None, on_step=timer)
-    return _result(
-        DIRECT,
-        1,
-        torch.get_num_threads(),
-        os.environ.get("OMP_NUM_THREADS", ""),
-        args,
-        timer,
-        started,
-        time.time(),
-        load_before,
-    )
+    return _result(DIRECT, 1, process_settings(), args, timer, started, time.time(), load_before)
 
 
 def measure_ray(
@@ -294,26 +288,17 @@ def measure_ray(
         window_start=slowest["window_start"],
         window_end=slowest["window_end"],
         step_seconds=slowest["step_seconds"],
+        cpu_start=slowest["cpu_start"],
+        cpu_end=slowest["cpu_end"],
     )
     name = RAY_1 if workers == 1 else RAY_2 if workers == 2 else f"Ray Train, {workers} workers"
-    return _result(
-        name,
-        workers,
-        int(slowest["threads"]),
-        str(slowest["omp_num_threads"]),
-        args,
-        timer,
-        started,
-        finished,
-        load_before,
-    )
+    return _result(name, workers, slowest, args, timer, started, finished, load_before)
 
 
 def _result(
     name: str,
     workers: int,
-    threads: int,
-    omp: str,
+    settings: dict[str, Any],
     args: argparse.Namespace,
     timer: StepTimer,
     started: float,
@@ -324,13 +309,15 @@ def _result(
     return VariantResult(
         name=name,
         workers=workers,
-        threads=threads,
-        omp_num_threads=omp,
+        threads=int(settings["threads"]),
+        omp_num_threads=str(settings["omp_num_threads"]),
         batch=get_preset(args.preset).train.batch_size,
         timed_steps=timer.timed,
         window_s=timer.seconds,
         steps_per_s=timer.steps_per_s,
         median_steps_per_s=timer.median_steps_per_s,
+        cpu_ms_per_step=timer.cpu_ms_per_step,
+        nice=int(settings["nice"]),
         startup_s=timer.first_step_done_at - started,
         wall_s=finished - started,
         load_before=load_before,
@@ -345,9 +332,9 @@ def variant_line(r: VariantResult) -> str:
     """One variant's figures on one line."""
     return (
         f"{r.name:<22} {r.steps_per_s:8.2f} steps/s (median step: {r.median_steps_per_s:.2f})  "
-        f"{r.images_per_s:9.0f} images/s  "
+        f"{r.images_per_s:9.0f} images/s  {r.cpu_ms_per_step:7.1f} CPU ms/step  "
         f"({r.timed_steps} steps in {r.window_s:.1f} s; {r.workers} × {r.threads} threads, "
-        f"OMP_NUM_THREADS={r.omp_num_threads or 'unset'}; start-up {r.startup_s:.1f} s, wall {r.wall_s:.1f} s; "
+        f"OMP_NUM_THREADS={r.omp_num_threads or 'unset'}, nice {r.nice}; start-up {r.startup_s:.1f} s, wall {r.wall_s:.1f} s; "
         f"load {r.load_before:.1f} → {r.load_after:.1f})"
     )
 
@@ -355,10 +342,11 @@ def variant_line(r: VariantResult) -> str:
 def summary_lines(results: list[VariantResult], ray_init_s: float) -> list[str]:
     """The figures as printed: one line per variant, then overhead, scaling and start-up."""
     reference = plain_reference(results)
-    median_reference = statistics.fmean(r.median_steps_per_s for r in results if r.name.startswith(PLAIN))
+    plains = [r for r in results if r.name.startswith(PLAIN)]
+    median_reference = statistics.fmean(r.median_steps_per_s for r in plains)
+    cpu_reference = statistics.fmean(r.cpu_ms_per_step for r in plains)
     by_name = {r.name: r for r in results}
     lines = [variant_line(r) for r in results]
-    plains = [r for r in results if r.name.startswith(PLAIN)]
     lines.append(
         f"plain reference: {reference:.2f} steps/s (mean of {' and '.join(f'{r.steps_per_s:.2f}' for r in plains)})"
     )
@@ -366,7 +354,8 @@ def summary_lines(results: list[VariantResult], ray_init_s: float) -> list[str]:
         if name in by_name:
             lines.append(
                 f"overhead of {name}: {overhead(reference, by_name[name].steps_per_s):+.1%} vs plain "
-                f"(by median step: {overhead(median_reference, by_name[name].median_steps_per_s):+.1%})"
+                f"(by median step: {overhead(median_reference, by_name[name].median_steps_per_s):+.1%}; "
+                f"by CPU time per step: {overhead(by_name[name].cpu_ms_per_step, cpu_reference):+.1%})"
             )
     if RAY_1 in by_name and RAY_2 in by_name:
         one, two = by_name[RAY_1], by_name[RAY_2]
@@ -381,8 +370,9 @@ def summary_lines(results: list[VariantResult], ray_init_s: float) -> list[str]:
 def markdown_report(results: list[VariantResult], ray_init_s: float, meta: dict[str, Any]) -> str:
     """The report: the setup, a table per variant and the summary lines."""
     rows = "\n".join(
-        f"| {r.name} | {r.workers} | {r.threads} | {r.omp_num_threads or 'unset'} | {r.batch * r.workers} | "
-        f"{r.timed_steps} | {r.window_s:.1f} | {r.steps_per_s:.2f} | {r.median_steps_per_s:.2f} | {r.images_per_s:.0f} | {r.startup_s:.1f} | "
+        f"| {r.name} | {r.workers} × {r.threads} | {r.omp_num_threads or 'unset'} | {r.nice} | "
+        f"{r.batch * r.workers} | {r.timed_steps} | {r.window_s:.1f} | {r.steps_per_s:.2f} | "
+        f"{r.median_steps_per_s:.2f} | {r.cpu_ms_per_step:.1f} | {r.images_per_s:.0f} | {r.startup_s:.1f} | "
         f"{r.wall_s:.1f} |"
         for r in results
     )
@@ -391,9 +381,9 @@ def markdown_report(results: list[VariantResult], ray_init_s: float, meta: dict[
     return (
         "# Training step rate: plain loop vs Ray Train\n\n"
         f"{setup}\n\n"
-        "| variant | workers | threads/worker | OMP_NUM_THREADS | global batch | timed steps | window s | "
-        "steps/s | steps/s by median step | images/s | start-up s | wall s |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| variant | workers × threads | OMP_NUM_THREADS | nice | global batch | timed steps | window s | "
+        "steps/s | steps/s by median step | CPU ms/step | images/s | start-up s | wall s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         f"{rows}\n\n```\n{summary}\n```\n"
     )
 

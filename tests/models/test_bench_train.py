@@ -36,9 +36,16 @@ def bench() -> ModuleType:
 
 @pytest.fixture
 def fake_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
-    """Make time.perf_counter return the values pushed on the yielded list, in order."""
+    """Make time.perf_counter return the values pushed on the yielded list, in order; CPU time = wall / 2."""
     ticks: list[float] = []
-    monkeypatch.setattr("time.perf_counter", lambda: ticks.pop(0))
+    last: list[float] = [0.0]
+
+    def perf_counter() -> float:
+        last[0] = ticks.pop(0)
+        return last[0]
+
+    monkeypatch.setattr("time.perf_counter", perf_counter)
+    monkeypatch.setattr("time.process_time", lambda: last[0] / 2)
     yield ticks
 
 
@@ -70,6 +77,7 @@ def test_step_timer_times_only_the_steps_after_the_warm_up(
     assert timer.steps_per_s == pytest.approx(3 / 1.7)
     assert timer.step_seconds == pytest.approx([0.5, 1.0, 0.2])
     assert timer.median_steps_per_s == pytest.approx(1 / 0.5)
+    assert timer.cpu_ms_per_step == pytest.approx(1.7 / 2 / 3 * 1000)
 
 
 def test_step_timer_refuses_an_unfinished_window_and_empty_settings(
@@ -105,6 +113,8 @@ def _variant(bench: ModuleType, name: str, workers: int, steps_per_s: float) -> 
         window_s=100 / steps_per_s,
         steps_per_s=steps_per_s,
         median_steps_per_s=steps_per_s,
+        cpu_ms_per_step=1000 / steps_per_s,
+        nice=10,
         startup_s=5.0,
         wall_s=40.0,
         load_before=1.0,
@@ -127,11 +137,13 @@ def test_summary_computes_overhead_against_both_plain_runs_and_scaling(bench: Mo
     # 60 × 8 = 480 images/s against 90 × 4 = 360: 1.33×
     assert bench.plain_reference(results) == pytest.approx(95.0)
     assert f"overhead of {bench.RAY_1}: +5.3% vs plain" in text
+    # (CPU time per step: plain 10 and 11.1 ms, Ray 11.1 ms: 1 - 10.56 / 11.1 = +5.0%)
+    assert "by CPU time per step: +5.0%" in text
     assert "480 images/s = 1.33 × 1 Ray worker" in text
     assert "ray.init): 12.0 s" in text
     assert bench.overhead(95.0, 100.0) < 0  # faster than the reference is a negative overhead
     report = bench.markdown_report(results, 12.0, {"preset": "tiny"})
-    assert report.count(f"| {bench.RAY_2} | 2 | 1 |") == 1 and "- preset: tiny" in report
+    assert report.count(f"| {bench.RAY_2} | 2 × 1 | 1 | 10 |") == 1 and "- preset: tiny" in report
 
 
 def test_plain_loop_trains_the_preset_and_reports_every_step(bench: ModuleType, image_folder: Path) -> None:
