@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError as SqlInterfaceError
 from sqlalchemy.exc import OperationalError as SqlOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from db.errors import AuthenticationError as KeyAuthenticationError
 from db.errors import (
@@ -164,6 +165,21 @@ def _pydantic_errors(exc: FastApiValidationError) -> list[dict[str, str]]:
     return errors
 
 
+def allowed_methods(request: Request) -> str:
+    """The `Allow` value of a 405: the methods of every route on the request's path.
+
+    Starlette's own 405 names only the methods of the first route matching the path, but FastAPI makes one
+    route per method (`GET /v1/jobs`, `POST /v1/jobs`), so it would tell a client that a resource with GET
+    and POST accepts only one of them (RFC 9110 §10.2.1: `Allow` lists the target resource's methods).
+    """
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every error into a problem response."""
 
@@ -183,13 +199,16 @@ def install_problem_handlers(app: FastAPI) -> None:
         slug = {404: "not-found", 405: "method-not-allowed", 401: "unauthenticated"}.get(
             exc.status_code, "http"
         )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
         return problem_response(
             exc.status_code,
             slug,
             str(exc.detail) if exc.status_code != 404 else "Not found",
             str(exc.detail),
             instance=request.url.path,
-            headers=dict(exc.headers or {}),
+            headers=headers,
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
