@@ -8,20 +8,34 @@ Bounds that an operator can tighten (images per job, items per job) are checked 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from db.errors import InvalidKeyError
-from db.planning import QualityGateSpec
+from db.planning import MAX_REDRAWS, QualityGateSpec
 from db.status import ImageStatus, JobStatus, ModelVersionStatus
-from db.storage.keys import validate_key_segment
+from db.storage.keys import MAX_SEGMENT_BYTES, validate_key_segment
 
 MAX_ITEMS_PER_JOB = 100_000
 MAX_IMAGES_PER_ITEM = 100_000
 MAX_PREVIEW_IMAGES = 8
 MAX_SEED = 2**63 - 1
 MAX_URL_LENGTH = 2048
+# What `validate_key_segment` enforces on a value that becomes a folder of object keys (422 `object_key_segment`).
+KEY_SEGMENT_RULE = (
+    "Part of object keys: no '/', '\\', control or format characters, not '.' or '..', no leading or trailing "
+    f"whitespace, at most {MAX_SEGMENT_BYTES} bytes of UTF-8."
+)
 
 ModelRef = Field(
     default=None,
@@ -32,16 +46,38 @@ ModelRef = Field(
 )
 
 
+def _integral_number(value: Any) -> Any:
+    """A JSON number without a fraction (`4.0`) as the int it is: JSON Schema's `integer` counts it as one,
+    strict validation alone would not. Anything else goes on to strict int validation as is."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer a client sends: `4` or `4.0`, never `true`, `"4"` or `4.5`.
+JsonInteger = Annotated[int, BeforeValidator(_integral_number)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # What clients send: no unknown fields, and no coercion (`"seed": false` or `"count": "4"` would otherwise
+    # pass as 0 and 4, against the integer the document promises). Manifest rows, text by nature, are
+    # validated with `strict=False` (scheduler/item_manifests.py).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ItemCreate(_Strict):
     """One requested line: `count` images of a category, optionally for one SKU."""
 
-    category: str = Field(min_length=1, max_length=64, examples=["sneaker"])
-    count: int = Field(ge=1, le=MAX_IMAGES_PER_ITEM, examples=[4])
-    sku: str | None = Field(default=None, min_length=1, max_length=128, examples=["SKU-10042"])
+    category: str = Field(
+        min_length=1,
+        max_length=64,
+        examples=["sneaker"],
+        description=f"A category of the model. {KEY_SEGMENT_RULE}",
+    )
+    count: JsonInteger = Field(ge=1, le=MAX_IMAGES_PER_ITEM, examples=[4])
+    sku: str | None = Field(
+        default=None, min_length=1, max_length=128, examples=["SKU-10042"], description=KEY_SEGMENT_RULE
+    )
     client_item_id: str | None = Field(default=None, min_length=1, max_length=255)
 
     @field_validator("sku", "category")
@@ -52,8 +88,17 @@ class ItemCreate(_Strict):
             try:
                 validate_key_segment(value, str(info.field_name))
             except InvalidKeyError as exc:
-                raise ValueError(str(exc)) from exc
+                # The 422 names the rule, as for every other key the API refuses.
+                raise PydanticCustomError("object_key_segment", "{reason}", {"reason": str(exc)}) from exc
         return value
+
+
+class QualityGateCreate(QualityGateSpec):
+    """The per-image quality gate as a client sends it (validated strictly, like every request field)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    max_redraws: JsonInteger = Field(default=3, ge=0, le=MAX_REDRAWS)
 
 
 class JobCreate(_Strict):
@@ -69,7 +114,18 @@ class JobCreate(_Strict):
                     "seed": 7,
                     "webhook_url": "https://etl.example.com/hooks/catalogan",
                 }
-            ]
+            ],
+            # A JSON body names exactly one source of items (checked in the route and `_one_source`).
+            "anyOf": [
+                {
+                    "required": ["items"],
+                    "properties": {"items": {"type": "array"}, "manifest_uri": {"type": "null"}},
+                },
+                {
+                    "required": ["manifest_uri"],
+                    "properties": {"manifest_uri": {"type": "string"}, "items": {"type": "null"}},
+                },
+            ],
         },
     )
 
@@ -82,20 +138,22 @@ class JobCreate(_Strict):
         description="An `s3://bucket/key` CSV, JSONL or Parquet file with columns sku, category, count.",
         examples=["s3://catalog/exports/missing-images.csv"],
     )
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Chosen and recorded when omitted.")
+    seed: JsonInteger | None = Field(
+        default=None, ge=0, le=MAX_SEED, description="Chosen and recorded when omitted."
+    )
     output_format: Literal["png", "webp", "tar"] | None = Field(
         default=None,
         description="png (default) or lossless webp, one object per image; tar: WebDataset shards of PNGs, "
         "one per chunk (chunk_size = images per shard, default 1,000), plus `shards/index.json`.",
     )
-    quality_gate: QualityGateSpec | None = Field(
+    quality_gate: QualityGateCreate | None = Field(
         default=None,
         description="Score each image with the evaluator (probability of its category); below "
         "`min_confidence` redraw it from sub-seed (seed, index, redraw) up to `max_redraws` times, then mark it "
         "`rejected` (counted in `images_rejected`, listed in the manifest with its score and redraws).",
         examples=[{"min_confidence": 0.6, "max_redraws": 3}],
     )
-    chunk_size: int | None = Field(
+    chunk_size: JsonInteger | None = Field(
         default=None, ge=1, le=10_000, description="Images per task; default chosen."
     )
     webhook_url: str | None = Field(
@@ -290,8 +348,8 @@ class PreviewCreate(_Strict):
 
     model: str | None = ModelRef
     category: str = Field(min_length=1, max_length=64)
-    count: int = Field(default=4, ge=1, le=MAX_PREVIEW_IMAGES)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    count: JsonInteger = Field(default=4, ge=1, le=MAX_PREVIEW_IMAGES)
+    seed: JsonInteger | None = Field(default=None, ge=0, le=MAX_SEED)
 
 
 class PreviewImagePublic(BaseModel):
