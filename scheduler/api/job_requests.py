@@ -47,6 +47,7 @@ SUBMIT_BODY_OPENAPI: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
+                    "additionalProperties": False,  # the route reads at most these two parts (more: 400)
                     "properties": {
                         "file": {
                             "type": "string",
@@ -65,8 +66,12 @@ SUBMIT_BODY_OPENAPI: dict[str, Any] = {
 }
 
 
-def _validation_error(exc: pydantic.ValidationError) -> FastApiValidationError:
-    return FastApiValidationError(exc.errors(include_url=False, include_context=False))
+def _validation_error(exc: pydantic.ValidationError, *, part: str | None = None) -> FastApiValidationError:
+    """The 422 of a body that broke JobCreate; `part` prefixes each field (the multipart `spec`)."""
+    errors = exc.errors(include_url=False, include_context=False)
+    if part is not None:
+        errors = [{**error, "loc": (part, *error["loc"])} for error in errors]
+    return FastApiValidationError(errors)
 
 
 async def read_job_request(
@@ -90,7 +95,7 @@ async def read_job_request(
                 spec_text if isinstance(spec_text, str) and spec_text else "{}"
             )
         except pydantic.ValidationError as exc:
-            raise _validation_error(exc) from exc
+            raise _validation_error(exc, part="spec") from exc
         if job_request.items is not None or job_request.manifest_uri is not None:
             raise RequestValidationError(
                 "spec", "one_source", "spec: with an uploaded file, omit items and manifest_uri"

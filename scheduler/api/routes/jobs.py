@@ -23,6 +23,7 @@ from scheduler.api.schemas import EstimatePublic, JobCreate, JobPage, JobPublic,
 from scheduler.api.views import job_public
 from scheduler.errors import RequestValidationError
 from scheduler.estimates import count_chunks, measured_throughput
+from scheduler.item_manifests import parse_item_manifest, read_manifest_uri
 from scheduler.job_retries import retry_failed_images
 from scheduler.model_refs import resolve_model_version
 from scheduler.submission import submit_job_request
@@ -41,6 +42,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
         200: {
             "description": "Replayed: the job this Idempotency-Key created before (`Idempotent-Replayed: true`)."
         },
+        400: problem_doc("A multipart body that cannot be parsed, or with parts other than `file` and `spec`."),
         413: problem_doc("Request body too large."),
         415: problem_doc("Neither JSON nor multipart."),
     },
@@ -194,17 +196,25 @@ def retry_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobPubli
     responses=COMMON_ERRORS,
 )
 def estimate_job(
-    request: JobCreate, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+    request: JobCreate, session: SessionDep, services: ServicesDep, tenant: TenantDep, settings: SettingsDep
 ) -> EstimatePublic:
-    """Images, chunks and seconds a job would take at the fleet's measured throughput; nothing is created."""
-    if not request.items:
-        raise RequestValidationError("items", "required", "items: an estimate needs inline items")
+    """Images, chunks and seconds a job would take at the fleet's measured throughput; nothing is created.
+
+    The body is the one `POST /v1/jobs` takes as JSON: inline `items`, or an `s3://` manifest that is read
+    (and checked) as a submit would read it.
+    """
+    items = request.items
+    if request.manifest_uri is not None:
+        data, fmt = read_manifest_uri(request.manifest_uri, tenant_id=tenant.id, store=services.store)
+        items = parse_item_manifest(data, fmt, max_items=settings.max_items_per_job)
+    if not items:
+        raise RequestValidationError("items", "required", "items: give items or manifest_uri")
     model = resolve_model_version(session, request.model)
-    images = sum(item.count for item in request.items)
+    images = sum(item.count for item in items)
     throughput = measured_throughput(session, default=settings.default_images_per_second)
     return EstimatePublic(
         images=images,
-        chunks=count_chunks(request.items, request.chunk_size),
+        chunks=count_chunks(items, request.chunk_size),
         seconds=round(images / throughput.images_per_second, 1),
         images_per_second=throughput.images_per_second,
         throughput_basis="measured" if throughput.basis == "measured" else "default",
