@@ -8,6 +8,7 @@ Unexpected exceptions become a 500 problem without a traceback (the traceback go
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,7 +17,6 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError as SqlInterfaceError
 from sqlalchemy.exc import OperationalError as SqlOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from db.errors import AuthenticationError as KeyAuthenticationError
 from db.errors import (
@@ -46,6 +46,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 # What a client is told to wait when the database does not answer.
 DATABASE_RETRY_AFTER_SECONDS = 5
 PROBLEM_TYPE_BASE = "urn:catalogan:problem:"
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 log = logging.getLogger(__name__)
 
@@ -165,19 +166,25 @@ def _pydantic_errors(exc: FastApiValidationError) -> list[dict[str, str]]:
     return errors
 
 
-def allowed_methods(request: Request) -> str:
-    """The `Allow` value of a 405: the methods of every route on the request's path.
+def allowed_methods(request: Request, fallback: str) -> str:
+    """The `Allow` value of a 405: every documented method of the request's path (`fallback` when the path
+    is not in the OpenAPI document).
 
-    Starlette's own 405 names only the methods of the first route matching the path, but FastAPI makes one
-    route per method (`GET /v1/jobs`, `POST /v1/jobs`), so it would tell a client that a resource with GET
-    and POST accepts only one of them (RFC 9110 §10.2.1: `Allow` lists the target resource's methods).
+    Starlette's own 405 names only the methods of the one route it matched, but FastAPI makes a route per
+    method (`GET /v1/jobs`, `POST /v1/jobs`), so it would tell a client that a resource with GET and POST
+    accepts only one of them (RFC 9110 §10.2.1: `Allow` lists the target resource's methods). The routes
+    of included routers are not public in FastAPI; the document is, and lists exactly these methods.
     """
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return ", ".join(sorted(methods))
+    path = request.scope.get("path", "")
+    for template, item in request.app.openapi()["paths"].items():
+        # `{job_id}` matches one path segment, as Starlette's default `str` convertor does.
+        pattern = "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]*\}", template))
+        if re.fullmatch(pattern, path):
+            methods = {method.upper() for method in item if method in HTTP_METHODS}
+            if "GET" in methods:
+                methods.add("HEAD")  # Starlette answers HEAD on every GET route
+            return ", ".join(sorted(methods))
+    return fallback
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -201,7 +208,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
-            headers["Allow"] = allowed_methods(request)
+            headers["Allow"] = allowed_methods(request, fallback=headers.get("Allow", ""))
         return problem_response(
             exc.status_code,
             slug,
