@@ -9,13 +9,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
-from sqlalchemy import Insert, func, select
+from sqlalchemy import Insert, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.chunks import Lease, assert_lease
+from db.chunks import Lease, assert_lease, renew_lease
 from db.status import ImageStatus
 from db.storage.keys import validate_key
 from db.tables import Image, JobItem, utcnow
@@ -61,33 +62,50 @@ class ImageRecord:
     error: str | None = None  # why a rejected image was rejected
 
 
-def _insert_for(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+@cache
+def _upsert_statement(dialect: str, update_columns: tuple[str, ...]) -> Insert:
+    """One INSERT ... ON CONFLICT (job_id, index) DO UPDATE per dialect and column set, built once.
+
+    Executed with a list of parameter sets (executemany): the statement is compiled once and cached,
+    where a multi-VALUES statement would be compiled anew for every batch of rows.
+    """
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = cast(Table, Image.__table__)
+    statement = insert(table)
+    excluded = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.job_id, table.c.index],
+        set_={column: excluded[column] for column in update_columns},
+    )
 
 
 def _upsert(session: Session, rows: list[dict[str, Any]], update_columns: Sequence[str]) -> None:
-    insert = _insert_for(session)
+    statement = _upsert_statement(session.get_bind().dialect.name, tuple(update_columns))
+    connection = session.connection()
     for start in range(0, len(rows), UPSERT_BATCH_ROWS):
-        statement: Insert = insert(Image).values(rows[start : start + UPSERT_BATCH_ROWS])
-        excluded = statement.excluded  # type: ignore[attr-defined]
-        statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
-            index_elements=[Image.job_id, Image.index],
-            set_={column: getattr(excluded, column) for column in update_columns},
-        )
-        session.execute(statement)
+        connection.execute(statement, rows[start : start + UPSERT_BATCH_ROWS])
 
 
 def upsert_images(
-    session: Session, lease: Lease, records: Sequence[ImageRecord], *, now: dt.datetime | None = None
-) -> None:
+    session: Session,
+    lease: Lease,
+    records: Sequence[ImageRecord],
+    *,
+    now: dt.datetime | None = None,
+    renew_seconds: float | None = None,
+) -> Lease:
     """Write finished image rows (succeeded or rejected) for a chunk, fenced: `StaleAttemptError` if `lease` was lost.
 
     Runs in the caller's transaction. A row already there (a rerun) gets the same values again; its
-    `created_at` stays as first written.
+    `created_at` stays as first written. With `renew_seconds`, the fencing UPDATE also extends the lease by
+    that much (one statement for both); returns the lease as it now stands.
     """
-    assert_lease(session, lease)
+    if renew_seconds is None:
+        assert_lease(session, lease)
+    else:
+        lease = renew_lease(session, lease, lease_seconds=renew_seconds, now=now)
     if not records:
-        return
+        return lease
     now = now or utcnow()
     rows = [
         {
@@ -127,6 +145,7 @@ def upsert_images(
             "attempt",
         ],
     )
+    return lease
 
 
 def write_failed_images(
@@ -216,3 +235,30 @@ def iter_job_images(session: Session, job_id: str, *, batch_rows: int = LIST_BAT
             return
         yield from batch
         last = batch[-1].index
+
+
+# Columns of `iter_image_fields`, in order.
+IMAGE_FIELDS = ("index", "sku", "category", "key", "sha256", "status", "error", "score", "redraws")
+
+
+def iter_image_fields(
+    session: Session, job_id: str, *, batch_rows: int = LIST_BATCH_ROWS
+) -> Iterator[tuple[Any, ...]]:
+    """Every image row of a job in index order as plain tuples of `IMAGE_FIELDS` (keyset-paginated).
+
+    For manifests: no ORM objects are built, which made listing a large job several times slower.
+    """
+    columns = [getattr(Image, name) for name in IMAGE_FIELDS]
+    last = -1
+    while True:
+        batch = session.execute(
+            select(*columns)
+            .where(Image.job_id == job_id, Image.index > last)
+            .order_by(Image.index)
+            .limit(batch_rows)
+        ).all()
+        if not batch:
+            return
+        for row in batch:
+            yield tuple(row)
+        last = batch[-1][0]

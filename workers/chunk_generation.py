@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +31,6 @@ from db.errors import StaleAttemptError
 from db.images import (
     CONTENT_TYPES,
     ImageRecord,
-    count_chunk_images,
     image_folder,
     image_key,
     upsert_images,
@@ -56,6 +56,9 @@ from workers.shards import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Seconds between the cancel checks (and lease renewals) of a tar chunk's batch loop.
+SHARD_CHECK_SECONDS = 1.0
 
 # Job option honoured only with CATALOGAN_TEST_FAULTS=1: chunks starting at these indices always fail.
 FAULT_OPTION = "test_fail_chunk_starts"
@@ -272,24 +275,27 @@ def _encode_for_shard(
 
 def _run_shard_batches(
     ctx: ChunkContext, plan: ChunkPlan, generator: GeneratorLike
-) -> tuple[Lease, int, list[ImageRecord]]:
+) -> tuple[Lease, list[ImageRecord], list[ImageRecord]]:
     """A tar job's chunk: forward and encode (overlapped) every batch, then PUT one shard of the chunk.
 
     No row is written before the shard is stored: the caller writes them all with the chunk's completion.
     A chunk stopped midway (cancel, shutdown) delivers nothing; a rerun writes the same shard bytes.
+    Between batches the shutdown flag is read every time; the cancel flag and the lease renewal cost a
+    transaction, so they run at most every `SHARD_CHECK_SECONDS` (a shard's batches are short).
     """
     lease = plan.lease
     indices = range(lease.start_index, lease.stop_index)
     batch_size = ctx.settings.batch_size
     checkpoint_sha = plan.model_version.checkpoint_sha256 or generator.checkpoint_sha256
     futures: list[Future[tuple[ImageRecord, ShardMember | None]]] = []
+    checked = time.monotonic()  # the claim just read the cancel flag and took a fresh lease
     try:
         for start in range(0, len(indices), batch_size):
-            if start == 0:
-                if ctx.shutdown.is_set():
-                    raise _Stop(ChunkOutcome.RELEASED)
-            else:
+            if ctx.shutdown.is_set():
+                raise _Stop(ChunkOutcome.RELEASED)
+            if time.monotonic() - checked >= SHARD_CHECK_SECONDS:
                 lease = _between_batches(ctx, plan, lease)
+                checked = time.monotonic()
             batch = indices[start : start + batch_size]
             pixels = _forward(generator, plan, batch)  # (B, H, W, C) uint8
             futures += [
@@ -304,7 +310,7 @@ def _run_shard_batches(
     if members:  # every image rejected: no shard
         key = shard_key(plan.tenant_id, plan.job_id, lease.start_index)
         ctx.store.put(key, build_shard(members), content_type=SHARD_CONTENT_TYPE)
-    return lease, 0, [record for record, _ in encoded]
+    return lease, [], [record for record, _ in encoded]
 
 
 def _check_fault(ctx: ChunkContext, plan: ChunkPlan) -> None:
@@ -321,29 +327,36 @@ class _Stop(Exception):
         self.outcome = outcome
 
 
-def _write_rows(ctx: ChunkContext, lease: Lease, futures: list[Future[ImageRecord]]) -> int:
-    records = [future.result() for future in futures]
-    with transaction(ctx.session_factory) as session:
-        upsert_images(session, lease, records)
-    return len(records)
-
-
 def _between_batches(ctx: ChunkContext, plan: ChunkPlan, lease: Lease) -> Lease:
-    """Shutdown and cancel checks, then a lease renewal, before each forward pass."""
-    if ctx.shutdown.is_set():
-        raise _Stop(ChunkOutcome.RELEASED)
+    """The cancel check and a lease renewal, in one transaction (`_Stop` when the job is being cancelled)."""
     with transaction(ctx.session_factory) as session:
         if is_cancel_requested(session, plan.job_id):
             raise _Stop(ChunkOutcome.CANCELLED)
         return renew_lease(session, lease, lease_seconds=ctx.settings.lease_seconds)
 
 
+def _write_batch(
+    ctx: ChunkContext, plan: ChunkPlan, lease: Lease, futures: list[Future[ImageRecord]]
+) -> tuple[Lease, list[ImageRecord], bool]:
+    """The rows of an uploaded batch, in one transaction with the lease renewal and the cancel check.
+
+    Returns the renewed lease, the records written and whether the job is being cancelled.
+    """
+    records = [future.result() for future in futures]
+    with transaction(ctx.session_factory) as session:
+        lease = upsert_images(session, lease, records, renew_seconds=ctx.settings.lease_seconds)
+        cancelled = is_cancel_requested(session, plan.job_id)
+    return lease, records, cancelled
+
+
 def _run_batches(
     ctx: ChunkContext, plan: ChunkPlan, generator: GeneratorLike
-) -> tuple[Lease, int, list[ImageRecord]]:
+) -> tuple[Lease, list[ImageRecord], list[ImageRecord]]:
     """Forward batch k+1 while batch k encodes and uploads in the pool; rows of batch k follow its uploads.
 
-    Returns the lease, the rows written, and the last batch's records: the caller writes those in the
+    Each batch's rows are written after the next forward pass, in one transaction that also renews the
+    lease and reads the job's cancel flag, which the loop honours before the next forward pass.
+    Returns the lease, the records written, and the last batch's records: the caller writes those in the
     transaction that completes the chunk (one commit fewer per chunk).
     """
     lease = plan.lease
@@ -351,14 +364,14 @@ def _run_batches(
     batch_size = ctx.settings.batch_size
     checkpoint_sha = plan.model_version.checkpoint_sha256 or generator.checkpoint_sha256
     in_flight: list[Future[ImageRecord]] = []
-    written = 0
+    written: list[ImageRecord] = []
+    cancelled = False  # the claim read the flag; later, each batch's write reads it again
     try:
         for start in range(0, len(indices), batch_size):
-            if start == 0:  # just claimed: the lease is fresh and the cancel flag was read in the claim
-                if ctx.shutdown.is_set():
-                    raise _Stop(ChunkOutcome.RELEASED)
-            else:
-                lease = _between_batches(ctx, plan, lease)
+            if ctx.shutdown.is_set():
+                raise _Stop(ChunkOutcome.RELEASED)
+            if cancelled:
+                raise _Stop(ChunkOutcome.CANCELLED)
             batch = indices[start : start + batch_size]
             pixels = _forward(generator, plan, batch)  # (B, H, W, C) uint8
             futures = [
@@ -366,13 +379,14 @@ def _run_batches(
                 for image in _gated(ctx, plan, generator, batch, pixels)
             ]
             if in_flight:
-                written += _write_rows(ctx, lease, in_flight)
+                lease, records, cancelled = _write_batch(ctx, plan, lease, in_flight)
+                written += records
             in_flight = futures
         last = [future.result() for future in in_flight]
         in_flight = []
     except _Stop:
         if in_flight:  # finished images stay: write the batch that was uploading
-            _write_rows(ctx, lease, in_flight)
+            _write_batch(ctx, plan, lease, in_flight)
             in_flight = []
         raise
     finally:
@@ -424,15 +438,15 @@ def generate_chunk(ctx: ChunkContext, chunk_id: int) -> ChunkOutcome:
         _check_fault(ctx, plan)
         generator = ctx.generators.get(plan.model_version)
         runner = _run_shard_batches if plan.output_format == SHARD_FORMAT else _run_batches
-        lease, written, last = runner(ctx, plan, generator)
+        lease, earlier, last = runner(ctx, plan, generator)
+        # This attempt wrote a row for every index of the chunk (earlier batches, then `last` here), so the
+        # records it holds are the chunk's whole outcome.
+        rejected = sum(record.status is ImageStatus.REJECTED for record in (*earlier, *last))
         with transaction(ctx.session_factory) as session:  # fenced rows + completion + counters, one commit
             upsert_images(session, lease, last)
-            rejected = count_chunk_images(
-                session, lease.job_id, lease.start_index, lease.stop_index, ImageStatus.REJECTED
-            )
             total = lease.stop_index - lease.start_index
             progress = complete_chunk(session, lease, done=total - rejected, rejected=rejected)
-        written += len(last)
+        written = len(earlier) + len(last)
     except _Stop as stop:
         return _stop(ctx, plan, lease, stop.outcome)
     except StaleAttemptError as exc:

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
-from db.images import iter_job_images, manifest_keys
+from db.images import iter_image_fields, manifest_keys
 from db.incremental import SKIPPED_EXISTING_STATUS, iter_skipped_images
 from db.jobs import get_job, mark_job_running, transition_job
 from db.status import CHUNK_TERMINAL, JobStatus
@@ -55,19 +55,22 @@ def manifest_rows(session: Session, job: Job, model_ref: str) -> Iterator[dict[s
     Items skipped as already delivered (`db.incremental`) are listed after the job's own images with status
     `skipped_existing`; their `index` and `key` are those of the earlier job that made them.
     """
-    for image in iter_job_images(session, job.id):
+    seed = int(job.seed)
+    for index, sku, category, key, sha256, status, error, score, redraws in iter_image_fields(
+        session, job.id
+    ):
         yield {
-            "index": int(image.index),
-            "sku": image.sku,
-            "category": image.category,
-            "key": image.key,
-            "sha256": image.sha256,
-            "seed": int(job.seed),
+            "index": int(index),
+            "sku": sku,
+            "category": category,
+            "key": key,
+            "sha256": sha256,
+            "seed": seed,
             "model_version": model_ref,
-            "status": image.status.value,
-            "error": image.error,
-            "score": image.score,
-            "redraws": int(image.redraws or 0),
+            "status": status.value,
+            "error": error,
+            "score": score,
+            "redraws": int(redraws or 0),
         }
     # Items skipped as already delivered: their earlier images (keys and indices of the earlier job).
     for _item, image in iter_skipped_images(session, job):

@@ -62,25 +62,68 @@ def member_name(index: int, extension: str = SHARD_IMAGE_FORMAT) -> str:
     return f"{index:08d}.{extension}"
 
 
-def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # no clock in the bytes: a rerun writes the same shard
-    info.mode = SHARD_MEMBER_MODE
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    archive.addfile(info, io.BytesIO(data))
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # archives are padded to whole records, as tar(1) and Python's tarfile do
+_USTAR_MAGIC = b"ustar\x0000"
+
+
+def _octal(value: int, width: int) -> bytes:
+    """A USTAR numeric field: zero-padded octal digits and a NUL."""
+    return b"%0*o\x00" % (width - 1, value)
+
+
+def _field(text: bytes, width: int) -> bytes:
+    return text + b"\x00" * (width - len(text))
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """The 512-byte USTAR header of a regular file: mode 0644, owner 0:0 with empty names, mtime 0.
+
+    Written here rather than by `tarfile` for speed (a shard has 2,000 members) and so that the bytes
+    cannot change with the Python version; a test checks them against `tarfile`'s USTAR output.
+    """
+    encoded = name.encode("ascii")
+    if len(encoded) > 100:
+        raise ValueError(f"member name {name!r}: longer than 100 bytes")
+    header = b"".join(
+        (
+            _field(encoded, 100),
+            _octal(SHARD_MEMBER_MODE, 8),
+            _octal(0, 8),  # uid
+            _octal(0, 8),  # gid
+            _octal(size, 12),
+            _octal(0, 12),  # mtime: no clock in the bytes, so a rerun writes the same shard
+            b" " * 8,  # checksum, computed over the header with this field as spaces
+            b"0",  # regular file
+            _field(b"", 100),  # link name
+            _USTAR_MAGIC,
+            _field(b"", 32),  # owner name
+            _field(b"", 32),  # group name
+            _field(b"", 8),  # device major (empty for a regular file)
+            _field(b"", 8),  # device minor
+            _field(b"", 155),  # name prefix
+        )
+    )
+    header += b"\x00" * (_BLOCK - len(header))
+    checksum = b"%06o\x00 " % sum(header)
+    return header[:148] + checksum + header[156:]
+
+
+def _member(name: str, data: bytes) -> bytes:
+    return ustar_header(name, len(data)) + data + b"\x00" * (-len(data) % _BLOCK)
 
 
 def build_shard(members: Iterable[ShardMember]) -> bytes:
     """A deterministic USTAR archive of the members in index order (png then json per sample)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
-        for member in sorted(members, key=lambda item: item.index):
-            _add(archive, member_name(member.index), member.png)
-            metadata = json.dumps(member.metadata, sort_keys=True, separators=(",", ":")).encode()
-            _add(archive, member_name(member.index, "json"), metadata)
-    return buffer.getvalue()
+    parts = []
+    for member in sorted(members, key=lambda item: item.index):
+        parts.append(_member(member_name(member.index), member.png))
+        metadata = json.dumps(member.metadata, sort_keys=True, separators=(",", ":")).encode()
+        parts.append(_member(member_name(member.index, "json"), metadata))
+    parts.append(b"\x00" * (2 * _BLOCK))  # end-of-archive marker
+    size = sum(len(part) for part in parts)
+    parts.append(b"\x00" * (-size % _RECORD))
+    return b"".join(parts)
 
 
 def read_shard(data: bytes) -> Iterator[tuple[str, bytes]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from workers.chunk_generation import ChunkContext, ChunkOutcome, generate_chunk
 from workers.export import export_job
 from workers.finalize import finalize_job
 from workers.generator_cache import GeneratorCache
-from workers.shards import index_key, read_shard
+from workers.shards import ShardMember, build_shard, index_key, read_shard
 
 JOB_ID = "5" * 32  # both jobs share it: the job id is part of every file's provenance
 SPEC: dict[str, Any] = {
@@ -160,3 +161,52 @@ def test_a_tar_jobs_shards_hold_exactly_the_png_jobs_bytes(
     exported_shard = (tmp_path / "export" / "shards" / "00000010.tar").read_bytes()
     assert exported.images == 17 and exported_shard == tar_install.store.get(shard_keys[2])
     assert (tmp_path / "export" / "shards" / "index.json").exists()
+
+
+def _tarfile_shard(members: list[ShardMember]) -> bytes:
+    """The reference: the same members written by Python's tarfile in USTAR format."""
+    import io
+    import json
+    import tarfile
+
+    from workers.shards import SHARD_MEMBER_MODE, member_name
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for member in sorted(members, key=lambda item: item.index):
+            metadata = json.dumps(member.metadata, sort_keys=True, separators=(",", ":")).encode()
+            for name, data in (
+                (member_name(member.index), member.png),
+                (member_name(member.index, "json"), metadata),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, SHARD_MEMBER_MODE
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 9, 250])
+def test_shard_bytes_equal_pythons_tarfile_ustar_output(count: int) -> None:
+    # Given members of many sizes (empty, exactly one block, odd sizes) in shuffled order
+    rng = random.Random(count)
+    sizes = [0, 511, 512, 513, 1024, 3001]
+    members = [
+        ShardMember(
+            index * 7 + 3, rng.randbytes(sizes[index % len(sizes)]), {"index": index * 7 + 3, "sku": None}
+        )
+        for index in range(count)
+    ]
+    rng.shuffle(members)
+    # When catalogan builds the shard
+    shard = build_shard(members)
+    # Then it is byte for byte what tarfile writes, and tarfile reads every member back
+    assert shard == _tarfile_shard(members)
+    assert len(shard) % (20 * 512) == 0
+    names = [name for name, _ in read_shard(shard)]
+    assert names == [
+        n
+        for m in sorted(members, key=lambda m: m.index)
+        for n in (f"{m.index:08d}.png", f"{m.index:08d}.json")
+    ]
