@@ -7,14 +7,22 @@ tenant), return the job an `Idempotency-Key` already created (same body) or refu
 check quotas, plan. Chunks are published after the commit. Two submits racing with one key past the lock
 (SQLite, or a crashed lock holder) still make one job: the unique constraint (tenant_id, idempotency_key)
 fails the second INSERT, and the existing job is returned instead.
+
+Within one API process, one tenant's submits also queue on a `TenantSubmitLocks` lock *before* they take a
+thread or a pooled connection, so a burst from one tenant waits on the event loop: without it, every waiter
+would hold a connection while it waited for the row lock, and the pool would run dry for everyone. The row
+lock stays: it orders submits across API processes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
+import anyio
 import pydantic
+from anyio.lowlevel import RunVar
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,6 +47,51 @@ class SubmitResult:
 
     job: Job
     replayed: bool
+
+
+@dataclass(slots=True)
+class _TenantQueue:
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    users: int = 0
+
+
+class TenantSubmitLocks:
+    """One FIFO lock per tenant for this process's submits, kept only while someone holds or waits for it.
+
+    Locks live per event loop (an anyio `RunVar`), so an app served by several test clients' loops in turn
+    never shares a lock between loops.
+    """
+
+    def __init__(self) -> None:
+        self._queues: RunVar[dict[str, _TenantQueue]] = RunVar(f"catalogan_tenant_submit_locks_{id(self)}")
+
+    def _by_tenant(self) -> dict[str, _TenantQueue]:
+        queues = self._queues.get(None)
+        if queues is None:
+            queues = {}
+            self._queues.set(queues)
+        return queues
+
+    @asynccontextmanager
+    async def hold(self, tenant_id: str) -> AsyncIterator[None]:
+        """Wait (on the event loop, holding nothing else) until this is the tenant's only submit in flight."""
+        queues = self._by_tenant()
+        queue = queues.get(tenant_id)
+        if queue is None:
+            queue = queues[tenant_id] = _TenantQueue()
+        queue.users += 1
+        try:
+            async with queue.lock:
+                yield
+        finally:
+            queue.users -= 1
+            if queue.users == 0:
+                del queues[tenant_id]
+
+    def waiting(self, tenant_id: str) -> int:
+        """Submits of `tenant_id` holding or waiting for its lock in this loop (0 when none)."""
+        queue = self._by_tenant().get(tenant_id)
+        return queue.users if queue else 0
 
 
 def check_bounds(items: Sequence[ItemCreate], settings: ApiSettings) -> None:
@@ -135,9 +188,8 @@ def _plan(
     return job, planned
 
 
-def submit_job_request(
+def plan_job_request(
     factory: sessionmaker[Session],
-    publisher: Publisher,
     tenant: Tenant,
     request: JobCreate,
     items: Sequence[ItemCreate],
@@ -145,8 +197,11 @@ def submit_job_request(
     idempotency_key: str | None,
     settings: ApiSettings,
     webhook_settings: WebhookSettings,
-) -> SubmitResult:
-    """Create (or replay) a job for `tenant` and publish its chunks; the API's `POST /v1/jobs`."""
+) -> tuple[SubmitResult, PlannedJob | None]:
+    """Check and commit (or replay) a job for `tenant`; the chunks to publish, or None for a replay.
+
+    This is the part that takes the tenant's row lock; `publish_planned` comes after, outside any lock.
+    """
     idempotency_key = check_idempotency_key(idempotency_key)
     check_bounds(items, settings)
     spec = build_spec(request, items)
@@ -164,8 +219,31 @@ def submit_job_request(
             existing = _existing(session, tenant.id, idempotency_key, digest)
         if existing is None:
             raise
-        return SubmitResult(existing, replayed=True)
-    if planned is None:
-        return SubmitResult(job, replayed=True)
-    publish_planned(factory, planned, publisher)
-    return SubmitResult(job, replayed=False)
+        return SubmitResult(existing, replayed=True), None
+    return SubmitResult(job, replayed=planned is None), planned
+
+
+def submit_job_request(
+    factory: sessionmaker[Session],
+    publisher: Publisher,
+    tenant: Tenant,
+    request: JobCreate,
+    items: Sequence[ItemCreate],
+    *,
+    idempotency_key: str | None,
+    settings: ApiSettings,
+    webhook_settings: WebhookSettings,
+) -> SubmitResult:
+    """Create (or replay) a job for `tenant` and publish its chunks: `plan_job_request`, then `publish_planned`."""
+    result, planned = plan_job_request(
+        factory,
+        tenant,
+        request,
+        items,
+        idempotency_key=idempotency_key,
+        settings=settings,
+        webhook_settings=webhook_settings,
+    )
+    if planned is not None:
+        publish_planned(factory, planned, publisher)
+    return result

@@ -6,12 +6,15 @@ FastAPI builds them per request from the `Services` created once in `create_app`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import anyio
+from anyio.lowlevel import RunVar
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import QueuePool
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.messaging import Publisher, make_celery_app
@@ -21,6 +24,7 @@ from db.tables import Tenant
 from scheduler.api.limits import RateLimiter
 from scheduler.errors import AuthenticationError
 from scheduler.settings import ApiSettings, WebhookSettings
+from scheduler.submission import TenantSubmitLocks
 
 
 @dataclass
@@ -39,6 +43,25 @@ class Services:
     redis: Any | None = None  # a redis.Redis when the broker is Redis (queue depths, readiness, rate limits)
     data: DataSettings = field(default_factory=DataSettings)
     owns_engine: bool = False  # True when build_services made the engine (then close() disposes it)
+    submit_locks: TenantSubmitLocks = field(default_factory=TenantSubmitLocks)
+    _session_slots: RunVar[anyio.Semaphore] | None = field(default=None, init=False, repr=False)
+    _session_slot_count: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        count = session_slot_count(self.session_factory)
+        if count is not None:
+            self._session_slots = RunVar(f"catalogan_session_slots_{id(self)}")
+            self._session_slot_count = count
+
+    def session_slots(self) -> anyio.Semaphore | None:
+        """This event loop's semaphore bounding the open request sessions (None: the pool never makes one wait)."""
+        if self._session_slots is None:
+            return None
+        slots = self._session_slots.get(None)
+        if slots is None:
+            slots = anyio.Semaphore(self._session_slot_count)
+            self._session_slots.set(slots)
+        return slots
 
     def celery(self) -> Any:
         """The Celery app used to send tasks by name (built on first use; no worker code is imported)."""
@@ -61,6 +84,19 @@ class Services:
                 bind.dispose()
 
 
+def session_slot_count(factory: sessionmaker[Session]) -> int | None:
+    """How many request sessions may be open at once: a quarter of the pool (at least one connection) stays
+    free for the work that takes and returns a connection inside one thread; None for an unbounded pool."""
+    pool = getattr(factory.kw.get("bind"), "pool", None)
+    if not isinstance(pool, QueuePool):
+        return None
+    max_overflow = int(getattr(pool, "_max_overflow", 0))  # no public getter
+    if max_overflow < 0:
+        return None
+    capacity = pool.size() + max_overflow
+    return max(1, capacity - max(1, capacity // 4))
+
+
 def get_services(request: Request) -> Services:
     """The process's services (stored on the app by `create_app`)."""
     services: Services = request.app.state.services
@@ -78,10 +114,27 @@ def get_settings(services: ServicesDep) -> ApiSettings:
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 
 
-def get_session(services: ServicesDep) -> Iterator[Session]:
-    """A session for one request; routes commit explicitly, anything left open is rolled back."""
-    with services.session_factory() as session:
-        yield session
+async def get_session(services: ServicesDep) -> AsyncIterator[Session]:
+    """A session for one request; routes commit explicitly, anything left open is rolled back.
+
+    A sync route's session keeps its connection until FastAPI has serialized the response, which it does in
+    the shared thread pool. Unbounded, every pooled connection could end up waiting for a thread while every
+    thread waits for a connection, until the pool timeout (seen with 200 clients polling). So a request
+    first takes one of `session_slot_count` slots, on the event loop, and the close runs on a thread of its
+    own (a fresh limiter, as FastAPI does for the exit of a sync dependency) rather than the shared pool.
+    """
+    slots = services.session_slots()
+    if slots is not None:
+        await slots.acquire()
+    try:
+        session = services.session_factory()
+        try:
+            yield session
+        finally:
+            await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
+    finally:
+        if slots is not None:
+            slots.release()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError as FastApiValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError as SqlInterfaceError
 from sqlalchemy.exc import OperationalError as SqlOperationalError
+from sqlalchemy.exc import TimeoutError as SqlPoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db.errors import AuthenticationError as KeyAuthenticationError
@@ -234,8 +235,23 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     app.add_exception_handler(CataloganError, on_project_error)
+
+    async def on_database_busy(request: Request, exc: Exception) -> JSONResponse:
+        # No pooled connection came free within the pool timeout. Before a submit's commit nothing was done;
+        # after it (rare), a retry with the same Idempotency-Key returns the job instead of making another.
+        log.warning("503 %s: no database connection free: %s", request.url.path, str(exc).splitlines()[0])
+        return problem_response(
+            503,
+            "unavailable",
+            "A backing service did not answer",
+            "every database connection of this server is busy; retry later",
+            instance=request.url.path,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
+
     app.add_exception_handler(FastApiValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(SqlOperationalError, on_database_unreachable)
     app.add_exception_handler(SqlInterfaceError, on_database_unreachable)
+    app.add_exception_handler(SqlPoolTimeoutError, on_database_busy)
     app.add_exception_handler(Exception, on_unexpected)

@@ -79,13 +79,20 @@ def load_tenant_headers(session_factory: Any, name: str = "load") -> tuple[str, 
 
 @dataclass
 class LoadReport:
-    """Latencies (seconds) of every submit and status request, the failures, and the jobs' final statuses."""
+    """Latencies (seconds) of every submit and status request, the failures, and the jobs' final statuses.
+
+    `submit_at` / `poll_at` hold when each answered request started, in seconds since the run started, in the
+    order of `submit_seconds` / `poll_seconds`.
+    """
 
     submit_seconds: list[float] = field(default_factory=list)
     poll_seconds: list[float] = field(default_factory=list)
+    submit_at: list[float] = field(default_factory=list)
+    poll_at: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     final_status: dict[str, str] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @staticmethod
@@ -124,6 +131,7 @@ def _client_run(
         elapsed = time.perf_counter() - started
         with report.lock:
             report.submit_seconds.append(elapsed)
+            report.submit_at.append(started - report.started)
         if response.status_code != 201:
             with report.lock:
                 report.errors.append(f"POST: {response.status_code} {response.text[:200]}")
@@ -140,6 +148,7 @@ def _client_run(
                 continue
             with report.lock:
                 report.poll_seconds.append(time.perf_counter() - started)
+                report.poll_at.append(started - report.started)
             if response.status_code != 200:
                 with report.lock:
                     report.errors.append(f"GET: {response.status_code} {response.text[:200]}")
@@ -170,7 +179,7 @@ def run_load(
     tenants = headers if isinstance(headers, list) else [headers]
     report = LoadReport()
     deadline = time.monotonic() + timeout_seconds
-    started = time.perf_counter()
+    started = report.started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="load") as pool:
         futures = [
             pool.submit(_client_run, base_url, tenants[i % len(tenants)], job_body(i), report, deadline)

@@ -12,7 +12,7 @@ from sqlalchemy import and_, or_, select
 from db.engine import transaction
 from db.incremental import count_skipped_items, count_skipped_items_of_jobs
 from db.jobs import get_job, request_cancel
-from db.planning import mark_job_enqueued
+from db.planning import mark_job_enqueued, publish_planned
 from db.status import JobStatus
 from db.tables import Job, ModelVersion
 from scheduler.api.cursors import decode_cursor, encode_cursor
@@ -26,7 +26,7 @@ from scheduler.estimates import count_chunks, measured_throughput
 from scheduler.item_manifests import parse_item_manifest, read_manifest_uri
 from scheduler.job_retries import retry_failed_images
 from scheduler.model_refs import resolve_model_version
-from scheduler.submission import submit_job_request
+from scheduler.submission import plan_job_request
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -63,17 +63,21 @@ async def create_job(
     same job with `Idempotent-Replayed: true`; the same key with a different body is a 422.
     """
     job_request, items = await read_job_request(request, services, tenant.id)
-    result = await run_in_threadpool(
-        submit_job_request,
-        services.session_factory,
-        services.publisher,
-        tenant,
-        job_request,
-        items,
-        idempotency_key=idempotency_key,
-        settings=services.settings,
-        webhook_settings=services.webhooks,
-    )
+    # One submit per tenant at a time in this process, queued here on the event loop: a queued submit holds
+    # neither a thread nor a pooled connection (the tenant's row lock still orders API processes).
+    async with services.submit_locks.hold(tenant.id):
+        result, planned = await run_in_threadpool(
+            plan_job_request,
+            services.session_factory,
+            tenant,
+            job_request,
+            items,
+            idempotency_key=idempotency_key,
+            settings=services.settings,
+            webhook_settings=services.webhooks,
+        )
+    if planned is not None:
+        await run_in_threadpool(publish_planned, services.session_factory, planned, services.publisher)
     # In the thread pool too: waiting for a pooled connection on the event loop would stall every request.
     model, skipped = await run_in_threadpool(_model_and_skipped, services, result.job)
     response.headers["Location"] = f"/v1/jobs/{result.job.id}"
