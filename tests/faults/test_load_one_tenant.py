@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.orm import Session, sessionmaker
-
 from sqlalchemy import create_engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_session_factory
 from db.settings import BrokerSettings, DataSettings, StorageSettings
