@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,10 @@ def bench_planning(db_url: str, redis_url: str, images: int, folder: Path) -> di
     return results
 
 
-def bench_floor(checkpoint: bytes, store: ObjectStore, images: int, batch_size: int, threads: int) -> float:
-    """Images/s of forward + encode + S3 PUT with the worker's overlap, no queue, no SQL."""
+def bench_floor(
+    checkpoint: bytes, store: ObjectStore, images: int, batch_size: int, threads: int, meter: CpuMeter
+) -> dict[str, Any]:
+    """Images/s (and CPU per image) of forward + encode + S3 PUT with the worker's overlap, no queue, no SQL."""
     generator = load_generator(checkpoint, device="cpu")
     pool = ThreadPoolExecutor(max_workers=threads)
     seed, job_id = 1, uuid.uuid4().hex
@@ -126,11 +129,17 @@ def bench_floor(checkpoint: bytes, store: ObjectStore, images: int, batch_size: 
             future.result()
 
     run(min(images, batch_size * 2))  # warm-up: allocator, boto3 connections
+    meter.start()
     started = time.perf_counter()
     run(images)
     elapsed = time.perf_counter() - started
+    cpu = meter.stop()
     pool.shutdown()
-    return images / elapsed
+    return {"images_per_s": images / elapsed, "cpu_ms_per_image": _per_image_ms(cpu, images), "cpu": cpu}
+
+
+def _per_image_ms(cpu: dict[str, float], images: int) -> float:
+    return 1000 * sum(cpu.values()) / images
 
 
 def _rss_mib(pid: int) -> float:
@@ -138,6 +147,50 @@ def _rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds spent by each part of the stack between `start()` and `stop()`.
+
+    Parts: this process (the floor's work, or submitting and polling), the worker, SeaweedFS, the
+    PostgreSQL backends serving the benchmark database, and the Redis server (shared with anything else
+    using it). CPU per image is what the machine's load cannot distort: the ratio of CPU per image, floor
+    vs end to end, says what the pipeline costs on top of the floor's work even on a busy box.
+    """
+
+    pids: Callable[[], dict[str, list[int]]]
+    begin: dict[str, float] = field(default_factory=dict)
+    spent: dict[str, float] = field(default_factory=dict)
+
+    def _read(self) -> dict[str, float]:
+        totals = {name: sum(_cpu_seconds(pid) for pid in pids) for name, pids in self.pids().items()}
+        totals["bench"] = time.process_time()
+        return totals
+
+    def start(self) -> None:
+        self.begin = self._read()
+
+    def stop(self) -> dict[str, float]:
+        end = self._read()
+        self.spent = {name: max(0.0, end[name] - self.begin.get(name, 0.0)) for name in end}
+        return self.spent
+
+
+def _quartiles(samples: list[float]) -> list[float]:
+    return [samples[min(len(samples) - 1, (len(samples) - 1) * q // 4)] for q in range(5)]
 
 
 def bench_end_to_end(
@@ -149,12 +202,16 @@ def bench_end_to_end(
     chunk_size: int,
     folder: Path,
     redis_url: str,
-    measure_floor: Callable[[], float],
-) -> list[dict[str, Any]]:
+    measure_floor: Callable[[CpuMeter], dict[str, Any]],
+    stack_pids: Callable[[], dict[str, list[int]]],
+    memory_chunks: int,
+    memory_chunk_size: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """One worker process; for each size a job from submit to succeeded; worker RSS sampled every second.
 
     The floor is measured again right after each job (the worker idles meanwhile), so every run is compared
-    with floors taken just before and just after it on the same, possibly busy, machine.
+    with floors taken just before and just after it on the same, possibly busy, machine. Then, with
+    `memory_chunks`, one job of that many small chunks, for the worker's RSS over many chunks.
     """
     app = make_celery_app(BrokerSettings(broker_url=redis_url), DataSettings(data_dir=folder))
     publisher = CeleryPublisher(app)
@@ -166,21 +223,23 @@ def bench_end_to_end(
         name="bench",
         categories=("a", "b", "c", "d", "e", "f", "g", "h", "i", "j"),
     )
-    floors = [
-        measure_floor()
-    ]  # before the worker starts: its start-up (importing torch) would slow the floor
+    floor_meter = CpuMeter(lambda: {"seaweedfs": stack_pids()["seaweedfs"]})
+    # Before the worker starts: its start-up (importing torch) would slow the floor.
+    floors = [measure_floor(floor_meter)]
     log = (folder / "worker.log").open("ab")
     worker = subprocess.Popen([*CATALOGAN, "worker", "--gpus", "none"], env=env, stdout=log, stderr=log)
-    rss: list[float] = []
+    rss: list[tuple[float, float]] = []  # (seconds since start, MiB)
     stop = threading.Event()
+    t0 = time.perf_counter()
 
     def sample() -> None:
         while not stop.wait(1.0) and worker.poll() is None:
-            rss.append(_rss_mib(worker.pid))
+            rss.append((time.perf_counter() - t0, _rss_mib(worker.pid)))
 
     threading.Thread(target=sample, daemon=True).start()
+    job_meter = CpuMeter(lambda: {**stack_pids(), "worker": [worker.pid]})
 
-    def run_job(count: int, seed: int) -> float:
+    def run_job(count: int, seed: int, size: int, meter: CpuMeter | None = None) -> float:
         spec = parse_job_spec(
             {
                 "model": "bench",
@@ -188,10 +247,12 @@ def bench_end_to_end(
                     {"category": "a", "count": count // 2},
                     {"category": "b", "count": count - count // 2},
                 ],
-                "chunk_size": chunk_size,
+                "chunk_size": size,
                 "seed": seed,
             }
         )
+        if meter is not None:
+            meter.start()
         started = time.perf_counter()
         planned = submit_job(
             factory, spec, tenant_id=tenant_id, model_version=model_version, publisher=publisher
@@ -199,41 +260,65 @@ def bench_end_to_end(
         while not job_row(factory, planned.job_id).status.is_terminal:
             if worker.poll() is not None:
                 raise RuntimeError(f"worker exited with {worker.returncode}; see {folder / 'worker.log'}")
-            time.sleep(0.2)
+            time.sleep(0.5)
         elapsed = time.perf_counter() - started
+        if meter is not None:
+            meter.stop()
         job = job_row(factory, planned.job_id)
         assert job.status.value == "succeeded" and job.images_done == count, (job.status, job.images_done)
         return count / elapsed
 
-    results = []
+    results: list[dict[str, Any]] = []
+    memory: dict[str, Any] | None = None
     try:
-        run_job(chunk_size, seed=0)  # warm-up: worker start, model load
+        run_job(chunk_size, seed=0, size=chunk_size)  # warm-up: worker start, model load
         for size in sizes:
             before = len(rss)
-            rate = run_job(size, seed=size)
-            samples = rss[before:] or [_rss_mib(worker.pid)]
-            floors.append(measure_floor())
-            quartiles = [samples[min(len(samples) - 1, (len(samples) - 1) * q // 4)] for q in range(5)]
+            rate = run_job(size, seed=size, size=chunk_size, meter=job_meter)
+            cpu = dict(job_meter.spent)
+            samples = [mib for _, mib in rss[before:]] or [_rss_mib(worker.pid)]
+            floors.append(measure_floor(floor_meter))
+            floor_rate = (floors[-2]["images_per_s"] + floors[-1]["images_per_s"]) / 2
+            floor_cpu = (floors[-2]["cpu_ms_per_image"] + floors[-1]["cpu_ms_per_image"]) / 2
             results.append(
                 {
                     "images": size,
                     "images_per_s": rate,
-                    "floor_before": floors[-2],
-                    "floor_after": floors[-1],
-                    "ratio": rate / ((floors[-2] + floors[-1]) / 2),
+                    "floor_before": floors[-2]["images_per_s"],
+                    "floor_after": floors[-1]["images_per_s"],
+                    "ratio": rate / floor_rate,
+                    "cpu_ms_per_image": _per_image_ms(cpu, size),
+                    "floor_cpu_ms_per_image": floor_cpu,
+                    "cpu_ratio": floor_cpu / _per_image_ms(cpu, size),
+                    "cpu_seconds": cpu,
+                    "floor_cpu_seconds": floors[-1]["cpu"],
                     "chunks": -(-size // chunk_size),
                     "rss_first_mib": samples[0],
                     "rss_last_mib": samples[-1],
                     "rss_max_mib": max(samples),
-                    "rss_quartiles_mib": quartiles,
+                    "rss_quartiles_mib": _quartiles(samples),
                 }
             )
+        if memory_chunks:
+            before = len(rss)
+            started = time.perf_counter() - t0
+            count = memory_chunks * memory_chunk_size
+            rate = run_job(count, seed=7, size=memory_chunk_size)
+            series = [(at - started, mib) for at, mib in rss[before:]]
+            memory = {
+                "chunks": memory_chunks,
+                "chunk_size": memory_chunk_size,
+                "images": count,
+                "images_per_s": rate,
+                "rss_series": series,
+                "rss_quartiles_mib": _quartiles([mib for _, mib in series] or [_rss_mib(worker.pid)]),
+            }
     finally:
         stop.set()
         worker.terminate()
         worker.wait(timeout=60)
         log.close()
-    return results
+    return results, memory
 
 
 def _claim_redis(url: str) -> None:
@@ -246,8 +331,110 @@ def _claim_redis(url: str) -> None:
     client.close()
 
 
+def _postgres_backends(admin_url: str, database: str) -> list[int]:
+    engine = make_engine(admin_url)
+    with engine.connect() as connection:
+        pids = connection.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = :name"), {"name": database}
+        ).scalars()
+        result = list(pids)
+    engine.dispose()
+    return result
+
+
+def _redis_server_pid(url: str) -> list[int]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    pid = int(client.info("server")["process_id"])
+    client.close()
+    return [pid]
+
+
+def write_report(
+    out: Path,
+    args: argparse.Namespace,
+    planning: dict[str, float],
+    runs: list[dict[str, Any]],
+    memory: dict[str, Any] | None,
+) -> None:
+    """report.md (the figures as tables) and pipeline.png (images/s per size, RSS over the memory job)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Generation pipeline vs its floor",
+        "",
+        f"`{' '.join(sys.argv)}` — torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
+        f"{args.upload_threads} upload threads, chunk {args.chunk_size}, preset {args.preset}.",
+        "",
+        f"Planning {args.plan_images:,} images ({planning['chunks']:.0f} chunks): SQLite "
+        f"{planning['plan_sqlite_s'] * 1000:.0f} ms, PostgreSQL {planning['plan_postgresql_s'] * 1000:.0f} ms; "
+        f"publishing to Redis {planning['publish_redis_s'] * 1000:.0f} ms.",
+        "",
+        "| images | chunks | end to end images/s | floor before / after | ratio | CPU ms/image e2e / floor | "
+        "CPU ratio | worker RSS first → last (max) MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        lines.append(
+            f"| {run['images']:,} | {run['chunks']} | {run['images_per_s']:.1f} | "
+            f"{run['floor_before']:.1f} / {run['floor_after']:.1f} | {run['ratio']:.2f} | "
+            f"{run['cpu_ms_per_image']:.2f} / {run['floor_cpu_ms_per_image']:.2f} | {run['cpu_ratio']:.2f} | "
+            f"{run['rss_first_mib']:.0f} → {run['rss_last_mib']:.0f} ({run['rss_max_mib']:.0f}) |"
+        )
+    if runs:
+        lines += ["", "CPU seconds by part, last job (end to end) and last floor:", ""]
+        lines += ["| part | end to end | floor |", "|---|---:|---:|"]
+        last = runs[-1]
+        for part in sorted(set(last["cpu_seconds"]) | set(last["floor_cpu_seconds"])):
+            lines.append(
+                f"| {part} | {last['cpu_seconds'].get(part, 0):.1f} | {last['floor_cpu_seconds'].get(part, 0):.1f} |"
+            )
+    if memory:
+        lines += [
+            "",
+            f"Memory job: {memory['chunks']:,} chunks of {memory['chunk_size']} ({memory['images']:,} images, "
+            f"{memory['images_per_s']:.1f} images/s); worker RSS by quarter of the job: "
+            + " / ".join(f"{value:.0f}" for value in memory["rss_quartiles_mib"])
+            + " MiB.",
+        ]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if runs:
+        sizes = [f"{run['images']:,}" for run in runs]
+        positions = range(len(runs))
+        axes[0].bar([x - 0.2 for x in positions], [r["images_per_s"] for r in runs], 0.4, label="end to end")
+        axes[0].bar(
+            [x + 0.2 for x in positions],
+            [(r["floor_before"] + r["floor_after"]) / 2 for r in runs],
+            0.4,
+            label="floor (mean of before/after)",
+        )
+        for x, run in zip(positions, runs, strict=True):
+            axes[0].annotate(f"{run['ratio']:.2f}x", (x, run["images_per_s"]), ha="center", va="bottom")
+        axes[0].set_xticks(list(positions), sizes)
+        axes[0].set_xlabel("images per job")
+        axes[0].set_ylabel("images/s")
+        axes[0].set_title("Throughput vs floor")
+        axes[0].legend(loc="lower right")
+    if memory and memory["rss_series"]:
+        axes[1].plot([t for t, _ in memory["rss_series"]], [m for _, m in memory["rss_series"]])
+        axes[1].set_xlabel(f"seconds into the {memory['chunks']:,}-chunk job")
+        axes[1].set_ylabel("worker RSS (MiB)")
+        axes[1].set_ylim(bottom=0)
+        axes[1].set_title("Worker memory")
+    figure.tight_layout()
+    figure.savefig(out / "pipeline.png", dpi=100)
+    plt.close(figure)
+
+
 def main() -> None:
-    """Parse the flags, run the three measurements, print a table and a JSON line."""
+    """Parse the flags, run the measurements, print a table and a JSON line, write the report."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -259,13 +446,28 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--upload-threads", type=int, default=8)
+    parser.add_argument(
+        "--memory-chunks",
+        type=int,
+        default=0,
+        help="Also run one job of this many chunks (e.g. 1000) for RSS.",
+    )
+    parser.add_argument(
+        "--memory-chunk-size", type=int, default=16, help="Images per chunk of the memory job."
+    )
     parser.add_argument("--preset", default="fashion-cgan", help="Architecture preset (random weights).")
     parser.add_argument(
         "--postgres-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench-results" / "pipeline",
+        help="Folder for report.md and pipeline.png.",
+    )
     args = parser.parse_args()
-    sizes = [int(size) for size in args.images.split(",")]
+    sizes = [int(size) for size in args.images.split(",") if size]
 
     _claim_redis(args.redis_url)
     folder = Path(tempfile.mkdtemp(prefix="catalogan-bench-"))
@@ -273,6 +475,18 @@ def main() -> None:
     seaweed.start()
     os.environ.update(seaweed.env())
     db_url = _create_database(args.postgres_admin_url)
+    database = make_url(db_url).database or ""
+    redis_pids = _redis_server_pid(args.redis_url)
+    assert seaweed.process is not None
+
+    def stack_pids() -> dict[str, list[int]]:
+        assert seaweed.process is not None
+        return {
+            "seaweedfs": [seaweed.process.pid],
+            "postgresql": _postgres_backends(args.postgres_admin_url, database),
+            "redis": redis_pids,
+        }
+
     try:
         planning = bench_planning(db_url, args.redis_url, args.plan_images, folder)
         migrate.upgrade(db_url)
@@ -281,8 +495,10 @@ def main() -> None:
         store = open_store(f"s3://{TEST_BUCKET}/bench-{uuid.uuid4().hex[:8]}")
         checkpoint = random_generator_checkpoint(args.preset, seed=0)
 
-        def measure_floor() -> float:
-            return bench_floor(checkpoint, store, args.floor_images, args.batch_size, args.upload_threads)
+        def measure_floor(meter: CpuMeter) -> dict[str, Any]:
+            return bench_floor(
+                checkpoint, store, args.floor_images, args.batch_size, args.upload_threads, meter
+            )
 
         env = pipeline_env(
             CATALOGAN_DATABASE_URL=db_url,
@@ -294,8 +510,19 @@ def main() -> None:
             CATALOGAN_DEVICE="cpu",
             **seaweed.env(),
         )
-        runs = bench_end_to_end(
-            env, factory, store, checkpoint, sizes, args.chunk_size, folder, args.redis_url, measure_floor
+        runs, memory = bench_end_to_end(
+            env,
+            factory,
+            store,
+            checkpoint,
+            sizes,
+            args.chunk_size,
+            folder,
+            args.redis_url,
+            measure_floor,
+            stack_pids,
+            args.memory_chunks,
+            args.memory_chunk_size,
         )
         engine.dispose()
     finally:
@@ -313,13 +540,23 @@ def main() -> None:
         print(
             f"end to end {run['images']:>8,} images ({run['chunks']:.0f} chunks): {run['images_per_s']:.0f} images/s; "
             f"floor {run['floor_before']:.0f} before / {run['floor_after']:.0f} after -> {run['ratio']:.2f} x floor; "
+            f"CPU {run['cpu_ms_per_image']:.2f} ms/image vs floor {run['floor_cpu_ms_per_image']:.2f} "
+            f"-> {run['cpu_ratio']:.2f}; "
             f"worker RSS by quarter {' / '.join(f'{value:.0f}' for value in run['rss_quartiles_mib'])} MiB"
         )
+    if memory:
+        print(
+            f"memory job {memory['chunks']:,} chunks of {memory['chunk_size']}: {memory['images_per_s']:.0f} images/s; "
+            f"worker RSS by quarter {' / '.join(f'{value:.0f}' for value in memory['rss_quartiles_mib'])} MiB"
+        )
+    write_report(args.out, args, planning, runs, memory)
+    print(f"report: {args.out / 'report.md'}, chart: {args.out / 'pipeline.png'}")
     print(
         json.dumps(
             {
                 "planning": planning,
                 "runs": runs,
+                "memory": {k: v for k, v in (memory or {}).items() if k != "rss_series"},
                 "torch_threads": torch.get_num_threads(),
             }
         )
