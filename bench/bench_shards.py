@@ -87,6 +87,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--upload-threads", type=int, default=8)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench-results" / "shards",
+        help="Folder for report.md and shards.png.",
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
@@ -143,10 +149,47 @@ def main() -> None:
             f"{name}: {statistics.median(values):,.0f} images/s (runs: {', '.join(f'{v:,.0f}' for v in values)})"
         )
     ratio = statistics.median(rates["tar"]) / statistics.median(rates["png"])
-    print(
-        f"tar / png = {ratio:.2f}x  [{args.images:,} images per job, chunk {args.chunk_size}, preset {args.preset}, "
-        f"store {args.store}, batch {args.batch_size}, {args.upload_threads} upload threads, SQLite, CPU]"
+    setup = (
+        f"{args.images:,} images per job, chunk {args.chunk_size}, preset {args.preset}, store {args.store}, "
+        f"batch {args.batch_size}, {args.upload_threads} upload threads, SQLite, CPU, "
+        f"{torch.get_num_threads()} torch threads"
     )
+    print(f"tar / png = {ratio:.2f}x  [{setup}]")
+    write_report(args.out, rates, ratio, setup)
+    print(f"report: {args.out / 'report.md'}, chart: {args.out / 'shards.png'}")
+
+
+def write_report(out: Path, rates: dict[str, list[float]], ratio: float, setup: str) -> None:
+    """report.md (images/s per run and the ratio) and shards.png (a bar per run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Sharded output (tar) vs one object per image (png)",
+        "",
+        f"`{' '.join(sys.argv)}` — {setup}.",
+        "",
+        "| format | median images/s | runs |",
+        "|---|---:|---|",
+    ]
+    for name, values in rates.items():
+        runs = ", ".join(f"{value:,.0f}" for value in values)
+        lines.append(f"| {name} | {statistics.median(values):,.0f} | {runs} |")
+    lines += ["", f"tar / png = **{ratio:.2f}x** (medians, runs alternating png, tar)."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    figure, axis = plt.subplots(figsize=(6, 4))
+    labels = [f"{name} #{run + 1}" for name, values in rates.items() for run in range(len(values))]
+    values = [value for series in rates.values() for value in series]
+    colours = ["tab:blue" if label.startswith("png") else "tab:orange" for label in labels]
+    axis.bar(labels, values, color=colours)
+    axis.set_ylabel("images/s")
+    axis.set_title(f"tar / png = {ratio:.2f}x")
+    figure.tight_layout()
+    figure.savefig(out / "shards.png", dpi=100)
+    plt.close(figure)
 
 
 if __name__ == "__main__":
