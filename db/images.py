@@ -221,23 +221,30 @@ def count_images(session: Session, job_id: str, status: ImageStatus | None = Non
     return int(session.scalar(query) or 0)
 
 
-def iter_job_images(session: Session, job_id: str, *, batch_rows: int = LIST_BATCH_ROWS) -> Iterator[Image]:
-    """Every image row of a job in index order, read in keyset-paginated batches (for manifests, exports)."""
+def _pages(session: Session, job_id: str, batch_rows: int, *columns: Any) -> Iterator[Sequence[Any]]:
+    """Batches of a job's image rows in index order, keyset-paginated on `index` (the first column)."""
     last = -1
     while True:
-        batch = session.scalars(
-            select(Image)
+        batch = session.execute(
+            select(Image.index, *columns)
             .where(Image.job_id == job_id, Image.index > last)
             .order_by(Image.index)
             .limit(batch_rows)
         ).all()
         if not batch:
             return
-        yield from batch
-        last = batch[-1].index
+        yield batch
+        last = batch[-1][0]
 
 
-# Columns of `iter_image_fields`, in order.
+def iter_job_images(session: Session, job_id: str, *, batch_rows: int = LIST_BATCH_ROWS) -> Iterator[Image]:
+    """Every image row of a job in index order, read in keyset-paginated batches (for exports)."""
+    for batch in _pages(session, job_id, batch_rows, Image):
+        for _, image in batch:
+            yield image
+
+
+# Columns of `iter_image_fields`, in order (after `index`).
 IMAGE_FIELDS = ("index", "sku", "category", "key", "sha256", "status", "error", "score", "redraws")
 
 
@@ -248,17 +255,7 @@ def iter_image_fields(
 
     For manifests: no ORM objects are built, which made listing a large job several times slower.
     """
-    columns = [getattr(Image, name) for name in IMAGE_FIELDS]
-    last = -1
-    while True:
-        batch = session.execute(
-            select(*columns)
-            .where(Image.job_id == job_id, Image.index > last)
-            .order_by(Image.index)
-            .limit(batch_rows)
-        ).all()
-        if not batch:
-            return
+    columns = [getattr(Image, name) for name in IMAGE_FIELDS[1:]]
+    for batch in _pages(session, job_id, batch_rows, *columns):
         for row in batch:
             yield tuple(row)
-        last = batch[-1][0]
