@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import and_, or_, select
@@ -65,17 +67,18 @@ async def create_job(
     job_request, items = await read_job_request(request, services, tenant.id)
     # One submit per tenant at a time in this process, queued here on the event loop: a queued submit holds
     # neither a thread nor a pooled connection (the tenant's row lock still orders API processes).
+    plan = functools.partial(
+        plan_job_request,
+        services.session_factory,
+        tenant,
+        job_request,
+        items,
+        idempotency_key=idempotency_key,
+        settings=services.settings,
+        webhook_settings=services.webhooks,
+    )
     async with services.submit_locks.hold(tenant.id):
-        result, planned = await run_in_threadpool(
-            plan_job_request,
-            services.session_factory,
-            tenant,
-            job_request,
-            items,
-            idempotency_key=idempotency_key,
-            settings=services.settings,
-            webhook_settings=services.webhooks,
-        )
+        result, planned = await anyio.to_thread.run_sync(plan, limiter=services.submit_locks.threads())
     if planned is not None:
         await run_in_threadpool(publish_planned, services.session_factory, planned, services.publisher)
     # In the thread pool too: waiting for a pooled connection on the event loop would stall every request.
