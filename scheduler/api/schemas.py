@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from db.errors import InvalidKeyError
-from db.planning import MAX_REDRAWS, QualityGateSpec
+from db.planning import MAX_CHUNK_SIZE, MAX_REDRAWS, MIN_CHUNK_SIZE, QualityGateSpec
 from db.status import ImageStatus, JobStatus, ModelVersionStatus
 from db.storage.keys import MAX_SEGMENT_BYTES, validate_key_segment
 
@@ -56,6 +56,10 @@ def _integral_number(value: Any) -> Any:
 
 # An integer a client sends: `4` or `4.0`, never `true`, `"4"` or `4.5`.
 JsonInteger = Annotated[int, BeforeValidator(_integral_number)]
+# Optional integers carry their bounds before the validator: `Field(ge=...)` on `JsonInteger | None` would
+# reach the document as raw `ge`/`le` keys, which no client or tool reads, instead of `minimum`/`maximum`.
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral_number)]
+ChunkSize = Annotated[int, Field(ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE), BeforeValidator(_integral_number)]
 
 
 class _Strict(BaseModel):
@@ -138,9 +142,7 @@ class JobCreate(_Strict):
         description="An `s3://bucket/key` CSV, JSONL or Parquet file with columns sku, category, count.",
         examples=["s3://catalog/exports/missing-images.csv"],
     )
-    seed: JsonInteger | None = Field(
-        default=None, ge=0, le=MAX_SEED, description="Chosen and recorded when omitted."
-    )
+    seed: Seed | None = Field(default=None, description="Chosen and recorded when omitted.")
     output_format: Literal["png", "webp", "tar"] | None = Field(
         default=None,
         description="png (default) or lossless webp, one object per image; tar: WebDataset shards of PNGs, "
@@ -153,9 +155,7 @@ class JobCreate(_Strict):
         "`rejected` (counted in `images_rejected`, listed in the manifest with its score and redraws).",
         examples=[{"min_confidence": 0.6, "max_redraws": 3}],
     )
-    chunk_size: JsonInteger | None = Field(
-        default=None, ge=1, le=10_000, description="Images per task; default chosen."
-    )
+    chunk_size: ChunkSize | None = Field(default=None, description="Images per task; default chosen.")
     webhook_url: str | None = Field(
         default=None,
         max_length=MAX_URL_LENGTH,
@@ -349,7 +349,7 @@ class PreviewCreate(_Strict):
     model: str | None = ModelRef
     category: str = Field(min_length=1, max_length=64)
     count: JsonInteger = Field(default=4, ge=1, le=MAX_PREVIEW_IMAGES)
-    seed: JsonInteger | None = Field(default=None, ge=0, le=MAX_SEED)
+    seed: Seed | None = None
 
 
 class PreviewImagePublic(BaseModel):
