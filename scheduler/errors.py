@@ -52,7 +52,7 @@ class IdempotencyMismatchError(RequestValidationError):
     def __init__(self, key: str) -> None:
         super().__init__(
             "Idempotency-Key",
-            "reused with a different request body",
+            "idempotency_key_reused",
             f"Idempotency-Key {key!r} was already used with a different request body",
         )
 
