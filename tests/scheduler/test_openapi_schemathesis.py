@@ -10,6 +10,8 @@ invalid requests are rejected.
 from __future__ import annotations
 
 import json
+import secrets
+import uuid
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -24,8 +26,11 @@ from schemathesis import AuthContext, Case, CheckContext, GenerationMode, Respon
 from schemathesis.checks import positive_data_acceptance
 from sqlalchemy.orm import sessionmaker
 
+from db.engine import transaction
 from db.settings import BrokerSettings
 from db.storage import MemoryStore, ObjectStore
+from db.tables import ApiKey
+from db.tenants import API_KEY_PREFIX_BYTES, API_KEY_SCHEME, API_KEY_SECRET_BYTES, hash_api_key
 from scheduler.api.app import create_app
 from scheduler.api.deps import Services
 from scheduler.api.limits import MemoryRateLimiter
@@ -73,16 +78,30 @@ def schemathesis_api(
     return client
 
 
+# The key schemathesis sends. It must be known when the module is collected: schemathesis builds the cases
+# of its examples and coverage phases then, before any fixture has made a tenant. Each test registers it
+# for its tenant (hashed, like every key), so the API authenticates it the usual way.
+FUZZ_KEY_PREFIX = secrets.token_hex(API_KEY_PREFIX_BYTES)
+FUZZ_API_KEY = f"{API_KEY_SCHEME}_{FUZZ_KEY_PREFIX}_{secrets.token_urlsafe(API_KEY_SECRET_BYTES)}"
+
+
 @pytest.fixture
-def schemathesis_tenant(
-    make_tenant: Callable[..., Credentials], monkeypatch: pytest.MonkeyPatch
-) -> Credentials:
-    """A tenant whose rate limit and job quota leave room for every example; schemathesis sends its key."""
+def schemathesis_tenant(make_tenant: Callable[..., Credentials], pg_factory: Any) -> Credentials:
+    """A tenant whose rate limit and job quota leave room for every example, holding `FUZZ_API_KEY`."""
     credentials = make_tenant(
         requests_per_minute=1_000_000, max_concurrent_jobs=1_000_000, images_per_day=5_000
     )
-    monkeypatch.setattr(APP_UNDER_TEST, "api_key", credentials.api_key)
-    return credentials
+    with transaction(pg_factory) as session:
+        session.add(
+            ApiKey(
+                id=uuid.uuid4().hex,
+                tenant_id=credentials.tenant_id,
+                name="schemathesis",
+                prefix=FUZZ_KEY_PREFIX,
+                key_hash=hash_api_key(FUZZ_API_KEY),
+            )
+        )
+    return Credentials(credentials.tenant_id, FUZZ_API_KEY, credentials.webhook_secret)
 
 
 @pytest.fixture
@@ -95,7 +114,7 @@ def existing_job_id(schemathesis_api: TestClient, schemathesis_tenant: Credentia
 
 
 class AppUnderTest:
-    """An ASGI app that forwards every request to `target`, and the API key of the tenant under test.
+    """An ASGI app that forwards every request to `target`.
 
     pytest needs the operations (hence the document) when it collects the module, before any fixture has
     built the real app on its database; so the schema is loaded through this forwarder, first from an app
@@ -104,7 +123,6 @@ class AppUnderTest:
 
     def __init__(self, target: Any) -> None:
         self.target = target
-        self.api_key = ""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.target(scope, receive, send)
@@ -129,14 +147,14 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP_UNDER_TEST)
 DOCUMENT = dict(schema.raw_schema)
 
 
-@schema.auth(refresh_interval=None)  # a new tenant per test: never reuse a key
+@schema.auth()
 class TenantKey:
-    """`Authorization: Bearer <key>` of the tenant under test, on every case except those where schemathesis
-    leaves the credentials out on purpose (it then expects the 401)."""
+    """`Authorization: Bearer <FUZZ_API_KEY>` on every case except those where schemathesis leaves the
+    credentials out or breaks them on purpose (it then expects the 401)."""
 
     def get(self, case: Case, context: AuthContext) -> str:
         """The key."""
-        return APP_UNDER_TEST.api_key
+        return FUZZ_API_KEY
 
     def set(self, case: Case, data: str, context: AuthContext) -> None:
         """Put it in the Authorization header."""
@@ -145,8 +163,9 @@ class TenantKey:
 
 # A request the document allows may still be refused, rightly, with a 422 naming the field and the rule:
 # - it names what does not exist, or is not allowed, right now: a model or category the registry lacks, a
-#   cursor this API never issued, a manifest that cannot be read, more images than the operator allows per
-#   job (a bound on a sum, which JSON Schema cannot state);
+#   cursor this API never issued, a manifest that cannot be read, an Idempotency-Key an earlier case used
+#   with another body, more images than the operator allows per job (a bound on a sum, which JSON Schema
+#   cannot state);
 # - it breaks a rule the document states in words only: the content of an uploaded manifest (`file`, "binary")
 #   and of the multipart `spec` (JSON text), and SKUs and categories that cannot be part of an object key
 #   (control and format characters, a UTF-8 byte length: no portable `pattern` says that).
@@ -160,6 +179,7 @@ ACCEPTABLE_REJECTIONS = {
     ("manifest_uri", "readable"),
     ("manifest_uri", "tenant_prefix"),
     ("items", "max_images_per_job"),
+    ("Idempotency-Key", "idempotency_key_reused"),
 }
 
 
@@ -267,3 +287,17 @@ def test_an_estimate_reads_a_manifest_uri(
     response = schemathesis_api.post("/v1/jobs:estimate", json=body, headers=schemathesis_tenant.headers)
     assert response.status_code == 200, response.text
     assert (response.json()["images"], response.json()["chunks"]) == (5, 3)
+
+
+def test_every_bound_in_the_document_is_json_schema() -> None:
+    """Given the document, when its schemas are walked, then no bound is left in pydantic's spelling (`ge`,
+    `le`, ...), which JSON Schema tools ignore: a bound they cannot see is not checked by the fuzzing either."""
+
+    def keys(node: Any) -> set[str]:
+        if isinstance(node, dict):
+            return set(node) | {key for value in node.values() for key in keys(value)}
+        if isinstance(node, list):
+            return {key for value in node for key in keys(value)}
+        return set()
+
+    assert keys(DOCUMENT["components"]) & {"ge", "le", "gt", "lt"} == set()
