@@ -15,17 +15,23 @@ Variants, in this order:
    (`models.steps`), no Ray, no DDP, no per-step seeding, no checkpoints.
 2. `run_worker (no Ray)`: the project's per-rank loop `models.training.run_worker`, called in this process.
    The difference to 1 is the loop's own bookkeeping (per-step seeds, batch indices, history).
-3. `Ray Train, 1 worker`: `models.training.fit_with_ray` — the real `TorchTrainer` and
+3. `Ray task, plain loop (before)`: the plain loop of 1 in a Ray worker process (a plain Ray task): a
+   control, because on the shared development box a Ray worker process ran the *same* plain loop up to
+   2× faster than this process did (less CPU per step too), which would hide any cost of Ray Train.
+4. `Ray Train, 1 worker`: `models.training.fit_with_ray` — the real `TorchTrainer` and
    `train_loop_per_worker` — on a local Ray cluster started here.
-4. `Ray Train, 2 workers`: the same with 2 workers (DDP over gloo); each takes `batch` images per step, so
+5. `Ray task, plain loop (after)`: the control again.
+6. `Ray Train, 2 workers`: the same with 2 workers (DDP over gloo); each takes `batch` images per step, so
    the global batch is 2 × batch.
-5. `plain (after)`: the plain loop again, after Ray is shut down, to bracket any change of machine load.
+7. `plain (after)`: the plain loop again, after Ray is shut down, to bracket any change of machine load.
 
 Fairness: each variant sets `torch.set_num_threads(--threads)` itself — inside the Ray worker too, since Ray
 sets OMP_NUM_THREADS from the worker's CPU resources (1 per worker here) — and the threads each variant
 actually ran with are recorded. Checkpoints happen only after the timed window (the run has one extra step),
 unless `--checkpoint-every` puts some inside it. The overhead is 1 − (Ray 1 worker) / (plain), against the
-mean of the two plain runs. Results: stdout, `report.md`, `train.png` and `results.json` in `--out`.
+mean of the two plain runs, and against the mean of the two controls; each also by CPU time per step
+(the training process's own CPU seconds, which depend much less on what else runs on the machine).
+Results: stdout, `report.md`, `train.png` and `results.json` in `--out`.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +62,9 @@ from models.steps import discriminator_step, draw_noise, generator_step, make_op
 
 RAY_CONTROLLER_CPUS = 1  # what `catalogan train` adds to the cluster beyond one CPU per worker
 PLAIN, DIRECT, RAY_1, RAY_2 = "plain", "run_worker (no Ray)", "Ray Train, 1 worker", "Ray Train, 2 workers"
+RAY_TASK_PLAIN = (
+    "Ray task, plain loop"  # the plain loop in a Ray worker process: same process kind as Ray Train's
+)
 
 
 @dataclass
@@ -71,6 +80,9 @@ class StepTimer:
     last_call: float | None = None  # time.perf_counter() of the previous call
     cpu_start: float = 0.0  # time.process_time() (this process, all threads) at the window's start …
     cpu_end: float = 0.0  # … and end
+    tree_pid: int | None = None  # when set: also the CPU time of this process and all its descendants
+    tree_cpu_start: float = 0.0
+    tree_cpu_end: float = 0.0
 
     def __post_init__(self) -> None:
         if self.warmup < 1 or self.timed < 1:
@@ -82,10 +94,14 @@ class StepTimer:
             self.first_step_done_at = time.time()
         if steps_done == self.warmup:
             self.window_start, self.cpu_start = now, time.process_time()
+            if self.tree_pid is not None:
+                self.tree_cpu_start = tree_cpu_seconds(self.tree_pid)
         elif self.warmup < steps_done <= self.warmup + self.timed and self.last_call is not None:
             self.step_seconds.append(now - self.last_call)
             if steps_done == self.warmup + self.timed:
                 self.window_end, self.cpu_end = now, time.process_time()
+                if self.tree_pid is not None:
+                    self.tree_cpu_end = tree_cpu_seconds(self.tree_pid)
         self.last_call = now
 
     @property
@@ -114,9 +130,37 @@ class StepTimer:
         return (self.cpu_end - self.cpu_start) * 1000.0 / self.timed
 
     @property
+    def tree_cpu_ms_per_step(self) -> float:
+        """CPU time of `tree_pid`'s whole process tree per timed step, in ms (NaN without a tree)."""
+        self.seconds  # noqa: B018 - raises when the window is incomplete
+        if self.tree_pid is None:
+            return math.nan
+        return (self.tree_cpu_end - self.tree_cpu_start) * 1000.0 / self.timed
+
+    @property
     def median_steps_per_s(self) -> float:
         """1 / the median timed step: less sensitive than the window to other processes taking the CPU."""
         return 1.0 / statistics.median(self.step_seconds)
+
+
+def tree_cpu_seconds(root_pid: int) -> float:
+    """User + system CPU seconds used so far by a process and all its live descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            values = stat.read_text().rsplit(")", 1)[1].split()  # the fields after "pid (comm)"
+        except OSError:
+            continue  # the process ended
+        pid = int(stat.parent.name)
+        parents[pid], ticks[pid] = int(values[1]), int(values[11]) + int(values[12])  # ppid, utime + stime
+    tree, frontier = {root_pid}, [root_pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -133,6 +177,7 @@ class VariantResult:
     steps_per_s: float
     median_steps_per_s: float  # 1 / median step duration
     cpu_ms_per_step: float  # CPU time of the training process per step (the slowest rank's)
+    tree_cpu_ms_per_step: float  # CPU time of the benchmark's whole process tree (Ray's processes included)
     nice: int  # the training process's niceness
     startup_s: float  # from the call that starts it to the end of its first step (that step included)
     wall_s: float  # the whole call, start-up and the final checkpoint included
@@ -214,8 +259,9 @@ class TimedTrainLoop:
     writes the timer and the threads it saw to `<folder>/<tag>-rank<r>.json` once training is over.
     """
 
-    def __init__(self, folder: Path, tag: str, threads: int, warmup: int, timed: int) -> None:
+    def __init__(self, folder: Path, tag: str, threads: int, warmup: int, timed: int, tree_pid: int) -> None:
         self.folder, self.tag, self.threads, self.warmup, self.timed = folder, tag, threads, warmup, timed
+        self.tree_pid = tree_pid  # the benchmark's process: Ray's processes are its descendants
 
     def __call__(self, config: dict[str, Any]) -> None:
         import ray.train
@@ -223,7 +269,7 @@ class TimedTrainLoop:
         from models.training import train_loop_per_worker
 
         torch.set_num_threads(self.threads)
-        timer = StepTimer(self.warmup, self.timed)
+        timer = StepTimer(self.warmup, self.timed, tree_pid=self.tree_pid)
         train_loop_per_worker(config, on_step=timer)
         rank = ray.train.get_context().get_world_rank()
         record = {**asdict(timer), "seconds": timer.seconds, **process_settings()}
@@ -249,9 +295,32 @@ def train_request(args: argparse.Namespace, store_url: str, run: str, workers: i
 def measure_plain(args: argparse.Namespace, data: TrainingData, name: str, timed: int) -> VariantResult:
     """Variant 1 / 5: the plain loop in this process."""
     load_before, started = load_average(), time.time()
-    timer = StepTimer(args.warmup_steps, timed)
+    timer = StepTimer(args.warmup_steps, timed, tree_pid=os.getpid())
     plain_loop(args.preset, data, args.threads, args.warmup_steps + timed, timer)
     return _result(name, 1, process_settings(), args, timer, started, time.time(), load_before)
+
+
+def timer_from_record(record: dict[str, Any]) -> StepTimer:
+    """A `StepTimer` back from its `asdict` form (other keys ignored)."""
+    return StepTimer(**{f.name: record[f.name] for f in fields(StepTimer)})
+
+
+def plain_in_ray_task(args: argparse.Namespace, timed: int, tree_pid: int) -> dict[str, Any]:
+    """The plain loop in a Ray worker process (a plain Ray task: no Ray Train, no DDP); runs in that process."""
+    preset = get_preset(args.preset)
+    data = open_dataset(args.data, preset.model.resolution, preset.model.channels)
+    timer = StepTimer(args.warmup_steps, timed, tree_pid=tree_pid)
+    plain_loop(args.preset, data, args.threads, args.warmup_steps + timed, timer)
+    return {**asdict(timer), **process_settings()}
+
+
+def measure_plain_in_ray(args: argparse.Namespace, name: str, timed: int) -> VariantResult:
+    """The control variant: is a Ray worker process itself faster or slower than this one?"""
+    import ray
+
+    load_before, started = load_average(), time.time()
+    record = ray.get(ray.remote(num_cpus=1)(plain_in_ray_task).remote(args, timed, os.getpid()))
+    return _result(name, 1, record, args, timer_from_record(record), started, time.time(), load_before)
 
 
 def measure_direct(args: argparse.Namespace, store_url: str, timed: int) -> VariantResult:
@@ -260,7 +329,7 @@ def measure_direct(args: argparse.Namespace, store_url: str, timed: int) -> Vari
 
     load_before, started = load_average(), time.time()
     torch.set_num_threads(args.threads)
-    timer = StepTimer(args.warmup_steps, timed)
+    timer = StepTimer(args.warmup_steps, timed, tree_pid=os.getpid())
     steps = args.warmup_steps + timed + 1  # the final checkpoint falls after the window
     run_worker(train_request(args, store_url, "direct", 1, steps), log=lambda _line: None, on_step=timer)
     return _result(DIRECT, 1, process_settings(), args, timer, started, time.time(), load_before)
@@ -274,23 +343,14 @@ def measure_ray(
 
     tag = f"ray{workers}"
     steps = args.warmup_steps + timed + 1
-    loop = TimedTrainLoop(scratch, tag, args.threads, args.warmup_steps, timed)
+    loop = TimedTrainLoop(scratch, tag, args.threads, args.warmup_steps, timed, os.getpid())
     load_before, started = load_average(), time.time()
     fit_with_ray(train_request(args, store_url, tag, workers, steps), scratch / "ray", train_loop=loop)
     finished = time.time()
     ranks = [json.loads((scratch / f"{tag}-rank{rank}.json").read_text()) for rank in range(workers)]
     # The slowest rank sets the pace (DDP waits for it); all ranks did the same number of steps.
     slowest = max(ranks, key=lambda record: record["seconds"])
-    timer = StepTimer(
-        args.warmup_steps,
-        timed,
-        first_step_done_at=min(r["first_step_done_at"] for r in ranks),
-        window_start=slowest["window_start"],
-        window_end=slowest["window_end"],
-        step_seconds=slowest["step_seconds"],
-        cpu_start=slowest["cpu_start"],
-        cpu_end=slowest["cpu_end"],
-    )
+    timer = timer_from_record({**slowest, "first_step_done_at": min(r["first_step_done_at"] for r in ranks)})
     name = RAY_1 if workers == 1 else RAY_2 if workers == 2 else f"Ray Train, {workers} workers"
     return _result(name, workers, slowest, args, timer, started, finished, load_before)
 
@@ -317,6 +377,7 @@ def _result(
         steps_per_s=timer.steps_per_s,
         median_steps_per_s=timer.median_steps_per_s,
         cpu_ms_per_step=timer.cpu_ms_per_step,
+        tree_cpu_ms_per_step=timer.tree_cpu_ms_per_step,
         nice=int(settings["nice"]),
         startup_s=timer.first_step_done_at - started,
         wall_s=finished - started,
@@ -332,7 +393,8 @@ def variant_line(r: VariantResult) -> str:
     """One variant's figures on one line."""
     return (
         f"{r.name:<22} {r.steps_per_s:8.2f} steps/s (median step: {r.median_steps_per_s:.2f})  "
-        f"{r.images_per_s:9.0f} images/s  {r.cpu_ms_per_step:7.1f} CPU ms/step  "
+        f"{r.images_per_s:9.0f} images/s  {r.cpu_ms_per_step:6.1f} CPU ms/step "
+        f"({r.tree_cpu_ms_per_step:.1f} with all processes)  "
         f"({r.timed_steps} steps in {r.window_s:.1f} s; {r.workers} × {r.threads} threads, "
         f"OMP_NUM_THREADS={r.omp_num_threads or 'unset'}, nice {r.nice}; start-up {r.startup_s:.1f} s, wall {r.wall_s:.1f} s; "
         f"load {r.load_before:.1f} → {r.load_after:.1f})"
@@ -345,17 +407,31 @@ def summary_lines(results: list[VariantResult], ray_init_s: float) -> list[str]:
     plains = [r for r in results if r.name.startswith(PLAIN)]
     median_reference = statistics.fmean(r.median_steps_per_s for r in plains)
     cpu_reference = statistics.fmean(r.cpu_ms_per_step for r in plains)
+    tree_reference = statistics.fmean(r.tree_cpu_ms_per_step for r in plains)
     by_name = {r.name: r for r in results}
     lines = [variant_line(r) for r in results]
     lines.append(
         f"plain reference: {reference:.2f} steps/s (mean of {' and '.join(f'{r.steps_per_s:.2f}' for r in plains)})"
     )
+    controls = [r for r in results if r.name.startswith(RAY_TASK_PLAIN)]
+    if controls and RAY_1 in by_name:
+        control = statistics.fmean(r.steps_per_s for r in controls)
+        control_cpu = statistics.fmean(r.cpu_ms_per_step for r in controls)
+        control_tree = statistics.fmean(r.tree_cpu_ms_per_step for r in controls)
+        ray_1 = by_name[RAY_1]
+        lines.append(
+            f"plain loop in a Ray worker process: {control:.2f} steps/s; overhead of {RAY_1} against it: "
+            f"{overhead(control, ray_1.steps_per_s):+.1%} "
+            f"(by CPU time per step: {overhead(ray_1.cpu_ms_per_step, control_cpu):+.1%}, "
+            f"with all processes: {overhead(ray_1.tree_cpu_ms_per_step, control_tree):+.1%})"
+        )
     for name in (DIRECT, RAY_1):
         if name in by_name:
             lines.append(
                 f"overhead of {name}: {overhead(reference, by_name[name].steps_per_s):+.1%} vs plain "
                 f"(by median step: {overhead(median_reference, by_name[name].median_steps_per_s):+.1%}; "
-                f"by CPU time per step: {overhead(by_name[name].cpu_ms_per_step, cpu_reference):+.1%})"
+                f"by CPU time per step: {overhead(by_name[name].cpu_ms_per_step, cpu_reference):+.1%}, "
+                f"with all processes: {overhead(by_name[name].tree_cpu_ms_per_step, tree_reference):+.1%})"
             )
     if RAY_1 in by_name and RAY_2 in by_name:
         one, two = by_name[RAY_1], by_name[RAY_2]
@@ -372,7 +448,7 @@ def markdown_report(results: list[VariantResult], ray_init_s: float, meta: dict[
     rows = "\n".join(
         f"| {r.name} | {r.workers} × {r.threads} | {r.omp_num_threads or 'unset'} | {r.nice} | "
         f"{r.batch * r.workers} | {r.timed_steps} | {r.window_s:.1f} | {r.steps_per_s:.2f} | "
-        f"{r.median_steps_per_s:.2f} | {r.cpu_ms_per_step:.1f} | {r.images_per_s:.0f} | {r.startup_s:.1f} | "
+        f"{r.median_steps_per_s:.2f} | {r.cpu_ms_per_step:.1f} | {r.tree_cpu_ms_per_step:.1f} | {r.images_per_s:.0f} | {r.startup_s:.1f} | "
         f"{r.wall_s:.1f} |"
         for r in results
     )
@@ -382,8 +458,9 @@ def markdown_report(results: list[VariantResult], ray_init_s: float, meta: dict[
         "# Training step rate: plain loop vs Ray Train\n\n"
         f"{setup}\n\n"
         "| variant | workers × threads | OMP_NUM_THREADS | nice | global batch | timed steps | window s | "
-        "steps/s | steps/s by median step | CPU ms/step | images/s | start-up s | wall s |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "steps/s | steps/s by median step | CPU ms/step | CPU ms/step, all processes | images/s | start-up s | "
+        "wall s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         f"{rows}\n\n```\n{summary}\n```\n"
     )
 
@@ -462,7 +539,9 @@ def main() -> None:
         ray.init(num_cpus=workers + RAY_CONTROLLER_CPUS, include_dashboard=False, log_to_driver=False)
         ray_init_s = time.time() - init_started
         try:
+            done(measure_plain_in_ray(args, f"{RAY_TASK_PLAIN} (before)", timed))
             done(measure_ray(args, store_url, scratch, 1, timed))
+            done(measure_plain_in_ray(args, f"{RAY_TASK_PLAIN} (after)", timed))
             if not args.no_two_workers:
                 done(measure_ray(args, store_url, scratch, 2, timed))
         finally:

@@ -6,6 +6,8 @@ Nothing here is timed: the clock is faked where a rate is computed.
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,6 +116,7 @@ def _variant(bench: ModuleType, name: str, workers: int, steps_per_s: float) -> 
         steps_per_s=steps_per_s,
         median_steps_per_s=steps_per_s,
         cpu_ms_per_step=1000 / steps_per_s,
+        tree_cpu_ms_per_step=1100 / steps_per_s,
         nice=10,
         startup_s=5.0,
         wall_s=40.0,
@@ -123,10 +126,13 @@ def _variant(bench: ModuleType, name: str, workers: int, steps_per_s: float) -> 
 
 
 def test_summary_computes_overhead_against_both_plain_runs_and_scaling(bench: ModuleType) -> None:
-    # Given plain runs at 100 and 90 steps/s, Ray with 1 worker at 90, with 2 workers at 60 steps/s
+    # Given plain runs at 100 and 90 steps/s, the plain loop in a Ray process at 80 and 100,
+    # Ray with 1 worker at 90, with 2 workers at 60 steps/s
     results = [
         _variant(bench, f"{bench.PLAIN} (before)", 1, 100.0),
+        _variant(bench, f"{bench.RAY_TASK_PLAIN} (before)", 1, 80.0),
         _variant(bench, bench.RAY_1, 1, 90.0),
+        _variant(bench, f"{bench.RAY_TASK_PLAIN} (after)", 1, 100.0),
         _variant(bench, bench.RAY_2, 2, 60.0),
         _variant(bench, f"{bench.PLAIN} (after)", 1, 90.0),
     ]
@@ -140,10 +146,34 @@ def test_summary_computes_overhead_against_both_plain_runs_and_scaling(bench: Mo
     # (CPU time per step: plain 10 and 11.1 ms, Ray 11.1 ms: 1 - 10.56 / 11.1 = +5.0%)
     assert "by CPU time per step: +5.0%" in text
     assert "480 images/s = 1.33 × 1 Ray worker" in text
+    # And against the control (the plain loop in a Ray process, mean 90 steps/s) Ray Train costs nothing
+    assert (
+        f"plain loop in a Ray worker process: 90.00 steps/s; overhead of {bench.RAY_1} against it: +0.0%"
+        in text
+    )
     assert "ray.init): 12.0 s" in text
     assert bench.overhead(95.0, 100.0) < 0  # faster than the reference is a negative overhead
     report = bench.markdown_report(results, 12.0, {"preset": "tiny"})
     assert report.count(f"| {bench.RAY_2} | 2 × 1 | 1 | 10 |") == 1 and "- preset: tiny" in report
+
+
+def test_tree_cpu_counts_the_cpu_time_of_child_processes(bench: ModuleType) -> None:
+    # Given a child process that burns 0.3 s of CPU, then waits
+    burn = (
+        "import time, sys\nwhile time.process_time() < 0.3: pass\nprint('done', flush=True)\nsys.stdin.read()"
+    )
+    before = bench.tree_cpu_seconds(os.getpid())
+    child = subprocess.Popen(
+        [sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "done\n"
+        # When the benchmark's process tree is measured while the child is alive
+        after = bench.tree_cpu_seconds(os.getpid())
+    finally:
+        child.communicate("")
+    # Then the child's CPU seconds are in it (this process's own are too, hence only a lower bound)
+    assert after - before >= 0.29
 
 
 def test_plain_loop_trains_the_preset_and_reports_every_step(bench: ModuleType, image_folder: Path) -> None:
