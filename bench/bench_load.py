@@ -2,11 +2,15 @@
 
     .venv/bin/python bench/bench_load.py --submissions 200 --concurrency 200 --images-per-job 2
 
-What it runs: the API (uvicorn, in this process) on a fresh PostgreSQL database, a private redis-server on a
-free port (or `--redis-url`), a SeaweedFS S3 server it starts itself, and `--workers` real `catalogan worker`
-processes with a tiny random-weight model. Each of `--submissions` clients (`--concurrency` at a time) submits
-one job (tenants taken round robin, `--tenants`) and polls `GET /v1/jobs/{id}` every 0.5 s until it finishes. It prints the p50/p99 latency of both
-requests, the error count (the target is 0) and whether every job succeeded, then one JSON line.
+What it runs: the API (uvicorn, in this process) on a fresh PostgreSQL database with `--pool-size` pooled
+connections (plus as many overflow; 5 is the production default), a private redis-server on a free port (or
+`--redis-url`), a SeaweedFS S3 server it starts itself, and `--workers` real `catalogan worker` processes with
+a tiny random-weight model. Each of `--submissions` clients (`--concurrency` at a time) submits one job
+(tenants taken round robin, `--tenants`; the default is one tenant for all) and polls `GET /v1/jobs/{id}`
+every 0.5 s until it finishes. It prints the p50/p99 latency of both requests, the error count (the target
+is 0) and whether every job succeeded, then one JSON line, and writes `report.md` and `load.png` (latency
+over the run, latency distribution) into `--out`. The clients are threads of this same process, so they
+share its CPU and GIL with the API: the latencies are an upper bound for the API itself.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,7 +35,7 @@ from db.settings import BrokerSettings, DataSettings, StorageSettings  # noqa: E
 from db.storage import open_store  # noqa: E402
 from scheduler.api.app import build_services, create_app  # noqa: E402
 from scheduler.settings import ApiSettings  # noqa: E402
-from tests.faults.load import LiveApi, load_tenant_headers, run_load  # noqa: E402
+from tests.faults.load import LiveApi, LoadReport, load_tenant_headers, run_load  # noqa: E402
 from tests.faults.services import RedisServer  # noqa: E402
 from tests.pipeline import ServiceProcess, make_model_version, pipeline_env, tiny_checkpoint  # noqa: E402
 from tests.services import TEST_BUCKET, SeaweedFS  # noqa: E402
@@ -52,8 +57,86 @@ def _drop_database(admin_url: str, url: str) -> None:
     engine.dispose()
 
 
+def summary_figures(args: argparse.Namespace, report: LoadReport) -> dict[str, Any]:
+    """The run's figures, as printed in the JSON line."""
+    return {
+        "submissions": args.submissions,
+        "concurrency": args.concurrency,
+        "images_per_job": args.images_per_job,
+        "workers": args.workers,
+        "tenants": args.tenants,
+        "pool_size": args.pool_size,
+        "wall_s": round(report.wall_seconds, 2),
+        "submit_p50_ms": round(report.percentile(report.submit_seconds, 50), 1),
+        "submit_p99_ms": round(report.percentile(report.submit_seconds, 99), 1),
+        "poll_p50_ms": round(report.percentile(report.poll_seconds, 50), 1),
+        "poll_p99_ms": round(report.percentile(report.poll_seconds, 99), 1),
+        "polls": len(report.poll_seconds),
+        "errors": len(report.errors),
+        "succeeded": sum(status == "succeeded" for status in report.final_status.values()),
+    }
+
+
+def write_report(out: Path, figures: dict[str, Any], report: LoadReport) -> None:
+    """report.md (setup, latency table, errors) and load.png (latency over the run; latency distribution)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    kinds = [("POST /v1/jobs", report.submit_seconds, report.submit_at)]
+    kinds.append(("GET /v1/jobs/{id}", report.poll_seconds, report.poll_at))
+    lines = [
+        "# API load on loopback",
+        "",
+        f"`{' '.join(sys.argv)}`",
+        "",
+        f"{figures['submissions']} submissions, {figures['concurrency']} clients at a time, "
+        f"{figures['tenants']} tenant(s), {figures['images_per_job']} images per job, "
+        f"{figures['workers']} worker(s), API pool {figures['pool_size']} + {figures['pool_size']} connections. "
+        f"Wall time {figures['wall_s']:.1f} s.",
+        "",
+        f"**Errors: {figures['errors']}.** Jobs succeeded: {figures['succeeded']}/{figures['submissions']}.",
+        "",
+        "| request | answered | p50 ms | p90 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, seconds, _ in kinds:
+        lines.append(
+            f"| `{name}` | {len(seconds)} | {report.percentile(seconds, 50):.1f} | "
+            f"{report.percentile(seconds, 90):.1f} | {report.percentile(seconds, 99):.1f} | "
+            f"{max(seconds, default=0) * 1000:.1f} |"
+        )
+    if report.errors:
+        lines += ["", "First errors:", ""]
+        lines += [f"- `{error[:160]}`" for error in report.errors[:10]]
+    lines += ["", "![latency](load.png)"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, seconds, at in kinds:
+        axes[0].scatter(at, [value * 1000 for value in seconds], s=4, alpha=0.5, label=name)
+        ordered = sorted(value * 1000 for value in seconds)
+        if ordered:
+            axes[1].plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=name)
+    axes[0].set_xlabel("seconds since the first request")
+    axes[0].set_ylabel("latency (ms)")
+    axes[0].set_yscale("log")
+    axes[0].set_title("Latency of each request over the run")
+    axes[0].legend()
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("latency (ms)")
+    axes[1].set_ylabel("fraction of requests")
+    axes[1].set_title(f"Latency distribution; errors: {figures['errors']}")
+    axes[1].legend()
+    figure.tight_layout()
+    figure.savefig(out / "load.png", dpi=100)
+    plt.close(figure)
+
+
 def main() -> None:
-    """Parse the flags, start the services, run the load, print the summary and a JSON line."""
+    """Parse the flags, start the services, run the load, print the summary and a JSON line, write the report."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -65,12 +148,21 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=1, help="`catalogan worker` processes.")
     parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=5,
+        help="The API's pooled database connections (as many again overflow); 5 is the production default.",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=900.0, help="Seconds before unfinished jobs count as errors."
     )
     parser.add_argument(
         "--postgres-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
     parser.add_argument("--redis-url", default="", help="Default: a private redis-server on a free port.")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench-results" / "load", help="Folder for report.md and load.png."
+    )
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="catalogan-load-"))
@@ -88,7 +180,7 @@ def main() -> None:
     api = None
     try:
         migrate.upgrade(db_url)
-        engine = make_engine(db_url, pool_size=20)
+        engine = make_engine(db_url, pool_size=args.pool_size)
         factory = make_session_factory(engine)
         store = open_store(f"s3://{TEST_BUCKET}/load-{uuid.uuid4().hex[:8]}")
         make_model_version(factory, checkpoint=tiny_checkpoint(), store=store)
@@ -135,25 +227,10 @@ def main() -> None:
     print(report.summary())
     for error in report.errors[:10]:
         print("error:", error)
-    print(
-        json.dumps(
-            {
-                "submissions": args.submissions,
-                "concurrency": args.concurrency,
-                "images_per_job": args.images_per_job,
-                "workers": args.workers,
-                "tenants": args.tenants,
-                "wall_s": round(report.wall_seconds, 2),
-                "submit_p50_ms": round(report.percentile(report.submit_seconds, 50), 1),
-                "submit_p99_ms": round(report.percentile(report.submit_seconds, 99), 1),
-                "poll_p50_ms": round(report.percentile(report.poll_seconds, 50), 1),
-                "poll_p99_ms": round(report.percentile(report.poll_seconds, 99), 1),
-                "polls": len(report.poll_seconds),
-                "errors": len(report.errors),
-                "succeeded": sum(status == "succeeded" for status in report.final_status.values()),
-            }
-        )
-    )
+    figures = summary_figures(args, report)
+    print(json.dumps(figures))
+    write_report(args.out, figures, report)
+    print(f"report: {args.out / 'report.md'}, chart: {args.out / 'load.png'}")
     sys.exit(1 if report.errors else 0)
 
 

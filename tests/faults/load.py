@@ -118,49 +118,49 @@ class LoadReport:
 
 
 def _client_run(
-    base_url: str, headers: dict[str, str], body: dict[str, Any], report: LoadReport, deadline: float
+    client: httpx.Client, headers: dict[str, str], body: dict[str, Any], report: LoadReport, deadline: float
 ) -> None:
-    with httpx.Client(base_url=base_url, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS) as client:
+    """One client's whole life: submit, then poll until the job finishes or the deadline passes."""
+    started = time.perf_counter()
+    try:
+        response = client.post("/v1/jobs", json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        with report.lock:
+            report.errors.append(f"POST: {type(exc).__name__}: {exc}")
+        return
+    elapsed = time.perf_counter() - started
+    with report.lock:
+        report.submit_seconds.append(elapsed)
+        report.submit_at.append(started - report.started)
+    if response.status_code != 201:
+        with report.lock:
+            report.errors.append(f"POST: {response.status_code} {response.text[:200]}")
+        return
+    job_id = response.json()["id"]
+    while time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL_SECONDS)
         started = time.perf_counter()
         try:
-            response = client.post("/v1/jobs", json=body)
+            response = client.get(f"/v1/jobs/{job_id}", headers=headers)
         except httpx.HTTPError as exc:
             with report.lock:
-                report.errors.append(f"POST: {type(exc).__name__}: {exc}")
-            return
-        elapsed = time.perf_counter() - started
+                report.errors.append(f"GET: {type(exc).__name__}: {exc}")
+            continue
         with report.lock:
-            report.submit_seconds.append(elapsed)
-            report.submit_at.append(started - report.started)
-        if response.status_code != 201:
+            report.poll_seconds.append(time.perf_counter() - started)
+            report.poll_at.append(started - report.started)
+        if response.status_code != 200:
             with report.lock:
-                report.errors.append(f"POST: {response.status_code} {response.text[:200]}")
+                report.errors.append(f"GET: {response.status_code} {response.text[:200]}")
+            continue
+        status = response.json()["status"]
+        if status in TERMINAL:
+            with report.lock:
+                report.final_status[job_id] = status
             return
-        job_id = response.json()["id"]
-        while time.monotonic() < deadline:
-            time.sleep(POLL_INTERVAL_SECONDS)
-            started = time.perf_counter()
-            try:
-                response = client.get(f"/v1/jobs/{job_id}")
-            except httpx.HTTPError as exc:
-                with report.lock:
-                    report.errors.append(f"GET: {type(exc).__name__}: {exc}")
-                continue
-            with report.lock:
-                report.poll_seconds.append(time.perf_counter() - started)
-                report.poll_at.append(started - report.started)
-            if response.status_code != 200:
-                with report.lock:
-                    report.errors.append(f"GET: {response.status_code} {response.text[:200]}")
-                continue
-            status = response.json()["status"]
-            if status in TERMINAL:
-                with report.lock:
-                    report.final_status[job_id] = status
-                return
-        with report.lock:
-            report.errors.append(f"job {job_id}: not finished before the deadline")
-            report.final_status[job_id] = "timeout"
+    with report.lock:
+        report.errors.append(f"job {job_id}: not finished before the deadline")
+        report.final_status[job_id] = "timeout"
 
 
 def run_load(
@@ -180,9 +180,15 @@ def run_load(
     report = LoadReport()
     deadline = time.monotonic() + timeout_seconds
     started = report.started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="load") as pool:
+    # One shared httpx client with a connection per thread: 200 clients each building their own (and its TLS
+    # context) cost seconds of this process's CPU, which the API in the same process then lacked.
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    with (
+        httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_SECONDS, limits=limits) as client,
+        ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="load") as pool,
+    ):
         futures = [
-            pool.submit(_client_run, base_url, tenants[i % len(tenants)], job_body(i), report, deadline)
+            pool.submit(_client_run, client, tenants[i % len(tenants)], job_body(i), report, deadline)
             for i in range(submissions)
         ]
         for future in futures:
