@@ -1,15 +1,22 @@
 """Queueing in the API process: one tenant's submits take turns on the event loop (other tenants do not wait),
-and request sessions are bounded below the connection pool."""
+request sessions are bounded below the connection pool, and a pool that stays exhausted is a 503."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import anyio
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool, QueuePool
 
 from db.engine import make_session_factory
+from db.storage import MemoryStore
 from scheduler.api.deps import session_slot_count
+from scheduler.settings import ApiSettings, WebhookSettings
 from scheduler.submission import TenantSubmitLocks
+from tests.scheduler.conftest import Credentials, _app
 
 
 async def _run_submits(locks: TenantSubmitLocks, tenants: list[str]) -> tuple[dict[str, int], list[str]]:
@@ -66,3 +73,23 @@ def test_request_sessions_leave_part_of_the_pool_free() -> None:
     assert slots(pool_size=2, max_overflow=2) == 3
     assert slots(pool_size=1, max_overflow=0) == 1
     assert session_slot_count(unpooled) is None
+
+
+def test_an_exhausted_connection_pool_is_a_503_with_retry_after(
+    pg_url: str, make_tenant: Callable[..., Credentials], tmp_path: Path
+) -> None:
+    # Given the API on a one-connection pool that gives up after 0.2 s, and that connection taken elsewhere
+    tenant = make_tenant()
+    engine = create_engine(pg_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    app = _app(make_session_factory(engine), MemoryStore(), [], tmp_path, ApiSettings(), WebhookSettings())
+    try:
+        with engine.connect(), TestClient(app, raise_server_exceptions=False) as client:
+            # When a request needs a connection
+            response = client.get("/v1/jobs", headers=tenant.headers)
+        # Then it is told to come back later, as a problem, instead of a 500
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert int(response.headers["Retry-After"]) > 0
+        assert "database connection" in response.json()["detail"]
+    finally:
+        engine.dispose()
