@@ -9,17 +9,24 @@ What it runs, in order, on real services (PostgreSQL, Redis, and a SeaweedFS S3 
 2. the floor: generator forward + PNG encode + S3 PUT in this process, with the worker's batch size and
    upload-thread count and the same overlap (batch k uploads while batch k+1 runs), no queue and no SQL —
    measured before the first job and after every job, so each job is compared with the floors around it;
-3. end to end: for each size, a job submitted through `db.planning.submit_job` to one real `catalogan worker`
-   process (Celery over Redis, rows in PostgreSQL, objects in SeaweedFS), timed from submit to `succeeded`,
-   with the worker's RSS sampled every second.
+3. end to end: for each size, a job submitted over HTTP (`POST /v1/jobs` through the SDK to the real API,
+   served by uvicorn in this process; `--submit direct` calls `db.planning.submit_job` instead) to one real
+   `catalogan worker` process (Celery over Redis, rows in PostgreSQL, objects in SeaweedFS), timed from submit
+   until `GET /v1/jobs/{id}` says `succeeded`, with the worker's RSS sampled every second and the CPU seconds
+   of every part of the stack counted;
+4. memory (`--memory-chunks N`): one job of N small chunks, the worker's RSS sampled every second.
 
-It prints images/s for each, and the ratio end-to-end / floor. The generator is the fashion-cgan
+Writes `report.md` and `pipeline.png` to `--out` (default `bench-results/pipeline/`).
+
+It prints images/s for each, the ratio end-to-end / floor, and the ratio of CPU per image (floor / end to end),
+which the machine's load cannot distort. The generator is the fashion-cgan
 architecture with random weights (throughput does not depend on the weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -28,7 +35,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,11 +56,14 @@ from db.settings import BrokerSettings, DataSettings  # noqa: E402
 from db.storage import ObjectStore, open_store  # noqa: E402
 from models.inference import load_generator, random_generator_checkpoint  # noqa: E402
 from models.sampling import latents_for  # noqa: E402
+from scheduler.client import Client  # noqa: E402
+from tests.faults.load import LiveApi, load_tenant_headers  # noqa: E402
 from tests.pipeline import CATALOGAN, job_row, make_model_version, make_tenant, pipeline_env  # noqa: E402
 from tests.services import TEST_BUCKET, SeaweedFS  # noqa: E402
 from workers.encoding import Provenance, encode_with_digest  # noqa: E402
 
-REDIS_LOCK_KEY = "catalogan-test:owner"
+REDIS_LOCK_KEY = "catalogan-test:owner"  # the test suite's claim on a Redis database
+REDIS_LOCK_SECONDS = 6 * 3600
 
 
 def _create_database(admin_url: str) -> str:
@@ -206,6 +216,7 @@ def bench_end_to_end(
     stack_pids: Callable[[], dict[str, list[int]]],
     memory_chunks: int,
     memory_chunk_size: int,
+    api_url: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """One worker process; for each size a job from submit to succeeded; worker RSS sampled every second.
 
@@ -215,7 +226,12 @@ def bench_end_to_end(
     """
     app = make_celery_app(BrokerSettings(broker_url=redis_url), DataSettings(data_dir=folder))
     publisher = CeleryPublisher(app)
-    tenant_id = make_tenant(factory)
+    client: Client | None = None
+    if api_url is not None:
+        tenant_id, headers = load_tenant_headers(factory, "bench")
+        client = Client(api_url, headers["Authorization"].removeprefix("Bearer "))
+    else:
+        tenant_id = make_tenant(factory)
     model_version = make_model_version(
         factory,
         checkpoint=checkpoint,
@@ -240,31 +256,34 @@ def bench_end_to_end(
     job_meter = CpuMeter(lambda: {**stack_pids(), "worker": [worker.pid]})
 
     def run_job(count: int, seed: int, size: int, meter: CpuMeter | None = None) -> float:
-        spec = parse_job_spec(
-            {
-                "model": "bench",
-                "items": [
-                    {"category": "a", "count": count // 2},
-                    {"category": "b", "count": count - count // 2},
-                ],
-                "chunk_size": size,
-                "seed": seed,
-            }
-        )
+        items = [{"category": "a", "count": count // 2}, {"category": "b", "count": count - count // 2}]
         if meter is not None:
             meter.start()
         started = time.perf_counter()
-        planned = submit_job(
-            factory, spec, tenant_id=tenant_id, model_version=model_version, publisher=publisher
-        )
-        while not job_row(factory, planned.job_id).status.is_terminal:
+        if client is not None:
+            job_id = client.submit_job(items, model="bench", seed=seed, chunk_size=size).id
+
+            def finished() -> bool:
+                assert client is not None
+                return client.get_job(job_id).is_terminal
+
+        else:
+            spec = parse_job_spec({"model": "bench", "items": items, "chunk_size": size, "seed": seed})
+            job_id = submit_job(
+                factory, spec, tenant_id=tenant_id, model_version=model_version, publisher=publisher
+            ).job_id
+
+            def finished() -> bool:
+                return job_row(factory, job_id).status.is_terminal
+
+        while not finished():
             if worker.poll() is not None:
                 raise RuntimeError(f"worker exited with {worker.returncode}; see {folder / 'worker.log'}")
             time.sleep(0.5)
         elapsed = time.perf_counter() - started
         if meter is not None:
             meter.stop()
-        job = job_row(factory, planned.job_id)
+        job = job_row(factory, job_id)
         assert job.status.value == "succeeded" and job.images_done == count, (job.status, job.images_done)
         return count / elapsed
 
@@ -318,17 +337,34 @@ def bench_end_to_end(
         worker.terminate()
         worker.wait(timeout=60)
         log.close()
+        if client is not None:
+            client.close()
     return results, memory
 
 
-def _claim_redis(url: str) -> None:
+@contextlib.contextmanager
+def claimed_redis_db(server_url: str) -> Iterator[str]:
+    """A Redis database (1..15) claimed with the test suite's lock key, so no test run or other benchmark
+    shares its queues; flushed before use and when done."""
     import redis
 
-    client = redis.Redis.from_url(url)
-    if client.exists(REDIS_LOCK_KEY):
-        raise SystemExit(f"{url} is claimed by a test run; pass another --redis-url")
-    client.flushdb()
-    client.close()
+    owner = f"bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    for number in range(1, 16):
+        client = redis.Redis.from_url(f"{server_url.rstrip('/')}/{number}")
+        if client.set(REDIS_LOCK_KEY, owner, nx=True, ex=REDIS_LOCK_SECONDS):
+            try:
+                pipe = client.pipeline(transaction=True)
+                pipe.flushdb()
+                pipe.set(REDIS_LOCK_KEY, owner, ex=REDIS_LOCK_SECONDS)
+                pipe.execute()
+                yield f"{server_url.rstrip('/')}/{number}"
+            finally:
+                if client.get(REDIS_LOCK_KEY) == owner.encode():
+                    client.flushdb()
+                client.close()
+            return
+        client.close()
+    raise SystemExit(f"{server_url}: databases 1..15 are all claimed by test runs or benchmarks")
 
 
 def _postgres_backends(admin_url: str, database: str) -> list[int]:
@@ -351,6 +387,23 @@ def _redis_server_pid(url: str) -> list[int]:
     return [pid]
 
 
+def _start_api(factory: Any, store: ObjectStore, redis_url: str, folder: Path) -> LiveApi:
+    """The real API (FastAPI app, uvicorn) on a loopback port in this process, on the benchmark's services."""
+    from db.settings import StorageSettings
+    from scheduler.api.app import build_services, create_app
+    from scheduler.settings import ApiSettings
+
+    services = build_services(
+        ApiSettings(),
+        broker=BrokerSettings(broker_url=redis_url),
+        data=DataSettings(data_dir=folder / "api-data"),
+        storage=StorageSettings(storage_url=store.url),
+        session_factory=factory,
+        store=store,
+    )
+    return LiveApi(create_app(ApiSettings(), services=services)).start()
+
+
 def write_report(
     out: Path,
     args: argparse.Namespace,
@@ -369,7 +422,8 @@ def write_report(
         "# Generation pipeline vs its floor",
         "",
         f"`{' '.join(sys.argv)}` — torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
-        f"{args.upload_threads} upload threads, chunk {args.chunk_size}, preset {args.preset}.",
+        f"{args.upload_threads} upload threads, chunk {args.chunk_size}, preset {args.preset}, "
+        f"submitted {'over HTTP' if args.submit == 'http' else 'directly'}.",
         "",
         f"Planning {args.plan_images:,} images ({planning['chunks']:.0f} chunks): SQLite "
         f"{planning['plan_sqlite_s'] * 1000:.0f} ms, PostgreSQL {planning['plan_postgresql_s'] * 1000:.0f} ms; "
@@ -459,7 +513,18 @@ def main() -> None:
     parser.add_argument(
         "--postgres-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379",
+        help="Redis server; the benchmark claims a free database 1..15 the way the test suite does.",
+    )
+    parser.add_argument(
+        "--submit",
+        choices=["http", "direct"],
+        default="http",
+        help="http: POST /v1/jobs to the API served here (uvicorn on loopback), poll GET /v1/jobs/{id}; "
+        "direct: db.planning.submit_job, poll the row.",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -469,14 +534,19 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(size) for size in args.images.split(",") if size]
 
-    _claim_redis(args.redis_url)
+    with claimed_redis_db(args.redis_url) as redis_url:
+        run(args, sizes, redis_url)
+
+
+def run(args: argparse.Namespace, sizes: list[int], redis_url: str) -> None:
+    """Every measurement against the Redis database `redis_url`; prints and writes the report."""
     folder = Path(tempfile.mkdtemp(prefix="catalogan-bench-"))
     seaweed = SeaweedFS(folder / "seaweedfs")
     seaweed.start()
     os.environ.update(seaweed.env())
     db_url = _create_database(args.postgres_admin_url)
     database = make_url(db_url).database or ""
-    redis_pids = _redis_server_pid(args.redis_url)
+    redis_pids = _redis_server_pid(redis_url)
     assert seaweed.process is not None
 
     def stack_pids() -> dict[str, list[int]]:
@@ -488,7 +558,7 @@ def main() -> None:
         }
 
     try:
-        planning = bench_planning(db_url, args.redis_url, args.plan_images, folder)
+        planning = bench_planning(db_url, redis_url, args.plan_images, folder)
         migrate.upgrade(db_url)
         engine = make_engine(db_url)
         factory = make_session_factory(engine)
@@ -502,7 +572,7 @@ def main() -> None:
 
         env = pipeline_env(
             CATALOGAN_DATABASE_URL=db_url,
-            CATALOGAN_BROKER_URL=args.redis_url,
+            CATALOGAN_BROKER_URL=redis_url,
             CATALOGAN_STORAGE_URL=store.url,
             CATALOGAN_DATA_DIR=str(folder / "data"),
             CATALOGAN_BATCH_SIZE=str(args.batch_size),
@@ -510,20 +580,28 @@ def main() -> None:
             CATALOGAN_DEVICE="cpu",
             **seaweed.env(),
         )
-        runs, memory = bench_end_to_end(
-            env,
-            factory,
-            store,
-            checkpoint,
-            sizes,
-            args.chunk_size,
-            folder,
-            args.redis_url,
-            measure_floor,
-            stack_pids,
-            args.memory_chunks,
-            args.memory_chunk_size,
-        )
+        api = None
+        if args.submit == "http":
+            api = _start_api(factory, store, redis_url, folder)
+        try:
+            runs, memory = bench_end_to_end(
+                env,
+                factory,
+                store,
+                checkpoint,
+                sizes,
+                args.chunk_size,
+                folder,
+                redis_url,
+                measure_floor,
+                stack_pids,
+                args.memory_chunks,
+                args.memory_chunk_size,
+                api.url if api is not None else None,
+            )
+        finally:
+            if api is not None:
+                api.stop()
         engine.dispose()
     finally:
         _drop_database(args.postgres_admin_url, db_url)
