@@ -466,20 +466,27 @@ def markdown_report(results: list[VariantResult], ray_init_s: float, meta: dict[
 
 
 def chart_png(results: list[VariantResult], path: Path, title: str) -> None:
-    """Bars: steps/s and images/s per variant."""
+    """Horizontal bars per variant: steps/s, real images/s, and CPU ms per step (training process / all)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r.name.replace(", ", "\n") for r in results]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.bar(names, [r.steps_per_s for r in results], color="tab:blue")
-    left.set_ylabel("steps/s (per worker)")
-    right.bar(names, [r.images_per_s for r in results], color="tab:orange")
-    right.set_ylabel("real images/s (all workers)")
-    for axis in (left, right):
-        axis.tick_params(axis="x", labelsize=7)
+    names = [r.name for r in results]
+    rows = range(len(results))
+    fig, (rate, images, cpu) = plt.subplots(1, 3, figsize=(14, 0.5 * len(results) + 1.8), sharey=True)
+    rate.barh(rows, [r.steps_per_s for r in results], color="tab:blue")
+    rate.set_xlabel("steps/s (per worker, over the window)")
+    images.barh(rows, [r.images_per_s for r in results], color="tab:orange")
+    images.set_xlabel("real images/s (all workers)")
+    cpu.barh(rows, [r.tree_cpu_ms_per_step for r in results], color="lightgray", label="all processes")
+    cpu.barh(
+        rows, [r.cpu_ms_per_step for r in results], color="tab:green", height=0.5, label="training process"
+    )
+    cpu.set_xlabel("CPU ms per step")
+    cpu.legend(fontsize=7)
+    rate.set_yticks(list(rows), names, fontsize=8)
+    rate.invert_yaxis()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
