@@ -150,3 +150,28 @@ def test_the_shipped_generator_makes_distinct_images_per_category() -> None:
     # Trousers (1) are narrow and bags (8) are wide: the category steers the image
     assert not torch.equal(images[1], images[8])
     assert float((images[1] > 40).float().mean()) < float((images[8] > 40).float().mean())
+
+
+def test_when_two_processes_built_the_index_the_first_recorded_one_wins_and_the_other_copy_is_deleted(
+    sqlite_session_factory: sessionmaker[Session], local_store: LocalStore
+) -> None:
+    # Given the default model registered without an index, and two index objects built by two processes
+    from models.default_model import _record_index
+    from models.memorization_index import index_metrics
+
+    row = ensure_default_model(sqlite_session_factory, local_store, index=None)
+    entries = []
+    for threshold in (0.25, 0.26):  # two builds whose bytes differ
+        built = MemorizationIndex(np.ones((4, 128), dtype=np.float32), threshold, 0.001)
+        payload = built.to_bytes()
+        key = f"{INDEX_KEY_PREFIX}{hashlib.sha256(payload).hexdigest()[:16]}.npz"
+        local_store.put(key, payload)
+        entries.append(index_metrics(built, local_store.uri(key), payload))
+    # When each records its own, one after the other
+    first = _record_index(sqlite_session_factory, local_store, row.id, entries[0])
+    second = _record_index(sqlite_session_factory, local_store, row.id, entries[1])
+    # Then the row keeps the first, the second process's object is gone, and the row's object is intact
+    assert first.metrics[METRICS_KEY] == second.metrics[METRICS_KEY] == entries[0]
+    assert [info.key for info in local_store.list(INDEX_KEY_PREFIX)] == [
+        entries[0]["uri"].removeprefix(local_store.url.rstrip("/") + "/")
+    ]
