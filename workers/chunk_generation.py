@@ -92,8 +92,9 @@ class ChunkContext:
     # Called to rerun a released or failed chunk: (queue, chunk_id, countdown seconds).
     republish: Callable[[str, int, float | None], None] = lambda queue, chunk_id, countdown: None
     shutdown: threading.Event = field(default_factory=threading.Event)
-    # Quality-gate scorers (the evaluator + the model version's memorization index), per model version id.
-    scorers: dict[int, Scorer] = field(default_factory=dict)
+    # Quality-gate scorers (the evaluator + the model version's memorization index), per model version id
+    # and index sha256.
+    scorers: dict[tuple[int, str | None], Scorer] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,10 +228,16 @@ def _gated(
     gate = gate_settings(plan.options, memorization_index=indexed)
     if gate is None:
         return [GatedImage(index, pixels[row], None, 0) for row, index in enumerate(batch)]
-    scorer = ctx.scorers.get(plan.model_version.id)
+    # Keyed by the index too: a version that gets its index after this worker cached a scorer without one
+    # (the shipped model, registered before its index was built) is scored with the index from then on.
+    index_sha = str(
+        dict((plan.model_version.metrics or {}).get(MEMORIZATION_METRICS_KEY) or {}).get("sha256")
+    )
+    cache_key = (plan.model_version.id, index_sha if indexed else None)
+    scorer = ctx.scorers.get(cache_key)
     if scorer is None:
         index = load_memorization_index(ctx.store, plan.model_version) if indexed else None
-        scorer = ctx.scorers[plan.model_version.id] = evaluator_scorer(index)
+        scorer = ctx.scorers[cache_key] = evaluator_scorer(index)
     return apply_gate(
         generator, scorer, gate, seed=plan.seed, class_index=plan.class_index, indices=batch, pixels=pixels
     )

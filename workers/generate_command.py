@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -103,7 +104,10 @@ def _ensure_default_model(session_factory: sessionmaker[Session], store: ObjectS
         return
     from models.default_model import ensure_default_model
 
-    ensure_default_model(session_factory, store)
+    # The first registration builds the memorization index (a minute or more on a small CPU): say so.
+    ensure_default_model(
+        session_factory, store, notify=lambda message: print(message, file=sys.stderr, flush=True)
+    )
 
 
 def derived_job_id(tenant_id: str, model_version_id: int, spec: JobSpec) -> str:

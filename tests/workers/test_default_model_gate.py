@@ -98,7 +98,8 @@ def test_a_job_on_the_default_model_is_checked_for_near_copies(
     assert METRICS_KEY in default_model.metrics
     index = load_memorization_index(local_store, default_model)
     # When a job without any quality_gate option runs on it
-    rows = _run_job(_context(session_factory, local_store, pool), default_model, seed=7)
+    worker = _context(session_factory, local_store, pool)
+    rows = _run_job(worker, default_model, seed=7)
     # Then every image went through the gate (scored), none is a near copy, and each delivered image's
     # nearest Fashion-MNIST training image is indeed farther than the threshold
     assert len(rows) == 12 and {row.status for row in rows} == {ImageStatus.SUCCEEDED}
@@ -116,9 +117,9 @@ def test_a_job_on_the_default_model_is_checked_for_near_copies(
         row = session.get(ModelVersion, default_model.id)
         assert row is not None
         strict_model = set_metrics(session, row, {METRICS_KEY: entry})
-    # When a job runs on it (a fresh worker: no scorer cached)
-    rows = _run_job(_context(session_factory, local_store, pool), strict_model, seed=7)
-    # Then its near-copy distances reject images, with the memorization gate's reason
+    # When a job runs on it in the same worker (which cached a scorer with the first index)
+    rows = _run_job(worker, strict_model, seed=7)
+    # Then the new index is used: its near-copy distances reject images, with the memorization gate's reason
     rejected = [row for row in rows if row.status is ImageStatus.REJECTED]
     assert rejected and {(row.error, row.redraws, row.key) for row in rejected} == {
         (NEAR_COPY_ERROR, 3, None)
