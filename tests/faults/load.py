@@ -25,6 +25,7 @@ from tests.services import free_port
 
 POLL_INTERVAL_SECONDS = 0.5
 REQUEST_TIMEOUT_SECONDS = 60.0
+CLIENT_KEEPALIVE_SECONDS = 1.0  # < uvicorn's default keep-alive of 5 s
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # One tenant carries the whole load: its quotas must not be what the test measures.
 LOAD_MAX_CONCURRENT_JOBS = 100_000
@@ -181,8 +182,14 @@ def run_load(
     deadline = time.monotonic() + timeout_seconds
     started = report.started = time.perf_counter()
     # One shared httpx client with a connection per thread: 200 clients each building their own (and its TLS
-    # context) cost seconds of this process's CPU, which the API in the same process then lacked.
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # context) cost seconds of this process's CPU, which the API in the same process then lacked. Idle
+    # connections are dropped well before uvicorn's 5 s keep-alive ends them: reusing one the server is just
+    # closing fails the request ("Server disconnected", "Connection reset"), a client-side race, not an API error.
+    limits = httpx.Limits(
+        max_connections=concurrency,
+        max_keepalive_connections=concurrency,
+        keepalive_expiry=CLIENT_KEEPALIVE_SECONDS,
+    )
     with (
         httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_SECONDS, limits=limits) as client,
         ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="load") as pool,
