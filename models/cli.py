@@ -339,3 +339,40 @@ def retire_command(ref: str, as_json: bool) -> None:
     """
     row = retire_version(open_registry(), ref)
     click.echo(json.dumps(describe(row), indent=2) if as_json else f"{row.name}@{row.version} is now retired")
+
+
+@models_group.command("register-default")
+@click.option(
+    "--no-index",
+    is_flag=True,
+    help="Register the generator only, without building its memorization index (jobs skip the near-copy check).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@one_line_errors
+def register_default_command(no_index: bool, as_json: bool) -> None:
+    """Register the shipped fashion-cgan in the configured registry and store (idempotent).
+
+    `catalogan generate` does this by itself on the embedded default; run it once against a deployment
+    (PostgreSQL + S3) so the API can serve the shipped model. The first time it also builds the model's
+    memorization index from Debian's Fashion-MNIST when installed (a minute or more of CPU, once).
+
+    Example:
+
+        catalogan models register-default --json
+    """
+    from db.settings import StorageSettings
+    from db.storage import open_store
+    from models.default_model import FULL_INDEX, ensure_default_model
+
+    store = open_store(StorageSettings().url(DataSettings()))
+    row = ensure_default_model(
+        open_registry(),
+        store,
+        index=None if no_index else FULL_INDEX,
+        notify=lambda message: click.echo(message, err=True),
+    )
+    click.echo(
+        json.dumps(describe(row), indent=2)
+        if as_json
+        else f"{row.name}@{row.version} registered ({row.status.value})"
+    )

@@ -1,8 +1,10 @@
-"""`catalogan models list|show|promote|retire` and `catalogan train` argument errors, through the real CLI."""
+"""`catalogan models list|show|promote|retire|register-default` and `catalogan train` argument errors, through the real CLI."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -83,3 +85,26 @@ def test_registry_commands_do_not_import_torch() -> None:
     code = "import sys, models.cli, models.default_model; print(sorted({'torch', 'ray'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_register_default_puts_the_shipped_model_in_the_configured_registry_once(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an empty registry and a local object store, configured as a deployment would be
+    monkeypatch.setenv("CATALOGAN_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("CATALOGAN_STORAGE_URL", (tmp_path / "objects").as_uri())
+    runner = CliRunner()
+    # When the operator registers the shipped model (generator only) twice
+    first = runner.invoke(cli, ["models", "register-default", "--no-index", "--json"])
+    second = runner.invoke(cli, ["models", "register-default", "--no-index", "--json"])
+    # Then one production version exists, its checkpoint is in the store with the recorded sha256
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    row, again = json.loads(first.output), json.loads(second.output)
+    assert row["ref"] == again["ref"] == "fashion-cgan@1" and row["status"] == "production"
+    listed = json.loads(runner.invoke(cli, ["models", "list", "--json"]).output)
+    assert [version["ref"] for version in listed] == ["fashion-cgan@1"]
+    stored = list((tmp_path / "objects").rglob("*"))
+    checkpoints = [path for path in stored if path.is_file()]
+    assert checkpoints and any(
+        hashlib.sha256(path.read_bytes()).hexdigest() == row["checkpoint_sha256"] for path in checkpoints
+    )

@@ -18,7 +18,7 @@ from scheduler.cli.root import cli
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_MODULES = ("db.settings", "db.pipeline_settings", "scheduler.settings", "models.registry")
 EXTERNAL_COMMANDS = {"ray"}  # the Ray head runs Ray's own CLI, installed with ray[train]
-ONE_SHOT = {"minio-init", "migrate"}
+ONE_SHOT = {"minio-init", "migrate", "register-model"}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_every_catalogan_service_command_exists_in_the_cli(compose: dict[str, An
         assert command[0] == "catalogan", f"{name}: {command}"
         assert command_exists(command[1:]), f"{name}: `{' '.join(command)}` is not a catalogan command"
         checked.append(name)
-    assert {"api", "worker", "beat", "migrate"} <= set(checked)
+    assert {"api", "worker", "beat", "migrate", "register-model"} <= set(checked)
 
 
 def test_every_catalogan_variable_is_a_known_setting(compose: dict[str, Any]) -> None:
