@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -224,6 +225,7 @@ def main() -> None:
         seaweed.stop()
         if redis_server is not None:
             redis_server.stop()
+        shutil.rmtree(folder, ignore_errors=True)  # the worker logs, SeaweedFS and Redis data of this run
     print(report.summary())
     for error in report.errors[:10]:
         print("error:", error)
