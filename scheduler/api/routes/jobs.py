@@ -44,7 +44,9 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
         200: {
             "description": "Replayed: the job this Idempotency-Key created before (`Idempotent-Replayed: true`)."
         },
-        400: problem_doc("A multipart body that cannot be parsed, or with parts other than `file` and `spec`."),
+        400: problem_doc(
+            "A multipart body that cannot be parsed, or with parts other than `file` and `spec`."
+        ),
         413: problem_doc("Request body too large."),
         415: problem_doc("Neither JSON nor multipart."),
     },
