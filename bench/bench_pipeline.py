@@ -199,6 +199,17 @@ class CpuMeter:
         return self.spent
 
 
+def run_line(run: dict[str, Any]) -> str:
+    """One job's figures on one line."""
+    return (
+        f"end to end {run['images']:>8,} images ({run['chunks']:.0f} chunks): {run['images_per_s']:.0f} images/s; "
+        f"floor {run['floor_before']:.0f} before / {run['floor_after']:.0f} after -> {run['ratio']:.2f} x floor; "
+        f"CPU {run['cpu_ms_per_image']:.2f} ms/image vs floor {run['floor_cpu_ms_per_image']:.2f} "
+        f"-> {run['cpu_ratio']:.2f}; "
+        f"worker RSS by quarter {' / '.join(f'{value:.0f}' for value in run['rss_quartiles_mib'])} MiB"
+    )
+
+
 def _quartiles(samples: list[float]) -> list[float]:
     return [samples[min(len(samples) - 1, (len(samples) - 1) * q // 4)] for q in range(5)]
 
@@ -318,6 +329,7 @@ def bench_end_to_end(
                     "rss_quartiles_mib": _quartiles(samples),
                 }
             )
+            print(f"(as it finishes) {run_line(results[-1])}", flush=True)
         if memory_chunks:
             before = len(rss)
             started = time.perf_counter() - t0
@@ -615,13 +627,7 @@ def run(args: argparse.Namespace, sizes: list[int], redis_url: str) -> None:
         f"floor (forward + encode + S3 PUT, {args.upload_threads} threads, batch {args.batch_size}), per run:"
     )
     for run in runs:
-        print(
-            f"end to end {run['images']:>8,} images ({run['chunks']:.0f} chunks): {run['images_per_s']:.0f} images/s; "
-            f"floor {run['floor_before']:.0f} before / {run['floor_after']:.0f} after -> {run['ratio']:.2f} x floor; "
-            f"CPU {run['cpu_ms_per_image']:.2f} ms/image vs floor {run['floor_cpu_ms_per_image']:.2f} "
-            f"-> {run['cpu_ratio']:.2f}; "
-            f"worker RSS by quarter {' / '.join(f'{value:.0f}' for value in run['rss_quartiles_mib'])} MiB"
-        )
+        print(run_line(run))
     if memory:
         print(
             f"memory job {memory['chunks']:,} chunks of {memory['chunk_size']}: {memory['images_per_s']:.0f} images/s; "
