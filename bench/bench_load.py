@@ -32,11 +32,8 @@ from sqlalchemy import make_url, text  # noqa: E402
 
 from db import migrate  # noqa: E402
 from db.engine import make_engine, make_session_factory  # noqa: E402
-from db.settings import BrokerSettings, DataSettings, StorageSettings  # noqa: E402
 from db.storage import open_store  # noqa: E402
-from scheduler.api.app import build_services, create_app  # noqa: E402
-from scheduler.settings import ApiSettings  # noqa: E402
-from tests.faults.load import LiveApi, LoadReport, load_tenant_headers, run_load  # noqa: E402
+from tests.faults.load import LoadReport, load_tenant_headers, run_load, serve_api  # noqa: E402
 from tests.faults.services import RedisServer  # noqa: E402
 from tests.pipeline import ServiceProcess, make_model_version, pipeline_env, tiny_checkpoint  # noqa: E402
 from tests.services import TEST_BUCKET, SeaweedFS  # noqa: E402
@@ -197,15 +194,7 @@ def main() -> None:
             ServiceProcess(["worker", "--gpus", "none"], env, folder / f"worker-{i}.log")
             for i in range(args.workers)
         ]
-        services = build_services(
-            ApiSettings(),
-            broker=BrokerSettings(broker_url=redis_url),
-            data=DataSettings(data_dir=folder / "api-data"),
-            storage=StorageSettings(storage_url=store.url),
-            session_factory=factory,
-            store=store,
-        )
-        api = LiveApi(create_app(ApiSettings(), services=services)).start()
+        api = serve_api(factory, store, redis_url, folder / "api-data")
         headers = [load_tenant_headers(factory, f"load{i}")[1] for i in range(args.tenants)]
         count = args.images_per_job
         report = run_load(

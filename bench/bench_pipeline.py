@@ -26,7 +26,6 @@ architecture with random weights (throughput does not depend on the weights).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -35,7 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,13 +56,10 @@ from db.storage import ObjectStore, open_store  # noqa: E402
 from models.inference import load_generator, random_generator_checkpoint  # noqa: E402
 from models.sampling import latents_for  # noqa: E402
 from scheduler.client import Client  # noqa: E402
-from tests.faults.load import LiveApi, load_tenant_headers  # noqa: E402
+from tests.faults.load import load_tenant_headers, serve_api  # noqa: E402
 from tests.pipeline import CATALOGAN, job_row, make_model_version, make_tenant, pipeline_env  # noqa: E402
-from tests.services import TEST_BUCKET, SeaweedFS  # noqa: E402
+from tests.services import TEST_BUCKET, SeaweedFS, claimed_redis_db  # noqa: E402
 from workers.encoding import Provenance, encode_with_digest  # noqa: E402
-
-REDIS_LOCK_KEY = "catalogan-test:owner"  # the test suite's claim on a Redis database
-REDIS_LOCK_SECONDS = 6 * 3600
 
 
 def _create_database(admin_url: str) -> str:
@@ -354,31 +350,6 @@ def bench_end_to_end(
     return results, memory
 
 
-@contextlib.contextmanager
-def claimed_redis_db(server_url: str) -> Iterator[str]:
-    """A Redis database (1..15) claimed with the test suite's lock key, so no test run or other benchmark
-    shares its queues; flushed before use and when done."""
-    import redis
-
-    owner = f"bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    for number in range(1, 16):
-        client = redis.Redis.from_url(f"{server_url.rstrip('/')}/{number}")
-        if client.set(REDIS_LOCK_KEY, owner, nx=True, ex=REDIS_LOCK_SECONDS):
-            try:
-                pipe = client.pipeline(transaction=True)
-                pipe.flushdb()
-                pipe.set(REDIS_LOCK_KEY, owner, ex=REDIS_LOCK_SECONDS)
-                pipe.execute()
-                yield f"{server_url.rstrip('/')}/{number}"
-            finally:
-                if client.get(REDIS_LOCK_KEY) == owner.encode():
-                    client.flushdb()
-                client.close()
-            return
-        client.close()
-    raise SystemExit(f"{server_url}: databases 1..15 are all claimed by test runs or benchmarks")
-
-
 def _postgres_backends(admin_url: str, database: str) -> list[int]:
     engine = make_engine(admin_url)
     with engine.connect() as connection:
@@ -397,23 +368,6 @@ def _redis_server_pid(url: str) -> list[int]:
     pid = int(client.info("server")["process_id"])
     client.close()
     return [pid]
-
-
-def _start_api(factory: Any, store: ObjectStore, redis_url: str, folder: Path) -> LiveApi:
-    """The real API (FastAPI app, uvicorn) on a loopback port in this process, on the benchmark's services."""
-    from db.settings import StorageSettings
-    from scheduler.api.app import build_services, create_app
-    from scheduler.settings import ApiSettings
-
-    services = build_services(
-        ApiSettings(),
-        broker=BrokerSettings(broker_url=redis_url),
-        data=DataSettings(data_dir=folder / "api-data"),
-        storage=StorageSettings(storage_url=store.url),
-        session_factory=factory,
-        store=store,
-    )
-    return LiveApi(create_app(ApiSettings(), services=services)).start()
 
 
 def write_report(
@@ -546,7 +500,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(size) for size in args.images.split(",") if size]
 
-    with claimed_redis_db(args.redis_url) as redis_url:
+    # A database of its own, claimed as the test suite claims them: no run shares its queues.
+    with claimed_redis_db(args.redis_url, f"bench-{os.getpid()}-{uuid.uuid4().hex[:8]}") as (_, redis_url):
         run(args, sizes, redis_url)
 
 
@@ -594,7 +549,7 @@ def run(args: argparse.Namespace, sizes: list[int], redis_url: str) -> None:
         )
         api = None
         if args.submit == "http":
-            api = _start_api(factory, store, redis_url, folder)
+            api = serve_api(factory, store, redis_url, folder / "api-data")
         try:
             runs, memory = bench_end_to_end(
                 env,

@@ -33,14 +33,12 @@ from db import migrate
 from db.engine import make_engine, make_session_factory
 from db.storage import LocalStore, MemoryStore, ObjectStore, open_store
 from db.tables import Base
-from tests.services import TEST_BUCKET, SeaweedFS, ServiceUnavailable
+from tests.services import TEST_BUCKET, SeaweedFS, ServiceUnavailable, claimed_redis_db, flush_keeping_claim
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "CATALOGAN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_SERVER_URL = os.environ.get("CATALOGAN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-REDIS_LOCK_KEY = "catalogan-test:owner"
-REDIS_LOCK_SECONDS = 6 * 3600
 SERVICE_FIXTURES = frozenset(
     {"pg_url", "empty_pg_url", "pg_database_url", "redis_url", "s3_store", "s3_env", "seaweedfs"}
 )
@@ -184,46 +182,19 @@ def session_factory(db_engine: Engine) -> sessionmaker[Session]:
 def _redis_db() -> Iterator[tuple[Any, str]]:
     """Claim one of Redis's numbered databases (1..15) for this process with a lock key; free it at the end."""
     try:
-        import redis
-    except ImportError:  # pragma: no cover - redis is a dependency
-        service_missing("the redis package is not installed")
-        raise
-    owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    for number in range(1, 16):
-        client = redis.Redis.from_url(f"{REDIS_SERVER_URL}/{number}", socket_connect_timeout=2)
-        try:
-            claimed = client.set(REDIS_LOCK_KEY, owner, nx=True, ex=REDIS_LOCK_SECONDS)
-        except redis.RedisError as exc:
-            client.close()
-            service_missing(f"Redis at {REDIS_SERVER_URL}: {exc}")
-            raise
-        if claimed:
-            try:
-                yield client, f"{REDIS_SERVER_URL}/{number}"
-            finally:
-                if client.get(REDIS_LOCK_KEY) == owner.encode():
-                    client.flushdb()
-                client.close()
-            return
-        client.close()
-    service_missing(f"Redis at {REDIS_SERVER_URL}: all databases 1..15 are claimed by other test runs")
-
-
-def _flush_keeping_claim(client: Any) -> None:
-    owner = client.get(REDIS_LOCK_KEY)
-    pipe = client.pipeline(transaction=True)  # MULTI/EXEC: nobody can claim the db in between
-    pipe.flushdb()
-    pipe.set(REDIS_LOCK_KEY, owner, ex=REDIS_LOCK_SECONDS)
-    pipe.execute()
+        with claimed_redis_db(REDIS_SERVER_URL, f"{os.getpid()}-{uuid.uuid4().hex[:8]}") as claimed:
+            yield claimed
+    except ServiceUnavailable as exc:
+        service_missing(str(exc))
 
 
 @pytest.fixture
 def redis_url(_redis_db: tuple[Any, str]) -> Iterator[str]:
     """URL of a Redis database owned by this process, empty (but for one lock key) before and after the test."""
     client, url = _redis_db
-    _flush_keeping_claim(client)
+    flush_keeping_claim(client)
     yield url
-    _flush_keeping_claim(client)
+    flush_keeping_claim(client)
 
 
 # --- Object stores ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,48 @@ TEST_REGION = "us-east-1"
 
 class ServiceUnavailable(RuntimeError):
     """Raised when a test service cannot be found or started."""
+
+
+# A test run (or a benchmark) owns a numbered Redis database while this key, holding its owner id, exists.
+REDIS_LOCK_KEY = "catalogan-test:owner"
+REDIS_LOCK_SECONDS = 6 * 3600
+
+
+@contextlib.contextmanager
+def claimed_redis_db(server_url: str, owner: str) -> Iterator[tuple[Any, str]]:
+    """Claim a free Redis database (1..15) for `owner` with the lock key: (client, URL), flushed when done.
+
+    Raises `ServiceUnavailable` when Redis does not answer or every database is claimed.
+    """
+    import redis
+
+    base = server_url.rstrip("/")
+    for number in range(1, 16):
+        client = redis.Redis.from_url(f"{base}/{number}", socket_connect_timeout=2)
+        try:
+            claimed = client.set(REDIS_LOCK_KEY, owner, nx=True, ex=REDIS_LOCK_SECONDS)
+        except redis.RedisError as exc:
+            client.close()
+            raise ServiceUnavailable(f"Redis at {server_url}: {exc}") from exc
+        if claimed:
+            try:
+                yield client, f"{base}/{number}"
+            finally:
+                if client.get(REDIS_LOCK_KEY) == owner.encode():
+                    client.flushdb()
+                client.close()
+            return
+        client.close()
+    raise ServiceUnavailable(f"Redis at {server_url}: all databases 1..15 are claimed by other test runs")
+
+
+def flush_keeping_claim(client: Any) -> None:
+    """Empty a claimed database but for its lock key (MULTI/EXEC: nobody can claim it in between)."""
+    owner = client.get(REDIS_LOCK_KEY)
+    pipe = client.pipeline(transaction=True)
+    pipe.flushdb()
+    pipe.set(REDIS_LOCK_KEY, owner, ex=REDIS_LOCK_SECONDS)
+    pipe.execute()
 
 
 def free_port() -> int:

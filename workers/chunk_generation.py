@@ -224,16 +224,14 @@ def _gated(
     ctx: ChunkContext, plan: ChunkPlan, generator: GeneratorLike, batch: Sequence[int], pixels: Any
 ) -> list[GatedImage]:
     """The batch's images after the job's quality gate (all accepted, unscored, when it has none)."""
-    indexed = bool((plan.model_version.metrics or {}).get(MEMORIZATION_METRICS_KEY))
+    index_entry = (plan.model_version.metrics or {}).get(MEMORIZATION_METRICS_KEY)
+    indexed = bool(index_entry)
     gate = gate_settings(plan.options, memorization_index=indexed)
     if gate is None:
         return [GatedImage(index, pixels[row], None, 0) for row, index in enumerate(batch)]
     # Keyed by the index too: a version that gets its index after this worker cached a scorer without one
     # (the shipped model, registered before its index was built) is scored with the index from then on.
-    index_sha = str(
-        dict((plan.model_version.metrics or {}).get(MEMORIZATION_METRICS_KEY) or {}).get("sha256")
-    )
-    cache_key = (plan.model_version.id, index_sha if indexed else None)
+    cache_key = (plan.model_version.id, str(index_entry.get("sha256")) if index_entry else None)
     scorer = ctx.scorers.get(cache_key)
     if scorer is None:
         index = load_memorization_index(ctx.store, plan.model_version) if indexed else None

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from db.settings import BrokerSettings, DataSettings, StorageSettings
-from scheduler.api.app import build_services, create_app
-from scheduler.settings import ApiSettings
 from tests.faults.checks import assert_exactly_once
-from tests.faults.load import LiveApi, load_tenant_headers, run_load
+from tests.faults.load import load_tenant_headers, run_load, serve_api
 from tests.pipeline import PipelineStack
 
 SUBMISSIONS = 40
@@ -19,15 +16,7 @@ CONCURRENCY = 20
 def test_forty_concurrent_clients_all_complete_without_errors(stack: PipelineStack, tmp_path: Path) -> None:
     # Given the API on loopback (PostgreSQL, Redis, S3) and one worker
     stack.start("worker")
-    services = build_services(
-        ApiSettings(),
-        broker=BrokerSettings(broker_url=stack.redis_url),
-        data=DataSettings(data_dir=tmp_path / "api-data"),
-        storage=StorageSettings(storage_url=stack.store.url),
-        session_factory=stack.session_factory,
-        store=stack.store,
-    )
-    api = LiveApi(create_app(ApiSettings(), services=services)).start()
+    api = serve_api(stack.session_factory, stack.store, stack.redis_url, tmp_path / "api-data")
     tenant_id, headers = load_tenant_headers(stack.session_factory)
     try:
         # When 40 clients, 20 at a time, each submit a 3-image job and poll it until it finishes

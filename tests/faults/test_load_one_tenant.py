@@ -18,11 +18,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_session_factory
-from db.settings import BrokerSettings, DataSettings, StorageSettings
-from scheduler.api.app import build_services, create_app
-from scheduler.settings import ApiSettings
 from tests.faults.checks import assert_exactly_once
-from tests.faults.load import LiveApi, load_tenant_headers, run_load
+from tests.faults.load import load_tenant_headers, run_load, serve_api
 from tests.pipeline import PipelineStack
 
 SUBMISSIONS = 60
@@ -51,15 +48,7 @@ def test_one_tenant_many_concurrent_submissions_all_complete_without_errors(
 ) -> None:
     # Given the API on loopback with 2 + 2 pooled connections (PostgreSQL, Redis, S3), one worker, one tenant
     stack.start("worker")
-    services = build_services(
-        ApiSettings(),
-        broker=BrokerSettings(broker_url=stack.redis_url),
-        data=DataSettings(data_dir=tmp_path / "api-data"),
-        storage=StorageSettings(storage_url=stack.store.url),
-        session_factory=api_session_factory,
-        store=stack.store,
-    )
-    api = LiveApi(create_app(ApiSettings(), services=services)).start()
+    api = serve_api(api_session_factory, stack.store, stack.redis_url, tmp_path / "api-data")
     tenant_id, headers = load_tenant_headers(stack.session_factory)
     try:
         # When 60 clients of that tenant, all at once, each submit a job and poll it until it finishes

@@ -22,6 +22,7 @@ from db.storage import ObjectStore
 from db.tables import Chunk, Image, Job, utcnow
 from scheduler.reaper import Reaper
 from tests.pipeline import PipelineStack, job_row, make_model_version, make_tenant, wait_for
+from tests.services import flush_keeping_claim
 
 
 class FakeBroker:
@@ -209,12 +210,7 @@ def test_redis_flushed_mid_job_the_reaper_requeues_from_sql(stack: PipelineStack
     wait_for(lambda: stack.job(job_id).images_done >= 100, timeout=120, what="a finished chunk")
     # When Redis loses every queued message (FLUSHDB, keeping this test's claim on the database)
     client = redis.Redis.from_url(stack.redis_url)
-    owner = client.get("catalogan-test:owner")
-    with client.pipeline(transaction=True) as pipe:
-        pipe.flushdb()
-        if owner is not None:
-            pipe.set("catalogan-test:owner", owner, ex=6 * 3600)
-        pipe.execute()
+    flush_keeping_claim(client)
     assert client.llen("bulk") == 0
     client.close()
     # Then the reaper re-enqueues the pending chunks from SQL and the job completes, exactly
