@@ -183,13 +183,20 @@ def mark_quarantined(session: Session, chunk_id: int, *, error: str, attempt: in
 
 
 def find_expired_leases(session: Session, *, now: dt.datetime | None = None, limit: int = 1000) -> Sequence[Chunk]:
-    """Chunks whose lease ran out: their worker died or hung. The reaper re-enqueues or quarantines them."""
+    """Chunks whose lease ran out: their worker died or hung. The reaper re-enqueues or quarantines them.
+
+    On PostgreSQL the rows are locked for the caller's transaction, skipping rows another transaction holds:
+    a worker frozen inside its write transaction (a paused VM, a stopped process) keeps its chunk's row lock,
+    and the reaper must go on repairing every other chunk instead of waiting on it. That chunk is taken up
+    on a later pass, once the frozen transaction ends. (SQLite has no row locks; it serializes writers.)
+    """
     now = now or utcnow()
     return session.scalars(
         select(Chunk)
         .where(Chunk.status == ChunkStatus.LEASED, Chunk.lease_expires_at < now)
         .order_by(Chunk.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     ).all()
 
 

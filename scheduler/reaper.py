@@ -13,6 +13,9 @@ One `reap_once` pass, every few seconds from `catalogan beat`:
 5. stragglers: a job whose chunks are all finished but which is not terminal (a crash between the last
    chunk's commit and its finalize) gets a `finalize_job` task, at most once per `finalize_grace_seconds`.
 
+Steps 1 and 2 lock the chunk rows they repair with `SKIP LOCKED` (PostgreSQL): a worker frozen inside its
+write transaction holds its chunk's row lock, and the reaper skips that one chunk instead of stalling every job.
+
 Torch-free and broker-agnostic: it publishes by task name through `db.messaging`.
 """
 
@@ -147,6 +150,7 @@ class Reaper:
                 select(Chunk)
                 .where(Chunk.status == ChunkStatus.PENDING, Chunk.attempt >= self.settings.max_attempts)
                 .limit(self.settings.reaper_batch_limit)
+                .with_for_update(skip_locked=True)  # as in find_expired_leases: never wait on a frozen writer
             ).all()
             for chunk in chunks:
                 error = chunk.last_error or "failed"

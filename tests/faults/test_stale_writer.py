@@ -17,13 +17,14 @@ IMAGES = 400
 
 
 def _open_transactions(stack: PipelineStack) -> int:
-    """Backends of our database sitting inside a transaction (a frozen one would hold row locks)."""
+    """Other backends of our database inside a transaction: idle in it, or still in a statement — a frozen
+    pipelined INSERT shows as `active` waiting on its client — either way holding row locks."""
     with stack.engine.connect() as connection:
         return int(
             connection.execute(
                 text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
+                    "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
                 )
             ).scalar_one()
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -13,14 +14,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.chunks import claim_chunk
-from db.engine import transaction
+from db.engine import make_engine, make_session_factory, transaction
 from db.jobs import request_cancel
 from db.pipeline_settings import ReaperSettings
 from db.planning import parse_job_spec, submit_job
 from db.status import ChunkStatus, ImageStatus, JobStatus
 from db.storage import ObjectStore
 from db.tables import Chunk, Image, Job, utcnow
-from scheduler.reaper import Reaper
+from scheduler.reaper import Reaper, ReapReport
 from tests.pipeline import PipelineStack, job_row, make_model_version, make_tenant, wait_for
 from tests.services import flush_keeping_claim
 
@@ -49,6 +50,10 @@ def broker() -> FakeBroker:
 @pytest.fixture
 def reaper(session_factory: sessionmaker[Session], broker: FakeBroker) -> Reaper:
     """A reaper with 3 attempts, a 60 s lost-message threshold and a 30 s finalize grace."""
+    return _reaper(session_factory, broker)
+
+
+def _reaper(session_factory: sessionmaker[Session], broker: FakeBroker) -> Reaper:
     settings = ReaperSettings(max_attempts=3, republish_after_seconds=60, finalize_grace_seconds=30)
     return Reaper(
         session_factory,
@@ -100,6 +105,37 @@ def test_an_expired_lease_is_released_and_republished(
     assert report.requeued == [chunk_ids[0]] and broker.chunks == [("bulk", chunk_ids[0])]
     chunk = _chunk(session_factory, chunk_ids[0])
     assert chunk.status is ChunkStatus.PENDING and "lease expired" in str(chunk.last_error)
+
+
+def test_a_chunk_locked_by_a_frozen_worker_does_not_stall_the_reaper(pg_url: str, broker: FakeBroker) -> None:
+    engine = make_engine(pg_url)
+    session_factory = make_session_factory(engine)
+    reaper = _reaper(session_factory, broker)
+    # Given two expired leases, one of them row-locked by a worker frozen inside its write transaction
+    past = utcnow() - dt.timedelta(seconds=60)
+    _job_id, (locked, free) = _job(session_factory, count=20, chunk_size=10)
+    _claim(session_factory, locked, past)
+    _claim(session_factory, free, past)
+    frozen = session_factory()
+    frozen.execute(
+        update(Chunk).where(Chunk.id == locked).values(leased_by=Chunk.leased_by)
+    )  # the fenced write
+    try:
+        # When the reaper runs
+        reports: list[ReapReport] = []
+        runner = threading.Thread(target=lambda: reports.append(reaper.reap_once()), daemon=True)
+        runner.start()
+        runner.join(timeout=30)
+        # Then it finished without waiting on the lock: the free chunk is requeued, the locked one left alone
+        assert not runner.is_alive(), "the reaper is waiting on the frozen worker's row lock"
+        assert reports[0].requeued == [free] and broker.chunks == [("bulk", free)]
+        assert _chunk(session_factory, locked).status is ChunkStatus.LEASED
+    finally:
+        frozen.rollback()
+        frozen.close()
+    # And once the frozen transaction ends, the next pass requeues the other chunk too
+    assert reaper.reap_once().requeued == [locked]
+    engine.dispose()
 
 
 def test_a_chunk_out_of_attempts_is_quarantined_and_the_job_finalized(
