@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.chunks import claim_chunk
-from db.engine import make_engine, make_session_factory, transaction
+from db.chunks import Lease, assert_lease, claim_chunk
+from db.engine import transaction
 from db.jobs import request_cancel
 from db.pipeline_settings import ReaperSettings
 from db.planning import parse_job_spec, submit_job
@@ -50,10 +50,6 @@ def broker() -> FakeBroker:
 @pytest.fixture
 def reaper(session_factory: sessionmaker[Session], broker: FakeBroker) -> Reaper:
     """A reaper with 3 attempts, a 60 s lost-message threshold and a 30 s finalize grace."""
-    return _reaper(session_factory, broker)
-
-
-def _reaper(session_factory: sessionmaker[Session], broker: FakeBroker) -> Reaper:
     settings = ReaperSettings(max_attempts=3, republish_after_seconds=60, finalize_grace_seconds=30)
     return Reaper(
         session_factory,
@@ -79,11 +75,11 @@ def _job(
     return planned.job_id, planned.chunk_ids
 
 
-def _claim(session_factory: sessionmaker[Session], chunk_id: int, now: dt.datetime) -> None:
+def _claim(session_factory: sessionmaker[Session], chunk_id: int, now: dt.datetime) -> Lease:
     with transaction(session_factory) as session:
-        assert (
-            claim_chunk(session, chunk_id, worker="w", lease_seconds=5, max_attempts=10, now=now) is not None
-        )
+        lease = claim_chunk(session, chunk_id, worker="w", lease_seconds=5, max_attempts=10, now=now)
+    assert lease is not None
+    return lease
 
 
 def _chunk(session_factory: sessionmaker[Session], chunk_id: int) -> Chunk:
@@ -107,19 +103,17 @@ def test_an_expired_lease_is_released_and_republished(
     assert chunk.status is ChunkStatus.PENDING and "lease expired" in str(chunk.last_error)
 
 
-def test_a_chunk_locked_by_a_frozen_worker_does_not_stall_the_reaper(pg_url: str, broker: FakeBroker) -> None:
-    engine = make_engine(pg_url)
-    session_factory = make_session_factory(engine)
-    reaper = _reaper(session_factory, broker)
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # row locks: PostgreSQL only
+def test_a_chunk_locked_by_a_frozen_worker_does_not_stall_the_reaper(
+    session_factory: sessionmaker[Session], reaper: Reaper, broker: FakeBroker
+) -> None:
     # Given two expired leases, one of them row-locked by a worker frozen inside its write transaction
     past = utcnow() - dt.timedelta(seconds=60)
     _job_id, (locked, free) = _job(session_factory, count=20, chunk_size=10)
-    _claim(session_factory, locked, past)
+    lease = _claim(session_factory, locked, past)
     _claim(session_factory, free, past)
     frozen = session_factory()
-    frozen.execute(
-        update(Chunk).where(Chunk.id == locked).values(leased_by=Chunk.leased_by)
-    )  # the fenced write
+    assert_lease(frozen, lease)  # the worker's fenced write, which takes the chunk's row lock
     try:
         # When the reaper runs
         reports: list[ReapReport] = []
@@ -135,7 +129,6 @@ def test_a_chunk_locked_by_a_frozen_worker_does_not_stall_the_reaper(pg_url: str
         frozen.close()
     # And once the frozen transaction ends, the next pass requeues the other chunk too
     assert reaper.reap_once().requeued == [locked]
-    engine.dispose()
 
 
 def test_a_chunk_out_of_attempts_is_quarantined_and_the_job_finalized(
