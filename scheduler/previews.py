@@ -22,18 +22,25 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
+
+import anyio
 
 from db.errors import ObjectNotFoundError
 from db.messaging import INTERACTIVE_QUEUE
 from db.storage.base import ObjectStore
 from db.tables import ModelVersion
+from scheduler.api.limits import ConcurrencyLimiter
 from scheduler.api.schemas import MAX_SEED, ModelVersionRef, PreviewImagePublic, PreviewPublic
 from scheduler.errors import PreviewTimeoutError, RequestValidationError, ServiceUnavailableError
 
 PREVIEW_TASK = "catalogan.generate_preview"
-POLL_INTERVAL_SECONDS = 0.1
+POLL_INTERVAL_SECONDS = 0.1  # first poll; each next one waits 1.5x longer, up to the max
+MAX_POLL_INTERVAL_SECONDS = 0.5
+# A preview slot frees itself this long after the request's timeout, should the API process die holding it.
+SLOT_GRACE_SECONDS = 10.0
 RESULT_NAME = "result.json"
 
 
@@ -49,7 +56,14 @@ def class_index_of(model: ModelVersion, category: str) -> tuple[str, int]:
     )
 
 
-def run_preview(
+def _result_or_none(store: ObjectStore, key: str) -> bytes | None:
+    try:
+        return store.get(key)
+    except ObjectNotFoundError:
+        return None
+
+
+async def run_preview(
     send_task: Callable[..., Any],
     store: ObjectStore,
     model: ModelVersion,
@@ -59,11 +73,64 @@ def run_preview(
     count: int,
     seed: int | None,
     timeout_seconds: float,
+    threads: anyio.CapacityLimiter,
+    slots: ConcurrencyLimiter,
+    max_concurrent: int,
+    client_gone: Callable[[], Awaitable[bool]] | None = None,
 ) -> PreviewPublic:
-    """Send one preview task and wait for its result in the object store; raise `PreviewTimeoutError`."""
+    """Send one preview task and wait for its result in the object store; raise `PreviewTimeoutError`.
+
+    Bounded before any work: the tenant takes one of its `max_concurrent` preview slots (else 429) and the
+    category is checked. The wait is asynchronous: between polls the request holds no thread at all, and each
+    blocking call (broker send, store read) runs on `threads`, the previews' own small pool. The task message
+    expires with the request (`expires`), so a worker that comes back later does not generate for nobody.
+    """
     name, class_index = class_index_of(model, category)
     seed = seed if seed is not None else secrets.randbelow(MAX_SEED)
     preview_id = uuid.uuid4().hex
+    hold = partial(
+        slots.acquire,
+        tenant_id,
+        preview_id,
+        limit=max_concurrent,
+        hold_seconds=timeout_seconds + SLOT_GRACE_SECONDS,
+    )
+    await anyio.to_thread.run_sync(hold, limiter=threads)
+    try:
+        return await _send_and_wait(
+            send_task,
+            store,
+            model,
+            name=name,
+            class_index=class_index,
+            tenant_id=tenant_id,
+            preview_id=preview_id,
+            count=count,
+            seed=seed,
+            timeout_seconds=timeout_seconds,
+            threads=threads,
+            client_gone=client_gone,
+        )
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(slots.release, tenant_id, preview_id, limiter=threads)
+
+
+async def _send_and_wait(
+    send_task: Callable[..., Any],
+    store: ObjectStore,
+    model: ModelVersion,
+    *,
+    name: str,
+    class_index: int,
+    tenant_id: str,
+    preview_id: str,
+    count: int,
+    seed: int,
+    timeout_seconds: float,
+    threads: anyio.CapacityLimiter,
+    client_gone: Callable[[], Awaitable[bool]] | None,
+) -> PreviewPublic:
     key_prefix = f"{tenant_id}/previews/{preview_id}"
     request = {
         "preview_id": preview_id,
@@ -75,38 +142,43 @@ def run_preview(
         "seed": seed,
         "key_prefix": key_prefix,
     }
+    deadline = time.monotonic() + timeout_seconds
+    send = partial(send_task, PREVIEW_TASK, args=[request], queue=INTERACTIVE_QUEUE, expires=timeout_seconds)
     try:
-        send_task(PREVIEW_TASK, args=[request], queue=INTERACTIVE_QUEUE)
+        await anyio.to_thread.run_sync(send, limiter=threads)
     except Exception as exc:  # kombu/redis errors: the broker is down
         raise ServiceUnavailableError(f"broker refused the preview: {exc}") from exc
-    deadline = time.monotonic() + timeout_seconds
     result_key = f"{key_prefix}/{RESULT_NAME}"
+    interval = POLL_INTERVAL_SECONDS
     while True:
-        try:
-            result = json.loads(store.get(result_key))
+        raw = await anyio.to_thread.run_sync(_result_or_none, store, result_key, limiter=threads)
+        if raw is not None:
+            result = json.loads(raw)
             break
-        except ObjectNotFoundError:
-            if time.monotonic() >= deadline:
-                raise PreviewTimeoutError(
-                    f"no worker on the '{INTERACTIVE_QUEUE}' queue answered within {timeout_seconds:g} s"
-                ) from None
-            time.sleep(POLL_INTERVAL_SECONDS)
+        if time.monotonic() >= deadline:
+            raise PreviewTimeoutError(
+                f"no worker on the '{INTERACTIVE_QUEUE}' queue answered within {timeout_seconds:g} s"
+            )
+        if client_gone is not None and await client_gone():
+            raise PreviewTimeoutError("the client went away before the preview was ready")
+        await anyio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        interval = min(interval * 1.5, MAX_POLL_INTERVAL_SECONDS)
     if "error" in result:
         raise ServiceUnavailableError(f"preview failed: {result['error']}")
-    images = []
-    for entry in result["images"]:
-        key = str(entry["key"])
+    entries = [(int(entry["index"]), str(entry["key"])) for entry in result["images"]]
+    for _, key in entries:
         if not key.startswith(f"{key_prefix}/"):
             raise ServiceUnavailableError("preview result points outside its prefix")
-        data = store.get(key)
-        images.append(
-            PreviewImagePublic(
-                index=int(entry["index"]),
-                category=name,
-                sha256=hashlib.sha256(data).hexdigest(),
-                png_base64=base64.b64encode(data).decode(),
-            )
+    blobs = await anyio.to_thread.run_sync(lambda: [store.get(key) for _, key in entries], limiter=threads)
+    images = [
+        PreviewImagePublic(
+            index=index,
+            category=name,
+            sha256=hashlib.sha256(data).hexdigest(),
+            png_base64=base64.b64encode(data).decode(),
         )
+        for (index, _), data in zip(entries, blobs, strict=True)
+    ]
     return PreviewPublic(
         model=ModelVersionRef(name=model.name, version=model.version), seed=seed, images=images
     )

@@ -40,6 +40,15 @@ class ApiSettings(BaseSettings):
     max_images_per_job: int = Field(default=1_000_000, ge=1)
     page_size_max: int = Field(default=500, ge=1, le=10_000)
     preview_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    preview_max_concurrent_per_tenant: int = Field(
+        default=2, ge=1, le=1000, description="Previews one tenant may have waiting at once (more: 429)."
+    )
+    preview_threads: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Threads of the previews' own pool (broker send, result polls); never the shared pool.",
+    )
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=3600)
     default_images_per_second: float = Field(
         default=50.0, gt=0, description="Throughput assumed by estimates until workers have measured one."

@@ -21,7 +21,12 @@ from db.messaging import Publisher, make_celery_app
 from db.settings import BrokerSettings, DataSettings
 from db.storage.base import ObjectStore
 from db.tables import Tenant
-from scheduler.api.limits import RateLimiter
+from scheduler.api.limits import (
+    ConcurrencyLimiter,
+    MemoryConcurrencyLimiter,
+    RateLimiter,
+    RedisConcurrencyLimiter,
+)
 from scheduler.errors import AuthenticationError
 from scheduler.settings import ApiSettings, WebhookSettings
 from scheduler.submission import TenantSubmitLocks
@@ -44,14 +49,33 @@ class Services:
     data: DataSettings = field(default_factory=DataSettings)
     owns_engine: bool = False  # True when build_services made the engine (then close() disposes it)
     submit_locks: TenantSubmitLocks = field(default_factory=TenantSubmitLocks)
+    preview_slots: ConcurrencyLimiter | None = None  # per-tenant previews in progress; built in __post_init__
     _session_slots: RunVar[anyio.Semaphore] | None = field(default=None, init=False, repr=False)
     _session_slot_count: int = field(default=0, init=False, repr=False)
+    _preview_threads: RunVar[anyio.CapacityLimiter] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         count = session_slot_count(self.session_factory)
         if count is not None:
             self._session_slots = RunVar(f"catalogan_session_slots_{id(self)}")
             self._session_slot_count = count
+        self._preview_threads = RunVar(f"catalogan_preview_threads_{id(self)}")
+        if self.preview_slots is None:
+            self.preview_slots = (
+                RedisConcurrencyLimiter(self.redis, "previews")
+                if self.redis is not None
+                else MemoryConcurrencyLimiter("previews")
+            )
+
+    def preview_threads(self) -> anyio.CapacityLimiter:
+        """This event loop's own small thread pool for previews (broker send, result polls), so that waiting
+        previews never take threads of the shared pool that authentication and every sync route need."""
+        assert self._preview_threads is not None
+        limiter = self._preview_threads.get(None)
+        if limiter is None:
+            limiter = anyio.CapacityLimiter(self.settings.preview_threads)
+            self._preview_threads.set(limiter)
+        return limiter
 
     def session_slots(self) -> anyio.Semaphore | None:
         """This event loop's semaphore bounding the open request sessions (None: the pool never makes one wait)."""

@@ -26,6 +26,10 @@ CONCURRENT_JOBS_RETRY_AFTER_SECONDS = 30
 ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
 
 
+# What a tenant over its concurrent-work limit is told to wait: about one short preview.
+CONCURRENCY_RETRY_AFTER_SECONDS = 5
+
+
 class RateLimiter(Protocol):
     """Counts requests per tenant per window."""
 
@@ -119,6 +123,86 @@ def check_job_quotas(
             f"images per day quota of {tenant.images_per_day} reached ({used} used in the last 24 h)",
             retry_after_seconds=int((frees_at - now).total_seconds()) + 1,
         )
+
+
+class ConcurrencyLimiter(Protocol):
+    """Counts work in progress per tenant (e.g. previews waiting for a worker)."""
+
+    def acquire(self, tenant_id: str, token: str, *, limit: int, hold_seconds: float) -> None:
+        """Hold one slot for `token`; raise `RateLimitedError` when the tenant already holds `limit`.
+
+        A slot not released within `hold_seconds` (a crashed process) frees itself.
+        """
+
+    def release(self, tenant_id: str, token: str) -> None:
+        """Free the slot of `token` (a no-op when it is not held)."""
+
+
+class MemoryConcurrencyLimiter:
+    """Slots held in this process (one API process, or tests)."""
+
+    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self._name = name
+        self._clock = clock
+        self._held: dict[str, dict[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, tenant_id: str, token: str, *, limit: int, hold_seconds: float) -> None:
+        """Hold one slot for `token`; raise `RateLimitedError` when the tenant already holds `limit`."""
+        now = self._clock()
+        with self._lock:
+            held = self._held.setdefault(tenant_id, {})
+            for stale in [t for t, until in held.items() if until <= now]:
+                del held[stale]
+            if len(held) >= limit:
+                retry_after = min(held.values()) - now
+                raise RateLimitedError(
+                    f"{limit} concurrent {self._name} already in progress for this tenant",
+                    retry_after_seconds=math.ceil(min(retry_after, CONCURRENCY_RETRY_AFTER_SECONDS)),
+                )
+            held[token] = now + hold_seconds
+
+    def release(self, tenant_id: str, token: str) -> None:
+        """Free the slot of `token`."""
+        with self._lock:
+            held = self._held.get(tenant_id, {})
+            held.pop(token, None)
+            if not held:
+                self._held.pop(tenant_id, None)
+
+
+class RedisConcurrencyLimiter:
+    """Slots held in a Redis sorted set per tenant (member: token, score: when it frees itself), shared by
+    every API replica. Adding and counting run in one MULTI, so two replicas cannot both take the last slot."""
+
+    def __init__(self, redis_client: Any, name: str, clock: Callable[[], float] = time.time) -> None:
+        self._redis = redis_client
+        self._name = name
+        self._clock = clock
+
+    def _key(self, tenant_id: str) -> str:
+        return f"catalogan:{self._name}:{tenant_id}"
+
+    def acquire(self, tenant_id: str, token: str, *, limit: int, hold_seconds: float) -> None:
+        """Hold one slot for `token`; raise `RateLimitedError` when the tenant already holds `limit`."""
+        now = self._clock()
+        key = self._key(tenant_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zremrangebyscore(key, "-inf", now)
+        pipe.zadd(key, {token: now + hold_seconds})
+        pipe.zcard(key)
+        pipe.expire(key, math.ceil(hold_seconds) + 5)
+        held = int(pipe.execute()[2])
+        if held > limit:
+            self._redis.zrem(key, token)
+            raise RateLimitedError(
+                f"{limit} concurrent {self._name} already in progress for this tenant",
+                retry_after_seconds=CONCURRENCY_RETRY_AFTER_SECONDS,
+            )
+
+    def release(self, tenant_id: str, token: str) -> None:
+        """Free the slot of `token`."""
+        self._redis.zrem(self._key(tenant_id), token)
 
 
 Scope = MutableMapping[str, Any]

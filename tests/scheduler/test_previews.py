@@ -47,9 +47,9 @@ def test_a_result_written_by_a_worker_comes_back_inline(
     services = api.app.state.services  # type: ignore[attr-defined]
     sent: list[dict[str, Any]] = []
 
-    def fake_worker(name: str, args: list[dict[str, Any]], queue: str) -> None:
+    def fake_worker(name: str, args: list[dict[str, Any]], queue: str, expires: float) -> None:
         request = args[0]
-        sent.append({"name": name, "queue": queue, **request})
+        sent.append({"name": name, "queue": queue, "expires": expires, **request})
 
         def write() -> None:
             entries = []
@@ -68,6 +68,7 @@ def test_a_result_written_by_a_worker_comes_back_inline(
     body = response.json()
     assert body["seed"] == 4 and body["model"] == {"name": "tiny", "version": 1}
     assert sent[0]["name"] == "catalogan.generate_preview" and sent[0]["queue"] == "interactive"
+    assert sent[0]["expires"] == 10  # the message expires with the request
     assert sent[0]["category"] == "b" and sent[0]["class_index"] == 1
     assert sent[0]["key_prefix"].startswith(f"{tenant.tenant_id}/previews/")
     for image in body["images"]:

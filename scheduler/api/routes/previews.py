@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
+import anyio
+from fastapi import APIRouter, Request
 
+from db.tables import ModelVersion
 from scheduler.api.deps import ServicesDep, TenantDep
 from scheduler.api.problems import COMMON_ERRORS, problem_doc
 from scheduler.api.schemas import PreviewCreate, PreviewPublic
@@ -20,22 +21,35 @@ router = APIRouter(prefix="/v1", tags=["previews"])
     summary="Generate up to 8 images now",
     responses={**COMMON_ERRORS, 503: problem_doc("No worker on the interactive queue answered in time.")},
 )
-async def create_preview(request: PreviewCreate, services: ServicesDep, tenant: TenantDep) -> PreviewPublic:
-    """Generate `count` (≤ 8) images of one category through the `interactive` queue and return them inline."""
+async def create_preview(
+    body: PreviewCreate, request: Request, services: ServicesDep, tenant: TenantDep
+) -> PreviewPublic:
+    """Generate `count` (≤ 8) images of one category through the `interactive` queue and return them inline.
 
-    def run() -> PreviewPublic:
+    At most `CATALOGAN_PREVIEW_MAX_CONCURRENT_PER_TENANT` previews of one tenant wait at once (more: 429 with
+    `Retry-After`); a waiting preview holds no thread of the shared pool.
+    """
+    threads = services.preview_threads()
+
+    def resolve() -> ModelVersion:
         with services.session_factory() as session:
-            model = resolve_model_version(session, request.model)
+            model = resolve_model_version(session, body.model)
             session.expunge(model)
-        return run_preview(
-            services.send_task,
-            services.store,
-            model,
-            tenant_id=tenant.id,
-            category=request.category,
-            count=request.count,
-            seed=request.seed,
-            timeout_seconds=services.settings.preview_timeout_seconds,
-        )
+        return model
 
-    return await run_in_threadpool(run)
+    model = await anyio.to_thread.run_sync(resolve, limiter=threads)
+    assert services.preview_slots is not None
+    return await run_preview(
+        services.send_task,
+        services.store,
+        model,
+        tenant_id=tenant.id,
+        category=body.category,
+        count=body.count,
+        seed=body.seed,
+        timeout_seconds=services.settings.preview_timeout_seconds,
+        threads=threads,
+        slots=services.preview_slots,
+        max_concurrent=services.settings.preview_max_concurrent_per_tenant,
+        client_gone=request.is_disconnected,
+    )
