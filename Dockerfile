@@ -1,10 +1,11 @@
 # One image for every catalogan process: api (`catalogan serve`), worker, beat, migrations and the Ray head.
-#   docker build -t catalogan .                                                         # CUDA wheels of PyTorch
-#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t catalogan .   # CPU only
-FROM python:3.11-slim
+#   docker build -t catalogan:0.1.0 .                                  # CUDA build of PyTorch (models/torch-cuda.txt)
+#   docker build --build-arg TORCH_VARIANT=cpu -t catalogan:0.1.0 .    # CPU build, same torch version
+FROM python:3.11.11-slim-bookworm
 
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124
-ARG TORCH_VERSION=2.13.0
+# cuda: the pair pinned in models/torch-cuda.txt; cpu: the same torch version from PyTorch's CPU index.
+ARG TORCH_VARIANT=cuda
+ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -14,15 +15,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 10001 catalogan
 WORKDIR /app
 
-# PyTorch first, from the index that matches the hardware: the largest layer, cached across code changes.
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+# PyTorch first: the largest layer, cached across code changes (it changes only with models/torch-cuda.txt).
+COPY models/torch-cuda.txt /tmp/torch-cuda.txt
+RUN if [ "$TORCH_VARIANT" = cpu ]; then \
+        pip install "$(grep '^torch==' /tmp/torch-cuda.txt)" --index-url "$TORCH_CPU_INDEX_URL"; \
+    else \
+        pip install -r /tmp/torch-cuda.txt; \
+    fi
 
 COPY pyproject.toml README.md ./
 COPY db ./db
 COPY models ./models
 COPY workers ./workers
 COPY scheduler ./scheduler
-RUN pip install "."
+RUN pip install ".[server]"
 
 USER catalogan
 EXPOSE 8000

@@ -8,12 +8,19 @@ S3 credentials, region and endpoint are *not* settings of ours: boto3 reads them
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("catalogan-data")
+# Passwords that ship in examples and images (ours, MinIO's, PostgreSQL's): production refuses them.
+DEVELOPMENT_SECRETS = frozenset(
+    {"", "catalogan", "catalogan-dev-secret", "minioadmin", "postgres", "password", "secret", "changeme"}
+)
 
 
 def _config() -> SettingsConfigDict:
@@ -25,7 +32,9 @@ class DataSettings(BaseSettings):
 
     model_config = _config()
 
-    data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="Folder for the embedded SQLite file, objects and broker.")
+    data_dir: Path = Field(
+        default=DEFAULT_DATA_DIR, description="Folder for the embedded SQLite file, objects and broker."
+    )
 
     @property
     def resolved(self) -> Path:
@@ -38,7 +47,9 @@ class DatabaseSettings(BaseSettings):
 
     model_config = _config()
 
-    database_url: str = Field(default="", description="SQLAlchemy URL; empty = SQLite file in the data folder.")
+    database_url: str = Field(
+        default="", description="SQLAlchemy URL; empty = SQLite file in the data folder."
+    )
     database_pool_size: int = Field(default=5, ge=1, le=100)
     database_echo: bool = False
 
@@ -65,6 +76,18 @@ class StorageSettings(BaseSettings):
 
     storage_url: str = Field(default="", description="Object store URL; empty = a folder in the data folder.")
     presigned_url_ttl_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    storage_public_endpoint_url: str = Field(
+        default="",
+        description="S3 endpoint that presigned URLs are signed for (what browsers and ETL hosts reach); "
+        "empty = the endpoint the services use (AWS_ENDPOINT_URL).",
+    )
+
+    @field_validator("storage_public_endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc):
+            raise ValueError("must be an http:// or https:// URL such as https://s3.example.com")
+        return value.rstrip("/")
 
     def url(self, data: DataSettings | None = None) -> str:
         """The effective object-store URL (a local folder when none is set)."""
@@ -79,9 +102,30 @@ class BrokerSettings(BaseSettings):
 
     model_config = _config()
 
-    broker_url: str = Field(default="", description="redis://host:port/db; empty = kombu filesystem:// in the data folder.")
+    broker_url: str = Field(
+        default="", description="redis://host:port/db; empty = kombu filesystem:// in the data folder."
+    )
 
     @property
     def embedded(self) -> bool:
         """True when messages travel through a local folder instead of Redis."""
         return not self.broker_url
+
+
+def default_credential_problems(
+    database: DatabaseSettings, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Why the credentials in use are development defaults (empty when none is): production refuses them.
+
+    Checks the database URL's password and `AWS_SECRET_ACCESS_KEY` against `DEVELOPMENT_SECRETS`.
+    """
+    env = os.environ if environ is None else environ
+    problems = []
+    if database.database_url and not database.database_url.startswith("sqlite"):
+        password = urlsplit(database.database_url).password
+        if password is None or password in DEVELOPMENT_SECRETS:
+            problems.append("CATALOGAN_DATABASE_URL carries no password or a development default one")
+    secret = env.get("AWS_SECRET_ACCESS_KEY")
+    if secret is not None and secret in DEVELOPMENT_SECRETS:
+        problems.append("AWS_SECRET_ACCESS_KEY is a development default")
+    return problems

@@ -1,8 +1,16 @@
-"""Expiry rules shared by every backend's `presign`."""
+"""Expiry rules shared by every backend's `presign`, and the S3 client that signs for the public endpoint.
+
+Services often reach S3 at an internal address (`http://minio:9000` in docker compose) that a user's browser or
+ETL host cannot. SigV4 signs the host, so a URL cannot be rewritten after signing: with
+`CATALOGAN_STORAGE_PUBLIC_ENDPOINT_URL` set, presigned URLs are made by a second client whose endpoint is the
+public one (signing makes no request, so that address need not be reachable from the service).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from typing import Any
 
 # SigV4 presigned URLs are valid for at most seven days; the other backends follow the same bound.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
@@ -17,3 +25,24 @@ def check_expiry(expires_in_seconds: int) -> dt.datetime:
             f"expires_in_seconds={expires_in_seconds}: must be between 1 and {MAX_PRESIGN_SECONDS}"
         )
     return dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=expires_in_seconds)
+
+
+@functools.cache
+def public_endpoint_url() -> str:
+    """`CATALOGAN_STORAGE_PUBLIC_ENDPOINT_URL`, read once per process ("" when unset)."""
+    from db.settings import StorageSettings
+
+    return StorageSettings().storage_public_endpoint_url
+
+
+@functools.cache
+def _public_client(endpoint_url: str) -> Any:
+    from db.storage.s3 import make_s3_client
+
+    return make_s3_client(endpoint_url)
+
+
+def presign_client(client: Any) -> Any:
+    """The S3 client that should sign URLs: `client` itself, or one for the public endpoint when it is set."""
+    endpoint = public_endpoint_url()
+    return _public_client(endpoint) if endpoint else client

@@ -37,7 +37,7 @@ from botocore.exceptions import (
 from db.errors import ObjectNotFoundError, StorageError, TransientStorageError
 from db.storage.base import ObjectInfo, ObjectStore, PresignedUrl
 from db.storage.keys import validate_key, validate_prefix
-from db.storage.presign import check_expiry
+from db.storage.presign import check_expiry, presign_client
 
 # Total attempts per call, first one included (botocore "standard" mode backs off exponentially with jitter).
 S3_MAX_ATTEMPTS = 5
@@ -202,7 +202,7 @@ class S3Store(ObjectStore):
         full = self._full(key)
         expires_at = check_expiry(expires_in_seconds)
         with _boundary(f"presign {self.uri(key)}"):
-            url = self.client.generate_presigned_url(
+            url = presign_client(self.client).generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=expires_in_seconds
             )
         return PresignedUrl(str(url), expires_at)

@@ -20,13 +20,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.engine import engine_from_settings, make_session_factory
 from db.errors import ConfigError
 from db.messaging import CeleryPublisher, Publisher, make_celery_app, queue_depth
-from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageSettings
+from db.settings import (
+    BrokerSettings,
+    DatabaseSettings,
+    DataSettings,
+    StorageSettings,
+    default_credential_problems,
+)
 from db.storage import open_store
 from db.storage.base import ObjectStore
 from scheduler.api.deps import Services
 from scheduler.api.limits import BodySizeLimitMiddleware, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from scheduler.api.openapi_extras import document_webhooks, operation_id
 from scheduler.api.problems import install_problem_handlers, problem_response
-from scheduler.api.routes import health, images, jobs, models, previews
+from scheduler.api.routes import health, images, jobs, models, previews, shards
 from scheduler.errors import PayloadTooLargeError
 from scheduler.metrics import make_registry
 from scheduler.settings import ApiSettings, WebhookSettings
@@ -91,6 +98,7 @@ def refuse_embedded_defaults(
         problems.append("CATALOGAN_STORAGE_URL must be an s3:// URL")
     if broker.embedded:
         problems.append("CATALOGAN_BROKER_URL must name a Redis broker")
+    problems += default_credential_problems(database)
     if problems:
         raise ConfigError("CATALOGAN_ENVIRONMENT=production: " + "; ".join(problems))
 
@@ -154,6 +162,7 @@ def create_app(
 
     app = FastAPI(
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
         title="catalogan",
         version=API_VERSION,
         description=DESCRIPTION,
@@ -181,8 +190,9 @@ def create_app(
     registry, requests = make_registry(services.session_factory, depth, settings.default_images_per_second)
     app.state.metrics_registry = registry
     install_problem_handlers(app)
-    for module in (jobs, images, models, previews, health):
+    for module in (jobs, images, shards, models, previews, health):
         app.include_router(module.router)
+    document_webhooks(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]

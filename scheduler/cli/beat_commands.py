@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,8 +23,34 @@ from scheduler.cli.errors import one_line_errors
     default=None,
     help="Seconds between passes [default: CATALOGAN_REAPER_INTERVAL_SECONDS or 5].",
 )
+@click.option(
+    "--heartbeat-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Touch this file after every successful reaper pass (for a container healthcheck).",
+)
+@click.option(
+    "--check-heartbeat",
+    "check_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Do not run: exit 0 when this heartbeat file was touched within --max-age seconds, else 1.",
+)
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds a heartbeat stays fresh for --check-heartbeat.",
+)
 @one_line_errors
-def beat(once: bool, interval: float | None) -> None:
+def beat(
+    once: bool,
+    interval: float | None,
+    heartbeat_file: Path | None,
+    check_file: Path | None,
+    max_age: float,
+) -> None:
     """Run the periodic steps: the reaper (re-enqueue expired or lost chunks, quarantine, finalize
     stragglers) and the webhook outbox (job events, signed deliveries with retries).
 
@@ -30,8 +59,10 @@ def beat(once: bool, interval: float | None) -> None:
 
     Example:
 
-        CATALOGAN_BROKER_URL=redis://localhost:6379/0 catalogan beat
+        CATALOGAN_BROKER_URL=redis://localhost:6379/0 catalogan beat --heartbeat-file /tmp/beat.alive
     """
+    if check_file is not None:
+        sys.exit(check_heartbeat(check_file, max_age))
     from db.engine import engine_from_settings, make_session_factory
     from db.messaging import CeleryPublisher, make_celery_app, queue_depth
     from db.pipeline_settings import ReaperSettings
@@ -63,7 +94,13 @@ def beat(once: bool, interval: float | None) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     every = interval or settings.reaper_interval_seconds
-    reaper_steps = [PeriodicStep("reaper", every, reaper.reap_once)]
+
+    def reap_and_beat() -> None:
+        reaper.reap_once()  # raises when SQL or the broker fails: then no heartbeat
+        if heartbeat_file is not None:
+            heartbeat_file.touch()
+
+    reaper_steps = [PeriodicStep("reaper", every, reap_and_beat)]
     # Webhook deliveries wait on other people's servers (up to the timeout each): their own thread, so a slow
     # receiver never delays the repairs.
     webhook_steps = [
@@ -83,3 +120,19 @@ def beat(once: bool, interval: float | None) -> None:
     failures += results.get("webhooks", 0)
     if once and failures:
         raise click.ClickException(f"{failures} periodic step(s) failed; see the log above")
+
+
+def check_heartbeat(path: Path, max_age_seconds: float) -> int:
+    """0 when `path` was touched within `max_age_seconds`, else 1 (with the reason on stderr)."""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        click.echo(f"Error: no heartbeat at {path} yet (no reaper pass has succeeded)", err=True)
+        return 1
+    if age > max_age_seconds:
+        click.echo(
+            f"Error: the last successful reaper pass was {age:.0f} s ago (> {max_age_seconds:.0f} s)",
+            err=True,
+        )
+        return 1
+    return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -53,10 +54,23 @@ def lease_holders() -> list[dict[str, Any]]:
     return [{"worker": worker, "chunks": count, "lease_until": until} for worker, count, until in rows]
 
 
+def alive_on(host: str, broker: BrokerSettings, data: DataSettings) -> list[str]:
+    """Workers named `*@host` that answer a ping or hold a live lease (a busy solo-pool worker does not ping)."""
+    names = [*ping_workers(broker, data), *(str(h["worker"]) for h in lease_holders() if h["worker"])]
+    return sorted({name for name in names if name.endswith(f"@{host}")})
+
+
 @click.command("workers")
+@click.option(
+    "--alive-on",
+    "host",
+    default=None,
+    metavar="HOST",
+    help="Healthcheck: exit 0 when a worker of HOST answers a ping or holds a live lease, else 1.",
+)
 @json_option
 @one_line_errors
-def workers(as_json: bool) -> None:
+def workers(host: str | None, as_json: bool) -> None:
     """Show live workers (Celery ping and live chunk leases) and the depth of each queue.
 
     Example:
@@ -65,6 +79,13 @@ def workers(as_json: bool) -> None:
         CATALOGAN_BROKER_URL=redis://localhost:6379/0 catalogan workers --json
     """
     broker, data = BrokerSettings(), DataSettings()
+    if host is not None:
+        alive = alive_on(host, broker, data)
+        if not alive:
+            click.echo(f"Error: no worker on {host} answers a ping or holds a lease", err=True)
+            sys.exit(1)
+        click.echo(" ".join(alive))
+        return
     depths = queue_depths(broker, data)
     pinged = ping_workers(broker, data)
     holders = lease_holders()

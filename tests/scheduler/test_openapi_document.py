@@ -42,3 +42,51 @@ def test_bodies_and_main_responses_carry_examples(api: TestClient) -> None:
     assert _schema(openapi, ok)["title"] == "JobPublic"
     security = openapi["components"]["securitySchemes"]
     assert any(scheme.get("scheme") == "bearer" for scheme in security.values())
+
+
+# The stable operationIds (generated SDKs and the docs link to them): renaming a route function changes one.
+OPERATION_IDS = {
+    ("post", "/v1/jobs"): "createJob",
+    ("get", "/v1/jobs"): "listJobs",
+    ("get", "/v1/jobs/{job_id}"): "getJob",
+    ("post", "/v1/jobs/{job_id}/cancel"): "cancelJob",
+    ("post", "/v1/jobs/{job_id}/retry"): "retryJob",
+    ("post", "/v1/jobs:estimate"): "estimateJob",
+    ("get", "/v1/jobs/{job_id}/images"): "listImages",
+    ("get", "/v1/jobs/{job_id}/manifest"): "getManifest",
+    ("get", "/v1/jobs/{job_id}/shards"): "getShardIndex",
+    ("get", "/v1/models"): "listModels",
+    ("post", "/v1/previews"): "createPreview",
+    ("get", "/healthz"): "getHealth",
+    ("get", "/readyz"): "getReadiness",
+    ("get", "/metrics"): "getMetrics",
+}
+
+
+def test_operation_ids_are_stable_api_verbs(api: TestClient) -> None:
+    """Given the document, when each operation's operationId is read, then it is the stable lowerCamelCase name
+    (e.g. `createJob`, not FastAPI's generated `create_job_v1_jobs_post`) and all are unique."""
+    openapi = api.get("/openapi.json").json()
+    found = {
+        (method, path): operation["operationId"]
+        for path, item in openapi["paths"].items()
+        for method, operation in item.items()
+    }
+    for operation, expected in OPERATION_IDS.items():
+        assert found.get(operation) == expected, operation
+    assert len(set(found.values())) == len(found)
+    assert all("_" not in operation_id for operation_id in found.values()), found
+
+
+def test_the_document_lists_every_webhook_event_the_dispatcher_sends(api: TestClient) -> None:
+    """Given the document, when its `webhooks` section is read, then it lists exactly the event types the
+    dispatcher sends (one name for success: job.completed), each with the Standard Webhooks envelope as body."""
+    from scheduler.webhooks import EVENTS
+
+    openapi = api.get("/openapi.json").json()
+    webhooks = openapi["webhooks"]
+    assert sorted(webhooks) == sorted(EVENTS)
+    assert "job.completed" in webhooks and "job.succeeded" not in webhooks
+    body = webhooks["job.completed"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    envelope = _schema(openapi, body)
+    assert {"type", "timestamp", "data"} <= set(envelope["properties"])

@@ -153,6 +153,7 @@ OPERATION_IDS = [
         ("POST", "/v1/jobs:estimate"),
         ("GET", "/v1/jobs/{job_id}/images"),
         ("GET", "/v1/jobs/{job_id}/manifest"),
+        ("GET", "/v1/jobs/{job_id}/shards"),
         ("GET", "/v1/models"),
         ("POST", "/v1/previews"),
     ]
