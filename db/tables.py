@@ -263,3 +263,46 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+
+class ReviewDecision(enum.StrEnum):
+    """A person's verdict on a delivered image, given in the console."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class ImageReview(Base):
+    """The latest review decision on one delivered image of a job: who (the API key's id and name), what, when.
+
+    One row per (job, index): deciding again replaces the decision (the row keeps the latest). Not a foreign
+    key to `images`: a review names the image the way the manifest does, by job and index.
+    """
+
+    __tablename__ = "image_reviews"
+    __table_args__ = (UniqueConstraint("job_id", "index", name="uq_image_reviews_job_id_index"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(BigInteger)
+    decision: Mapped[ReviewDecision] = mapped_column(_enum(ReviewDecision))
+    reviewer_key_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    reviewer_name: Mapped[str] = mapped_column(String(64), default="")
+    note: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class ConsoleSession(Base):
+    """A signed-in console browser: the SHA-256 of its cookie token, the API key it signed in with, its CSRF token.
+
+    The cookie carries only a random token; the API key itself is never stored in it or here.
+    """
+
+    __tablename__ = "console_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(Timestamp, index=True)

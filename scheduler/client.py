@@ -407,11 +407,16 @@ class Client:
 
     # -- images and manifests -----------------------------------------------------------------------
 
-    def iter_images(self, job: Job | str, *, page_size: int = 200) -> Iterator[Image]:
-        """Every image of the job in index order, with fresh presigned URLs."""
+    def iter_images(
+        self, job: Job | str, *, page_size: int = 200, review: str | None = None
+    ) -> Iterator[Image]:
+        """Every image of the job in index order, with fresh presigned URLs; with `review` ("approved",
+        "rejected" or "pending"), only the delivered images in that review state."""
         cursor: str | None = None
         while True:
             params: dict[str, Any] = {"limit": page_size}
+            if review is not None:
+                params["review"] = review
             if cursor:
                 params["cursor"] = cursor
             body = self._request("GET", f"/v1/jobs/{_job_id(job)}/images", params=params).json()

@@ -48,7 +48,8 @@ TERMINAL_EVENTS = {
     JobStatus.FAILED: "job.failed",
     JobStatus.CANCELLED: "job.cancelled",
 }
-EVENTS = (EVENT_STARTED, EVENT_PROGRESS, *TERMINAL_EVENTS.values())
+EVENT_REVIEWED = "job.reviewed"  # written by the console when every delivered image has a decision
+EVENTS = (EVENT_STARTED, EVENT_PROGRESS, *TERMINAL_EVENTS.values(), EVENT_REVIEWED)
 EVENT_ALIASES = {"job.succeeded": "job.completed"}
 # Finished jobs are looked at for this long after they finish, so a missed terminal event is still sent.
 TERMINAL_LOOKBACK_SECONDS = 24 * 3600
@@ -143,6 +144,29 @@ def _new_delivery(job: Job, url: str, event: str, now: dt.datetime) -> WebhookDe
         next_attempt_at=now,
         created_at=now,
     )
+
+
+def enqueue_job_reviewed(
+    session: Session, job: Job, reviews: dict[str, int], *, now: dt.datetime | None = None
+) -> bool:
+    """Put the `job.reviewed` event (every delivered image has a review decision) in the outbox, once per job,
+    for the job's webhook target (else the tenant's); `reviews` are the approved/rejected counts it carries.
+    Returns True when a row was written. The caller holds the job's row lock, so two last decisions made
+    at once write one event."""
+    url = job.webhook_url or session.scalar(select(Tenant.webhook_url).where(Tenant.id == job.tenant_id))
+    if not url:
+        return False
+    sent = session.scalar(
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.job_id == job.id, WebhookDelivery.event == EVENT_REVIEWED)
+        .limit(1)
+    )
+    if sent is not None:
+        return False
+    delivery = _new_delivery(job, url, EVENT_REVIEWED, now or utcnow())
+    delivery.payload = {**delivery.payload, "reviews": dict(reviews)}
+    session.add(delivery)
+    return True
 
 
 def emit_job_events(session: Session, settings: WebhookSettings, *, now: dt.datetime | None = None) -> int:

@@ -34,6 +34,7 @@ from scheduler.api.limits import BodySizeLimitMiddleware, MemoryRateLimiter, Rat
 from scheduler.api.openapi_extras import document_webhooks, operation_id
 from scheduler.api.problems import install_problem_handlers, problem_response
 from scheduler.api.routes import health, images, jobs, models, previews, shards
+from scheduler.console import install_console
 from scheduler.errors import PayloadTooLargeError
 from scheduler.metrics import make_registry
 from scheduler.settings import ApiSettings, WebhookSettings
@@ -192,6 +193,7 @@ def create_app(
     install_problem_handlers(app)
     for module in (jobs, images, shards, models, previews, health):
         app.include_router(module.router)
+    install_console(app, services)  # the web console under /console/ (scheduler.console)
     document_webhooks(app)
     if settings.cors_origins:
         app.add_middleware(

@@ -1,12 +1,20 @@
 """`/v1/jobs/{id}/images` (cursor pages with presigned URLs) and `/v1/jobs/{id}/manifest`.
 
+The manifest is written once by the workers when the job finishes; review decisions (`db.reviews`, made in
+the console) come later and change, so the manifest is served with its `review` column merged in at
+download time (`approved`, `rejected` or `pending` for a delivered image, null for any other row); the
+object in the store stays as the workers wrote it.
+
 Only keys under the calling tenant's prefix are ever presigned: the check is on the key itself, not only
 on the job's owner, so a row that somehow pointed elsewhere could still never leak another tenant's object.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import io
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
@@ -15,9 +23,11 @@ from sqlalchemy import select
 
 from db.images import manifest_keys
 from db.jobs import get_job
+from db.reviews import ReviewState, review_decisions, where_review_state
+from db.status import ImageStatus
 from db.tables import Image
 from scheduler.api.cursors import decode_cursor, encode_cursor
-from scheduler.api.deps import ServicesDep, SessionDep, TenantDep
+from scheduler.api.deps import Services, ServicesDep, SessionDep, TenantDep
 from scheduler.api.problems import COMMON_ERRORS, problem_doc
 from scheduler.api.schemas import ImagePage
 from scheduler.api.views import image_public
@@ -43,10 +53,16 @@ def list_images(
     tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
+    review: Annotated[
+        ReviewState | None,
+        Query(description="Only delivered images in this review state (decisions made in the console)."),
+    ] = None,
 ) -> ImagePage:
     """The job's images in index order, each with a presigned GET URL and its expiry."""
     job = get_job(session, job_id, tenant_id=tenant.id)
     query = select(Image).where(Image.job_id == job.id)
+    if review is not None:
+        query = where_review_state(query, review)
     if cursor:
         (after,) = decode_cursor(cursor, arity=1)
         if not isinstance(after, int) or isinstance(after, bool):
@@ -77,7 +93,7 @@ def list_images(
             "content": {
                 "application/x-ndjson": {
                     "example": '{"index":0,"sku":"SKU-1","category":"sneaker","key":"t/jobs/j/SKU-1/00000000.png",'
-                    '"sha256":"…","seed":7,"model_version":"fashion-cgan@1","status":"succeeded","error":null}\n'
+                    '"sha256":"…","seed":7,"model_version":"fashion-cgan@1","status":"succeeded","error":null,"review":"pending"}\n'
                 },
                 "application/vnd.apache.parquet": {},
             },
@@ -92,24 +108,59 @@ async def get_manifest(
     format: Annotated[Literal["jsonl", "parquet"], Query(description="Manifest format.")] = "jsonl",
 ) -> Response:
     """The manifest the workers wrote when the job finished: index, sku, category, key, sha256, seed, model
-    version, status and error for every image."""
-
-    def read() -> bytes:
-        with services.session_factory() as session:
-            job = get_job(session, job_id, tenant_id=tenant.id)
-        if not job.manifest_key:
-            raise JobStateError(
-                f"job {job_id} is {job.status.value}; its manifest is written when it finishes"
-            )
-        jsonl_key, parquet_key = manifest_keys(tenant.id, job.id)
-        key = jsonl_key if format == "jsonl" else parquet_key
-        if not tenant_owns_key(tenant.id, key):  # pragma: no cover - manifest_keys builds tenant keys
-            raise JobStateError("manifest outside the tenant's prefix")
-        return services.store.get(key)
-
-    data = await run_in_threadpool(read)
+    version, status and error for every image, with the `review` column as it stands now."""
+    data = await run_in_threadpool(read_reviewed_manifest, services, tenant.id, job_id, format)
     return Response(
         content=data,
         media_type=MANIFEST_MEDIA_TYPES[format],
         headers={"Content-Disposition": f'attachment; filename="{job_id}.{format}"'},
     )
+
+
+def review_value(row: Mapping[str, Any], decisions: Mapping[int, str]) -> str | None:
+    """The `review` column of one manifest row: the decision, `pending`, or None when it is not a delivered
+    image of this job (failed, rejected by the gate, or skipped as delivered by an earlier job)."""
+    if row.get("status") != ImageStatus.SUCCEEDED.value or not row.get("key"):
+        return None
+    return decisions.get(int(row["index"]), ReviewState.PENDING.value)
+
+
+def with_review_column(data: bytes, format: str, decisions: Mapping[int, str]) -> bytes:
+    """The manifest bytes `data` (JSONL or Parquet) with a `review` column added from `decisions`."""
+    if format == "jsonl":
+        out = io.BytesIO()
+        for line in data.splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            row["review"] = review_value(row, decisions)
+            out.write(json.dumps(row, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+        return out.getvalue()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(data))
+    if "review" in table.column_names:
+        table = table.drop(["review"])
+    columns = table.select(["index", "status", "key"]).to_pylist()
+    table = table.append_column(
+        "review", pa.array([review_value(row, decisions) for row in columns], pa.string())
+    )
+    out = io.BytesIO()
+    pq.write_table(table, out, compression="zstd")
+    return out.getvalue()
+
+
+def read_reviewed_manifest(services: Services, tenant_id: str, job_id: str, format: str) -> bytes:
+    """A finished job's manifest with its current `review` column; `NotFoundError` for another tenant's job,
+    `JobStateError` before the job has finished."""
+    with services.session_factory() as session:
+        job = get_job(session, job_id, tenant_id=tenant_id)
+        decisions = review_decisions(session, job.id)
+    if not job.manifest_key:
+        raise JobStateError(f"job {job_id} is {job.status.value}; its manifest is written when it finishes")
+    jsonl_key, parquet_key = manifest_keys(tenant_id, job.id)
+    key = jsonl_key if format == "jsonl" else parquet_key
+    if not tenant_owns_key(tenant_id, key):  # pragma: no cover - manifest_keys builds tenant keys
+        raise JobStateError("manifest outside the tenant's prefix")
+    return with_review_column(services.store.get(key), format, decisions)

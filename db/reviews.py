@@ -1,0 +1,169 @@
+"""Review decisions on delivered images: a person approves or rejects an image in the console.
+
+One `image_reviews` row per (job, index) holds the latest decision, who made it (the API key's id and
+name) and when. Only *delivered* images can be reviewed: rows with status `succeeded` and a stored object.
+Each delivered image is in exactly one review state: `approved`, `rejected` or `pending` (no decision yet).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, Table, and_, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.errors import NotFoundError
+from db.status import ImageStatus
+from db.tables import Image, ImageReview, ReviewDecision, utcnow
+
+__all__ = [
+    "MAX_NOTE_CHARS",
+    "ReviewCounts",
+    "ReviewDecision",
+    "ReviewState",
+    "count_reviews",
+    "delivered",
+    "record_reviews",
+    "review_decisions",
+    "reviews_of",
+    "where_review_state",
+]
+
+MAX_NOTE_CHARS = 1000
+_S = TypeVar("_S", bound=Select[*tuple[Any, ...]])
+
+
+class ReviewState(StrEnum):
+    """The review state of a delivered image, as the API's `?review=` filter and the manifest name it."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    PENDING = "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewCounts:
+    """How many of a job's delivered images are approved, rejected and still pending."""
+
+    approved: int
+    rejected: int
+    pending: int
+
+    @property
+    def delivered(self) -> int:
+        """Every delivered image (the three states together)."""
+        return self.approved + self.rejected + self.pending
+
+
+def delivered() -> Any:
+    """The SQL condition on `Image` for a delivered image: succeeded, with a stored object."""
+    return and_(Image.status == ImageStatus.SUCCEEDED, Image.key.is_not(None))
+
+
+def _review_join() -> Any:
+    return and_(ImageReview.job_id == Image.job_id, ImageReview.index == Image.index)
+
+
+def where_review_state(query: _S, state: ReviewState) -> _S:
+    """Narrow a `select(...)` over `Image` to delivered images in review `state` (adds an outer join)."""
+    query = query.outerjoin(ImageReview, _review_join()).where(delivered())
+    if state is ReviewState.PENDING:
+        return query.where(ImageReview.id.is_(None))
+    return query.where(ImageReview.decision == ReviewDecision(state.value))
+
+
+def record_reviews(
+    session: Session,
+    job_id: str,
+    indices: Sequence[int],
+    decision: ReviewDecision,
+    *,
+    reviewer_key_id: str,
+    reviewer_name: str,
+    note: str | None = None,
+    now: dt.datetime | None = None,
+) -> int:
+    """Record `decision` on the job's images `indices` (replacing earlier decisions); returns how many.
+
+    Runs in the caller's transaction. Raises `NotFoundError` naming the first index that is not a
+    delivered image of the job (nothing is written then). The caller checks that the job is the tenant's.
+    """
+    wanted = sorted(set(int(index) for index in indices))
+    if not wanted:
+        return 0
+    found = set(
+        session.scalars(
+            select(Image.index).where(Image.job_id == job_id, Image.index.in_(wanted), delivered())
+        )
+    )
+    missing = [index for index in wanted if index not in found]
+    if missing:
+        raise NotFoundError(f"image {missing[0]} of job {job_id!r} is not a delivered image")
+    now = now or utcnow()
+    rows = [
+        {
+            "job_id": job_id,
+            "index": index,
+            "decision": decision,
+            "reviewer_key_id": reviewer_key_id,
+            "reviewer_name": reviewer_name,
+            "note": note,
+            "decided_at": now,
+        }
+        for index in wanted
+    ]
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    table: Table = ImageReview.__table__  # type: ignore[assignment]
+    statement = insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.job_id, table.c.index],
+        set_={
+            column: statement.excluded[column]
+            for column in ("decision", "reviewer_key_id", "reviewer_name", "note", "decided_at")
+        },
+    )
+    session.connection().execute(statement, rows)
+    return len(rows)
+
+
+def reviews_of(session: Session, job_id: str, indices: Iterable[int]) -> dict[int, ImageReview]:
+    """The review rows of the job's images `indices` that have one, by index."""
+    wanted = list(indices)
+    if not wanted:
+        return {}
+    rows = session.scalars(
+        select(ImageReview).where(ImageReview.job_id == job_id, ImageReview.index.in_(wanted))
+    )
+    return {row.index: row for row in rows}
+
+
+def review_decisions(session: Session, job_id: str) -> dict[int, str]:
+    """Every decision of a job as {index: "approved" | "rejected"} (for the manifest's `review` column)."""
+    rows = session.execute(
+        select(ImageReview.index, ImageReview.decision).where(ImageReview.job_id == job_id)
+    ).all()
+    return {int(index): ReviewDecision(decision).value for index, decision in rows}
+
+
+def count_reviews(session: Session, job_id: str) -> ReviewCounts:
+    """Approved, rejected and pending counts over the job's delivered images."""
+    rows = session.execute(
+        select(ImageReview.decision, func.count())
+        .select_from(Image)
+        .outerjoin(ImageReview, _review_join())
+        .where(Image.job_id == job_id, delivered())
+        .group_by(ImageReview.decision)
+    ).all()
+    counts: dict[ReviewDecision | None, int] = {
+        None if decision is None else ReviewDecision(decision): int(n) for decision, n in rows
+    }
+    return ReviewCounts(
+        approved=counts.get(ReviewDecision.APPROVED, 0),
+        rejected=counts.get(ReviewDecision.REJECTED, 0),
+        pending=counts.get(None, 0),
+    )

@@ -1,0 +1,218 @@
+"""Signing in to the console with an API key, the session cookie, and the CSRF check.
+
+- `POST /console/sign-in` takes an API key from a form, opens a server-side session (`db.console_sessions`)
+  and sets the cookie `catalogan_console`: a random token (never the key), HttpOnly, SameSite=Strict,
+  Path=/console, Max-Age = the session lifetime, and Secure when the request came over HTTPS (directly,
+  or per `X-Forwarded-Proto` when `CATALOGAN_CONSOLE_TRUST_FORWARDED_PROTO` is on).
+- Every state-changing request (POST) carries the session's CSRF token (form field `csrf_token` or header
+  `X-CSRF-Token`); without it, or with another, the answer is 403 and nothing changes. The sign-in form has
+  its own token (double submit: a short-lived cookie and the same value in the form), so another site cannot
+  sign a browser in to its own account either.
+- A missing, expired or signed-out session, or one whose key was revoked, sends the browser to the sign-in
+  page (303) on a GET and answers 401 otherwise.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from db.console_sessions import (
+    SignedIn,
+    authenticate_console_key,
+    create_console_session,
+    end_console_session,
+    find_console_session,
+)
+from db.engine import transaction
+from db.errors import AuthenticationError
+from scheduler.api.deps import Services
+from scheduler.console.settings import ConsoleSettings
+
+SESSION_COOKIE = "catalogan_console"
+SIGN_IN_COOKIE = "catalogan_console_sign_in"
+SIGN_IN_FORM_SECONDS = 1800  # how long a sign-in form stays usable
+COOKIE_PATH = "/console"
+MAX_API_KEY_CHARS = 200
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+
+class SignInRequiredError(Exception):
+    """Raised when a console request has no live session (missing, expired, signed out, revoked key)."""
+
+
+class CsrfRejectedError(Exception):
+    """Raised when a state-changing console request lacks the session's CSRF token."""
+
+
+@dataclass
+class Console:
+    """What the console's routes share: the API's services, the console settings and the templates."""
+
+    services: Services
+    settings: ConsoleSettings
+    templates: Jinja2Templates
+
+
+def get_console(request: Request) -> Console:
+    """The console built by `install_console`."""
+    console: Console = request.app.state.console
+    return console
+
+
+ConsoleDep = Annotated[Console, Depends(get_console)]
+
+
+def is_https(request: Request, settings: ConsoleSettings) -> bool:
+    """True when the browser talks HTTPS to us: the request's scheme, or a trusted proxy's X-Forwarded-Proto."""
+    if request.url.scheme == "https":
+        return True
+    if settings.trust_forwarded_proto:
+        forwarded = request.headers.get("x-forwarded-proto", "")
+        return forwarded.split(",")[0].strip().lower() == "https"
+    return False
+
+
+def current_user(request: Request, console: ConsoleDep) -> SignedIn:
+    """The signed-in tenant and key of the request's session cookie, after the tenant's rate limit."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        raise SignInRequiredError
+    services = console.services
+    with services.session_factory() as session:
+        user = find_console_session(session, token)
+        session.expunge_all()
+    if user is None:
+        raise SignInRequiredError
+    window = services.settings.rate_limit_window_seconds
+    limit = max(1, user.tenant.requests_per_minute * window // 60)
+    services.rate_limiter.hit(user.tenant.id, limit=limit, window_seconds=window)
+    return user
+
+
+UserDep = Annotated[SignedIn, Depends(current_user)]
+
+
+async def require_csrf(request: Request, user: UserDep) -> SignedIn:
+    """The signed-in user, once the request carries the session's CSRF token (else `CsrfRejectedError`)."""
+    sent = request.headers.get("x-csrf-token")
+    if sent is None:
+        form = await request.form()
+        value = form.get("csrf_token")
+        sent = value if isinstance(value, str) else None
+    if not sent or not hmac.compare_digest(sent.encode(), user.csrf_token.encode()):
+        raise CsrfRejectedError
+    return user
+
+
+CsrfUserDep = Annotated[SignedIn, Depends(require_csrf)]
+
+
+def _safe_next(target: str | None) -> str:
+    """Only console paths are followed after sign-in (never another site: no open redirect)."""
+    if target and target.startswith("/console/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/console/jobs"
+
+
+def _sign_in_page(
+    request: Request, console: Console, *, next_url: str, error: str | None = None, status_code: int = 200
+) -> Response:
+    token = secrets.token_urlsafe(32)
+    response = console.templates.TemplateResponse(
+        request,
+        "sign_in.html",
+        {"csrf_token": token, "next_url": next_url, "error": error, "user": None},
+        status_code=status_code,
+    )
+    response.set_cookie(
+        SIGN_IN_COOKIE,
+        token,
+        max_age=SIGN_IN_FORM_SECONDS,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=is_https(request, console.settings),
+    )
+    return response
+
+
+@router.get("/sign-in", response_class=HTMLResponse)
+def sign_in_form(request: Request, console: ConsoleDep, next: str | None = None) -> Response:
+    """The sign-in form."""
+    return _sign_in_page(request, console, next_url=_safe_next(next))
+
+
+@router.post("/sign-in", response_class=HTMLResponse)
+async def sign_in(
+    request: Request,
+    console: ConsoleDep,
+    api_key: Annotated[str, Form(max_length=MAX_API_KEY_CHARS)] = "",
+    csrf_token: Annotated[str, Form(max_length=100)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/console/jobs",
+) -> Response:
+    """Check the API key; open a session and set its cookie, or show the form again with the reason."""
+    expected = request.cookies.get(SIGN_IN_COOKIE, "")
+    if not csrf_token or not expected or not hmac.compare_digest(csrf_token.encode(), expected.encode()):
+        raise CsrfRejectedError
+    next_url = _safe_next(next)
+    if not api_key.strip():
+        return _sign_in_page(
+            request, console, next_url=next_url, error="api_key: enter an API key", status_code=422
+        )
+
+    def open_session() -> str:
+        with transaction(console.services.session_factory) as session:
+            tenant, key = authenticate_console_key(session, api_key.strip())
+            token, _csrf = create_console_session(
+                session,
+                api_key_id=key.id,
+                tenant_id=tenant.id,
+                ttl_seconds=console.settings.session_ttl_seconds,
+            )
+        return token
+
+    try:
+        token = await run_in_threadpool(open_session)
+    except AuthenticationError as exc:
+        return _sign_in_page(request, console, next_url=next_url, error=str(exc), status_code=401)
+    response = RedirectResponse(next_url, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=console.settings.session_ttl_seconds,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=is_https(request, console.settings),
+    )
+    response.delete_cookie(SIGN_IN_COOKIE, path=COOKIE_PATH)
+    return response
+
+
+@router.post("/sign-out")
+def sign_out(request: Request, console: ConsoleDep, _user: CsrfUserDep) -> Response:
+    """End the session (server-side) and clear the cookie."""
+    token = request.cookies.get(SESSION_COOKIE, "")
+    with transaction(console.services.session_factory) as session:
+        end_console_session(session, token)
+    response = RedirectResponse("/console/sign-in", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+    return response
+
+
+def sign_in_redirect(request: Request) -> Response:
+    """Where a request without a live session goes: the sign-in page (GET), or 401 (anything else)."""
+    if request.method == "GET":
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/console/sign-in?next={quote(target, safe='')}", status_code=303)
+    return HTMLResponse("Signed out: sign in again at /console/sign-in", status_code=401)

@@ -1,0 +1,549 @@
+"""Console pages of jobs and images: the jobs list, a job's image grid, one image, review decisions, downloads.
+
+Every lookup is scoped to the signed-in tenant exactly as `/v1` scopes it (`get_job(..., tenant_id=...)`,
+object keys checked against the tenant's prefix): another tenant's job or image is a 404 page.
+Image bytes are served by the console itself from the object store (one object per tile), so the grid works
+with every store, `file://` included, and never hands the browser a presigned URL.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from db.console_sessions import SignedIn
+from db.engine import transaction
+from db.errors import NotFoundError, ObjectNotFoundError
+from db.jobs import get_job
+from db.reviews import (
+    MAX_NOTE_CHARS,
+    ReviewDecision,
+    ReviewState,
+    count_reviews,
+    delivered,
+    record_reviews,
+    where_review_state,
+)
+from db.status import JOB_TERMINAL, ImageStatus, JobStatus
+from db.tables import Image, ImageReview, Job, JobItem, ModelVersion
+from scheduler.api.cursors import decode_cursor, encode_cursor
+from scheduler.api.routes.images import read_reviewed_manifest, tenant_owns_key
+from scheduler.console.auth import Console, ConsoleDep, CsrfUserDep, UserDep
+from scheduler.console.pages import ConsoleNotFoundError, render
+from scheduler.errors import JobStateError, RequestValidationError
+from scheduler.webhooks import enqueue_job_reviewed
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+MAX_REVIEW_BATCH = 1000  # images per review request
+REJECTED_SHOWN = 20  # gate-rejected / failed images listed apart on the job page
+IMAGE_MEDIA_TYPES = {"png": "image/png", "webp": "image/webp"}
+TileStatus = Literal["succeeded", "rejected", "failed"]
+
+
+def _job_for(session: Session, job_id: str, user: SignedIn, *, for_update: bool = False) -> Job:
+    """The tenant's job, or the console's 404 page (also for another tenant's job)."""
+    try:
+        return get_job(session, job_id, tenant_id=user.tenant.id, for_update=for_update)
+    except NotFoundError as exc:
+        raise ConsoleNotFoundError(str(exc)) from exc
+
+
+def _model_ref(model: ModelVersion | None) -> str:
+    return f"{model.name}@{model.version}" if model else "—"
+
+
+def _progress(job: Job) -> float:
+    finished = job.images_done + job.images_failed + job.images_rejected
+    return min(1.0, finished / job.images_total) if job.images_total else 0.0
+
+
+def _job_summary(job: Job, model: ModelVersion | None) -> dict[str, Any]:
+    """What the jobs list and the job page show of a job (and what their polling reads as JSON)."""
+    return {
+        "id": job.id,
+        "status": job.status.value,
+        "terminal": job.status in JOB_TERMINAL,
+        "model": _model_ref(model),
+        "progress": _progress(job),
+        "images_total": int(job.images_total),
+        "images_done": int(job.images_done),
+        "images_failed": int(job.images_failed),
+        "images_rejected": int(job.images_rejected),
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+        "error": job.error,
+    }
+
+
+# -- the jobs list ---------------------------------------------------------------------------------------
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(
+    request: Request,
+    console: ConsoleDep,
+    user: UserDep,
+    status: Annotated[JobStatus | None, Query()] = None,
+    model: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Response:
+    """The tenant's jobs, newest first, filtered by status and model, one page at a time."""
+    limit = console.settings.jobs_page_size
+    with console.services.session_factory() as session:
+        query = (
+            select(Job, ModelVersion)
+            .join(ModelVersion, ModelVersion.id == Job.model_version_id, isouter=True)
+            .where(Job.tenant_id == user.tenant.id)
+        )
+        if status is not None:
+            query = query.where(Job.status == status)
+        if model:
+            name, _, version = model.partition("@")
+            query = query.where(ModelVersion.name == name)
+            if version:
+                if not version.isdigit():
+                    raise RequestValidationError("model", "model_ref", "model: name or name@version")
+                query = query.where(ModelVersion.version == int(version))
+        if cursor:
+            created, last_id = decode_cursor(cursor, arity=2)
+            created_at = _parse_time(created)
+            query = query.where(
+                or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < str(last_id)))
+            )
+        rows = session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+        models = session.execute(
+            select(ModelVersion.name, ModelVersion.version)
+            .join(Job, Job.model_version_id == ModelVersion.id)
+            .where(Job.tenant_id == user.tenant.id)
+            .distinct()
+            .order_by(ModelVersion.name, ModelVersion.version)
+        ).all()
+    page = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1][0]
+        next_cursor = encode_cursor(last.created_at.isoformat(), last.id)
+    return render(
+        console,
+        request,
+        "jobs.html",
+        user,
+        jobs=[_job_summary(job, row_model) for job, row_model in page],
+        statuses=[value.value for value in JobStatus],
+        models=[f"{name}@{version}" for name, version in models],
+        status=status.value if status else "",
+        model=model or "",
+        next_cursor=next_cursor,
+    )
+
+
+def _parse_time(value: object) -> Any:
+    import datetime as dt
+
+    try:
+        if not isinstance(value, str):
+            raise ValueError("not a timestamp")
+        parsed = dt.datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return parsed
+    except ValueError as exc:
+        raise RequestValidationError(
+            "cursor", "opaque_cursor", "cursor: not a cursor this console issued"
+        ) from exc
+
+
+# -- a job's page and its grid ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TileFilter:
+    """The grid's filters: category, image status, review state."""
+
+    category: str | None
+    status: TileStatus | None
+    review: ReviewState | None
+
+    def query_string(self) -> str:
+        """These filters as URL query parameters (for the next-page and download links)."""
+        parts = []
+        if self.category:
+            parts.append(f"category={self.category}")
+        if self.status:
+            parts.append(f"status={self.status}")
+        if self.review:
+            parts.append(f"review={self.review.value}")
+        return "&".join(parts)
+
+
+def _tiles(
+    session: Session, job: Job, filters: TileFilter, *, after: int | None, limit: int
+) -> tuple[list[tuple[Image, ImageReview | None]], int | None]:
+    """One page of the grid in index order (keyset on the job's unique (job, index)), and the next `after`."""
+    query = (
+        select(Image, ImageReview)
+        .outerjoin(ImageReview, and_(ImageReview.job_id == Image.job_id, ImageReview.index == Image.index))
+        .where(Image.job_id == job.id)
+    )
+    if filters.category:
+        query = query.where(Image.category == filters.category)
+    if filters.review is not None:
+        query = where_review_state(query, filters.review)  # delivered images only
+    elif filters.status is None:
+        query = query.where(delivered())  # the grid shows delivered images; the rest are listed apart
+    if filters.status is not None:
+        query = query.where(Image.status == ImageStatus(filters.status))
+    if after is not None:
+        query = query.where(Image.index > after)
+    rows = session.execute(query.order_by(Image.index).limit(limit + 1)).all()
+    page: list[tuple[Image, ImageReview | None]] = [(image, review) for image, review in rows[:limit]]
+    return page, (page[-1][0].index if len(rows) > limit else None)
+
+
+def _tile(job: Job, image: Image, review: ImageReview | None) -> dict[str, Any]:
+    return {
+        "index": int(image.index),
+        "sku": image.sku,
+        "category": image.category,
+        "status": image.status.value,
+        "score": image.score,
+        "redraws": int(image.redraws or 0),
+        "error": image.error,
+        "has_file": bool(image.key) and (image.key or "").rsplit(".", 1)[-1] in IMAGE_MEDIA_TYPES,
+        "reviewable": image.status is ImageStatus.SUCCEEDED and bool(image.key),
+        "review": review.decision.value
+        if review
+        else ("pending" if image.status is ImageStatus.SUCCEEDED else None),
+        "review_by": review.reviewer_name or review.reviewer_key_id if review else None,
+        "review_note": review.note if review else None,
+        "url": f"/console/jobs/{job.id}/images/{int(image.index)}",
+    }
+
+
+def _filters(category: str | None, status: TileStatus | None, review: ReviewState | None) -> TileFilter:
+    return TileFilter(category or None, status or None, review or None)
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(
+    request: Request,
+    job_id: str,
+    console: ConsoleDep,
+    user: UserDep,
+    category: Annotated[str | None, Query(max_length=128)] = None,
+    status: Annotated[TileStatus | None, Query()] = None,
+    review: Annotated[ReviewState | None, Query()] = None,
+) -> Response:
+    """A job: its progress, counts, downloads, the first page of its grid and its rejected images apart."""
+    filters = _filters(category, status, review)
+    with console.services.session_factory() as session:
+        job = _job_for(session, job_id, user)
+        model = session.get(ModelVersion, job.model_version_id)
+        tiles, next_after = _tiles(session, job, filters, after=None, limit=console.settings.page_size)
+        rejected = (
+            session.execute(
+                select(Image)
+                .where(Image.job_id == job.id, Image.status.in_([ImageStatus.REJECTED, ImageStatus.FAILED]))
+                .order_by(Image.index)
+                .limit(REJECTED_SHOWN)
+            )
+            .scalars()
+            .all()
+        )
+        categories = sorted(set(session.scalars(select(JobItem.category).where(JobItem.job_id == job.id))))
+        reviews = count_reviews(session, job.id)
+    return render(
+        console,
+        request,
+        "job.html",
+        user,
+        job=_job_summary(job, model),
+        seed=job.seed,
+        output_format=job.output_format,
+        has_manifest=bool(job.manifest_key),
+        tiles=[_tile(job, image, row) for image, row in tiles],
+        next_after=next_after,
+        rejected=[_tile(job, image, None) for image in rejected],
+        more_rejected=int(job.images_rejected + job.images_failed) > len(rejected),
+        categories=categories,
+        filters=filters,
+        reviews=reviews,
+    )
+
+
+@router.get("/jobs/{job_id}/tiles", response_class=HTMLResponse)
+def job_tiles(
+    request: Request,
+    job_id: str,
+    console: ConsoleDep,
+    user: UserDep,
+    after: Annotated[int, Query(ge=-1)],
+    category: Annotated[str | None, Query(max_length=128)] = None,
+    status: Annotated[TileStatus | None, Query()] = None,
+    review: Annotated[ReviewState | None, Query()] = None,
+) -> Response:
+    """The next page of the grid after index `after`, as list items (fetched while scrolling)."""
+    filters = _filters(category, status, review)
+    with console.services.session_factory() as session:
+        job = _job_for(session, job_id, user)
+        tiles, next_after = _tiles(session, job, filters, after=after, limit=console.settings.page_size)
+    response = render(
+        console,
+        request,
+        "tiles.html",
+        user,
+        job={"id": job.id},
+        tiles=[_tile(job, image, row) for image, row in tiles],
+    )
+    response.headers["X-Next-After"] = "" if next_after is None else str(next_after)
+    return response
+
+
+@router.get("/jobs/{job_id}/summary")
+def job_summary(job_id: str, console: ConsoleDep, user: UserDep) -> JSONResponse:
+    """A job's status and counts as JSON (the job page polls it while the job runs)."""
+    with console.services.session_factory() as session:
+        job = _job_for(session, job_id, user)
+        model = session.get(ModelVersion, job.model_version_id)
+        reviews = count_reviews(session, job.id)
+    summary = _job_summary(job, model)
+    summary["created_at"] = summary["created_at"].isoformat()
+    summary["finished_at"] = summary["finished_at"].isoformat() if summary["finished_at"] else None
+    summary["reviews"] = {
+        "approved": reviews.approved,
+        "rejected": reviews.rejected,
+        "pending": reviews.pending,
+    }
+    return JSONResponse(summary)
+
+
+# -- one image -------------------------------------------------------------------------------------------
+
+
+def _image_for(session: Session, job: Job, index: int) -> Image:
+    image = session.scalars(select(Image).where(Image.job_id == job.id, Image.index == index)).one_or_none()
+    if image is None:
+        raise ConsoleNotFoundError(f"image {index} of job {job.id!r} not found")
+    return image
+
+
+@router.get("/jobs/{job_id}/images/{index}", response_class=HTMLResponse)
+async def image_page(
+    request: Request, job_id: str, index: int, console: ConsoleDep, user: UserDep
+) -> Response:
+    """One image at full size: provenance, the sha256 check of its stored bytes, its row, its review."""
+
+    def load() -> dict[str, Any]:
+        with console.services.session_factory() as session:
+            job = _job_for(session, job_id, user)
+            image = _image_for(session, job, index)
+            model = session.get(ModelVersion, job.model_version_id)
+            review = session.scalars(
+                select(ImageReview).where(ImageReview.job_id == job.id, ImageReview.index == index)
+            ).one_or_none()
+            neighbours = (
+                session.execute(
+                    select(Image.index)
+                    .where(Image.job_id == job.id, Image.index.in_([index - 1, index + 1]))
+                    .order_by(Image.index)
+                )
+                .scalars()
+                .all()
+            )
+        check = _check_stored_bytes(console, user, image)
+        row = {column.name: getattr(image, column.key) for column in Image.__table__.columns}
+        return {
+            "job": _job_summary(job, model),
+            "tile": _tile(job, image, review),
+            "review_row": review,
+            "image_row": {
+                name: (value.value if hasattr(value, "value") else value) for name, value in row.items()
+            },
+            "provenance": {
+                "model version": _model_ref(model),
+                "checkpoint sha256": model.checkpoint_sha256 if model else "—",
+                "job seed": job.seed,
+                "index": image.index,
+                "category": image.category,
+                "SKU": image.sku or "—",
+                "redraws": image.redraws,
+                "gate score": image.score,
+                "backend": (job.options or {}).get("backend") or "not recorded",
+            },
+            "check": check,
+            "previous": index - 1 if index - 1 in neighbours else None,
+            "next": index + 1 if index + 1 in neighbours else None,
+        }
+
+    context = await run_in_threadpool(load)
+    return render(console, request, "image.html", user, **context)
+
+
+@dataclass(frozen=True)
+class StoredBytesCheck:
+    """The console's check of an image: the stored object's sha256 and size against its SQL row."""
+
+    checked: bool
+    matches: bool
+    sha256: str | None
+    size_bytes: int | None
+    message: str
+
+
+def _check_stored_bytes(console: Console, user: SignedIn, image: Image) -> StoredBytesCheck:
+    if not image.key or not tenant_owns_key(user.tenant.id, image.key):
+        return StoredBytesCheck(
+            False, False, None, None, "no stored object for this image (nothing to check)"
+        )
+    try:
+        data = console.services.store.get(image.key)
+    except ObjectNotFoundError:
+        return StoredBytesCheck(True, False, None, None, f"the object {image.key} is missing from the store")
+    digest = hashlib.sha256(data).hexdigest()
+    matches = digest == image.sha256 and (image.size_bytes is None or image.size_bytes == len(data))
+    message = (
+        "the stored bytes match the row's sha256 and size"
+        if matches
+        else "the stored bytes do NOT match the row's sha256 or size"
+    )
+    return StoredBytesCheck(True, matches, digest, len(data), message)
+
+
+@router.get("/jobs/{job_id}/images/{index}/file")
+async def image_file(job_id: str, index: int, console: ConsoleDep, user: UserDep) -> Response:
+    """The image's stored bytes (only keys under the tenant's prefix)."""
+
+    def read() -> tuple[bytes, str]:
+        with console.services.session_factory() as session:
+            job = _job_for(session, job_id, user)
+            image = _image_for(session, job, index)
+        extension = (image.key or "").rsplit(".", 1)[-1]
+        if (
+            not image.key
+            or extension not in IMAGE_MEDIA_TYPES
+            or not tenant_owns_key(user.tenant.id, image.key)
+        ):
+            raise ConsoleNotFoundError(f"image {index} of job {job_id!r} has no stored image file")
+        try:
+            return console.services.store.get(image.key), IMAGE_MEDIA_TYPES[extension]
+        except ObjectNotFoundError as exc:
+            raise ConsoleNotFoundError(f"image {index} of job {job_id!r}: object missing") from exc
+
+    data, media_type = await run_in_threadpool(read)
+    # Deterministic keys: the bytes behind one (job, index) never change.
+    return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=86400"})
+
+
+# -- review ----------------------------------------------------------------------------------------------
+
+
+def parse_indices(text: str) -> list[int]:
+    """`"3,4, 7"` → [3, 4, 7]; a 422 naming `indices` when it is empty, malformed or over the batch bound."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise RequestValidationError("indices", "required", "indices: name at least one image index")
+    if len(parts) > MAX_REVIEW_BATCH:
+        raise RequestValidationError(
+            "indices", "max_items", f"indices: at most {MAX_REVIEW_BATCH} images per review request"
+        )
+    if not all(part.isdigit() for part in parts):
+        raise RequestValidationError(
+            "indices", "integers", "indices: comma-separated image indices (0, 1, ...)"
+        )
+    return [int(part) for part in parts]
+
+
+@router.post("/jobs/{job_id}/reviews")
+def review_images(
+    request: Request,
+    job_id: str,
+    console: ConsoleDep,
+    user: CsrfUserDep,
+    decision: Annotated[ReviewDecision, Form()],
+    indices: Annotated[str, Form(max_length=20 * MAX_REVIEW_BATCH)],
+    note: Annotated[str, Form(max_length=MAX_NOTE_CHARS)] = "",
+    back: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    """Approve or reject images of the job (one or many); JSON for the grid's script, else back to the page.
+
+    When the job has finished and this decision leaves no delivered image pending, a `job.reviewed` webhook
+    event goes into the outbox (once per job).
+    """
+    wanted = parse_indices(indices)
+    with transaction(console.services.session_factory) as session:
+        job = _job_for(session, job_id, user, for_update=True)
+        try:
+            count = record_reviews(
+                session,
+                job.id,
+                wanted,
+                decision,
+                reviewer_key_id=user.key_id,
+                reviewer_name=user.key_name,
+                note=note.strip() or None,
+            )
+        except NotFoundError as exc:
+            raise ConsoleNotFoundError(str(exc)) from exc
+        reviews = count_reviews(session, job.id)
+        if job.status in JOB_TERMINAL and reviews.pending == 0 and reviews.delivered > 0:
+            enqueue_job_reviewed(session, job, {"approved": reviews.approved, "rejected": reviews.rejected})
+    counts = {"approved": reviews.approved, "rejected": reviews.rejected, "pending": reviews.pending}
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse(
+            {"decision": decision.value, "indices": sorted(set(wanted)), "updated": count, "reviews": counts}
+        )
+    target = back if back.startswith(f"/console/jobs/{job_id}") else f"/console/jobs/{job_id}"
+    return RedirectResponse(target, status_code=303)
+
+
+# -- downloads -------------------------------------------------------------------------------------------
+
+MANIFEST_CSV_COLUMNS = (
+    "index", "sku", "category", "key", "sha256", "seed", "model_version", "status", "error", "score", "redraws",
+    "review",
+)  # fmt: skip
+
+
+@router.get("/jobs/{job_id}/manifest.{fmt}")
+async def manifest_download(
+    job_id: str, fmt: Literal["jsonl", "parquet", "csv"], console: ConsoleDep, user: UserDep
+) -> Response:
+    """The finished job's manifest with its current `review` column: JSONL, Parquet or CSV."""
+
+    def read() -> bytes:
+        try:
+            data = read_reviewed_manifest(
+                console.services, user.tenant.id, job_id, "parquet" if fmt == "parquet" else "jsonl"
+            )
+        except NotFoundError as exc:
+            raise ConsoleNotFoundError(str(exc)) from exc
+        except JobStateError as exc:
+            raise ConsoleNotFoundError(str(exc)) from exc
+        if fmt != "csv":
+            return data
+        out = io.StringIO()
+        writer = csv.DictWriter(out, MANIFEST_CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for line in data.splitlines():
+            if line.strip():
+                writer.writerow(json.loads(line))
+        return out.getvalue().encode()
+
+    data = await run_in_threadpool(read)
+    media = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet", "csv": "text/csv"}
+    return Response(
+        data,
+        media_type=media[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{job_id}.{fmt}"'},
+    )

@@ -1,0 +1,218 @@
+"""The console's models page: registered versions, metrics, sample grids, training curves; promote and retire.
+
+Files shown for a version are read from the object store, in the folder of its checkpoint
+(`checkpoint_uri` under the configured store): `history.jsonl` (training curves, drawn as inline SVG),
+`samples[-<step>].png` (one row per category) and `loss[-<step>].png`. A version whose checkpoint lives
+elsewhere, or whose folder holds none of them, says so. The shipped `fashion-cgan` (checkpoint sha256 equal
+to `models/weights/fashion-cgan/generator.sha256`) shows the `samples.png` and `loss.png` shipped with it.
+
+Promote and retire are for operator keys only (`CATALOGAN_CONSOLE_OPERATOR_KEY_IDS`); tenant keys see the
+page without the buttons, and a POST from them is a 403. Promotion applies the registry's metric gates
+(`models.registry.promote_version`, which is torch-free and imported only when an operator promotes).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+
+from db.console_sessions import SignedIn
+from db.engine import transaction
+from db.errors import CataloganError, NotFoundError
+from db.model_versions import get_model_version, transition_model_version
+from db.status import ModelVersionStatus
+from db.storage.base import ObjectStore
+from db.tables import ModelVersion
+from scheduler.console.auth import Console, ConsoleDep, CsrfUserDep, UserDep
+from scheduler.console.curves import curves_svg, parse_history
+from scheduler.console.pages import ConsoleNotFoundError, NotAllowedError, render
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+MAX_HISTORY_BYTES = 32 * 1024 * 1024  # a history larger than this is not drawn (checked before reading)
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights"
+_STEP_FILE = re.compile(r"^(samples|loss)(?:-(\d+))?\.png$")
+NameParam = Annotated[str, PathParam(max_length=64)]
+
+
+@dataclass(frozen=True)
+class VersionFiles:
+    """The keys (in the store) or shipped paths of one version's pictures and history."""
+
+    samples_key: str | None = None
+    loss_key: str | None = None
+    history_key: str | None = None
+    history_bytes: int = 0
+    shipped_dir: Path | None = None
+
+
+def _folder(store: ObjectStore, uri: str) -> str | None:
+    """The folder key of `uri` in `store` (as `store.uri(key)` writes URIs), or None when it is elsewhere."""
+    for base in {store.url.rstrip("/") + "/", store.url if store.url.endswith("/") else store.url + "/"}:
+        if uri.startswith(base):
+            folder = uri[len(base) :].lstrip("/").rpartition("/")[0]
+            return folder or None
+    return None
+
+
+def _shipped_dir(row: ModelVersion) -> Path | None:
+    folder = SHIPPED_WEIGHTS / row.name
+    stated = folder / "generator.sha256"
+    if row.checkpoint_sha256 and stated.is_file() and stated.read_text().split()[0] == row.checkpoint_sha256:
+        return folder
+    return None
+
+
+def version_files(store: ObjectStore, row: ModelVersion) -> VersionFiles:
+    """Find the newest samples and loss pictures and the history next to the version's checkpoint."""
+    folder = _folder(store, row.checkpoint_uri)
+    best: dict[str, tuple[int, str]] = {}
+    history_key, history_bytes = None, 0
+    if folder is not None:
+        for info in store.list(folder + "/"):
+            name = info.key[len(folder) + 1 :]
+            if name == "history.jsonl":
+                history_key, history_bytes = info.key, info.size_bytes
+                continue
+            match = _STEP_FILE.match(name)
+            if match:
+                step = int(match.group(2) or 1 << 62)  # the unnumbered final picture wins
+                if match.group(1) not in best or step > best[match.group(1)][0]:
+                    best[match.group(1)] = (step, info.key)
+    return VersionFiles(
+        samples_key=best.get("samples", (0, None))[1],
+        loss_key=best.get("loss", (0, None))[1],
+        history_key=history_key,
+        history_bytes=history_bytes,
+        shipped_dir=_shipped_dir(row),
+    )
+
+
+def _version_view(store: ObjectStore, row: ModelVersion) -> dict[str, Any]:
+    files = version_files(store, row)
+    curves: list[str] = []
+    curves_note = "no curves recorded"
+    if files.history_key is not None:
+        if files.history_bytes > MAX_HISTORY_BYTES:
+            curves_note = f"history.jsonl is over {MAX_HISTORY_BYTES // (1024 * 1024)} MiB: not drawn"
+        else:
+            history = parse_history(store.get(files.history_key))
+            if history.losses():
+                curves.append(curves_svg(f"{row.name}@{row.version}: losses against step", history.losses()))
+            if history.fid():
+                curves.append(curves_svg(f"{row.name}@{row.version}: FID_fm against step", history.fid()))
+            if not curves:
+                curves_note = "history.jsonl holds no loss or FID_fm values"
+    base = f"/console/models/{row.name}/{row.version}"
+    has_samples = files.samples_key is not None or (
+        files.shipped_dir is not None and (files.shipped_dir / "samples.png").is_file()
+    )
+    has_loss_png = files.loss_key is not None or (
+        files.shipped_dir is not None and (files.shipped_dir / "loss.png").is_file()
+    )
+    return {
+        "name": row.name,
+        "version": row.version,
+        "ref": f"{row.name}@{row.version}",
+        "status": row.status.value,
+        "preset": row.preset,
+        "architecture": row.architecture,
+        "categories": list(row.categories or []),
+        "metrics": {
+            key: value for key, value in (row.metrics or {}).items() if not isinstance(value, dict | list)
+        },
+        "created_at": row.created_at,
+        "promoted_at": row.promoted_at,
+        "samples_url": f"{base}/samples.png" if has_samples else None,
+        "loss_url": f"{base}/loss.png" if has_loss_png and not curves else None,
+        "curves": curves,
+        "curves_note": curves_note,
+        "shipped": files.shipped_dir is not None,
+    }
+
+
+@router.get("/models", response_class=HTMLResponse)
+async def models_page(request: Request, console: ConsoleDep, user: UserDep) -> Response:
+    """Every registered version, newest first per name, with metrics, sample grid and curves."""
+
+    def load() -> list[dict[str, Any]]:
+        with console.services.session_factory() as session:
+            rows = session.scalars(
+                select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version.desc())
+            ).all()
+        return [_version_view(console.services.store, row) for row in rows]
+
+    versions = await run_in_threadpool(load)
+    return render(console, request, "models.html", user, versions=versions)
+
+
+def _picture(console: Console, name: str, version: int, kind: str) -> bytes:
+    with console.services.session_factory() as session:
+        try:
+            row = get_model_version(session, name, version)
+        except NotFoundError as exc:
+            raise ConsoleNotFoundError(str(exc)) from exc
+    files = version_files(console.services.store, row)
+    key = files.samples_key if kind == "samples" else files.loss_key
+    if key is not None:
+        return console.services.store.get(key)
+    if files.shipped_dir is not None and (files.shipped_dir / f"{kind}.png").is_file():
+        return (files.shipped_dir / f"{kind}.png").read_bytes()
+    raise ConsoleNotFoundError(f"model {name}@{version} has no {kind} picture")
+
+
+@router.get("/models/{name}/{version}/samples.png")
+async def samples_png(name: NameParam, version: int, console: ConsoleDep, user: UserDep) -> Response:
+    """The version's newest sample grid (one row per category)."""
+    data = await run_in_threadpool(_picture, console, name, version, "samples")
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+@router.get("/models/{name}/{version}/loss.png")
+async def loss_png(name: NameParam, version: int, console: ConsoleDep, user: UserDep) -> Response:
+    """The version's loss picture, when training left one and no history.jsonl."""
+    data = await run_in_threadpool(_picture, console, name, version, "loss")
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+def _require_operator(console: Console, user: SignedIn) -> None:
+    if user.key_id not in console.settings.operator_key_ids:
+        raise NotAllowedError("only operator keys may promote or retire model versions; this key may look")
+
+
+@router.post("/models/{name}/{version}/promote")
+def promote(name: NameParam, version: int, console: ConsoleDep, user: CsrfUserDep) -> Response:
+    """Make the version production (operator keys only), through the registry's metric gates."""
+    _require_operator(console, user)
+    from models.registry import promote_version  # torch-free; the gates live with the registry
+
+    try:
+        promote_version(console.services.session_factory, f"{name}@{version}")
+    except NotFoundError as exc:
+        raise ConsoleNotFoundError(str(exc)) from exc
+    except CataloganError as exc:  # below the gates, or a transition the map refuses
+        raise NotAllowedError(str(exc)) from exc
+    return RedirectResponse("/console/models", status_code=303)
+
+
+@router.post("/models/{name}/{version}/retire")
+def retire(name: NameParam, version: int, console: ConsoleDep, user: CsrfUserDep) -> Response:
+    """Retire the version (operator keys only)."""
+    _require_operator(console, user)
+    try:
+        with transaction(console.services.session_factory) as session:
+            row = get_model_version(session, name, version)
+            transition_model_version(session, row, ModelVersionStatus.RETIRED)
+    except NotFoundError as exc:
+        raise ConsoleNotFoundError(str(exc)) from exc
+    except CataloganError as exc:
+        raise NotAllowedError(str(exc)) from exc
+    return RedirectResponse("/console/models", status_code=303)

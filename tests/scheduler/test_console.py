@@ -1,0 +1,593 @@
+"""The web console over HTTP (TestClient on the real app, PostgreSQL, an in-memory store): sign-in and its
+cookie, CSRF, tenant scoping, expiry, review decisions (SQL, `?review=`, manifest column, `job.reviewed`),
+the job and image pages, and the models page with operator-only promote/retire.
+
+The browser tests (Chromium, a live stack with a real worker) are in `test_console_browser.py`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import transaction
+from db.status import ImageStatus, JobStatus, ModelVersionStatus
+from db.storage import ObjectStore
+from db.tables import (
+    ApiKey,
+    Chunk,
+    ConsoleSession,
+    Image,
+    ImageReview,
+    Job,
+    JobItem,
+    ModelVersion,
+    Tenant,
+    WebhookDelivery,
+)
+from db.tenants import revoke_api_key
+from scheduler.console.auth import SESSION_COOKIE, SIGN_IN_COOKIE
+from scheduler.console.curves import parse_history
+from scheduler.console.settings import ConsoleSettings
+from tests.scheduler.conftest import Credentials
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """A finished job inserted for the console: its id, and the indices of its delivered images."""
+
+    job_id: str
+    delivered: list[int]
+
+
+def png_bytes(index: int) -> bytes:
+    """Distinct bytes standing in for an image (the console serves whatever the store holds)."""
+    return b"\x89PNG\r\n\x1a\n" + f"image-{index}".encode()
+
+
+def insert_finished_job(
+    factory: sessionmaker[Session],
+    store: ObjectStore,
+    tenant_id: str,
+    model: ModelVersion,
+    *,
+    delivered: int = 6,
+    rejected: int = 1,
+    webhook_url: str | None = None,
+) -> FinishedJob:
+    """A succeeded job of `delivered` stored images (categories a and b) and `rejected` gate-rejected ones,
+    with its manifests written by the workers' own finalize code."""
+    from workers.finalize import write_manifests
+
+    job_id = uuid.uuid4().hex
+    total = delivered + rejected
+    with transaction(factory) as session:
+        job = Job(
+            id=job_id,
+            tenant_id=tenant_id,
+            model_version_id=model.id,
+            status=JobStatus.SUCCEEDED,
+            seed=11,
+            chunk_size=total,
+            images_total=total,
+            images_done=delivered,
+            images_rejected=rejected,
+            chunks_total=1,
+            chunks_finished=1,
+            webhook_url=webhook_url,
+            started_at=dt.datetime.now(dt.UTC),
+            finished_at=dt.datetime.now(dt.UTC),
+        )
+        session.add(job)
+        session.flush()
+        item = JobItem(job_id=job_id, position=0, category="a", class_index=0, count=total, first_index=0)
+        session.add(item)
+        session.flush()
+        chunk = Chunk(job_id=job_id, item_id=item.id, start_index=0, stop_index=total)
+        session.add(chunk)
+        session.flush()
+        for index in range(total):
+            category = "a" if index % 2 == 0 else "b"
+            if index < delivered:
+                key = f"{tenant_id}/jobs/{job_id}/{category}/{index:08d}.png"
+                data = png_bytes(index)
+                store.put(key, data)
+                session.add(
+                    Image(
+                        job_id=job_id, chunk_id=chunk.id, index=index, category=category, sku=f"SKU-{index}",
+                        key=key, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), width=8,
+                        height=8, status=ImageStatus.SUCCEEDED, score=0.9, redraws=index % 2, attempt=1,
+                    )
+                )  # fmt: skip
+            else:
+                session.add(
+                    Image(
+                        job_id=job_id, chunk_id=chunk.id, index=index, category=category, status=ImageStatus.REJECTED,
+                        error="quality gate: score 0.12 < 0.5 after 2 redraws", score=0.12, redraws=2, attempt=1,
+                    )
+                )  # fmt: skip
+        session.flush()
+        job.manifest_key = write_manifests(session, store, job)
+    return FinishedJob(job_id, list(range(delivered)))
+
+
+def sign_in(client: TestClient, api_key: str) -> str:
+    """Sign `client` in through the form; return the session's CSRF token (read from the page)."""
+    form = client.get("/console/sign-in")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token is not None
+    response = client.post(
+        "/console/sign-in",
+        data={"api_key": api_key, "csrf_token": token.group(1), "next": "/console/jobs"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
+    page = client.get("/console/jobs")
+    csrf = re.search(r'data-csrf="([^"]+)"', page.text)
+    assert csrf is not None
+    return csrf.group(1)
+
+
+@pytest.fixture
+def console(api: TestClient, tenant: Credentials) -> TestClient:
+    """The API's TestClient, signed in to the console with tenant acme's key."""
+    api.headers["X-Test-Csrf"] = sign_in(api, tenant.api_key)
+    return api
+
+
+@pytest.fixture
+def finished(
+    pg_factory: sessionmaker[Session], api_store: ObjectStore, tenant: Credentials, model_version: Any
+) -> FinishedJob:
+    """A finished job of tenant acme: 6 delivered images, 1 rejected by the gate."""
+    return insert_finished_job(pg_factory, api_store, tenant.tenant_id, model_version)
+
+
+def review(client: TestClient, job_id: str, decision: str, indices: list[int], **extra: str) -> Any:
+    """POST a review decision the way the grid's script does (JSON answer)."""
+    return client.post(
+        f"/console/jobs/{job_id}/reviews",
+        data={
+            "decision": decision,
+            "indices": ",".join(map(str, indices)),
+            "csrf_token": client.headers["X-Test-Csrf"],
+            **extra,
+        },
+        headers={"Accept": "application/json"},
+    )
+
+
+# -- sign-in, cookie, CSRF, expiry -----------------------------------------------------------------------
+
+
+def test_sign_in_sets_an_httponly_strict_expiring_cookie_that_is_not_the_key(
+    api: TestClient, tenant: Credentials, pg_factory: sessionmaker[Session]
+) -> None:
+    """Given the sign-in form, when a valid key is posted, then the browser gets an HttpOnly, SameSite=Strict,
+    expiring cookie on /console (not Secure over plain HTTP) that is neither the key nor stored in clear."""
+    form = api.get("/console/sign-in")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token is not None
+    response = api.post(
+        "/console/sign-in",
+        data={"api_key": tenant.api_key, "csrf_token": token.group(1)},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303 and response.headers["location"] == "/console/jobs"
+    cookie = next(h for h in response.headers.get_list("set-cookie") if h.startswith(f"{SESSION_COOKIE}="))
+    attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+    assert {"httponly", "max-age", "path"} <= attributes
+    assert "samesite=strict" in cookie.lower() and "path=/console" in cookie.lower()
+    assert "secure" not in attributes
+    value = cookie.split(";")[0].split("=", 1)[1]
+    assert tenant.api_key not in cookie and value not in tenant.api_key
+    with pg_factory() as session:
+        stored = session.scalars(select(ConsoleSession)).one()
+    assert stored.token_hash == hashlib.sha256(value.encode()).hexdigest()
+    assert dt.timedelta(hours=7) < stored.expires_at - stored.created_at <= dt.timedelta(hours=8)
+    assert api.get("/console/jobs", follow_redirects=False).status_code == 200
+
+
+def test_behind_a_trusted_https_proxy_the_cookie_is_secure(api: TestClient, tenant: Credentials) -> None:
+    """Given the console told to trust X-Forwarded-Proto, when the proxy says https, then the cookie is Secure;
+    without that setting the header is ignored."""
+    headers = {"X-Forwarded-Proto": "https"}
+    for trusted, secure in ((False, False), (True, True)):
+        api.app.state.console.settings = ConsoleSettings(trust_forwarded_proto=trusted)  # type: ignore[attr-defined]
+        api.cookies.clear()
+        form = api.get("/console/sign-in", headers=headers)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert token is not None
+        # A Secure cookie is not sent back over plain http by the test client: send it as a browser on https would.
+        api.cookies.clear()
+        response = api.post(
+            "/console/sign-in",
+            data={"api_key": tenant.api_key, "csrf_token": token.group(1)},
+            headers={**headers, "Cookie": f"{SIGN_IN_COOKIE}={token.group(1)}"},
+            follow_redirects=False,
+        )
+        cookie = next(
+            h for h in response.headers.get_list("set-cookie") if h.startswith(f"{SESSION_COOKIE}=")
+        )
+        assert ("secure" in {p.strip().lower() for p in cookie.split(";")}) is secure
+
+
+def test_a_wrong_key_or_a_missing_form_token_signs_nobody_in(api: TestClient, tenant: Credentials) -> None:
+    """Given the sign-in form, when a wrong key is posted, then 401 and no session cookie; when the form's
+    token is missing (a cross-site form), then 403."""
+    form = api.get("/console/sign-in")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token is not None
+    wrong = api.post(
+        "/console/sign-in", data={"api_key": "cg_000000000000_nope", "csrf_token": token.group(1)}
+    )
+    assert wrong.status_code == 401 and "unknown API key" in wrong.text
+    assert SESSION_COOKIE not in api.cookies
+    forged = api.post("/console/sign-in", data={"api_key": tenant.api_key})
+    assert forged.status_code == 403 and SESSION_COOKIE not in api.cookies
+    api.cookies.delete(SIGN_IN_COOKIE)
+
+
+def test_a_review_without_the_csrf_token_is_403_and_changes_nothing(
+    console: TestClient, finished: FinishedJob, pg_factory: sessionmaker[Session]
+) -> None:
+    """Given a signed-in browser, when a review is posted without (or with a wrong) CSRF token, then 403 and
+    no decision is stored."""
+    url = f"/console/jobs/{finished.job_id}/reviews"
+    for data in (
+        {"decision": "approved", "indices": "0"},
+        {"decision": "approved", "indices": "0", "csrf_token": "x"},
+    ):
+        assert console.post(url, data=data).status_code == 403
+    with pg_factory() as session:
+        assert session.scalars(select(ImageReview)).all() == []
+
+
+def test_an_expired_or_revoked_session_goes_back_to_sign_in(
+    console: TestClient, tenant: Credentials, pg_factory: sessionmaker[Session]
+) -> None:
+    """Given a signed-in browser, when its session expires, then pages redirect to the sign-in page and a POST
+    is 401; when the key is revoked, the same."""
+    with transaction(pg_factory) as session:
+        session.execute(
+            update(ConsoleSession).values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+        )
+    page = console.get("/console/jobs", follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"].startswith("/console/sign-in?next=")
+    assert console.post("/console/sign-out", data={"csrf_token": "x"}).status_code == 401
+    sign_in(console, tenant.api_key)
+    with transaction(pg_factory) as session:
+        key_id = session.scalars(select(ApiKey.id).where(ApiKey.tenant_id == tenant.tenant_id)).one()
+        revoke_api_key(session, key_id)
+    assert console.get("/console/jobs", follow_redirects=False).status_code == 303
+
+
+def test_sign_out_ends_the_session_on_the_server(
+    console: TestClient, pg_factory: sessionmaker[Session]
+) -> None:
+    """Given a signed-in browser, when it signs out, then its session row is gone and pages ask to sign in."""
+    response = console.post(
+        "/console/sign-out", data={"csrf_token": console.headers["X-Test-Csrf"]}, follow_redirects=False
+    )
+    assert response.status_code == 303
+    with pg_factory() as session:
+        assert session.scalars(select(ConsoleSession)).all() == []
+    assert console.get("/console/jobs", follow_redirects=False).status_code == 303
+
+
+# -- tenant scoping --------------------------------------------------------------------------------------
+
+
+def test_another_tenants_job_image_file_and_manifest_are_404(
+    console: TestClient,
+    make_tenant: Callable[..., Credentials],
+    pg_factory: sessionmaker[Session],
+    api_store: ObjectStore,
+    model_version: Any,
+) -> None:
+    """Given another tenant's finished job, when acme's console asks for any of its URLs, then 404 every time,
+    and a review posted for it stores nothing."""
+    other = make_tenant("globex")
+    theirs = insert_finished_job(pg_factory, api_store, other.tenant_id, model_version)
+    base = f"/console/jobs/{theirs.job_id}"
+    for url in (base, f"{base}/tiles?after=-1", f"{base}/summary", f"{base}/images/0", f"{base}/images/0/file",
+                f"{base}/manifest.jsonl", f"{base}/manifest.parquet"):  # fmt: skip
+        assert console.get(url).status_code == 404, url
+    assert review(console, theirs.job_id, "approved", [0]).status_code == 404
+    with pg_factory() as session:
+        assert session.scalars(select(ImageReview)).all() == []
+    assert theirs.job_id not in console.get("/console/jobs").text
+
+
+# -- pages -----------------------------------------------------------------------------------------------
+
+
+def test_the_jobs_list_shows_the_job_with_status_progress_counts_and_model(
+    console: TestClient, finished: FinishedJob
+) -> None:
+    """Given a finished job, when the jobs list is opened (and filtered by status and model), then the job is
+    listed with its status, full progress, counts and model; another status filter hides it."""
+    page = console.get("/console/jobs")
+    assert finished.job_id[:12] in page.text and "succeeded" in page.text
+    assert 'value="1.0"' in page.text and "6 / 0 / 1 of 7" in page.text and "tiny@1" in page.text
+    assert finished.job_id[:12] in console.get("/console/jobs?status=succeeded&model=tiny@1").text
+    assert finished.job_id[:12] not in console.get("/console/jobs?status=running").text
+    assert console.get("/console/jobs?status=bogus").status_code == 422
+
+
+def test_the_job_page_labels_tiles_lists_rejected_apart_and_filters(
+    console: TestClient, finished: FinishedJob
+) -> None:
+    """Given a finished job, when its page is opened, then delivered tiles carry index, SKU, category, gate
+    score and redraws, the gate-rejected image is listed apart with its reason, and filters narrow the grid."""
+    page = console.get(f"/console/jobs/{finished.job_id}").text
+    grid = page.split('id="grid"')[1].split("</ul>")[0]
+    assert re.findall(r'data-index="(\d+)"', grid) == [str(i) for i in finished.delivered]
+    assert (
+        "#3" in grid and "SKU SKU-3" in grid and "gate 0.9" in grid and "redraws 1" in grid and ">b<" in grid
+    )
+    rejected = page.split('id="rejected-title"')[1]
+    assert "#6" in rejected and "quality gate: score 0.12 &lt; 0.5 after 2 redraws" in rejected
+    only_b = (
+        console.get(f"/console/jobs/{finished.job_id}?category=b")
+        .text.split('id="grid"')[1]
+        .split("</ul>")[0]
+    )
+    assert re.findall(r'data-index="(\d+)"', only_b) == ["1", "3", "5"]
+    assert f"/console/jobs/{finished.job_id}/manifest.parquet" in page
+
+
+def test_the_grid_pages_on_by_index(console: TestClient, finished: FinishedJob) -> None:
+    """Given a page size of 4, when the grid loads, then it shows 4 tiles and the next page continues after
+    the last index until none are left."""
+    console.app.state.console.settings = ConsoleSettings(page_size=4)  # type: ignore[attr-defined]
+    page = console.get(f"/console/jobs/{finished.job_id}").text
+    assert 'data-next-after="3"' in page
+    more = console.get(f"/console/jobs/{finished.job_id}/tiles?after=3")
+    assert re.findall(r'data-index="(\d+)"', more.text) == ["4", "5"] and more.headers["X-Next-After"] == ""
+
+
+def test_the_image_page_shows_provenance_the_stored_bytes_check_and_the_row(
+    console: TestClient, finished: FinishedJob, api_store: ObjectStore, tenant: Credentials
+) -> None:
+    """Given a delivered image, when its page is opened, then it shows the model version, seed, index, the
+    sha256 check of the stored bytes (a match), and its row; after the stored bytes change, a mismatch."""
+    url = f"/console/jobs/{finished.job_id}/images/2"
+    page = console.get(url).text
+    assert "tiny@1" in page and ">11<" in page and 'data-check="match"' in page and "SKU-2" in page
+    assert "does not regenerate" in page
+    assert console.get(f"{url}/file").content == png_bytes(2)
+    api_store.put(f"{tenant.tenant_id}/jobs/{finished.job_id}/a/00000002.png", b"tampered")
+    assert 'data-check="no-match"' in console.get(url).text
+
+
+# -- review ----------------------------------------------------------------------------------------------
+
+
+def test_review_decisions_reach_sql_the_api_filter_and_the_manifest(
+    console: TestClient, finished: FinishedJob, tenant: Credentials, pg_factory: sessionmaker[Session]
+) -> None:
+    """Given a finished job, when images 0-2 are approved and 3 rejected with a note, then SQL holds who
+    decided what, `?review=` lists each state, and both manifests carry the review column."""
+    assert review(console, finished.job_id, "approved", [0, 1, 2]).json()["updated"] == 3
+    answer = review(console, finished.job_id, "rejected", [3], note="wrong colour").json()
+    assert answer["reviews"] == {"approved": 3, "rejected": 1, "pending": 2}
+    with pg_factory() as session:
+        rows = {row.index: row for row in session.scalars(select(ImageReview))}
+        key = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.tenant_id)).one()
+    assert {i: r.decision.value for i, r in rows.items()} == {
+        0: "approved",
+        1: "approved",
+        2: "approved",
+        3: "rejected",
+    }
+    assert (
+        rows[3].note == "wrong colour"
+        and rows[3].reviewer_key_id == key.id
+        and rows[3].reviewer_name == "test"
+    )
+
+    def listed(state: str) -> list[int]:
+        body = console.get(f"/v1/jobs/{finished.job_id}/images?review={state}", headers=tenant.headers).json()
+        return [image["index"] for image in body["data"]]
+
+    assert (listed("approved"), listed("rejected"), listed("pending")) == ([0, 1, 2], [3], [4, 5])
+    assert (
+        console.get(f"/v1/jobs/{finished.job_id}/images?review=maybe", headers=tenant.headers).status_code
+        == 422
+    )
+    jsonl = console.get(f"/v1/jobs/{finished.job_id}/manifest", headers=tenant.headers).text
+    by_index = {row["index"]: row["review"] for row in map(json.loads, jsonl.splitlines())}
+    expected = {
+        0: "approved",
+        1: "approved",
+        2: "approved",
+        3: "rejected",
+        4: "pending",
+        5: "pending",
+        6: None,
+    }
+    assert by_index == expected
+    parquet = console.get(
+        f"/v1/jobs/{finished.job_id}/manifest?format=parquet", headers=tenant.headers
+    ).content
+    table = pq.read_table(io.BytesIO(parquet)).to_pydict()
+    assert dict(zip(table["index"], table["review"], strict=True)) == expected
+    csv_text = console.get(f"/console/jobs/{finished.job_id}/manifest.csv").text
+    assert csv_text.splitlines()[0].endswith(",review") and csv_text.splitlines()[4].endswith(",rejected")
+
+
+def test_a_review_of_an_image_that_was_not_delivered_is_refused_whole(
+    console: TestClient, finished: FinishedJob, pg_factory: sessionmaker[Session]
+) -> None:
+    """Given a gate-rejected image 6 and no image 99, when a review names them with delivered ones, then 404
+    and nothing is stored; too many or malformed indices are a 422 naming `indices`."""
+    assert review(console, finished.job_id, "approved", [0, 6]).status_code == 404
+    assert review(console, finished.job_id, "approved", [99]).status_code == 404
+    with pg_factory() as session:
+        assert session.scalars(select(ImageReview)).all() == []
+    bad = review(console, finished.job_id, "approved", [])
+    assert bad.status_code == 422 and "indices" in bad.text
+    too_many = console.post(
+        f"/console/jobs/{finished.job_id}/reviews",
+        data={
+            "decision": "approved",
+            "indices": ",".join(["1"] * 1001),
+            "csrf_token": console.headers["X-Test-Csrf"],
+        },
+    )
+    assert too_many.status_code == 422 and "at most 1000" in too_many.text
+
+
+def test_the_last_decision_puts_one_job_reviewed_event_in_the_outbox(
+    console: TestClient,
+    tenant: Credentials,
+    pg_factory: sessionmaker[Session],
+    api_store: ObjectStore,
+    model_version: Any,
+) -> None:
+    """Given a finished job with a webhook URL, when all but one delivered image are decided, then no
+    `job.reviewed` row; when the last one is, exactly one, carrying the counts; deciding again adds none."""
+    job = insert_finished_job(
+        pg_factory,
+        api_store,
+        tenant.tenant_id,
+        model_version,
+        delivered=3,
+        webhook_url="http://127.0.0.1:9/hook",
+    )
+
+    def events() -> list[WebhookDelivery]:
+        with pg_factory() as session:
+            return list(
+                session.scalars(select(WebhookDelivery).where(WebhookDelivery.event == "job.reviewed"))
+            )
+
+    review(console, job.job_id, "approved", [0, 1])
+    assert events() == []
+    review(console, job.job_id, "rejected", [2])
+    (event,) = events()
+    assert event.job_id == job.job_id and event.url == "http://127.0.0.1:9/hook"
+    assert event.payload["reviews"] == {"approved": 2, "rejected": 1}
+    review(console, job.job_id, "approved", [2])
+    assert len(events()) == 1
+
+
+def test_the_sdk_filters_images_by_review_state(
+    console: TestClient, finished: FinishedJob, tenant: Credentials
+) -> None:
+    """Given decisions on images 0 and 1, when the SDK iterates with review="approved", then it gets those."""
+    from scheduler.client import Client
+
+    review(console, finished.job_id, "approved", [0, 1])
+    with Client("http://testserver", api_key=tenant.api_key, transport=console._transport) as client:
+        assert [image.index for image in client.iter_images(finished.job_id, review="approved")] == [0, 1]
+
+
+# -- models ----------------------------------------------------------------------------------------------
+
+
+def _shipped_row(factory: sessionmaker[Session]) -> None:
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "models" / "weights" / "fashion-cgan"
+    metadata = json.loads((folder / "metadata.json").read_text())
+    with transaction(factory) as session:
+        session.add(
+            ModelVersion(
+                name="fashion-cgan", version=1, preset="fashion-cgan", architecture="cgan",
+                config=metadata["model_config"], categories=metadata["model_config"]["categories"],
+                checkpoint_uri="memory://models/fashion-cgan/shipped/generator.pt",
+                checkpoint_sha256=(folder / "generator.sha256").read_text().split()[0],
+                metrics=metadata["metrics"], status=ModelVersionStatus.CANDIDATE,
+            )
+        )  # fmt: skip
+
+
+def test_the_models_page_shows_metrics_samples_and_curves_from_history(
+    console: TestClient, api_store: ObjectStore, pg_factory: sessionmaker[Session], model_version: Any
+) -> None:
+    """Given tiny@1 with a history.jsonl next to its checkpoint and the shipped fashion-cgan, when the models
+    page is opened, then tiny's curves are inline SVG, fashion-cgan shows its metrics, shipped samples and
+    loss picture, and a version without history says "no curves recorded"."""
+    _shipped_row(pg_factory)
+    page = console.get("/console/models").text
+    assert "no curves recorded" in page
+    with transaction(pg_factory) as session:
+        session.execute(update(ModelVersion).where(ModelVersion.id == model_version.id).values(
+            checkpoint_uri=api_store.uri("models/tiny/run1/generator.pt")))  # fmt: skip
+    history = "".join(
+        json.dumps({"step": step, "loss_d": 1.0 / step, "loss_g": 2.0 / step, **({"fid_fm": 9.0 / step} if step % 2 == 0 else {})}) + "\n"
+        for step in range(1, 11)
+    )  # fmt: skip
+    api_store.put("models/tiny/run1/history.jsonl", history.encode() + b"not json\n")
+    page = console.get("/console/models").text
+    assert "tiny@1: losses against step" in page and "tiny@1: FID_fm against step" in page
+    assert page.count("<polyline") == 3 and "loss_g (last 0.2)" in page
+    assert "conditional_accuracy" in page and "0.9279" in page
+    assert console.get("/console/models/fashion-cgan/1/samples.png").content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert console.get("/console/models/fashion-cgan/1/loss.png").status_code == 200
+    assert console.get("/console/models/tiny/1/samples.png").status_code == 404
+
+
+def test_only_operator_keys_promote_or_retire(
+    console: TestClient, tenant: Credentials, pg_factory: sessionmaker[Session]
+) -> None:
+    """Given a tenant key, when the models page is opened, then no promote button shows and a promote POST is
+    403 with nothing changed; given the key listed as an operator key, then promote and retire work."""
+    _shipped_row(pg_factory)
+    csrf = {"csrf_token": console.headers["X-Test-Csrf"]}
+    assert "Promote to production" not in console.get("/console/models").text
+    assert console.post("/console/models/fashion-cgan/1/promote", data=csrf).status_code == 403
+
+    def status() -> str:
+        with pg_factory() as session:
+            return (
+                session.scalars(select(ModelVersion.status).where(ModelVersion.name == "fashion-cgan"))
+                .one()
+                .value
+            )
+
+    assert status() == "candidate"
+    with pg_factory() as session:
+        key_id = session.scalars(select(ApiKey.id).where(ApiKey.tenant_id == tenant.tenant_id)).one()
+    console.app.state.console.settings = ConsoleSettings(operator_key_ids=[key_id])  # type: ignore[attr-defined]
+    assert "Promote to production" in console.get("/console/models").text
+    assert console.post("/console/models/fashion-cgan/1/promote", data=csrf).status_code == 200  # redirected
+    assert status() == "production"
+    console.post("/console/models/fashion-cgan/1/retire", data=csrf)
+    assert status() == "retired"
+
+
+def test_history_parsing_keeps_losses_and_fid_and_skips_bad_lines() -> None:
+    """Given history lines with losses, FID_fm, a line without step and one that is not JSON, when parsed, then
+    loss and FID series hold their points and the two bad lines are counted."""
+    data = b'{"step": 1, "loss_d": 0.5, "loss_g": 1.5}\n{"step": 2, "loss_d": 0.4, "fid_fm": 3.0}\n{"loss_d": 1}\nx\n'
+    history = parse_history(data)
+    assert history.losses() == {"loss_d": [(1.0, 0.5), (2.0, 0.4)], "loss_g": [(1.0, 1.5)]}
+    assert history.fid() == {"fid_fm": [(2.0, 3.0)]} and history.skipped_lines == 2
+
+
+def test_console_tables_hold_only_the_hash_of_the_session_token(
+    api: TestClient, tenant: Credentials, pg_factory: sessionmaker[Session]
+) -> None:
+    """Given a sign-in, when the tenants and sessions tables are read, then no column holds the API key."""
+    sign_in(api, tenant.api_key)
+    with pg_factory() as session:
+        rows = [*session.scalars(select(ConsoleSession)), *session.scalars(select(Tenant))]
+    assert rows and all(tenant.api_key not in repr(vars(row)) for row in rows)
