@@ -7,8 +7,11 @@
         ├── InvalidTransitionError a status change the transitions map does not allow
         ├── StaleAttemptError      a write from an attempt that no longer holds the lease
         ├── ConflictError          a uniqueness rule was broken (idempotency key, name@version)
-        ├── AuthenticationError    an API key is unknown, malformed or revoked
-        ├── PlanningError          a job spec broke a rule (names the field and the rule; also a ValueError)
+        │   └── IdempotencyMismatchError an idempotency key reused with a different request
+        ├── AuthenticationError    an API key is missing, unknown, malformed or revoked
+        ├── PlanningError          a job spec broke a rule (`field` and `rule` name them; also a ValueError)
+        ├── LimitExceededError     a limit was hit (carries `retry_after_seconds`)
+        │   └── QuotaExceededError a tenant's images per day or concurrent jobs are used up
         └── StorageError           the object store failed
             ├── InvalidKeyError    a key broke a naming rule (permanent)
             ├── ObjectNotFoundError the key holds no object (permanent)
@@ -48,12 +51,41 @@ class ConflictError(DbError):
     """Raised when a write would break a uniqueness rule (idempotency key, model name@version)."""
 
 
+class IdempotencyMismatchError(ConflictError):
+    """Raised when an idempotency key is reused with a different request body."""
+
+    field = "Idempotency-Key"
+    rule = "idempotency_key_reused"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"Idempotency-Key {key!r} was already used with a different request body")
+        self.key = key
+
+
 class PlanningError(DbError, ValueError):
-    """Raised when a job spec breaks a rule; the message names the field (e.g. `items[2].count`) and the rule."""
+    """Raised when a job spec breaks a rule: `field` names it (e.g. `items[2].count`), `rule` says which rule,
+    and the message starts with the field."""
+
+    def __init__(self, field: str, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.rule = rule
 
 
 class AuthenticationError(DbError):
-    """Raised when an API key is unknown, malformed or revoked (the message never echoes the key)."""
+    """Raised when an API key is missing, unknown, malformed or revoked (the message never echoes the key)."""
+
+
+class LimitExceededError(DbError):
+    """Raised when a limit is hit; `retry_after_seconds` says when trying again makes sense."""
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = max(1, int(retry_after_seconds))
+
+
+class QuotaExceededError(LimitExceededError):
+    """Raised when a job would exceed its tenant's images-per-day or concurrent-jobs quota."""
 
 
 class StorageError(DbError):

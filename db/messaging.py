@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 from celery import Celery
 from kombu import Exchange, Queue
 
+from db.job_specs import QueueName
 from db.settings import BrokerSettings, DataSettings
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ INTERACTIVE_QUEUE = "interactive"
 BULK_QUEUE = "bulk"
 BACKFILL_QUEUE = "backfill"
 QUEUE_NAMES: tuple[str, ...] = (INTERACTIVE_QUEUE, BULK_QUEUE, BACKFILL_QUEUE)
+assert set(QUEUE_NAMES) == set(get_args(QueueName))  # one vocabulary with the job spec
 
 # Redis re-delivers an unacknowledged message after this long; leases, not this, bound a chunk's retry delay.
 VISIBILITY_TIMEOUT_SECONDS = 6 * 3600

@@ -1,7 +1,9 @@
 """Model version rows: create, get, list, resolve a reference, and change status through the transitions map.
 
-A reference is `name` (its production version) or `name@version` (exactly that one). At most one version of
-a name is in production: promoting one retires the one before it, in the same transaction.
+A reference is `name` (its production version), `name@version` (exactly that one) or nothing (the newest
+production version of any name); `resolve_model_version` is the one resolver, for jobs, previews, estimates
+and the registry commands alike. At most one version of a name is in production: promoting one retires the
+one before it, in the same transaction.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.errors import ConflictError, NotFoundError
-from db.planning import split_model_ref
+from db.job_specs import split_model_ref
 from db.status import MODEL_VERSION_TRANSITIONS, ModelVersionStatus, check_transition
 from db.tables import ModelVersion, utcnow
 
@@ -100,8 +102,19 @@ def find_production(session: Session, name: str) -> ModelVersion | None:
     ).first()
 
 
-def resolve_model_version(session: Session, ref: str) -> ModelVersion:
-    """`name@version` → that row; `name` → its production version; `NotFoundError` otherwise."""
+def resolve_model_version(session: Session, ref: str | None) -> ModelVersion:
+    """`name@version` → that row; `name` → its production version; None → the newest production version of
+    any name. Raises `NotFoundError` when there is none (and `PlanningError` for a malformed reference)."""
+    if not ref:
+        found = session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.status == ModelVersionStatus.PRODUCTION)
+            .order_by(ModelVersion.version.desc(), ModelVersion.id.desc())
+            .limit(1)
+        ).first()
+        if found is None:
+            raise NotFoundError("no production model is registered (promote one, or ask for name@<version>)")
+        return found
     name, version = split_model_ref(ref)
     if version is not None:
         return get_model_version(session, name, version)

@@ -1,128 +1,77 @@
-"""Job planning: validate a job spec, insert job + items + chunks in one transaction, publish after commit.
+"""The one submit path: bounds, idempotency, model, quotas, planning in one transaction, publish after commit.
 
-The API (`POST /v1/jobs`) and the CLI (`catalogan generate`) both call `submit_job`. Planning is
-O(chunks), never O(images): a 1,000,000-image job is one job row, one row per item and ~4,000 chunk rows
-written with bulk INSERTs; image rows appear only as workers finish images.
+`submit_job` is what every door calls: `POST /v1/jobs` (scheduler/api/routes/jobs.py), `catalogan generate`
+(workers/generate_command.py), scripts and the benchmarks. Planning is O(chunks), never O(images): a
+1,000,000-image job is one job row, one row per item and ~4,000 chunk rows written with bulk INSERTs; image
+rows appear only as workers finish images.
 
     spec = parse_job_spec({"model": "fashion-cgan", "items": [{"category": "sneaker", "count": 100}]})
-    planned = submit_job(session_factory, spec, tenant_id=t, model_version=mv, publisher=CeleryPublisher(app))
+    planned = submit_job(session_factory, spec, tenant_id=t, publisher=CeleryPublisher(app))
+
+One transaction per submit: lock the tenant row (so quotas and idempotency see other submits of the same
+tenant), return the job an idempotency key already created (same request) or refuse it (different request),
+resolve the model, check quotas, plan. Chunks are published after the commit. Two submits racing with one key
+past the lock (SQLite, or a crashed lock holder) still make one job: the unique constraint (tenant_id,
+idempotency_key) fails the second INSERT, and the existing job is returned instead.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import logging
 import math
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
-from db.errors import ConflictError, InvalidKeyError, PlanningError
+from db.errors import IdempotencyMismatchError, InvalidKeyError, NotFoundError, PlanningError
 from db.incremental import ItemKey, JobSettings, find_delivered_items
-from db.messaging import QUEUE_NAMES, Publisher
-from db.status import ChunkStatus, JobStatus
+from db.job_specs import (
+    MAX_CHUNKS_PER_JOB,
+    MAX_IMAGES_PER_JOB,
+    ItemSpec,
+    JobSpec,
+    QualityGateSpec,
+    SubmitLimits,
+    parse_job_spec,
+    request_sha256,
+)
+from db.messaging import Publisher
+from db.model_versions import resolve_model_version
+from db.quotas import check_job_quotas
+from db.status import ChunkStatus, JobStatus, ModelVersionStatus
 from db.storage.keys import validate_key_segment
-from db.tables import Chunk, Job, JobItem, utcnow
+from db.tables import Chunk, Job, JobItem, ModelVersion, Tenant, utcnow
 
 logger = logging.getLogger(__name__)
 
-MAX_SEED = (1 << 63) - 1
-MIN_CHUNK_SIZE = 1
-MAX_CHUNK_SIZE = 4096
-DEFAULT_CHUNK_SIZES: Mapping[str, int] = {"interactive": 32, "bulk": 256, "backfill": 1024}
-# `output_format: tar` writes one WebDataset shard per chunk: the chunk size is the shard size.
-DEFAULT_SHARD_IMAGES = 1000
-MAX_IMAGES_PER_ITEM = 10_000_000
-MAX_IMAGES_PER_JOB = 10_000_000
-MAX_ITEMS_PER_JOB = 100_000
-MAX_CHUNKS_PER_JOB = 200_000
-MAX_WEBHOOK_URL_LENGTH = 2048
-MAX_REDRAWS = 16
+# The request types live in db.job_specs; importing them from here keeps working.
+__all__ = [
+    "ItemSpec",
+    "JobSpec",
+    "ModelVersionLike",
+    "PlannedJob",
+    "QualityGateSpec",
+    "SubmitLimits",
+    "job_options",
+    "mark_job_enqueued",
+    "parse_job_spec",
+    "plan_job",
+    "publish_planned",
+    "resolve_job_model",
+    "submit_job",
+]
+
 QUALITY_GATE_OPTION = "quality_gate"  # where a job row keeps its gate: jobs.options["quality_gate"]
-# mark_enqueued takes ids in an IN (...) list; keep each statement under SQLite's variable limit.
-ENQUEUE_BATCH_SIZE = 5000
-
-QueueName = Literal["interactive", "bulk", "backfill"]
-assert set(QUEUE_NAMES) == {"interactive", "bulk", "backfill"}  # one vocabulary with db.messaging
-
-
-class ItemSpec(BaseModel):
-    """One requested line: `count` images of `category`, optionally for one SKU."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    category: str = Field(min_length=1, max_length=64)
-    count: int = Field(ge=1, le=MAX_IMAGES_PER_ITEM)
-    sku: str | None = Field(default=None, max_length=128)
-    client_item_id: str | None = Field(default=None, max_length=255)
-
-    @field_validator("sku")
-    @classmethod
-    def _sku_is_a_key_segment(cls, value: str | None) -> str | None:
-        # The SKU becomes a folder in the object key: reject (never rewrite) anything unsafe there.
-        if value is not None:
-            try:
-                validate_key_segment(value, "sku")
-            except InvalidKeyError as exc:
-                raise ValueError(str(exc)) from exc
-        return value
-
-
-class QualityGateSpec(BaseModel):
-    """Per-image quality gate: redraw an image scored below `min_confidence`, at most `max_redraws` times."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    min_confidence: float = Field(
-        ge=0.0, le=1.0, description="Evaluator probability of the requested category."
-    )
-    max_redraws: int = Field(default=3, ge=0, le=MAX_REDRAWS)
-
-
-class JobSpec(BaseModel):
-    """What a client asks for. `seed` is chosen and recorded when absent; `chunk_size` defaults per queue."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str = Field(
-        default="fashion-cgan", min_length=1, max_length=128, description="name or name@version"
-    )
-    items: list[ItemSpec] = Field(min_length=1, max_length=MAX_ITEMS_PER_JOB)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    output_format: Literal["png", "webp", "tar"] = "png"
-    chunk_size: int | None = Field(default=None, ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE)
-    queue: QueueName = "bulk"
-    webhook_url: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL_LENGTH)
-    options: dict[str, Any] = Field(default_factory=dict)
-    quality_gate: QualityGateSpec | None = None
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _webhook_is_http(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
-
-    @property
-    def images_total(self) -> int:
-        """Images requested over all items."""
-        return sum(item.count for item in self.items)
-
-    @property
-    def effective_chunk_size(self) -> int:
-        """The chunk size asked for, or the queue's default (tar: images per shard, 1,000)."""
-        if self.output_format == "tar":
-            return self.chunk_size or DEFAULT_SHARD_IMAGES
-        return self.chunk_size or DEFAULT_CHUNK_SIZES[self.queue]
+# Planning errors the API reports as rule `job_spec` (the field names what was wrong).
+JOB_SPEC_RULE = "job_spec"
 
 
 class ModelVersionLike(Protocol):
@@ -152,32 +101,6 @@ class PlannedJob:
     skipped_existing: int = 0  # items skipped: their images were delivered by an earlier job (db.incremental)
 
 
-def _field_path(loc: Sequence[int | str]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "spec"
-
-
-def parse_job_spec(data: Mapping[str, Any]) -> JobSpec:
-    """Validate a job spec from JSON-like data; raise `PlanningError` naming the field and the rule."""
-    try:
-        return JobSpec.model_validate(data)
-    except pydantic.ValidationError as exc:
-        problems = [
-            f"{_field_path(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()
-        ]
-        raise PlanningError("; ".join(problems)) from exc
-
-
-def split_model_ref(ref: str) -> tuple[str, int | None]:
-    """Split "name" or "name@version" into (name, version or None); raise `PlanningError` when malformed."""
-    name, sep, version = ref.partition("@")
-    if not name or (sep and not version.isdigit()):
-        raise PlanningError(f"model {ref!r}: must be 'name' or 'name@version' with an integer version")
-    return name, int(version) if sep else None
-
-
 def _category_indices(spec: JobSpec, model_version: ModelVersionLike) -> list[tuple[str, int]]:
     """Canonical category name and class index per item (matched case-insensitively)."""
     categories = [str(category) for category in model_version.categories]
@@ -185,15 +108,18 @@ def _category_indices(spec: JobSpec, model_version: ModelVersionLike) -> list[tu
     resolved = []
     for position, item in enumerate(spec.items):
         found = lookup.get(item.category.casefold())
+        field = f"items[{position}].category"
         if found is None:
             raise PlanningError(
-                f"items[{position}].category: {item.category!r} is not a category of model "
-                f"{model_version.name}@{model_version.version} (one of: {', '.join(categories)})"
+                field,
+                JOB_SPEC_RULE,
+                f"{field}: {item.category!r} is not a category of model "
+                f"{model_version.name}@{model_version.version} (one of: {', '.join(categories)})",
             )
         try:
-            validate_key_segment(found[0], f"items[{position}].category")
+            validate_key_segment(found[0], field)
         except InvalidKeyError as exc:
-            raise PlanningError(str(exc)) from exc
+            raise PlanningError(field, "object_key_segment", str(exc)) from exc
         resolved.append(found)
     return resolved
 
@@ -201,36 +127,58 @@ def _category_indices(spec: JobSpec, model_version: ModelVersionLike) -> list[tu
 def _check_size(spec: JobSpec) -> int:
     total = spec.images_total
     if total > MAX_IMAGES_PER_JOB:
-        raise PlanningError(f"items: {total} images in total; a job may ask for at most {MAX_IMAGES_PER_JOB}")
+        raise PlanningError(
+            "items",
+            JOB_SPEC_RULE,
+            f"items: {total} images in total; a job may ask for at most {MAX_IMAGES_PER_JOB}",
+        )
     chunk_size = spec.effective_chunk_size
     chunks = sum(math.ceil(item.count / chunk_size) for item in spec.items)
     if chunks > MAX_CHUNKS_PER_JOB:
         raise PlanningError(
-            f"chunk_size: {chunk_size} makes {chunks} chunks; at most {MAX_CHUNKS_PER_JOB} — use a larger chunk_size"
+            "chunk_size",
+            JOB_SPEC_RULE,
+            f"chunk_size: {chunk_size} makes {chunks} chunks; at most {MAX_CHUNKS_PER_JOB} — use a larger chunk_size",
         )
     return chunks
 
 
-def request_sha256(spec: JobSpec) -> str:
-    """A stable hash of the request (to detect an idempotency key reused with a different body)."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _existing_for_key(
+def find_idempotent_job(
     session: Session, tenant_id: str, idempotency_key: str, digest: str
 ) -> PlannedJob | None:
+    """The job `idempotency_key` created for the same request (`existing=True`), or None; raises
+    `IdempotencyMismatchError` when the key was used for a different request."""
     job = session.scalars(
         select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
     ).one_or_none()
     if job is None:
         return None
     if job.request_sha256 != digest:
-        raise ConflictError(f"idempotency key {idempotency_key!r} was already used for a different request")
+        raise IdempotencyMismatchError(idempotency_key)
     chunk_ids = tuple(
         session.scalars(select(Chunk.id).where(Chunk.job_id == job.id).order_by(Chunk.start_index))
     )
-    return PlannedJob(job.id, chunk_ids, job.queue, job.seed, job.images_total, existing=True)
+    return PlannedJob(
+        job_id=job.id,
+        chunk_ids=chunk_ids,
+        queue=job.queue,
+        seed=job.seed,
+        images_total=job.images_total,
+        existing=True,
+    )
+
+
+def resolve_job_model(session: Session, ref: str | None) -> ModelVersion:
+    """The model version a job (or a preview, or an estimate) runs with: `resolve_model_version`, then the
+    job rules. Raises `PlanningError` on field `model`: rule `registered` when there is none, `not_retired`
+    when it is retired."""
+    try:
+        found = resolve_model_version(session, ref)
+    except NotFoundError as exc:
+        raise PlanningError("model", "registered", f"model: {exc} (see GET /v1/models)") from exc
+    if found.status is ModelVersionStatus.RETIRED:
+        raise PlanningError("model", "not_retired", f"model: {found.name}@{found.version} is retired")
+    return found
 
 
 def plan_job(
@@ -244,16 +192,13 @@ def plan_job(
 ) -> PlannedJob:
     """Insert the job, its items and its chunks in the caller's transaction (nothing is published here).
 
-    Bulk INSERTs only: one for the job, one for the items, one for the chunks; no image rows. Raises
-    `PlanningError` when a category is not one of the model version's, a SKU or category cannot be a key
-    segment, or the job is too large; `ConflictError` when `idempotency_key` was used for another request.
-    With the same key and the same request, returns the job planned before (`existing=True`).
+    The planning step of `submit_job`, which checks bounds, idempotency, model and quotas first; call it
+    alone only to measure or test planning. Bulk INSERTs only: one for the job, one for the items, one for
+    the chunks; no image rows. Raises `PlanningError` when a category is not one of the model version's, a
+    SKU or category cannot be a key segment, or the job is too large. `idempotency_key` is recorded on the
+    job row (the unique constraint (tenant_id, idempotency_key) refuses a second job with it).
     """
     digest = request_sha256(spec)
-    if idempotency_key is not None:
-        previous = _existing_for_key(session, tenant_id, idempotency_key, digest)
-        if previous is not None:
-            return previous
     categories = _category_indices(spec, model_version)
     _check_size(spec)
     job_id = job_id or uuid.uuid4().hex
@@ -326,7 +271,14 @@ def plan_job(
     chunk_ids = tuple(
         session.scalars(select(Chunk.id).where(Chunk.job_id == job_id).order_by(Chunk.start_index))
     )
-    return PlannedJob(job_id, chunk_ids, spec.queue, seed, images_total, skipped_existing=len(skipped))
+    return PlannedJob(
+        job_id=job_id,
+        chunk_ids=chunk_ids,
+        queue=spec.queue,
+        seed=seed,
+        images_total=images_total,
+        skipped_existing=len(skipped),
+    )
 
 
 def _delivered_positions(
@@ -401,30 +353,80 @@ def submit_job(
     spec: JobSpec,
     *,
     tenant_id: str,
-    model_version: ModelVersionLike,
     publisher: Publisher,
-    job_id: str | None = None,
+    limits: SubmitLimits = SubmitLimits(),
     idempotency_key: str | None = None,
+    job_id: str | None = None,
+    model_version: ModelVersionLike | None = None,
 ) -> PlannedJob:
-    """Plan a job in its own transaction, commit, then publish its chunk ids (the API's and CLI's entry)."""
-    with transaction(session_factory) as session:
-        planned = plan_job(
-            session,
-            spec,
-            tenant_id=tenant_id,
-            model_version=model_version,
-            job_id=job_id,
-            idempotency_key=idempotency_key,
-        )
+    """Create (or replay) a job for `tenant_id` and publish its chunks: the one submit path of every door.
+
+    In order, each check before the work it bounds: `limits` (the operator's bounds; tenant quotas when
+    `limits.tenant_quotas`), then in one transaction with the tenant's row locked: the job `idempotency_key`
+    created before (returned with `existing=True`, nothing published), the model (`spec.model` through
+    `resolve_job_model`, unless the caller passes the `model_version` it resolved that way), quotas, planning.
+    After the commit the chunk ids are published (`published=False` when the broker failed: the reaper
+    publishes them later, and the client must not retry).
+
+    Raises `PlanningError` (field + rule), `IdempotencyMismatchError`, `QuotaExceededError`, and
+    `NotFoundError` when the tenant does not exist.
+    """
+    limits.check(spec)
+    digest = request_sha256(spec)
+    try:
+        with transaction(session_factory) as session:
+            planned = _plan_submission(
+                session,
+                spec,
+                digest,
+                tenant_id=tenant_id,
+                limits=limits,
+                idempotency_key=idempotency_key,
+                job_id=job_id,
+                model_version=model_version,
+            )
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        # Lost a race on (tenant_id, idempotency_key) past the row lock: the winner's job is the answer.
+        with session_factory() as session:
+            existing = find_idempotent_job(session, tenant_id, idempotency_key, digest)
+        if existing is None:
+            raise
+        return existing
     if planned.existing:
         return planned
-    published = publish_planned(session_factory, planned, publisher)
-    return PlannedJob(
-        planned.job_id,
-        planned.chunk_ids,
-        planned.queue,
-        planned.seed,
-        planned.images_total,
-        published,
-        skipped_existing=planned.skipped_existing,
+    return dataclasses.replace(planned, published=publish_planned(session_factory, planned, publisher))
+
+
+def _plan_submission(
+    session: Session,
+    spec: JobSpec,
+    digest: str,
+    *,
+    tenant_id: str,
+    limits: SubmitLimits,
+    idempotency_key: str | None,
+    job_id: str | None,
+    model_version: ModelVersionLike | None,
+) -> PlannedJob:
+    # Serialize this tenant's submits: quotas and idempotency then see every committed job.
+    tenant = session.scalars(select(Tenant).where(Tenant.id == tenant_id).with_for_update()).one_or_none()
+    if tenant is None:
+        raise NotFoundError(f"tenant {tenant_id} not found")
+    if idempotency_key is not None:
+        existing = find_idempotent_job(session, tenant_id, idempotency_key, digest)
+        if existing is not None:
+            return existing
+    if model_version is None:
+        model_version = resolve_job_model(session, spec.model)
+    if limits.tenant_quotas:
+        check_job_quotas(session, tenant, images=spec.images_total)
+    return plan_job(
+        session,
+        spec,
+        tenant_id=tenant_id,
+        model_version=model_version,
+        job_id=job_id,
+        idempotency_key=idempotency_key,
     )

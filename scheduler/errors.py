@@ -1,15 +1,14 @@
 """Errors raised by the scheduler: the API, the webhook dispatcher and the SDK.
 
     CataloganError (db.errors)
+    ├── DbError (db.errors)             what the one submit path and the state machine raise: PlanningError →
+    │                                   422, IdempotencyMismatchError → 422, AuthenticationError → 401,
+    │                                   LimitExceededError (QuotaExceededError) → 429, NotFoundError → 404, ...
     └── SchedulerError                  raised by scheduler/
-        ├── AuthenticationError         no API key, an unknown one, or a revoked one        → 401
-        ├── RequestValidationError      a field broke a rule (names the field and the rule) → 422
-        │   └── IdempotencyMismatchError same Idempotency-Key, different body              → 422
+        ├── RequestValidationError      an HTTP-only field broke a rule (names field and rule) → 422
         ├── PayloadTooLargeError        the request body is over the limit                  → 413
         ├── UnsupportedMediaTypeError   a body that is neither JSON nor multipart           → 415
-        ├── LimitExceededError          a rate limit or quota was hit (carries Retry-After) → 429
-        │   ├── RateLimitedError        too many requests in the current window
-        │   └── QuotaExceededError      images per day or concurrent jobs used up
+        ├── RateLimitedError            too many requests in the window (also a db LimitExceededError) → 429
         ├── JobStateError               the job is in a state that does not allow the action → 409
         ├── ServiceUnavailableError     the broker, a worker or the object store did not answer → 503
         │   └── PreviewTimeoutError     no worker answered a preview in time
@@ -26,15 +25,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from db.errors import CataloganError
+from db.errors import CataloganError, LimitExceededError
 
 
 class SchedulerError(CataloganError):
     """Raised by the scheduler package (API, webhooks, SDK, CLI plumbing)."""
-
-
-class AuthenticationError(SchedulerError):
-    """Raised when a request carries no API key, an unknown key, or a revoked key."""
 
 
 class RequestValidationError(SchedulerError, ValueError):
@@ -44,17 +39,6 @@ class RequestValidationError(SchedulerError, ValueError):
         super().__init__(message or f"{field}: {rule}")
         self.field = field
         self.rule = rule
-
-
-class IdempotencyMismatchError(RequestValidationError):
-    """Raised when an Idempotency-Key is reused with a different request body."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(
-            "Idempotency-Key",
-            "idempotency_key_reused",
-            f"Idempotency-Key {key!r} was already used with a different request body",
-        )
 
 
 class PayloadTooLargeError(SchedulerError):
@@ -69,20 +53,8 @@ class UnsupportedMediaTypeError(SchedulerError):
     """Raised when a request body has a content type the endpoint does not accept."""
 
 
-class LimitExceededError(SchedulerError):
-    """Raised when a tenant hits a limit; `retry_after_seconds` says when trying again makes sense."""
-
-    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
-        super().__init__(message)
-        self.retry_after_seconds = max(1, int(retry_after_seconds))
-
-
-class RateLimitedError(LimitExceededError):
+class RateLimitedError(SchedulerError, LimitExceededError):
     """Raised when a tenant sent more requests than its per-minute rate limit allows."""
-
-
-class QuotaExceededError(LimitExceededError):
-    """Raised when a job would exceed the tenant's images-per-day or concurrent-jobs quota."""
 
 
 class JobStateError(SchedulerError):

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.planning import DEFAULT_CHUNK_SIZES
+from db.job_specs import JobSpec
 from db.tables import Image, utcnow
-from scheduler.api.schemas import ItemCreate
 
 THROUGHPUT_WINDOW_SECONDS = 3600
 MIN_SAMPLE_IMAGES = 16
@@ -46,7 +44,7 @@ def measured_throughput(session: Session, *, default: float, now: dt.datetime | 
     return Throughput(round(count / span, 3), "measured")
 
 
-def count_chunks(items: Sequence[ItemCreate], chunk_size: int | None) -> int:
-    """Chunks planning would make for `items` (per item, ceil(count / chunk size))."""
-    size = chunk_size or DEFAULT_CHUNK_SIZES["bulk"]
-    return sum(math.ceil(item.count / size) for item in items)
+def count_chunks(spec: JobSpec) -> int:
+    """Chunks planning would make for `spec` (per item, ceil(count / chunk size))."""
+    size = spec.effective_chunk_size
+    return sum(math.ceil(item.count / size) for item in spec.items)

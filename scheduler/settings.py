@@ -13,6 +13,12 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from db.errors import ConfigError
+from db.job_specs import (
+    API_DEFAULT_MAX_IMAGES_PER_JOB,
+    API_MAX_IMAGES_PER_ITEM,
+    MAX_IMAGES_PER_JOB,
+    MAX_ITEMS_PER_JOB,
+)
 
 MIB = 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES = 10 * MIB
@@ -35,9 +41,10 @@ class ApiSettings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes.")
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024, le=MAX_REQUEST_BYTES_CEILING)
-    max_items_per_job: int = Field(default=100_000, ge=1)
-    max_images_per_item: int = Field(default=100_000, ge=1)
-    max_images_per_job: int = Field(default=1_000_000, ge=1)
+    # The operator tightens the bounds of db.job_specs (declared there once), never widens them.
+    max_items_per_job: int = Field(default=MAX_ITEMS_PER_JOB, ge=1, le=MAX_ITEMS_PER_JOB)
+    max_images_per_item: int = Field(default=API_MAX_IMAGES_PER_ITEM, ge=1, le=API_MAX_IMAGES_PER_ITEM)
+    max_images_per_job: int = Field(default=API_DEFAULT_MAX_IMAGES_PER_JOB, ge=1, le=MAX_IMAGES_PER_JOB)
     page_size_max: int = Field(default=500, ge=1, le=10_000)
     preview_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     preview_max_concurrent_per_tenant: int = Field(

@@ -1,7 +1,8 @@
 """The main job as a plain function: plan → (start worker + reaper) → wait with progress → export → summary.
 
-Same code path as the distributed stack: the job is planned by `db.planning.submit_job`, its chunks travel
-through the broker to a real `catalogan worker` process, and the reaper runs as `catalogan beat`.
+Same code path as the distributed stack and the API: the options become a `JobSpec` (`generate_spec`), the
+job is submitted by `db.planning.submit_job`, its chunks travel through the broker to a real
+`catalogan worker` process, and the reaper runs as `catalogan beat`.
 
 The job id is derived from the request (tenant, model version, spec incl. the seed): running the same
 command again against the same database finds that job and exports it again (or waits for it, if a
@@ -28,11 +29,11 @@ from db import migrate
 from db.engine import engine_from_settings, make_session_factory, transaction
 from db.errors import ConflictError, PlanningError
 from db.incremental import count_skipped_items
+from db.job_specs import JobSpec, parse_job_spec, request_sha256, split_model_ref
 from db.messaging import CeleryPublisher, make_celery_app
-from db.model_versions import resolve_model_version
-from db.planning import JobSpec, parse_job_spec, publish_planned, request_sha256, split_model_ref, submit_job
+from db.planning import PlannedJob, publish_planned, resolve_job_model, submit_job
 from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageSettings
-from db.status import JobStatus
+from db.status import ChunkStatus, JobStatus
 from db.storage import ObjectStore, open_store
 from db.tables import Chunk, Job, Tenant
 from workers.export import export_job
@@ -66,7 +67,11 @@ def parse_items(categories: tuple[str, ...], sku_file: Path | None) -> list[dict
     for option in categories:
         name, sep, count = option.partition("=")
         if not sep or not name or not count.strip().isdigit():
-            raise PlanningError(f"--category {option!r}: must be CATEGORY=COUNT, e.g. sneaker=16")
+            raise PlanningError(
+                "--category",
+                "category_count",
+                f"--category {option!r}: must be CATEGORY=COUNT, e.g. sneaker=16",
+            )
         items.append({"category": name.strip(), "count": int(count)})
     if sku_file is not None:
         for number, line in enumerate(sku_file.read_text(encoding="utf-8").splitlines(), start=1):
@@ -75,7 +80,11 @@ def parse_items(categories: tuple[str, ...], sku_file: Path | None) -> list[dict
                 continue
             parts = [part.strip() for part in line.split(",")]
             if len(parts) not in (2, 3, 4) or (len(parts) >= 3 and not parts[2].isdigit()):
-                raise PlanningError(f"{sku_file}:{number}: must be 'SKU,CATEGORY[,COUNT[,CLIENT_ITEM_ID]]'")
+                raise PlanningError(
+                    "--sku-file",
+                    "sku_line",
+                    f"{sku_file}:{number}: must be 'SKU,CATEGORY[,COUNT[,CLIENT_ITEM_ID]]'",
+                )
             items.append(
                 {
                     "sku": parts[0],
@@ -86,8 +95,26 @@ def parse_items(categories: tuple[str, ...], sku_file: Path | None) -> list[dict
                 }
             )
     if not items:
-        raise PlanningError("items: give at least one --category CAT=COUNT or a --sku-file")
+        raise PlanningError(
+            "items", "required", "items: give at least one --category CAT=COUNT or a --sku-file"
+        )
     return items
+
+
+def generate_spec(request: GenerateRequest) -> JobSpec:
+    """The domain request of `catalogan generate`: the model named (default fashion-cgan), the items of the
+    --category options and the SKU file, the seed (chosen here when absent: it is part of the job id)."""
+    return parse_job_spec(
+        {
+            "model": request.model_ref or DEFAULT_MODEL_NAME,
+            "items": parse_items(request.categories, request.sku_file),
+            "seed": request.seed
+            if request.seed is not None
+            else int.from_bytes(os.urandom(8), "little") >> 1,
+            "output_format": request.output_format,
+            "chunk_size": request.chunk_size,
+        }
+    )
 
 
 def ensure_local_tenant(session: Session) -> str:
@@ -188,20 +215,12 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     _ensure_default_model(session_factory, store, request.model_ref or DEFAULT_MODEL_NAME)
     app = make_celery_app(broker, data)
     publisher = CeleryPublisher(app)
-    spec = parse_job_spec(
-        {
-            "model": request.model_ref or DEFAULT_MODEL_NAME,
-            "items": parse_items(request.categories, request.sku_file),
-            "seed": request.seed
-            if request.seed is not None
-            else int.from_bytes(os.urandom(8), "little") >> 1,
-            "output_format": request.output_format,
-            "chunk_size": request.chunk_size,
-        }
-    )
+    spec = generate_spec(request)
     with transaction(session_factory) as session:
         tenant_id = ensure_local_tenant(session)
-        model_version = resolve_model_version(session, spec.model)
+        # The job id is a function of the resolved version (see the module docstring), so the model is
+        # resolved here, by the submit path's own resolver, and handed to submit_job.
+        model_version = resolve_job_model(session, spec.model)
         model_ref = f"{model_version.name}@{model_version.version}"
         job_id = derived_job_id(tenant_id, model_version.id, spec)
         existing = session.get(Job, job_id)
@@ -214,9 +233,9 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
             session_factory,
             spec,
             tenant_id=tenant_id,
-            model_version=model_version,
             publisher=publisher,
             job_id=job_id,
+            model_version=model_version,
         )
     children = _start_children(data) if request.start_worker and not existing_is_done(existing) else []
     try:
@@ -257,13 +276,14 @@ def _republish_pending(
     session_factory: sessionmaker[Session], job_id: str, queue: str, publisher: CeleryPublisher
 ) -> None:
     """A resumed job: publish its pending chunks again (their messages may be gone with the last run)."""
-    from db.planning import PlannedJob
-    from db.status import ChunkStatus
-
     with session_factory() as session:
         ids = tuple(
             session.scalars(
                 select(Chunk.id).where(Chunk.job_id == job_id, Chunk.status == ChunkStatus.PENDING)
             )
         )
-    publish_planned(session_factory, PlannedJob(job_id, ids, queue, 0, 0), publisher)
+    publish_planned(
+        session_factory,
+        PlannedJob(job_id=job_id, chunk_ids=ids, queue=queue, seed=0, images_total=0),
+        publisher,
+    )

@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import QueuePool
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.errors import AuthenticationError
 from db.messaging import Publisher, make_celery_app
 from db.settings import BrokerSettings, DataSettings
 from db.storage.base import ObjectStore
@@ -27,7 +28,6 @@ from scheduler.api.limits import (
     RateLimiter,
     RedisConcurrencyLimiter,
 )
-from scheduler.errors import AuthenticationError
 from scheduler.settings import ApiSettings, WebhookSettings
 from scheduler.submission import TenantSubmitLocks
 

@@ -1,4 +1,5 @@
-"""Reading a `POST /v1/jobs` request: JSON (inline items or an `s3://` manifest) or a multipart upload.
+"""Reading a `POST /v1/jobs` request: JSON (inline items or an `s3://` manifest) or a multipart upload, and
+converting it into the domain's `JobSpec` for the one submit path (`db.planning.submit_job`).
 
 FastAPI cannot declare one body with two media types, so the route reads the request itself and the
 OpenAPI document gets both through `SUBMIT_BODY_OPENAPI`.
@@ -14,10 +15,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError as FastApiValidationError
 from starlette.datastructures import UploadFile
 
+from db.job_specs import JobSpec, SubmitLimits, parse_job_spec
 from scheduler.api.deps import Services
 from scheduler.api.schemas import ItemCreate, JobCreate
 from scheduler.errors import RequestValidationError, UnsupportedMediaTypeError
 from scheduler.item_manifests import manifest_format, parse_item_manifest, read_manifest_uri
+from scheduler.settings import ApiSettings
+
+MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 SUBMIT_BODY_OPENAPI: dict[str, Any] = {
     "requestBody": {
@@ -126,3 +131,41 @@ async def read_job_request(
     if not job_request.items:
         raise RequestValidationError("items", "required", "items: give items, manifest_uri, or upload a file")
     return job_request, job_request.items
+
+
+def job_spec(request: JobCreate, items: list[ItemCreate]) -> JobSpec:
+    """The domain request of an API request (items inline or read from a manifest); `PlanningError` names the
+    field when the spec's own bounds refuse it."""
+    values: dict[str, object] = {
+        "model": request.model,
+        "items": [item.model_dump(exclude_none=True) for item in items],
+        "seed": request.seed,
+        "output_format": request.output_format,
+        "quality_gate": request.quality_gate.model_dump() if request.quality_gate else None,
+        "chunk_size": request.chunk_size,
+        "webhook_url": request.webhook_url,
+    }
+    return parse_job_spec({key: value for key, value in values.items() if value is not None})
+
+
+def submit_limits(settings: ApiSettings) -> SubmitLimits:
+    """The operator's bounds on API submits, with the tenant quotas on."""
+    return SubmitLimits(
+        max_items_per_job=settings.max_items_per_job,
+        max_images_per_item=settings.max_images_per_item,
+        max_images_per_job=settings.max_images_per_job,
+        tenant_quotas=True,
+    )
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    """The `Idempotency-Key` header, or a 422 when it is empty, too long or not printable."""
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
+        raise RequestValidationError(
+            "Idempotency-Key",
+            "length",
+            f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters",
+        )
+    return key

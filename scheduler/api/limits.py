@@ -1,5 +1,6 @@
-"""Per-tenant limits: request rate (429 + Retry-After), request body size (413), and quotas
-(images per day, concurrent jobs → 429 + Retry-After).
+"""Per-tenant limits of the API: request rate (429 + Retry-After) and request body size (413).
+
+Quotas on new jobs (images per day, concurrent jobs) are checked by the one submit path: `db.quotas`.
 
 The rate limiter is a fixed-window counter per tenant. With a Redis broker the counter lives in Redis
 (`INCR` + `EXPIRE`), so every API replica shares it; without one it lives in this process.
@@ -7,24 +8,13 @@ The rate limiter is a fixed-window counter per tenant. With a Redis broker the c
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
-from db.status import JobStatus
-from db.tables import Job, Tenant, utcnow
-from scheduler.errors import PayloadTooLargeError, QuotaExceededError, RateLimitedError
-
-QUOTA_WINDOW_SECONDS = 24 * 3600
-CONCURRENT_JOBS_RETRY_AFTER_SECONDS = 30
-ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
-
+from scheduler.errors import PayloadTooLargeError, RateLimitedError
 
 # What a tenant over its concurrent-work limit is told to wait: about one short preview.
 CONCURRENCY_RETRY_AFTER_SECONDS = 5
@@ -86,43 +76,6 @@ class RedisRateLimiter:
                 f"rate limit of {limit} requests per {window_seconds} s reached",
                 retry_after_seconds=retry_after,
             )
-
-
-def check_job_quotas(
-    session: Session, tenant: Tenant, *, images: int, now: dt.datetime | None = None
-) -> None:
-    """Raise `QuotaExceededError` when a new job of `images` would break the tenant's quotas.
-
-    Images per day is a rolling 24 h window over submitted jobs (cancelled ones included: their images
-    were reserved). Call it inside the submitting transaction after locking the tenant row, so two
-    concurrent submits cannot both squeeze under the quota.
-    """
-    now = now or utcnow()
-    active = session.scalar(
-        select(func.count()).where(Job.tenant_id == tenant.id, Job.status.in_(ACTIVE_JOB_STATUSES))
-    )
-    if (active or 0) >= tenant.max_concurrent_jobs:
-        raise QuotaExceededError(
-            f"concurrent jobs quota of {tenant.max_concurrent_jobs} reached; wait for a job to finish",
-            retry_after_seconds=CONCURRENT_JOBS_RETRY_AFTER_SECONDS,
-        )
-    since = now - dt.timedelta(seconds=QUOTA_WINDOW_SECONDS)
-    used, oldest = session.execute(
-        select(func.coalesce(func.sum(Job.images_total), 0), func.min(Job.created_at)).where(
-            Job.tenant_id == tenant.id, Job.created_at > since
-        )
-    ).one()
-    if int(used) + images > tenant.images_per_day:
-        if images > tenant.images_per_day or oldest is None:
-            raise QuotaExceededError(
-                f"a job of {images} images exceeds the quota of {tenant.images_per_day} images per day",
-                retry_after_seconds=QUOTA_WINDOW_SECONDS,
-            )
-        frees_at = oldest + dt.timedelta(seconds=QUOTA_WINDOW_SECONDS)
-        raise QuotaExceededError(
-            f"images per day quota of {tenant.images_per_day} reached ({used} used in the last 24 h)",
-            retry_after_seconds=int((frees_at - now).total_seconds()) + 1,
-        )
 
 
 class ConcurrencyLimiter(Protocol):

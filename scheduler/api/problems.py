@@ -19,13 +19,15 @@ from sqlalchemy.exc import OperationalError as SqlOperationalError
 from sqlalchemy.exc import TimeoutError as SqlPoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from db.errors import AuthenticationError as KeyAuthenticationError
 from db.errors import (
+    AuthenticationError,
     CataloganError,
     ConfigError,
     ConflictError,
+    IdempotencyMismatchError,
     InvalidKeyError,
     InvalidTransitionError,
+    LimitExceededError,
     NotFoundError,
     ObjectNotFoundError,
     PlanningError,
@@ -33,9 +35,7 @@ from db.errors import (
     TransientStorageError,
 )
 from scheduler.errors import (
-    AuthenticationError,
     JobStateError,
-    LimitExceededError,
     PayloadTooLargeError,
     RequestValidationError,
     ServiceUnavailableError,
@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 # Most specific first: the first class an exception is an instance of decides its status and slug.
 STATUS_FOR: list[tuple[type[BaseException], int, str, str]] = [
     (AuthenticationError, 401, "unauthenticated", "Missing or invalid API key"),
-    (KeyAuthenticationError, 401, "unauthenticated", "Missing or invalid API key"),
     (RequestValidationError, 422, "validation", "The request broke a rule"),
+    (IdempotencyMismatchError, 422, "validation", "The request broke a rule"),
     (UnsafeWebhookTargetError, 422, "validation", "The request broke a rule"),
     (InvalidKeyError, 422, "validation", "The request broke a rule"),
     (PayloadTooLargeError, 413, "payload-too-large", "Request body too large"),
@@ -125,10 +125,8 @@ def _field_errors(exc: BaseException) -> list[dict[str, str]] | None:
         return [{"field": exc.field, "rule": exc.rule, "message": str(exc)}]
     if isinstance(exc, UnsafeWebhookTargetError):
         return [{"field": "webhook_url", "rule": "public_http_target", "message": str(exc)}]
-    if isinstance(exc, PlanningError):
-        # Planning messages start with the field path ("items[0].category: ... is not a category").
-        field, _, message = str(exc).partition(": ")
-        return [{"field": field if message else "spec", "rule": "job_spec", "message": str(exc)}]
+    if isinstance(exc, PlanningError | IdempotencyMismatchError):
+        return [{"field": exc.field, "rule": exc.rule, "message": str(exc)}]
     if isinstance(exc, InvalidKeyError):
         # The storage layer's messages start with the field name ("sku 'a/b': must not contain '/'").
         field = str(exc).split(" ", 1)[0]
@@ -143,7 +141,7 @@ def problem_for(exc: BaseException, instance: str) -> JSONResponse:
             headers: dict[str, str] = {}
             if isinstance(exc, LimitExceededError):
                 headers["Retry-After"] = str(exc.retry_after_seconds)
-            if isinstance(exc, AuthenticationError | KeyAuthenticationError):
+            if isinstance(exc, AuthenticationError):
                 headers["WWW-Authenticate"] = 'Bearer realm="catalogan"'
             if status >= 500:
                 log.warning("%s %s: %s", status, instance, exc)

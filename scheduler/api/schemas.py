@@ -1,8 +1,8 @@
 """API payloads (*schemas*): `...Create` for what clients send, `...Public` for what the API returns.
 
-Every count and string is bounded here so that a request breaking a bound is a 422 naming the field.
-Bounds that an operator can tighten (images per job, items per job) are checked again against
-`ApiSettings` in `scheduler/submission.py`.
+Every count and string is bounded here so that a request breaking a bound is a 422 naming the field; the
+bounds themselves are declared once, in `db.job_specs`. Bounds that an operator can tighten (images per job,
+items per job) are checked again by `db.planning.submit_job` against `ApiSettings` (as `SubmitLimits`).
 """
 
 from __future__ import annotations
@@ -22,15 +22,24 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from db.errors import InvalidKeyError
-from db.planning import MAX_CHUNK_SIZE, MAX_REDRAWS, MIN_CHUNK_SIZE, QualityGateSpec
+from db.job_specs import (
+    API_MAX_IMAGES_PER_ITEM,
+    MAX_CATEGORY_CHARS,
+    MAX_CHUNK_SIZE,
+    MAX_CLIENT_ITEM_ID_CHARS,
+    MAX_ITEMS_PER_JOB,
+    MAX_MODEL_REF_CHARS,
+    MAX_REDRAWS,
+    MAX_SEED,
+    MAX_SKU_CHARS,
+    MAX_URL_LENGTH,
+    MIN_CHUNK_SIZE,
+    QualityGateSpec,
+)
 from db.status import ImageStatus, JobStatus, ModelVersionStatus
 from db.storage.keys import MAX_SEGMENT_BYTES, validate_key_segment
 
-MAX_ITEMS_PER_JOB = 100_000
-MAX_IMAGES_PER_ITEM = 100_000
 MAX_PREVIEW_IMAGES = 8
-MAX_SEED = 2**63 - 1
-MAX_URL_LENGTH = 2048
 # What `validate_key_segment` enforces on a value that becomes a folder of object keys (422 `object_key_segment`).
 KEY_SEGMENT_RULE = (
     "Part of object keys: no '/', '\\', control or format characters, not '.' or '..', no leading or trailing "
@@ -39,7 +48,7 @@ KEY_SEGMENT_RULE = (
 
 ModelRef = Field(
     default=None,
-    max_length=80,
+    max_length=MAX_MODEL_REF_CHARS,
     pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[0-9]{1,9})?$",
     description="`name` (its production version) or `name@version`; empty = the production model.",
     examples=["fashion-cgan", "fashion-cgan@3"],
@@ -74,15 +83,19 @@ class ItemCreate(_Strict):
 
     category: str = Field(
         min_length=1,
-        max_length=64,
+        max_length=MAX_CATEGORY_CHARS,
         examples=["sneaker"],
         description=f"A category of the model. {KEY_SEGMENT_RULE}",
     )
-    count: JsonInteger = Field(ge=1, le=MAX_IMAGES_PER_ITEM, examples=[4])
+    count: JsonInteger = Field(ge=1, le=API_MAX_IMAGES_PER_ITEM, examples=[4])
     sku: str | None = Field(
-        default=None, min_length=1, max_length=128, examples=["SKU-10042"], description=KEY_SEGMENT_RULE
+        default=None,
+        min_length=1,
+        max_length=MAX_SKU_CHARS,
+        examples=["SKU-10042"],
+        description=KEY_SEGMENT_RULE,
     )
-    client_item_id: str | None = Field(default=None, min_length=1, max_length=255)
+    client_item_id: str | None = Field(default=None, min_length=1, max_length=MAX_CLIENT_ITEM_ID_CHARS)
 
     @field_validator("sku", "category")
     @classmethod
@@ -347,7 +360,7 @@ class PreviewCreate(_Strict):
     )
 
     model: str | None = ModelRef
-    category: str = Field(min_length=1, max_length=64)
+    category: str = Field(min_length=1, max_length=MAX_CATEGORY_CHARS)
     count: JsonInteger = Field(default=4, ge=1, le=MAX_PREVIEW_IMAGES)
     seed: Seed | None = None
 

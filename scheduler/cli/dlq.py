@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from sqlalchemy import select
 
+from db.chunk_outcomes import retry_failed_images
 from db.engine import transaction
 from db.messaging import CeleryPublisher, make_celery_app
 from db.planning import mark_job_enqueued
@@ -14,7 +15,6 @@ from db.tables import Chunk, Job
 from scheduler.cli.database import cli_session_factory
 from scheduler.cli.errors import one_line_errors
 from scheduler.cli.output import json_option, print_json, print_rows
-from scheduler.job_retries import retry_failed_images
 
 COLUMNS = ("chunk", "job", "tenant", "start", "stop", "attempt", "error", "finished_at")
 

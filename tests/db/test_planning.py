@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.errors import ConflictError, PlanningError
-from db.planning import parse_job_spec, plan_job, submit_job
+from db.planning import JobSpec, PlannedJob, parse_job_spec, submit_job
 from db.status import ChunkStatus, JobStatus
 from db.tables import Chunk, Image, Job, JobItem
 from tests.pipeline import make_model_version, make_tenant
@@ -149,20 +149,27 @@ def test_broker_failure_after_commit_keeps_the_job_for_the_reaper(
 
 
 def test_idempotency_key_returns_the_same_job_or_conflicts(session_factory: sessionmaker[Session]) -> None:
-    # Given a job planned with an idempotency key
+    # Given a job submitted with an idempotency key
     tenant_id = make_tenant(session_factory)
     model_version = make_model_version(session_factory)
     spec = parse_job_spec({"items": [{"category": "a", "count": 3}], "seed": 1})
-    with session_factory() as session, session.begin():
-        first = plan_job(
-            session, spec, tenant_id=tenant_id, model_version=model_version, idempotency_key="k1"
+    publisher = RecordingPublisher()
+
+    def submit(spec: JobSpec) -> PlannedJob:
+        return submit_job(
+            session_factory,
+            spec,
+            tenant_id=tenant_id,
+            model_version=model_version,
+            publisher=publisher,
+            idempotency_key="k1",
         )
-    # When the same request comes again, then it gets the same job; a different body conflicts
-    with session_factory() as session, session.begin():
-        again = plan_job(
-            session, spec, tenant_id=tenant_id, model_version=model_version, idempotency_key="k1"
-        )
+
+    first = submit(spec)
+    # When the same request comes again, then it gets the same job (published once); a different body conflicts
+    again = submit(spec)
     assert again.existing and again.job_id == first.job_id and again.chunk_ids == first.chunk_ids
+    assert len(publisher.calls) == 1
     other = parse_job_spec({"items": [{"category": "b", "count": 3}], "seed": 1})
-    with pytest.raises(ConflictError), session_factory() as session, session.begin():
-        plan_job(session, other, tenant_id=tenant_id, model_version=model_version, idempotency_key="k1")
+    with pytest.raises(ConflictError):
+        submit(other)

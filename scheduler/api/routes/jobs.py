@@ -11,24 +11,29 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import and_, or_, select
 
+from db.chunk_outcomes import retry_failed_images
 from db.engine import transaction
 from db.incremental import count_skipped_items, count_skipped_items_of_jobs
 from db.jobs import get_job, request_cancel
-from db.planning import mark_job_enqueued, publish_planned
+from db.planning import PlannedJob, mark_job_enqueued, resolve_job_model, submit_job
 from db.status import JobStatus
 from db.tables import Job, ModelVersion
 from scheduler.api.cursors import decode_cursor, encode_cursor
 from scheduler.api.deps import Services, ServicesDep, SessionDep, SettingsDep, TenantDep
-from scheduler.api.job_requests import SUBMIT_BODY_OPENAPI, read_job_request
+from scheduler.api.job_requests import (
+    SUBMIT_BODY_OPENAPI,
+    check_idempotency_key,
+    job_spec,
+    read_job_request,
+    submit_limits,
+)
 from scheduler.api.problems import COMMON_ERRORS, problem_doc
 from scheduler.api.schemas import EstimatePublic, JobCreate, JobPage, JobPublic, ModelVersionRef
 from scheduler.api.views import job_public
 from scheduler.errors import RequestValidationError
 from scheduler.estimates import count_chunks, measured_throughput
 from scheduler.item_manifests import parse_item_manifest, read_manifest_uri
-from scheduler.job_retries import retry_failed_images
-from scheduler.model_refs import resolve_model_version
-from scheduler.submission import plan_job_request
+from scheduler.webhooks import check_target
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -66,36 +71,40 @@ async def create_job(
     Its chunks are queued after the commit. With an `Idempotency-Key`, repeating the request returns the
     same job with `Idempotent-Replayed: true`; the same key with a different body is a 422.
     """
+    idempotency_key = check_idempotency_key(idempotency_key)
     job_request, items = await read_job_request(request, services, tenant.id)
+    spec = job_spec(job_request, items)
+    if spec.webhook_url:
+        check_target(spec.webhook_url, allow_private=services.webhooks.webhook_allow_private_targets)
+    submit = functools.partial(
+        submit_job,
+        services.session_factory,
+        spec,
+        tenant_id=tenant.id,
+        publisher=services.publisher,
+        limits=submit_limits(services.settings),
+        idempotency_key=idempotency_key,
+    )
     # One submit per tenant at a time in this process, queued here on the event loop: a queued submit holds
     # neither a thread nor a pooled connection (the tenant's row lock still orders API processes).
-    plan = functools.partial(
-        plan_job_request,
-        services.session_factory,
-        tenant,
-        job_request,
-        items,
-        idempotency_key=idempotency_key,
-        settings=services.settings,
-        webhook_settings=services.webhooks,
-    )
     async with services.submit_locks.hold(tenant.id):
-        result, planned = await anyio.to_thread.run_sync(plan, limiter=services.submit_locks.threads())
-    if planned is not None:
-        await run_in_threadpool(publish_planned, services.session_factory, planned, services.publisher)
+        planned = await anyio.to_thread.run_sync(submit, limiter=services.submit_locks.threads())
     # In the thread pool too: waiting for a pooled connection on the event loop would stall every request.
-    model, skipped = await run_in_threadpool(_model_and_skipped, services, result.job)
-    response.headers["Location"] = f"/v1/jobs/{result.job.id}"
-    if result.replayed:
+    job, model, skipped = await run_in_threadpool(_job_model_and_skipped, services, planned)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if planned.existing:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return job_public(result.job, model, skipped_existing=skipped)
+    return job_public(job, model, skipped_existing=skipped)
 
 
-def _model_and_skipped(services: Services, job: Job) -> tuple[ModelVersion | None, tuple[int, int]]:
-    """The job's model version and `count_skipped_items` (items, images skipped as already generated)."""
+def _job_model_and_skipped(
+    services: Services, planned: PlannedJob
+) -> tuple[Job, ModelVersion | None, tuple[int, int]]:
+    """The submitted job's row, its model version and `count_skipped_items` (items, images skipped)."""
     with services.session_factory() as session:
-        return session.get(ModelVersion, job.model_version_id), count_skipped_items(session, job.id)
+        job = get_job(session, planned.job_id)
+        return job, session.get(ModelVersion, job.model_version_id), count_skipped_items(session, job.id)
 
 
 @router.get("/jobs", response_model=JobPage, summary="List jobs", responses=COMMON_ERRORS)
@@ -190,12 +199,14 @@ def retry_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobPubli
     """Run the job's failed images again: its quarantined chunks go back to the queue."""
     with transaction(services.session_factory) as session:
         plan = retry_failed_images(session, job_id, tenant_id=tenant.id)
+        # The job as the retry left it: once published, a worker may already be running it.
+        job = get_job(session, job_id, tenant_id=tenant.id)
+        session.refresh(job)
+        retried = job_public(job, session.get(ModelVersion, job.model_version_id))
     services.publisher(plan.queue, plan.chunk_ids)
     with transaction(services.session_factory) as session:
         mark_job_enqueued(session, job_id)
-        job = get_job(session, job_id, tenant_id=tenant.id)
-        model = session.get(ModelVersion, job.model_version_id)
-    return job_public(job, model)
+    return retried
 
 
 @router.post(
@@ -218,12 +229,13 @@ def estimate_job(
         items = parse_item_manifest(data, fmt, max_items=settings.max_items_per_job)
     if not items:
         raise RequestValidationError("items", "required", "items: give items or manifest_uri")
-    model = resolve_model_version(session, request.model)
-    images = sum(item.count for item in items)
+    spec = job_spec(request, items)
+    model = resolve_job_model(session, spec.model)
+    images = spec.images_total
     throughput = measured_throughput(session, default=settings.default_images_per_second)
     return EstimatePublic(
         images=images,
-        chunks=count_chunks(items, request.chunk_size),
+        chunks=count_chunks(spec),
         seconds=round(images / throughput.images_per_second, 1),
         images_per_second=throughput.images_per_second,
         throughput_basis="measured" if throughput.basis == "measured" else "default",

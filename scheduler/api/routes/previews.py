@@ -5,11 +5,11 @@ from __future__ import annotations
 import anyio
 from fastapi import APIRouter, Request
 
+from db.planning import resolve_job_model
 from db.tables import ModelVersion
 from scheduler.api.deps import ServicesDep, TenantDep
 from scheduler.api.problems import COMMON_ERRORS, problem_doc
 from scheduler.api.schemas import PreviewCreate, PreviewPublic
-from scheduler.model_refs import resolve_model_version
 from scheduler.previews import run_preview
 
 router = APIRouter(prefix="/v1", tags=["previews"])
@@ -33,7 +33,7 @@ async def create_preview(
 
     def resolve() -> ModelVersion:
         with services.session_factory() as session:
-            model = resolve_model_version(session, body.model)
+            model = resolve_job_model(session, body.model)
             session.expunge(model)
         return model
 

@@ -1,0 +1,195 @@
+"""What a client asks for, in one torch-free type: `JobSpec` (+ `ItemSpec`, `QualityGateSpec`) and every bound.
+
+Both front doors convert into it: the API's `JobCreate` schema (scheduler/api/job_requests.py) and the CLI's
+`GenerateRequest` (workers/generate_command.py). Each bound is declared here once; the API schema reads its
+`Field(le=...)` values from here, and the operator's settings (`ApiSettings` → `SubmitLimits`) tighten them,
+never widen them.
+
+    spec = parse_job_spec({"model": "fashion-cgan", "items": [{"category": "sneaker", "count": 100}]})
+    SubmitLimits(max_images_per_job=10_000).check(spec)      # PlanningError(field="items", rule=...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from db.errors import InvalidKeyError, PlanningError
+from db.storage.keys import validate_key_segment
+
+# The bounds of any job, whichever door it came through. Planning is O(chunks), so these bound rows, not images.
+MAX_SEED = (1 << 63) - 1
+MIN_CHUNK_SIZE = 1
+MAX_CHUNK_SIZE = 4096
+MAX_ITEMS_PER_JOB = 100_000
+MAX_IMAGES_PER_ITEM = 10_000_000
+MAX_IMAGES_PER_JOB = 10_000_000
+MAX_CHUNKS_PER_JOB = 200_000
+MAX_REDRAWS = 16
+MAX_URL_LENGTH = 2048
+MAX_MODEL_REF_CHARS = 80
+MAX_CATEGORY_CHARS = 64
+MAX_SKU_CHARS = 128
+MAX_CLIENT_ITEM_ID_CHARS = 255
+
+# What one item of an API request may ask for (the schema's published bound; ApiSettings may tighten it).
+# Larger items are for the trusted doors (the CLI, ETL scripts calling `submit_job`).
+API_MAX_IMAGES_PER_ITEM = 100_000
+# The operator's default images per job over the API (`CATALOGAN_MAX_IMAGES_PER_JOB`).
+API_DEFAULT_MAX_IMAGES_PER_JOB = 1_000_000
+
+DEFAULT_CHUNK_SIZES: Mapping[str, int] = {"interactive": 32, "bulk": 256, "backfill": 1024}
+# `output_format: tar` writes one WebDataset shard per chunk: the chunk size is the shard size.
+DEFAULT_SHARD_IMAGES = 1000
+
+QueueName = Literal["interactive", "bulk", "backfill"]  # db.messaging.QUEUE_NAMES (checked there)
+OutputFormat = Literal["png", "webp", "tar"]
+
+
+class ItemSpec(BaseModel):
+    """One requested line: `count` images of `category`, optionally for one SKU."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    category: str = Field(min_length=1, max_length=MAX_CATEGORY_CHARS)
+    count: int = Field(ge=1, le=MAX_IMAGES_PER_ITEM)
+    sku: str | None = Field(default=None, max_length=MAX_SKU_CHARS)
+    client_item_id: str | None = Field(default=None, max_length=MAX_CLIENT_ITEM_ID_CHARS)
+
+    @field_validator("sku")
+    @classmethod
+    def _sku_is_a_key_segment(cls, value: str | None) -> str | None:
+        # The SKU becomes a folder in the object key: reject (never rewrite) anything unsafe there.
+        if value is not None:
+            try:
+                validate_key_segment(value, "sku")
+            except InvalidKeyError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
+
+
+class QualityGateSpec(BaseModel):
+    """Per-image quality gate: redraw an image scored below `min_confidence`, at most `max_redraws` times."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_confidence: float = Field(
+        ge=0.0, le=1.0, description="Evaluator probability of the requested category."
+    )
+    max_redraws: int = Field(default=3, ge=0, le=MAX_REDRAWS)
+
+
+class JobSpec(BaseModel):
+    """What a client asks for. `model` None = the newest production version of any name; `seed` is chosen
+    and recorded when absent; `chunk_size` defaults per queue."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(
+        default=None, min_length=1, max_length=MAX_MODEL_REF_CHARS, description="name or name@version"
+    )
+    items: list[ItemSpec] = Field(min_length=1, max_length=MAX_ITEMS_PER_JOB)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    output_format: OutputFormat = "png"
+    chunk_size: int | None = Field(default=None, ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE)
+    queue: QueueName = "bulk"
+    webhook_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
+    options: dict[str, Any] = Field(default_factory=dict)
+    quality_gate: QualityGateSpec | None = None
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @property
+    def images_total(self) -> int:
+        """Images requested over all items."""
+        return sum(item.count for item in self.items)
+
+    @property
+    def effective_chunk_size(self) -> int:
+        """The chunk size asked for, or the queue's default (tar: images per shard, 1,000)."""
+        if self.output_format == "tar":
+            return self.chunk_size or DEFAULT_SHARD_IMAGES
+        return self.chunk_size or DEFAULT_CHUNK_SIZES[self.queue]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitLimits:
+    """The operator's bounds on top of the spec's own, and whether the tenant's quotas apply.
+
+    The defaults are the spec's bounds and no quotas: a trusted door (the embedded CLI, a script). The API
+    builds its limits from `ApiSettings` with quotas on.
+    """
+
+    max_items_per_job: int = MAX_ITEMS_PER_JOB
+    max_images_per_item: int = MAX_IMAGES_PER_ITEM
+    max_images_per_job: int = MAX_IMAGES_PER_JOB
+    tenant_quotas: bool = False
+
+    def check(self, spec: JobSpec) -> None:
+        """Raise `PlanningError` naming the field and the rule when `spec` breaks one of these bounds."""
+        if len(spec.items) > self.max_items_per_job:
+            raise PlanningError(
+                "items", "max_items", f"items: at most {self.max_items_per_job} items per job"
+            )
+        for position, item in enumerate(spec.items):
+            if item.count > self.max_images_per_item:
+                field = f"items[{position}].count"
+                raise PlanningError(
+                    field,
+                    "max_images_per_item",
+                    f"{field}: at most {self.max_images_per_item} images per item",
+                )
+        total = spec.images_total
+        if total > self.max_images_per_job:
+            raise PlanningError(
+                "items",
+                "max_images_per_job",
+                f"items: {total} images; at most {self.max_images_per_job} per job",
+            )
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """A pydantic error location as the field path the API and CLI print: `items[2].count`."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "spec"
+
+
+def parse_job_spec(data: Mapping[str, Any]) -> JobSpec:
+    """Validate a job spec from JSON-like data; raise `PlanningError` naming the (first) field and the rule."""
+    try:
+        return JobSpec.model_validate(data)
+    except pydantic.ValidationError as exc:
+        errors = exc.errors()
+        problems = [f"{field_path(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in errors]
+        raise PlanningError(
+            field_path(errors[0]["loc"]), str(errors[0]["type"]), "; ".join(problems)
+        ) from exc
+
+
+def split_model_ref(ref: str) -> tuple[str, int | None]:
+    """Split "name" or "name@version" into (name, version or None); raise `PlanningError` when malformed."""
+    name, sep, version = ref.partition("@")
+    if not name or (sep and not version.isdigit()):
+        raise PlanningError(
+            "model", "model_ref", f"model {ref!r}: must be 'name' or 'name@version' with an integer version"
+        )
+    return name, int(version) if sep else None
+
+
+def request_sha256(spec: JobSpec) -> str:
+    """A stable hash of the request (to detect an idempotency key reused with a different body)."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

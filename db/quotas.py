@@ -1,0 +1,56 @@
+"""A tenant's quotas on new jobs: concurrent jobs and images per rolling 24 h (→ `QuotaExceededError`).
+
+Checked by `db.planning.submit_job` inside the submitting transaction, after the tenant's row is locked, so
+two concurrent submits cannot both squeeze under a quota.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.errors import QuotaExceededError
+from db.status import JobStatus
+from db.tables import Job, Tenant, utcnow
+
+QUOTA_WINDOW_SECONDS = 24 * 3600
+CONCURRENT_JOBS_RETRY_AFTER_SECONDS = 30
+ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
+
+
+def check_job_quotas(
+    session: Session, tenant: Tenant, *, images: int, now: dt.datetime | None = None
+) -> None:
+    """Raise `QuotaExceededError` when a new job of `images` would break the tenant's quotas.
+
+    Images per day is a rolling 24 h window over submitted jobs (cancelled ones included: their images
+    were reserved).
+    """
+    now = now or utcnow()
+    active = session.scalar(
+        select(func.count()).where(Job.tenant_id == tenant.id, Job.status.in_(ACTIVE_JOB_STATUSES))
+    )
+    if (active or 0) >= tenant.max_concurrent_jobs:
+        raise QuotaExceededError(
+            f"concurrent jobs quota of {tenant.max_concurrent_jobs} reached; wait for a job to finish",
+            retry_after_seconds=CONCURRENT_JOBS_RETRY_AFTER_SECONDS,
+        )
+    since = now - dt.timedelta(seconds=QUOTA_WINDOW_SECONDS)
+    used, oldest = session.execute(
+        select(func.coalesce(func.sum(Job.images_total), 0), func.min(Job.created_at)).where(
+            Job.tenant_id == tenant.id, Job.created_at > since
+        )
+    ).one()
+    if int(used) + images > tenant.images_per_day:
+        if images > tenant.images_per_day or oldest is None:
+            raise QuotaExceededError(
+                f"a job of {images} images exceeds the quota of {tenant.images_per_day} images per day",
+                retry_after_seconds=QUOTA_WINDOW_SECONDS,
+            )
+        frees_at = oldest + dt.timedelta(seconds=QUOTA_WINDOW_SECONDS)
+        raise QuotaExceededError(
+            f"images per day quota of {tenant.images_per_day} reached ({used} used in the last 24 h)",
+            retry_after_seconds=int((frees_at - now).total_seconds()) + 1,
+        )
