@@ -339,7 +339,7 @@ def test_the_job_page_labels_tiles_lists_rejected_apart_and_filters(
     grid = page.split('id="grid"')[1].split("</ul>")[0]
     assert re.findall(r'data-index="(\d+)"', grid) == [str(i) for i in finished.delivered]
     assert (
-        "#3" in grid and "SKU SKU-3" in grid and "gate 0.9" in grid and "redraws 1" in grid and ">b<" in grid
+        "#3" in grid and "SKU SKU-3" in grid and "gate score 0.9" in grid and "redraws 1" in grid and ">b<" in grid
     )
     rejected = page.split('id="rejected-title"')[1]
     assert "#6" in rejected and "quality gate: score 0.12 &lt; 0.5 after 2 redraws" in rejected
@@ -502,7 +502,8 @@ def test_the_sdk_filters_images_by_review_state(
 # -- models ----------------------------------------------------------------------------------------------
 
 
-def _shipped_row(factory: sessionmaker[Session]) -> None:
+def insert_shipped_fashion_cgan(factory: sessionmaker[Session]) -> None:
+    """Register the shipped fashion-cgan as a candidate row (its files stay in models/weights/, not the store)."""
     from pathlib import Path
 
     folder = Path(__file__).resolve().parents[2] / "models" / "weights" / "fashion-cgan"
@@ -525,7 +526,7 @@ def test_the_models_page_shows_metrics_samples_and_curves_from_history(
     """Given tiny@1 with a history.jsonl next to its checkpoint and the shipped fashion-cgan, when the models
     page is opened, then tiny's curves are inline SVG, fashion-cgan shows its metrics, shipped samples and
     loss picture, and a version without history says "no curves recorded"."""
-    _shipped_row(pg_factory)
+    insert_shipped_fashion_cgan(pg_factory)
     page = console.get("/console/models").text
     assert "no curves recorded" in page
     with transaction(pg_factory) as session:
@@ -550,7 +551,7 @@ def test_only_operator_keys_promote_or_retire(
 ) -> None:
     """Given a tenant key, when the models page is opened, then no promote button shows and a promote POST is
     403 with nothing changed; given the key listed as an operator key, then promote and retire work."""
-    _shipped_row(pg_factory)
+    insert_shipped_fashion_cgan(pg_factory)
     csrf = {"csrf_token": console.headers["X-Test-Csrf"]}
     assert "Promote to production" not in console.get("/console/models").text
     assert console.post("/console/models/fashion-cgan/1/promote", data=csrf).status_code == 403
