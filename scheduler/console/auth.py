@@ -82,17 +82,27 @@ def is_https(request: Request, settings: ConsoleSettings) -> bool:
     return False
 
 
-def current_user(request: Request, console: ConsoleDep) -> SignedIn:
-    """The signed-in tenant and key of the request's session cookie, after the tenant's rate limit."""
+def signed_in_user(request: Request, console: ConsoleDep) -> SignedIn:
+    """The signed-in tenant and key of the request's session cookie (`SignInRequiredError` without one)."""
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         raise SignInRequiredError
-    services = console.services
-    with services.session_factory() as session:
+    with console.services.session_factory() as session:
         user = find_console_session(session, token)
         session.expunge_all()
     if user is None:
         raise SignInRequiredError
+    return user
+
+
+# Image bytes (one object per tile, cached by the browser for a day) are not counted against the tenant's
+# requests-per-minute: a person scrolling a grid fetches dozens a second, as a client would from presigned URLs.
+ViewerDep = Annotated[SignedIn, Depends(signed_in_user)]
+
+
+def current_user(user: ViewerDep, console: ConsoleDep) -> SignedIn:
+    """The signed-in user, after the tenant's rate limit (the same limit and window as the API's)."""
+    services = console.services
     window = services.settings.rate_limit_window_seconds
     limit = max(1, user.tenant.requests_per_minute * window // 60)
     services.rate_limiter.hit(user.tenant.id, limit=limit, window_seconds=window)

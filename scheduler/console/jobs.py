@@ -38,7 +38,7 @@ from db.status import JOB_TERMINAL, ImageStatus, JobStatus
 from db.tables import Image, ImageReview, Job, JobItem, ModelVersion
 from scheduler.api.cursors import decode_cursor, encode_cursor
 from scheduler.api.routes.images import read_reviewed_manifest, tenant_owns_key
-from scheduler.console.auth import Console, ConsoleDep, CsrfUserDep, UserDep
+from scheduler.console.auth import Console, ConsoleDep, CsrfUserDep, UserDep, ViewerDep
 from scheduler.console.pages import ConsoleNotFoundError, render
 from scheduler.errors import JobStateError, RequestValidationError
 from scheduler.webhooks import enqueue_job_reviewed
@@ -421,7 +421,7 @@ def _check_stored_bytes(console: Console, user: SignedIn, image: Image) -> Store
 
 
 @router.get("/jobs/{job_id}/images/{index}/file")
-async def image_file(job_id: str, index: int, console: ConsoleDep, user: UserDep) -> Response:
+async def image_file(job_id: str, index: int, console: ConsoleDep, user: ViewerDep) -> Response:
     """The image's stored bytes (only keys under the tenant's prefix)."""
 
     def read() -> tuple[bytes, str]:

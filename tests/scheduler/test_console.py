@@ -339,7 +339,11 @@ def test_the_job_page_labels_tiles_lists_rejected_apart_and_filters(
     grid = page.split('id="grid"')[1].split("</ul>")[0]
     assert re.findall(r'data-index="(\d+)"', grid) == [str(i) for i in finished.delivered]
     assert (
-        "#3" in grid and "SKU SKU-3" in grid and "gate score 0.9" in grid and "redraws 1" in grid and ">b<" in grid
+        "#3" in grid
+        and "SKU SKU-3" in grid
+        and "gate score 0.9" in grid
+        and "redraws 1" in grid
+        and ">b<" in grid
     )
     rejected = page.split('id="rejected-title"')[1]
     assert "#6" in rejected and "quality gate: score 0.12 &lt; 0.5 after 2 redraws" in rejected
@@ -592,3 +596,23 @@ def test_console_tables_hold_only_the_hash_of_the_session_token(
     with pg_factory() as session:
         rows = [*session.scalars(select(ConsoleSession)), *session.scalars(select(Tenant))]
     assert rows and all(tenant.api_key not in repr(vars(row)) for row in rows)
+
+
+def test_pages_count_against_the_tenants_rate_limit_but_image_bytes_do_not(
+    api: TestClient,
+    make_tenant: Callable[..., Credentials],
+    pg_factory: sessionmaker[Session],
+    api_store: ObjectStore,
+    model_version: Any,
+) -> None:
+    """Given a tenant allowed 3 requests a minute, when it opens console pages, then the 4th page is a 429, while
+    the grid's image bytes keep coming (a person scrolling fetches dozens a second)."""
+    slow = make_tenant("slow", requests_per_minute=3)
+    job = insert_finished_job(pg_factory, api_store, slow.tenant_id, model_version)
+    sign_in(api, slow.api_key)  # the jobs page after sign-in is request 1
+    assert api.get(f"/console/jobs/{job.job_id}").status_code == 200
+    assert api.get(f"/console/jobs/{job.job_id}/images/0").status_code == 200
+    assert api.get(f"/console/jobs/{job.job_id}").status_code == 429
+    assert all(
+        api.get(f"/console/jobs/{job.job_id}/images/{i}/file").status_code == 200 for i in job.delivered
+    )
