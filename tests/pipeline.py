@@ -151,6 +151,8 @@ class PipelineStack:
             CATALOGAN_MAX_ATTEMPTS="3",
             CATALOGAN_RETRY_DELAY_SECONDS="0.2",
             CATALOGAN_TEST_FAULTS="1",
+            # One process per `worker` (tests count and kill processes); the --concurrency test sets 2.
+            CATALOGAN_WORKER_CONCURRENCY="1",
             CATALOGAN_REAPER_INTERVAL_SECONDS="0.5",
             CATALOGAN_REPUBLISH_AFTER_SECONDS="2",
             CATALOGAN_FINALIZE_GRACE_SECONDS="2",

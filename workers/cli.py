@@ -2,8 +2,11 @@
 
 `worker` starts Celery the right way for the machine: one long-lived process per GPU, each pinned with
 `CUDA_VISIBLE_DEVICES` and running the *solo* pool (tasks run in the process that loaded the model; no
-CUDA in a forked child); one process on a CPU box. SIGTERM stops the running chunk at its next batch
-boundary and releases its lease at once, so another worker picks it up without waiting for expiry.
+CUDA in a forked child); on a CPU box `--concurrency N` processes (default: one per usable core), each
+with `cores // N` torch threads and its own model cache — one GIL is not enough for forward, encode and
+upload. Children are started fresh (no fork of a process that imported torch), die with the supervisor
+(PR_SET_PDEATHSIG) and are restarted when they die of a signal. SIGTERM stops the running chunk at its
+next batch boundary and releases its lease at once, so another worker picks it up without waiting for expiry.
 """
 
 from __future__ import annotations
@@ -14,15 +17,15 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from scheduler.cli.errors import ExitCode, one_line_errors
+from db.cli_support import CATALOGAN_ARGV, ExitCode, one_line_errors
 
-# The command that runs `catalogan` with this interpreter, whether or not the console script is on PATH.
-CATALOGAN = [sys.executable, "-c", "from scheduler.cli import main; main()"]
 CHILD_STOP_TIMEOUT_SECONDS = 30
 
 
@@ -32,10 +35,42 @@ def _visible_gpus() -> int:
     return int(torch.cuda.device_count())
 
 
-def _run_celery_worker(queues: list[str], hostname: str, loglevel: str) -> None:
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and `taskset` narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_split(concurrency: int | None, cores: int) -> tuple[int, int]:
+    """(processes, torch threads per process) for a CPU worker; `None` = one single-threaded process per core.
+
+    Measured on the 2-core box (docs/performance.md): two processes of one thread beat one process of two
+    threads, because encode + upload hold a GIL that a second process does not share.
+    """
+    processes = cores if concurrency is None else concurrency
+    if processes < 1:
+        raise click.BadParameter(f"must be at least 1, got {processes}", param_hint="--concurrency")
+    return processes, max(1, cores // processes)
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: SIGKILL when the supervisor dies, even by kill -9 (Linux PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _run_celery_worker(queues: list[str], hostname: str, loglevel: str, torch_threads: int | None) -> None:
     from workers.logs import configure_json_logging
 
     configure_json_logging()
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
     from workers.celery_app import app
 
     app.worker_main(
@@ -61,22 +96,64 @@ def physical_gpu_ids(indices: list[int]) -> list[str]:
     return [inherited[index] if index < len(inherited) else str(index) for index in indices]
 
 
-def _supervise(gpus: list[int], queues: str, loglevel: str) -> int:
-    """One `catalogan worker` child per GPU; SIGTERM/SIGINT are forwarded; returns the worst exit code."""
-    children = []
-    for gpu in physical_gpu_ids(gpus):
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "CATALOGAN_DEVICE": "cuda"}
-        command = [*CATALOGAN, "worker", "--gpus", "pinned", "--queues", queues, "--loglevel", loglevel]
-        children.append(subprocess.Popen(command, env=env))
+@dataclass(frozen=True)
+class ChildSpec:
+    """How to (re)start one supervised worker process."""
+
+    command: list[str]
+    env: dict[str, str]
+
+
+# A child that exits by itself this soon after its start is misconfigured: restarting it would loop.
+CHILD_HEALTHY_AFTER_SECONDS = 10.0
+CHILD_POLL_SECONDS = 0.5
+
+
+def supervise(specs: list[ChildSpec]) -> int:
+    """Run one process per spec until SIGTERM/SIGINT (forwarded to every child); returns the worst exit code.
+
+    A child killed by a signal (OOM killer, kill -9) or exiting after it ran a while is restarted: its chunk's
+    lease expires and the reaper hands the chunk to a live process. A child exiting with an error right after
+    its start (bad settings) stops the supervisor with that exit code instead.
+    """
+    stopping = False
+    children: list[tuple[subprocess.Popen[bytes], float]] = []
+
+    def start(spec: ChildSpec) -> tuple[subprocess.Popen[bytes], float]:
+        return subprocess.Popen(spec.command, env=spec.env, preexec_fn=_die_with_parent), time.monotonic()
 
     def forward(signum: int, _frame: Any) -> None:
-        for child in children:
+        nonlocal stopping
+        stopping = True
+        for child, _ in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    return max(child.wait() for child in children)
+    children.extend(start(spec) for spec in specs)
+    worst = 0
+    while not stopping:
+        time.sleep(CHILD_POLL_SECONDS)
+        for slot, (child, started) in enumerate(children):
+            code = child.poll()
+            if code is None or stopping:
+                continue
+            if code > 0 and time.monotonic() - started < CHILD_HEALTHY_AFTER_SECONDS:
+                print(f"worker child {child.pid} exited with {code} at start: stopping", file=sys.stderr)
+                forward(signal.SIGTERM, None)
+                worst = code
+                break
+            print(f"worker child {child.pid} exited with {code}: restarting it", file=sys.stderr, flush=True)
+            children[slot] = start(specs[slot])
+    return max(worst, *(abs(child.wait()) for child, _ in children))
+
+
+def _child_command(queues: str, loglevel: str, gpus: str, torch_threads: int | None = None) -> list[str]:
+    command = [*CATALOGAN_ARGV, "worker", "--gpus", gpus, "--queues", queues, "--loglevel", loglevel]
+    if torch_threads is not None:
+        command += ["--torch-threads", str(torch_threads)]
+    return command
 
 
 @click.command("worker")
@@ -91,18 +168,40 @@ def _supervise(gpus: list[int], queues: str, loglevel: str) -> int:
     "process uses the GPU CUDA_VISIBLE_DEVICES names.",
 )
 @click.option(
+    "--concurrency",
+    "-c",
+    type=int,
+    default=None,
+    envvar="CATALOGAN_WORKER_CONCURRENCY",
+    help="CPU only: worker processes, each with cores // N torch threads and its own model "
+    "[default: CATALOGAN_WORKER_CONCURRENCY, else one process per usable core]. GPUs: one per GPU.",
+)
+@click.option(
+    "--torch-threads",
+    type=int,
+    default=None,
+    hidden=True,
+    help="Torch threads of this one process (set by the supervisor for its children).",
+)
+@click.option(
     "--loglevel", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"])
 )
 @one_line_errors
-def worker(queues: str | None, gpus: str, loglevel: str) -> None:
-    """Run a generation worker (Celery, solo pool) until SIGTERM; logs are JSON lines on stderr.
+def worker(
+    queues: str | None, gpus: str, concurrency: int | None, torch_threads: int | None, loglevel: str
+) -> None:
+    """Run generation workers (Celery, solo pool) until SIGTERM; logs are JSON lines on stderr.
+
+    On a CPU box: --concurrency processes (default one per core) under a supervisor that restarts a child
+    killed by a signal; on GPUs one process per GPU.
 
     Settings: CATALOGAN_DATABASE_URL, CATALOGAN_STORAGE_URL, CATALOGAN_BROKER_URL (empty = embedded),
-    CATALOGAN_BATCH_SIZE, CATALOGAN_UPLOAD_THREADS, CATALOGAN_LEASE_SECONDS, CATALOGAN_DEVICE.
+    CATALOGAN_BATCH_SIZE, CATALOGAN_UPLOAD_THREADS, CATALOGAN_LEASE_SECONDS, CATALOGAN_DEVICE,
+    CATALOGAN_WORKER_CONCURRENCY.
 
     Example:
 
-        CATALOGAN_BROKER_URL=redis://localhost:6379/0 catalogan worker --queues bulk,backfill
+        CATALOGAN_BROKER_URL=redis://localhost:6379/0 catalogan worker --queues bulk,backfill --concurrency 4
     """
     from db.messaging import check_queue
     from db.pipeline_settings import WorkerSettings
@@ -114,23 +213,36 @@ def worker(queues: str | None, gpus: str, loglevel: str) -> None:
     host = socket.gethostname()
     if gpus == "pinned":
         _run_celery_worker(
-            names, f"gpu{os.environ.get('CUDA_VISIBLE_DEVICES', '0')}-{os.getpid()}@{host}", loglevel
+            names,
+            f"gpu{os.environ.get('CUDA_VISIBLE_DEVICES', '0')}-{os.getpid()}@{host}",
+            loglevel,
+            torch_threads,
         )
         return
-    if gpus == "none":
-        os.environ["CATALOGAN_DEVICE"] = "cpu"
-        _run_celery_worker(names, f"cpu-{os.getpid()}@{host}", loglevel)
-        return
-    selected = list(range(_visible_gpus())) if gpus == "auto" else [int(part) for part in gpus.split(",")]
+    selected: list[int] = []
+    if gpus != "none":
+        selected = list(range(_visible_gpus())) if gpus == "auto" else [int(part) for part in gpus.split(",")]
     if not selected:
-        os.environ.setdefault("CATALOGAN_DEVICE", "cpu")
-        _run_celery_worker(names, f"cpu-{os.getpid()}@{host}", loglevel)
-        return
+        os.environ["CATALOGAN_DEVICE"] = "cpu"
+        processes, threads = cpu_split(concurrency, usable_cores())
+        if processes == 1:
+            _run_celery_worker(names, f"cpu-{os.getpid()}@{host}", loglevel, torch_threads or threads)
+            return
+        command = _child_command(",".join(names), loglevel, "none", threads)
+        env = {**os.environ, "CATALOGAN_WORKER_CONCURRENCY": "1"}
+        sys.exit(supervise([ChildSpec(command, env) for _ in range(processes)]))
     if gpus == "auto" and len(selected) == 1:  # the one visible GPU: no supervisor needed
         os.environ["CATALOGAN_DEVICE"] = "cuda"
-        _run_celery_worker(names, f"gpu0-{os.getpid()}@{host}", loglevel)
+        _run_celery_worker(names, f"gpu0-{os.getpid()}@{host}", loglevel, torch_threads)
         return
-    sys.exit(_supervise(selected, ",".join(names), loglevel))
+    specs = [
+        ChildSpec(
+            _child_command(",".join(names), loglevel, "pinned"),
+            {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "CATALOGAN_DEVICE": "cuda"},
+        )
+        for gpu in physical_gpu_ids(selected)
+    ]
+    sys.exit(supervise(specs))
 
 
 @click.command("generate")

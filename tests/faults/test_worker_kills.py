@@ -1,9 +1,13 @@
-"""Twenty random `kill -9`s of the workers during one job: the job still completes, exactly once."""
+"""kill -9 of workers during a job (twenty random ones; one of the processes of `--concurrency 2`): exactly once."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from db.status import ChunkStatus
@@ -50,3 +54,42 @@ def test_twenty_random_kill_9s_during_one_job_lose_and_duplicate_nothing(stack: 
     assert_exactly_once(stack, job_id, IMAGES)
     with stack.session_factory() as session:  # the kills cost chunks attempts: they were redone
         assert int(session.scalar(select(func.max(Chunk.attempt)).where(Chunk.job_id == job_id)) or 0) >= 2
+
+
+def _parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_of_two_worker_processes_loses_and_duplicates_nothing(stack: PipelineStack) -> None:
+    # Given `catalogan worker --concurrency 2` (a supervisor and two worker processes), the reaper, and a job
+    pool = stack.start("worker", "pool", CATALOGAN_WORKER_CONCURRENCY="2")
+    stack.start("beat")
+    job_id = stack.submit({"items": [{"category": "a", "count": 800}], "chunk_size": 50, "seed": 62})
+    # When both processes hold chunks, one of them is SIGKILLed mid-chunk
+    holders: set[str] = set()
+
+    def both_busy() -> bool:
+        holders.update(_leased_by(stack, job_id))
+        return len(holders) >= 2
+
+    wait_for(both_busy, timeout=90, what="two worker processes holding chunks")
+    victim = next(
+        int(holder.rsplit(":", 1)[1])
+        for holder in _leased_by(stack, job_id) or sorted(holders)
+        if _alive(int(holder.rsplit(":", 1)[1]))
+    )
+    assert _parent_pid(victim) == pool.process.pid, "the chunk holder is a child of the supervisor"
+    os.kill(victim, signal.SIGKILL)
+    # Then the job completes with every image exactly once, the killed chunk was redone, and the supervisor
+    # is still running and replaced its child
+    stack.wait_terminal(job_id, timeout=180)
+    assert_exactly_once(stack, job_id, 800)
+    with stack.session_factory() as session:
+        assert int(session.scalar(select(func.max(Chunk.attempt)).where(Chunk.job_id == job_id)) or 0) >= 2
+    assert pool.process.poll() is None
+    assert f"worker child {victim} exited with -9: restarting it" in pool.log()
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
