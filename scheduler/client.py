@@ -2,10 +2,15 @@
 
     from scheduler.client import Client
 
-    with Client("http://127.0.0.1:8000", api_key="cg_...") as client:
+    with Client() as client:  # CATALOGAN_API_URL and CATALOGAN_API_KEY from the environment
         job = client.submit_job([{"category": "sneaker", "count": 4, "sku": "SKU-1"}], seed=7)
         job = client.wait(job, progress=lambda j: print(f"{j.progress:.0%}"))
         paths = client.download(job, "out/")
+
+The SDK needs httpx and pydantic only (`pip install catalogan`, without the `server` extra: no torch, no
+SQLAlchemy). `download` fetches images in parallel threads, skips files already on disk whose sha256 matches
+(so an interrupted download resumes), and unpacks tar jobs: their image rows point at a WebDataset shard, which
+is fetched once and each member checked against the image's sha256.
 
 Every call retries on 5xx, 429 and connection failures with exponential backoff, honouring `Retry-After`.
 `submit_job` always sends an `Idempotency-Key` (one is generated when none is given), so a retried submit
@@ -18,10 +23,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
+import os
+import tarfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +54,11 @@ __all__ = [
     "verify_webhook",
 ]
 
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+API_URL_ENV = "CATALOGAN_API_URL"
+API_KEY_ENV = "CATALOGAN_API_KEY"
+DEFAULT_DOWNLOAD_THREADS = 8
+SHARD_SUFFIX = ".tar"  # tar jobs: an image row's key is the WebDataset shard that holds its PNG
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_BACKOFF_SECONDS = 0.5
@@ -208,12 +223,16 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 class Client:
-    """A connection to one catalogan API with one API key. Use as a context manager or call `close()`."""
+    """A connection to one catalogan API with one API key. Use as a context manager or call `close()`.
+
+    `base_url` defaults to `CATALOGAN_API_URL` (else http://127.0.0.1:8000), `api_key` to `CATALOGAN_API_KEY`;
+    without a key `ClientError` is raised.
+    """
 
     def __init__(
         self,
-        base_url: str,
-        api_key: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
         *,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         max_retries: int = DEFAULT_MAX_RETRIES,
@@ -221,6 +240,12 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        base_url = base_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL
+        api_key = api_key or os.environ.get(API_KEY_ENV)
+        if not api_key:
+            raise ClientError(
+                f"no API key: pass api_key or set {API_KEY_ENV} (create one with `catalogan keys create`)"
+            )
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
@@ -426,40 +451,81 @@ class Client:
             if not cursor:
                 return
 
+    def _get_bytes(self, url: str, what: str) -> bytes:
+        """The bytes behind a presigned (or file://) URL, fetched without our Authorization header."""
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            return Path(unquote(parts.path)).read_bytes()
+        try:
+            response = self._downloads.get(url)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{what}: {exc}") from exc
+        if response.status_code != 200:
+            raise ApiError(response.status_code, {"detail": f"{what}: {response.text[:200]}"})
+        return response.content
+
     def fetch_image(self, image: Image) -> bytes:
-        """The bytes behind an image's presigned URL, checked against its sha256."""
+        """The image's PNG/WebP bytes, checked against its sha256 (from its shard, for a tar job)."""
         if not image.url:
             raise ClientError(f"image {image.index} has no URL (status {image.status})")
-        parts = urlsplit(image.url)
-        if parts.scheme == "file":
-            data = Path(unquote(parts.path)).read_bytes()
-        else:
-            try:
-                response = self._downloads.get(image.url)
-            except httpx.HTTPError as exc:
-                raise TransportError(f"image {image.index}: {exc}") from exc
-            if response.status_code != 200:
-                raise ApiError(
-                    response.status_code, {"detail": f"image {image.index}: {response.text[:200]}"}
-                )
-            data = response.content
+        data = self._get_bytes(image.url, f"image {image.index}")
+        if image.key and image.key.endswith(SHARD_SUFFIX):
+            data = shard_member(data, image.index)
         if image.sha256 and hashlib.sha256(data).hexdigest() != image.sha256:
             raise ClientError(f"image {image.index}: downloaded bytes do not match sha256 {image.sha256}")
         return data
 
-    def download(self, job: Job | str, directory: str | Path) -> list[Path]:
-        """Save every succeeded image of the job under `directory`, mirroring category/SKU folders."""
+    def download(
+        self, job: Job | str, directory: str | Path, *, threads: int = DEFAULT_DOWNLOAD_THREADS
+    ) -> list[Path]:
+        """Save every succeeded image of the job under `directory`, mirroring category/SKU folders.
+
+        Up to `threads` downloads run at once. A file already there whose sha256 matches is kept without
+        downloading it again (an interrupted download resumes where it stopped); every file is written to a
+        temporary name and renamed, so a file is either complete or absent. Tar jobs' images come out of their
+        shards, each shard fetched once. Returns the paths of all the job's images, in index order.
+        """
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
         root = Path(directory)
-        saved = []
-        for image in self.iter_images(job):
-            if image.status != "succeeded" or not image.url or not image.key:
-                continue
-            # The last two key segments are "<category or sku>/<index>.png": safe names by construction.
-            target = root.joinpath(*image.key.split("/")[-2:])
+        wanted = [
+            image
+            for image in self.iter_images(job)
+            if image.status == "succeeded" and image.url and image.key
+        ]
+        shards: dict[str, _ShardCache] = {}
+        for image in wanted:
+            if image.key and image.key.endswith(SHARD_SUFFIX):
+                shards.setdefault(image.key, _ShardCache())
+
+        def save(image: Image) -> Path:
+            target = root / image_path(image)
+            if target.is_file() and image.sha256 and _file_sha256(target) == image.sha256:
+                return target
+            if image.key in shards:
+                shard = shards[str(image.key)].get(
+                    lambda: self._get_bytes(str(image.url), f"shard {image.key}")
+                )
+                data = shard_member(shard, image.index)
+                if image.sha256 and hashlib.sha256(data).hexdigest() != image.sha256:
+                    raise ClientError(
+                        f"image {image.index}: shard member does not match sha256 {image.sha256}"
+                    )
+            else:
+                data = self.fetch_image(image)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(self.fetch_image(image))
-            saved.append(target)
-        return saved
+            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+            partial.write_bytes(data)
+            partial.replace(target)
+            return target
+
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="catalogan-download") as pool:
+            return list(pool.map(save, wanted))
+
+    def get_shard_index(self, job: Job | str) -> dict[str, Any]:
+        """A finished tar job's shard index: each shard with its key, a presigned `url`, index range and size."""
+        body: dict[str, Any] = self._request("GET", f"/v1/jobs/{_job_id(job)}/shards").json()
+        return body
 
     def get_manifest(self, job: Job | str, *, format: str = "jsonl") -> bytes:
         """The finished job's manifest, as JSONL (default) or Parquet bytes."""
@@ -496,6 +562,50 @@ class Client:
             PreviewImage(i["index"], i["category"], i["sha256"], base64.b64decode(i["png_base64"]))
             for i in body["images"]
         ]
+
+
+def image_path(image: Image) -> Path:
+    """Where `download` puts an image: `<category or sku>/<index:08d>.<ext>` (from its key; tar members are PNG)."""
+    key = str(image.key)
+    if key.endswith(SHARD_SUFFIX):
+        return Path(image.sku or image.category) / f"{image.index:08d}.png"
+    # The last two key segments are "<category or sku>/<index>.png": safe names by construction.
+    return Path(*key.split("/")[-2:])
+
+
+def shard_member(shard: bytes, index: int) -> bytes:
+    """The PNG of image `index` in a WebDataset shard (member `<index:08d>.png`); `ClientError` if absent."""
+    name = f"{index:08d}.png"
+    try:
+        with tarfile.open(fileobj=io.BytesIO(shard), mode="r:") as archive:
+            member = archive.extractfile(name)
+            if member is None:
+                raise KeyError(name)
+            return member.read()
+    except (KeyError, tarfile.TarError) as exc:
+        raise ClientError(f"image {index}: no member {name} in its shard ({exc})") from exc
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _ShardCache:
+    """One shard's bytes, fetched by the first thread that needs them; the others wait for that fetch."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: bytes | None = None
+
+    def get(self, fetch: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            if self._data is None:
+                self._data = fetch()
+            return self._data
 
 
 def verify_webhook(

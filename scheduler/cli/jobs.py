@@ -1,24 +1,29 @@
-"""`catalogan jobs ls|show|watch|cancel|retry|export`: follow jobs through the HTTP API (built on the SDK).
+"""`catalogan jobs submit|ls|show|watch|cancel|retry|export|shards`: jobs through the HTTP API (built on the SDK).
 
-The API is found with CATALOGAN_API_URL and CATALOGAN_API_KEY.
+The API is found with CATALOGAN_API_URL and CATALOGAN_API_KEY. These commands need only the light install
+(`pip install catalogan`: httpx, pydantic, click); rich draws the progress bar when it is installed.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
+import os
+import re
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from scheduler.cli.errors import ExitCode, one_line_errors
+from db.errors import ConfigError
 from scheduler.cli.output import json_option, print_json, print_rows
-from scheduler.client import Client, Job
-from scheduler.settings import ClientSettings
+from scheduler.client import API_KEY_ENV, Client, Job
+from scheduler.errors import ApiError
 
 COLUMNS = ("id", "status", "model", "images", "done", "failed", "progress", "created_at", "finished_at")
 MANIFEST_CSV_COLUMNS = (
@@ -34,9 +39,45 @@ MANIFEST_CSV_COLUMNS = (
 )
 
 
+ITEM_FIELD = re.compile(r"^(?:body\.)?items\.(\d+)\.(\w+)$")
+
+
 def _client() -> Client:
-    settings = ClientSettings()
-    return Client(settings.api_url, settings.require_key())
+    if not os.environ.get(API_KEY_ENV):
+        raise ConfigError(f"no API key: set {API_KEY_ENV} (create one with `catalogan keys create`)")
+    return Client()
+
+
+def parse_categories(options: Sequence[str]) -> list[dict[str, Any]]:
+    """`--category sneaker=16` options as job items; a malformed one is a usage error naming it."""
+    items = []
+    for option in options:
+        name, sep, count = option.partition("=")
+        if not sep or not name.strip() or not re.fullmatch(r"-?\d+", count.strip()):
+            raise click.BadParameter(
+                f"{option!r}: must be CATEGORY=COUNT, e.g. sneaker=16", param_hint="--category"
+            )
+        items.append({"category": name.strip(), "count": int(count)})
+    return items
+
+
+def cli_shaped(error: ApiError, options: Sequence[str], registered: Sequence[str] | None) -> str:
+    """The API's 422 as the user typed it: `items.0.count` becomes `--category bag=0`; a bad model lists
+    the registered ones."""
+    lines = []
+    for entry in error.problem.get("errors") or []:
+        field, message = str(entry.get("field", "")), str(entry.get("message", ""))
+        match = ITEM_FIELD.match(field)
+        if match and int(match.group(1)) < len(options):
+            lines.append(f"--category {options[int(match.group(1))]}: {match.group(2)} {message}".rstrip())
+        elif field.endswith("model"):
+            lines.append(f"--model: {message}")
+        else:
+            lines.append(f"{field}: {message}" if field else message)
+    text = "; ".join(lines) or str(error.problem.get("detail") or error)
+    if registered is not None and ("model" in text.lower()):
+        text += f" (registered: {', '.join(registered) or 'none'}; see `catalogan models list`)"
+    return text
 
 
 def _row(job: Job) -> dict[str, Any]:
@@ -67,6 +108,70 @@ def jobs() -> None:
     \b
         CATALOGAN_API_URL=http://localhost:8000 CATALOGAN_API_KEY=cg_... catalogan jobs ls --status running
     """
+
+
+@jobs.command("submit")
+@click.option(
+    "--category",
+    "categories",
+    multiple=True,
+    required=True,
+    metavar="CATEGORY=COUNT",
+    help="Images of one category; repeat for more (e.g. --category sneaker=16).",
+)
+@click.option(
+    "--model", default=None, help="NAME (its production version) or NAME@VERSION [default: the API's]."
+)
+@click.option("--seed", type=int, default=None, help="Job seed (same seed, same images) [default: chosen].")
+@click.option(
+    "--output-format",
+    type=click.Choice(["png", "webp", "tar"]),
+    default=None,
+    help="png (default), lossless webp, or tar (WebDataset shards).",
+)
+@click.option("--webhook-url", default=None, help="Where to POST job events (signed).")
+@click.option("--wait", is_flag=True, help="Follow the job until it finishes; exit 7 unless it succeeded.")
+@json_option
+@one_line_errors
+def submit(
+    categories: tuple[str, ...],
+    model: str | None,
+    seed: int | None,
+    output_format: str | None,
+    webhook_url: str | None,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Submit a job and print its id (with --wait, follow it to the end).
+
+    Example:
+
+    \b
+        catalogan jobs submit --category sneaker=16 --category dress=8 --seed 7 --wait
+    """
+    items = parse_categories(categories)
+    with _client() as client:
+        try:
+            job = client.submit_job(
+                items, model=model, seed=seed, output_format=output_format, webhook_url=webhook_url
+            )
+        except ApiError as exc:
+            if exc.status not in (404, 422):
+                raise
+            text = cli_shaped(exc, categories, None)
+            registered = None
+            if "model" in text.lower():
+                registered = [f"{m.name}@{m.version} ({m.status})" for m in client.list_models()]
+            raise click.UsageError(cli_shaped(exc, categories, registered)) from exc
+        if wait:
+            click.echo(f"job {job.id} {job.status}", err=True)
+            job = follow(client, job.id, 1.0)
+    if as_json:
+        print_json(_job_json(job))
+    else:
+        click.echo(job.id)
+    if wait and job.status != "succeeded":
+        sys.exit(ExitCode.JOB_FAILED)
 
 
 @jobs.command("ls")
@@ -130,26 +235,8 @@ def watch(job_id: str, interval: float) -> None:
     \b
         catalogan jobs watch 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f --interval 2
     """
-    with (
-        _client() as client,
-        Progress(
-            TextColumn("[bold]{task.fields[status]}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.completed}/{task.total} images, {task.fields[failed]} failed"),
-            TimeElapsedColumn(),
-            transient=False,
-        ) as progress,
-    ):
-        task = progress.add_task("job", total=None, status="…", failed=0)
-
-        def update(job: Job) -> None:
-            finished = job.images_done + job.images_failed + job.images_rejected
-            progress.update(
-                task, total=job.images_total, completed=finished, status=job.status, failed=job.images_failed
-            )
-
-        job = client.wait(job_id, progress=update, poll_seconds=interval)
+    with _client() as client:
+        job = follow(client, job_id, interval)
     click.echo(f"job {job.id} {job.status}")
     if job.status != "succeeded":
         sys.exit(ExitCode.JOB_FAILED)
@@ -193,6 +280,44 @@ def retry(job_id: str, as_json: bool) -> None:
         print_json(_job_json(job))
     else:
         click.echo(f"job {job.id} {job.status}: {job.images_total - job.images_done} images to run again")
+
+
+def follow(client: Client, job_id: str, interval: float) -> Job:
+    """Poll the job until it finishes: a live bar on a terminal (with rich installed), else a line per change."""
+    # The light client install has no rich: then, and when stderr is not a terminal, one line per change.
+    if importlib.util.find_spec("rich") is None or not sys.stderr.isatty():
+        last: tuple[str, int, int] | None = None
+
+        def line(job: Job) -> None:
+            nonlocal last
+            state = (job.status, job.images_done, job.images_failed)
+            if state != last:
+                last = state
+                click.echo(
+                    f"{job.status} {job.images_done}/{job.images_total} images, {job.images_failed} failed",
+                    err=True,
+                )
+
+        return client.wait(job_id, progress=line, poll_seconds=interval)
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[bold]{task.fields[status]}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.completed}/{task.total} images, {task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        transient=False,
+    ) as progress:
+        task = progress.add_task("job", total=None, status="…", failed=0)
+
+        def update(job: Job) -> None:
+            finished = job.images_done + job.images_failed + job.images_rejected
+            progress.update(
+                task, total=job.images_total, completed=finished, status=job.status, failed=job.images_failed
+            )
+
+        return client.wait(job_id, progress=update, poll_seconds=interval)
 
 
 def manifest_csv(rows: list[dict[str, Any]]) -> str:
@@ -253,3 +378,25 @@ def export(job_id: str, fmt: str, out: Path | None, images_dir: Path | None) -> 
         click.echo(f"manifest written to {out}", err=True)
     if images_dir is not None:
         click.echo(f"{len(saved)} images written under {images_dir}", err=True)
+
+
+@jobs.command("shards")
+@click.argument("job_id")
+@json_option
+@one_line_errors
+def shards(job_id: str, as_json: bool) -> None:
+    """List a finished tar job's WebDataset shards with presigned URLs (its shards/index.json).
+
+    Example:
+
+    \b
+        catalogan jobs shards 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f --format tsv | cut -f5 | xargs -n1 curl -sO
+    """
+    with _client() as client:
+        index = client.get_shard_index(job_id)
+    if as_json:
+        print_json(index)
+    else:
+        print_rows(
+            index["shards"], ("first_index", "last_index", "images", "size_bytes", "url"), as_json=False
+        )

@@ -121,7 +121,7 @@ def test_jobs_commands_work_through_the_api(
     assert exported.exit_code == 0, exported.output
     assert out.read_text().splitlines() == [
         "index,sku,category,key,sha256,seed,model_version,status,error,review",
-        "0,S1,a,k,ab,,,succeeded,,pending",  # the API serves the manifest with its review column
+        "0,S1,a,k,ab,,,succeeded,,pending",
     ]
     with transaction(pg_factory) as session:
         session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.FAILED))

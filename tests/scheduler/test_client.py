@@ -7,7 +7,7 @@ import pytest
 
 import scheduler.client as client_module
 from scheduler.client import Client
-from scheduler.errors import ApiError, TransportError
+from scheduler.errors import ApiError, ClientError, TransportError
 
 JOB = {
     "id": "j1",
@@ -109,3 +109,22 @@ def test_the_public_surface_is_declared() -> None:
     ]
     for name in client_module.__all__:
         assert getattr(client_module, name).__doc__
+
+
+def test_client_reads_the_api_url_and_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given CATALOGAN_API_URL and CATALOGAN_API_KEY, when Client() is made without arguments, then its calls go
+    to that URL with that key."""
+    seen: list[httpx.Request] = []
+    monkeypatch.setenv("CATALOGAN_API_URL", "http://etl-api.example:8123/")
+    monkeypatch.setenv("CATALOGAN_API_KEY", "cg_from_env")
+    with Client(transport=scripted([httpx.Response(200, json=JOB)], seen)) as client:
+        client.get_job("j1")
+    assert str(seen[0].url) == "http://etl-api.example:8123/v1/jobs/j1"
+    assert seen[0].headers["authorization"] == "Bearer cg_from_env"
+
+
+def test_client_without_a_key_says_which_variable_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given no key argument and no CATALOGAN_API_KEY, when Client() is made, then ClientError names the variable."""
+    monkeypatch.delenv("CATALOGAN_API_KEY", raising=False)
+    with pytest.raises(ClientError, match="CATALOGAN_API_KEY"):
+        Client("http://api")
