@@ -46,6 +46,14 @@ class ApiSettings(BaseSettings):
     max_images_per_item: int = Field(default=API_MAX_IMAGES_PER_ITEM, ge=1, le=API_MAX_IMAGES_PER_ITEM)
     max_images_per_job: int = Field(default=API_DEFAULT_MAX_IMAGES_PER_JOB, ge=1, le=MAX_IMAGES_PER_JOB)
     page_size_max: int = Field(default=500, ge=1, le=10_000)
+    manifest_max_bytes: int = Field(
+        default=64 * MIB, ge=1024, description="Largest object a `manifest_uri` may name (HEAD before GET)."
+    )
+    manifest_uri_allowed_prefixes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per tenant id, `s3://bucket/prefix/` locations its `manifest_uri` may read besides "
+        "`<store>/<tenant>/uploads/`.",
+    )
     preview_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     preview_max_concurrent_per_tenant: int = Field(
         default=2, ge=1, le=1000, description="Previews one tenant may have waiting at once (more: 429)."
@@ -68,6 +76,12 @@ class ApiSettings(BaseSettings):
     def _refuse_unsafe(self) -> ApiSettings:
         if self.environment == "production" and "*" in self.cors_origins:
             raise ConfigError("CATALOGAN_CORS_ORIGINS='*' is refused in production: list the origins")
+        for tenant_id, prefixes in self.manifest_uri_allowed_prefixes.items():
+            for prefix in prefixes:
+                if not prefix.startswith("s3://") or len(prefix.rstrip("/")) <= len("s3://"):
+                    raise ConfigError(
+                        f"CATALOGAN_MANIFEST_URI_ALLOWED_PREFIXES[{tenant_id!r}]: {prefix!r} is not s3://bucket/..."
+                    )
         return self
 
 

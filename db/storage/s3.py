@@ -180,6 +180,12 @@ class S3Store(ObjectStore):
             return False
         return True
 
+    def size(self, key: str) -> int:
+        """The object's size in bytes from a HEAD (nothing is downloaded); `ObjectNotFoundError` when absent."""
+        full = self._full(key)
+        with _boundary(f"head {self.uri(key)}"):
+            return int(self.client.head_object(Bucket=self.bucket, Key=full)["ContentLength"])
+
     def delete(self, key: str) -> None:
         """Delete the object (S3 treats a missing key as success)."""
         full = self._full(key)

@@ -122,7 +122,11 @@ async def read_job_request(
         raise _validation_error(exc) from exc
     if job_request.manifest_uri is not None:
         data, fmt = await run_in_threadpool(
-            read_manifest_uri, job_request.manifest_uri, tenant_id=tenant_id, store=services.store
+            read_manifest_uri,
+            job_request.manifest_uri,
+            tenant_id=tenant_id,
+            store=services.store,
+            settings=services.settings,
         )
         items = await run_in_threadpool(
             parse_item_manifest, data, fmt, max_items=services.settings.max_items_per_job

@@ -77,7 +77,7 @@ def fuzz_api(
         monkeypatch.setenv(name, value)
     client = make_api(ApiSettings(preview_timeout_seconds=2))
 
-    def answer_preview(name: str, args: list[dict[str, Any]], queue: str) -> None:
+    def answer_preview(name: str, args: list[dict[str, Any]], queue: str, expires: float) -> None:
         request = args[0]
         entries = []
         for index in range(request["count"]):

@@ -64,7 +64,7 @@ def schemathesis_api(
         make_model_version(pg_factory, name=EXAMPLE_MODEL, version=version, categories=EXAMPLE_CATEGORIES)
     client = make_api(ApiSettings(preview_timeout_seconds=2))
 
-    def answer_preview(name: str, args: list[dict[str, Any]], queue: str) -> None:
+    def answer_preview(name: str, args: list[dict[str, Any]], queue: str, expires: float) -> None:
         request = args[0]
         entries = []
         for index in range(request["count"]):
@@ -278,13 +278,19 @@ def test_request_fields_are_not_coerced(
 
 
 def test_an_estimate_reads_a_manifest_uri(
-    schemathesis_api: TestClient, schemathesis_tenant: Credentials, s3_store: ObjectStore
+    schemathesis_api: TestClient,
+    schemathesis_tenant: Credentials,
+    make_api: Callable[..., TestClient],
+    s3_store: ObjectStore,
 ) -> None:
-    """Given a CSV manifest in S3, when a job with its manifest_uri is estimated, then its rows are counted."""
+    """Given a CSV manifest in an S3 exports prefix the operator allowed for the tenant, when a job with its
+    manifest_uri is estimated, then its rows are counted."""
     key = "exports/skus.csv"
     s3_store.put(key, b"sku,category,count\nSKU-1,sneaker,3\nSKU-2,dress,2.0\n")
+    allowed = {schemathesis_tenant.tenant_id: [s3_store.uri("exports/")]}
+    api = make_api(ApiSettings(manifest_uri_allowed_prefixes=allowed))
     body = {"model": EXAMPLE_MODEL, "manifest_uri": s3_store.uri(key), "chunk_size": 2}
-    response = schemathesis_api.post("/v1/jobs:estimate", json=body, headers=schemathesis_tenant.headers)
+    response = api.post("/v1/jobs:estimate", json=body, headers=schemathesis_tenant.headers)
     assert response.status_code == 200, response.text
     assert (response.json()["images"], response.json()["chunks"]) == (5, 3)
 

@@ -225,7 +225,9 @@ def estimate_job(
     """
     items = request.items
     if request.manifest_uri is not None:
-        data, fmt = read_manifest_uri(request.manifest_uri, tenant_id=tenant.id, store=services.store)
+        data, fmt = read_manifest_uri(
+            request.manifest_uri, tenant_id=tenant.id, store=services.store, settings=services.settings
+        )
         items = parse_item_manifest(data, fmt, max_items=settings.max_items_per_job)
     if not items:
         raise RequestValidationError("items", "required", "items: give items or manifest_uri")
