@@ -17,7 +17,8 @@ from scheduler.settings import ApiSettings
 @click.option("--log-level", default="info", show_default=True, help="uvicorn log level.")
 @one_line_errors
 def serve(host: str | None, port: int | None, workers: int | None, log_level: str) -> None:
-    """Serve the HTTP API (FastAPI under uvicorn); settings come from CATALOGAN_* variables.
+    """Serve the HTTP API and the web console at /console/ (FastAPI under uvicorn); settings come from
+    CATALOGAN_* variables.
 
     Example:
 

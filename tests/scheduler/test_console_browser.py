@@ -24,9 +24,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import migrate
 from db.engine import make_engine, make_session_factory, transaction
+from db.jobs import transition_job
 from db.settings import BrokerSettings, DataSettings, StorageSettings
+from db.status import JobStatus
 from db.storage import ObjectStore, open_store
-from db.tables import Base, ConsoleSession, ImageReview, Job
+from db.tables import Base, ConsoleSession, ImageReview, Job, ModelVersion, utcnow
 from db.tenants import create_api_key, create_tenant
 from scheduler.api.app import build_services, create_app
 from scheduler.client import Client
@@ -304,6 +306,38 @@ def test_another_tenants_job_is_404_and_a_post_without_csrf_is_403(stack: Consol
     assert forged.status == 403
     with stack.factory() as session:
         assert len(session.scalars(select(ImageReview)).all()) == len(before)
+
+
+def test_the_jobs_list_follows_a_running_job_without_a_reload(stack: ConsoleStack) -> None:
+    """Given a running job of acme's in the jobs list, when its counters move and it finishes, then its row
+    shows the new counts and status after a poll, without the page reloading."""
+    page = stack.page
+    if "/console/sign-in" in (page.goto(f"{stack.url}/console/jobs") or page).url:
+        sign_in(stack, stack.acme.api_key)
+    job_id = uuid.uuid4().hex
+    with transaction(stack.factory) as session:
+        model_id = session.scalars(select(ModelVersion.id).where(ModelVersion.name == "tiny")).one()
+        session.add(
+            Job(
+                id=job_id, tenant_id=stack.acme.tenant_id, model_version_id=model_id, status=JobStatus.RUNNING,
+                seed=5, chunk_size=10, images_total=10, images_done=2, chunks_total=1, started_at=utcnow(),
+            )
+        )  # fmt: skip
+    page.goto(f"{stack.url}/console/jobs")
+    row = page.locator("#jobs tbody tr", has_text=job_id[:12])
+    assert "running" in row.inner_text() and "2 / 0 / 0 of 10" in row.inner_text()
+    page.evaluate("window.stillTheSamePage = true")
+    with transaction(stack.factory) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(images_done=10, chunks_finished=1))
+        transition_job(session, job_id, JobStatus.SUCCEEDED)
+    page.wait_for_function(
+        "id => [...document.querySelectorAll('#jobs tbody tr')].some("
+        "tr => tr.textContent.includes(id) && tr.textContent.includes('succeeded'))",
+        arg=job_id[:12],
+        timeout=10_000,
+    )
+    assert "10 / 0 / 0 of 10" in row.inner_text()
+    assert page.evaluate("window.stillTheSamePage") is True
 
 
 def test_an_expired_session_lands_on_the_sign_in_page(stack: ConsoleStack) -> None:
