@@ -1,4 +1,4 @@
-"""S3 object store (`s3://bucket/prefix`) via boto3: AWS, MinIO, SeaweedFS.
+"""S3 object store (`s3://bucket/prefix`) via boto3 (PUTs via obstore, `db/storage/s3_put.py`): AWS, MinIO, SeaweedFS.
 
 Credentials, region and endpoint come the standard AWS way (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 `AWS_REGION`, `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3`, profiles, instance roles). With a custom endpoint,
@@ -38,6 +38,7 @@ from db.errors import ObjectNotFoundError, StorageError, TransientStorageError
 from db.storage.base import ObjectInfo, ObjectStore, PresignedUrl
 from db.storage.keys import validate_key, validate_prefix
 from db.storage.presign import check_expiry, presign_client
+from db.storage.s3_put import ObstorePut, put_client_choice
 
 # Total attempts per call, first one included (botocore "standard" mode backs off exponentially with jitter).
 S3_MAX_ATTEMPTS = 5
@@ -151,6 +152,18 @@ class S3Store(ObjectStore):
         self.bucket, self.prefix = parse_s3_url(url)
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.client = client if client is not None else make_s3_client()
+        # PUTs through obstore (GIL-free, a fraction of boto3's CPU: db/storage/s3_put.py), unless a client
+        # was injected or CATALOGAN_S3_PUT_CLIENT=boto3.
+        self._fast_put: ObstorePut | None = None
+        if client is None and put_client_choice() == "obstore":
+            self._fast_put = ObstorePut(
+                self.bucket,
+                self.client,
+                custom_endpoint=custom_endpoint(),
+                max_attempts=S3_MAX_ATTEMPTS,
+                connect_timeout_seconds=S3_CONNECT_TIMEOUT_SECONDS,
+                read_timeout_seconds=S3_READ_TIMEOUT_SECONDS,
+            )
 
     def _full(self, key: str) -> str:
         validate_key(key)
@@ -159,6 +172,9 @@ class S3Store(ObjectStore):
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         """Upload `data` in one PUT (S3 makes it visible atomically)."""
         full = self._full(key)
+        if self._fast_put is not None:
+            self._fast_put.put(full, data, content_type=content_type, what=f"put {self.uri(key)}")
+            return
         with _boundary(f"put {self.uri(key)}"):
             self.client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentType=content_type)
 
