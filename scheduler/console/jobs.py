@@ -9,6 +9,7 @@ with every store, `file://` included, and never hands the browser a presigned UR
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import io
 import json
@@ -148,9 +149,7 @@ def jobs_page(
     )
 
 
-def _parse_time(value: object) -> Any:
-    import datetime as dt
-
+def _parse_time(value: object) -> dt.datetime:
     try:
         if not isinstance(value, str):
             raise ValueError("not a timestamp")
