@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from db.errors import InvalidKeyError, PlanningError
 from db.storage.keys import validate_key_segment
@@ -37,6 +38,15 @@ MAX_MODEL_REF_CHARS = 80
 MAX_CATEGORY_CHARS = 64
 MAX_SKU_CHARS = 128
 MAX_CLIENT_ITEM_ID_CHARS = 255
+MAX_JOB_ID_CHARS = 64
+
+# Creative control (docs/controlling.md): truncation ψ, variations of an image, interpolation between two.
+MIN_TRUNCATION = 0.3
+MAX_TRUNCATION = 1.0
+MAX_VARIATIONS = 10_000  # images one variations job may ask for
+MAX_FRAMES = 10_000  # frames one interpolation job may ask for
+# The job option where a job row keeps its resolved latent control (db.latent_control); never client-set.
+LATENT_CONTROL_OPTION = "latent_control"
 
 # What one item of an API request may ask for (the schema's published bound; ApiSettings may tighten it).
 # Larger items are for the trusted doors (the CLI, ETL scripts calling `submit_job`).
@@ -85,16 +95,54 @@ class QualityGateSpec(BaseModel):
     max_redraws: int = Field(default=3, ge=0, le=MAX_REDRAWS)
 
 
+class ImageRef(BaseModel):
+    """A delivered image of the same tenant: job id + image index."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str = Field(min_length=1, max_length=MAX_JOB_ID_CHARS)
+    index: int = Field(ge=0, le=MAX_IMAGES_PER_JOB)
+
+
+class VariationSpec(BaseModel):
+    """`count` images whose latents lie near the source image's: `strength` 0 = the source itself, 1 = unrelated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: ImageRef
+    strength: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    count: int = Field(ge=1, le=MAX_VARIATIONS)
+
+
+class InterpolationSpec(BaseModel):
+    """`frames` images on the latent arc (slerp) from `start` to `end`, both ends included."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: ImageRef
+    end: ImageRef
+    frames: int = Field(ge=2, le=MAX_FRAMES)
+
+
 class JobSpec(BaseModel):
     """What a client asks for. `model` None = the newest production version of any name; `seed` is chosen
-    and recorded when absent; `chunk_size` defaults per queue."""
+    and recorded when absent; `chunk_size` defaults per queue.
+
+    The images come from exactly one of `items`, `variation` or `interpolation`; a variation or
+    interpolation job's one item (the source's category, `count` / `frames` images) is filled in by
+    planning (`db.latent_control`), which also checks the source images. `truncation` ψ (0.3–1.0) scales
+    each latent; absent = 1.0 (a variation: its source's ψ).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str | None = Field(
         default=None, min_length=1, max_length=MAX_MODEL_REF_CHARS, description="name or name@version"
     )
-    items: list[ItemSpec] = Field(min_length=1, max_length=MAX_ITEMS_PER_JOB)
+    # Declared before `items`, so that the validators of `items` and `truncation` see them.
+    variation: VariationSpec | None = None
+    interpolation: InterpolationSpec | None = None
+    items: list[ItemSpec] = Field(default_factory=list, max_length=MAX_ITEMS_PER_JOB, validate_default=True)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     output_format: OutputFormat = "png"
     chunk_size: int | None = Field(default=None, ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE)
@@ -102,6 +150,41 @@ class JobSpec(BaseModel):
     webhook_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
     options: dict[str, Any] = Field(default_factory=dict)
     quality_gate: QualityGateSpec | None = None
+    truncation: float | None = Field(default=None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False)
+
+    @field_validator("options")
+    @classmethod
+    def _options_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The resolved latent control lives in the job's options; a client must not forge it.
+        if LATENT_CONTROL_OPTION in value:
+            raise ValueError(
+                f"{LATENT_CONTROL_OPTION!r} is reserved: use truncation, variation or interpolation"
+            )
+        return value
+
+    @field_validator("interpolation")
+    @classmethod
+    def _one_control(cls, value: InterpolationSpec | None, info: ValidationInfo) -> InterpolationSpec | None:
+        if value is not None and info.data.get("variation") is not None:
+            raise ValueError("give either variation or interpolation, not both")
+        return value
+
+    @field_validator("items")
+    @classmethod
+    def _one_image_source(cls, value: list[ItemSpec], info: ValidationInfo) -> list[ItemSpec]:
+        control = [name for name in ("variation", "interpolation") if info.data.get(name) is not None]
+        if control and value:
+            raise ValueError(f"omit items with {control[0]} (its images come from the source images)")
+        if not control and not value and not {"variation", "interpolation"} - set(info.data):
+            raise PydanticCustomError("too_short", "List should have at least 1 item")
+        return value
+
+    @field_validator("truncation")
+    @classmethod
+    def _no_truncation_of_frames(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("interpolation") is not None:
+            raise ValueError("not with interpolation (the frames lie between the two images' own latents)")
+        return value
 
     @field_validator("webhook_url")
     @classmethod
@@ -112,7 +195,11 @@ class JobSpec(BaseModel):
 
     @property
     def images_total(self) -> int:
-        """Images requested over all items."""
+        """Images requested over all items (or the variations / frames asked for)."""
+        if self.variation is not None:
+            return self.variation.count
+        if self.interpolation is not None:
+            return self.interpolation.frames
         return sum(item.count for item in self.items)
 
     @property
@@ -150,13 +237,29 @@ class SubmitLimits:
                     "max_images_per_item",
                     f"{field}: at most {self.max_images_per_item} images per item",
                 )
+        count_field = _control_count_field(spec)
         total = spec.images_total
+        if count_field is not None and total > self.max_images_per_item:
+            raise PlanningError(
+                count_field,
+                "max_images_per_item",
+                f"{count_field}: at most {self.max_images_per_item} images per job of this kind",
+            )
         if total > self.max_images_per_job:
             raise PlanningError(
-                "items",
+                count_field or "items",
                 "max_images_per_job",
                 f"items: {total} images; at most {self.max_images_per_job} per job",
             )
+
+
+def _control_count_field(spec: JobSpec) -> str | None:
+    """The field that sets a variation / interpolation job's image count; None for a job of items."""
+    if spec.variation is not None:
+        return "variation.count"
+    if spec.interpolation is not None:
+        return "interpolation.frames"
+    return None
 
 
 def field_path(loc: Sequence[int | str]) -> str:
@@ -190,6 +293,17 @@ def split_model_ref(ref: str) -> tuple[str, int | None]:
 
 
 def request_sha256(spec: JobSpec) -> str:
-    """A stable hash of the request (to detect an idempotency key reused with a different body)."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """A stable hash of the request (to detect an idempotency key reused with a different body).
+
+    The creative-control fields are left out when unused (and ψ = 1.0 of a plain job counts as unused), so a
+    request without them hashes as it did before they existed: `catalogan generate` derives its job id from
+    this hash, and the job id is part of every file's bytes.
+    """
+    data = spec.model_dump(mode="json")
+    for name in ("variation", "interpolation"):
+        if data[name] is None:
+            del data[name]
+    if data["truncation"] is None or (data["truncation"] == 1.0 and spec.variation is None):
+        del data["truncation"]
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

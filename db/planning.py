@@ -34,6 +34,7 @@ from db.engine import transaction
 from db.errors import IdempotencyMismatchError, InvalidKeyError, NotFoundError, PlanningError
 from db.incremental import ItemKey, JobSettings, find_delivered_items
 from db.job_specs import (
+    LATENT_CONTROL_OPTION,
     MAX_CHUNKS_PER_JOB,
     MAX_IMAGES_PER_JOB,
     ItemSpec,
@@ -43,6 +44,7 @@ from db.job_specs import (
     parse_job_spec,
     request_sha256,
 )
+from db.latent_control import ResolvedControl, resolve_latent_control, truncation_recipe
 from db.messaging import Publisher
 from db.model_versions import resolve_model_version
 from db.quotas import check_job_quotas
@@ -189,6 +191,7 @@ def plan_job(
     model_version: ModelVersionLike,
     job_id: str | None = None,
     idempotency_key: str | None = None,
+    control: ResolvedControl | None = None,
 ) -> PlannedJob:
     """Insert the job, its items and its chunks in the caller's transaction (nothing is published here).
 
@@ -197,8 +200,14 @@ def plan_job(
     the chunks; no image rows. Raises `PlanningError` when a category is not one of the model version's, a
     SKU or category cannot be a key segment, or the job is too large. `idempotency_key` is recorded on the
     job row (the unique constraint (tenant_id, idempotency_key) refuses a second job with it).
+    A variation or interpolation job needs its `control` (`db.latent_control.resolve_latent_control`):
+    its one item (the sources' category) and the recipe stored in the job's options.
     """
     digest = request_sha256(spec)
+    if (spec.variation is not None or spec.interpolation is not None) and control is None:
+        raise ValueError("a variation or interpolation job is planned with its resolved control")
+    if control is not None:
+        spec = spec.model_copy(update={"items": [ItemSpec(category=control.category, count=control.count)]})
     categories = _category_indices(spec, model_version)
     _check_size(spec)
     job_id = job_id or uuid.uuid4().hex
@@ -219,7 +228,7 @@ def plan_job(
             output_format=spec.output_format,
             chunk_size=chunk_size,
             queue=spec.queue,
-            options=job_options(spec),
+            options=job_options(spec, control),
             images_total=images_total,
             chunks_total=chunks_total,
             webhook_url=spec.webhook_url,
@@ -298,16 +307,22 @@ def _delivered_positions(
     }
     if not keys:
         return set()
-    settings = JobSettings(tenant_id, model_version_id, spec.seed, spec.output_format, job_options(spec))
+    settings = JobSettings(
+        tenant_id, model_version_id, spec.seed, spec.output_format, job_options(spec, None)
+    )
     delivered = find_delivered_items(session, settings, keys.values())
     return {position for position, key in keys.items() if key in delivered}
 
 
-def job_options(spec: JobSpec) -> dict[str, Any]:
-    """The options stored on the job row: the client's, plus the quality gate under `quality_gate`."""
+def job_options(spec: JobSpec, control: ResolvedControl | None = None) -> dict[str, Any]:
+    """The options stored on the job row: the client's, plus the quality gate under `quality_gate` and the
+    latent recipe under `latent_control` (`db.latent_control`; absent for a plain job with ψ = 1.0)."""
     options = dict(spec.options)
     if spec.quality_gate is not None:
         options[QUALITY_GATE_OPTION] = spec.quality_gate.model_dump()
+    recipe = control.recipe if control is not None else truncation_recipe(spec)
+    if recipe is not None:
+        options[LATENT_CONTROL_OPTION] = recipe
     return options
 
 
@@ -418,7 +433,10 @@ def _plan_submission(
         existing = find_idempotent_job(session, tenant_id, idempotency_key, digest)
         if existing is not None:
             return existing
-    if model_version is None:
+    control = resolve_latent_control(session, spec, tenant_id)
+    if control is not None:
+        model_version = _source_model(session, spec, control, model_version)
+    elif model_version is None:
         model_version = resolve_job_model(session, spec.model)
     if limits.tenant_quotas:
         check_job_quotas(session, tenant, images=spec.images_total)
@@ -429,4 +447,25 @@ def _plan_submission(
         model_version=model_version,
         job_id=job_id,
         idempotency_key=idempotency_key,
+        control=control,
     )
+
+
+def _source_model(
+    session: Session, spec: JobSpec, control: ResolvedControl, given: ModelVersionLike | None
+) -> ModelVersion:
+    """A variation or interpolation runs with its sources' model version; `model`, when named, must be it."""
+    found = session.get(ModelVersion, control.model_version_id)
+    assert found is not None  # the source's job row references it
+    named = given.id if given is not None else None
+    if named is None and spec.model is not None:
+        named = resolve_job_model(session, spec.model).id
+    if named is not None and named != found.id:
+        raise PlanningError(
+            "model",
+            "source_model_version",
+            f"model: the source image was made by {found.name}@{found.version}; omit model or name that version",
+        )
+    if found.status is ModelVersionStatus.RETIRED:
+        raise PlanningError("model", "not_retired", f"model: {found.name}@{found.version} is retired")
+    return found

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+import sys
 from typing import Any
 
 import numpy as np
@@ -48,10 +49,31 @@ def sha256_hex(data: bytes) -> str:
 
 
 def checkpoint_to_bytes(payload: dict[str, Any]) -> bytes:
-    """Serialise a checkpoint dict (format version added) to bytes."""
+    """Serialise a checkpoint dict (format version added) to bytes.
+
+    Equal payloads give equal bytes, however they were built: strings are interned first, because pickle
+    writes a string once per distinct object and refers back to it after, so a state dict loaded from a
+    checkpoint (fresh string objects) would otherwise pickle differently from one built in this process.
+    """
     buffer = io.BytesIO()
-    torch.save({**payload, "format_version": CHECKPOINT_FORMAT_VERSION}, buffer)
+    torch.save(_interned({**payload, "format_version": CHECKPOINT_FORMAT_VERSION}), buffer)
     return buffer.getvalue()
+
+
+def _interned(value: Any) -> Any:
+    """A copy of nested dicts/lists/tuples with every string interned (tensors and numbers as they are)."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        copy = type(value)((_interned(k), _interned(v)) for k, v in value.items())
+        for name, attribute in getattr(value, "__dict__", {}).items():  # e.g. a state dict's `_metadata`
+            setattr(copy, sys.intern(name), _interned(attribute))
+        return copy
+    if isinstance(value, list):
+        return [_interned(item) for item in value]
+    if isinstance(value, tuple) and type(value) is tuple:
+        return tuple(_interned(item) for item in value)
+    return value
 
 
 def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:

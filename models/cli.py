@@ -7,8 +7,7 @@ Imported lazily by the root command; torch and Ray are imported only inside `tra
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +24,9 @@ from models.registry import (
     get_version,
     list_versions,
     promote_version,
-    register_version,
     retire_version,
 )
 from scheduler.cli.errors import one_line_errors
-
-RAY_ENV_DEFAULTS = {
-    # Ray's memory monitor kills workers when the *machine* is near full; on a shared box that is other
-    # people's memory, so it is off unless the operator sets it.
-    "RAY_memory_monitor_refresh_ms": "0",
-}
 
 
 def open_registry() -> sessionmaker[Session]:
@@ -44,23 +36,12 @@ def open_registry() -> sessionmaker[Session]:
     return make_session_factory(engine_from_settings(database, data))
 
 
-def start_ray(workers: int, use_gpu: bool) -> bool:
-    """Start a local Ray cluster sized for `workers` unless one is running or RAY_ADDRESS names one."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        # One CPU per worker, plus one for Ray Train's controller.
-        ray.init(num_cpus=workers + 1, num_gpus=workers if use_gpu else 0, include_dashboard=False)
-    return True
+def default_store_url() -> str:
+    """The configured object store (`CATALOGAN_STORAGE_URL`)."""
+    return StorageSettings().url(DataSettings())
 
 
-@click.command("train")
+@click.group("train", invoke_without_command=True)
 @click.option(
     "--preset",
     default="fashion-cgan",
@@ -88,7 +69,11 @@ def start_ray(workers: int, use_gpu: bool) -> bool:
     type=click.IntRange(min=1),
     help="Total optimiser steps (a resumed run continues to this).",
 )
-@click.option("--gpus/--no-gpus", default=False, help="One GPU per worker (NCCL) instead of CPU (gloo).")
+@click.option(
+    "--gpus/--no-gpus",
+    default=False,
+    help="One GPU per worker (NCCL) instead of CPU (gloo); refused when there are fewer GPUs than workers.",
+)
 @click.option(
     "--resume",
     is_flag=True,
@@ -114,7 +99,22 @@ def start_ray(workers: int, use_gpu: bool) -> bool:
     default=50,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Steps between progress lines.",
+    help="Steps between progress updates (history.jsonl lines).",
+)
+@click.option(
+    "--eval-every",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Steps between periodic evaluations (FID_fm, per-category accuracy, sample grid, best-so-far "
+    "generator); 0 = none. Fashion-MNIST categories only.",
+)
+@click.option(
+    "--eval-samples",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=10),
+    help="Generated images per periodic evaluation, split over the categories.",
 )
 @click.option(
     "--register/--no-register",
@@ -126,7 +126,7 @@ def start_ray(workers: int, use_gpu: bool) -> bool:
     "--evaluate/--no-evaluate",
     default=False,
     show_default=True,
-    help="Measure the final generator and store the metrics.",
+    help="Measure the final generator (1,000 images per category) and store the metrics.",
 )
 @click.option(
     "--memorization-index/--no-memorization-index",
@@ -135,14 +135,26 @@ def start_ray(workers: int, use_gpu: bool) -> bool:
     help="Index the training set in evaluator space next to the generator (the workers' memorization gate).",
 )
 @click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    default=None,
+    help="Connect to this running Ray cluster (`auto` = the one on this node, host:port, ray://host:port) "
+    "instead of starting a local one [env: RAY_ADDRESS].",
+)
+@click.option(
     "--ray-dir",
     default=None,
     type=click.Path(path_type=Path),
     help="Ray Train's own run folder (default: a temp folder).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--verbose", is_flag=True, help="Show Ray's and Ray Train's own log lines.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object per progress update, then the summary."
+)
+@click.pass_context
 @one_line_errors
 def train(
+    ctx: click.Context,
     preset: str,
     data_spec: str,
     workers: int,
@@ -155,32 +167,39 @@ def train(
     checkpoint_every: int,
     seed: int | None,
     log_every: int,
+    eval_every: int,
+    eval_samples: int,
     register: bool,
     evaluate: bool,
     memorization_index: bool,
+    ray_address: str | None,
     ray_dir: Path | None,
+    verbose: bool,
     as_json: bool,
 ) -> None:
-    """Train a GAN preset on Ray Train (TorchTrainer, DDP) and register it as a candidate.
+    """Train a GAN preset on Ray Train (TorchTrainer, DDP) and register it as a candidate; `ls`/`show` list runs.
 
-    Full-state checkpoints, loss curves and sample grids go to models/<name>/<run>/ in the object store.
+    Progress comes from the run's records in the object store (models/<name>/<run>/): a live bar on a
+    terminal, one line per update when piped, JSON lines with --json. Checkpoints, history.jsonl, loss
+    curves and sample grids go there too; `catalogan train show RUN --follow` tails a run from any shell.
 
     Example:
 
-        catalogan train --preset fashion-cgan --data fashion-mnist --workers 2 --steps 5000
+        catalogan train --preset fashion-cgan --data fashion-mnist --workers 2 --steps 5000 --eval-every 500
     """
-    import ray
-
+    if ctx.invoked_subcommand is not None:
+        return
     from models.config import get_preset
-    from models.training import TrainRequest, fit_with_ray
+    from models.progress_view import ProgressView, choose_mode, summary_text
+    from models.training import TrainRequest
+    from models.training_run import TrainOptions, train_and_register
 
     get_preset(preset)  # fail fast on a typo, before Ray starts
-    data_settings = DataSettings()
     request = TrainRequest(
         preset=preset,
         data=data_spec,
         steps=steps,
-        out_url=out_url or StorageSettings().url(data_settings),
+        out_url=out_url or default_store_url(),
         name=name or preset,
         run=run_id,
         workers=workers,
@@ -189,65 +208,130 @@ def train(
         resume=resume,
         seed=seed,
         log_every=log_every,
+        eval_every=eval_every,
+        eval_samples=eval_samples,
     )
-    started = start_ray(workers, gpus)
+    options = TrainOptions(
+        evaluate=evaluate,
+        register=register,
+        memorization_index=memorization_index,
+        ray_address=ray_address or None,
+        ray_dir=ray_dir,
+        verbose=verbose,
+    )
+    view = ProgressView(steps, choose_mode(as_json))
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        with tempfile.TemporaryDirectory(prefix="catalogan-ray-") as scratch:
-            result = fit_with_ray(request, ray_dir or Path(scratch))
+        outcome = train_and_register(
+            request, options, registry=open_registry, on_line=view.line, on_status=view.note
+        )
+    except KeyboardInterrupt:
+        view.close()
+        click.echo("stopped; `catalogan train ls` shows the run and `train show` how to resume it", err=True)
+        ctx.exit(130)
     finally:
-        if started:
-            ray.shutdown()
-    summary: dict[str, Any] = {
-        "name": result.name,
-        "run": result.run,
-        "step": result.step,
-        "checkpoint_uri": result.checkpoint_uri,
-        "generator_uri": result.generator_uri,
-        "generator_sha256": result.generator_sha256,
-        "data_fingerprint": result.data_fingerprint,
-    }
-    metrics: dict[str, Any] = {}
-    if evaluate:
-        from db.storage import open_store
-
-        metrics = evaluate_checkpoint(open_store(request.out_url).get(result.generator_key))
-        summary["metrics"] = metrics
-    if register and memorization_index:
-        from db.storage import open_store
-        from models.config import get_preset as preset_of
-        from models.memorization_index import METRICS_KEY, store_index_for_training
-
-        config = preset_of(result.preset).model
-        metrics[METRICS_KEY] = store_index_for_training(
-            open_store(request.out_url), result.generator_key, data_spec, config.resolution, config.channels
-        )
-        summary["memorization_index"] = metrics[METRICS_KEY]["uri"]
-    if register:
-        row = register_version(
-            open_registry(),
-            name=result.name,
-            preset=result.preset,
-            checkpoint_uri=result.generator_uri,
-            checkpoint_sha256=result.generator_sha256,
-            model_config=result.model_config,
-            data_fingerprint=result.data_fingerprint,
-            metrics={**metrics, "steps": result.step, "run": result.run},
-        )
-        summary["registered"] = f"{row.name}@{row.version}"
+        view.close()
+        signal.signal(signal.SIGTERM, previous)
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json.dumps({"event": "summary", **outcome.to_dict()}))
     else:
-        for key, value in summary.items():
-            click.echo(f"{key:17} {value}")
+        click.echo(summary_text(outcome.to_dict()))
 
 
-def evaluate_checkpoint(data: bytes) -> dict[str, Any]:
-    """Evaluate generator checkpoint bytes with the shipped evaluator; its scalar metrics."""
-    from models.evaluation import evaluate_generator
-    from models.inference import load_generator
+def _stop_on_sigterm(_signum: int, _frame: object) -> None:
+    # `kill PID` stops a run as Ctrl-C does: recorded as `stopped`, resumable.
+    raise KeyboardInterrupt
 
-    report = evaluate_generator(load_generator(data)).to_dict()
-    return {k: v for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+@train.command("ls")
+@click.option("--name", default=None, help="Only runs of this model name.")
+@click.option("--out", "out_url", default=None, help="Object store to read (default: CATALOGAN_STORAGE_URL).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@one_line_errors
+def train_ls(name: str | None, out_url: str | None, as_json: bool) -> None:
+    """List training runs recorded in the object store: status, step, last metrics.
+
+    A run whose driver died without a word (killed, host lost) shows as failed; `train show` gives its
+    resume command.
+
+    Example:
+
+        catalogan train ls --name fashion-cgan
+    """
+    from db.storage import open_store
+    from models.progress_view import aligned
+    from models.runs import list_runs
+
+    views = list_runs(open_store(out_url or default_store_url()), name)
+    if as_json:
+        click.echo(json.dumps([view.to_dict() for view in views], indent=2))
+        return
+    rows = [
+        [
+            f"{view.name}/{view.run}",
+            view.status.value,
+            f"{view.step}/{view.steps if view.steps is not None else '?'}",
+            view.updated_at or "-",
+            _last_metrics(view.last),
+        ]
+        for view in views
+    ]
+    click.echo(aligned(rows, ["run", "status", "step", "updated", "last"]) if rows else "no training runs")
+
+
+def _last_metrics(last: dict[str, Any] | None) -> str:
+    if not last:
+        return "-"
+    return " ".join(f"{key} {float(last[key]):.3f}" for key in ("d_loss", "g_loss", "fid_fm") if key in last)
+
+
+@train.command("show")
+@click.argument("run_ref", metavar="RUN")
+@click.option("--follow", is_flag=True, help="Print each new progress update until the run ends.")
+@click.option("--out", "out_url", default=None, help="Object store to read (default: CATALOGAN_STORAGE_URL).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (with --follow: one object per update first)."
+)
+@one_line_errors
+def train_show(run_ref: str, follow: bool, out_url: str | None, as_json: bool) -> None:
+    """Show one run (NAME/RUN, or RUN when one model has it): status, metrics, pictures, resume command.
+
+    Example:
+
+        catalogan train show fashion-cgan/run-20261204-101500 --follow
+    """
+    from db.storage import open_store
+    from models.progress_view import ProgressView, aligned, metric_rows
+    from models.runs import RunStatus, follow_history, parse_run_ref, view_run
+
+    store = open_store(out_url or default_store_url())
+    name, run = parse_run_ref(run_ref, store)
+    view = view_run(store, name, run)
+    if follow and view.status is RunStatus.RUNNING:
+        progress = ProgressView(view.steps, "json" if as_json else "lines")
+        for line in follow_history(
+            store, name, run, done=lambda: view_run(store, name, run).status is not RunStatus.RUNNING
+        ):
+            progress.line(line)
+        view = view_run(store, name, run)
+    if as_json:
+        click.echo(json.dumps(view.to_dict(), indent=2 if not follow else None))
+        return
+    rows = [
+        ["run", f"{view.name}/{view.run}"],
+        ["status", view.status.value + (f" ({view.reason})" if view.reason else "")],
+        ["step", f"{view.step}/{view.steps if view.steps is not None else '?'}"],
+        ["updated", view.updated_at or "-"],
+    ]
+    if view.record.get("registered"):
+        rows.append(["registered", str(view.record["registered"])])
+    rows += [[f"last {key}", value] for key, value in metric_rows(view.last or {})]
+    if view.best:
+        rows.append(["best", f"step {view.best['step']}, FID_fm {float(view.best['fid_fm']):.4g}"])
+    rows += [[label, uri] for label, uri in view.files.items()]
+    if view.resume_command:
+        rows.append(["resume with", view.resume_command])
+    click.echo(aligned(rows))
 
 
 @click.group("models")

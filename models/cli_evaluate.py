@@ -9,7 +9,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -315,8 +315,33 @@ def print_report_table(reports: list[EvaluationReport]) -> None:
     console = Console()
     console.print(table)
     for r in reports:
+        if r.per_class_accuracy and r.per_class_fid_fm:
+            console.print(per_category_table(r))
+    for r in reports:
         for warning in r.warnings:
             console.print(f"[yellow]warning[/yellow] ({r.source}): {warning}", soft_wrap=True)
+
+
+def per_category_table(report: EvaluationReport) -> Any:
+    """One row per category: generated conditional accuracy beside the evaluator's accuracy on real images of
+    that category, and the category's own FID_fm, precision and recall."""
+    from rich.table import Table
+
+    table = Table(title=f"per category — {report.source}")
+    for name in ("category", "cond. accuracy", "real accuracy", "ratio", "FID_fm", "precision", "recall"):
+        table.add_column(name, justify="left" if name == "category" else "right")
+    for category, accuracy in report.per_class_accuracy.items():
+        real = report.real_per_class_accuracy.get(category)
+        table.add_row(
+            category,
+            f"{accuracy:.3f}",
+            _optional(real),
+            "-" if not real else f"{accuracy / real:.2f}",
+            _optional(report.per_class_fid_fm.get(category)),
+            _optional(report.per_class_precision.get(category)),
+            _optional(report.per_class_recall.get(category)),
+        )
+    return table
 
 
 def _optional(value: float | None) -> str:

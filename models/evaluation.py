@@ -26,6 +26,7 @@ from models.metrics.conditional_accuracy import conditional_accuracy, per_class_
 from models.metrics.frechet import frechet_distance_from_features
 from models.metrics.kid import kernel_inception_distance
 from models.metrics.memorization import memorization
+from models.metrics.precision_recall import DEFAULT_K as PRECISION_RECALL_K
 from models.metrics.precision_recall import precision_recall
 from models.metrics.ssim import DEFAULT_MAX_PAIRS, intra_class_ssim
 from models.sampling import latents_for
@@ -36,6 +37,7 @@ from models.sampling import latents_for
 DIVERSITY_ALARM_SSIM = 0.7
 GENERATION_BATCH_SIZE = 250  # images per generator call
 DEFAULT_SAMPLES_PER_CLASS = 1000
+PERIODIC_REFERENCE_PER_CLASS = 100  # real test images per category that periodic evaluation compares with
 
 GeneratorFn = Callable[[torch.Tensor, torch.Tensor], "np.ndarray | torch.Tensor"]
 
@@ -68,6 +70,12 @@ class EvaluationReport:
     near_copy_rate: float | None = None  # share below the memorization gate's threshold (0.1 % of real test)
     closest_pairs_png: str | None = None  # where the closest generated/training pairs were drawn
     per_class_accuracy: dict[str, float] = field(default_factory=dict)
+    # The evaluator's accuracy on the real reference images of each category (what per_class_accuracy is
+    # read against), and per-category FID_fm / precision / recall against that category's real images.
+    real_per_class_accuracy: dict[str, float] = field(default_factory=dict)
+    per_class_fid_fm: dict[str, float] = field(default_factory=dict)
+    per_class_precision: dict[str, float] = field(default_factory=dict)
+    per_class_recall: dict[str, float] = field(default_factory=dict)
     per_class_ssim: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seed: int = 0
@@ -80,19 +88,26 @@ class EvaluationReport:
 
 @dataclass(frozen=True)
 class RealReference:
-    """The real test set, embedded once: images (N, 28, 28) uint8, labels (N,), features (N, 128)."""
+    """The real test set, embedded once: images (N, 28, 28) uint8, labels (N,), features (N, 128).
+
+    `predictions` (N,) are the evaluator's top-1 classes of the real images: the evaluator's own accuracy
+    per category, the bar a generator's conditional accuracy of that category is read against.
+    """
 
     images: np.ndarray
     labels: np.ndarray
     features: np.ndarray
+    predictions: np.ndarray | None = None
 
 
 def build_real_reference(
     images: np.ndarray, labels: np.ndarray, evaluator: EvaluatorCNN | None = None
 ) -> RealReference:
     """Embed real images with the evaluator to serve as the reference distribution."""
-    features, _ = embed(evaluator or default_evaluator(), images)
-    return RealReference(images=images, labels=np.asarray(labels), features=features)
+    features, logits = embed(evaluator or default_evaluator(), images)
+    return RealReference(
+        images=images, labels=np.asarray(labels), features=features, predictions=logits.argmax(axis=1)
+    )
 
 
 @lru_cache(maxsize=2)
@@ -192,6 +207,7 @@ def evaluate_images(
     near_copies, pairs_path = _near_copies(
         images, features, reference.features, train_features, train_images, closest_pairs_path
     )
+    per_category = per_category_metrics(features, labels, reference, class_names, seed)
     return EvaluationReport(
         source=source,
         samples_per_class=samples_per_class,
@@ -209,11 +225,54 @@ def evaluate_images(
         near_copy_rate=near_copies,
         closest_pairs_png=pairs_path,
         per_class_accuracy=per_class_accuracy(logits, labels, class_names),
+        real_per_class_accuracy=per_category["real_per_class_accuracy"],
+        per_class_fid_fm=per_category["per_class_fid_fm"],
+        per_class_precision=per_category["per_class_precision"],
+        per_class_recall=per_category["per_class_recall"],
         per_class_ssim=ssim_by_class,
         warnings=_ssim_warnings(ssim_by_class),
         seed=seed,
         seconds=time.perf_counter() - started,
     )
+
+
+def per_category_metrics(
+    features: np.ndarray,
+    labels: np.ndarray,
+    reference: RealReference,
+    class_names: Sequence[str],
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Per category: the evaluator's real accuracy, and FID_fm, precision and recall against that category.
+
+    Each category's generated features are compared with the real reference images of the same category;
+    precision/recall use an equal-size real subset (seeded), as the overall figures do. A category with too
+    few images for a metric (k-NN needs more than k = 3 per side) is left out of that metric.
+    """
+    result: dict[str, dict[str, float]] = {
+        "real_per_class_accuracy": {},
+        "per_class_fid_fm": {},
+        "per_class_precision": {},
+        "per_class_recall": {},
+    }
+    rng = np.random.default_rng(seed)
+    for index, name in enumerate(class_names):
+        real_mask = reference.labels == index
+        if reference.predictions is not None and real_mask.any():
+            result["real_per_class_accuracy"][name] = float(
+                (reference.predictions[real_mask] == index).mean()
+            )
+        generated = features[labels == index]
+        real = reference.features[real_mask]
+        if len(generated) < 2 or len(real) < 2:
+            continue
+        result["per_class_fid_fm"][name] = frechet_distance_from_features(generated, real)
+        subset = real[rng.choice(len(real), min(len(generated), len(real)), replace=False)]
+        if min(len(subset), len(generated)) > PRECISION_RECALL_K:
+            pr = precision_recall(subset, generated)
+            result["per_class_precision"][name] = pr.precision
+            result["per_class_recall"][name] = pr.recall
+    return result
 
 
 def _near_copies(
@@ -280,6 +339,46 @@ def evaluate_generator(
     )
     report.seconds = time.perf_counter() - started
     return report
+
+
+@lru_cache(maxsize=2)
+def periodic_reference(
+    data_root: Path = DEFAULT_ROOT, per_class: int = PERIODIC_REFERENCE_PER_CLASS
+) -> RealReference:
+    """A fixed, seeded subset of the real test set (`per_class` images per category), embedded once per process.
+
+    Periodic evaluation during training compares a few hundred generated images with it: enough to rank
+    the steps of one run, cheap enough to run every few hundred steps (its FID_fm is biased upwards by the
+    small samples, so compare it only with other periodic figures, not with `catalogan evaluate`).
+    """
+    images, labels = load_fashion_mnist(data_root, "test")
+    rng = np.random.default_rng(0)
+    chosen = np.concatenate(
+        [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(len(CATEGORIES))]
+    )
+    return build_real_reference(images[chosen], labels[chosen])
+
+
+def periodic_evaluation(
+    generator: SupportsGenerate | GeneratorFn,
+    samples_per_class: int,
+    *,
+    reference: RealReference,
+    z_dim: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """FID_fm, conditional accuracy and per-category accuracy of a few generated images per category.
+
+    What training records at `--eval-every` steps (the `history.jsonl` keys): fixed latents (`seed`), so
+    two steps of one run are measured on the same inputs.
+    """
+    images, labels = sample_generator(generator, samples_per_class, seed, z_dim=z_dim)
+    features, logits = embed(default_evaluator(), images)
+    return {
+        "fid_fm": frechet_distance_from_features(features, reference.features),
+        "conditional_accuracy": conditional_accuracy(logits, labels),
+        "per_category_accuracy": per_class_accuracy(logits, labels, CATEGORIES),
+    }
 
 
 def real_train_sample(

@@ -1,4 +1,5 @@
-"""Pictures that come with every checkpoint: the loss curve and a sample grid (one row per category).
+"""Pictures that come with every checkpoint: the loss curve and a sample grid (one row per category), and
+with periodic evaluation the quality curve (FID_fm and per-category accuracy against step).
 
 Matplotlib with the Agg backend (no display); each function returns PNG bytes for the object store.
 """
@@ -6,7 +7,9 @@ Matplotlib with the Agg backend (no display); each function returns PNG bytes fo
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -69,4 +72,26 @@ def sample_grid_png(images: np.ndarray, row_labels: Sequence[str], title: str = 
     axis.set_yticks([r * (height + 1) + height / 2 for r in range(rows)], list(row_labels))
     axis.set_xticks([])
     axis.set_title(title)
+    return _png(figure)
+
+
+def quality_curve_png(evaluations: Sequence[Mapping[str, Any]], title: str = "") -> bytes:
+    """FID_fm (left) and per-category conditional accuracy (right) against step, from periodic evaluations."""
+    figure, (fid_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 3.5))
+    steps = [float(e["step"]) for e in evaluations]
+    fid_axis.plot(steps, [float(e["fid_fm"]) for e in evaluations], marker="o", color="tab:purple")
+    fid_axis.set_xlabel("step")
+    fid_axis.set_ylabel("FID_fm (lower is better)")
+    fid_axis.grid(alpha=0.3)
+    categories = list(evaluations[-1].get("per_category_accuracy", {})) if evaluations else []
+    for category in categories:
+        values = [e.get("per_category_accuracy", {}).get(category) for e in evaluations]
+        accuracy_axis.plot(steps, [math.nan if v is None else float(v) for v in values], label=category)
+    accuracy_axis.set_xlabel("step")
+    accuracy_axis.set_ylabel("conditional accuracy")
+    accuracy_axis.set_ylim(0, 1)
+    accuracy_axis.grid(alpha=0.3)
+    if categories:
+        accuracy_axis.legend(loc="lower right", fontsize="x-small", ncol=2)
+    figure.suptitle(title or "quality during training")
     return _png(figure)

@@ -70,13 +70,25 @@ def generator_step(
     noise: StepNoise,
     train: TrainConfig,
 ) -> float:
-    """One G update through D (pass D's bare module under DDP: its gradients here are discarded); returns L_G."""
-    fake = generator(noise.z_g, noise.y_g)  # (B, C, H, W)
-    scores = discriminator(diff_augment(fake, train.diffaugment, noise.augment), noise.y_g)  # (B,)
-    loss = g_loss_for(train.loss)(scores)
-    optimizer_g.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer_g.step()
+    """One G update through D (pass D's bare module under DDP); returns L_G.
+
+    D's parameters are frozen for the step: the loss still flows through D to G, but D's weight gradients,
+    which the G step would throw away, are never computed (the next D step starts from zeroed gradients
+    either way, so the result is the same bit for bit).
+    """
+    parameters = [p for p in discriminator.parameters() if p.requires_grad]
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        fake = generator(noise.z_g, noise.y_g)  # (B, C, H, W)
+        scores = discriminator(diff_augment(fake, train.diffaugment, noise.augment), noise.y_g)  # (B,)
+        loss = g_loss_for(train.loss)(scores)
+        optimizer_g.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer_g.step()
+    finally:
+        for parameter in parameters:
+            parameter.requires_grad_(True)
     return float(loss.detach())
 
 

@@ -7,6 +7,11 @@ the weights identical). Every `checkpoint_every` steps rank 0 writes a full-stat
 PNG and a sample grid PNG to the object store under `models/<name>/<run>/`, and reports the checkpoint to
 Ray Train. Because nothing random depends on process history, `--resume` from a checkpoint continues
 exactly as if the run had never stopped.
+
+Rank 0 also keeps the run's `history.jsonl` (losses and throughput every `log_every` steps, and with
+`eval_every` the evaluator's FID_fm and per-category accuracy of a few hundred samples, the latest
+`samples.png`, and the best-so-far generator): the driver and `catalogan train show --follow` read progress
+from there, not from the worker's output (see docs/training.md, "What a run records").
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
+import random
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,12 +48,26 @@ from models.config import ModelConfig, Preset, TrainConfig, get_preset, with_cat
 from models.data.dataset import TrainingData, open_dataset
 from models.ema import ema_decay_at, make_ema, update_ema
 from models.errors import TrainingError
-from models.plots import loss_curve_png, sample_grid_png
+from models.plots import loss_curve_png, quality_curve_png, sample_grid_png
+from models.progress_view import progress_text
+from models.runs import (
+    BEST,
+    HISTORY,
+    LOSS_PNG,
+    QUALITY_PNG,
+    SAMPLES_PNG,
+    history_bytes,
+    parse_history,
+)
+from models.runs import LATEST as LATEST  # re-exported: callers import these from here
+from models.runs import run_prefix as run_prefix
 from models.sampling import latents_for
 from models.steps import discriminator_step, draw_noise, generator_step, make_optimizers
 
-LATEST = "latest.json"
 GENERATOR_FILE = "generator.pt"
+BEST_GENERATOR_FILE = "generator-best.pt"
+EVAL_SEED = 7  # latents of periodic evaluation: the same images every evaluation of every run
+MIN_EVAL_SAMPLES_PER_CLASS = 4  # fewer and FID_fm / accuracy say nothing
 SAMPLE_COLUMNS = 8  # images per category row in the sample grid
 SAMPLE_SEED = 20_240_601  # fixed, so grids of successive checkpoints show the same latents
 MASK_63_BITS = (1 << 63) - 1
@@ -74,6 +93,8 @@ class TrainRequest:
     resume: bool = False
     seed: int | None = None  # None = the preset's
     log_every: int = 50
+    eval_every: int = 0  # 0 = no periodic evaluation
+    eval_samples: int = 500  # generated images per periodic evaluation (split evenly over the categories)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict."""
@@ -101,11 +122,6 @@ class RunResult:
     model_config: dict[str, Any]
     train_config: dict[str, Any]
     history: dict[str, list[float]] = field(default_factory=dict)
-
-
-def run_prefix(name: str, run: str) -> str:
-    """Object-store folder of one run: `models/<name>/<run>`."""
-    return f"models/{name}/{run}"
 
 
 def new_run_id() -> str:
@@ -193,6 +209,7 @@ class WorkerState:
     optimizer_d: torch.optim.Optimizer
     step: int = 0
     history: dict[str, list[float]] = field(default_factory=lambda: {"step": [], "loss_d": [], "loss_g": []})
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # periodic evaluations, in step order
 
 
 def init_state(preset: Preset, data: TrainingData, seed: int, device: torch.device) -> WorkerState:
@@ -222,6 +239,7 @@ def state_payload(state: WorkerState, preset: str, fingerprint: str) -> dict[str
         "optimizer_d": state.optimizer_d.state_dict(),
         "rng": capture_rng_states(),
         "history": state.history,
+        "evaluations": state.evaluations,
         "data_fingerprint": fingerprint,
     }
 
@@ -237,6 +255,7 @@ def load_state(state: WorkerState, payload: dict[str, Any]) -> None:
     state.optimizer_d.load_state_dict(payload["optimizer_d"])
     state.step = int(payload["step"])
     state.history = {key: list(values) for key, values in payload.get("history", {}).items()} or state.history
+    state.evaluations = [dict(evaluation) for evaluation in payload.get("evaluations", [])]
     restore_rng_states(payload["rng"])
 
 
@@ -247,25 +266,29 @@ def write_checkpoint(
     fingerprint: str,
     final: bool,
     log: Callable[[str], None] = print,
-) -> bytes:
-    """Rank 0: the full checkpoint, loss curve and sample grid to the store, then `latest.json`; returns the bytes."""
+) -> tuple[bytes, list[str]]:
+    """Rank 0: the full checkpoint, loss curve and sample grid to the store, then `latest.json`.
+
+    Returns the checkpoint bytes and the mode-collapse warnings of its sample grid.
+    """
     prefix = run_prefix(request.name, request.run)
     data = checkpoint_to_bytes(state_payload(state, request.preset, fingerprint))
     key = f"{prefix}/checkpoint-{state.step:08d}.pt"
     store.put(key, data)
     history = state.history
     title = f"{request.name} {request.run} step {state.step}"
-    store.put(
-        f"{prefix}/loss-{state.step:08d}.png",
-        loss_curve_png(history["step"], history["loss_d"], history["loss_g"], title),
-        content_type="image/png",
-    )
+    loss_png = loss_curve_png(history["step"], history["loss_d"], history["loss_g"], title)
     grid = sample_images(state.generator_ema, state.model.num_classes)
-    store.put(
-        f"{prefix}/samples-{state.step:08d}.png",
-        sample_grid_png(grid, state.model.categories, title),
-        content_type="image/png",
-    )
+    samples_png = sample_grid_png(grid, state.model.categories, title)
+    # The numbered pictures stay with their checkpoint; the unnumbered ones are always the latest.
+    for name, png in (
+        (f"loss-{state.step:08d}.png", loss_png),
+        (f"samples-{state.step:08d}.png", samples_png),
+        (LOSS_PNG, loss_png),
+        (SAMPLES_PNG, samples_png),
+    ):
+        store.put(f"{prefix}/{name}", png, content_type="image/png")
+    warnings = mode_collapse_warnings(grid, state.model.categories)
     latest: dict[str, Any] = {
         "step": state.step,
         "checkpoint_key": key,
@@ -274,9 +297,9 @@ def write_checkpoint(
         "data_fingerprint": fingerprint,
         "updated_at": dt.datetime.now(dt.UTC).isoformat(),
         "done": final,
-        "warnings": mode_collapse_warnings(grid, state.model.categories),
+        "warnings": warnings,
     }
-    for warning in latest["warnings"]:
+    for warning in warnings:
         log(f"warning at step {state.step}: {warning}")
     if final:
         generator_bytes = checkpoint_to_bytes(generator_only(checkpoint_from_bytes(data)))
@@ -285,7 +308,7 @@ def write_checkpoint(
             generator_key=f"{prefix}/{GENERATOR_FILE}", generator_sha256=sha256_hex(generator_bytes)
         )
     store.put(f"{prefix}/{LATEST}", json.dumps(latest, indent=2).encode(), content_type="application/json")
-    return data
+    return data, warnings
 
 
 def mode_collapse_warnings(grid: np.ndarray, categories: tuple[str, ...]) -> list[str]:
@@ -303,15 +326,139 @@ def seed_global_rng(seed: int, device: torch.device) -> None:
     `tiny` step (measured with `bench/bench_train.py`). The CPU generator ends up in the same state.
     """
     torch.default_generator.manual_seed(seed)
+    # Python's and numpy's too (a few µs): nothing of ours draws from them, but the checkpoint records their
+    # states, and seeding them per step makes those bytes a function of the step, not of the process.
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFF_FFFF)
     if device.type == "cuda":
         with torch.cuda.device(device):
             torch.cuda.manual_seed(seed)
 
 
-def format_eta(seconds: float) -> str:
-    """h:mm:ss."""
-    seconds = max(0, int(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+class ProgressRecorder:
+    """Rank 0's `history.jsonl`: one line per progress update, the whole file rewritten each time.
+
+    Losses are averaged over the steps since the previous line; throughput counts this session's steps.
+    On resume the lines past the resumed step are dropped (they belong to the steps about to be redone).
+    """
+
+    def __init__(self, store: ObjectStore, request: TrainRequest, images_per_step: int, start_step: int):
+        self.store, self.request, self.images_per_step = store, request, images_per_step
+        self.key = f"{run_prefix(request.name, request.run)}/{HISTORY}"
+        self.lines: list[dict[str, Any]] = []
+        if start_step > 0:
+            try:
+                self.lines = [
+                    line for line in parse_history(store.get(self.key)) if line["step"] <= start_step
+                ]
+            except ObjectNotFoundError:
+                self.lines = []
+        self.started, self.start_step = time.monotonic(), start_step
+        self.loss_sums, self.loss_count = [0.0, 0.0], 0
+
+    def add(self, loss_d: float, loss_g: float) -> None:
+        """Count one step's losses towards the next line."""
+        self.loss_sums[0] += loss_d
+        self.loss_sums[1] += loss_g
+        self.loss_count += 1
+
+    def record(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
+        """Write the line of `step` (with `extra`, e.g. evaluation metrics) and return it."""
+        elapsed = time.monotonic() - self.started
+        rate = (step - self.start_step) / elapsed if elapsed > 0 else 0.0
+        count = max(self.loss_count, 1)
+        line: dict[str, Any] = {
+            "step": step,
+            "d_loss": self.loss_sums[0] / count,
+            "g_loss": self.loss_sums[1] / count,
+            "steps_per_s": rate,
+            "images_per_s": rate * self.images_per_step,
+            "elapsed_s": elapsed,
+            "eta_s": (self.request.steps - step) / rate if rate > 0 else None,
+            **extra,
+        }
+        self.loss_sums, self.loss_count = [0.0, 0.0], 0
+        self.lines.append(line)
+        self.store.put(self.key, history_bytes(self.lines), content_type="application/x-ndjson")
+        return line
+
+
+def fashion_mnist_root(spec: str) -> Path:
+    """The folder whose test split periodic evaluation compares with: that of a `fashion-mnist:/path` spec."""
+    from models.data.fashion_mnist import DEFAULT_ROOT
+
+    return Path(spec.split(":", 1)[1]) if spec.startswith("fashion-mnist:") else DEFAULT_ROOT
+
+
+def check_evaluable(model: ModelConfig) -> None:
+    """Periodic evaluation needs the evaluator's categories: raise `TrainingError` naming the option otherwise."""
+    from models.data.fashion_mnist import CATEGORIES
+
+    if model.categories != CATEGORIES:
+        raise TrainingError(
+            f"--eval-every needs a model of Fashion-MNIST's {len(CATEGORIES)} categories (the evaluator's); "
+            f"this run's data has {len(model.categories)}: {', '.join(model.categories[:5])}…"
+        )
+
+
+def evaluate_step(state: WorkerState, request: TrainRequest) -> dict[str, Any]:
+    """Periodic evaluation of G_ema: FID_fm, conditional accuracy, per-category accuracy (history keys)."""
+    from models.evaluation import periodic_evaluation, periodic_reference
+
+    generator = state.generator_ema
+    device = next(generator.parameters()).device
+    was_training = generator.training
+    generator.eval()
+
+    @torch.no_grad()
+    def generate(classes: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        images = generator(latents.to(device), classes.to(device)).float().cpu()  # (B, C, H, W) in [-1, 1]
+        return ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+    try:
+        metrics = periodic_evaluation(
+            generate,
+            max(MIN_EVAL_SAMPLES_PER_CLASS, request.eval_samples // state.model.num_classes),
+            reference=periodic_reference(fashion_mnist_root(request.data)),
+            z_dim=state.model.z_dim,
+            seed=EVAL_SEED,
+        )
+    finally:
+        generator.train(was_training)
+    return {"step": state.step, **metrics}
+
+
+def write_evaluation_artifacts(
+    store: ObjectStore,
+    request: TrainRequest,
+    state: WorkerState,
+    fingerprint: str,
+    evaluation: dict[str, Any],
+) -> None:
+    """Rank 0 after an evaluation: the latest grid, the quality curve, and the best-so-far generator."""
+    prefix = run_prefix(request.name, request.run)
+    title = f"{request.name} {request.run} step {state.step}"
+    grid = sample_images(state.generator_ema, state.model.num_classes)
+    store.put(
+        f"{prefix}/{SAMPLES_PNG}",
+        sample_grid_png(grid, state.model.categories, title),
+        content_type="image/png",
+    )
+    store.put(
+        f"{prefix}/{QUALITY_PNG}", quality_curve_png(state.evaluations, title), content_type="image/png"
+    )
+    earlier = [e["fid_fm"] for e in state.evaluations if e["step"] < state.step]
+    if earlier and evaluation["fid_fm"] >= min(earlier):
+        return
+    payload = generator_only(state_payload(state, request.preset, fingerprint))
+    generator_bytes = checkpoint_to_bytes(payload)
+    store.put(f"{prefix}/{BEST_GENERATOR_FILE}", generator_bytes)
+    best = {
+        **evaluation,
+        "generator_key": f"{prefix}/{BEST_GENERATOR_FILE}",
+        "generator_sha256": sha256_hex(generator_bytes),
+    }
+    store.put(f"{prefix}/{BEST}", json.dumps(best, indent=2).encode(), content_type="application/json")
 
 
 def run_worker(
@@ -327,15 +474,22 @@ def run_worker(
     """Train one rank from step 0 (or the run's latest checkpoint when resuming) to `request.steps`.
 
     Works without Ray (world 1) and under Ray Train (a torch process group already initialised).
+    Rank 0 writes `history.jsonl` every `log_every` steps (and logs the same line through `log`) and, with
+    `eval_every`, evaluates G_ema every `eval_every` steps and at the last one.
     `on_step(steps_done)` runs at the end of every step, after its checkpoint and report if it had one
     (`bench/bench_train.py` times steps with it).
     """
     device = device or torch.device("cpu")
+    if device.type == "cuda":
+        # Fixed shapes every step: let cuDNN pick the fastest kernels once (the GPU figures assume it).
+        torch.backends.cudnn.benchmark = True
     preset = get_preset(request.preset)
     seed = preset.train.seed if request.seed is None else request.seed
     store = open_store(request.out_url)
     data = open_dataset(request.data, preset.model.resolution, preset.model.channels)
     state = init_state(preset, data, seed, device)
+    if request.eval_every:
+        check_evaluable(state.model)
     if request.resume:
         latest = find_latest(store, request.name, request.run)
         if latest is None:
@@ -353,7 +507,7 @@ def run_worker(
         generator = DistributedDataParallel(state.generator, device_ids=device_ids)
         discriminator = DistributedDataParallel(state.discriminator, device_ids=device_ids)
     batch = state.train.batch_size
-    started, started_step = time.monotonic(), state.step
+    recorder = ProgressRecorder(store, request, batch * world, state.step) if rank == 0 else None
     while state.step < request.steps:
         step = state.step
         seed_global_rng(step_seed(seed, step, rank, "torch"), device)  # dropout etc.: (seed, step, rank)
@@ -365,7 +519,7 @@ def run_worker(
         loss_d = discriminator_step(
             generator, discriminator, state.optimizer_d, real, labels, noise, state.train
         )
-        # G's loss goes through D's bare module: D's gradients from it are discarded, so no all-reduce is needed.
+        # G's loss goes through D's bare module: D is frozen for it, so there is nothing to all-reduce.
         loss_g = generator_step(generator, state.discriminator, state.optimizer_g, noise, state.train)
         update_ema(
             state.generator_ema,
@@ -375,22 +529,27 @@ def run_worker(
         state.step += 1
         for key, value in (("step", state.step), ("loss_d", loss_d), ("loss_g", loss_g)):
             state.history[key].append(float(value))
-        if rank == 0 and (state.step % request.log_every == 0 or state.step == request.steps):
-            elapsed = time.monotonic() - started
-            rate = (state.step - started_step) / elapsed if elapsed > 0 else math.nan
-            eta = format_eta((request.steps - state.step) / rate) if rate > 0 else "?"
-            log(
-                f"step {state.step}/{request.steps} | {rate:.2f} steps/s | {rate * batch * world:.0f} img/s | "
-                f"loss D {loss_d:.3f} G {loss_g:.3f} | ETA {eta}"
-            )
         final = state.step == request.steps
+        extra: dict[str, Any] = {}
+        evaluate = request.eval_every > 0 and (state.step % request.eval_every == 0 or final)
+        if rank == 0 and evaluate:
+            evaluation = evaluate_step(state, request)
+            state.evaluations.append(evaluation)
+            write_evaluation_artifacts(store, request, state, data.fingerprint, evaluation)
+            extra.update({k: v for k, v in evaluation.items() if k != "step"})
         if state.step % request.checkpoint_every == 0 or final:
             metrics = {"step": state.step, "loss_d": loss_d, "loss_g": loss_g}
-            data_bytes = (
-                write_checkpoint(store, request, state, data.fingerprint, final, log) if rank == 0 else None
-            )
+            data_bytes = None
+            if rank == 0:
+                data_bytes, warnings = write_checkpoint(store, request, state, data.fingerprint, final, log)
+                if warnings:
+                    extra["warnings"] = warnings
             if report is not None:
                 report(metrics, data_bytes)
+        if recorder is not None:
+            recorder.add(loss_d, loss_g)
+            if extra or state.step % request.log_every == 0 or final:
+                log(progress_text(recorder.record(state.step, extra), request.steps))
         if on_step is not None:
             on_step(state.step)
     return state
@@ -422,6 +581,7 @@ def train_loop_per_worker(config: dict[str, Any], on_step: StepFn | None = None)
         world=context.get_world_size(),
         device=device,
         report=ray_report,
+        log=lambda _line: None,  # the driver shows progress from history.jsonl, not from worker output
         on_step=on_step,
     )
 
@@ -430,6 +590,8 @@ def prepare_run(request: TrainRequest, store: ObjectStore) -> TrainRequest:
     """Check the request against the store: pick the run to resume, refuse to overwrite a run."""
     if request.steps < 1 or request.workers < 1 or request.checkpoint_every < 1:
         raise TrainingError("--steps, --workers and --checkpoint-every must be at least 1")
+    if request.eval_every < 0 or request.eval_samples < 1:
+        raise TrainingError("--eval-every must be at least 0 and --eval-samples at least 1")
     run = request.run
     if request.resume and not run:
         run = latest_run(store, request.name) or ""
@@ -474,10 +636,21 @@ def fit_with_ray(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray Train raises its own wrappers around a worker's error
+        raise TrainingError(f"training failed: {first_line(exc)}") from exc
     if result.error is not None:
-        raise TrainingError(f"training failed: {result.error}") from result.error
+        raise TrainingError(f"training failed: {first_line(result.error)}") from result.error
     return run_result(store, request)
+
+
+def first_line(exc: BaseException) -> str:
+    """The innermost error's type and first line: what a person needs from a Ray Train failure."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def run_result(store: ObjectStore, request: TrainRequest) -> RunResult:

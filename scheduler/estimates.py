@@ -45,6 +45,9 @@ def measured_throughput(session: Session, *, default: float, now: dt.datetime | 
 
 
 def count_chunks(spec: JobSpec) -> int:
-    """Chunks planning would make for `spec` (per item, ceil(count / chunk size))."""
+    """Chunks planning would make for `spec` (per item, ceil(count / chunk size)); a variation or
+    interpolation job is one item of its images."""
     size = spec.effective_chunk_size
+    if not spec.items:
+        return math.ceil(spec.images_total / size)
     return sum(math.ceil(item.count / size) for item in spec.items)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -29,3 +30,22 @@ def fashion_test() -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST test split: uint8 (10000, 28, 28) images and int64 labels."""
     _require_fashion_mnist()
     return load_fashion_mnist(DEFAULT_ROOT, "test")
+
+
+RAY_CPUS = 4  # two training workers, Ray Train's controller, and slack for a killed run's leftovers
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray cluster for the whole session (tens of seconds to start on a busy box); yields its address.
+
+    Tests in this process use it through `ray.init` having been called; subprocesses (`catalogan train
+    --ray-address ADDRESS`) connect to it as any client of a running cluster would.
+    """
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+    try:
+        yield str(ray.get_runtime_context().gcs_address)
+    finally:
+        ray.shutdown()

@@ -176,3 +176,34 @@ def test_memorization_flags_a_generator_that_replays_its_training_images(
     assert replaying.memorization_median_ratio is not None and replaying.memorization_median_ratio < 0.1
     no_check = evaluate_generator(noise_generator, 20, z_dim=8, reference=small_reference, cas_config=None)
     assert no_check.memorization_copy_fraction is None
+
+
+def test_per_category_metrics_find_the_one_weak_category_the_overall_figures_hide(
+    fashion_train: tuple[np.ndarray, np.ndarray], small_reference: RealReference
+) -> None:
+    """Given a generator replaying real images except for shirts, which it draws as t-shirts,
+    when it is evaluated, then shirt alone has a low conditional accuracy against a high real accuracy,
+    the worst FID_fm and precision, while the overall accuracy still looks fine."""
+    images, labels = fashion_train
+    replay = replaying_generator(images[:5000], labels[:5000])
+    shirt, tshirt = 6, 0
+
+    def weak_shirts(class_indices: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        return replay(torch.where(class_indices == shirt, tshirt, class_indices), latents)
+
+    report = evaluate_generator(weak_shirts, 30, seed=2, z_dim=8, reference=small_reference, cas_config=None)
+    assert report.conditional_accuracy > 0.8  # the overall figure hides it
+    assert report.per_class_accuracy["shirt"] < 0.3 < 0.5 < report.real_per_class_accuracy["shirt"]
+    others = [name for name in report.per_class_accuracy if name != "shirt"]
+    assert (
+        set(report.real_per_class_accuracy) == set(report.per_class_fid_fm) == set(report.per_class_accuracy)
+    )
+    assert report.per_class_fid_fm["shirt"] > 2 * max(report.per_class_fid_fm[name] for name in others)
+    assert set(report.per_class_precision) == set(report.per_class_recall) == set(report.per_class_accuracy)
+    assert report.per_class_recall["shirt"] < min(report.per_class_recall[name] for name in others)
+    # The real accuracy per category is the evaluator's on the reference's real images of that category
+    predicted = embed(default_evaluator(), small_reference.images)[1].argmax(axis=1)
+    real_shirts = small_reference.labels == shirt
+    assert report.real_per_class_accuracy["shirt"] == pytest.approx(
+        float((predicted[real_shirts] == shirt).mean())
+    )

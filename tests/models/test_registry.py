@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,7 +24,7 @@ from models.registry import (
 GOOD = {"conditional_accuracy": 0.97, "cas": 0.85, "fid_fm": 3.0}
 
 
-def _register(factory: sessionmaker[Session], metrics: dict[str, float] | None = None) -> str:
+def _register(factory: sessionmaker[Session], metrics: dict[str, Any] | None = None) -> str:
     row = register_version(
         factory,
         name="fashion-cgan",
@@ -77,6 +78,40 @@ def test_promotion_below_the_gates_is_refused_unless_forced(session_factory: ses
 def test_gates_are_read_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CATALOGAN_GATE_MIN_CAS", "0.9")
     assert PromotionGates().failures({"conditional_accuracy": 0.95, "cas": 0.8}) == ["cas = 0.8 < gate 0.9"]
+
+
+def test_per_category_floors_refuse_a_version_with_one_weak_category(
+    session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a version whose overall accuracy passes but whose shirts are half as recognisable as real shirts
+    per_class = {"shirt": 0.33, "trouser": 0.99, "bag": 0.98}
+    real = {"shirt": 0.66, "trouser": 0.98, "bag": 0.97}
+    ref = _register(
+        session_factory,
+        {**GOOD, "per_class_accuracy": per_class, "real_per_class_accuracy": real},
+    )
+    # When the operator requires every category at 0.9 of the evaluator's real accuracy
+    monkeypatch.setenv("CATALOGAN_GATE_MIN_CATEGORY_ACCURACY_RATIO", "0.9")
+    # Then promotion is refused naming the category, its accuracy and its floor
+    with pytest.raises(PromotionRefusedError, match=r"shirt 0\.330 < 0\.594"):
+        promote_version(session_factory, ref)
+    # And an absolute floor reports the same category, while the gate table shows the weakest one
+    gates = PromotionGates(min_category_accuracy=0.5, min_category_accuracy_ratio=None)
+    checks = {check.gate: check for check in gates.checks({**GOOD, "per_class_accuracy": per_class})}
+    assert not checks["min_category_accuracy"].passed
+    assert checks["min_category_accuracy"].value == "lowest: shirt 0.330"
+    assert checks["min_conditional_accuracy"].passed
+    # And a version without per-category metrics does not pass a per-category gate
+    assert "per_class_accuracy not measured" in gates.failures(GOOD)[0]
+    # And with better shirts the same gates pass
+    better = {**per_class, "shirt": 0.61}
+    assert gates.failures({**GOOD, "per_class_accuracy": better}) == []
+    assert (
+        PromotionGates(min_category_accuracy_ratio=0.9).failures(
+            {**GOOD, "per_class_accuracy": better, "real_per_class_accuracy": real}
+        )
+        == []
+    )
 
 
 def test_promoting_a_new_version_retires_the_old_one(session_factory: sessionmaker[Session]) -> None:

@@ -11,7 +11,7 @@ from models.build import build_discriminator, build_generator
 from models.config import get_preset
 from models.diffaugment import diff_augment
 from models.ema import ema_decay_at, make_ema, update_ema
-from models.losses import hinge_d_loss, hinge_g_loss, non_saturating_d_loss, non_saturating_g_loss
+from models.losses import g_loss_for, hinge_d_loss, hinge_g_loss, non_saturating_d_loss, non_saturating_g_loss
 from models.steps import discriminator_step, draw_noise, generator_step, make_optimizers
 
 CPU = torch.device("cpu")
@@ -99,3 +99,33 @@ def test_training_warns_when_a_category_collapses() -> None:
     grid[1] = grid[1, :1]  # every "bag" sample is the same image
     warnings = mode_collapse_warnings(grid, ("shirt", "bag"))
     assert len(warnings) == 1 and "'bag'" in warnings[0]
+
+
+def test_the_generator_step_leaves_the_discriminator_untouched_and_trains_g_as_before() -> None:
+    # Given two identical tiny G/D pairs and the same noise
+    preset = get_preset("tiny")
+    torch.manual_seed(1)
+    generator, discriminator = build_generator(preset.model), build_discriminator(preset.model)
+    twin_g, twin_d = build_generator(preset.model), build_discriminator(preset.model)
+    twin_g.load_state_dict(generator.state_dict())
+    twin_d.load_state_dict(discriminator.state_dict())
+    optimizer_g = make_optimizers(generator, discriminator, preset.train)[0]
+    twin_optimizer_g = make_optimizers(twin_g, twin_d, preset.train)[0]
+    noise = draw_noise(preset.model, 4, torch.Generator().manual_seed(0), CPU)
+    twin_noise = draw_noise(preset.model, 4, torch.Generator().manual_seed(0), CPU)
+    # When one takes a G step, and the other the same step computed by hand with D's gradients on
+    loss = generator_step(generator, discriminator, optimizer_g, noise, preset.train)
+    fake = twin_g(twin_noise.z_g, twin_noise.y_g)
+    scores = twin_d(diff_augment(fake, preset.train.diffaugment, twin_noise.augment), twin_noise.y_g)
+    twin_loss = g_loss_for(preset.train.loss)(scores)
+    twin_optimizer_g.zero_grad(set_to_none=True)
+    twin_loss.backward()
+    twin_optimizer_g.step()
+    # Then G's loss and new weights are the same bit for bit
+    assert loss == float(twin_loss.detach())
+    for ours, theirs in zip(generator.state_dict().values(), twin_g.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs)
+    # And D got no weight gradients from it (they are never computed), and trains again afterwards
+    assert all(p.grad is None for p in discriminator.parameters())
+    assert any(p.grad is not None for p in twin_d.parameters())
+    assert all(p.requires_grad for p in discriminator.parameters())

@@ -1,13 +1,11 @@
 """Training on a real local Ray cluster (2 CPU workers, gloo DDP) with the `tiny` preset.
 
-One Ray cluster serves the whole module (it takes tens of seconds to start on a busy box).
+One Ray cluster (`ray_cluster`, tests/models/conftest.py) serves the whole session.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +20,6 @@ from models.inference import load_generator
 from models.training import TrainRequest, fit_with_ray, prepare_run, run_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-RAY_CPUS = 3  # two training workers + Ray Train's controller
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """A local Ray cluster for this module, without dashboard or memory monitor."""
-    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +72,7 @@ def _assert_same_tensors(a: object, b: object, where: str = "") -> None:
 
 
 def test_two_workers_train_checkpoint_and_resume_exactly(
-    ray_cluster: None, image_folder: Path, local_store: LocalStore, tmp_path: Path
+    ray_cluster: str, image_folder: Path, local_store: LocalStore, tmp_path: Path
 ) -> None:
     # Given 2 Ray workers and the tiny preset on a 3-category image folder
     # When one run trains 4 steps straight, and another trains 2 steps, stops, and resumes to 4
