@@ -95,7 +95,12 @@ class WebhookSettings(BaseSettings):
         default=False,
         description="Deliver to loopback, private and link-local addresses (tests, single-host setups).",
     )
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="Total deadline of one delivery attempt, DNS to the last byte read.",
+    )
     webhook_max_attempts: int = Field(default=8, ge=1, le=30)
     webhook_backoff_base_seconds: float = Field(default=5.0, gt=0)
     webhook_backoff_max_seconds: float = Field(default=3600.0, gt=0)
@@ -103,6 +108,13 @@ class WebhookSettings(BaseSettings):
         default=30.0, gt=0, description="At most one job.progress event per job per interval."
     )
     webhook_batch_size: int = Field(default=100, ge=1, le=10_000)
+    webhook_concurrency: int = Field(default=16, ge=1, le=256, description="Deliveries in flight at once.")
+    webhook_concurrency_per_tenant: int = Field(
+        default=2, ge=1, le=100, description="Deliveries of one tenant claimed per tick (and so in flight)."
+    )
+    webhook_max_response_bytes: int = Field(
+        default=64 * 1024, ge=0, description="Bytes of a receiver's answer read at most (the status decides)."
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> WebhookSettings:

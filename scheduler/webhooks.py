@@ -14,7 +14,15 @@ Two steps, both run by the periodic tick (`run_webhook_tick`, called from `catal
 SSRF guard: a target must be http(s) and every address its host resolves to must be public — loopback,
 private, link-local, multicast, reserved and unspecified addresses are refused unless the operator sets
 `CATALOGAN_WEBHOOK_ALLOW_PRIVATE_TARGETS=true`. The check runs at submit and again before every delivery
-(DNS may change in between). Redirects are not followed.
+(DNS may change in between). Each attempt resolves the name once, checks every address and connects to the
+address it checked (`pin_target`), keeping the name for `Host` and TLS SNI, so a DNS answer that changes between
+the check and the connection (rebinding) cannot redirect a signed POST. Redirects are not followed, and no
+proxy from the environment is used.
+
+Delivery: the due rows of one tick run concurrently (`webhook_concurrency`), at most
+`webhook_concurrency_per_tenant` rows of one tenant per tick; each attempt has one total deadline
+(`webhook_timeout_seconds`, resolving to reading the answer) and reads at most `webhook_max_response_bytes`.
+A slow or silent receiver therefore costs its own tenant's events, and others' at most one deadline per tick.
 """
 
 from __future__ import annotations
@@ -27,9 +35,12 @@ import socket
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
+import anyio.to_thread
 import httpx
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -256,6 +267,7 @@ def backoff_seconds(attempts: int, settings: WebhookSettings, *, rng: random.Ran
 @dataclass(frozen=True, slots=True)
 class _Due:
     id: str
+    tenant_id: str
     url: str
     body: dict[str, Any]
     attempts: int
@@ -263,12 +275,28 @@ class _Due:
 
 
 def _claim_due(factory: sessionmaker[Session], settings: WebhookSettings, now: dt.datetime) -> list[_Due]:
-    # Claim rows by pushing their next attempt past the delivery timeout, so a second dispatcher skips them.
+    # At most `webhook_concurrency_per_tenant` rows per tenant per tick: a tenant whose receiver is slow has its
+    # backlog spread over ticks instead of filling the batch (each tick waits for at most one attempt deadline).
+    # Rows are claimed by pushing their next attempt past the deadline, so a second dispatcher skips them.
     lease_until = now + dt.timedelta(seconds=settings.webhook_timeout_seconds * 3)
+    ranked = (
+        select(
+            WebhookDelivery.id,
+            func.row_number()
+            .over(
+                partition_by=WebhookDelivery.tenant_id,
+                order_by=(WebhookDelivery.next_attempt_at, WebhookDelivery.created_at),
+            )
+            .label("rank"),
+        )
+        .where(WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now)
+        .subquery()
+    )
+    candidates = select(ranked.c.id).where(ranked.c.rank <= settings.webhook_concurrency_per_tenant)
     with transaction(factory) as session:
         ids = session.scalars(
             select(WebhookDelivery.id)
-            .where(WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now)
+            .where(WebhookDelivery.id.in_(candidates))
             .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.created_at)
             .limit(settings.webhook_batch_size)
             .with_for_update(skip_locked=True)
@@ -284,6 +312,7 @@ def _claim_due(factory: sessionmaker[Session], settings: WebhookSettings, now: d
         rows = session.execute(
             select(
                 WebhookDelivery.id,
+                WebhookDelivery.tenant_id,
                 WebhookDelivery.event,
                 WebhookDelivery.created_at,
                 WebhookDelivery.url,
@@ -296,90 +325,181 @@ def _claim_due(factory: sessionmaker[Session], settings: WebhookSettings, now: d
             .order_by(WebhookDelivery.created_at)
         ).all()
         return [
-            _Due(id_, url, event_envelope(event, created, payload), attempts, secret)
-            for id_, event, created, url, payload, attempts, secret in rows
+            _Due(id_, tenant_id, url, event_envelope(event, created, payload), attempts, secret)
+            for id_, tenant_id, event, created, url, payload, attempts, secret in rows
         ]
 
 
-def deliver(
-    http: httpx.Client,
+@dataclass(frozen=True, slots=True)
+class PinnedTarget:
+    """Where one attempt connects: the checked address, and the name the request and TLS still carry."""
+
+    url: str  # the webhook URL with its host replaced by the checked IP address
+    host_header: str  # the original host[:port], sent as Host
+    server_name: str  # the original host name, sent as TLS SNI and checked against the certificate
+
+
+def pin_target(url: str, *, allow_private: bool, resolver: Resolver = resolve_host) -> PinnedTarget:
+    """Resolve `url`'s host once, check the addresses (see `check_target`) and pin the first one.
+
+    The connection goes to that address, never to a second resolution of the name: a name that answers a
+    public address to the check and 127.0.0.1 to the connection (DNS rebinding) reaches only what was checked.
+    """
+    check_target(url, allow_private=True)  # scheme, credentials, port
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    addresses = resolver(host, port)
+    if not addresses:
+        raise UnsafeWebhookTargetError(f"webhook_url {url!r}: host {host!r} has no address")
+    if not allow_private:
+        refused = [address for address in addresses if not _is_public(address)]
+        if refused:
+            raise UnsafeWebhookTargetError(
+                f"webhook_url {url!r}: resolves to a loopback, private or link-local address "
+                f"({', '.join(refused)}); refused unless the operator sets CATALOGAN_WEBHOOK_ALLOW_PRIVATE_TARGETS"
+            )
+    address = addresses[0].split("%", 1)[0]
+    literal = f"[{address}]" if ":" in address else address
+    netloc = f"{literal}:{parts.port}" if parts.port else literal
+    host_header = parts.netloc.rsplit("@", 1)[-1]
+    return PinnedTarget(parts._replace(netloc=netloc).geturl(), host_header, host)
+
+
+async def deliver(
+    http: httpx.AsyncClient,
     url: str,
     message_id: str,
     payload: dict[str, Any],
     secret: str,
     settings: WebhookSettings,
+    *,
+    resolver: Resolver = resolve_host,
 ) -> None:
-    """POST one signed event; raise `httpx.HTTPError` or `UnsafeWebhookTargetError` when it was not accepted."""
-    check_target(url, allow_private=settings.webhook_allow_private_targets)
-    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-    headers = signed_headers(secret, message_id, body)
-    headers["content-type"] = "application/json"
-    headers["user-agent"] = USER_AGENT
-    response = http.post(url, content=body, headers=headers, timeout=settings.webhook_timeout_seconds)
+    """POST one signed event to the pinned address of `url`, all within `webhook_timeout_seconds`; raise
+    `httpx.HTTPError`, `TimeoutError` or `UnsafeWebhookTargetError` when it was not accepted.
+
+    The deadline covers resolving, connecting, sending and reading the answer (a receiver dripping bytes cannot
+    hold an attempt longer); at most `webhook_max_response_bytes` of the answer are read. Redirects are not
+    followed: a 3xx is a failed attempt.
+    """
+    with anyio.fail_after(settings.webhook_timeout_seconds):
+        target = await anyio.to_thread.run_sync(
+            partial(pin_target, url, allow_private=settings.webhook_allow_private_targets, resolver=resolver),
+            abandon_on_cancel=True,
+        )
+        body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+        headers = signed_headers(secret, message_id, body)
+        headers["content-type"] = "application/json"
+        headers["user-agent"] = USER_AGENT
+        headers["host"] = target.host_header
+        extensions = {"sni_hostname": target.server_name} if url.startswith("https") else {}
+        request = http.build_request("POST", target.url, content=body, headers=headers, extensions=extensions)
+        response = await http.send(request, stream=True)
+        try:
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read >= settings.webhook_max_response_bytes:
+                    break  # the status is what counts; the rest of the body is not read
+        finally:
+            await response.aclose()
     if not 200 <= response.status_code < 300:
         raise httpx.HTTPStatusError(
             f"receiver answered HTTP {response.status_code}", request=response.request, response=response
         )
 
 
+def _outcome(
+    row: _Due, error: str | None, permanent: bool, settings: WebhookSettings
+) -> tuple[dict[str, Any], str]:
+    attempts = row.attempts + 1
+    values: dict[str, Any] = {"attempts": attempts}
+    if error is None:
+        return values | {
+            "status": DeliveryStatus.DELIVERED,
+            "delivered_at": utcnow(),
+            "last_error": None,
+        }, "ok"
+    if permanent or attempts >= settings.webhook_max_attempts:
+        return values | {"status": DeliveryStatus.FAILED, "last_error": error[:MAX_ERROR_CHARS]}, "failed"
+    retry_at = utcnow() + dt.timedelta(seconds=backoff_seconds(attempts, settings))
+    return values | {"next_attempt_at": retry_at, "last_error": error[:MAX_ERROR_CHARS]}, "retrying"
+
+
+async def _attempt(
+    http: httpx.AsyncClient, row: _Due, settings: WebhookSettings, resolver: Resolver
+) -> tuple[str | None, bool]:
+    if not row.secret:
+        return "the tenant has no webhook secret", True
+    try:
+        await deliver(http, row.url, row.id, row.body, row.secret, settings, resolver=resolver)
+    except UnsafeWebhookTargetError as exc:
+        return str(exc), True
+    except TimeoutError:
+        return f"no answer within {settings.webhook_timeout_seconds:g} s", False
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}", False
+    return None, False
+
+
 def dispatch_due(
     factory: sessionmaker[Session],
     settings: WebhookSettings,
     *,
-    http: httpx.Client | None = None,
     now: dt.datetime | None = None,
+    resolver: Resolver = resolve_host,
 ) -> DispatchReport:
-    """Deliver every due outbox row once; schedule retries with backoff; give up after the max attempts."""
+    """Deliver the due outbox rows once each, concurrently; schedule retries with backoff; give up after the
+    max attempts. Returns after at most about one attempt deadline.
+
+    Up to `webhook_concurrency` attempts run at once, and at most `webhook_concurrency_per_tenant` rows of one
+    tenant are claimed per call, so a receiver that is slow or never answers delays only its own tenant's
+    events. Each row's outcome is written as soon as its attempt ends.
+    """
     now = now or utcnow()
     rows = _claim_due(factory, settings, now)
     if not rows:
         return DispatchReport()
-    own_client = http is None
-    client = http or httpx.Client(follow_redirects=False)
-    delivered = retrying = failed = 0
-    try:
-        for row in rows:
-            delivery_id, attempts = row.id, row.attempts
-            error: str | None = None
-            permanent = False
-            try:
-                if not row.secret:
-                    permanent, error = True, "the tenant has no webhook secret"
-                else:
-                    deliver(client, row.url, delivery_id, row.body, row.secret, settings)
-            except UnsafeWebhookTargetError as exc:
-                permanent, error = True, str(exc)
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            attempts += 1
-            values: dict[str, Any] = {"attempts": attempts}
-            if error is None:
-                values |= {"status": DeliveryStatus.DELIVERED, "delivered_at": utcnow(), "last_error": None}
-                delivered += 1
-            elif permanent or attempts >= settings.webhook_max_attempts:
-                values |= {"status": DeliveryStatus.FAILED, "last_error": error[:MAX_ERROR_CHARS]}
-                failed += 1
-            else:
-                retry_at = utcnow() + dt.timedelta(seconds=backoff_seconds(attempts, settings))
-                values |= {"next_attempt_at": retry_at, "last_error": error[:MAX_ERROR_CHARS]}
-                retrying += 1
-            with transaction(factory) as session:
-                session.execute(
-                    update(WebhookDelivery)
-                    .where(WebhookDelivery.id == delivery_id)
-                    .values(**values)
-                    .execution_options(synchronize_session=False)
-                )
-    finally:
-        if own_client:
-            client.close()
-    return DispatchReport(delivered, retrying, failed)
+    outcomes: list[str] = []
+
+    def record(row: _Due, error: str | None, permanent: bool) -> None:
+        values, outcome = _outcome(row, error, permanent, settings)
+        with transaction(factory) as session:
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == row.id)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+        outcomes.append(outcome)
+
+    async def run_all() -> None:
+        slots = anyio.Semaphore(settings.webhook_concurrency)
+        limits = httpx.Limits(max_connections=settings.webhook_concurrency, max_keepalive_connections=0)
+        # trust_env=False: a proxy from the environment would resolve the name again, defeating the pin.
+        timeout = httpx.Timeout(settings.webhook_timeout_seconds)
+        async with httpx.AsyncClient(
+            follow_redirects=False, trust_env=False, limits=limits, timeout=timeout
+        ) as http:
+
+            async def one(row: _Due) -> None:
+                async with slots:
+                    error, permanent = await _attempt(http, row, settings, resolver)
+                await anyio.to_thread.run_sync(record, row, error, permanent)
+
+            async with anyio.create_task_group() as group:
+                for row in rows:
+                    group.start_soon(one, row)
+
+    anyio.run(run_all)
+    return DispatchReport(outcomes.count("ok"), outcomes.count("retrying"), outcomes.count("failed"))
 
 
 def run_webhook_tick(
-    factory: sessionmaker[Session], settings: WebhookSettings, *, http: httpx.Client | None = None
+    factory: sessionmaker[Session], settings: WebhookSettings, *, resolver: Resolver = resolve_host
 ) -> DispatchReport:
     """One periodic step: write new job events into the outbox, then deliver what is due."""
     with transaction(factory) as session:
         emit_job_events(session, settings)
-    return dispatch_due(factory, settings, http=http)
+    return dispatch_due(factory, settings, resolver=resolver)

@@ -1,0 +1,226 @@
+"""Webhook delivery against hostile receivers and names: DNS rebinding, a receiver dripping bytes, a huge
+answer, and a slow tenant next to a fast one. Real PostgreSQL, real HTTP servers on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import socketserver
+import threading
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import transaction
+from db.status import DeliveryStatus
+from db.tables import WebhookDelivery
+from scheduler.settings import WebhookSettings
+from scheduler.webhooks import dispatch_due
+from tests.scheduler.conftest import Credentials
+from tests.scheduler.receivers import Receiver
+
+REBINDING_NAME = "rebind.catalogan.test"
+PUBLIC_ADDRESS = "93.184.216.34"  # a global address; nothing here may ever connect to it successfully
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on loopback that answers 200."""
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
+class RawServer:
+    """A TCP server on loopback whose handler gets the connected socket after the request was read."""
+
+    def __init__(self, answer: Callable[[socket.socket], None]) -> None:
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.settimeout(30)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = self.request.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                with contextlib.suppress(OSError):  # the dispatcher hung up: what these tests want
+                    answer(self.request)
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        """The hook URL."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _job(api: TestClient, tenant: Credentials, url: str) -> str:
+    body = {"items": [{"category": "a", "count": 1}], "webhook_url": url}
+    response = api.post("/v1/jobs", json=body, headers=tenant.headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _outbox(
+    factory: sessionmaker[Session], tenant: Credentials, job_id: str, url: str, count: int
+) -> list[str]:
+    ids = []
+    with transaction(factory) as session:
+        for index in range(count):
+            ids.append(uuid.uuid4().hex)
+            session.add(
+                WebhookDelivery(
+                    id=ids[-1],
+                    tenant_id=tenant.tenant_id,
+                    job_id=job_id,
+                    event="job.progress",
+                    url=url,
+                    payload={"job_id": job_id, "n": index},
+                )
+            )
+    return ids
+
+
+def _rows(factory: sessionmaker[Session], ids: list[str]) -> list[WebhookDelivery]:
+    with factory() as session:
+        rows = list(session.scalars(select(WebhookDelivery).where(WebhookDelivery.id.in_(ids))))
+        session.expunge_all()
+    return rows
+
+
+def test_a_name_rebinding_to_loopback_after_the_check_receives_nothing(
+    api: TestClient,
+    tenant: Credentials,
+    pg_factory: sessionmaker[Session],
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given a webhook host whose DNS answers a public address first and 127.0.0.1 afterwards (rebinding),
+    and a receiver on 127.0.0.1 at the URL's port, when the dispatcher (private targets refused) delivers,
+    then the loopback receiver gets no request and the row is not delivered."""
+    job_id = _job(api, tenant, receiver.url)
+    port = int(receiver.url.split(":")[2].split("/")[0])
+    ids = _outbox(pg_factory, tenant, job_id, f"http://{REBINDING_NAME}:{port}/hooks", 1)
+    real = socket.getaddrinfo
+    answers = iter([PUBLIC_ADDRESS])
+
+    def rebinding(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == REBINDING_NAME:
+            address = next(answers, "127.0.0.1")
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, args[0]))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    dispatch_due(pg_factory, WebhookSettings(webhook_timeout_seconds=1))
+
+    assert receiver.deliveries == [], "a signed POST reached loopback through a rebinding name"
+    (row,) = _rows(pg_factory, ids)
+    assert row.status is DeliveryStatus.PENDING and row.attempts == 1 and row.last_error
+
+
+def test_a_receiver_dripping_its_answer_is_cut_at_the_attempt_deadline(
+    api: TestClient, tenant: Credentials, pg_factory: sessionmaker[Session], receiver: Receiver
+) -> None:
+    """Given a receiver that sends its status line one byte every 0.2 s (6 s in all) and a 1 s deadline,
+    when the dispatcher runs, then it returns within about the deadline and the row waits for a retry with
+    an error saying no answer came in time."""
+
+    def drip(conn: socket.socket) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n" + b"x-pad: " + b"." * 20:
+            conn.sendall(bytes([byte]))
+            time.sleep(0.2)
+
+    server = RawServer(drip)
+    try:
+        ids = _outbox(pg_factory, tenant, _job(api, tenant, receiver.url), server.url, 1)
+        settings = WebhookSettings(webhook_allow_private_targets=True, webhook_timeout_seconds=1)
+        started = time.monotonic()
+        dispatch_due(pg_factory, settings)
+        elapsed = time.monotonic() - started
+    finally:
+        server.stop()
+    assert elapsed < 3.0, f"one dripping receiver held the dispatcher {elapsed:.1f} s"
+    (row,) = _rows(pg_factory, ids)
+    assert row.status is DeliveryStatus.PENDING and "1 s" in (row.last_error or "")
+
+
+def test_a_huge_answer_is_not_read_past_the_response_cap(
+    api: TestClient, tenant: Credentials, pg_factory: sessionmaker[Session], receiver: Receiver
+) -> None:
+    """Given a receiver that answers 200 with a 200 MB body, when the dispatcher delivers, then the row is
+    delivered and the dispatcher's process allocated under 16 MiB of Python objects for it."""
+    block = b"x" * (1 << 20)
+
+    def huge(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (200 * len(block)))
+        for _ in range(200):
+            conn.sendall(block)
+
+    server = RawServer(huge)
+    try:
+        ids = _outbox(pg_factory, tenant, _job(api, tenant, receiver.url), server.url, 1)
+        settings = WebhookSettings(webhook_allow_private_targets=True, webhook_timeout_seconds=20)
+        tracemalloc.start()
+        try:
+            dispatch_due(pg_factory, settings)
+            peak = tracemalloc.get_traced_memory()[1] / (1 << 20)
+        finally:
+            tracemalloc.stop()
+    finally:
+        server.stop()
+    (row,) = _rows(pg_factory, ids)
+    assert row.status is DeliveryStatus.DELIVERED
+    assert peak < 16, f"{peak:.0f} MiB allocated reading a receiver's answer"
+
+
+def test_a_silent_receiver_delays_only_its_own_tenant(
+    api: TestClient,
+    make_tenant: Callable[..., Credentials],
+    pg_factory: sessionmaker[Session],
+    receiver: Receiver,
+) -> None:
+    """Given tenant S with 6 due events for a receiver that never answers (queued first) and tenant F with 2
+    for a prompt receiver, a 2 s deadline and 2 deliveries per tenant per tick, when one dispatch runs, then
+    F's 2 events arrive within about a second, the dispatch ends within about one deadline, and only 2 of S's
+    events were attempted (the other 4 wait for later ticks)."""
+    silent = RawServer(lambda conn: time.sleep(30))
+    s, f = make_tenant(), make_tenant()
+    try:
+        s_ids = _outbox(pg_factory, s, _job(api, s, receiver.url), silent.url, 6)
+        f_ids = _outbox(pg_factory, f, _job(api, f, receiver.url), receiver.url, 2)
+        settings = WebhookSettings(webhook_allow_private_targets=True, webhook_timeout_seconds=2)
+        started = time.monotonic()
+        done: dict[str, float] = {}
+        thread = threading.Thread(
+            target=lambda: (dispatch_due(pg_factory, settings), done.setdefault("at", time.monotonic()))
+        )
+        thread.start()
+        while len(receiver.deliveries) < 2 and time.monotonic() - started < 30:
+            time.sleep(0.02)
+        fast_seconds = time.monotonic() - started
+        thread.join(timeout=60)
+    finally:
+        silent.stop()
+    assert len(receiver.deliveries) == 2
+    assert fast_seconds < 1.5, f"tenant F's events waited {fast_seconds:.1f} s behind tenant S's receiver"
+    assert done["at"] - started < 4.0
+    attempted = [row for row in _rows(pg_factory, s_ids) if row.attempts]
+    assert len(attempted) == 2
+    assert all(row.status is DeliveryStatus.DELIVERED for row in _rows(pg_factory, f_ids))
