@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Query, Request
@@ -41,6 +41,7 @@ from scheduler.api.cursors import decode_cursor, encode_cursor
 from scheduler.api.routes.images import read_reviewed_manifest, tenant_owns_key
 from scheduler.console.auth import Console, ConsoleDep, CsrfUserDep, UserDep, ViewerDep
 from scheduler.console.pages import ConsoleNotFoundError, render
+from scheduler.console.provenance import embedded_provenance
 from scheduler.errors import JobStateError, RequestValidationError
 from scheduler.webhooks import enqueue_job_reviewed
 
@@ -369,17 +370,8 @@ async def image_page(
             "image_row": {
                 name: (value.value if hasattr(value, "value") else value) for name, value in row.items()
             },
-            "provenance": {
-                "model version": _model_ref(model),
-                "checkpoint sha256": model.checkpoint_sha256 if model else "—",
-                "job seed": job.seed,
-                "index": image.index,
-                "category": image.category,
-                "SKU": image.sku or "—",
-                "redraws": image.redraws,
-                "gate score": image.score,
-                "backend": (job.options or {}).get("backend") or "not recorded",
-            },
+            "provenance": provenance_rows(job, image, model, check.embedded),
+            "gate_score": image.score,
             "check": check,
             "previous": index - 1 if index - 1 in neighbours else None,
             "next": index + 1 if index + 1 in neighbours else None,
@@ -391,13 +383,45 @@ async def image_page(
 
 @dataclass(frozen=True)
 class StoredBytesCheck:
-    """The console's check of an image: the stored object's sha256 and size against its SQL row."""
+    """The console's check of an image: the stored object's sha256 and size against its SQL row, and the
+    provenance fields the file states about itself."""
 
     checked: bool
     matches: bool
     sha256: str | None
     size_bytes: int | None
     message: str
+    embedded: dict[str, str] = field(default_factory=dict)
+
+
+# Provenance fields the image and job rows also hold; the file's other fields (backend, device_kind, dtype,
+# compute_batch, ai_generated) are shown as the file states them.
+def _row_provenance(job: Job, image: Image, model: ModelVersion | None) -> dict[str, str | None]:
+    return {
+        "model_version": _model_ref(model) if model else None,
+        "checkpoint_sha256": model.checkpoint_sha256 or None if model else None,
+        "job_id": job.id,
+        "index": str(image.index),
+        "seed": str(job.seed),
+        "category": image.category,
+        "sku": image.sku,
+        "redraw": str(image.redraws) if image.redraws else None,  # the file states a redraw only when > 0
+    }
+
+
+def provenance_rows(
+    job: Job, image: Image, model: ModelVersion | None, embedded: dict[str, str]
+) -> list[dict[str, Any]]:
+    """One row per provenance field: what the file states, what SQL holds, and whether they agree."""
+    rows_say = _row_provenance(job, image, model)
+    rows = []
+    for name in [*rows_say, *(name for name in embedded if name not in rows_say)]:
+        in_file, in_rows = embedded.get(name), rows_say.get(name)
+        if in_file is None and in_rows is None:
+            continue
+        agrees = None if name not in rows_say or not embedded else in_file == in_rows
+        rows.append({"field": name, "file": in_file, "rows": in_rows, "agrees": agrees})
+    return rows
 
 
 def _check_stored_bytes(console: Console, user: SignedIn, image: Image) -> StoredBytesCheck:
@@ -416,7 +440,7 @@ def _check_stored_bytes(console: Console, user: SignedIn, image: Image) -> Store
         if matches
         else "the stored bytes do NOT match the row's sha256 or size"
     )
-    return StoredBytesCheck(True, matches, digest, len(data), message)
+    return StoredBytesCheck(True, matches, digest, len(data), message, embedded_provenance(data))
 
 
 @router.get("/jobs/{job_id}/images/{index}/file")

@@ -41,6 +41,7 @@ from db.tables import (
 from db.tenants import revoke_api_key
 from scheduler.console.auth import SESSION_COOKIE, SIGN_IN_COOKIE
 from scheduler.console.curves import parse_history
+from scheduler.console.provenance import embedded_provenance
 from scheduler.console.settings import ConsoleSettings
 from tests.scheduler.conftest import Credentials
 
@@ -378,6 +379,64 @@ def test_the_image_page_shows_provenance_the_stored_bytes_check_and_the_row(
     assert console.get(f"{url}/file").content == png_bytes(2)
     api_store.put(f"{tenant.tenant_id}/jobs/{finished.job_id}/a/00000002.png", b"tampered")
     assert 'data-check="no-match"' in console.get(url).text
+
+
+@pytest.mark.parametrize("output_format", ["png", "webp"])
+def test_embedded_provenance_reads_what_the_workers_encoder_wrote(output_format: str) -> None:
+    """Given an image encoded by the workers' own encoder, when the console reads its provenance, then it gets
+    every field the encoder wrote (backend included), in PNG text chunks and in WebP's XMP packet."""
+    import numpy as np
+
+    from workers.encoding import Provenance, encode_image
+
+    provenance = Provenance(
+        "tiny@1", "ab" * 32, "f" * 32, 5, 11, "a", "SKU-<5>", redraw=2, inference=(("backend", "eager"),)
+    )
+    data = encode_image(np.zeros((8, 8, 1), dtype=np.uint8), output_format, provenance)
+    fields = embedded_provenance(data)
+    assert {key: fields[key] for key in ("model_version", "job_id", "index", "seed", "sku", "redraw", "backend")} == {
+        "model_version": "tiny@1", "job_id": "f" * 32, "index": "5", "seed": "11", "sku": "SKU-<5>",
+        "redraw": "2", "backend": "eager",
+    }  # fmt: skip
+    assert embedded_provenance(b"not an image") == {}
+
+
+def test_the_image_page_shows_where_the_files_provenance_and_the_rows_disagree(
+    console: TestClient,
+    finished: FinishedJob,
+    api_store: ObjectStore,
+    tenant: Credentials,
+    pg_factory: sessionmaker[Session],
+) -> None:
+    """Given image 4 replaced by a file that states seed 12 (the job's seed is 11) with its row updated to the
+    new bytes, when its page is opened, then the bytes check passes, the seed row says NO, the others yes."""
+    import numpy as np
+
+    from workers.encoding import Provenance, encode_image
+
+    with pg_factory() as session:
+        model = session.scalars(select(ModelVersion)).one()
+    provenance = Provenance("tiny@1", model.checkpoint_sha256, finished.job_id, 4, 12, "a", "SKU-4")
+    data = encode_image(np.zeros((8, 8, 1), dtype=np.uint8), "png", provenance)
+    key = f"{tenant.tenant_id}/jobs/{finished.job_id}/a/00000004.png"
+    api_store.put(key, data)
+    with transaction(pg_factory) as session:
+        session.execute(
+            update(Image)
+            .where(Image.job_id == finished.job_id, Image.index == 4)
+            .values(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), redraws=0)
+        )
+    page = console.get(f"/console/jobs/{finished.job_id}/images/4").text
+    assert 'data-check="match"' in page
+
+    def agreement(name: str) -> str:
+        row = page.split(f'<tr data-field="{name}">')[1].split("</tr>")[0]
+        return "NO" if "NO" in row else "yes" if "yes" in row else "—"
+
+    assert agreement("seed") == "NO"
+    assert [agreement(name) for name in ("model_version", "job_id", "index", "category", "sku")] == [
+        "yes"
+    ] * 5
 
 
 # -- review ----------------------------------------------------------------------------------------------

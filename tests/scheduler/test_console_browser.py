@@ -271,6 +271,13 @@ def test_sign_in_open_a_finished_job_and_review_with_the_keyboard(stack: Console
     assert dict(zip(parquet["index"], parquet["review"], strict=True)) == expected
     assert approved == [0, 1, 2]
 
+    # The image page of a worker-made image: the stored bytes match the row, the file's provenance agrees
+    page.goto(f"{stack.url}/console/jobs/{stack.acme.job_id}/images/0")
+    assert page.locator("[data-check]").get_attribute("data-check") == "match"
+    agreement = page.locator("table.provenance tbody td:nth-child(4)").all_inner_texts()
+    assert agreement.count("yes") >= 6 and "NO" not in agreement
+    assert page.locator('tr[data-field="backend"] td').first.inner_text() not in ("", "—")
+
     page.goto(f"{stack.url}/console/models")
     assert (
         page.locator("svg.curve").count() == 2
