@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import tarfile
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -50,6 +51,7 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 MAX_REVIEW_BATCH = 1000  # images per review request
 REJECTED_SHOWN = 20  # gate-rejected / failed images listed apart on the job page
 IMAGE_MEDIA_TYPES = {"png": "image/png", "webp": "image/webp"}
+MAX_SHARD_BYTES = 512 * 1024 * 1024  # a tar job's shard larger than this is not opened for one image
 TileStatus = Literal["succeeded", "rejected", "failed"]
 
 
@@ -220,7 +222,9 @@ def _tile(job: Job, image: Image, review: ImageReview | None) -> dict[str, Any]:
         "score": image.score,
         "redraws": int(image.redraws or 0),
         "error": image.error,
+        # A tar job's tiles name their shard instead: one shard per tile would be read for a single grid page.
         "has_file": bool(image.key) and (image.key or "").rsplit(".", 1)[-1] in IMAGE_MEDIA_TYPES,
+        "in_shard": (image.key or "").endswith(".tar"),
         "reviewable": image.status is ImageStatus.SUCCEEDED and bool(image.key),
         "review": review.decision.value
         if review
@@ -424,15 +428,49 @@ def provenance_rows(
     return rows
 
 
-def _check_stored_bytes(console: Console, user: SignedIn, image: Image) -> StoredBytesCheck:
-    if not image.key or not tenant_owns_key(user.tenant.id, image.key):
-        return StoredBytesCheck(
-            False, False, None, None, "no stored object for this image (nothing to check)"
+class StoredObjectMissingError(Exception):
+    """Raised when an image's object (or its member in a shard) is not in the store."""
+
+
+def read_image_bytes(console: Console, user: SignedIn, image: Image) -> tuple[bytes, str]:
+    """The image's file bytes and media type: its object, or its `<index:08d>.png` member when the row's key is
+    a tar job's WebDataset shard. `ConsoleNotFoundError` when it has no file under the tenant's prefix;
+    `StoredObjectMissingError` when the object or member is not there."""
+    key = image.key
+    extension = (key or "").rsplit(".", 1)[-1]
+    if not key or not tenant_owns_key(user.tenant.id, key) or extension not in (*IMAGE_MEDIA_TYPES, "tar"):
+        raise ConsoleNotFoundError(f"image {image.index} has no stored image file")
+    store = console.services.store
+    if extension != "tar":
+        try:
+            return store.get(key), IMAGE_MEDIA_TYPES[extension]
+        except ObjectNotFoundError as exc:
+            raise StoredObjectMissingError(f"the object {key} is missing from the store") from exc
+    sizes = [info.size_bytes for info in store.list(key) if info.key == key]
+    if not sizes:
+        raise StoredObjectMissingError(f"the shard {key} is missing from the store")
+    if sizes[0] > MAX_SHARD_BYTES:  # checked before reading it
+        raise ConsoleNotFoundError(
+            f"the shard {key} is over {MAX_SHARD_BYTES // (1024 * 1024)} MiB: not opened"
         )
+    name = f"{int(image.index):08d}.png"
     try:
-        data = console.services.store.get(image.key)
-    except ObjectNotFoundError:
-        return StoredBytesCheck(True, False, None, None, f"the object {image.key} is missing from the store")
+        with tarfile.open(fileobj=io.BytesIO(store.get(key)), mode="r:") as archive:
+            member = archive.extractfile(name)
+            if member is None:
+                raise KeyError(name)
+            return member.read(), "image/png"
+    except (KeyError, tarfile.TarError, ObjectNotFoundError) as exc:
+        raise StoredObjectMissingError(f"no member {name} in the shard {key}") from exc
+
+
+def _check_stored_bytes(console: Console, user: SignedIn, image: Image) -> StoredBytesCheck:
+    try:
+        data, _ = read_image_bytes(console, user, image)
+    except ConsoleNotFoundError as exc:
+        return StoredBytesCheck(False, False, None, None, f"{exc} (nothing to check)")
+    except StoredObjectMissingError as exc:
+        return StoredBytesCheck(True, False, None, None, str(exc))
     digest = hashlib.sha256(data).hexdigest()
     matches = digest == image.sha256 and (image.size_bytes is None or image.size_bytes == len(data))
     message = (
@@ -445,23 +483,16 @@ def _check_stored_bytes(console: Console, user: SignedIn, image: Image) -> Store
 
 @router.get("/jobs/{job_id}/images/{index}/file")
 async def image_file(job_id: str, index: int, console: ConsoleDep, user: ViewerDep) -> Response:
-    """The image's stored bytes (only keys under the tenant's prefix)."""
+    """The image's stored bytes (only keys under the tenant's prefix; a tar job's image from its shard)."""
 
     def read() -> tuple[bytes, str]:
         with console.services.session_factory() as session:
             job = _job_for(session, job_id, user)
             image = _image_for(session, job, index)
-        extension = (image.key or "").rsplit(".", 1)[-1]
-        if (
-            not image.key
-            or extension not in IMAGE_MEDIA_TYPES
-            or not tenant_owns_key(user.tenant.id, image.key)
-        ):
-            raise ConsoleNotFoundError(f"image {index} of job {job_id!r} has no stored image file")
         try:
-            return console.services.store.get(image.key), IMAGE_MEDIA_TYPES[extension]
-        except ObjectNotFoundError as exc:
-            raise ConsoleNotFoundError(f"image {index} of job {job_id!r}: object missing") from exc
+            return read_image_bytes(console, user, image)
+        except StoredObjectMissingError as exc:
+            raise ConsoleNotFoundError(str(exc)) from exc
 
     data, media_type = await run_in_threadpool(read)
     # Deterministic keys: the bytes behind one (job, index) never change.

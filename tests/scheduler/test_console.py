@@ -675,3 +675,34 @@ def test_pages_count_against_the_tenants_rate_limit_but_image_bytes_do_not(
     assert all(
         api.get(f"/console/jobs/{job.job_id}/images/{i}/file").status_code == 200 for i in job.delivered
     )
+
+
+def test_a_tar_jobs_image_is_read_from_its_shard(
+    console: TestClient,
+    finished: FinishedJob,
+    api_store: ObjectStore,
+    tenant: Credentials,
+    pg_factory: sessionmaker[Session],
+) -> None:
+    """Given images 0 and 1 whose rows point at a WebDataset shard (a tar job), when the image page and file
+    are opened, then the PNG member is served and checked; its tile names the shard instead of loading it."""
+    import tarfile
+
+    shard_key = f"{tenant.tenant_id}/jobs/{finished.job_id}/shards/00000000.tar"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:") as archive:
+        for index in (0, 1):
+            member = tarfile.TarInfo(f"{index:08d}.png")
+            member.size = len(png_bytes(index))
+            archive.addfile(member, io.BytesIO(png_bytes(index)))
+    api_store.put(shard_key, buffer.getvalue())
+    with transaction(pg_factory) as session:
+        session.execute(
+            update(Image)
+            .where(Image.job_id == finished.job_id, Image.index.in_([0, 1]))
+            .values(key=shard_key)
+        )
+    assert console.get(f"/console/jobs/{finished.job_id}/images/1/file").content == png_bytes(1)
+    assert 'data-check="match"' in console.get(f"/console/jobs/{finished.job_id}/images/1").text
+    grid = console.get(f"/console/jobs/{finished.job_id}").text.split('id="grid"')[1].split("</li>")[0]
+    assert "in a tar shard" in grid
