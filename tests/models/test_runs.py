@@ -215,3 +215,15 @@ def test_a_run_whose_driver_still_runs_cannot_be_resumed_twice() -> None:
     # And once that driver is gone, it may be resumed
     write_run_record(store, {**new_run_record(request.to_dict()), "pid": _dead_pid()})
     refuse_live_run(store, request)
+
+
+def test_train_and_its_subcommands_document_an_example() -> None:
+    # Given the help of `train`, `train ls` and `train show`
+    runner = CliRunner()
+    for args in ([], ["ls"], ["show"]):
+        result = runner.invoke(train, [*args, "--help"])
+        # Then each shows an example, and train names the options this issue added
+        assert result.exit_code == 0 and "Example:" in result.output, args
+    options = runner.invoke(train, ["--help"]).output
+    for option in ("--eval-every", "--eval-samples", "--ray-address", "--verbose", "--json", "ls", "show"):
+        assert option in options, option
