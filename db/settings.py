@@ -11,16 +11,50 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings as PydanticBaseSettings
+from pydantic_settings import SettingsConfigDict
+
+from db.errors import ConfigError
 
 DEFAULT_DATA_DIR = Path("catalogan-data")
 # Passwords that ship in examples and images (ours, MinIO's, PostgreSQL's): production refuses them.
 DEVELOPMENT_SECRETS = frozenset(
     {"", "catalogan", "catalogan-dev-secret", "minioadmin", "postgres", "password", "secret", "changeme"}
 )
+
+
+class SettingsError(ConfigError, ValueError):
+    """Raised when a `CATALOGAN_*` variable breaks its setting's rule; the message names the variable.
+
+    A `ConfigError` (the CLI prints one line and exits 6) and a `ValueError` (what pydantic raised before).
+    """
+
+
+def settings_error_message(cls: type[PydanticBaseSettings], exc: ValidationError) -> str:
+    """One line naming each variable that failed and its rule (never the value: it may be a secret)."""
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error.get("loc", ())) or "?"
+        name = f"{prefix}{field.split('.')[0].upper()}"
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{name}: {message}")
+    return "; ".join(parts) + " (see docs/configuration.md)"
+
+
+class BaseSettings(PydanticBaseSettings):
+    """pydantic-settings' BaseSettings whose validation errors are one `SettingsError` line naming the variable
+    (`CATALOGAN_DATABASE_POOL_SIZE: Input should be a valid integer ...`) instead of pydantic's dump."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(settings_error_message(type(self), exc)) from None
 
 
 def _config() -> SettingsConfigDict:

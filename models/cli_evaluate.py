@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from db.cli_support import one_line_errors
 from models.data.fashion_mnist import DEFAULT_ROOT
-from scheduler.cli.errors import one_line_errors
 
 if TYPE_CHECKING:
     from models.evaluation import EvaluationReport

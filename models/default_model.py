@@ -41,9 +41,8 @@ from db.model_versions import create_model_version, find_production, set_metrics
 from db.status import ModelVersionStatus
 from db.storage.base import ObjectStore
 from db.tables import ModelVersion
-from models.data.errors import DataError
 from models.data.fashion_mnist import DEFAULT_ROOT, FILES, fingerprint
-from models.errors import CheckpointError
+from models.errors import CheckpointError, DataError
 from models.memorization_index import GATE_QUANTILE, METRICS_KEY, index_metrics
 
 DEFAULT_MODEL_NAME = "fashion-cgan"

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from scheduler.cli.errors import ExitCode, one_line_errors
+from db.cli_support import ExitCode, one_line_errors
 
 
 def _regenerate_report(data: bytes, device: str | None) -> Any:

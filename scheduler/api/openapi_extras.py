@@ -56,6 +56,9 @@ class JobEventData(BaseModel):
     error: str | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    reviews: dict[str, int] | None = Field(
+        default=None, description="job.reviewed only: approved and rejected counts."
+    )
 
 
 class WebhookEvent(BaseModel):

@@ -46,5 +46,5 @@ def test_presigned_urls_point_at_the_public_endpoint_and_verify_there(
 
 def test_the_public_endpoint_must_be_an_http_url() -> None:
     """Given a public endpoint without a scheme, when the settings load, then they refuse it by name."""
-    with pytest.raises(ValueError, match="storage_public_endpoint_url"):
+    with pytest.raises(ValueError, match="CATALOGAN_STORAGE_PUBLIC_ENDPOINT_URL: must be an http"):
         StorageSettings(storage_public_endpoint_url="minio:9000")
