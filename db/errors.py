@@ -12,12 +12,14 @@
         ├── PlanningError          a job spec broke a rule (`field` and `rule` name them; also a ValueError)
         ├── LimitExceededError     a limit was hit (carries `retry_after_seconds`)
         │   └── QuotaExceededError a tenant's images per day or concurrent jobs are used up
+        ├── ServiceUnavailableError a backing service (broker, workers, the API) did not answer
         └── StorageError           the object store failed
             ├── InvalidKeyError    a key broke a naming rule (permanent)
             ├── ObjectNotFoundError the key holds no object (permanent)
             └── TransientStorageError a retryable failure: timeout, throttling, 5xx
 
-`scheduler` maps these to HTTP statuses and CLI exit codes in one place each.
+HTTP statuses are mapped in one place (`scheduler/api/problems.py`), CLI exit codes in another
+(`db/cli_support.py`). Each package adds its own subtree under `CataloganError` in its `errors.py`.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ class LimitExceededError(DbError):
 
 class QuotaExceededError(LimitExceededError):
     """Raised when a job would exceed its tenant's images-per-day or concurrent-jobs quota."""
+
+
+class ServiceUnavailableError(DbError):
+    """Raised when a backing service — the broker, the workers, the API — did not answer."""
 
 
 class StorageError(DbError):

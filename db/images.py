@@ -61,6 +61,33 @@ class ImageRecord:
     redraws: int = 0
     error: str | None = None  # why a rejected image was rejected
 
+    @classmethod
+    def rejected(
+        cls,
+        *,
+        index: int,
+        category: str,
+        sku: str | None,
+        score: float | None,
+        redraws: int,
+        error: str | None,
+    ) -> ImageRecord:
+        """A quality-gate rejection: a row without an object (no key, digest, size or dimensions)."""
+        return cls(
+            index=index,
+            category=category,
+            sku=sku,
+            key=None,
+            sha256=None,
+            size_bytes=None,
+            width=None,
+            height=None,
+            status=ImageStatus.REJECTED,
+            score=score,
+            redraws=redraws,
+            error=error,
+        )
+
 
 @cache
 def _upsert_statement(dialect: str, update_columns: tuple[str, ...]) -> Insert:

@@ -5,6 +5,8 @@ Messages carry ids only (JSON), and every task is safe to run twice — SQL, not
 
     GENERATE_CHUNK_TASK  args [chunk_id]   claim → generate → upload → rows → complete (workers)
     FINALIZE_JOB_TASK    args [job_id]     manifest → final status → webhook outbox row (workers)
+    PREVIEW_TASK         args [request]    a few images into the object store, result.json beside them
+                                           (sent by the API's previews, interactive queue; workers)
 
 The embedded default (no `CATALOGAN_BROKER_URL`) is kombu's `filesystem://` transport: one message is one
 file in `<data_dir>/broker/queue/`, so a worker subprocess and the `catalogan generate` command talk through
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 GENERATE_CHUNK_TASK = "catalogan.generate_chunk"
 FINALIZE_JOB_TASK = "catalogan.finalize_job"
+PREVIEW_TASK = "catalogan.generate_preview"
 
 INTERACTIVE_QUEUE = "interactive"
 BULK_QUEUE = "bulk"

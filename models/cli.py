@@ -15,6 +15,7 @@ import click
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import migrate
+from db.cli_support import one_line_errors
 from db.engine import engine_from_settings, make_session_factory
 from db.settings import DatabaseSettings, DataSettings, StorageSettings
 from db.tables import ModelVersion
@@ -26,7 +27,6 @@ from models.registry import (
     promote_version,
     retire_version,
 )
-from scheduler.cli.errors import one_line_errors
 
 
 def open_registry() -> sessionmaker[Session]:

@@ -57,7 +57,6 @@ class TrainConfig:
     lr_d: float = 4e-4
     beta1: float = 0.0
     beta2: float = 0.999
-    d_steps: int = 1  # discriminator updates per generator update
     ema_decay: float = 0.999
     ema_start_step: int = 0  # before it the EMA warms up with decay min(ema_decay, (1 + s) / (10 + s))
     diffaugment: tuple[str, ...] = ()  # any of "translation", "cutout"

@@ -5,9 +5,13 @@
         ├── UnknownPresetError        a preset name that `PRESETS` does not hold (also a ValueError)
         ├── CheckpointError           checkpoint bytes that cannot be read or are of another format version
         ├── TrainingError             a training run that cannot start or continue (e.g. nothing to resume)
-        └── PromotionRefusedError     a promotion below the metric gates without --force (a ConflictError)
+        ├── PromotionRefusedError     a promotion below the metric gates without --force (a ConflictError)
+        ├── DataError                 training data unreadable or inconsistent (models/data/; a ValueError)
+        └── MetricsError              the evaluator or a metric cannot produce a number
+            ├── EvaluatorWeightsError the evaluator weights are missing or their sha256 does not match
+            └── InsufficientSamplesError a metric got too few samples (or mismatched shapes; a ValueError)
 
-Data problems raise `models.data.errors.DataError`; registry look-ups raise `db.errors.NotFoundError`.
+Registry look-ups raise `db.errors.NotFoundError`.
 """
 
 from __future__ import annotations
@@ -33,3 +37,19 @@ class TrainingError(ModelError):
 
 class PromotionRefusedError(ModelError, ConflictError):
     """Raised when a model version is promoted below the configured metric gates without `force`."""
+
+
+class DataError(ModelError, ValueError):
+    """Raised when training data is unreadable or inconsistent; the message names the file."""
+
+
+class MetricsError(ModelError):
+    """Raised when the evaluator or a metric cannot produce a number."""
+
+
+class EvaluatorWeightsError(MetricsError):
+    """Raised when the evaluator weights file is missing, unreadable, or does not match its recorded sha256."""
+
+
+class InsufficientSamplesError(MetricsError, ValueError):
+    """Raised when a metric gets too few samples, or feature arrays whose shapes do not fit together."""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from models.data.fashion_mnist import CATEGORIES, DEFAULT_ROOT, load_fashion_mnist
-from models.evaluator import EvaluatorCNN, default_evaluator, embed, to_evaluator_input
+from models.evaluator import EvaluatorCNN, canonical_images, default_evaluator, embed
 from models.metrics.cas import CasConfig, classification_accuracy_score
 from models.metrics.conditional_accuracy import conditional_accuracy, per_class_accuracy
 from models.metrics.frechet import frechet_distance_from_features
@@ -123,12 +123,6 @@ def real_train_features(data_root: Path = DEFAULT_ROOT) -> np.ndarray:
     images, _ = load_fashion_mnist(data_root, "train")
     features, _ = embed(default_evaluator(), images)
     return features
-
-
-def canonical_images(images: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Images as the evaluator sees them, back in uint8: (N, 32, 32) grayscale, 28×28 padded with background."""
-    x = to_evaluator_input(images)  # (N, 1, 32, 32) in [-1, 1]
-    return ((x[:, 0] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def sample_generator(

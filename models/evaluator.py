@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.metrics.errors import EvaluatorWeightsError
+from models.errors import EvaluatorWeightsError
 
 INPUT_SIZE_PX = 32
 FEATURE_DIM = 128
@@ -103,6 +103,12 @@ def to_evaluator_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     elif (height, width) != (INPUT_SIZE_PX, INPUT_SIZE_PX):
         x = F.interpolate(x, size=(INPUT_SIZE_PX, INPUT_SIZE_PX), mode="bilinear", align_corners=False)
     return x.contiguous()
+
+
+def canonical_images(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Images as the evaluator sees them, back in uint8: (N, 32, 32) grayscale, 28×28 padded with background."""
+    x = to_evaluator_input(images)  # (N, 1, 32, 32) in [-1, 1]
+    return ((x[:, 0] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, max_shift_px: int = 2) -> torch.Tensor:

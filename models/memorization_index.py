@@ -104,7 +104,7 @@ def build_fashion_mnist_index(
     """Fashion-MNIST's train split indexed, calibrated on its test split, as `catalogan train` does.
 
     `every` > 1 keeps every n-th image of each split (a quick, smaller index for tests). Raises
-    `models.data.errors.DataError` when the IDX files are missing or unreadable.
+    `models.errors.DataError` when the IDX files are missing or unreadable.
     """
     from models.data.fashion_mnist import load_fashion_mnist
 
@@ -145,7 +145,7 @@ def closest_pairs_png(
     """
     from PIL import Image as PILImage
 
-    from models.evaluation import canonical_images
+    from models.evaluator import canonical_images
 
     distances, rows = index.nearest(features)
     order = np.argsort(distances, kind="stable")[:pairs]

@@ -3,29 +3,30 @@
     CataloganError (db.errors)
     ├── DbError (db.errors)             what the one submit path and the state machine raise: PlanningError →
     │                                   422, IdempotencyMismatchError → 422, AuthenticationError → 401,
-    │                                   LimitExceededError (QuotaExceededError) → 429, NotFoundError → 404, ...
+    │                                   LimitExceededError (QuotaExceededError) → 429, NotFoundError → 404,
+    │                                   ServiceUnavailableError → 503, ...
     └── SchedulerError                  raised by scheduler/
         ├── RequestValidationError      an HTTP-only field broke a rule (names field and rule) → 422
         ├── PayloadTooLargeError        the request body is over the limit                  → 413
         ├── UnsupportedMediaTypeError   a body that is neither JSON nor multipart           → 415
         ├── RateLimitedError            too many requests in the window (also a db LimitExceededError) → 429
         ├── JobStateError               the job is in a state that does not allow the action → 409
-        ├── ServiceUnavailableError     the broker, a worker or the object store did not answer → 503
-        │   └── PreviewTimeoutError     no worker answered a preview in time
+        ├── PreviewTimeoutError         no worker answered a preview in time (a db ServiceUnavailableError) → 503
         ├── UnsafeWebhookTargetError    a webhook URL resolves to loopback/private/link-local
         ├── WebhookVerificationError    a webhook's signature or timestamp did not verify
         └── ClientError                 raised by the SDK (scheduler.client)
-            ├── ApiError                the API answered with a problem (status + problem body)
-            └── TransportError          the API could not be reached after the retries
+            ├── ApiError                the API answered with a problem (`status`, `http_status`, problem body)
+            └── TransportError          the API could not be reached after the retries (a ServiceUnavailableError)
 
-The HTTP mapping lives in one place: `scheduler/api/problems.py`.
+HTTP statuses are mapped in one place (`scheduler/api/problems.py`), CLI exit codes in another
+(`db/cli_support.py`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from db.errors import CataloganError, LimitExceededError
+from db.errors import CataloganError, LimitExceededError, ServiceUnavailableError
 
 
 class SchedulerError(CataloganError):
@@ -61,11 +62,7 @@ class JobStateError(SchedulerError):
     """Raised when a job's status does not allow the requested action (e.g. a manifest before it finished)."""
 
 
-class ServiceUnavailableError(SchedulerError):
-    """Raised when the broker, the workers or the object store did not answer."""
-
-
-class PreviewTimeoutError(ServiceUnavailableError):
+class PreviewTimeoutError(SchedulerError, ServiceUnavailableError):
     """Raised when no worker answered a preview request within the timeout."""
 
 
@@ -88,8 +85,9 @@ class ApiError(ClientError):
         title = problem.get("detail") or problem.get("title") or "request failed"
         super().__init__(f"HTTP {status}: {title}")
         self.status = status
+        self.http_status = status  # what db.cli_support maps to an exit code
         self.problem = problem
 
 
-class TransportError(ClientError):
+class TransportError(ClientError, ServiceUnavailableError):
     """Raised when the API could not be reached after all retries."""

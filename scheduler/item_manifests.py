@@ -31,8 +31,9 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from db.errors import ObjectNotFoundError, StorageError, TransientStorageError
+from db.job_specs import MAX_ITEMS_PER_JOB
 from db.storage.base import ObjectStore
-from scheduler.api.schemas import MAX_ITEMS_PER_JOB, ItemCreate
+from scheduler.api.schemas import ItemCreate
 from scheduler.errors import RequestValidationError
 from scheduler.settings import ApiSettings
 

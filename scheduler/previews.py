@@ -28,15 +28,15 @@ from typing import Any
 
 import anyio
 
-from db.errors import ObjectNotFoundError
-from db.messaging import INTERACTIVE_QUEUE
+from db.errors import ObjectNotFoundError, ServiceUnavailableError
+from db.job_specs import MAX_SEED
+from db.messaging import INTERACTIVE_QUEUE, PREVIEW_TASK
 from db.storage.base import ObjectStore
 from db.tables import ModelVersion
 from scheduler.api.limits import ConcurrencyLimiter
-from scheduler.api.schemas import MAX_SEED, ModelVersionRef, PreviewImagePublic, PreviewPublic
-from scheduler.errors import PreviewTimeoutError, RequestValidationError, ServiceUnavailableError
+from scheduler.api.schemas import ModelVersionRef, PreviewImagePublic, PreviewPublic
+from scheduler.errors import PreviewTimeoutError, RequestValidationError
 
-PREVIEW_TASK = "catalogan.generate_preview"
 POLL_INTERVAL_SECONDS = 0.1  # first poll; each next one waits 1.5x longer, up to the max
 MAX_POLL_INTERVAL_SECONDS = 0.5
 # A preview slot frees itself this long after the request's timeout, should the API process die holding it.

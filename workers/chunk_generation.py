@@ -146,17 +146,17 @@ def _claim(ctx: ChunkContext, chunk_id: int) -> ChunkPlan | JobProgress | None:
         model_version = session.get(ModelVersion, job.model_version_id)
         assert model_version is not None
         return ChunkPlan(
-            lease,
-            job.id,
-            job.tenant_id,
-            int(job.seed),
-            job.output_format,
-            job.queue,
-            dict(job.options or {}),
-            item.category,
-            item.class_index,
-            item.sku,
-            model_version,
+            lease=lease,
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            seed=int(job.seed),
+            output_format=job.output_format,
+            queue=job.queue,
+            options=dict(job.options or {}),
+            category=item.category,
+            class_index=item.class_index,
+            sku=item.sku,
+            model_version=model_version,
         )
 
 
@@ -190,30 +190,24 @@ def _encode_and_upload(
     )
     ctx.store.put(key, encoded.data, content_type=CONTENT_TYPES[plan.output_format])
     return ImageRecord(
-        index,
-        plan.category,
-        plan.sku,
-        key,
-        encoded.sha256,
-        len(encoded.data),
-        encoded.width,
-        encoded.height,
+        index=index,
+        category=plan.category,
+        sku=plan.sku,
+        key=key,
+        sha256=encoded.sha256,
+        size_bytes=len(encoded.data),
+        width=encoded.width,
+        height=encoded.height,
         score=image.score,
         redraws=image.redraws,
     )
 
 
 def _rejected_record(plan: ChunkPlan, image: GatedImage) -> ImageRecord:
-    return ImageRecord(
-        image.index,
-        plan.category,
-        plan.sku,
-        None,
-        None,
-        None,
-        None,
-        None,
-        status=ImageStatus.REJECTED,
+    return ImageRecord.rejected(
+        index=image.index,
+        category=plan.category,
+        sku=plan.sku,
         score=image.score,
         redraws=image.redraws,
         error=image.error,

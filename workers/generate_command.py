@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,11 +27,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import migrate
+from db.cli_support import CATALOGAN_ARGV
 from db.engine import engine_from_settings, make_session_factory, transaction
-from db.errors import ConflictError, PlanningError
+from db.errors import ConflictError, NotFoundError, PlanningError
 from db.incremental import count_skipped_items
 from db.job_specs import JobSpec, parse_job_spec, request_sha256, split_model_ref
 from db.messaging import CeleryPublisher, make_celery_app
+from db.model_versions import list_model_versions
 from db.planning import PlannedJob, publish_planned, resolve_job_model, submit_job
 from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageSettings
 from db.status import ChunkStatus, JobStatus
@@ -103,7 +106,25 @@ def parse_items(categories: tuple[str, ...], sku_file: Path | None) -> list[dict
 
 def generate_spec(request: GenerateRequest) -> JobSpec:
     """The domain request of `catalogan generate`: the model named (default fashion-cgan), the items of the
-    --category options and the SKU file, the seed (chosen here when absent: it is part of the job id)."""
+    --category options and the SKU file, the seed (chosen here when absent: it is part of the job id).
+
+    A broken item is named as it was typed: `--category bag=0: count: ...`, or the SKU file's row."""
+    try:
+        return _parse_generate_spec(request)
+    except PlanningError as exc:
+        match = re.fullmatch(r"items\[(\d+)\]\.(\w+)", exc.field)
+        if match is None:
+            raise
+        index, rule_text = int(match.group(1)), str(exc).split(": ", 1)[-1]
+        where = (
+            f"--category {request.categories[index]}"
+            if index < len(request.categories)
+            else f"--sku-file row {index - len(request.categories) + 1}"
+        )
+        raise PlanningError(exc.field, exc.rule, f"{where}: {match.group(2)}: {rule_text}") from None
+
+
+def _parse_generate_spec(request: GenerateRequest) -> JobSpec:
     return parse_job_spec(
         {
             "model": request.model_ref or DEFAULT_MODEL_NAME,
@@ -144,15 +165,13 @@ def derived_job_id(tenant_id: str, model_version_id: int, spec: JobSpec) -> str:
 
 
 def _start_children(data: DataSettings) -> list[subprocess.Popen[bytes]]:
-    from workers.cli import CATALOGAN
-
     env = {**os.environ, "CATALOGAN_DATA_DIR": str(data.resolved)}
     logs = data.resolved / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     children = []
     for name, args in (("worker", ["worker"]), ("beat", ["beat"])):
         log = (logs / f"{name}.log").open("ab")
-        children.append(subprocess.Popen([*CATALOGAN, *args], env=env, stdout=log, stderr=log))
+        children.append(subprocess.Popen([*CATALOGAN_ARGV, *args], env=env, stdout=log, stderr=log))
     return children
 
 
@@ -208,6 +227,7 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
         StorageSettings(),
         BrokerSettings(),
     )
+    spec = generate_spec(request)  # argument checks first: nothing is registered or printed for a typo
     url = db_settings.url(data)
     migrate.upgrade(url)
     session_factory = make_session_factory(engine_from_settings(db_settings, data))
@@ -215,12 +235,20 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     _ensure_default_model(session_factory, store, request.model_ref or DEFAULT_MODEL_NAME)
     app = make_celery_app(broker, data)
     publisher = CeleryPublisher(app)
-    spec = generate_spec(request)
     with transaction(session_factory) as session:
         tenant_id = ensure_local_tenant(session)
         # The job id is a function of the resolved version (see the module docstring), so the model is
         # resolved here, by the submit path's own resolver, and handed to submit_job.
-        model_version = resolve_job_model(session, spec.model)
+        try:
+            model_version = resolve_job_model(session, spec.model)
+        except (NotFoundError, PlanningError) as exc:
+            if isinstance(exc, PlanningError) and exc.field != "model":
+                raise
+            known = ", ".join(
+                f"{m.name}@{m.version} ({m.status.value})" for m in list_model_versions(session)
+            )
+            reason = str(exc).removeprefix("model: ")
+            raise NotFoundError(f"--model {spec.model}: {reason}; registered: {known or 'none'}") from None
         model_ref = f"{model_version.name}@{model_version.version}"
         job_id = derived_job_id(tenant_id, model_version.id, spec)
         existing = session.get(Job, job_id)

@@ -6,10 +6,7 @@ from typing import Any
 
 from celery import Celery
 
-from db.messaging import FINALIZE_JOB_TASK, GENERATE_CHUNK_TASK, CeleryPublisher
-
-# The API sends this name (scheduler.previews.PREVIEW_TASK; a test checks they agree).
-PREVIEW_TASK = "catalogan.generate_preview"
+from db.messaging import FINALIZE_JOB_TASK, GENERATE_CHUNK_TASK, PREVIEW_TASK, CeleryPublisher
 
 
 def register_tasks(app: Celery) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Callable
 from typing import Any
 
 # SigV4 presigned URLs are valid for at most seven days; the other backends follow the same bound.
@@ -36,13 +37,13 @@ def public_endpoint_url() -> str:
 
 
 @functools.cache
-def _public_client(endpoint_url: str) -> Any:
-    from db.storage.s3 import make_s3_client
-
-    return make_s3_client(endpoint_url)
+def _public_client(endpoint_url: str, make_client: Callable[[str], Any]) -> Any:
+    return make_client(endpoint_url)
 
 
-def presign_client(client: Any) -> Any:
-    """The S3 client that should sign URLs: `client` itself, or one for the public endpoint when it is set."""
+def presign_client(client: Any, make_client: Callable[[str], Any]) -> Any:
+    """The S3 client that should sign URLs: `client` itself, or one for the public endpoint when it is set,
+    made (once per process) by `make_client` — the S3 store passes its own factory, so that this module does
+    not import the S3 backend that imports it."""
     endpoint = public_endpoint_url()
-    return _public_client(endpoint) if endpoint else client
+    return _public_client(endpoint, make_client) if endpoint else client

@@ -224,7 +224,7 @@ class S3Store(ObjectStore):
         full = self._full(key)
         expires_at = check_expiry(expires_in_seconds)
         with _boundary(f"presign {self.uri(key)}"):
-            url = presign_client(self.client).generate_presigned_url(
+            url = presign_client(self.client, make_s3_client).generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=expires_in_seconds
             )
         return PresignedUrl(str(url), expires_at)

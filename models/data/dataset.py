@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.data.errors import DataError
 from models.data.fashion_mnist import CATEGORIES, DEFAULT_ROOT, fingerprint, load_fashion_mnist
 from models.data.folder import folder_fingerprint, load_folder
 from models.data.s3_prefix import load_prefix
+from models.errors import DataError
 
 FASHION_MNIST = "fashion-mnist"
 FASHION_MNIST_PAD_PX = 2  # 28 + 2 + 2 = 32

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from models.data.errors import DataError
+from models.errors import DataError
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from db.errors import StorageError
 from db.storage import ObjectStore, open_store
-from models.data.errors import DataError
 from models.data.folder import IMAGE_SUFFIXES, stack_category_images
+from models.errors import DataError
 
 
 def list_prefix(store: ObjectStore) -> dict[str, list[str]]:

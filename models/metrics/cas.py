@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.errors import InsufficientSamplesError
 from models.evaluator import EMBED_BATCH_SIZE, NUM_CLASSES, to_evaluator_input
-from models.metrics.errors import InsufficientSamplesError
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.metrics.errors import InsufficientSamplesError
+from models.errors import InsufficientSamplesError
 
 
 def conditional_accuracy(logits: np.ndarray, requested: np.ndarray) -> float:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.metrics.errors import InsufficientSamplesError
+from models.errors import InsufficientSamplesError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.metrics.errors import InsufficientSamplesError
+from models.errors import InsufficientSamplesError
 
 DEFAULT_SUBSETS = 100
 DEFAULT_SUBSET_SIZE = 1000

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.metrics.errors import InsufficientSamplesError
+from models.errors import InsufficientSamplesError
 
 COPY_QUANTILE = 0.01
 ROW_CHUNK = 1024  # query rows per distance block: 1024 × len(reference) float64

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.metrics.errors import InsufficientSamplesError
+from models.errors import InsufficientSamplesError
 
 DEFAULT_K = 3
 ROW_CHUNK = 1024  # rows of the distance matrix held at once: 1024 × N float64

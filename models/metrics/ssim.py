@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.metrics.errors import InsufficientSamplesError
+from models.errors import InsufficientSamplesError
 
 WINDOW_SIZE_PX = 11
 WINDOW_SIGMA_PX = 1.5

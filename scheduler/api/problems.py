@@ -31,6 +31,7 @@ from db.errors import (
     NotFoundError,
     ObjectNotFoundError,
     PlanningError,
+    ServiceUnavailableError,
     StorageError,
     TransientStorageError,
 )
@@ -38,7 +39,6 @@ from scheduler.errors import (
     JobStateError,
     PayloadTooLargeError,
     RequestValidationError,
-    ServiceUnavailableError,
     UnsafeWebhookTargetError,
     UnsupportedMediaTypeError,
 )

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from scheduler.cli.errors import one_line_errors
+from db.cli_support import one_line_errors
 
 
 @click.command("beat")

@@ -7,9 +7,9 @@ import json
 import click
 
 from db import migrate
+from db.cli_support import one_line_errors
 from db.errors import ConfigError
 from db.settings import DatabaseSettings, DataSettings
-from scheduler.cli.errors import one_line_errors
 
 url_option = click.option(
     "--url",

@@ -6,6 +6,7 @@ import click
 from sqlalchemy import select
 
 from db.chunk_outcomes import retry_failed_images
+from db.cli_support import one_line_errors
 from db.engine import transaction
 from db.messaging import CeleryPublisher, make_celery_app
 from db.planning import mark_job_enqueued
@@ -13,7 +14,6 @@ from db.settings import BrokerSettings, DataSettings
 from db.status import ChunkStatus
 from db.tables import Chunk, Job
 from scheduler.cli.database import cli_session_factory
-from scheduler.cli.errors import one_line_errors
 from scheduler.cli.output import json_option, print_json, print_rows
 
 COLUMNS = ("chunk", "job", "tenant", "start", "stop", "attempt", "error", "finished_at")

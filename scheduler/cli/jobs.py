@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from scheduler.cli.errors import ExitCode, one_line_errors
+from db.cli_support import ExitCode, one_line_errors
 from db.errors import ConfigError
 from scheduler.cli.output import json_option, print_json, print_rows
 from scheduler.client import API_KEY_ENV, Client, Job

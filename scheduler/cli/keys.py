@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 from sqlalchemy import select
 
+from db.cli_support import one_line_errors
 from db.engine import transaction
 from db.tables import ApiKey, Tenant
 from db.tenants import create_api_key, get_tenant_by_name, revoke_api_key
 from scheduler.cli.database import cli_session_factory
-from scheduler.cli.errors import one_line_errors
 from scheduler.cli.output import json_option, print_json, print_rows
 
 COLUMNS = ("id", "tenant", "name", "prefix", "created_at", "revoked_at")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from scheduler.cli.errors import one_line_errors
+from db.cli_support import one_line_errors
 from scheduler.settings import ApiSettings
 
 

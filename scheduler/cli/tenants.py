@@ -7,11 +7,11 @@ from typing import Any
 import click
 from sqlalchemy import func, select, update
 
+from db.cli_support import one_line_errors
 from db.engine import transaction
 from db.tables import ApiKey, Tenant
 from db.tenants import create_api_key, create_tenant
 from scheduler.cli.database import cli_session_factory
-from scheduler.cli.errors import one_line_errors
 from scheduler.cli.output import json_option, print_json, print_rows
 from scheduler.signatures import new_secret
 

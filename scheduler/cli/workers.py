@@ -8,12 +8,12 @@ from typing import Any
 import click
 from sqlalchemy import func, select
 
+from db.cli_support import one_line_errors
 from db.messaging import QUEUE_NAMES, make_celery_app, queue_depth
 from db.settings import BrokerSettings, DataSettings
 from db.status import ChunkStatus
 from db.tables import Chunk, utcnow
 from scheduler.cli.database import cli_session_factory
-from scheduler.cli.errors import one_line_errors
 from scheduler.cli.output import json_option, print_json, print_table
 
 PING_TIMEOUT_SECONDS = 2.0

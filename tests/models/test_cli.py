@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from db.cli_support import ExitCode
 from db.engine import make_engine, make_session_factory
 from models.registry import register_version
-from scheduler.cli.errors import ExitCode
 from scheduler.cli.root import cli
 
 

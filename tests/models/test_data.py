@@ -14,8 +14,8 @@ from PIL import Image
 
 from db.storage import LocalStore, ObjectStore
 from models.data.dataset import open_dataset
-from models.data.errors import DataError
 from models.data.fashion_mnist import CATEGORIES, DEFAULT_ROOT
+from models.errors import DataError
 from models.training import batch_indices, rank_shard
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.errors import EvaluatorWeightsError
 from models.evaluator import (
     DEFAULT_WEIGHTS_PATH,
     EvaluatorCNN,
@@ -22,7 +23,6 @@ from models.evaluator import (
     to_evaluator_input,
     train_evaluator,
 )
-from models.metrics.errors import EvaluatorWeightsError
 
 SMALL = EvaluatorTrainingConfig(epochs=1, batch_size=64)
 

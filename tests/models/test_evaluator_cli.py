@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from db.cli_support import ExitCode
 from db.engine import make_engine, make_session_factory
 from db.storage import open_store
 from models.inference import load_generator, random_generator_checkpoint
 from models.registry import get_version, register_version
-from scheduler.cli.errors import ExitCode
 from scheduler.cli.root import cli
 
 METRICS = ("fid_fm", "kid", "precision", "recall", "conditional_accuracy", "cas", "intra_class_ssim")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from models.metrics.errors import InsufficientSamplesError
+from models.errors import InsufficientSamplesError
 from models.metrics.frechet import fit_gaussian, frechet_distance, frechet_distance_from_features
 from models.metrics.kid import kernel_inception_distance, mmd2_unbiased
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.metrics.errors import InsufficientSamplesError
+from models.errors import InsufficientSamplesError
 from models.metrics.precision_recall import knn_radii_squared, precision_recall
 
 

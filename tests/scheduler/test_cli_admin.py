@@ -13,12 +13,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.chunk_outcomes import quarantine_chunk
+from db.cli_support import ExitCode
 from db.engine import transaction
 from db.images import manifest_keys
 from db.status import JobStatus
 from db.storage import MemoryStore
 from db.tables import Chunk, Job
-from scheduler.cli.errors import ExitCode
 from scheduler.cli.root import cli
 from scheduler.settings import ApiSettings, WebhookSettings
 from tests.scheduler.conftest import LiveServer, _app

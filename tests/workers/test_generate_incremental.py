@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.cli.errors import ExitCode
+from db.cli_support import ExitCode
 from tests.pipeline import CATALOGAN, pipeline_env
 from tests.workers.test_generate_command import _embedded_folder
 

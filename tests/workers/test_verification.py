@@ -16,12 +16,12 @@ from click.testing import CliRunner, Result
 from PIL import Image as PILImage
 from sqlalchemy import select
 
+from db.cli_support import ExitCode
 from db.engine import make_engine, make_session_factory
 from db.pipeline_settings import WorkerSettings
 from db.planning import parse_job_spec, submit_job
 from db.storage import LocalStore
 from db.tables import Image
-from scheduler.cli.errors import ExitCode
 from scheduler.cli.root import cli
 from tests.pipeline import make_model_version, make_tenant, tiny_checkpoint
 from workers.chunk_generation import ChunkContext, ChunkOutcome, generate_chunk

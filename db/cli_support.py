@@ -1,4 +1,14 @@
-"""The one place where exceptions become CLI exit codes and one-line messages."""
+"""CLI plumbing every command group shares: exit codes, one-line errors, the argv that runs `catalogan`.
+
+It lives in `db`, the bottom layer, because the command groups live next to their code in every package —
+`models/` (train, evaluate), `workers/` (worker, generate, verify) and `scheduler/` (the root and the admin
+commands) — and `models`/`workers` must never import `scheduler`. Exceptions become exit codes in this one
+place:
+
+    @click.command()
+    @one_line_errors
+    def promote(ref: str) -> None: ...          # NotFoundError → "Error: ..." on stderr, exit 3
+"""
 
 from __future__ import annotations
 
@@ -16,11 +26,15 @@ from db.errors import (
     ConflictError,
     InvalidTransitionError,
     NotFoundError,
+    ServiceUnavailableError,
     StorageError,
 )
-from scheduler.errors import ApiError, TransportError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The command that runs `catalogan` with this interpreter, whether or not the console script is on PATH
+# (`catalogan worker --gpus all` starts one per GPU; `catalogan generate` starts a worker and beat).
+CATALOGAN_ARGV: tuple[str, ...] = (sys.executable, "-c", "from scheduler.cli import main; main()")
 
 
 class ExitCode(enum.IntEnum):
@@ -31,14 +45,15 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad arguments or input (click's own code)
     NOT_FOUND = 3
     CONFLICT = 4  # invalid transition, duplicate, gate refused
-    UNAVAILABLE = 5  # a service (database, broker, object store) did not answer
+    UNAVAILABLE = 5  # a service (database, broker, object store, the API) did not answer
     CONFIG = 6
     JOB_FAILED = 7  # the job ran but did not succeed
     NOT_VERIFIED = 8  # `verify`: the file does not match its provenance, or carries none
+    NOT_COMPARABLE = 9  # `verify --regenerate`: differs, but regenerated on another device kind or backend
 
 
 EXIT_CODES: list[tuple[type[BaseException], ExitCode]] = [
-    (TransportError, ExitCode.UNAVAILABLE),
+    (ServiceUnavailableError, ExitCode.UNAVAILABLE),
     (NotFoundError, ExitCode.NOT_FOUND),
     (ConflictError, ExitCode.CONFLICT),
     (InvalidTransitionError, ExitCode.CONFLICT),
@@ -49,7 +64,8 @@ EXIT_CODES: list[tuple[type[BaseException], ExitCode]] = [
 ]
 
 
-# What an API answer means for a CLI command built on the SDK (`catalogan jobs ...`).
+# What an API answer means for a CLI command built on the SDK (`catalogan jobs ...`): errors that carry the
+# answer's `http_status` (the SDK's `ApiError`) map by it.
 API_STATUS_EXIT_CODES: dict[int, ExitCode] = {
     401: ExitCode.CONFIG,
     404: ExitCode.NOT_FOUND,
@@ -62,10 +78,9 @@ API_STATUS_EXIT_CODES: dict[int, ExitCode] = {
 
 def exit_code_for(exc: BaseException) -> ExitCode:
     """The exit code for an exception raised by a command."""
-    if isinstance(exc, ApiError):
-        return API_STATUS_EXIT_CODES.get(
-            exc.status, ExitCode.UNAVAILABLE if exc.status >= 500 else ExitCode.ERROR
-        )
+    status = getattr(exc, "http_status", None)
+    if isinstance(exc, CataloganError) and isinstance(status, int):
+        return API_STATUS_EXIT_CODES.get(status, ExitCode.UNAVAILABLE if status >= 500 else ExitCode.ERROR)
     for cls, code in EXIT_CODES:
         if isinstance(exc, cls):
             return code
