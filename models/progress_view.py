@@ -88,13 +88,12 @@ class ProgressView:
             click.echo(f"warning: {text}", err=True)
 
     def _live(self, line: Mapping[str, Any]) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import BarColumn, Progress, TextColumn
 
         if self._progress is None:
             self._progress = Progress(
-                TextColumn("step"),
-                MofNCompleteColumn(),
-                BarColumn(),
+                TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+                BarColumn(bar_width=10),
                 TextColumn("{task.fields[rates]}"),
                 TextColumn("ETA {task.fields[eta]}"),
                 TextColumn("{task.fields[losses]}"),
@@ -105,14 +104,14 @@ class ProgressView:
                 "train", total=self.steps, rates="", eta="?", losses="", quality=""
             )
         fields: dict[str, Any] = {
-            "rates": f"{float(line.get('steps_per_s', math.nan)):.2f} steps/s "
+            "rates": f"{float(line.get('steps_per_s', math.nan)):.2f} it/s "
             f"{float(line.get('images_per_s', math.nan)):.0f} img/s",
             "eta": format_eta(line.get("eta_s")),
             "losses": f"D {float(line.get('d_loss', math.nan)):.3f} G {float(line.get('g_loss', math.nan)):.3f}",
         }
         if "fid_fm" in line:
             fields["quality"] = (
-                f"FID_fm {float(line['fid_fm']):.3f} acc {float(line['conditional_accuracy']):.3f}"
+                f"FID_fm {float(line['fid_fm']):.2f} acc {float(line['conditional_accuracy']):.2f}"
             )
         self._progress.update(self._task, completed=line["step"], **fields)
 
