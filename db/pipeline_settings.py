@@ -7,9 +7,10 @@ Tests shorten `lease_seconds` and the reaper intervals through the environment o
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from db.chunks import LEASE_SECONDS, MAX_ATTEMPTS
+from db.settings import BaseSettings  # pydantic-settings whose errors name the CATALOGAN_* variable
 
 DEFAULT_QUEUES = "interactive,bulk,backfill"
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
@@ -23,6 +23,7 @@ from db.model_versions import (
     set_metrics,
     transition_model_version,
 )
+from db.settings import BaseSettings  # pydantic-settings whose errors name the CATALOGAN_* variable
 from db.status import ModelVersionStatus
 from db.tables import ModelVersion
 from models.errors import PromotionRefusedError

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from db.errors import ConfigError
 from db.job_specs import (
@@ -19,6 +19,7 @@ from db.job_specs import (
     MAX_IMAGES_PER_JOB,
     MAX_ITEMS_PER_JOB,
 )
+from db.settings import BaseSettings  # pydantic-settings whose errors name the CATALOGAN_* variable
 
 MIB = 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES = 10 * MIB

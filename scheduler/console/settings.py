@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from db.settings import BaseSettings  # pydantic-settings whose errors name the CATALOGAN_* variable
 
 
 class ConsoleSettings(BaseSettings):
