@@ -277,6 +277,7 @@ def test_sign_in_open_a_finished_job_and_review_with_the_keyboard(stack: Console
     agreement = page.locator("table.provenance tbody td:nth-child(4)").all_inner_texts()
     assert agreement.count("yes") >= 6 and "NO" not in agreement
     assert page.locator('tr[data-field="backend"] td').first.inner_text() not in ("", "—")
+    page.screenshot(path=stack.screenshots / "console-image.png", full_page=True)
 
     page.goto(f"{stack.url}/console/models")
     assert (
