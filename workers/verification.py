@@ -27,8 +27,8 @@ from PIL import UnidentifiedImageError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.errors import NotFoundError
+from db.job_specs import split_model_ref
 from db.model_versions import get_model_version
-from db.planning import split_model_ref
 from workers.encoding import IPTC_TRAINED_ALGORITHMIC_MEDIA, Provenance, encode_image
 from workers.errors import ProvenanceError
 from workers.generator_cache import GeneratorCache
