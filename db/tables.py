@@ -242,7 +242,8 @@ class Image(Base):
     score: Mapped[float | None] = mapped_column(Float)
     redraws: Mapped[int] = mapped_column(Integer, default=0)
     attempt: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    # Indexed: fleet throughput (/metrics, every estimate) reads the last hour of images by created_at.
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow, index=True)
 
 
 class WebhookDelivery(Base):

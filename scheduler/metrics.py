@@ -1,4 +1,8 @@
-"""Prometheus metrics, computed at scrape time from SQL and the broker (so every API replica agrees).
+"""Prometheus metrics, from SQL and the broker (so every API replica agrees).
+
+The SQL aggregate is computed at most once per `cache_seconds` (`CATALOGAN_METRICS_CACHE_SECONDS`) and reused
+by the scrapes in between: a scrape loop, or anyone who can reach /metrics, cannot make every call scan
+the jobs, chunks and images tables. The throughput query reads images by `created_at` (indexed).
 
 catalogan_queue_depth{queue}                messages waiting per queue
 catalogan_images_per_second                 fleet throughput over the last hour
@@ -13,6 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter
@@ -29,6 +36,7 @@ from scheduler.estimates import measured_throughput
 log = logging.getLogger(__name__)
 
 LATENCY_WINDOW_SECONDS = 3600
+DEFAULT_CACHE_SECONDS = 15.0
 LATENCY_QUANTILES = (0.5, 0.9, 0.99)
 
 
@@ -44,11 +52,21 @@ class PipelineCollector(Collector):
     """Reads queue depths, throughput, job counts, failures and latency when Prometheus scrapes."""
 
     def __init__(
-        self, factory: sessionmaker[Session], queue_depth: Callable[[str], int] | None, default_rate: float
+        self,
+        factory: sessionmaker[Session],
+        queue_depth: Callable[[str], int] | None,
+        default_rate: float,
+        cache_seconds: float = DEFAULT_CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.factory = factory
         self.queue_depth = queue_depth
         self.default_rate = default_rate
+        self.cache_seconds = cache_seconds
+        self.clock = clock
+        self._cached: list[Metric] = []
+        self._cached_at = -math.inf
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
         """Yield every metric family (a failing source is logged and skipped, never a failed scrape)."""
@@ -62,11 +80,20 @@ class PipelineCollector(Collector):
                 except Exception as exc:
                     log.warning("queue depth of %s unavailable: %s", queue, exc)
         yield depth
-        try:
-            with self.factory() as session:
-                yield from self._from_sql(session)
-        except Exception as exc:
-            log.warning("metrics from SQL unavailable: %s", exc)
+        yield from self._sql_metrics()
+
+    def _sql_metrics(self) -> list[Metric]:
+        with self._lock:  # one computation at a time; scrapes meanwhile wait for it and reuse it
+            if self.clock() - self._cached_at < self.cache_seconds:
+                return self._cached
+            try:
+                with self.factory() as session:
+                    self._cached = list(self._from_sql(session))
+                self._cached_at = self.clock()
+            except Exception as exc:
+                log.warning("metrics from SQL unavailable: %s", exc)
+                return []
+            return self._cached
 
     def _from_sql(self, session: Session) -> Iterator[Metric]:
         now = utcnow()
@@ -110,11 +137,14 @@ class PipelineCollector(Collector):
 
 
 def make_registry(
-    factory: sessionmaker[Session], queue_depth: Callable[[str], int] | None, default_rate: float
+    factory: sessionmaker[Session],
+    queue_depth: Callable[[str], int] | None,
+    default_rate: float,
+    cache_seconds: float = DEFAULT_CACHE_SECONDS,
 ) -> tuple[CollectorRegistry, Counter]:
     """A registry for one app: the pipeline collector and an HTTP request counter."""
     registry = CollectorRegistry()
-    registry.register(PipelineCollector(factory, queue_depth, default_rate))
+    registry.register(PipelineCollector(factory, queue_depth, default_rate, cache_seconds))
     requests = Counter(
         "catalogan_http_requests", "HTTP requests answered.", ["method", "route", "status"], registry=registry
     )

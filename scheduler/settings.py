@@ -65,6 +65,14 @@ class ApiSettings(BaseSettings):
         le=64,
         description="Threads of the previews' own pool (broker send, result polls); never the shared pool.",
     )
+    metrics_token: str = Field(
+        default="",
+        repr=False,
+        description="When set, /metrics requires `Authorization: Bearer <this token>` (401 otherwise).",
+    )
+    metrics_cache_seconds: float = Field(
+        default=15.0, ge=0, le=3600, description="How long /metrics reuses one SQL aggregate."
+    )
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=3600)
     default_images_per_second: float = Field(
         default=50.0, gt=0, description="Throughput assumed by estimates until workers have measured one."

@@ -188,7 +188,9 @@ def create_app(
         def depth(queue: str) -> int:
             return queue_depth(celery_app, queue)
 
-    registry, requests = make_registry(services.session_factory, depth, settings.default_images_per_second)
+    registry, requests = make_registry(
+        services.session_factory, depth, settings.default_images_per_second, settings.metrics_cache_seconds
+    )
     app.state.metrics_registry = registry
     install_problem_handlers(app)
     for module in (jobs, images, shards, models, previews, health):

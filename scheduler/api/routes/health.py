@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hmac
+import logging
+
+import anyio
+from anyio.lowlevel import RunVar
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scheduler.api.deps import Services, ServicesDep
 from scheduler.api.schemas import HealthPublic, ReadinessPublic
@@ -14,6 +20,17 @@ from scheduler.api.schemas import HealthPublic, ReadinessPublic
 router = APIRouter(tags=["health"])
 
 READINESS_PROBE_KEY = "healthz/probe"
+log = logging.getLogger(__name__)
+_METRICS_THREADS: RunVar[anyio.CapacityLimiter] = RunVar("catalogan_metrics_threads")
+
+
+def metrics_threads() -> anyio.CapacityLimiter:
+    """One thread for scrapes, never more: concurrent scrapes wait for each other, not the shared pool."""
+    limiter = _METRICS_THREADS.get(None)
+    if limiter is None:
+        limiter = anyio.CapacityLimiter(1)
+        _METRICS_THREADS.set(limiter)
+    return limiter
 
 
 @router.get("/healthz", response_model=HealthPublic, summary="Liveness")
@@ -23,28 +40,36 @@ def healthz() -> HealthPublic:
 
 
 def check_services(services: Services) -> dict[str, str]:
-    """`ok` or the first line of the error, per backing service."""
+    """`ok` or `unavailable` per backing service. The reason goes to the log, never to the caller: error text
+    names internal hosts, ports and versions, and /readyz answers anyone."""
     checks: dict[str, str] = {}
-    try:
-        with services.session_factory() as session:
-            session.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"error: {str(exc).splitlines()[0][:200]}"
-    try:
-        if services.redis is not None:
-            services.redis.ping()
-        else:
-            services.data.resolved.joinpath("broker").mkdir(parents=True, exist_ok=True)
-        checks["broker"] = "ok"
-    except Exception as exc:
-        checks["broker"] = f"error: {str(exc).splitlines()[0][:200]}"
-    try:
-        services.store.exists(READINESS_PROBE_KEY)
-        checks["object_store"] = "ok"
-    except Exception as exc:
-        checks["object_store"] = f"error: {str(exc).splitlines()[0][:200]}"
+    probes = {
+        "database": lambda: _ping_database(services),
+        "broker": lambda: _ping_broker(services),
+        "object_store": lambda: services.store.exists(READINESS_PROBE_KEY),
+    }
+    for name, probe in probes.items():
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:
+            log.warning(
+                "readiness: %s unavailable: %s", name, str(exc).splitlines()[0][:300] if str(exc) else exc
+            )
+            checks[name] = "unavailable"
     return checks
+
+
+def _ping_database(services: Services) -> None:
+    with services.session_factory() as session:
+        session.execute(text("SELECT 1"))
+
+
+def _ping_broker(services: Services) -> None:
+    if services.redis is not None:
+        services.redis.ping()
+    else:
+        services.data.resolved.joinpath("broker").mkdir(parents=True, exist_ok=True)
 
 
 @router.get(
@@ -65,10 +90,25 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"example": 'catalogan_queue_depth{queue="bulk"} 12.0\n'}}}},
+    responses={
+        200: {"content": {"text/plain": {"example": 'catalogan_queue_depth{queue="bulk"} 12.0\n'}}},
+        401: {"description": "`CATALOGAN_METRICS_TOKEN` is set and the request did not carry it."},
+    },
 )
-async def metrics(request: Request) -> Response:
-    """Queue depth, images/s, jobs per status, failures, job latency and HTTP requests, in Prometheus text."""
+async def metrics(request: Request, services: ServicesDep) -> Response:
+    """Queue depth, images/s, jobs per status, failures, job latency and HTTP requests, in Prometheus text.
+
+    Fleet-wide figures: when `CATALOGAN_METRICS_TOKEN` is set, only `Authorization: Bearer <that token>` may
+    read them. The SQL aggregate behind them is cached for `CATALOGAN_METRICS_CACHE_SECONDS`.
+    """
+    token = services.settings.metrics_token
+    if token:
+        sent = request.headers.get("authorization", "")
+        scheme, _, value = sent.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise StarletteHTTPException(
+                401, "send the metrics token: Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
+            )
     registry = request.app.state.metrics_registry
-    body = await run_in_threadpool(generate_latest, registry)
+    body = await anyio.to_thread.run_sync(generate_latest, registry, limiter=metrics_threads())
     return Response(content=body, media_type=CONTENT_TYPE_LATEST)
