@@ -45,7 +45,7 @@ from models.checkpoint import (
     sha256_hex,
 )
 from models.config import ModelConfig, Preset, TrainConfig, get_preset, with_categories
-from models.data.dataset import TrainingData, open_dataset
+from models.data.dataset import FASHION_MNIST, TrainingData, open_dataset
 from models.ema import ema_decay_at, make_ema, update_ema
 from models.errors import TrainingError
 from models.plots import loss_curve_png, quality_curve_png, sample_grid_png
@@ -592,6 +592,11 @@ def prepare_run(request: TrainRequest, store: ObjectStore) -> TrainRequest:
         raise TrainingError("--steps, --workers and --checkpoint-every must be at least 1")
     if request.eval_every < 0 or request.eval_samples < 1:
         raise TrainingError("--eval-every must be at least 0 and --eval-samples at least 1")
+    if request.eval_every and not request.data.startswith(FASHION_MNIST):
+        raise TrainingError(
+            f"--eval-every needs --data fashion-mnist[:/path] (the evaluator knows Fashion-MNIST's categories), "
+            f"not {request.data!r}"
+        )
     run = request.run
     if request.resume and not run:
         run = latest_run(store, request.name) or ""
@@ -646,9 +651,21 @@ def fit_with_ray(
 
 
 def first_line(exc: BaseException) -> str:
-    """The innermost error's type and first line: what a person needs from a Ray Train failure."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
+    """The root error's type and first line (with the rank that raised it): what a person needs from Ray Train.
+
+    Ray Train wraps a worker's exception in `WorkerGroupError.worker_failures` ({rank: exception}), a
+    controller's in `ControllerError.controller_failure`, and a remote call's in `RayTaskError.cause`.
+    """
+    failures = getattr(exc, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        rank = min(failures)
+        return f"rank {rank}: {first_line(failures[rank])}"
+    for attribute in ("controller_failure", "cause"):
+        inner = getattr(exc, attribute, None)
+        if isinstance(inner, BaseException) and inner is not exc:
+            return first_line(inner)
+    if exc.__cause__ is not None:
+        return first_line(exc.__cause__)
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 

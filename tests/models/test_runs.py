@@ -227,3 +227,28 @@ def test_train_and_its_subcommands_document_an_example() -> None:
     options = runner.invoke(train, ["--help"]).output
     for option in ("--eval-every", "--eval-samples", "--ray-address", "--verbose", "--json", "ls", "show"):
         assert option in options, option
+
+
+def test_a_ray_train_failure_reads_as_the_worker_error_that_caused_it() -> None:
+    # Given Ray Train's wrapper around two workers' errors
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from models.training import first_line
+
+    failure = WorkerGroupError(
+        "long text\nwith tracebacks",
+        {1: RuntimeError("gloo timed out"), 0: TrainingError("checkpoint model config differs\n  details")},
+    )
+    # Then the one line names the lowest rank and its own first line, not Ray's wrapper
+    assert first_line(failure) == "rank 0: TrainingError: checkpoint model config differs"
+
+
+def test_periodic_evaluation_is_refused_for_data_the_evaluator_does_not_know(tmp_path: object) -> None:
+    # Given a run on a folder of photos asking for periodic evaluation
+    from models.training import prepare_run
+
+    request = _request(data=str(tmp_path), out_url="memory://x")
+    # Then it is refused before Ray starts, naming the option and the data
+    with pytest.raises(TrainingError, match=r"--eval-every needs --data fashion-mnist"):
+        prepare_run(request, MemoryStore())
+    assert prepare_run(_request(eval_every=0, data=str(tmp_path)), MemoryStore()).run == "r1"
