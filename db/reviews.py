@@ -150,8 +150,25 @@ def review_decisions(session: Session, job_id: str) -> dict[int, str]:
     return {int(index): ReviewDecision(decision).value for index, decision in rows}
 
 
-def count_reviews(session: Session, job_id: str) -> ReviewCounts:
-    """Approved, rejected and pending counts over the job's delivered images."""
+def count_reviews(session: Session, job_id: str, *, delivered_total: int | None = None) -> ReviewCounts:
+    """Approved, rejected and pending counts over the job's delivered images.
+
+    Exact by default: one pass over the job's image rows. With `delivered_total` (the job's `images_done`
+    counter, which counts exactly its succeeded images), only the job's reviews are counted (the unique
+    (job, index) index) and pending = delivered_total - decided: what a page or a keystroke can afford on a
+    million-image job.
+    """
+    if delivered_total is not None:
+        decided = dict(
+            session.execute(
+                select(ImageReview.decision, func.count())
+                .where(ImageReview.job_id == job_id)
+                .group_by(ImageReview.decision)
+            ).all()
+        )
+        approved = int(decided.get(ReviewDecision.APPROVED, 0))
+        rejected = int(decided.get(ReviewDecision.REJECTED, 0))
+        return ReviewCounts(approved, rejected, max(0, int(delivered_total) - approved - rejected))
     rows = session.execute(
         select(ImageReview.decision, func.count())
         .select_from(Image)

@@ -255,18 +255,20 @@ def job_page(
         job = _job_for(session, job_id, user)
         model = session.get(ModelVersion, job.model_version_id)
         tiles, next_after = _tiles(session, job, filters, after=None, limit=console.settings.page_size)
-        rejected = (
-            session.execute(
-                select(Image)
-                .where(Image.job_id == job.id, Image.status.in_([ImageStatus.REJECTED, ImageStatus.FAILED]))
-                .order_by(Image.index)
-                .limit(REJECTED_SHOWN)
+        rejected: list[Image] = []
+        if job.images_rejected + job.images_failed > 0:  # the counters spare a scan of a job without any
+            rejected = list(
+                session.scalars(
+                    select(Image)
+                    .where(
+                        Image.job_id == job.id, Image.status.in_([ImageStatus.REJECTED, ImageStatus.FAILED])
+                    )
+                    .order_by(Image.index)
+                    .limit(REJECTED_SHOWN)
+                )
             )
-            .scalars()
-            .all()
-        )
         categories = sorted(set(session.scalars(select(JobItem.category).where(JobItem.job_id == job.id))))
-        reviews = count_reviews(session, job.id)
+        reviews = count_reviews(session, job.id, delivered_total=job.images_done)
     return render(
         console,
         request,
@@ -320,7 +322,7 @@ def job_summary(job_id: str, console: ConsoleDep, user: UserDep) -> JSONResponse
     with console.services.session_factory() as session:
         job = _job_for(session, job_id, user)
         model = session.get(ModelVersion, job.model_version_id)
-        reviews = count_reviews(session, job.id)
+        reviews = count_reviews(session, job.id, delivered_total=job.images_done)
     summary = _job_summary(job, model)
     summary["created_at"] = summary["created_at"].isoformat()
     summary["finished_at"] = summary["finished_at"].isoformat() if summary["finished_at"] else None
@@ -549,9 +551,13 @@ def review_images(
             )
         except NotFoundError as exc:
             raise ConsoleNotFoundError(str(exc)) from exc
-        reviews = count_reviews(session, job.id)
+        reviews = count_reviews(session, job.id, delivered_total=job.images_done)
         if job.status in JOB_TERMINAL and reviews.pending == 0 and reviews.delivered > 0:
-            enqueue_job_reviewed(session, job, {"approved": reviews.approved, "rejected": reviews.rejected})
+            reviews = count_reviews(session, job.id)  # the exact pass, once the counters say all are decided
+            if reviews.pending == 0:
+                enqueue_job_reviewed(
+                    session, job, {"approved": reviews.approved, "rejected": reviews.rejected}
+                )
     counts = {"approved": reviews.approved, "rejected": reviews.rejected, "pending": reviews.pending}
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse(

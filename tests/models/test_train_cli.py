@@ -32,6 +32,7 @@ RUN_TIMEOUT_S = 600
 # What Ray and Ray Train print on their own when nobody asks them to be quiet (seen in the run).
 RAY_INTERNAL = re.compile(
     r"pid=\d+\)|core_worker|raylet|PlacementGroupCleaner|TrainController|Ray instance|ray\.init"
+    r"|authentication|\.py:\d+ -- |\.cc:\d+"  # Ray's Python log format, and its C++ (glog) lines
 )
 
 
