@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.errors import ConflictError, PlanningError
-from db.planning import JobSpec, PlannedJob, parse_job_spec, submit_job
-from db.status import ChunkStatus, JobStatus
-from db.tables import Chunk, Image, Job, JobItem
+from db.errors import ConflictError, PlanningError, QuotaExceededError
+from db.planning import JobSpec, PlannedJob, SubmitLimits, parse_job_spec, submit_job
+from db.status import ChunkStatus, JobStatus, ModelVersionStatus
+from db.tables import Chunk, Image, Job, JobItem, ModelVersion, Tenant
 from tests.pipeline import make_model_version, make_tenant
 
 
@@ -173,3 +173,75 @@ def test_idempotency_key_returns_the_same_job_or_conflicts(session_factory: sess
     other = parse_job_spec({"items": [{"category": "b", "count": 3}], "seed": 1})
     with pytest.raises(ConflictError):
         submit(other)
+
+
+def test_operator_limits_and_quotas_refuse_before_anything_is_written(
+    session_factory: sessionmaker[Session],
+) -> None:
+    # Given a tenant allowed 5 images a day and a model version
+    tenant_id = make_tenant(session_factory)
+    with session_factory() as session, session.begin():
+        tenant = session.get(Tenant, tenant_id)
+        assert tenant is not None
+        tenant.images_per_day = 5
+    model_version = make_model_version(session_factory)
+    spec = parse_job_spec({"items": [{"category": "a", "count": 4}, {"category": "b", "count": 4}]})
+    publisher = RecordingPublisher()
+
+    def submit(limits: SubmitLimits) -> PlannedJob:
+        return submit_job(
+            session_factory,
+            spec,
+            tenant_id=tenant_id,
+            model_version=model_version,
+            publisher=publisher,
+            limits=limits,
+        )
+
+    # When the operator allows 3 images per item, then the error names the first item's count and the rule
+    with pytest.raises(PlanningError) as caught:
+        submit(SubmitLimits(max_images_per_item=3))
+    assert (caught.value.field, caught.value.rule) == ("items[0].count", "max_images_per_item")
+    # When the tenant's quotas apply, then 8 images are over its 5 a day
+    with pytest.raises(QuotaExceededError, match="5 images per day"):
+        submit(SubmitLimits(tenant_quotas=True))
+    # And nothing was written or published; without quotas (a trusted door) the same spec is planned
+    with session_factory() as session:
+        assert _count(session, Job) == 0 and _count(session, Chunk) == 0
+    assert publisher.calls == []
+    assert submit(SubmitLimits()).images_total == 8
+
+
+def test_the_model_is_resolved_by_the_submit_path_and_a_retired_one_is_refused(
+    session_factory: sessionmaker[Session],
+) -> None:
+    # Given tiny@1 in production and tiny@2 retired
+    tenant_id = make_tenant(session_factory)
+    production = make_model_version(session_factory)
+    retired = make_model_version(session_factory, version=2)
+    with session_factory() as session, session.begin():
+        row = session.get(ModelVersion, retired.id)
+        assert row is not None
+        row.status = ModelVersionStatus.RETIRED
+
+    def submit(model: str | None) -> PlannedJob:
+        values: dict[str, object] = {"items": [{"category": "a", "count": 1}]}
+        if model is not None:
+            values["model"] = model
+        return submit_job(
+            session_factory, parse_job_spec(values), tenant_id=tenant_id, publisher=RecordingPublisher()
+        )
+
+    # When no model is named, or only the name, then the production version runs the job
+    for model in (None, "tiny"):
+        planned = submit(model)
+        with session_factory() as session:
+            job = session.get(Job, planned.job_id)
+            assert job is not None and job.model_version_id == production.id
+    # When the retired version or an unknown name is named, then the error names the field `model` and the rule
+    with pytest.raises(PlanningError) as caught:
+        submit("tiny@2")
+    assert (caught.value.field, caught.value.rule) == ("model", "not_retired")
+    with pytest.raises(PlanningError) as caught:
+        submit("sofa-gan")
+    assert (caught.value.field, caught.value.rule) == ("model", "registered")
