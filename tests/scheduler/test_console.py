@@ -38,6 +38,7 @@ from db.tables import (
     Tenant,
     WebhookDelivery,
 )
+from db.reviews import ReviewCounts, count_reviews
 from db.tenants import revoke_api_key
 from scheduler.console.auth import SESSION_COOKIE, SIGN_IN_COOKIE
 from scheduler.console.curves import parse_history
@@ -464,6 +465,10 @@ def test_review_decisions_reach_sql_the_api_filter_and_the_manifest(
         and rows[3].reviewer_key_id == key.id
         and rows[3].reviewer_name == "test"
     )
+    with pg_factory() as session:  # the counters' shortcut agrees with the exact pass over the image rows
+        done = session.scalars(select(Job.images_done).where(Job.id == finished.job_id)).one()
+        fast = count_reviews(session, finished.job_id, delivered_total=done)
+        assert fast == count_reviews(session, finished.job_id) == ReviewCounts(3, 1, 2)
 
     def listed(state: str) -> list[int]:
         body = console.get(f"/v1/jobs/{finished.job_id}/images?review={state}", headers=tenant.headers).json()

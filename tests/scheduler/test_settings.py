@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from db.errors import ConfigError
+from db.job_specs import API_MAX_IMAGES_PER_ITEM, MAX_IMAGES_PER_JOB
 from db.settings import BrokerSettings, DatabaseSettings, StorageSettings
 from scheduler.api.app import build_services
 from scheduler.settings import ApiSettings, ClientSettings, WebhookSettings
@@ -48,6 +49,16 @@ def test_out_of_range_limits_are_refused() -> None:
         ApiSettings(max_request_bytes=0)
     with pytest.raises(ValueError):
         ApiSettings(preview_timeout_seconds=600)
+
+
+def test_operator_bounds_may_tighten_the_declared_bounds_but_not_widen_them() -> None:
+    """Given the bounds of db.job_specs, when an operator asks for more images per item or per job than they
+    allow, then the settings refuse, naming the variable; tighter bounds load."""
+    with pytest.raises(ConfigError, match="CATALOGAN_MAX_IMAGES_PER_ITEM"):
+        ApiSettings(max_images_per_item=API_MAX_IMAGES_PER_ITEM + 1)
+    with pytest.raises(ConfigError, match="CATALOGAN_MAX_IMAGES_PER_JOB"):
+        ApiSettings(max_images_per_job=MAX_IMAGES_PER_JOB + 1)
+    assert ApiSettings(max_images_per_item=10, max_images_per_job=20).max_images_per_job == 20
 
 
 def test_the_cli_names_the_missing_api_key() -> None:
