@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
+from db.reviews import ReviewCounts, count_reviews
 from db.status import ImageStatus, JobStatus, ModelVersionStatus
 from db.storage import ObjectStore
 from db.tables import (
@@ -38,7 +39,6 @@ from db.tables import (
     Tenant,
     WebhookDelivery,
 )
-from db.reviews import ReviewCounts, count_reviews
 from db.tenants import revoke_api_key
 from scheduler.console.auth import SESSION_COOKIE, SIGN_IN_COOKIE
 from scheduler.console.curves import parse_history
