@@ -185,14 +185,33 @@ class BodySizeLimitMiddleware:
             await self.on_too_large(scope, self.max_bytes)(scope, receive, send)
             return
         received = 0
+        tripped = False
+        started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, tripped
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    tripped = True
                     raise PayloadTooLargeError(self.max_bytes)
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            # Once the body went over the limit, whatever the app answers instead (FastAPI turns an error while
+            # it reads a JSON body into a 400 "error parsing the body") is dropped for the 413 below.
+            if tripped and not started:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except PayloadTooLargeError:
+            if not tripped:
+                raise
+        if tripped and not started:
+            await self.on_too_large(scope, self.max_bytes)(scope, receive, send)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
+from db.storage import MemoryStore
 from db.tables import ApiKey
 from db.tenants import revoke_api_key
-from scheduler.settings import ApiSettings
-from tests.scheduler.conftest import Credentials
+from scheduler.settings import ApiSettings, WebhookSettings
+from tests.scheduler.conftest import Credentials, LiveServer, _app
 
 JOB = {"items": [{"category": "a", "count": 2}], "seed": 1}
 
@@ -161,3 +165,32 @@ def test_the_redis_rate_limiter_is_shared_between_replicas(redis_url: str) -> No
     replicas[0].hit("tenant-2", limit=5, window_seconds=60)  # another tenant is unaffected
     clock[0] += 40  # the next window
     replicas[0].hit("tenant-1", limit=5, window_seconds=60)
+
+
+def test_a_chunked_body_over_the_limit_is_413_on_every_json_endpoint(
+    pg_factory: sessionmaker[Session],
+    model_version: object,
+    tenant: Credentials,
+    live_server_factory: Callable[[Any], LiveServer],
+    tmp_path: Path,
+) -> None:
+    """Given a 2 KiB limit and the API on uvicorn, when a chunked body (no Content-Length) of about 3 KiB is
+    sent to POST /v1/jobs, /v1/jobs:estimate and /v1/previews, then each answers 413 problem JSON, not 400."""
+    settings = ApiSettings(max_request_bytes=2048)
+    app = _app(pg_factory, MemoryStore(), [], tmp_path, settings, WebhookSettings())
+    url = live_server_factory(app).url
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"category": "a", "items": ['
+        for _ in range(40):
+            yield b'{"category": "a", "count": 1, "sku": "SKU-000000000000000000000000000000000001"},'
+        yield b'{"category": "a", "count": 1}]}'
+
+    headers = {**tenant.headers, "content-type": "application/json"}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for path in ("/v1/jobs", "/v1/jobs:estimate", "/v1/previews"):
+            response = http.post(path, content=chunks(), headers=headers)
+            assert response.request.headers.get("transfer-encoding") == "chunked"
+            assert response.status_code == 413, (path, response.status_code, response.text[:200])
+            body = assert_problem(response, 413)
+            assert "2048" in body["detail"]

@@ -13,7 +13,7 @@ import json
 import secrets
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jsonschema
@@ -293,6 +293,72 @@ def test_an_estimate_reads_a_manifest_uri(
     response = api.post("/v1/jobs:estimate", json=body, headers=schemathesis_tenant.headers)
     assert response.status_code == 200, response.text
     assert (response.json()["images"], response.json()["chunks"]) == (5, 3)
+
+
+def _chunked(size: int) -> Iterator[bytes]:
+    yield b'{"category": "dress", "items": ['
+    for _ in range(size // 64):
+        yield b'{"category": "dress", "count": 1, "sku": "SKU-0000000000000001"},'
+    yield b'{"category": "dress", "count": 1}]}'
+
+
+def _deep_parquet() -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = 1_000_000
+    sink = io.BytesIO()
+    indices = pa.array([0] * rows, type=pa.int32())
+    pq.write_table(pa.table({"category": pa.DictionaryArray.from_arrays(indices, pa.array(["dress"]))}), sink)
+    return sink.getvalue()
+
+
+# Shapes a hostile tenant sends that document-driven generation does not produce: manifest files that break
+# the parsers' own limits, and chunked bodies (no Content-Length) over the size limit on every JSON endpoint.
+HOSTILE_UPLOADS: dict[str, tuple[str, Callable[[], bytes]]] = {
+    "csv-cell-over-the-csv-module-limit": (
+        "long.csv",
+        lambda: b"sku,category\nS1,dress\nS2," + b"b" * 200_000 + b"\n",
+    ),
+    "jsonl-nested-30000-deep": ("deep.jsonl", lambda: b"[" * 30_000 + b"]" * 30_000 + b"\n"),
+    "jsonl-line-over-64-kib": (
+        "wide.jsonl",
+        lambda: b'{"category": "dress", "sku": "' + b"x" * 70_000 + b'"}\n',
+    ),
+    "parquet-of-a-million-rows": ("rows.parquet", _deep_parquet),
+    "csv-not-utf8": ("latin.csv", lambda: b"sku,category\n\xe9t\xe9,dress\n"),
+}
+
+
+@pytest.mark.parametrize("shape", list(HOSTILE_UPLOADS))
+def test_hostile_manifest_uploads_are_documented_422s(
+    shape: str, schemathesis_api: TestClient, schemathesis_tenant: Credentials
+) -> None:
+    """Given a manifest upload that breaks a parser limit (a CSV cell over 131,072 characters, JSONL nested
+    30,000 deep or a line over 64 KiB, a million-row Parquet, non-UTF-8 CSV), when submitted, then the answer
+    is a documented 422 problem naming a `file` field, and conforms to the document (no 5xx)."""
+    name, make = HOSTILE_UPLOADS[shape]
+    response = schemathesis_api.post(
+        "/v1/jobs", files={"file": (name, make())}, headers=schemathesis_tenant.headers
+    )
+    schema["/v1/jobs"]["POST"].Case(media_type="multipart/form-data").validate_response(response)
+    assert response.status_code == 422, response.text[:300]
+    assert response.json()["errors"][0]["field"].startswith("file")
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/jobs:estimate", "/v1/previews"])
+def test_chunked_bodies_over_the_limit_are_documented_413s(
+    path: str, make_api: Callable[..., TestClient], schemathesis_tenant: Credentials
+) -> None:
+    """Given a 2 KiB body limit, when a chunked JSON body of about 4 KiB is posted to each JSON endpoint, then
+    the answer is the documented 413 problem (not a 400 from the body parser)."""
+    api = make_api(ApiSettings(max_request_bytes=2048))
+    headers = {**schemathesis_tenant.headers, "content-type": "application/json"}
+    response = api.post(path, content=_chunked(4096), headers=headers)
+    schema[path]["POST"].Case(media_type="application/json").validate_response(response)
+    assert response.status_code == 413, response.text[:300]
 
 
 def test_every_bound_in_the_document_is_json_schema() -> None:

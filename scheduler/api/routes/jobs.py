@@ -213,7 +213,7 @@ def retry_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobPubli
     "/jobs:estimate",
     response_model=EstimatePublic,
     summary="Estimate a job (dry run)",
-    responses=COMMON_ERRORS,
+    responses={**COMMON_ERRORS, 413: problem_doc("Request body too large.")},
 )
 def estimate_job(
     request: JobCreate, session: SessionDep, services: ServicesDep, tenant: TenantDep, settings: SettingsDep

@@ -19,7 +19,11 @@ router = APIRouter(prefix="/v1", tags=["previews"])
     "/previews",
     response_model=PreviewPublic,
     summary="Generate up to 8 images now",
-    responses={**COMMON_ERRORS, 503: problem_doc("No worker on the interactive queue answered in time.")},
+    responses={
+        **COMMON_ERRORS,
+        413: problem_doc("Request body too large."),
+        503: problem_doc("No worker on the interactive queue answered in time."),
+    },
 )
 async def create_preview(
     body: PreviewCreate, request: Request, services: ServicesDep, tenant: TenantDep
