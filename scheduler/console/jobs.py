@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from db.console_sessions import SignedIn
 from db.engine import transaction
 from db.errors import NotFoundError, ObjectNotFoundError
+from db.job_specs import LATENT_CONTROL_OPTION
 from db.jobs import get_job
 from db.reviews import (
     MAX_NOTE_CHARS,
@@ -358,6 +359,7 @@ async def image_page(
             review = session.scalars(
                 select(ImageReview).where(ImageReview.job_id == job.id, ImageReview.index == index)
             ).one_or_none()
+            made_into = jobs_made_from(session, job, index, user.tenant.id)
             neighbours = (
                 session.execute(
                     select(Image.index)
@@ -379,12 +381,75 @@ async def image_page(
             "provenance": provenance_rows(job, image, model, check.embedded),
             "gate_score": image.score,
             "check": check,
+            "made_from": made_from(job),
+            "made_into": made_into,
             "previous": index - 1 if index - 1 in neighbours else None,
             "next": index + 1 if index + 1 in neighbours else None,
         }
 
     context = await run_in_threadpool(load)
     return render(console, request, "image.html", user, **context)
+
+
+def _image_link(source: Any) -> dict[str, Any] | None:
+    """A link to a recipe's source image ({"job_id", "index", ...}), or None when the recipe lacks one."""
+    if not isinstance(source, dict) or not isinstance(source.get("job_id"), str):
+        return None
+    index = source.get("index")
+    if not isinstance(index, int):
+        return None
+    return {
+        "job_id": source["job_id"],
+        "index": index,
+        "url": f"/console/jobs/{source['job_id']}/images/{index}",
+    }
+
+
+def made_from(job: Job) -> list[dict[str, Any]]:
+    """The images a creative-control job was made from (its recipe in `options`): a variation's source, an
+    interpolation's start and end. The links open only if the image is the signed-in tenant's."""
+    recipe = (job.options or {}).get(LATENT_CONTROL_OPTION) or {}
+    found = []
+    variation = recipe.get("variation") if isinstance(recipe, dict) else None
+    if isinstance(variation, dict) and (link := _image_link(variation.get("source"))):
+        found.append({"role": f"variation (strength {variation.get('strength')}) of", **link})
+    interpolation = recipe.get("interpolation") if isinstance(recipe, dict) else None
+    if isinstance(interpolation, dict):
+        for end in ("start", "end"):
+            if link := _image_link(interpolation.get(end)):
+                found.append({"role": f"interpolation {end}", **link})
+    return found
+
+
+def jobs_made_from(session: Session, job: Job, index: int, tenant_id: str) -> list[dict[str, Any]]:
+    """The tenant's jobs (newest first, at most 20) made from image `index` of `job`: its variations and the
+    interpolations starting or ending at it."""
+
+    def names(*path: str) -> Any:
+        return and_(
+            Job.options[(LATENT_CONTROL_OPTION, *path, "job_id")].as_string() == job.id,
+            Job.options[(LATENT_CONTROL_OPTION, *path, "index")].as_integer() == index,
+        )
+
+    rows = session.execute(
+        select(Job.id, Job.status, Job.created_at, Job.images_total)
+        .where(
+            Job.tenant_id == tenant_id,
+            or_(names("variation", "source"), names("interpolation", "start"), names("interpolation", "end")),
+        )
+        .order_by(Job.created_at.desc())
+        .limit(20)
+    ).all()
+    return [
+        {
+            "id": id_,
+            "status": status.value,
+            "created_at": created,
+            "images": total,
+            "url": f"/console/jobs/{id_}",
+        }
+        for id_, status, created, total in rows
+    ]
 
 
 @dataclass(frozen=True)

@@ -711,3 +711,77 @@ def test_a_tar_jobs_image_is_read_from_its_shard(
     assert 'data-check="match"' in console.get(f"/console/jobs/{finished.job_id}/images/1").text
     grid = console.get(f"/console/jobs/{finished.job_id}").text.split('id="grid"')[1].split("</li>")[0]
     assert "in a tar shard" in grid
+
+
+def test_jobs_made_from_an_image_are_found_on_sqlite_and_postgresql(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Given a job, a variation of its image 2 and an interpolation ending at it (same tenant), and another
+    tenant's variation of it, when the image's related jobs are looked up, then the tenant's two are found
+    (newest first) and each names its source."""
+    from db.job_specs import LATENT_CONTROL_OPTION
+    from scheduler.console.jobs import jobs_made_from, made_from
+    from tests.db.factories import insert_job
+
+    rows = insert_job(session_factory, chunks=1, status=JobStatus.SUCCEEDED)
+    source = {"job_id": rows.job_id, "index": 2, "seed": 7, "redraw": 0}
+    recipes = {
+        "variation": {"variation": {"source": source, "strength": 0.3}},
+        "interpolation": {"interpolation": {"start": {**source, "index": 0}, "end": source, "frames": 4}},
+    }
+    made: dict[str, str] = {}
+    with transaction(session_factory) as session:
+        parent = session.get(Job, rows.job_id)
+        assert parent is not None
+        other = Tenant(id=uuid.uuid4().hex, name=f"other-{uuid.uuid4().hex[:6]}")
+        session.add(other)
+        session.flush()  # the tenant row first: no relationship orders it before the jobs
+        for offset, (name, tenant_id) in enumerate(
+            [("variation", parent.tenant_id), ("interpolation", parent.tenant_id), ("variation", other.id)]
+        ):
+            job = Job(
+                id=uuid.uuid4().hex, tenant_id=tenant_id, model_version_id=parent.model_version_id, seed=1,
+                chunk_size=4, options={LATENT_CONTROL_OPTION: recipes[name]},
+                created_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=offset),
+            )  # fmt: skip
+            session.add(job)
+            made[f"{name}-{offset}"] = job.id
+    with session_factory() as session:
+        parent = session.get(Job, rows.job_id)
+        assert parent is not None
+        found = jobs_made_from(session, parent, 2, parent.tenant_id)
+        assert [row["id"] for row in found] == [made["interpolation-1"], made["variation-0"]]
+        assert jobs_made_from(session, parent, 1, parent.tenant_id) == []
+        variation = session.get(Job, made["variation-0"])
+        assert variation is not None
+        assert made_from(variation) == [
+            {"role": "variation (strength 0.3) of", "job_id": rows.job_id, "index": 2,
+             "url": f"/console/jobs/{rows.job_id}/images/2"}
+        ]  # fmt: skip
+
+
+def test_the_image_page_links_the_jobs_made_from_it(
+    console: TestClient, finished: FinishedJob, tenant: Credentials, pg_factory: sessionmaker[Session]
+) -> None:
+    """Given a variation job of image 2 (its recipe in the job's options), when image 2's page is opened, then
+    it links the variation job, and image 3's page says none was made from it."""
+    from db.job_specs import LATENT_CONTROL_OPTION
+
+    source = {"job_id": finished.job_id, "index": 2, "seed": 11, "redraw": 0}
+    variation_id = uuid.uuid4().hex
+    with transaction(pg_factory) as session:
+        parent = session.get(Job, finished.job_id)
+        assert parent is not None
+        session.add(
+            Job(
+                id=variation_id, tenant_id=tenant.tenant_id, model_version_id=parent.model_version_id, seed=5,
+                chunk_size=4, options={LATENT_CONTROL_OPTION: {"variation": {"source": source, "strength": 0.3}}},
+            )
+        )  # fmt: skip
+    page = console.get(f"/console/jobs/{finished.job_id}/images/2").text
+    assert f'href="/console/jobs/{variation_id}"' in page
+    assert "No variation" in console.get(f"/console/jobs/{finished.job_id}/images/3").text
+    insert_finished_job_images = console.get(f"/console/jobs/{variation_id}/images/0")
+    assert (
+        insert_finished_job_images.status_code == 404
+    )  # the variation job has no images yet: nothing to open
