@@ -207,3 +207,34 @@ def test_per_category_metrics_find_the_one_weak_category_the_overall_figures_hid
     assert report.real_per_class_accuracy["shirt"] == pytest.approx(
         float((predicted[real_shirts] == shirt).mean())
     )
+
+
+def test_a_tiny_model_gets_a_per_category_report_and_table(
+    small_reference: RealReference, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Given a randomly initialised tiny generator over Fashion-MNIST's categories, when it is evaluated and
+    the report printed, then every category has its accuracy beside the real one, FID_fm, precision, recall."""
+    from models.build import build_generator
+    from models.cli_evaluate import per_category_table, print_report_table
+    from models.config import get_preset, with_categories
+    from models.data.fashion_mnist import CATEGORIES
+
+    torch.manual_seed(0)
+    model = with_categories(get_preset("tiny").model, CATEGORIES)
+    generator = build_generator(model).eval()
+
+    @torch.no_grad()
+    def tiny(class_indices: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        images = generator(latents, class_indices)  # (B, 1, 8, 8) in [-1, 1]
+        return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+    report = evaluate_generator(tiny, 10, z_dim=model.z_dim, reference=small_reference, cas_config=None)
+    for field in ("per_class_accuracy", "real_per_class_accuracy", "per_class_fid_fm", "per_class_precision"):
+        assert list(getattr(report, field)) == list(CATEGORIES), field
+    assert min(report.real_per_class_accuracy.values()) > 0.5  # real images: the evaluator knows them
+    assert min(report.per_class_fid_fm.values()) > 0  # a random generator is far from every category
+    table = per_category_table(report)
+    assert list(table.columns[0].cells) == list(CATEGORIES)
+    assert [column.header for column in table.columns][1:4] == ["cond. accuracy", "real accuracy", "ratio"]
+    print_report_table([report])
+    assert "per category" in capsys.readouterr().out
