@@ -601,13 +601,13 @@ def test_the_models_page_shows_metrics_samples_and_curves_from_history(
         session.execute(update(ModelVersion).where(ModelVersion.id == model_version.id).values(
             checkpoint_uri=api_store.uri("models/tiny/run1/generator.pt")))  # fmt: skip
     history = "".join(
-        json.dumps({"step": step, "loss_d": 1.0 / step, "loss_g": 2.0 / step, **({"fid_fm": 9.0 / step} if step % 2 == 0 else {})}) + "\n"
+        json.dumps({"step": step, "d_loss": 1.0 / step, "g_loss": 2.0 / step, **({"fid_fm": 9.0 / step} if step % 2 == 0 else {})}) + "\n"
         for step in range(1, 11)
     )  # fmt: skip
     api_store.put("models/tiny/run1/history.jsonl", history.encode() + b"not json\n")
     page = console.get("/console/models").text
     assert "tiny@1: losses against step" in page and "tiny@1: FID_fm against step" in page
-    assert page.count("<polyline") == 3 and "loss_g (last 0.2)" in page
+    assert page.count("<polyline") == 3 and "g_loss (last 0.2)" in page
     assert "conditional_accuracy" in page and "0.9279" in page
     assert console.get("/console/models/fashion-cgan/1/samples.png").content[:8] == b"\x89PNG\r\n\x1a\n"
     assert console.get("/console/models/fashion-cgan/1/loss.png").status_code == 200
@@ -646,9 +646,9 @@ def test_only_operator_keys_promote_or_retire(
 def test_history_parsing_keeps_losses_and_fid_and_skips_bad_lines() -> None:
     """Given history lines with losses, FID_fm, a line without step and one that is not JSON, when parsed, then
     loss and FID series hold their points and the two bad lines are counted."""
-    data = b'{"step": 1, "loss_d": 0.5, "loss_g": 1.5}\n{"step": 2, "loss_d": 0.4, "fid_fm": 3.0}\n{"loss_d": 1}\nx\n'
+    data = b'{"step": 1, "d_loss": 0.5, "g_loss": 1.5}\n{"step": 2, "d_loss": 0.4, "fid_fm": 3.0}\n{"d_loss": 1}\nx\n'
     history = parse_history(data)
-    assert history.losses() == {"loss_d": [(1.0, 0.5), (2.0, 0.4)], "loss_g": [(1.0, 1.5)]}
+    assert history.losses() == {"d_loss": [(1.0, 0.5), (2.0, 0.4)], "g_loss": [(1.0, 1.5)]}
     assert history.fid() == {"fid_fm": [(2.0, 3.0)]} and history.skipped_lines == 2
 
 

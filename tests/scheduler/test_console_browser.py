@@ -98,10 +98,11 @@ def _submit(url: str, tenant: Tenant) -> str:
 
 
 def _history() -> bytes:
-    """A short training history next to tiny's checkpoint, as training writes it (losses, FID_fm every 50)."""
+    """A short training history next to tiny's checkpoint, in the layout of docs/training.md (losses and
+    throughput every 10 steps, FID_fm and per-category accuracy every 50)."""
     lines = [
-        {"step": step, "loss_d": 1.4 - step / 400, "loss_g": 0.7 + step / 500}
-        | ({"fid_fm": 40.0 / (1 + step / 50)} if step % 50 == 0 else {})
+        {"step": step, "d_loss": 1.4 - step / 400, "g_loss": 0.7 + step / 500, "steps_per_s": 12.5}
+        | ({"fid_fm": 40.0 / (1 + step / 50), "per_category_accuracy": {"a": 0.5}} if step % 50 == 0 else {})
         for step in range(0, 201, 10)
     ]
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
