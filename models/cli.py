@@ -1,7 +1,7 @@
-"""`catalogan train` and `catalogan models list|show|promote|retire`: thin commands over plain functions.
+"""`catalogan train` (and `train ls|show`): thin commands over plain functions.
 
-Imported lazily by the root command; torch and Ray are imported only inside `train`, so
-`catalogan models list` starts without them.
+Imported lazily by the root command; torch and Ray are imported only inside `train`. The `models` group lives in
+`models/cli_models.py`.
 """
 
 from __future__ import annotations
@@ -18,15 +18,6 @@ from db import migrate
 from db.cli_support import one_line_errors
 from db.engine import engine_from_settings, make_session_factory
 from db.settings import DatabaseSettings, DataSettings, StorageSettings
-from db.tables import ModelVersion
-from models.registry import (
-    PromotionGates,
-    describe,
-    get_version,
-    list_versions,
-    promote_version,
-    retire_version,
-)
 
 
 def open_registry() -> sessionmaker[Session]:
@@ -332,131 +323,3 @@ def train_show(run_ref: str, follow: bool, out_url: str | None, as_json: bool) -
     if view.resume_command:
         rows.append(["resume with", view.resume_command])
     click.echo(aligned(rows))
-
-
-@click.group("models")
-def models_group() -> None:
-    """List, inspect, promote and retire registered generator versions.
-
-    Example:
-
-        catalogan models promote fashion-cgan@2
-    """
-
-
-def _row_line(row: ModelVersion) -> str:
-    metrics = row.metrics or {}
-    shown = " ".join(
-        f"{k}={metrics[k]:.3f}"
-        for k in ("conditional_accuracy", "cas", "fid_fm")
-        if isinstance(metrics.get(k), int | float)
-    )
-    return f"{row.name + '@' + str(row.version):24} {row.status.value:10} {row.preset:14} {shown}"
-
-
-@models_group.command("list")
-@click.option("--name", default=None, help="Only this model name.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-@one_line_errors
-def list_command(name: str | None, as_json: bool) -> None:
-    """List registered model versions.
-
-    Example:
-
-        catalogan models list --json
-    """
-    rows = list_versions(open_registry(), name)
-    if as_json:
-        click.echo(json.dumps([describe(row) for row in rows], indent=2))
-        return
-    for row in rows:
-        click.echo(_row_line(row))
-
-
-@models_group.command("show")
-@click.argument("ref")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-@one_line_errors
-def show_command(ref: str, as_json: bool) -> None:
-    """Show one version: NAME (its production version) or NAME@VERSION.
-
-    Example:
-
-        catalogan models show fashion-cgan --json
-    """
-    data = describe(get_version(open_registry(), ref))
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    for key, value in data.items():
-        click.echo(f"{key:18} {json.dumps(value) if isinstance(value, dict | list) else value}")
-
-
-@models_group.command("promote")
-@click.argument("ref")
-@click.option("--force", is_flag=True, help="Promote even below the metric gates.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-@one_line_errors
-def promote_command(ref: str, force: bool, as_json: bool) -> None:
-    """Make NAME@VERSION the production version of NAME (metric-gated; see CATALOGAN_GATE_*).
-
-    Example:
-
-        catalogan models promote fashion-cgan@3
-    """
-    row = promote_version(open_registry(), ref, gates=PromotionGates(), force=force)
-    click.echo(
-        json.dumps(describe(row), indent=2) if as_json else f"{row.name}@{row.version} is now production"
-    )
-
-
-@models_group.command("retire")
-@click.argument("ref")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-@one_line_errors
-def retire_command(ref: str, as_json: bool) -> None:
-    """Retire NAME@VERSION (new jobs refuse it; finished images stay).
-
-    Example:
-
-        catalogan models retire fashion-cgan@1
-    """
-    row = retire_version(open_registry(), ref)
-    click.echo(json.dumps(describe(row), indent=2) if as_json else f"{row.name}@{row.version} is now retired")
-
-
-@models_group.command("register-default")
-@click.option(
-    "--no-index",
-    is_flag=True,
-    help="Register the generator only, without building its memorization index (jobs skip the near-copy check).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-@one_line_errors
-def register_default_command(no_index: bool, as_json: bool) -> None:
-    """Register the shipped fashion-cgan in the configured registry and store (idempotent).
-
-    `catalogan generate` does this by itself on the embedded default; run it once against a deployment
-    (PostgreSQL + S3) so the API can serve the shipped model. The first time it also builds the model's
-    memorization index from Debian's Fashion-MNIST when installed (a minute or more of CPU, once).
-
-    Example:
-
-        catalogan models register-default --json
-    """
-    from db.settings import StorageSettings
-    from db.storage import open_store
-    from models.default_model import FULL_INDEX, ensure_default_model
-
-    store = open_store(StorageSettings().url(DataSettings()))
-    row = ensure_default_model(
-        open_registry(),
-        store,
-        index=None if no_index else FULL_INDEX,
-        notify=lambda message: click.echo(message, err=True),
-    )
-    click.echo(
-        json.dumps(describe(row), indent=2)
-        if as_json
-        else f"{row.name}@{row.version} registered ({row.status.value})"
-    )

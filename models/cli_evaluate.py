@@ -122,11 +122,12 @@ def read_model_bytes(model: str) -> tuple[bytes, str]:
 
 def registry_checkpoint_bytes(reference: str) -> tuple[bytes, str]:
     """Resolve `name[@version]` in the model registry and read its checkpoint from the object store."""
-    from db.engine import engine_from_settings, make_session_factory
     from db.settings import StorageSettings
+    from models.cli_models import open_registry
     from models.registry import get_version
 
-    row = get_version(make_session_factory(engine_from_settings()), reference)
+    # open_registry: the schema at head and the shipped fashion-cgan registered, as in a fresh folder
+    row = get_version(open_registry(), reference)
     return read_checkpoint_uri(row.checkpoint_uri, StorageSettings().url()), f"{row.name}@{row.version}"
 
 

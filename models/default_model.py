@@ -242,8 +242,11 @@ def _store_index(store: ObjectStore, spec: ShippedIndexSpec, notify: Notify) -> 
             f"{DEFAULT_MODEL_NAME}: {problem}, so it is registered without a memorization index and its jobs "
             "skip the near-copy check; run again once the data is there to attach one"
         )
-        logger.warning(message)
-        notify(message)
+        if notify is _no_notify:
+            logger.warning(message)  # nobody else is told
+        else:
+            # The caller shows it; at INFO, Python's last-resort handler does not print it a second time.
+            notify_info(notify, message)
         return None
     payload = built.to_bytes()
     key = f"{INDEX_KEY_PREFIX}{hashlib.sha256(payload).hexdigest()[:16]}.npz"

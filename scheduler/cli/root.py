@@ -24,7 +24,7 @@ LAZY_SUBCOMMANDS: dict[str, str] = {
     "evaluator": "models.cli_evaluate:evaluator",
     "evaluate": "models.cli_evaluate:evaluate",
     "train": "models.cli:train",
-    "models": "models.cli:models_group",
+    "models": "models.cli_models:models_group",
     "verify": "workers.cli_verify:verify",
 }
 LAZY_HELP: dict[str, str] = {
@@ -41,7 +41,7 @@ LAZY_HELP: dict[str, str] = {
     "evaluator": "Train the evaluator CNN whose features the GAN metrics use.",
     "evaluate": "Measure a generator: FID_fm, KID, precision/recall, accuracy, CAS, diversity.",
     "train": "Train a GAN preset on Ray Train (DDP workers, checkpoints to the object store).",
-    "models": "List, show, promote and retire registered generator versions.",
+    "models": "List, show, register, promote and retire generator versions (the shipped one included).",
     "verify": "Read a file's provenance; with --regenerate, recompute it and compare bit for bit.",
 }
 

@@ -1,0 +1,282 @@
+"""`catalogan models list|show|promote|retire|register|register-default`: the model registry from the CLI.
+
+Imported lazily by the root command; torch is imported only by `models register` (to read and measure the
+checkpoint), so `catalogan models list` starts without it. Every command that reads the registry first brings
+the schema to head and registers the shipped `fashion-cgan` when it is not there yet (the generator only: its
+memorization index is built by the first `catalogan generate`, or by `models register-default`), so a fresh
+folder lists the shipped model and `catalogan evaluate fashion-cgan` works at once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import migrate
+from db.cli_output import json_option, print_json, print_table
+from db.cli_support import one_line_errors
+from db.engine import engine_from_settings, make_session_factory
+from db.settings import DatabaseSettings, DataSettings, StorageSettings
+from db.storage import open_store
+from db.tables import ModelVersion
+from models.registry import (
+    PromotionGates,
+    describe,
+    get_version,
+    list_versions,
+    promote_version,
+    register_version,
+    retire_version,
+)
+
+COLUMNS = ("ref", "status", "preset", "conditional_accuracy", "cas", "fid_fm", "created_at")
+DEFAULT_REGISTER_SAMPLES = 1000  # per category, as `catalogan evaluate` measures by default
+REGISTERED_PREFIX = "models/{name}/registered/{sha16}/generator.pt"  # where `models register` stores a file
+
+
+def open_registry() -> sessionmaker[Session]:
+    """The configured registry at the newest schema, with the shipped model registered (generator only)."""
+    from models.default_model import ensure_default_model
+
+    data, database = DataSettings(), DatabaseSettings()
+    migrate.upgrade(database.url(data))
+    factory = make_session_factory(engine_from_settings(database, data))
+    ensure_default_model(factory, open_store(StorageSettings().url(data)), index=None)
+    return factory
+
+
+def _row(row: ModelVersion) -> dict[str, Any]:
+    metrics = row.metrics or {}
+    shown = {
+        key: round(float(metrics[key]), 4)
+        for key in ("conditional_accuracy", "cas", "fid_fm")
+        if isinstance(metrics.get(key), int | float)
+    }
+    return {
+        "ref": f"{row.name}@{row.version}",
+        "status": row.status.value,
+        "preset": row.preset,
+        **shown,
+        "created_at": row.created_at,
+    }
+
+
+@click.group("models")
+def models_group() -> None:
+    """List, inspect, register, promote and retire generator versions.
+
+    Example:
+
+        catalogan models promote fashion-cgan@2
+    """
+
+
+@models_group.command("list")
+@click.option("--name", default=None, help="Only this model name.")
+@json_option
+@one_line_errors
+def list_command(name: str | None, as_json: bool) -> None:
+    """List registered model versions (the shipped fashion-cgan is always there).
+
+    Example:
+
+        catalogan models list --format tsv
+    """
+    rows = list_versions(open_registry(), name)
+    if as_json:
+        print_json([describe(row) for row in rows])
+    else:
+        print_table([_row(row) for row in rows], COLUMNS, title="models")
+
+
+@models_group.command("show")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@one_line_errors
+def show_command(ref: str, as_json: bool) -> None:
+    """Show one version: NAME (its production version) or NAME@VERSION.
+
+    Example:
+
+        catalogan models show fashion-cgan --json
+    """
+    data = describe(get_version(open_registry(), ref))
+    if as_json:
+        print_json(data)
+        return
+    for key, value in data.items():
+        click.echo(f"{key:18} {json.dumps(value) if isinstance(value, dict | list) else value}")
+
+
+@models_group.command("promote")
+@click.argument("ref")
+@click.option("--force", is_flag=True, help="Promote even below the metric gates.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@one_line_errors
+def promote_command(ref: str, force: bool, as_json: bool) -> None:
+    """Make NAME@VERSION the production version of NAME (metric-gated; see CATALOGAN_GATE_*).
+
+    Example:
+
+        catalogan models promote fashion-cgan@3
+    """
+    row = promote_version(open_registry(), ref, gates=PromotionGates(), force=force)
+    click.echo(
+        json.dumps(describe(row), indent=2) if as_json else f"{row.name}@{row.version} is now production"
+    )
+
+
+@models_group.command("retire")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@one_line_errors
+def retire_command(ref: str, as_json: bool) -> None:
+    """Retire NAME@VERSION (new jobs refuse it; finished images stay).
+
+    Example:
+
+        catalogan models retire fashion-cgan@1
+    """
+    row = retire_version(open_registry(), ref)
+    click.echo(json.dumps(describe(row), indent=2) if as_json else f"{row.name}@{row.version} is now retired")
+
+
+@models_group.command("register")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--name", required=True, help="Model name in the registry (a new one, or a new version of one)."
+)
+@click.option(
+    "--promote",
+    is_flag=True,
+    help="Make it the production version if its metrics pass the gates (CATALOGAN_GATE_*), as for trained runs.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=10),
+    default=DEFAULT_REGISTER_SAMPLES,
+    show_default=True,
+    help="Images per category for the metrics the gates read.",
+)
+@click.option(
+    "--evaluate/--no-evaluate",
+    default=True,
+    show_default=True,
+    help="Measure the checkpoint with the shipped evaluator before registering (needed by --promote).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@one_line_errors
+def register_command(
+    checkpoint: Path, name: str, promote: bool, samples: int, evaluate: bool, as_json: bool
+) -> None:
+    """Register a generator checkpoint trained elsewhere as a new candidate version of NAME.
+
+    The checkpoint is read and checked (format version, weights matching its config), measured with the shipped
+    evaluator (FID_fm, conditional accuracy, CAS, ... on real Fashion-MNIST test), copied into the object store
+    and recorded as a candidate. With --promote it then goes through the same metric gates as a trained run's
+    `models promote`: below a gate it stays a candidate and the command exits 4 naming the gate.
+
+    Example:
+
+        catalogan models register run-42/generator.pt --name fashion-cgan --promote --samples 200
+    """
+    from models.checkpoint import checkpoint_from_bytes, sha256_hex
+    from models.errors import CheckpointError
+    from models.inference import load_generator
+
+    if promote and not evaluate:
+        raise click.UsageError("--promote needs the metrics: drop --no-evaluate")
+    data = checkpoint.read_bytes()
+    try:  # before anything is written
+        payload = checkpoint_from_bytes(data)
+    except CheckpointError as exc:  # torch's own text runs over several lines: keep the first
+        raise CheckpointError(f"{checkpoint}: {str(exc).splitlines()[0]}") from None
+    load_generator(data)  # the weights must match the config
+    metrics: dict[str, Any] = {}
+    if evaluate:
+        metrics = measure(data, samples)
+    sha = sha256_hex(data)
+    factory = open_registry()
+    store = open_store(StorageSettings().url(DataSettings()))
+    key = REGISTERED_PREFIX.format(name=name, sha16=sha[:16])
+    if not store.exists(key):
+        store.put(key, data)
+    model_config = dict(payload["model_config"])
+    row = register_version(
+        factory,
+        name=name,
+        preset=str(payload.get("preset", "")),
+        checkpoint_uri=store.uri(key),
+        checkpoint_sha256=sha,
+        model_config=model_config,
+        data_fingerprint=str(payload.get("data_fingerprint", "")),
+        metrics={
+            **metrics,
+            "registered_from": checkpoint.name,
+            "samples_per_class": samples if evaluate else 0,
+        },
+    )
+    ref = f"{row.name}@{row.version}"
+    if promote:
+        row = promote_version(factory, ref, gates=PromotionGates())
+    if as_json:
+        print_json(describe(row))
+    else:
+        click.echo(f"{ref} registered ({row.status.value})")
+
+
+def measure(data: bytes, samples: int) -> dict[str, Any]:
+    """The scalar metrics of a generator checkpoint, as `catalogan evaluate` measures them (the gates' input)."""
+    from models.evaluation import evaluate_generator, real_test_reference
+    from models.inference import load_generator
+    from models.metrics.cas import CasConfig
+
+    report = evaluate_generator(
+        load_generator(data),
+        samples,
+        0,
+        source="register",
+        reference=real_test_reference(),
+        cas_config=CasConfig(),
+    ).to_dict()
+    return {k: v for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+@models_group.command("register-default")
+@click.option(
+    "--no-index",
+    is_flag=True,
+    help="Register the generator only, without building its memorization index (jobs skip the near-copy check).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@one_line_errors
+def register_default_command(no_index: bool, as_json: bool) -> None:
+    """Register the shipped fashion-cgan in the configured registry and store (idempotent).
+
+    Every `models` command registers the generator by itself; this one also builds its memorization index from
+    Debian's Fashion-MNIST when installed (a minute or more of CPU, once). Run it once against a deployment
+    (PostgreSQL + S3): docker compose does, before the API starts.
+
+    Example:
+
+        catalogan models register-default --json
+    """
+    from models.default_model import FULL_INDEX, ensure_default_model
+
+    data, database = DataSettings(), DatabaseSettings()
+    migrate.upgrade(database.url(data))
+    row = ensure_default_model(
+        make_session_factory(engine_from_settings(database, data)),
+        open_store(StorageSettings().url(data)),
+        index=None if no_index else FULL_INDEX,
+        notify=lambda message: click.echo(message, err=True),
+    )
+    click.echo(
+        json.dumps(describe(row), indent=2)
+        if as_json
+        else f"{row.name}@{row.version} registered ({row.status.value})"
+    )
