@@ -101,7 +101,7 @@ def test_without_the_dataset_it_registers_without_an_index_says_so_and_attaches_
     messages: list[str] = []
     absent = ShippedIndexSpec(data_root=tmp_path / "no-dataset", every=60)
     # When the default model is ensured
-    with caplog.at_level(logging.WARNING, logger="models.default_model"):
+    with caplog.at_level(logging.INFO, logger="models.default_model"):
         row = ensure_default_model(sqlite_session_factory, local_store, index=absent, notify=messages.append)
     # Then it is registered as production all the same, without an index, and the caller is told why
     assert row.status is ModelVersionStatus.PRODUCTION and METRICS_KEY not in row.metrics
@@ -111,7 +111,7 @@ def test_without_the_dataset_it_registers_without_an_index_says_so_and_attaches_
         and "not installed" in messages[0]
         and "without a memorization index" in messages[0]
     )
-    assert messages[0] in caplog.messages
+    assert messages[0] in caplog.messages  # logged at INFO: the caller already shows it (printed once)
     # When the dataset is there on a later call, Then the same row gets its index
     later = ensure_default_model(
         sqlite_session_factory, local_store, index=quick_index, notify=messages.append
@@ -175,3 +175,34 @@ def test_when_two_processes_built_the_index_the_first_recorded_one_wins_and_the_
     assert [info.key for info in local_store.list(INDEX_KEY_PREFIX)] == [
         entries[0]["uri"].removeprefix(local_store.url.rstrip("/") + "/")
     ]
+
+
+SHOW_ONCE = """
+import sys
+from pathlib import Path
+from db.engine import make_engine, make_session_factory
+from db.migrate import upgrade
+from db.storage import open_store
+from models.default_model import ShippedIndexSpec, ensure_default_model
+
+folder = Path(sys.argv[1])
+upgrade(f"sqlite:///{folder / 'db.sqlite'}")
+factory = make_session_factory(make_engine(f"sqlite:///{folder / 'db.sqlite'}"))
+store = open_store((folder / "objects").as_uri())
+spec = ShippedIndexSpec(data_root=folder / "no-dataset")
+ensure_default_model(factory, store, index=spec, notify=lambda m: print(m, file=sys.stderr))
+"""
+
+
+def test_the_missing_dataset_message_is_printed_once(tmp_path: Path) -> None:
+    """Given a process without logging configured (as `catalogan generate`) and no dataset, when the default model
+    is ensured with a notify that prints to stderr, then the message is on stderr exactly once (Python's
+    last-resort handler does not print the log record a second time)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", SHOW_ONCE, str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("without a memorization index") == 1, result.stderr
