@@ -208,6 +208,11 @@ class PreviewImage:
     png: bytes
 
 
+def _present(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries that are not None (fields left out of a request body)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def _job_id(job: Job | str) -> str:
     return job.id if isinstance(job, Job) else job
 
@@ -321,11 +326,13 @@ class Client:
         idempotency_key: str | None = None,
         output_format: str | None = None,
         quality_gate: Mapping[str, Any] | None = None,
+        truncation: float | None = None,
     ) -> Job:
         """Submit a job from inline `items`, an uploaded `manifest` file (CSV, JSONL, Parquet) or an `s3://` URI.
 
         `output_format`: png (default), webp or tar (WebDataset shards); `quality_gate`:
-        `{"min_confidence": 0.6, "max_redraws": 3}`. Items may carry `client_item_id`: with a `seed`, items
+        `{"min_confidence": 0.6, "max_redraws": 3}`; `truncation`: ψ in 0.3..1.0 (1.0, the default, is off;
+        lower gives more typical, less varied images). Items may carry `client_item_id`: with a `seed`, items
         already delivered with the same settings are skipped (`Job.items_skipped_existing` says how many).
 
         Sends `Idempotency-Key` (a fresh one unless given): retrying the same call returns the same job,
@@ -342,17 +349,74 @@ class Client:
                 "chunk_size": chunk_size,
                 "output_format": output_format,
                 "quality_gate": dict(quality_gate) if quality_gate is not None else None,
+                "truncation": truncation,
             }.items()
             if value is not None
         }
-        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
-        if manifest is not None:
-            path = Path(manifest)
-            files = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
-            data = {"spec": json.dumps(spec)} if spec else {}
-            response = self._request("POST", "/v1/jobs", files=files, data=data, headers=headers)
-        else:
-            response = self._request("POST", "/v1/jobs", json=spec, headers=headers)
+        key = idempotency_key or uuid.uuid4().hex
+        if manifest is None:
+            return self._submit_json(spec, key)
+        path = Path(manifest)
+        files = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
+        data = {"spec": json.dumps(spec)} if spec else {}
+        response = self._request("POST", "/v1/jobs", files=files, data=data, headers={"Idempotency-Key": key})
+        replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
+        return Job.from_json(response.json(), replayed=replayed)
+
+    def submit_variations(
+        self,
+        source: Job | str,
+        index: int,
+        *,
+        count: int,
+        strength: float,
+        seed: int | None = None,
+        truncation: float | None = None,
+        webhook_url: str | None = None,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> Job:
+        """A job of `count` images near image `index` of your job `source`: same model version and category.
+
+        `strength` 0 gives the source image's own pixels, 1 an unrelated image of its category; `truncation`
+        defaults to the source's ψ. Other `POST /v1/jobs` fields (`output_format`, `chunk_size`,
+        `quality_gate`) pass through `options`.
+        """
+        variation = {
+            "source": {"job_id": _job_id(source), "index": index},
+            "strength": strength,
+            "count": count,
+        }
+        spec = {"variation": variation, "seed": seed, "truncation": truncation, "webhook_url": webhook_url}
+        return self._submit_json({**_present(spec), **options}, idempotency_key or uuid.uuid4().hex)
+
+    def submit_interpolation(
+        self,
+        start: tuple[Job | str, int],
+        end: tuple[Job | str, int],
+        *,
+        frames: int,
+        webhook_url: str | None = None,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> Job:
+        """A job of `frames` images on the latent path between two of your images, given as (job, index).
+
+        Frame 0 is `start`'s pixels and the last frame `end`'s; both must come from one model version and be of
+        one category. Other `POST /v1/jobs` fields pass through `options`.
+        """
+        interpolation = {
+            "start": {"job_id": _job_id(start[0]), "index": start[1]},
+            "end": {"job_id": _job_id(end[0]), "index": end[1]},
+            "frames": frames,
+        }
+        spec = {"interpolation": interpolation, "webhook_url": webhook_url}
+        return self._submit_json({**_present(spec), **options}, idempotency_key or uuid.uuid4().hex)
+
+    def _submit_json(self, spec: Mapping[str, Any], idempotency_key: str) -> Job:
+        response = self._request(
+            "POST", "/v1/jobs", json=dict(spec), headers={"Idempotency-Key": idempotency_key}
+        )
         replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
         return Job.from_json(response.json(), replayed=replayed)
 

@@ -278,6 +278,31 @@ def worker(
 @click.option(
     "--timeout", "timeout_seconds", type=float, default=3600.0, show_default=True, help="Give up after."
 )
+@click.option(
+    "--truncation",
+    type=float,
+    default=None,
+    metavar="PSI",
+    help="Truncation ψ in 0.3..1.0: scales each latent (1.0 = off; lower = more typical, less varied).",
+)
+@click.option(
+    "--variation-of",
+    default=None,
+    metavar="JOB/INDEX",
+    help="Images near this delivered image (its category and model version); with --strength and --count.",
+)
+@click.option(
+    "--strength", type=float, default=None, help="Variations: 0 = the source's pixels, 1 = unrelated."
+)
+@click.option("--count", type=int, default=None, help="Variations: how many images.")
+@click.option(
+    "--interpolate",
+    nargs=2,
+    default=None,
+    metavar="JOB/INDEX JOB/INDEX",
+    help="Frames between two delivered images of one category and model version; with --frames.",
+)
+@click.option("--frames", type=int, default=None, help="Interpolation: frames, both ends included.")
 @one_line_errors
 def generate(
     model_ref: str | None,
@@ -290,6 +315,12 @@ def generate(
     no_worker: bool,
     as_json: bool,
     timeout_seconds: float,
+    truncation: float | None,
+    variation_of: str | None,
+    strength: float | None,
+    count: int | None,
+    interpolate: tuple[str, str] | None,
+    frames: int | None,
 ) -> None:
     """Generate images with a real job and export them to a folder, with a contact sheet per category.
 
@@ -298,9 +329,14 @@ def generate(
     `catalogan beat` itself, then stops them. With CATALOGAN_DATABASE_URL / CATALOGAN_BROKER_URL /
     CATALOGAN_STORAGE_URL set it uses those services; pass --no-worker when workers already run there.
 
+    --truncation, --variation-of and --interpolate control what you get (docs/controlling.md); variations
+    and frames are jobs like any other, their files carry the recipe and `catalogan verify --regenerate`
+    recomputes them.
+
     Example:
 
         catalogan generate --category sneaker=16 --category dress=16 --seed 7 --out out/
+        catalogan generate --variation-of 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f/3 --strength 0.3 --count 8 --out var/
     """
     from workers.generate_command import GenerateRequest, run_generate
 
@@ -315,6 +351,12 @@ def generate(
         start_worker=not no_worker,
         show_progress=not as_json,
         timeout_seconds=timeout_seconds,
+        truncation=truncation,
+        variation_of=variation_of,
+        strength=strength,
+        count=count,
+        interpolate=interpolate,
+        frames=frames,
     )
     summary = run_generate(request)
     if as_json:

@@ -32,13 +32,14 @@ from db.engine import engine_from_settings, make_session_factory, transaction
 from db.errors import ConflictError, NotFoundError, PlanningError
 from db.incremental import count_skipped_items
 from db.job_specs import JobSpec, parse_job_spec, request_sha256, split_model_ref
+from db.latent_control import resolve_latent_control
 from db.messaging import CeleryPublisher, make_celery_app
 from db.model_versions import list_model_versions
 from db.planning import PlannedJob, publish_planned, resolve_job_model, submit_job
 from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageSettings
 from db.status import ChunkStatus, JobStatus
 from db.storage import ObjectStore, open_store
-from db.tables import Chunk, Job, Tenant
+from db.tables import Chunk, Job, ModelVersion, Tenant
 from workers.export import export_job
 
 LOCAL_TENANT_NAME = "local"
@@ -62,6 +63,13 @@ class GenerateRequest:
     start_worker: bool = True
     show_progress: bool = True
     timeout_seconds: float = 3600.0
+    # Creative control (docs/controlling.md): ψ; variations of "JOB/INDEX"; frames between two "JOB/INDEX".
+    truncation: float | None = None
+    variation_of: str | None = None
+    strength: float | None = None
+    count: int | None = None
+    interpolate: tuple[str, str] | None = None
+    frames: int | None = None
 
 
 def parse_items(categories: tuple[str, ...], sku_file: Path | None) -> list[dict[str, Any]]:
@@ -124,18 +132,50 @@ def generate_spec(request: GenerateRequest) -> JobSpec:
         raise PlanningError(exc.field, exc.rule, f"{where}: {match.group(2)}: {rule_text}") from None
 
 
+def parse_image_ref(option: str, value: str) -> dict[str, Any]:
+    """`JOB/INDEX` (a delivered image) as `{"job_id", "index"}`; `PlanningError` naming the option otherwise."""
+    job_id, sep, index = value.rpartition("/")
+    if not sep or not job_id or not index.isdigit():
+        raise PlanningError(option, "image_ref", f"{option} {value!r}: must be JOB_ID/INDEX, e.g. 4f0c.../3")
+    return {"job_id": job_id, "index": int(index)}
+
+
+def _control_fields(request: GenerateRequest) -> dict[str, Any]:
+    """The spec's variation / interpolation from --variation-of/--strength/--count and --interpolate/--frames."""
+    if request.variation_of is not None and request.interpolate is not None:
+        raise PlanningError(
+            "--variation-of", "one_control", "--variation-of: not with --interpolate (one job, one kind)"
+        )
+    if request.variation_of is not None:
+        if request.strength is None or request.count is None:
+            raise PlanningError(
+                "--strength", "required", "--strength and --count: required with --variation-of"
+            )
+        source = parse_image_ref("--variation-of", request.variation_of)
+        return {"variation": {"source": source, "strength": request.strength, "count": request.count}}
+    if request.interpolate is not None:
+        if request.frames is None:
+            raise PlanningError("--frames", "required", "--frames: required with --interpolate")
+        start, end = (parse_image_ref("--interpolate", value) for value in request.interpolate)
+        return {"interpolation": {"start": start, "end": end, "frames": request.frames}}
+    return {}
+
+
 def _parse_generate_spec(request: GenerateRequest) -> JobSpec:
-    return parse_job_spec(
-        {
-            "model": request.model_ref or DEFAULT_MODEL_NAME,
-            "items": parse_items(request.categories, request.sku_file),
-            "seed": request.seed
-            if request.seed is not None
-            else int.from_bytes(os.urandom(8), "little") >> 1,
-            "output_format": request.output_format,
-            "chunk_size": request.chunk_size,
-        }
-    )
+    control = _control_fields(request)  # a variation or interpolation: its sources' model unless named
+    if control and (request.categories or request.sku_file):
+        raise PlanningError(
+            "--category", "one_source", "--category/--sku-file: not with --variation-of or --interpolate"
+        )
+    spec: dict[str, Any] = {
+        "model": request.model_ref if control else request.model_ref or DEFAULT_MODEL_NAME,
+        "seed": request.seed if request.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1,
+        "output_format": request.output_format,
+        "chunk_size": request.chunk_size,
+        "truncation": request.truncation,
+        **(control or {"items": parse_items(request.categories, request.sku_file)}),
+    }
+    return parse_job_spec({key: value for key, value in spec.items() if value is not None})
 
 
 def ensure_local_tenant(session: Session) -> str:
@@ -238,9 +278,15 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     with transaction(session_factory) as session:
         tenant_id = ensure_local_tenant(session)
         # The job id is a function of the resolved version (see the module docstring), so the model is
-        # resolved here, by the submit path's own resolver, and handed to submit_job.
+        # resolved here, by the submit path's own resolver, and handed to submit_job (a variation or
+        # interpolation without --model: its sources' version; submit_job checks the sources again).
+        control = resolve_latent_control(session, spec, tenant_id)
         try:
-            model_version = resolve_job_model(session, spec.model)
+            model_version = (
+                session.get_one(ModelVersion, control.model_version_id)
+                if control is not None and spec.model is None
+                else resolve_job_model(session, spec.model)
+            )
         except (NotFoundError, PlanningError) as exc:
             if isinstance(exc, PlanningError) and exc.field != "model":
                 raise

@@ -101,9 +101,19 @@ async def read_job_request(
             )
         except pydantic.ValidationError as exc:
             raise _validation_error(exc, part="spec") from exc
-        if job_request.items is not None or job_request.manifest_uri is not None:
+        if any(
+            value is not None
+            for value in (
+                job_request.items,
+                job_request.manifest_uri,
+                job_request.variation,
+                job_request.interpolation,
+            )
+        ):
             raise RequestValidationError(
-                "spec", "one_source", "spec: with an uploaded file, omit items and manifest_uri"
+                "spec",
+                "one_source",
+                "spec: with an uploaded file, omit items, manifest_uri, variation and interpolation",
             )
         fmt = manifest_format(upload.filename or "", upload.content_type)
         data = await upload.read()
@@ -120,6 +130,8 @@ async def read_job_request(
         job_request = JobCreate.model_validate_json(body or b"null")
     except pydantic.ValidationError as exc:
         raise _validation_error(exc) from exc
+    if job_request.variation is not None or job_request.interpolation is not None:
+        return job_request, []  # the images come from the source images (checked by the submit path)
     if job_request.manifest_uri is not None:
         data, fmt = await run_in_threadpool(
             read_manifest_uri,
@@ -148,6 +160,9 @@ def job_spec(request: JobCreate, items: list[ItemCreate]) -> JobSpec:
         "quality_gate": request.quality_gate.model_dump() if request.quality_gate else None,
         "chunk_size": request.chunk_size,
         "webhook_url": request.webhook_url,
+        "truncation": request.truncation,
+        "variation": request.variation.model_dump() if request.variation else None,
+        "interpolation": request.interpolation.model_dump() if request.interpolation else None,
     }
     return parse_job_spec({key: value for key, value in values.items() if value is not None})
 

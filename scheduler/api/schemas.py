@@ -27,13 +27,19 @@ from db.job_specs import (
     MAX_CATEGORY_CHARS,
     MAX_CHUNK_SIZE,
     MAX_CLIENT_ITEM_ID_CHARS,
+    MAX_FRAMES,
+    MAX_IMAGES_PER_JOB,
     MAX_ITEMS_PER_JOB,
+    MAX_JOB_ID_CHARS,
     MAX_MODEL_REF_CHARS,
     MAX_REDRAWS,
     MAX_SEED,
     MAX_SKU_CHARS,
+    MAX_TRUNCATION,
     MAX_URL_LENGTH,
+    MAX_VARIATIONS,
     MIN_CHUNK_SIZE,
+    MIN_TRUNCATION,
     QualityGateSpec,
 )
 from db.status import ImageStatus, JobStatus, ModelVersionStatus
@@ -118,6 +124,41 @@ class QualityGateCreate(QualityGateSpec):
     max_redraws: JsonInteger = Field(default=3, ge=0, le=MAX_REDRAWS)
 
 
+class ImageRefCreate(_Strict):
+    """A delivered image of your tenant: the job id and the image's index in it."""
+
+    job_id: str = Field(
+        min_length=1, max_length=MAX_JOB_ID_CHARS, examples=["4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f"]
+    )
+    index: JsonInteger = Field(ge=0, le=MAX_IMAGES_PER_JOB, examples=[3])
+
+
+class VariationCreate(_Strict):
+    """`count` images near a delivered image (same model version and category as it)."""
+
+    source: ImageRefCreate
+    strength: float = Field(
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="0 = the source image itself (same pixels), 1 = an unrelated image of its category.",
+        examples=[0.3],
+    )
+    count: JsonInteger = Field(ge=1, le=MAX_VARIATIONS, examples=[8])
+
+
+class InterpolationCreate(_Strict):
+    """`frames` images on the latent path from `start` to `end` (both included): one model version, one
+    category."""
+
+    start: ImageRefCreate
+    end: ImageRefCreate
+    frames: JsonInteger = Field(ge=2, le=MAX_FRAMES, examples=[8])
+
+
+_SOURCES = ("items", "manifest_uri", "variation", "interpolation")  # where a job's images come from
+
+
 class JobCreate(_Strict):
     """A bulk job: inline `items`, or a manifest of SKUs at `manifest_uri` (or uploaded as multipart `file`)."""
 
@@ -132,16 +173,16 @@ class JobCreate(_Strict):
                     "webhook_url": "https://etl.example.com/hooks/catalogan",
                 }
             ],
-            # A JSON body names exactly one source of items (checked in the route and `_one_source`).
+            # A JSON body names exactly one source of images (checked in the route and `_one_source`).
             "anyOf": [
                 {
-                    "required": ["items"],
-                    "properties": {"items": {"type": "array"}, "manifest_uri": {"type": "null"}},
-                },
-                {
-                    "required": ["manifest_uri"],
-                    "properties": {"manifest_uri": {"type": "string"}, "items": {"type": "null"}},
-                },
+                    "required": [source],
+                    "properties": {
+                        other: {"not": {"type": "null"}} if other == source else {"type": "null"}
+                        for other in _SOURCES
+                    },
+                }
+                for source in _SOURCES
             ],
         },
     )
@@ -175,11 +216,30 @@ class JobCreate(_Strict):
         pattern=r"^https?://",
         description="Overrides the tenant default.",
     )
+    truncation: float | None = Field(
+        default=None,
+        ge=MIN_TRUNCATION,
+        le=MAX_TRUNCATION,
+        allow_inf_nan=False,
+        description="ψ: each latent is scaled by ψ (1.0 = off, the default; lower = more typical, less "
+        "varied images). A variation defaults to its source's ψ; not with interpolation. See "
+        "docs/controlling.md.",
+        examples=[0.7],
+    )
+    variation: VariationCreate | None = Field(
+        default=None, description="Images near one delivered image of yours (instead of items)."
+    )
+    interpolation: InterpolationCreate | None = Field(
+        default=None, description="Frames between two delivered images of yours (instead of items)."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> JobCreate:
-        if self.items is not None and self.manifest_uri is not None:
-            raise ValueError("give either items or manifest_uri, not both")
+        given = [name for name in _SOURCES if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"give one of items, manifest_uri, variation or interpolation, not {' and '.join(given)}"
+            )
         return self
 
 

@@ -180,6 +180,14 @@ ACCEPTABLE_REJECTIONS = {
     ("manifest_uri", "tenant_prefix"),
     ("items", "max_images_per_job"),
     ("Idempotency-Key", "idempotency_key_reused"),
+    # Creative control: the sources must be delivered images of the tenant (none exist for the fuzzer), and
+    # ψ is refused with interpolation (the frames lie between the sources' own latents).
+    ("variation.source", "delivered_image"),
+    ("interpolation.start", "delivered_image"),
+    ("interpolation.end", "delivered_image"),
+    ("truncation", "value_error"),
+    ("variation.count", "max_images_per_item"),
+    ("interpolation.frames", "max_images_per_item"),
 }
 
 

@@ -15,6 +15,7 @@ from db.chunk_outcomes import retry_failed_images
 from db.engine import transaction
 from db.incremental import count_skipped_items, count_skipped_items_of_jobs
 from db.jobs import get_job, request_cancel
+from db.latent_control import resolve_latent_control
 from db.planning import PlannedJob, mark_job_enqueued, resolve_job_model, submit_job
 from db.status import JobStatus
 from db.tables import Job, ModelVersion
@@ -221,18 +222,24 @@ def estimate_job(
     """Images, chunks and seconds a job would take at the fleet's measured throughput; nothing is created.
 
     The body is the one `POST /v1/jobs` takes as JSON: inline `items`, or an `s3://` manifest that is read
-    (and checked) as a submit would read it.
+    (and checked) as a submit would read it, or a variation / interpolation (its source images checked).
     """
     items = request.items
+    control = request.variation is not None or request.interpolation is not None
     if request.manifest_uri is not None:
         data, fmt = read_manifest_uri(
             request.manifest_uri, tenant_id=tenant.id, store=services.store, settings=services.settings
         )
         items = parse_item_manifest(data, fmt, max_items=settings.max_items_per_job)
-    if not items:
+    if not items and not control:
         raise RequestValidationError("items", "required", "items: give items or manifest_uri")
-    spec = job_spec(request, items)
-    model = resolve_job_model(session, spec.model)
+    spec = job_spec(request, items or [])
+    resolved = resolve_latent_control(session, spec, tenant.id)
+    model = (
+        session.get_one(ModelVersion, resolved.model_version_id)
+        if resolved is not None
+        else resolve_job_model(session, spec.model)
+    )
     images = spec.images_total
     throughput = measured_throughput(session, default=settings.default_images_per_second)
     return EstimatePublic(
