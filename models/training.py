@@ -8,7 +8,8 @@ PNG and a sample grid PNG to the object store under `models/<name>/<run>/`, and 
 Ray Train. Because nothing random depends on process history, `--resume` from a checkpoint continues
 exactly as if the run had never stopped.
 
-Rank 0 also keeps the run's `history.jsonl` (losses and throughput every `log_every` steps, and with
+The request and the rank's state live in `models.training_state`; what rank 0 records besides checkpoints
+(history lines, periodic evaluation) in `models.run_recording`. Rank 0 also keeps the run's `history.jsonl` (losses and throughput every `log_every` steps, and with
 `eval_every` the evaluator's FID_fm and per-category accuracy of a few hundred samples, the latest
 `samples.png`, and the best-so-far generator): the driver and `catalogan train show --follow` read progress
 from there, not from the worker's output (see docs/training.md, "What a run records").
@@ -21,107 +22,52 @@ import hashlib
 import json
 import random
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from db.errors import ObjectNotFoundError
 from db.storage import ObjectStore, open_store
-from models.build import build_discriminator, build_generator
 from models.checkpoint import (
-    FULL,
-    capture_rng_states,
     checkpoint_from_bytes,
     checkpoint_to_bytes,
     generator_only,
-    restore_rng_states,
     sha256_hex,
 )
-from models.config import ModelConfig, Preset, TrainConfig, get_preset, with_categories
-from models.data.dataset import FASHION_MNIST, TrainingData, open_dataset
-from models.ema import ema_decay_at, make_ema, update_ema
+from models.config import get_preset
+from models.data.dataset import FASHION_MNIST, open_dataset
+from models.ema import ema_decay_at, update_ema
 from models.errors import TrainingError
-from models.plots import loss_curve_png, quality_curve_png, sample_grid_png
+from models.plots import loss_curve_png, sample_grid_png
 from models.progress_view import progress_text
-from models.runs import (
-    BEST,
-    HISTORY,
-    LOSS_PNG,
-    QUALITY_PNG,
-    SAMPLES_PNG,
-    history_bytes,
-    parse_history,
+from models.run_recording import (
+    ProgressRecorder,
+    check_evaluable,
+    evaluate_step,
+    write_evaluation_artifacts,
 )
 from models.runs import LATEST as LATEST  # re-exported: callers import these from here
+from models.runs import (
+    LOSS_PNG,
+    SAMPLES_PNG,
+)
 from models.runs import run_prefix as run_prefix
-from models.sampling import latents_for
-from models.steps import discriminator_step, draw_noise, generator_step, make_optimizers
+from models.steps import discriminator_step, draw_noise, generator_step
+from models.training_state import RunResult as RunResult  # re-exported: callers import these from here
+from models.training_state import TrainRequest as TrainRequest
+from models.training_state import WorkerState as WorkerState
+from models.training_state import init_state, load_state, sample_images, state_payload
 
 GENERATOR_FILE = "generator.pt"
-BEST_GENERATOR_FILE = "generator-best.pt"
-EVAL_SEED = 7  # latents of periodic evaluation: the same images every evaluation of every run
-MIN_EVAL_SAMPLES_PER_CLASS = 4  # fewer and FID_fm / accuracy say nothing
-SAMPLE_COLUMNS = 8  # images per category row in the sample grid
-SAMPLE_SEED = 20_240_601  # fixed, so grids of successive checkpoints show the same latents
 MASK_63_BITS = (1 << 63) - 1
 
 ReportFn = Callable[[dict[str, Any], bytes | None], None]
 StepFn = Callable[[int], None]  # called with the number of steps done, e.g. to time them
 TrainLoopFn = Callable[[dict[str, Any]], None]  # Ray Train's train_loop_per_worker
-
-
-@dataclass(frozen=True)
-class TrainRequest:
-    """One training run, as the CLI asked for it (JSON-friendly: it travels to Ray workers)."""
-
-    preset: str
-    data: str
-    steps: int
-    out_url: str
-    name: str
-    run: str
-    workers: int = 1
-    use_gpu: bool = False
-    checkpoint_every: int = 500
-    resume: bool = False
-    seed: int | None = None  # None = the preset's
-    log_every: int = 50
-    eval_every: int = 0  # 0 = no periodic evaluation
-    eval_samples: int = 500  # generated images per periodic evaluation (split evenly over the categories)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainRequest:
-        """Inverse of `to_dict`."""
-        return cls(**data)
-
-
-@dataclass
-class RunResult:
-    """Where a finished run left its artefacts."""
-
-    name: str
-    run: str
-    preset: str
-    step: int
-    checkpoint_uri: str
-    generator_uri: str
-    generator_key: str
-    generator_sha256: str
-    data_fingerprint: str
-    model_config: dict[str, Any]
-    train_config: dict[str, Any]
-    history: dict[str, list[float]] = field(default_factory=dict)
 
 
 def new_run_id() -> str:
@@ -178,85 +124,6 @@ def latest_run(store: ObjectStore, name: str) -> str | None:
             if best is None or updated > best[0]:
                 best = (updated, parts[2])
     return best[1] if best else None
-
-
-@torch.no_grad()
-def sample_images(generator: nn.Module, num_classes: int, columns: int = SAMPLE_COLUMNS) -> np.ndarray:
-    """uint8 (num_classes, columns, H, W, C): column j uses the same latent in every category row."""
-    was_training = generator.training
-    generator.eval()
-    device = next(generator.parameters()).device
-    config = generator.config
-    assert isinstance(config, ModelConfig)
-    latents = latents_for(SAMPLE_SEED, range(columns), config.z_dim).repeat(num_classes, 1)  # (K·cols, z)
-    classes = torch.arange(num_classes).repeat_interleave(columns)
-    images = generator(latents.to(device), classes.to(device)).float().cpu()  # (K·cols, C, H, W)
-    generator.train(was_training)
-    pixels = ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-    return pixels.reshape(num_classes, columns, *pixels.shape[1:]).numpy()
-
-
-@dataclass
-class WorkerState:
-    """Everything a rank trains: the networks, their optimisers, the step counter and the loss history."""
-
-    model: ModelConfig
-    train: TrainConfig
-    generator: nn.Module
-    generator_ema: nn.Module
-    discriminator: nn.Module
-    optimizer_g: torch.optim.Optimizer
-    optimizer_d: torch.optim.Optimizer
-    step: int = 0
-    history: dict[str, list[float]] = field(default_factory=lambda: {"step": [], "loss_d": [], "loss_g": []})
-    evaluations: list[dict[str, Any]] = field(default_factory=list)  # periodic evaluations, in step order
-
-
-def init_state(preset: Preset, data: TrainingData, seed: int, device: torch.device) -> WorkerState:
-    """Fresh networks (identical on every rank: same seed) for the data's categories."""
-    model = with_categories(preset.model, data.categories)
-    train = TrainConfig.from_dict({**preset.train.to_dict(), "seed": seed})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        generator = build_generator(model).to(device)
-        discriminator = build_discriminator(model).to(device)
-    optimizer_g, optimizer_d = make_optimizers(generator, discriminator, train)
-    return WorkerState(model, train, generator, make_ema(generator), discriminator, optimizer_g, optimizer_d)
-
-
-def state_payload(state: WorkerState, preset: str, fingerprint: str) -> dict[str, Any]:
-    """A full checkpoint dict of the state (see `models.checkpoint`)."""
-    return {
-        "kind": FULL,
-        "preset": preset,
-        "model_config": state.model.to_dict(),
-        "train_config": state.train.to_dict(),
-        "step": state.step,
-        "generator": state.generator.state_dict(),
-        "generator_ema": state.generator_ema.state_dict(),
-        "discriminator": state.discriminator.state_dict(),
-        "optimizer_g": state.optimizer_g.state_dict(),
-        "optimizer_d": state.optimizer_d.state_dict(),
-        "rng": capture_rng_states(),
-        "history": state.history,
-        "evaluations": state.evaluations,
-        "data_fingerprint": fingerprint,
-    }
-
-
-def load_state(state: WorkerState, payload: dict[str, Any]) -> None:
-    """Put a full checkpoint's weights, optimiser states, step, history and RNG states into `state`."""
-    if ModelConfig.from_dict(payload["model_config"]) != state.model:
-        raise TrainingError("the checkpoint's model config differs from this run's preset and data")
-    state.generator.load_state_dict(payload["generator"])
-    state.generator_ema.load_state_dict(payload["generator_ema"])
-    state.discriminator.load_state_dict(payload["discriminator"])
-    state.optimizer_g.load_state_dict(payload["optimizer_g"])
-    state.optimizer_d.load_state_dict(payload["optimizer_d"])
-    state.step = int(payload["step"])
-    state.history = {key: list(values) for key, values in payload.get("history", {}).items()} or state.history
-    state.evaluations = [dict(evaluation) for evaluation in payload.get("evaluations", [])]
-    restore_rng_states(payload["rng"])
 
 
 def write_checkpoint(
@@ -333,132 +200,6 @@ def seed_global_rng(seed: int, device: torch.device) -> None:
     if device.type == "cuda":
         with torch.cuda.device(device):
             torch.cuda.manual_seed(seed)
-
-
-class ProgressRecorder:
-    """Rank 0's `history.jsonl`: one line per progress update, the whole file rewritten each time.
-
-    Losses are averaged over the steps since the previous line; throughput counts this session's steps.
-    On resume the lines past the resumed step are dropped (they belong to the steps about to be redone).
-    """
-
-    def __init__(self, store: ObjectStore, request: TrainRequest, images_per_step: int, start_step: int):
-        self.store, self.request, self.images_per_step = store, request, images_per_step
-        self.key = f"{run_prefix(request.name, request.run)}/{HISTORY}"
-        self.lines: list[dict[str, Any]] = []
-        if start_step > 0:
-            try:
-                self.lines = [
-                    line for line in parse_history(store.get(self.key)) if line["step"] <= start_step
-                ]
-            except ObjectNotFoundError:
-                self.lines = []
-        self.started, self.start_step = time.monotonic(), start_step
-        self.loss_sums, self.loss_count = [0.0, 0.0], 0
-
-    def add(self, loss_d: float, loss_g: float) -> None:
-        """Count one step's losses towards the next line."""
-        self.loss_sums[0] += loss_d
-        self.loss_sums[1] += loss_g
-        self.loss_count += 1
-
-    def record(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
-        """Write the line of `step` (with `extra`, e.g. evaluation metrics) and return it."""
-        elapsed = time.monotonic() - self.started
-        rate = (step - self.start_step) / elapsed if elapsed > 0 else 0.0
-        count = max(self.loss_count, 1)
-        line: dict[str, Any] = {
-            "step": step,
-            "d_loss": self.loss_sums[0] / count,
-            "g_loss": self.loss_sums[1] / count,
-            "steps_per_s": rate,
-            "images_per_s": rate * self.images_per_step,
-            "elapsed_s": elapsed,
-            "eta_s": (self.request.steps - step) / rate if rate > 0 else None,
-            **extra,
-        }
-        self.loss_sums, self.loss_count = [0.0, 0.0], 0
-        self.lines.append(line)
-        self.store.put(self.key, history_bytes(self.lines), content_type="application/x-ndjson")
-        return line
-
-
-def fashion_mnist_root(spec: str) -> Path:
-    """The folder whose test split periodic evaluation compares with: that of a `fashion-mnist:/path` spec."""
-    from models.data.fashion_mnist import DEFAULT_ROOT
-
-    return Path(spec.split(":", 1)[1]) if spec.startswith("fashion-mnist:") else DEFAULT_ROOT
-
-
-def check_evaluable(model: ModelConfig) -> None:
-    """Periodic evaluation needs the evaluator's categories: raise `TrainingError` naming the option otherwise."""
-    from models.data.fashion_mnist import CATEGORIES
-
-    if model.categories != CATEGORIES:
-        raise TrainingError(
-            f"--eval-every needs a model of Fashion-MNIST's {len(CATEGORIES)} categories (the evaluator's); "
-            f"this run's data has {len(model.categories)}: {', '.join(model.categories[:5])}…"
-        )
-
-
-def evaluate_step(state: WorkerState, request: TrainRequest) -> dict[str, Any]:
-    """Periodic evaluation of G_ema: FID_fm, conditional accuracy, per-category accuracy (history keys)."""
-    from models.evaluation import periodic_evaluation, periodic_reference
-
-    generator = state.generator_ema
-    device = next(generator.parameters()).device
-    was_training = generator.training
-    generator.eval()
-
-    @torch.no_grad()
-    def generate(classes: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        images = generator(latents.to(device), classes.to(device)).float().cpu()  # (B, C, H, W) in [-1, 1]
-        return ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-
-    try:
-        metrics = periodic_evaluation(
-            generate,
-            max(MIN_EVAL_SAMPLES_PER_CLASS, request.eval_samples // state.model.num_classes),
-            reference=periodic_reference(fashion_mnist_root(request.data)),
-            z_dim=state.model.z_dim,
-            seed=EVAL_SEED,
-        )
-    finally:
-        generator.train(was_training)
-    return {"step": state.step, **metrics}
-
-
-def write_evaluation_artifacts(
-    store: ObjectStore,
-    request: TrainRequest,
-    state: WorkerState,
-    fingerprint: str,
-    evaluation: dict[str, Any],
-) -> None:
-    """Rank 0 after an evaluation: the latest grid, the quality curve, and the best-so-far generator."""
-    prefix = run_prefix(request.name, request.run)
-    title = f"{request.name} {request.run} step {state.step}"
-    grid = sample_images(state.generator_ema, state.model.num_classes)
-    store.put(
-        f"{prefix}/{SAMPLES_PNG}",
-        sample_grid_png(grid, state.model.categories, title),
-        content_type="image/png",
-    )
-    store.put(
-        f"{prefix}/{QUALITY_PNG}", quality_curve_png(state.evaluations, title), content_type="image/png"
-    )
-    earlier = [e["fid_fm"] for e in state.evaluations if e["step"] < state.step]
-    if earlier and evaluation["fid_fm"] >= min(earlier):
-        return
-    payload = generator_only(state_payload(state, request.preset, fingerprint))
-    generator_bytes = checkpoint_to_bytes(payload)
-    store.put(f"{prefix}/{BEST_GENERATOR_FILE}", generator_bytes)
-    best = {
-        **evaluation,
-        "generator_key": f"{prefix}/{BEST_GENERATOR_FILE}",
-        "generator_sha256": sha256_hex(generator_bytes),
-    }
-    store.put(f"{prefix}/{BEST}", json.dumps(best, indent=2).encode(), content_type="application/json")
 
 
 def run_worker(
