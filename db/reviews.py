@@ -30,6 +30,8 @@ __all__ = [
     "delivered",
     "record_reviews",
     "review_decisions",
+    "review_join",
+    "review_state_condition",
     "reviews_of",
     "where_review_state",
 ]
@@ -69,12 +71,22 @@ def _review_join() -> Any:
     return and_(ImageReview.job_id == Image.job_id, ImageReview.index == Image.index)
 
 
-def where_review_state(query: _S, state: ReviewState) -> _S:
-    """Narrow a `select(...)` over `Image` to delivered images in review `state` (adds an outer join)."""
-    query = query.outerjoin(ImageReview, _review_join()).where(delivered())
+def review_join() -> Any:
+    """The ON clause of `Image` outer-joined with `ImageReview` (a review names its image by job and index)."""
+    return _review_join()
+
+
+def review_state_condition(state: ReviewState) -> Any:
+    """The condition on a query already outer-joined with `ImageReview` (`review_join`): a delivered image in
+    review `state`."""
     if state is ReviewState.PENDING:
-        return query.where(ImageReview.id.is_(None))
-    return query.where(ImageReview.decision == ReviewDecision(state.value))
+        return and_(delivered(), ImageReview.id.is_(None))
+    return and_(delivered(), ImageReview.decision == ReviewDecision(state.value))
+
+
+def where_review_state(query: _S, state: ReviewState) -> _S:
+    """Narrow a `select(...)` over `Image` to delivered images in review `state` (adds the outer join)."""
+    return query.outerjoin(ImageReview, _review_join()).where(review_state_condition(state))
 
 
 def record_reviews(

@@ -35,7 +35,8 @@ from db.reviews import (
     count_reviews,
     delivered,
     record_reviews,
-    where_review_state,
+    review_join,
+    review_state_condition,
 )
 from db.status import JOB_TERMINAL, ImageStatus, JobStatus
 from db.tables import Image, ImageReview, Job, JobItem, ModelVersion
@@ -54,6 +55,7 @@ REJECTED_SHOWN = 20  # gate-rejected / failed images listed apart on the job pag
 IMAGE_MEDIA_TYPES = {"png": "image/png", "webp": "image/webp"}
 MAX_SHARD_BYTES = 512 * 1024 * 1024  # a tar job's shard larger than this is not opened for one image
 TileStatus = Literal["succeeded", "rejected", "failed"]
+Any_ = Literal[""]  # what a filter form sends for "any"
 
 
 def _job_for(session: Session, job_id: str, user: SignedIn, *, for_update: bool = False) -> Job:
@@ -99,11 +101,12 @@ def jobs_page(
     request: Request,
     console: ConsoleDep,
     user: UserDep,
-    status: Annotated[JobStatus | None, Query()] = None,
+    status: Annotated[JobStatus | Any_ | None, Query()] = None,
     model: Annotated[str | None, Query(max_length=200)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
     """The tenant's jobs, newest first, filtered by status and model, one page at a time."""
+    status = status or None  # "" is the form's "any"
     limit = console.settings.jobs_page_size
     with console.services.session_factory() as session:
         query = (
@@ -194,15 +197,11 @@ def _tiles(
     session: Session, job: Job, filters: TileFilter, *, after: int | None, limit: int
 ) -> tuple[list[tuple[Image, ImageReview | None]], int | None]:
     """One page of the grid in index order (keyset on the job's unique (job, index)), and the next `after`."""
-    query = (
-        select(Image, ImageReview)
-        .outerjoin(ImageReview, and_(ImageReview.job_id == Image.job_id, ImageReview.index == Image.index))
-        .where(Image.job_id == job.id)
-    )
+    query = select(Image, ImageReview).outerjoin(ImageReview, review_join()).where(Image.job_id == job.id)
     if filters.category:
         query = query.where(Image.category == filters.category)
     if filters.review is not None:
-        query = where_review_state(query, filters.review)  # delivered images only
+        query = query.where(review_state_condition(filters.review))  # delivered images only
     elif filters.status is None:
         query = query.where(delivered())  # the grid shows delivered images; the rest are listed apart
     if filters.status is not None:
@@ -236,7 +235,10 @@ def _tile(job: Job, image: Image, review: ImageReview | None) -> dict[str, Any]:
     }
 
 
-def _filters(category: str | None, status: TileStatus | None, review: ReviewState | None) -> TileFilter:
+def _filters(
+    category: str | None, status: TileStatus | Any_ | None, review: ReviewState | Any_ | None
+) -> TileFilter:
+    """The grid's filters from the query; "" (a filter form's "any") is no filter."""
     return TileFilter(category or None, status or None, review or None)
 
 
@@ -247,8 +249,8 @@ def job_page(
     console: ConsoleDep,
     user: UserDep,
     category: Annotated[str | None, Query(max_length=128)] = None,
-    status: Annotated[TileStatus | None, Query()] = None,
-    review: Annotated[ReviewState | None, Query()] = None,
+    status: Annotated[TileStatus | Any_ | None, Query()] = None,
+    review: Annotated[ReviewState | Any_ | None, Query()] = None,
 ) -> Response:
     """A job: its progress, counts, downloads, the first page of its grid and its rejected images apart."""
     filters = _filters(category, status, review)
@@ -297,8 +299,8 @@ def job_tiles(
     user: UserDep,
     after: Annotated[int, Query(ge=-1)],
     category: Annotated[str | None, Query(max_length=128)] = None,
-    status: Annotated[TileStatus | None, Query()] = None,
-    review: Annotated[ReviewState | None, Query()] = None,
+    status: Annotated[TileStatus | Any_ | None, Query()] = None,
+    review: Annotated[ReviewState | Any_ | None, Query()] = None,
 ) -> Response:
     """The next page of the grid after index `after`, as list items (fetched while scrolling)."""
     filters = _filters(category, status, review)

@@ -785,3 +785,19 @@ def test_the_image_page_links_the_jobs_made_from_it(
     assert (
         insert_finished_job_images.status_code == 404
     )  # the variation job has no images yet: nothing to open
+
+
+def test_the_filter_forms_any_choice_is_no_filter(console: TestClient, finished: FinishedJob) -> None:
+    """Given the filter forms, when they are submitted with "any" (empty values) or one choice, then the pages
+    answer 200 with the matching rows; a value outside the choices is a 422 naming the field."""
+    assert finished.job_id[:12] in console.get("/console/jobs?status=&model=").text
+    page = console.get(f"/console/jobs/{finished.job_id}?category=&status=&review=")
+    assert page.status_code == 200 and len(re.findall(r'<li class="tile', page.text)) == 6
+    pending_b = console.get(f"/console/jobs/{finished.job_id}?category=b&status=&review=pending").text
+    assert re.findall(r'data-index="(\d+)"', pending_b.split('id="grid"')[1].split("</ul>")[0]) == [
+        "1",
+        "3",
+        "5",
+    ]
+    bad = console.get(f"/console/jobs/{finished.job_id}?review=maybe")
+    assert bad.status_code == 422 and "review" in bad.text
