@@ -113,8 +113,10 @@ def make_celery_app(broker: BrokerSettings, data: DataSettings, *, main: str = "
             "interval_max": 2.0,
         },
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        task_send_sent_event=False,
+        # Task events (task-sent, -received, -started, -succeeded, ...) on Redis, so Flower and `celery events`
+        # show the workers: `celery -A workers.celery_app flower`. The folder transport has no fanout: off there.
+        worker_send_task_events=not broker.embedded,
+        task_send_sent_event=not broker.embedded,
         # Remote control (pidbox) lets `catalogan workers` ping idle workers; the folder transport has no
         # broadcast, so the embedded stack keeps it off.
         worker_enable_remote_control=not broker.embedded,
