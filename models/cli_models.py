@@ -2,9 +2,9 @@
 
 Imported lazily by the root command; torch is imported only by `models register` (to read and measure the
 checkpoint), so `catalogan models list` starts without it. Every command that reads the registry first brings
-the schema to head and registers the shipped `fashion-cgan` when it is not there yet (the generator only: its
-memorization index is built by the first `catalogan generate`, or by `models register-default`), so a fresh
-folder lists the shipped model and `catalogan evaluate fashion-cgan` works at once.
+the schema to head and, when no `fashion-cgan` version exists yet, registers the shipped one (the generator
+only: its memorization index is built by the first `catalogan generate`, or by `models register-default`), so
+a fresh folder lists the shipped model and `catalogan evaluate fashion-cgan` works at once.
 """
 
 from __future__ import annotations
@@ -39,13 +39,15 @@ REGISTERED_PREFIX = "models/{name}/registered/{sha16}/generator.pt"  # where `mo
 
 
 def open_registry() -> sessionmaker[Session]:
-    """The configured registry at the newest schema, with the shipped model registered (generator only)."""
-    from models.default_model import ensure_default_model
+    """The configured registry at the newest schema; the shipped model is registered (generator only) when no
+    version of its name exists yet — a registry with its own fashion-cgan versions is left as it is."""
+    from models.default_model import DEFAULT_MODEL_NAME, ensure_default_model
 
     data, database = DataSettings(), DatabaseSettings()
     migrate.upgrade(database.url(data))
     factory = make_session_factory(engine_from_settings(database, data))
-    ensure_default_model(factory, open_store(StorageSettings().url(data)), index=None)
+    if not list_versions(factory, DEFAULT_MODEL_NAME):
+        ensure_default_model(factory, open_store(StorageSettings().url(data)), index=None)
     return factory
 
 

@@ -1,11 +1,29 @@
 """THE interface the generation workers use: load a generator from checkpoint bytes, turn latents into pixels.
 
-`load_generator(bytes)` builds the EMA generator a checkpoint (full or generator-only) holds, in eval mode, so
-an image depends on its own latent and category alone, never on its batch. `generate` returns uint8
+`load_generator(bytes, device=..., backend=..., dtype=..., compute_batch=...)` builds the EMA generator a
+checkpoint (full or generator-only) holds, in eval mode. `LoadedGenerator.generate` returns uint8
 (B, H, W, C) on the CPU, ready to encode.
+
+Batch invariance. A convolution library picks its kernels by the tensor shapes it sees (oneDNN ran a batch
+of 1 through another algorithm than a batch of 64 and 18 of 2,000 images of the shipped generator came out one
+grey level apart), so the pixels of one image must never depend on how many images ran beside it. `generate`
+therefore runs every forward pass at ONE fixed compute batch (`InferenceSpec.compute_batch`), padding the
+last block with zero latents of class 0; the rows of a block do not mix (eval-mode batch norm, per-row
+GEMMs), which `tests/models/test_inference.py` checks on the shipped model for batch sizes 1, 7, 64 and 256,
+positions and padding. Chunks, redraws, previews and `verify --regenerate` all come through here.
+
+The determinism key of an image is (model version, seed, index, category, redraw) plus the `InferenceSpec`:
+backend, device kind, dtype and compute batch. The worker writes the spec into every file's provenance and
+`verify --regenerate` loads the generator with the same spec, or says it cannot (another device kind).
 """
 
 from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,12 +33,92 @@ from models.checkpoint import GENERATOR, checkpoint_from_bytes, checkpoint_to_by
 from models.config import ModelConfig, get_preset
 from models.errors import CheckpointError
 
+EAGER = "eager"
+ONNXRUNTIME = "onnxruntime"  # CPU only; needs the `onnx` extra (pip install 'catalogan[onnx]')
+BACKENDS = (EAGER, ONNXRUNTIME)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Images per forward pass, padded: small on the CPU (oneDNN's per-image cost is flat from about 8 up, and a
+# single-image `verify --regenerate` pays for a whole block), large on CUDA (launch-bound below ~1k).
+CPU_COMPUTE_BATCH = 8
+CUDA_COMPUTE_BATCH = 1024
+MAX_COMPUTE_BATCH = 16384
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceSpec:
+    """How pixels are computed: part of an image's determinism key and of its provenance.
+
+    Same (model version, seed, index, category, redraw, spec) → same bytes. Another backend, device kind,
+    dtype or compute batch may differ by a grey level in a few pixels.
+    """
+
+    backend: str = EAGER
+    device_kind: str = "cpu"  # "cpu" | "cuda": the kind, not the ordinal (any GPU of the kind regenerates)
+    dtype: str = "fp32"  # "fp32" | "bf16" (CUDA autocast)
+    compute_batch: int = CPU_COMPUTE_BATCH
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"inference backend {self.backend!r}: must be one of {', '.join(BACKENDS)}")
+        if self.device_kind not in ("cpu", "cuda"):
+            raise ValueError(f"device kind {self.device_kind!r}: must be cpu or cuda")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r}: must be one of {', '.join(DTYPES)}")
+        if self.dtype == "bf16" and self.device_kind != "cuda":
+            raise ValueError("dtype bf16: only with device kind cuda (CPU inference is fp32)")
+        if self.backend == ONNXRUNTIME and (self.device_kind, self.dtype) != ("cpu", "fp32"):
+            raise ValueError("inference backend onnxruntime: only on cpu, fp32")
+        if not 1 <= self.compute_batch <= MAX_COMPUTE_BATCH:
+            raise ValueError(f"compute batch {self.compute_batch}: must be in 1..{MAX_COMPUTE_BATCH}")
+
+    def describe(self) -> str:
+        """One line for people: "eager on cpu, fp32, compute batch 8"."""
+        return f"{self.backend} on {self.device_kind}, {self.dtype}, compute batch {self.compute_batch}"
+
+    def to_fields(self) -> dict[str, str]:
+        """The spec as provenance text fields (`workers.encoding.Provenance.inference`)."""
+        return {
+            "backend": self.backend,
+            "device_kind": self.device_kind,
+            "dtype": self.dtype,
+            "compute_batch": str(self.compute_batch),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> InferenceSpec:
+        """The spec from provenance fields; `ValueError` naming the field when one is malformed."""
+        try:
+            compute_batch = int(fields["compute_batch"])
+        except ValueError as exc:
+            raise ValueError(f"compute_batch {fields['compute_batch']!r}: not an integer") from exc
+        return cls(fields["backend"], fields["device_kind"], fields["dtype"], compute_batch)
+
+
+def default_spec(
+    device: str | torch.device, *, dtype: str | None = None, compute_batch: int | None = None
+) -> InferenceSpec:
+    """The spec a worker on `device` uses unless told otherwise: fp32 on CPU, bf16 autocast on CUDA."""
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: catalogan infers on cpu or cuda")
+    return InferenceSpec(
+        EAGER,
+        kind,
+        dtype or ("bf16" if kind == "cuda" else "fp32"),
+        compute_batch or (CUDA_COMPUTE_BATCH if kind == "cuda" else CPU_COMPUTE_BATCH),
+    )
+
 
 class LoadedGenerator:
     """An EMA generator on a device with what callers need to know about it."""
 
     def __init__(
-        self, module: nn.Module, config: ModelConfig, checkpoint_sha256: str, device: torch.device
+        self,
+        module: nn.Module,
+        config: ModelConfig,
+        checkpoint_sha256: str,
+        device: torch.device,
+        spec: InferenceSpec | None = None,
     ) -> None:
         self.module = module
         self.config = config
@@ -32,11 +130,18 @@ class LoadedGenerator:
         self.resolution = config.resolution
         self.channels = config.channels
         self.device = device
+        self.spec = spec or default_spec(device)
+        if self.spec.device_kind != device.type:
+            raise ValueError(f"inference spec is for {self.spec.device_kind}, the generator is on {device}")
+        self._session = (
+            _onnx_session(module, self.spec, config.z_dim) if self.spec.backend == ONNXRUNTIME else None
+        )
 
     def generate(self, class_indices: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        """uint8 images (B, H, W, C) on the CPU; runs under torch.inference_mode(), bf16 autocast on CUDA.
+        """uint8 images (B, H, W, C) on the CPU, computed in padded blocks of `spec.compute_batch`.
 
         `class_indices` (B,) int64 in [0, num_classes); `latents` (B, z_dim) float32 (see `models.sampling`).
+        Runs under torch.inference_mode(); bf16 autocast when `spec.dtype` is bf16 (CUDA).
         """
         if latents.ndim != 2 or latents.shape[1] != self.z_dim:
             raise ValueError(f"latents must be (B, {self.z_dim}), got {tuple(latents.shape)}")
@@ -46,20 +151,94 @@ class LoadedGenerator:
             int(class_indices.min()) < 0 or int(class_indices.max()) >= self.config.num_classes
         ):
             raise ValueError(f"class indices must be in 0..{self.config.num_classes - 1}")
+        size, block = len(latents), self.spec.compute_batch
         with torch.inference_mode():
             z = latents.to(self.device, torch.float32)
             y = class_indices.to(self.device, torch.int64)
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    images = self.module(z, y)
-            else:
-                images = self.module(z, y)  # (B, C, H, W) in [-1, 1]
-            pixels = ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-            return pixels.permute(0, 2, 3, 1).contiguous().cpu()  # (B, H, W, C)
+            padding = -size % block  # the last block is filled up to the compute batch
+            if padding:
+                z = torch.cat([z, z.new_zeros(padding, self.z_dim)])  # (B + P, z_dim)
+                y = torch.cat([y, y.new_zeros(padding)])  # (B + P,)
+            parts = [
+                self._forward(z[start : start + block], y[start : start + block])
+                for start in range(0, len(z), block)
+            ]
+            pixels = (
+                torch.cat(parts)[:size]
+                if parts
+                else torch.empty(
+                    0, self.resolution, self.resolution, self.channels, dtype=torch.uint8, device=self.device
+                )
+            )
+            return pixels.cpu()  # (B, H, W, C)
+
+    def _forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One block of exactly `compute_batch` rows → uint8 (b, H, W, C) on the device."""
+        if self._session is not None:
+            (images_np,) = self._session.run(None, {"z": z.numpy(), "y": y.numpy()})
+            images = torch.from_numpy(images_np)  # (b, C, H, W) in [-1, 1]
+        elif self.device.type == "cuda":
+            # cuDNN's autotuner may pick another algorithm in another process: pixels must not depend on it.
+            with (
+                torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True),
+                torch.autocast("cuda", dtype=DTYPES[self.spec.dtype], enabled=self.spec.dtype != "fp32"),
+            ):
+                images = self.module(z, y)
+        else:
+            images = self.module(z, y)  # (b, C, H, W) in [-1, 1]
+        pixels = ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return pixels.permute(0, 2, 3, 1).contiguous()  # (b, H, W, C)
 
 
-def load_generator(data: bytes, *, device: str | torch.device = "cpu") -> LoadedGenerator:
-    """The EMA generator from a checkpoint's bytes, in eval mode on `device`; raises `CheckpointError`."""
+def _onnx_session(module: nn.Module, spec: InferenceSpec, z_dim: int) -> Any:
+    """An ONNX Runtime CPU session of the module, exported at exactly `spec.compute_batch` rows.
+
+    Deterministic compute on, one session thread per torch thread (a worker process is single-threaded).
+    Raises `ValueError` naming the extra when onnxruntime is not installed.
+    """
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ValueError(
+            "inference backend onnxruntime: the onnxruntime package is not installed "
+            "(pip install 'catalogan[onnx]')"
+        ) from exc
+    z = torch.zeros(spec.compute_batch, z_dim)  # (b, z_dim)
+    y = torch.zeros(spec.compute_batch, dtype=torch.long)  # (b,)
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of the dynamo one, which needs onnxscript; this
+        # fixed-shape, control-flow-free module exports the same either way.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "generator.onnx"
+            torch.onnx.export(
+                module, (z, y), path, input_names=["z", "y"], output_names=["images"], dynamo=False
+            )
+            model = path.read_bytes()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.use_deterministic_compute = True
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def load_generator(
+    data: bytes,
+    *,
+    device: str | torch.device = "cpu",
+    backend: str = EAGER,
+    dtype: str | None = None,
+    compute_batch: int | None = None,
+) -> LoadedGenerator:
+    """The EMA generator from a checkpoint's bytes, in eval mode on `device`; raises `CheckpointError`.
+
+    `dtype` defaults to fp32 on CPU and bf16 on CUDA, `compute_batch` to the device kind's default
+    (`CPU_COMPUTE_BATCH`, `CUDA_COMPUTE_BATCH`); `backend` is one of `BACKENDS`.
+    """
+    target = torch.device(device)
+    spec = default_spec(target, dtype=dtype, compute_batch=compute_batch)
+    if backend != spec.backend:
+        spec = InferenceSpec(backend, spec.device_kind, spec.dtype, spec.compute_batch)
     payload = checkpoint_from_bytes(data)
     config = ModelConfig.from_dict(payload["model_config"])
     module = build_generator(config)
@@ -67,9 +246,24 @@ def load_generator(data: bytes, *, device: str | torch.device = "cpu") -> Loaded
         module.load_state_dict(payload["generator_ema"])
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint weights do not match its config: {exc}") from exc
-    target = torch.device(device)
     module.eval().requires_grad_(False).to(target)
-    return LoadedGenerator(module, config, sha256_hex(data), target)
+    return LoadedGenerator(module, config, sha256_hex(data), target, spec)
+
+
+def load_generator_for(
+    data: bytes, spec: InferenceSpec, *, device: str | torch.device | None = None
+) -> LoadedGenerator:
+    """A generator that computes exactly as `spec` says (what `verify --regenerate` uses).
+
+    `device` defaults to the spec's device kind (`cuda` = the current GPU); raises `ValueError` when it is
+    of another kind.
+    """
+    target = torch.device(device if device is not None else spec.device_kind)
+    if target.type != spec.device_kind:
+        raise ValueError(f"the spec needs a {spec.device_kind} device, got {target}")
+    return load_generator(
+        data, device=target, backend=spec.backend, dtype=spec.dtype, compute_batch=spec.compute_batch
+    )
 
 
 def random_generator_checkpoint(preset: str = "tiny", seed: int = 0) -> bytes:

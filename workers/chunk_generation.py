@@ -44,7 +44,7 @@ from workers.encoding import Provenance, encode_with_digest
 from workers.errors import InjectedFaultError
 from workers.generator_cache import GeneratorCache, GeneratorLike
 from workers.memorization import MEMORIZATION_METRICS_KEY, load_memorization_index
-from workers.pixels import render_pixels
+from workers.pixels import inference_fields, render_pixels
 from workers.quality_gate import GatedImage, Scorer, apply_gate, evaluator_scorer, gate_settings
 from workers.shards import (
     SHARD_CONTENT_TYPE,
@@ -169,7 +169,11 @@ def _forward(generator: GeneratorLike, plan: ChunkPlan, indices: Sequence[int]) 
 
 
 def _encode_and_upload(
-    ctx: ChunkContext, plan: ChunkPlan, image: GatedImage, checkpoint_sha: str
+    ctx: ChunkContext,
+    plan: ChunkPlan,
+    image: GatedImage,
+    checkpoint_sha: str,
+    inference: tuple[tuple[str, str], ...] = (),
 ) -> ImageRecord:
     if image.pixels is None:  # rejected by the quality gate: a row, no object
         return _rejected_record(plan, image)
@@ -183,6 +187,7 @@ def _encode_and_upload(
         category=plan.category,
         sku=plan.sku,
         redraw=image.redraws,
+        inference=inference,
     )
     encoded = encode_with_digest(image.pixels, plan.output_format, provenance)
     key = image_key(
@@ -229,21 +234,33 @@ def _gated(
     scorer = ctx.scorers.get(cache_key)
     if scorer is None:
         index = load_memorization_index(ctx.store, plan.model_version) if indexed else None
-        scorer = ctx.scorers[cache_key] = evaluator_scorer(index)
+        scorer = ctx.scorers[cache_key] = evaluator_scorer(index, device=ctx.device)
     return apply_gate(
         generator, scorer, gate, seed=plan.seed, class_index=plan.class_index, indices=batch, pixels=pixels
     )
 
 
 def _encode_for_shard(
-    plan: ChunkPlan, lease: Lease, image: GatedImage, checkpoint_sha: str
+    plan: ChunkPlan,
+    lease: Lease,
+    image: GatedImage,
+    checkpoint_sha: str,
+    inference: tuple[tuple[str, str], ...] = (),
 ) -> tuple[ImageRecord, ShardMember | None]:
     """Encode one image as the PNG a `png` job would upload; its row points at the chunk's shard."""
     if image.pixels is None:  # rejected by the quality gate: a row, no member
         return _rejected_record(plan, image), None
     index = image.index
     provenance = Provenance(
-        plan.model_ref, checkpoint_sha, plan.job_id, index, plan.seed, plan.category, plan.sku, image.redraws
+        plan.model_ref,
+        checkpoint_sha,
+        plan.job_id,
+        index,
+        plan.seed,
+        plan.category,
+        plan.sku,
+        image.redraws,
+        inference,
     )
     encoded = encode_with_digest(image.pixels, SHARD_IMAGE_FORMAT, provenance)
     key = shard_key(plan.tenant_id, plan.job_id, lease.start_index)
@@ -286,6 +303,7 @@ def _run_shard_batches(
     indices = range(lease.start_index, lease.stop_index)
     batch_size = ctx.settings.batch_size
     checkpoint_sha = plan.model_version.checkpoint_sha256 or generator.checkpoint_sha256
+    inference = inference_fields(generator)  # written into every file's provenance
     futures: list[Future[tuple[ImageRecord, ShardMember | None]]] = []
     checked = time.monotonic()  # the claim just read the cancel flag and took a fresh lease
     try:
@@ -298,7 +316,7 @@ def _run_shard_batches(
             batch = indices[start : start + batch_size]
             pixels = _forward(generator, plan, batch)  # (B, H, W, C) uint8
             futures += [
-                ctx.pool.submit(_encode_for_shard, plan, lease, image, checkpoint_sha)
+                ctx.pool.submit(_encode_for_shard, plan, lease, image, checkpoint_sha, inference)
                 for image in _gated(ctx, plan, generator, batch, pixels)
             ]
         encoded = [future.result() for future in futures]
@@ -362,6 +380,7 @@ def _run_batches(
     indices = range(lease.start_index, lease.stop_index)
     batch_size = ctx.settings.batch_size
     checkpoint_sha = plan.model_version.checkpoint_sha256 or generator.checkpoint_sha256
+    inference = inference_fields(generator)  # written into every file's provenance
     in_flight: list[Future[ImageRecord]] = []
     written: list[ImageRecord] = []
     cancelled = False  # the claim read the flag; later, each batch's write reads it again
@@ -374,7 +393,7 @@ def _run_batches(
             batch = indices[start : start + batch_size]
             pixels = _forward(generator, plan, batch)  # (B, H, W, C) uint8
             futures = [
-                ctx.pool.submit(_encode_and_upload, ctx, plan, image, checkpoint_sha)
+                ctx.pool.submit(_encode_and_upload, ctx, plan, image, checkpoint_sha, inference)
                 for image in _gated(ctx, plan, generator, batch, pixels)
             ]
             if in_flight:

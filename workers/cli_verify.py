@@ -12,7 +12,7 @@ import click
 from db.cli_support import ExitCode, one_line_errors
 
 
-def _regenerate_report(data: bytes, device: str | None) -> Any:
+def _regenerate_report(data: bytes, device: str | None, backend: str | None) -> Any:
     """Verify with regeneration against the registry named by `CATALOGAN_*` (the embedded stack by default)."""
     from db.engine import engine_from_settings, make_session_factory
     from db.pipeline_settings import WorkerSettings
@@ -30,7 +30,11 @@ def _regenerate_report(data: bytes, device: str | None) -> Any:
             store, device=resolve_device(device or WorkerSettings().device), max_entries=1
         )
         return verify_file(
-            data, regenerate=True, session_factory=make_session_factory(engine), generators=generators
+            data,
+            regenerate=True,
+            session_factory=make_session_factory(engine),
+            generators=generators,
+            backend=backend,
         )
     finally:
         engine.dispose()
@@ -45,8 +49,12 @@ def _print_text(path: Path, report: Any) -> None:
         f"model {stated['model_version']} (checkpoint {stated['checkpoint_sha256'][:12]}), job {stated['job_id']}, "
         f"index {stated['index']}, seed {stated['seed']}, category {stated['category']}{sku}{redraw}"
     )
+    if report.regenerated_with:
+        click.echo(f"regenerated with {report.regenerated_with}")
     if report.matches is True:
         click.echo("regenerated: matches bit for bit")
+    elif report.comparable is False:
+        click.echo(f"regenerated: NOT comparable — {report.reason}")
     elif report.matches is False:
         click.echo(f"regenerated: NOT matching — {report.reason}")
 
@@ -63,14 +71,22 @@ def _print_text(path: Path, report: Any) -> None:
     default=None,
     help="Where to regenerate: cpu, cuda, auto [default: CATALOGAN_DEVICE]. Use the device kind that made it.",
 )
+@click.option(
+    "--backend",
+    default=None,
+    help="Regenerate with this inference backend instead of the one the file records (eager).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @one_line_errors
-def verify(file: Path, regenerate: bool, device: str | None, as_json: bool) -> None:
+def verify(file: Path, regenerate: bool, device: str | None, backend: str | None, as_json: bool) -> None:
     """Read the provenance a generated PNG/WebP carries; with --regenerate, prove it bit for bit.
 
-    Exit 0 when the provenance is readable (and, with --regenerate, the recomputed file is identical);
-    exit 8 (NOT_VERIFIED) when the file differs from what its model version produces, or carries no
-    provenance (metadata stripped); exit 3 when its model version is not in the registry.
+    Regeneration uses the inference backend, device kind, dtype and compute batch the file records and says
+    which it used. Exit 0 when the provenance is readable (and, with --regenerate, the recomputed file is
+    identical); exit 8 (NOT_VERIFIED) when the file differs from what its model version produces, or carries
+    no provenance (metadata stripped); exit 9 (NOT_COMPARABLE) when it differs but was regenerated on another
+    device kind or backend than made it (e.g. a CUDA bf16 file on a CPU): not evidence of tampering;
+    exit 3 when its model version is not in the registry.
 
     Example:
 
@@ -81,7 +97,7 @@ def verify(file: Path, regenerate: bool, device: str | None, as_json: bool) -> N
 
     data = file.read_bytes()
     try:
-        report = _regenerate_report(data, device) if regenerate else verify_file(data)
+        report = _regenerate_report(data, device, backend) if regenerate else verify_file(data)
     except ProvenanceError as exc:
         click.echo(f"Error: {file}: {exc}", err=True)
         sys.exit(ExitCode.NOT_VERIFIED)
@@ -90,4 +106,4 @@ def verify(file: Path, regenerate: bool, device: str | None, as_json: bool) -> N
     else:
         _print_text(file, report)
     if report.matches is False:
-        sys.exit(ExitCode.NOT_VERIFIED)
+        sys.exit(ExitCode.NOT_COMPARABLE if report.comparable is False else ExitCode.NOT_VERIFIED)

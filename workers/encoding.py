@@ -39,6 +39,12 @@ class Provenance:
     category: str
     sku: str | None
     redraw: int = 0  # > 0 when a quality gate redrew the image from sub-seed (seed, index, redraw)
+    # How the pixels were computed (`models.inference.InferenceSpec.to_fields`: backend, device_kind, dtype,
+    # compute_batch), so `verify --regenerate` recomputes them the same way.
+    inference: tuple[tuple[str, str], ...] = ()
+    # The latent recipe (`db.latent_control.provenance_fields`: truncation, variation_of, strength,
+    # interpolation, frame, latent_control); () for a plain job, whose bytes stay as they were.
+    control: tuple[tuple[str, str], ...] = ()
 
     def text_fields(self) -> dict[str, str]:
         """The provenance as ordered key → text pairs (the PNG text chunks)."""
@@ -56,6 +62,10 @@ class Provenance:
             fields["catalogan:sku"] = self.sku
         if self.redraw:  # written only when redrawn, so first draws keep their bytes
             fields["catalogan:redraw"] = str(self.redraw)
+        for name, value in self.inference:
+            fields[f"catalogan:{name}"] = value
+        for name, value in self.control:
+            fields[f"catalogan:{name}"] = value
         return fields
 
 

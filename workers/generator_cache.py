@@ -25,6 +25,8 @@ class GeneratorLike(Protocol):
     categories: Any
     z_dim: int
     checkpoint_sha256: str
+    # `models.inference.InferenceSpec` (how the pixels are computed); test doubles may lack it, see
+    # `workers.pixels.inference_fields`.
 
     def generate(self, class_indices: Any, latents: Any) -> Any:
         """uint8 images (B, H, W, C) for class indices (B,) and latents (B, z_dim)."""
@@ -46,6 +48,13 @@ def default_loader(data: bytes, device: str) -> GeneratorLike:
     from models.inference import load_generator
 
     return load_generator(data, device=device)
+
+
+def spec_loader(data: bytes, device: str, spec: Any) -> GeneratorLike:
+    """Load a checkpoint computing exactly as `spec` (a `models.inference.InferenceSpec`) says."""
+    from models.inference import load_generator_for
+
+    return load_generator_for(data, spec, device=device)
 
 
 def read_checkpoint(store: ObjectStore, uri: str) -> bytes:
@@ -71,15 +80,20 @@ class GeneratorCache:
         self.device = device
         self.max_entries = max_entries
         self.loader = loader or default_loader
-        self._entries: OrderedDict[int, GeneratorLike] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, Any], GeneratorLike] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, model_version: ModelVersionRef) -> GeneratorLike:
-        """The loaded generator of a model version, loading it on first use."""
+    def get(self, model_version: ModelVersionRef, spec: Any = None) -> GeneratorLike:
+        """The loaded generator of a model version, loading it on first use.
+
+        With `spec` (a `models.inference.InferenceSpec` of this cache's device kind) the generator computes
+        exactly as that spec says (`verify --regenerate` of a file made with it); without, the device's default.
+        """
+        key = (model_version.id, spec)
         with self._lock:
-            cached = self._entries.get(model_version.id)
+            cached = self._entries.get(key)
             if cached is not None:
-                self._entries.move_to_end(model_version.id)
+                self._entries.move_to_end(key)
                 return cached
             data = read_checkpoint(self.store, model_version.checkpoint_uri)
             digest = hashlib.sha256(data).hexdigest()
@@ -89,8 +103,10 @@ class GeneratorCache:
                     f"model version {model_version.id}: checkpoint {model_version.checkpoint_uri} has sha256 "
                     f"{digest}, the registry says {model_version.checkpoint_sha256}"
                 )
-            generator = self.loader(data, self.device)
-            self._entries[model_version.id] = generator
+            generator = (
+                self.loader(data, self.device) if spec is None else spec_loader(data, self.device, spec)
+            )
+            self._entries[key] = generator
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
             logger.info("loaded model version %s on %s", model_version.id, self.device)

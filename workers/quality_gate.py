@@ -8,12 +8,15 @@ a training image than the calibrated threshold is a *near copy* and fails the ga
 A failed image is redrawn from the latent of (seed, index, redraw) for redraw = 1, 2, … `max_redraws`
 (`models.sampling.latents_for(redraws=...)`); an image that still fails after the last redraw is
 *rejected*: its row says so (status `rejected`, score, redraws, and the reason) and no object is stored.
-Everything is a function of (model version, seed, index, category, gate) and the shipped evaluator on the
-CPU, so the same job twice gives the same scores, redraws and rejections.
+Everything is a function of (model version, seed, index, category, gate, inference spec) and the shipped
+evaluator, run in fixed compute blocks on the worker's device (`EvaluatorScorer`); a chunk scores the same
+blocks on every run, so the same job twice gives the same scores, redraws and rejections.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.memorization_index import MemorizationIndex
 from workers.errors import WorkerConfigError
 from workers.generator_cache import GeneratorLike
 from workers.pixels import render_pixels
@@ -79,21 +83,77 @@ def gate_settings(options: Mapping[str, Any], *, memorization_index: bool = Fals
         ) from exc
 
 
-def evaluator_scorer(index: Any | None = None) -> Scorer:
-    """Score with the shipped evaluator (CPU, loaded once per process); near copies from `index` when given."""
-    from models.evaluator import default_evaluator, embed
+class EvaluatorScorer:
+    """Scores a batch in memory on the worker's device: evaluator confidence and near copies, fp32, deterministic.
 
-    model = default_evaluator()
+    The evaluator runs in fixed, padded blocks of `compute_batch` rows (like the generator: one kernel
+    choice whatever the batch; the images beside one in its block still move its score by about 1e-7, which
+    `tests/workers/test_quality_gate.py` bounds), and the nearest-neighbour search is one matrix product per
+    block against the index's training features, kept on the device with their squared norms (computed
+    once). No Python loop per image. On CUDA cuDNN is pinned to deterministic algorithms and no autocast is
+    used: the gate's decisions do not depend on the device's mood.
+    """
 
-    def score(pixels: np.ndarray, class_index: int) -> Scores:
-        features, logits = embed(model, pixels)  # (B, 128), (B, 10) float64
-        probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-        near = index.near_copies(features) if index is not None else np.zeros(len(pixels), dtype=bool)
-        return Scores(
-            np.asarray(probabilities[:, class_index], dtype=np.float64), np.asarray(near, dtype=bool)
+    def __init__(
+        self, index: MemorizationIndex | None = None, *, device: str = "cpu", compute_batch: int | None = None
+    ) -> None:
+        from models.evaluator import default_evaluator
+        from models.inference import CPU_COMPUTE_BATCH, CUDA_COMPUTE_BATCH
+
+        self.device = torch.device(device)
+        shared = default_evaluator()  # cached per process, on the CPU: a copy goes to any other device
+        self.model = (shared if self.device.type == "cpu" else copy.deepcopy(shared).to(self.device)).eval()
+        self.compute_batch = compute_batch or (
+            CUDA_COMPUTE_BATCH if self.device.type == "cuda" else CPU_COMPUTE_BATCH
         )
+        self.threshold = index.threshold if index is not None else None
+        self.reference: torch.Tensor | None = None
+        self.reference_sq: torch.Tensor | None = None
+        if index is not None:
+            self.reference = torch.from_numpy(index.train_features).to(self.device, torch.float32)  # (N, D)
+            self.reference_sq = (self.reference * self.reference).sum(dim=1)  # (N,)
 
-    return score
+    def __call__(self, pixels: np.ndarray | torch.Tensor, class_index: int) -> Scores:
+        """Scores of uint8 pixels (B, H, W, C) for the requested class index."""
+        from models.evaluator import to_evaluator_input
+
+        x = to_evaluator_input(pixels)  # (B, 1, 32, 32) on the CPU
+        size, block = len(x), self.compute_batch
+        padding = -size % block
+        if padding:
+            x = torch.cat([x, x.new_full((padding, *x.shape[1:]), -1.0)])  # blank rows fill the last block
+        confidence, near = [], []
+        with torch.inference_mode(), _deterministic(self.device):
+            x = x.to(self.device)
+            for start in range(0, len(x), block):
+                features = self.model.features(x[start : start + block])  # (b, D) float32
+                logits = self.model.head(features).double()  # (b, classes)
+                confidence.append(torch.softmax(logits, dim=1)[:, class_index])
+                near.append(self._near(features))
+            scores = torch.cat(confidence)[:size].cpu().numpy()
+            copies = torch.cat(near)[:size].cpu().numpy()
+        return Scores(np.asarray(scores, dtype=np.float64), np.asarray(copies, dtype=bool))
+
+    def _near(self, features: torch.Tensor) -> torch.Tensor:
+        """True per row whose nearest training feature is closer than the index's threshold."""
+        if self.reference is None or self.reference_sq is None or self.threshold is None:
+            return torch.zeros(len(features), dtype=torch.bool, device=features.device)
+        squared = (features * features).sum(dim=1, keepdim=True)  # (b, 1)
+        d2 = squared + self.reference_sq[None, :] - 2.0 * features @ self.reference.T  # (b, N)
+        nearest = d2.min(dim=1).values.clamp_min(0.0).sqrt()  # (b,)
+        return nearest.double() < self.threshold
+
+
+def _deterministic(device: torch.device) -> Any:
+    """cuDNN pinned to deterministic algorithms on CUDA; nothing to pin on the CPU."""
+    if device.type == "cuda":
+        return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True)
+    return contextlib.nullcontext()
+
+
+def evaluator_scorer(index: MemorizationIndex | None = None, *, device: str = "cpu") -> Scorer:
+    """Score with the shipped evaluator on `device`; near copies from `index` when given."""
+    return EvaluatorScorer(index, device=device)
 
 
 def apply_gate(
@@ -105,35 +165,46 @@ def apply_gate(
     class_index: int,
     indices: Sequence[int],
     pixels: np.ndarray,
+    control: Mapping[str, Any] | None = None,
 ) -> list[GatedImage]:
-    """Score a batch; redraw the images that fail round by round; reject what never passes."""
-    current = [np.asarray(row) for row in pixels]
-    first = scorer(np.asarray(pixels), class_index)
-    scores = [float(value) for value in first.confidence]
-    near = [bool(value) for value in first.near_copy]
-    redraws = [0] * len(indices)
+    """Score a batch; redraw the images that fail round by round; reject what never passes.
 
-    def fails(row: int) -> bool:
-        return near[row] or scores[row] < gate.min_confidence
+    `control` is the job's latent recipe (`workers.pixels.render_pixels`), used for the redraws too.
 
-    failing = [row for row in range(len(indices)) if fails(row)]
+    The bookkeeping is array-wide (masks over the batch); only the final list is built per image.
+    """
+    current = np.array(pixels, copy=True)  # (B, H, W, C): redrawn rows are replaced in place
+    first = scorer(current, class_index)
+    scores = np.asarray(first.confidence, dtype=np.float64).copy()  # (B,)
+    near = np.asarray(first.near_copy, dtype=bool).copy()  # (B,)
+    redraws = np.zeros(len(indices), dtype=np.int64)
+    positions = np.asarray(indices, dtype=np.int64)
+    failing = np.flatnonzero(near | (scores < gate.min_confidence))
     for redraw in range(1, gate.max_redraws + 1):
-        if not failing:
+        if not len(failing):
             break
-        redrawn = render_pixels(
-            generator, seed, class_index, [indices[row] for row in failing], redraws=[redraw] * len(failing)
+        current[failing] = render_pixels(
+            generator,
+            seed,
+            class_index,
+            positions[failing].tolist(),
+            redraws=[redraw] * len(failing),
+            control=control,
         )  # (F, H, W, C)
-        again = scorer(redrawn, class_index)
-        for position, row in enumerate(failing):
-            current[row], redraws[row] = redrawn[position], redraw
-            scores[row], near[row] = float(again.confidence[position]), bool(again.near_copy[position])
-        failing = [row for row in failing if fails(row)]
-    rejected = set(failing)
+        again = scorer(current[failing], class_index)
+        scores[failing], near[failing], redraws[failing] = again.confidence, again.near_copy, redraw
+        failing = failing[near[failing] | (scores[failing] < gate.min_confidence)]
+    rejected = np.zeros(len(indices), dtype=bool)
+    rejected[failing] = True
     return [
-        GatedImage(index, current[row], scores[row], redraws[row])
-        if row not in rejected
-        else GatedImage(
-            index, None, scores[row], redraws[row], NEAR_COPY_ERROR if near[row] else LOW_SCORE_ERROR
+        GatedImage(
+            index,
+            None,
+            float(scores[row]),
+            int(redraws[row]),
+            NEAR_COPY_ERROR if near[row] else LOW_SCORE_ERROR,
         )
+        if rejected[row]
+        else GatedImage(index, current[row], float(scores[row]), int(redraws[row]))
         for row, index in enumerate(indices)
     ]

@@ -82,7 +82,10 @@ def test_registry_commands_do_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, models.cli, models.default_model; print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    code = (
+        "import sys, models.cli, models.cli_models, models.default_model; "
+        "print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image as PILImage
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from db.cli_support import ExitCode
 from db.engine import make_engine, make_session_factory
@@ -22,13 +23,17 @@ from db.pipeline_settings import WorkerSettings
 from db.planning import parse_job_spec, submit_job
 from db.storage import LocalStore
 from db.tables import Image
+from models.config import FASHION_CATEGORIES
+from models.inference import ONNXRUNTIME, load_generator
 from scheduler.cli.root import cli
 from tests.pipeline import make_model_version, make_tenant, tiny_checkpoint
 from workers.chunk_generation import ChunkContext, ChunkOutcome, generate_chunk
-from workers.encoding import IPTC_TRAINED_ALGORITHMIC_MEDIA, encode_image
+from workers.encoding import IPTC_TRAINED_ALGORITHMIC_MEDIA, Provenance, encode_image
 from workers.errors import ProvenanceError
-from workers.generator_cache import GeneratorCache
+from workers.generator_cache import GeneratorCache, GeneratorLike
 from workers.verification import read_provenance, verify_file
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "weights" / "fashion-cgan" / "generator.pt"
 
 
 @dataclass(frozen=True)
@@ -106,12 +111,13 @@ def _verify(env: dict[str, str], *args: str) -> Result:
     return CliRunner().invoke(cli, ["verify", *args], env=env, prog_name="catalogan")
 
 
-def _one_pixel_changed(data: bytes) -> bytes:
-    """The same file with one pixel brightened, re-encoded with the file's own provenance."""
+def _one_pixel_changed(data: bytes, step: int = 1, provenance: Provenance | None = None) -> bytes:
+    """The same file with one pixel one grey level brighter (or darker), re-encoded with its own provenance."""
     claimed = read_provenance(data)
     pixels = np.asarray(PILImage.open(io.BytesIO(data)))[:, :, None].copy()  # (H, W, 1)
-    pixels[3, 5, 0] = (int(pixels[3, 5, 0]) + 1) % 256
-    return encode_image(pixels, claimed.output_format, claimed.provenance)
+    value = int(pixels[3, 5, 0])
+    pixels[3, 5, 0] = value + step if 0 <= value + step <= 255 else value - step
+    return encode_image(pixels, claimed.output_format, provenance or claimed.provenance)
 
 
 def _stripped(data: bytes) -> bytes:
@@ -166,16 +172,19 @@ def test_verify_regenerate_passes_on_a_generated_file(png_job: GeneratedJob, tmp
     assert report["provenance"]["index"] == 4 and report["provenance"]["job_id"] == png_job.job_id
 
 
-def test_verify_regenerate_fails_on_a_one_pixel_change(png_job: GeneratedJob, tmp_path: Path) -> None:
-    # Given a delivered file with one pixel changed (its provenance intact)
+@pytest.mark.parametrize("step", [1, -1])
+def test_verify_regenerate_fails_on_a_one_pixel_change(
+    png_job: GeneratedJob, tmp_path: Path, step: int
+) -> None:
+    # Given a delivered file with one pixel one grey level brighter / darker (its provenance intact)
     path = tmp_path / "edited.png"
-    path.write_bytes(_one_pixel_changed(png_job.files[4]))
+    path.write_bytes(_one_pixel_changed(png_job.files[4], step))
     # When it is verified with regeneration
     result = _verify(png_job.env, str(path), "--regenerate", "--json")
-    # Then it is reported as not matching, one pixel off, with exit code NOT_VERIFIED
+    # Then it is reported as not matching, one pixel off, with exit code NOT_VERIFIED: no tolerance
     assert result.exit_code == ExitCode.NOT_VERIFIED, result.output
     report = json.loads(result.stdout)
-    assert report["matches"] is False and report["pixels_match"] is False
+    assert report["matches"] is False and report["pixels_match"] is False and report["comparable"] is True
     assert report["differing_pixels"] == 1 and "1 pixel(s) differ" in report["reason"]
 
 
@@ -222,3 +231,135 @@ def test_verify_without_regenerate_prints_the_provenance(png_job: GeneratedJob, 
         "trainedAlgorithmicMedia, model tiny@1" in result.stdout
         and "index 8, seed 1234, category c" in result.stdout
     )
+
+
+def test_every_file_records_how_its_pixels_were_computed(png_job: GeneratedJob, tmp_path: Path) -> None:
+    # Given a file made by a CPU worker
+    claimed = read_provenance(png_job.files[3])
+    # Then its provenance names the inference backend, device kind, dtype and compute batch
+    assert dict(claimed.provenance.inference) == {
+        "backend": "eager",
+        "device_kind": "cpu",
+        "dtype": "fp32",
+        "compute_batch": "8",
+    }
+    # And `verify --regenerate` says which it recomputed with
+    path = tmp_path / "00000003.png"
+    path.write_bytes(png_job.files[3])
+    result = _verify(png_job.env, str(path), "--regenerate")
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "regenerated with eager on cpu, fp32, compute batch 8" in result.stdout
+
+
+@dataclass(frozen=True)
+class ShippedJob:
+    """48 coats (seed 31) of the shipped model made by a worker with the onnxruntime backend."""
+
+    files: dict[int, bytes]
+    env: dict[str, str]
+    session_factory: sessionmaker[Session]
+    store: LocalStore
+
+
+def _onnxruntime_loader(data: bytes, device: str) -> GeneratorLike:
+    return load_generator(data, device=device, backend=ONNXRUNTIME)
+
+
+@pytest.fixture
+def onnxruntime_job(sqlite_url: str, local_store: LocalStore) -> Iterator[ShippedJob]:
+    """The shipped model registered on SQLite; 48 coats generated by the worker function on onnxruntime."""
+    engine = make_engine(sqlite_url)
+    session_factory = make_session_factory(engine)
+    model = make_model_version(
+        session_factory,
+        checkpoint=SHIPPED.read_bytes(),
+        store=local_store,
+        categories=FASHION_CATEGORIES,
+        name="fashion-cgan",
+    )
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        ctx = ChunkContext(
+            session_factory=session_factory,
+            store=local_store,
+            generators=GeneratorCache(local_store, device="cpu", loader=_onnxruntime_loader),
+            settings=WorkerSettings(),
+            worker_name="test-worker",
+            pool=pool,
+        )
+        planned = submit_job(
+            session_factory,
+            parse_job_spec({"items": [{"category": "coat", "count": 48}], "seed": 31}),
+            tenant_id=make_tenant(session_factory),
+            model_version=model,
+            publisher=_publish_nothing,
+        )
+        assert [generate_chunk(ctx, chunk_id) for chunk_id in planned.chunk_ids] == [ChunkOutcome.SUCCEEDED]
+    with session_factory() as session:
+        rows = session.scalars(select(Image).where(Image.job_id == planned.job_id)).all()
+        files = {row.index: local_store.get(row.key) for row in rows if row.key}
+    env = {
+        "CATALOGAN_DATABASE_URL": sqlite_url,
+        "CATALOGAN_STORAGE_URL": local_store.url,
+        "CATALOGAN_DEVICE": "cpu",
+    }
+    yield ShippedJob(files, env, session_factory, local_store)
+    engine.dispose()
+
+
+@pytest.mark.slow
+def test_files_of_the_onnxruntime_backend_verify_with_it_and_another_backend_is_not_tampering(
+    onnxruntime_job: ShippedJob, tmp_path: Path
+) -> None:
+    # Given 48 files made with the onnxruntime backend
+    generators = GeneratorCache(onnxruntime_job.store, device="cpu")
+    reports = {
+        index: verify_file(
+            data, regenerate=True, session_factory=onnxruntime_job.session_factory, generators=generators
+        )
+        for index, data in onnxruntime_job.files.items()
+    }
+    # When each is regenerated: the file's own backend is used, and every file matches bit for bit
+    assert all(report.matches for report in reports.values())
+    assert {report.regenerated_with for report in reports.values()} == {
+        "onnxruntime on cpu, fp32, compute batch 8"
+    }
+    # When image 43 (one grey level apart between the two backends) is regenerated with eager instead
+    path = tmp_path / "00000043.png"
+    path.write_bytes(onnxruntime_job.files[43])
+    result = _verify(onnxruntime_job.env, str(path), "--regenerate", "--backend", "eager")
+    # Then verify says "different backend", not tampering, with its own exit code
+    assert result.exit_code == ExitCode.NOT_COMPARABLE, result.output
+    assert "NOT comparable — different backend: the file was made with onnxruntime on cpu" in result.stdout
+    assert "NOT matching" not in result.stdout and "not evidence of tampering" in result.stdout
+    # And a file the backends agree on still matches when regenerated with eager
+    same = tmp_path / "00000000.png"
+    same.write_bytes(onnxruntime_job.files[0])
+    assert (
+        _verify(onnxruntime_job.env, str(same), "--regenerate", "--backend", "eager").exit_code == ExitCode.OK
+    )
+
+
+def test_a_gpu_made_file_regenerated_on_a_cpu_reports_a_different_device(
+    png_job: GeneratedJob, tmp_path: Path
+) -> None:
+    # Given a file that says a CUDA worker made it in bf16, whose pixels differ from the CPU's by one level
+    claimed = read_provenance(png_job.files[5]).provenance
+    on_gpu = dataclasses.replace(
+        claimed,
+        inference=(
+            ("backend", "eager"),
+            ("device_kind", "cuda"),
+            ("dtype", "bf16"),
+            ("compute_batch", "1024"),
+        ),
+    )
+    path = tmp_path / "gpu.png"
+    path.write_bytes(_one_pixel_changed(png_job.files[5], 1, on_gpu))
+    # When it is verified with regeneration on a CPU
+    result = _verify(png_job.env, str(path), "--regenerate", "--json")
+    # Then the report says the device differs (exit NOT_COMPARABLE), not that the file was tampered with
+    assert result.exit_code == ExitCode.NOT_COMPARABLE, result.output
+    report = json.loads(result.stdout)
+    assert report["comparable"] is False and report["matches"] is False
+    assert report["reason"].startswith("different device: the file was made with eager on cuda, bf16")
+    assert report["regenerated_with"] == "eager on cpu, fp32, compute batch 8"
