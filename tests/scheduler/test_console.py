@@ -801,3 +801,24 @@ def test_the_filter_forms_any_choice_is_no_filter(console: TestClient, finished:
     ]
     bad = console.get(f"/console/jobs/{finished.job_id}?review=maybe")
     assert bad.status_code == 422 and "review" in bad.text
+
+
+def test_sign_in_returns_only_to_console_pages(api: TestClient, tenant: Credentials) -> None:
+    """Given a sign-in link whose `next` points at another site (or a scheme-relative URL), when the key is
+    posted, then the browser lands on the jobs list; a console page as `next` is followed."""
+    for target, landing in (
+        ("https://evil.example/", "/console/jobs"),
+        ("//evil.example/console/", "/console/jobs"),
+        ("/console/models", "/console/models"),
+    ):
+        api.cookies.clear()
+        form = api.get("/console/sign-in", params={"next": target})
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        next_field = re.search(r'name="next" value="([^"]+)"', form.text)
+        assert token is not None and next_field is not None
+        response = api.post(
+            "/console/sign-in",
+            data={"api_key": tenant.api_key, "csrf_token": token.group(1), "next": target},
+            follow_redirects=False,
+        )
+        assert response.headers["location"] == landing and next_field.group(1) == landing
