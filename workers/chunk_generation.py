@@ -57,7 +57,7 @@ from workers.shards import (
 
 logger = logging.getLogger(__name__)
 
-# Seconds between the cancel checks (and lease renewals) of a tar chunk's batch loop.
+# Seconds between the cancel checks (and lease renewals) of a chunk's batch loop.
 SHARD_CHECK_SECONDS = 1.0
 
 # Job option honoured only with CATALOGAN_TEST_FAULTS=1: chunks starting at these indices always fail.
@@ -352,65 +352,59 @@ def _between_batches(ctx: ChunkContext, plan: ChunkPlan, lease: Lease) -> Lease:
         return renew_lease(session, lease, lease_seconds=ctx.settings.lease_seconds)
 
 
-def _write_batch(
-    ctx: ChunkContext, plan: ChunkPlan, lease: Lease, futures: list[Future[ImageRecord]]
-) -> tuple[Lease, list[ImageRecord], bool]:
-    """The rows of an uploaded batch, in one transaction with the lease renewal and the cancel check.
-
-    Returns the renewed lease, the records written and whether the job is being cancelled.
-    """
-    records = [future.result() for future in futures]
+def _write_rows(ctx: ChunkContext, lease: Lease, records: list[ImageRecord]) -> None:
+    """The rows of images already uploaded, in one fenced transaction (a chunk stopping midway keeps them)."""
     with transaction(ctx.session_factory) as session:
-        lease = upsert_images(session, lease, records, renew_seconds=ctx.settings.lease_seconds)
-        cancelled = is_cancel_requested(session, plan.job_id)
-    return lease, records, cancelled
+        upsert_images(session, lease, records, renew_seconds=ctx.settings.lease_seconds)
 
 
 def _run_batches(
     ctx: ChunkContext, plan: ChunkPlan, generator: GeneratorLike
 ) -> tuple[Lease, list[ImageRecord], list[ImageRecord]]:
-    """Forward batch k+1 while batch k encodes and uploads in the pool; rows of batch k follow its uploads.
+    """Forward batch k+1 while batch k encodes and uploads in the pool; the chunk's rows in one transaction.
 
-    Each batch's rows are written after the next forward pass, in one transaction that also renews the
-    lease and reads the job's cancel flag, which the loop honours before the next forward pass.
-    Returns the lease, the records written, and the last batch's records: the caller writes those in the
-    transaction that completes the chunk (one commit fewer per chunk).
+    After each forward pass the loop waits for the previous batch's uploads (two batches in flight at most,
+    so memory stays bounded). SQL is batched per chunk: the rows of every batch are returned for the
+    transaction that completes the chunk, and between batches only the cancel flag and the lease renewal
+    cost a transaction, at most every `SHARD_CHECK_SECONDS` (the shutdown flag is read every time). A chunk
+    stopped midway (cancel, shutdown) writes the rows of the images it uploaded before it stops: finished
+    images stay. Returns the lease, [] (nothing written yet) and the records.
     """
     lease = plan.lease
     indices = range(lease.start_index, lease.stop_index)
     batch_size = ctx.settings.batch_size
     checkpoint_sha = plan.model_version.checkpoint_sha256 or generator.checkpoint_sha256
-    inference = inference_fields(generator)  # written into every file's provenance
     in_flight: list[Future[ImageRecord]] = []
-    written: list[ImageRecord] = []
-    cancelled = False  # the claim read the flag; later, each batch's write reads it again
+    records: list[ImageRecord] = []
+    checked = time.monotonic()  # the claim just read the cancel flag and took a fresh lease
     try:
         for start in range(0, len(indices), batch_size):
             if ctx.shutdown.is_set():
                 raise _Stop(ChunkOutcome.RELEASED)
-            if cancelled:
-                raise _Stop(ChunkOutcome.CANCELLED)
+            if time.monotonic() - checked >= SHARD_CHECK_SECONDS:
+                lease = _between_batches(ctx, plan, lease)
+                checked = time.monotonic()
             batch = indices[start : start + batch_size]
             pixels = _forward(generator, plan, batch)  # (B, H, W, C) uint8
             futures = [
-                ctx.pool.submit(_encode_and_upload, ctx, plan, image, checkpoint_sha, inference)
+                ctx.pool.submit(_encode_and_upload, ctx, plan, image, checkpoint_sha)
                 for image in _gated(ctx, plan, generator, batch, pixels)
             ]
-            if in_flight:
-                lease, records, cancelled = _write_batch(ctx, plan, lease, in_flight)
-                written += records
+            records += [future.result() for future in in_flight]
             in_flight = futures
-        last = [future.result() for future in in_flight]
+        records += [future.result() for future in in_flight]
         in_flight = []
     except _Stop:
-        if in_flight:  # finished images stay: write the batch that was uploading
-            _write_batch(ctx, plan, lease, in_flight)
-            in_flight = []
+        # Finished images stay: wait for the batch that was uploading and write every row so far.
+        records += [future.result() for future in in_flight]
+        in_flight = []
+        if records:
+            _write_rows(ctx, lease, records)
         raise
     finally:
         for future in in_flight:
             future.cancel()
-    return lease, written, last
+    return lease, [], records
 
 
 def _finish(ctx: ChunkContext, plan: ChunkPlan, progress: JobProgress | None) -> None:
