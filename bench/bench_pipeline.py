@@ -42,6 +42,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # bench_upload, ray_data_peer
 
 import torch  # noqa: E402
 from sqlalchemy import make_url, text  # noqa: E402
@@ -250,7 +251,10 @@ def bench_end_to_end(
     # Before the worker starts: its start-up (importing torch) would slow the floor.
     floors = [measure_floor(floor_meter)]
     log = (folder / "worker.log").open("ab")
-    worker = subprocess.Popen([*CATALOGAN, "worker", "--gpus", "none"], env=env, stdout=log, stderr=log)
+    # One worker process: the floor is one process too (the peer comparison runs the worker's default).
+    worker = subprocess.Popen(
+        [*CATALOGAN, "worker", "--gpus", "none", "--concurrency", "1"], env=env, stdout=log, stderr=log
+    )
     rss: list[tuple[float, float]] = []  # (seconds since start, MiB)
     stop = threading.Event()
     t0 = time.perf_counter()
@@ -348,6 +352,205 @@ def bench_end_to_end(
         if client is not None:
             client.close()
     return results, memory
+
+
+@dataclass
+class PeerScenario:
+    """One row of the comparison: a model version for catalogan, the same checkpoint for the peer."""
+
+    name: str
+    model_version: Any
+    checkpoint: bytes
+    categories: tuple[str, str]
+    output_format: str = "png"
+
+
+def _worker_pids(worker: subprocess.Popen[bytes]) -> list[int]:
+    """The supervisor and its children (the processes that do the work with --concurrency > 1)."""
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children")
+    try:
+        return [worker.pid, *(int(pid) for pid in children.read_text().split())]
+    except OSError:
+        return [worker.pid]
+
+
+def bench_versus_peer(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    factory: Any,
+    store: ObjectStore,
+    folder: Path,
+    redis_url: str,
+    stack_pids: Callable[[], dict[str, list[int]]],
+) -> dict[str, Any]:
+    """catalogan (`catalogan worker`, default --concurrency) vs the Ray Data peer, and the S3 PUT ceiling.
+
+    Every figure comes from this one invocation, against the one SeaweedFS: (a) the shipped generator with
+    its gate as shipped, (b) a near-free generator (tiny preset, random weights), (c) output_format tar with
+    that generator against the peer's one object per image; the PUT ceiling with boto3's thread pool and
+    with obstore (the client catalogan ships), 2,600-byte objects. catalogan's rate is the job's span in SQL
+    (created_at → finished_at), as a user reading the job would compute it; the peer's is its dataset's
+    execution, actors' start-up and model load included (Ray's own start-up excluded).
+    """
+    from bench_upload import run_client
+    from ray_data_peer import init_ray, run_peer
+
+    from models.default_model import ensure_default_model, shipped_checkpoint_bytes
+    from tests.services import TEST_BUCKET as BUCKET
+
+    app = make_celery_app(BrokerSettings(broker_url=redis_url), DataSettings(data_dir=folder))
+    publisher = CeleryPublisher(app)
+    tenant_id = make_tenant(factory)
+    cores = len(os.sched_getaffinity(0))
+    results: dict[str, Any] = {"cores": cores, "load_before": os.getloadavg()}
+
+    # The S3 PUT ceiling of this server, each client in a process of its own, 8 requests in flight.
+    ceiling_args = argparse.Namespace(
+        count=args.ceiling_puts,
+        size=2600,
+        threads=8,
+        burn=0,
+        bucket=BUCKET,
+        extra_path=None,
+        aiobotocore_path=None,
+    )
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    seaweed_pid = stack_pids()["seaweedfs"][0]
+    results["ceiling"] = {
+        name: run_client(name, ceiling_args, endpoint, dict(os.environ), seaweed_pid)
+        for name in ("boto3-threads", "obstore")
+    }
+    print(f"S3 PUT ceiling: {json.dumps(results['ceiling'])}", flush=True)
+
+    scenarios: list[PeerScenario] = []
+    if not args.skip_shipped:
+        shipped = ensure_default_model(factory, store, notify=lambda line: print(line, flush=True))
+        categories = tuple(shipped.categories[:2])
+        scenarios.append(PeerScenario("shipped", shipped, shipped_checkpoint_bytes()[0], categories))
+    tiny_checkpoint = random_generator_checkpoint("tiny", seed=0)
+    tiny = make_model_version(
+        factory, checkpoint=tiny_checkpoint, store=store, name="bench-tiny", categories=("a", "b", "c")
+    )
+    scenarios.append(PeerScenario("near-free", tiny, tiny_checkpoint, ("a", "b")))
+    scenarios.append(PeerScenario("tar", tiny, tiny_checkpoint, ("a", "b"), output_format="tar"))
+
+    worker_env = dict(env)
+    if args.worker_concurrency:
+        worker_env["CATALOGAN_WORKER_CONCURRENCY"] = str(args.worker_concurrency)
+    else:
+        worker_env.pop("CATALOGAN_WORKER_CONCURRENCY", None)
+    log = (folder / "worker-peer.log").open("ab")
+    worker = subprocess.Popen(
+        [*CATALOGAN, "worker", "--gpus", "none"], env=worker_env, stdout=log, stderr=log
+    )
+
+    def run_job(scenario: PeerScenario, count: int, seed: int) -> float:
+        first, second = scenario.categories
+        items = [{"category": first, "count": count // 2}, {"category": second, "count": count - count // 2}]
+        spec = parse_job_spec(
+            {
+                "model": scenario.model_version.name,
+                "items": items,
+                "chunk_size": args.chunk_size if scenario.output_format == "png" else args.shard_size,
+                "seed": seed,
+                "output_format": scenario.output_format,
+            }
+        )
+        job_id = submit_job(
+            factory, spec, tenant_id=tenant_id, model_version=scenario.model_version, publisher=publisher
+        ).job_id
+        while not job_row(factory, job_id).status.is_terminal:
+            if worker.poll() is not None:
+                raise RuntimeError(
+                    f"worker exited with {worker.returncode}; see {folder / 'worker-peer.log'}"
+                )
+            time.sleep(0.2)
+        job = job_row(factory, job_id)
+        assert job.status.value == "succeeded", (job.status, job.error)
+        assert job.finished_at is not None
+        return count / (job.finished_at - job.created_at).total_seconds()
+
+    rows: list[dict[str, Any]] = []
+    peer_rates: dict[bytes, dict[str, Any]] = {}
+    try:
+        for scenario in scenarios:  # warm-up: every worker process loads every model (not timed)
+            run_job(scenario, 2 * cores * args.chunk_size, seed=0)
+        init_ray(cores)
+        for scenario in scenarios:
+            rate = run_job(scenario, args.peer_images, seed=1)
+            print(f"catalogan {scenario.name}: {rate:.0f} images/s", flush=True)
+            if scenario.checkpoint not in peer_rates:
+                peer = run_peer(
+                    scenario.checkpoint,
+                    args.peer_images,
+                    bucket=BUCKET,
+                    prefix=f"peer-{scenario.name}-{uuid.uuid4().hex[:6]}",
+                    concurrency=cores,
+                )
+                peer_rates[scenario.checkpoint] = peer
+                print(
+                    f"peer {scenario.name}: {peer['images_per_s']:.0f} images/s "
+                    f"({peer['steady_images_per_s']:.0f} after its first batch)",
+                    flush=True,
+                )
+            peer = peer_rates[scenario.checkpoint]
+            rows.append(
+                {
+                    "scenario": scenario.name,
+                    "images": args.peer_images,
+                    "catalogan_images_per_s": rate,
+                    "peer_images_per_s": peer["images_per_s"],
+                    "peer_steady_images_per_s": peer["steady_images_per_s"],
+                    "ratio": rate / peer["images_per_s"],
+                    "ratio_steady": rate / peer["steady_images_per_s"],
+                }
+            )
+    finally:
+        import ray
+
+        ray.shutdown()
+        worker.terminate()
+        worker.wait(timeout=60)
+        log.close()
+    results["rows"] = rows
+    results["load_after"] = os.getloadavg()
+    return results
+
+
+def peer_lines(results: dict[str, Any]) -> list[str]:
+    """The comparison as a Markdown table, the PUT ceiling and the load of the box."""
+    ceiling = results["ceiling"]
+    lines = [
+        f"catalogan vs the Ray Data peer, one invocation, {results['cores']} cores; load average before "
+        f"{' / '.join(f'{x:.1f}' for x in results['load_before'])}, after "
+        f"{' / '.join(f'{x:.1f}' for x in results['load_after'])}",
+        "",
+        "| scenario | images | catalogan images/s | peer images/s (after its first batch) | catalogan / peer "
+        "(/ peer after its first batch) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in results["rows"]:
+        lines.append(
+            f"| {row['scenario']} | {row['images']:,} | {row['catalogan_images_per_s']:.0f} | "
+            f"{row['peer_images_per_s']:.0f} ({row['peer_steady_images_per_s']:.0f}) | "
+            f"{row['ratio']:.2f} ({row['ratio_steady']:.2f}) |"
+        )
+    lines.append("")
+    for name, figures in ceiling.items():
+        if "error" in figures:
+            lines.append(f"S3 PUT ceiling, {name}: not measured ({figures['error']})")
+            continue
+        lines.append(
+            f"S3 PUT ceiling, {name}: {figures['puts_per_s']:.0f} PUTs/s, "
+            f"{figures['client_cpu_ms_per_put']:.2f} ms client CPU per PUT"
+        )
+    near_free = next((row for row in results["rows"] if row["scenario"] == "near-free"), None)
+    if near_free and "puts_per_s" in ceiling.get("obstore", {}):
+        lines.append(
+            f"near-free catalogan / obstore PUT ceiling: "
+            f"{near_free['catalogan_images_per_s'] / ceiling['obstore']['puts_per_s']:.2f}"
+        )
+    return lines
 
 
 def _postgres_backends(admin_url: str, database: str) -> list[int]:
@@ -497,6 +700,29 @@ def main() -> None:
         default=ROOT / "bench-results" / "pipeline",
         help="Folder for report.md and pipeline.png.",
     )
+    parser.add_argument(
+        "--mode",
+        choices=["peer", "floor", "both"],
+        default="peer",
+        help="peer: catalogan vs the Ray Data peer and the S3 PUT ceiling (issue 11); floor: the planning, "
+        "floor and end-to-end runs above; both.",
+    )
+    parser.add_argument(
+        "--peer-images", type=int, default=10000, help="Images per job in the peer comparison."
+    )
+    parser.add_argument("--shard-size", type=int, default=1000, help="Images per tar shard (= chunk).")
+    parser.add_argument("--ceiling-puts", type=int, default=4000, help="PUTs per client for the S3 ceiling.")
+    parser.add_argument(
+        "--worker-concurrency",
+        type=int,
+        default=0,
+        help="catalogan worker processes in the peer comparison [default 0: the worker's own default].",
+    )
+    parser.add_argument(
+        "--skip-shipped",
+        action="store_true",
+        help="No shipped-generator row (it builds the memorization index).",
+    )
     args = parser.parse_args()
     sizes = [int(size) for size in args.images.split(",") if size]
 
@@ -524,8 +750,13 @@ def run(args: argparse.Namespace, sizes: list[int], redis_url: str) -> None:
             "redis": redis_pids,
         }
 
+    versus: dict[str, Any] | None = None
+    runs: list[dict[str, Any]] = []
+    memory: dict[str, Any] | None = None
+    planning: dict[str, float] = {}
     try:
-        planning = bench_planning(db_url, redis_url, args.plan_images, folder)
+        if args.mode != "peer":
+            planning = bench_planning(db_url, redis_url, args.plan_images, folder)
         migrate.upgrade(db_url)
         engine = make_engine(db_url)
         factory = make_session_factory(engine)
@@ -547,25 +778,28 @@ def run(args: argparse.Namespace, sizes: list[int], redis_url: str) -> None:
             CATALOGAN_DEVICE="cpu",
             **seaweed.env(),
         )
+        if args.mode != "floor":
+            versus = bench_versus_peer(args, env, factory, store, folder, redis_url, stack_pids)
         api = None
-        if args.submit == "http":
+        if args.submit == "http" and args.mode != "peer":
             api = serve_api(factory, store, redis_url, folder / "api-data")
         try:
-            runs, memory = bench_end_to_end(
-                env,
-                factory,
-                store,
-                checkpoint,
-                sizes,
-                args.chunk_size,
-                folder,
-                redis_url,
-                measure_floor,
-                stack_pids,
-                args.memory_chunks,
-                args.memory_chunk_size,
-                api.url if api is not None else None,
-            )
+            if args.mode != "peer":
+                runs, memory = bench_end_to_end(
+                    env,
+                    factory,
+                    store,
+                    checkpoint,
+                    sizes,
+                    args.chunk_size,
+                    folder,
+                    redis_url,
+                    measure_floor,
+                    stack_pids,
+                    args.memory_chunks,
+                    args.memory_chunk_size,
+                    api.url if api is not None else None,
+                )
         finally:
             if api is not None:
                 api.stop()
@@ -573,6 +807,13 @@ def run(args: argparse.Namespace, sizes: list[int], redis_url: str) -> None:
     finally:
         _drop_database(args.postgres_admin_url, db_url)
         seaweed.stop()
+    if versus is not None:
+        print("\n".join(peer_lines(versus)))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "versus-peer.md").write_text("\n".join(peer_lines(versus)) + "\n")
+        print(json.dumps({"versus_peer": versus}))
+    if args.mode == "peer":
+        return
     print(
         f"planning {args.plan_images:,} images ({planning['chunks']:.0f} chunks): "
         f"SQLite {planning['plan_sqlite_s'] * 1000:.0f} ms, PostgreSQL {planning['plan_postgresql_s'] * 1000:.0f} ms;"
