@@ -36,6 +36,7 @@ from db.images import (
     upsert_images,
 )
 from db.jobs import JobProgress, is_cancel_requested, mark_job_running
+from db.latent_control import control_of_options, provenance_fields
 from db.pipeline_settings import WorkerSettings
 from db.status import ImageStatus
 from db.storage import ObjectStore
@@ -165,7 +166,8 @@ def _forward(generator: GeneratorLike, plan: ChunkPlan, indices: Sequence[int]) 
 
     `generate` runs under `torch.inference_mode()` with bf16 autocast on CUDA and returns CPU pixels.
     """
-    return render_pixels(generator, plan.seed, plan.class_index, indices)
+    control = control_of_options(plan.options)  # the job's latent recipe (db.latent_control), or None
+    return render_pixels(generator, plan.seed, plan.class_index, indices, control=control)
 
 
 def _encode_and_upload(
@@ -188,6 +190,7 @@ def _encode_and_upload(
         sku=plan.sku,
         redraw=image.redraws,
         inference=inference,
+        control=provenance_fields(control_of_options(plan.options), index),
     )
     encoded = encode_with_digest(image.pixels, plan.output_format, provenance)
     key = image_key(
@@ -236,7 +239,14 @@ def _gated(
         index = load_memorization_index(ctx.store, plan.model_version) if indexed else None
         scorer = ctx.scorers[cache_key] = evaluator_scorer(index, device=ctx.device)
     return apply_gate(
-        generator, scorer, gate, seed=plan.seed, class_index=plan.class_index, indices=batch, pixels=pixels
+        generator,
+        scorer,
+        gate,
+        seed=plan.seed,
+        class_index=plan.class_index,
+        indices=batch,
+        pixels=pixels,
+        control=control_of_options(plan.options),
     )
 
 
@@ -261,6 +271,7 @@ def _encode_for_shard(
         plan.sku,
         image.redraws,
         inference,
+        provenance_fields(control_of_options(plan.options), index),
     )
     encoded = encode_with_digest(image.pixels, SHARD_IMAGE_FORMAT, provenance)
     key = shard_key(plan.tenant_id, plan.job_id, lease.start_index)
