@@ -235,10 +235,17 @@ def worker(
         os.environ["CATALOGAN_DEVICE"] = "cuda"
         _run_celery_worker(names, f"gpu0-{os.getpid()}@{host}", loglevel, torch_threads)
         return
+    # Each GPU's process gets its share of the cores for the CPU side (latents, encode, the gate's glue).
+    threads_per_gpu = str(max(1, usable_cores() // len(selected)))
     specs = [
         ChildSpec(
             _child_command(",".join(names), loglevel, "pinned"),
-            {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "CATALOGAN_DEVICE": "cuda"},
+            {
+                **os.environ,
+                "CUDA_VISIBLE_DEVICES": gpu,
+                "CATALOGAN_DEVICE": "cuda",
+                "OMP_NUM_THREADS": threads_per_gpu,
+            },
         )
         for gpu in physical_gpu_ids(selected)
     ]
