@@ -42,6 +42,11 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CPU_COMPUTE_BATCH = 8
 CUDA_COMPUTE_BATCH = 1024
 MAX_COMPUTE_BATCH = 16384
+# A worker's batch (images per forward call, encoded and uploaded together) when CATALOGAN_BATCH_SIZE is unset:
+# 64 on the CPU (measured default); on CUDA 4 compute blocks, so one call keeps a GPU busy for milliseconds
+# rather than being launch-bound (chosen by reasoning; bench/gpu_bench.py measures batch 256 to 16k).
+CPU_WORKER_BATCH_SIZE = 64
+CUDA_WORKER_BATCH_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,10 @@ def build_context(publisher: CeleryPublisher, settings: WorkerSettings | None = 
     session_factory = make_session_factory(engine_from_settings(DatabaseSettings(), data))
     store = open_store(StorageSettings().url(data))
     device = resolve_device(settings.device)
+    if device.startswith("cuda") and "batch_size" not in settings.model_fields_set:
+        from models.inference import CUDA_WORKER_BATCH_SIZE
+
+        settings = settings.model_copy(update={"batch_size": CUDA_WORKER_BATCH_SIZE})  # device-aware default
     generators = GeneratorCache(store, device=device, max_entries=settings.generator_cache_size)
     pool = ThreadPoolExecutor(max_workers=settings.upload_threads, thread_name_prefix="upload")
 

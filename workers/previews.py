@@ -23,8 +23,10 @@ Guarantees:
   `job_id` being the constant `preview`: the bytes differ from the job's PNG only in that field (and `sku`,
   for an item with one), and two previews with the same model version, category and seed give
   byte-identical files (same sha256).
-- devices: "equal" is tested on CPU workers. On CUDA (bf16 autocast, and one batch of `count` images where
-  a chunk batches by `batch_size`) a few pixel values may differ; not measured on a GPU.
+- devices: the generator computes in fixed, padded compute blocks (`models.inference`), so a preview's one
+  batch of `count` images gives the pixels a chunk's batches give, on the same inference spec (backend,
+  device kind, dtype); "equal" is tested on CPU workers. A CUDA worker (bf16) and a CPU worker may differ by
+  a grey level; not measured on a GPU.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from db.tables import ModelVersion
 from workers.encoding import Provenance, encode_with_digest
 from workers.errors import PreviewRequestError
 from workers.generator_cache import GeneratorCache
-from workers.pixels import render_pixels
+from workers.pixels import inference_fields, render_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +155,7 @@ def _render(
     indices = list(range(request.count))
     pixels = render_pixels(generator, request.seed, request.class_index, indices)  # (B, H, W, C) uint8
     checkpoint_sha = model.checkpoint_sha256 or generator.checkpoint_sha256
+    inference = inference_fields(generator)  # as a job's files record it
     images = []
     for index in indices:
         provenance = Provenance(
@@ -163,6 +166,7 @@ def _render(
             seed=request.seed,
             category=request.category,
             sku=None,
+            inference=inference,
         )
         encoded = encode_with_digest(pixels[index], PREVIEW_FORMAT, provenance)
         key = f"{request.key_prefix}/{index:02d}.{PREVIEW_FORMAT}"
