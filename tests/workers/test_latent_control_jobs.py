@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +74,7 @@ def _publish_nothing(queue: str, chunk_ids: Sequence[int]) -> None:
 
 
 @pytest.fixture
-def make_world(sqlite_url: str, tmp_path: Path) -> Iterator[object]:
+def make_world(sqlite_url: str, tmp_path: Path) -> Iterator[Callable[[str], World]]:
     """Build independent worlds (each its own SQLite copy and folder), closed after the test."""
     opened: list[World] = []
 
@@ -116,7 +116,7 @@ def _one_pixel_changed(data: bytes) -> bytes:
     return encode_image(pixels, claimed.output_format, claimed.provenance)
 
 
-def test_psi_one_gives_todays_bytes(make_world) -> None:  # type: ignore[no-untyped-def]
+def test_psi_one_gives_todays_bytes(make_world: Callable[[str], World]) -> None:
     """Given two fresh worlds / When one runs a job without ψ and the other the same job with ψ = 1.0 /
     Then every file is byte-identical and carries no control field."""
     plain = make_world("plain").run({"items": [{"category": "a", "count": 6}], "seed": 21}, SOURCE_JOB)[1]
@@ -126,7 +126,9 @@ def test_psi_one_gives_todays_bytes(make_world) -> None:  # type: ignore[no-unty
     assert all(read_provenance(data).provenance.control == () for data in plain.values())
 
 
-def test_control_jobs_are_deterministic_verifiable_and_tamper_evident(make_world) -> None:  # type: ignore[no-untyped-def]
+def test_control_jobs_are_deterministic_verifiable_and_tamper_evident(
+    make_world: Callable[[str], World],
+) -> None:
     """Given a ψ 0.6 source job in two fresh worlds / When each runs the same variation and interpolation
     jobs / Then the files are byte-identical across worlds, each kind regenerates bit for bit, a one-pixel
     change fails, a strength-0 variation shows the source's pixels, and the interpolation's end frames are
@@ -174,7 +176,9 @@ def test_control_jobs_are_deterministic_verifiable_and_tamper_evident(make_world
     assert dict(read_provenance(frames[3]).provenance.control)["frame"] == "3/4"
 
 
-def test_verify_cli_regenerates_a_variation_and_refuses_an_edited_recipe(make_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_verify_cli_regenerates_a_variation_and_refuses_an_edited_recipe(
+    make_world: Callable[[str], World], tmp_path: Path
+) -> None:
     """Given a variation file / When `catalogan verify --regenerate` reads it, then a copy whose recipe says
     another strength / Then the first matches (exit 0) and the edited one does not (exit NOT_VERIFIED)."""
     world = make_world("cli")
