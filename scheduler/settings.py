@@ -55,6 +55,18 @@ class ApiSettings(BaseSettings):
         description="Per tenant id, `s3://bucket/prefix/` locations its `manifest_uri` may read besides "
         "`<store>/<tenant>/uploads/`.",
     )
+    submit_queue_max_per_tenant: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description="Submits of one tenant queued or running per API process (more: 429).",
+    )
+    submit_wait_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=600,
+        description="Longest a queued submit waits for its tenant's turn (then 429).",
+    )
     preview_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     preview_max_concurrent_per_tenant: int = Field(
         default=2, ge=1, le=1000, description="Previews one tenant may have waiting at once (more: 429)."

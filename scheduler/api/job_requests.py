@@ -127,9 +127,11 @@ async def read_job_request(
         )
     body = await request.body()
     try:
-        job_request = JobCreate.model_validate_json(body or b"null")
+        # Off the event loop: validating a 10 MiB body takes a CPU for a while, and every request waits on it.
+        job_request = await run_in_threadpool(JobCreate.model_validate_json, body or b"null")
     except pydantic.ValidationError as exc:
         raise _validation_error(exc) from exc
+    del body  # a queued submit keeps its parsed request, not the raw body too
     if job_request.variation is not None or job_request.interpolation is not None:
         return job_request, []  # the images come from the source images (checked by the submit path)
     if job_request.manifest_uri is not None:

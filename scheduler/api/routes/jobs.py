@@ -34,7 +34,11 @@ from scheduler.api.views import job_public
 from scheduler.errors import RequestValidationError
 from scheduler.estimates import count_chunks, measured_throughput
 from scheduler.item_manifests import parse_item_manifest, read_manifest_uri
+from scheduler.submission import SubmitAbandonedError
 from scheduler.webhooks import check_target
+
+# Answered (to no one) for a submit dropped because its client went away (nginx's code for it).
+CLIENT_CLOSED_REQUEST = 499
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -73,23 +77,33 @@ async def create_job(
     same job with `Idempotent-Replayed: true`; the same key with a different body is a 422.
     """
     idempotency_key = check_idempotency_key(idempotency_key)
-    job_request, items = await read_job_request(request, services, tenant.id)
-    spec = job_spec(job_request, items)
-    if spec.webhook_url:
-        check_target(spec.webhook_url, allow_private=services.webhooks.webhook_allow_private_targets)
-    submit = functools.partial(
-        submit_job,
-        services.session_factory,
-        spec,
-        tenant_id=tenant.id,
-        publisher=services.publisher,
-        limits=submit_limits(services.settings),
-        idempotency_key=idempotency_key,
-    )
-    # One submit per tenant at a time in this process, queued here on the event loop: a queued submit holds
-    # neither a thread nor a pooled connection (the tenant's row lock still orders API processes).
-    async with services.submit_locks.hold(tenant.id):
-        planned = await anyio.to_thread.run_sync(submit, limiter=services.submit_locks.threads())
+    locks, settings = services.submit_locks, services.settings
+    # Counted as queued before the body is read: a tenant over its queue gets a 429 and costs nothing more.
+    async with locks.queued(tenant.id, max_waiting=settings.submit_queue_max_per_tenant):
+        job_request, items = await read_job_request(request, services, tenant.id)
+        spec = await run_in_threadpool(job_spec, job_request, items)
+        del job_request, items
+        if spec.webhook_url:
+            check_target(spec.webhook_url, allow_private=services.webhooks.webhook_allow_private_targets)
+        submit = functools.partial(
+            submit_job,
+            services.session_factory,
+            spec,
+            tenant_id=tenant.id,
+            publisher=services.publisher,
+            limits=submit_limits(settings),
+            idempotency_key=idempotency_key,
+        )
+        # One submit per tenant at a time in this process, queued here on the event loop: a queued submit holds
+        # neither a thread nor a pooled connection (the tenant's row lock still orders API processes). It waits
+        # at most submit_wait_seconds, and is dropped if its client went away meanwhile.
+        try:
+            async with locks.turn(
+                tenant.id, wait_seconds=settings.submit_wait_seconds, client_gone=request.is_disconnected
+            ):
+                planned = await anyio.to_thread.run_sync(submit, limiter=locks.threads())
+        except SubmitAbandonedError:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)  # type: ignore[return-value]
     # In the thread pool too: waiting for a pooled connection on the event loop would stall every request.
     job, model, skipped = await run_in_threadpool(_job_model_and_skipped, services, planned)
     response.headers["Location"] = f"/v1/jobs/{job.id}"

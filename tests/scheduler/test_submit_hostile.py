@@ -1,0 +1,134 @@
+"""One tenant's queued submits are bounded: a queue cap and a wait limit per tenant (429 with Retry-After),
+and a submit whose client went away while it was queued is dropped, not committed. uvicorn on loopback and
+PostgreSQL; the tenant's row is held locked from the test so its first submit stalls inside the submit path."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.storage import MemoryStore
+from db.tables import Job, Tenant
+from scheduler.settings import ApiSettings, WebhookSettings
+from tests.scheduler.conftest import Credentials, LiveServer, _app
+
+
+def _serve(
+    settings: ApiSettings,
+    factory: sessionmaker[Session],
+    tmp_path: Path,
+    start: Callable[[Any], LiveServer],
+) -> str:
+    return start(_app(factory, MemoryStore(), [], tmp_path, settings, WebhookSettings())).url
+
+
+@contextmanager
+def _tenant_row_locked(factory: sessionmaker[Session], tenant_id: str) -> Iterator[None]:
+    """Hold the tenant's row lock (as a concurrent submit in another API process would)."""
+    with factory() as session, session.begin():
+        session.scalars(select(Tenant).where(Tenant.id == tenant_id).with_for_update()).one()
+        yield
+
+
+def _body(seed: int) -> dict[str, Any]:
+    return {"items": [{"category": "a", "count": 1}], "seed": seed}
+
+
+def _jobs_by_seed(factory: sessionmaker[Session], tenant_id: str) -> list[int]:
+    with factory() as session:
+        return sorted(
+            int(seed) for seed in session.scalars(select(Job.seed).where(Job.tenant_id == tenant_id))
+        )
+
+
+def _wait_until(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_tenants_queue_is_capped_and_its_wait_is_limited_with_429s(
+    pg_factory: sessionmaker[Session],
+    model_version: Any,
+    make_tenant: Callable[..., Credentials],
+    live_server_factory: Callable[[Any], LiveServer],
+    tmp_path: Path,
+) -> None:
+    """Given a cap of 3 queued submits per tenant, a 2 s wait limit, and tenant A's first submit stalled on its
+    row lock, when A sends 5 more at once, then 3 are refused at once with 429 and Retry-After, the other 2 get
+    429 after about the wait limit, and tenant B's submit meanwhile is a 201."""
+    settings = ApiSettings(submit_queue_max_per_tenant=3, submit_wait_seconds=2)
+    url = _serve(settings, pg_factory, tmp_path, live_server_factory)
+    a, b = make_tenant(requests_per_minute=10_000), make_tenant()
+
+    def submit(credentials: Credentials, seed: int) -> tuple[int, str | None, float]:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            started = time.monotonic()
+            response = http.post("/v1/jobs", json=_body(seed), headers=credentials.headers)
+            return response.status_code, response.headers.get("retry-after"), time.monotonic() - started
+
+    # Exits in reverse order: the row lock is released first, then the pool waits for A's first submit.
+    with ThreadPoolExecutor(8) as pool, _tenant_row_locked(pg_factory, a.tenant_id):
+        first = pool.submit(submit, a, 1)
+        time.sleep(1.0)  # A's first submit now waits on the row lock inside its turn
+        more = [pool.submit(submit, a, 10 + i) for i in range(5)]
+        other = pool.submit(submit, b, 99).result()
+        results = [future.result() for future in more]
+    assert first.result()[0] == 201
+    assert other[0] == 201
+    refused_at_once = [r for r in results if r[0] == 429 and r[2] < 1.0]
+    refused_after_waiting = [r for r in results if r[0] == 429 and r[2] >= 1.5]
+    assert len(refused_at_once) == 3, results
+    assert len(refused_after_waiting) == 2, results
+    assert all(r[1] is not None and int(r[1]) >= 1 for r in results)
+    assert _jobs_by_seed(pg_factory, a.tenant_id) == [1]
+
+
+def test_a_queued_submit_whose_client_went_away_is_not_committed(
+    pg_factory: sessionmaker[Session],
+    model_version: Any,
+    make_tenant: Callable[..., Credentials],
+    live_server_factory: Callable[[Any], LiveServer],
+    tmp_path: Path,
+) -> None:
+    """Given tenant A's first submit stalled on its row lock, when a second submit (seed 2) is sent whole and its
+    client closes the connection while it is queued, then after the lock is released only the first job
+    exists: the abandoned submit made no job."""
+    url = _serve(ApiSettings(), pg_factory, tmp_path, live_server_factory)
+    a = make_tenant()
+    host, port = url.removeprefix("http://").split(":")
+    results: dict[str, int] = {}
+    with _tenant_row_locked(pg_factory, a.tenant_id):
+        first = threading.Thread(
+            target=lambda: results.setdefault(
+                "first",
+                httpx.post(f"{url}/v1/jobs", json=_body(1), headers=a.headers, timeout=60).status_code,
+            )
+        )
+        first.start()
+        time.sleep(1.0)
+        body = json.dumps(_body(2)).encode()
+        request = (
+            f"POST /v1/jobs HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: {a.headers['Authorization']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(request)
+            time.sleep(1.0)  # read, parsed and queued behind the first submit
+        # the client is gone; now the first submit may go on
+    first.join(timeout=60)
+    assert results["first"] == 201
+    time.sleep(2.0)  # time for a wrongly kept submit to commit
+    assert _jobs_by_seed(pg_factory, a.tenant_id) == [1]
