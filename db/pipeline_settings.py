@@ -29,6 +29,10 @@ class WorkerSettings(BaseSettings):
     batch_size: int = Field(default=64, ge=1, le=4096, description="Images per forward pass.")
     upload_threads: int = Field(default=8, ge=1, le=128, description="Encode + upload threads per worker.")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    inference_backend: str = Field(
+        default="eager",
+        description="eager, or onnxruntime (CPU only, the `onnx` extra); see models/inference.py.",
+    )
     queues: str = Field(default=DEFAULT_QUEUES, description="Comma-separated queues this worker consumes.")
     retry_delay_seconds: float = Field(
         default=2.0, ge=0, le=600, description="Wait before a failed chunk reruns."

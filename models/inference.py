@@ -100,14 +100,21 @@ class InferenceSpec:
 
 
 def default_spec(
-    device: str | torch.device, *, dtype: str | None = None, compute_batch: int | None = None
+    device: str | torch.device,
+    *,
+    backend: str = EAGER,
+    dtype: str | None = None,
+    compute_batch: int | None = None,
 ) -> InferenceSpec:
-    """The spec a worker on `device` uses unless told otherwise: fp32 on CPU, bf16 autocast on CUDA."""
+    """The spec a worker on `device` uses unless told otherwise: fp32 on CPU, bf16 autocast on CUDA.
+
+    Raises `ValueError` naming the rule for an impossible combination (onnxruntime on CUDA, bf16 on CPU).
+    """
     kind = torch.device(device).type
     if kind not in ("cpu", "cuda"):
         raise ValueError(f"device {device!r}: catalogan infers on cpu or cuda")
     return InferenceSpec(
-        EAGER,
+        backend,
         kind,
         dtype or ("bf16" if kind == "cuda" else "fp32"),
         compute_batch or (CUDA_COMPUTE_BATCH if kind == "cuda" else CPU_COMPUTE_BATCH),
@@ -241,9 +248,7 @@ def load_generator(
     (`CPU_COMPUTE_BATCH`, `CUDA_COMPUTE_BATCH`); `backend` is one of `BACKENDS`.
     """
     target = torch.device(device)
-    spec = default_spec(target, dtype=dtype, compute_batch=compute_batch)
-    if backend != spec.backend:
-        spec = InferenceSpec(backend, spec.device_kind, spec.dtype, spec.compute_batch)
+    spec = default_spec(target, backend=backend, dtype=dtype, compute_batch=compute_batch)
     payload = checkpoint_from_bytes(data)
     config = ModelConfig.from_dict(payload["model_config"])
     module = build_generator(config)

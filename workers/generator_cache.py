@@ -5,6 +5,7 @@ Model versions are immutable, so a cached generator never goes stale; the cache 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -43,11 +44,11 @@ class ModelVersionRef(Protocol):
 Loader = Callable[[bytes, str], GeneratorLike]
 
 
-def default_loader(data: bytes, device: str) -> GeneratorLike:
+def default_loader(data: bytes, device: str, backend: str = "eager") -> GeneratorLike:
     """Load a checkpoint with `models.inference.load_generator` (imported here: it imports torch)."""
     from models.inference import load_generator
 
-    return load_generator(data, device=device)
+    return load_generator(data, device=device, backend=backend)
 
 
 def spec_loader(data: bytes, device: str, spec: Any) -> GeneratorLike:
@@ -74,12 +75,19 @@ class GeneratorCache:
     """An LRU of loaded generators keyed by model version id; thread-safe."""
 
     def __init__(
-        self, store: ObjectStore, *, device: str, max_entries: int = 2, loader: Loader | None = None
+        self,
+        store: ObjectStore,
+        *,
+        device: str,
+        max_entries: int = 2,
+        loader: Loader | None = None,
+        backend: str = "eager",
     ) -> None:
         self.store = store
         self.device = device
         self.max_entries = max_entries
-        self.loader = loader or default_loader
+        self.backend = backend  # the inference backend of generators loaded without a spec
+        self.loader = loader or functools.partial(default_loader, backend=backend)
         self._entries: OrderedDict[tuple[int, Any], GeneratorLike] = OrderedDict()
         self._lock = threading.Lock()
 

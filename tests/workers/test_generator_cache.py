@@ -57,3 +57,19 @@ def test_a_checkpoint_whose_bytes_changed_after_registration_is_refused(memory_s
     with pytest.raises(CheckpointMismatchError, match="registry says"):
         cache.get(version)
     assert loads == []
+
+
+def test_the_worker_backend_and_a_files_spec_each_get_their_own_generator(memory_store: ObjectStore) -> None:
+    # Given a tiny checkpoint and a cache configured for the onnxruntime backend (CATALOGAN_INFERENCE_BACKEND)
+    from models.inference import InferenceSpec, random_generator_checkpoint
+
+    checkpoint = random_generator_checkpoint("tiny")
+    memory_store.put("models/t/1/generator.pt", checkpoint)
+    version = _Version(1, "models/t/1/generator.pt", hashlib.sha256(checkpoint).hexdigest())
+    cache = GeneratorCache(memory_store, device="cpu", backend="onnxruntime")
+    # When the worker's generator and one for an eager file's spec are asked for
+    worker = cache.get(version)
+    eager = cache.get(version, InferenceSpec("eager", "cpu", "fp32", 8))
+    # Then each computes as asked, and asking again returns the cached one
+    assert worker.spec.backend == "onnxruntime" and eager.spec.backend == "eager"  # type: ignore[attr-defined]
+    assert cache.get(version) is worker and cache.get(version, InferenceSpec()) is eager
