@@ -140,7 +140,8 @@ def retry_failed_images(session: Session, job_id: str, *, tenant_id: str) -> Ret
         .where(Chunk.id.in_(ids), Chunk.status == ChunkStatus.QUARANTINED)
         .values(
             status=ChunkStatus.PENDING,
-            attempt=0,
+            # Never attempt=0: a worker frozen with an old lease would pass the fence again. A new budget instead.
+            retry_base=Chunk.attempt,
             lease_expires_at=None,
             leased_by=None,
             enqueued_at=None,

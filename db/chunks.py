@@ -7,6 +7,7 @@ past its lease (and whose chunk another worker has since claimed) can no longer 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,13 @@ class Lease:
     stop_index: int
     attempt: int
     expires_at: dt.datetime
+    # The chunk's attempt when it was last retried: this round's attempts are `attempt - retry_base`.
+    retry_base: int = 0
+
+    @property
+    def round_attempts(self) -> int:
+        """Attempts used since the chunk was last retried (the budget `max_attempts` bounds)."""
+        return self.attempt - self.retry_base
 
 
 def _claimable(now: dt.datetime) -> object:
@@ -63,19 +71,25 @@ def claim_chunk(
     expires = now + dt.timedelta(seconds=lease_seconds)
     row = session.execute(
         update(Chunk)
-        .where(Chunk.id == chunk_id, Chunk.attempt < max_attempts, _claimable(now))  # type: ignore[arg-type]
-        .values(status=ChunkStatus.LEASED, attempt=Chunk.attempt + 1, lease_expires_at=expires, leased_by=worker)
-        .returning(Chunk.job_id, Chunk.item_id, Chunk.start_index, Chunk.stop_index, Chunk.attempt)
+        .where(Chunk.id == chunk_id, Chunk.attempt - Chunk.retry_base < max_attempts, _claimable(now))  # type: ignore[arg-type]
+        .values(
+            status=ChunkStatus.LEASED, attempt=Chunk.attempt + 1, lease_expires_at=expires, leased_by=worker
+        )
+        .returning(
+            Chunk.job_id, Chunk.item_id, Chunk.start_index, Chunk.stop_index, Chunk.attempt, Chunk.retry_base
+        )
         .execution_options(synchronize_session=False)
     ).one_or_none()
     if row is None:
         return None
-    job_id, item_id, start, stop, attempt = row
-    return Lease(chunk_id, job_id, item_id, start, stop, attempt, expires)
+    job_id, item_id, start, stop, attempt, retry_base = row
+    return Lease(chunk_id, job_id, item_id, start, stop, attempt, expires, retry_base)
 
 
 def _fenced(lease: Lease) -> object:
-    return and_(Chunk.id == lease.chunk_id, Chunk.attempt == lease.attempt, Chunk.status == ChunkStatus.LEASED)
+    return and_(
+        Chunk.id == lease.chunk_id, Chunk.attempt == lease.attempt, Chunk.status == ChunkStatus.LEASED
+    )
 
 
 def assert_lease(session: Session, lease: Lease) -> None:
@@ -109,11 +123,17 @@ def renew_lease(
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise StaleAttemptError(f"chunk {lease.chunk_id}: attempt {lease.attempt} lost its lease")
-    return Lease(lease.chunk_id, lease.job_id, lease.item_id, lease.start_index, lease.stop_index, lease.attempt, expires)
+    return dataclasses.replace(lease, expires_at=expires)
 
 
 def complete_chunk(
-    session: Session, lease: Lease, *, done: int, failed: int = 0, rejected: int = 0, now: dt.datetime | None = None
+    session: Session,
+    lease: Lease,
+    *,
+    done: int,
+    failed: int = 0,
+    rejected: int = 0,
+    now: dt.datetime | None = None,
 ) -> JobProgress:
     """Mark the chunk succeeded and add its counts to the job, in the caller's transaction.
 
@@ -134,7 +154,9 @@ def complete_chunk(
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise StaleAttemptError(f"chunk {lease.chunk_id}: attempt {lease.attempt} cannot complete, lease lost")
+        raise StaleAttemptError(
+            f"chunk {lease.chunk_id}: attempt {lease.attempt} cannot complete, lease lost"
+        )
     return bump_job_counters(session, lease.job_id, done=done, failed=failed, rejected=rejected)
 
 
@@ -154,13 +176,15 @@ def release_chunk(session: Session, lease: Lease, *, error: str | None = None) -
 
 def cancel_chunk(session: Session, chunk_id: int, *, attempt: int | None = None) -> bool:
     """Mark a not-yet-finished chunk cancelled (fenced by `attempt` when given); returns True if it changed."""
-    query = update(Chunk).where(Chunk.id == chunk_id, Chunk.status.in_([ChunkStatus.PENDING, ChunkStatus.LEASED]))
+    query = update(Chunk).where(
+        Chunk.id == chunk_id, Chunk.status.in_([ChunkStatus.PENDING, ChunkStatus.LEASED])
+    )
     if attempt is not None:
         query = query.where(Chunk.attempt == attempt)
     result = session.execute(
-        query.values(status=ChunkStatus.CANCELLED, lease_expires_at=None, finished_at=utcnow()).execution_options(
-            synchronize_session=False
-        )
+        query.values(
+            status=ChunkStatus.CANCELLED, lease_expires_at=None, finished_at=utcnow()
+        ).execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -171,7 +195,9 @@ def mark_quarantined(session: Session, chunk_id: int, *, error: str, attempt: in
     Only the status changes here; the caller (the worker or the reaper) writes the failed image rows and
     bumps the job counters in the same transaction. Returns True when this call made the change.
     """
-    query = update(Chunk).where(Chunk.id == chunk_id, Chunk.status.in_([ChunkStatus.PENDING, ChunkStatus.LEASED]))
+    query = update(Chunk).where(
+        Chunk.id == chunk_id, Chunk.status.in_([ChunkStatus.PENDING, ChunkStatus.LEASED])
+    )
     if attempt is not None:
         query = query.where(Chunk.attempt == attempt)
     result = session.execute(
@@ -182,7 +208,9 @@ def mark_quarantined(session: Session, chunk_id: int, *, error: str, attempt: in
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def find_expired_leases(session: Session, *, now: dt.datetime | None = None, limit: int = 1000) -> Sequence[Chunk]:
+def find_expired_leases(
+    session: Session, *, now: dt.datetime | None = None, limit: int = 1000
+) -> Sequence[Chunk]:
     """Chunks whose lease ran out: their worker died or hung. The reaper re-enqueues or quarantines them.
 
     On PostgreSQL the rows are locked for the caller's transaction, skipping rows another transaction holds:

@@ -210,6 +210,9 @@ class Chunk(Base):
     stop_index: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[ChunkStatus] = mapped_column(_enum(ChunkStatus), default=ChunkStatus.PENDING)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # `attempt` at the last retry: `attempt` itself only ever grows (it is the fencing token), and a retry gives
+    # the chunk a fresh budget of `max_attempts` claims counted from here.
+    retry_base: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     leased_by: Mapped[str | None] = mapped_column(String(255))
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)

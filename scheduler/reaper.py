@@ -73,6 +73,7 @@ def _lease_of(chunk: Chunk) -> Lease:
         chunk.stop_index,
         chunk.attempt,
         chunk.lease_expires_at,
+        chunk.retry_base,
     )
 
 
@@ -135,9 +136,10 @@ class Reaper:
         with transaction(self.session_factory) as session:
             for chunk in find_expired_leases(session, now=now, limit=self.settings.reaper_batch_limit):
                 error = f"lease expired (attempt {chunk.attempt}, worker {chunk.leased_by})"
-                if chunk.attempt >= self.settings.max_attempts:
+                if chunk.attempt - chunk.retry_base >= self.settings.max_attempts:
+                    attempts = chunk.attempt - chunk.retry_base
                     self._quarantine(
-                        session, chunk, f"{error}; gave up after {chunk.attempt} attempts", report, finished
+                        session, chunk, f"{error}; gave up after {attempts} attempts", report, finished
                     )
                 elif release_chunk(session, _lease_of(chunk), error=error):
                     by_queue[_queue_of(session, chunk.job_id)].append(chunk.id)
@@ -148,7 +150,10 @@ class Reaper:
         with transaction(self.session_factory) as session:
             chunks = session.scalars(
                 select(Chunk)
-                .where(Chunk.status == ChunkStatus.PENDING, Chunk.attempt >= self.settings.max_attempts)
+                .where(
+                    Chunk.status == ChunkStatus.PENDING,
+                    Chunk.attempt - Chunk.retry_base >= self.settings.max_attempts,
+                )
                 .limit(self.settings.reaper_batch_limit)
                 .with_for_update(skip_locked=True)  # as in find_expired_leases: never wait on a frozen writer
             ).all()

@@ -427,7 +427,7 @@ def _fail(ctx: ChunkContext, plan: ChunkPlan, lease: Lease, exc: BaseException) 
     """A failed attempt: quarantine at the last attempt, else release and rerun after a delay."""
     error = f"{type(exc).__name__}: {exc}"[:2000]
     extra = log_extra(lease)
-    if lease.attempt >= ctx.settings.max_attempts:
+    if lease.round_attempts >= ctx.settings.max_attempts:
         with transaction(ctx.session_factory) as session:
             progress = quarantine_chunk(session, lease.chunk_id, error=error, attempt=lease.attempt)
         logger.error("chunk quarantined after %d attempts: %s", lease.attempt, error, extra=extra)
