@@ -1,4 +1,4 @@
-"""Exporting a finished job to a local folder: its images, its manifests, one contact sheet per category.
+"""Exporting a job to a local folder: its images (chunk by chunk while it runs), manifests, contact sheets.
 
 Files keep the layout of their object keys below the job (`<category-or-sku>/<index:08d>.png`), and the
 bytes are the stored bytes, so two jobs with the same model version, seed and request export identical files.
@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image as PILImage
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.images import iter_job_images, manifest_keys
-from db.status import ImageStatus
+from db.images import manifest_keys
+from db.status import ChunkStatus, ImageStatus
 from db.storage import ObjectStore
-from db.tables import Job
+from db.tables import Chunk, Image, Job
 from workers.shards import SHARD_FORMAT, index_key, read_member
 
 CONTACT_SHEET_MAX_IMAGES = 64
@@ -69,34 +70,94 @@ def contact_sheet(images: list[bytes]) -> bytes:
     return buffer.getvalue()
 
 
+class JobExport:
+    """An export that follows a running job: the images of each finished chunk as soon as it finishes.
+
+    `export_finished(session)` copies the images of the chunks that finished since its last call (a chunk's
+    rows are committed with its completion, so a finished chunk is complete); `finish(session)` copies what
+    is left, the manifests, and the contact sheets — built from the first images of each category *in index
+    order*, read back from the exported files, so they do not depend on the order chunks finished in.
+    """
+
+    def __init__(self, store: ObjectStore, job: Job, folder: Path) -> None:
+        self.store = store
+        self.job_id, self.tenant_id, self.output_format = job.id, job.tenant_id, job.output_format
+        self.folder = folder
+        self.prefix = f"{job.tenant_id}/jobs/{job.id}/"
+        self.result = ExportResult(folder)
+        self._exported_chunks: set[int] = set()
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key.removeprefix(self.prefix)
+
+    def _export_chunks(self, session: Session, chunk_ids: list[int]) -> None:
+        for chunk_id in chunk_ids:
+            rows = session.execute(
+                select(Image.key)
+                .where(
+                    Image.chunk_id == chunk_id, Image.status == ImageStatus.SUCCEEDED, Image.key.is_not(None)
+                )
+                .order_by(Image.index)
+            ).scalars()
+            keys = [str(key) for key in rows]
+            if self.output_format == SHARD_FORMAT:  # one shard object holds the whole chunk
+                for key in sorted(set(keys)):
+                    _write(self._path(key), self.store.get(key))
+            else:
+                for key in keys:
+                    _write(self._path(key), self.store.get(key))
+            self.result.images += len(keys)
+            self._exported_chunks.add(chunk_id)
+
+    def export_finished(self, session: Session) -> int:
+        """Copy the images of chunks that finished since the last call; returns how many images it copied."""
+        before = self.result.images
+        finished = session.scalars(
+            select(Chunk.id).where(Chunk.job_id == self.job_id, Chunk.status == ChunkStatus.SUCCEEDED)
+        )
+        self._export_chunks(session, sorted(set(finished) - self._exported_chunks))
+        return self.result.images - before
+
+    def finish(self, session: Session) -> ExportResult:
+        """Copy every remaining image, the manifests (and tar index), and write the contact sheets."""
+        every = session.scalars(select(Chunk.id).where(Chunk.job_id == self.job_id))
+        self._export_chunks(session, sorted(set(every) - self._exported_chunks))
+        extra = [index_key(self.tenant_id, self.job_id)] if self.output_format == SHARD_FORMAT else []
+        for key in [*manifest_keys(self.tenant_id, self.job_id), *extra]:
+            if self.store.exists(key):
+                path = self._path(key)
+                _write(path, self.store.get(key))
+                self.result.manifests.append(path)
+        for category, images in sorted(self._sheet_images(session).items()):
+            path = self.folder / "contact-sheets" / f"{category}.png"
+            _write(path, contact_sheet(images))
+            self.result.contact_sheets.append(path)
+        return self.result
+
+    def _sheet_images(self, session: Session) -> dict[str, list[bytes]]:
+        """The first `CONTACT_SHEET_MAX_IMAGES` exported images of each category, in index order."""
+        sheets: dict[str, list[bytes]] = defaultdict(list)
+        categories = session.scalars(select(Image.category).where(Image.job_id == self.job_id).distinct())
+        for category in sorted(categories):
+            rows = session.execute(
+                select(Image.index, Image.key)
+                .where(
+                    Image.job_id == self.job_id,
+                    Image.category == category,
+                    Image.status == ImageStatus.SUCCEEDED,
+                    Image.key.is_not(None),
+                )
+                .order_by(Image.index)
+                .limit(CONTACT_SHEET_MAX_IMAGES)
+            ).all()
+            for index, key in rows:
+                data = self._path(str(key)).read_bytes()
+                sheets[category].append(
+                    read_member(data, int(index)) if self.output_format == SHARD_FORMAT else data
+                )
+        return sheets
+
+
 def export_job(session: Session, store: ObjectStore, job: Job, folder: Path) -> ExportResult:
     """Copy a job's succeeded images and manifests into `folder`; write `contact-sheets/<category>.png`."""
-    result = ExportResult(folder)
-    prefix = f"{job.tenant_id}/jobs/{job.id}/"
-    sheets: dict[str, list[bytes]] = defaultdict(list)
-    shard: tuple[str, bytes] | None = None  # tar jobs: many image rows share one shard object
-    for image in iter_job_images(session, job.id):
-        if image.status is not ImageStatus.SUCCEEDED or image.key is None:
-            continue
-        if job.output_format == SHARD_FORMAT:
-            if shard is None or shard[0] != image.key:
-                shard = (image.key, store.get(image.key))
-                _write(folder / image.key.removeprefix(prefix), shard[1])
-            data = read_member(shard[1], int(image.index))
-        else:
-            data = store.get(image.key)
-            _write(folder / image.key.removeprefix(prefix), data)
-        result.images += 1
-        if len(sheets[image.category]) < CONTACT_SHEET_MAX_IMAGES:
-            sheets[image.category].append(data)
-    extra = [index_key(job.tenant_id, job.id)] if job.output_format == SHARD_FORMAT else []
-    for key in [*manifest_keys(job.tenant_id, job.id), *extra]:
-        if store.exists(key):
-            path = folder / key.removeprefix(prefix)
-            _write(path, store.get(key))
-            result.manifests.append(path)
-    for category, images in sorted(sheets.items()):
-        path = folder / "contact-sheets" / f"{category}.png"
-        _write(path, contact_sheet(images))
-        result.contact_sheets.append(path)
-    return result
+    return JobExport(store, job, folder).finish(session)

@@ -40,7 +40,7 @@ from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageS
 from db.status import ChunkStatus, JobStatus
 from db.storage import ObjectStore, open_store
 from db.tables import Chunk, Job, ModelVersion, Tenant
-from workers.export import export_job
+from workers.export import JobExport
 
 LOCAL_TENANT_NAME = "local"
 LOCAL_TENANT_ID = uuid.uuid5(uuid.NAMESPACE_URL, "catalogan:tenant:local").hex
@@ -233,6 +233,7 @@ def _wait(
     job_id: str,
     request: GenerateRequest,
     children: list[subprocess.Popen[bytes]],
+    exporter: JobExport,
 ) -> Job:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -249,6 +250,7 @@ def _wait(
                 progress.update(task, completed=job.images_done + job.images_failed)
                 if job.status.is_terminal:
                     return job
+                exporter.export_finished(session)  # the export streams while the job runs
             for child in children:
                 if child.poll() is not None:
                     raise ConflictError(
@@ -312,17 +314,19 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
             model_version=model_version,
         )
     children = _start_children(data) if request.start_worker and not existing_is_done(existing) else []
+    with session_factory() as session:
+        exporter = JobExport(store, session.get_one(Job, job_id), request.out_dir)
     try:
         if existing is not None and not existing.status.is_terminal:
             _republish_pending(session_factory, job_id, existing.queue, publisher)
-        job = _wait(session_factory, job_id, request, children)
+        job = _wait(session_factory, job_id, request, children, exporter)
     finally:
         _stop_children(children)
     with session_factory() as session:
         found = session.get(Job, job_id)
         assert found is not None
         job = found
-        exported = export_job(session, store, job, request.out_dir)
+        exported = exporter.finish(session)
         skipped_items, skipped_images = count_skipped_items(session, job.id)
     return {
         "job_id": job.id,
