@@ -91,14 +91,16 @@ def checkpoints_of(store: Path, name: str) -> list[Path]:
     return sorted((store / "models" / "fashion-cgan" / name).glob("checkpoint-*.pt"))
 
 
-def score(path: Path, samples: int) -> dict[str, Any]:
+def score(path: Path, samples: int, data: str) -> dict[str, Any]:
     import torch
 
-    from models.evaluation import evaluate_generator
+    from models.evaluation import evaluate_generator, real_test_reference
     from models.inference import load_generator
 
     generator = load_generator(path.read_bytes(), device="cuda" if torch.cuda.is_available() else "cpu")
-    report = evaluate_generator(generator, samples, seed=0, cas_config=None)
+    root = Path(data.partition(":")[2]) if ":" in data else None
+    reference = real_test_reference(root) if root else None  # the test split next to the training data
+    report = evaluate_generator(generator, samples, seed=0, cas_config=None, reference=reference)
     keep = (
         "fid_fm",
         "kid",
@@ -180,7 +182,7 @@ def main() -> None:
             break
         step = int(path.stem.split("-")[1])
         try:
-            summary["variants"][name].setdefault("curve", {})[step] = score(path, args.samples)
+            summary["variants"][name].setdefault("curve", {})[step] = score(path, args.samples, args.data)
         except Exception as exc:  # keep the other variants' scores
             summary["variants"][name].setdefault("errors", []).append(f"{path.name}: {exc!r}")
         print(
