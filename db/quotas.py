@@ -11,7 +11,7 @@ import datetime as dt
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.errors import QuotaExceededError
+from db.errors import PlanningError, QuotaExceededError
 from db.status import JobStatus
 from db.tables import Job, Tenant, utcnow
 
@@ -23,7 +23,8 @@ ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING
 def check_job_quotas(
     session: Session, tenant: Tenant, *, images: int, now: dt.datetime | None = None
 ) -> None:
-    """Raise `QuotaExceededError` when a new job of `images` would break the tenant's quotas.
+    """Raise `QuotaExceededError` when a new job of `images` would break the tenant's quotas now, and
+    `PlanningError` (422, rule `images_per_day`) when it is larger than the whole daily quota.
 
     Images per day is a rolling 24 h window over submitted jobs (cancelled ones included: their images
     were reserved).
@@ -43,10 +44,18 @@ def check_job_quotas(
             Job.tenant_id == tenant.id, Job.created_at > since
         )
     ).one()
+    if images > tenant.images_per_day:
+        # Waiting can never make this job fit: a 422 naming the quota, not a 429 with a Retry-After.
+        raise PlanningError(
+            "items",
+            "images_per_day",
+            f"items: a job of {images} images is larger than the tenant's whole quota of "
+            f"{tenant.images_per_day} images per day",
+        )
     if int(used) + images > tenant.images_per_day:
-        if images > tenant.images_per_day or oldest is None:
+        if oldest is None:  # cannot happen with images <= quota; kept for a quota lowered meanwhile
             raise QuotaExceededError(
-                f"a job of {images} images exceeds the quota of {tenant.images_per_day} images per day",
+                f"images per day quota of {tenant.images_per_day} reached",
                 retry_after_seconds=QUOTA_WINDOW_SECONDS,
             )
         frees_at = oldest + dt.timedelta(seconds=QUOTA_WINDOW_SECONDS)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.errors import ConflictError, PlanningError, QuotaExceededError
+from db.errors import ConflictError, PlanningError
 from db.planning import JobSpec, PlannedJob, SubmitLimits, parse_job_spec, submit_job
 from db.status import ChunkStatus, JobStatus, ModelVersionStatus
 from db.tables import Chunk, Image, Job, JobItem, ModelVersion, Tenant
@@ -202,9 +202,10 @@ def test_operator_limits_and_quotas_refuse_before_anything_is_written(
     with pytest.raises(PlanningError) as caught:
         submit(SubmitLimits(max_images_per_item=3))
     assert (caught.value.field, caught.value.rule) == ("items[0].count", "max_images_per_item")
-    # When the tenant's quotas apply, then 8 images are over its 5 a day
-    with pytest.raises(QuotaExceededError, match="5 images per day"):
+    # When the tenant's quotas apply, then 8 images are over its whole 5 a day: a rule broken, not a wait
+    with pytest.raises(PlanningError, match="5 images per day") as over:
         submit(SubmitLimits(tenant_quotas=True))
+    assert (over.value.field, over.value.rule) == ("items", "images_per_day")
     # And nothing was written or published; without quotas (a trusted door) the same spec is planned
     with session_factory() as session:
         assert _count(session, Job) == 0 and _count(session, Chunk) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 from typing import Annotated
 
 import anyio
@@ -40,6 +41,7 @@ from scheduler.webhooks import check_target
 # Answered (to no one) for a submit dropped because its client went away (nginx's code for it).
 CLIENT_CLOSED_REQUEST = 499
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
@@ -218,7 +220,11 @@ def retry_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobPubli
         job = get_job(session, job_id, tenant_id=tenant.id)
         session.refresh(job)
         retried = job_public(job, session.get(ModelVersion, job.model_version_id))
-    services.publisher(plan.queue, plan.chunk_ids)
+    try:
+        services.publisher(plan.queue, plan.chunk_ids)
+    except Exception as exc:  # the broker is down: the retry is committed, the reaper publishes its chunks
+        log.warning("retry of job %s committed but not published (the reaper will): %s", job_id, exc)
+        return retried
     with transaction(services.session_factory) as session:
         mark_job_enqueued(session, job_id)
     return retried

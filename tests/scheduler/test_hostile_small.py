@@ -1,0 +1,82 @@
+"""Issue 12's smaller findings, each against the real API (uvicorn or TestClient) on PostgreSQL: a job larger
+than the whole daily quota is a 422 (waiting cannot help), and a retry whose broker is down is committed and
+answered, not a 500."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.chunk_outcomes import quarantine_chunk
+from db.engine import transaction
+from db.settings import BrokerSettings, DataSettings, StorageSettings
+from db.status import ChunkStatus
+from db.storage import MemoryStore
+from db.tables import Chunk
+from scheduler.api.app import build_services, create_app
+from scheduler.api.limits import MemoryRateLimiter
+from scheduler.settings import ApiSettings, WebhookSettings
+from tests.scheduler.conftest import Credentials
+from tests.services import free_port
+
+
+def test_a_job_larger_than_the_whole_daily_quota_is_a_422_naming_the_quota(
+    api: TestClient, make_tenant: Callable[..., Credentials]
+) -> None:
+    """Given a quota of 10 images a day and nothing used, when a job of 11 images is submitted, then 422 naming
+    items and the rule images_per_day, without a Retry-After (no wait makes it fit); a job of 10 is a 201."""
+    tenant = make_tenant(images_per_day=10)
+    response = api.post("/v1/jobs", json={"items": [{"category": "a", "count": 11}]}, headers=tenant.headers)
+    assert response.status_code == 422, response.text
+    error = response.json()["errors"][0]
+    assert (error["field"], error["rule"]) == ("items", "images_per_day") and "10" in error["message"]
+    assert "retry-after" not in response.headers
+    assert (
+        api.post(
+            "/v1/jobs", json={"items": [{"category": "a", "count": 10}]}, headers=tenant.headers
+        ).status_code
+        == 201
+    )
+
+
+def test_a_retry_while_the_broker_is_down_is_committed_and_answered(
+    pg_factory: sessionmaker[Session],
+    model_version: Any,
+    make_tenant: Callable[..., Credentials],
+    tmp_path: Path,
+) -> None:
+    """Given the API whose Redis broker does not answer (a loopback port where nothing listens) and a job whose
+    chunks were quarantined, when the tenant retries it, then 202 with the job queued again and its chunks
+    pending in SQL, for the reaper to publish once the broker is back (not a 500)."""
+    settings = ApiSettings()
+    services = build_services(
+        settings,
+        webhooks=WebhookSettings(),
+        broker=BrokerSettings(broker_url=f"redis://127.0.0.1:{free_port()}/0"),
+        data=DataSettings(data_dir=tmp_path / "data"),
+        storage=StorageSettings(storage_url="memory://"),
+        session_factory=pg_factory,
+        store=MemoryStore(),
+        rate_limiter=MemoryRateLimiter(),
+    )
+    tenant = make_tenant()
+    with TestClient(create_app(settings, services=services), raise_server_exceptions=False) as api:
+        created = api.post(
+            "/v1/jobs", json={"items": [{"category": "a", "count": 2}]}, headers=tenant.headers
+        )
+        assert created.status_code == 201, created.text
+        job_id = created.json()["id"]
+        with transaction(pg_factory) as session:
+            for chunk_id in session.scalars(select(Chunk.id).where(Chunk.job_id == job_id)).all():
+                quarantine_chunk(session, chunk_id, error="boom")
+        response = api.post(f"/v1/jobs/{job_id}/retry", headers=tenant.headers)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "queued"
+    with pg_factory() as session:
+        statuses = set(session.scalars(select(Chunk.status).where(Chunk.job_id == job_id)).all())
+    assert statuses == {ChunkStatus.PENDING}
