@@ -64,21 +64,25 @@ class LiveApi:
         self.thread.join(timeout=20)
 
 
-def serve_api(session_factory: Any, store: Any, redis_url: str, data_dir: Path) -> LiveApi:
-    """The real API (default settings) on `session_factory`, `store` and the Redis broker `redis_url`, started."""
+def serve_api(
+    session_factory: Any, store: Any, redis_url: str, data_dir: Path, settings: Any | None = None
+) -> LiveApi:
+    """The real API (default settings, or `settings`) on `session_factory`, `store` and the Redis broker
+    `redis_url`, started."""
     from db.settings import BrokerSettings, DataSettings, StorageSettings
     from scheduler.api.app import build_services, create_app
     from scheduler.settings import ApiSettings
 
+    settings = settings or ApiSettings()
     services = build_services(
-        ApiSettings(),
+        settings,
         broker=BrokerSettings(broker_url=redis_url),
         data=DataSettings(data_dir=data_dir),
         storage=StorageSettings(storage_url=store.url),
         session_factory=session_factory,
         store=store,
     )
-    return LiveApi(create_app(ApiSettings(), services=services)).start()
+    return LiveApi(create_app(settings, services=services)).start()
 
 
 def load_tenant_headers(session_factory: Any, name: str = "load") -> tuple[str, dict[str, str]]:
