@@ -41,15 +41,15 @@ def json_option(func: F) -> F:
 
     @click.option(
         "--format",
-        "output_format",
+        "listing_format",  # not `output_format`: commands such as `jobs submit` have an --output-format
         type=click.Choice(FORMATS),
         default=None,
         help="Output format [default: table on a terminal, tsv when piped].",
     )
     @click.option("--json", "as_json", is_flag=True, help="Print JSON (same as --format json).")
     @functools.wraps(func)
-    def wrapper(*args: Any, output_format: Format | None, as_json: bool, **kwargs: Any) -> Any:
-        chosen: Format = "json" if as_json else output_format or default_format()
+    def wrapper(*args: Any, listing_format: Format | None, as_json: bool, **kwargs: Any) -> Any:
+        chosen: Format = "json" if as_json else listing_format or default_format()
         click.get_current_context().find_root().meta[FORMAT_KEY] = chosen
         return func(*args, as_json=chosen == "json", **kwargs)
 

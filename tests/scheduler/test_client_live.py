@@ -113,7 +113,7 @@ LIGHT_SCRIPT = textwrap.dedent(
 
     with Client() as client:
         job = client.submit_job([{"category": "a", "count": 3}], seed=21)
-        job = client.wait(job, timeout_seconds=240, poll_seconds=0.3)
+        job = client.wait(job, timeout_seconds=480, poll_seconds=0.3)
         paths = client.download(job, sys.argv[1])
     missing = [name for name in sys.argv[2].split(",") if importlib.util.find_spec(name) is None]
     print(json.dumps({"status": job.status, "files": len(paths), "missing": missing, "job": job.id,
@@ -152,7 +152,7 @@ def test_the_light_sdk_runs_a_job_in_a_venv_without_torch(live_stack: LiveStack,
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout.splitlines()[-1])
@@ -165,3 +165,19 @@ def test_the_light_sdk_runs_a_job_in_a_venv_without_torch(live_stack: LiveStack,
     header, *rows = listed.stdout.splitlines()
     assert header.split("\t")[:2] == ["id", "status"]
     assert any(row.split("\t")[:2] == [report["job"], "succeeded"] for row in rows)
+
+
+def test_jobs_submit_names_bad_input_as_typed(live_stack: LiveStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given the live API, when `catalogan jobs submit` sends a zero count or an unknown model, then the one error
+    line names `--category a=0` (not `items.0.count`) or lists the registered models, exit 2, and no job exists."""
+    monkeypatch.setenv("CATALOGAN_API_URL", live_stack.url)
+    monkeypatch.setenv("CATALOGAN_API_KEY", live_stack.tenant.api_key)
+    runner = CliRunner()
+    zero = runner.invoke(cli, ["jobs", "submit", "--category", "c=2", "--category", "a=0"])
+    assert zero.exit_code == 2 and "--category a=0: count" in zero.output, zero.output
+    unknown = runner.invoke(cli, ["jobs", "submit", "--category", "a=2", "--model", "nope"])
+    assert unknown.exit_code == 2 and "registered: " in unknown.output and "@1" in unknown.output, (
+        unknown.output
+    )
+    with Client(live_stack.url, live_stack.tenant.api_key) as client:
+        assert client.list_jobs().jobs == []
