@@ -46,8 +46,8 @@ def usable_cores() -> int:
 def cpu_split(concurrency: int | None, cores: int) -> tuple[int, int]:
     """(processes, torch threads per process) for a CPU worker; `None` = one single-threaded process per core.
 
-    Measured on the 2-core box (docs/performance.md): two processes of one thread beat one process of two
-    threads, because encode + upload hold a GIL that a second process does not share.
+    Processes rather than threads by default: PNG encoding and the upload path's Python side hold one GIL
+    per process, which torch threads do not relieve (figures for 1 vs 2 processes in docs/performance.md).
     """
     processes = cores if concurrency is None else concurrency
     if processes < 1:
