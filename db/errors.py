@@ -7,7 +7,8 @@
         ├── InvalidTransitionError a status change the transitions map does not allow
         ├── StaleAttemptError      a write from an attempt that no longer holds the lease
         ├── ConflictError          a uniqueness rule was broken (idempotency key, name@version)
-        │   └── IdempotencyMismatchError an idempotency key reused with a different request
+        │   ├── IdempotencyMismatchError an idempotency key reused with a different request
+        │   └── PromotionRefusedError a promotion below the metric gates without force (db/promotion.py)
         ├── AuthenticationError    an API key is missing, unknown, malformed or revoked
         ├── PlanningError          a job spec broke a rule (`field` and `rule` name them; also a ValueError)
         ├── LimitExceededError     a limit was hit (carries `retry_after_seconds`)
@@ -62,6 +63,10 @@ class IdempotencyMismatchError(ConflictError):
     def __init__(self, key: str) -> None:
         super().__init__(f"Idempotency-Key {key!r} was already used with a different request body")
         self.key = key
+
+
+class PromotionRefusedError(ConflictError):
+    """Raised when a model version is promoted below the configured metric gates without `force`."""
 
 
 class PlanningError(DbError, ValueError):

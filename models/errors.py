@@ -5,18 +5,19 @@
         ├── UnknownPresetError        a preset name that `PRESETS` does not hold (also a ValueError)
         ├── CheckpointError           checkpoint bytes that cannot be read or are of another format version
         ├── TrainingError             a training run that cannot start or continue (e.g. nothing to resume)
-        ├── PromotionRefusedError     a promotion below the metric gates without --force (a ConflictError)
         ├── DataError                 training data unreadable or inconsistent (models/data/; a ValueError)
         └── MetricsError              the evaluator or a metric cannot produce a number
             ├── EvaluatorWeightsError the evaluator weights are missing or their sha256 does not match
             └── InsufficientSamplesError a metric got too few samples (or mismatched shapes; a ValueError)
 
-Registry look-ups raise `db.errors.NotFoundError`.
+Registry look-ups raise `db.errors.NotFoundError`; a promotion below the metric gates raises
+`db.errors.PromotionRefusedError` (a ConflictError; the gates live in `db/promotion.py`), re-exported here.
 """
 
 from __future__ import annotations
 
-from db.errors import CataloganError, ConflictError
+from db.errors import CataloganError
+from db.errors import PromotionRefusedError as PromotionRefusedError
 
 
 class ModelError(CataloganError):
@@ -33,10 +34,6 @@ class CheckpointError(ModelError):
 
 class TrainingError(ModelError):
     """Raised when a training run cannot start or continue (bad arguments, nothing to resume from)."""
-
-
-class PromotionRefusedError(ModelError, ConflictError):
-    """Raised when a model version is promoted below the configured metric gates without `force`."""
 
 
 class DataError(ModelError, ValueError):

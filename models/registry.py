@@ -1,17 +1,16 @@
 """The model registry: record finished runs as candidates, resolve references, promote behind metric gates.
 
-No torch here (so `catalogan models list` starts fast). Gates are read from `CATALOGAN_GATE_*` settings:
-a promotion below any gate, or without the gate's metric, is refused unless forced.
+No torch here (so `catalogan models list` starts fast). The gates (`CATALOGAN_GATE_*` settings) and
+`promote_version` live in `db/promotion.py`, so the console's promote button applies them without importing
+`models`; they are re-exported here for `catalogan models promote` and training. A promotion below any gate,
+or without the gate's metric, is refused unless forced.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
@@ -23,108 +22,13 @@ from db.model_versions import (
     set_metrics,
     transition_model_version,
 )
-from db.settings import BaseSettings  # pydantic-settings whose errors name the CATALOGAN_* variable
+from db.promotion import GateCheck as GateCheck
+from db.promotion import PromotionGates as PromotionGates
+from db.promotion import promote_version as promote_version
 from db.status import ModelVersionStatus
 from db.tables import ModelVersion
-from models.errors import PromotionRefusedError
 
 REGISTER_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class GateCheck:
-    """One promotion gate applied to a version's metrics."""
-
-    gate: str  # the setting's name without its prefix, e.g. "min_cas"
-    bound: str  # e.g. "≥ 0.75"
-    value: str  # the measured value as shown, or "not measured"
-    passed: bool
-    reason: str | None = None  # why it failed, in words
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly dict."""
-        return asdict(self)
-
-
-class PromotionGates(BaseSettings):
-    """Metric gates for `catalogan models promote` (`CATALOGAN_GATE_MIN_CONDITIONAL_ACCURACY`, …).
-
-    The per-category gates read `per_class_accuracy` (the generated images' conditional accuracy per
-    category) and, for the ratio, `real_per_class_accuracy` (the evaluator's accuracy on real images of the
-    category) — both recorded by `catalogan evaluate NAME@V --record` and `catalogan train --evaluate`.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="CATALOGAN_GATE_", extra="ignore", frozen=True)
-
-    min_conditional_accuracy: float | None = Field(
-        default=0.90, description="evaluator label = requested category"
-    )
-    min_cas: float | None = Field(default=0.75, description="classifier trained on generated, tested on real")
-    max_fid_fm: float | None = Field(
-        default=None, description="Fréchet distance in the evaluator's feature space"
-    )
-    min_category_accuracy: float | None = Field(
-        default=None, description="floor for every category's conditional accuracy"
-    )
-    min_category_accuracy_ratio: float | None = Field(
-        default=None,
-        description="floor for every category's conditional accuracy, as a fraction of the evaluator's "
-        "accuracy on real images of that category",
-    )
-
-    def checks(self, metrics: Mapping[str, Any]) -> list[GateCheck]:
-        """Every configured gate (unset ones are skipped) against `metrics`."""
-        result: list[GateCheck] = []
-        for metric, bound, higher_is_better in (
-            ("conditional_accuracy", self.min_conditional_accuracy, True),
-            ("cas", self.min_cas, True),
-            ("fid_fm", self.max_fid_fm, False),
-        ):
-            if bound is None:
-                continue
-            gate = f"{'min' if higher_is_better else 'max'}_{metric}"
-            shown = f"{'≥' if higher_is_better else '≤'} {bound}"
-            value = metrics.get(metric)
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                result.append(
-                    GateCheck(gate, shown, "not measured", False, f"{metric} not measured (gate {shown})")
-                )
-                continue
-            passed = float(value) >= bound if higher_is_better else float(value) <= bound
-            reason = (
-                None
-                if passed
-                else f"{metric} = {float(value):.4g} {'<' if higher_is_better else '>'} gate {bound}"
-            )
-            result.append(GateCheck(gate, shown, f"{float(value):.4g}", passed, reason))
-        if self.min_category_accuracy is not None:
-            result.append(self._category_check(metrics, self.min_category_accuracy, ratio=False))
-        if self.min_category_accuracy_ratio is not None:
-            result.append(self._category_check(metrics, self.min_category_accuracy_ratio, ratio=True))
-        return result
-
-    @staticmethod
-    def _category_check(metrics: Mapping[str, Any], bound: float, *, ratio: bool) -> GateCheck:
-        gate = "min_category_accuracy_ratio" if ratio else "min_category_accuracy"
-        shown = f"≥ {bound} × real, every category" if ratio else f"≥ {bound}, every category"
-        accuracy = metrics.get("per_class_accuracy")
-        real = metrics.get("real_per_class_accuracy") if ratio else None
-        if not isinstance(accuracy, Mapping) or not accuracy or (ratio and not isinstance(real, Mapping)):
-            needed = "per_class_accuracy" + (" and real_per_class_accuracy" if ratio else "")
-            return GateCheck(gate, shown, "not measured", False, f"{needed} not measured (gate {shown})")
-        below = []
-        for category, value in accuracy.items():
-            floor = bound * float(real.get(category, 0.0)) if isinstance(real, Mapping) else bound
-            if float(value) < floor:
-                below.append(f"{category} {float(value):.3f} < {floor:.3f}")
-        worst = min(accuracy, key=lambda category: float(accuracy[category]))
-        value_text = f"lowest: {worst} {float(accuracy[worst]):.3f}"
-        reason = f"per-category accuracy below the floor: {', '.join(below)}" if below else None
-        return GateCheck(gate, shown, value_text, not below, reason)
-
-    def failures(self, metrics: Mapping[str, Any]) -> list[str]:
-        """Why `metrics` do not pass the gates (empty when they do)."""
-        return [check.reason or check.gate for check in self.checks(metrics) if not check.passed]
 
 
 def register_version(
@@ -204,25 +108,6 @@ def get_version(session_factory: sessionmaker[Session], ref: str) -> ModelVersio
     """The version `ref` names (`name` = production, `name@version` = exact); `NotFoundError` otherwise."""
     with transaction(session_factory) as session:
         return resolve_model_version(session, ref)
-
-
-def promote_version(
-    session_factory: sessionmaker[Session],
-    ref: str,
-    *,
-    gates: PromotionGates | None = None,
-    force: bool = False,
-) -> ModelVersion:
-    """Make `name@version` the production version of its name; refuse below the gates unless `force`."""
-    gates = gates or PromotionGates()
-    with transaction(session_factory) as session:
-        row = resolve_model_version(session, ref)
-        reasons = gates.failures(row.metrics or {})
-        if reasons and not force:
-            raise PromotionRefusedError(
-                f"model {row.name}@{row.version} is below the promotion gates: {'; '.join(reasons)} (use --force)"
-            )
-        return transition_model_version(session, row, ModelVersionStatus.PRODUCTION)
 
 
 def retire_version(session_factory: sessionmaker[Session], ref: str) -> ModelVersion:

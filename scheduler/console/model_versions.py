@@ -7,8 +7,8 @@ elsewhere, or whose folder holds none of them, says so. The shipped `fashion-cga
 to `models/weights/fashion-cgan/generator.sha256`) shows the `samples.png` and `loss.png` shipped with it.
 
 Promote and retire are for operator keys only (`CATALOGAN_CONSOLE_OPERATOR_KEY_IDS`); tenant keys see the
-page without the buttons, and a POST from them is a 403. Promotion applies the registry's metric gates
-(`models.registry.promote_version`, which is torch-free and imported only when an operator promotes).
+page without the buttons, and a POST from them is a 403. Promotion applies the same metric gates as
+`catalogan models promote` (`db.promotion.promote_version`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from db.console_sessions import SignedIn
 from db.engine import transaction
 from db.errors import CataloganError, NotFoundError
 from db.model_versions import get_model_version, transition_model_version
+from db.promotion import promote_version
 from db.status import ModelVersionStatus
 from db.storage.base import ObjectStore
 from db.tables import ModelVersion
@@ -190,10 +191,8 @@ def _require_operator(console: Console, user: SignedIn) -> None:
 
 @router.post("/models/{name}/{version}/promote")
 def promote(name: NameParam, version: int, console: ConsoleDep, user: CsrfUserDep) -> Response:
-    """Make the version production (operator keys only), through the registry's metric gates."""
+    """Make the version production (operator keys only), through the promotion metric gates."""
     _require_operator(console, user)
-    from models.registry import promote_version  # torch-free; the gates live with the registry
-
     try:
         promote_version(console.services.session_factory, f"{name}@{version}")
     except NotFoundError as exc:

@@ -643,6 +643,28 @@ def test_only_operator_keys_promote_or_retire(
     assert status() == "retired"
 
 
+def test_a_promotion_below_the_metric_gates_is_refused(
+    console: TestClient, tenant: Credentials, pg_factory: sessionmaker[Session]
+) -> None:
+    """Given an operator key and a candidate whose conditional accuracy is below the default gate (0.9), when
+    promote is posted, then it is a 403 naming the metric and the gate, and the version stays a candidate."""
+    insert_shipped_fashion_cgan(pg_factory)
+    with transaction(pg_factory) as session:
+        row = session.scalars(select(ModelVersion).where(ModelVersion.name == "fashion-cgan")).one()
+        row.metrics = {**row.metrics, "conditional_accuracy": 0.5}
+        key_id = session.scalars(select(ApiKey.id).where(ApiKey.tenant_id == tenant.tenant_id)).one()
+    console.app.state.console.settings = ConsoleSettings(operator_key_ids=[key_id])  # type: ignore[attr-defined]
+
+    answer = console.post(
+        "/console/models/fashion-cgan/1/promote", data={"csrf_token": console.headers["X-Test-Csrf"]}
+    )
+
+    assert answer.status_code == 403 and "conditional_accuracy = 0.5 &lt; gate 0.9" in answer.text
+    with pg_factory() as session:
+        status = session.scalars(select(ModelVersion.status).where(ModelVersion.name == "fashion-cgan")).one()
+    assert status is ModelVersionStatus.CANDIDATE
+
+
 def test_history_parsing_keeps_losses_and_fid_and_skips_bad_lines() -> None:
     """Given history lines with losses, FID_fm, a line without step and one that is not JSON, when parsed, then
     loss and FID series hold their points and the two bad lines are counted."""
