@@ -14,6 +14,7 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError as FastApiValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db.job_specs import JobSpec, SubmitLimits, parse_job_spec
 from scheduler.api.deps import Services
@@ -23,6 +24,7 @@ from scheduler.item_manifests import manifest_format, parse_item_manifest, read_
 from scheduler.settings import ApiSettings
 
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+MULTIPART_PARTS = frozenset({"file", "spec"})  # any other part is a 400, as the document says
 
 SUBMIT_BODY_OPENAPI: dict[str, Any] = {
     "requestBody": {
@@ -89,6 +91,12 @@ async def read_job_request(
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=2)
+        unknown = sorted(set(form.keys()) - MULTIPART_PARTS)
+        if unknown:
+            raise StarletteHTTPException(
+                400,
+                f"multipart parts {', '.join(map(repr, unknown))} are not read: send only 'file' and 'spec'",
+            )
         upload = form.get("file")
         spec_text = form.get("spec")
         if not isinstance(upload, UploadFile):

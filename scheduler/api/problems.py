@@ -47,6 +47,8 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 # What a client is told to wait when the database does not answer.
 DATABASE_RETRY_AFTER_SECONDS = 5
 PROBLEM_TYPE_BASE = "urn:catalogan:problem:"
+# FastAPI's detail when reading or decoding a JSON body failed before validation (it answers 400 with it).
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 log = logging.getLogger(__name__)
@@ -202,6 +204,20 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
+            # A JSON body FastAPI could not even decode (e.g. bytes that are not UTF-8): a 422 naming the body,
+            # like any other malformed JSON, not an undocumented 400.
+            errors = [
+                {"field": "body", "rule": "json_invalid", "message": "the body is not valid UTF-8 JSON"}
+            ]
+            return problem_response(
+                422,
+                "validation",
+                "The request broke a rule",
+                "body: the body is not valid UTF-8 JSON",
+                instance=request.url.path,
+                errors=errors,
+            )
         slug = {404: "not-found", 405: "method-not-allowed", 401: "unauthenticated"}.get(
             exc.status_code, "http"
         )

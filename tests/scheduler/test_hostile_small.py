@@ -80,3 +80,31 @@ def test_a_retry_while_the_broker_is_down_is_committed_and_answered(
     with pg_factory() as session:
         statuses = set(session.scalars(select(Chunk.status).where(Chunk.job_id == job_id)).all())
     assert statuses == {ChunkStatus.PENDING}
+
+
+def test_an_unknown_multipart_part_is_a_400_and_makes_no_job(
+    api: TestClient, tenant: Credentials, pg_factory: sessionmaker[Session]
+) -> None:
+    """Given a multipart submit with the manifest and an extra text part `colour` (not `file` or `spec`), when
+    sent, then 400 problem JSON naming the part, and no job exists."""
+    response = api.post(
+        "/v1/jobs",
+        files={"file": ("skus.csv", b"sku,category,count\nS1,a,1\n")},
+        data={"colour": "red"},
+        headers=tenant.headers,
+    )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "colour" in response.json()["detail"]
+    with pg_factory() as session:
+        assert session.scalars(select(Chunk.id)).first() is None
+
+
+def test_a_json_body_that_is_not_utf8_is_a_422_naming_the_body(api: TestClient, tenant: Credentials) -> None:
+    """Given bytes that are not UTF-8 sent as application/json (schemathesis found this shape), when posted to
+    /v1/previews and /v1/jobs:estimate, then each is a 422 problem naming `body`, not an undocumented 400."""
+    headers = {**tenant.headers, "content-type": "application/json"}
+    for path in ("/v1/previews", "/v1/jobs:estimate"):
+        response = api.post(path, content=b".V\xe9\x1fs\xff\xfe", headers=headers)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["errors"][0]["field"] == "body"
