@@ -47,7 +47,7 @@ def cpu_split(concurrency: int | None, cores: int) -> tuple[int, int]:
     """(processes, torch threads per process) for a CPU worker; `None` = one single-threaded process per core.
 
     Processes rather than threads by default: PNG encoding and the upload path's Python side hold one GIL
-    per process, which torch threads do not relieve (figures for 1 vs 2 processes in docs/performance.md).
+    per process, which torch threads do not relieve (1 vs 2 processes on 2 cores: docs/performance.md).
     """
     processes = cores if concurrency is None else concurrency
     if processes < 1:
