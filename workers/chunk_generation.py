@@ -385,6 +385,7 @@ def _run_batches(
     indices = range(lease.start_index, lease.stop_index)
     batch_size = ctx.settings.batch_size
     checkpoint_sha = plan.model_version.checkpoint_sha256 or generator.checkpoint_sha256
+    inference = inference_fields(generator)  # written into every file's provenance
     in_flight: list[Future[ImageRecord]] = []
     records: list[ImageRecord] = []
     checked = time.monotonic()  # the claim just read the cancel flag and took a fresh lease
@@ -398,7 +399,7 @@ def _run_batches(
             batch = indices[start : start + batch_size]
             pixels = _forward(generator, plan, batch)  # (B, H, W, C) uint8
             futures = [
-                ctx.pool.submit(_encode_and_upload, ctx, plan, image, checkpoint_sha)
+                ctx.pool.submit(_encode_and_upload, ctx, plan, image, checkpoint_sha, inference)
                 for image in _gated(ctx, plan, generator, batch, pixels)
             ]
             records += [future.result() for future in in_flight]
