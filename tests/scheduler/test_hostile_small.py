@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.chunk_outcomes import quarantine_chunk
 from db.engine import transaction
 from db.settings import BrokerSettings, DataSettings, StorageSettings
-from db.status import ChunkStatus
+from db.status import ChunkStatus, ModelVersionStatus
 from db.storage import MemoryStore
-from db.tables import Chunk
+from db.tables import Chunk, ModelVersion
 from scheduler.api.app import build_services, create_app
 from scheduler.api.limits import MemoryRateLimiter
 from scheduler.settings import ApiSettings, WebhookSettings
@@ -108,3 +108,25 @@ def test_a_json_body_that_is_not_utf8_is_a_422_naming_the_body(api: TestClient, 
         response = api.post(path, content=b".V\xe9\x1fs\xff\xfe", headers=headers)
         assert response.status_code == 422, (path, response.text)
         assert response.json()["errors"][0]["field"] == "body"
+
+
+def test_a_candidate_version_runs_only_when_named_with_its_version(
+    api: TestClient, tenant: Credentials, pg_factory: sessionmaker[Session]
+) -> None:
+    """Given tiny@1 in production and tiny@2 a candidate (trained, not promoted), when a job names `tiny@2`,
+    then it runs on version 2 (the documented choice: pinning a candidate lets a team try it before
+    promotion); `tiny` alone still means the production version 1."""
+    from tests.pipeline import make_model_version
+
+    candidate = make_model_version(pg_factory, version=2)
+    with transaction(pg_factory) as session:
+        session.get_one(ModelVersion, candidate.id).status = ModelVersionStatus.CANDIDATE
+    pinned = api.post(
+        "/v1/jobs", json={"model": "tiny@2", "items": [{"category": "a", "count": 1}]}, headers=tenant.headers
+    )
+    assert pinned.status_code == 201, pinned.text
+    assert pinned.json()["model"] == {"name": "tiny", "version": 2}
+    bare = api.post(
+        "/v1/jobs", json={"model": "tiny", "items": [{"category": "a", "count": 1}]}, headers=tenant.headers
+    )
+    assert bare.status_code == 201 and bare.json()["model"] == {"name": "tiny", "version": 1}
