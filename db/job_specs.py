@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from db.errors import InvalidKeyError, PlanningError
@@ -39,6 +40,15 @@ MAX_CATEGORY_CHARS = 64
 MAX_SKU_CHARS = 128
 MAX_CLIENT_ITEM_ID_CHARS = 255
 MAX_JOB_ID_CHARS = 64
+# A job's `metadata`: the client's own string labels, returned with the job and filterable in `GET /v1/jobs`.
+MAX_METADATA_KEYS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+METADATA_KEY_PATTERN = r"^[a-z0-9_.-]+$"
+# One `key=value` metadata filter (the list's query parameter; an ECMA-compatible regex for the OpenAPI document).
+METADATA_FILTER_PATTERN = (
+    rf"^[a-z0-9_.-]{{1,{MAX_METADATA_KEY_CHARS}}}=[^\x00]{{0,{MAX_METADATA_VALUE_CHARS}}}$"
+)
 
 # Creative control (docs/controlling.md): truncation ψ, variations of an image, interpolation between two.
 MIN_TRUNCATION = 0.3
@@ -60,6 +70,45 @@ DEFAULT_SHARD_IMAGES = 1000
 
 QueueName = Literal["interactive", "bulk", "backfill"]  # db.messaging.QUEUE_NAMES (checked there)
 OutputFormat = Literal["png", "webp", "tar"]
+
+
+def check_metadata(value: dict[str, str]) -> dict[str, str]:
+    """Refuse (never rewrite) metadata breaking a bound; the message names the key and the rule."""
+    if len(value) > MAX_METADATA_KEYS:
+        raise ValueError(f"at most {MAX_METADATA_KEYS} keys")
+    for key, text in value.items():
+        if not 1 <= len(key) <= MAX_METADATA_KEY_CHARS or not re.fullmatch(METADATA_KEY_PATTERN, key):
+            raise ValueError(f"key {key[:80]!r}: 1 to {MAX_METADATA_KEY_CHARS} characters of [a-z0-9_.-]")
+        if len(text) > MAX_METADATA_VALUE_CHARS or "\x00" in text:
+            raise ValueError(f"value of {key!r}: at most {MAX_METADATA_VALUE_CHARS} characters, no NUL")
+    return value
+
+
+def parse_metadata_pairs(pairs: Sequence[str], field: str = "metadata") -> dict[str, str]:
+    """`["key=value", ...]` (a list filter, a CLI option) as metadata; `PlanningError` naming `field` and the rule."""
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise PlanningError(field, "key_value", f"{field}: {pair[:80]!r} is not key=value")
+        values[key] = text
+    try:
+        return check_metadata(values)
+    except ValueError as exc:
+        raise PlanningError(field, "metadata_bounds", f"{field}: {exc}") from exc
+
+
+# The one declaration of a job's metadata (JobSpec and the API's JobCreate both use it).
+JobMetadata = Annotated[
+    dict[str, str],
+    AfterValidator(check_metadata),
+    Field(
+        description=f"Your own labels: at most {MAX_METADATA_KEYS} keys of 1-{MAX_METADATA_KEY_CHARS} characters "
+        f"of [a-z0-9_.-], string values of at most {MAX_METADATA_VALUE_CHARS} characters. Returned with the "
+        "job and its webhooks; filter with `GET /v1/jobs?metadata=key=value`.",
+        examples=[{"batch": "spring-2027", "owner": "etl.nightly"}],
+    ),
+]
 
 
 class ItemSpec(BaseModel):
@@ -151,6 +200,7 @@ class JobSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     quality_gate: QualityGateSpec | None = None
     truncation: float | None = Field(default=None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False)
+    metadata: JobMetadata = Field(default_factory=dict)
 
     @field_validator("options")
     @classmethod
@@ -303,6 +353,8 @@ def request_sha256(spec: JobSpec) -> str:
     for name in ("variation", "interpolation"):
         if data[name] is None:
             del data[name]
+    if not data["metadata"]:
+        del data["metadata"]
     if data["truncation"] is None or (data["truncation"] == 1.0 and spec.variation is None):
         del data["truncation"]
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))

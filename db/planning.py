@@ -229,6 +229,7 @@ def plan_job(
             chunk_size=chunk_size,
             queue=spec.queue,
             options=job_options(spec, control),
+            job_metadata=spec.metadata,
             images_total=images_total,
             chunks_total=chunks_total,
             webhook_url=spec.webhook_url,

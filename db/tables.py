@@ -50,7 +50,13 @@ def utcnow() -> dt.datetime:
 
 def _enum(cls: type[enum.Enum]) -> Enum:
     # Stored as plain strings (no native PG enum): adding a status is a code change, not a migration.
-    return Enum(cls, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e], validate_strings=True)
+    return Enum(
+        cls,
+        native_enum=False,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -130,7 +136,9 @@ class ModelVersion(Base):
     checkpoint_sha256: Mapped[str] = mapped_column(String(64), default="")
     data_fingerprint: Mapped[str] = mapped_column(String(128), default="")
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[ModelVersionStatus] = mapped_column(_enum(ModelVersionStatus), default=ModelVersionStatus.CANDIDATE)
+    status: Mapped[ModelVersionStatus] = mapped_column(
+        _enum(ModelVersionStatus), default=ModelVersionStatus.CANDIDATE
+    )
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     promoted_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
@@ -153,6 +161,8 @@ class Job(Base):
     chunk_size: Mapped[int] = mapped_column(Integer)
     queue: Mapped[str] = mapped_column(String(16), default="bulk")
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The client's labels (db.job_specs.JobMetadata); the column is "metadata" (a reserved attribute name here).
+    job_metadata: Mapped[dict[str, str]] = mapped_column("metadata", JSON, default=dict)
     images_total: Mapped[int] = mapped_column(BigInteger, default=0)
     images_done: Mapped[int] = mapped_column(BigInteger, default=0)
     images_failed: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -229,7 +239,9 @@ class Image(Base):
     __tablename__ = "images"
     __table_args__ = (UniqueConstraint("job_id", "index", name="uq_images_job_id_index"),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     chunk_id: Mapped[int] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"), index=True)
     index: Mapped[int] = mapped_column(BigInteger)
@@ -286,7 +298,9 @@ class ImageReview(Base):
     __tablename__ = "image_reviews"
     __table_args__ = (UniqueConstraint("job_id", "index", name="uq_image_reviews_job_id_index"),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     index: Mapped[int] = mapped_column(BigInteger)
     decision: Mapped[ReviewDecision] = mapped_column(_enum(ReviewDecision))

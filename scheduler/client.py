@@ -97,6 +97,7 @@ class Job:
     replayed: bool = False
     items_skipped_existing: int = 0  # items an earlier job already delivered (client_item_id)
     images_skipped_existing: int = 0
+    metadata: Mapping[str, str] = field(default_factory=dict)  # the labels given at submit
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -132,6 +133,7 @@ class Job:
             started_at=_time(body.get("started_at")),
             finished_at=_time(body.get("finished_at")),
             replayed=replayed,
+            metadata=dict(body.get("metadata") or {}),
             raw=dict(body),
         )
 
@@ -327,12 +329,14 @@ class Client:
         output_format: str | None = None,
         quality_gate: Mapping[str, Any] | None = None,
         truncation: float | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Job:
         """Submit a job from inline `items`, an uploaded `manifest` file (CSV, JSONL, Parquet) or an `s3://` URI.
 
         `output_format`: png (default), webp or tar (WebDataset shards); `quality_gate`:
         `{"min_confidence": 0.6, "max_redraws": 3}`; `truncation`: ψ in 0.3..1.0 (1.0, the default, is off;
-        lower gives more typical, less varied images). Items may carry `client_item_id`: with a `seed`, items
+        lower gives more typical, less varied images); `metadata`: your own labels (at most 16 keys of
+        [a-z0-9_.-], string values), returned with the job and filterable in `list_jobs`. Items may carry `client_item_id`: with a `seed`, items
         already delivered with the same settings are skipped (`Job.items_skipped_existing` says how many).
 
         Sends `Idempotency-Key` (a fresh one unless given): retrying the same call returns the same job,
@@ -350,6 +354,7 @@ class Client:
                 "output_format": output_format,
                 "quality_gate": dict(quality_gate) if quality_gate is not None else None,
                 "truncation": truncation,
+                "metadata": dict(metadata) if metadata is not None else None,
             }.items()
             if value is not None
         }
@@ -424,21 +429,32 @@ class Client:
         """The job's current status and counts."""
         return Job.from_json(self._request("GET", f"/v1/jobs/{_job_id(job)}").json())
 
-    def list_jobs(self, *, status: str | None = None, limit: int = 50, cursor: str | None = None) -> JobPage:
-        """One page of the tenant's jobs, newest first."""
+    def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> JobPage:
+        """One page of the tenant's jobs, newest first; `metadata`: only jobs carrying all these labels."""
         params: dict[str, Any] = {"limit": limit}
         if status:
             params["status"] = status
+        if metadata:
+            params["metadata"] = [f"{key}={value}" for key, value in metadata.items()]
         if cursor:
             params["cursor"] = cursor
         body = self._request("GET", "/v1/jobs", params=params).json()
         return JobPage([Job.from_json(item) for item in body["data"]], body.get("next_cursor"))
 
-    def iter_jobs(self, *, status: str | None = None, page_size: int = 100) -> Iterator[Job]:
-        """Every job of the tenant, newest first, fetching pages as needed."""
+    def iter_jobs(
+        self, *, status: str | None = None, page_size: int = 100, metadata: Mapping[str, str] | None = None
+    ) -> Iterator[Job]:
+        """Every job of the tenant (carrying all `metadata` labels when given), newest first, paged as needed."""
         cursor: str | None = None
         while True:
-            page = self.list_jobs(status=status, limit=page_size, cursor=cursor)
+            page = self.list_jobs(status=status, limit=page_size, cursor=cursor, metadata=metadata)
             yield from page.jobs
             if not page.next_cursor:
                 return

@@ -126,6 +126,7 @@ def job_event_data(job: Job) -> dict[str, Any]:
         "images_failed": job.images_failed,
         "images_rejected": job.images_rejected,
         "manifest_key": job.manifest_key,
+        "metadata": dict(job.job_metadata or {}),
         "error": job.error,
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,

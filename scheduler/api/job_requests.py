@@ -173,6 +173,7 @@ def job_spec(request: JobCreate, items: list[ItemCreate]) -> JobSpec:
         "truncation": request.truncation,
         "variation": request.variation.model_dump() if request.variation else None,
         "interpolation": request.interpolation.model_dump() if request.interpolation else None,
+        "metadata": request.metadata,
     }
     return parse_job_spec({key: value for key, value in values.items() if value is not None})
 

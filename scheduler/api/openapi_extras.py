@@ -53,6 +53,7 @@ class JobEventData(BaseModel):
     images_failed: int
     images_rejected: int
     manifest_key: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict, description="The job's labels given at submit.")
     error: str | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None

@@ -40,6 +40,7 @@ from db.job_specs import (
     MAX_VARIATIONS,
     MIN_CHUNK_SIZE,
     MIN_TRUNCATION,
+    JobMetadata,
     QualityGateSpec,
 )
 from db.status import ImageStatus, JobStatus, ModelVersionStatus
@@ -232,6 +233,7 @@ class JobCreate(_Strict):
     interpolation: InterpolationCreate | None = Field(
         default=None, description="Frames between two delivered images of yours (instead of items)."
     )
+    metadata: JobMetadata | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> JobCreate:
@@ -289,6 +291,7 @@ JOB_EXAMPLE: dict[str, Any] = {
     "eta_seconds": 41.5,
     "cancel_requested": False,
     "webhook_url": "https://etl.example.com/hooks/catalogan",
+    "metadata": {"batch": "spring-2027"},
     "error": None,
     "created_at": "2026-11-27T07:00:00Z",
     "started_at": "2026-11-27T07:00:02Z",
@@ -314,6 +317,7 @@ class JobPublic(BaseModel):
     )
     cancel_requested: bool
     webhook_url: str | None
+    metadata: dict[str, str] = Field(description="The labels given at submit ({} when none).")
     error: str | None
     created_at: dt.datetime
     started_at: dt.datetime | None

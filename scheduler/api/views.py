@@ -51,6 +51,7 @@ def job_public(
         eta_seconds=eta_seconds(job, now),
         cancel_requested=job.cancel_requested,
         webhook_url=job.webhook_url,
+        metadata=job.job_metadata or {},
         error=job.error,
         created_at=job.created_at,
         started_at=job.started_at,

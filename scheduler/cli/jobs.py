@@ -12,7 +12,7 @@ import io
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,22 @@ def _job_json(job: Job) -> dict[str, Any]:
     return dict(job.raw) if job.raw else {k: v for k, v in asdict(job).items() if k != "raw"}
 
 
+def metadata_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--metadata KEY=VALUE` (repeatable) as a dict; a pair without `=` is a usage error naming the option.
+    The bounds are the API's (its 422 names `metadata` and the rule)."""
+
+    def parse(_ctx: click.Context, _param: click.Parameter, pairs: tuple[str, ...]) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--metadata")
+            values[key] = value
+        return values
+
+    return click.option("--metadata", multiple=True, metavar="KEY=VALUE", callback=parse, help=help_text)
+
+
 @click.group("jobs")
 def jobs() -> None:
     """List, follow, cancel, retry and export jobs through the API.
@@ -130,6 +146,7 @@ def jobs() -> None:
     help="png (default), lossless webp, or tar (WebDataset shards).",
 )
 @click.option("--webhook-url", default=None, help="Where to POST job events (signed).")
+@metadata_option("Label the job (KEY of [a-z0-9_.-]); repeat for more, at most 16.")
 @click.option("--wait", is_flag=True, help="Follow the job until it finishes; exit 7 unless it succeeded.")
 @json_option
 @one_line_errors
@@ -139,6 +156,7 @@ def submit(
     seed: int | None,
     output_format: str | None,
     webhook_url: str | None,
+    metadata: dict[str, str],
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -147,13 +165,18 @@ def submit(
     Example:
 
     \b
-        catalogan jobs submit --category sneaker=16 --category dress=8 --seed 7 --wait
+        catalogan jobs submit --category sneaker=16 --category dress=8 --seed 7 --metadata batch=spring --wait
     """
     items = parse_categories(categories)
     with _client() as client:
         try:
             job = client.submit_job(
-                items, model=model, seed=seed, output_format=output_format, webhook_url=webhook_url
+                items,
+                model=model,
+                seed=seed,
+                output_format=output_format,
+                webhook_url=webhook_url,
+                metadata=metadata or None,
             )
         except ApiError as exc:
             if exc.status not in (404, 422):
@@ -182,18 +205,19 @@ def submit(
     help="Only jobs in this status.",
 )
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True, help="How many jobs.")
+@metadata_option("Only jobs labelled KEY=VALUE; repeat to require several.")
 @json_option
 @one_line_errors
-def list_jobs(status: str | None, limit: int, as_json: bool) -> None:
+def list_jobs(status: str | None, limit: int, metadata: dict[str, str], as_json: bool) -> None:
     """List the tenant's jobs, newest first.
 
     Example:
 
     \b
-        catalogan jobs ls --status failed --json
+        catalogan jobs ls --status failed --metadata batch=spring --json
     """
     with _client() as client:
-        page = client.list_jobs(status=status, limit=limit)
+        page = client.list_jobs(status=status, limit=limit, metadata=metadata or None)
     if as_json:
         print_json([_job_json(job) for job in page.jobs])
     else:
@@ -219,6 +243,8 @@ def show(job_id: str, as_json: bool) -> None:
         return
     for name, value in _row(job).items():
         click.echo(f"{name:>12}: {'-' if value is None else value}")
+    if job.metadata:
+        click.echo(f"{'metadata':>12}: " + " ".join(f"{k}={v}" for k, v in sorted(job.metadata.items())))
     if job.error:
         click.echo(f"{'error':>12}: {job.error}")
 

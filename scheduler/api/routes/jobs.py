@@ -10,11 +10,13 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import StringConstraints
 from sqlalchemy import and_, or_, select
 
 from db.chunk_outcomes import retry_failed_images
 from db.engine import transaction
 from db.incremental import count_skipped_items, count_skipped_items_of_jobs
+from db.job_specs import MAX_METADATA_KEYS, METADATA_FILTER_PATTERN, parse_metadata_pairs
 from db.jobs import get_job, request_cancel
 from db.latent_control import resolve_latent_control
 from db.planning import PlannedJob, mark_job_enqueued, resolve_job_model, submit_job
@@ -130,6 +132,14 @@ def list_jobs(
     tenant: TenantDep,
     settings: SettingsDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    metadata: Annotated[
+        list[Annotated[str, StringConstraints(pattern=METADATA_FILTER_PATTERN)]] | None,
+        Query(
+            max_length=MAX_METADATA_KEYS,
+            description="Only jobs whose metadata has key=value (repeat for several; all must match).",
+            examples=["batch=spring-2027"],
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[
         str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
@@ -143,6 +153,8 @@ def list_jobs(
     query = query.where(Job.tenant_id == tenant.id)
     if status is not None:
         query = query.where(Job.status == status)
+    for key, value in parse_metadata_pairs(metadata or []).items():
+        query = query.where(Job.job_metadata[key].as_string() == value)
     if cursor:
         created_text, last_id = decode_cursor(cursor, arity=2)
         try:
