@@ -488,6 +488,11 @@ class Client:
         """Ask the job to stop; finished images stay."""
         return Job.from_json(self._request("POST", f"/v1/jobs/{_job_id(job)}/cancel").json())
 
+    def delete_job(self, job: Job | str) -> None:
+        """Delete a finished job: its images, manifests and shards, then the job itself (an unfinished job is an
+        `ApiError` 409: cancel it first)."""
+        self._request("DELETE", f"/v1/jobs/{_job_id(job)}")
+
     def retry_job(self, job: Job | str) -> Job:
         """Run the job's failed images again (its quarantined chunks)."""
         return Job.from_json(self._request("POST", f"/v1/jobs/{_job_id(job)}/retry").json())

@@ -288,6 +288,23 @@ def cancel(job_id: str, as_json: bool) -> None:
         click.echo(f"job {job.id} {job.status}")
 
 
+@jobs.command("delete")
+@click.argument("job_id")
+@one_line_errors
+def delete(job_id: str) -> None:
+    """Delete a finished job: its images, manifests and shards, then the job (an unfinished one: exit 4, cancel
+    it first).
+
+    Example:
+
+    \b
+        catalogan jobs delete 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f
+    """
+    with _client() as client:
+        client.delete_job(job_id)
+    click.echo(f"job {job_id} deleted")
+
+
 @jobs.command("retry")
 @click.argument("job_id")
 @json_option

@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import StringConstraints
 from sqlalchemy import and_, or_, select
 
+from db import job_deletion
 from db.chunk_outcomes import retry_failed_images
 from db.engine import transaction
 from db.incremental import count_skipped_items, count_skipped_items_of_jobs
@@ -197,6 +198,22 @@ def show_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
         session.get(ModelVersion, job.model_version_id),
         skipped_existing=count_skipped_items(session, job.id),
     )
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=204,
+    summary="Delete a finished job",
+    responses={
+        **COMMON_ERRORS,
+        409: problem_doc("The job is not finished (queued, running or cancelling): cancel it first."),
+    },
+)
+def delete_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
+    """Remove a succeeded, failed or cancelled job: its images, manifests and shards in the store, then its
+    rows. Another tenant's job is a 404; an unfinished one a 409 (cancel it, then delete it)."""
+    job_deletion.delete_job(services.session_factory, services.store, job_id, tenant_id=tenant.id)
+    return Response(status_code=204)
 
 
 @router.post(
