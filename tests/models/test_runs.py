@@ -9,6 +9,8 @@ import re
 import shlex
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -24,6 +26,7 @@ from models.runs import (
     history_bytes,
     list_runs,
     new_run_record,
+    now_iso,
     parse_run_ref,
     resume_command,
     view_run,
@@ -252,3 +255,43 @@ def test_periodic_evaluation_is_refused_for_data_the_evaluator_does_not_know(tmp
     with pytest.raises(TrainingError, match=r"--eval-every needs --data fashion-mnist"):
         prepare_run(request, MemoryStore())
     assert prepare_run(_request(eval_every=0, data=str(tmp_path)), MemoryStore()).run == "r1"
+
+
+def test_train_show_follow_tails_a_running_run_from_another_process(tmp_path: object) -> None:
+    # Given a running run in a local store whose driver is this process, with one progress line so far
+    url = f"file://{tmp_path}/objects"
+    store = open_store(url)
+    record = {**new_run_record(_request(run="live", out_url=url).to_dict()), "step": 10}
+    write_run_record(store, record)
+    lines = [{"step": 10, "d_loss": 1.0, "g_loss": 0.5}]
+    store.put("models/tiny/live/history.jsonl", history_bytes(lines))
+    # When an operator follows it from another shell, while the run writes two more lines and finishes
+    follower = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "catalogan"),
+            "train",
+            "show",
+            "tiny/live",
+            "--follow",
+            "--out",
+            url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for step in (20, 30):
+            time.sleep(2.5)  # longer than the follower's 1 s poll, so each line is seen on its own
+            lines.append({"step": step, "d_loss": 0.9, "g_loss": 0.6})
+            store.put("models/tiny/live/history.jsonl", history_bytes(lines))
+            write_run_record(store, {**record, "step": step, "updated_at": now_iso()})
+        write_run_record(store, {**record, "step": 30, "status": "finished", "finished_at": now_iso()})
+        output, _ = follower.communicate(timeout=120)
+    finally:
+        follower.kill()
+    # Then it printed every update once, in order, and stopped by itself on the finished status
+    assert follower.returncode == 0, output
+    steps = [int(match) for match in re.findall(r"^step (\d+)/100", output, re.M)]
+    assert steps == [10, 20, 30], output
+    assert re.search(r"^status\s+finished", output, re.M), output
