@@ -279,17 +279,21 @@ def test_train_show_follow_tails_a_running_run_from_another_process(tmp_path: ob
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
+        assert follower.stdout is not None
+        first = follower.stdout.readline()  # the follower is up and has printed the first update
         for step in (20, 30):
             time.sleep(2.5)  # longer than the follower's 1 s poll, so each line is seen on its own
             lines.append({"step": step, "d_loss": 0.9, "g_loss": 0.6})
             store.put("models/tiny/live/history.jsonl", history_bytes(lines))
             write_run_record(store, {**record, "step": step, "updated_at": now_iso()})
         write_run_record(store, {**record, "step": 30, "status": "finished", "finished_at": now_iso()})
-        output, _ = follower.communicate(timeout=120)
+        rest, _ = follower.communicate(timeout=120)
     finally:
         follower.kill()
+    output = first + rest
     # Then it printed every update once, in order, and stopped by itself on the finished status
     assert follower.returncode == 0, output
     steps = [int(match) for match in re.findall(r"^step (\d+)/100", output, re.M)]
