@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session
 
 from db.console_sessions import SignedIn
 from db.engine import transaction
-from db.errors import NotFoundError, ObjectNotFoundError
-from db.job_specs import LATENT_CONTROL_OPTION
+from db.errors import NotFoundError, ObjectNotFoundError, PlanningError
+from db.job_specs import LATENT_CONTROL_OPTION, parse_metadata_pairs
 from db.jobs import get_job
 from db.reviews import (
     MAX_NOTE_CHARS,
@@ -90,6 +90,7 @@ def _job_summary(job: Job, model: ModelVersion | None) -> dict[str, Any]:
         "created_at": job.created_at,
         "finished_at": job.finished_at,
         "error": job.error,
+        "metadata": dict(job.job_metadata or {}),
     }
 
 
@@ -103,10 +104,15 @@ def jobs_page(
     user: UserDep,
     status: Annotated[JobStatus | Any_ | None, Query()] = None,
     model: Annotated[str | None, Query(max_length=200)] = None,
+    metadata: Annotated[str | None, Query(max_length=600)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
-    """The tenant's jobs, newest first, filtered by status and model, one page at a time."""
+    """The tenant's jobs, newest first, filtered by status, model and one metadata key=value, a page at a time."""
     status = status or None  # "" is the form's "any"
+    try:  # the API's rule for a metadata filter, checked before any query
+        labels = parse_metadata_pairs([metadata]) if metadata else {}
+    except PlanningError as exc:
+        raise RequestValidationError(exc.field, exc.rule, str(exc)) from exc
     limit = console.settings.jobs_page_size
     with console.services.session_factory() as session:
         query = (
@@ -116,6 +122,8 @@ def jobs_page(
         )
         if status is not None:
             query = query.where(Job.status == status)
+        for key, value in labels.items():
+            query = query.where(Job.job_metadata[key].as_string() == value)
         if model:
             name, _, version = model.partition("@")
             query = query.where(ModelVersion.name == name)
@@ -152,6 +160,7 @@ def jobs_page(
         models=[f"{name}@{version}" for name, version in models],
         status=status.value if status else "",
         model=model or "",
+        metadata=metadata or "",
         next_cursor=next_cursor,
     )
 

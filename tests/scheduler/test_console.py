@@ -844,3 +844,17 @@ def test_sign_in_returns_only_to_console_pages(api: TestClient, tenant: Credenti
             follow_redirects=False,
         )
         assert response.headers["location"] == landing and next_field.group(1) == landing
+
+
+def test_the_jobs_list_filters_by_metadata_and_shows_it(
+    console: TestClient, finished: FinishedJob, pg_factory: sessionmaker[Session]
+) -> None:
+    """Given a finished job labelled batch=spring, when the jobs list is filtered by metadata, then
+    batch=spring lists it with its label, batch=autumn hides it, and a filter that is not key=value is a 422."""
+    with transaction(pg_factory) as session:
+        session.get(Job, finished.job_id).job_metadata = {"batch": "spring"}
+    matching = console.get("/console/jobs?metadata=batch%3Dspring")
+    assert matching.status_code == 200 and finished.job_id[:12] in matching.text
+    assert "batch=spring" in matching.text.split('id="jobs"')[1]
+    assert finished.job_id[:12] not in console.get("/console/jobs?metadata=batch%3Dautumn").text
+    assert console.get("/console/jobs?metadata=no-equals-sign").status_code == 422
