@@ -23,6 +23,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -34,7 +35,6 @@ from db.messaging import INTERACTIVE_QUEUE, PREVIEW_TASK
 from db.storage.base import ObjectStore
 from db.tables import ModelVersion
 from scheduler.api.limits import ConcurrencyLimiter
-from scheduler.api.schemas import ModelVersionRef, PreviewImagePublic, PreviewPublic
 from scheduler.errors import PreviewTimeoutError, RequestValidationError
 
 POLL_INTERVAL_SECONDS = 0.1  # first poll; each next one waits 1.5x longer, up to the max
@@ -42,6 +42,26 @@ MAX_POLL_INTERVAL_SECONDS = 0.5
 # A preview slot frees itself this long after the request's timeout, should the API process die holding it.
 SLOT_GRACE_SECONDS = 10.0
 RESULT_NAME = "result.json"
+
+
+@dataclass(frozen=True)
+class PreviewImage:
+    """One preview image: its index, category, sha256 and PNG bytes base64-encoded."""
+
+    index: int
+    category: str
+    sha256: str
+    png_base64: str
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The images of one preview and what made them (the route turns it into its wire schema)."""
+
+    model_name: str
+    model_version: int
+    seed: int
+    images: list[PreviewImage]
 
 
 def class_index_of(model: ModelVersion, category: str) -> tuple[str, int]:
@@ -77,7 +97,7 @@ async def run_preview(
     slots: ConcurrencyLimiter,
     max_concurrent: int,
     client_gone: Callable[[], Awaitable[bool]] | None = None,
-) -> PreviewPublic:
+) -> Preview:
     """Send one preview task and wait for its result in the object store; raise `PreviewTimeoutError`.
 
     Bounded before any work: the tenant takes one of its `max_concurrent` preview slots (else 429) and the
@@ -130,7 +150,7 @@ async def _send_and_wait(
     timeout_seconds: float,
     threads: anyio.CapacityLimiter,
     client_gone: Callable[[], Awaitable[bool]] | None,
-) -> PreviewPublic:
+) -> Preview:
     key_prefix = f"{tenant_id}/previews/{preview_id}"
     request = {
         "preview_id": preview_id,
@@ -171,7 +191,7 @@ async def _send_and_wait(
             raise ServiceUnavailableError("preview result points outside its prefix")
     blobs = await anyio.to_thread.run_sync(lambda: [store.get(key) for _, key in entries], limiter=threads)
     images = [
-        PreviewImagePublic(
+        PreviewImage(
             index=index,
             category=name,
             sha256=hashlib.sha256(data).hexdigest(),
@@ -179,6 +199,4 @@ async def _send_and_wait(
         )
         for (index, _), data in zip(entries, blobs, strict=True)
     ]
-    return PreviewPublic(
-        model=ModelVersionRef(name=model.name, version=model.version), seed=seed, images=images
-    )
+    return Preview(model_name=model.name, model_version=model.version, seed=seed, images=images)

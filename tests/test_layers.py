@@ -127,6 +127,20 @@ def test_each_package_imports_only_the_layers_below_it() -> None:
     assert wrong == []
 
 
+def test_only_the_http_layer_imports_the_wire_schemas() -> None:
+    """Given every module of db, models, workers and scheduler, then only the HTTP front door (scheduler.api and
+    the console that renders its pages) imports `scheduler.api.schemas`: services take and return domain types."""
+    modules = _modules(*PACKAGES)
+    known = set(modules)
+    front_doors = ("scheduler.api", "scheduler.console")
+    offenders = sorted(
+        name
+        for name, path in modules.items()
+        if not name.startswith(front_doors) and "scheduler.api.schemas" in set(_imports(name, path, known))
+    )
+    assert offenders == [], f"service modules import wire schemas: {offenders}"
+
+
 def test_no_module_of_ours_is_part_of_an_import_circle() -> None:
     """Given the import graph of our four packages, then it has no circle (a lazy import inside a function
     counts: it is the same circle, only deferred)."""

@@ -18,9 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db.job_specs import JobSpec, SubmitLimits, parse_job_spec
 from scheduler.api.deps import Services
+from scheduler.api.item_manifests import manifest_format, parse_item_manifest, read_manifest_uri
 from scheduler.api.schemas import ItemCreate, JobCreate
 from scheduler.errors import RequestValidationError, UnsupportedMediaTypeError
-from scheduler.item_manifests import manifest_format, parse_item_manifest, read_manifest_uri
 from scheduler.settings import ApiSettings
 
 MAX_IDEMPOTENCY_KEY_CHARS = 255

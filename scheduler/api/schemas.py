@@ -81,7 +81,7 @@ ChunkSize = Annotated[int, Field(ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE), BeforeVa
 class _Strict(BaseModel):
     # What clients send: no unknown fields, and no coercion (`"seed": false` or `"count": "4"` would otherwise
     # pass as 0 and 4, against the integer the document promises). Manifest rows, text by nature, are
-    # validated with `strict=False` (scheduler/item_manifests.py).
+    # validated with `strict=False` (scheduler/api/item_manifests.py).
     model_config = ConfigDict(extra="forbid", strict=True)
 
 

@@ -205,8 +205,8 @@ def test_a_parquet_of_huge_dictionary_encoded_cells_is_refused_before_they_becom
 def test_a_parquet_is_refused_once_its_decoded_cells_pass_the_byte_cap() -> None:
     """Given 3,000 rows of 200-byte SKUs (600 KB of cell text) and a 100 KB cap on decoded bytes,
     when parsed, then 422 with rule max_decoded_bytes, raised at the first batch over the cap."""
+    from scheduler.api.item_manifests import parse_item_manifest
     from scheduler.errors import RequestValidationError
-    from scheduler.item_manifests import parse_item_manifest
 
     rows = 3_000
     table = pa.table({"category": ["a"] * rows, "sku": [f"{i:0200d}" for i in range(rows)]})

@@ -25,6 +25,7 @@ from db.status import JobStatus
 from db.tables import Job, ModelVersion
 from scheduler.api.cursors import decode_cursor, encode_cursor
 from scheduler.api.deps import Services, ServicesDep, SessionDep, SettingsDep, TenantDep
+from scheduler.api.item_manifests import parse_item_manifest, read_manifest_uri
 from scheduler.api.job_requests import (
     SUBMIT_BODY_OPENAPI,
     check_idempotency_key,
@@ -37,7 +38,6 @@ from scheduler.api.schemas import EstimatePublic, JobCreate, JobPage, JobPublic,
 from scheduler.api.views import job_public
 from scheduler.errors import RequestValidationError
 from scheduler.estimates import count_chunks, measured_throughput
-from scheduler.item_manifests import parse_item_manifest, read_manifest_uri
 from scheduler.submission import SubmitAbandonedError
 from scheduler.webhooks import check_target
 

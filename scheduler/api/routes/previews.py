@@ -9,7 +9,7 @@ from db.planning import resolve_job_model
 from db.tables import ModelVersion
 from scheduler.api.deps import ServicesDep, TenantDep
 from scheduler.api.problems import COMMON_ERRORS, problem_doc
-from scheduler.api.schemas import PreviewCreate, PreviewPublic
+from scheduler.api.schemas import ModelVersionRef, PreviewCreate, PreviewImagePublic, PreviewPublic
 from scheduler.previews import run_preview
 
 router = APIRouter(prefix="/v1", tags=["previews"])
@@ -43,7 +43,7 @@ async def create_preview(
 
     model = await anyio.to_thread.run_sync(resolve, limiter=threads)
     assert services.preview_slots is not None
-    return await run_preview(
+    preview = await run_preview(
         services.send_task,
         services.store,
         model,
@@ -56,4 +56,14 @@ async def create_preview(
         slots=services.preview_slots,
         max_concurrent=services.settings.preview_max_concurrent_per_tenant,
         client_gone=request.is_disconnected,
+    )
+    return PreviewPublic(
+        model=ModelVersionRef(name=preview.model_name, version=preview.model_version),
+        seed=preview.seed,
+        images=[
+            PreviewImagePublic(
+                index=image.index, category=image.category, sha256=image.sha256, png_base64=image.png_base64
+            )
+            for image in preview.images
+        ],
     )
