@@ -96,7 +96,10 @@ def _is_public(address: str) -> bool:
 
 def check_target(url: str, *, allow_private: bool, resolver: Resolver = resolve_host) -> None:
     """Raise `UnsafeWebhookTargetError` unless `url` is http(s) and (unless allowed) resolves to public addresses only."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unbalanced "[" in the host part ("Invalid IPv6 URL")
+        raise UnsafeWebhookTargetError(f"webhook_url {url!r}: not a URL ({exc})") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeWebhookTargetError(f"webhook_url {url!r}: must be an http:// or https:// URL with a host")
     if parts.username or parts.password:

@@ -134,7 +134,10 @@ def _boundary(what: str) -> Iterator[None]:
 
 def parse_s3_url(url: str) -> tuple[str, str]:
     """Split `s3://bucket/prefix` into (bucket, prefix); the prefix is "" or a valid key without a trailing /."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unbalanced "[" in the host part ("Invalid IPv6 URL")
+        raise StorageError(f"{url!r}: not a URL ({exc})") from exc
     if parts.scheme != "s3" or not parts.netloc:
         raise StorageError(f"{url!r}: expected s3://bucket or s3://bucket/prefix")
     if parts.query or parts.fragment:

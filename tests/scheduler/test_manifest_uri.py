@@ -244,3 +244,15 @@ def test_a_csv_cell_over_the_csv_limit_and_a_deeply_nested_jsonl_line_are_422s_n
             assert response.headers["content-type"].startswith("application/problem+json")
             error = response.json()["errors"][0]
             assert (error["field"], error["rule"]) == (field, rule), name
+
+
+@pytest.mark.parametrize("uri", ["s3://[/0.csv", "s3://a]/b.csv", "s3://[::1/x.csv"])
+def test_a_manifest_uri_that_is_not_a_url_is_a_422_not_a_500(uri: str) -> None:
+    """Given a manifest_uri whose host part urllib cannot split (schemathesis found "s3://[/0.csv" gave a 500),
+    when it is checked, then it is refused as a 422 on manifest_uri, before anything is read."""
+    from scheduler.api.item_manifests import check_manifest_uri
+    from scheduler.errors import RequestValidationError
+
+    with pytest.raises(RequestValidationError) as refused:
+        check_manifest_uri(uri, tenant_id="t1", store_url="s3://catalogan/objects")
+    assert refused.value.field == "manifest_uri" and "not a URL" in str(refused.value)

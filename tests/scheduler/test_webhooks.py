@@ -103,6 +103,14 @@ def test_loopback_private_and_link_local_targets_are_refused(url: str) -> None:
         check_target(url, allow_private=False)
 
 
+@pytest.mark.parametrize("url", ["http://[/hook", "https://hooks.example]/x"])
+def test_a_webhook_url_that_is_not_a_url_is_refused_not_a_crash(url: str) -> None:
+    """Given a webhook_url urllib cannot split (an unbalanced bracket in the host), when checked, then it is
+    refused as an unsafe target naming webhook_url (a 422 at submit), not a ValueError (a 500)."""
+    with pytest.raises(UnsafeWebhookTargetError, match=r"webhook_url .*not a URL"):
+        check_target(url, allow_private=False)
+
+
 def test_a_name_resolving_to_a_private_address_is_refused() -> None:
     """Given a public-looking name that resolves to 10.0.0.5 (DNS rebinding), when checked, then refused."""
     with pytest.raises(UnsafeWebhookTargetError, match=r"10\.0\.0\.5"):
