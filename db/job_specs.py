@@ -107,6 +107,20 @@ JobMetadata = Annotated[
         f"of [a-z0-9_.-], string values of at most {MAX_METADATA_VALUE_CHARS} characters. Returned with the "
         "job and its webhooks; filter with `GET /v1/jobs?metadata=key=value`.",
         examples=[{"batch": "spring-2027", "owner": "etl.nightly"}],
+        # The same rules in the document, so a client (and the schemathesis run) knows what is accepted.
+        json_schema_extra={
+            "maxProperties": MAX_METADATA_KEYS,
+            "propertyNames": {
+                "pattern": f"^[a-z0-9_.-]{{1,{MAX_METADATA_KEY_CHARS}}}$",
+                "minLength": 1,
+                "maxLength": MAX_METADATA_KEY_CHARS,
+            },
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": MAX_METADATA_VALUE_CHARS,
+                "pattern": "^[^\\x00]*$",
+            },
+        },
     ),
 ]
 
