@@ -102,6 +102,8 @@ class Tenant(Base):
     requests_per_minute: Mapped[int] = mapped_column(Integer, default=600)
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    # The highest-priority queue this tenant's jobs may ask for (interactive > bulk > backfill); operator-set.
+    highest_queue: Mapped[str] = mapped_column(String(16), default="bulk", server_default="bulk")
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
 
@@ -171,6 +173,12 @@ class Job(Base):
     chunks_finished: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    # The webhook events this job's client wants (None = every event).
+    webhook_events: Mapped[list[Any] | None] = mapped_column(JSON)
+    # Generations this job may spend, charged against the tenant's daily quota: images × (1 + max redraws).
+    quota_cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # When the reaper deletes the job's objects and rows (None = kept until deleted).
+    expires_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_sha256: Mapped[str | None] = mapped_column(String(64))
     manifest_key: Mapped[str | None] = mapped_column(String(1024))
