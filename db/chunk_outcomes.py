@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from db.chunks import cancel_chunk, mark_quarantined
 from db.errors import InvalidTransitionError
 from db.images import count_chunk_images, write_failed_images
-from db.jobs import JobProgress, bump_job_counters, get_job, transition_job
-from db.status import ChunkStatus, ImageStatus, JobStatus
+from db.jobs import JobProgress, bump_job_counters, get_job, is_expired, transition_job
+from db.status import JOB_RETRYABLE, ChunkStatus, ImageStatus, JobStatus
 from db.tables import Chunk, Image, Job, JobItem
 
 
@@ -101,7 +101,7 @@ def retry_failed_images(session: Session, job_id: str, *, tenant_id: str) -> Ret
 
     Succeeded images stay (a rerun writes byte-identical objects to the same keys); the failed image rows of
     a retried chunk are deleted and the job's counters give back what the chunk had counted, so that the
-    rerun counts it once. A failed job goes back to queued; a job still running keeps its status. Raises
+    rerun counts it once. A failed or completed_with_failures job goes back to queued; a job still running keeps its status. Raises
     `NotFoundError` for another tenant's job and `InvalidTransitionError` when the job has no failed images
     to retry, is cancelled, or succeeded.
     """
@@ -119,6 +119,8 @@ def retry_failed_images(session: Session, job_id: str, *, tenant_id: str) -> Ret
         raise InvalidTransitionError(f"job {job_id} has no failed images to retry")
     if job.status is JobStatus.SUCCEEDED:
         raise InvalidTransitionError(f"job {job_id} succeeded; a succeeded job cannot run again")
+    if is_expired(job):
+        raise InvalidTransitionError(f"job {job_id} expired and is being deleted; it cannot run again")
     done = sum(chunk.images_done for chunk in chunks)
     failed = sum(chunk.images_failed for chunk in chunks)
     rejected = sum(chunk.images_rejected for chunk in chunks)
@@ -164,6 +166,6 @@ def retry_failed_images(session: Session, job_id: str, *, tenant_id: str) -> Ret
         )
         .execution_options(synchronize_session=False)
     )
-    if job.status is JobStatus.FAILED:
+    if job.status in JOB_RETRYABLE:
         transition_job(session, job_id, JobStatus.QUEUED)
     return RetryPlan(job_id=job_id, chunk_ids=tuple(ids), queue=job.queue)

@@ -50,6 +50,17 @@ class ExitCode(enum.IntEnum):
     JOB_FAILED = 7  # the job ran but did not succeed
     NOT_VERIFIED = 8  # `verify`: the file does not match its provenance, or carries none
     NOT_COMPARABLE = 9  # `verify --regenerate`: differs, but regenerated on another device kind or backend
+    COMPLETED_WITH_FAILURES = 10  # the job finished, some images failed and the others were delivered
+
+
+def job_exit_code(status: str) -> ExitCode:
+    """The exit code of a command that followed a job to its end: 0 succeeded, 10 completed_with_failures
+    (retry runs the failed images), 7 failed or cancelled."""
+    if status == "succeeded":
+        return ExitCode.OK
+    if status == "completed_with_failures":
+        return ExitCode.COMPLETED_WITH_FAILURES
+    return ExitCode.JOB_FAILED
 
 
 EXIT_CODES: list[tuple[type[BaseException], ExitCode]] = [

@@ -50,6 +50,14 @@ METADATA_FILTER_PATTERN = (
     rf"^[a-z0-9_.-]{{1,{MAX_METADATA_KEY_CHARS}}}=[^\x00]{{0,{MAX_METADATA_VALUE_CHARS}}}$"
 )
 
+# Retention (docs/api.md#retention): days a finished job is kept before the reaper deletes its objects and rows.
+# The clock starts when the job finishes. The operator's default and maximum (`CATALOGAN_JOB_RETENTION_DAYS`,
+# `CATALOGAN_MAX_JOB_RETENTION_DAYS`) apply to API submits; this is the bound of any job.
+MIN_RETENTION_DAYS = 1
+MAX_RETENTION_DAYS = 3650
+API_DEFAULT_RETENTION_DAYS = 30
+API_DEFAULT_MAX_RETENTION_DAYS = 365
+
 # Creative control (docs/controlling.md): truncation ψ, variations of an image, interpolation between two.
 MIN_TRUNCATION = 0.3
 MAX_TRUNCATION = 1.0
@@ -215,6 +223,7 @@ class JobSpec(BaseModel):
     quality_gate: QualityGateSpec | None = None
     truncation: float | None = Field(default=None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False)
     metadata: JobMetadata = Field(default_factory=dict)
+    retention_days: int | None = Field(default=None, ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS)
 
     @field_validator("options")
     @classmethod
@@ -286,9 +295,23 @@ class SubmitLimits:
     max_images_per_item: int = MAX_IMAGES_PER_ITEM
     max_images_per_job: int = MAX_IMAGES_PER_JOB
     tenant_quotas: bool = False
+    # Days a finished job is kept when the request names none (None: kept until deleted), and the most a
+    # request may ask for.
+    default_retention_days: int | None = None
+    max_retention_days: int = MAX_RETENTION_DAYS
+
+    def retention_days(self, spec: JobSpec) -> int | None:
+        """The days `spec`'s job is kept once finished: its own `retention_days`, else the default."""
+        return spec.retention_days if spec.retention_days is not None else self.default_retention_days
 
     def check(self, spec: JobSpec) -> None:
         """Raise `PlanningError` naming the field and the rule when `spec` breaks one of these bounds."""
+        if spec.retention_days is not None and spec.retention_days > self.max_retention_days:
+            raise PlanningError(
+                "retention_days",
+                "max_retention_days",
+                f"retention_days: at most {self.max_retention_days} days (the operator's maximum)",
+            )
         if len(spec.items) > self.max_items_per_job:
             raise PlanningError(
                 "items", "max_items", f"items: at most {self.max_items_per_job} items per job"
@@ -369,6 +392,8 @@ def request_sha256(spec: JobSpec) -> str:
             del data[name]
     if not data["metadata"]:
         del data["metadata"]
+    if data["retention_days"] is None:
+        del data["retention_days"]
     if data["truncation"] is None or (data["truncation"] == 1.0 and spec.variation is None):
         del data["truncation"]
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))

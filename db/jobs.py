@@ -27,13 +27,22 @@ def get_job(session: Session, job_id: str, *, tenant_id: str | None = None, for_
 
 
 def transition_job(
-    session: Session, job_id: str, target: JobStatus, *, error: str | None = None, now: dt.datetime | None = None
+    session: Session,
+    job_id: str,
+    target: JobStatus,
+    *,
+    error: str | None = None,
+    now: dt.datetime | None = None,
 ) -> bool:
     """Move a job to `target` with one guarded UPDATE.
 
     Returns True when this call made the change, False when the job already was in `target`
     (transitions are idempotent so a redelivered task can repeat them). Raises
     `InvalidTransitionError` when the current status does not allow `target`.
+
+    Retention: a job that finishes gets `expires_at = finished_at + retention_days` (the clock starts at the
+    finish, so a long queue never eats into the time to download); a retried job (back to queued) has none
+    until it finishes again, so a running job is never reaped.
     """
     now = now or utcnow()
     values: dict[str, object] = {"status": target}
@@ -41,11 +50,14 @@ def transition_job(
         values["started_at"] = now
     if target.is_terminal:
         values["finished_at"] = now
+        retention_days = session.scalar(select(Job.retention_days).where(Job.id == job_id))
+        values["expires_at"] = expiry_of(now, retention_days)
     if error is not None:
         values["error"] = error
     if target is JobStatus.QUEUED:  # retry: the job runs again
         values["finished_at"] = None
         values["error"] = None
+        values["expires_at"] = None
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(sources_of(target, JOB_TRANSITIONS)))
@@ -60,7 +72,19 @@ def transition_job(
     if current == target:
         return False
     check_transition(f"job {job_id}", current, target, JOB_TRANSITIONS)
-    raise InvalidTransitionError(f"job {job_id}: lost a race moving to {target.value!r} (now {current.value!r})")
+    raise InvalidTransitionError(
+        f"job {job_id}: lost a race moving to {target.value!r} (now {current.value!r})"
+    )
+
+
+def expiry_of(finished_at: dt.datetime, retention_days: int | None) -> dt.datetime | None:
+    """When a job finished at `finished_at` expires (None: kept until deleted)."""
+    return None if retention_days is None else finished_at + dt.timedelta(days=retention_days)
+
+
+def is_expired(job: Job, now: dt.datetime | None = None) -> bool:
+    """True once the job's `expires_at` has passed (the reaper deletes it; a DELETE set it to its start)."""
+    return job.expires_at is not None and job.expires_at <= (now or utcnow())
 
 
 def mark_job_running(session: Session, job_id: str) -> bool:
@@ -83,7 +107,10 @@ def request_cancel(session: Session, job_id: str, *, tenant_id: str | None = Non
     if job.status.is_terminal or job.status is JobStatus.CANCELLING:
         return job
     session.execute(
-        update(Job).where(Job.id == job_id).values(cancel_requested=True).execution_options(synchronize_session=False)
+        update(Job)
+        .where(Job.id == job_id)
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
     )
     transition_job(session, job_id, JobStatus.CANCELLING)
     session.refresh(job)
@@ -124,7 +151,9 @@ def bump_job_counters(
             images_failed=Job.images_failed + failed,
             images_rejected=Job.images_rejected + rejected,
         )
-        .returning(Job.chunks_finished, Job.chunks_total, Job.images_done, Job.images_failed, Job.images_rejected)
+        .returning(
+            Job.chunks_finished, Job.chunks_total, Job.images_done, Job.images_failed, Job.images_rejected
+        )
         .execution_options(synchronize_session=False)
     ).one()
     return JobProgress(*row)

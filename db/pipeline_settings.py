@@ -62,3 +62,15 @@ class ReaperSettings(BaseSettings):
     reaper_batch_limit: int = Field(
         default=1000, ge=1, le=100_000, description="Rows handled per step and tick."
     )
+    retention_interval_seconds: float = Field(
+        default=60.0, gt=0, le=86_400, description="Seconds between passes deleting expired jobs."
+    )
+    retention_jobs_per_pass: int = Field(
+        default=100, ge=1, le=100_000, description="Expired jobs looked at per retention pass."
+    )
+    retention_objects_per_pass: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Objects deleted at most per retention pass (a larger job finishes over several passes).",
+    )

@@ -192,6 +192,7 @@ def plan_job(
     job_id: str | None = None,
     idempotency_key: str | None = None,
     control: ResolvedControl | None = None,
+    retention_days: int | None = None,
 ) -> PlannedJob:
     """Insert the job, its items and its chunks in the caller's transaction (nothing is published here).
 
@@ -201,7 +202,8 @@ def plan_job(
     SKU or category cannot be a key segment, or the job is too large. `idempotency_key` is recorded on the
     job row (the unique constraint (tenant_id, idempotency_key) refuses a second job with it).
     A variation or interpolation job needs its `control` (`db.latent_control.resolve_latent_control`):
-    its one item (the sources' category) and the recipe stored in the job's options.
+    its one item (the sources' category) and the recipe stored in the job's options. `retention_days`: the
+    days the job is kept once finished (None: until deleted; `SubmitLimits.retention_days` resolves it).
     """
     digest = request_sha256(spec)
     if (spec.variation is not None or spec.interpolation is not None) and control is None:
@@ -230,6 +232,7 @@ def plan_job(
             queue=spec.queue,
             options=job_options(spec, control),
             job_metadata=spec.metadata,
+            retention_days=retention_days,
             images_total=images_total,
             chunks_total=chunks_total,
             webhook_url=spec.webhook_url,
@@ -449,6 +452,7 @@ def _plan_submission(
         job_id=job_id,
         idempotency_key=idempotency_key,
         control=control,
+        retention_days=limits.retention_days(spec),
     )
 
 

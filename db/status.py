@@ -13,18 +13,21 @@ from db.errors import InvalidTransitionError
 
 
 class JobStatus(enum.StrEnum):
-    """Lifecycle of a job: queued → running → succeeded | failed | cancelled (through cancelling)."""
+    """Lifecycle of a job: queued → running → succeeded | completed_with_failures | failed | cancelled
+    (through cancelling). `completed_with_failures`: some images failed and others were delivered; `failed`:
+    no image was delivered (or the job could not run)."""
 
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
+    COMPLETED_WITH_FAILURES = "completed_with_failures"
     FAILED = "failed"
     CANCELLING = "cancelling"
     CANCELLED = "cancelled"
 
     @property
     def is_terminal(self) -> bool:
-        """True for succeeded, failed and cancelled."""
+        """True for succeeded, completed_with_failures, failed and cancelled."""
         return self in JOB_TERMINAL
 
 
@@ -69,14 +72,23 @@ class DeliveryStatus(enum.StrEnum):
 
 S = TypeVar("S", bound=enum.StrEnum)
 
-JOB_TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+JOB_TERMINAL = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.COMPLETED_WITH_FAILURES, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+# Terminal with failed images a retry can run again.
+JOB_RETRYABLE = frozenset({JobStatus.COMPLETED_WITH_FAILURES, JobStatus.FAILED})
 CHUNK_TERMINAL = frozenset({ChunkStatus.SUCCEEDED, ChunkStatus.QUARANTINED, ChunkStatus.CANCELLED})
 
 JOB_TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLING, JobStatus.CANCELLED, JobStatus.FAILED}),
-    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLING}),
+    JobStatus.QUEUED: frozenset(
+        {JobStatus.RUNNING, JobStatus.CANCELLING, JobStatus.CANCELLED, JobStatus.FAILED}
+    ),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.COMPLETED_WITH_FAILURES, JobStatus.FAILED, JobStatus.CANCELLING}
+    ),
     JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED}),
-    # A failed job can be retried (its failed images only); nothing leaves succeeded or cancelled.
+    # A job with failed images can be retried (its failed images only); nothing leaves succeeded or cancelled.
+    JobStatus.COMPLETED_WITH_FAILURES: frozenset({JobStatus.QUEUED}),
     JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
@@ -86,7 +98,13 @@ CHUNK_TRANSITIONS: Mapping[ChunkStatus, frozenset[ChunkStatus]] = {
     ChunkStatus.PENDING: frozenset({ChunkStatus.LEASED, ChunkStatus.QUARANTINED, ChunkStatus.CANCELLED}),
     # leased → leased is a reclaim after the lease expired (attempt + 1).
     ChunkStatus.LEASED: frozenset(
-        {ChunkStatus.LEASED, ChunkStatus.PENDING, ChunkStatus.SUCCEEDED, ChunkStatus.QUARANTINED, ChunkStatus.CANCELLED}
+        {
+            ChunkStatus.LEASED,
+            ChunkStatus.PENDING,
+            ChunkStatus.SUCCEEDED,
+            ChunkStatus.QUARANTINED,
+            ChunkStatus.CANCELLED,
+        }
     ),
     ChunkStatus.QUARANTINED: frozenset({ChunkStatus.PENDING}),  # retry
     ChunkStatus.SUCCEEDED: frozenset(),

@@ -48,12 +48,13 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _enum(cls: type[enum.Enum]) -> Enum:
-    # Stored as plain strings (no native PG enum): adding a status is a code change, not a migration.
+def _enum(cls: type[enum.Enum], length: int = 16) -> Enum:
+    # Stored as plain strings (no native PG enum): adding a status is a code change (and a wider column when
+    # the new value is longer than `length`).
     return Enum(
         cls,
         native_enum=False,
-        length=16,
+        length=length,
         values_callable=lambda e: [m.value for m in e],
         validate_strings=True,
     )
@@ -157,7 +158,8 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
-    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.QUEUED, index=True)
+    # 32: `completed_with_failures` (migration 0007) does not fit the other statuses' 16.
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, 32), default=JobStatus.QUEUED, index=True)
     seed: Mapped[int] = mapped_column(BigInteger)
     output_format: Mapped[str] = mapped_column(String(8), default="png")
     chunk_size: Mapped[int] = mapped_column(Integer)
@@ -177,7 +179,10 @@ class Job(Base):
     webhook_events: Mapped[list[Any] | None] = mapped_column(JSON)
     # Generations this job may spend, charged against the tenant's daily quota: images × (1 + max redraws).
     quota_cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
-    # When the reaper deletes the job's objects and rows (None = kept until deleted).
+    # Days the job is kept once finished (None = kept until deleted); set at submit (db.job_specs.SubmitLimits).
+    retention_days: Mapped[int | None] = mapped_column(Integer)
+    # When the reaper deletes the job's objects and rows: finished_at + retention_days, set when the job
+    # finishes (None while it runs, or when kept until deleted); `now` once a DELETE began.
     expires_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_sha256: Mapped[str | None] = mapped_column(String(64))

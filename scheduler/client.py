@@ -64,7 +64,7 @@ DEFAULT_MAX_RETRIES = 5
 DEFAULT_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL_STATUSES = frozenset({"succeeded", "completed_with_failures", "failed", "cancelled"})
 
 
 def _time(value: str | None) -> dt.datetime | None:
@@ -98,12 +98,19 @@ class Job:
     items_skipped_existing: int = 0  # items an earlier job already delivered (client_item_id)
     images_skipped_existing: int = 0
     metadata: Mapping[str, str] = field(default_factory=dict)  # the labels given at submit
+    retention_days: int | None = None  # days kept once finished (None: until deleted)
+    expires_at: dt.datetime | None = None  # when its objects and rows are deleted (None while it runs)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_terminal(self) -> bool:
-        """True once the job succeeded, failed or was cancelled."""
+        """True once the job succeeded, completed with failures, failed or was cancelled."""
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def completed_with_failures(self) -> bool:
+        """True when some images failed and the others were delivered (`retry_job` runs the failed ones)."""
+        return self.status == "completed_with_failures"
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any], *, replayed: bool = False) -> Job:
@@ -134,6 +141,8 @@ class Job:
             finished_at=_time(body.get("finished_at")),
             replayed=replayed,
             metadata=dict(body.get("metadata") or {}),
+            retention_days=body.get("retention_days"),
+            expires_at=_time(body.get("expires_at")),
             raw=dict(body),
         )
 
@@ -330,6 +339,7 @@ class Client:
         quality_gate: Mapping[str, Any] | None = None,
         truncation: float | None = None,
         metadata: Mapping[str, str] | None = None,
+        retention_days: int | None = None,
     ) -> Job:
         """Submit a job from inline `items`, an uploaded `manifest` file (CSV, JSONL, Parquet) or an `s3://` URI.
 
@@ -338,6 +348,8 @@ class Client:
         lower gives more typical, less varied images); `metadata`: your own labels (at most 16 keys of
         [a-z0-9_.-], string values), returned with the job and filterable in `list_jobs`. Items may carry `client_item_id`: with a `seed`, items
         already delivered with the same settings are skipped (`Job.items_skipped_existing` says how many).
+        `retention_days`: days the job is kept once finished (default and maximum: the operator's); then its
+        objects and rows are deleted (`Job.expires_at`).
 
         Sends `Idempotency-Key` (a fresh one unless given): retrying the same call returns the same job,
         marked `replayed=True`.
@@ -355,6 +367,7 @@ class Client:
                 "quality_gate": dict(quality_gate) if quality_gate is not None else None,
                 "truncation": truncation,
                 "metadata": dict(metadata) if metadata is not None else None,
+                "retention_days": retention_days,
             }.items()
             if value is not None
         }
@@ -470,8 +483,8 @@ class Client:
     ) -> Job:
         """Poll until the job is finished and return it; `progress` is called with every poll's result.
 
-        Raises `ClientError` when `timeout_seconds` pass first. A failed or cancelled job is returned,
-        not raised: check `job.status`.
+        Raises `ClientError` when `timeout_seconds` pass first. A failed, completed_with_failures or cancelled
+        job is returned, not raised: check `job.status` (`job.completed_with_failures`, `job.images_failed`).
         """
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         while True:

@@ -13,6 +13,13 @@ One `reap_once` pass, every few seconds from `catalogan beat`:
 5. stragglers: a job whose chunks are all finished but which is not terminal (a crash between the last
    chunk's commit and its finalize) gets a `finalize_job` task, at most once per `finalize_grace_seconds`.
 
+A separate step, `delete_expired_jobs` (its own thread in `catalogan beat`, every
+`retention_interval_seconds`), deletes finished jobs past their `expires_at` (retention, or a DELETE that did
+not finish): objects first, with no database connection held while the store deletes, then rows
+(`db.job_deletion`). At most `retention_objects_per_pass` objects per pass: a larger job finishes over several
+passes. A job that is not finished never has an `expires_at` in the past (it is set when the job finishes), so
+a running job is never reaped.
+
 Steps 1 and 2 lock the chunk rows they repair with `SKIP LOCKED` (PostgreSQL): a worker frozen inside its
 write transaction holds its chunk's row lock, and the reaper skips that one chunk instead of stalling every job.
 
@@ -33,10 +40,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.chunk_outcomes import cancel_pending_chunks, quarantine_chunk
 from db.chunks import Lease, find_expired_leases, mark_enqueued, release_chunk
 from db.engine import transaction
+from db.job_deletion import DeletedJob, expired_jobs, purge_job
 from db.jobs import JobProgress
 from db.messaging import QUEUE_NAMES, Publisher
 from db.pipeline_settings import ReaperSettings
 from db.status import JOB_TERMINAL, ChunkStatus
+from db.storage.base import ObjectStore
 from db.tables import Chunk, Job, utcnow
 
 logger = logging.getLogger(__name__)
@@ -224,6 +233,38 @@ class Reaper:
                 del self._stragglers[job_id]
 
 
+def delete_expired_jobs(
+    session_factory: sessionmaker[Session],
+    store: ObjectStore,
+    settings: ReaperSettings | None = None,
+    *,
+    now: dt.datetime | None = None,
+) -> list[DeletedJob]:
+    """One retention pass: delete the objects, then the rows, of finished jobs past their `expires_at`.
+
+    At most `retention_jobs_per_pass` jobs and `retention_objects_per_pass` objects; each job's rows go once
+    its prefix is empty (`finished`), otherwise the next pass carries on where this one stopped.
+    """
+    settings = settings or ReaperSettings()
+    now = now or utcnow()
+    budget = settings.retention_objects_per_pass
+    results: list[DeletedJob] = []
+    for job_id, tenant_id in expired_jobs(session_factory, now=now, limit=settings.retention_jobs_per_pass):
+        if budget <= 0:
+            break
+        result = purge_job(session_factory, store, job_id, tenant_id=tenant_id, max_objects=budget, now=now)
+        budget -= result.objects_deleted
+        results.append(result)
+    if results:
+        logger.info(
+            "retention: %d expired job(s) deleted, %d in progress, %d objects",
+            sum(result.finished for result in results),
+            sum(not result.finished for result in results),
+            sum(result.objects_deleted for result in results),
+        )
+    return results
+
+
 def _note_finished(progress: JobProgress, job_id: str, finished: set[str]) -> None:
     if progress.all_chunks_finished:
         finished.add(job_id)
@@ -239,4 +280,4 @@ def _pending_ids(session: Session, job_id: str) -> Sequence[int]:
     ).all()
 
 
-__all__ = ["ReapReport", "Reaper"]
+__all__ = ["ReapReport", "Reaper", "delete_expired_jobs"]

@@ -15,9 +15,13 @@ from pydantic_settings import SettingsConfigDict
 from db.errors import ConfigError
 from db.job_specs import (
     API_DEFAULT_MAX_IMAGES_PER_JOB,
+    API_DEFAULT_MAX_RETENTION_DAYS,
+    API_DEFAULT_RETENTION_DAYS,
     API_MAX_IMAGES_PER_ITEM,
     MAX_IMAGES_PER_JOB,
     MAX_ITEMS_PER_JOB,
+    MAX_RETENTION_DAYS,
+    MIN_RETENTION_DAYS,
 )
 from db.settings import BaseSettings  # pydantic-settings whose errors name the CATALOGAN_* variable
 
@@ -46,6 +50,18 @@ class ApiSettings(BaseSettings):
     max_items_per_job: int = Field(default=MAX_ITEMS_PER_JOB, ge=1, le=MAX_ITEMS_PER_JOB)
     max_images_per_item: int = Field(default=API_MAX_IMAGES_PER_ITEM, ge=1, le=API_MAX_IMAGES_PER_ITEM)
     max_images_per_job: int = Field(default=API_DEFAULT_MAX_IMAGES_PER_JOB, ge=1, le=MAX_IMAGES_PER_JOB)
+    job_retention_days: int = Field(
+        default=API_DEFAULT_RETENTION_DAYS,
+        ge=MIN_RETENTION_DAYS,
+        le=MAX_RETENTION_DAYS,
+        description="Days a finished job is kept (from its finish) when its request names no retention_days.",
+    )
+    max_job_retention_days: int = Field(
+        default=API_DEFAULT_MAX_RETENTION_DAYS,
+        ge=MIN_RETENTION_DAYS,
+        le=MAX_RETENTION_DAYS,
+        description="The most retention_days a request may ask for (more: 422).",
+    )
     page_size_max: int = Field(default=500, ge=1, le=10_000)
     manifest_max_bytes: int = Field(
         default=64 * MIB, ge=1024, description="Largest object a `manifest_uri` may name (HEAD before GET)."
@@ -95,6 +111,11 @@ class ApiSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> ApiSettings:
+        if self.job_retention_days > self.max_job_retention_days:
+            raise ConfigError(
+                f"CATALOGAN_JOB_RETENTION_DAYS={self.job_retention_days} is more than "
+                f"CATALOGAN_MAX_JOB_RETENTION_DAYS={self.max_job_retention_days}"
+            )
         if self.environment == "production" and "*" in self.cors_origins:
             raise ConfigError("CATALOGAN_CORS_ORIGINS='*' is refused in production: list the origins")
         for tenant_id, prefixes in self.manifest_uri_allowed_prefixes.items():

@@ -5,7 +5,7 @@ Two steps, both run by the periodic tick (`run_webhook_tick`, called from `catal
 1. `emit_job_events` looks at jobs that have a webhook target (the job's `webhook_url`, else the tenant's
    default) and writes outbox rows for what happened since the last tick: `job.started`, `job.progress`
    (at most one per `webhook_progress_interval_seconds` and only when the counts moved), and one terminal
-   event — `job.completed`, `job.failed` or `job.cancelled`. Each event is written once per job.
+   event — `job.completed`, `job.completed_with_failures`, `job.failed` or `job.cancelled`. Each event is written once per job.
 2. `dispatch_due` POSTs due outbox rows, signed the Standard Webhooks way (`scheduler.signatures`) with the
    tenant's secret. A 2xx marks the row delivered; anything else retries with exponential backoff
    until `webhook_max_attempts`, then the row is failed. `webhook-id` is the outbox row id, the same on
@@ -56,6 +56,7 @@ EVENT_STARTED = "job.started"
 EVENT_PROGRESS = "job.progress"
 TERMINAL_EVENTS = {
     JobStatus.SUCCEEDED: "job.completed",
+    JobStatus.COMPLETED_WITH_FAILURES: "job.completed_with_failures",
     JobStatus.FAILED: "job.failed",
     JobStatus.CANCELLED: "job.cancelled",
 }

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from db.cli_support import CATALOGAN_ARGV, ExitCode, one_line_errors
+from db.cli_support import CATALOGAN_ARGV, job_exit_code, one_line_errors
 
 CHILD_STOP_TIMEOUT_SECONDS = 30
 
@@ -380,4 +380,4 @@ def generate(
             )
         click.echo(f"images, manifest and contact sheets in {summary['output']}")
     if summary["status"] != "succeeded":
-        sys.exit(ExitCode.JOB_FAILED)
+        sys.exit(job_exit_code(summary["status"]))

@@ -116,10 +116,13 @@ def write_manifests(session: Session, store: ObjectStore, job: Job) -> str:
 
 
 def final_status(job: Job) -> JobStatus:
-    """cancelled when someone cancelled it, failed when any image failed, else succeeded."""
+    """cancelled when someone cancelled it; with failed images, completed_with_failures when others were
+    delivered (done or rejected by the quality gate) and failed when none was; else succeeded."""
     if job.cancel_requested:
         return JobStatus.CANCELLED
     if job.images_failed > 0:
+        if job.images_done + job.images_rejected > 0:
+            return JobStatus.COMPLETED_WITH_FAILURES
         return JobStatus.FAILED
     return JobStatus.SUCCEEDED
 
@@ -172,7 +175,9 @@ def finalize_job(session_factory: sessionmaker[Session], store: ObjectStore, job
         if target is not JobStatus.CANCELLED and job.status is JobStatus.QUEUED:
             mark_job_running(session, job_id)
         error = (
-            f"{job.images_failed} of {job.images_total} images failed" if target is JobStatus.FAILED else None
+            f"{job.images_failed} of {job.images_total} images failed"
+            if target in (JobStatus.FAILED, JobStatus.COMPLETED_WITH_FAILURES)
+            else None
         )
         job.manifest_key = manifest_key
         session.flush()

@@ -300,7 +300,11 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
         model_ref = f"{model_version.name}@{model_version.version}"
         job_id = derived_job_id(tenant_id, model_version.id, spec)
         existing = session.get(Job, job_id)
-    if existing is not None and existing.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+    if existing is not None and existing.status in (
+        JobStatus.FAILED,
+        JobStatus.COMPLETED_WITH_FAILURES,
+        JobStatus.CANCELLED,
+    ):
         raise ConflictError(
             f"job {job_id} for this request already ended {existing.status.value}; use another --seed or data folder"
         )

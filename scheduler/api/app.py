@@ -148,6 +148,24 @@ def build_services(
     )
 
 
+def publish_operator_bounds(app: FastAPI, settings: ApiSettings) -> None:
+    """State the operator's bounds in the OpenAPI document where they are tighter than the schema's own:
+    `retention_days` at most CATALOGAN_MAX_JOB_RETENTION_DAYS (a larger value is a 422)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()
+        retention = document["components"]["schemas"]["JobCreate"]["properties"]["retention_days"]
+        for option in retention.get("anyOf", [retention]):
+            if option.get("type") == "integer":
+                option["maximum"] = settings.max_job_retention_days
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(
     settings: ApiSettings | None = None, *, services: Services | None = None, **overrides: Any
 ) -> FastAPI:
@@ -197,6 +215,7 @@ def create_app(
         app.include_router(module.router)
     install_console(app, services)  # the web console under /console/ (scheduler.console)
     document_webhooks(app)
+    publish_operator_bounds(app, settings)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]

@@ -174,6 +174,7 @@ def job_spec(request: JobCreate, items: list[ItemCreate]) -> JobSpec:
         "variation": request.variation.model_dump() if request.variation else None,
         "interpolation": request.interpolation.model_dump() if request.interpolation else None,
         "metadata": request.metadata,
+        "retention_days": request.retention_days,
     }
     return parse_job_spec({key: value for key, value in values.items() if value is not None})
 
@@ -185,6 +186,8 @@ def submit_limits(settings: ApiSettings) -> SubmitLimits:
         max_images_per_item=settings.max_images_per_item,
         max_images_per_job=settings.max_images_per_job,
         tenant_quotas=True,
+        default_retention_days=settings.job_retention_days,
+        max_retention_days=settings.max_job_retention_days,
     )
 
 

@@ -29,7 +29,9 @@ EVENT_DESCRIPTIONS = {
     "job.started": "The first chunk of the job was claimed by a worker.",
     "job.progress": "Counts moved (at most one per CATALOGAN_WEBHOOK_PROGRESS_INTERVAL_SECONDS).",
     "job.completed": "The job succeeded: every image was delivered; the manifest is written.",
-    "job.failed": "The job ended with failed images (quarantined chunks); the manifest is written.",
+    "job.completed_with_failures": "Some images failed (quarantined chunks), the others were delivered; "
+    "data.images_failed counts them, the manifest is written, POST /v1/jobs/{id}/retry runs them again.",
+    "job.failed": "No image was delivered (every image failed); the manifest is written.",
     "job.cancelled": "The job was cancelled; finished images stay.",
     "job.reviewed": "Every delivered image of the job has a review decision (made in the console).",
 }

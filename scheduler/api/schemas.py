@@ -33,12 +33,14 @@ from db.job_specs import (
     MAX_JOB_ID_CHARS,
     MAX_MODEL_REF_CHARS,
     MAX_REDRAWS,
+    MAX_RETENTION_DAYS,
     MAX_SEED,
     MAX_SKU_CHARS,
     MAX_TRUNCATION,
     MAX_URL_LENGTH,
     MAX_VARIATIONS,
     MIN_CHUNK_SIZE,
+    MIN_RETENTION_DAYS,
     MIN_TRUNCATION,
     JobMetadata,
     QualityGateSpec,
@@ -76,6 +78,10 @@ JsonInteger = Annotated[int, BeforeValidator(_integral_number)]
 # reach the document as raw `ge`/`le` keys, which no client or tool reads, instead of `minimum`/`maximum`.
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral_number)]
 ChunkSize = Annotated[int, Field(ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE), BeforeValidator(_integral_number)]
+# The document's `maximum` is the operator's CATALOGAN_MAX_JOB_RETENTION_DAYS (scheduler.api.app sets it).
+RetentionDays = Annotated[
+    int, Field(ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS), BeforeValidator(_integral_number)
+]
 
 
 class _Strict(BaseModel):
@@ -234,6 +240,13 @@ class JobCreate(_Strict):
         default=None, description="Frames between two delivered images of yours (instead of items)."
     )
     metadata: JobMetadata | None = None
+    retention_days: RetentionDays | None = Field(
+        default=None,
+        description="Days the job's images, manifest and rows are kept once it finishes; then they are deleted. "
+        "Default and maximum are the operator's (CATALOGAN_JOB_RETENTION_DAYS, 30; "
+        "CATALOGAN_MAX_JOB_RETENTION_DAYS, 365). The job's `expires_at` says when.",
+        examples=[7],
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> JobCreate:
@@ -296,6 +309,8 @@ JOB_EXAMPLE: dict[str, Any] = {
     "created_at": "2026-11-27T07:00:00Z",
     "started_at": "2026-11-27T07:00:02Z",
     "finished_at": None,
+    "retention_days": 30,
+    "expires_at": None,
 }
 
 
@@ -305,7 +320,12 @@ class JobPublic(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})
 
     id: str = Field(examples=["4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f"])
-    status: JobStatus
+    status: JobStatus = Field(
+        description="queued, running, cancelling, then one of: succeeded (every image delivered), "
+        "completed_with_failures (some images failed, the others were delivered: `counts.images_failed`; "
+        "POST .../retry runs the failed ones again), failed (no image delivered, or the job could not run), "
+        "cancelled."
+    )
     model: ModelVersionRef | None
     seed: int
     output_format: str
@@ -322,6 +342,14 @@ class JobPublic(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    retention_days: int | None = Field(
+        default=None, description="Days the job is kept once finished (null: until deleted)."
+    )
+    expires_at: dt.datetime | None = Field(
+        default=None,
+        description="When the job's objects and rows are deleted: finished_at + retention_days. Null while it "
+        "runs (a running job never expires) or when kept until deleted.",
+    )
 
 
 class JobPage(BaseModel):

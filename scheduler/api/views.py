@@ -56,6 +56,8 @@ def job_public(
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        retention_days=job.retention_days,
+        expires_at=job.expires_at,
     )
 
 

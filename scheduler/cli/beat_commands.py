@@ -52,7 +52,8 @@ def beat(
     max_age: float,
 ) -> None:
     """Run the periodic steps: the reaper (re-enqueue expired or lost chunks, quarantine, finalize
-    stragglers) and the webhook outbox (job events, signed deliveries with retries).
+    stragglers), the webhook outbox (job events, signed deliveries with retries) and retention (delete
+    finished jobs past their expires_at: objects, then rows).
 
     Run exactly one `catalogan beat` per deployment (two are safe — every repair is a guarded UPDATE —
     but publish duplicate messages). It talks to the broker by task name only.
@@ -66,9 +67,10 @@ def beat(
     from db.engine import engine_from_settings, make_session_factory
     from db.messaging import CeleryPublisher, make_celery_app, queue_depth
     from db.pipeline_settings import ReaperSettings
-    from db.settings import BrokerSettings, DatabaseSettings, DataSettings
+    from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageSettings
+    from db.storage import open_store
     from scheduler.periodic import PeriodicStep, run_periodic
-    from scheduler.reaper import Reaper
+    from scheduler.reaper import Reaper, delete_expired_jobs
     from scheduler.settings import WebhookSettings
     from scheduler.webhooks import run_webhook_tick
 
@@ -113,11 +115,28 @@ def beat(
         daemon=True,
     )
     webhook_thread.start()
+    # Retention deletes objects in the store (many, for a large job): its own thread too, never holding a
+    # database connection while the store works (scheduler.reaper.delete_expired_jobs).
+    store = open_store(StorageSettings().url(data))
+    retention_steps = [
+        PeriodicStep(
+            "retention",
+            settings.retention_interval_seconds,
+            lambda: delete_expired_jobs(session_factory, store, settings),
+        )
+    ]
+    retention_thread = threading.Thread(
+        target=lambda: results.__setitem__("retention", run_periodic(retention_steps, stop, once=once)),
+        name="retention",
+        daemon=True,
+    )
+    retention_thread.start()
     failures = run_periodic(reaper_steps, stop, once=once)
     if not once:
         stop.set()
     webhook_thread.join(timeout=webhook_settings.webhook_timeout_seconds * 2)
-    failures += results.get("webhooks", 0)
+    retention_thread.join(timeout=60)
+    failures += results.get("webhooks", 0) + results.get("retention", 0)
     if once and failures:
         raise click.ClickException(f"{failures} periodic step(s) failed; see the log above")
 

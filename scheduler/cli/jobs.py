@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from db.cli_support import ExitCode, one_line_errors
+from db.cli_support import job_exit_code, one_line_errors
 from db.errors import ConfigError
 from scheduler.cli.output import json_option, print_json, print_rows
 from scheduler.client import API_KEY_ENV, Client, Job
@@ -147,7 +147,11 @@ def jobs() -> None:
 )
 @click.option("--webhook-url", default=None, help="Where to POST job events (signed).")
 @metadata_option("Label the job (KEY of [a-z0-9_.-]); repeat for more, at most 16.")
-@click.option("--wait", is_flag=True, help="Follow the job until it finishes; exit 7 unless it succeeded.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Follow the job until it finishes; exit 10 when it completed with failures, 7 when it failed or was cancelled.",
+)
 @json_option
 @one_line_errors
 def submit(
@@ -194,13 +198,15 @@ def submit(
     else:
         click.echo(job.id)
     if wait and job.status != "succeeded":
-        sys.exit(ExitCode.JOB_FAILED)
+        sys.exit(job_exit_code(job.status))
 
 
 @jobs.command("ls")
 @click.option(
     "--status",
-    type=click.Choice(["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]),
+    type=click.Choice(
+        ["queued", "running", "succeeded", "completed_with_failures", "failed", "cancelling", "cancelled"]
+    ),
     default=None,
     help="Only jobs in this status.",
 )
@@ -254,7 +260,7 @@ def show(job_id: str, as_json: bool) -> None:
 @click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between polls.")
 @one_line_errors
 def watch(job_id: str, interval: float) -> None:
-    """Follow a job with a live progress bar until it finishes; exit 7 unless it succeeded.
+    """Follow a job with a live progress bar until it finishes; exit 10 when it completed with failures, 7 when it failed or was cancelled.
 
     Example:
 
@@ -265,7 +271,7 @@ def watch(job_id: str, interval: float) -> None:
         job = follow(client, job_id, interval)
     click.echo(f"job {job.id} {job.status}")
     if job.status != "succeeded":
-        sys.exit(ExitCode.JOB_FAILED)
+        sys.exit(job_exit_code(job.status))
 
 
 @jobs.command("cancel")

@@ -1,5 +1,5 @@
-"""`POST /v1/jobs/{id}/retry` end to end: a chunk that failed every attempt is quarantined, the job fails with
-the rest of its images done; after the cause is fixed, a retry through the SDK reruns only that chunk."""
+"""`POST /v1/jobs/{id}/retry` end to end: a chunk that failed every attempt is quarantined, the job ends
+`completed_with_failures` with the rest of its images delivered; after the cause is fixed, a retry through the SDK reruns only that chunk."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def worker_overrides() -> dict[str, str]:
 
 def test_retry_reruns_only_the_failed_images(live_stack: LiveStack, redis_url: str, tmp_path: Path) -> None:
     """Given a job whose chunk at index 4 always fails, when it ends, then it is failed with 4 of 8 images
-    failed; when the fault is removed and the job retried through the SDK, then it succeeds with all 8 images
+    completed_with_failures (the SDK's wait returns it, terminal) with 4 of 8 images failed and 4 delivered;
+    when the fault is removed and the job retried through the SDK, then it succeeds with all 8 images
     and the first chunk's images are the very same objects."""
     with live_stack.factory() as session:
         model = session.query(ModelVersion).one()
@@ -53,8 +54,10 @@ def test_retry_reruns_only_the_failed_images(live_stack: LiveStack, redis_url: s
     )
     with Client(live_stack.url, live_stack.tenant.api_key) as client:
         failed = client.wait(planned.job_id, poll_seconds=0.3, timeout_seconds=WAIT_SECONDS)
-        assert failed.status == "failed", live_stack.worker.log()[-3000:]
+        assert failed.status == "completed_with_failures", live_stack.worker.log()[-3000:]
+        assert failed.is_terminal and failed.completed_with_failures
         assert (failed.images_done, failed.images_failed) == (4, 4)
+        assert failed.error == "4 of 8 images failed"
         before = {image.index: image.sha256 for image in client.iter_images(failed) if image.sha256}
 
         with transaction(live_stack.factory) as session:  # the operator fixes the cause

@@ -206,14 +206,20 @@ def show_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
     summary="Delete a finished job",
     responses={
         **COMMON_ERRORS,
+        202: {
+            "description": "Deletion started: the job has more objects than one request deletes "
+            f"({job_deletion.DELETE_REQUEST_MAX_OBJECTS}); it is expired now, and the reaper deletes the rest "
+            "and then its rows (GET gives 404 once done; DELETE again is also fine)."
+        },
         409: problem_doc("The job is not finished (queued, running or cancelling): cancel it first."),
     },
 )
 def delete_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
-    """Remove a succeeded, failed or cancelled job: its images, manifests and shards in the store, then its
-    rows. Another tenant's job is a 404; an unfinished one a 409 (cancel it, then delete it)."""
-    job_deletion.delete_job(services.session_factory, services.store, job_id, tenant_id=tenant.id)
-    return Response(status_code=204)
+    """Remove a finished job (succeeded, completed_with_failures, failed or cancelled): its images, manifests
+    and shards in the store, then its rows. Another tenant's job is a 404; an unfinished one a 409 (cancel it,
+    then delete it). No database connection is held while the store deletes."""
+    result = job_deletion.delete_job(services.session_factory, services.store, job_id, tenant_id=tenant.id)
+    return Response(status_code=204 if result.finished else 202)
 
 
 @router.post(
