@@ -304,14 +304,18 @@ class SubmitLimits:
         """The days `spec`'s job is kept once finished: its own `retention_days`, else the default."""
         return spec.retention_days if spec.retention_days is not None else self.default_retention_days
 
-    def check(self, spec: JobSpec) -> None:
-        """Raise `PlanningError` naming the field and the rule when `spec` breaks one of these bounds."""
+    def check_retention(self, spec: JobSpec) -> None:
+        """`PlanningError` naming `retention_days` when it is above the operator's maximum."""
         if spec.retention_days is not None and spec.retention_days > self.max_retention_days:
             raise PlanningError(
                 "retention_days",
                 "max_retention_days",
                 f"retention_days: at most {self.max_retention_days} days (the operator's maximum)",
             )
+
+    def check(self, spec: JobSpec) -> None:
+        """Raise `PlanningError` naming the field and the rule when `spec` breaks one of these bounds."""
+        self.check_retention(spec)
         if len(spec.items) > self.max_items_per_job:
             raise PlanningError(
                 "items", "max_items", f"items: at most {self.max_items_per_job} items per job"

@@ -78,6 +78,9 @@ JsonInteger = Annotated[int, BeforeValidator(_integral_number)]
 # reach the document as raw `ge`/`le` keys, which no client or tool reads, instead of `minimum`/`maximum`.
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral_number)]
 ChunkSize = Annotated[int, Field(ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE), BeforeValidator(_integral_number)]
+# What the SSRF guard (scheduler.webhooks.check_target) accepts before it resolves the host: http(s), a host, an
+# optional port, no credentials. Stated in the document so that a client (and the schemathesis run) knows.
+WEBHOOK_URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,4})?([/?#].*)?$"
 # The document's `maximum` is the operator's CATALOGAN_MAX_JOB_RETENTION_DAYS (scheduler.api.app sets it).
 RetentionDays = Annotated[
     int, Field(ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS), BeforeValidator(_integral_number)
@@ -220,8 +223,9 @@ class JobCreate(_Strict):
     webhook_url: str | None = Field(
         default=None,
         max_length=MAX_URL_LENGTH,
-        pattern=r"^https?://",
-        description="Overrides the tenant default.",
+        pattern=WEBHOOK_URL_PATTERN,
+        description="Overrides the tenant default. An http(s) URL with a host (a DNS name or IPv4 address; use a "
+        "name for IPv6), an optional port and no credentials; its host must resolve to public addresses only (else 422 `public_http_target`).",
     )
     truncation: float | None = Field(
         default=None,

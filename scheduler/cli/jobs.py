@@ -249,6 +249,8 @@ def show(job_id: str, as_json: bool) -> None:
         return
     for name, value in _row(job).items():
         click.echo(f"{name:>12}: {'-' if value is None else value}")
+    if job.expires_at is not None:
+        click.echo(f"{'expires_at':>12}: {job.expires_at}")
     if job.metadata:
         click.echo(f"{'metadata':>12}: " + " ".join(f"{k}={v}" for k, v in sorted(job.metadata.items())))
     if job.error:
@@ -260,7 +262,8 @@ def show(job_id: str, as_json: bool) -> None:
 @click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between polls.")
 @one_line_errors
 def watch(job_id: str, interval: float) -> None:
-    """Follow a job with a live progress bar until it finishes; exit 10 when it completed with failures, 7 when it failed or was cancelled.
+    """Follow a job with a live progress bar until it finishes; exit 10 when it completed with failures, 7
+    when it failed or was cancelled.
 
     Example:
 

@@ -58,7 +58,10 @@ def test_every_status_has_an_entry_in_its_map(cls: type[enum.StrEnum], allowed: 
 
 def test_terminal_job_and_chunk_states_cannot_be_left_except_by_retry() -> None:
     """Given a terminal status, only the documented retries lead out of it (failed or completed_with_failures job, quarantined chunk)."""
-    assert {s for s in JOB_TERMINAL if JOB_TRANSITIONS[s]} == {JobStatus.FAILED, JobStatus.COMPLETED_WITH_FAILURES}
+    assert {s for s in JOB_TERMINAL if JOB_TRANSITIONS[s]} == {
+        JobStatus.FAILED,
+        JobStatus.COMPLETED_WITH_FAILURES,
+    }
     assert JOB_TRANSITIONS[JobStatus.FAILED] == {JobStatus.QUEUED}
     assert {s for s in CHUNK_TERMINAL if CHUNK_TRANSITIONS[s]} == {ChunkStatus.QUARANTINED}
     assert all(status.is_terminal for status in JOB_TERMINAL | CHUNK_TERMINAL)
@@ -68,5 +71,8 @@ def test_terminal_job_and_chunk_states_cannot_be_left_except_by_retry() -> None:
 def test_sources_of_lists_every_status_that_may_reach_a_target() -> None:
     """Given a target, sources_of returns exactly the statuses whose allowed set contains it."""
     assert sources_of(JobStatus.CANCELLED, JOB_TRANSITIONS) == {JobStatus.QUEUED, JobStatus.CANCELLING}
-    assert sources_of(JobStatus.QUEUED, JOB_TRANSITIONS) == {JobStatus.FAILED, JobStatus.COMPLETED_WITH_FAILURES}
+    assert sources_of(JobStatus.QUEUED, JOB_TRANSITIONS) == {
+        JobStatus.FAILED,
+        JobStatus.COMPLETED_WITH_FAILURES,
+    }
     assert sources_of(ChunkStatus.SUCCEEDED, CHUNK_TRANSITIONS) == {ChunkStatus.LEASED}

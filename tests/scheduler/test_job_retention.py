@@ -95,7 +95,9 @@ def test_retention_days_sets_expires_at_at_the_finish_and_the_reaper_deletes_exp
     finish(pg_factory, default, finished_at)
     with transaction(pg_factory) as session:
         mark_job_running(session, running)
-        session.execute(update(Job).where(Job.id == running).values(expires_at=finished_at - dt.timedelta(days=9)))
+        session.execute(
+            update(Job).where(Job.id == running).values(expires_at=finished_at - dt.timedelta(days=9))
+        )
 
     shown = api.get(f"/v1/jobs/{short}", headers=tenant.headers).json()
     assert shown["retention_days"] == 7
@@ -167,9 +169,7 @@ def test_bad_retention_days_is_a_422_naming_the_field(
 ) -> None:
     """Given retention_days out of range (the schema's 1..3650, or above the operator's maximum of 365), when
     submitted, then 422 naming retention_days and the rule, and no job is created."""
-    response = api.post(
-        "/v1/jobs", json={"items": ITEMS, "retention_days": value}, headers=tenant.headers
-    )
+    response = api.post("/v1/jobs", json={"items": ITEMS, "retention_days": value}, headers=tenant.headers)
 
     assert response.status_code == 422, response.text
     errors = response.json()["errors"]

@@ -73,7 +73,14 @@ async def create_job(
     tenant: TenantDep,
     idempotency_key: Annotated[
         str | None,
-        Header(alias="Idempotency-Key", max_length=255, description="Same key + same body → the same job."),
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            # Printable ASCII without leading or trailing space (HTTP strips those), as check_idempotency_key.
+            pattern=r"^[!-~]([ -~]{0,253}[!-~])?$",
+            description="Same key + same body → the same job. 1 to 255 printable ASCII characters.",
+        ),
     ] = None,
 ) -> JobPublic:
     """Create a job from inline `items`, an uploaded manifest (multipart `file`) or an `s3://` manifest.
@@ -289,6 +296,7 @@ def estimate_job(
     if not items and not control:
         raise RequestValidationError("items", "required", "items: give items or manifest_uri")
     spec = job_spec(request, items or [])
+    submit_limits(settings).check_retention(spec)  # the document states the operator's maximum
     resolved = resolve_latent_control(session, spec, tenant.id)
     model = (
         session.get_one(ModelVersion, resolved.model_version_id)
