@@ -126,6 +126,10 @@ def test_jobs_commands_work_through_the_api(
     with transaction(pg_factory) as session:
         session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.FAILED))
     assert run(["jobs", "watch", job_id], env).exit_code == ExitCode.JOB_FAILED
+    with transaction(pg_factory) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.COMPLETED_WITH_FAILURES))
+    partial = run(["jobs", "watch", job_id], env)
+    assert partial.exit_code == ExitCode.COMPLETED_WITH_FAILURES == 10, partial.output
 
 
 def test_dlq_lists_and_retries_quarantined_chunks(

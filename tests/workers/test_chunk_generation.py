@@ -21,7 +21,8 @@ from db.pipeline_settings import WorkerSettings
 from db.planning import parse_job_spec, submit_job
 from db.status import ChunkStatus, ImageStatus, JobStatus
 from db.storage import ObjectStore
-from db.tables import Chunk, Image, Job
+from db.tables import Chunk, Image, Job, WebhookDelivery
+from scheduler.webhooks import event_envelope
 from tests.pipeline import job_row, make_model_version, make_tenant, tiny_checkpoint
 from workers.chunk_generation import ChunkContext, ChunkOutcome, generate_chunk
 from workers.encoding import IPTC_TRAINED_ALGORITHMIC_MEDIA
@@ -55,6 +56,11 @@ def context(session_factory: sessionmaker[Session], local_store: ObjectStore) ->
     )
     yield ctx
     pool.shutdown(wait=True)
+
+
+def envelope_type(delivery: WebhookDelivery) -> str:
+    """The `type` a receiver sees for an outbox row."""
+    return str(event_envelope(delivery.event, delivery.created_at, delivery.payload)["type"])
 
 
 def _submit(ctx: ChunkContext, spec: dict[str, object]) -> tuple[str, tuple[int, ...]]:
@@ -226,6 +232,7 @@ def test_an_injected_fault_is_retried_then_quarantined(
             "items": [{"category": "a", "count": 30}],
             "chunk_size": 10,
             "options": {"test_fail_chunk_starts": [10]},
+            "webhook_url": "https://hooks.example.com/catalogan",
         },
     )
     # When each chunk's messages are delivered until nothing is left
@@ -241,8 +248,13 @@ def test_an_injected_fault_is_retried_then_quarantined(
     ]
     assert republished == [chunk_ids[1], chunk_ids[1]]
     job = job_row(context.session_factory, job_id)
-    assert (job.status, job.images_done, job.images_failed) == (JobStatus.FAILED, 20, 10)
+    assert (job.status, job.images_done, job.images_failed) == (JobStatus.COMPLETED_WITH_FAILURES, 20, 10)
     with context.session_factory() as session:
         failed = session.scalars(select(Image).where(Image.status == ImageStatus.FAILED)).all()
         assert sorted(image.index for image in failed) == list(range(10, 20))
         assert all("injected fault" in (image.error or "") for image in failed)
+        # The job completed with failures (others were delivered): so says its one terminal webhook event
+        events = session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)).all()
+        assert [event.event for event in events] == ["job.completed_with_failures"]
+        assert events[0].payload["images_failed"] == 10 and events[0].payload["images_done"] == 20
+        assert envelope_type(events[0]) == "job.completed_with_failures"
