@@ -148,9 +148,16 @@ def jobs() -> None:
 @click.option("--webhook-url", default=None, help="Where to POST job events (signed).")
 @metadata_option("Label the job (KEY of [a-z0-9_.-]); repeat for more, at most 16.")
 @click.option(
+    "--retention-days",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Days the job is kept once finished, then deleted [default: the API's, 30].",
+)
+@click.option(
     "--wait",
     is_flag=True,
-    help="Follow the job until it finishes; exit 10 when it completed with failures, 7 when it failed or was cancelled.",
+    help="Follow the job until it finishes; exit 10 when it completed with failures, 7 when it failed or was "
+    "cancelled.",
 )
 @json_option
 @one_line_errors
@@ -161,6 +168,7 @@ def submit(
     output_format: str | None,
     webhook_url: str | None,
     metadata: dict[str, str],
+    retention_days: int | None,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -181,6 +189,7 @@ def submit(
                 output_format=output_format,
                 webhook_url=webhook_url,
                 metadata=metadata or None,
+                retention_days=retention_days,
             )
         except ApiError as exc:
             if exc.status not in (404, 422):

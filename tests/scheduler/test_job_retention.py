@@ -4,12 +4,15 @@ reaper's retention pass, and `DELETE /v1/jobs/{id}` deleting objects while holdi
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
@@ -19,8 +22,10 @@ from db.status import JobStatus
 from db.storage import ObjectStore
 from db.storage.base import ObjectInfo, PresignedUrl
 from db.tables import Job, utcnow
+from scheduler.cli.root import cli
 from scheduler.reaper import delete_expired_jobs
-from tests.scheduler.conftest import Credentials
+from scheduler.settings import ApiSettings, WebhookSettings
+from tests.scheduler.conftest import Credentials, LiveServer, _app
 from tests.scheduler.test_job_deletion import ITEMS, objects_of, rows_of
 
 
@@ -179,9 +184,49 @@ def test_bad_retention_days_is_a_422_naming_the_field(
 
 def test_the_document_states_the_operators_maximum(make_api: Any, model_version: Any) -> None:
     """Given an operator maximum of 90 days, the OpenAPI document's retention_days maximum is 90."""
-    from scheduler.settings import ApiSettings
-
     client = make_api(ApiSettings(max_job_retention_days=90, job_retention_days=30))
     prop = client.get("/openapi.json").json()["components"]["schemas"]["JobCreate"]["properties"]
     integer = next(option for option in prop["retention_days"]["anyOf"] if option.get("type") == "integer")
     assert (integer["minimum"], integer["maximum"]) == (1, 90)
+
+
+def test_the_cli_submits_retention_days_and_shows_expires_at(
+    pg_url: str,
+    pg_factory: sessionmaker[Session],
+    model_version: object,
+    s3_store: ObjectStore,
+    tmp_path: Path,
+    live_server_factory: Callable[[Any], LiveServer],
+) -> None:
+    """Given a live API, when `catalogan jobs submit --retention-days 3` runs and the job finishes, then
+    `jobs show --json` carries retention_days 3 and expires_at; `--retention-days 400` (above the operator's
+    365) is a usage error naming retention_days, exit 2, and creates no job."""
+    cli_env = {"CATALOGAN_DATABASE_URL": pg_url, "CATALOGAN_DATA_DIR": str(tmp_path / "data")}
+    created = CliRunner().invoke(cli, ["tenants", "create", "acme", "--with-key", "--json"], env=cli_env)
+    tenant_json = json.loads(created.output)
+    server = live_server_factory(_app(pg_factory, s3_store, [], tmp_path, ApiSettings(), WebhookSettings()))
+    env = {**cli_env, "CATALOGAN_API_URL": server.url, "CATALOGAN_API_KEY": tenant_json["api_key"]}
+
+    submitted = CliRunner().invoke(
+        cli, ["jobs", "submit", "--category", "a=2", "--retention-days", "3"], env=env, prog_name="catalogan"
+    )
+    refused = CliRunner().invoke(
+        cli,
+        ["jobs", "submit", "--category", "a=2", "--retention-days", "400"],
+        env=env,
+        prog_name="catalogan",
+    )
+
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.output.strip()
+    finish(pg_factory, job_id, utcnow())
+    shown = CliRunner().invoke(cli, ["jobs", "show", job_id, "--json"], env=env, prog_name="catalogan")
+    body = json.loads(shown.output)
+    assert body["retention_days"] == 3 and body["expires_at"] is not None, shown.output
+    # A usage error, as every bad input of `jobs submit` (click prints the usage line first).
+    last = refused.output.strip().splitlines()[-1]
+    assert refused.exit_code == 2 and last.startswith("Error: retention_days") and "365" in last, (
+        refused.output
+    )
+    with pg_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
