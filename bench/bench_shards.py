@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/bench_shards.py --images 5000 --preset fashion-cgan --store s3
     .venv/bin/python bench/bench_shards.py --images 5000 --preset tiny --store s3
+    python bench/bench_shards.py --device cuda --store local --images 50000   # on a GPU
 
 Each job runs through the real worker function (`workers.chunk_generation.generate_chunk`: claim, forward,
 encode in the upload pool overlapped with the next forward, PUT, fenced row upserts, completion, finalize
 with manifests) in this process, on SQLite and either a SeaweedFS S3 server started here (`--store s3`) or
 a local folder (`--store local`). The png and tar jobs alternate (`--repeats` pairs) so both see the same
 machine load; the chunk size is the same for both (`--chunk-size`, default 1,000 = one shard per chunk).
-The generator has random weights (throughput does not depend on them).
+The generator has random weights (throughput does not depend on them). `--device` (default: cuda when
+visible, else cpu) places the generator; on CUDA the batch defaults to the worker's CUDA batch, as
+`catalogan worker` sets it.
 """
 
 from __future__ import annotations
@@ -85,7 +88,16 @@ def main() -> None:
     parser.add_argument("--preset", default="fashion-cgan")
     parser.add_argument("--store", choices=["s3", "local"], default="s3")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:N [cuda when visible, else cpu]",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per forward call [64 on the CPU, the worker's CUDA batch on CUDA]",
+    )
     parser.add_argument("--upload-threads", type=int, default=8)
     parser.add_argument(
         "--out",
@@ -94,7 +106,17 @@ def main() -> None:
         help="Folder for report.md and shards.png.",
     )
     args = parser.parse_args()
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    from models.inference import CPU_WORKER_BATCH_SIZE, CUDA_WORKER_BATCH_SIZE
+    from workers.context import resolve_device
+
+    try:
+        args.device = resolve_device(args.device)
+    except Exception as exc:  # WorkerConfigError: one line naming the device
+        parser.error(f"--device: {exc}")
+    if args.batch_size is None:
+        args.batch_size = CUDA_WORKER_BATCH_SIZE if args.device.startswith("cuda") else CPU_WORKER_BATCH_SIZE
+    if not args.device.startswith("cuda"):
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
     folder = Path(tempfile.mkdtemp(prefix="catalogan-bench-shards-"))
     seaweed = None
@@ -125,10 +147,11 @@ def main() -> None:
         ctx = ChunkContext(
             session_factory=factory,
             store=store,
-            generators=GeneratorCache(store, device="cpu"),
+            generators=GeneratorCache(store, device=args.device),
             settings=settings,
             worker_name="bench",
             pool=pool,
+            device=args.device,
             on_job_finished=lambda job_id: finalize_job(factory, store, job_id),
         )
         run_job(ctx, tenant_id, model, "png", args.batch_size, args.batch_size)  # warm-up: model load, JIT
@@ -151,7 +174,7 @@ def main() -> None:
     ratio = statistics.median(rates["tar"]) / statistics.median(rates["png"])
     setup = (
         f"{args.images:,} images per job, chunk {args.chunk_size}, preset {args.preset}, store {args.store}, "
-        f"batch {args.batch_size}, {args.upload_threads} upload threads, SQLite, CPU, "
+        f"batch {args.batch_size}, {args.upload_threads} upload threads, SQLite, device {args.device}, "
         f"{torch.get_num_threads()} torch threads"
     )
     print(f"tar / png = {ratio:.2f}x  [{setup}]")

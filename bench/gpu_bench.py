@@ -9,14 +9,19 @@ its limit keeps what finished):
    (`render_pixels`: latents drawn per index on the CPU, forward, uint8 back to the CPU);
 2. determinism probe: the same 256 indices rendered at batch 1, 7, 64, 256 on CUDA and on the CPU: how many
    images and pixels differ from the batch-256 render, and CUDA against the CPU;
-3. the worker in-process (`--sections 3`): `generate_chunk` on a CUDA generator cache, SQLite in /dev/shm, an
-   in-memory object store as the near-free sink; png and tar, gate off and on: images/s;
+3. the worker in-process (`bench/gpu_worker_section.py`): `generate_chunk` on a generator cache on the device,
+   SQLite in /dev/shm, an in-memory sink as the object store; chunk sizes 256, 1,024, 4,096 × png and tar × gate
+   off and on (plus redraws): images/s, CPU ms per image and CPU time per stage;
 4. training on one GPU: steps/s of D step + G step + EMA for fashion-cgan (batch 64, 256) and photo-cgan-64
    (32, 128), with `cudnn.benchmark` off and on (the step functions `run_worker` calls, random data).
 
-    python bench/gpu_bench.py --out $OUT [--sections 0,1,2,4] [--budget-s 150]
+    python bench/gpu_bench.py --out $OUT [--sections 0,1,2,3,4] [--budget-s 150]
 
-Runs on a CPU too (small sizes, for checking the script before a device is lent: `--smoke`).
+The next device session: `python3 bench/gpu_bench.py --out $OUT/bench --sections 0,3 --budget-s 200` (section 3
+has not run on a GPU yet; see docs/performance.md "GPU figures").
+
+Runs on a CPU too (small sizes, the `tiny` preset in section 3, for checking the script before a device is
+lent): `python bench/gpu_bench.py --device cpu --smoke --out /tmp/gpu-bench` (tests/test_gpu_bench.py).
 """
 
 from __future__ import annotations
@@ -213,11 +218,9 @@ def determinism(args: argparse.Namespace, device: torch.device) -> dict[str, Any
 
 
 def worker_in_process(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Section 3: filled in by bench/gpu_worker_section.py when present (it needs the worker's stack)."""
-    try:
-        from bench.gpu_worker_section import run as run_section
-    except ImportError as exc:
-        return {"skipped": f"bench/gpu_worker_section.py not importable: {exc}"}
+    """Section 3: `bench/gpu_worker_section.py` (it needs the worker's stack: SQLAlchemy, pydantic, Pillow)."""
+    from bench.gpu_worker_section import run as run_section
+
     return run_section(args, device)
 
 
@@ -274,17 +277,40 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, torch.device], dict[str, Any]]
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the sections; the summary (also written to `<out>/gpu_bench.json`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--sections", default="0,1,2,4")
+    parser.add_argument("--sections", default="0,1,2,3,4")
     parser.add_argument(
         "--budget-s", type=float, default=60.0, help="wall seconds per section (each is capped)"
     )
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script on a CPU")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke", "--quick", action="store_true", help="tiny sizes, to check the script on a CPU"
+    )
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when visible, else cpu"
+    )
+    section_3 = parser.add_argument_group("section 3 (the worker in-process)")
+    section_3.add_argument(
+        "--worker-chunk-sizes", help="comma-separated chunk sizes [256,1024,4096; smoke 8,16]"
+    )
+    section_3.add_argument("--worker-images", type=int, help="images per timed job [16384; smoke 32]")
+    section_3.add_argument(
+        "--worker-model", help="shipped (fashion-cgan) or a preset with random weights [shipped; smoke tiny]"
+    )
+    section_3.add_argument("--worker-batch-size", type=int, help="[the worker's default for the device]")
+    section_3.add_argument("--worker-upload-threads", type=int, help="[the worker's default, 8]")
+    section_3.add_argument("--index-rows", type=int, help="memorization index rows [60000; smoke 512]")
+    section_3.add_argument(
+        "--redraw-min-confidence", type=float, help="min_confidence of the redraw jobs [0.5]"
+    )
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
     summary: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = args.out / "gpu_bench.json"
     for section in args.sections.split(","):
@@ -297,6 +323,7 @@ def main() -> None:
         summary[section + "_seconds"] = round(time.perf_counter() - started, 1)
         path.write_text(json.dumps(summary, indent=2, default=str))
         print(f"== section {section} done in {summary[section + '_seconds']} s", flush=True)
+    return summary
 
 
 if __name__ == "__main__":

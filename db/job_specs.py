@@ -22,13 +22,12 @@ import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from db.chunk_sizes import DEFAULT_CHUNK_SIZES, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE  # noqa: F401 (re-exported)
 from db.errors import InvalidKeyError, PlanningError
 from db.storage.keys import validate_key_segment
 
 # The bounds of any job, whichever door it came through. Planning is O(chunks), so these bound rows, not images.
 MAX_SEED = (1 << 63) - 1
-MIN_CHUNK_SIZE = 1
-MAX_CHUNK_SIZE = 4096
 MAX_ITEMS_PER_JOB = 100_000
 MAX_IMAGES_PER_ITEM = 10_000_000
 MAX_IMAGES_PER_JOB = 10_000_000
@@ -72,7 +71,6 @@ API_MAX_IMAGES_PER_ITEM = 100_000
 # The operator's default images per job over the API (`CATALOGAN_MAX_IMAGES_PER_JOB`).
 API_DEFAULT_MAX_IMAGES_PER_JOB = 1_000_000
 
-DEFAULT_CHUNK_SIZES: Mapping[str, int] = {"interactive": 32, "bulk": 256, "backfill": 1024}
 # `output_format: tar` writes one WebDataset shard per chunk: the chunk size is the shard size.
 DEFAULT_SHARD_IMAGES = 1000
 
@@ -277,10 +275,18 @@ class JobSpec(BaseModel):
 
     @property
     def effective_chunk_size(self) -> int:
-        """The chunk size asked for, or the queue's default (tar: images per shard, 1,000)."""
+        """The chunk size asked for, or the queue's default (tar: images per shard, 1,000).
+
+        The queue's default is the operator's `CATALOGAN_CHUNK_SIZE_<QUEUE>` (`db.pipeline_settings.
+        ChunkSizeSettings`, read here, where planning needs it), else `DEFAULT_CHUNK_SIZES`.
+        """
         if self.output_format == "tar":
             return self.chunk_size or DEFAULT_SHARD_IMAGES
-        return self.chunk_size or DEFAULT_CHUNK_SIZES[self.queue]
+        if self.chunk_size:
+            return self.chunk_size
+        from db.pipeline_settings import ChunkSizeSettings  # pydantic-settings: only where jobs are planned
+
+        return ChunkSizeSettings().for_queue(self.queue)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from db.chunk_sizes import DEFAULT_CHUNK_SIZES, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from db.chunks import LEASE_SECONDS, MAX_ATTEMPTS
 from db.settings import BaseSettings  # pydantic-settings whose errors name the CATALOGAN_* variable
 
@@ -45,6 +46,26 @@ class WorkerSettings(BaseSettings):
     def queue_names(self) -> list[str]:
         """The queues as a list."""
         return [name.strip() for name in self.queues.split(",") if name.strip()]
+
+
+class ChunkSizeSettings(BaseSettings):
+    """Images per chunk of a job that gives no `chunk_size`, per queue; read where jobs are planned (the API,
+    `catalogan generate`). Planning does not know the workers' devices: a fleet of GPU workers wants larger
+    chunks than the CPU-sized defaults (`bench/gpu_bench.py` section 3 measures 256 / 1,024 / 4,096)."""
+
+    model_config = _config()
+
+    chunk_size_interactive: int = Field(
+        default=DEFAULT_CHUNK_SIZES["interactive"], ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE
+    )
+    chunk_size_bulk: int = Field(default=DEFAULT_CHUNK_SIZES["bulk"], ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE)
+    chunk_size_backfill: int = Field(
+        default=DEFAULT_CHUNK_SIZES["backfill"], ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE
+    )
+
+    def for_queue(self, queue: str) -> int:
+        """The default chunk size of `queue`."""
+        return int(getattr(self, f"chunk_size_{queue}"))
 
 
 class ReaperSettings(BaseSettings):

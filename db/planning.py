@@ -24,7 +24,7 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -45,12 +45,14 @@ from db.job_specs import (
     request_sha256,
 )
 from db.latent_control import ResolvedControl, resolve_latent_control, truncation_recipe
-from db.messaging import Publisher
 from db.model_versions import resolve_model_version
 from db.quotas import check_job_quotas
 from db.status import ChunkStatus, JobStatus, ModelVersionStatus
 from db.storage.keys import validate_key_segment
 from db.tables import Chunk, Job, JobItem, ModelVersion, Tenant, utcnow
+
+if TYPE_CHECKING:  # Celery is needed to publish, not to plan (a benchmark plans with no broker)
+    from db.messaging import Publisher
 
 logger = logging.getLogger(__name__)
 

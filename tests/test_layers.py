@@ -173,3 +173,46 @@ def test_every_db_and_scheduler_module_loads_without_torch_or_models(tmp_path: P
     assert result.returncode == 0, result.stderr
     assert len(names) > 40  # the walk found the packages' modules
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+# What bench/gpu_throughput.py and gpu_bench.py's sections 1, 2 and 4 import: torch-level modules only.
+TORCH_LEVEL = (
+    "models.build",
+    "models.config",
+    "models.ema",
+    "models.evaluator",
+    "models.inference",
+    "models.latent_control",
+    "models.memorization_index",
+    "models.sampling",
+    "models.steps",
+    "workers.pixels",
+)
+SERVICE_LIBRARIES = {
+    "sqlalchemy",
+    "pydantic",
+    "pydantic_settings",
+    "alembic",
+    "boto3",
+    "celery",
+    "ray",
+    "redis",
+}
+
+
+def test_the_generator_and_inference_modules_load_without_sql_pydantic_or_services(tmp_path: Path) -> None:
+    """Given a fresh interpreter, when it imports the generator, inference and training-step modules, then no
+    SQLAlchemy, pydantic, boto3, Celery, Ray or Redis module is loaded (a bare CUDA image with torch runs them:
+    issue 19 point 6)."""
+    probe = PROBE.replace("{heavy}", repr(SERVICE_LIBRARIES))
+    env = {"CATALOGAN_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *TORCH_LEVEL],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from db.cli_support import one_line_errors
+from db.pipeline_settings import ChunkSizeSettings
 from scheduler.settings import ApiSettings
 
 
@@ -29,6 +30,7 @@ def serve(host: str | None, port: int | None, workers: int | None, log_level: st
     import uvicorn
 
     settings = ApiSettings()  # validated here so a bad setting is one line, not a worker traceback
+    ChunkSizeSettings()  # the per-queue chunk sizes planning reads, checked at start too
     uvicorn.run(
         "scheduler.api.app:create_app",
         factory=True,

@@ -246,3 +246,64 @@ def test_the_model_is_resolved_by_the_submit_path_and_a_retired_one_is_refused(
     with pytest.raises(PlanningError) as caught:
         submit("sofa-gan")
     assert (caught.value.field, caught.value.rule) == ("model", "registered")
+
+
+def test_the_operator_sets_the_default_chunk_size_per_queue(
+    session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an operator who sets larger default chunks for bulk and backfill (a GPU fleet)
+    monkeypatch.setenv("CATALOGAN_CHUNK_SIZE_BULK", "4096")
+    monkeypatch.setenv("CATALOGAN_CHUNK_SIZE_BACKFILL", "2000")
+    monkeypatch.delenv("CATALOGAN_CHUNK_SIZE_INTERACTIVE", raising=False)
+    tenant_id = make_tenant(session_factory)
+    model_version = make_model_version(session_factory)
+
+    def planned_chunks(**fields: object) -> tuple[int, int]:
+        spec = parse_job_spec({"model": "tiny", "items": [{"category": "a", "count": 10_000}], **fields})
+        planned = submit_job(
+            session_factory,
+            spec,
+            tenant_id=tenant_id,
+            model_version=model_version,
+            publisher=RecordingPublisher(),
+        )
+        with session_factory() as session:
+            job = session.get(Job, planned.job_id)
+            assert job is not None
+            return job.chunk_size, len(planned.chunk_ids)
+
+    # When jobs without a chunk_size are planned, then each queue's chunks follow the setting
+    assert planned_chunks() == (4096, 3)  # bulk, the default queue
+    assert planned_chunks(queue="backfill") == (2000, 5)
+    assert planned_chunks(queue="interactive") == (32, 313)  # unset: the built-in default
+    # And a job's own chunk_size, or a tar job's shard size, is not the queue's default
+    assert planned_chunks(chunk_size=100) == (100, 100)
+    assert planned_chunks(output_format="tar") == (1000, 10)
+
+
+@pytest.mark.parametrize("value", ["0", "5000", "many"])
+def test_a_bad_chunk_size_setting_names_the_variable_and_plans_nothing(
+    session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from db.pipeline_settings import ChunkSizeSettings
+    from db.settings import SettingsError
+
+    # Given a chunk size setting outside 1–4096 (or not a number)
+    monkeypatch.setenv("CATALOGAN_CHUNK_SIZE_BULK", value)
+    tenant_id = make_tenant(session_factory)
+    model_version = make_model_version(session_factory)
+    # When the settings are read, or a job relying on them is submitted
+    with pytest.raises(SettingsError, match="CATALOGAN_CHUNK_SIZE_BULK"):
+        ChunkSizeSettings()
+    spec = parse_job_spec({"model": "tiny", "items": [{"category": "a", "count": 10}]})
+    with pytest.raises(SettingsError, match="CATALOGAN_CHUNK_SIZE_BULK"):
+        submit_job(
+            session_factory,
+            spec,
+            tenant_id=tenant_id,
+            model_version=model_version,
+            publisher=RecordingPublisher(),
+        )
+    # Then nothing was planned
+    with session_factory() as session:
+        assert _count(session, Job) == 0

@@ -170,3 +170,13 @@ def test_workers_shows_queue_depths_from_redis(cli_env: dict[str, str], redis_ur
     body = json.loads(result.output)
     assert body["queues"]["bulk"] == 2 and body["queues"]["interactive"] == 0
     assert body["workers"] == []
+
+
+def test_serve_refuses_a_bad_chunk_size_setting_at_start_in_one_line() -> None:
+    # Given a default chunk size outside 1–4096
+    env = {"CATALOGAN_CHUNK_SIZE_BACKFILL": "0"}
+    # When `catalogan serve` starts
+    result = run(["serve"], env)
+    # Then it stops before serving, with one line naming the variable, and exit code 6 (configuration)
+    assert result.exit_code == 6, result.output
+    assert "CATALOGAN_CHUNK_SIZE_BACKFILL" in result.output and len(result.output.strip().splitlines()) == 1

@@ -1,0 +1,456 @@
+"""Section 3 of `bench/gpu_bench.py`: the chunk worker in-process on the device, images/s and CPU per stage.
+
+Each job goes through the real worker function (`workers.chunk_generation.generate_chunk`: claim, forward,
+gate, encode in the upload pool overlapped with the next forward, PUT, fenced row upserts, completion) with:
+
+- a `GeneratorCache` on the device (`--device`; on CUDA the worker's batch is `CUDA_WORKER_BATCH_SIZE`, as
+  `catalogan worker` sets it when `CATALOGAN_BATCH_SIZE` is unset);
+- SQLite in /dev/shm (a tmpfs: the SQL cost without a disk), the schema from Alembic when it is installed,
+  else `Base.metadata.create_all` (the device image may lack Alembic; the result says which);
+- `SinkStore`, an in-memory object store that keeps the model's own objects and counts, then drops, every
+  image and shard: the near-free sink, so the figures are the worker's, not a server's;
+- jobs planned with `db.planning.submit_job` (publisher: none; the chunks run here one after another);
+- `finalize_job` (manifests) after the last chunk when pyarrow is importable (the result says whether).
+
+Matrix (each cell one timed job of `--worker-images` images, after one untimed warm-up job per gate mode):
+chunk size (`--worker-chunk-sizes`, default 256, 1024, 4096: the planning default is measured here) × output
+format (png, tar) × gate (`off`: a model version without a memorization index; `on`: the gate as shipped, a
+memorization index of `--index-rows` random 128-d features (the shipped model's index is 60,000 × 128; the
+cost of the search depends on the size, not the values; its threshold 0 makes no near copies) and
+`min_confidence` 0); then one `redraw` job per format at the largest chunk size: the same index plus
+`quality_gate: {min_confidence: --redraw-min-confidence, max_redraws: 3}`, which exercises redraws.
+
+Per job: images asked / generated (done + rejected) / rejected, images/s, this process's CPU seconds and
+CPU ms per image, and per stage (calls, wall seconds, CPU seconds of the thread that ran it): `sql` (every
+transaction of the worker function: claim, lease renewal, rows + completion), `forward` (latents + forward +
+uint8 to the CPU), `gate` (evaluator, nearest neighbour and the redraws' forwards), `encode` (PNG with
+provenance, in the upload threads), `put` (the sink's PUT), `finalize`. Stage wall times of the upload
+threads overlap the forward: sum the CPU seconds, not the wall seconds. Gate stats from the image rows:
+images scored, images redrawn, redraws in total, rejected, mean and minimum score.
+
+Results go to `<out>/gpu_worker_section.json` after every job (a run stopped at its time limit keeps what
+finished) and are returned to `gpu_bench.py` for its summary. Imports only what `workers.chunk_generation`
+already needs (torch, numpy, Pillow, SQLAlchemy, pydantic, pydantic-settings): no boto3, Celery, Ray, Redis.
+
+On a CPU (for checking it before a device is lent; about 10 s):
+
+    python bench/gpu_bench.py --device cpu --smoke --sections 3 --out /tmp/gpu-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models" / "weights" / "fashion-cgan" / "generator.pt"
+RESULT_FILE = "gpu_worker_section.json"
+KEEP_PREFIXES = ("models/",)  # the sink keeps these (checkpoints, indexes); images and shards are dropped
+
+
+@dataclass
+class StageClock:
+    """Calls, wall seconds and thread CPU seconds per stage; thread-safe (the upload threads report too)."""
+
+    totals: dict[str, list[float]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            spent_wall, spent_cpu = time.perf_counter() - wall, time.thread_time() - cpu
+            with self.lock:
+                entry = self.totals.setdefault(name, [0, 0.0, 0.0])
+                entry[0] += 1
+                entry[1] += spent_wall
+                entry[2] += spent_cpu
+
+    def take(self) -> dict[str, dict[str, float]]:
+        """The totals since the last call, then zero."""
+        with self.lock:
+            taken, self.totals = self.totals, {}
+        return {
+            name: {"calls": int(calls), "wall_s": round(wall, 4), "cpu_s": round(cpu, 4)}
+            for name, (calls, wall, cpu) in sorted(taken.items())
+        }
+
+
+def _sink_store(clock: StageClock) -> Any:
+    from db.storage.keys import validate_key
+    from db.storage.memory import MemoryStore
+
+    class SinkStore(MemoryStore):
+        """Keeps `models/...` objects; counts and drops every other PUT (images, shards, manifests)."""
+
+        def __init__(self) -> None:
+            super().__init__("memory://bench-sink")
+            self.objects_dropped = 0
+            self.bytes_dropped = 0
+            self._count_lock = threading.Lock()
+
+        def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+            with clock.stage("put"):
+                if key.startswith(KEEP_PREFIXES):
+                    super().put(key, data, content_type=content_type)
+                    return
+                validate_key(key)
+                with self._count_lock:
+                    self.objects_dropped += 1
+                    self.bytes_dropped += len(data)
+
+    return SinkStore()
+
+
+def _instrument(clock: StageClock) -> Callable[[], None]:
+    """Wrap the worker function's stages in `clock`; returns the undo."""
+    import workers.chunk_generation as worker
+
+    originals = {
+        name: getattr(worker, name) for name in ("_forward", "_gated", "encode_with_digest", "transaction")
+    }
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        with clock.stage("forward"):
+            return originals["_forward"](*args, **kwargs)
+
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        with clock.stage("gate"):
+            return originals["_gated"](*args, **kwargs)
+
+    def encode(*args: Any, **kwargs: Any) -> Any:
+        with clock.stage("encode"):
+            return originals["encode_with_digest"](*args, **kwargs)
+
+    @contextlib.contextmanager
+    def transaction(factory: Any) -> Iterator[Any]:
+        with clock.stage("sql"), originals["transaction"](factory) as session:
+            yield session
+
+    replaced = {
+        "_forward": forward,
+        "_gated": gated,
+        "encode_with_digest": encode,
+        "transaction": transaction,
+    }
+    for name, value in replaced.items():
+        setattr(worker, name, value)
+
+    def undo() -> None:
+        for name, value in originals.items():
+            setattr(worker, name, value)
+
+    return undo
+
+
+def _schema(url: str) -> str:
+    """Create the schema: Alembic when importable (what production runs), else the tables' metadata."""
+    try:
+        import alembic  # noqa: F401
+    except ImportError:
+        from sqlalchemy import create_engine
+
+        from db.tables import Base
+
+        engine = create_engine(url)
+        Base.metadata.create_all(engine)
+        engine.dispose()
+        return "create_all (no alembic)"
+    from db import migrate
+
+    migrate.upgrade(url)
+    return "alembic"
+
+
+def _register(
+    factory: Any, store: Any, name: str, checkpoint: bytes, categories: Sequence[str], metrics: Any
+) -> Any:
+    """A production model version of `checkpoint` (stored in `store`), with `metrics` (the index entry)."""
+    from db.engine import transaction
+    from db.status import ModelVersionStatus
+    from db.tables import ModelVersion
+
+    key = f"models/{name}/1/generator.ckpt"
+    store.put(key, checkpoint)
+    with transaction(factory) as session:
+        row = ModelVersion(
+            name=name,
+            version=1,
+            preset="bench",
+            architecture="cgan",
+            config={},
+            categories=list(categories),
+            checkpoint_uri=store.uri(key),
+            checkpoint_sha256=hashlib.sha256(checkpoint).hexdigest(),
+            status=ModelVersionStatus.PRODUCTION,
+            metrics=metrics,
+        )
+        session.add(row)
+        session.flush()
+    return row
+
+
+def _random_index(store: Any, rows: int) -> dict[str, Any]:
+    """A memorization index of `rows` random 128-d features, threshold 0 (never a near copy), stored."""
+    from models.evaluator import FEATURE_DIM
+    from models.memorization_index import MemorizationIndex, put_index
+
+    features = np.random.default_rng(0).standard_normal((rows, FEATURE_DIM), dtype=np.float32)
+    return put_index(store, "models/bench-index/index.npz", MemorizationIndex(features, 0.0, 0.999))
+
+
+def _gate_stats(factory: Any, job_id: str) -> dict[str, Any]:
+    from sqlalchemy import func, select
+
+    from db.status import ImageStatus
+    from db.tables import Image
+
+    with factory() as session:
+        scored, redrawn, redraws, mean, low = session.execute(
+            select(
+                func.count(Image.score),
+                func.count().filter(Image.redraws > 0),
+                func.coalesce(func.sum(Image.redraws), 0),
+                func.avg(Image.score),
+                func.min(Image.score),
+            ).where(Image.job_id == job_id)
+        ).one()
+        rejected = session.scalar(
+            select(func.count()).where(Image.job_id == job_id, Image.status == ImageStatus.REJECTED)
+        )
+    return {
+        "scored": int(scored),
+        "redrawn_images": int(redrawn),
+        "redraws_total": int(redraws),
+        "rejected": int(rejected or 0),
+        "score_mean": None if mean is None else round(float(mean), 4),
+        "score_min": None if low is None else round(float(low), 4),
+    }
+
+
+def _model(args: argparse.Namespace) -> tuple[str, bytes]:
+    from models.inference import random_generator_checkpoint
+
+    name = getattr(args, "worker_model", None) or ("tiny" if args.smoke else "shipped")
+    if name == "shipped":
+        return "fashion-cgan", SHIPPED.read_bytes()
+    return name, random_generator_checkpoint(name, seed=0)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in str(text).split(",") if part.strip()]
+
+
+def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Run the matrix on `device`; the results (also written to `<args.out>/gpu_worker_section.json`)."""
+    from db.engine import make_engine, make_session_factory, transaction
+    from db.pipeline_settings import WorkerSettings
+    from db.planning import parse_job_spec, submit_job
+    from db.status import JobStatus
+    from db.tables import Job, Tenant
+    from models.inference import CUDA_WORKER_BATCH_SIZE, load_generator
+    from workers.chunk_generation import ChunkContext, ChunkOutcome, generate_chunk
+    from workers.generator_cache import GeneratorCache
+
+    try:
+        from workers.finalize import finalize_job
+    except ImportError:  # pyarrow (the Parquet manifest) is not on every device image
+        finalize_job = None  # type: ignore[assignment]
+
+    budget_end = time.monotonic() + float(args.budget_s)
+    chunk_sizes = _ints(
+        getattr(args, "worker_chunk_sizes", None) or ("8,16" if args.smoke else "256,1024,4096")
+    )
+    images = int(getattr(args, "worker_images", None) or (32 if args.smoke else 16384))
+    index_rows = int(getattr(args, "index_rows", None) or (512 if args.smoke else 60000))
+    redraw_confidence = float(getattr(args, "redraw_min_confidence", None) or 0.5)
+    out_path = Path(args.out) / RESULT_FILE
+
+    clock = StageClock()
+    store = _sink_store(clock)
+    shm = Path("/dev/shm")
+    folder = Path(tempfile.mkdtemp(prefix="catalogan-gpu-worker-", dir=shm if shm.is_dir() else None))
+    url = f"sqlite:///{folder / 'catalogan.db'}"
+    schema = _schema(url)
+    engine = make_engine(url)
+    factory = make_session_factory(engine)
+
+    model_name, checkpoint = _model(args)
+    categories = list(load_generator(checkpoint).categories)
+    index_entry = _random_index(store, index_rows)
+    versions = {
+        "off": _register(factory, store, "bench-plain", checkpoint, categories, {}),
+        "on": _register(
+            factory, store, "bench-gated", checkpoint, categories, {"memorization_index": index_entry}
+        ),
+    }
+    tenant_id = uuid.uuid4().hex
+    with transaction(factory) as session:
+        session.add(Tenant(id=tenant_id, name=f"bench-{tenant_id[:6]}"))
+
+    overrides: dict[str, Any] = {"max_attempts": 1, "retry_delay_seconds": 0}
+    if device.type == "cuda":
+        overrides["batch_size"] = CUDA_WORKER_BATCH_SIZE  # what build_context sets on a CUDA worker
+    if getattr(args, "worker_batch_size", None):
+        overrides["batch_size"] = int(args.worker_batch_size)
+    if getattr(args, "worker_upload_threads", None):
+        overrides["upload_threads"] = int(args.worker_upload_threads)
+    settings = WorkerSettings().model_copy(update=overrides)
+    pool = ThreadPoolExecutor(max_workers=settings.upload_threads, thread_name_prefix="upload")
+
+    def on_job_finished(job_id: str) -> None:
+        if finalize_job is not None:
+            with clock.stage("finalize"):
+                finalize_job(factory, store, job_id)
+
+    ctx = ChunkContext(
+        session_factory=factory,
+        store=store,
+        generators=GeneratorCache(store, device=str(device), max_entries=2),
+        settings=settings,
+        worker_name="gpu-bench",
+        pool=pool,
+        device=str(device),
+        on_job_finished=on_job_finished,
+    )
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "model": model_name,
+        "categories": len(categories),
+        "batch_size": settings.batch_size,
+        "upload_threads": settings.upload_threads,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "database": f"SQLite in {folder.parent}",
+        "schema": schema,
+        "finalize": finalize_job is not None,
+        "index_rows": index_rows,
+        "images_per_job": images,
+        "chunk_sizes": chunk_sizes,
+        "runs": [],
+    }
+
+    def write() -> None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=2))
+
+    def run_job(output_format: str, gate: str, chunk: int, count: int) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "model": versions["off" if gate == "off" else "on"].name,
+            "items": [{"category": categories[0], "count": count}],
+            "seed": 1234,
+            "output_format": output_format,
+            "chunk_size": chunk,
+        }
+        if gate == "redraw":
+            spec["quality_gate"] = {"min_confidence": redraw_confidence, "max_redraws": 3}
+        clock.take()
+        dropped = (store.objects_dropped, store.bytes_dropped)
+        wall, cpu = time.perf_counter(), time.process_time()
+        planned = submit_job(
+            factory,
+            parse_job_spec(spec),
+            tenant_id=tenant_id,
+            model_version=versions["off" if gate == "off" else "on"],
+            publisher=lambda queue, chunk_ids: None,
+        )
+        outcomes = [generate_chunk(ctx, chunk_id) for chunk_id in planned.chunk_ids]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds, cpu_s = time.perf_counter() - wall, time.process_time() - cpu
+        bad = [outcome.value for outcome in outcomes if outcome is not ChunkOutcome.SUCCEEDED]
+        if bad:
+            raise RuntimeError(f"{output_format}/{gate}/chunk {chunk}: chunk outcomes {bad}")
+        with factory() as session:
+            job = session.get(Job, planned.job_id)
+            assert job is not None
+            status, done, rejected, failed = (
+                job.status,
+                job.images_done,
+                job.images_rejected,
+                job.images_failed,
+            )
+            finished = job.chunks_finished
+        return {
+            "format": output_format,
+            "gate": gate,
+            "chunk_size": chunk,
+            "chunks": len(planned.chunk_ids),
+            "chunks_finished": int(finished),
+            "images_asked": count,
+            "images_generated": int(done) + int(rejected),
+            "images_done": int(done),
+            "images_rejected": int(rejected),
+            "images_failed": int(failed),
+            # `succeeded` once finalized; `running` (every chunk finished) when finalize_job is not importable
+            "job_status": status.value if isinstance(status, JobStatus) else str(status),
+            "seconds": round(seconds, 4),
+            "images_per_s": round(count / seconds, 1),
+            "process_cpu_s": round(cpu_s, 4),
+            "cpu_ms_per_image": round(1000 * cpu_s / count, 4),
+            "objects_put": store.objects_dropped - dropped[0],
+            "bytes_put": store.bytes_dropped - dropped[1],
+            "stages": clock.take(),
+            "gate_stats": _gate_stats(factory, planned.job_id) if gate != "off" else None,
+        }
+
+    undo = _instrument(clock)
+    try:
+        for gate in ("off", "on"):  # untimed: model load, evaluator and index to the device, first kernels
+            run_job("png", gate, chunk_sizes[0], chunk_sizes[0])
+        cells = [
+            (output_format, gate, chunk)
+            for chunk in chunk_sizes
+            for output_format in ("png", "tar")
+            for gate in ("off", "on")
+        ] + [(output_format, "redraw", chunk_sizes[-1]) for output_format in ("png", "tar")]
+        for output_format, gate, chunk in cells:
+            if time.monotonic() >= budget_end:
+                result["stopped"] = "budget"
+                break
+            run = run_job(output_format, gate, chunk, max(images, chunk))
+            result["runs"].append(run)
+            print(
+                f"worker {output_format} gate {gate} chunk {chunk}: {run['images_per_s']:,.0f} images/s, "
+                f"CPU {run['cpu_ms_per_image']:.3f} ms/image",
+                flush=True,
+            )
+            write()
+        result["gate_on_vs_off"] = _gate_ratios(result["runs"])
+        write()
+    finally:
+        undo()
+        pool.shutdown(wait=True)
+        engine.dispose()
+        for path in sorted(folder.glob("*")):
+            path.unlink()
+        folder.rmdir()
+    return result
+
+
+def _gate_ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """images/s with the gate on (and with redraws) ÷ gate off, per format and chunk size."""
+    rates = {(run["format"], run["gate"], run["chunk_size"]): run["images_per_s"] for run in runs}
+    ratios = {}
+    for (output_format, gate, chunk), rate in sorted(rates.items()):
+        off = rates.get((output_format, "off", chunk))
+        if gate != "off" and off:
+            ratios[f"{output_format}|chunk {chunk}|{gate} / off"] = round(rate / off, 3)
+    return ratios
