@@ -197,7 +197,7 @@ class Model:
     version: int
     status: str
     categories: list[Any]
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # the summary GET /v1/models documents (fid_fm, cas, ...; None: not measured)
 
 
 @dataclass(frozen=True, slots=True)

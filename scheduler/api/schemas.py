@@ -446,6 +446,38 @@ class PreviewPublic(BaseModel):
     images: list[PreviewImagePublic]
 
 
+class ModelMetricsSummary(BaseModel):
+    """A version's headline quality metrics, as `catalogan evaluate` measured them (null: not measured).
+
+    A summary: per-category tables, memorization-index details and where files are stored stay with
+    operators (`catalogan models show NAME@VERSION --json`, the console's models page)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fid_fm: float | None = Field(
+        default=None, description="Fréchet distance in the evaluator's features (lower is better)."
+    )
+    kid: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    conditional_accuracy: float | None = Field(
+        default=None, description="Share of images the evaluator puts in the asked category."
+    )
+    cas: float | None = Field(
+        default=None,
+        description="Classification accuracy score: a classifier trained on generated images, tested on real ones.",
+    )
+    intra_class_ssim: float | None = Field(
+        default=None, description="Mean pairwise SSIM within a category (high: collapse)."
+    )
+    near_copy_rate: float | None = Field(
+        default=None, description="Share of images nearer a training image than the memorization gate allows."
+    )
+    samples_per_class: int | None = Field(
+        default=None, description="Images per category the metrics were measured on."
+    )
+
+
 class ModelPublic(BaseModel):
     """A registered generator version."""
 
@@ -455,7 +487,7 @@ class ModelPublic(BaseModel):
     preset: str
     architecture: str
     categories: list[Any]
-    metrics: dict[str, Any]
+    metrics: ModelMetricsSummary
     created_at: dt.datetime
     promoted_at: dt.datetime | None
 
