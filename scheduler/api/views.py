@@ -94,7 +94,7 @@ def metrics_summary(metrics: Mapping[str, Any]) -> ModelMetricsSummary:
         value = metrics.get(name)
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             summary[name] = int(value) if info.annotation == int | None else float(value)
-    return ModelMetricsSummary(**summary)
+    return ModelMetricsSummary.model_validate(summary)
 
 
 def model_public(model: ModelVersion) -> ModelPublic:
