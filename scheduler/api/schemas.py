@@ -44,13 +44,14 @@ from db.job_specs import (
     QualityGateSpec,
 )
 from db.status import ImageStatus, JobStatus, ModelVersionStatus
-from db.storage.keys import MAX_SEGMENT_BYTES, validate_key_segment
+from db.storage.keys import MAX_SEGMENT_BYTES, validate_job_folder
 
 MAX_PREVIEW_IMAGES = 8
-# What `validate_key_segment` enforces on a value that becomes a folder of object keys (422 `object_key_segment`).
+# What `validate_job_folder` enforces on a value that becomes a folder of object keys (422 `object_key_segment`).
 KEY_SEGMENT_RULE = (
     "Part of object keys: no '/', '\\', control or format characters, not '.' or '..', no leading or trailing "
-    f"whitespace, at most {MAX_SEGMENT_BYTES} bytes of UTF-8."
+    f"whitespace, at most {MAX_SEGMENT_BYTES} bytes of UTF-8; not manifest.jsonl, manifest.parquet or shards "
+    "(the job's own files)."
 )
 
 ModelRef = Field(
@@ -110,7 +111,7 @@ class ItemCreate(_Strict):
         # SKU and category become folders in object keys: reject (never rewrite) anything unsafe there.
         if value is not None:
             try:
-                validate_key_segment(value, str(info.field_name))
+                validate_job_folder(value, str(info.field_name))
             except InvalidKeyError as exc:
                 # The 422 names the rule, as for every other key the API refuses.
                 raise PydanticCustomError("object_key_segment", "{reason}", {"reason": str(exc)}) from exc

@@ -169,3 +169,26 @@ def test_the_models_listing_shows_a_documented_metrics_summary_only(
     assert "private-bucket" not in response.text
     documented = api.get("/openapi.json").json()["components"]["schemas"]["ModelMetricsSummary"]
     assert set(documented["properties"]) == set(model["metrics"])
+
+
+def test_a_sku_named_like_the_jobs_own_files_is_refused(
+    api: TestClient, tenant: Credentials, pg_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Given SKUs `manifest.jsonl`, `manifest.parquet` and `shards` (their folder would be where the job's
+    manifest or shards go: on a local store the manifest could then never be written), when submitted inline
+    or in an uploaded CSV, then each is a 422 naming sku and the reservation, and no job is made."""
+    for sku in ("manifest.jsonl", "manifest.parquet", "shards"):
+        inline = api.post(
+            "/v1/jobs", json={"items": [{"category": "a", "count": 1, "sku": sku}]}, headers=tenant.headers
+        )
+        assert inline.status_code == 422, inline.text
+        assert "sku" in inline.text and "reserved" in inline.text
+        uploaded = api.post(
+            "/v1/jobs",
+            files={"file": ("skus.csv", f"sku,category,count\n{sku},a,1\n".encode())},
+            headers=tenant.headers,
+        )
+        assert uploaded.status_code == 422, uploaded.text
+        assert "reserved" in uploaded.text
+    with pg_factory() as session:
+        assert session.scalars(select(Chunk.id)).first() is None
