@@ -189,6 +189,15 @@ class S3Store(ObjectStore):
             with response["Body"] as body:
                 return bytes(body.read())
 
+    def iter_chunks(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """One GET whose body is read `chunk_bytes` at a time; `ObjectNotFoundError` when there is none."""
+        full = self._full(key)
+        with _boundary(f"get {self.uri(key)}"):
+            response = self.client.get_object(Bucket=self.bucket, Key=full)
+            with response["Body"] as body:
+                while piece := body.read(chunk_bytes):
+                    yield piece
+
     def exists(self, key: str) -> bool:
         """True when a HEAD on the key succeeds."""
         full = self._full(key)
