@@ -37,32 +37,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from sqlalchemy import make_url, text  # noqa: E402
 
 from db import migrate  # noqa: E402
 from db.engine import make_engine, make_session_factory  # noqa: E402
 from db.storage import open_store  # noqa: E402
 from scheduler.settings import ApiSettings  # noqa: E402
-from tests.faults.load import LoadReport, load_tenant_headers, run_load, serve_api  # noqa: E402
+from tests.faults.load import (  # noqa: E402
+    LoadReport,
+    create_database,
+    drop_database,
+    load_tenant_headers,
+    run_load,
+    serve_api,
+)
 from tests.faults.services import RedisServer  # noqa: E402
 from tests.pipeline import ServiceProcess, make_model_version, pipeline_env, tiny_checkpoint  # noqa: E402
 from tests.services import TEST_BUCKET, SeaweedFS  # noqa: E402
-
-
-def _create_database(admin_url: str) -> str:
-    name = f"catalogan_hostile_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    engine = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_database(admin_url: str, url: str) -> None:
-    engine = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-    engine.dispose()
 
 
 class PreviewFlood:
@@ -137,7 +127,7 @@ def main() -> None:
     seaweed = SeaweedFS(folder / "seaweedfs")
     seaweed.start()
     os.environ.update(seaweed.env())
-    db_url = _create_database(args.postgres_admin_url)
+    db_url = create_database(args.postgres_admin_url, "catalogan_hostile")
     workers: list[ServiceProcess] = []
     api = None
     phases: dict[str, dict[str, Any]] = {}
@@ -198,7 +188,7 @@ def main() -> None:
             api.stop()
         for worker in workers:
             worker.stop()
-        _drop_database(args.postgres_admin_url, db_url)
+        drop_database(args.postgres_admin_url, db_url)
         seaweed.stop()
         redis_server.stop()
         shutil.rmtree(folder, ignore_errors=True)

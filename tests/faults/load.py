@@ -8,9 +8,11 @@ polling its job's status until it is finished. Shared by `tests/faults/test_load
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,8 +21,9 @@ from typing import Any
 
 import httpx
 import uvicorn
+from sqlalchemy import make_url, text
 
-from db.engine import transaction
+from db.engine import make_engine, transaction
 from db.tenants import create_api_key, create_tenant
 from tests.services import free_port
 
@@ -32,6 +35,24 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 LOAD_MAX_CONCURRENT_JOBS = 100_000
 LOAD_REQUESTS_PER_MINUTE = 1_000_000
 LOAD_IMAGES_PER_DAY = 10_000_000
+
+
+def create_database(admin_url: str, prefix: str) -> str:
+    """A fresh PostgreSQL database `<prefix>_<pid>_<random>` made through `admin_url`; returns its URL."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    engine = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    """Drop the database of `url` (its connections closed by force), through `admin_url`."""
+    engine = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    engine.dispose()
 
 
 class LiveApi:
