@@ -49,9 +49,10 @@ from tests.faults.load import (  # noqa: E402
     load_tenant_headers,
     run_load,
     serve_api,
+    start_tiny_workers,
 )
 from tests.faults.services import RedisServer  # noqa: E402
-from tests.pipeline import ServiceProcess, make_model_version, pipeline_env, tiny_checkpoint  # noqa: E402
+from tests.pipeline import ServiceProcess  # noqa: E402
 from tests.services import TEST_BUCKET, SeaweedFS  # noqa: E402
 
 
@@ -136,19 +137,16 @@ def main() -> None:
         migrate.upgrade(db_url)
         factory = make_session_factory(make_engine(db_url))
         store = open_store(f"s3://{TEST_BUCKET}/hostile-{uuid.uuid4().hex[:8]}")
-        make_model_version(factory, checkpoint=tiny_checkpoint(), store=store)
-        env = pipeline_env(
-            CATALOGAN_DATABASE_URL=db_url,
-            CATALOGAN_BROKER_URL=redis_server.url,
-            CATALOGAN_STORAGE_URL=store.url,
-            CATALOGAN_DATA_DIR=str(folder / "data"),
-            CATALOGAN_DEVICE="cpu",
-            **seaweed.env(),
+        workers = start_tiny_workers(
+            args.workers,
+            factory,
+            store,
+            db_url=db_url,
+            redis_url=redis_server.url,
+            folder=folder,
+            s3_env=seaweed.env(),
+            queues="bulk",
         )
-        workers = [
-            ServiceProcess(["worker", "--gpus", "none", "--queues", "bulk"], env, folder / f"worker-{i}.log")
-            for i in range(args.workers)
-        ]
         settings = ApiSettings(
             preview_timeout_seconds=args.preview_timeout, preview_max_concurrent_per_tenant=args.previews
         )

@@ -39,9 +39,10 @@ from tests.faults.load import (  # noqa: E402
     load_tenant_headers,
     run_load,
     serve_api,
+    start_tiny_workers,
 )
 from tests.faults.services import RedisServer  # noqa: E402
-from tests.pipeline import ServiceProcess, make_model_version, pipeline_env, tiny_checkpoint  # noqa: E402
+from tests.pipeline import ServiceProcess  # noqa: E402
 from tests.services import TEST_BUCKET, SeaweedFS  # noqa: E402
 
 
@@ -171,19 +172,15 @@ def main() -> None:
         engine = make_engine(db_url, pool_size=args.pool_size)
         factory = make_session_factory(engine)
         store = open_store(f"s3://{TEST_BUCKET}/load-{uuid.uuid4().hex[:8]}")
-        make_model_version(factory, checkpoint=tiny_checkpoint(), store=store)
-        env = pipeline_env(
-            CATALOGAN_DATABASE_URL=db_url,
-            CATALOGAN_BROKER_URL=redis_url,
-            CATALOGAN_STORAGE_URL=store.url,
-            CATALOGAN_DATA_DIR=str(folder / "data"),
-            CATALOGAN_DEVICE="cpu",
-            **seaweed.env(),
+        workers = start_tiny_workers(
+            args.workers,
+            factory,
+            store,
+            db_url=db_url,
+            redis_url=redis_url,
+            folder=folder,
+            s3_env=seaweed.env(),
         )
-        workers = [
-            ServiceProcess(["worker", "--gpus", "none"], env, folder / f"worker-{i}.log")
-            for i in range(args.workers)
-        ]
         api = serve_api(factory, store, redis_url, folder / "api-data")
         headers = [load_tenant_headers(factory, f"load{i}")[1] for i in range(args.tenants)]
         count = args.images_per_job

@@ -25,6 +25,7 @@ from sqlalchemy import make_url, text
 
 from db.engine import make_engine, transaction
 from db.tenants import create_api_key, create_tenant
+from tests.pipeline import ServiceProcess, make_model_version, pipeline_env, tiny_checkpoint
 from tests.services import free_port
 
 POLL_INTERVAL_SECONDS = 0.5
@@ -53,6 +54,32 @@ def drop_database(admin_url: str, url: str) -> None:
     with engine.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
     engine.dispose()
+
+
+def start_tiny_workers(
+    count: int,
+    factory: Any,
+    store: Any,
+    *,
+    db_url: str,
+    redis_url: str,
+    folder: Path,
+    s3_env: dict[str, str],
+    queues: str | None = None,
+) -> list[ServiceProcess]:
+    """Register the tiny model (its checkpoint in `store`) and start `count` CPU `catalogan worker` processes
+    on it (consuming `queues`, all when None), logging to `folder/worker-<i>.log`: the benches' workers."""
+    make_model_version(factory, checkpoint=tiny_checkpoint(), store=store)
+    env = pipeline_env(
+        CATALOGAN_DATABASE_URL=db_url,
+        CATALOGAN_BROKER_URL=redis_url,
+        CATALOGAN_STORAGE_URL=store.url,
+        CATALOGAN_DATA_DIR=str(folder / "data"),
+        CATALOGAN_DEVICE="cpu",
+        **s3_env,
+    )
+    command = ["worker", "--gpus", "none", *(["--queues", queues] if queues else [])]
+    return [ServiceProcess(command, env, folder / f"worker-{i}.log") for i in range(count)]
 
 
 class LiveApi:
