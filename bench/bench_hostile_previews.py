@@ -37,32 +37,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from sqlalchemy import make_url, text  # noqa: E402
 
 from db import migrate  # noqa: E402
 from db.engine import make_engine, make_session_factory  # noqa: E402
 from db.storage import open_store  # noqa: E402
 from scheduler.settings import ApiSettings  # noqa: E402
-from tests.faults.load import LoadReport, load_tenant_headers, run_load, serve_api  # noqa: E402
+from tests.faults.load import (  # noqa: E402
+    LoadReport,
+    create_database,
+    drop_database,
+    load_tenant_headers,
+    run_load,
+    serve_api,
+    start_tiny_workers,
+)
 from tests.faults.services import RedisServer  # noqa: E402
-from tests.pipeline import ServiceProcess, make_model_version, pipeline_env, tiny_checkpoint  # noqa: E402
+from tests.pipeline import ServiceProcess  # noqa: E402
 from tests.services import TEST_BUCKET, SeaweedFS  # noqa: E402
-
-
-def _create_database(admin_url: str) -> str:
-    name = f"catalogan_hostile_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    engine = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_database(admin_url: str, url: str) -> None:
-    engine = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-    engine.dispose()
 
 
 class PreviewFlood:
@@ -137,7 +128,7 @@ def main() -> None:
     seaweed = SeaweedFS(folder / "seaweedfs")
     seaweed.start()
     os.environ.update(seaweed.env())
-    db_url = _create_database(args.postgres_admin_url)
+    db_url = create_database(args.postgres_admin_url, "catalogan_hostile")
     workers: list[ServiceProcess] = []
     api = None
     phases: dict[str, dict[str, Any]] = {}
@@ -146,19 +137,16 @@ def main() -> None:
         migrate.upgrade(db_url)
         factory = make_session_factory(make_engine(db_url))
         store = open_store(f"s3://{TEST_BUCKET}/hostile-{uuid.uuid4().hex[:8]}")
-        make_model_version(factory, checkpoint=tiny_checkpoint(), store=store)
-        env = pipeline_env(
-            CATALOGAN_DATABASE_URL=db_url,
-            CATALOGAN_BROKER_URL=redis_server.url,
-            CATALOGAN_STORAGE_URL=store.url,
-            CATALOGAN_DATA_DIR=str(folder / "data"),
-            CATALOGAN_DEVICE="cpu",
-            **seaweed.env(),
+        workers = start_tiny_workers(
+            args.workers,
+            factory,
+            store,
+            db_url=db_url,
+            redis_url=redis_server.url,
+            folder=folder,
+            s3_env=seaweed.env(),
+            queues="bulk",
         )
-        workers = [
-            ServiceProcess(["worker", "--gpus", "none", "--queues", "bulk"], env, folder / f"worker-{i}.log")
-            for i in range(args.workers)
-        ]
         settings = ApiSettings(
             preview_timeout_seconds=args.preview_timeout, preview_max_concurrent_per_tenant=args.previews
         )
@@ -198,7 +186,7 @@ def main() -> None:
             api.stop()
         for worker in workers:
             worker.stop()
-        _drop_database(args.postgres_admin_url, db_url)
+        drop_database(args.postgres_admin_url, db_url)
         seaweed.stop()
         redis_server.stop()
         shutil.rmtree(folder, ignore_errors=True)

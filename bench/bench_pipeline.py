@@ -57,26 +57,10 @@ from db.storage import ObjectStore, open_store  # noqa: E402
 from models.inference import load_generator, random_generator_checkpoint  # noqa: E402
 from models.sampling import latents_for  # noqa: E402
 from scheduler.client import Client  # noqa: E402
-from tests.faults.load import load_tenant_headers, serve_api  # noqa: E402
+from tests.faults.load import create_database, drop_database, load_tenant_headers, serve_api  # noqa: E402
 from tests.pipeline import CATALOGAN, job_row, make_model_version, make_tenant, pipeline_env  # noqa: E402
 from tests.services import TEST_BUCKET, SeaweedFS, claimed_redis_db  # noqa: E402
 from workers.encoding import Provenance, encode_with_digest  # noqa: E402
-
-
-def _create_database(admin_url: str) -> str:
-    name = f"catalogan_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    engine = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_database(admin_url: str, url: str) -> None:
-    engine = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-    engine.dispose()
 
 
 def bench_planning(db_url: str, redis_url: str, images: int, folder: Path) -> dict[str, float]:
@@ -737,7 +721,7 @@ def run(args: argparse.Namespace, sizes: list[int], redis_url: str) -> None:
     seaweed = SeaweedFS(folder / "seaweedfs")
     seaweed.start()
     os.environ.update(seaweed.env())
-    db_url = _create_database(args.postgres_admin_url)
+    db_url = create_database(args.postgres_admin_url, "catalogan_bench")
     database = make_url(db_url).database or ""
     redis_pids = _redis_server_pid(redis_url)
     assert seaweed.process is not None
@@ -805,7 +789,7 @@ def run(args: argparse.Namespace, sizes: list[int], redis_url: str) -> None:
                 api.stop()
         engine.dispose()
     finally:
-        _drop_database(args.postgres_admin_url, db_url)
+        drop_database(args.postgres_admin_url, db_url)
         seaweed.stop()
     if versus is not None:
         print("\n".join(peer_lines(versus)))

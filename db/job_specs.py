@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from db.chunk_sizes import DEFAULT_CHUNK_SIZES, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE  # noqa: F401 (re-exported)
 from db.errors import InvalidKeyError, PlanningError
-from db.storage.keys import validate_key_segment
+from db.storage.keys import validate_job_folder
 
 # The bounds of any job, whichever door it came through. Planning is O(chunks), so these bound rows, not images.
 MAX_SEED = (1 << 63) - 1
@@ -147,7 +147,7 @@ class ItemSpec(BaseModel):
         # The SKU becomes a folder in the object key: reject (never rewrite) anything unsafe there.
         if value is not None:
             try:
-                validate_key_segment(value, "sku")
+                validate_job_folder(value, "sku")
             except InvalidKeyError as exc:
                 raise ValueError(str(exc)) from exc
         return value

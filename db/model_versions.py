@@ -150,3 +150,25 @@ def set_metrics(session: Session, row: ModelVersion, metrics: Mapping[str, Any])
     row.metrics = {**(row.metrics or {}), **dict(metrics)}
     session.flush()
     return row
+
+
+def describe_model_version(row: ModelVersion) -> dict[str, Any]:
+    """Everything an operator reads about a version (`catalogan models show`, the console's models page):
+    name, version, ref, status, preset, architecture, categories, checkpoint, data fingerprint, metrics,
+    config and the timestamps (as datetimes)."""
+    return {
+        "name": row.name,
+        "version": row.version,
+        "ref": f"{row.name}@{row.version}",
+        "status": row.status.value,
+        "preset": row.preset,
+        "architecture": row.architecture,
+        "categories": list(row.categories or []),
+        "checkpoint_uri": row.checkpoint_uri,
+        "checkpoint_sha256": row.checkpoint_sha256,
+        "data_fingerprint": row.data_fingerprint,
+        "metrics": dict(row.metrics or {}),
+        "config": dict(row.config or {}),
+        "created_at": row.created_at,
+        "promoted_at": row.promoted_at,
+    }

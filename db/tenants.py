@@ -87,6 +87,20 @@ def get_tenant_by_name(session: Session, name: str) -> Tenant:
     return tenant
 
 
+def set_webhook_secret(session: Session, name: str, secret: str) -> Tenant:
+    """Replace the webhook signing secret of the tenant called `name` (`NotFoundError` if none).
+
+    The tenant row is locked, and the dispatcher reads the secret when it claims a delivery: every attempt
+    claimed after this commits is signed with `secret`, retries of earlier events included.
+    """
+    tenant = session.scalars(select(Tenant).where(Tenant.name == name).with_for_update()).one_or_none()
+    if tenant is None:
+        raise NotFoundError(f"tenant named {name!r} not found")
+    tenant.webhook_secret = secret
+    session.flush()
+    return tenant
+
+
 def create_api_key(session: Session, tenant_id: str, *, name: str = "") -> IssuedApiKey:
     """Issue a new key for a tenant; store only its hash. The returned `clear_key` cannot be recovered later."""
     get_tenant(session, tenant_id)

@@ -17,6 +17,7 @@ from db.engine import transaction
 from db.errors import ConflictError
 from db.model_versions import (
     create_model_version,
+    describe_model_version,
     list_model_versions,
     resolve_model_version,
     set_metrics,
@@ -127,20 +128,8 @@ def record_metrics(
 
 
 def describe(row: ModelVersion) -> dict[str, Any]:
-    """A JSON-friendly view of a version for `models show --json`."""
-    return {
-        "name": row.name,
-        "version": row.version,
-        "ref": f"{row.name}@{row.version}",
-        "status": row.status.value,
-        "preset": row.preset,
-        "architecture": row.architecture,
-        "categories": list(row.categories or []),
-        "checkpoint_uri": row.checkpoint_uri,
-        "checkpoint_sha256": row.checkpoint_sha256,
-        "data_fingerprint": row.data_fingerprint,
-        "metrics": dict(row.metrics or {}),
-        "config": dict(row.config or {}),
-        "created_at": row.created_at.isoformat() if row.created_at else None,
-        "promoted_at": row.promoted_at.isoformat() if row.promoted_at else None,
-    }
+    """A JSON-friendly view of a version for `models show --json` (timestamps as ISO 8601 text)."""
+    view = describe_model_version(row)
+    for name in ("created_at", "promoted_at"):
+        view[name] = view[name].isoformat() if view[name] else None
+    return view

@@ -10,7 +10,8 @@
 The SDK needs httpx and pydantic only (`pip install catalogan`, without the `server` extra: no torch, no
 SQLAlchemy). `download` fetches images in parallel threads, skips files already on disk whose sha256 matches
 (so an interrupted download resumes), and unpacks tar jobs: their image rows point at a WebDataset shard, which
-is fetched once and each member checked against the image's sha256.
+is fetched once and each member checked against the image's sha256. Every path segment the server sends is
+checked (one safe key segment, and the file inside the target folder) before anything is fetched or written.
 
 Every call retries on 5xx, 429 and connection failures with exponential backoff, honouring `Retry-After`.
 `submit_job` always sends an `Idempotency-Key` (one is generated when none is given), so a retried submit
@@ -40,6 +41,8 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from db.errors import InvalidKeyError
+from db.storage.keys import validate_key_segment
 from scheduler.errors import ApiError, ClientError, TransportError
 from scheduler.signatures import DEFAULT_TOLERANCE_SECONDS, verify
 
@@ -206,7 +209,7 @@ class Model:
     version: int
     status: str
     categories: list[Any]
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # the summary GET /v1/models documents (fid_fm, cas, ...; None: not measured)
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,6 +594,8 @@ class Client:
             for image in self.iter_images(job)
             if image.status == "succeeded" and image.url and image.key
         ]
+        for image in wanted:  # every path is checked before anything is written
+            _check_inside(root, image)
         shards: dict[str, _ShardCache] = {}
         for image in wanted:
             if image.key and image.key.endswith(SHARD_SUFFIX):
@@ -663,12 +668,32 @@ class Client:
 
 
 def image_path(image: Image) -> Path:
-    """Where `download` puts an image: `<category or sku>/<index:08d>.<ext>` (from its key; tar members are PNG)."""
+    """Where `download` puts an image: `<category or sku>/<index:08d>.<ext>` (from its key; tar members are PNG).
+
+    The segments come from the server, so each must be one safe key segment (`validate_key_segment`: not
+    empty, `.` or `..`, no `/`, backslash or control character); `ClientError` otherwise.
+    """
     key = str(image.key)
     if key.endswith(SHARD_SUFFIX):
-        return Path(image.sku or image.category) / f"{image.index:08d}.png"
-    # The last two key segments are "<category or sku>/<index>.png": safe names by construction.
-    return Path(*key.split("/")[-2:])
+        segments = [image.sku or image.category, f"{image.index:08d}.png"]
+    else:
+        segments = key.split("/")[-2:]
+    for segment in segments:
+        try:
+            validate_key_segment(segment, "key segment")
+        except InvalidKeyError as exc:
+            raise ClientError(
+                f"image {image.index}: the server sent an unsafe path ({exc}); refused"
+            ) from exc
+    return Path(*segments)
+
+
+def _check_inside(root: Path, image: Image) -> Path:
+    """`root / image_path(image)`, refused (`ClientError`) unless it stays inside `root` once resolved."""
+    target = root / image_path(image)
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise ClientError(f"image {image.index}: {target} is outside {root}; refused")
+    return target
 
 
 def shard_member(shard: bytes, index: int) -> bytes:

@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.engine import transaction
 from db.status import DeliveryStatus, JobStatus
 from db.tables import Job, Tenant, WebhookDelivery, utcnow
+from db.urls import split_url
 from scheduler.errors import UnsafeWebhookTargetError
 from scheduler.settings import WebhookSettings
 from scheduler.signatures import signed_headers
@@ -97,10 +98,7 @@ def _is_public(address: str) -> bool:
 
 def check_target(url: str, *, allow_private: bool, resolver: Resolver = resolve_host) -> None:
     """Raise `UnsafeWebhookTargetError` unless `url` is http(s) and (unless allowed) resolves to public addresses only."""
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:  # e.g. an unbalanced "[" in the host part ("Invalid IPv6 URL")
-        raise UnsafeWebhookTargetError(f"webhook_url {url!r}: not a URL ({exc})") from exc
+    parts = split_url(url, error=UnsafeWebhookTargetError, field="webhook_url")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeWebhookTargetError(f"webhook_url {url!r}: must be an http:// or https:// URL with a host")
     if parts.username or parts.password:

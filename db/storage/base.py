@@ -41,6 +41,15 @@ class ObjectStore(abc.ABC):
     def get(self, key: str) -> bytes:
         """Return the object's bytes; raise `ObjectNotFoundError` when there is none."""
 
+    def iter_chunks(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """Yield the object's bytes in pieces of at most `chunk_bytes` (`ObjectNotFoundError` when absent).
+
+        This default holds the whole object (the in-memory store has it anyway); the S3 and local stores
+        read one piece at a time, so a caller that streams holds at most `chunk_bytes`."""
+        data = self.get(key)
+        for start in range(0, len(data), chunk_bytes):
+            yield data[start : start + chunk_bytes]
+
     @abc.abstractmethod
     def exists(self, key: str) -> bool:
         """True when an object is stored under `key`."""

@@ -82,3 +82,19 @@ def validate_key_segment(value: str, field: str) -> str:
     if len(value.encode("utf-8")) > MAX_SEGMENT_BYTES:
         raise InvalidKeyError(f"{field} {value[:32]!r}...: longer than {MAX_SEGMENT_BYTES} bytes of UTF-8")
     return value
+
+
+# Names a job keeps for its own files directly under `<tenant>/jobs/<job>/` (`db.images.manifest_keys`,
+# `workers.shards`): a SKU or category folder may not take one, so image keys and the job's own keys never meet
+# (a SKU `manifest.jsonl` made a folder where the manifest file goes: the job could never finalize).
+RESERVED_JOB_FOLDERS = frozenset({"manifest.jsonl", "manifest.parquet", "shards"})
+
+
+def validate_job_folder(value: str, field: str) -> str:
+    """`validate_key_segment`, and not one of `RESERVED_JOB_FOLDERS` (a SKU or category names a folder)."""
+    validate_key_segment(value, field)
+    if value in RESERVED_JOB_FOLDERS:
+        raise InvalidKeyError(
+            f"{field} {value!r}: reserved for the job's own files ({', '.join(sorted(RESERVED_JOB_FOLDERS))})"
+        )
+    return value

@@ -80,6 +80,19 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             raise StorageError(f"cannot read {self.uri(key)}: {exc}") from exc
 
+    def iter_chunks(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """Read the file `chunk_bytes` at a time; `ObjectNotFoundError` when there is no such object."""
+        path = self._path(key)
+        try:
+            handle = path.open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise ObjectNotFoundError(f"no object at {self.uri(key)}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.uri(key)}: {exc}") from exc
+        with handle:
+            while piece := handle.read(chunk_bytes):
+                yield piece
+
     def exists(self, key: str) -> bool:
         """True when `key` is a file."""
         return self._path(key).is_file()

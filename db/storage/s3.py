@@ -16,7 +16,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 import botocore.loaders
@@ -39,6 +38,7 @@ from db.storage.base import ObjectInfo, ObjectStore, PresignedUrl
 from db.storage.keys import validate_key, validate_prefix
 from db.storage.presign import check_expiry, presign_client
 from db.storage.s3_put import ObstorePut, put_client_choice
+from db.urls import split_url
 
 # Total attempts per call, first one included (botocore "standard" mode backs off exponentially with jitter).
 S3_MAX_ATTEMPTS = 5
@@ -134,10 +134,7 @@ def _boundary(what: str) -> Iterator[None]:
 
 def parse_s3_url(url: str) -> tuple[str, str]:
     """Split `s3://bucket/prefix` into (bucket, prefix); the prefix is "" or a valid key without a trailing /."""
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:  # e.g. an unbalanced "[" in the host part ("Invalid IPv6 URL")
-        raise StorageError(f"{url!r}: not a URL ({exc})") from exc
+    parts = split_url(url, error=StorageError)
     if parts.scheme != "s3" or not parts.netloc:
         raise StorageError(f"{url!r}: expected s3://bucket or s3://bucket/prefix")
     if parts.query or parts.fragment:
@@ -188,6 +185,15 @@ class S3Store(ObjectStore):
             response = self.client.get_object(Bucket=self.bucket, Key=full)
             with response["Body"] as body:
                 return bytes(body.read())
+
+    def iter_chunks(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """One GET whose body is read `chunk_bytes` at a time; `ObjectNotFoundError` when there is none."""
+        full = self._full(key)
+        with _boundary(f"get {self.uri(key)}"):
+            response = self.client.get_object(Bucket=self.bucket, Key=full)
+            with response["Body"] as body:
+                while piece := body.read(chunk_bytes):
+                    yield piece
 
     def exists(self, key: str) -> bool:
         """True when a HEAD on the key succeeds."""

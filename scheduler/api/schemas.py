@@ -46,13 +46,14 @@ from db.job_specs import (
     QualityGateSpec,
 )
 from db.status import ImageStatus, JobStatus, ModelVersionStatus
-from db.storage.keys import MAX_SEGMENT_BYTES, validate_key_segment
+from db.storage.keys import MAX_SEGMENT_BYTES, validate_job_folder
 
 MAX_PREVIEW_IMAGES = 8
-# What `validate_key_segment` enforces on a value that becomes a folder of object keys (422 `object_key_segment`).
+# What `validate_job_folder` enforces on a value that becomes a folder of object keys (422 `object_key_segment`).
 KEY_SEGMENT_RULE = (
     "Part of object keys: no '/', '\\', control or format characters, not '.' or '..', no leading or trailing "
-    f"whitespace, at most {MAX_SEGMENT_BYTES} bytes of UTF-8."
+    f"whitespace, at most {MAX_SEGMENT_BYTES} bytes of UTF-8; not manifest.jsonl, manifest.parquet or shards "
+    "(the job's own files)."
 )
 
 ModelRef = Field(
@@ -120,7 +121,7 @@ class ItemCreate(_Strict):
         # SKU and category become folders in object keys: reject (never rewrite) anything unsafe there.
         if value is not None:
             try:
-                validate_key_segment(value, str(info.field_name))
+                validate_job_folder(value, str(info.field_name))
             except InvalidKeyError as exc:
                 # The 422 names the rule, as for every other key the API refuses.
                 raise PydanticCustomError("object_key_segment", "{reason}", {"reason": str(exc)}) from exc
@@ -479,6 +480,38 @@ class PreviewPublic(BaseModel):
     images: list[PreviewImagePublic]
 
 
+class ModelMetricsSummary(BaseModel):
+    """A version's headline quality metrics, as `catalogan evaluate` measured them (null: not measured).
+
+    A summary: per-category tables, memorization-index details and where files are stored stay with
+    operators (`catalogan models show NAME@VERSION --json`, the console's models page)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fid_fm: float | None = Field(
+        default=None, description="Fréchet distance in the evaluator's features (lower is better)."
+    )
+    kid: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    conditional_accuracy: float | None = Field(
+        default=None, description="Share of images the evaluator puts in the asked category."
+    )
+    cas: float | None = Field(
+        default=None,
+        description="Classification accuracy score: a classifier trained on generated images, tested on real ones.",
+    )
+    intra_class_ssim: float | None = Field(
+        default=None, description="Mean pairwise SSIM within a category (high: collapse)."
+    )
+    near_copy_rate: float | None = Field(
+        default=None, description="Share of images nearer a training image than the memorization gate allows."
+    )
+    samples_per_class: int | None = Field(
+        default=None, description="Images per category the metrics were measured on."
+    )
+
+
 class ModelPublic(BaseModel):
     """A registered generator version."""
 
@@ -488,7 +521,7 @@ class ModelPublic(BaseModel):
     preset: str
     architecture: str
     categories: list[Any]
-    metrics: dict[str, Any]
+    metrics: ModelMetricsSummary
     created_at: dt.datetime
     promoted_at: dt.datetime | None
 

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+from collections.abc import Mapping
+from typing import Any
 
 from db.status import JobStatus
 from db.tables import Image, Job, ModelVersion, utcnow
-from scheduler.api.schemas import CountsPublic, ImagePublic, JobPublic, ModelPublic, ModelVersionRef
+from scheduler.api.schemas import (
+    CountsPublic,
+    ImagePublic,
+    JobPublic,
+    ModelMetricsSummary,
+    ModelPublic,
+    ModelVersionRef,
+)
 
 
 def eta_seconds(job: Job, now: dt.datetime | None = None) -> float | None:
@@ -79,6 +89,16 @@ def image_public(image: Image, url: str | None, expires_at: dt.datetime | None) 
     )
 
 
+def metrics_summary(metrics: Mapping[str, Any]) -> ModelMetricsSummary:
+    """The summary fields of a version's stored metrics; anything else stored there is left out."""
+    summary: dict[str, float | int] = {}
+    for name, info in ModelMetricsSummary.model_fields.items():
+        value = metrics.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            summary[name] = int(value) if info.annotation == int | None else float(value)
+    return ModelMetricsSummary.model_validate(summary)
+
+
 def model_public(model: ModelVersion) -> ModelPublic:
     """The public view of a model version."""
     return ModelPublic(
@@ -88,7 +108,7 @@ def model_public(model: ModelVersion) -> ModelPublic:
         preset=model.preset,
         architecture=model.architecture,
         categories=list(model.categories or []),
-        metrics=dict(model.metrics or {}),
+        metrics=metrics_summary(model.metrics or {}),
         created_at=model.created_at,
         promoted_at=model.promoted_at,
     )

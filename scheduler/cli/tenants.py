@@ -1,4 +1,4 @@
-"""`catalogan tenants create|ls`: customer accounts (direct SQL; an operator command)."""
+"""`catalogan tenants create|ls|rotate-webhook-secret`: customer accounts (direct SQL; an operator command)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from db.cli_support import one_line_errors
 from db.engine import transaction
 from db.tables import ApiKey, Tenant
-from db.tenants import create_api_key, create_tenant
+from db.tenants import create_api_key, create_tenant, set_webhook_secret
 from scheduler.cli.database import cli_session_factory
 from scheduler.cli.output import json_option, print_json, print_rows
 from scheduler.signatures import new_secret
@@ -29,7 +29,7 @@ COLUMNS = (
 
 @click.group("tenants")
 def tenants() -> None:
-    """Create and list tenants (customer accounts that own keys, jobs and objects).
+    """Create and list tenants (customer accounts that own keys, jobs and objects); rotate webhook secrets.
 
     Example:
 
@@ -128,3 +128,29 @@ def list_tenants(as_json: bool) -> None:
         for tenant, keys in rows
     ]
     print_rows(data, COLUMNS, as_json=as_json, title="tenants")
+
+
+@tenants.command("rotate-webhook-secret")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@one_line_errors
+def rotate_webhook_secret(name: str, as_json: bool) -> None:
+    """Give tenant NAME a new webhook signing secret (printed once); the old one stops signing at once.
+
+    Every delivery attempt from then on, retries of earlier events included, is signed with the new secret
+    (an attempt already in flight may still carry the old one). There is no grace period: switch the
+    receiver to the new secret right away (it may accept both while it changes over).
+
+    Example:
+
+    \b
+        catalogan tenants rotate-webhook-secret acme --json
+    """
+    secret = new_secret()
+    with transaction(cli_session_factory()) as session:
+        tenant = set_webhook_secret(session, name, secret)
+        result = {"id": tenant.id, "name": name, "webhook_secret": secret}
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"tenant {name}: new webhook secret (shown once): {secret}")

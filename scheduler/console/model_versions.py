@@ -27,7 +27,7 @@ from sqlalchemy import select
 from db.console_sessions import SignedIn
 from db.engine import transaction
 from db.errors import CataloganError, NotFoundError
-from db.model_versions import get_model_version, transition_model_version
+from db.model_versions import describe_model_version, get_model_version, transition_model_version
 from db.promotion import promote_version
 from db.status import ModelVersionStatus
 from db.storage.base import ObjectStore
@@ -119,19 +119,12 @@ def _version_view(store: ObjectStore, row: ModelVersion) -> dict[str, Any]:
     has_loss_png = files.loss_key is not None or (
         files.shipped_dir is not None and (files.shipped_dir / "loss.png").is_file()
     )
+    view = describe_model_version(row)
     return {
-        "name": row.name,
-        "version": row.version,
-        "ref": f"{row.name}@{row.version}",
-        "status": row.status.value,
-        "preset": row.preset,
-        "architecture": row.architecture,
-        "categories": list(row.categories or []),
+        **view,
         "metrics": {
-            key: value for key, value in (row.metrics or {}).items() if not isinstance(value, dict | list)
+            key: value for key, value in view["metrics"].items() if not isinstance(value, dict | list)
         },
-        "created_at": row.created_at,
-        "promoted_at": row.promoted_at,
         "samples_url": f"{base}/samples.png" if has_samples else None,
         "loss_url": f"{base}/loss.png" if has_loss_png and not curves else None,
         "curves": curves,

@@ -258,3 +258,14 @@ def test_s3_client_errors_map_to_project_errors(code: str, status: int, expected
 
     assert type(error).__name__ == expected
     assert str(error).startswith("get s3://b/k: ")
+
+
+def test_iter_chunks_returns_the_bytes_in_bounded_pieces(object_store: ObjectStore) -> None:
+    """Given a 2.5 MB object, when read with iter_chunks of 1 MiB, then the pieces join to the object, none is
+    larger than asked, and a missing key is ObjectNotFoundError."""
+    data = bytes(range(256)) * 10_000
+    object_store.put("t/jobs/j/manifest.jsonl", data)
+    pieces = list(object_store.iter_chunks("t/jobs/j/manifest.jsonl", 1 << 20))
+    assert b"".join(pieces) == data and len(pieces) >= 3 and max(map(len, pieces)) <= 1 << 20
+    with pytest.raises(ObjectNotFoundError):
+        list(object_store.iter_chunks("t/jobs/j/missing"))

@@ -8,9 +8,11 @@ polling its job's status until it is finished. Shared by `tests/faults/test_load
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,9 +21,11 @@ from typing import Any
 
 import httpx
 import uvicorn
+from sqlalchemy import make_url, text
 
-from db.engine import transaction
+from db.engine import make_engine, transaction
 from db.tenants import create_api_key, create_tenant
+from tests.pipeline import ServiceProcess, make_model_version, pipeline_env, tiny_checkpoint
 from tests.services import free_port
 
 POLL_INTERVAL_SECONDS = 0.5
@@ -32,6 +36,50 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 LOAD_MAX_CONCURRENT_JOBS = 100_000
 LOAD_REQUESTS_PER_MINUTE = 1_000_000
 LOAD_IMAGES_PER_DAY = 10_000_000
+
+
+def create_database(admin_url: str, prefix: str) -> str:
+    """A fresh PostgreSQL database `<prefix>_<pid>_<random>` made through `admin_url`; returns its URL."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    engine = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    """Drop the database of `url` (its connections closed by force), through `admin_url`."""
+    engine = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def start_tiny_workers(
+    count: int,
+    factory: Any,
+    store: Any,
+    *,
+    db_url: str,
+    redis_url: str,
+    folder: Path,
+    s3_env: dict[str, str],
+    queues: str | None = None,
+) -> list[ServiceProcess]:
+    """Register the tiny model (its checkpoint in `store`) and start `count` CPU `catalogan worker` processes
+    on it (consuming `queues`, all when None), logging to `folder/worker-<i>.log`: the benches' workers."""
+    make_model_version(factory, checkpoint=tiny_checkpoint(), store=store)
+    env = pipeline_env(
+        CATALOGAN_DATABASE_URL=db_url,
+        CATALOGAN_BROKER_URL=redis_url,
+        CATALOGAN_STORAGE_URL=store.url,
+        CATALOGAN_DATA_DIR=str(folder / "data"),
+        CATALOGAN_DEVICE="cpu",
+        **s3_env,
+    )
+    command = ["worker", "--gpus", "none", *(["--queues", queues] if queues else [])]
+    return [ServiceProcess(command, env, folder / f"worker-{i}.log") for i in range(count)]
 
 
 class LiveApi:

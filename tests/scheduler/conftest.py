@@ -205,6 +205,27 @@ class LiveServer:
         self.thread.join(timeout=20)
 
 
+def serve_live_api(
+    settings: ApiSettings,
+    factory: sessionmaker[Session],
+    broker_url: str,
+    store: ObjectStore,
+    tmp_path: Path,
+    start: Callable[[Any], LiveServer],
+) -> str:
+    """Serve the real app (`settings`, PostgreSQL `factory`, the broker at `broker_url`, `store`) with uvicorn
+    on loopback through `start` (`live_server_factory`); returns its base URL."""
+    services = build_services(
+        settings,
+        broker=BrokerSettings(broker_url=broker_url),
+        data=DataSettings(data_dir=tmp_path / "api-data"),
+        storage=StorageSettings(storage_url=store.url),
+        session_factory=factory,
+        store=store,
+    )
+    return start(create_app(settings, services=services)).url
+
+
 @dataclass
 class LiveStack:
     """A real API server and a real worker on PostgreSQL, Redis and S3."""

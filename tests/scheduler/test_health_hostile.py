@@ -14,31 +14,10 @@ from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.settings import BrokerSettings, DataSettings, StorageSettings
 from db.storage import ObjectStore
-from scheduler.api.app import build_services, create_app
 from scheduler.settings import ApiSettings
-from tests.scheduler.conftest import LiveServer
+from tests.scheduler.conftest import LiveServer, serve_live_api
 from tests.services import free_port
-
-
-def _serve(
-    settings: ApiSettings,
-    factory: sessionmaker[Session],
-    broker_url: str,
-    store: ObjectStore,
-    tmp_path: Path,
-    start: Callable[[Any], LiveServer],
-) -> str:
-    services = build_services(
-        settings,
-        broker=BrokerSettings(broker_url=broker_url),
-        data=DataSettings(data_dir=tmp_path / "api-data"),
-        storage=StorageSettings(storage_url=store.url),
-        session_factory=factory,
-        store=store,
-    )
-    return start(create_app(settings, services=services)).url
 
 
 def test_readyz_names_the_failing_dependency_without_its_error_text(
@@ -51,7 +30,7 @@ def test_readyz_names_the_failing_dependency_without_its_error_text(
     then 503 with broker `unavailable`, database and object store `ok`, and nothing of the internal error
     (no address, port, errno or exception text) in the body."""
     port = free_port()
-    url = _serve(
+    url = serve_live_api(
         ApiSettings(), pg_factory, f"redis://127.0.0.1:{port}/0", s3_store, tmp_path, live_server_factory
     )
     response = httpx.get(f"{url}/readyz", timeout=30)
@@ -87,7 +66,7 @@ def test_metrics_can_require_a_bearer_token(
     """Given CATALOGAN_METRICS_TOKEN set, when /metrics is asked without the token or with another, then 401;
     with it, 200 with the pipeline families."""
     settings = ApiSettings(metrics_token="s3cret-token-for-scrapers")
-    url = _serve(settings, pg_factory, redis_url, s3_store, tmp_path, live_server_factory)
+    url = serve_live_api(settings, pg_factory, redis_url, s3_store, tmp_path, live_server_factory)
     with httpx.Client(base_url=url, timeout=30) as http:
         assert http.get("/metrics").status_code == 401
         assert http.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
@@ -106,7 +85,7 @@ def test_twenty_scrapes_in_a_row_aggregate_the_tables_once(
 ) -> None:
     """Given the API with default settings, when /metrics is scraped 20 times in a row, then every answer
     carries the pipeline families and the jobs table was aggregated once (a cached aggregate), not 20 times."""
-    url = _serve(ApiSettings(), pg_factory, redis_url, s3_store, tmp_path, live_server_factory)
+    url = serve_live_api(ApiSettings(), pg_factory, redis_url, s3_store, tmp_path, live_server_factory)
     with httpx.Client(base_url=url, timeout=30) as http:
         statements.clear()
         for _ in range(20):

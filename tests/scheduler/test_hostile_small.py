@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.chunk_outcomes import quarantine_chunk
@@ -130,3 +130,65 @@ def test_a_candidate_version_runs_only_when_named_with_its_version(
         "/v1/jobs", json={"model": "tiny", "items": [{"category": "a", "count": 1}]}, headers=tenant.headers
     )
     assert bare.status_code == 201 and bare.json()["model"] == {"name": "tiny", "version": 1}
+
+
+def test_the_models_listing_shows_a_documented_metrics_summary_only(
+    api: TestClient, tenant: Credentials, pg_factory: sessionmaker[Session]
+) -> None:
+    """Given tiny@1 whose stored metrics carry the summary, per-category tables, the evaluator's digest and
+    the memorization index's storage URI, when a tenant lists models, then `metrics` holds only the summary
+    fields of the document (unmeasured ones null), and nothing of the rest: no storage URI, no tables."""
+    stored = {
+        "fid_fm": 0.81,
+        "precision": 0.88,
+        "recall": 0.62,
+        "conditional_accuracy": 0.93,
+        "cas": 0.81,
+        "samples_per_class": 1000,
+        "evaluator_sha256": "d0fb0c33",
+        "per_class_accuracy": {"a": 0.9, "b": 0.95},
+        "memorization_index": {"uri": "s3://private-bucket/models/tiny/1/index.npz", "threshold": 0.2},
+        "closest_pairs_png": "s3://private-bucket/models/tiny/1/closest.png",
+    }
+    with transaction(pg_factory) as session:
+        session.execute(update(ModelVersion).values(metrics=stored))
+    response = api.get("/v1/models", headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    (model,) = response.json()["data"]
+    assert model["metrics"] == {
+        "fid_fm": 0.81,
+        "kid": None,
+        "precision": 0.88,
+        "recall": 0.62,
+        "conditional_accuracy": 0.93,
+        "cas": 0.81,
+        "intra_class_ssim": None,
+        "near_copy_rate": None,
+        "samples_per_class": 1000,
+    }
+    assert "private-bucket" not in response.text
+    documented = api.get("/openapi.json").json()["components"]["schemas"]["ModelMetricsSummary"]
+    assert set(documented["properties"]) == set(model["metrics"])
+
+
+def test_a_sku_named_like_the_jobs_own_files_is_refused(
+    api: TestClient, tenant: Credentials, pg_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Given SKUs `manifest.jsonl`, `manifest.parquet` and `shards` (their folder would be where the job's
+    manifest or shards go: on a local store the manifest could then never be written), when submitted inline
+    or in an uploaded CSV, then each is a 422 naming sku and the reservation, and no job is made."""
+    for sku in ("manifest.jsonl", "manifest.parquet", "shards"):
+        inline = api.post(
+            "/v1/jobs", json={"items": [{"category": "a", "count": 1, "sku": sku}]}, headers=tenant.headers
+        )
+        assert inline.status_code == 422, inline.text
+        assert "sku" in inline.text and "reserved" in inline.text
+        uploaded = api.post(
+            "/v1/jobs",
+            files={"file": ("skus.csv", f"sku,category,count\n{sku},a,1\n".encode())},
+            headers=tenant.headers,
+        )
+        assert uploaded.status_code == 422, uploaded.text
+        assert "reserved" in uploaded.text
+    with pg_factory() as session:
+        assert session.scalars(select(Chunk.id)).first() is None

@@ -17,11 +17,9 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.messaging import INTERACTIVE_QUEUE
-from db.settings import BrokerSettings, DataSettings, StorageSettings
 from db.storage import ObjectStore
-from scheduler.api.app import build_services, create_app
 from scheduler.settings import ApiSettings
-from tests.scheduler.conftest import Credentials, LiveServer
+from tests.scheduler.conftest import Credentials, LiveServer, serve_live_api
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,25 +28,6 @@ PREVIEW_TIMEOUT_SECONDS = 8.0
 # Another tenant's request must not wait for the previews: a few hundred ms on a busy 2-core box, against the
 # whole preview timeout (8 s) when the previews hold the shared thread pool.
 OTHER_TENANT_MAX_SECONDS = 2.5
-
-
-def _serve(
-    settings: ApiSettings,
-    pg_factory: sessionmaker[Session],
-    redis_url: str,
-    store: ObjectStore,
-    tmp_path: Path,
-    start: Callable[[Any], LiveServer],
-) -> str:
-    services = build_services(
-        settings,
-        broker=BrokerSettings(broker_url=redis_url),
-        data=DataSettings(data_dir=tmp_path / "api-data"),
-        storage=StorageSettings(storage_url=store.url),
-        session_factory=pg_factory,
-        store=store,
-    )
-    return start(create_app(settings, services=services)).url
 
 
 def _queued_messages(redis_url: str) -> list[dict[str, Any]]:
@@ -75,7 +54,7 @@ def test_forty_waiting_previews_do_not_stall_another_tenant_and_their_messages_e
     settings = ApiSettings(
         preview_timeout_seconds=PREVIEW_TIMEOUT_SECONDS, preview_max_concurrent_per_tenant=PREVIEWS
     )
-    url = _serve(settings, pg_factory, redis_url, s3_store, tmp_path, live_server_factory)
+    url = serve_live_api(settings, pg_factory, redis_url, s3_store, tmp_path, live_server_factory)
     a = make_tenant(requests_per_minute=100_000)
     b = make_tenant(requests_per_minute=100_000)
 
@@ -131,7 +110,7 @@ def test_a_tenant_over_its_concurrent_previews_gets_a_429_and_another_tenant_doe
     when tenant A asks for 4 previews at once and tenant B for 1,
     then 2 of A's are refused at once with 429 and Retry-After, and A's other 2 and B's wait and end in 503."""
     settings = ApiSettings(preview_timeout_seconds=3.0, preview_max_concurrent_per_tenant=2)
-    url = _serve(settings, pg_factory, redis_url, s3_store, tmp_path, live_server_factory)
+    url = serve_live_api(settings, pg_factory, redis_url, s3_store, tmp_path, live_server_factory)
     a, b = make_tenant(), make_tenant()
 
     def preview(headers: dict[str, str]) -> tuple[int, str | None, float]:

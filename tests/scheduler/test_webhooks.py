@@ -6,16 +6,20 @@ import datetime as dt
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.cli_support import ExitCode
 from db.engine import transaction
 from db.jobs import mark_job_running, transition_job
 from db.status import DeliveryStatus, JobStatus
 from db.tables import Job, WebhookDelivery
+from scheduler.cli.root import cli
 from scheduler.client import verify_webhook
 from scheduler.errors import UnsafeWebhookTargetError, WebhookVerificationError
 from scheduler.settings import WebhookSettings
@@ -271,3 +275,41 @@ def test_finalize_rows_are_normalised_to_the_standard_envelope(
     dispatch_due(pg_factory, ALLOW)
     body = json.loads(receiver.deliveries[0].body)
     assert body["type"] == "job.completed" and body["data"] == {"job_id": job_id, "status": "succeeded"}
+
+
+def test_a_rotated_secret_signs_every_attempt_after_the_rotation(
+    api: TestClient,
+    tenant: Credentials,
+    pg_url: str,
+    pg_factory: sessionmaker[Session],
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    """Given an event whose first attempt (signed with the old secret) the receiver refused, when the operator
+    runs `catalogan tenants rotate-webhook-secret acme`, then the new secret is printed once and the retry is
+    signed with it: it verifies with the new secret and not with the old one; an unknown tenant is exit 3."""
+    job_id = _job(api, tenant, receiver.url)
+    with transaction(pg_factory) as session:
+        mark_job_running(session, job_id)
+    receiver.statuses = [500]
+    assert run_webhook_tick(pg_factory, ALLOW).retrying == 1
+    verify_webhook(receiver.deliveries[0].headers, receiver.deliveries[0].body, tenant.webhook_secret)
+
+    env = {"CATALOGAN_DATABASE_URL": pg_url, "CATALOGAN_DATA_DIR": str(tmp_path / "data")}
+    rotated = CliRunner().invoke(cli, ["tenants", "rotate-webhook-secret", "acme", "--json"], env=env)
+    assert rotated.exit_code == 0, rotated.output
+    new = json.loads(rotated.output)["webhook_secret"]
+    assert new.startswith("whsec_") and new != tenant.webhook_secret
+
+    for _ in range(30):
+        if run_webhook_tick(pg_factory, ALLOW).delivered:
+            break
+        time.sleep(0.05)
+    retry = receiver.deliveries[1]
+    assert retry.headers["webhook-id"] == receiver.deliveries[0].headers["webhook-id"]
+    assert verify_webhook(retry.headers, retry.body, new)["data"]["job_id"] == job_id
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook(retry.headers, retry.body, tenant.webhook_secret)
+
+    missing = CliRunner().invoke(cli, ["tenants", "rotate-webhook-secret", "nope"], env=env)
+    assert missing.exit_code == ExitCode.NOT_FOUND and len(missing.output.strip().splitlines()) == 1

@@ -12,13 +12,14 @@ on the job's owner, so a row that somehow pointed elsewhere could still never le
 from __future__ import annotations
 
 import io
+import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import select
 
 from db.images import manifest_keys
@@ -35,6 +36,7 @@ from scheduler.errors import JobStateError, RequestValidationError
 
 router = APIRouter(prefix="/v1", tags=["images"])
 
+MANIFEST_CHUNK_BYTES = 256 * 1024  # a JSONL manifest is read and sent this much at a time
 MANIFEST_MEDIA_TYPES = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
 
 
@@ -109,9 +111,9 @@ async def get_manifest(
 ) -> Response:
     """The manifest the workers wrote when the job finished: index, sku, category, key, sha256, seed, model
     version, status and error for every image, with the `review` column as it stands now."""
-    data = await run_in_threadpool(read_reviewed_manifest, services, tenant.id, job_id, format)
-    return Response(
-        content=data,
+    pieces = await run_in_threadpool(open_reviewed_manifest, services, tenant.id, job_id, format)
+    return StreamingResponse(
+        pieces,
         media_type=MANIFEST_MEDIA_TYPES[format],
         headers={"Content-Disposition": f'attachment; filename="{job_id}.{format}"'},
     )
@@ -128,14 +130,7 @@ def review_value(row: Mapping[str, Any], decisions: Mapping[int, str]) -> str | 
 def with_review_column(data: bytes, format: str, decisions: Mapping[int, str]) -> bytes:
     """The manifest bytes `data` (JSONL or Parquet) with a `review` column added from `decisions`."""
     if format == "jsonl":
-        out = io.BytesIO()
-        for line in data.splitlines():
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            row["review"] = review_value(row, decisions)
-            out.write(json.dumps(row, sort_keys=True, separators=(",", ":")).encode() + b"\n")
-        return out.getvalue()
+        return b"".join(reviewed_jsonl(iter([data]), decisions))
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -151,9 +146,45 @@ def with_review_column(data: bytes, format: str, decisions: Mapping[int, str]) -
     return out.getvalue()
 
 
+def reviewed_jsonl(pieces: Iterator[bytes], decisions: Mapping[int, str]) -> Iterator[bytes]:
+    """The JSONL manifest read as `pieces`, with the `review` column, one output piece per input piece: at
+    most one piece and one line are held at a time."""
+    pending = b""
+    for piece in pieces:
+        lines = (pending + piece).split(b"\n")
+        pending = lines.pop()
+        out = b"".join(_reviewed_line(line, decisions) for line in lines if line.strip())
+        if out:
+            yield out
+    if pending.strip():
+        yield _reviewed_line(pending, decisions)
+
+
+def _reviewed_line(line: bytes, decisions: Mapping[int, str]) -> bytes:
+    row = json.loads(line)
+    row["review"] = review_value(row, decisions)
+    return json.dumps(row, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def open_reviewed_manifest(services: Services, tenant_id: str, job_id: str, format: str) -> Iterator[bytes]:
+    """A finished job's manifest with its current `review` column, as pieces to send: JSONL is streamed from
+    the store `MANIFEST_CHUNK_BYTES` at a time (its first piece is read here, so a missing object is an error
+    before the answer starts); Parquet is one piece. `NotFoundError` for another tenant's job, `JobStateError`
+    before the job has finished."""
+    key, decisions = _manifest_key(services, tenant_id, job_id, format)
+    if format != "jsonl":
+        return iter([with_review_column(services.store.get(key), format, decisions)])
+    pieces = reviewed_jsonl(services.store.iter_chunks(key, MANIFEST_CHUNK_BYTES), decisions)
+    first = next(pieces, b"")
+    return itertools.chain([first], pieces)
+
+
 def read_reviewed_manifest(services: Services, tenant_id: str, job_id: str, format: str) -> bytes:
-    """A finished job's manifest with its current `review` column; `NotFoundError` for another tenant's job,
-    `JobStateError` before the job has finished."""
+    """A finished job's whole manifest with its current `review` column (the console's download)."""
+    return b"".join(open_reviewed_manifest(services, tenant_id, job_id, format))
+
+
+def _manifest_key(services: Services, tenant_id: str, job_id: str, format: str) -> tuple[str, dict[int, str]]:
     with services.session_factory() as session:
         job = get_job(session, job_id, tenant_id=tenant_id)
         decisions = review_decisions(session, job.id)
@@ -163,4 +194,4 @@ def read_reviewed_manifest(services: Services, tenant_id: str, job_id: str, form
     key = jsonl_key if format == "jsonl" else parquet_key
     if not tenant_owns_key(tenant_id, key):  # pragma: no cover - manifest_keys builds tenant keys
         raise JobStateError("manifest outside the tenant's prefix")
-    return with_review_column(services.store.get(key), format, decisions)
+    return key, decisions
