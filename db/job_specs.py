@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from db.errors import InvalidKeyError, PlanningError
 from db.storage.keys import validate_key_segment
+from db.webhook_events import WebhookEvents
 
 # The bounds of any job, whichever door it came through. Planning is O(chunks), so these bound rows, not images.
 MAX_SEED = (1 << 63) - 1
@@ -215,6 +216,7 @@ class JobSpec(BaseModel):
     quality_gate: QualityGateSpec | None = None
     truncation: float | None = Field(default=None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False)
     metadata: JobMetadata = Field(default_factory=dict)
+    webhook_events: WebhookEvents | None = None  # None = every event (db.webhook_events)
 
     @field_validator("options")
     @classmethod
@@ -359,9 +361,10 @@ def split_model_ref(ref: str) -> tuple[str, int | None]:
 def request_sha256(spec: JobSpec) -> str:
     """A stable hash of the request (to detect an idempotency key reused with a different body).
 
-    The creative-control fields are left out when unused (and ψ = 1.0 of a plain job counts as unused), so a
-    request without them hashes as it did before they existed: `catalogan generate` derives its job id from
-    this hash, and the job id is part of every file's bytes.
+    The creative-control fields and `webhook_events` are left out when unused (and ψ = 1.0 of a plain job
+    counts as unused), so a request without them hashes as it did before they existed: `catalogan generate`
+    derives its job id from this hash, and the job id is part of every file's bytes. (`queue` always counted,
+    as `bulk` when not chosen.)
     """
     data = spec.model_dump(mode="json")
     for name in ("variation", "interpolation"):
@@ -369,6 +372,10 @@ def request_sha256(spec: JobSpec) -> str:
             del data[name]
     if not data["metadata"]:
         del data["metadata"]
+    if data["webhook_events"] is None:
+        del data["webhook_events"]
+    else:  # a filter is a set: the same events in another order are the same request
+        data["webhook_events"] = sorted(data["webhook_events"])
     if data["truncation"] is None or (data["truncation"] == 1.0 and spec.variation is None):
         del data["truncation"]
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))

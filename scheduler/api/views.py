@@ -52,6 +52,8 @@ def job_public(
         cancel_requested=job.cancel_requested,
         webhook_url=job.webhook_url,
         metadata=job.job_metadata or {},
+        queue=job.queue,
+        webhook_events=job.webhook_events,
         error=job.error,
         created_at=job.created_at,
         started_at=job.started_at,
