@@ -98,6 +98,8 @@ class Job:
     items_skipped_existing: int = 0  # items an earlier job already delivered (client_item_id)
     images_skipped_existing: int = 0
     metadata: Mapping[str, str] = field(default_factory=dict)  # the labels given at submit
+    queue: str = "bulk"  # the queue (priority) its chunks go to
+    webhook_events: Sequence[str] | None = None  # the events sent for it (None = every event)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -134,6 +136,8 @@ class Job:
             finished_at=_time(body.get("finished_at")),
             replayed=replayed,
             metadata=dict(body.get("metadata") or {}),
+            queue=body.get("queue", "bulk"),
+            webhook_events=body.get("webhook_events"),
             raw=dict(body),
         )
 
@@ -330,13 +334,17 @@ class Client:
         quality_gate: Mapping[str, Any] | None = None,
         truncation: float | None = None,
         metadata: Mapping[str, str] | None = None,
+        queue: str | None = None,
+        webhook_events: Sequence[str] | None = None,
     ) -> Job:
         """Submit a job from inline `items`, an uploaded `manifest` file (CSV, JSONL, Parquet) or an `s3://` URI.
 
         `output_format`: png (default), webp or tar (WebDataset shards); `quality_gate`:
         `{"min_confidence": 0.6, "max_redraws": 3}`; `truncation`: ψ in 0.3..1.0 (1.0, the default, is off;
         lower gives more typical, less varied images); `metadata`: your own labels (at most 16 keys of
-        [a-z0-9_.-], string values), returned with the job and filterable in `list_jobs`. Items may carry `client_item_id`: with a `seed`, items
+        [a-z0-9_.-], string values), returned with the job and filterable in `list_jobs`; `queue`: interactive,
+        bulk (default) or backfill, up to the tenant's allowance; `webhook_events`: only these events are sent
+        (e.g. `["job.completed", "job.failed"]`; None = every event). Items may carry `client_item_id`: with a `seed`, items
         already delivered with the same settings are skipped (`Job.items_skipped_existing` says how many).
 
         Sends `Idempotency-Key` (a fresh one unless given): retrying the same call returns the same job,
@@ -355,6 +363,8 @@ class Client:
                 "quality_gate": dict(quality_gate) if quality_gate is not None else None,
                 "truncation": truncation,
                 "metadata": dict(metadata) if metadata is not None else None,
+                "queue": queue,
+                "webhook_events": list(webhook_events) if webhook_events is not None else None,
             }.items()
             if value is not None
         }
