@@ -49,7 +49,6 @@ def _no_duplicates(value: list[str]) -> list[str]:
 # The one declaration of a job's event filter (JobSpec and the API's JobCreate both use it).
 WebhookEvents = Annotated[
     list[WebhookEventName],
-    AfterValidator(_no_duplicates),
     Field(
         max_length=len(WEBHOOK_EVENTS),
         description="Only these events are sent for this job (each at most once in the list); omitted = every "
@@ -57,4 +56,5 @@ WebhookEvents = Annotated[
         examples=[["job.completed", "job.failed"]],
         json_schema_extra={"uniqueItems": True},
     ),
+    AfterValidator(_no_duplicates),  # after the length bound: a 10,000-entry list is refused unread
 ]
