@@ -77,7 +77,7 @@ def allowed_queues(highest_queue: str) -> tuple[str, ...]:
     """The queues a tenant whose allowance is `highest_queue` may ask for, highest first (an unknown name in
     the column counts as `bulk`, the default)."""
     highest = highest_queue if highest_queue in QUEUES_BY_PRIORITY else "bulk"
-    return QUEUES_BY_PRIORITY[QUEUES_BY_PRIORITY.index(highest) :]  # type: ignore[arg-type]
+    return QUEUES_BY_PRIORITY[QUEUES_BY_PRIORITY.index(highest) :]
 
 
 def check_queue_allowance(tenant: Tenant, queue: str) -> None:

@@ -52,7 +52,7 @@ def job_public(
         cancel_requested=job.cancel_requested,
         webhook_url=job.webhook_url,
         metadata=job.job_metadata or {},
-        queue=job.queue,
+        queue=job.queue,  # type: ignore[arg-type]  # one of QUEUE_NAMES, as planning wrote it
         webhook_events=job.webhook_events,
         error=job.error,
         created_at=job.created_at,

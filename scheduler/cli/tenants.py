@@ -152,7 +152,13 @@ def set_limits(
         )
     with transaction(cli_session_factory()) as session:
         tenant = get_tenant_by_name(session, name)
-        set_tenant_limits(tenant, **changes)
+        set_tenant_limits(
+            tenant,
+            images_per_day=images_per_day,
+            max_concurrent_jobs=max_concurrent_jobs,
+            requests_per_minute=requests_per_minute,
+            highest_queue=highest_queue,
+        )
         session.flush()
         result = {"id": tenant.id, "name": tenant.name, **{key: getattr(tenant, key) for key in changes}}
     if as_json:
