@@ -28,9 +28,10 @@ from db.tables import Chunk, Job, WebhookDelivery
 from scheduler.api.app import build_services, create_app
 from scheduler.api.limits import MemoryRateLimiter
 from scheduler.cli.root import cli
+from scheduler.client import Client
 from scheduler.settings import ApiSettings, WebhookSettings
 from scheduler.webhooks import EVENTS, dispatch_due, emit_job_events, enqueue_job_reviewed
-from tests.scheduler.conftest import Credentials
+from tests.scheduler.conftest import Credentials, LiveServer, _app
 from tests.scheduler.receivers import Receiver
 from workers.finalize import _enqueue_webhook
 
@@ -328,3 +329,40 @@ def test_the_document_lists_the_queues_and_the_webhook_events_a_job_may_choose(a
     assert events["uniqueItems"] is True and events["maxItems"] == len(EVENTS)
     queue = next(option for option in fields["queue"]["anyOf"] if option.get("type") == "string")
     assert queue["enum"] == ["interactive", "bulk", "backfill"]
+
+
+def test_the_sdk_and_the_jobs_cli_send_queue_and_events(
+    pg_url: str,
+    pg_factory: sessionmaker[Session],
+    model_version: object,
+    tmp_path: Path,
+    live_server_factory: Callable[[Any], LiveServer],
+) -> None:
+    """Given a live API and a tenant allowed `interactive`, when the SDK and `catalogan jobs submit` submit
+    with a queue and event filter, then the jobs carry both and their chunks went to that queue; above the
+    allowance the CLI exits 2 with one line naming `queue`."""
+    published: list[tuple[str, tuple[int, ...]]] = []
+    env = {"CATALOGAN_DATABASE_URL": pg_url, "CATALOGAN_DATA_DIR": str(tmp_path / "data")}
+    runner = CliRunner()
+    created = json.loads(
+        runner.invoke(cli, ["tenants", "create", "acme", "--with-key", "--json"], env=env).output
+    )
+    server = live_server_factory(_app(pg_factory, MemoryStore(), published, tmp_path, ApiSettings(), ALLOW))
+    env |= {"CATALOGAN_API_URL": server.url, "CATALOGAN_API_KEY": created["api_key"]}
+    submit = ["jobs", "submit", "--category", "a=2", "--queue", "interactive", "--json"]
+    refused = runner.invoke(cli, submit, env=env, prog_name="catalogan")
+    assert refused.exit_code == 2 and "queue" in refused.output, refused.output
+
+    runner.invoke(cli, ["tenants", "set", "acme", "--highest-queue", "interactive"], env=env)
+    events = ["--webhook-event", "job.failed", "--webhook-event", "job.completed"]
+    shown = runner.invoke(cli, [*submit, *events], env=env, prog_name="catalogan")
+    assert shown.exit_code == 0, shown.output
+    assert (json.loads(shown.output)["queue"], json.loads(shown.output)["webhook_events"]) == (
+        "interactive",
+        ["job.failed", "job.completed"],
+    )
+    with Client(server.url, created["api_key"]) as client:
+        job = client.submit_job([{"category": "b", "count": 2}], queue="backfill", webhook_events=[])
+        assert (job.queue, job.webhook_events) == ("backfill", [])
+        assert client.get_job(job.id).queue == "backfill"
+    assert [queue for queue, _ in published] == ["interactive", "backfill"]
