@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 from db.chunk_sizes import DEFAULT_CHUNK_SIZES, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE  # noqa: F401 (re-exported)
 from db.errors import InvalidKeyError, PlanningError
 from db.storage.keys import validate_job_folder
+from db.webhook_events import WebhookEvents
 
 # The bounds of any job, whichever door it came through. Planning is O(chunks), so these bound rows, not images.
 MAX_SEED = (1 << 63) - 1
@@ -222,6 +223,7 @@ class JobSpec(BaseModel):
     truncation: float | None = Field(default=None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False)
     metadata: JobMetadata = Field(default_factory=dict)
     retention_days: int | None = Field(default=None, ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS)
+    webhook_events: WebhookEvents | None = None  # None = every event (db.webhook_events)
 
     @field_validator("options")
     @classmethod
@@ -392,9 +394,10 @@ def split_model_ref(ref: str) -> tuple[str, int | None]:
 def request_sha256(spec: JobSpec) -> str:
     """A stable hash of the request (to detect an idempotency key reused with a different body).
 
-    The creative-control fields are left out when unused (and ψ = 1.0 of a plain job counts as unused), so a
-    request without them hashes as it did before they existed: `catalogan generate` derives its job id from
-    this hash, and the job id is part of every file's bytes.
+    The creative-control fields and `webhook_events` are left out when unused (and ψ = 1.0 of a plain job
+    counts as unused), so a request without them hashes as it did before they existed: `catalogan generate`
+    derives its job id from this hash, and the job id is part of every file's bytes. (`queue` always counted,
+    as `bulk` when not chosen.)
     """
     data = spec.model_dump(mode="json")
     for name in ("variation", "interpolation"):
@@ -404,6 +407,10 @@ def request_sha256(spec: JobSpec) -> str:
         del data["metadata"]
     if data["retention_days"] is None:
         del data["retention_days"]
+    if data["webhook_events"] is None:
+        del data["webhook_events"]
+    else:  # a filter is a set: the same events in another order are the same request
+        data["webhook_events"] = sorted(data["webhook_events"])
     if data["truncation"] is None or (data["truncation"] == 1.0 and spec.variation is None):
         del data["truncation"]
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -35,7 +35,7 @@ PREVIEW_TASK = "catalogan.generate_preview"
 INTERACTIVE_QUEUE = "interactive"
 BULK_QUEUE = "bulk"
 BACKFILL_QUEUE = "backfill"
-QUEUE_NAMES: tuple[str, ...] = (INTERACTIVE_QUEUE, BULK_QUEUE, BACKFILL_QUEUE)
+QUEUE_NAMES: tuple[str, ...] = (INTERACTIVE_QUEUE, BULK_QUEUE, BACKFILL_QUEUE)  # highest priority first
 assert set(QUEUE_NAMES) == set(get_args(QueueName))  # one vocabulary with the job spec
 
 # Redis re-delivers an unacknowledged message after this long; leases, not this, bound a chunk's retry delay.
@@ -66,7 +66,12 @@ def broker_folders(data: DataSettings) -> dict[str, Path]:
 def broker_url_and_options(broker: BrokerSettings, data: DataSettings) -> tuple[str, dict[str, Any]]:
     """The broker URL and transport options: Redis when configured, else the embedded folder."""
     if not broker.embedded:
-        return broker.broker_url, {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+        # `priority`: a worker of several queues pops them in its queue order, highest first (QUEUE_NAMES;
+        # `catalogan worker` sorts its queues so), where kombu's default would take them in turn.
+        return broker.broker_url, {
+            "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+            "queue_order_strategy": "priority",
+        }
     folders = broker_folders(data)
     # One folder for in and out: producers and consumers are different processes sharing it.
     options = {

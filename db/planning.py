@@ -46,7 +46,7 @@ from db.job_specs import (
 )
 from db.latent_control import ResolvedControl, resolve_latent_control, truncation_recipe
 from db.model_versions import resolve_model_version
-from db.quotas import check_job_quotas
+from db.quotas import check_job_quotas, check_queue_allowance
 from db.status import ChunkStatus, JobStatus, ModelVersionStatus
 from db.storage.keys import validate_key_segment
 from db.tables import Chunk, Job, JobItem, ModelVersion, Tenant, utcnow
@@ -235,6 +235,7 @@ def plan_job(
             options=job_options(spec, control),
             job_metadata=spec.metadata,
             retention_days=retention_days,
+            webhook_events=spec.webhook_events,
             images_total=images_total,
             chunks_total=chunks_total,
             webhook_url=spec.webhook_url,
@@ -384,7 +385,8 @@ def submit_job(
 
     In order, each check before the work it bounds: `limits` (the operator's bounds; tenant quotas when
     `limits.tenant_quotas`), then in one transaction with the tenant's row locked: the job `idempotency_key`
-    created before (returned with `existing=True`, nothing published), the model (`spec.model` through
+    created before (returned with `existing=True`, nothing published), the tenant's queue allowance (with
+    `limits.tenant_quotas`), the model (`spec.model` through
     `resolve_job_model`, unless the caller passes the `model_version` it resolved that way), quotas, planning.
     After the commit the chunk ids are published (`published=False` when the broker failed: the reaper
     publishes them later, and the client must not retry).
@@ -439,6 +441,8 @@ def _plan_submission(
         existing = find_idempotent_job(session, tenant_id, idempotency_key, digest)
         if existing is not None:
             return existing
+    if limits.tenant_quotas:
+        check_queue_allowance(tenant, spec.queue)
     control = resolve_latent_control(session, spec, tenant_id)
     if control is not None:
         model_version = _source_model(session, spec, control, model_version)

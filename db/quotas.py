@@ -1,4 +1,5 @@
-"""A tenant's quotas on new jobs: concurrent jobs and images per rolling 24 h (→ `QuotaExceededError`).
+"""A tenant's quotas on new jobs: concurrent jobs and images per rolling 24 h (→ `QuotaExceededError`), and
+the highest queue its jobs may ask for (→ `PlanningError` on field `queue`).
 
 Checked by `db.planning.submit_job` inside the submitting transaction, after the tenant's row is locked, so
 two concurrent submits cannot both squeeze under a quota.
@@ -7,11 +8,13 @@ two concurrent submits cannot both squeeze under a quota.
 from __future__ import annotations
 
 import datetime as dt
+from typing import get_args
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.errors import PlanningError, QuotaExceededError
+from db.job_specs import QueueName
 from db.status import JobStatus
 from db.tables import Job, Tenant, utcnow
 
@@ -62,4 +65,29 @@ def check_job_quotas(
         raise QuotaExceededError(
             f"images per day quota of {tenant.images_per_day} reached ({used} used in the last 24 h)",
             retry_after_seconds=int((frees_at - now).total_seconds()) + 1,
+        )
+
+
+# The queues from the highest priority to the lowest: a tenant may ask for its `highest_queue` or any below it.
+QUEUES_BY_PRIORITY: tuple[QueueName, ...] = ("interactive", "bulk", "backfill")
+assert set(QUEUES_BY_PRIORITY) == set(get_args(QueueName))
+
+
+def allowed_queues(highest_queue: str) -> tuple[str, ...]:
+    """The queues a tenant whose allowance is `highest_queue` may ask for, highest first (an unknown name in
+    the column counts as `bulk`, the default)."""
+    highest = highest_queue if highest_queue in QUEUES_BY_PRIORITY else "bulk"
+    return QUEUES_BY_PRIORITY[QUEUES_BY_PRIORITY.index(highest) :]
+
+
+def check_queue_allowance(tenant: Tenant, queue: str) -> None:
+    """Raise `PlanningError` (422 naming `queue`, rule `queue_allowance`) when `queue` is above the tenant's
+    `highest_queue` (interactive > bulk > backfill); the operator raises it with `catalogan tenants set`."""
+    allowed = allowed_queues(tenant.highest_queue)
+    if queue not in allowed:
+        raise PlanningError(
+            "queue",
+            "queue_allowance",
+            f"queue: {queue!r} is above this tenant's allowance (highest queue {tenant.highest_queue!r}; "
+            f"allowed: {', '.join(allowed)}); the operator raises it with `catalogan tenants set --highest-queue`",
         )

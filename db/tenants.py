@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.errors import AuthenticationError, ConflictError, NotFoundError
+from db.quotas import QUEUES_BY_PRIORITY
 from db.storage.keys import validate_key_segment
 from db.tables import ApiKey, Tenant, utcnow
 
@@ -53,22 +54,47 @@ def create_tenant(
     images_per_day: int | None = None,
     max_concurrent_jobs: int | None = None,
     requests_per_minute: int | None = None,
+    highest_queue: str | None = None,
 ) -> Tenant:
     """Insert a tenant; its name must be a valid key segment and unique (else `ConflictError`)."""
     validate_key_segment(name, "tenant name")
     tenant = Tenant(id=_new_id(), name=name, webhook_url=webhook_url)
-    if images_per_day is not None:
-        tenant.images_per_day = images_per_day
-    if max_concurrent_jobs is not None:
-        tenant.max_concurrent_jobs = max_concurrent_jobs
-    if requests_per_minute is not None:
-        tenant.requests_per_minute = requests_per_minute
+    set_tenant_limits(
+        tenant,
+        images_per_day=images_per_day,
+        max_concurrent_jobs=max_concurrent_jobs,
+        requests_per_minute=requests_per_minute,
+        highest_queue=highest_queue,
+    )
     try:
         with session.begin_nested():  # a savepoint, so a duplicate does not spoil the caller's transaction
             session.add(tenant)
     except IntegrityError as exc:
         raise ConflictError(f"a tenant named {name!r} already exists") from exc
     return tenant
+
+
+def set_tenant_limits(
+    tenant: Tenant,
+    *,
+    images_per_day: int | None = None,
+    max_concurrent_jobs: int | None = None,
+    requests_per_minute: int | None = None,
+    highest_queue: str | None = None,
+) -> None:
+    """Change the given quotas and queue allowance of a tenant (None = unchanged); raise `ValueError` for a
+    `highest_queue` that is not one of the queues."""
+    if highest_queue is not None and highest_queue not in QUEUES_BY_PRIORITY:
+        raise ValueError(f"highest queue {highest_queue!r}: must be one of {', '.join(QUEUES_BY_PRIORITY)}")
+    values = {
+        "images_per_day": images_per_day,
+        "max_concurrent_jobs": max_concurrent_jobs,
+        "requests_per_minute": requests_per_minute,
+        "highest_queue": highest_queue,
+    }
+    for name, value in values.items():
+        if value is not None:
+            setattr(tenant, name, value)
 
 
 def get_tenant(session: Session, tenant_id: str) -> Tenant:

@@ -103,6 +103,8 @@ class Job:
     metadata: Mapping[str, str] = field(default_factory=dict)  # the labels given at submit
     retention_days: int | None = None  # days kept once finished (None: until deleted)
     expires_at: dt.datetime | None = None  # when its objects and rows are deleted (None while it runs)
+    queue: str = "bulk"  # the queue (priority) its chunks go to
+    webhook_events: Sequence[str] | None = None  # the events sent for it (None = every event)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -146,6 +148,8 @@ class Job:
             metadata=dict(body.get("metadata") or {}),
             retention_days=body.get("retention_days"),
             expires_at=_time(body.get("expires_at")),
+            queue=body.get("queue", "bulk"),
+            webhook_events=body.get("webhook_events"),
             raw=dict(body),
         )
 
@@ -343,13 +347,17 @@ class Client:
         truncation: float | None = None,
         metadata: Mapping[str, str] | None = None,
         retention_days: int | None = None,
+        queue: str | None = None,
+        webhook_events: Sequence[str] | None = None,
     ) -> Job:
         """Submit a job from inline `items`, an uploaded `manifest` file (CSV, JSONL, Parquet) or an `s3://` URI.
 
         `output_format`: png (default), webp or tar (WebDataset shards); `quality_gate`:
         `{"min_confidence": 0.6, "max_redraws": 3}`; `truncation`: ψ in 0.3..1.0 (1.0, the default, is off;
         lower gives more typical, less varied images); `metadata`: your own labels (at most 16 keys of
-        [a-z0-9_.-], string values), returned with the job and filterable in `list_jobs`. Items may carry `client_item_id`: with a `seed`, items
+        [a-z0-9_.-], string values), returned with the job and filterable in `list_jobs`; `queue`: interactive,
+        bulk (default) or backfill, up to the tenant's allowance; `webhook_events`: only these events are sent
+        (e.g. `["job.completed", "job.failed"]`; None = every event). Items may carry `client_item_id`: with a `seed`, items
         already delivered with the same settings are skipped (`Job.items_skipped_existing` says how many).
         `retention_days`: days the job is kept once finished (default and maximum: the operator's); then its
         objects and rows are deleted (`Job.expires_at`).
@@ -371,6 +379,8 @@ class Client:
                 "truncation": truncation,
                 "metadata": dict(metadata) if metadata is not None else None,
                 "retention_days": retention_days,
+                "queue": queue,
+                "webhook_events": list(webhook_events) if webhook_events is not None else None,
             }.items()
             if value is not None
         }

@@ -6,6 +6,8 @@ Two steps, both run by the periodic tick (`run_webhook_tick`, called from `catal
    default) and writes outbox rows for what happened since the last tick: `job.started`, `job.progress`
    (at most one per `webhook_progress_interval_seconds` and only when the counts moved), and one terminal
    event — `job.completed`, `job.completed_with_failures`, `job.failed` or `job.cancelled`. Each event is written once per job.
+   event — `job.completed`, `job.failed` or `job.cancelled`. Each event is written once per job, and only
+   when the job subscribed to it (`jobs.webhook_events`, None = every event; `db.webhook_events`).
 2. `dispatch_due` POSTs due outbox rows, signed the Standard Webhooks way (`scheduler.signatures`) with the
    tenant's secret. A 2xx marks the row delivered; anything else retries with exponential backoff
    until `webhook_max_attempts`, then the row is failed. `webhook-id` is the outbox row id, the same on
@@ -49,6 +51,7 @@ from db.engine import transaction
 from db.status import DeliveryStatus, JobStatus
 from db.tables import Job, Tenant, WebhookDelivery, utcnow
 from db.urls import split_url
+from db.webhook_events import WEBHOOK_EVENT_ALIASES, WEBHOOK_EVENTS, wants_event
 from scheduler.errors import UnsafeWebhookTargetError
 from scheduler.settings import WebhookSettings
 from scheduler.signatures import signed_headers
@@ -63,7 +66,8 @@ TERMINAL_EVENTS = {
 }
 EVENT_REVIEWED = "job.reviewed"  # written by the console when every delivered image has a decision
 EVENTS = (EVENT_STARTED, EVENT_PROGRESS, *TERMINAL_EVENTS.values(), EVENT_REVIEWED)
-EVENT_ALIASES = {"job.succeeded": "job.completed"}
+assert EVENTS == WEBHOOK_EVENTS  # one vocabulary with what a job may subscribe to (db.webhook_events)
+EVENT_ALIASES = WEBHOOK_EVENT_ALIASES
 # Finished jobs are looked at for this long after they finish, so a missed terminal event is still sent.
 TERMINAL_LOOKBACK_SECONDS = 24 * 3600
 MAX_ERROR_CHARS = 500
@@ -167,6 +171,8 @@ def enqueue_job_reviewed(
     for the job's webhook target (else the tenant's); `reviews` are the approved/rejected counts it carries.
     Returns True when a row was written. The caller holds the job's row lock, so two last decisions made
     at once write one event."""
+    if not wants_event(job.webhook_events, EVENT_REVIEWED):
+        return False
     url = job.webhook_url or session.scalar(select(Tenant.webhook_url).where(Tenant.id == job.tenant_id))
     if not url:
         return False
@@ -209,19 +215,23 @@ def emit_job_events(session: Session, settings: WebhookSettings, *, now: dt.date
     written = 0
     interval = dt.timedelta(seconds=settings.webhook_progress_interval_seconds)
     for job, url in rows:
-        if (job.id, EVENT_STARTED) not in sent and job.started_at is not None:
+        wanted = partial(wants_event, job.webhook_events)
+        if (job.id, EVENT_STARTED) not in sent and job.started_at is not None and wanted(EVENT_STARTED):
             session.add(_new_delivery(job, url, EVENT_STARTED, now))
             written += 1
         terminal = TERMINAL_EVENTS.get(job.status)
         if terminal is not None:
             names = {terminal, f"job.{job.status.value}"}  # the finalize step may have written it already
-            if not any((job.id, name) in sent for name in names):
+            if not any((job.id, name) in sent for name in names) and wanted(terminal):
                 session.add(_new_delivery(job, url, terminal, now))
                 written += 1
             continue
-        if job.status is not JobStatus.RUNNING:
+        if job.status is not JobStatus.RUNNING or not wanted(EVENT_PROGRESS):
             continue
-        previous = sent.get((job.id, EVENT_PROGRESS)) or sent.get((job.id, EVENT_STARTED))
+        # The first progress event comes an interval after the start: the job.started row, or the start itself
+        # when the job did not subscribe to job.started.
+        started = None if wanted(EVENT_STARTED) else job.started_at
+        previous = sent.get((job.id, EVENT_PROGRESS)) or sent.get((job.id, EVENT_STARTED)) or started
         counts = (job.images_done, job.images_failed, job.images_rejected)
         moved = counts != (0, 0, 0) and last_progress.get(job.id) != counts
         if previous is not None and now - previous >= interval and moved:

@@ -203,13 +203,15 @@ def worker(
 
         CATALOGAN_BROKER_URL=redis://localhost:6379/0 catalogan worker --queues bulk,backfill --concurrency 4
     """
-    from db.messaging import check_queue
+    from db.messaging import QUEUE_NAMES, check_queue
     from db.pipeline_settings import WorkerSettings
 
     settings = WorkerSettings()
     names = [name.strip() for name in (queues or settings.queues).split(",") if name.strip()]
     for name in names:
         check_queue(name)
+    # Highest priority first, whatever order was typed: the Redis transport pops the queues in this order.
+    names = sorted(dict.fromkeys(names), key=QUEUE_NAMES.index)
     host = socket.gethostname()
     if gpus == "pinned":
         _run_celery_worker(

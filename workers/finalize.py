@@ -27,6 +27,7 @@ from db.jobs import get_job, mark_job_running, transition_job
 from db.status import CHUNK_TERMINAL, JobStatus
 from db.storage import ObjectStore
 from db.tables import Chunk, Job, ModelVersion, Tenant, WebhookDelivery
+from db.webhook_events import wants_event
 from workers.shards import SHARD_FORMAT, write_shard_index
 
 logger = logging.getLogger(__name__)
@@ -190,6 +191,8 @@ def finalize_job(session_factory: sessionmaker[Session], store: ObjectStore, job
 
 
 def _enqueue_webhook(session: Session, job: Job) -> None:
+    if not wants_event(job.webhook_events, f"job.{job.status.value}"):
+        return  # the job's client did not subscribe to this event
     url = job.webhook_url
     if url is None:
         tenant = session.get(Tenant, job.tenant_id)

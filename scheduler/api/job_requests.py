@@ -63,7 +63,7 @@ SUBMIT_BODY_OPENAPI: dict[str, Any] = {
                         },
                         "spec": {
                             "type": "string",
-                            "description": "JSON object with the other JobCreate fields (model, seed, webhook_url).",
+                            "description": "JSON object with the other JobCreate fields (model, seed, queue, webhook_url, ...).",
                         },
                     },
                 }
@@ -175,6 +175,8 @@ def job_spec(request: JobCreate, items: list[ItemCreate]) -> JobSpec:
         "interpolation": request.interpolation.model_dump() if request.interpolation else None,
         "metadata": request.metadata,
         "retention_days": request.retention_days,
+        "queue": request.queue,
+        "webhook_events": request.webhook_events,
     }
     return parse_job_spec({key: value for key, value in values.items() if value is not None})
 

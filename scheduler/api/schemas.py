@@ -44,9 +44,11 @@ from db.job_specs import (
     MIN_TRUNCATION,
     JobMetadata,
     QualityGateSpec,
+    QueueName,
 )
 from db.status import ImageStatus, JobStatus, ModelVersionStatus
 from db.storage.keys import MAX_SEGMENT_BYTES, validate_job_folder
+from db.webhook_events import WebhookEvents
 
 MAX_PREVIEW_IMAGES = 8
 # What `validate_job_folder` enforces on a value that becomes a folder of object keys (422 `object_key_segment`).
@@ -253,6 +255,14 @@ class JobCreate(_Strict):
         "CATALOGAN_MAX_JOB_RETENTION_DAYS, 365). The job's `expires_at` says when.",
         examples=[7],
     )
+    queue: QueueName | None = Field(
+        default=None,
+        description="The job's priority: `interactive` (highest; small chunks of 32 by default), `bulk` (the "
+        "default) or `backfill` (lowest; chunks of 1,024). Up to the tenant's allowance, set by the operator "
+        "(`catalogan tenants set --highest-queue`; `bulk` unless raised): above it is a 422 naming `queue`.",
+        examples=["interactive"],
+    )
+    webhook_events: WebhookEvents | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> JobCreate:
@@ -311,6 +321,8 @@ JOB_EXAMPLE: dict[str, Any] = {
     "cancel_requested": False,
     "webhook_url": "https://etl.example.com/hooks/catalogan",
     "metadata": {"batch": "spring-2027"},
+    "queue": "bulk",
+    "webhook_events": None,
     "error": None,
     "created_at": "2026-11-27T07:00:00Z",
     "started_at": "2026-11-27T07:00:02Z",
@@ -344,6 +356,8 @@ class JobPublic(BaseModel):
     cancel_requested: bool
     webhook_url: str | None
     metadata: dict[str, str] = Field(description="The labels given at submit ({} when none).")
+    queue: QueueName = Field(description="The queue (priority) the job's chunks go to.")
+    webhook_events: list[str] | None = Field(description="The events sent for this job (null = every event).")
     error: str | None
     created_at: dt.datetime
     started_at: dt.datetime | None

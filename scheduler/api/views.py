@@ -62,6 +62,8 @@ def job_public(
         cancel_requested=job.cancel_requested,
         webhook_url=job.webhook_url,
         metadata=job.job_metadata or {},
+        queue=job.queue,  # type: ignore[arg-type]  # one of QUEUE_NAMES, as planning wrote it
+        webhook_events=job.webhook_events,
         error=job.error,
         created_at=job.created_at,
         started_at=job.started_at,

@@ -21,6 +21,7 @@ import click
 
 from db.cli_support import job_exit_code, one_line_errors
 from db.errors import ConfigError
+from db.webhook_events import WEBHOOK_EVENTS
 from scheduler.cli.output import json_option, print_json, print_rows
 from scheduler.client import API_KEY_ENV, Client, Job
 from scheduler.errors import ApiError
@@ -146,6 +147,19 @@ def jobs() -> None:
     help="png (default), lossless webp, or tar (WebDataset shards).",
 )
 @click.option("--webhook-url", default=None, help="Where to POST job events (signed).")
+@click.option(
+    "--webhook-event",
+    "webhook_events",
+    multiple=True,
+    type=click.Choice(WEBHOOK_EVENTS),
+    help="Send only this event (repeat for more) [default: every event].",
+)
+@click.option(
+    "--queue",
+    type=click.Choice(("interactive", "bulk", "backfill")),
+    default=None,
+    help="Priority: interactive > bulk (default) > backfill, up to the tenant's allowance.",
+)
 @metadata_option("Label the job (KEY of [a-z0-9_.-]); repeat for more, at most 16.")
 @click.option(
     "--retention-days",
@@ -167,6 +181,8 @@ def submit(
     seed: int | None,
     output_format: str | None,
     webhook_url: str | None,
+    webhook_events: tuple[str, ...],
+    queue: str | None,
     metadata: dict[str, str],
     retention_days: int | None,
     wait: bool,
@@ -190,6 +206,8 @@ def submit(
                 webhook_url=webhook_url,
                 metadata=metadata or None,
                 retention_days=retention_days,
+                queue=queue,
+                webhook_events=list(dict.fromkeys(webhook_events)) or None,
             )
         except ApiError as exc:
             if exc.status not in (404, 422):
@@ -260,6 +278,9 @@ def show(job_id: str, as_json: bool) -> None:
         click.echo(f"{name:>12}: {'-' if value is None else value}")
     if job.expires_at is not None:
         click.echo(f"{'expires_at':>12}: {job.expires_at}")
+    click.echo(f"{'queue':>12}: {job.queue}")
+    if job.webhook_events is not None:
+        click.echo(f"{'webhooks':>12}: " + (" ".join(job.webhook_events) or "none"))
     if job.metadata:
         click.echo(f"{'metadata':>12}: " + " ".join(f"{k}={v}" for k, v in sorted(job.metadata.items())))
     if job.error:

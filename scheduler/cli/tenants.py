@@ -1,4 +1,4 @@
-"""`catalogan tenants create|ls|rotate-webhook-secret`: customer accounts (direct SQL; an operator command)."""
+"""`catalogan tenants create|set|ls|rotate-webhook-secret`: customer accounts (direct SQL; an operator command)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ from sqlalchemy import func, select, update
 
 from db.cli_support import one_line_errors
 from db.engine import transaction
+from db.quotas import QUEUES_BY_PRIORITY
 from db.tables import ApiKey, Tenant
-from db.tenants import create_api_key, create_tenant, set_webhook_secret
+from db.tenants import (
+    create_api_key,
+    create_tenant,
+    get_tenant_by_name,
+    set_tenant_limits,
+    set_webhook_secret,
+)
 from scheduler.cli.database import cli_session_factory
 from scheduler.cli.output import json_option, print_json, print_rows
 from scheduler.signatures import new_secret
@@ -21,6 +28,7 @@ COLUMNS = (
     "images_per_day",
     "max_concurrent_jobs",
     "requests_per_minute",
+    "highest_queue",
     "webhook_url",
     "keys",
     "created_at",
@@ -29,7 +37,7 @@ COLUMNS = (
 
 @click.group("tenants")
 def tenants() -> None:
-    """Create and list tenants (customer accounts that own keys, jobs and objects); rotate webhook secrets.
+    """Create, change and list tenants (customer accounts that own keys, jobs and objects); rotate webhook secrets.
 
     Example:
 
@@ -38,13 +46,37 @@ def tenants() -> None:
     """
 
 
+def _quota_options(func: Any) -> Any:
+    """The options `create` and `set` share: the quotas and the queue allowance."""
+    options = [
+        click.option(
+            "--images-per-day", type=click.IntRange(min=1), default=None, help="Quota of images per 24 h."
+        ),
+        click.option(
+            "--max-concurrent-jobs",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Quota of unfinished jobs.",
+        ),
+        click.option(
+            "--requests-per-minute", type=click.IntRange(min=1), default=None, help="API rate limit."
+        ),
+        click.option(
+            "--highest-queue",
+            type=click.Choice(QUEUES_BY_PRIORITY),
+            default=None,
+            help="The highest-priority queue the tenant's jobs may ask for (interactive > bulk > backfill) "
+            "[default for a new tenant: bulk].",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @tenants.command("create")
 @click.argument("name")
-@click.option("--images-per-day", type=click.IntRange(min=1), default=None, help="Quota of images per 24 h.")
-@click.option(
-    "--max-concurrent-jobs", type=click.IntRange(min=1), default=None, help="Quota of unfinished jobs."
-)
-@click.option("--requests-per-minute", type=click.IntRange(min=1), default=None, help="API rate limit.")
+@_quota_options
 @click.option("--webhook-url", default=None, help="Default webhook URL for the tenant's jobs.")
 @click.option("--with-key", is_flag=True, help="Also create a first API key and print it (shown once).")
 @json_option
@@ -54,6 +86,7 @@ def create(
     images_per_day: int | None,
     max_concurrent_jobs: int | None,
     requests_per_minute: int | None,
+    highest_queue: str | None,
     webhook_url: str | None,
     with_key: bool,
     as_json: bool,
@@ -74,6 +107,7 @@ def create(
             images_per_day=images_per_day,
             max_concurrent_jobs=max_concurrent_jobs,
             requests_per_minute=requests_per_minute,
+            highest_queue=highest_queue,
         )
         session.flush()
         session.execute(update(Tenant).where(Tenant.id == tenant.id).values(webhook_secret=secret))
@@ -91,11 +125,59 @@ def create(
         click.echo(f"API key {issued.key_id} (shown once): {issued.clear_key}")
 
 
+@tenants.command("set")
+@click.argument("name")
+@_quota_options
+@json_option
+@one_line_errors
+def set_limits(
+    name: str,
+    images_per_day: int | None,
+    max_concurrent_jobs: int | None,
+    requests_per_minute: int | None,
+    highest_queue: str | None,
+    as_json: bool,
+) -> None:
+    """Change a tenant's quotas or queue allowance (options not given stay as they are); applies to the next
+    request or submit.
+
+    Example:
+
+    \b
+        catalogan tenants set acme --highest-queue interactive --images-per-day 200000
+    """
+    changes = {
+        "images_per_day": images_per_day,
+        "max_concurrent_jobs": max_concurrent_jobs,
+        "requests_per_minute": requests_per_minute,
+        "highest_queue": highest_queue,
+    }
+    if all(value is None for value in changes.values()):
+        raise click.UsageError(
+            "give at least one of --images-per-day, --max-concurrent-jobs, --requests-per-minute, --highest-queue"
+        )
+    with transaction(cli_session_factory()) as session:
+        tenant = get_tenant_by_name(session, name)
+        set_tenant_limits(
+            tenant,
+            images_per_day=images_per_day,
+            max_concurrent_jobs=max_concurrent_jobs,
+            requests_per_minute=requests_per_minute,
+            highest_queue=highest_queue,
+        )
+        session.flush()
+        result = {"id": tenant.id, "name": tenant.name, **{key: getattr(tenant, key) for key in changes}}
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"tenant {name} updated: " + ", ".join(f"{key}={result[key]}" for key in changes))
+
+
 @tenants.command("ls")
 @json_option
 @one_line_errors
 def list_tenants(as_json: bool) -> None:
-    """List tenants with their quotas and number of live keys.
+    """List tenants with their quotas, queue allowance and number of live keys.
 
     Example:
 
@@ -121,6 +203,7 @@ def list_tenants(as_json: bool) -> None:
             "images_per_day": tenant.images_per_day,
             "max_concurrent_jobs": tenant.max_concurrent_jobs,
             "requests_per_minute": tenant.requests_per_minute,
+            "highest_queue": tenant.highest_queue,
             "webhook_url": tenant.webhook_url,
             "keys": keys,
             "created_at": tenant.created_at,

@@ -89,7 +89,10 @@ FUZZ_API_KEY = f"{API_KEY_SCHEME}_{FUZZ_KEY_PREFIX}_{secrets.token_urlsafe(API_K
 def schemathesis_tenant(make_tenant: Callable[..., Credentials], pg_factory: Any) -> Credentials:
     """A tenant whose rate limit and job quota leave room for every example, holding `FUZZ_API_KEY`."""
     credentials = make_tenant(
-        requests_per_minute=1_000_000, max_concurrent_jobs=1_000_000, images_per_day=5_000
+        requests_per_minute=1_000_000,
+        max_concurrent_jobs=1_000_000,
+        images_per_day=5_000,
+        highest_queue="interactive",  # every queue the document offers is allowed
     )
     with transaction(pg_factory) as session:
         session.add(
