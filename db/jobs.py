@@ -27,7 +27,12 @@ def get_job(session: Session, job_id: str, *, tenant_id: str | None = None, for_
 
 
 def transition_job(
-    session: Session, job_id: str, target: JobStatus, *, error: str | None = None, now: dt.datetime | None = None
+    session: Session,
+    job_id: str,
+    target: JobStatus,
+    *,
+    error: str | None = None,
+    now: dt.datetime | None = None,
 ) -> bool:
     """Move a job to `target` with one guarded UPDATE.
 
@@ -60,7 +65,9 @@ def transition_job(
     if current == target:
         return False
     check_transition(f"job {job_id}", current, target, JOB_TRANSITIONS)
-    raise InvalidTransitionError(f"job {job_id}: lost a race moving to {target.value!r} (now {current.value!r})")
+    raise InvalidTransitionError(
+        f"job {job_id}: lost a race moving to {target.value!r} (now {current.value!r})"
+    )
 
 
 def mark_job_running(session: Session, job_id: str) -> bool:
@@ -83,7 +90,10 @@ def request_cancel(session: Session, job_id: str, *, tenant_id: str | None = Non
     if job.status.is_terminal or job.status is JobStatus.CANCELLING:
         return job
     session.execute(
-        update(Job).where(Job.id == job_id).values(cancel_requested=True).execution_options(synchronize_session=False)
+        update(Job)
+        .where(Job.id == job_id)
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
     )
     transition_job(session, job_id, JobStatus.CANCELLING)
     session.refresh(job)
@@ -124,7 +134,9 @@ def bump_job_counters(
             images_failed=Job.images_failed + failed,
             images_rejected=Job.images_rejected + rejected,
         )
-        .returning(Job.chunks_finished, Job.chunks_total, Job.images_done, Job.images_failed, Job.images_rejected)
+        .returning(
+            Job.chunks_finished, Job.chunks_total, Job.images_done, Job.images_failed, Job.images_rejected
+        )
         .execution_options(synchronize_session=False)
     ).one()
     return JobProgress(*row)

@@ -73,7 +73,9 @@ JOB_TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCE
 CHUNK_TERMINAL = frozenset({ChunkStatus.SUCCEEDED, ChunkStatus.QUARANTINED, ChunkStatus.CANCELLED})
 
 JOB_TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.QUEUED: frozenset(
+        {JobStatus.RUNNING, JobStatus.CANCELLING, JobStatus.CANCELLED, JobStatus.FAILED}
+    ),
     JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLING}),
     JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED}),
     # A failed job can be retried (its failed images only); nothing leaves succeeded or cancelled.
@@ -86,7 +88,13 @@ CHUNK_TRANSITIONS: Mapping[ChunkStatus, frozenset[ChunkStatus]] = {
     ChunkStatus.PENDING: frozenset({ChunkStatus.LEASED, ChunkStatus.QUARANTINED, ChunkStatus.CANCELLED}),
     # leased → leased is a reclaim after the lease expired (attempt + 1).
     ChunkStatus.LEASED: frozenset(
-        {ChunkStatus.LEASED, ChunkStatus.PENDING, ChunkStatus.SUCCEEDED, ChunkStatus.QUARANTINED, ChunkStatus.CANCELLED}
+        {
+            ChunkStatus.LEASED,
+            ChunkStatus.PENDING,
+            ChunkStatus.SUCCEEDED,
+            ChunkStatus.QUARANTINED,
+            ChunkStatus.CANCELLED,
+        }
     ),
     ChunkStatus.QUARANTINED: frozenset({ChunkStatus.PENDING}),  # retry
     ChunkStatus.SUCCEEDED: frozenset(),

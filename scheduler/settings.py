@@ -14,8 +14,10 @@ from pydantic_settings import SettingsConfigDict
 
 from db.errors import ConfigError
 from db.job_specs import (
+    API_DEFAULT_MAX_CHUNKS_PER_JOB,
     API_DEFAULT_MAX_IMAGES_PER_JOB,
     API_MAX_IMAGES_PER_ITEM,
+    MAX_CHUNKS_PER_JOB,
     MAX_IMAGES_PER_JOB,
     MAX_ITEMS_PER_JOB,
 )
@@ -46,6 +48,12 @@ class ApiSettings(BaseSettings):
     max_items_per_job: int = Field(default=MAX_ITEMS_PER_JOB, ge=1, le=MAX_ITEMS_PER_JOB)
     max_images_per_item: int = Field(default=API_MAX_IMAGES_PER_ITEM, ge=1, le=API_MAX_IMAGES_PER_ITEM)
     max_images_per_job: int = Field(default=API_DEFAULT_MAX_IMAGES_PER_JOB, ge=1, le=MAX_IMAGES_PER_JOB)
+    max_chunks_per_job: int = Field(
+        default=API_DEFAULT_MAX_CHUNKS_PER_JOB,
+        ge=1,
+        le=MAX_CHUNKS_PER_JOB,
+        description="Chunks (broker messages) one job may make; more is a 422 asking for a larger chunk_size.",
+    )
     page_size_max: int = Field(default=500, ge=1, le=10_000)
     manifest_max_bytes: int = Field(
         default=64 * MIB, ge=1024, description="Largest object a `manifest_uri` may name (HEAD before GET)."

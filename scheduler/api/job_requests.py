@@ -184,6 +184,7 @@ def submit_limits(settings: ApiSettings) -> SubmitLimits:
         max_items_per_job=settings.max_items_per_job,
         max_images_per_item=settings.max_images_per_item,
         max_images_per_job=settings.max_images_per_job,
+        max_chunks_per_job=settings.max_chunks_per_job,
         tenant_quotas=True,
     )
 
