@@ -28,7 +28,9 @@ from workers.generator_cache import GeneratorCache
 JOB_ID = "c0ffee" * 5 + "00"
 CATEGORIES = ("a", "b", "c")
 # 12 SKU lines of 1-3 images across the three categories: 24 images.
-ITEMS = [{"category": CATEGORIES[n % 3], "sku": f"SKU-{n:02d}", "count": 1 + n % 3} for n in range(12)]
+ITEMS: list[dict[str, Any]] = [
+    {"category": CATEGORIES[n % 3], "sku": f"SKU-{n:02d}", "count": 1 + n % 3} for n in range(12)
+]
 
 
 def _nothing(queue: str, chunk_ids: Sequence[int]) -> None:
