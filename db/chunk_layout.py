@@ -11,8 +11,8 @@ image keeps its own item's category, SKU and class index (the worker reads them 
 
 So an item of at most `chunk_size` images is never split, a large item is cut exactly as when every chunk
 belonged to one item, and any two consecutive chunks hold more than `chunk_size` images together: a job makes
-at most `2 * images / chunk_size + 1` chunks, and `ceil(images / chunk_size)` when its items are equal (100,000
-one-image items at 256 a chunk: 391 chunks, not 100,000). Chunking never changes an image's bytes: image `i`
+at most `2 * images / chunk_size + 1` chunks, and `ceil(images / chunk_size)` when every item's count divides
+`chunk_size` (100,000 one-image items at 256 a chunk: 391 chunks, not 100,000). Chunking never changes an image's bytes: image `i`
 depends on (model version, seed, i, its item's category, ...) alone.
 """
 
