@@ -345,7 +345,8 @@ def check_chunks(spec: JobSpec, max_chunks: int) -> int:
     chunks = spec.chunks_total(chunk_size)
     if chunks <= max_chunks:
         return chunks
-    if spec.chunks_total(MAX_CHUNK_SIZE) <= max_chunks:
+    fewest = spec.chunks_total(MAX_CHUNK_SIZE)
+    if fewest <= max_chunks:
         raise PlanningError(
             "chunk_size",
             "max_chunks_per_job",
@@ -355,7 +356,8 @@ def check_chunks(spec: JobSpec, max_chunks: int) -> int:
     raise PlanningError(
         "items",
         "max_chunks_per_job",
-        f"items: {chunks} chunks even at the largest chunk_size; a job may make at most {max_chunks}",
+        f"items: {fewest} chunks even at the largest chunk_size ({MAX_CHUNK_SIZE}); a job may make at most "
+        f"{max_chunks} — split the job",
     )
 
 

@@ -82,8 +82,8 @@ def test_a_job_over_the_chunk_bound_is_refused_before_anything_is_written(
     published: list[tuple[str, tuple[int, ...]]],
 ) -> None:
     """Given an operator bound of 10 chunks a job, when a job of 100 images asks for chunks of 5 (20 chunks),
-    then 422 naming chunk_size and the rule max_chunks_per_job, no row, nothing published; the same images in
-    chunks of 10 are accepted."""
+    then 422 naming chunk_size and the rule max_chunks_per_job, no row, nothing published (items when no chunk
+    size fits); the same images in chunks of 10 are accepted."""
     api = make_api(ApiSettings(max_chunks_per_job=10))
     tenant = make_tenant()
     spec: dict[str, Any] = {"items": [{"category": "a", "count": 100}], "chunk_size": 5}
@@ -95,6 +95,13 @@ def test_a_job_over_the_chunk_bound_is_refused_before_anything_is_written(
     with pg_factory() as session:
         assert _count(session, Job) == 0 and _count(session, JobItem) == 0 and _count(session, Chunk) == 0
     assert published == []
+    # And 100,000 images make 25 chunks even at the largest chunk_size: then the error names items
+    huge = api.post("/v1/jobs", json={"items": [{"category": "a", "count": 100_000}]}, headers=tenant.headers)
+    assert huge.status_code == 422, huge.text
+    assert (huge.json()["errors"][0]["field"], huge.json()["errors"][0]["rule"]) == (
+        "items",
+        "max_chunks_per_job",
+    )
     created = api.post("/v1/jobs", json={**spec, "chunk_size": 10}, headers=tenant.headers)
     assert created.status_code == 201, created.text
     assert created.json()["counts"]["chunks_total"] == 10
