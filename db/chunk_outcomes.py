@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from db.chunks import cancel_chunk, mark_quarantined
+from db.chunks import cancel_chunk, chunk_items, mark_quarantined
 from db.errors import InvalidTransitionError
 from db.images import count_chunk_images, write_failed_images
 from db.jobs import JobProgress, bump_job_counters, get_job, is_expired, transition_job
 from db.status import JOB_RETRYABLE, ChunkStatus, ImageStatus, JobStatus
-from db.tables import Chunk, Image, Job, JobItem
+from db.tables import Chunk, Image, Job
 
 
 def quarantine_chunk(
@@ -32,13 +32,11 @@ def quarantine_chunk(
     chunk = session.get(Chunk, chunk_id)
     if chunk is None or not mark_quarantined(session, chunk_id, error=error, attempt=attempt):
         return None
-    item = session.get(JobItem, chunk.item_id)
-    assert item is not None  # a chunk always belongs to an item (FK)
     write_failed_images(
         session,
         job_id=chunk.job_id,
         chunk_id=chunk.id,
-        item=item,
+        items=chunk_items(session, chunk),
         start=chunk.start_index,
         stop=chunk.stop_index,
         attempt=chunk.attempt,

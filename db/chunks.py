@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from db.errors import StaleAttemptError
 from db.jobs import JobProgress, bump_job_counters
 from db.status import ChunkStatus
-from db.tables import Chunk, utcnow
+from db.tables import Chunk, JobItem, utcnow
 
 LEASE_SECONDS = 120
 MAX_ATTEMPTS = 5
@@ -42,6 +43,61 @@ class Lease:
     def round_attempts(self) -> int:
         """Attempts used since the chunk was last retried (the budget `max_attempts` bounds)."""
         return self.attempt - self.retry_base
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkItem:
+    """The part `[start, stop)` of a chunk that belongs to one item, with what each of its images is made of."""
+
+    start: int
+    stop: int
+    category: str
+    class_index: int
+    sku: str | None
+
+
+class ChunkRangeLike(Protocol):
+    """A chunk's range and first item: a `Lease` or a `db.tables.Chunk` row."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def item_id(self) -> int: ...
+    @property
+    def start_index(self) -> int: ...
+    @property
+    def stop_index(self) -> int: ...
+
+
+def chunk_items(session: Session, chunk: ChunkRangeLike) -> tuple[ChunkItem, ...]:
+    """The items covering a chunk's indices, in index order, each cut to the chunk's range.
+
+    A chunk covers one item or several consecutive small ones (`db.chunk_layout`); every image keeps its own
+    item's category, class index and SKU. Read through the chunk's first item (`item_id`, which holds
+    `start_index`) and the (job_id, first_index) index for the items starting inside the range; items
+    skipped as already delivered own no indices and are left out.
+    """
+    start, stop = chunk.start_index, chunk.stop_index
+    rows = session.execute(
+        select(JobItem.first_index, JobItem.count, JobItem.category, JobItem.class_index, JobItem.sku)
+        .where(
+            or_(
+                JobItem.id == chunk.item_id,
+                and_(
+                    JobItem.job_id == chunk.job_id,
+                    JobItem.first_index > start,
+                    JobItem.first_index < stop,
+                    JobItem.skipped_existing.is_(False),
+                ),
+            )
+        )
+        .order_by(JobItem.first_index)
+    ).all()
+    return tuple(
+        ChunkItem(max(first, start), min(first + count, stop), category, class_index, sku)
+        for first, count, category, class_index, sku in rows
+        if first < stop and first + count > start
+    )
 
 
 def _claimable(now: dt.datetime) -> object:

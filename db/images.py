@@ -16,10 +16,10 @@ from sqlalchemy import Insert, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.chunks import Lease, assert_lease, renew_lease
+from db.chunks import ChunkItem, Lease, assert_lease, renew_lease
 from db.status import ImageStatus
 from db.storage.keys import validate_key
-from db.tables import Image, JobItem, utcnow
+from db.tables import Image, utcnow
 
 # Rows per INSERT statement: SQLite allows 32,766 bound variables; 16 columns x 1,000 rows stays under.
 UPSERT_BATCH_ROWS = 1000
@@ -180,7 +180,7 @@ def write_failed_images(
     *,
     job_id: str,
     chunk_id: int,
-    item: JobItem,
+    items: Sequence[ChunkItem],
     start: int,
     stop: int,
     attempt: int,
@@ -188,7 +188,8 @@ def write_failed_images(
 ) -> None:
     """Mark every image of `[start, stop)` without a succeeded row as failed with `error` (quarantine).
 
-    Images a previous attempt already finished keep their succeeded rows.
+    Images a previous attempt already finished keep their succeeded rows. `items` are the chunk's items
+    (`db.chunks.chunk_items`): each row gets its own item's category and SKU.
     """
     succeeded = set(
         session.scalars(
@@ -219,7 +220,8 @@ def write_failed_images(
             "attempt": attempt,
             "created_at": now,
         }
-        for index in range(start, stop)
+        for item in items
+        for index in range(max(start, item.start), min(stop, item.stop))
         if index not in succeeded
     ]
     if rows:

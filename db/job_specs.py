@@ -22,6 +22,7 @@ import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from db.chunk_layout import count_chunk_ranges
 from db.chunk_sizes import DEFAULT_CHUNK_SIZES, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE  # noqa: F401 (re-exported)
 from db.errors import InvalidKeyError, PlanningError
 from db.storage.keys import validate_job_folder
@@ -71,6 +72,9 @@ LATENT_CONTROL_OPTION = "latent_control"
 API_MAX_IMAGES_PER_ITEM = 100_000
 # The operator's default images per job over the API (`CATALOGAN_MAX_IMAGES_PER_JOB`).
 API_DEFAULT_MAX_IMAGES_PER_JOB = 1_000_000
+# The operator's default chunks (= broker messages) per job over the API (`CATALOGAN_MAX_CHUNKS_PER_JOB`):
+# 1,000,000 images at 50 a chunk; small items are packed, so it bounds messages, not items.
+API_DEFAULT_MAX_CHUNKS_PER_JOB = 20_000
 
 # `output_format: tar` writes one WebDataset shard per chunk: the chunk size is the shard size.
 DEFAULT_SHARD_IMAGES = 1000
@@ -276,6 +280,19 @@ class JobSpec(BaseModel):
         return sum(item.count for item in self.items)
 
     @property
+    def quota_cost(self) -> int:
+        """Generations this job may spend at worst, what the tenant's daily quota is charged: each image
+        once, plus `quality_gate.max_redraws` redraws of it when the job has a quality gate."""
+        redraws = self.quality_gate.max_redraws if self.quality_gate is not None else 0
+        return self.images_total * (1 + redraws)
+
+    def chunks_total(self, chunk_size: int | None = None) -> int:
+        """Chunks planning makes for this spec (`db.chunk_layout`: small items packed), at most; items an
+        earlier job already delivered make fewer. `chunk_size` None = `effective_chunk_size`."""
+        counts = [item.count for item in self.items] if self.items else [self.images_total]
+        return count_chunk_ranges(counts, chunk_size or self.effective_chunk_size)
+
+    @property
     def effective_chunk_size(self) -> int:
         """The chunk size asked for, or the queue's default (tar: images per shard, 1,000).
 
@@ -302,6 +319,7 @@ class SubmitLimits:
     max_items_per_job: int = MAX_ITEMS_PER_JOB
     max_images_per_item: int = MAX_IMAGES_PER_ITEM
     max_images_per_job: int = MAX_IMAGES_PER_JOB
+    max_chunks_per_job: int = MAX_CHUNKS_PER_JOB
     tenant_quotas: bool = False
     # Days a finished job is kept when the request names none (None: kept until deleted), and the most a
     # request may ask for.
@@ -350,6 +368,32 @@ class SubmitLimits:
                 "max_images_per_job",
                 f"items: {total} images; at most {self.max_images_per_job} per job",
             )
+        check_chunks(spec, self.max_chunks_per_job)
+
+
+def check_chunks(spec: JobSpec, max_chunks: int) -> int:
+    """The chunks (broker messages) `spec` makes; `PlanningError` (rule `max_chunks_per_job`) over `max_chunks`.
+
+    The field is `chunk_size` when the largest chunk size would fit, else `items` (too many large items).
+    """
+    chunk_size = spec.effective_chunk_size
+    chunks = spec.chunks_total(chunk_size)
+    if chunks <= max_chunks:
+        return chunks
+    fewest = spec.chunks_total(MAX_CHUNK_SIZE)
+    if fewest <= max_chunks:
+        raise PlanningError(
+            "chunk_size",
+            "max_chunks_per_job",
+            f"chunk_size: {chunk_size} images a chunk makes {chunks} chunks; a job may make at most "
+            f"{max_chunks} — use a larger chunk_size",
+        )
+    raise PlanningError(
+        "items",
+        "max_chunks_per_job",
+        f"items: {fewest} chunks even at the largest chunk_size ({MAX_CHUNK_SIZE}); a job may make at most "
+        f"{max_chunks} — split the job",
+    )
 
 
 def _control_count_field(spec: JobSpec) -> str | None:

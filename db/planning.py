@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.chunk_layout import chunk_ranges
 from db.engine import transaction
 from db.errors import IdempotencyMismatchError, InvalidKeyError, NotFoundError, PlanningError
 from db.incremental import ItemKey, JobSettings, find_delivered_items
@@ -41,6 +41,7 @@ from db.job_specs import (
     JobSpec,
     QualityGateSpec,
     SubmitLimits,
+    check_chunks,
     parse_job_spec,
     request_sha256,
 )
@@ -136,15 +137,7 @@ def _check_size(spec: JobSpec) -> int:
             JOB_SPEC_RULE,
             f"items: {total} images in total; a job may ask for at most {MAX_IMAGES_PER_JOB}",
         )
-    chunk_size = spec.effective_chunk_size
-    chunks = sum(math.ceil(item.count / chunk_size) for item in spec.items)
-    if chunks > MAX_CHUNKS_PER_JOB:
-        raise PlanningError(
-            "chunk_size",
-            JOB_SPEC_RULE,
-            f"chunk_size: {chunk_size} makes {chunks} chunks; at most {MAX_CHUNKS_PER_JOB} — use a larger chunk_size",
-        )
-    return chunks
+    return check_chunks(spec, MAX_CHUNKS_PER_JOB)
 
 
 def find_idempotent_job(
@@ -221,7 +214,9 @@ def plan_job(
     skipped = _delivered_positions(session, spec, categories, tenant_id, model_version.id)
     generated = [item for position, item in enumerate(spec.items) if position not in skipped]
     images_total = sum(item.count for item in generated)
-    chunks_total = sum(math.ceil(item.count / chunk_size) for item in generated)
+    # Consecutive small items share a chunk (db.chunk_layout); a skipped item owns no indices (count 0 here).
+    counts = [0 if position in skipped else item.count for position, item in enumerate(spec.items)]
+    ranges = list(chunk_ranges(counts, chunk_size))
     session.execute(
         insert(Job).values(
             id=job_id,
@@ -237,7 +232,8 @@ def plan_job(
             retention_days=retention_days,
             webhook_events=spec.webhook_events,
             images_total=images_total,
-            chunks_total=chunks_total,
+            chunks_total=len(ranges),
+            quota_cost=_quota_cost(spec, images_total),
             webhook_url=spec.webhook_url,
             idempotency_key=idempotency_key,
             request_sha256=digest,
@@ -265,23 +261,17 @@ def plan_job(
     session.execute(insert(JobItem), item_rows)
     positions = session.execute(select(JobItem.position, JobItem.id).where(JobItem.job_id == job_id))
     item_ids: dict[int, int] = {position: item_id for position, item_id in positions}
-    chunk_rows = []
-    for row in item_rows:
-        if row["skipped_existing"]:
-            continue
-        start, stop = row["first_index"], row["first_index"] + row["count"]
-        item_id = item_ids[row["position"]]
-        for chunk_start in range(start, stop, chunk_size):
-            chunk_rows.append(
-                {
-                    "job_id": job_id,
-                    "item_id": item_id,
-                    "start_index": chunk_start,
-                    "stop_index": min(chunk_start + chunk_size, stop),
-                    "status": ChunkStatus.PENDING,
-                    "attempt": 0,
-                }
-            )
+    chunk_rows = [
+        {
+            "job_id": job_id,
+            "item_id": item_ids[part.first_item],  # the chunk's first item; the worker reads each index's own
+            "start_index": part.start,
+            "stop_index": part.stop,
+            "status": ChunkStatus.PENDING,
+            "attempt": 0,
+        }
+        for part in ranges
+    ]
     if chunk_rows:
         session.execute(insert(Chunk), chunk_rows)
     chunk_ids = tuple(
@@ -295,6 +285,12 @@ def plan_job(
         images_total=images_total,
         skipped_existing=len(skipped),
     )
+
+
+def _quota_cost(spec: JobSpec, images_total: int) -> int:
+    """What the job charges to its tenant's daily quota: each generated image, with its worst-case redraws."""
+    redraws = spec.quality_gate.max_redraws if spec.quality_gate is not None else 0
+    return images_total * (1 + redraws)
 
 
 def _delivered_positions(
@@ -449,7 +445,7 @@ def _plan_submission(
     elif model_version is None:
         model_version = resolve_job_model(session, spec.model)
     if limits.tenant_quotas:
-        check_job_quotas(session, tenant, images=spec.images_total)
+        check_job_quotas(session, tenant, images=spec.images_total, cost=spec.quota_cost)
     return plan_job(
         session,
         spec,

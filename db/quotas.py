@@ -1,5 +1,5 @@
-"""A tenant's quotas on new jobs: concurrent jobs and images per rolling 24 h (→ `QuotaExceededError`), and
-the highest queue its jobs may ask for (→ `PlanningError` on field `queue`).
+"""A tenant's quotas on new jobs: concurrent jobs and generated images (redraws included) per rolling 24 h
+(→ `QuotaExceededError`), and the highest queue its jobs may ask for (→ `PlanningError` on field `queue`).
 
 Checked by `db.planning.submit_job` inside the submitting transaction, after the tenant's row is locked, so
 two concurrent submits cannot both squeeze under a quota.
@@ -24,15 +24,39 @@ ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING
 
 
 def check_job_quotas(
-    session: Session, tenant: Tenant, *, images: int, now: dt.datetime | None = None
+    session: Session,
+    tenant: Tenant,
+    *,
+    images: int,
+    cost: int | None = None,
+    now: dt.datetime | None = None,
 ) -> None:
-    """Raise `QuotaExceededError` when a new job of `images` would break the tenant's quotas now, and
-    `PlanningError` (422, rule `images_per_day`) when it is larger than the whole daily quota.
+    """Raise `QuotaExceededError` when a new job would break the tenant's quotas now, and `PlanningError`
+    (422, rule `images_per_day`) when its cost is larger than the whole daily quota.
 
-    Images per day is a rolling 24 h window over submitted jobs (cancelled ones included: their images
-    were reserved).
+    `cost` is the generations the job may spend (`JobSpec.quota_cost`: its `images`, each with its worst-case
+    quality-gate redraws; None = `images`). Images per day is a rolling 24 h window over the `quota_cost` of
+    submitted jobs. The reservation is kept whatever the job actually used (cancelled jobs included): it is
+    not settled down at the end, because a retry of failed images and the reaper's reruns generate again
+    without a new check, and only the worst case bounds a job over its whole life.
     """
+    cost = images if cost is None else cost
     now = now or utcnow()
+    if cost > tenant.images_per_day:
+        # Waiting can never make this job fit: a 422 naming the quota, not a 429 with a Retry-After.
+        if images > tenant.images_per_day:
+            field, what = "items", f"a job of {images} images"
+        else:
+            field = "quality_gate.max_redraws"
+            what = (
+                f"a job of {images} images with up to {cost // images - 1} redraws each ({cost} generations)"
+            )
+        raise PlanningError(
+            field,
+            "images_per_day",
+            f"{field}: {what} is larger than the tenant's whole quota of {tenant.images_per_day} images "
+            "per day (each quality-gate redraw counts as an image)",
+        )
     active = session.scalar(
         select(func.count()).where(Job.tenant_id == tenant.id, Job.status.in_(ACTIVE_JOB_STATUSES))
     )
@@ -43,27 +67,20 @@ def check_job_quotas(
         )
     since = now - dt.timedelta(seconds=QUOTA_WINDOW_SECONDS)
     used, oldest = session.execute(
-        select(func.coalesce(func.sum(Job.images_total), 0), func.min(Job.created_at)).where(
+        select(func.coalesce(func.sum(Job.quota_cost), 0), func.min(Job.created_at)).where(
             Job.tenant_id == tenant.id, Job.created_at > since
         )
     ).one()
-    if images > tenant.images_per_day:
-        # Waiting can never make this job fit: a 422 naming the quota, not a 429 with a Retry-After.
-        raise PlanningError(
-            "items",
-            "images_per_day",
-            f"items: a job of {images} images is larger than the tenant's whole quota of "
-            f"{tenant.images_per_day} images per day",
-        )
-    if int(used) + images > tenant.images_per_day:
-        if oldest is None:  # cannot happen with images <= quota; kept for a quota lowered meanwhile
+    if int(used) + cost > tenant.images_per_day:
+        if oldest is None:  # cannot happen with cost <= quota; kept for a quota lowered meanwhile
             raise QuotaExceededError(
                 f"images per day quota of {tenant.images_per_day} reached",
                 retry_after_seconds=QUOTA_WINDOW_SECONDS,
             )
         frees_at = oldest + dt.timedelta(seconds=QUOTA_WINDOW_SECONDS)
         raise QuotaExceededError(
-            f"images per day quota of {tenant.images_per_day} reached ({used} used in the last 24 h)",
+            f"images per day quota of {tenant.images_per_day} reached ({used} used in the last 24 h, "
+            f"this job costs {cost})",
             retry_after_seconds=int((frees_at - now).total_seconds()) + 1,
         )
 

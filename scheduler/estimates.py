@@ -8,7 +8,6 @@ Throughput is measured in SQL from the images workers wrote in the last `THROUGH
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -45,9 +44,6 @@ def measured_throughput(session: Session, *, default: float, now: dt.datetime | 
 
 
 def count_chunks(spec: JobSpec) -> int:
-    """Chunks planning would make for `spec` (per item, ceil(count / chunk size)); a variation or
-    interpolation job is one item of its images."""
-    size = spec.effective_chunk_size
-    if not spec.items:
-        return math.ceil(spec.images_total / size)
-    return sum(math.ceil(item.count / size) for item in spec.items)
+    """Chunks planning would make for `spec` (`JobSpec.chunks_total`: consecutive small items share a chunk);
+    a variation or interpolation job is one item of its images."""
+    return spec.chunks_total()

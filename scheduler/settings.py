@@ -14,10 +14,12 @@ from pydantic_settings import SettingsConfigDict
 
 from db.errors import ConfigError
 from db.job_specs import (
+    API_DEFAULT_MAX_CHUNKS_PER_JOB,
     API_DEFAULT_MAX_IMAGES_PER_JOB,
     API_DEFAULT_MAX_RETENTION_DAYS,
     API_DEFAULT_RETENTION_DAYS,
     API_MAX_IMAGES_PER_ITEM,
+    MAX_CHUNKS_PER_JOB,
     MAX_IMAGES_PER_JOB,
     MAX_ITEMS_PER_JOB,
     MAX_RETENTION_DAYS,
@@ -61,6 +63,12 @@ class ApiSettings(BaseSettings):
         ge=MIN_RETENTION_DAYS,
         le=MAX_RETENTION_DAYS,
         description="The most retention_days a request may ask for (more: 422).",
+    )
+    max_chunks_per_job: int = Field(
+        default=API_DEFAULT_MAX_CHUNKS_PER_JOB,
+        ge=1,
+        le=MAX_CHUNKS_PER_JOB,
+        description="Chunks (broker messages) one job may make; more is a 422 asking for a larger chunk_size.",
     )
     page_size_max: int = Field(default=500, ge=1, le=10_000)
     manifest_max_bytes: int = Field(

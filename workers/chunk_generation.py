@@ -13,6 +13,7 @@ Safety, step by step:
 
 from __future__ import annotations
 
+import bisect
 import enum
 import logging
 import threading
@@ -25,7 +26,16 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.chunk_outcomes import cancel_chunk_counted, quarantine_chunk
-from db.chunks import Lease, claim_chunk, complete_chunk, mark_enqueued, release_chunk, renew_lease
+from db.chunks import (
+    ChunkItem,
+    Lease,
+    chunk_items,
+    claim_chunk,
+    complete_chunk,
+    mark_enqueued,
+    release_chunk,
+    renew_lease,
+)
 from db.engine import transaction
 from db.errors import StaleAttemptError
 from db.images import (
@@ -40,7 +50,7 @@ from db.latent_control import control_of_options, provenance_fields
 from db.pipeline_settings import WorkerSettings
 from db.status import ImageStatus
 from db.storage import ObjectStore
-from db.tables import Chunk, Job, JobItem, ModelVersion
+from db.tables import Chunk, Job, ModelVersion
 from workers.encoding import Provenance, encode_with_digest
 from workers.errors import InjectedFaultError
 from workers.generator_cache import GeneratorCache, GeneratorLike
@@ -109,15 +119,32 @@ class ChunkPlan:
     output_format: str
     queue: str
     options: dict[str, Any]
-    category: str
-    class_index: int
-    sku: str | None
+    # The items of the chunk's range in index order: one, or several consecutive small ones (db.chunk_layout).
+    items: tuple[ChunkItem, ...]
     model_version: ModelVersion
 
     @property
     def model_ref(self) -> str:
         """ "name@version" of the model version."""
         return f"{self.model_version.name}@{self.model_version.version}"
+
+    def item_of(self, index: int) -> ChunkItem:
+        """The item image `index` belongs to: its category, class index and SKU."""
+        position = bisect.bisect_right(self.items, index, key=lambda item: item.start) - 1
+        item = self.items[position]
+        assert position >= 0 and item.start <= index < item.stop, f"index {index} outside the chunk's items"
+        return item
+
+    def segments(self, indices: Sequence[int]) -> list[tuple[ChunkItem, Sequence[int]]]:
+        """Contiguous `indices` cut where the item changes: (item, its indices), in order."""
+        cut: list[tuple[ChunkItem, Sequence[int]]] = []
+        position = 0
+        while position < len(indices):
+            item = self.item_of(indices[position])
+            end = min(len(indices), position + (item.stop - indices[position]))
+            cut.append((item, indices[position:end]))
+            position = end
+        return cut
 
 
 def log_extra(lease: Lease) -> dict[str, Any]:
@@ -138,8 +165,8 @@ def _claim(ctx: ChunkContext, chunk_id: int) -> ChunkPlan | JobProgress | None:
         if lease is None:
             return None
         job = session.get(Job, lease.job_id)
-        item = session.get(JobItem, lease.item_id)
-        assert job is not None and item is not None
+        items = chunk_items(session, lease)
+        assert job is not None and items, f"chunk {chunk_id}: no job or no items"
         if job.cancel_requested:
             progress = cancel_chunk_counted(session, chunk_id, attempt=lease.attempt)
             return progress if progress is not None else None
@@ -154,9 +181,7 @@ def _claim(ctx: ChunkContext, chunk_id: int) -> ChunkPlan | JobProgress | None:
             output_format=job.output_format,
             queue=job.queue,
             options=dict(job.options or {}),
-            category=item.category,
-            class_index=item.class_index,
-            sku=item.sku,
+            items=items,
             model_version=model_version,
         )
 
@@ -167,7 +192,8 @@ def _forward(generator: GeneratorLike, plan: ChunkPlan, indices: Sequence[int]) 
     `generate` runs under `torch.inference_mode()` with bf16 autocast on CUDA and returns CPU pixels.
     """
     control = control_of_options(plan.options)  # the job's latent recipe (db.latent_control), or None
-    return render_pixels(generator, plan.seed, plan.class_index, indices, control=control)
+    classes = [plan.item_of(index).class_index for index in indices]  # a packed chunk mixes items
+    return render_pixels(generator, plan.seed, classes, indices, control=control)
 
 
 def _encode_and_upload(
@@ -180,27 +206,28 @@ def _encode_and_upload(
     if image.pixels is None:  # rejected by the quality gate: a row, no object
         return _rejected_record(plan, image)
     index = image.index
+    item = plan.item_of(index)
     provenance = Provenance(
         model_version=plan.model_ref,
         checkpoint_sha256=checkpoint_sha,
         job_id=plan.job_id,
         index=index,
         seed=plan.seed,
-        category=plan.category,
-        sku=plan.sku,
+        category=item.category,
+        sku=item.sku,
         redraw=image.redraws,
         inference=inference,
         control=provenance_fields(control_of_options(plan.options), index),
     )
     encoded = encode_with_digest(image.pixels, plan.output_format, provenance)
     key = image_key(
-        plan.tenant_id, plan.job_id, image_folder(plan.category, plan.sku), index, plan.output_format
+        plan.tenant_id, plan.job_id, image_folder(item.category, item.sku), index, plan.output_format
     )
     ctx.store.put(key, encoded.data, content_type=CONTENT_TYPES[plan.output_format])
     return ImageRecord(
         index=index,
-        category=plan.category,
-        sku=plan.sku,
+        category=item.category,
+        sku=item.sku,
         key=key,
         sha256=encoded.sha256,
         size_bytes=len(encoded.data),
@@ -212,10 +239,11 @@ def _encode_and_upload(
 
 
 def _rejected_record(plan: ChunkPlan, image: GatedImage) -> ImageRecord:
+    item = plan.item_of(image.index)
     return ImageRecord.rejected(
         index=image.index,
-        category=plan.category,
-        sku=plan.sku,
+        category=item.category,
+        sku=item.sku,
         score=image.score,
         redraws=image.redraws,
         error=image.error,
@@ -238,16 +266,23 @@ def _gated(
     if scorer is None:
         index = load_memorization_index(ctx.store, plan.model_version) if indexed else None
         scorer = ctx.scorers[cache_key] = evaluator_scorer(index, device=ctx.device)
-    return apply_gate(
-        generator,
-        scorer,
-        gate,
-        seed=plan.seed,
-        class_index=plan.class_index,
-        indices=batch,
-        pixels=pixels,
-        control=control_of_options(plan.options),
-    )
+    # The gate scores and redraws one item's images at a time (the scorer takes one class per call); a
+    # segment's pixel rows are the batch's, in order.
+    gated: list[GatedImage] = []
+    offset = 0
+    for item, indices in plan.segments(batch):
+        gated += apply_gate(
+            generator,
+            scorer,
+            gate,
+            seed=plan.seed,
+            class_index=item.class_index,
+            indices=indices,
+            pixels=pixels[offset : offset + len(indices)],
+            control=control_of_options(plan.options),
+        )
+        offset += len(indices)
+    return gated
 
 
 def _encode_for_shard(
@@ -261,14 +296,15 @@ def _encode_for_shard(
     if image.pixels is None:  # rejected by the quality gate: a row, no member
         return _rejected_record(plan, image), None
     index = image.index
+    item = plan.item_of(index)
     provenance = Provenance(
         plan.model_ref,
         checkpoint_sha,
         plan.job_id,
         index,
         plan.seed,
-        plan.category,
-        plan.sku,
+        item.category,
+        item.sku,
         image.redraws,
         inference,
         provenance_fields(control_of_options(plan.options), index),
@@ -277,8 +313,8 @@ def _encode_for_shard(
     key = shard_key(plan.tenant_id, plan.job_id, lease.start_index)
     metadata = {
         "index": index,
-        "category": plan.category,
-        "sku": plan.sku,
+        "category": item.category,
+        "sku": item.sku,
         "seed": plan.seed,
         "model_version": plan.model_ref,
         "sha256": encoded.sha256,
@@ -287,8 +323,8 @@ def _encode_for_shard(
     }
     record = ImageRecord(
         index,
-        plan.category,
-        plan.sku,
+        item.category,
+        item.sku,
         key,
         encoded.sha256,
         len(encoded.data),

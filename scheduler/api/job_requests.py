@@ -187,6 +187,7 @@ def submit_limits(settings: ApiSettings) -> SubmitLimits:
         max_items_per_job=settings.max_items_per_job,
         max_images_per_item=settings.max_images_per_item,
         max_images_per_job=settings.max_images_per_job,
+        max_chunks_per_job=settings.max_chunks_per_job,
         tenant_quotas=True,
         default_retention_days=settings.job_retention_days,
         max_retention_days=settings.max_job_retention_days,

@@ -306,6 +306,7 @@ JOB_EXAMPLE: dict[str, Any] = {
     "seed": 7,
     "output_format": "png",
     "chunk_size": 256,
+    "quota_cost": 10000,
     "counts": {
         "images_total": 10000,
         "images_done": 6144,
@@ -348,6 +349,10 @@ class JobPublic(BaseModel):
     seed: int
     output_format: str
     chunk_size: int
+    quota_cost: int = Field(
+        description="Images charged to the tenant's daily quota: each generated image with its quality gate's "
+        "max_redraws (images × (1 + max_redraws)), reserved at submit."
+    )
     counts: CountsPublic
     progress: float = Field(ge=0, le=1, description="Finished images (done + failed + rejected) / total.")
     eta_seconds: float | None = Field(
@@ -443,6 +448,7 @@ class EstimatePublic(BaseModel):
             "examples": [
                 {
                     "images": 10000,
+                    "quota_cost": 10000,
                     "chunks": 40,
                     "seconds": 83.3,
                     "images_per_second": 120.0,
@@ -454,7 +460,10 @@ class EstimatePublic(BaseModel):
     )
 
     images: int
-    chunks: int
+    quota_cost: int = Field(
+        description="What the job would charge to the daily quota: images × (1 + quality_gate.max_redraws)."
+    )
+    chunks: int = Field(description="Chunks (broker messages); consecutive small items share a chunk.")
     seconds: float
     images_per_second: float
     throughput_basis: Literal["measured", "default"] = Field(

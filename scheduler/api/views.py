@@ -47,6 +47,7 @@ def job_public(
         seed=job.seed,
         output_format=job.output_format,
         chunk_size=job.chunk_size,
+        quota_cost=job.quota_cost,
         counts=CountsPublic(
             images_total=job.images_total,
             images_done=job.images_done,

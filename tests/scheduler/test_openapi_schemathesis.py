@@ -182,6 +182,12 @@ ACCEPTABLE_REJECTIONS = {
     ("manifest_uri", "readable"),
     ("manifest_uri", "tenant_prefix"),
     ("items", "max_images_per_job"),
+    # Chunks a job makes (items, counts and chunk_size together) and a job's cost (images × (1 + redraws))
+    # against the tenant's whole daily quota: bounds on sums and products, which JSON Schema cannot state.
+    ("chunk_size", "max_chunks_per_job"),
+    ("items", "max_chunks_per_job"),
+    ("items", "images_per_day"),
+    ("quality_gate.max_redraws", "images_per_day"),
     ("Idempotency-Key", "idempotency_key_reused"),
     # Creative control: the sources must be delivered images of the tenant (none exist for the fuzzer), and
     # ψ is refused with interpolation (the frames lie between the sources' own latents).

@@ -119,7 +119,7 @@ def test_resubmitting_a_manifest_with_10_new_skus_among_100_generates_only_the_1
         JobStatus.SUCCEEDED,
         10,
         10,
-        10,
+        2,  # the 10 one-image items packed 8 to a chunk (db.chunk_layout)
     )
     assert _image_count(context, second.job_id) == 10
     with context.session_factory() as session:

@@ -307,6 +307,7 @@ def estimate_job(
     throughput = measured_throughput(session, default=settings.default_images_per_second)
     return EstimatePublic(
         images=images,
+        quota_cost=spec.quota_cost,
         chunks=count_chunks(spec),
         seconds=round(images / throughput.images_per_second, 1),
         images_per_second=throughput.images_per_second,
