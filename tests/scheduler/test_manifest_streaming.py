@@ -1,7 +1,9 @@
-"""`GET /v1/jobs/{id}/manifest` streams a JSONL manifest from the object store (SeaweedFS S3) piece by piece."""
+"""`GET /v1/jobs/{id}/manifest` streams JSONL and Parquet manifests from the object store (SeaweedFS S3) piece by
+piece."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -16,8 +18,8 @@ from db.images import manifest_keys
 from db.status import JobStatus
 from db.storage import ObjectStore
 from db.storage.s3 import S3Store
-from db.tables import Job
-from scheduler.api.routes.images import MANIFEST_CHUNK_BYTES
+from db.tables import ImageReview, Job, ReviewDecision
+from scheduler.api.routes.images import MANIFEST_CHUNK_BYTES, PARQUET_BATCH_ROWS
 from tests.scheduler.conftest import Credentials
 
 
@@ -75,5 +77,47 @@ def test_a_jsonl_manifest_is_streamed_from_s3_in_pieces_with_the_same_rows(
     assert [json.loads(line) for line in response.content.splitlines()] == [
         {**row, "review": "pending"} for row in rows
     ]
+    assert api_store.whole_reads == []
+    assert len(api_store.pieces) >= 4 and max(api_store.pieces) <= MANIFEST_CHUNK_BYTES
+
+
+def test_a_parquet_manifest_is_rewritten_in_batches_from_s3_pieces_with_the_same_rows(
+    api: TestClient, tenant: Credentials, pg_factory: sessionmaker[Session], api_store: RecordingS3Store
+) -> None:
+    """Given a finished job whose Parquet manifest in S3 has several row groups and is several times
+    MANIFEST_CHUNK_BYTES, when the tenant downloads it, then every row comes back with its review column
+    (a decision where one was made, pending otherwise, null for a failed image), and the stored object is
+    read in pieces, never whole."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    created = api.post("/v1/jobs", json={"items": [{"category": "a", "count": 1}]}, headers=tenant.headers)
+    job_id = created.json()["id"]
+    _, parquet_key = manifest_keys(tenant.tenant_id, job_id)
+    count = 3 * PARQUET_BATCH_ROWS + 5
+    rows: list[dict[str, Any]] = [
+        {"index": i, "category": "a", "key": f"{tenant.tenant_id}/jobs/{job_id}/a/{i:08d}.png",
+         "sha256": f"{i:064x}", "status": "failed" if i == 3 else "succeeded"}
+        for i in range(count)
+    ]  # fmt: skip
+    out = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), out, compression="none", row_group_size=PARQUET_BATCH_ROWS)
+    data = out.getvalue()
+    assert len(data) > 3 * MANIFEST_CHUNK_BYTES
+    api_store.put(parquet_key, data)
+    with transaction(pg_factory) as session:
+        session.execute(
+            update(Job).where(Job.id == job_id).values(status=JobStatus.SUCCEEDED, manifest_key=parquet_key)
+        )
+        session.add(
+            ImageReview(job_id=job_id, index=7, decision=ReviewDecision.REJECTED, reviewer_key_id="k")
+        )
+
+    response = api.get(f"/v1/jobs/{job_id}/manifest?format=parquet", headers=tenant.headers)
+
+    assert response.status_code == 200, response.text
+    served = pq.read_table(io.BytesIO(response.content)).to_pylist()
+    expected_review = ["rejected" if i == 7 else None if i == 3 else "pending" for i in range(count)]
+    assert served == [{**row, "review": review} for row, review in zip(rows, expected_review, strict=True)]
     assert api_store.whole_reads == []
     assert len(api_store.pieces) >= 4 and max(api_store.pieces) <= MANIFEST_CHUNK_BYTES

@@ -11,9 +11,9 @@ on the job's owner, so a row that somehow pointed elsewhere could still never le
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
+import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
@@ -127,23 +127,41 @@ def review_value(row: Mapping[str, Any], decisions: Mapping[int, str]) -> str | 
     return decisions.get(int(row["index"]), ReviewState.PENDING.value)
 
 
-def with_review_column(data: bytes, format: str, decisions: Mapping[int, str]) -> bytes:
-    """The manifest bytes `data` (JSONL or Parquet) with a `review` column added from `decisions`."""
-    if format == "jsonl":
-        return b"".join(reviewed_jsonl(iter([data]), decisions))
+# Rows of a Parquet manifest converted at a time when its review column is added (one batch in memory).
+PARQUET_BATCH_ROWS = 16_384
+
+
+def reviewed_parquet(pieces: Iterator[bytes], decisions: Mapping[int, str]) -> Iterator[bytes]:
+    """The Parquet manifest read as `pieces`, rewritten with a `review` column, as pieces to send.
+
+    Parquet keeps its footer at the end, so neither side can be a pure stream: the stored object is spooled
+    to a temporary file, rewritten batch by batch (`PARQUET_BATCH_ROWS` rows in memory) into a second one, and
+    that file is sent `MANIFEST_CHUNK_BYTES` at a time. Memory stays bounded by a batch and a piece whatever
+    the job's size; both files are removed when the answer ends (or the client goes away).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(io.BytesIO(data))
-    if "review" in table.column_names:
-        table = table.drop(["review"])
-    columns = table.select(["index", "status", "key"]).to_pylist()
-    table = table.append_column(
-        "review", pa.array([review_value(row, decisions) for row in columns], pa.string())
-    )
-    out = io.BytesIO()
-    pq.write_table(table, out, compression="zstd")
-    return out.getvalue()
+    with tempfile.TemporaryFile() as source, tempfile.TemporaryFile() as target:
+        for piece in pieces:
+            source.write(piece)
+        source.seek(0)
+        stored = pq.ParquetFile(source)
+        schema = stored.schema_arrow
+        if "review" in schema.names:
+            schema = schema.remove(schema.get_field_index("review"))
+        schema = schema.append(pa.field("review", pa.string()))
+        with pq.ParquetWriter(target, schema, compression="zstd") as writer:
+            for batch in stored.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                table = pa.Table.from_batches([batch])
+                if "review" in table.column_names:
+                    table = table.drop(["review"])
+                rows = table.select(["index", "status", "key"]).to_pylist()
+                review = pa.array([review_value(row, decisions) for row in rows], pa.string())
+                writer.write_table(table.append_column("review", review))
+        target.seek(0)
+        while piece := target.read(MANIFEST_CHUNK_BYTES):
+            yield piece
 
 
 def reviewed_jsonl(pieces: Iterator[bytes], decisions: Mapping[int, str]) -> Iterator[bytes]:
@@ -167,14 +185,13 @@ def _reviewed_line(line: bytes, decisions: Mapping[int, str]) -> bytes:
 
 
 def open_reviewed_manifest(services: Services, tenant_id: str, job_id: str, format: str) -> Iterator[bytes]:
-    """A finished job's manifest with its current `review` column, as pieces to send: JSONL is streamed from
-    the store `MANIFEST_CHUNK_BYTES` at a time (its first piece is read here, so a missing object is an error
-    before the answer starts); Parquet is one piece. `NotFoundError` for another tenant's job, `JobStateError`
+    """A finished job's manifest with its current `review` column, as pieces to send, read from the store
+    `MANIFEST_CHUNK_BYTES` at a time: JSONL line by line, Parquet through temporary files (`reviewed_parquet`).
+    The first piece is made here, so a missing object is an error before the answer starts. `NotFoundError` for another tenant's job, `JobStateError`
     before the job has finished."""
     key, decisions = _manifest_key(services, tenant_id, job_id, format)
-    if format != "jsonl":
-        return iter([with_review_column(services.store.get(key), format, decisions)])
-    pieces = reviewed_jsonl(services.store.iter_chunks(key, MANIFEST_CHUNK_BYTES), decisions)
+    rewrite = reviewed_jsonl if format == "jsonl" else reviewed_parquet
+    pieces = rewrite(services.store.iter_chunks(key, MANIFEST_CHUNK_BYTES), decisions)
     first = next(pieces, b"")
     return itertools.chain([first], pieces)
 
