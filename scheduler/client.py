@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import ipaddress
 import json
 import os
 import tarfile
@@ -231,6 +232,18 @@ def _present(values: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
+def _is_loopback(host: str | None) -> bool:
+    """True for localhost and loopback addresses (an API on this machine)."""
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _job_id(job: Job | str) -> str:
     return job.id if isinstance(job, Job) else job
 
@@ -262,6 +275,7 @@ class Client:
         backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        allow_file_urls: bool | None = None,
     ) -> None:
         base_url = base_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL
         api_key = api_key or os.environ.get(API_KEY_ENV)
@@ -270,6 +284,11 @@ class Client:
                 f"no API key: pass api_key or set {API_KEY_ENV} (create one with `catalogan keys create`)"
             )
         self.base_url = base_url.rstrip("/")
+        # A `file://` image URL is what an API on a local folder store answers; read one only from an API on
+        # this machine, so a remote (or hostile) server cannot make `download` copy local files.
+        self.allow_file_urls = (
+            _is_loopback(urlsplit(self.base_url).hostname) if allow_file_urls is None else allow_file_urls
+        )
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
         self._sleep = sleep
@@ -566,7 +585,14 @@ class Client:
         """The bytes behind a presigned (or file://) URL, fetched without our Authorization header."""
         parts = urlsplit(url)
         if parts.scheme == "file":
+            if not self.allow_file_urls:
+                raise ClientError(
+                    f"{what}: the API at {self.base_url} answered a file:// URL; local files are read only "
+                    "for an API on this machine (Client(allow_file_urls=True) to allow it)"
+                )
             return Path(unquote(parts.path)).read_bytes()
+        if parts.scheme not in ("http", "https"):
+            raise ClientError(f"{what}: unsupported URL scheme {parts.scheme!r}")
         try:
             response = self._downloads.get(url)
         except httpx.HTTPError as exc:

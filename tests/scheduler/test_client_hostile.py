@@ -116,3 +116,36 @@ def test_download_of_safe_keys_still_mirrors_the_folders(hostile_api: HostileApi
         paths = client.download("j", tmp_path)
     assert _files(tmp_path) == ["SKU..1/00000001.png", "a/00000000.png"]
     assert [path.read_bytes() for path in paths] == [PNG, PNG]
+
+
+def test_download_refuses_a_file_url_from_an_api_not_on_this_machine(
+    hostile_api: HostileApi, tmp_path: Path
+) -> None:
+    """Given an API that answers an image URL `file://` pointing at a local file (with that file's sha256, so
+    the check passes), when a client that does not read local files downloads, then a ClientError names the
+    file:// answer and nothing is copied into the target folder. A client reads local files by default only
+    for an API on this machine (a local folder store answers file:// URLs)."""
+    secret = tmp_path / "secret" / "id_rsa"
+    secret.parent.mkdir()
+    secret.write_bytes(b"-----BEGIN PRIVATE KEY-----")
+    row = hostile_api.row(0, "t/jobs/j/a/00000000.png")
+    row.update(url=secret.as_uri(), sha256=hashlib.sha256(secret.read_bytes()).hexdigest())
+    hostile_api.rows = [row]
+    target = tmp_path / "out"
+    with (
+        Client(hostile_api.url, api_key="cg_x_y", allow_file_urls=False) as client,
+        pytest.raises(ClientError, match="file:// URL"),
+    ):
+        client.download("j", target)
+    assert not target.exists() or _files(target) == []
+
+    defaults = {
+        "https://api.example.com": False,
+        "http://10.0.0.5:8000": False,
+        "http://127.0.0.1:8000": True,
+        "http://localhost:8000": True,
+        "http://[::1]:8000": True,
+    }
+    for url, allowed in defaults.items():
+        with Client(url, api_key="cg_x_y") as client:
+            assert client.allow_file_urls is allowed, url
