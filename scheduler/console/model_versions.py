@@ -122,8 +122,12 @@ def _version_view(store: ObjectStore, row: ModelVersion) -> dict[str, Any]:
     view = describe_model_version(row)
     return {
         **view,
+        # Numbers only: the stored card also holds tables, file paths and storage URIs (the memorization
+        # index, the closest-pairs picture) that are the operator's business, not a tenant's.
         "metrics": {
-            key: value for key, value in view["metrics"].items() if not isinstance(value, dict | list)
+            key: value
+            for key, value in view["metrics"].items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
         },
         "samples_url": f"{base}/samples.png" if has_samples else None,
         "loss_url": f"{base}/loss.png" if has_loss_png and not curves else None,

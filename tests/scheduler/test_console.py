@@ -599,7 +599,9 @@ def test_the_models_page_shows_metrics_samples_and_curves_from_history(
     assert "no curves recorded" in page
     with transaction(pg_factory) as session:
         session.execute(update(ModelVersion).where(ModelVersion.id == model_version.id).values(
-            checkpoint_uri=api_store.uri("models/tiny/run1/generator.pt")))  # fmt: skip
+            checkpoint_uri=api_store.uri("models/tiny/run1/generator.pt"),
+            metrics={"fid_fm": 1.25, "closest_pairs_png": "/srv/private/pairs.png",
+                     "memorization_index": "s3://operator-bucket/index.npz"}))  # fmt: skip
     history = "".join(
         json.dumps({"step": step, "d_loss": 1.0 / step, "g_loss": 2.0 / step, **({"fid_fm": 9.0 / step} if step % 2 == 0 else {})}) + "\n"
         for step in range(1, 11)
@@ -609,6 +611,8 @@ def test_the_models_page_shows_metrics_samples_and_curves_from_history(
     assert "tiny@1: losses against step" in page and "tiny@1: FID_fm against step" in page
     assert page.count("<polyline") == 3 and "g_loss (last 0.2)" in page
     assert "conditional_accuracy" in page and "0.9279" in page
+    # Numbers only: paths and storage URIs in the stored card stay the operator's.
+    assert "1.25" in page and "/srv/private" not in page and "operator-bucket" not in page
     assert console.get("/console/models/fashion-cgan/1/samples.png").content[:8] == b"\x89PNG\r\n\x1a\n"
     assert console.get("/console/models/fashion-cgan/1/loss.png").status_code == 200
     assert console.get("/console/models/tiny/1/samples.png").status_code == 404
