@@ -47,10 +47,11 @@ def _delivered_job(
         model_version=model_version,
     )
     with transaction(session_factory) as session:
+        items = session.scalars(select(JobItem).where(JobItem.job_id == planned.job_id)).all()
         for chunk in session.scalars(select(Chunk).where(Chunk.job_id == planned.job_id)):
-            item = session.get(JobItem, chunk.item_id)
-            assert item is not None
+            # A packed chunk spans several items: each index takes the category of the item it falls in.
             for index in range(chunk.start_index, chunk.stop_index):
+                item = next(i for i in items if i.first_index <= index < i.first_index + i.count)
                 session.add(
                     Image(
                         job_id=planned.job_id,
