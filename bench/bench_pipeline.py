@@ -26,6 +26,7 @@ architecture with random weights (throughput does not depend on the weights).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import subprocess
@@ -349,6 +350,11 @@ class PeerScenario:
     output_format: str = "png"
 
 
+def _epoch(moment: dt.datetime) -> float:
+    """Seconds since the epoch of a SQL timestamp (naive ones are UTC, as the tables store them)."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()
+
+
 def _worker_pids(worker: subprocess.Popen[bytes]) -> list[int]:
     """The supervisor and its children (the processes that do the work with --concurrency > 1)."""
     children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children")
@@ -376,6 +382,7 @@ def bench_versus_peer(
     (created_at → finished_at), as a user reading the job would compute it; the peer's is its dataset's
     execution, actors' start-up and model load included (Ray's own start-up excluded).
     """
+    import ray
     from bench_upload import run_client
     from ray_data_peer import init_ray, run_peer
 
@@ -400,9 +407,15 @@ def bench_versus_peer(
     )
     endpoint = os.environ["AWS_ENDPOINT_URL"]
     seaweed_pid = stack_pids()["seaweedfs"][0]
+    # From one process, and from as many processes as the worker runs (8 in flight in each, as in the worker).
+    worker_processes = args.worker_concurrency or cores
+    results["worker_processes"] = worker_processes
     results["ceiling"] = {
-        name: run_client(name, ceiling_args, endpoint, dict(os.environ), seaweed_pid)
+        f"{name} x{processes}": run_client(
+            name, ceiling_args, endpoint, dict(os.environ), seaweed_pid, processes=processes
+        )
         for name in ("boto3-threads", "obstore")
+        for processes in sorted({1, worker_processes})
     }
     print(f"S3 PUT ceiling: {json.dumps(results['ceiling'])}", flush=True)
 
@@ -454,7 +467,37 @@ def bench_versus_peer(
         assert job.finished_at is not None
         return count / (job.finished_at - job.created_at).total_seconds()
 
+    def run_generate(scenario: PeerScenario, count: int, seed: int) -> dict[str, Any]:
+        """`catalogan generate --no-worker` on the same stack and worker: the job with its streaming export."""
+        first, second = scenario.categories
+        out = folder / f"export-{scenario.name}-{seed}"
+        model = f"{scenario.model_version.name}@{scenario.model_version.version}"
+        command = [*CATALOGAN, "generate", "--no-worker", "--json", "--model", model, "--seed", str(seed)]
+        command += ["--category", f"{first}={count // 2}", "--category", f"{second}={count - count // 2}"]
+        command += ["--chunk-size", str(args.chunk_size), "--out", str(out)]
+        started = time.time()
+        done = subprocess.run(command, env=worker_env, capture_output=True, text=True, timeout=3600)
+        ended = time.time()
+        if done.returncode != 0:
+            raise RuntimeError(f"catalogan generate exited {done.returncode}: {done.stderr[-2000:]}")
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        files = sum(1 for _ in out.rglob("*.png")) - len(summary["contact_sheets"])
+        assert summary["exported_images"] == count == files, (summary["exported_images"], files)
+        job = job_row(factory, summary["job_id"])
+        assert job.finished_at is not None
+        created, finished = _epoch(job.created_at), _epoch(job.finished_at)
+        return {
+            "scenario": scenario.name,
+            "images": count,
+            "job_images_per_s": count / (finished - created),
+            # From the submit (the job row's created_at) until every file is on disk and the command exited.
+            "with_export_images_per_s": count / (ended - created),
+            "command_images_per_s": count / (ended - started),
+        }
+
     rows: list[dict[str, Any]] = []
+    exports: list[dict[str, Any]] = []
+    scaling: list[dict[str, Any]] = []
     peer_rates: dict[bytes, dict[str, Any]] = {}
     try:
         for scenario in scenarios:  # warm-up: every worker process loads every model (not timed)
@@ -489,14 +532,34 @@ def bench_versus_peer(
                     "ratio_steady": rate / peer["steady_images_per_s"],
                 }
             )
+        ray.shutdown()  # the peer is done: its actors' memory and threads go back before the next rows
+        job_only = {row["scenario"]: row["catalogan_images_per_s"] for row in rows}
+        if args.export:
+            for scenario in scenarios:
+                if scenario.output_format != "png":
+                    continue
+                export = run_generate(scenario, args.peer_images, seed=7)
+                export["ratio_to_job_only"] = export["with_export_images_per_s"] / job_only[scenario.name]
+                print(
+                    f"catalogan generate {scenario.name}: {export['with_export_images_per_s']:.0f} images/s "
+                    f"submit → exported ({export['job_images_per_s']:.0f} job span), "
+                    f"{export['ratio_to_job_only']:.2f} of the job-only rate",
+                    flush=True,
+                )
+                exports.append(export)
+        near_free = next(scenario for scenario in scenarios if scenario.name == "near-free")
+        for seed, size in enumerate(int(size) for size in args.scale_images.split(",") if size):
+            rate = run_job(near_free, size, seed=100 + seed)
+            print(f"catalogan near-free at {size:,} images: {rate:.0f} images/s", flush=True)
+            scaling.append({"images": size, "catalogan_images_per_s": rate})
     finally:
-        import ray
-
         ray.shutdown()
         worker.terminate()
         worker.wait(timeout=60)
         log.close()
     results["rows"] = rows
+    results["exports"] = exports
+    results["scaling"] = scaling
     results["load_after"] = os.getloadavg()
     return results
 
@@ -529,11 +592,32 @@ def peer_lines(results: dict[str, Any]) -> list[str]:
             f"{figures['client_cpu_ms_per_put']:.2f} ms client CPU per PUT"
         )
     near_free = next((row for row in results["rows"] if row["scenario"] == "near-free"), None)
-    if near_free and "puts_per_s" in ceiling.get("obstore", {}):
-        lines.append(
-            f"near-free catalogan / obstore PUT ceiling: "
-            f"{near_free['catalogan_images_per_s'] / ceiling['obstore']['puts_per_s']:.2f}"
-        )
+    for name, figures in ceiling.items():
+        if near_free and name.startswith("obstore") and "puts_per_s" in figures:
+            lines.append(
+                f"near-free catalogan / obstore PUT ceiling ({name.split()[-1]} process(es), as many as "
+                f"{'the worker' if figures['processes'] == results['worker_processes'] else 'one'}): "
+                f"{near_free['catalogan_images_per_s'] / figures['puts_per_s']:.2f}"
+            )
+    if results["exports"]:
+        lines += [
+            "",
+            "| `catalogan generate` (same worker, streaming export) | images | job span images/s | submit → "
+            "every file on disk images/s | / job-only rate (row above, no export) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for export in results["exports"]:
+            lines.append(
+                f"| {export['scenario']} | {export['images']:,} | {export['job_images_per_s']:.0f} | "
+                f"{export['with_export_images_per_s']:.0f} | {export['ratio_to_job_only']:.2f} |"
+            )
+    if results["scaling"]:
+        lines += ["", "| near-free job size | catalogan images/s |", "|---:|---:|"]
+        lines += [
+            f"| {row['images']:,} | {row['catalogan_images_per_s']:.0f} |" for row in results["scaling"]
+        ]
+        rates = [row["catalogan_images_per_s"] for row in results["scaling"]]
+        lines.append(f"\nlargest job / smallest job images/s: {rates[-1] / rates[0]:.2f}")
     return lines
 
 
@@ -701,6 +785,18 @@ def main() -> None:
         type=int,
         default=0,
         help="catalogan worker processes in the peer comparison [default 0: the worker's own default].",
+    )
+    parser.add_argument(
+        "--no-export",
+        dest="export",
+        action="store_false",
+        help="No `catalogan generate` rows (the job with its streaming export against the job-only rate).",
+    )
+    parser.add_argument(
+        "--scale-images",
+        default="",
+        help="Comma-separated near-free job sizes run after the comparison, e.g. 10000,200000 (images/s "
+        "against job size).",
     )
     parser.add_argument(
         "--skip-shipped",

@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_upload.py --count 4000 --size 2600 --extra-path /tmp/ubench/rust \\
         --aiobotocore-path /tmp/ubench/aio
 
-Clients (each in a fresh process of its own, one after the other, against one SeaweedFS started here, or
-`--endpoint`):
+Clients (each in fresh processes of its own — `--processes N` of them started together, as `catalogan worker
+--concurrency N` would run — one client after the other, against one SeaweedFS started here, or `--endpoint`):
 
 - `boto3-threads`: what the worker does today — `db.storage.s3.make_s3_client`, `put_object` from a
   `ThreadPoolExecutor` of `--threads`;
@@ -198,7 +198,14 @@ def _timed(work: Callable[[], object]) -> None:
 
 
 def _report(seconds: float, cpu_seconds: float) -> None:
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds}), flush=True)
+    # The wall-clock window too, so that several processes' windows can be merged into one rate.
+    ended = time.time()
+    print(
+        json.dumps(
+            {"seconds": seconds, "cpu_seconds": cpu_seconds, "started": ended - seconds, "ended": ended}
+        ),
+        flush=True,
+    )
 
 
 RUNNERS: dict[str, Callable[[str, str, list[str], list[bytes], int], None]] = {
@@ -225,6 +232,8 @@ def child(args: argparse.Namespace) -> None:
     for burner in burners:
         burner.start()
     try:
+        if args.start_at:  # several processes of one measurement start together (payloads already built)
+            time.sleep(max(0.0, args.start_at - time.time()))
         RUNNERS[args.child](args.endpoint, args.bucket, keys, bodies, args.threads)
     finally:
         stop.set()
@@ -234,32 +243,51 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_client(
-    name: str, args: argparse.Namespace, endpoint: str, env: dict[str, str], server_pid: int | None
+    name: str,
+    args: argparse.Namespace,
+    endpoint: str,
+    env: dict[str, str],
+    server_pid: int | None,
+    processes: int = 1,
 ) -> dict[str, Any]:
-    """One client in its own process; PUTs/s, client CPU ms/PUT and server CPU ms/PUT."""
+    """One client in `processes` processes of its own at once (`args.threads` in flight in each, `args.count`
+    PUTs in all); PUTs/s over the merged window, client CPU ms/PUT and server CPU ms/PUT."""
     paths = [str(ROOT)]
     if name == "aiobotocore" and args.aiobotocore_path:
         paths.insert(0, args.aiobotocore_path)
     if args.extra_path:
         paths.append(args.extra_path)
     child_env = {**env, "PYTHONPATH": os.pathsep.join(paths)}
+    per_process = max(1, args.count // processes)
+    # Every process builds its payloads and imports its client first, then they start together.
+    start_at = time.time() + 3.0 + 0.5 * processes
     command = [sys.executable, __file__, "--child", name, "--endpoint", endpoint, "--bucket", args.bucket]
-    command += ["--count", str(args.count), "--size", str(args.size), "--threads", str(args.threads)]
-    command += ["--burn", str(args.burn)]
+    command += ["--count", str(per_process), "--size", str(args.size), "--threads", str(args.threads)]
+    command += ["--burn", str(args.burn), "--start-at", repr(start_at)]
     server_before = _cpu_seconds(server_pid) if server_pid else 0.0
-    done = subprocess.run(command, env=child_env, capture_output=True, text=True, timeout=1800)
+    children = [
+        subprocess.Popen(command, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    outputs = [child.communicate(timeout=1800) for child in children]
     server_cpu = (_cpu_seconds(server_pid) - server_before) if server_pid else 0.0
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"client": name, "error": reason[:200]}
-    figures = json.loads(lines[-1])
+    reports: list[dict[str, float]] = []
+    for child, (stdout, stderr) in zip(children, outputs, strict=True):
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
+        if child.returncode != 0 or not lines:
+            reason = (stderr.strip().splitlines() or ["no output"])[-1]
+            return {"client": name, "processes": processes, "error": reason[:200]}
+        reports.append(json.loads(lines[-1]))
+    total = per_process * processes
+    window = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
     return {
         "client": name,
-        "puts_per_s": args.count / figures["seconds"],
-        "client_cpu_ms_per_put": 1000 * figures["cpu_seconds"] / args.count,
-        # The whole child's window (start-up included) for the server: an upper bound, same for every client.
-        "server_cpu_ms_per_put": 1000 * server_cpu / args.count,
+        "processes": processes,
+        "in_flight": processes * args.threads,
+        "puts_per_s": total / window,
+        "client_cpu_ms_per_put": 1000 * sum(r["cpu_seconds"] for r in reports) / total,
+        # The whole children's window (start-up included) for the server: an upper bound, same for every client.
+        "server_cpu_ms_per_put": 1000 * server_cpu / total,
     }
 
 
@@ -276,6 +304,12 @@ def main() -> None:
         "--threads", type=int, default=8, help="Requests in flight (the worker's upload pool)."
     )
     parser.add_argument("--burn", type=int, default=0, help="Pure-Python threads burning the client's GIL.")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="Processes per client, started together, --count PUTs in all (the worker's --concurrency).",
+    )
     parser.add_argument("--clients", default=",".join(CLIENTS), help=f"Comma-separated subset of {CLIENTS}.")
     parser.add_argument("--rounds", type=int, default=2, help="Rounds over the clients (interleaved).")
     parser.add_argument("--endpoint", default=None, help="An S3 endpoint to use instead of a new SeaweedFS.")
@@ -285,6 +319,7 @@ def main() -> None:
         "--aiobotocore-path", default=None, help="A folder with aiobotocore and its botocore."
     )
     parser.add_argument("--child", choices=CLIENTS, help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -307,7 +342,7 @@ def main() -> None:
     try:
         for round_number in range(args.rounds):
             for name in args.clients.split(","):
-                row = run_client(name, args, endpoint, env, server_pid)
+                row = run_client(name, args, endpoint, env, server_pid, processes=args.processes)
                 row["round"] = round_number
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -315,7 +350,8 @@ def main() -> None:
         if seaweed is not None:
             seaweed.stop()
     print(
-        f"\n{args.count} PUTs of {args.size} bytes, {args.threads} in flight, {args.burn} GIL burners, "
+        f"\n{args.count} PUTs of {args.size} bytes, {args.processes} process(es) of {args.threads} in flight, "
+        f"{args.burn} GIL burners, "
         f"{args.rounds} rounds, best round per client:"
     )
     print(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 
@@ -41,6 +43,13 @@ class ObjectStore(abc.ABC):
     def get(self, key: str) -> bytes:
         """Return the object's bytes; raise `ObjectNotFoundError` when there is none."""
 
+    def get_many(self, keys: Sequence[str], *, in_flight: int = 8) -> Iterator[tuple[str, bytes]]:
+        """Yield `(key, bytes)` for each key, in order, with up to `in_flight` reads running at once.
+
+        For bulk copies (a job's export): one read at a time is bound by the round trip. At most
+        `in_flight` objects are held; the first error (`ObjectNotFoundError`, ...) is raised in order."""
+        yield from threaded_gets(self.get, keys, in_flight)
+
     def iter_chunks(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
         """Yield the object's bytes in pieces of at most `chunk_bytes` (`ObjectNotFoundError` when absent).
 
@@ -69,3 +78,29 @@ class ObjectStore(abc.ABC):
     def uri(self, key: str) -> str:
         """The full URI of `key` in this store (e.g. `s3://bucket/prefix/key`)."""
         return f"{self.url.rstrip('/')}/{key}"
+
+
+def threaded_gets(
+    get: Callable[[str], bytes], keys: Sequence[str], in_flight: int
+) -> Iterator[tuple[str, bytes]]:
+    """`(key, get(key))` in key order from a pool of `in_flight` threads, a sliding window of futures (so at
+    most `in_flight` results are held however many keys there are)."""
+    if in_flight < 1:
+        raise ValueError(f"in_flight: {in_flight} must be at least 1")
+    if not keys:
+        return
+    with ThreadPoolExecutor(max_workers=min(in_flight, len(keys))) as pool:
+        window: deque[tuple[str, Future[bytes]]] = deque()
+        pending = iter(keys)
+        try:
+            for key in pending:
+                window.append((key, pool.submit(get, key)))
+                if len(window) >= in_flight:
+                    done_key, future = window.popleft()
+                    yield done_key, future.result()
+            while window:
+                done_key, future = window.popleft()
+                yield done_key, future.result()
+        finally:
+            for _, future in window:  # an error or an abandoned generator: nothing more is started
+                future.cancel()

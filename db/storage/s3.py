@@ -1,4 +1,5 @@
-"""S3 object store (`s3://bucket/prefix`) via boto3 (PUTs via obstore, `db/storage/s3_put.py`): AWS, MinIO, SeaweedFS.
+"""S3 object store (`s3://bucket/prefix`) via boto3 (PUTs and bulk reads via obstore, `db/storage/s3_put.py`):
+AWS, MinIO, SeaweedFS.
 
 Credentials, region and endpoint come the standard AWS way (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 `AWS_REGION`, `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3`, profiles, instance roles). With a custom endpoint,
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,10 +35,10 @@ from botocore.exceptions import (
 )
 
 from db.errors import ObjectNotFoundError, StorageError, TransientStorageError
-from db.storage.base import ObjectInfo, ObjectStore, PresignedUrl
+from db.storage.base import ObjectInfo, ObjectStore, PresignedUrl, threaded_gets
 from db.storage.keys import validate_key, validate_prefix
 from db.storage.presign import check_expiry, presign_client
-from db.storage.s3_put import ObstorePut, put_client_choice
+from db.storage.s3_put import ObstoreFastPath, put_client_choice
 from db.urls import split_url
 
 # Total attempts per call, first one included (botocore "standard" mode backs off exponentially with jitter).
@@ -152,11 +153,11 @@ class S3Store(ObjectStore):
         self.bucket, self.prefix = parse_s3_url(url)
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.client = client if client is not None else make_s3_client()
-        # PUTs through obstore (GIL-free, a fraction of boto3's CPU: db/storage/s3_put.py), unless a client
-        # was injected or CATALOGAN_S3_PUT_CLIENT=boto3.
-        self._fast_put: ObstorePut | None = None
+        # PUTs and bulk reads through obstore (GIL-free, a fraction of boto3's CPU: db/storage/s3_put.py),
+        # unless a client was injected or CATALOGAN_S3_PUT_CLIENT=boto3.
+        self._fast: ObstoreFastPath | None = None
         if client is None and put_client_choice() == "obstore":
-            self._fast_put = ObstorePut(
+            self._fast = ObstoreFastPath(
                 self.bucket,
                 self.client,
                 custom_endpoint=custom_endpoint(),
@@ -172,8 +173,8 @@ class S3Store(ObjectStore):
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         """Upload `data` in one PUT (S3 makes it visible atomically)."""
         full = self._full(key)
-        if self._fast_put is not None:
-            self._fast_put.put(full, data, content_type=content_type, what=f"put {self.uri(key)}")
+        if self._fast is not None:
+            self._fast.put(full, data, content_type=content_type, what=f"put {self.uri(key)}")
             return
         with _boundary(f"put {self.uri(key)}"):
             self.client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentType=content_type)
@@ -185,6 +186,15 @@ class S3Store(ObjectStore):
             response = self.client.get_object(Bucket=self.bucket, Key=full)
             with response["Body"] as body:
                 return bytes(body.read())
+
+    def _get_one(self, key: str) -> bytes:
+        if self._fast is None:
+            return self.get(key)
+        return self._fast.get(self._full(key), what=f"get {self.uri(key)}")
+
+    def get_many(self, keys: Sequence[str], *, in_flight: int = 8) -> Iterator[tuple[str, bytes]]:
+        """As `ObjectStore.get_many`, through obstore when it carries PUTs (a seventh of boto3's CPU per GET)."""
+        yield from threaded_gets(self._get_one, keys, in_flight)
 
     def iter_chunks(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
         """One GET whose body is read `chunk_bytes` at a time; `ObjectNotFoundError` when there is none."""

@@ -12,7 +12,7 @@ from tests.services import TEST_BUCKET
 
 def test_obstore_put_stores_the_bytes_and_content_type_boto3_reads_back(s3_store: S3Store) -> None:
     # Given the S3 store of the tests (no injected client: PUTs go through obstore)
-    assert s3_store._fast_put is not None
+    assert s3_store._fast is not None
     # When an image is put
     s3_store.put("t/jobs/1/a/00000000.png", b"\x89PNG bytes", content_type="image/png")
     # Then boto3 reads the same bytes with the content type a browser needs, and presigning still works
@@ -48,7 +48,7 @@ def test_the_boto3_put_client_can_be_chosen(s3_env: dict[str, str], monkeypatch:
     monkeypatch.setenv("CATALOGAN_S3_PUT_CLIENT", "boto3")
     store = open_store(f"s3://{TEST_BUCKET}/put-client-choice")
     # Then PUTs go through boto3 and still land
-    assert isinstance(store, S3Store) and store._fast_put is None
+    assert isinstance(store, S3Store) and store._fast is None
     store.put("k", b"via boto3")
     assert store.get("k") == b"via boto3"
 
@@ -59,3 +59,26 @@ def test_an_unknown_put_client_is_refused_naming_the_setting(monkeypatch: pytest
     monkeypatch.setenv("CATALOGAN_S3_PUT_CLIENT", "crt")
     with pytest.raises(StorageError, match=r"CATALOGAN_S3_PUT_CLIENT='crt': must be one of obstore, boto3"):
         open_store("s3://bucket/prefix")
+
+
+@pytest.mark.parametrize("client", ["obstore", "boto3"])
+def test_get_many_reads_every_object_in_order_and_names_a_missing_one(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, client: str
+) -> None:
+    # Given 30 objects in SeaweedFS, and a store whose bulk reads go through `client`
+    for name, value in s3_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CATALOGAN_S3_PUT_CLIENT", client)
+    store = open_store(f"s3://{TEST_BUCKET}/get-many-{client}")
+    assert isinstance(store, S3Store) and (store._fast is not None) == (client == "obstore")
+    keys = [f"j/a/{index:08d}.png" for index in range(30)]
+    for index, key in enumerate(keys):
+        store.put(key, f"image {index}".encode())
+    # When they are read 8 at a time, then each comes back with its own bytes, in the order asked
+    assert list(store.get_many(keys, in_flight=8)) == [(k, f"image {i}".encode()) for i, k in enumerate(keys)]
+    # And a missing key among them is ObjectNotFoundError naming it, after the objects before it
+    read: list[str] = []
+    with pytest.raises(ObjectNotFoundError, match=r"get s3://.*/get-many-.*/j/a/missing\.png"):
+        for key, _ in store.get_many([*keys[:3], "j/a/missing.png", keys[3]], in_flight=8):
+            read.append(key)
+    assert read == keys[:3]
