@@ -432,6 +432,8 @@ def bench_versus_peer(
     scenarios.append(PeerScenario("tar", tiny, tiny_checkpoint, ("a", "b"), output_format="tar"))
 
     worker_env = dict(env)
+    if args.worker_backend:
+        worker_env["CATALOGAN_INFERENCE_BACKEND"] = args.worker_backend
     if args.worker_concurrency:
         worker_env["CATALOGAN_WORKER_CONCURRENCY"] = str(args.worker_concurrency)
     else:
@@ -440,6 +442,10 @@ def bench_versus_peer(
     worker = subprocess.Popen(
         [*CATALOGAN, "worker", "--gpus", "none"], env=worker_env, stdout=log, stderr=log
     )
+
+    # CPU seconds of every part of the stack, the worker's processes included: what a box whose S3 server
+    # shares its cores allows (the PUT ceiling above is CPU-bound there too).
+    meter = CpuMeter(lambda: {**stack_pids(), "worker": _worker_pids(worker)})
 
     def run_job(scenario: PeerScenario, count: int, seed: int) -> float:
         first, second = scenario.categories
@@ -504,8 +510,14 @@ def bench_versus_peer(
             run_job(scenario, 2 * cores * args.chunk_size, seed=0)
         init_ray(cores)
         for scenario in scenarios:
+            meter.start()
             rate = run_job(scenario, args.peer_images, seed=1)
-            print(f"catalogan {scenario.name}: {rate:.0f} images/s", flush=True)
+            cpu_ms = {name: 1000 * seconds / args.peer_images for name, seconds in meter.stop().items()}
+            print(
+                f"catalogan {scenario.name}: {rate:.0f} images/s; CPU ms per image "
+                + ", ".join(f"{name} {value:.3f}" for name, value in cpu_ms.items()),
+                flush=True,
+            )
             if scenario.checkpoint not in peer_rates:
                 peer = run_peer(
                     scenario.checkpoint,
@@ -530,6 +542,7 @@ def bench_versus_peer(
                     "peer_steady_images_per_s": peer["steady_images_per_s"],
                     "ratio": rate / peer["images_per_s"],
                     "ratio_steady": rate / peer["steady_images_per_s"],
+                    "cpu_ms_per_image": cpu_ms,
                 }
             )
         ray.shutdown()  # the peer is done: its actors' memory and threads go back before the next rows
@@ -591,6 +604,14 @@ def peer_lines(results: dict[str, Any]) -> list[str]:
             f"S3 PUT ceiling, {name}: {figures['puts_per_s']:.0f} PUTs/s, "
             f"{figures['client_cpu_ms_per_put']:.2f} ms client CPU per PUT"
         )
+    lines.append("")
+    for row in results["rows"]:
+        if "cpu_ms_per_image" in row:
+            parts = row["cpu_ms_per_image"]
+            lines.append(
+                f"catalogan {row['scenario']}: CPU ms per image {sum(parts.values()):.3f} = "
+                + " + ".join(f"{name} {value:.3f}" for name, value in parts.items())
+            )
     near_free = next((row for row in results["rows"] if row["scenario"] == "near-free"), None)
     for name, figures in ceiling.items():
         if near_free and name.startswith("obstore") and "puts_per_s" in figures:
@@ -599,6 +620,16 @@ def peer_lines(results: dict[str, Any]) -> list[str]:
                 f"{'the worker' if figures['processes'] == results['worker_processes'] else 'one'}): "
                 f"{near_free['catalogan_images_per_s'] / figures['puts_per_s']:.2f}"
             )
+            if "cpu_ms_per_image" in near_free:
+                # Client + server CPU per PUT against catalogan's whole stack per image: on a box where the S3
+                # server shares the cores and both runs use them all, the ratio of the two rates is this.
+                put_cpu = figures["client_cpu_ms_per_put"] + figures["server_cpu_ms_per_put"]
+                lines.append(
+                    f"  CPU per PUT of that ceiling (client + server) {put_cpu:.3f} ms / catalogan near-free CPU "
+                    f"per image {sum(near_free['cpu_ms_per_image'].values()):.3f} ms = "
+                    f"{put_cpu / sum(near_free['cpu_ms_per_image'].values()):.2f}: the ratio of the rates "
+                    "when both are bound by the same cores"
+                )
     if results["exports"]:
         lines += [
             "",
@@ -785,6 +816,11 @@ def main() -> None:
         type=int,
         default=0,
         help="catalogan worker processes in the peer comparison [default 0: the worker's own default].",
+    )
+    parser.add_argument(
+        "--worker-backend",
+        default="",
+        help="CATALOGAN_INFERENCE_BACKEND of the catalogan worker [default: unset, the worker's own default].",
     )
     parser.add_argument(
         "--no-export",

@@ -31,8 +31,9 @@ class WorkerSettings(BaseSettings):
     upload_threads: int = Field(default=8, ge=1, le=128, description="Encode + upload threads per worker.")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     inference_backend: str = Field(
-        default="eager",
-        description="eager, or onnxruntime (CPU only, the `onnx` extra); see models/inference.py.",
+        default="auto",
+        description="auto (onnxruntime on a CPU where it is installed, else eager), eager, or onnxruntime "
+        "(CPU only, the `onnx` extra); see models/inference.py.",
     )
     queues: str = Field(default=DEFAULT_QUEUES, description="Comma-separated queues this worker consumes.")
     retry_delay_seconds: float = Field(

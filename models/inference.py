@@ -19,6 +19,7 @@ backend, device kind, dtype and compute batch. The worker writes the spec into e
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -34,8 +35,11 @@ from models.config import ModelConfig, get_preset
 from models.errors import CheckpointError
 
 EAGER = "eager"
-ONNXRUNTIME = "onnxruntime"  # CPU only; needs the `onnx` extra (pip install 'catalogan[onnx]')
+ONNXRUNTIME = "onnxruntime"  # CPU only; onnxruntime + onnx (the server extra, or 'catalogan[onnx]')
 BACKENDS = (EAGER, ONNXRUNTIME)
+# A worker setting, not a backend: onnxruntime on the CPU when it is installed (1.3x eager's images/s for the
+# shipped generator on a quiet 2-core box, docs/performance.md), eager otherwise and on CUDA.
+AUTO = "auto"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Images per forward pass, padded: small on the CPU (oneDNN's per-image cost is flat from about 8 up, and a
 # single-image `verify --regenerate` pays for a whole block), large on CUDA (launch-bound below ~1k).
@@ -97,6 +101,20 @@ class InferenceSpec:
         except ValueError as exc:
             raise ValueError(f"compute_batch {fields['compute_batch']!r}: not an integer") from exc
         return cls(fields["backend"], fields["device_kind"], fields["dtype"], compute_batch)
+
+
+def resolve_backend(backend: str, device: str | torch.device) -> str:
+    """The backend a worker on `device` runs for the setting `backend` (`auto` or one of `BACKENDS`).
+
+    `auto` is onnxruntime on a CPU where both onnxruntime and onnx (its exporter) import, else eager. Which
+    one ran is recorded in every file's provenance, so `verify --regenerate` recomputes with the same one.
+    """
+    if backend != AUTO:
+        return backend
+    if torch.device(device).type != "cpu":
+        return EAGER
+    installed = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+    return ONNXRUNTIME if installed else EAGER
 
 
 def default_spec(

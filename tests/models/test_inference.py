@@ -147,3 +147,22 @@ def test_onnxruntime_is_a_different_backend_with_its_own_stable_pixels() -> None
     # And eager pixels are within a grey level of them (another backend: not the same determinism key)
     eager = load_generator(data).generate(classes, latents)
     assert int((eager.int() - a.int()).abs().max()) <= 1
+
+
+def test_auto_is_onnxruntime_on_a_cpu_that_has_it_and_eager_on_cuda_or_without_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given the worker setting `auto` / When resolved for a device / Then onnxruntime on a CPU where it and
+    its exporter import, eager on CUDA or when either is missing, and an explicit backend unchanged."""
+    import importlib.util
+
+    from models.inference import AUTO, EAGER, resolve_backend
+
+    assert resolve_backend(AUTO, "cpu") == ONNXRUNTIME  # the dev install has the server extra's onnxruntime
+    assert resolve_backend(AUTO, "cuda:0") == EAGER
+    assert resolve_backend(EAGER, "cpu") == EAGER and resolve_backend(ONNXRUNTIME, "cpu") == ONNXRUNTIME
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real_find_spec(name, *a)
+    )
+    assert resolve_backend(AUTO, "cpu") == EAGER

@@ -17,6 +17,7 @@ from db.status import ChunkStatus, ImageStatus, JobStatus
 from db.storage import ObjectStore
 from db.tables import Chunk, Image
 from tests.pipeline import PipelineStack, wait_for
+from workers.verification import read_provenance
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -95,6 +96,9 @@ def test_a_2000_image_job_over_three_categories_succeeds_exactly(stack: Pipeline
         entry["sha256"] == rows[entry["index"]][1] and entry["status"] == "succeeded" for entry in manifest
     )
     assert {entry["category"] for entry in manifest} == {"a", "b", "c"}
+    # And a CPU worker at its default backend (`auto`) computed them with onnxruntime, and says so in the file
+    first = read_provenance(stack.store.get(str(rows[0][0])))
+    assert dict(first.provenance.inference)["backend"] == "onnxruntime"
 
 
 def test_redelivering_finished_chunks_changes_no_byte_and_no_row(stack: PipelineStack) -> None:
