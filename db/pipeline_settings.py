@@ -33,7 +33,7 @@ class WorkerSettings(BaseSettings):
     inference_backend: str = Field(
         default="auto",
         description="auto (onnxruntime on a CPU where it is installed, else eager), eager, or onnxruntime "
-        "(CPU only, the `onnx` extra); see models/inference.py.",
+        "(CPU only; the server extra installs it); see models/inference.py.",
     )
     queues: str = Field(default=DEFAULT_QUEUES, description="Comma-separated queues this worker consumes.")
     retry_delay_seconds: float = Field(

@@ -94,6 +94,8 @@ class JobExport:
         return self.folder / key.removeprefix(self.prefix)
 
     def _export_chunks(self, session: Session, chunk_ids: list[int]) -> None:
+        objects: list[str] = []
+        images = 0
         for chunk_id in chunk_ids:
             rows = session.execute(
                 select(Image.key)
@@ -104,11 +106,13 @@ class JobExport:
             ).scalars()
             keys = [str(key) for key in rows]
             # A tar chunk's rows all name its one shard object; a png chunk's name one object each.
-            objects = sorted(set(keys)) if self.output_format == SHARD_FORMAT else keys
-            for key, data in self.store.get_many(objects, in_flight=EXPORT_READS_IN_FLIGHT):
-                _write(self._path(key), data)
-            self.result.images += len(keys)
-            self._exported_chunks.add(chunk_id)
+            objects += sorted(set(keys)) if self.output_format == SHARD_FORMAT else keys
+            images += len(keys)
+        # One pool of reads for every chunk of this call.
+        for key, data in self.store.get_many(objects, in_flight=EXPORT_READS_IN_FLIGHT):
+            _write(self._path(key), data)
+        self.result.images += images
+        self._exported_chunks.update(chunk_ids)
 
     def export_finished(self, session: Session) -> int:
         """Copy the images of chunks that finished since the last call; returns how many images it copied."""

@@ -91,9 +91,8 @@ def threaded_gets(
         return
     with ThreadPoolExecutor(max_workers=min(in_flight, len(keys))) as pool:
         window: deque[tuple[str, Future[bytes]]] = deque()
-        pending = iter(keys)
         try:
-            for key in pending:
+            for key in keys:
                 window.append((key, pool.submit(get, key)))
                 if len(window) >= in_flight:
                     done_key, future = window.popleft()
