@@ -122,6 +122,9 @@ class ChunkPlan:
     # The items of the chunk's range in index order: one, or several consecutive small ones (db.chunk_layout).
     items: tuple[ChunkItem, ...]
     model_version: ModelVersion
+    # `time.monotonic()` when the claim took its lease. The batch loops count the time to the next renewal
+    # from here, so a slow first model load (download, ONNX export) renews before the first batch.
+    claimed_at: float
 
     @property
     def model_ref(self) -> str:
@@ -183,6 +186,7 @@ def _claim(ctx: ChunkContext, chunk_id: int) -> ChunkPlan | JobProgress | None:
             options=dict(job.options or {}),
             items=items,
             model_version=model_version,
+            claimed_at=time.monotonic(),
         )
 
 
@@ -352,7 +356,7 @@ def _run_shard_batches(
     checkpoint_sha = plan.model_version.checkpoint_sha256 or generator.checkpoint_sha256
     inference = inference_fields(generator)  # written into every file's provenance
     futures: list[Future[tuple[ImageRecord, ShardMember | None]]] = []
-    checked = time.monotonic()  # the claim just read the cancel flag and took a fresh lease
+    checked = plan.claimed_at  # the claim read the cancel flag and took a fresh lease then
     try:
         for start in range(0, len(indices), batch_size):
             if ctx.shutdown.is_set():
@@ -424,7 +428,7 @@ def _run_batches(
     inference = inference_fields(generator)  # written into every file's provenance
     in_flight: list[Future[ImageRecord]] = []
     records: list[ImageRecord] = []
-    checked = time.monotonic()  # the claim just read the cancel flag and took a fresh lease
+    checked = plan.claimed_at  # the claim read the cancel flag and took a fresh lease then
     try:
         for start in range(0, len(indices), batch_size):
             if ctx.shutdown.is_set():

@@ -17,7 +17,8 @@ from tests.pipeline import PipelineStack, wait_for
 
 def test_every_message_delivered_twice_runs_each_chunk_once(stack: PipelineStack) -> None:
     # Given two workers
-    workers = [stack.start("worker", "w1"), stack.start("worker", "w2")]
+    # A long lease: this test is about duplicate messages, not about leases lost on a loaded box
+    workers = [stack.start("worker", name, CATALOGAN_LEASE_SECONDS="30") for name in ("w1", "w2")]
     stack.start("beat")
     # When every chunk's message is published a second time right after the job's own publish
     job_id = stack.submit({"items": [{"category": "b", "count": 300}], "chunk_size": 50, "seed": 31})

@@ -14,6 +14,7 @@ from db.engine import transaction
 from db.storage import MemoryStore
 from db.tables import ApiKey
 from db.tenants import revoke_api_key
+from scheduler.api.limits import MemoryRateLimiter
 from scheduler.settings import ApiSettings, WebhookSettings
 from tests.scheduler.conftest import Credentials, LiveServer, _app
 
@@ -106,6 +107,8 @@ def test_the_rate_limit_answers_429_with_retry_after(
     """Given a tenant allowed 3 requests a minute, when it sends 4, then the 4th is 429 with Retry-After."""
     limited = make_tenant(requests_per_minute=3)
     other = make_tenant()
+    # One fixed instant, so no minute boundary falls between the requests and resets the window
+    api.app.state.services.rate_limiter = MemoryRateLimiter(clock=lambda: 1_000_020.0)  # type: ignore[attr-defined]
     for _ in range(3):
         assert api.get("/v1/jobs", headers=limited.headers).status_code == 200
     response = api.get("/v1/jobs", headers=limited.headers)

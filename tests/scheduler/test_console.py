@@ -40,6 +40,7 @@ from db.tables import (
     WebhookDelivery,
 )
 from db.tenants import revoke_api_key
+from scheduler.api.limits import MemoryRateLimiter
 from scheduler.console.auth import SESSION_COOKIE, SIGN_IN_COOKIE
 from scheduler.console.curves import parse_history
 from scheduler.console.provenance import embedded_provenance
@@ -699,6 +700,8 @@ def test_pages_count_against_the_tenants_rate_limit_but_image_bytes_do_not(
     the grid's image bytes keep coming (a person scrolling fetches dozens a second)."""
     slow = make_tenant("slow", requests_per_minute=3)
     job = insert_finished_job(pg_factory, api_store, slow.tenant_id, model_version)
+    # One fixed instant, so no minute boundary falls between the requests and resets the window
+    api.app.state.services.rate_limiter = MemoryRateLimiter(clock=lambda: 1_000_020.0)  # type: ignore[attr-defined]
     sign_in(api, slow.api_key)  # the jobs page after sign-in is request 1
     assert api.get(f"/console/jobs/{job.job_id}").status_code == 200
     assert api.get(f"/console/jobs/{job.job_id}/images/0").status_code == 200

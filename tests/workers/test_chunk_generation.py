@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,6 +25,7 @@ from db.storage import ObjectStore
 from db.tables import Chunk, Image, Job, WebhookDelivery
 from scheduler.webhooks import event_envelope
 from tests.pipeline import job_row, make_model_version, make_tenant, tiny_checkpoint
+from workers import chunk_generation
 from workers.chunk_generation import ChunkContext, ChunkOutcome, generate_chunk
 from workers.encoding import IPTC_TRAINED_ALGORITHMIC_MEDIA
 from workers.finalize import finalize_job
@@ -200,6 +202,35 @@ def test_a_stale_attempt_cannot_write(context: ChunkContext) -> None:
     # When this worker gets the message, then it cannot claim it and writes nothing
     assert generate_chunk(context, chunk_ids[0]) is ChunkOutcome.NOT_CLAIMED
     assert _snapshot(context, job_id) == {}
+
+
+def test_a_slow_model_load_renews_the_lease_before_the_first_batch(
+    context: ChunkContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a chunk whose model takes longer to load than the interval between lease renewals
+    job_id, chunk_ids = _submit(
+        context, {"model": "tiny", "items": [{"category": "a", "count": 8}], "chunk_size": 8}
+    )
+    events: list[str] = []
+    load = context.generators.get
+
+    def slow_load(*args: object, **kwargs: object) -> object:
+        time.sleep(chunk_generation.SHARD_CHECK_SECONDS + 0.2)
+        events.append("loaded")
+        return load(*args, **kwargs)  # type: ignore[arg-type]
+
+    renew, forward = chunk_generation.renew_lease, chunk_generation._forward
+    monkeypatch.setattr(context.generators, "get", slow_load)
+    monkeypatch.setattr(
+        chunk_generation, "renew_lease", lambda *a, **k: events.append("renewed") or renew(*a, **k)
+    )
+    monkeypatch.setattr(chunk_generation, "_forward", lambda *a: events.append("forward") or forward(*a))
+    # When it runs
+    assert generate_chunk(context, chunk_ids[0]) is ChunkOutcome.SUCCEEDED
+    # Then the lease the claim took was renewed after the load and before the first forward pass (the
+    # interval counts from the claim, not from the first batch), so no reaper could hand the chunk on
+    assert events[:3] == ["loaded", "renewed", "forward"]
+    assert job_row(context.session_factory, job_id).images_done == 8
 
 
 def test_cancel_before_a_chunk_runs_cancels_it_and_the_job(context: ChunkContext) -> None:
