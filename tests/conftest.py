@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import Engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,6 +48,13 @@ SERVICE_FIXTURES = frozenset(
 def in_ci() -> bool:
     """True when the tests run in CI (`CI=true`), where a missing service is a failure, not a skip."""
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+# Hypothesis: no per-example deadline anywhere (a GC pause or a busy core is not a bug), and in CI the same
+# examples every run, so CI's verdict does not depend on the draw; locally each run explores new examples.
+settings.register_profile("catalogan", deadline=None)
+settings.register_profile("catalogan-ci", deadline=None, derandomize=True)
+settings.load_profile("catalogan-ci" if in_ci() else "catalogan")
 
 
 def service_missing(message: str) -> None:

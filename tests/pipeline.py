@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,6 +20,7 @@ from db.status import ModelVersionStatus
 from db.storage import ObjectStore
 from db.tables import Job, ModelVersion, Tenant
 
+T = TypeVar("T")
 TINY_CATEGORIES = ("a", "b", "c")
 CATALOGAN = [sys.executable, "-c", "from scheduler.cli import main; main()"]
 
@@ -80,6 +82,25 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def freeze_check_kill(
+    pid: int, holds: Callable[[], T | None], *, timeout: float = 60, reap: Callable[[], object] | None = None
+) -> T:
+    """SIGSTOP `pid`, and SIGKILL it if `holds()` finds something (returned); else SIGCONT and try again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        held = holds()
+        if held is not None:
+            os.kill(pid, signal.SIGKILL)
+            if reap is not None:
+                reap()
+            return held
+        os.kill(pid, signal.SIGCONT)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} held nothing to interrupt within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 def job_row(session_factory: sessionmaker[Session], job_id: str) -> Job:
     """A fresh copy of a job row."""
     with session_factory() as session:
@@ -100,6 +121,11 @@ class ServiceProcess:
         """SIGKILL: the worker dies without releasing anything."""
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
+
+    def kill9_while(self, holds: Callable[[], T | None], *, timeout: float = 60) -> T:
+        """SIGKILL the process at a moment when `holds()` finds something (say, the chunk it has leased) and
+        return that. The process is frozen with SIGSTOP while `holds()` looks, so it cannot finish in between."""
+        return freeze_check_kill(self.process.pid, holds, timeout=timeout, reap=self.process.wait)
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""

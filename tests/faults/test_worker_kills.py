@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ from sqlalchemy import func, select
 from db.status import ChunkStatus
 from db.tables import Chunk
 from tests.faults.checks import assert_exactly_once
-from tests.pipeline import PipelineStack, ServiceProcess, wait_for
+from tests.pipeline import PipelineStack, ServiceProcess, freeze_check_kill, wait_for
 
 KILLS = 20
 IMAGES = 4000
@@ -80,7 +78,10 @@ def test_kill_9_of_one_of_two_worker_processes_loses_and_duplicates_nothing(stac
         if _alive(int(holder.rsplit(":", 1)[1]))
     )
     assert _parent_pid(victim) == pool.process.pid, "the chunk holder is a child of the supervisor"
-    os.kill(victim, signal.SIGKILL)
+    # Frozen while the test checks that it still holds a chunk, so it cannot finish that chunk in between
+    freeze_check_kill(
+        victim, lambda: True if any(h.endswith(f":{victim}") for h in _leased_by(stack, job_id)) else None
+    )
     # Then the job completes with every image exactly once, the killed chunk was redone, and the supervisor
     # is still running and replaced its child
     stack.wait_terminal(job_id, timeout=180)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
@@ -28,7 +29,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_SECONDS = 240
 ITEMS = [{"category": "a", "count": 6, "sku": "SKU-1"}, {"category": "c", "count": 4}]
-LIGHT_DEPENDENCIES = ["httpx", "pydantic", "click"]
+# Pinned to the versions this suite runs with, so a new release on PyPI cannot change what the test installs.
+LIGHT_DEPENDENCIES = [f"{name}=={version(name)}" for name in ("httpx", "pydantic", "click")]
 SERVER_ONLY = ["torch", "sqlalchemy", "pydantic_settings", "boto3", "rich", "celery", "fastapi", "numpy"]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.storage import MemoryStore
@@ -52,6 +52,13 @@ def _jobs_by_seed(factory: sessionmaker[Session], tenant_id: str) -> list[int]:
         )
 
 
+def _waiting_on_a_lock(factory: sessionmaker[Session]) -> int:
+    """How many sessions of this database wait for a lock (A's first submit, stalled on the tenant's row)."""
+    with factory() as session:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        return int(session.scalar(text(query)) or 0)
+
+
 def _wait_until(condition: Callable[[], bool], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -82,14 +89,16 @@ def test_a_tenants_queue_is_capped_and_its_wait_is_limited_with_429s(
     # Exits in reverse order: the row lock is released first, then the pool waits for A's first submit.
     with ThreadPoolExecutor(8) as pool, _tenant_row_locked(pg_factory, a.tenant_id):
         first = pool.submit(submit, a, 1)
-        time.sleep(1.0)  # A's first submit now waits on the row lock inside its turn
+        _wait_until(lambda: _waiting_on_a_lock(pg_factory) >= 1, 30)  # A's first submit, inside its turn
         more = [pool.submit(submit, a, 10 + i) for i in range(5)]
         other = pool.submit(submit, b, 99).result()
         results = [future.result() for future in more]
     assert first.result()[0] == 201
     assert other[0] == 201
-    refused_at_once = [r for r in results if r[0] == 429 and r[2] < 1.0]
-    refused_after_waiting = [r for r in results if r[0] == 429 and r[2] >= 1.5]
+    # Retry-After tells the two refusals apart: 5 s for a full queue, the 2 s wait limit for a timed-out turn.
+    # "At once" is under the wait limit; a timed-out turn cannot answer before it.
+    refused_at_once = [r for r in results if r[0] == 429 and r[1] == "5" and r[2] < 2.0]
+    refused_after_waiting = [r for r in results if r[0] == 429 and r[1] == "2" and r[2] >= 1.9]
     assert len(refused_at_once) == 3, results
     assert len(refused_after_waiting) == 2, results
     assert all(r[1] is not None and int(r[1]) >= 1 for r in results)
