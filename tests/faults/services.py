@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from tests.services import free_port
+from tests.services import free_fixed_port, free_port
 
 REDIS_START_TIMEOUT_SECONDS = 20.0
 PROXY_BUFFER_BYTES = 65536
@@ -38,7 +38,7 @@ class RedisServer:
     """A redis-server of the test's own, on a free loopback port, keeping nothing on disk."""
 
     folder: Path
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=free_fixed_port)  # restart() binds it again
     process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -178,11 +178,15 @@ class LiveServer:
     """uvicorn serving an app on loopback in a thread."""
 
     def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        # Bound here and handed to uvicorn, so no other process can take the port between choosing and serving
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = int(self.socket.getsockname()[1])
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
         )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
     def url(self) -> str:
@@ -203,6 +207,7 @@ class LiveServer:
         """Ask uvicorn to exit and wait for it."""
         self.server.should_exit = True
         self.thread.join(timeout=20)
+        self.socket.close()
 
 
 def serve_live_api(
