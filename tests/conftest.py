@@ -36,6 +36,13 @@ from db.storage import LocalStore, MemoryStore, ObjectStore, open_store
 from db.tables import Base
 from tests.services import TEST_BUCKET, SeaweedFS, ServiceUnavailable, claimed_redis_db, flush_keeping_claim
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `-n 2` (the README's test command) two test processes share the cores: one math thread each in the
+    # tests' own processes (torch reads these when imported), rather than each running a thread per core.
+    # Workers the tests start set their own thread counts.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "CATALOGAN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
@@ -65,7 +72,15 @@ def service_missing(message: str) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that touches a real service as `integration`."""
+    """Refuse a collection in which two tests share an id; mark every test that touches a real service as
+    `integration`.
+
+    pytest-xdist addresses tests by id: of several tests with one id it runs one and drops the rest silently.
+    """
+    seen: set[str] = set()
+    shared = sorted({item.nodeid for item in items if item.nodeid in seen or seen.add(item.nodeid)})
+    if shared:
+        raise pytest.UsageError(f"{len(shared)} test ids are shared by several tests, e.g. {shared[0]}")
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         callspec = getattr(item, "callspec", None)
