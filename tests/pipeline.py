@@ -89,7 +89,11 @@ def freeze_check_kill(
     deadline = time.monotonic() + timeout
     while True:
         os.kill(pid, signal.SIGSTOP)
-        held = holds()
+        try:
+            held = holds()
+        except BaseException:
+            os.kill(pid, signal.SIGCONT)  # never leave it frozen behind a failing check
+            raise
         if held is not None:
             os.kill(pid, signal.SIGKILL)
             if reap is not None:
