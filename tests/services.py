@@ -90,9 +90,8 @@ def free_fixed_port() -> int:
     the ephemeral range can be taken while the server is down, as the source port of an outgoing connection
     (or by a client reconnecting to itself)."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
     for _ in range(200):
-        port = rng.randrange(max(1024, low - 12000), low)
+        port = random.randrange(max(1024, low - 12000), low)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))

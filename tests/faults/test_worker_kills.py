@@ -80,7 +80,7 @@ def test_kill_9_of_one_of_two_worker_processes_loses_and_duplicates_nothing(stac
     assert _parent_pid(victim) == pool.process.pid, "the chunk holder is a child of the supervisor"
     # Frozen while the test checks that it still holds a chunk, so it cannot finish that chunk in between
     freeze_check_kill(
-        victim, lambda: True if any(h.endswith(f":{victim}") for h in _leased_by(stack, job_id)) else None
+        victim, lambda: victim if any(h.endswith(f":{victim}") for h in _leased_by(stack, job_id)) else None
     )
     # Then the job completes with every image exactly once, the killed chunk was redone, and the supervisor
     # is still running and replaced its child
