@@ -439,9 +439,16 @@ def bench_versus_peer(
     else:
         worker_env.pop("CATALOGAN_WORKER_CONCURRENCY", None)
     log = (folder / "worker-peer.log").open("ab")
-    worker = subprocess.Popen(
-        [*CATALOGAN, "worker", "--gpus", "none"], env=worker_env, stdout=log, stderr=log
-    )
+
+    def start_worker(extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [*CATALOGAN, "worker", "--gpus", "none"],
+            env={**worker_env, **(extra or {})},
+            stdout=log,
+            stderr=log,
+        )
+
+    worker = start_worker()
 
     # CPU seconds of every part of the stack, the worker's processes included: what a box whose S3 server
     # shares its cores allows (the PUT ceiling above is CPU-bound there too).
@@ -504,6 +511,7 @@ def bench_versus_peer(
     rows: list[dict[str, Any]] = []
     exports: list[dict[str, Any]] = []
     scaling: list[dict[str, Any]] = []
+    overlap_ab: list[dict[str, Any]] = []
     peer_rates: dict[bytes, dict[str, Any]] = {}
     try:
         for scenario in scenarios:  # warm-up: every worker process loads every model (not timed)
@@ -565,6 +573,16 @@ def bench_versus_peer(
             rate = run_job(near_free, size, seed=100 + seed)
             print(f"catalogan near-free at {size:,} images: {rate:.0f} images/s", flush=True)
             scaling.append({"images": size, "catalogan_images_per_s": rate})
+        for round_ in range(args.gate_overlap_rounds):  # the shipped job, the worker restarted per setting
+            shipped_scenario = next(scenario for scenario in scenarios if scenario.name == "shipped")
+            for setting in ("off", "on"):
+                worker.terminate()
+                worker.wait(timeout=60)
+                worker = start_worker({"CATALOGAN_GATE_OVERLAP": setting})
+                run_job(shipped_scenario, 2 * cores * args.chunk_size, seed=0)  # warm-up: model, evaluator
+                rate = run_job(shipped_scenario, args.peer_images, seed=200 + round_)
+                print(f"catalogan shipped, gate overlap {setting}: {rate:.0f} images/s", flush=True)
+                overlap_ab.append({"round": round_, "gate_overlap": setting, "catalogan_images_per_s": rate})
     finally:
         ray.shutdown()
         worker.terminate()
@@ -573,6 +591,7 @@ def bench_versus_peer(
     results["rows"] = rows
     results["exports"] = exports
     results["scaling"] = scaling
+    results["gate_overlap_ab"] = overlap_ab
     results["load_after"] = os.getloadavg()
     return results
 
@@ -649,6 +668,24 @@ def peer_lines(results: dict[str, Any]) -> list[str]:
         ]
         rates = [row["catalogan_images_per_s"] for row in results["scaling"]]
         lines.append(f"\nlargest job / smallest job images/s: {rates[-1] / rates[0]:.2f}")
+    if results.get("gate_overlap_ab"):
+        lines += ["", "| round | gate overlap | shipped images/s |", "|---:|---|---:|"]
+        lines += [
+            f"| {row['round']} | {row['gate_overlap']} | {row['catalogan_images_per_s']:.0f} |"
+            for row in results["gate_overlap_ab"]
+        ]
+        by_setting = {
+            setting: [
+                row["catalogan_images_per_s"]
+                for row in results["gate_overlap_ab"]
+                if row["gate_overlap"] == setting
+            ]
+            for setting in ("off", "on")
+        }
+        lines.append(
+            f"\ngate overlap on ÷ off (mean of {len(by_setting['on'])} rounds): "
+            f"{sum(by_setting['on']) / sum(by_setting['off']):.3f}"
+        )
     return lines
 
 
@@ -833,6 +870,13 @@ def main() -> None:
         default="",
         help="Comma-separated near-free job sizes run after the comparison, e.g. 10000,200000 (images/s "
         "against job size).",
+    )
+    parser.add_argument(
+        "--gate-overlap-rounds",
+        type=int,
+        default=0,
+        help="After the comparison, this many rounds of the shipped job with CATALOGAN_GATE_OVERLAP=off then "
+        "on (the worker restarted for each): overlap on ÷ off on this box.",
     )
     parser.add_argument(
         "--skip-shipped",

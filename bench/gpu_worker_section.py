@@ -18,7 +18,10 @@ format (png, tar) × gate (`off`: a model version without a memorization index; 
 memorization index of `--index-rows` random 128-d features (the shipped model's index is 60,000 × 128; the
 cost of the search depends on the size, not the values; its threshold 0 makes no near copies) and
 `min_confidence` 0); then one `redraw` job per format at the largest chunk size: the same index plus
-`quality_gate: {min_confidence: --redraw-min-confidence, max_redraws: 3}`, which exercises redraws.
+`quality_gate: {min_confidence: --redraw-min-confidence, max_redraws: 3}`, which exercises redraws; then one
+job per format at the largest chunk size with the gate on and gate overlap switched the other way
+(`on-serial` on CUDA, where `CATALOGAN_GATE_OVERLAP=auto` overlaps the gate with the next forward pass;
+`on-overlap` on a CPU, where auto does not).
 
 Per job: images asked / generated (done + rejected) / rejected, images/s, this process's CPU seconds and
 CPU ms per image, and per stage (calls, wall seconds, CPU seconds of the thread that ran it): `sql` (every
@@ -320,6 +323,8 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             with clock.stage("finalize"):
                 finalize_job(factory, store, job_id)
 
+    overlap = settings.overlaps_gate(str(device))  # what `catalogan worker` does on this device
+    gate_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate")
     ctx = ChunkContext(
         session_factory=factory,
         store=store,
@@ -327,15 +332,18 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         settings=settings,
         worker_name="gpu-bench",
         pool=pool,
+        gate_pool=gate_pool if overlap else None,
         device=str(device),
         on_job_finished=on_job_finished,
     )
+    switched = "on-serial" if overlap else "on-overlap"  # the gate on, overlap the other way
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "model": model_name,
         "categories": len(categories),
         "batch_size": settings.batch_size,
         "upload_threads": settings.upload_threads,
+        "gate_overlap": overlap,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "database": f"SQLite in {folder.parent}",
@@ -361,6 +369,9 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         }
         if gate == "redraw":
             spec["quality_gate"] = {"min_confidence": redraw_confidence, "max_redraws": 3}
+        ctx.gate_pool = (
+            (gate_pool if not overlap else None) if gate == switched else (gate_pool if overlap else None)
+        )
         clock.take()
         dropped = (store.objects_dropped, store.bytes_dropped)
         wall, cpu = time.perf_counter(), time.process_time()
@@ -420,7 +431,11 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             for chunk in chunk_sizes
             for output_format in ("png", "tar")
             for gate in ("off", "on")
-        ] + [(output_format, "redraw", chunk_sizes[-1]) for output_format in ("png", "tar")]
+        ] + [
+            (output_format, gate, chunk_sizes[-1])
+            for gate in ("redraw", switched)
+            for output_format in ("png", "tar")
+        ]
         for output_format, gate, chunk in cells:
             if time.monotonic() >= budget_end:
                 result["stopped"] = "budget"
@@ -438,6 +453,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     finally:
         undo()
         pool.shutdown(wait=True)
+        gate_pool.shutdown(wait=True)
         engine.dispose()
         for path in sorted(folder.glob("*")):
             path.unlink()

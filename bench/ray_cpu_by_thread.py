@@ -37,7 +37,9 @@ def ray_processes() -> dict[int, str]:
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            command = (
+                Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
         except OSError:
             continue
         if "ray" in command.lower():
@@ -65,12 +67,20 @@ def thread_times(pid: int) -> ThreadTimes:
 
 def main() -> None:
     """Run the training, sample the threads over the window, print processes and threads by CPU seconds."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--data", default="fashion-mnist", help="a data spec, as for `catalogan train --data`")
-    parser.add_argument("--steps", type=int, default=100_000, help="more than the window needs (the run is cut)")
+    parser.add_argument(
+        "--data", default="fashion-mnist", help="a data spec, as for `catalogan train --data`"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=100_000, help="more than the window needs (the run is cut)"
+    )
     parser.add_argument("--window", type=float, default=30.0, help="seconds of training measured")
-    parser.add_argument("--settle", type=float, default=15.0, help="seconds after the worker starts, unmeasured")
+    parser.add_argument(
+        "--settle", type=float, default=15.0, help="seconds after the worker starts, unmeasured"
+    )
     parser.add_argument("--threads", type=int, default=20, help="threads listed")
     args = parser.parse_args()
 

@@ -6,6 +6,8 @@ Tests shorten `lease_seconds` and the reaper intervals through the environment o
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -35,6 +37,11 @@ class WorkerSettings(BaseSettings):
         description="auto (onnxruntime on a CPU where it is installed, else eager), eager, or onnxruntime "
         "(CPU only; the server extra installs it); see models/inference.py.",
     )
+    gate_overlap: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Run batch k's quality gate in its own thread (own CUDA stream) while batch k+1 is "
+        "forwarded: auto = on for CUDA, off for the CPU (docs/performance.md, 'Gate overlap').",
+    )
     queues: str = Field(default=DEFAULT_QUEUES, description="Comma-separated queues this worker consumes.")
     retry_delay_seconds: float = Field(
         default=2.0, ge=0, le=600, description="Wait before a failed chunk reruns."
@@ -42,6 +49,16 @@ class WorkerSettings(BaseSettings):
     generator_cache_size: int = Field(default=2, ge=1, le=32, description="Model versions kept loaded.")
     # Fault injection (job option `test_fail_chunk_starts`) is honoured only when this is set; tests only.
     test_faults: bool = Field(default=False, description="CATALOGAN_TEST_FAULTS=1 enables fault injection.")
+
+    def overlaps_gate(self, device: str) -> bool:
+        """Whether a worker on `device` gates batch k in its own thread while batch k+1 is forwarded.
+
+        `auto` is on for CUDA, where the gate's kernels run on their own stream beside the forward's, and off
+        for the CPU, where a worker process already runs one compute thread per core (measured in
+        docs/performance.md, "Gate overlap")."""
+        if self.gate_overlap == "auto":
+            return device.startswith("cuda")
+        return self.gate_overlap == "on"
 
     @property
     def queue_names(self) -> list[str]:

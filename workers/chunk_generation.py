@@ -1,4 +1,8 @@
-"""Producing one chunk: claim → load → latents → forward → encode + upload (overlapped) → rows → complete.
+"""Producing one chunk: claim → load → latents → forward → gate → encode + upload → rows → complete.
+
+The stages overlap: batch k encodes and uploads in the pool while batch k+1 is forwarded, and with gate
+overlap on (`CATALOGAN_GATE_OVERLAP`, the default on CUDA) batch k's quality gate runs in the context's gate
+thread, on its own CUDA stream, while batch k+1 is forwarded.
 
 A plain function of its dependencies (`ChunkContext`); the Celery task only parses the chunk id.
 
@@ -14,12 +18,14 @@ Safety, step by step:
 from __future__ import annotations
 
 import bisect
+import contextlib
 import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +112,9 @@ class ChunkContext:
     # Quality-gate scorers (the evaluator + the model version's memorization index), per model version id
     # and index sha256.
     scorers: dict[tuple[int, str | None], Scorer] = field(default_factory=dict)
+    # One thread that runs the quality gate of batch k while batch k+1 is forwarded (`gate_overlap`); None:
+    # the gate runs in the batch loop's thread, after the forward pass.
+    gate_pool: ThreadPoolExecutor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +298,69 @@ def _gated(
     return gated
 
 
+def _gated_on_device(
+    ctx: ChunkContext, plan: ChunkPlan, generator: GeneratorLike, batch: Sequence[int], pixels: Any
+) -> list[GatedImage]:
+    """`_gated` in the gate thread: on CUDA on the thread's own stream, so its kernels overlap the forward's."""
+    with _gate_stream(ctx.device):
+        return _gated(ctx, plan, generator, batch, pixels)
+
+
+_streams = threading.local()
+
+
+def _gate_stream(device: str) -> contextlib.AbstractContextManager[Any]:
+    """The calling thread's own CUDA stream on `device` (made once per thread); nothing on the CPU."""
+    if not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    import torch
+
+    streams: dict[str, Any] = _streams.__dict__.setdefault("by_device", {})
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device=torch.device(device))
+    return torch.cuda.stream(streams[device])
+
+
+def _gated_batches(
+    ctx: ChunkContext,
+    plan: ChunkPlan,
+    generator: GeneratorLike,
+    before_batch: Callable[[], None],
+) -> Generator[list[GatedImage], None, None]:
+    """Every batch of the chunk's range, forwarded and gated, in order.
+
+    `before_batch` runs in this thread before each forward pass (the shutdown, cancel and lease checks; it
+    may raise `_Stop`). With `ctx.gate_pool`, batch k is gated in the gate thread while this thread forwards
+    batch k+1: one batch is being gated at most, so at most two batches of pixels wait here. Nothing about
+    an image depends on which thread gated it (the scorer computes in fixed blocks). Closing the iterator
+    early (a stop, a failed upload) waits for the gate in flight, so no gate work outlives the chunk.
+    """
+    lease = plan.lease
+    indices = range(lease.start_index, lease.stop_index)
+    batch_size = ctx.settings.batch_size
+    pending: Future[list[GatedImage]] | None = None
+    try:
+        for start in range(0, len(indices), batch_size):
+            before_batch()
+            batch = indices[start : start + batch_size]
+            pixels = _forward(generator, plan, batch)  # (B, H, W, C) uint8
+            if ctx.gate_pool is None:
+                yield _gated(ctx, plan, generator, batch, pixels)
+                continue
+            following = ctx.gate_pool.submit(_gated_on_device, ctx, plan, generator, batch, pixels)
+            if pending is not None:
+                gated, pending = pending.result(), following
+                yield gated
+            else:
+                pending = following
+        if pending is not None:
+            gated, pending = pending.result(), None
+            yield gated
+    finally:
+        if pending is not None and not pending.cancel():
+            wait_futures([pending])  # the gate of one batch: bounded; its result is dropped
+
+
 def _encode_for_shard(
     plan: ChunkPlan,
     lease: Lease,
@@ -343,37 +415,30 @@ def _encode_for_shard(
 def _run_shard_batches(
     ctx: ChunkContext, plan: ChunkPlan, generator: GeneratorLike
 ) -> tuple[Lease, list[ImageRecord], list[ImageRecord]]:
-    """A tar job's chunk: forward and encode (overlapped) every batch, then PUT one shard of the chunk.
+    """A tar job's chunk: forward, gate and encode (overlapped, `_gated_batches`) every batch, then PUT one shard
+    of the chunk.
 
     No row is written before the shard is stored: the caller writes them all with the chunk's completion.
     A chunk stopped midway (cancel, shutdown) delivers nothing; a rerun writes the same shard bytes.
     Between batches the shutdown flag is read every time; the cancel flag and the lease renewal cost a
     transaction, so they run at most every `SHARD_CHECK_SECONDS` (a shard's batches are short).
     """
-    lease = plan.lease
-    indices = range(lease.start_index, lease.stop_index)
-    batch_size = ctx.settings.batch_size
+    checks = _BatchChecks(ctx, plan)
     checkpoint_sha = plan.model_version.checkpoint_sha256 or generator.checkpoint_sha256
     inference = inference_fields(generator)  # written into every file's provenance
     futures: list[Future[tuple[ImageRecord, ShardMember | None]]] = []
-    checked = plan.claimed_at  # the claim read the cancel flag and took a fresh lease then
     try:
-        for start in range(0, len(indices), batch_size):
-            if ctx.shutdown.is_set():
-                raise _Stop(ChunkOutcome.RELEASED)
-            if time.monotonic() - checked >= SHARD_CHECK_SECONDS:
-                lease = _between_batches(ctx, plan, lease)
-                checked = time.monotonic()
-            batch = indices[start : start + batch_size]
-            pixels = _forward(generator, plan, batch)  # (B, H, W, C) uint8
-            futures += [
-                ctx.pool.submit(_encode_for_shard, plan, lease, image, checkpoint_sha, inference)
-                for image in _gated(ctx, plan, generator, batch, pixels)
-            ]
+        with contextlib.closing(_gated_batches(ctx, plan, generator, checks)) as batches:
+            for gated in batches:
+                futures += [
+                    ctx.pool.submit(_encode_for_shard, plan, checks.lease, image, checkpoint_sha, inference)
+                    for image in gated
+                ]
         encoded = [future.result() for future in futures]
     finally:
         for future in futures:
             future.cancel()
+    lease = checks.lease
     members = [member for _, member in encoded if member is not None]
     if members:  # every image rejected: no shard
         key = shard_key(plan.tenant_id, plan.job_id, lease.start_index)
@@ -385,6 +450,24 @@ def _check_fault(ctx: ChunkContext, plan: ChunkPlan) -> None:
     starts = plan.options.get(FAULT_OPTION) or []
     if ctx.settings.test_faults and plan.lease.start_index in starts:
         raise InjectedFaultError(f"injected fault for chunk starting at index {plan.lease.start_index}")
+
+
+class _BatchChecks:
+    """What runs before each forward pass of a chunk: the shutdown flag every time; the cancel flag and the
+    lease renewal (one transaction) at most every `SHARD_CHECK_SECONDS`, counted from the claim, so a slow
+    first model load renews before the first batch. `lease` is the latest renewed lease."""
+
+    def __init__(self, ctx: ChunkContext, plan: ChunkPlan) -> None:
+        self.ctx, self.plan = ctx, plan
+        self.lease = plan.lease
+        self.checked = plan.claimed_at  # the claim read the cancel flag and took a fresh lease then
+
+    def __call__(self) -> None:
+        if self.ctx.shutdown.is_set():
+            raise _Stop(ChunkOutcome.RELEASED)
+        if time.monotonic() - self.checked >= SHARD_CHECK_SECONDS:
+            self.lease = _between_batches(self.ctx, self.plan, self.lease)
+            self.checked = time.monotonic()
 
 
 class _Stop(Exception):
@@ -414,49 +497,41 @@ def _run_batches(
 ) -> tuple[Lease, list[ImageRecord], list[ImageRecord]]:
     """Forward batch k+1 while batch k encodes and uploads in the pool; the chunk's rows in one transaction.
 
-    After each forward pass the loop waits for the previous batch's uploads (two batches in flight at most,
-    so memory stays bounded). SQL is batched per chunk: the rows of every batch are returned for the
+    After each gated batch the loop waits for the previous batch's uploads (two batches in flight at most,
+    three with gate overlap, so memory stays bounded; `_gated_batches`). SQL is batched per chunk: the rows of every batch are returned for the
     transaction that completes the chunk, and between batches only the cancel flag and the lease renewal
     cost a transaction, at most every `SHARD_CHECK_SECONDS` (the shutdown flag is read every time). A chunk
     stopped midway (cancel, shutdown) writes the rows of the images it uploaded before it stops: finished
     images stay. Returns the lease, [] (nothing written yet) and the records.
     """
-    lease = plan.lease
-    indices = range(lease.start_index, lease.stop_index)
-    batch_size = ctx.settings.batch_size
+    checks = _BatchChecks(ctx, plan)
     checkpoint_sha = plan.model_version.checkpoint_sha256 or generator.checkpoint_sha256
     inference = inference_fields(generator)  # written into every file's provenance
     in_flight: list[Future[ImageRecord]] = []
     records: list[ImageRecord] = []
-    checked = plan.claimed_at  # the claim read the cancel flag and took a fresh lease then
     try:
-        for start in range(0, len(indices), batch_size):
-            if ctx.shutdown.is_set():
-                raise _Stop(ChunkOutcome.RELEASED)
-            if time.monotonic() - checked >= SHARD_CHECK_SECONDS:
-                lease = _between_batches(ctx, plan, lease)
-                checked = time.monotonic()
-            batch = indices[start : start + batch_size]
-            pixels = _forward(generator, plan, batch)  # (B, H, W, C) uint8
-            futures = [
-                ctx.pool.submit(_encode_and_upload, ctx, plan, image, checkpoint_sha, inference)
-                for image in _gated(ctx, plan, generator, batch, pixels)
-            ]
-            records += [future.result() for future in in_flight]
-            in_flight = futures
+        with contextlib.closing(_gated_batches(ctx, plan, generator, checks)) as batches:
+            for gated in batches:
+                futures = [
+                    ctx.pool.submit(_encode_and_upload, ctx, plan, image, checkpoint_sha, inference)
+                    for image in gated
+                ]
+                records += [future.result() for future in in_flight]
+                in_flight = futures
         records += [future.result() for future in in_flight]
         in_flight = []
     except _Stop:
-        # Finished images stay: wait for the batch that was uploading and write every row so far.
+        # Finished images stay: wait for the batch that was uploading and write every row so far. A batch
+        # still in the gate is dropped: a rerun draws it again, identically.
         records += [future.result() for future in in_flight]
         in_flight = []
         if records:
-            _write_rows(ctx, lease, records)
+            _write_rows(ctx, checks.lease, records)
         raise
     finally:
         for future in in_flight:
             future.cancel()
-    return lease, [], records
+    return checks.lease, [], records
 
 
 def _finish(ctx: ChunkContext, plan: ChunkPlan, progress: JobProgress | None) -> None:

@@ -59,6 +59,11 @@ def build_context(publisher: CeleryPublisher, settings: WorkerSettings | None = 
         store, device=device, max_entries=settings.generator_cache_size, backend=backend
     )
     pool = ThreadPoolExecutor(max_workers=settings.upload_threads, thread_name_prefix="upload")
+    gate_pool = (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate")
+        if settings.overlaps_gate(device)
+        else None
+    )
 
     def on_job_finished(job_id: str) -> None:
         finalize_job(session_factory, store, job_id)
@@ -73,6 +78,7 @@ def build_context(publisher: CeleryPublisher, settings: WorkerSettings | None = 
         settings=settings,
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
         pool=pool,
+        gate_pool=gate_pool,
         device=device,
         on_job_finished=on_job_finished,
         republish=republish,
