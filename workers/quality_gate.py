@@ -88,9 +88,13 @@ class EvaluatorScorer:
 
     The evaluator runs in fixed, padded blocks of `compute_batch` rows (like the generator: one kernel
     choice whatever the batch; the images beside one in its block still move its score by about 1e-7, which
-    `tests/workers/test_quality_gate.py` bounds), and the nearest-neighbour search is one matrix product per
-    block against the index's training features, kept on the device with their squared norms (computed
-    once). No Python loop per image. On CUDA cuDNN is pinned to deterministic algorithms and no autocast is
+    `tests/workers/test_quality_gate.py` bounds). The near-copy check is exact and pruned (`_near`): a
+    product against the training features projected on their top `PROJECTED_DIMS` principal axes gives a
+    lower bound on every distance, and only the (image, training image) pairs whose bound is under the
+    threshold, with a margin that covers float32 rounding, get their full distance. On the shipped index
+    (60,000 × 128) that is about one pair in 40,000 and a quarter of the full product's CPU time
+    (docs/performance.md, "The near-copy check, pruned"). Everything stays on the device, computed once per
+    index. No Python loop per image. On CUDA cuDNN is pinned to deterministic algorithms and no autocast is
     used: the gate's decisions do not depend on the device's mood.
     """
 
@@ -107,11 +111,9 @@ class EvaluatorScorer:
             CUDA_COMPUTE_BATCH if self.device.type == "cuda" else CPU_COMPUTE_BATCH
         )
         self.threshold = index.threshold if index is not None else None
-        self.reference: torch.Tensor | None = None
-        self.reference_sq: torch.Tensor | None = None
-        if index is not None:
-            self.reference = torch.from_numpy(index.train_features).to(self.device, torch.float32)  # (N, D)
-            self.reference_sq = (self.reference * self.reference).sum(dim=1)  # (N,)
+        self.pruning: _PrunedSearch | None = (
+            _PrunedSearch(index.train_features, index.threshold, self.device) if index is not None else None
+        )
 
     def __call__(self, pixels: np.ndarray | torch.Tensor, class_index: int) -> Scores:
         """Scores of uint8 pixels (B, H, W, C) for the requested class index."""
@@ -136,12 +138,74 @@ class EvaluatorScorer:
 
     def _near(self, features: torch.Tensor) -> torch.Tensor:
         """True per row whose nearest training feature is closer than the index's threshold."""
-        if self.reference is None or self.reference_sq is None or self.threshold is None:
+        if self.pruning is None:
             return torch.zeros(len(features), dtype=torch.bool, device=features.device)
-        squared = (features * features).sum(dim=1, keepdim=True)  # (b, 1)
-        d2 = squared + self.reference_sq[None, :] - 2.0 * features @ self.reference.T  # (b, N)
-        nearest = d2.min(dim=1).values.clamp_min(0.0).sqrt()  # (b,)
-        return nearest.double() < self.threshold
+        return self.pruning.near(features)
+
+
+# Principal axes of the training features the pruned near-copy search projects on: 16 of the evaluator's 128
+# dimensions cost the least in `bench/bench_near_copy.py` (8 leave too many candidate pairs, 32 cost more
+# per product).
+PROJECTED_DIMS = 16
+# Relative float32 error allowed for a squared distance computed as |f|² + |r|² - 2 f·r, per unit of
+# |f|² + |r|²: a 128-term float32 dot product is within about 128 · 2⁻²⁴ ≈ 8e-6 of it, so 1e-4 covers the
+# full-search arithmetic and the projected bound together with a wide margin.
+ROUNDING_MARGIN = 1e-4
+
+
+class _PrunedSearch:
+    """Whether any training feature lies within `threshold` of a query: a projected lower bound, then exact
+    distances for the pairs it cannot rule out.
+
+    For an orthonormal basis P (D, k), |P^T (f - r)| <= |f - r| for every pair, so a pair whose projected
+    squared distance is at least `threshold²` plus the rounding margin cannot be a near copy under the full
+    search's own float32 arithmetic either. The pairs left get |f|² + |r|² - 2 f·r, the full search's
+    formula: a decision differs from the unpruned search's only for a distance within float32 rounding of
+    the threshold. P is the top-k eigenvectors of the features' covariance, computed in float64 once. A
+    block whose bound leaves more pairs than one query has training rows (a threshold far above the
+    calibrated one) takes the full product instead: the memory and time of a block stay those of the
+    unpruned search at worst.
+    """
+
+    def __init__(self, train_features: Any, threshold: float, device: torch.device) -> None:
+        reference = torch.as_tensor(train_features, dtype=torch.float32)  # (N, D) on the CPU
+        dims = min(PROJECTED_DIMS, reference.shape[1])
+        centred = reference.double() - reference.double().mean(dim=0)
+        _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues, (D, D)
+        self.basis = vectors[:, -dims:].flip(1).float().contiguous().to(device)  # (D, k)
+        self.reference = reference.to(device)  # (N, D)
+        self.reference_sq = (self.reference * self.reference).sum(dim=1)  # (N,)
+        projected = self.reference @ self.basis  # (N, k)
+        ones = torch.ones(len(projected), 1, device=device)
+        # [-2 Pr, |Pr|², 1] as columns: [Pf, 1, |Pf|²] @ this is |Pf - Pr|², one product per block.
+        self.projected = torch.cat(
+            [-2.0 * projected, (projected * projected).sum(1, keepdim=True), ones], 1
+        ).T
+        self.projected = self.projected.contiguous()  # (k + 2, N)
+        self.threshold = float(threshold)
+        self.max_reference_sq = float(self.reference_sq.max()) if len(reference) else 0.0
+
+    def near(self, features: torch.Tensor) -> torch.Tensor:
+        """(b,) bool: True where some training feature is closer than the threshold."""
+        near = torch.zeros(len(features), dtype=torch.bool, device=features.device)
+        if self.threshold <= 0 or not len(self.reference):
+            return near  # nothing is closer than 0
+        squared = (features * features).sum(dim=1)  # (b,)
+        projected = features @ self.basis  # (b, k)
+        augmented = torch.cat(
+            [projected, torch.ones_like(squared)[:, None], (projected * projected).sum(1, keepdim=True)], 1
+        )
+        bound = augmented @ self.projected  # (b, N): |P^T (f - r)|² <= |f - r|²
+        limit = self.threshold**2 + ROUNDING_MARGIN * (squared + self.max_reference_sq)  # (b,)
+        rows, cols = (bound < limit[:, None]).nonzero(as_tuple=True)
+        if len(rows) > len(self.reference):  # a loose bound (a large threshold): the full product costs less
+            d2 = squared[:, None] + self.reference_sq[None, :] - 2.0 * features @ self.reference.T  # (b, N)
+            return d2.min(dim=1).values.clamp_min(0.0).sqrt().double() < self.threshold
+        if len(rows):
+            dots = (features[rows] * self.reference[cols]).sum(dim=1)
+            d2 = squared[rows] + self.reference_sq[cols] - 2.0 * dots
+            near[rows[d2.clamp_min(0.0).sqrt().double() < self.threshold]] = True
+        return near
 
 
 def _deterministic(device: torch.device) -> Any:
