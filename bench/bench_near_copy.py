@@ -99,18 +99,7 @@ def main() -> None:
             with torch.inference_mode():
                 for i in range(0, len(queries), BLOCK):
                     block = queries[i : i + BLOCK]
-                    squared = (block * block).sum(1)
-                    projected = block @ search.basis
-                    augmented = torch.cat(
-                        [
-                            projected,
-                            torch.ones_like(squared)[:, None],
-                            (projected * projected).sum(1, keepdim=True),
-                        ],
-                        1,
-                    )
-                    limit = threshold**2 + gate.ROUNDING_MARGIN * (squared + search.max_reference_sq)
-                    counted += int((augmented @ search.projected < limit[:, None]).sum())
+                    counted += int(search.candidates(block, (block * block).sum(1)).sum())
             pairs[f"pruned k={k}"] = counted
         times: dict[str, list[float]] = {name: [] for name in methods}
         flags: dict[str, np.ndarray] = {}

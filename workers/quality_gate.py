@@ -110,7 +110,6 @@ class EvaluatorScorer:
         self.compute_batch = compute_batch or (
             CUDA_COMPUTE_BATCH if self.device.type == "cuda" else CPU_COMPUTE_BATCH
         )
-        self.threshold = index.threshold if index is not None else None
         self.pruning: _PrunedSearch | None = (
             _PrunedSearch(index.train_features, index.threshold, self.device) if index is not None else None
         )
@@ -185,19 +184,23 @@ class _PrunedSearch:
         self.threshold = float(threshold)
         self.max_reference_sq = float(self.reference_sq.max()) if len(reference) else 0.0
 
-    def near(self, features: torch.Tensor) -> torch.Tensor:
-        """(b,) bool: True where some training feature is closer than the threshold."""
-        near = torch.zeros(len(features), dtype=torch.bool, device=features.device)
-        if self.threshold <= 0 or not len(self.reference):
-            return near  # nothing is closer than 0
-        squared = (features * features).sum(dim=1)  # (b,)
+    def candidates(self, features: torch.Tensor, squared: torch.Tensor) -> torch.Tensor:
+        """(b, N) bool: the pairs the projected bound cannot rule out (`squared`: |f|² per row)."""
         projected = features @ self.basis  # (b, k)
         augmented = torch.cat(
             [projected, torch.ones_like(squared)[:, None], (projected * projected).sum(1, keepdim=True)], 1
         )
         bound = augmented @ self.projected  # (b, N): |P^T (f - r)|² <= |f - r|²
         limit = self.threshold**2 + ROUNDING_MARGIN * (squared + self.max_reference_sq)  # (b,)
-        rows, cols = (bound < limit[:, None]).nonzero(as_tuple=True)
+        return bound < limit[:, None]
+
+    def near(self, features: torch.Tensor) -> torch.Tensor:
+        """(b,) bool: True where some training feature is closer than the threshold."""
+        near = torch.zeros(len(features), dtype=torch.bool, device=features.device)
+        if self.threshold <= 0 or not len(self.reference):
+            return near  # nothing is closer than 0
+        squared = (features * features).sum(dim=1)  # (b,)
+        rows, cols = self.candidates(features, squared).nonzero(as_tuple=True)
         if len(rows) > len(self.reference):  # a loose bound (a large threshold): the full product costs less
             d2 = squared[:, None] + self.reference_sq[None, :] - 2.0 * features @ self.reference.T  # (b, N)
             return d2.min(dim=1).values.clamp_min(0.0).sqrt().double() < self.threshold
