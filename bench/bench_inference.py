@@ -11,7 +11,11 @@ Every variant turns the same latents (`models.sampling.latents_for`) of the work
 - `compile`          `torch.compile` (inductor, CPU); its compile time is printed apart;
 - `onnxruntime`      the module exported to ONNX at the worker batch, run by ONNX Runtime's CPU provider;
 - `onnxruntime-fixed` `load_generator(..., backend="onnxruntime")`: ONNX Runtime in fixed, padded compute
-                     batches of `--compute-batch` (batch-invariant like eager-fixed).
+                     batches of `--compute-batch` (batch-invariant like eager-fixed);
+- `openvino-fixed`   the same ONNX export (at `--compute-batch` rows) compiled by OpenVINO's CPU plugin with
+                     fp32 inference precision (its default on a CPU with AMX/AVX-512-BF16 is bf16), in fixed,
+                     padded blocks; `openvino-bf16-fixed` the same at OpenVINO's own default precision.
+                     Skipped when `openvino` is not installed (`pip install openvino`; it is not a dependency).
 
 Rounds alternate between the variants so a load change on the box hits each of them alike; the rate is the
 median over rounds. Each variant's pixels are compared with eager's (images that differ): a backend whose
@@ -108,7 +112,73 @@ def variants(batch: int, compute_batch: int, skip: set[str]) -> dict[str, Forwar
                 return to_pixels(torch.from_numpy(images))
 
             out["onnxruntime"] = run_onnx
+    if "openvino" not in skip:
+        for name, precision in (("openvino-fixed", "f32"), ("openvino-bf16-fixed", None)):
+            request = _openvino_request(module, compute_batch, eager.z_dim, precision)
+            if request is None:
+                break
+            out[name] = _fixed_blocks(request, compute_batch, eager.z_dim)
     return out
+
+
+def _onnx_bytes(module: torch.nn.Module, batch: int, z_dim: int) -> bytes:
+    """The module exported to ONNX at exactly `batch` rows, as `models.inference` exports it."""
+    z, y = torch.zeros(batch, z_dim), torch.zeros(batch, dtype=torch.long)
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
+        path = Path(folder) / "generator.onnx"
+        torch.onnx.export(module, (z, y), path, input_names=["z", "y"], output_names=["images"], dynamo=False)
+        return path.read_bytes()
+
+
+def _openvino_request(module: torch.nn.Module, batch: int, z_dim: int, precision: str | None) -> Any:
+    """An OpenVINO CPU infer request for the module at `batch` rows, one stream of `torch` threads.
+
+    `precision` "f32" pins fp32 math; None leaves OpenVINO's default (bf16 where the CPU has it).
+    """
+    try:
+        import openvino
+    except ImportError:
+        print("openvino: not installed, skipped (pip install openvino)", flush=True)
+        return None
+    core = openvino.Core()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "generator.onnx"
+        path.write_bytes(_onnx_bytes(module, batch, z_dim))
+        model = core.read_model(str(path))
+    config: dict[str, Any] = {
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = core.compile_model(model, "CPU", config)
+    print(
+        f"openvino {openvino.__version__}: precision {compiled.get_property('INFERENCE_PRECISION_HINT')}",
+        flush=True,
+    )
+    return compiled.create_infer_request()
+
+
+def _fixed_blocks(request: Any, block: int, z_dim: int) -> Forward:
+    """A forward that runs `request` over padded blocks of exactly `block` rows, as `generate` does."""
+
+    def run(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        size = len(z)
+        padding = -size % block
+        if padding:
+            z = torch.cat([z, z.new_zeros(padding, z_dim)])
+            y = torch.cat([y, y.new_zeros(padding)])
+        parts = []
+        for start in range(0, len(z), block):
+            result = request.infer(
+                {"z": z[start : start + block].numpy(), "y": y[start : start + block].numpy()}
+            )
+            parts.append(torch.from_numpy(result[request.model_outputs[0]].copy()))
+        return to_pixels(torch.cat(parts)[:size])
+
+    return run
 
 
 def _onnx_session(module: torch.nn.Module, batch: int, z_dim: int) -> Any:
@@ -118,15 +188,8 @@ def _onnx_session(module: torch.nn.Module, batch: int, z_dim: int) -> Any:
     except ImportError:
         print("onnxruntime: not installed, skipped", flush=True)
         return None
-    z, y = torch.zeros(batch, z_dim), torch.zeros(batch, dtype=torch.long)
     try:
-        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
-            path = Path(folder) / "generator.onnx"
-            torch.onnx.export(
-                module, (z, y), path, input_names=["z", "y"], output_names=["images"], dynamo=False
-            )
-            model = path.read_bytes()
+        model = _onnx_bytes(module, batch, z_dim)
     except Exception as exc:  # an exporter that cannot take the module is a result, not a crash
         print(f"onnxruntime: export failed ({type(exc).__name__}: {exc}), skipped", flush=True)
         return None
