@@ -31,7 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.inference import ONNXRUNTIME, load_generator
+from models.inference import ONNXRUNTIME, export_onnx, load_generator
 from models.sampling import latents_for
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "weights" / "fashion-cgan" / "generator.pt"
@@ -121,16 +120,6 @@ def variants(batch: int, compute_batch: int, skip: set[str]) -> dict[str, Forwar
     return out
 
 
-def _onnx_bytes(module: torch.nn.Module, batch: int, z_dim: int) -> bytes:
-    """The module exported to ONNX at exactly `batch` rows, as `models.inference` exports it."""
-    z, y = torch.zeros(batch, z_dim), torch.zeros(batch, dtype=torch.long)
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
-        path = Path(folder) / "generator.onnx"
-        torch.onnx.export(module, (z, y), path, input_names=["z", "y"], output_names=["images"], dynamo=False)
-        return path.read_bytes()
-
-
 def _openvino_request(module: torch.nn.Module, batch: int, z_dim: int, precision: str | None) -> Any:
     """An OpenVINO CPU infer request for the module at `batch` rows, one stream of `torch` threads.
 
@@ -144,7 +133,7 @@ def _openvino_request(module: torch.nn.Module, batch: int, z_dim: int, precision
     core = openvino.Core()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "generator.onnx"
-        path.write_bytes(_onnx_bytes(module, batch, z_dim))
+        path.write_bytes(export_onnx(module, batch, z_dim))
         model = core.read_model(str(path))
     config: dict[str, Any] = {
         "INFERENCE_NUM_THREADS": torch.get_num_threads(),
@@ -189,7 +178,7 @@ def _onnx_session(module: torch.nn.Module, batch: int, z_dim: int) -> Any:
         print("onnxruntime: not installed, skipped", flush=True)
         return None
     try:
-        model = _onnx_bytes(module, batch, z_dim)
+        model = export_onnx(module, batch, z_dim)
     except Exception as exc:  # an exporter that cannot take the module is a result, not a crash
         print(f"onnxruntime: export failed ({type(exc).__name__}: {exc}), skipped", flush=True)
         return None

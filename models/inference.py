@@ -220,6 +220,22 @@ class LoadedGenerator:
         return pixels.permute(0, 2, 3, 1).contiguous()  # (b, H, W, C)
 
 
+def export_onnx(module: nn.Module, batch: int, z_dim: int) -> bytes:
+    """The generator exported to ONNX at exactly `batch` rows: inputs `z` (b, z_dim), `y` (b,); output `images`."""
+    z = torch.zeros(batch, z_dim)  # (b, z_dim)
+    y = torch.zeros(batch, dtype=torch.long)  # (b,)
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of the dynamo one, which needs onnxscript; this
+        # fixed-shape, control-flow-free module exports the same either way.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "generator.onnx"
+            torch.onnx.export(
+                module, (z, y), path, input_names=["z", "y"], output_names=["images"], dynamo=False
+            )
+            return path.read_bytes()
+
+
 def _onnx_session(module: nn.Module, spec: InferenceSpec, z_dim: int) -> Any:
     """An ONNX Runtime CPU session of the module, exported at exactly `spec.compute_batch` rows.
 
@@ -233,18 +249,7 @@ def _onnx_session(module: nn.Module, spec: InferenceSpec, z_dim: int) -> Any:
             "inference backend onnxruntime: the onnxruntime package is not installed "
             "(pip install 'catalogan[onnx]')"
         ) from exc
-    z = torch.zeros(spec.compute_batch, z_dim)  # (b, z_dim)
-    y = torch.zeros(spec.compute_batch, dtype=torch.long)  # (b,)
-    with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of the dynamo one, which needs onnxscript; this
-        # fixed-shape, control-flow-free module exports the same either way.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "generator.onnx"
-            torch.onnx.export(
-                module, (z, y), path, input_names=["z", "y"], output_names=["images"], dynamo=False
-            )
-            model = path.read_bytes()
+    model = export_onnx(module, spec.compute_batch, z_dim)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
