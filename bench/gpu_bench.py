@@ -11,14 +11,15 @@ its limit keeps what finished):
    images and pixels differ from the batch-256 render, and CUDA against the CPU;
 3. the worker in-process (`bench/gpu_worker_section.py`): `generate_chunk` on a generator cache on the device,
    SQLite in /dev/shm, an in-memory sink as the object store; chunk sizes 256, 1,024, 4,096 × png and tar × gate
-   off and on (plus redraws): images/s, CPU ms per image and CPU time per stage;
+   off and on (plus redraws): images/s, CPU ms per image and CPU time per stage; before it, the Ray Data
+   peer's actor (`bench/ray_data_peer.py`, Ray-free) on the same device and sink: catalogan ÷ peer;
 4. training on one GPU: steps/s of D step + G step + EMA for fashion-cgan (batch 64, 256) and photo-cgan-64
    (32, 128), with `cudnn.benchmark` off and on (the step functions `run_worker` calls, random data).
 
     python bench/gpu_bench.py --out $OUT [--sections 0,1,2,3,4] [--budget-s 150]
 
-The next device session: `python3 bench/gpu_bench.py --out $OUT/bench --sections 0,3 --budget-s 200` (section 3
-has not run on a GPU yet; see docs/performance.md "GPU figures").
+The next device session: `bash bench/device_session.sh bench` (sections 0 and 3, budget 150 s; section 3 has
+not run on a GPU yet; see docs/performance.md "GPU figures").
 
 Runs on a CPU too (small sizes, the `tiny` preset in section 3, for checking the script before a device is
 lent): `python bench/gpu_bench.py --device cpu --smoke --out /tmp/gpu-bench` (tests/test_gpu_bench.py).

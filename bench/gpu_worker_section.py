@@ -23,6 +23,12 @@ job per format at the largest chunk size with the gate on and gate overlap switc
 (`on-serial` on CUDA, where `CATALOGAN_GATE_OVERLAP=auto` overlaps the gate with the next forward pass;
 `on-overlap` on a CPU, where auto does not).
 
+Then the peer a user would write instead (`bench/ray_data_peer.py`'s actor, the same one `bench_pipeline.py`
+runs under Ray Data on the CPU) on the same device and into the same sink, without Ray (the device image has
+none; Ray only adds cost, so this is an upper bound on the script's rate): one actor per GPU, its forward
+blocks as large as its batch, at the script's batch of 256 and at the worker's batch. `versus_peer` gives
+catalogan's png images/s (gate off and as shipped, per chunk size) ÷ the peer's best: issue 11's comparison.
+
 Per job: images asked / generated (done + rejected) / rejected, images/s, this process's CPU seconds and
 CPU ms per image, and per stage (calls, wall seconds, CPU seconds of the thread that ran it): `sql` (every
 transaction of the worker function: claim, lease renewal, rows + completion), `forward` (latents + forward +
@@ -353,6 +359,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "images_per_job": images,
         "chunk_sizes": chunk_sizes,
         "runs": [],
+        "peer": [],
     }
 
     def write() -> None:
@@ -426,6 +433,14 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     try:
         for gate in ("off", "on"):  # untimed: model load, evaluator and index to the device, first kernels
             run_job("png", gate, chunk_sizes[0], chunk_sizes[0])
+        # The peer first: its two jobs are short, and the comparison is what issue 11 asks of a GPU
+        for peer_batch in sorted({8 if args.smoke else 256, settings.batch_size}):
+            if time.monotonic() >= budget_end:
+                break
+            peer = _run_peer(checkpoint, images, store, device, peer_batch)
+            result["peer"].append(peer)
+            print(f"peer batch {peer_batch}: {peer['images_per_s']:,.0f} images/s", flush=True)
+            write()
         cells = [
             (output_format, gate, chunk)
             for chunk in chunk_sizes
@@ -449,6 +464,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             )
             write()
         result["gate_on_vs_off"] = _gate_ratios(result["runs"])
+        result["versus_peer"] = _versus_peer(result["runs"], result["peer"])
         write()
     finally:
         undo()
@@ -459,6 +475,43 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             path.unlink()
         folder.rmdir()
     return result
+
+
+class _SinkClient:
+    """boto3's `put_object` over the section's sink, so the peer PUTs where the worker does."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def put_object(self, *, Bucket: str, Key: str, Body: bytes, ContentType: str) -> None:
+        self.store.put(Key, Body, content_type=ContentType)
+
+
+def _run_peer(
+    checkpoint: bytes, images: int, store: Any, device: torch.device, batch_size: int
+) -> dict[str, Any]:
+    """The Ray Data peer's actor on `device` into `store`, Ray-free; what reached the sink is checked."""
+    from bench.ray_data_peer import run_peer_inline
+
+    before = store.objects_dropped
+    peer = run_peer_inline(
+        checkpoint, images, client=_SinkClient(store), device=str(device), batch_size=batch_size
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    if store.objects_dropped - before != images:
+        raise RuntimeError(f"the peer PUT {store.objects_dropped - before} images, expected {images}")
+    return peer
+
+
+def _versus_peer(runs: list[dict[str, Any]], peers: list[dict[str, Any]]) -> dict[str, float]:
+    """catalogan's png images/s (gate off, gate as shipped) ÷ the peer's best images/s, per chunk size."""
+    best = max((peer["images_per_s"] for peer in peers), default=0.0)
+    return {
+        f"png|chunk {run['chunk_size']}|{run['gate']} / peer": round(run["images_per_s"] / best, 3)
+        for run in runs
+        if best and run["format"] == "png" and run["gate"] in ("off", "on")
+    }
 
 
 def _gate_ratios(runs: list[dict[str, Any]]) -> dict[str, float]:

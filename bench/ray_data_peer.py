@@ -34,17 +34,36 @@ UPLOAD_THREADS = 8
 
 
 class Gen:
-    """One Ray Data actor: the generator loaded once, then forward → PNG → one PUT per image, per batch."""
+    """One Ray Data actor: the generator loaded once, then forward → PNG → one PUT per image, per batch.
 
-    def __init__(self, checkpoint: bytes, bucket: str, prefix: str, seed: int, upload_threads: int) -> None:
-        import boto3
+    `device`, `compute_batch` and `client` are for running the same actor without Ray on a lent GPU
+    (`run_peer_inline`, section 3 of `bench/gpu_bench.py`): the generator on that device, its forward blocks as
+    large as the batch (no padding), and any object with boto3's `put_object(Bucket=, Key=, Body=,
+    ContentType=)` instead of a boto3 client. Left at their defaults, it is the CPU script the issue measured.
+    """
+
+    def __init__(
+        self,
+        checkpoint: bytes,
+        bucket: str,
+        prefix: str,
+        seed: int,
+        upload_threads: int,
+        device: str = "cpu",
+        compute_batch: int | None = None,
+        client: Any = None,
+    ) -> None:
         import torch
 
         from models.inference import load_generator
 
         torch.set_num_threads(1)
-        self.generator = load_generator(checkpoint, device="cpu")
-        self.s3 = boto3.client("s3")
+        self.generator = load_generator(checkpoint, device=device, compute_batch=compute_batch)
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3")
+        self.s3 = client
         self.bucket, self.prefix, self.seed = bucket, prefix, seed
         self.pool = ThreadPoolExecutor(max_workers=upload_threads)
 
@@ -69,6 +88,64 @@ class Gen:
         pixels = self.generator.generate(classes, latents).numpy()  # (B, H, W, C) uint8
         keys = list(self.pool.map(self._put, indices, pixels))
         return {"key": np.asarray(keys)}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def run_peer_inline(
+    checkpoint: bytes,
+    images: int,
+    *,
+    client: Any,
+    device: str,
+    batch_size: int = BATCH_SIZE,
+    seed: int = 1,
+    upload_threads: int = UPLOAD_THREADS,
+) -> dict[str, Any]:
+    """The peer's actor without Ray: one `Gen` on `device` (one actor per GPU), batches fed in order.
+
+    For a device image that has no Ray. What it leaves out (Ray Data's scheduling, its object store, the
+    actor's process) only costs the peer time, so the rate is an upper bound on the Ray Data script's. The
+    actor's construction (model load) is timed, as in `run_peer`; its torch thread setting is undone after.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    started = time.perf_counter()
+    gen = Gen(
+        checkpoint,
+        "peer",
+        "ray-data-peer",
+        seed,
+        upload_threads,
+        device=device,
+        compute_batch=batch_size,
+        client=client,
+    )
+    try:
+        written, first_at, first_rows = 0, 0.0, 0
+        for start in range(0, images, batch_size):
+            keys = gen({"id": np.arange(start, min(start + batch_size, images))})["key"]
+            if not written:
+                first_at, first_rows = time.perf_counter(), len(keys)
+            written += len(keys)
+        finished = time.perf_counter()
+    finally:
+        gen.close()
+        torch.set_num_threads(threads)
+    if written != images:
+        raise RuntimeError(f"the peer wrote {written} images, expected {images}")
+    return {
+        "images": images,
+        "batch_size": batch_size,
+        "upload_threads": upload_threads,
+        "seconds": round(finished - started, 4),
+        "images_per_s": round(images / (finished - started), 1),
+        "steady_images_per_s": round((images - first_rows) / (finished - first_at), 1)
+        if finished > first_at
+        else 0.0,
+    }
 
 
 def init_ray(cpus: int) -> None:

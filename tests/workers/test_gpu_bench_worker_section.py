@@ -2,7 +2,8 @@
 
 What a device session needs from it before it spends device time: it runs with only what the device image
 has (no boto3, Celery, Ray, Redis, Alembic or pyarrow), every job generates every image it asked for, the gate
-reports its scores and redraws, and the result file holds the figures. No speed is asserted.
+reports its scores and redraws, the Ray Data peer's actor runs beside it, and the result file holds the
+figures. No speed is asserted.
 """
 
 from __future__ import annotations
@@ -91,6 +92,16 @@ def _check_runs(section: dict[str, Any]) -> None:
         f"{f}|chunk 16|{g} / off" for f in ("png", "tar") for g in ("redraw", "on-overlap")
     }
     assert all(value > 0 for value in ratios.values())
+    # And the peer's actor ran Ray-free at its batch (8 at the smoke size) and the worker's (64 on the CPU),
+    # PUTting every image (checked against the sink inside the section), and catalogan is compared with it
+    peers = section["peer"]
+    assert [(peer["batch_size"], peer["images"]) for peer in peers] == [(8, 32), (64, 32)]
+    assert all(peer["seconds"] > 0 and peer["images_per_s"] > 0 for peer in peers)
+    best = max(peer["images_per_s"] for peer in peers)
+    rates = {(run["chunk_size"], run["gate"]): run["images_per_s"] for run in runs if run["format"] == "png"}
+    assert section["versus_peer"] == {
+        f"png|chunk {c}|{g} / peer": round(rates[(c, g)] / best, 3) for c in (8, 16) for g in ("off", "on")
+    }
 
 
 def test_section_3_runs_on_the_cpu_with_only_what_the_device_image_has(tmp_path: Path) -> None:

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The prepared work for a lent GPU (issues 11, 15 and 19), as two device calls that fit one session's
+# 15 minutes of device time with the machine's start (~2 min):
+#
+#   bash bench/device_session.sh bench   # ~3 min: gpu_bench sections 0 and 3 (the worker in-process with the
+#                                        # gate on the GPU, chunk sizes, and the Ray Data peer's actor beside it)
+#   bash bench/device_session.sh train   # TRAIN_S (default 400 s): fashion-cgan at batch 128 from scratch,
+#                                        # the issue-15 candidate recipe run longer; carry .devcarry
+#
+# Before `train`, on the CPU box: mkdir -p .devcarry/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz
+# .devcarry/fashion-mnist/ and pass carry [".devcarry"]. Everything lands under $OUT (set by the device
+# machine): bench/gpu_bench.json, bench/gpu_worker_section.json, train/variants.json, train/b128-generator.pt,
+# and a log per part. Score the generator afterwards on the CPU box:
+#   catalogan evaluate OUT/train/b128-generator.pt --samples 1000 --json --out eval.json
+# Nothing here is a dependency of CI; `tests/workers/test_gpu_bench_worker_section.py` runs section 3 on the
+# CPU with only what the device image has.
+set -uo pipefail
+part=${1:?usage: device_session.sh bench|train}
+out=${OUT:?OUT is set by the device machine}
+cd "$(dirname "$0")/.."
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+case "$part" in
+  bench)
+    mkdir -p "$out/bench"
+    python3 bench/gpu_bench.py --out "$out/bench" --sections 0,3 --budget-s "${BENCH_S:-150}" \
+      2>&1 | tee "$out/bench.log"
+    ;;
+  train)
+    mkdir -p "$out/train"
+    train_s=${TRAIN_S:-400}
+    # 44.9 steps/s at batch 128 on an H200 (bench/candidates/README.md): 400 s ≈ 18,000 steps, the run stops at
+    # --train-s and keeps its latest checkpoint; --eval-s scores it with 200 images per category
+    python3 bench/train_variants_gpu.py --data "${DATA:-fashion-mnist:.devcarry/fashion-mnist}" \
+      --variant b128:batch_size=128 --steps "${STEPS:-30000}" --checkpoint-every 1000 \
+      --train-s "$train_s" --eval-s "${EVAL_S:-45}" --samples 200 --out "$out/train" \
+      2>&1 | tail -n 200 | tee "$out/train.log"
+    ;;
+  *)
+    echo "device_session.sh: unknown part '$part' (bench | train)" >&2
+    exit 2
+    ;;
+esac
