@@ -12,18 +12,22 @@
 # machine): bench/gpu_bench.json, bench/gpu_worker_section.json, train/variants.json, train/b128-generator.pt,
 # and a log per part. Score the generator afterwards on the CPU box:
 #   catalogan evaluate OUT/train/b128-generator.pt --samples 1000 --json --out eval.json
-# Nothing here is a dependency of CI; `tests/workers/test_gpu_bench_worker_section.py` runs section 3 on the
-# CPU with only what the device image has.
+# On the CPU box, PYTHON=.venv/bin/python runs the same calls (slowly: no GPU). Nothing here is a dependency
+# of CI; `tests/workers/test_gpu_bench_worker_section.py` runs section 3 on the CPU with only what the device
+# image has.
 set -uo pipefail
 part=${1:?usage: device_session.sh bench|train}
 out=${OUT:?OUT is set by the device machine}
 cd "$(dirname "$0")/.."
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python=${PYTHON:-python3}  # the device image's Python has torch; here: PYTHON=.venv/bin/python
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+fi
 
 case "$part" in
   bench)
     mkdir -p "$out/bench"
-    python3 bench/gpu_bench.py --out "$out/bench" --sections 0,3 --budget-s "${BENCH_S:-150}" \
+    "$python" bench/gpu_bench.py --out "$out/bench" --sections 0,3 --budget-s "${BENCH_S:-150}" \
       2>&1 | tee "$out/bench.log"
     ;;
   train)
@@ -31,7 +35,7 @@ case "$part" in
     train_s=${TRAIN_S:-400}
     # 44.9 steps/s at batch 128 on an H200 (bench/candidates/README.md): 400 s ≈ 18,000 steps, the run stops at
     # --train-s and keeps its latest checkpoint; --eval-s scores it with 200 images per category
-    python3 bench/train_variants_gpu.py --data "${DATA:-fashion-mnist:.devcarry/fashion-mnist}" \
+    "$python" bench/train_variants_gpu.py --data "${DATA:-fashion-mnist:.devcarry/fashion-mnist}" \
       --variant b128:batch_size=128 --steps "${STEPS:-30000}" --checkpoint-every 1000 \
       --train-s "$train_s" --eval-s "${EVAL_S:-45}" --samples 200 --out "$out/train" \
       2>&1 | tail -n 200 | tee "$out/train.log"
