@@ -13,23 +13,14 @@ from typing import Literal
 
 import numpy as np
 
+from models.config import FASHION_CATEGORIES
 from models.errors import DataError
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
-# Slugs are used in object keys and on the command line; the display names are Zalando's.
-CATEGORIES: tuple[str, ...] = (
-    "tshirt-top",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle-boot",
-)
+# Slugs are used in object keys and on the command line (one list: the presets' `FASHION_CATEGORIES`); the
+# display names are Zalando's.
+CATEGORIES: tuple[str, ...] = FASHION_CATEGORIES
 DISPLAY_NAMES: tuple[str, ...] = (
     "T-shirt/top",
     "Trouser",
