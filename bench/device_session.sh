@@ -2,19 +2,22 @@
 # The prepared work for a lent GPU (issues 11, 15 and 19), as two device calls that fit one session's
 # 15 minutes of device time with the machine's start (~2 min):
 #
-#   bash bench/device_session.sh bench   # ~3 min: gpu_bench sections 0 and 3 (the worker in-process with the
-#                                        # gate on the GPU, chunk sizes, and the Ray Data peer's actor beside it)
-#   bash bench/device_session.sh train   # TRAIN_S (default 400 s): fashion-cgan at batch 128 from scratch,
-#                                        # the issue-15 candidate recipe run longer; carry .devcarry
+#   bash bench/device_session.sh bench   # ~5 min: gpu_bench sections 0, 3 and 5 (the worker in-process with
+#                                        # the gate on the GPU, chunk sizes, the Ray Data peer's actor beside
+#                                        # it; then 1, 2, 4 and 8 worker processes sharing the GPU)
+#   bash bench/device_session.sh train   # TRAIN_S (default 400 s; 330 after `bench` in the same session):
+#                                        # fashion-cgan at batch 128 from scratch, the issue-15 candidate
+#                                        # recipe run longer; carry .devcarry
 #
 # Before `train`, on the CPU box: mkdir -p .devcarry/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz
 # .devcarry/fashion-mnist/ and pass carry [".devcarry"]. Everything lands under $OUT (set by the device
-# machine): bench/gpu_bench.json, bench/gpu_worker_section.json, train/variants.json, train/b128-generator.pt,
-# and a log per part. Score the generator afterwards on the CPU box:
+# machine): bench/gpu_bench.json, bench/gpu_worker_section.json, bench/gpu_worker_processes.json,
+# train/variants.json, train/b128-generator.pt, and a log per part. Score the generator afterwards on the CPU
+# box:
 #   catalogan evaluate OUT/train/b128-generator.pt --samples 1000 --json --out eval.json
 # On the CPU box, PYTHON=.venv/bin/python runs the same calls (slowly: no GPU). Nothing here is a dependency
-# of CI; `tests/workers/test_gpu_bench_worker_section.py` runs section 3 on the CPU with only what the device
-# image has.
+# of CI; `tests/workers/test_gpu_bench_worker_section.py` runs sections 3 and 5 on the CPU (section 3 with
+# only what the device image has).
 set -uo pipefail
 part=${1:?usage: device_session.sh bench|train}
 out=${OUT:?OUT is set by the device machine}
@@ -27,7 +30,7 @@ fi
 case "$part" in
   bench)
     mkdir -p "$out/bench"
-    "$python" bench/gpu_bench.py --out "$out/bench" --sections 0,3 --budget-s "${BENCH_S:-150}" \
+    "$python" bench/gpu_bench.py --out "$out/bench" --sections 0,3,5 --budget-s "${BENCH_S:-150}" \
       2>&1 | tee "$out/bench.log"
     ;;
   train)

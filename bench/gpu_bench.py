@@ -14,15 +14,19 @@ its limit keeps what finished):
    off and on (plus redraws): images/s, CPU ms per image and CPU time per stage; before it, the Ray Data
    peer's actor (`bench/ray_data_peer.py`, Ray-free) on the same device and sink: catalogan ÷ peer;
 4. training on one GPU: steps/s of D step + G step + EMA for fashion-cgan (batch 64, 256) and photo-cgan-64
-   (32, 128), with `cudnn.benchmark` off and on (the step functions `run_worker` calls, random data).
+   (32, 128), with `cudnn.benchmark` off and on (the step functions `run_worker` calls, random data);
+5. the worker as P processes sharing the device (`catalogan worker --processes-per-gpu P`), P = 1, 2, 4, 8:
+   aggregate images/s of the png job with the gate as shipped, each process with cores // P torch threads
+   (`gpu_worker_section.run_processes`): how far more processes per GPU lift the CPU-bound side.
 
-    python bench/gpu_bench.py --out $OUT [--sections 0,1,2,3,4] [--budget-s 150]
+    python bench/gpu_bench.py --out $OUT [--sections 0,1,2,3,4,5] [--budget-s 150]
 
-The next device session: `bash bench/device_session.sh bench` (sections 0 and 3, budget 150 s; section 3 has
-not run on a GPU yet; see docs/performance.md "GPU figures").
+The next device session: `bash bench/device_session.sh bench` (sections 0, 3 and 5, budget 150 s each;
+sections 3 and 5 have not run on a GPU yet; see docs/performance.md "GPU figures").
 
 Runs on a CPU too (small sizes, the `tiny` preset in section 3, for checking the script before a device is
-lent): `python bench/gpu_bench.py --device cpu --smoke --out /tmp/gpu-bench` (tests/test_gpu_bench.py).
+lent): `python bench/gpu_bench.py --device cpu --smoke --out /tmp/gpu-bench` (sections 3 and 5 run so in
+tests/workers/test_gpu_bench_worker_section.py).
 """
 
 from __future__ import annotations
@@ -225,6 +229,13 @@ def worker_in_process(args: argparse.Namespace, device: torch.device) -> dict[st
     return run_section(args, device)
 
 
+def worker_processes(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Section 5: the worker as P processes on one device (`bench/gpu_worker_section.py`, `run_processes`)."""
+    from bench.gpu_worker_section import run_processes
+
+    return run_processes(args, device)
+
+
 def training(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     from models.build import build_discriminator, build_generator
     from models.config import get_preset
@@ -275,6 +286,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, torch.device], dict[str, Any]]
     "2": determinism,
     "3": worker_in_process,
     "4": training,
+    "5": worker_processes,
 }
 
 
@@ -282,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the sections; the summary (also written to `<out>/gpu_bench.json`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--sections", default="0,1,2,3,4")
+    parser.add_argument("--sections", default="0,1,2,3,4,5")
     parser.add_argument(
         "--budget-s", type=float, default=60.0, help="wall seconds per section (each is capped)"
     )
@@ -306,6 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     section_3.add_argument(
         "--redraw-min-confidence", type=float, help="min_confidence of the redraw jobs [0.5]"
     )
+    section_5 = parser.add_argument_group("section 5 (the worker as P processes on one device)")
+    section_5.add_argument("--processes", help="comma-separated process counts [1,2,4,8; smoke 1,2]")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.device == "auto":

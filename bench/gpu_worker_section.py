@@ -53,6 +53,8 @@ import contextlib
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -267,136 +269,145 @@ def _ints(text: str) -> list[int]:
     return [int(part) for part in str(text).split(",") if part.strip()]
 
 
-def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Run the matrix on `device`; the results (also written to `<args.out>/gpu_worker_section.json`)."""
-    from db.engine import make_engine, make_session_factory, transaction
-    from db.pipeline_settings import WorkerSettings
-    from db.planning import parse_job_spec, submit_job
-    from db.status import JobStatus
-    from db.tables import Job, Tenant
-    from models.inference import CUDA_WORKER_BATCH_SIZE, load_generator
-    from workers.chunk_generation import ChunkContext, ChunkOutcome, generate_chunk
-    from workers.generator_cache import GeneratorCache
+class WorkerBench:
+    """The in-process worker of section 3, set up once: SQLite in /dev/shm, the sink, two model versions.
 
-    try:
-        from workers.finalize import finalize_job
-    except ImportError:  # pyarrow (the Parquet manifest) is not on every device image
-        finalize_job = None  # type: ignore[assignment]
+    `run_job(format, gate, chunk, count)` plans one job and runs every chunk through `generate_chunk`; `close()`
+    shuts the pools and removes the database. Section 3 runs its matrix on one; section 5 (`processes`) runs
+    one per process.
+    """
 
-    budget_end = time.monotonic() + float(args.budget_s)
-    chunk_sizes = _ints(
-        getattr(args, "worker_chunk_sizes", None) or ("8,16" if args.smoke else "256,1024,4096")
-    )
-    images = int(getattr(args, "worker_images", None) or (32 if args.smoke else 16384))
-    index_rows = int(getattr(args, "index_rows", None) or (512 if args.smoke else 60000))
-    redraw_confidence = float(getattr(args, "redraw_min_confidence", None) or 0.5)
-    out_path = Path(args.out) / RESULT_FILE
+    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
+        from db.engine import make_engine, make_session_factory, transaction
+        from db.pipeline_settings import WorkerSettings
+        from db.tables import Tenant
+        from models.inference import CUDA_WORKER_BATCH_SIZE, load_generator
+        from workers.chunk_generation import ChunkContext
+        from workers.generator_cache import GeneratorCache
 
-    clock = StageClock()
-    store = _sink_store(clock)
-    shm = Path("/dev/shm")
-    folder = Path(tempfile.mkdtemp(prefix="catalogan-gpu-worker-", dir=shm if shm.is_dir() else None))
-    url = f"sqlite:///{folder / 'catalogan.db'}"
-    schema = _schema(url)
-    engine = make_engine(url)
-    factory = make_session_factory(engine)
+        try:
+            from workers.finalize import finalize_job
+        except ImportError:  # pyarrow (the Parquet manifest) is not on every device image
+            finalize_job = None  # type: ignore[assignment]
 
-    model_name, checkpoint = _model(args)
-    categories = list(load_generator(checkpoint).categories)
-    index_entry = _random_index(store, index_rows)
-    versions = {
-        "off": _register(factory, store, "bench-plain", checkpoint, categories, {}),
-        "on": _register(
-            factory, store, "bench-gated", checkpoint, categories, {"memorization_index": index_entry}
-        ),
-    }
-    tenant_id = uuid.uuid4().hex
-    with transaction(factory) as session:
-        session.add(Tenant(id=tenant_id, name=f"bench-{tenant_id[:6]}"))
+        self.device = device
+        self.redraw_confidence = float(getattr(args, "redraw_min_confidence", None) or 0.5)
+        index_rows = int(getattr(args, "index_rows", None) or (512 if args.smoke else 60000))
+        self.clock = StageClock()
+        self.store = _sink_store(self.clock)
+        shm = Path("/dev/shm")
+        self.folder = Path(
+            tempfile.mkdtemp(prefix="catalogan-gpu-worker-", dir=shm if shm.is_dir() else None)
+        )
+        url = f"sqlite:///{self.folder / 'catalogan.db'}"
+        self.schema = _schema(url)
+        self.engine = make_engine(url)
+        self.factory = make_session_factory(self.engine)
 
-    overrides: dict[str, Any] = {"max_attempts": 1, "retry_delay_seconds": 0}
-    if device.type == "cuda":
-        overrides["batch_size"] = CUDA_WORKER_BATCH_SIZE  # what build_context sets on a CUDA worker
-    if getattr(args, "worker_batch_size", None):
-        overrides["batch_size"] = int(args.worker_batch_size)
-    if getattr(args, "worker_upload_threads", None):
-        overrides["upload_threads"] = int(args.worker_upload_threads)
-    settings = WorkerSettings().model_copy(update=overrides)
-    pool = ThreadPoolExecutor(max_workers=settings.upload_threads, thread_name_prefix="upload")
+        self.model_name, self.checkpoint = _model(args)
+        self.categories = list(load_generator(self.checkpoint).categories)
+        index_entry = _random_index(self.store, index_rows)
+        self.versions = {
+            "off": _register(self.factory, self.store, "bench-plain", self.checkpoint, self.categories, {}),
+            "on": _register(
+                self.factory,
+                self.store,
+                "bench-gated",
+                self.checkpoint,
+                self.categories,
+                {"memorization_index": index_entry},
+            ),
+        }
+        self.tenant_id = uuid.uuid4().hex
+        with transaction(self.factory) as session:
+            session.add(Tenant(id=self.tenant_id, name=f"bench-{self.tenant_id[:6]}"))
 
-    def on_job_finished(job_id: str) -> None:
-        if finalize_job is not None:
-            with clock.stage("finalize"):
-                finalize_job(factory, store, job_id)
+        overrides: dict[str, Any] = {"max_attempts": 1, "retry_delay_seconds": 0}
+        if device.type == "cuda":
+            overrides["batch_size"] = CUDA_WORKER_BATCH_SIZE  # what build_context sets on a CUDA worker
+        if getattr(args, "worker_batch_size", None):
+            overrides["batch_size"] = int(args.worker_batch_size)
+        if getattr(args, "worker_upload_threads", None):
+            overrides["upload_threads"] = int(args.worker_upload_threads)
+        self.settings = WorkerSettings().model_copy(update=overrides)
+        self.pool = ThreadPoolExecutor(max_workers=self.settings.upload_threads, thread_name_prefix="upload")
+        self.finalize = finalize_job is not None
 
-    overlap = settings.overlaps_gate(str(device))  # what `catalogan worker` does on this device
-    gate_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate")
-    ctx = ChunkContext(
-        session_factory=factory,
-        store=store,
-        generators=GeneratorCache(store, device=str(device), max_entries=2),
-        settings=settings,
-        worker_name="gpu-bench",
-        pool=pool,
-        gate_pool=gate_pool if overlap else None,
-        device=str(device),
-        on_job_finished=on_job_finished,
-    )
-    switched = "on-serial" if overlap else "on-overlap"  # the gate on, overlap the other way
-    result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-        "model": model_name,
-        "categories": len(categories),
-        "batch_size": settings.batch_size,
-        "upload_threads": settings.upload_threads,
-        "gate_overlap": overlap,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "database": f"SQLite in {folder.parent}",
-        "schema": schema,
-        "finalize": finalize_job is not None,
-        "index_rows": index_rows,
-        "images_per_job": images,
-        "chunk_sizes": chunk_sizes,
-        "runs": [],
-        "peer": [],
-    }
+        def on_job_finished(job_id: str) -> None:
+            if finalize_job is not None:
+                with self.clock.stage("finalize"):
+                    finalize_job(self.factory, self.store, job_id)
 
-    def write() -> None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result, indent=2))
+        self.overlap = self.settings.overlaps_gate(str(device))  # what `catalogan worker` does on this device
+        self.gate_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate")
+        self.ctx = ChunkContext(
+            session_factory=self.factory,
+            store=self.store,
+            generators=GeneratorCache(self.store, device=str(device), max_entries=2),
+            settings=self.settings,
+            worker_name="gpu-bench",
+            pool=self.pool,
+            gate_pool=self.gate_pool if self.overlap else None,
+            device=str(device),
+            on_job_finished=on_job_finished,
+        )
+        self.switched = "on-serial" if self.overlap else "on-overlap"  # the gate on, overlap the other way
+        self._undo = _instrument(self.clock)
 
-    def run_job(output_format: str, gate: str, chunk: int, count: int) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
+        """What every result of this bench shares."""
+        return {
+            "device": torch.cuda.get_device_name(0) if self.device.type == "cuda" else "cpu",
+            "model": self.model_name,
+            "categories": len(self.categories),
+            "batch_size": self.settings.batch_size,
+            "upload_threads": self.settings.upload_threads,
+            "gate_overlap": self.overlap,
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "database": f"SQLite in {self.folder.parent}",
+            "schema": self.schema,
+            "finalize": self.finalize,
+        }
+
+    def run_job(self, output_format: str, gate: str, chunk: int, count: int) -> dict[str, Any]:
+        """One timed job of `count` images (gate off / on / redraw / the switched overlap), all its figures."""
+        from db.planning import parse_job_spec, submit_job
+        from db.status import JobStatus
+        from db.tables import Job
+        from workers.chunk_generation import ChunkOutcome, generate_chunk
+
+        version = self.versions["off" if gate == "off" else "on"]
         spec: dict[str, Any] = {
-            "model": versions["off" if gate == "off" else "on"].name,
-            "items": [{"category": categories[0], "count": count}],
+            "model": version.name,
+            "items": [{"category": self.categories[0], "count": count}],
             "seed": 1234,
             "output_format": output_format,
             "chunk_size": chunk,
         }
         if gate == "redraw":
-            spec["quality_gate"] = {"min_confidence": redraw_confidence, "max_redraws": 3}
-        ctx.gate_pool = (
-            (gate_pool if not overlap else None) if gate == switched else (gate_pool if overlap else None)
-        )
-        clock.take()
-        dropped = (store.objects_dropped, store.bytes_dropped)
+            spec["quality_gate"] = {"min_confidence": self.redraw_confidence, "max_redraws": 3}
+        overlapped = self.overlap != (gate == self.switched)
+        self.ctx.gate_pool = self.gate_pool if overlapped else None
+        self.clock.take()
+        dropped = (self.store.objects_dropped, self.store.bytes_dropped)
+        started_at = time.time()
         wall, cpu = time.perf_counter(), time.process_time()
         planned = submit_job(
-            factory,
+            self.factory,
             parse_job_spec(spec),
-            tenant_id=tenant_id,
-            model_version=versions["off" if gate == "off" else "on"],
+            tenant_id=self.tenant_id,
+            model_version=version,
             publisher=lambda queue, chunk_ids: None,
         )
-        outcomes = [generate_chunk(ctx, chunk_id) for chunk_id in planned.chunk_ids]
-        if device.type == "cuda":
+        outcomes = [generate_chunk(self.ctx, chunk_id) for chunk_id in planned.chunk_ids]
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds, cpu_s = time.perf_counter() - wall, time.process_time() - cpu
         bad = [outcome.value for outcome in outcomes if outcome is not ChunkOutcome.SUCCEEDED]
         if bad:
             raise RuntimeError(f"{output_format}/{gate}/chunk {chunk}: chunk outcomes {bad}")
-        with factory() as session:
+        with self.factory() as session:
             job = session.get(Job, planned.job_id)
             assert job is not None
             status, done, rejected, failed = (
@@ -419,25 +430,58 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             "images_failed": int(failed),
             # `succeeded` once finalized; `running` (every chunk finished) when finalize_job is not importable
             "job_status": status.value if isinstance(status, JobStatus) else str(status),
+            "started_at": started_at,  # epoch seconds: section 5 lines up the processes' jobs
             "seconds": round(seconds, 4),
             "images_per_s": round(count / seconds, 1),
             "process_cpu_s": round(cpu_s, 4),
             "cpu_ms_per_image": round(1000 * cpu_s / count, 4),
-            "objects_put": store.objects_dropped - dropped[0],
-            "bytes_put": store.bytes_dropped - dropped[1],
-            "stages": clock.take(),
-            "gate_stats": _gate_stats(factory, planned.job_id) if gate != "off" else None,
+            "objects_put": self.store.objects_dropped - dropped[0],
+            "bytes_put": self.store.bytes_dropped - dropped[1],
+            "stages": self.clock.take(),
+            "gate_stats": _gate_stats(self.factory, planned.job_id) if gate != "off" else None,
         }
 
-    undo = _instrument(clock)
+    def close(self) -> None:
+        self._undo()
+        self.pool.shutdown(wait=True)
+        self.gate_pool.shutdown(wait=True)
+        self.engine.dispose()
+        for path in sorted(self.folder.glob("*")):
+            path.unlink()
+        self.folder.rmdir()
+
+
+def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Run the matrix on `device`; the results (also written to `<args.out>/gpu_worker_section.json`)."""
+    budget_end = time.monotonic() + float(args.budget_s)
+    chunk_sizes = _ints(
+        getattr(args, "worker_chunk_sizes", None) or ("8,16" if args.smoke else "256,1024,4096")
+    )
+    images = int(getattr(args, "worker_images", None) or (32 if args.smoke else 16384))
+    out_path = Path(args.out) / RESULT_FILE
+
+    bench = WorkerBench(args, device)
+    result: dict[str, Any] = {
+        **bench.describe(),
+        "index_rows": int(getattr(args, "index_rows", None) or (512 if args.smoke else 60000)),
+        "images_per_job": images,
+        "chunk_sizes": chunk_sizes,
+        "runs": [],
+        "peer": [],
+    }
+
+    def write() -> None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=2))
+
     try:
         for gate in ("off", "on"):  # untimed: model load, evaluator and index to the device, first kernels
-            run_job("png", gate, chunk_sizes[0], chunk_sizes[0])
+            bench.run_job("png", gate, chunk_sizes[0], chunk_sizes[0])
         # The peer first: its two jobs are short, and the comparison is what issue 11 asks of a GPU
-        for peer_batch in sorted({8 if args.smoke else 256, settings.batch_size}):
+        for peer_batch in sorted({8 if args.smoke else 256, bench.settings.batch_size}):
             if time.monotonic() >= budget_end:
                 break
-            peer = _run_peer(checkpoint, images, store, device, peer_batch)
+            peer = _run_peer(bench.checkpoint, images, bench.store, device, peer_batch)
             result["peer"].append(peer)
             print(f"peer batch {peer_batch}: {peer['images_per_s']:,.0f} images/s", flush=True)
             write()
@@ -448,14 +492,14 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             for gate in ("off", "on")
         ] + [
             (output_format, gate, chunk_sizes[-1])
-            for gate in ("redraw", switched)
+            for gate in ("redraw", bench.switched)
             for output_format in ("png", "tar")
         ]
         for output_format, gate, chunk in cells:
             if time.monotonic() >= budget_end:
                 result["stopped"] = "budget"
                 break
-            run = run_job(output_format, gate, chunk, max(images, chunk))
+            run = bench.run_job(output_format, gate, chunk, max(images, chunk))
             result["runs"].append(run)
             print(
                 f"worker {output_format} gate {gate} chunk {chunk}: {run['images_per_s']:,.0f} images/s, "
@@ -467,13 +511,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         result["versus_peer"] = _versus_peer(result["runs"], result["peer"])
         write()
     finally:
-        undo()
-        pool.shutdown(wait=True)
-        gate_pool.shutdown(wait=True)
-        engine.dispose()
-        for path in sorted(folder.glob("*")):
-            path.unlink()
-        folder.rmdir()
+        bench.close()
     return result
 
 
@@ -523,3 +561,108 @@ def _gate_ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
         if gate != "off" and off:
             ratios[f"{output_format}|chunk {chunk}|{gate} / off"] = round(rate / off, 3)
     return ratios
+
+
+# Section 5: the worker as P processes sharing one device (`catalogan worker --processes-per-gpu P`).
+READY, RESULT = "SECTION5-READY", "SECTION5-RESULT "
+CHILD_SETTINGS = ("smoke", "worker_model", "worker_batch_size", "worker_upload_threads", "index_rows")
+
+
+def run_processes(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Section 5: aggregate images/s of P worker processes on one device, for each P of `--processes`.
+
+    One process per GPU leaves the CPU side of the worker (latents, the gate's glue, PNG encode with provenance,
+    the PUT client, SQL) to one GIL while the GPU's forward does hundreds of thousands of images/s. Here P
+    fresh interpreters each set up a `WorkerBench` on the device (their own SQLite and sink, torch threads =
+    cores // P, as the worker gives its children), run one untimed job, wait until all are ready, then run one
+    timed png job with the gate as shipped at the largest chunk size, together. The aggregate is all their
+    images over the span from the first start to the last finish; `scaling` divides it by P = 1's.
+    Results go to `<out>/gpu_worker_processes.json` after every P.
+    """
+    budget_end = time.monotonic() + float(args.budget_s)
+    counts = _ints(getattr(args, "processes", None) or ("1,2" if args.smoke else "1,2,4,8"))
+    images = int(getattr(args, "worker_images", None) or (32 if args.smoke else 16384))
+    chunk = _ints(getattr(args, "worker_chunk_sizes", None) or ("16" if args.smoke else "4096"))[-1]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    out_path = Path(args.out) / "gpu_worker_processes.json"
+    settings = {name: getattr(args, name, None) for name in CHILD_SETTINGS}
+    result: dict[str, Any] = {"device": str(device), "cores": cores, "images_per_process": images}
+    result.update(chunk_size=chunk, runs=[])
+    for count in counts:
+        if time.monotonic() >= budget_end:
+            result["stopped"] = "budget"
+            break
+        threads = max(1, cores // count)
+        command = [sys.executable, str(Path(__file__).resolve()), "--child"]
+        command += [json.dumps({**settings, "device": str(device), "threads": threads})]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        children = [
+            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            for _ in range(count)
+        ]
+        try:
+            for child in children:  # every process set up and warmed up before any timed work
+                _read_marker(child, READY)
+            for child in children:
+                assert child.stdin is not None
+                child.stdin.write(f"{chunk} {images}\n")
+                child.stdin.flush()
+            runs = [json.loads(_read_marker(child, RESULT)) for child in children]
+        finally:
+            for child in children:
+                if child.stdin is not None:
+                    child.stdin.close()
+                child.wait(timeout=120)
+        start = min(run["started_at"] for run in runs)
+        end = max(run["started_at"] + run["seconds"] for run in runs)
+        done = sum(run["images_done"] + run["images_rejected"] for run in runs)
+        entry = {
+            "processes": count,
+            "torch_threads": threads,
+            "images": done,
+            "span_s": round(end - start, 4),
+            "images_per_s": round(done / (end - start), 1),
+            "per_process_images_per_s": [run["images_per_s"] for run in runs],
+            "cpu_ms_per_image": round(sum(run["process_cpu_s"] for run in runs) * 1000 / done, 4),
+        }
+        result["runs"].append(entry)
+        print(f"worker x{count} processes on {device}: {entry['images_per_s']:,.0f} images/s", flush=True)
+        base = result["runs"][0]["images_per_s"]
+        result["scaling"] = {
+            str(run["processes"]): round(run["images_per_s"] / base, 3) for run in result["runs"]
+        }
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _read_marker(child: Any, marker: str) -> str:
+    """The rest of the first line of `child`'s stdout that starts with `marker`; raises if it exits first."""
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.startswith(marker):
+            return line[len(marker) :].strip()
+    raise RuntimeError(f"a section 5 process exited with {child.wait()} before {marker.strip()}")
+
+
+def _child(settings: dict[str, Any]) -> None:
+    """One section 5 process: set up, one untimed job, READY, then the timed job stdin asks for, RESULT."""
+    torch.set_num_threads(int(settings["threads"]))
+    args = argparse.Namespace(**{name: settings.get(name) for name in CHILD_SETTINGS})
+    bench = WorkerBench(args, torch.device(settings["device"]))
+    try:
+        bench.run_job("png", "on", 16, 16)
+        print(READY, flush=True)
+        chunk, images = (int(part) for part in sys.stdin.readline().split())
+        run = bench.run_job("png", "on", chunk, images)
+        print(RESULT + json.dumps(run), flush=True)
+    finally:
+        bench.close()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        _child(json.loads(sys.argv[2]))
+    else:
+        sys.exit("gpu_worker_section.py is run by bench/gpu_bench.py (sections 3 and 5)")

@@ -1,10 +1,10 @@
 """`catalogan worker` and `catalogan generate` — loaded lazily by the root command (they import torch).
 
-`worker` starts Celery the right way for the machine: one long-lived process per GPU, each pinned with
-`CUDA_VISIBLE_DEVICES` and running the *solo* pool (tasks run in the process that loaded the model; no
-CUDA in a forked child); on a CPU box `--concurrency N` processes (default: one per usable core), each
-with `cores // N` torch threads and its own model cache — one GIL is not enough for forward, encode and
-upload. Children are started fresh (no fork of a process that imported torch), die with the supervisor
+`worker` starts Celery the right way for the machine: one long-lived process per GPU (`--processes-per-gpu N`
+for more), each pinned with `CUDA_VISIBLE_DEVICES` and running the *solo* pool (tasks run in the process
+that loaded the model; no CUDA in a forked child); on a CPU box `--concurrency N` processes (default: one per
+usable core), each with `cores // N` torch threads and its own model cache — one GIL is not enough for
+forward, encode and upload. Children are started fresh (no fork of a process that imported torch), die with the supervisor
 (PR_SET_PDEATHSIG) and are restarted when they die of a signal. SIGTERM stops the running chunk at its
 next batch boundary and releases its lease at once, so another worker picks it up without waiting for expiry.
 """
@@ -53,6 +53,19 @@ def cpu_split(concurrency: int | None, cores: int) -> tuple[int, int]:
     if processes < 1:
         raise click.BadParameter(f"must be at least 1, got {processes}", param_hint="--concurrency")
     return processes, max(1, cores // processes)
+
+
+def gpu_split(gpu_ids: list[str], per_gpu: int, cores: int) -> list[tuple[str, int]]:
+    """(physical GPU id, CPU threads) of each child: `per_gpu` processes per GPU, sharing the cores evenly.
+
+    One process per GPU leaves the CPU side of a chunk (latents, the gate's glue, PNG encode with provenance,
+    the PUT client, SQL) to one GIL: a few thousand images/s, against a forward pass of hundreds of thousands
+    per second on the GPU (docs/performance.md). More processes on one GPU share it; each loads its own model.
+    """
+    if per_gpu < 1:
+        raise ValueError(f"processes per GPU must be at least 1, got {per_gpu}")
+    threads = max(1, cores // (len(gpu_ids) * per_gpu)) if gpu_ids else 1
+    return [(gpu, threads) for gpu in gpu_ids for _ in range(per_gpu)]
 
 
 def _die_with_parent() -> None:
@@ -177,6 +190,15 @@ def _child_command(queues: str, loglevel: str, gpus: str, torch_threads: int | N
     "[default: CATALOGAN_WORKER_CONCURRENCY, else one process per usable core]. GPUs: one per GPU.",
 )
 @click.option(
+    "--processes-per-gpu",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    envvar="CATALOGAN_PROCESSES_PER_GPU",
+    help="GPUs only: worker processes sharing each GPU, each with its own model and cores // (GPUs x N) CPU "
+    "threads; more than 1 lifts the CPU-bound side (encode, upload) of a GPU worker.",
+)
+@click.option(
     "--torch-threads",
     type=int,
     default=None,
@@ -188,16 +210,21 @@ def _child_command(queues: str, loglevel: str, gpus: str, torch_threads: int | N
 )
 @one_line_errors
 def worker(
-    queues: str | None, gpus: str, concurrency: int | None, torch_threads: int | None, loglevel: str
+    queues: str | None,
+    gpus: str,
+    concurrency: int | None,
+    processes_per_gpu: int,
+    torch_threads: int | None,
+    loglevel: str,
 ) -> None:
     """Run generation workers (Celery, solo pool) until SIGTERM; logs are JSON lines on stderr.
 
     On a CPU box: --concurrency processes (default one per core) under a supervisor that restarts a child
-    killed by a signal; on GPUs one process per GPU.
+    killed by a signal; on GPUs --processes-per-gpu processes per GPU (default one).
 
     Settings: CATALOGAN_DATABASE_URL, CATALOGAN_STORAGE_URL, CATALOGAN_BROKER_URL (empty = embedded),
     CATALOGAN_BATCH_SIZE, CATALOGAN_UPLOAD_THREADS, CATALOGAN_LEASE_SECONDS, CATALOGAN_DEVICE,
-    CATALOGAN_WORKER_CONCURRENCY.
+    CATALOGAN_WORKER_CONCURRENCY, CATALOGAN_PROCESSES_PER_GPU.
 
     Example:
 
@@ -233,12 +260,11 @@ def worker(
         command = _child_command(",".join(names), loglevel, "none", threads)
         env = {**os.environ, "CATALOGAN_WORKER_CONCURRENCY": "1"}
         sys.exit(supervise([ChildSpec(command, env) for _ in range(processes)]))
-    if gpus == "auto" and len(selected) == 1:  # the one visible GPU: no supervisor needed
+    if gpus == "auto" and len(selected) == 1 and processes_per_gpu == 1:  # no supervisor needed
         os.environ["CATALOGAN_DEVICE"] = "cuda"
         _run_celery_worker(names, f"gpu0-{os.getpid()}@{host}", loglevel, torch_threads)
         return
-    # Each GPU's process gets its share of the cores for the CPU side (latents, encode, the gate's glue).
-    threads_per_gpu = str(max(1, usable_cores() // len(selected)))
+    # Each process gets its share of the cores for the CPU side (latents, encode, the gate's glue).
     specs = [
         ChildSpec(
             _child_command(",".join(names), loglevel, "pinned"),
@@ -246,10 +272,10 @@ def worker(
                 **os.environ,
                 "CUDA_VISIBLE_DEVICES": gpu,
                 "CATALOGAN_DEVICE": "cuda",
-                "OMP_NUM_THREADS": threads_per_gpu,
+                "OMP_NUM_THREADS": str(threads),
             },
         )
-        for gpu in physical_gpu_ids(selected)
+        for gpu, threads in gpu_split(physical_gpu_ids(selected), processes_per_gpu, usable_cores())
     ]
     sys.exit(supervise(specs))
 

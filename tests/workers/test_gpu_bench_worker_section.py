@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,3 +160,43 @@ def test_section_3_in_process_with_the_full_stack_finalizes_and_restores_the_wor
         assert run["objects_put"] > (run["images_done"] if run["format"] == "png" else 0)
     # And the worker function's stages are the originals again
     assert (worker._forward, worker._gated, worker.encode_with_digest, worker.transaction) == before
+
+
+def test_section_5_runs_the_worker_as_several_processes_on_one_device(tmp_path: Path) -> None:
+    # When gpu_bench.py runs section 5 on the CPU at its smoke size (1 and 2 processes, 32 images each)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/gpu_bench.py",
+            "--device",
+            "cpu",
+            "--smoke",
+            "--sections",
+            "5",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    section = json.loads((out / "gpu_bench.json").read_text())["5"]
+    assert "error" not in section, section.get("error")
+    # Then each count ran that many processes, each generating its 32 images, the cores split between them
+    cores = section["cores"]
+    assert [(run["processes"], run["images"], run["torch_threads"]) for run in section["runs"]] == [
+        (1, 32, max(1, cores)),
+        (2, 64, max(1, cores // 2)),
+    ]
+    for run in section["runs"]:
+        assert len(run["per_process_images_per_s"]) == run["processes"]
+        # (the span is rounded to 0.1 ms in the file, the rate from the unrounded span)
+        assert run["span_s"] > 0
+        assert run["images_per_s"] == pytest.approx(run["images"] / run["span_s"], rel=0.01)
+    # And the scaling is against one process, and the section's own file holds the same figures
+    rates = [run["images_per_s"] for run in section["runs"]]
+    assert section["scaling"] == {"1": 1.0, "2": round(rates[1] / rates[0], 3)}
+    assert json.loads((out / "gpu_worker_processes.json").read_text()) == section

@@ -1,11 +1,13 @@
-"""`catalogan worker` picks one process per GPU and pins each child to the right physical device."""
+"""`catalogan worker` picks its processes per GPU (one by default) and pins each child to the right physical device."""
 
 from __future__ import annotations
 
 import click
 import pytest
+from click.testing import CliRunner, Result
 
-from workers.cli import cpu_split, physical_gpu_ids
+from workers import cli as worker_cli
+from workers.cli import ChildSpec, cpu_split, gpu_split, physical_gpu_ids
 
 
 def test_children_get_physical_ids_when_unpinned(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,3 +40,58 @@ def test_concurrency_zero_is_refused_naming_the_option() -> None:
     with pytest.raises(click.BadParameter) as refused:
         cpu_split(0, 2)
     assert refused.value.format_message() == "Invalid value for --concurrency: must be at least 1, got 0"
+
+
+def test_several_processes_per_gpu_share_the_cores_evenly() -> None:
+    # Given 2 GPUs, 3 processes each and 16 cores, then 6 children, 3 per GPU, with 16 // 6 = 2 threads each
+    assert gpu_split(["3", "5"], 3, 16) == [("3", 2)] * 3 + [("5", 2)] * 3
+    # And more processes than cores still get one thread each; one per GPU gets all of its share
+    assert gpu_split(["0"], 4, 2) == [("0", 1)] * 4
+    assert gpu_split(["0", "1"], 1, 16) == [("0", 8), ("1", 8)]
+    with pytest.raises(ValueError, match="at least 1"):
+        gpu_split(["0"], 0, 16)
+
+
+def _started_children(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Result, list[ChildSpec]]:
+    """`catalogan worker ARGS` on an 8-core box with 1 visible GPU, the supervisor replaced by a recorder."""
+    started: list[ChildSpec] = []
+
+    def record(specs: list[ChildSpec]) -> int:
+        started.extend(specs)
+        return 0
+
+    monkeypatch.setattr(worker_cli, "supervise", record)
+    monkeypatch.setattr(worker_cli, "_visible_gpus", lambda: 1)
+    monkeypatch.setattr(worker_cli, "usable_cores", lambda: 8)
+    monkeypatch.setattr(worker_cli, "_run_celery_worker", lambda *a: pytest.fail("no supervisor was used"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return CliRunner().invoke(worker_cli.worker, list(args)), started
+
+
+def test_processes_per_gpu_start_that_many_pinned_children_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # When the worker runs on GPUs 0 and 1 with 2 processes per GPU
+    result, started = _started_children(monkeypatch, "--gpus", "0,1", "--processes-per-gpu", "2")
+    # Then the supervisor starts 4 pinned children: 2 on each GPU, 8 cores // 4 = 2 threads each
+    assert result.exit_code == 0, result.output
+    assert [(spec.env["CUDA_VISIBLE_DEVICES"], spec.env["OMP_NUM_THREADS"]) for spec in started] == [
+        ("0", "2"),
+        ("0", "2"),
+        ("1", "2"),
+        ("1", "2"),
+    ]
+    assert all(spec.env["CATALOGAN_DEVICE"] == "cuda" for spec in started)
+    assert all(spec.command[-6:-4] == ["--gpus", "pinned"] for spec in started)
+    # And on the one visible GPU, CATALOGAN_PROCESSES_PER_GPU=3 supervises 3 children instead of running alone
+    monkeypatch.setenv("CATALOGAN_PROCESSES_PER_GPU", "3")
+    result, started = _started_children(monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert [(spec.env["CUDA_VISIBLE_DEVICES"], spec.env["OMP_NUM_THREADS"]) for spec in started] == [
+        ("0", "2")
+    ] * 3
+
+
+def test_processes_per_gpu_zero_is_refused_naming_the_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    # When --processes-per-gpu 0, then a usage error naming the option and its rule, and nothing starts
+    result, started = _started_children(monkeypatch, "--gpus", "0", "--processes-per-gpu", "0")
+    assert result.exit_code == 2 and started == []
+    assert "Invalid value for '--processes-per-gpu': 0 is not in the range x>=1." in result.output
