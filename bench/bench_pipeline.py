@@ -879,6 +879,14 @@ def main() -> None:
         "on (the worker restarted for each): overlap on ÷ off on this box.",
     )
     parser.add_argument(
+        "--server-cores",
+        type=int,
+        default=0,
+        help="Run SeaweedFS on the last N cores of this process's affinity and everything else the benchmark "
+        "starts (workers, the peer, the ceiling's clients) on the others, as when S3 is another machine "
+        "[default 0: all share every core].",
+    )
+    parser.add_argument(
         "--skip-shipped",
         action="store_true",
         help="No shipped-generator row (it builds the memorization index).",
@@ -895,7 +903,20 @@ def run(args: argparse.Namespace, sizes: list[int], redis_url: str) -> None:
     """Every measurement against the Redis database `redis_url`; prints and writes the report."""
     folder = Path(tempfile.mkdtemp(prefix="catalogan-bench-"))
     seaweed = SeaweedFS(folder / "seaweedfs")
-    seaweed.start()
+    cores = sorted(os.sched_getaffinity(0))
+    if args.server_cores:
+        if not 0 < args.server_cores < len(cores):
+            raise SystemExit(
+                f"--server-cores {args.server_cores}: must leave 1..{len(cores) - 1} cores of {cores}"
+            )
+        # SeaweedFS inherits the server cores (every thread it starts), then this process and all it starts
+        # later move to the rest. PostgreSQL and Redis are outside services and keep every core.
+        os.sched_setaffinity(0, cores[-args.server_cores :])
+        seaweed.start()
+        os.sched_setaffinity(0, cores[: -args.server_cores])
+        print(f"SeaweedFS on cores {cores[-args.server_cores :]}, the rest on {cores[: -args.server_cores]}")
+    else:
+        seaweed.start()
     os.environ.update(seaweed.env())
     db_url = create_database(args.postgres_admin_url, "catalogan_bench")
     database = make_url(db_url).database or ""
