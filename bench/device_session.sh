@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The prepared work for a lent GPU (issues 11, 15 and 19), as two device calls that fit one session's
-# 15 minutes of device time with the machine's start (~2 min):
+# The prepared work for a lent GPU (issues 11, 15 and 19), as two device calls. Each fits one session's 15
+# minutes of device time with the machine's start (~2 min); both together do not. Run `bench` first (it
+# decides issues 11 and 19), and `train` in the next session that has a device:
 #
-#   bash bench/device_session.sh bench   # ~5 min: gpu_bench sections 0, 3 and 5 (the worker in-process with
-#                                        # the gate on the GPU, chunk sizes, the Ray Data peer's actor beside
-#                                        # it; then 1, 2, 4 and 8 worker processes sharing the GPU)
-#   bash bench/device_session.sh train   # TRAIN_S (default 400 s; 330 after `bench` in the same session):
+#   bash bench/device_session.sh bench   # ~6 min: gpu_bench sections 0, 3, 4 and 5 (the worker in-process
+#                                        # with the gate on the GPU, chunk sizes, the Ray Data peer's actor
+#                                        # beside it; training steps/s with cudnn.benchmark off and on; then
+#                                        # 1, 2, 4 and 8 worker processes sharing the GPU)
+#   bash bench/device_session.sh train   # TRAIN_S (default 500 s, ~22,000 steps, in one 600-s call):
 #                                        # fashion-cgan at batch 128 from scratch, the issue-15 candidate
 #                                        # recipe run longer; carry .devcarry
 #
@@ -30,17 +32,17 @@ fi
 case "$part" in
   bench)
     mkdir -p "$out/bench"
-    "$python" bench/gpu_bench.py --out "$out/bench" --sections 0,3,5 --budget-s "${BENCH_S:-150}" \
+    "$python" bench/gpu_bench.py --out "$out/bench" --sections 0,3,4,5 --budget-s "${BENCH_S:-120}" \
       2>&1 | tee "$out/bench.log"
     ;;
   train)
     mkdir -p "$out/train"
-    train_s=${TRAIN_S:-400}
-    # 44.9 steps/s at batch 128 on an H200 (bench/candidates/README.md): 400 s ≈ 18,000 steps, the run stops at
+    train_s=${TRAIN_S:-500}
+    # 44.9 steps/s at batch 128 on an H200 (bench/candidates/README.md): 500 s ≈ 22,000 steps, the run stops at
     # --train-s and keeps its latest checkpoint; --eval-s scores it with 200 images per category
     "$python" bench/train_variants_gpu.py --data "${DATA:-fashion-mnist:.devcarry/fashion-mnist}" \
       --variant b128:batch_size=128 --steps "${STEPS:-30000}" --checkpoint-every 1000 \
-      --train-s "$train_s" --eval-s "${EVAL_S:-45}" --samples 200 --out "$out/train" \
+      --train-s "$train_s" --eval-s "${EVAL_S:-40}" --samples 200 --out "$out/train" \
       2>&1 | tail -n 200 | tee "$out/train.log"
     ;;
   *)

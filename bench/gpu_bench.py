@@ -21,7 +21,7 @@ its limit keeps what finished):
 
     python bench/gpu_bench.py --out $OUT [--sections 0,1,2,3,4,5] [--budget-s 150]
 
-The next device session: `bash bench/device_session.sh bench` (sections 0, 3 and 5, budget 150 s each;
+The next device session: `bash bench/device_session.sh bench` (sections 0, 3, 4 and 5, budget 120 s each;
 sections 3 and 5 have not run on a GPU yet; see docs/performance.md "GPU figures").
 
 Runs on a CPU too (small sizes, the `tiny` preset in section 3, for checking the script before a device is
