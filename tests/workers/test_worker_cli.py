@@ -23,9 +23,12 @@ def test_children_keep_the_operators_pinning(monkeypatch: pytest.MonkeyPatch) ->
     assert physical_gpu_ids([0, 1]) == ["3", "5"]
 
 
-def test_a_cpu_worker_defaults_to_one_single_threaded_process_per_core() -> None:
+def test_a_cpu_worker_defaults_to_one_single_threaded_process_per_core_and_at_least_two() -> None:
     # Given a 4-core box and no --concurrency, then 4 processes of 1 torch thread each
     assert cpu_split(None, 4) == (4, 1)
+    # And a 1-core box gets 2 (one process alone waits at every chunk boundary), unless asked for 1
+    assert cpu_split(None, 1) == (2, 1)
+    assert cpu_split(1, 1) == (1, 1)
 
 
 def test_fewer_processes_than_cores_share_the_cores_as_torch_threads() -> None:
