@@ -5,8 +5,9 @@ for more), each pinned with `CUDA_VISIBLE_DEVICES` and running the *solo* pool (
 that loaded the model; no CUDA in a forked child); on a CPU box `--concurrency N` processes (default: one per
 usable core, at least 2), each with `cores // N` torch threads and its own model cache — one GIL is not enough
 for forward, encode and upload. Children are started fresh (no fork of a process that imported torch), die
-with the supervisor (PR_SET_PDEATHSIG) and are restarted when they die of a signal. SIGTERM stops the running chunk at its
-next batch boundary and releases its lease at once, so another worker picks it up without waiting for expiry.
+with the supervisor (PR_SET_PDEATHSIG) and are restarted when they die of a signal. SIGTERM stops the
+running chunk at its next batch boundary and releases its lease at once, so another worker picks it up
+without waiting for expiry.
 """
 
 from __future__ import annotations
