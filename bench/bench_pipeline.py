@@ -388,6 +388,7 @@ def bench_versus_peer(
 
     from models.default_model import ensure_default_model, shipped_checkpoint_bytes
     from tests.services import TEST_BUCKET as BUCKET
+    from workers.cli import cpu_split
 
     app = make_celery_app(BrokerSettings(broker_url=redis_url), DataSettings(data_dir=folder))
     publisher = CeleryPublisher(app)
@@ -408,7 +409,7 @@ def bench_versus_peer(
     endpoint = os.environ["AWS_ENDPOINT_URL"]
     seaweed_pid = stack_pids()["seaweedfs"][0]
     # From one process, and from as many processes as the worker runs (8 in flight in each, as in the worker).
-    worker_processes = args.worker_concurrency or cores
+    worker_processes = args.worker_concurrency or cpu_split(None, cores)[0]  # the worker's own default
     results["worker_processes"] = worker_processes
     results["ceiling"] = {
         f"{name} x{processes}": run_client(
