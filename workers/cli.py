@@ -51,7 +51,7 @@ def cpu_split(concurrency: int | None, cores: int) -> tuple[int, int]:
     Processes rather than threads by default: PNG encoding and the upload path's Python side hold one GIL
     per process, which torch threads do not relieve (1 vs 2 processes on 2 cores: docs/performance.md). On one
     core, two processes hide each other's waits between chunks: near-free images/s rose from 900–1,035 to
-    1,210–1,482 with S3 elsewhere, and the compute-bound shipped generator held its rate (219 vs 220–243).
+    1,191–1,482 with S3 elsewhere, and the compute-bound shipped generator held its rate (219 vs 220–243).
     """
     processes = max(2, cores) if concurrency is None else concurrency
     if processes < 1:
