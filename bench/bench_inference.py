@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.inference import ONNXRUNTIME, export_onnx, load_generator
+from models.inference import ONNXRUNTIME, export_onnx, load_generator, padded_blocks
 from models.sampling import latents_for
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "weights" / "fashion-cgan" / "generator.pt"
@@ -116,7 +116,7 @@ def variants(batch: int, compute_batch: int, skip: set[str]) -> dict[str, Forwar
             request = _openvino_request(module, compute_batch, eager.z_dim, precision)
             if request is None:
                 break
-            out[name] = _fixed_blocks(request, compute_batch, eager.z_dim)
+            out[name] = _fixed_blocks(request, compute_batch)
     return out
 
 
@@ -150,22 +150,16 @@ def _openvino_request(module: torch.nn.Module, batch: int, z_dim: int, precision
     return compiled.create_infer_request()
 
 
-def _fixed_blocks(request: Any, block: int, z_dim: int) -> Forward:
+def _fixed_blocks(request: Any, block: int) -> Forward:
     """A forward that runs `request` over padded blocks of exactly `block` rows, as `generate` does."""
+    output = request.model_outputs[0]
 
     def run(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        size = len(z)
-        padding = -size % block
-        if padding:
-            z = torch.cat([z, z.new_zeros(padding, z_dim)])
-            y = torch.cat([y, y.new_zeros(padding)])
-        parts = []
-        for start in range(0, len(z), block):
-            result = request.infer(
-                {"z": z[start : start + block].numpy(), "y": y[start : start + block].numpy()}
-            )
-            parts.append(torch.from_numpy(result[request.model_outputs[0]].copy()))
-        return to_pixels(torch.cat(parts)[:size])
+        parts = [
+            torch.from_numpy(request.infer({"z": z_block.numpy(), "y": y_block.numpy()})[output].copy())
+            for z_block, y_block in padded_blocks(z, y, block)
+        ]
+        return to_pixels(torch.cat(parts)[: len(z)])
 
     return run
 

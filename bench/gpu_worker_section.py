@@ -292,7 +292,7 @@ class WorkerBench:
 
         self.device = device
         self.redraw_confidence = float(getattr(args, "redraw_min_confidence", None) or 0.5)
-        index_rows = int(getattr(args, "index_rows", None) or (512 if args.smoke else 60000))
+        self.index_rows = int(getattr(args, "index_rows", None) or (512 if args.smoke else 60000))
         self.clock = StageClock()
         self.store = _sink_store(self.clock)
         shm = Path("/dev/shm")
@@ -306,7 +306,7 @@ class WorkerBench:
 
         self.model_name, self.checkpoint = _model(args)
         self.categories = list(load_generator(self.checkpoint).categories)
-        index_entry = _random_index(self.store, index_rows)
+        index_entry = _random_index(self.store, self.index_rows)
         self.versions = {
             "off": _register(self.factory, self.store, "bench-plain", self.checkpoint, self.categories, {}),
             "on": _register(
@@ -368,6 +368,7 @@ class WorkerBench:
             "database": f"SQLite in {self.folder.parent}",
             "schema": self.schema,
             "finalize": self.finalize,
+            "index_rows": self.index_rows,
         }
 
     def run_job(self, output_format: str, gate: str, chunk: int, count: int) -> dict[str, Any]:
@@ -463,7 +464,6 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     bench = WorkerBench(args, device)
     result: dict[str, Any] = {
         **bench.describe(),
-        "index_rows": int(getattr(args, "index_rows", None) or (512 if args.smoke else 60000)),
         "images_per_job": images,
         "chunk_sizes": chunk_sizes,
         "runs": [],
@@ -535,8 +535,6 @@ def _run_peer(
     peer = run_peer_inline(
         checkpoint, images, client=_SinkClient(store), device=str(device), batch_size=batch_size
     )
-    if device.type == "cuda":
-        torch.cuda.synchronize()
     if store.objects_dropped - before != images:
         raise RuntimeError(f"the peer PUT {store.objects_dropped - before} images, expected {images}")
     return peer
@@ -579,11 +577,13 @@ def run_processes(args: argparse.Namespace, device: torch.device) -> dict[str, A
     images over the span from the first start to the last finish; `scaling` divides it by P = 1's.
     Results go to `<out>/gpu_worker_processes.json` after every P.
     """
+    from workers.cli import gpu_split, usable_cores
+
     budget_end = time.monotonic() + float(args.budget_s)
     counts = _ints(getattr(args, "processes", None) or ("1,2" if args.smoke else "1,2,4,8"))
     images = int(getattr(args, "worker_images", None) or (32 if args.smoke else 16384))
     chunk = _ints(getattr(args, "worker_chunk_sizes", None) or ("16" if args.smoke else "4096"))[-1]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     out_path = Path(args.out) / "gpu_worker_processes.json"
     settings = {name: getattr(args, name, None) for name in CHILD_SETTINGS}
     result: dict[str, Any] = {"device": str(device), "cores": cores, "images_per_process": images}
@@ -592,7 +592,7 @@ def run_processes(args: argparse.Namespace, device: torch.device) -> dict[str, A
         if time.monotonic() >= budget_end:
             result["stopped"] = "budget"
             break
-        threads = max(1, cores // count)
+        _, threads = gpu_split(["0"], count, cores)[0]  # what the supervisor gives each child
         command = [sys.executable, str(Path(__file__).resolve()), "--child"]
         command += [json.dumps({**settings, "device": str(device), "threads": threads})]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

@@ -20,6 +20,7 @@ import io
 import os
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -124,27 +125,33 @@ def run_peer_inline(
         client=client,
     )
     try:
-        written, first_at, first_rows = 0, 0.0, 0
-        for start in range(0, images, batch_size):
-            keys = gen({"id": np.arange(start, min(start + batch_size, images))})["key"]
-            if not written:
-                first_at, first_rows = time.perf_counter(), len(keys)
-            written += len(keys)
-        finished = time.perf_counter()
+        batches = (
+            gen({"id": np.arange(start, min(start + batch_size, images))})["key"]
+            for start in range(0, images, batch_size)
+        )
+        rates = _timed(batches, images, started)
     finally:
         gen.close()
         torch.set_num_threads(threads)
+    return {**rates, "batch_size": batch_size, "upload_threads": upload_threads}
+
+
+def _timed(key_batches: Iterable[np.ndarray], images: int, started: float) -> dict[str, Any]:
+    """Consume the peer's output batches (the keys it wrote); its rates since `started`, all images checked."""
+    written, first_at, first_rows = 0, 0.0, 0
+    for keys in key_batches:
+        if not written:
+            first_at, first_rows = time.perf_counter(), len(keys)
+        written += len(keys)
+    finished = time.perf_counter()
     if written != images:
         raise RuntimeError(f"the peer wrote {written} images, expected {images}")
     return {
         "images": images,
-        "batch_size": batch_size,
-        "upload_threads": upload_threads,
-        "seconds": round(finished - started, 4),
-        "images_per_s": round(images / (finished - started), 1),
-        "steady_images_per_s": round((images - first_rows) / (finished - first_at), 1)
-        if finished > first_at
-        else 0.0,
+        "seconds": finished - started,
+        "images_per_s": images / (finished - started),
+        # After the first batch came back (actors started, model loaded): the peer's steady rate.
+        "steady_images_per_s": (images - first_rows) / (finished - first_at) if finished > first_at else 0.0,
     }
 
 
@@ -183,22 +190,8 @@ def run_peer(
         num_cpus=1,
         fn_constructor_args=(checkpoint, bucket, prefix, seed, upload_threads),
     )
-    written, first_at, first_rows = 0, 0.0, 0
-    for batch in dataset.iter_batches(batch_size=None):
-        if not written:
-            first_at, first_rows = time.perf_counter(), len(batch["key"])
-        written += len(batch["key"])
-    finished = time.perf_counter()
-    if written != images:
-        raise RuntimeError(f"the peer wrote {written} images, expected {images}")
-    return {
-        "images": images,
-        "seconds": finished - started,
-        "images_per_s": images / (finished - started),
-        # After the first batch came back (actors started, model loaded): the peer's steady rate.
-        "steady_images_per_s": (images - first_rows) / (finished - first_at) if finished > first_at else 0.0,
-        "concurrency": concurrency,
-    }
+    rates = _timed((batch["key"] for batch in dataset.iter_batches(batch_size=None)), images, started)
+    return {**rates, "concurrency": concurrency}
 
 
 def main() -> None:

@@ -181,18 +181,11 @@ class LoadedGenerator:
             int(class_indices.min()) < 0 or int(class_indices.max()) >= self.config.num_classes
         ):
             raise ValueError(f"class indices must be in 0..{self.config.num_classes - 1}")
-        size, block = len(latents), self.spec.compute_batch
+        size = len(latents)
         with torch.inference_mode():
             z = latents.to(self.device, torch.float32)
             y = class_indices.to(self.device, torch.int64)
-            padding = -size % block  # the last block is filled up to the compute batch
-            if padding:
-                z = torch.cat([z, z.new_zeros(padding, self.z_dim)])  # (B + P, z_dim)
-                y = torch.cat([y, y.new_zeros(padding)])  # (B + P,)
-            parts = [
-                self._forward(z[start : start + block], y[start : start + block])
-                for start in range(0, len(z), block)
-            ]
+            parts = [self._forward(*pair) for pair in padded_blocks(z, y, self.spec.compute_batch)]
             pixels = (
                 torch.cat(parts)[:size]
                 if parts
@@ -218,6 +211,16 @@ class LoadedGenerator:
             images = self.module(z, y)  # (b, C, H, W) in [-1, 1]
         pixels = ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).contiguous()  # (b, H, W, C)
+
+
+def padded_blocks(z: torch.Tensor, y: torch.Tensor, block: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`z` (B, z_dim) and `y` (B,) cut into blocks of exactly `block` rows, the last filled up with zero latents
+    of class 0: the fixed compute batch that keeps an image's pixels independent of its neighbours."""
+    padding = -len(z) % block
+    if padding:
+        z = torch.cat([z, z.new_zeros(padding, z.shape[1])])  # (B + P, z_dim)
+        y = torch.cat([y, y.new_zeros(padding)])  # (B + P,)
+    return [(z[start : start + block], y[start : start + block]) for start in range(0, len(z), block)]
 
 
 def export_onnx(module: nn.Module, batch: int, z_dim: int) -> bytes:
