@@ -110,13 +110,13 @@ def train_command(
         click.echo(f"test accuracy {trained.test_accuracy:.4f}; wrote {out} (sha256 {digest})")
 
 
-def read_model_bytes(model: str) -> tuple[bytes, str]:
+def read_model_bytes(model: str, param_hint: str = "MODEL") -> tuple[bytes, str]:
     """Checkpoint bytes and a display name for MODEL: a checkpoint file path, or a registry `name[@version]`."""
     path = Path(model)
     if path.is_file():
         return path.read_bytes(), path.name
     if any(sep in model for sep in ("/", "\\")) or model.endswith((".pt", ".ckpt")):
-        raise click.BadParameter(f"{model}: no such checkpoint file", param_hint="MODEL")
+        raise click.BadParameter(f"{model}: no such checkpoint file", param_hint=param_hint)
     return registry_checkpoint_bytes(model)
 
 

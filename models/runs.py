@@ -141,6 +141,13 @@ def new_run_record(settings: Mapping[str, Any]) -> dict[str, Any]:
         "workers": settings["workers"],
         "gpus": bool(settings.get("use_gpu")),
         "eval_every": settings.get("eval_every", 0),
+        # the recipe a resume keeps (models.training.resumed_recipe)
+        "init_from": settings.get("init_from", ""),
+        "init_key": settings.get("init_key", ""),
+        "init_sha256": settings.get("init_sha256", ""),
+        "d_warmup_steps": settings.get("d_warmup_steps", 0),
+        "batch_size": settings.get("batch_size", 0),
+        "precision": settings.get("precision", "fp32"),
         "status": RunStatus.RUNNING.value,
         "step": 0,
         "started_at": started,

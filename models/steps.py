@@ -92,6 +92,20 @@ def generator_step(
     return float(loss.detach())
 
 
+def generator_loss(
+    generator: nn.Module, discriminator: nn.Module, noise: StepNoise, train: TrainConfig
+) -> float:
+    """L_G on the step's latents with no update and no graph (what a D warm-up step records).
+
+    D's forward is the one `generator_step` makes, so D's spectral-norm power iteration advances as it
+    would have; G's weights are untouched.
+    """
+    with torch.no_grad():
+        fake = generator(noise.z_g, noise.y_g)  # (B, C, H, W)
+        scores = discriminator(diff_augment(fake, train.diffaugment, noise.augment), noise.y_g)  # (B,)
+        return float(g_loss_for(train.loss)(scores))
+
+
 def make_optimizers(
     generator: nn.Module, discriminator: nn.Module, train: TrainConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:

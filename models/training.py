@@ -17,6 +17,8 @@ from there, not from the worker's output (see docs/training.md, "What a run reco
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -54,15 +56,25 @@ from models.runs import LATEST as LATEST  # re-exported: callers import these fr
 from models.runs import (
     LOSS_PNG,
     SAMPLES_PNG,
+    read_run_record,
 )
 from models.runs import run_prefix as run_prefix
-from models.steps import discriminator_step, draw_noise, generator_step
+from models.steps import discriminator_step, draw_noise, generator_loss, generator_step
 from models.training_state import RunResult as RunResult  # re-exported: callers import these from here
 from models.training_state import TrainRequest as TrainRequest
 from models.training_state import WorkerState as WorkerState
-from models.training_state import init_state, load_state, sample_images, state_payload
+from models.training_state import (
+    apply_init,
+    config_differences,
+    init_state,
+    load_state,
+    sample_images,
+    state_payload,
+)
 
 GENERATOR_FILE = "generator.pt"
+INIT_FILE = "init-generator.pt"  # a run's pinned copy of its --init-from checkpoint
+PRECISIONS = ("fp32", "bf16")
 MASK_63_BITS = (1 << 63) - 1
 
 ReportFn = Callable[[dict[str, Any], bytes | None], None]
@@ -185,6 +197,54 @@ def mode_collapse_warnings(grid: np.ndarray, categories: tuple[str, ...]) -> lis
     return diversity_alarm({category: grid[row] for row, category in enumerate(categories)})
 
 
+def pin_init_checkpoint(store: ObjectStore, request: TrainRequest, data: bytes) -> TrainRequest:
+    """Copy the --init-from checkpoint into the run's folder and record its key and sha256 in the request.
+
+    Every rank loads that copy and checks its sha256, so a file changed or replaced after the check cannot
+    reach training, and the run keeps the exact bytes it started from. Raises `TrainingError` when the
+    bytes are not a checkpoint or its model is not the preset's (categories are checked by each rank,
+    which knows the data's).
+    """
+    from models.errors import CheckpointError
+
+    try:
+        payload = checkpoint_from_bytes(data)
+    except CheckpointError as exc:
+        raise TrainingError(f"--init-from {request.init_from}: {exc}") from exc
+    differences = config_differences(
+        payload["model_config"],
+        get_preset(request.preset).model.to_dict(),
+        skip=("categories", "num_classes"),
+    )
+    if differences:
+        raise TrainingError(
+            f"--init-from {request.init_from}: its model is not the {request.preset!r} preset's ("
+            + "; ".join(differences)
+            + ")"
+        )
+    key = f"{run_prefix(request.name, request.run)}/{INIT_FILE}"
+    store.put(key, data)
+    return dataclasses.replace(request, init_key=key, init_sha256=sha256_hex(data))
+
+
+def read_init_checkpoint(store: ObjectStore, request: TrainRequest) -> dict[str, Any]:
+    """The run's pinned init checkpoint, refused unless its bytes still have the recorded sha256."""
+    data = store.get(request.init_key)
+    if sha256_hex(data) != request.init_sha256:
+        raise TrainingError(
+            f"{store.uri(request.init_key)} is not the checkpoint this run pinned "
+            f"(sha256 {sha256_hex(data)[:12]}…, expected {request.init_sha256[:12]}…)"
+        )
+    return checkpoint_from_bytes(data)
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to bfloat16 for `bf16` (weights, gradients and optimiser state stay fp32); nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def seed_global_rng(seed: int, device: torch.device) -> None:
     """Seed the global RNGs a step may draw from (dropout etc.): the CPU one, and this rank's GPU's.
 
@@ -225,12 +285,20 @@ def run_worker(
         # Fixed shapes every step: let cuDNN pick the fastest kernels once (the GPU figures assume it).
         torch.backends.cudnn.benchmark = True
     preset = get_preset(request.preset)
+    if request.batch_size:
+        preset = dataclasses.replace(
+            preset, train=dataclasses.replace(preset.train, batch_size=request.batch_size)
+        )
     seed = preset.train.seed if request.seed is None else request.seed
     store = open_store(request.out_url)
     data = open_dataset(request.data, preset.model.resolution, preset.model.channels)
     state = init_state(preset, data, seed, device)
     if request.eval_every:
         check_evaluable(state.model)
+    if request.init_key and not request.resume:
+        apply_init(state, read_init_checkpoint(store, request))
+        if rank == 0:
+            log(f"starting from {request.init_from} (sha256 {request.init_sha256[:12]}…)")
     if request.resume:
         latest = find_latest(store, request.name, request.run)
         if latest is None:
@@ -240,6 +308,10 @@ def run_worker(
         load_state(state, checkpoint_from_bytes(store.get(latest["checkpoint_key"])))
         if rank == 0:
             log(f"resumed {request.name}/{request.run} at step {state.step}")
+    channels_last = request.precision == "bf16"  # oneDNN's and cuDNN's bf16 convolutions want NHWC
+    if channels_last:
+        for module in (state.generator, state.generator_ema, state.discriminator):
+            module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
     generator, discriminator = state.generator, state.discriminator
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -254,19 +326,29 @@ def run_worker(
         seed_global_rng(step_seed(seed, step, rank, "torch"), device)  # dropout etc.: (seed, step, rank)
         indices = rank_shard(batch_indices(seed, step, len(data), batch * world), rank, world)
         real, labels = data.batch(indices, device)
+        if channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
         noise = draw_noise(
             state.model, batch, torch.Generator().manual_seed(step_seed(seed, step, rank, "noise")), device
         )
-        loss_d = discriminator_step(
-            generator, discriminator, state.optimizer_d, real, labels, noise, state.train
-        )
-        # G's loss goes through D's bare module: D is frozen for it, so there is nothing to all-reduce.
-        loss_g = generator_step(generator, state.discriminator, state.optimizer_g, noise, state.train)
-        update_ema(
-            state.generator_ema,
-            state.generator,
-            ema_decay_at(step, state.train.ema_decay, state.train.ema_start_step),
-        )
+        with precision_context(request.precision, device):
+            loss_d = discriminator_step(
+                generator, discriminator, state.optimizer_d, real, labels, noise, state.train
+            )
+            if step < request.d_warmup_steps:
+                # D alone catches up with the loaded G; G's loss is measured, not followed.
+                loss_g = generator_loss(state.generator, state.discriminator, noise, state.train)
+            else:
+                # G's loss goes through D's bare module: D is frozen for it, so there is nothing to all-reduce.
+                loss_g = generator_step(generator, state.discriminator, state.optimizer_g, noise, state.train)
+        if step >= request.d_warmup_steps:
+            # From an init, G_ema already holds a trained average: no warm-up that would overwrite it.
+            decay = (
+                state.train.ema_decay
+                if request.init_key
+                else ema_decay_at(step, state.train.ema_decay, state.train.ema_start_step)
+            )
+            update_ema(state.generator_ema, state.generator, decay)
         state.step += 1
         for key, value in (("step", state.step), ("loss_d", loss_d), ("loss_g", loss_g)):
             state.history[key].append(float(value))
@@ -316,6 +398,10 @@ def train_loop_per_worker(config: dict[str, Any], on_step: StepFn | None = None)
     context = ray.train.get_context()
     request = TrainRequest.from_dict(config)
     device = ray.train.torch.get_device() if request.use_gpu else torch.device("cpu")
+    if request.cpus_per_worker:
+        torch.set_num_threads(
+            request.cpus_per_worker
+        )  # Ray sets OMP_NUM_THREADS; torch may have read it first
     run_worker(
         request,
         rank=context.get_world_rank(),
@@ -338,6 +424,18 @@ def prepare_run(request: TrainRequest, store: ObjectStore) -> TrainRequest:
             f"--eval-every needs --data fashion-mnist[:/path] (the evaluator knows Fashion-MNIST's categories), "
             f"not {request.data!r}"
         )
+    if request.batch_size < 0:
+        raise TrainingError("--batch-size must be at least 1 (or 0 for the preset's)")
+    if request.precision not in PRECISIONS:
+        raise TrainingError(f"--precision must be one of {', '.join(PRECISIONS)}, not {request.precision!r}")
+    if request.d_warmup_steps < 0 or request.d_warmup_steps >= request.steps:
+        raise TrainingError("--d-warmup-steps must be at least 0 and below --steps")
+    if request.d_warmup_steps and not (request.init_from or request.resume):
+        raise TrainingError(
+            "--d-warmup-steps needs --init-from (a fresh G has nothing for D to catch up with)"
+        )
+    if request.init_from and request.resume:
+        raise TrainingError("--init-from starts a new run; a resumed run continues from its own checkpoint")
     run = request.run
     if request.resume and not run:
         run = latest_run(store, request.name) or ""
@@ -357,7 +455,30 @@ def prepare_run(request: TrainRequest, store: ObjectStore) -> TrainRequest:
         raise TrainingError(
             f"run {request.name}/{run} is already at step {latest['step']} ≥ --steps {request.steps}"
         )
-    return TrainRequest.from_dict({**request.to_dict(), "run": run})
+    recipe: dict[str, Any] = {}
+    if request.resume:
+        recipe = resumed_recipe(request, read_run_record(store, request.name, run) or {})
+    return TrainRequest.from_dict({**request.to_dict(), **recipe, "run": run})
+
+
+RECIPE_FIELDS = ("init_from", "init_key", "init_sha256", "d_warmup_steps", "batch_size", "precision")
+
+
+def resumed_recipe(request: TrainRequest, record: dict[str, Any]) -> dict[str, Any]:
+    """The recipe fields a resumed run keeps from its record, so it continues exactly as it started.
+
+    A value given again on the command line must match (the defaults mean "as recorded").
+    """
+    defaults = TrainRequest(preset="", data="", steps=1, out_url="", name="", run="")
+    recipe = {key: record[key] for key in RECIPE_FIELDS if key in record}
+    for key in ("d_warmup_steps", "batch_size", "precision"):
+        given = getattr(request, key)
+        if key in recipe and given != getattr(defaults, key) and given != recipe[key]:
+            option = "--" + key.replace("_", "-")
+            raise TrainingError(
+                f"{option} {given} differs from the run's {recipe[key]}; a resumed run keeps its own"
+            )
+    return recipe
 
 
 def fit_with_ray(
@@ -375,7 +496,11 @@ def fit_with_ray(
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop,
         train_loop_config=request.to_dict(),
-        scaling_config=ScalingConfig(num_workers=request.workers, use_gpu=request.use_gpu),
+        scaling_config=ScalingConfig(
+            num_workers=request.workers,
+            use_gpu=request.use_gpu,
+            resources_per_worker={"CPU": max(1, request.cpus_per_worker)},
+        ),
         run_config=RunConfig(
             name=f"{request.name}-{request.run}",
             storage_path=str(ray_storage.resolve()),

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -41,7 +42,7 @@ from models.runs import (
     run_prefix,
     write_run_record,
 )
-from models.training import TrainRequest, fit_with_ray, prepare_run
+from models.training import TrainRequest, fit_with_ray, pin_init_checkpoint, prepare_run
 
 RAY_ENV_DEFAULTS = {
     # Ray's memory monitor kills workers when the *machine* is near full; on a shared box that is other
@@ -64,6 +65,7 @@ class TrainOptions:
     ray_address: str | None = None  # a running cluster ("auto", "host:port", "ray://…"); None = start one
     ray_dir: Path | None = None  # Ray Train's own run folder (default: a temp folder)
     verbose: bool = False  # Ray's and Ray Train's own log lines on the terminal
+    init_checkpoint: bytes | None = None  # the bytes of `request.init_from`, pinned into the run's folder
 
 
 @dataclass
@@ -85,10 +87,20 @@ class TrainOutcome:
         }
 
 
-def start_ray(workers: int, *, address: str | None, verbose: bool) -> bool:
+def cpus_for(workers: int, *, local: bool) -> int:
+    """CPU cores per rank when the request leaves it at 0: a local cluster splits this machine's usable cores
+    over the workers (a single CPU worker on a 2-core box gets both); a cluster connected to gets 1 each, Ray's
+    default, since its nodes' sizes are not this machine's (pass --cpus-per-worker there)."""
+    if not local:
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) // workers)
+
+
+def start_ray(workers: int, *, address: str | None, verbose: bool, cpus_per_worker: int = 1) -> bool:
     """Connect to the cluster at `address`, or start a local one for `workers`; False if Ray was already up.
 
-    A local cluster gets one CPU per worker plus one for Ray Train's controller, and finds the GPUs itself.
+    A local cluster gets `cpus_per_worker` CPUs per worker plus one for Ray Train's controller (which idles),
+    and finds the GPUs itself.
     `address="local"` is never guessed from a cluster already running on this node: that needs an address
     (`auto`), so a run is never sized for the wrong cluster by accident.
     """
@@ -108,7 +120,7 @@ def start_ray(workers: int, *, address: str | None, verbose: bool) -> bool:
     if address:
         ray.init(address=address, **quiet)
     else:
-        ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, **quiet)
+        ray.init(address="local", num_cpus=workers * cpus_per_worker + 1, include_dashboard=False, **quiet)
     if not verbose:
         # Ray Train's driver-side loggers ("ray.train", "ray.tune") print run tables and hints at INFO/WARNING.
         for name in ("ray", "ray.train", "ray.tune", "ray.data"):
@@ -208,12 +220,25 @@ def train_and_register(
     store = open_store(request.out_url)
     request = prepare_run(request, store)
     refuse_live_run(store, request)
+    if request.init_from and not request.resume:
+        if options.init_checkpoint is None:
+            raise TrainingError(
+                f"--init-from {request.init_from}: pass its bytes as TrainOptions.init_checkpoint"
+            )
+        request = pin_init_checkpoint(store, request, options.init_checkpoint)
     import ray
 
     local = not options.ray_address and not ray.is_initialized()
     if request.use_gpu and local:
         check_gpus(request.workers, local=True)  # before a local cluster is started for nothing
-    started_ray = start_ray(request.workers, address=options.ray_address, verbose=options.verbose)
+    if not request.cpus_per_worker:
+        request = dataclasses.replace(request, cpus_per_worker=cpus_for(request.workers, local=local))
+    started_ray = start_ray(
+        request.workers,
+        address=options.ray_address,
+        verbose=options.verbose,
+        cpus_per_worker=request.cpus_per_worker,
+    )
     try:
         if request.use_gpu and not local:
             check_gpus(request.workers, local=False)

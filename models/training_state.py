@@ -45,6 +45,15 @@ class TrainRequest:
     log_every: int = 50
     eval_every: int = 0  # 0 = no periodic evaluation
     eval_samples: int = 500  # generated images per periodic evaluation (split evenly over the categories)
+    init_from: str = ""  # where the starting generator came from (a file or name@version), for the record
+    init_key: str = ""  # the run's pinned copy of it in the store (set by `training.pin_init_checkpoint`)
+    init_sha256: str = ""  # and that copy's sha256, checked by every rank before it loads it
+    d_warmup_steps: int = (
+        0  # with an init: the first N steps update D only (G's weights and G_ema stay as loaded)
+    )
+    cpus_per_worker: int = 0  # CPU cores (torch threads) per rank; 0 = decided by `training_run.cpus_for`
+    batch_size: int = 0  # per-rank batch; 0 = the preset's
+    precision: str = "fp32"  # or "bf16": autocast to bfloat16 and channels_last (AMX/AVX512-BF16 CPUs, GPUs)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict."""
@@ -151,3 +160,33 @@ def load_state(state: WorkerState, payload: dict[str, Any]) -> None:
     state.history = {key: list(values) for key, values in payload.get("history", {}).items()} or state.history
     state.evaluations = [dict(evaluation) for evaluation in payload.get("evaluations", [])]
     restore_rng_states(payload["rng"])
+
+
+def config_differences(
+    found: dict[str, Any], wanted: dict[str, Any], skip: tuple[str, ...] = ()
+) -> list[str]:
+    """`field: found ≠ wanted` for each model-config field on which two configs differ."""
+    return [
+        f"{key}: {found.get(key)!r} ≠ {wanted.get(key)!r}"
+        for key in sorted(set(found) | set(wanted))
+        if key not in skip and found.get(key) != wanted.get(key)
+    ]
+
+
+def apply_init(state: WorkerState, payload: dict[str, Any]) -> None:
+    """Start a fresh run from a trained generator: G and G_ema ← its EMA weights, D too from a full checkpoint.
+
+    The optimisers start fresh (the new run's learning rates and batch size may differ); the model config
+    must be the run's, categories included.
+    """
+    differences = config_differences(payload["model_config"], state.model.to_dict())
+    if differences:
+        raise TrainingError(
+            "--init-from: the checkpoint's model differs from this run's preset and data ("
+            + "; ".join(differences)
+            + ")"
+        )
+    state.generator.load_state_dict(payload["generator_ema"])
+    state.generator_ema.load_state_dict(payload["generator_ema"])
+    if payload.get("kind") == FULL:
+        state.discriminator.load_state_dict(payload["discriminator"])
