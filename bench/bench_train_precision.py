@@ -28,16 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cpu_flags() -> list[str]:
-    """The CPU features that decide bf16 speed (Linux; empty elsewhere)."""
+def cpu_description() -> tuple[str, list[str]]:
+    """The CPU's model name and the features that decide bf16 speed (Linux; `platform.processor()` elsewhere)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return []
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
+        return platform.processor() or "unknown CPU", []
+    model = next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU"
     )
-    return sorted(flag for flag in flags if flag in {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f"})
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return model, sorted(flag for flag in flags if flag in {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f"})
 
 
 def time_run(preset: str, data: str, batch: int, precision: str, warmup: int, steps: int) -> float:
@@ -88,9 +89,10 @@ def main() -> None:
                 f"round {round_ + 1} {precision}: {rate:.3f} steps/s ({rate * args.batch_size:.0f} images/s)"
             )
     ratio = statistics.median(rates["bf16"]) / statistics.median(rates["fp32"])
+    model, flags = cpu_description()
     print(
-        f"{args.preset} batch {args.batch_size}, {torch.get_num_threads()} threads, {platform.processor() or '?'} "
-        f"{' '.join(cpu_flags())}: bf16 / fp32 step rate = {ratio:.2f}x"
+        f"{args.preset} batch {args.batch_size}, {torch.get_num_threads()} threads, {model} "
+        f"[{' '.join(flags) or 'no AVX512-BF16/AMX'}]: bf16 / fp32 step rate = {ratio:.2f}x"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(
@@ -99,7 +101,8 @@ def main() -> None:
                 "preset": args.preset,
                 "batch_size": args.batch_size,
                 "threads": torch.get_num_threads(),
-                "cpu_flags": cpu_flags(),
+                "cpu": model,
+                "cpu_flags": flags,
                 "torch": torch.__version__,
                 "steps_per_s": rates,
                 "bf16_over_fp32": ratio,
