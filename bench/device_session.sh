@@ -10,13 +10,17 @@
 #   bash bench/device_session.sh train   # TRAIN_S (default 500 s, ~22,000 steps, in one 600-s call):
 #                                        # fashion-cgan at batch 128 from scratch, the issue-15 candidate
 #                                        # recipe run longer; carry .devcarry
+#   INIT=.devcarry/b128-trainable.pt bash bench/device_session.sh train
+#                                        # the same, going on from an earlier call's G, G_ema and D (join
+#                                        # its parts first, see below; copy it into .devcarry)
 #
 # Before `train`, on the CPU box: mkdir -p .devcarry/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz
 # .devcarry/fashion-mnist/ and pass carry [".devcarry"]. Everything lands under $OUT (set by the device
 # machine): bench/gpu_bench.json, bench/gpu_worker_section.json, bench/gpu_worker_processes.json,
-# train/variants.json, train/b128-generator.pt, and a log per part. Score the generator afterwards on the CPU
-# box:
+# train/variants.json, train/b128-generator.pt, train/b128-trainable.pt.part-0 and -1, and a log per part.
+# Score the generator afterwards on the CPU box, and join the trainable checkpoint for the next call:
 #   catalogan evaluate OUT/train/b128-generator.pt --samples 1000 --json --out eval.json
+#   .venv/bin/python bench/train_variants_gpu.py --join OUT/train/b128-trainable.pt
 # On the CPU box, PYTHON=.venv/bin/python runs the same calls (slowly: no GPU). Nothing here is a dependency
 # of CI; `tests/workers/test_gpu_bench_worker_section.py` runs sections 3 and 5 on the CPU (section 3 with
 # only what the device image has).
@@ -43,6 +47,7 @@ case "$part" in
     "$python" bench/train_variants_gpu.py --data "${DATA:-fashion-mnist:.devcarry/fashion-mnist}" \
       --variant b128:batch_size=128 --steps "${STEPS:-30000}" --checkpoint-every 1000 \
       --train-s "$train_s" --eval-s "${EVAL_S:-40}" --samples 200 --out "$out/train" \
+      ${INIT:+--init "$INIT"} \
       2>&1 | tail -n 200 | tee "$out/train.log"
     ;;
   *)

@@ -6,9 +6,18 @@ variants run as concurrent processes, each the same per-rank loop `catalogan tra
 --checkpoint-every steps; a variant stopped by --train-s keeps its latest checkpoint. Then, within --eval-s,
 the latest checkpoint of every variant and after that each variant's earlier checkpoints are scored
 (`models.evaluation.evaluate_generator`, --samples per category, no CAS) into `variants.json` — the curves.
-The latest EMA generator of every variant is written to --out as a generator-only checkpoint.
+The latest EMA generator of every variant is written to --out as a generator-only checkpoint
+(`NAME-generator.pt`, what `catalogan evaluate` and the registry take), and its G, G_ema and D as a trainable
+checkpoint (`NAME-trainable.pt`, what `catalogan train --init-from` or `--init` here continues with the D
+that G was trained against), cut into parts of at most --part-mib MiB (`NAME-trainable.pt.part-0`, ...) so
+that each part fits the device machine's limit on a file brought back; `--join` puts one together again
+and checks it against the sha256 recorded in `variants.json`.
 
     python bench/train_variants_gpu.py --data fashion-mnist:.devcarry/fashion-mnist --steps 20000 --out $OUT
+    python bench/train_variants_gpu.py --join OUT/train/b128-trainable.pt      # on the CPU box, afterwards
+
+--init FILE starts every variant from a checkpoint (generator-only: G and G_ema from its EMA weights with a
+fresh D; trainable or full: the pair goes on training), as `catalogan train --init-from` does.
 
 A variant is `name:key=value,...` over `TrainConfig` / `ModelConfig` fields of the fashion-cgan preset
 (`--variant b128:batch_size=128`); `model.` prefixes a ModelConfig field (`model.d_width=96`).
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -79,12 +89,48 @@ def child(args: argparse.Namespace) -> None:
         run=name,
         checkpoint_every=args.checkpoint_every,
         log_every=500,
+        init_from=args.init or "",
     )
+    if args.init:
+        from db.storage import open_store
+        from models.training import pin_init_checkpoint
+
+        request = pin_init_checkpoint(open_store(request.out_url), request, Path(args.init).read_bytes())
     run_worker(
         request,
         device=torch.device("cuda" if torch.cuda.is_available() else "cpu"),
         log=lambda line: print(f"[{name}] {line}", flush=True),
     )
+
+
+def write_parts(data: bytes, path: Path, part_bytes: int) -> list[str]:
+    """Write `data` as `path.part-0`, `path.part-1`, ... of at most `part_bytes` each; their names."""
+    names = []
+    for number, start in enumerate(range(0, len(data), part_bytes)):
+        part = path.with_name(f"{path.name}.part-{number}")
+        part.write_bytes(data[start : start + part_bytes])
+        names.append(part.name)
+    return names
+
+
+def join_parts(path: Path) -> bytes:
+    """The file `write_parts` cut, put together from its parts and checked against `variants.json`."""
+    recorded = json.loads((path.parent / "variants.json").read_text())
+    entry = next(
+        (
+            v["trainable"]
+            for v in recorded["variants"].values()
+            if v.get("trainable", {}).get("file") == path.name
+        ),
+        None,
+    )
+    if entry is None:
+        raise SystemExit(f"--join: {path.parent / 'variants.json'} records no {path.name}")
+    data = b"".join((path.parent / name).read_bytes() for name in entry["parts"])
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != entry["sha256"]:
+        raise SystemExit(f"--join: {path.name} has sha256 {actual}, variants.json records {entry['sha256']}")
+    return data
 
 
 def checkpoints_of(store: Path, name: str) -> list[Path]:
@@ -123,11 +169,20 @@ def main() -> None:
     parser.add_argument("--eval-s", type=float, default=90.0)
     parser.add_argument("--samples", type=int, default=500, help="images per category when scoring")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--init", help="start every variant from this checkpoint (see above)")
+    parser.add_argument("--part-mib", type=int, default=15, help="largest part of a trainable checkpoint")
+    parser.add_argument(
+        "--join", type=Path, help="put OUT/NAME-trainable.pt together from its parts, and exit"
+    )
     parser.add_argument("--store")
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.join:
+        args.join.write_bytes(join_parts(args.join))
+        print(f"{args.join}: sha256 checked", flush=True)
         return
     args.out.mkdir(parents=True, exist_ok=True)
     variants = args.variant or list(DEFAULT_VARIANTS)
@@ -151,6 +206,7 @@ def main() -> None:
             str(args.checkpoint_every),
             "--store",
             str(store),
+            *(["--init", str(Path(args.init).resolve())] if args.init else []),
         ]
         processes[name] = subprocess.Popen(command)
     for name, process in processes.items():
@@ -163,16 +219,23 @@ def main() -> None:
     summary["train_seconds"] = round(time.monotonic() - started, 1)
     (args.out / "variants.json").write_text(json.dumps(summary, indent=2))
 
-    from models.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes, generator_only
+    from models.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes, generator_only, trainable_only
 
     for name in summary["variants"]:
         found = checkpoints_of(store, name)
         summary["variants"][name]["checkpoints"] = [p.name for p in found]
         if found:
-            latest = found[-1]
-            (args.out / f"{name}-generator.pt").write_bytes(
-                checkpoint_to_bytes(generator_only(checkpoint_from_bytes(latest.read_bytes())))
-            )
+            latest = checkpoint_from_bytes(found[-1].read_bytes())
+            (args.out / f"{name}-generator.pt").write_bytes(checkpoint_to_bytes(generator_only(latest)))
+            trainable = checkpoint_to_bytes(trainable_only(latest))
+            path = args.out / f"{name}-trainable.pt"
+            summary["variants"][name]["trainable"] = {
+                "file": path.name,
+                "step": latest["step"],
+                "sha256": hashlib.sha256(trainable).hexdigest(),
+                "parts": write_parts(trainable, path, args.part_mib * 2**20),
+            }
+    (args.out / "variants.json").write_text(json.dumps(summary, indent=2))  # --join reads the sha256s
     eval_deadline = time.monotonic() + args.eval_s
     order = [(name, found[-1]) for name in summary["variants"] if (found := checkpoints_of(store, name))]
     order += [(name, p) for name in summary["variants"] for p in reversed(checkpoints_of(store, name)[:-1])]

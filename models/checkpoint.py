@@ -3,12 +3,15 @@
 A checkpoint is a dict saved with `torch.save` and read back with `weights_only=True` (no pickled code):
 
     format_version  int, CHECKPOINT_FORMAT_VERSION
-    kind            "full" (resumable training state) or "generator" (G_ema + config: what inference needs)
+    kind            "full" (resumable training state), "generator" (G_ema + config: what inference needs) or
+                    "trainable" (G, G_ema and D without optimiser state: what `--init-from` needs to go on
+                    training with the D that G was trained against, at well under half a full one's size)
     preset          the preset name it was trained with
     model_config    ModelConfig.to_dict();  train_config  TrainConfig.to_dict() (full only)
     step            optimiser steps done
     generator_ema   state dict (both kinds)
-    generator, discriminator, optimizer_g, optimizer_d   state dicts (full only)
+    generator, discriminator   state dicts (full and trainable)
+    optimizer_g, optimizer_d   state dicts (full only)
     rng             {"torch": ByteTensor, "numpy": {...}, "python": [...]} of the writing process (full only)
     history         {"step": [...], "loss_d": [...], "loss_g": [...]}: the loss curve so far (full only)
     data_fingerprint  str identifying the training data
@@ -31,6 +34,7 @@ from models.errors import CheckpointError
 CHECKPOINT_FORMAT_VERSION = 1
 FULL = "full"
 GENERATOR = "generator"
+TRAINABLE = "trainable"
 FULL_KEYS = (
     "generator",
     "generator_ema",
@@ -41,6 +45,8 @@ FULL_KEYS = (
     "train_config",
 )
 GENERATOR_KEYS = ("generator_ema", "model_config")
+TRAINABLE_KEYS = ("generator", "discriminator")
+REQUIRED_KEYS = {FULL: FULL_KEYS + GENERATOR_KEYS, TRAINABLE: TRAINABLE_KEYS + GENERATOR_KEYS}
 
 
 def sha256_hex(data: bytes) -> str:
@@ -89,17 +95,37 @@ def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint format version {version!r}; this catalogan reads {CHECKPOINT_FORMAT_VERSION}"
         )
-    required = FULL_KEYS + GENERATOR_KEYS if payload.get("kind") == FULL else GENERATOR_KEYS
+    required = REQUIRED_KEYS.get(str(payload.get("kind")), GENERATOR_KEYS)
     missing = [key for key in required if key not in payload]
     if missing:
         raise CheckpointError(f"incomplete {payload.get('kind')!r} checkpoint: missing {', '.join(missing)}")
     return payload
 
 
+GENERATOR_KEEP = (
+    "preset",
+    "model_config",
+    "train_config",
+    "step",
+    "generator_ema",
+    "data_fingerprint",
+    "metrics",
+)
+
+
 def generator_only(payload: dict[str, Any]) -> dict[str, Any]:
     """Strip a full checkpoint down to what inference needs: G_ema, configs, step, fingerprint (a few MB)."""
-    keep = ("preset", "model_config", "train_config", "step", "generator_ema", "data_fingerprint", "metrics")
-    return {**{key: payload[key] for key in keep if key in payload}, "kind": GENERATOR}
+    return {**{key: payload[key] for key in GENERATOR_KEEP if key in payload}, "kind": GENERATOR}
+
+
+def trainable_only(payload: dict[str, Any]) -> dict[str, Any]:
+    """Strip a full checkpoint down to G, G_ema and D (no optimiser state, RNG or history).
+
+    What `catalogan train --init-from` needs to go on training a generator with the discriminator it was
+    trained against (for fashion-cgan about 24 MB instead of 60), e.g. to bring a GPU run back to another box.
+    """
+    kept = {key: payload[key] for key in GENERATOR_KEEP + TRAINABLE_KEYS if key in payload}
+    return {**kept, "kind": TRAINABLE}
 
 
 def capture_rng_states() -> dict[str, Any]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from models.build import build_discriminator, build_generator
-from models.checkpoint import FULL, capture_rng_states, restore_rng_states
+from models.checkpoint import FULL, TRAINABLE, capture_rng_states, restore_rng_states
 from models.config import ModelConfig, Preset, TrainConfig, with_categories
 from models.data.dataset import TrainingData
 from models.ema import make_ema
@@ -174,10 +174,13 @@ def config_differences(
 
 
 def apply_init(state: WorkerState, payload: dict[str, Any]) -> None:
-    """Start a fresh run from a trained generator: G and G_ema ← its EMA weights, D too from a full checkpoint.
+    """Start a fresh run from a trained generator.
 
-    The optimisers start fresh (the new run's learning rates and batch size may differ); the model config
-    must be the run's, categories included.
+    From a generator-only checkpoint, G and G_ema both take its EMA weights and D starts fresh. From a
+    checkpoint that carries D (a full or a trainable one) the run continues the pair: G ← its G, G_ema ← its
+    G_ema, D ← its D, so D's scores still fit the G it learned against (a fresh D against a trained G gives
+    G poor gradients until it catches up: see docs/training.md). The optimisers start fresh (the new run's
+    learning rates and batch size may differ); the model config must be the run's, categories included.
     """
     differences = config_differences(payload["model_config"], state.model.to_dict())
     if differences:
@@ -186,7 +189,8 @@ def apply_init(state: WorkerState, payload: dict[str, Any]) -> None:
             + "; ".join(differences)
             + ")"
         )
-    state.generator.load_state_dict(payload["generator_ema"])
+    with_discriminator = payload.get("kind") in (FULL, TRAINABLE)
+    state.generator.load_state_dict(payload["generator" if with_discriminator else "generator_ema"])
     state.generator_ema.load_state_dict(payload["generator_ema"])
-    if payload.get("kind") == FULL:
+    if with_discriminator:
         state.discriminator.load_state_dict(payload["discriminator"])

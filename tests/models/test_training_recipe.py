@@ -16,12 +16,22 @@ from click.testing import CliRunner
 from PIL import Image
 
 from db.storage import LocalStore, open_store
-from models.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes, sha256_hex
-from models.errors import TrainingError
+from models.checkpoint import (
+    TRAINABLE,
+    checkpoint_from_bytes,
+    checkpoint_to_bytes,
+    generator_only,
+    sha256_hex,
+    trainable_only,
+)
+from models.config import get_preset
+from models.data.dataset import open_dataset
+from models.errors import CheckpointError, TrainingError
 from models.inference import random_generator_checkpoint
 from models.runs import new_run_record, write_run_record
 from models.training import INIT_FILE, TrainRequest, pin_init_checkpoint, prepare_run, run_worker
 from models.training_run import cpus_for
+from models.training_state import WorkerState, apply_init, init_state
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +111,39 @@ def test_init_from_loads_the_generator_and_a_d_warmup_leaves_it_untouched(
     # And G's loss was measured during the warm-up (not made up), and G moves after it
     assert all(np.isfinite(state.history["loss_g"])) and len(set(state.history["loss_g"])) == 3
     assert not _same(_checkpoint(store, "tuned", 3)["generator"], loaded)
+
+
+def test_a_trainable_checkpoint_continues_the_pair_and_a_generator_only_one_starts_a_fresh_d(
+    store: LocalStore, folder: Path
+) -> None:
+    # Given a tiny run trained 2 steps, its full checkpoint cut down to G, G_ema and D
+    run_worker(_start(store, _request(store, folder, "pair", 2)), log=lambda _line: None)
+    full = _checkpoint(store, "pair", 2)
+    trainable = checkpoint_to_bytes(trainable_only(full))
+    payload = checkpoint_from_bytes(trainable)
+    assert payload["kind"] == TRAINABLE and not {"optimizer_g", "optimizer_d", "rng"} & set(payload)
+    assert len(trainable) < len(checkpoint_to_bytes(full))
+    data = open_dataset(str(folder), 12, 3)
+
+    def fresh() -> WorkerState:
+        return init_state(get_preset("tiny"), data, 0, torch.device("cpu"))
+
+    # When a fresh state takes it
+    state = fresh()
+    apply_init(state, payload)
+    # Then G is the trained G (not its average), G_ema the average and D the D it was trained against
+    assert _same(state.generator.state_dict(), full["generator"])
+    assert _same(state.generator_ema.state_dict(), full["generator_ema"])
+    assert _same(state.discriminator.state_dict(), full["discriminator"])
+    # And from a generator-only checkpoint both generators take the average and D stays fresh
+    state, untouched = fresh(), fresh()
+    apply_init(state, checkpoint_from_bytes(checkpoint_to_bytes(generator_only(full))))
+    assert _same(state.generator.state_dict(), full["generator_ema"])
+    assert _same(state.discriminator.state_dict(), untouched.discriminator.state_dict())
+    # And a trainable checkpoint without its D is refused as incomplete, naming what is missing
+    broken = {key: value for key, value in trainable_only(full).items() if key != "discriminator"}
+    with pytest.raises(CheckpointError, match="incomplete 'trainable' checkpoint: missing discriminator"):
+        checkpoint_from_bytes(checkpoint_to_bytes(broken))
 
 
 def test_the_pinned_init_is_checked_by_the_worker(store: LocalStore, folder: Path) -> None:
