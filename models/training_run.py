@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import tempfile
 import threading
 from collections.abc import Callable
@@ -117,10 +118,18 @@ def start_ray(workers: int, *, address: str | None, verbose: bool, cpus_per_work
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.ERROR,
     }
+    # ray.init replaces the caller's SIGTERM handler with one that calls sys.exit, and Ray's core adds a C++
+    # handler that prints a stack trace first: the run would die recorded as `running`. Keep the caller's
+    # (the CLI's turns `kill PID` into the same stop as Ctrl-C, recorded as `stopped`).
+    caller_sigterm = (
+        signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    )
     if address:
         ray.init(address=address, **quiet)
     else:
         ray.init(address="local", num_cpus=workers * cpus_per_worker + 1, include_dashboard=False, **quiet)
+    if caller_sigterm is not None:
+        signal.signal(signal.SIGTERM, caller_sigterm)
     if not verbose:
         # Ray Train's driver-side loggers ("ray.train", "ray.tune") print run tables and hints at INFO/WARNING.
         for name in ("ray", "ray.train", "ray.tune", "ray.data"):
@@ -330,8 +339,12 @@ def _fit_and_follow(
     try:
         with tempfile.TemporaryDirectory(prefix="catalogan-ray-") as scratch:
             result = fit_with_ray(request, options.ray_dir or Path(scratch))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Ctrl-C, or `kill PID` (the CLI turns SIGTERM into KeyboardInterrupt). During fit Ray Train handles
+        # SIGINT itself: it aborts the run and can end it with sys.exit, which must be recorded too.
         status, error = RunStatus.STOPPED, "stopped by the operator"
+        if isinstance(exc, SystemExit):
+            raise KeyboardInterrupt from exc
         raise
     except Exception as exc:
         status, error, failure = RunStatus.FAILED, str(exc).splitlines()[0] if str(exc) else repr(exc), exc

@@ -2,6 +2,7 @@
 
 Three driver runs share one cluster (connected with `--ray-address` / `RAY_ADDRESS`): one uninterrupted, one
 killed with SIGKILL after its first checkpoint, and that one resumed with the command `train show` prints.
+Two more are stopped the way an operator stops one (SIGTERM, SIGINT) and must be recorded as `stopped`.
 """
 
 from __future__ import annotations
@@ -235,3 +236,40 @@ def test_resume_continues_to_the_same_final_checkpoint_bytes(runs: Runs) -> None
     listed = json.loads(_cli(runs.env, "train", "ls", "--name", "tiny", "--json").stdout)
     assert {view["run"]: view["status"] for view in listed} == {"straight": "finished", "killed": "finished"}
     assert np.isfinite(float(listed[0]["last"]["d_loss"]))
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_kill_or_ctrl_c_stops_the_run_recorded_as_stopped_and_resumable(
+    ray_cluster: str, fashion_train: object, tmp_path: Path, stop: signal.Signals
+) -> None:
+    # Given a run in progress (Ray's init and Ray Train's fit install signal handlers of their own)
+    store = open_store((tmp_path / "objects").as_uri())
+    assert isinstance(store, LocalStore)
+    env = {
+        **os.environ,
+        "CATALOGAN_DATABASE_URL": f"sqlite:///{tmp_path / 'registry.db'}",
+        "RAY_ADDRESS": ray_cluster,
+        "COLUMNS": "80",
+    }
+    args = _args(store.url, "halted")
+    args[args.index("--steps") + 1] = "1000000"
+    args[args.index("--workers") + 1] = "1"
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not store.exists("models/tiny/halted/latest.json"):
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.2)
+    # When the operator sends `kill PID` (SIGTERM) or Ctrl-C (SIGINT) to the driver
+    process.send_signal(stop)
+    output = process.communicate(timeout=120)[0]
+    # Then it says so and exits 130, and the run is recorded as stopped (not left `running` to be taken for a
+    # crash later), with the command that resumes it
+    assert process.returncode == 130, output
+    assert "stopped; `catalogan train ls` shows the run" in output
+    record = json.loads(store.get("models/tiny/halted/run.json"))
+    assert (record["status"], record["error"]) == ("stopped", "stopped by the operator")
+    shown = _cli(env, "train", "show", "tiny/halted", "--out", store.url, "--json")
+    assert shown.returncode == 0, shown.stderr
+    view = json.loads(shown.stdout)
+    assert view["status"] == "stopped" and str(view["resume_command"]).endswith("--resume")
