@@ -296,9 +296,19 @@ def run_worker(
     if request.eval_every:
         check_evaluable(state.model)
     if request.init_key and not request.resume:
-        apply_init(state, read_init_checkpoint(store, request))
+        init = read_init_checkpoint(store, request)
+        apply_init(state, init)
         if rank == 0:
-            log(f"starting from {request.init_from} (sha256 {request.init_sha256[:12]}…)")
+            carries_d = "discriminator" in init
+            log(
+                f"starting from {request.init_from} (sha256 {request.init_sha256[:12]}…): "
+                + (
+                    "G, G_ema and D go on"
+                    if carries_d
+                    else "a generator alone, so D starts fresh (a trained G with a fresh D can get worse "
+                    "before it gets better; a checkpoint with its D continues the pair: docs/training.md)"
+                )
+            )
     if request.resume:
         latest = find_latest(store, request.name, request.run)
         if latest is None:

@@ -71,7 +71,7 @@ def test_the_trainable_checkpoint_comes_back_in_parts_joins_checked_and_continue
     # And a run with --init goes on from it (every variant pins and checks it, as catalogan train does)
     second = _train(tmp_path / "second", "--init", str(joined))
     assert second.returncode == 0, second.stderr[-2000:]
-    assert f"starting from {joined}" in second.stdout
+    assert f"starting from {joined}" in second.stdout and "G, G_ema and D go on" in second.stdout
     assert (
         json.loads((tmp_path / "second" / "variants.json").read_text())["variants"]["b4"]["returncode"] == 0
     )

@@ -97,8 +97,11 @@ def test_init_from_loads_the_generator_and_a_d_warmup_leaves_it_untouched(
     loaded = checkpoint_from_bytes(init)["generator_ema"]
     # When a new run starts from it with a 2-step D warm-up and trains to step 3
     request = _start(store, _request(store, folder, "tuned", 3, init_from="base.pt", d_warmup_steps=2), init)
-    state = run_worker(request, log=lambda _line: None)
-    # Then the run keeps a pinned copy of the init, recorded by sha256
+    lines: list[str] = []
+    state = run_worker(request, log=lines.append)
+    # Then the log says where it started and that D is fresh (a generator-only checkpoint has none)
+    assert any(line.startswith("starting from base.pt") and "D starts fresh" in line for line in lines)
+    # And the run keeps a pinned copy of the init, recorded by sha256
     assert store.get(f"models/tiny/tuned/{INIT_FILE}") == init
     assert request.init_sha256 == sha256_hex(init)
     # And during the warm-up G_ema is exactly the loaded generator and G has its weights (G's batch-norm
