@@ -212,6 +212,19 @@ def sign_in(stack: ConsoleStack, api_key: str) -> None:
     page.wait_for_url(f"{stack.url}/console/jobs")
 
 
+# The grid's images are `loading="lazy"`: the page's load event does not wait for them, so wait for the image's
+# own load (or fail on its error) instead of reading `complete` at once.
+LOADED_WIDTH = """img => (img.complete && img.naturalWidth) ? img.naturalWidth : new Promise((resolve, reject) => {
+    img.addEventListener("load", () => resolve(img.naturalWidth));
+    img.addEventListener("error", () => reject(new Error("image failed to load: " + img.src)));
+})"""
+
+
+def loaded_width(image: Any) -> int:  # a playwright.sync_api.Locator
+    """The natural width of an <img> once it has loaded."""
+    return int(image.evaluate(LOADED_WIDTH))
+
+
 def test_sign_in_open_a_finished_job_and_review_with_the_keyboard(stack: ConsoleStack) -> None:
     """Given acme's finished 16-image job, when a person signs in, opens the job from the list, approves images
     0-2 and rejects image 3 with the keyboard, then SQL, the manifest's review column (JSONL and Parquet) and
@@ -226,7 +239,7 @@ def test_sign_in_open_a_finished_job_and_review_with_the_keyboard(stack: Console
     tiles = page.locator("#grid li.tile")
     assert tiles.count() == 16
     assert "#0" in tiles.nth(0).inner_text() and "SKU SKU-A" in tiles.nth(0).inner_text()
-    assert page.locator("#grid img").first.evaluate("img => img.complete && img.naturalWidth") == 8
+    assert loaded_width(page.locator("#grid img").first) == 8
 
     tiles.nth(0).locator("a.tile-link").focus()
     decided = 0
@@ -285,9 +298,7 @@ def test_sign_in_open_a_finished_job_and_review_with_the_keyboard(stack: Console
         page.locator("svg.curve").count() == 2
     )  # tiny: losses, FID_fm from history.jsonl next to the checkpoint
     shipped = page.locator("article.model", has_text="fashion-cgan@1")
-    assert (
-        shipped.locator("img").nth(0).evaluate("img => img.complete && img.naturalWidth") > 100
-    )  # samples.png
+    assert loaded_width(shipped.locator("img").nth(0)) > 100  # samples.png
     assert "conditional_accuracy" in shipped.inner_text()
     assert page.get_by_role("button", name="Promote to production").count() == 0  # a tenant key looks only
     page.screenshot(path=stack.screenshots / "console-models.png", full_page=True)
