@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import subprocess
 import sys
@@ -126,8 +125,10 @@ def join_parts(path: Path) -> bytes:
     )
     if entry is None:
         raise SystemExit(f"--join: {path.parent / 'variants.json'} records no {path.name}")
+    from models.checkpoint import sha256_hex
+
     data = b"".join((path.parent / name).read_bytes() for name in entry["parts"])
-    actual = hashlib.sha256(data).hexdigest()
+    actual = sha256_hex(data)
     if actual != entry["sha256"]:
         raise SystemExit(f"--join: {path.name} has sha256 {actual}, variants.json records {entry['sha256']}")
     return data
@@ -219,7 +220,13 @@ def main() -> None:
     summary["train_seconds"] = round(time.monotonic() - started, 1)
     (args.out / "variants.json").write_text(json.dumps(summary, indent=2))
 
-    from models.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes, generator_only, trainable_only
+    from models.checkpoint import (
+        checkpoint_from_bytes,
+        checkpoint_to_bytes,
+        generator_only,
+        sha256_hex,
+        trainable_only,
+    )
 
     for name in summary["variants"]:
         found = checkpoints_of(store, name)
@@ -232,7 +239,7 @@ def main() -> None:
             summary["variants"][name]["trainable"] = {
                 "file": path.name,
                 "step": latest["step"],
-                "sha256": hashlib.sha256(trainable).hexdigest(),
+                "sha256": sha256_hex(trainable),
                 "parts": write_parts(trainable, path, args.part_mib * 2**20),
             }
     (args.out / "variants.json").write_text(json.dumps(summary, indent=2))  # --join reads the sha256s

@@ -118,6 +118,11 @@ def generator_only(payload: dict[str, Any]) -> dict[str, Any]:
     return {**{key: payload[key] for key in GENERATOR_KEEP if key in payload}, "kind": GENERATOR}
 
 
+def carries_discriminator(payload: dict[str, Any]) -> bool:
+    """True for a checkpoint that holds the D its G was trained against (full or trainable)."""
+    return payload.get("kind") in (FULL, TRAINABLE)
+
+
 def trainable_only(payload: dict[str, Any]) -> dict[str, Any]:
     """Strip a full checkpoint down to G, G_ema and D (no optimiser state, RNG or history).
 

@@ -21,7 +21,9 @@ def image_seed(job_seed: int, index: int, redraw: int = 0) -> int:
     return int.from_bytes(digest, "little") & MASK_63_BITS
 
 
-def latents_for(job_seed: int, indices: Sequence[int], z_dim: int, *, redraws: Sequence[int] | None = None) -> torch.Tensor:
+def latents_for(
+    job_seed: int, indices: Sequence[int], z_dim: int, *, redraws: Sequence[int] | None = None
+) -> torch.Tensor:
     """Latent vectors for the given image indices, shape (len(indices), z_dim), float32 on the CPU."""
     out = torch.empty(len(indices), z_dim, dtype=torch.float32)
     generator = torch.Generator(device="cpu")

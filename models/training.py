@@ -35,6 +35,7 @@ import torch
 from db.errors import ObjectNotFoundError
 from db.storage import ObjectStore, open_store
 from models.checkpoint import (
+    carries_discriminator,
     checkpoint_from_bytes,
     checkpoint_to_bytes,
     generator_only,
@@ -299,12 +300,11 @@ def run_worker(
         init = read_init_checkpoint(store, request)
         apply_init(state, init)
         if rank == 0:
-            carries_d = "discriminator" in init
             log(
                 f"starting from {request.init_from} (sha256 {request.init_sha256[:12]}…): "
                 + (
                     "G, G_ema and D go on"
-                    if carries_d
+                    if carries_discriminator(init)
                     else "a generator alone, so D starts fresh (a trained G with a fresh D can get worse "
                     "before it gets better; a checkpoint with its D continues the pair: docs/training.md)"
                 )

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from models.build import build_discriminator, build_generator
-from models.checkpoint import FULL, TRAINABLE, capture_rng_states, restore_rng_states
+from models.checkpoint import FULL, capture_rng_states, carries_discriminator, restore_rng_states
 from models.config import ModelConfig, Preset, TrainConfig, with_categories
 from models.data.dataset import TrainingData
 from models.ema import make_ema
@@ -189,8 +189,8 @@ def apply_init(state: WorkerState, payload: dict[str, Any]) -> None:
             + "; ".join(differences)
             + ")"
         )
-    with_discriminator = payload.get("kind") in (FULL, TRAINABLE)
-    state.generator.load_state_dict(payload["generator" if with_discriminator else "generator_ema"])
+    pair = carries_discriminator(payload)
+    state.generator.load_state_dict(payload["generator" if pair else "generator_ema"])
     state.generator_ema.load_state_dict(payload["generator_ema"])
-    if with_discriminator:
+    if pair:
         state.discriminator.load_state_dict(payload["discriminator"])

@@ -66,7 +66,9 @@ def read_idx_images(path: Path) -> np.ndarray:
         raise DataError(f"{path}: bad IDX3 magic {magic} (expected {IDX_IMAGES_MAGIC})")
     expected = count * rows * cols
     if len(raw) - 16 != expected:
-        raise DataError(f"{path}: header says {count}×{rows}×{cols} = {expected} bytes, file has {len(raw) - 16}")
+        raise DataError(
+            f"{path}: header says {count}×{rows}×{cols} = {expected} bytes, file has {len(raw) - 16}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(count, rows, cols)
 
 
@@ -83,7 +85,9 @@ def read_idx_labels(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=8).astype(np.int64)
 
 
-def load_fashion_mnist(root: Path | str = DEFAULT_ROOT, split: Split = "train") -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(
+    root: Path | str = DEFAULT_ROOT, split: Split = "train"
+) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 28, 28) uint8 and labels (N,) int64 of one split; raises `DataError` naming the bad file."""
     root = Path(root)
     image_name, label_name = FILES[split]
