@@ -144,7 +144,8 @@ def default_store_url() -> str:
     show_default=True,
     type=click.Choice(["fp32", "bf16"]),
     help="bf16: autocast to bfloat16 with channels_last (fashion-cgan at batch 128 measured 3.3x fp32's steps/s "
-    "on a CPU with AMX, 2.5x with AVX512-BF16 alone, and slower without either or for tiny models; weights, "
+    "on an Intel CPU with AMX, 2.5x on an AMD EPYC with AVX512-BF16, 1.0x on an Intel Xeon with AVX512-BF16 "
+    "and no AMX, and slower for tiny models: measure yours with bench/bench_train_precision.py; weights, "
     "gradients and optimiser state stay fp32).",
 )
 @click.option(
