@@ -8,8 +8,9 @@
 #                                        # beside it; training steps/s with cudnn.benchmark off and on; then
 #                                        # 1, 2, 4 and 8 worker processes sharing the GPU)
 #   bash bench/device_session.sh train   # TRAIN_S (default 500 s, ~22,000 steps, in one 600-s call):
-#                                        # fashion-cgan at batch 128 from scratch, the issue-15 candidate
-#                                        # recipe run longer; carry .devcarry
+#                                        # fashion-cgan from scratch at batch 128 (the issue-15 candidate
+#                                        # recipe run longer) and at batch 256, as two processes on the one
+#                                        # GPU (VARIANTS= to change); carry .devcarry
 #   INIT=.devcarry/b128-trainable.pt bash bench/device_session.sh train
 #                                        # the same, going on from an earlier call's G, G_ema and D (join
 #                                        # its parts first, see below; copy it into .devcarry)
@@ -17,10 +18,11 @@
 # Before `train`, on the CPU box: mkdir -p .devcarry/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz
 # .devcarry/fashion-mnist/ and pass carry [".devcarry"]. Everything lands under $OUT (set by the device
 # machine): bench/gpu_bench.json, bench/gpu_worker_section.json, bench/gpu_worker_processes.json,
-# train/variants.json, train/b128-generator.pt, train/b128-trainable.pt.part-0 and -1, and a log per part.
-# Score the generator afterwards on the CPU box, and join the trainable checkpoint for the next call:
-#   catalogan evaluate OUT/train/b128-generator.pt --samples 1000 --json --out eval.json
+# train/variants.json, train/b128-trainable.pt.part-0 and -1, train/b256-trainable.pt.part-0 and -1, and a
+# log per part (6 files, about 47 MiB: the machine brings back at most 8 files and 64 MiB). On the CPU box,
+# join each trainable checkpoint (which also writes its generator), then score the generator:
 #   .venv/bin/python bench/train_variants_gpu.py --join OUT/train/b128-trainable.pt
+#   catalogan evaluate OUT/train/b128-generator.pt --samples 1000 --json --out eval.json
 # On the CPU box, PYTHON=.venv/bin/python runs the same calls (slowly: no GPU). Nothing here is a dependency
 # of CI; `tests/workers/test_gpu_bench_worker_section.py` runs sections 3 and 5 on the CPU (section 3 with
 # only what the device image has).
@@ -42,10 +44,15 @@ case "$part" in
   train)
     mkdir -p "$out/train"
     train_s=${TRAIN_S:-500}
-    # 44.9 steps/s at batch 128 on an H200 (bench/candidates/README.md): 500 s ≈ 22,000 steps, the run stops at
-    # --train-s and keeps its latest checkpoint; --eval-s scores it with 200 images per category
+    # 44.9 steps/s at batch 128 on an H200 with four variants sharing it (bench/candidates/README.md): 500 s ≈
+    # 22,000 steps; each run stops at --train-s and keeps its latest checkpoint; --eval-s scores them with 200
+    # images per category. No generator files: --join makes them, and two variants' would pass 8 files.
+    variant_args=()
+    for variant in ${VARIANTS:-b128:batch_size=128 b256:batch_size=256}; do
+      variant_args+=(--variant "$variant")
+    done
     "$python" bench/train_variants_gpu.py --data "${DATA:-fashion-mnist:.devcarry/fashion-mnist}" \
-      --variant b128:batch_size=128 --steps "${STEPS:-30000}" --checkpoint-every 1000 \
+      "${variant_args[@]}" --steps "${STEPS:-30000}" --checkpoint-every 1000 --no-generator-files \
       --train-s "$train_s" --eval-s "${EVAL_S:-40}" --samples 200 --out "$out/train" \
       ${INIT:+--init "$INIT"} \
       2>&1 | tail -n 200 | tee "$out/train.log"

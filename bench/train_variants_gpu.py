@@ -10,11 +10,15 @@ The latest EMA generator of every variant is written to --out as a generator-onl
 (`NAME-generator.pt`, what `catalogan evaluate` and the registry take), and its G, G_ema and D as a trainable
 checkpoint (`NAME-trainable.pt`, what `catalogan train --init-from` or `--init` here continues with the D
 that G was trained against), cut into parts of at most --part-mib MiB (`NAME-trainable.pt.part-0`, ...) so
-that each part fits the device machine's limit on a file brought back; `--join` puts one together again
-and checks it against the sha256 recorded in `variants.json`.
+that each part fits the device machine's limit on a file brought back; `--join` puts one together again,
+checks it against the sha256 recorded in `variants.json` and writes `NAME-generator.pt` from it (the same
+bytes as the one written here). The device machine brings back at most 8 files and 64 MiB in all, so with
+two or more variants pass `--no-generator-files`: each variant then costs two parts (about 23 MiB for
+fashion-cgan) and its generator is made by `--join`.
 
     python bench/train_variants_gpu.py --data fashion-mnist:.devcarry/fashion-mnist --steps 20000 --out $OUT
     python bench/train_variants_gpu.py --join OUT/train/b128-trainable.pt      # on the CPU box, afterwards
+                                        # (writes b128-trainable.pt and b128-generator.pt beside the parts)
 
 --init FILE starts every variant from a checkpoint (generator-only: G and G_ema from its EMA weights with a
 fresh D; trainable or full: the pair goes on training), as `catalogan train --init-from` does.
@@ -161,6 +165,14 @@ def score(path: Path, samples: int, data: str) -> dict[str, Any]:
 
 
 def main() -> None:
+    from models.checkpoint import (
+        checkpoint_from_bytes,
+        checkpoint_to_bytes,
+        generator_only,
+        sha256_hex,
+        trainable_only,
+    )
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--steps", type=int, default=20_000)
@@ -173,6 +185,12 @@ def main() -> None:
     parser.add_argument("--init", help="start every variant from this checkpoint (see above)")
     parser.add_argument("--part-mib", type=int, default=15, help="largest part of a trainable checkpoint")
     parser.add_argument(
+        "--generator-files",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also write NAME-generator.pt to --out (--join makes it from the parts either way)",
+    )
+    parser.add_argument(
         "--join", type=Path, help="put OUT/NAME-trainable.pt together from its parts, and exit"
     )
     parser.add_argument("--store")
@@ -182,8 +200,11 @@ def main() -> None:
         child(args)
         return
     if args.join:
-        args.join.write_bytes(join_parts(args.join))
-        print(f"{args.join}: sha256 checked", flush=True)
+        data = join_parts(args.join)
+        args.join.write_bytes(data)
+        generator = args.join.with_name(args.join.name.replace("-trainable.pt", "-generator.pt"))
+        generator.write_bytes(checkpoint_to_bytes(generator_only(checkpoint_from_bytes(data))))
+        print(f"{args.join}: sha256 checked; {generator.name} written beside it", flush=True)
         return
     args.out.mkdir(parents=True, exist_ok=True)
     variants = args.variant or list(DEFAULT_VARIANTS)
@@ -220,20 +241,13 @@ def main() -> None:
     summary["train_seconds"] = round(time.monotonic() - started, 1)
     (args.out / "variants.json").write_text(json.dumps(summary, indent=2))
 
-    from models.checkpoint import (
-        checkpoint_from_bytes,
-        checkpoint_to_bytes,
-        generator_only,
-        sha256_hex,
-        trainable_only,
-    )
-
     for name in summary["variants"]:
         found = checkpoints_of(store, name)
         summary["variants"][name]["checkpoints"] = [p.name for p in found]
         if found:
             latest = checkpoint_from_bytes(found[-1].read_bytes())
-            (args.out / f"{name}-generator.pt").write_bytes(checkpoint_to_bytes(generator_only(latest)))
+            if args.generator_files:
+                (args.out / f"{name}-generator.pt").write_bytes(checkpoint_to_bytes(generator_only(latest)))
             trainable = checkpoint_to_bytes(trainable_only(latest))
             path = args.out / f"{name}-trainable.pt"
             summary["variants"][name]["trainable"] = {

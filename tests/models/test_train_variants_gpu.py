@@ -58,19 +58,28 @@ def test_the_trainable_checkpoint_comes_back_in_parts_joins_checked_and_continue
     parts = [tmp_path / "first" / name for name in entry["parts"]]
     assert len(parts) >= 2 and all(0 < part.stat().st_size <= 8 * 2**20 for part in parts)
     assert entry["file"] == "b4-trainable.pt" and entry["step"] == 2
+    written_generator = (tmp_path / "first" / "b4-generator.pt").read_bytes()
+    (tmp_path / "first" / "b4-generator.pt").unlink()
     # When --join puts it together
     joined = tmp_path / "first" / "b4-trainable.pt"
     join = subprocess.run(
         [sys.executable, str(SCRIPT), "--join", str(joined)], capture_output=True, text=True, timeout=120
     )
     assert join.returncode == 0, join.stderr
+    # Then --join also wrote the generator, the same bytes as the one the training call wrote itself
+    joined_generator = tmp_path / "first" / "b4-generator.pt"
+    assert joined_generator.read_bytes() == written_generator
     # Then it is the trainable checkpoint of step 2: G, G_ema and D, no optimiser state
     payload = checkpoint_from_bytes(joined.read_bytes())
     assert payload["kind"] == TRAINABLE and payload["step"] == 2
     assert {"generator", "generator_ema", "discriminator"} <= set(payload) and "optimizer_d" not in payload
     # And a run with --init goes on from it (every variant pins and checks it, as catalogan train does)
-    second = _train(tmp_path / "second", "--init", str(joined))
+    second = _train(tmp_path / "second", "--init", str(joined), "--no-generator-files")
     assert second.returncode == 0, second.stderr[-2000:]
+    # (--no-generator-files, as the device session passes it, brings back the parts and no generator)
+    assert sorted(p.name for p in (tmp_path / "second").glob("b4-*")) == [
+        f"b4-trainable.pt.part-{n}" for n in range(len(parts))
+    ]
     assert f"starting from {joined}" in second.stdout and "G, G_ema and D go on" in second.stdout
     assert (
         json.loads((tmp_path / "second" / "variants.json").read_text())["variants"]["b4"]["returncode"] == 0
