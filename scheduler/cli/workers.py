@@ -55,9 +55,14 @@ def lease_holders() -> list[dict[str, Any]]:
 
 
 def alive_on(host: str, broker: BrokerSettings, data: DataSettings) -> list[str]:
-    """Workers named `*@host` that answer a ping or hold a live lease (a busy solo-pool worker does not ping)."""
-    names = [*ping_workers(broker, data), *(str(h["worker"]) for h in lease_holders() if h["worker"])]
-    return sorted({name for name in names if name.endswith(f"@{host}")})
+    """Workers of `host` that answer a ping or hold a live lease (a busy solo-pool worker does not ping).
+
+    The two name a worker differently: Celery's node name is `name@host`, a lease's holder is `host:pid`
+    (`workers.context`), so each is matched on its own form.
+    """
+    pinged = [name for name in ping_workers(broker, data) if name.endswith(f"@{host}")]
+    holding = [str(h["worker"]) for h in lease_holders() if str(h["worker"] or "").startswith(f"{host}:")]
+    return sorted({*pinged, *holding})
 
 
 @click.command("workers")

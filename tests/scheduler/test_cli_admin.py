@@ -172,6 +172,34 @@ def test_workers_shows_queue_depths_from_redis(cli_env: dict[str, str], redis_ur
     assert body["workers"] == []
 
 
+def test_alive_on_counts_a_worker_that_holds_a_live_lease_but_answers_no_ping(
+    cli_env: dict[str, str], redis_url: str, pg_factory: sessionmaker[Session], model_version: Any
+) -> None:
+    """The worker container's healthcheck (`workers --alive-on $HOSTNAME`): a busy solo-pool worker answers
+    no ping, so a live lease must keep it healthy. Leases name their holder `host:pid`, pings `name@host`."""
+    from db.chunks import claim_chunk
+    from db.planning import JobSpec, plan_job
+
+    tenant = json.loads(run(["tenants", "create", "acme", "--json"], cli_env).output)
+    with transaction(pg_factory) as session:
+        spec = JobSpec(model="tiny", items=[{"category": "a", "count": 2}], chunk_size=1)  # type: ignore[list-item]
+        planned = plan_job(session, spec, tenant_id=tenant["id"], model_version=model_version)
+    # Given a chunk leased by a worker process on host vm-a (no Celery worker runs, so nothing answers a ping)
+    # and one whose lease on vm-b has expired
+    with transaction(pg_factory) as session:
+        assert claim_chunk(session, planned.chunk_ids[0], worker="vm-a:12345", lease_seconds=300) is not None
+        assert claim_chunk(session, planned.chunk_ids[1], worker="vm-b:7", lease_seconds=-1) is not None
+    env = {**cli_env, "CATALOGAN_BROKER_URL": redis_url}
+    # When the healthcheck runs on vm-a, then it passes and names the lease holder
+    alive = run(["workers", "--alive-on", "vm-a"], env)
+    assert alive.exit_code == 0, alive.output
+    assert alive.output.split() == ["vm-a:12345"]
+    # And on vm-b (expired lease), on a host whose name is a prefix of vm-a's, and on another host, it fails
+    for host in ("vm-b", "vm", "vm-c"):
+        dead = run(["workers", "--alive-on", host], env)
+        assert dead.exit_code == 1 and f"no worker on {host} answers a ping or holds a lease" in dead.output
+
+
 def test_serve_refuses_a_bad_chunk_size_setting_at_start_in_one_line() -> None:
     # Given a default chunk size outside 1–4096
     env = {"CATALOGAN_CHUNK_SIZE_BACKFILL": "0"}
