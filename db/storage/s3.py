@@ -97,12 +97,19 @@ def _data_loader() -> botocore.loaders.Loader:
 
 
 def make_s3_client(endpoint_url: str | None = None) -> Any:
-    """A boto3 S3 client configured the catalogan way (endpoint from the environment unless given)."""
+    """A boto3 S3 client configured the catalogan way (endpoint from the environment unless given).
+
+    The region is `AWS_REGION` when set: botocore itself reads only `AWS_DEFAULT_REGION` and the profile, while
+    the AWS CLI v2, the other SDKs and container platforms set `AWS_REGION`; without it, botocore's own chain.
+    """
     endpoint = endpoint_url or custom_endpoint()
     core = botocore.session.get_session()
     core.register_component("data_loader", _data_loader())
     return boto3.session.Session(botocore_session=core).client(
-        "s3", endpoint_url=endpoint, config=client_config(path_style=endpoint is not None)
+        "s3",
+        endpoint_url=endpoint,
+        region_name=os.environ.get("AWS_REGION") or None,
+        config=client_config(path_style=endpoint is not None),
     )
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from db.errors import InvalidKeyError, ObjectNotFoundError, StorageError
 from db.storage import LocalStore, MemoryStore, ObjectInfo, ObjectStore, open_store
+from db.storage.s3 import S3Store
+from tests.services import TEST_BUCKET
 
 BAD_KEYS = ["", "/abs", "a//b", "a/", "../x", "a/../b", "a/./b", "a\\b", "a\x00b", "a\nb"]
 
@@ -178,6 +180,36 @@ def test_s3_unreachable_endpoint_is_transient(monkeypatch: pytest.MonkeyPatch) -
 
     with pytest.raises(TransientStorageError, match="put s3://bucket/prefix/k"):
         store.put("k", b"x")
+
+
+@pytest.mark.integration
+def test_s3_region_comes_from_aws_region_the_variable_compose_and_the_docs_set(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore reads only AWS_DEFAULT_REGION; AWS_REGION, which the docs and compose set, must not be ignored
+    (a bucket outside us-east-1 would get URLs signed for the wrong region)."""
+    for name, value in s3_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    # Given AWS_REGION, also beside a different AWS_DEFAULT_REGION (AWS_REGION wins, as in the AWS CLI v2)
+    for default_region in (None, "ap-south-1"):
+        if default_region:
+            monkeypatch.setenv("AWS_DEFAULT_REGION", default_region)
+        else:
+            monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+        monkeypatch.setenv("AWS_REGION", "eu-west-3")
+        store = open_store(f"s3://{TEST_BUCKET}/region-{default_region}")
+        assert isinstance(store, S3Store)
+        # Then the client, the fast PUT path and the presigned URLs use it, and the server accepts all three
+        assert store.client.meta.region_name == "eu-west-3"
+        store.put("r.png", b"regional")
+        assert store.get("r.png") == b"regional"
+        url = store.presign("r.png", expires_in_seconds=60).url
+        assert "%2Feu-west-3%2Fs3%2Faws4_request" in url
+        assert httpx.get(url).content == b"regional"
+    # And without AWS_REGION botocore's own chain decides (AWS_DEFAULT_REGION here)
+    monkeypatch.delenv("AWS_REGION")
+    assert open_store("s3://any-bucket/x").client.meta.region_name == "ap-south-1"  # type: ignore[attr-defined]
 
 
 def test_local_store_writes_files_under_its_folder_and_leaves_no_temp_files(local_store: LocalStore) -> None:
