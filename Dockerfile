@@ -15,6 +15,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 10001 catalogan
 WORKDIR /app
 
+# Fashion-MNIST from Debian (the same files as on a development box): `catalogan train --data fashion-mnist`
+# trains on it, and the shipped model's memorization index (the workers' near-copy gate) is built from it.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+    && rm -rf /var/lib/apt/lists/*
+
 # PyTorch first: the largest layer, cached across code changes (it changes only with models/torch-cuda.txt).
 COPY models/torch-cuda.txt /tmp/torch-cuda.txt
 RUN if [ "$TORCH_VARIANT" = cpu ]; then \
@@ -28,7 +34,8 @@ COPY db ./db
 COPY models ./models
 COPY workers ./workers
 COPY scheduler ./scheduler
-RUN pip install ".[server]"
+# cluster: the Ray dashboard and `ray://` addresses on top of the server extra (the ray-head service uses both)
+RUN pip install ".[server,cluster]"
 
 USER catalogan
 EXPOSE 8000

@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -311,9 +312,21 @@ def test_one_torch_cuda_pin_that_pytorch_publishes_is_used_by_the_dockerfile_and
 
 
 def test_the_dockerfile_builds_one_image_with_the_cli() -> None:
-    """Given the Dockerfile, when read, then it installs the project with its server extra and serves the API."""
+    """Given the Dockerfile, when read, then it installs the project with its server and cluster extras (the
+    Ray head's dashboard and `ray://` need `ray[default,client]`), Debian's Fashion-MNIST (the README's
+    training step and the shipped model's memorization index read it) and serves the API; the build context
+    leaves out the virtualenv and git history."""
     text = (ROOT / "Dockerfile").read_text()
-    assert 'pip install ".[server]"' in text and 'CMD ["catalogan", "serve"' in text
+    assert 'pip install ".[server,cluster]"' in text and 'CMD ["catalogan", "serve"' in text
+    cluster = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["cluster"]
+    ray = next(requirement for requirement in cluster if requirement.startswith("ray["))
+    assert {"default", "client", "train"} <= set(ray.split("[")[1].split("]")[0].split(","))
+    assert re.search(r"apt-get install -y --no-install-recommends dataset-fashion-mnist", text)
+    from models.data.fashion_mnist import DEFAULT_ROOT
+
+    assert str(DEFAULT_ROOT) == "/usr/share/datasets/fashion-mnist"  # where Debian's package puts the files
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git"} <= set(ignored)
     assert re.search(r"^FROM python:3\.11\.\d+-slim", text, re.M)
     for package in ("db", "models", "workers", "scheduler"):
         assert f"COPY {package} ./{package}" in text
