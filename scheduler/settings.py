@@ -165,6 +165,12 @@ class WebhookSettings(BaseSettings):
     webhook_max_response_bytes: int = Field(
         default=64 * 1024, ge=0, description="Bytes of a receiver's answer read at most (the status decides)."
     )
+    webhook_resolve_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=30,
+        description="Longest a submit waits for its webhook host's DNS answer (then a 422 naming webhook_url).",
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> WebhookSettings:

@@ -29,13 +29,17 @@ A slow or silent receiver therefore costs its own tenant's events, and others' a
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import json
+import math
 import random
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -48,6 +52,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
+from db.errors import LimitExceededError
 from db.status import DeliveryStatus, JobStatus
 from db.tables import Job, Tenant, WebhookDelivery, utcnow
 from db.urls import split_url
@@ -100,26 +105,87 @@ def _is_public(address: str) -> bool:
     )
 
 
-def check_target(url: str, *, allow_private: bool, resolver: Resolver = resolve_host) -> None:
-    """Raise `UnsafeWebhookTargetError` unless `url` is http(s) and (unless allowed) resolves to public addresses only."""
+def _host_and_port(url: str) -> tuple[str, int]:
+    """`url`'s host and port; `UnsafeWebhookTargetError` unless it is an http(s) URL with a host, no credentials."""
     parts = split_url(url, error=UnsafeWebhookTargetError, field="webhook_url")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeWebhookTargetError(f"webhook_url {url!r}: must be an http:// or https:// URL with a host")
     if parts.username or parts.password:
         raise UnsafeWebhookTargetError(f"webhook_url {url!r}: must not carry credentials")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         raise UnsafeWebhookTargetError(f"webhook_url {url!r}: invalid port") from exc
-    if allow_private:
-        return
-    addresses = resolver(parts.hostname, port)
+
+
+def _check_addresses(url: str, addresses: Sequence[str]) -> None:
     refused = [address for address in addresses if not _is_public(address)]
     if refused or not addresses:
         raise UnsafeWebhookTargetError(
             f"webhook_url {url!r}: resolves to a loopback, private or link-local address ({', '.join(refused)}); "
             "refused unless the operator sets CATALOGAN_WEBHOOK_ALLOW_PRIVATE_TARGETS"
         )
+
+
+def check_target(url: str, *, allow_private: bool, resolver: Resolver = resolve_host) -> None:
+    """Raise `UnsafeWebhookTargetError` unless `url` is http(s) and (unless allowed) resolves to public addresses only.
+
+    Blocking (the lookup); on an event loop use `SubmitResolver.check`.
+    """
+    host, port = _host_and_port(url)
+    if not allow_private:
+        _check_addresses(url, resolver(host, port))
+
+
+class SubmitResolver:
+    """`check_target` for the API's event loop: the lookup off the loop, bounded in time and per tenant.
+
+    A tenant names the webhook host, so it may also run the DNS server that answers for it, slowly. The lookup
+    runs on this object's own threads (never the event loop, never the shared thread pool), the submit gets a
+    422 after `timeout_seconds`, and a tenant whose earlier lookup is still running (a timed-out
+    `getaddrinfo` cannot be cancelled) gets a 429 instead of another thread: one tenant holds at most
+    `per_tenant` threads, and the others' lookups keep theirs.
+    """
+
+    def __init__(
+        self,
+        *,
+        threads: int = 8,
+        per_tenant: int = 1,
+        timeout_seconds: float = 5.0,
+        resolver: Resolver = resolve_host,
+    ) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook-dns")
+        self.per_tenant, self.timeout_seconds, self.resolver = per_tenant, timeout_seconds, resolver
+        self.running: Counter[str] = (
+            Counter()
+        )  # tenant id → lookups not yet returned (read and written on the loop)
+
+    async def check(self, url: str, *, allow_private: bool, tenant_id: str) -> None:
+        """As `check_target`, awaited; `LimitExceededError` while this tenant's earlier lookup still runs."""
+        host, port = _host_and_port(url)
+        if allow_private:
+            return
+        if self.running[tenant_id] >= self.per_tenant:
+            raise LimitExceededError(
+                "webhook_url: an earlier lookup of your webhook host has not returned yet; retry later",
+                retry_after_seconds=math.ceil(self.timeout_seconds),
+            )
+        self.running[tenant_id] += 1
+        lookup = asyncio.get_running_loop().run_in_executor(self.executor, self.resolver, host, port)
+        lookup.add_done_callback(lambda _: self._finished(tenant_id))  # also after a timeout: when it returns
+        try:
+            addresses = await asyncio.wait_for(asyncio.shield(lookup), self.timeout_seconds)
+        except TimeoutError as exc:
+            raise UnsafeWebhookTargetError(
+                f"webhook_url host {host!r} did not resolve within {self.timeout_seconds:g} s"
+            ) from exc
+        _check_addresses(url, addresses)
+
+    def _finished(self, tenant_id: str) -> None:
+        self.running[tenant_id] -= 1
+        if self.running[tenant_id] <= 0:
+            del self.running[tenant_id]
 
 
 def job_event_data(job: Job) -> dict[str, Any]:

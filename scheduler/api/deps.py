@@ -30,6 +30,7 @@ from scheduler.api.limits import (
 )
 from scheduler.settings import ApiSettings, WebhookSettings
 from scheduler.submission import TenantSubmitLocks
+from scheduler.webhooks import SubmitResolver
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Services:
     owns_engine: bool = False  # True when build_services made the engine (then close() disposes it)
     submit_locks: TenantSubmitLocks = field(default_factory=TenantSubmitLocks)
     preview_slots: ConcurrencyLimiter | None = None  # per-tenant previews in progress; built in __post_init__
+    webhook_resolver: SubmitResolver | None = None  # submit-time webhook host lookups; built in __post_init__
     _session_slots: RunVar[anyio.Semaphore] | None = field(default=None, init=False, repr=False)
     _session_slot_count: int = field(default=0, init=False, repr=False)
     _preview_threads: RunVar[anyio.CapacityLimiter] | None = field(default=None, init=False, repr=False)
@@ -60,6 +62,10 @@ class Services:
             self._session_slots = RunVar(f"catalogan_session_slots_{id(self)}")
             self._session_slot_count = count
         self._preview_threads = RunVar(f"catalogan_preview_threads_{id(self)}")
+        if self.webhook_resolver is None:
+            self.webhook_resolver = SubmitResolver(
+                timeout_seconds=self.webhooks.webhook_resolve_timeout_seconds
+            )
         if self.preview_slots is None:
             self.preview_slots = (
                 RedisConcurrencyLimiter(self.redis, "previews")
@@ -101,6 +107,8 @@ class Services:
         """Release connections at shutdown: Redis, and an engine this process built."""
         if self.redis is not None:
             self.redis.close()
+        if self.webhook_resolver is not None:
+            self.webhook_resolver.executor.shutdown(wait=False, cancel_futures=True)
         # The broker's producer pools are kombu globals shared by every app on the same URL: left alone.
         if self.owns_engine:
             bind = self.session_factory.kw.get("bind")

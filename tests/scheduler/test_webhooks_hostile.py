@@ -225,3 +225,77 @@ def test_a_silent_receiver_delays_only_its_own_tenant(
     attempted = [row for row in _rows(pg_factory, s_ids) if row.attempts]
     assert len(attempted) == 2
     assert all(row.status is DeliveryStatus.DELIVERED for row in _rows(pg_factory, f_ids))
+
+
+SLOW_DNS_NAME = "slow-dns.catalogan.test"  # its tenant runs the DNS server that answers for it, slowly
+FAST_DNS_NAME = "hooks.catalogan.test"
+
+
+def test_a_tenant_whose_webhook_host_resolves_slowly_stalls_no_one_and_holds_one_lookup(
+    pg_factory: sessionmaker[Session],
+    model_version: Any,
+    make_tenant: Callable[..., Credentials],
+    api_store: Any,
+    published: list[Any],
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A submit checks its webhook host's addresses (SSRF guard), so it must resolve the host a tenant chose.
+    The lookup must not run on the event loop (every request would wait on the tenant's DNS server), must end
+    in a 422 naming webhook_url after the configured time, and a tenant whose lookup still runs gets no
+    second thread for another."""
+    import httpx
+
+    from scheduler.settings import ApiSettings
+    from tests.scheduler.conftest import LiveServer, _app
+
+    real_getaddrinfo = socket.getaddrinfo
+    slow_answered = threading.Event()
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == SLOW_DNS_NAME:
+            time.sleep(3.0)
+            slow_answered.set()
+        if host in (SLOW_DNS_NAME, FAST_DNS_NAME):
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (PUBLIC_ADDRESS, 443))]
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    webhooks = WebhookSettings(webhook_allow_private_targets=False, webhook_resolve_timeout_seconds=1.0)
+    server = LiveServer(_app(pg_factory, api_store, published, tmp_path, ApiSettings(), webhooks)).start()
+    attacker, victim = make_tenant("attacker"), make_tenant("victim")
+
+    def submit(who: Credentials, host: str) -> httpx.Response:
+        body = {"model": "tiny@1", "items": [{"category": "a", "count": 1}], "webhook_url": f"https://{host}/h"}
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            return client.post("/v1/jobs", headers=who.headers, json=body)
+
+    try:
+        answers: list[httpx.Response] = []
+        # Given the attacker's submit waiting on its DNS server
+        attack = threading.Thread(target=lambda: answers.append(submit(attacker, SLOW_DNS_NAME)))
+        attack.start()
+        time.sleep(0.3)
+        # When others use the API meanwhile, then they are answered at once: the event loop is not waiting
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            started = time.monotonic()
+            assert client.get("/healthz").status_code == 200
+            assert client.get("/v1/jobs", headers=victim.headers).status_code == 200
+            assert time.monotonic() - started < 0.6
+        victim_submit = submit(victim, FAST_DNS_NAME)
+        assert victim_submit.status_code == 201, victim_submit.text
+        # And a second submit of the attacker's while its lookup runs gets a 429, not another thread
+        second = submit(attacker, FAST_DNS_NAME)
+        assert second.status_code == 429 and "earlier lookup" in second.json()["detail"]
+        # Then the attacker's submit is refused after the timeout, naming the field, before its DNS answered
+        attack.join()
+        assert answers[0].status_code == 422, answers[0].text
+        assert answers[0].json()["errors"][0]["field"] == "webhook_url"
+        assert "did not resolve within 1 s" in answers[0].json()["detail"]
+        assert not slow_answered.is_set()
+        # And once its lookup has returned, the attacker may submit again
+        assert slow_answered.wait(5)
+        time.sleep(0.1)
+        assert submit(attacker, FAST_DNS_NAME).status_code == 201
+    finally:
+        server.stop()

@@ -39,7 +39,6 @@ from scheduler.api.views import job_public
 from scheduler.errors import RequestValidationError
 from scheduler.estimates import count_chunks, measured_throughput
 from scheduler.submission import SubmitAbandonedError
-from scheduler.webhooks import check_target
 
 # Answered (to no one) for a submit dropped because its client went away (nginx's code for it).
 CLIENT_CLOSED_REQUEST = 499
@@ -95,8 +94,13 @@ async def create_job(
         job_request, items = await read_job_request(request, services, tenant.id)
         spec = await run_in_threadpool(job_spec, job_request, items)
         del job_request, items
-        if spec.webhook_url:
-            check_target(spec.webhook_url, allow_private=services.webhooks.webhook_allow_private_targets)
+        if spec.webhook_url:  # off the event loop, bounded in time and per tenant (SubmitResolver)
+            assert services.webhook_resolver is not None
+            await services.webhook_resolver.check(
+                spec.webhook_url,
+                allow_private=services.webhooks.webhook_allow_private_targets,
+                tenant_id=tenant.id,
+            )
         submit = functools.partial(
             submit_job,
             services.session_factory,
