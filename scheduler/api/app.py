@@ -15,6 +15,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import engine_from_settings, make_session_factory
@@ -34,6 +36,7 @@ from scheduler.api.limits import BodySizeLimitMiddleware, MemoryRateLimiter, Rat
 from scheduler.api.openapi_extras import document_webhooks, operation_id
 from scheduler.api.problems import install_problem_handlers, problem_response
 from scheduler.api.routes import health, images, jobs, models, previews, shards
+from scheduler.api.schemas import JobCreate, PreviewCreate
 from scheduler.console import install_console
 from scheduler.errors import PayloadTooLargeError
 from scheduler.metrics import make_registry
@@ -148,6 +151,32 @@ def build_services(
     )
 
 
+# Bodies that routes read themselves (`read_json_body`, after the API key): FastAPI does not see them as
+# parameters, so their schemas are added to the document's components here.
+SELF_READ_BODIES: tuple[type[BaseModel], ...] = (JobCreate, PreviewCreate)
+
+
+def document_self_read_bodies(app: FastAPI) -> None:
+    """Add the schemas of `SELF_READ_BODIES` (and the models they use) to the OpenAPI components, in
+    validation mode as FastAPI names a request body's; a schema the document already has is kept."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()
+        _, top = models_json_schema(
+            [(model, "validation") for model in SELF_READ_BODIES], ref_template="#/components/schemas/{model}"
+        )
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for name, schema in top.get("$defs", {}).items():
+            schemas.setdefault(name, schema)
+        document["components"]["schemas"] = dict(sorted(schemas.items()))
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def publish_operator_bounds(app: FastAPI, settings: ApiSettings) -> None:
     """State the operator's bounds in the OpenAPI document where they are tighter than the schema's own:
     `retention_days` at most CATALOGAN_MAX_JOB_RETENTION_DAYS (a larger value is a 422)."""
@@ -215,6 +244,7 @@ def create_app(
         app.include_router(module.router)
     install_console(app, services)  # the web console under /console/ (scheduler.console)
     document_webhooks(app)
+    document_self_read_bodies(app)
     publish_operator_bounds(app, settings)
     if settings.cors_origins:
         app.add_middleware(

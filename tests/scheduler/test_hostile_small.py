@@ -192,3 +192,64 @@ def test_a_sku_named_like_the_jobs_own_files_is_refused(
         assert "reserved" in uploaded.text
     with pg_factory() as session:
         assert session.scalars(select(Chunk.id)).first() is None
+
+
+def test_estimate_and_preview_bodies_are_parsed_only_after_the_key_and_the_rate_limit_and_off_the_loop(
+    api: TestClient, make_tenant: Callable[..., Credentials], monkeypatch: Any
+) -> None:
+    """FastAPI parses a declared body on the event loop before any dependency runs: a caller without a key
+    could make every request wait on the parse of a 10 MiB body. These two routes read their body themselves,
+    after authentication and the rate limit, on a worker thread."""
+    import asyncio
+
+    from scheduler.api.schemas import JobCreate, PreviewCreate
+
+    parses: list[tuple[str, bool]] = []
+
+    def recording(model: Any) -> Any:
+        original = model.model_validate_json
+
+        def parse(data: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+                on_loop = True
+            except RuntimeError:
+                on_loop = False
+            parses.append((model.__name__, on_loop))
+            return original(data, *args, **kwargs)
+
+        return parse
+
+    monkeypatch.setattr(JobCreate, "model_validate_json", recording(JobCreate))
+    monkeypatch.setattr(PreviewCreate, "model_validate_json", recording(PreviewCreate))
+    big = b"[" + b"[]," * (3 * 2**20) + b"[]]"  # ~9 MiB of JSON, under the 10 MiB body limit
+    limited = make_tenant(requests_per_minute=1)
+    assert api.get("/v1/jobs", headers=limited.headers).status_code == 200  # its one request this minute
+    for path in ("/v1/jobs:estimate", "/v1/previews"):
+        # Given a body that would take a CPU a while to parse, when sent without a valid key or over the limit
+        no_key = api.post(
+            path, content=big, headers={"Authorization": "Bearer cg_nope", "Content-Type": "application/json"}
+        )
+        over = api.post(path, content=big, headers={**limited.headers, "Content-Type": "application/json"})
+        # Then the answers are 401 and 429, and the body was never parsed
+        assert (no_key.status_code, over.status_code) == (401, 429), (path, no_key.text, over.text)
+    assert parses == []
+    # And with a valid key the body is parsed, on a worker thread, and a bad field is still a 422 naming it
+    tenant = make_tenant()
+    estimate = api.post(
+        "/v1/jobs:estimate", json={"items": [{"category": "a", "count": 0}]}, headers=tenant.headers
+    )
+    assert estimate.status_code == 422 and estimate.json()["errors"][0]["field"].endswith("items.0.count")
+    preview = api.post("/v1/previews", json={"category": "a", "count": 9}, headers=tenant.headers)
+    assert preview.status_code == 422 and preview.json()["errors"][0]["field"].endswith("count")
+    assert (
+        api.post(
+            "/v1/jobs:estimate", content=b"x", headers={**tenant.headers, "Content-Type": "text/csv"}
+        ).status_code
+        == 415
+    )
+    assert parses == [("JobCreate", False), ("PreviewCreate", False)]
+    ok = api.post(
+        "/v1/jobs:estimate", json={"items": [{"category": "a", "count": 3}]}, headers=tenant.headers
+    )
+    assert ok.status_code == 200 and ok.json()["images"] == 3

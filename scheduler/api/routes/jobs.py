@@ -17,7 +17,7 @@ from db import job_deletion
 from db.chunk_outcomes import retry_failed_images
 from db.engine import transaction
 from db.incremental import count_skipped_items, count_skipped_items_of_jobs
-from db.job_specs import MAX_METADATA_KEYS, METADATA_FILTER_PATTERN, parse_metadata_pairs
+from db.job_specs import MAX_METADATA_KEYS, METADATA_FILTER_PATTERN, JobSpec, parse_metadata_pairs
 from db.jobs import get_job, request_cancel
 from db.latent_control import resolve_latent_control
 from db.planning import PlannedJob, mark_job_enqueued, resolve_job_model, submit_job
@@ -30,7 +30,9 @@ from scheduler.api.job_requests import (
     SUBMIT_BODY_OPENAPI,
     check_idempotency_key,
     job_spec,
+    json_body_openapi,
     read_job_request,
+    read_json_body,
     submit_limits,
 )
 from scheduler.api.problems import COMMON_ERRORS, problem_doc
@@ -38,6 +40,7 @@ from scheduler.api.schemas import EstimatePublic, JobCreate, JobPage, JobPublic,
 from scheduler.api.views import job_public
 from scheduler.errors import RequestValidationError
 from scheduler.estimates import count_chunks, measured_throughput
+from scheduler.settings import ApiSettings
 from scheduler.submission import SubmitAbandonedError
 
 # Answered (to no one) for a submit dropped because its client went away (nginx's code for it).
@@ -280,35 +283,63 @@ def retry_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobPubli
     "/jobs:estimate",
     response_model=EstimatePublic,
     summary="Estimate a job (dry run)",
-    responses={**COMMON_ERRORS, 413: problem_doc("Request body too large.")},
+    responses={
+        **COMMON_ERRORS,
+        413: problem_doc("Request body too large."),
+        415: problem_doc("Not JSON."),
+    },
+    openapi_extra=json_body_openapi(JobCreate),
 )
-def estimate_job(
-    request: JobCreate, session: SessionDep, services: ServicesDep, tenant: TenantDep, settings: SettingsDep
+async def estimate_job(
+    request: Request, services: ServicesDep, tenant: TenantDep, settings: SettingsDep
 ) -> EstimatePublic:
     """Images, chunks and seconds a job would take at the fleet's measured throughput; nothing is created.
 
     The body is the one `POST /v1/jobs` takes as JSON: inline `items`, or an `s3://` manifest that is read
     (and checked) as a submit would read it, or a variation / interpolation (its source images checked).
     """
-    items = request.items
-    control = request.variation is not None or request.interpolation is not None
-    if request.manifest_uri is not None:
-        data, fmt = read_manifest_uri(
-            request.manifest_uri, tenant_id=tenant.id, store=services.store, settings=services.settings
+    # The body is read after the key and the rate limit, and parsed off the event loop; an `s3://` manifest
+    # is read and parsed before a database session is taken, so a slow read holds no pooled connection.
+    job_request = await read_json_body(request, JobCreate)
+    items = job_request.items
+    control = job_request.variation is not None or job_request.interpolation is not None
+    if job_request.manifest_uri is not None:
+        data, fmt = await run_in_threadpool(
+            read_manifest_uri,
+            job_request.manifest_uri,
+            tenant_id=tenant.id,
+            store=services.store,
+            settings=services.settings,
         )
-        items = parse_item_manifest(data, fmt, max_items=settings.max_items_per_job)
+        items = await run_in_threadpool(parse_item_manifest, data, fmt, max_items=settings.max_items_per_job)
+        del data
     if not items and not control:
         raise RequestValidationError("items", "required", "items: give items or manifest_uri")
-    spec = job_spec(request, items or [])
+    spec = await run_in_threadpool(job_spec, job_request, items or [])
+    del job_request, items
     submit_limits(settings).check_retention(spec)  # the document states the operator's maximum
-    resolved = resolve_latent_control(session, spec, tenant.id)
-    model = (
-        session.get_one(ModelVersion, resolved.model_version_id)
-        if resolved is not None
-        else resolve_job_model(session, spec.model)
-    )
+    slots = services.session_slots()
+    if slots is not None:
+        await slots.acquire()
+    try:
+        return await run_in_threadpool(_estimate, services, spec, tenant.id, settings)
+    finally:
+        if slots is not None:
+            slots.release()
+
+
+def _estimate(services: Services, spec: JobSpec, tenant_id: str, settings: ApiSettings) -> EstimatePublic:
+    """The estimate of a checked spec: its model (or its source images' model) and the measured throughput."""
+    with services.session_factory() as session:
+        resolved = resolve_latent_control(session, spec, tenant_id)
+        model = (
+            session.get_one(ModelVersion, resolved.model_version_id)
+            if resolved is not None
+            else resolve_job_model(session, spec.model)
+        )
+        throughput = measured_throughput(session, default=settings.default_images_per_second)
+        model_ref = ModelVersionRef(name=model.name, version=model.version)
     images = spec.images_total
-    throughput = measured_throughput(session, default=settings.default_images_per_second)
     return EstimatePublic(
         images=images,
         quota_cost=spec.quota_cost,
@@ -316,5 +347,5 @@ def estimate_job(
         seconds=round(images / throughput.images_per_second, 1),
         images_per_second=throughput.images_per_second,
         throughput_basis="measured" if throughput.basis == "measured" else "default",
-        model=ModelVersionRef(name=model.name, version=model.version),
+        model=model_ref,
     )

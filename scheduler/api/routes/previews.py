@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from db.planning import resolve_job_model
 from db.tables import ModelVersion
 from scheduler.api.deps import ServicesDep, TenantDep
+from scheduler.api.job_requests import json_body_openapi, read_json_body
 from scheduler.api.problems import COMMON_ERRORS, problem_doc
 from scheduler.api.schemas import ModelVersionRef, PreviewCreate, PreviewImagePublic, PreviewPublic
 from scheduler.previews import run_preview
@@ -22,17 +23,18 @@ router = APIRouter(prefix="/v1", tags=["previews"])
     responses={
         **COMMON_ERRORS,
         413: problem_doc("Request body too large."),
+        415: problem_doc("Not JSON."),
         503: problem_doc("No worker on the interactive queue answered in time."),
     },
+    openapi_extra=json_body_openapi(PreviewCreate),
 )
-async def create_preview(
-    body: PreviewCreate, request: Request, services: ServicesDep, tenant: TenantDep
-) -> PreviewPublic:
+async def create_preview(request: Request, services: ServicesDep, tenant: TenantDep) -> PreviewPublic:
     """Generate `count` (≤ 8) images of one category through the `interactive` queue and return them inline.
 
     At most `CATALOGAN_PREVIEW_MAX_CONCURRENT_PER_TENANT` previews of one tenant wait at once (more: 429 with
     `Retry-After`); a waiting preview holds no thread of the shared pool.
     """
+    body = await read_json_body(request, PreviewCreate)  # after the key and the rate limit, off the loop
     threads = services.preview_threads()
 
     def resolve() -> ModelVersion:
