@@ -19,6 +19,7 @@ from db.tables import ApiKey, ConsoleSession, Tenant, utcnow
 from db.tenants import authenticate_api_key
 
 SESSION_TOKEN_BYTES = 32  # 256 bits in the cookie
+MAX_SESSIONS_PER_KEY = 20  # live sessions of one API key; signing in once more ends the oldest
 CSRF_TOKEN_BYTES = 32
 
 
@@ -49,9 +50,22 @@ def authenticate_console_key(session: Session, clear_key: str) -> tuple[Tenant, 
 def create_console_session(
     session: Session, *, api_key_id: str, tenant_id: str, ttl_seconds: float, now: dt.datetime | None = None
 ) -> tuple[str, str]:
-    """Open a session for an authenticated key; returns (cookie token, CSRF token). Expired rows are purged."""
+    """Open a session for an authenticated key; returns (cookie token, CSRF token). Expired rows are purged,
+    and so are this key's oldest live sessions beyond `MAX_SESSIONS_PER_KEY - 1`: a key signing in again and
+    again keeps at most that many rows."""
     now = now or utcnow()
     session.execute(delete(ConsoleSession).where(ConsoleSession.expires_at <= now))
+    kept = (
+        select(ConsoleSession.token_hash)
+        .where(ConsoleSession.api_key_id == api_key_id)
+        .order_by(ConsoleSession.created_at.desc(), ConsoleSession.token_hash)
+        .limit(MAX_SESSIONS_PER_KEY - 1)
+    )
+    session.execute(
+        delete(ConsoleSession).where(
+            ConsoleSession.api_key_id == api_key_id, ConsoleSession.token_hash.not_in(kept.scalar_subquery())
+        )
+    )
     token = secrets.token_urlsafe(SESSION_TOKEN_BYTES)
     csrf = secrets.token_urlsafe(CSRF_TOKEN_BYTES)
     session.add(

@@ -52,6 +52,12 @@ Limits: `429` with `Retry-After` for rate limits and quotas, `413` for bodies ov
 """
 
 
+# Paths whose bodies are always small get a tighter bound than CATALOGAN_MAX_REQUEST_BYTES: the console's forms
+# are parsed before its routes check the session (a review form is at most ~60 KiB: 1,000 indices and a note),
+# and a preview's JSON is a few fields.
+SMALL_BODY_PATHS = (("/console/", 256 * 1024), ("/v1/previews", 16 * 1024))
+
+
 def _too_large(scope: Any, limit: int) -> Any:
     return problem_response(
         413,
@@ -251,5 +257,10 @@ def create_app(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
     app.add_middleware(RequestCounterMiddleware, counter=requests)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes, on_too_large=_too_large)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        on_too_large=_too_large,
+        path_limits=SMALL_BODY_PATHS,
+    )
     return app

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Protocol
 
 from scheduler.errors import PayloadTooLargeError, RateLimitedError
@@ -166,23 +166,41 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class BodySizeLimitMiddleware:
-    """Refuse bodies over `max_bytes` with 413: at once from `Content-Length`, or while streaming a chunked one."""
+    """Refuse bodies over `max_bytes` with 413: at once from `Content-Length`, or while streaming a chunked one.
+
+    `path_limits` gives paths whose bodies are always small a tighter bound, `(path prefix, max bytes)`: forms
+    (the console's) are parsed before the route's dependencies check who sent them, so their bound is what
+    an anonymous caller can make the server parse.
+    """
 
     def __init__(
-        self, app: ASGIApp, *, max_bytes: int, on_too_large: Callable[[Scope, int], ASGIApp]
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        on_too_large: Callable[[Scope, int], ASGIApp],
+        path_limits: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.on_too_large = on_too_large
+        self.path_limits = tuple(path_limits)
+
+    def limit_for(self, path: str) -> int:
+        """The body bound of `path`: the tightest of `max_bytes` and the limits of the prefixes it starts with."""
+        return min(
+            [self.max_bytes, *(limit for prefix, limit in self.path_limits if path.startswith(prefix))]
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.limit_for(str(scope.get("path", "")))
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self.on_too_large(scope, self.max_bytes)(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await self.on_too_large(scope, max_bytes)(scope, receive, send)
             return
         received = 0
         tripped = False
@@ -193,9 +211,9 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     tripped = True
-                    raise PayloadTooLargeError(self.max_bytes)
+                    raise PayloadTooLargeError(max_bytes)
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -214,4 +232,4 @@ class BodySizeLimitMiddleware:
             if not tripped:
                 raise
         if tripped and not started:
-            await self.on_too_large(scope, self.max_bytes)(scope, receive, send)
+            await self.on_too_large(scope, max_bytes)(scope, receive, send)

@@ -33,7 +33,7 @@ from db.console_sessions import (
     find_console_session,
 )
 from db.engine import transaction
-from db.errors import AuthenticationError
+from db.errors import AuthenticationError, LimitExceededError
 from scheduler.api.deps import Services
 from scheduler.console.settings import ConsoleSettings
 
@@ -183,6 +183,11 @@ async def sign_in(
     def open_session() -> str:
         with transaction(console.services.session_factory) as session:
             tenant, key = authenticate_console_key(session, api_key.strip())
+            # A sign-in counts against the tenant's rate limit, as an API request does (and before its row).
+            services = console.services
+            window = services.settings.rate_limit_window_seconds
+            limit = max(1, tenant.requests_per_minute * window // 60)
+            services.rate_limiter.hit(tenant.id, limit=limit, window_seconds=window)
             token, _csrf = create_console_session(
                 session,
                 api_key_id=key.id,
@@ -195,6 +200,10 @@ async def sign_in(
         token = await run_in_threadpool(open_session)
     except AuthenticationError as exc:
         return _sign_in_page(request, console, next_url=next_url, error=str(exc), status_code=401)
+    except LimitExceededError as exc:
+        page = _sign_in_page(request, console, next_url=next_url, error=str(exc), status_code=429)
+        page.headers["Retry-After"] = str(exc.retry_after_seconds)
+        return page
     response = RedirectResponse(next_url, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,

@@ -696,13 +696,13 @@ def test_pages_count_against_the_tenants_rate_limit_but_image_bytes_do_not(
     api_store: ObjectStore,
     model_version: Any,
 ) -> None:
-    """Given a tenant allowed 3 requests a minute, when it opens console pages, then the 4th page is a 429, while
-    the grid's image bytes keep coming (a person scrolling fetches dozens a second)."""
-    slow = make_tenant("slow", requests_per_minute=3)
+    """Given a tenant allowed 4 requests a minute, when it signs in and opens console pages, then the 5th
+    request is a 429, while the grid's image bytes keep coming (a person scrolling fetches dozens a second)."""
+    slow = make_tenant("slow", requests_per_minute=4)
     job = insert_finished_job(pg_factory, api_store, slow.tenant_id, model_version)
     # One fixed instant, so no minute boundary falls between the requests and resets the window
     api.app.state.services.rate_limiter = MemoryRateLimiter(clock=lambda: 1_000_020.0)  # type: ignore[attr-defined]
-    sign_in(api, slow.api_key)  # the jobs page after sign-in is request 1
+    sign_in(api, slow.api_key)  # the sign-in is request 1, the jobs page after it request 2
     assert api.get(f"/console/jobs/{job.job_id}").status_code == 200
     assert api.get(f"/console/jobs/{job.job_id}/images/0").status_code == 200
     assert api.get(f"/console/jobs/{job.job_id}").status_code == 429
@@ -865,3 +865,43 @@ def test_the_jobs_list_filters_by_metadata_and_shows_it(
     assert "batch=spring" in matching.text.split('id="jobs"')[1]
     assert finished.job_id[:12] not in console.get("/console/jobs?metadata=batch%3Dautumn").text
     assert console.get("/console/jobs?metadata=no-equals-sign").status_code == 422
+
+
+def test_signing_in_counts_against_the_rate_limit_and_keeps_a_bounded_number_of_sessions(
+    api: TestClient, make_tenant: Callable[..., Credentials], pg_factory: sessionmaker[Session]
+) -> None:
+    """Each sign-in stores a session row: it is a request like any other (the tenant's rate limit), and one key
+    keeps at most MAX_SESSIONS_PER_KEY live sessions (the oldest end first)."""
+    from sqlalchemy import func
+
+    from db.console_sessions import MAX_SESSIONS_PER_KEY
+    from db.tables import ConsoleSession
+
+    def rows(tenant_id: str) -> int:
+        with pg_factory() as session:
+            return int(session.scalar(select(func.count()).where(ConsoleSession.tenant_id == tenant_id)) or 0)
+
+    def post_sign_in(api_key: str) -> Any:
+        api.cookies.clear()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', api.get("/console/sign-in").text)
+        assert token is not None
+        return api.post(
+            "/console/sign-in",
+            data={"api_key": api_key, "csrf_token": token.group(1), "next": "/console/jobs"},
+            follow_redirects=False,
+        )
+
+    # Given a tenant allowed 3 requests a minute, when it signs in 4 times
+    limited = make_tenant(requests_per_minute=3)
+    assert [post_sign_in(limited.api_key).status_code for _ in range(3)] == [303, 303, 303]
+    fourth = post_sign_in(limited.api_key)
+    # Then the fourth is the sign-in page again with a 429 and Retry-After, and stored nothing
+    assert fourth.status_code == 429 and "Retry-After" in fourth.headers, fourth.text
+    assert rows(limited.tenant_id) == 3
+    # And a tenant with room signing in more often than the cap keeps MAX_SESSIONS_PER_KEY rows, the newest:
+    # the session opened last still works
+    busy = make_tenant(requests_per_minute=10_000)
+    for _ in range(MAX_SESSIONS_PER_KEY + 5):
+        assert post_sign_in(busy.api_key).status_code == 303
+    assert rows(busy.tenant_id) == MAX_SESSIONS_PER_KEY
+    assert api.get("/console/jobs", follow_redirects=False).status_code == 200

@@ -222,10 +222,14 @@ def test_estimate_and_preview_bodies_are_parsed_only_after_the_key_and_the_rate_
 
     monkeypatch.setattr(JobCreate, "model_validate_json", recording(JobCreate))
     monkeypatch.setattr(PreviewCreate, "model_validate_json", recording(PreviewCreate))
-    big = b"[" + b"[]," * (3 * 2**20) + b"[]]"  # ~9 MiB of JSON, under the 10 MiB body limit
+    # ~9 MiB of JSON for the estimate, under the 10 MiB body limit; ~15 KiB for a preview (its bound: 16 KiB)
+    bodies = {
+        "/v1/jobs:estimate": b"[" + b"[]," * (3 * 2**20) + b"[]]",
+        "/v1/previews": b"[" + b"[]," * 5000 + b"[]]",
+    }
     limited = make_tenant(requests_per_minute=1)
     assert api.get("/v1/jobs", headers=limited.headers).status_code == 200  # its one request this minute
-    for path in ("/v1/jobs:estimate", "/v1/previews"):
+    for path, big in bodies.items():
         # Given a body that would take a CPU a while to parse, when sent without a valid key or over the limit
         no_key = api.post(
             path, content=big, headers={"Authorization": "Bearer cg_nope", "Content-Type": "application/json"}
@@ -253,3 +257,22 @@ def test_estimate_and_preview_bodies_are_parsed_only_after_the_key_and_the_rate_
         "/v1/jobs:estimate", json={"items": [{"category": "a", "count": 3}]}, headers=tenant.headers
     )
     assert ok.status_code == 200 and ok.json()["images"] == 3
+
+
+def test_console_forms_and_previews_have_a_tighter_body_bound_than_submits(
+    api: TestClient, tenant: Credentials
+) -> None:
+    """Forms are parsed before the console's routes check who sent them, and a preview is a few fields: their
+    bodies are bounded well below CATALOGAN_MAX_REQUEST_BYTES, which a submit's inline items need."""
+    form = {"api_key": "cg_nope", "csrf_token": "x", "next": "/console/jobs", "pad": "a" * 300_000}
+    sign_in = api.post("/console/sign-in", data=form)
+    assert sign_in.status_code == 413 and "262144" in sign_in.text
+    preview = api.post("/v1/previews", json={"category": "a", "pad": "a" * 20_000}, headers=tenant.headers)
+    assert preview.status_code == 413
+    # And a submit of the same size is read (here: a 422 naming the unknown field, not a 413)
+    submit = api.post(
+        "/v1/jobs",
+        json={"items": [{"category": "a", "count": 1}], "pad": "a" * 300_000},
+        headers=tenant.headers,
+    )
+    assert submit.status_code == 422, submit.text
