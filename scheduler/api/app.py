@@ -94,6 +94,23 @@ class RequestCounterMiddleware:
             self.counter.labels(scope["method"], template, str(status["code"])).inc()
 
 
+class NulPathMiddleware:
+    """A path with a NUL character (`/v1/jobs/a%00b`) names nothing: 404 before any route hands it to
+    PostgreSQL, whose text cannot hold NUL (the query would fail as a 500)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and "\x00" in scope.get("path", ""):
+            response = problem_response(
+                404, "not-found", "Not found", "the path contains a NUL character", instance=""
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def refuse_embedded_defaults(
     database: DatabaseSettings, storage: StorageSettings, broker: BrokerSettings
 ) -> None:
@@ -256,6 +273,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
+    app.add_middleware(NulPathMiddleware)
     app.add_middleware(RequestCounterMiddleware, counter=requests)
     app.add_middleware(
         BodySizeLimitMiddleware,

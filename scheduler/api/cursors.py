@@ -29,6 +29,6 @@ def decode_cursor(cursor: str, *, arity: int) -> list[Any]:
         raise RequestValidationError(
             "cursor", "opaque_cursor", "cursor: not a cursor this API issued"
         ) from exc
-    if not isinstance(values, list) or len(values) != arity:
+    if not isinstance(values, list) or len(values) != arity or any("\x00" in str(v) for v in values):
         raise RequestValidationError("cursor", "opaque_cursor", "cursor: not a cursor this API issued")
     return values

@@ -15,10 +15,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError
 
 from db.errors import InvalidKeyError
@@ -91,11 +93,35 @@ RetentionDays = Annotated[
 ]
 
 
+NO_NUL_PATTERN = "^[^\\u0000]*$"  # JSON Schema (ECMA-262): any string without U+0000
+
+
 class _Strict(BaseModel):
     # What clients send: no unknown fields, and no coercion (`"seed": false` or `"count": "4"` would otherwise
     # pass as 0 and 4, against the integer the document promises). Manifest rows, text by nature, are
     # validated with `strict=False` (scheduler/api/item_manifests.py).
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # PostgreSQL text cannot hold NUL: refuse it here, naming the field, instead of failing at the INSERT.
+        if isinstance(value, str) and "\x00" in value:
+            raise PydanticCustomError("no_nul", "must not contain the NUL character (U+0000)")
+        return value
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        # The document states the rule above: every string property of these models gets `NO_NUL_PATTERN`.
+        schema = handler(core_schema)
+        for prop in handler.resolve_ref_schema(schema).get("properties", {}).values():
+            for option in prop.get("anyOf", [prop]):
+                if option.get("type") == "string":
+                    if "pattern" in option:
+                        option.setdefault("allOf", []).append({"pattern": NO_NUL_PATTERN})
+                    else:
+                        option["pattern"] = NO_NUL_PATTERN
+        return schema
 
 
 class ItemCreate(_Strict):

@@ -276,3 +276,48 @@ def test_console_forms_and_previews_have_a_tighter_body_bound_than_submits(
         headers=tenant.headers,
     )
     assert submit.status_code == 422, submit.text
+
+
+def test_a_nul_character_anywhere_is_a_422_or_404_naming_it_and_creates_nothing(
+    api: TestClient, tenant: Credentials
+) -> None:
+    """PostgreSQL text cannot hold NUL: each place a client can put one answers 422 naming the field (or 404
+    for a path), never a 500, and no job is created."""
+    import base64
+    import json
+
+    one = {"category": "a", "count": 1}
+    submits = {
+        "items.0.client_item_id": {"items": [{**one, "client_item_id": "a\x00b"}]},
+        "webhook_url": {"items": [one], "webhook_url": "http://127.0.0.1/a\x00b"},
+        "model": {"model": "tiny\x00", "items": [one]},
+        "variation.source.job_id": {
+            "model": "tiny@1",
+            "variation": {"source": {"job_id": "x\x00", "index": 0}, "strength": 0.3, "count": 2},
+        },
+    }
+    for field, body in submits.items():
+        response = api.post("/v1/jobs", json=body, headers=tenant.headers)
+        assert response.status_code == 422, (field, response.text)
+        assert any(error["field"].endswith(field) for error in response.json()["errors"]), (
+            field,
+            response.text,
+        )
+    manifest = api.post(
+        "/v1/jobs",
+        files={"file": ("m.csv", b"category,client_item_id\na,x\x00y\n", "text/csv")},
+        headers=tenant.headers,
+    )
+    assert manifest.status_code == 422 and "client_item_id" in manifest.text, manifest.text
+    estimate = api.post(
+        "/v1/jobs:estimate", json={"model": "tiny\x00", "items": [one]}, headers=tenant.headers
+    )
+    assert estimate.status_code == 422
+    preview = api.post("/v1/previews", json={"model": "tiny\x00", "category": "a"}, headers=tenant.headers)
+    assert preview.status_code == 422
+    cursor = base64.urlsafe_b64encode(json.dumps(["2024-01-01T00:00:00+00:00", "a\x00"]).encode()).decode()
+    listed = api.get("/v1/jobs", params={"cursor": cursor.rstrip("=")}, headers=tenant.headers)
+    assert listed.status_code == 422 and listed.json()["errors"][0]["field"] == "cursor"
+    for path in ("/v1/jobs/a%00b", "/v1/jobs/a%00b/images", "/console/jobs/a%00b"):
+        assert api.get(path, headers=tenant.headers).status_code == 404, path
+    assert api.get("/v1/jobs", headers=tenant.headers).json()["data"] == []
