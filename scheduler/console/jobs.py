@@ -14,12 +14,13 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
@@ -41,7 +42,7 @@ from db.reviews import (
 from db.status import JOB_TERMINAL, ImageStatus, JobStatus
 from db.tables import Image, ImageReview, Job, JobItem, ModelVersion
 from scheduler.api.cursors import decode_cursor, encode_cursor
-from scheduler.api.routes.images import read_reviewed_manifest, tenant_owns_key
+from scheduler.api.routes.images import open_reviewed_manifest, tenant_owns_key
 from scheduler.console.auth import Console, ConsoleDep, CsrfUserDep, UserDep, ViewerDep
 from scheduler.console.pages import ConsoleNotFoundError, render
 from scheduler.console.provenance import embedded_provenance
@@ -655,31 +656,42 @@ MANIFEST_CSV_COLUMNS = (
 async def manifest_download(
     job_id: str, fmt: Literal["jsonl", "parquet", "csv"], console: ConsoleDep, user: UserDep
 ) -> Response:
-    """The finished job's manifest with its current `review` column: JSONL, Parquet or CSV."""
+    """The finished job's manifest with its current `review` column: JSONL, Parquet or CSV.
 
-    def read() -> bytes:
+    Streamed as the /v1 manifest route streams it, a piece at a time from the store: a download holds no
+    more of a million-row manifest in memory than one piece.
+    """
+
+    def open_pieces() -> Iterator[bytes]:
         try:
-            data = read_reviewed_manifest(
+            pieces = open_reviewed_manifest(
                 console.services, user.tenant.id, job_id, "parquet" if fmt == "parquet" else "jsonl"
             )
         except NotFoundError as exc:
             raise ConsoleNotFoundError(str(exc)) from exc
         except JobStateError as exc:
             raise ConsoleNotFoundError(str(exc)) from exc
-        if fmt != "csv":
-            return data
-        out = io.StringIO()
-        writer = csv.DictWriter(out, MANIFEST_CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for line in data.splitlines():
-            if line.strip():
-                writer.writerow(json.loads(line))
-        return out.getvalue().encode()
+        return csv_pieces(pieces) if fmt == "csv" else pieces
 
-    data = await run_in_threadpool(read)
+    pieces = await run_in_threadpool(open_pieces)
     media = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet", "csv": "text/csv"}
-    return Response(
-        data,
+    return StreamingResponse(
+        pieces,
         media_type=media[fmt],
         headers={"Content-Disposition": f'attachment; filename="{job_id}.{fmt}"'},
     )
+
+
+def csv_pieces(jsonl_pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """The manifest as CSV (`MANIFEST_CSV_COLUMNS`), a piece for each piece of whole JSONL lines."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, MANIFEST_CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    yield out.getvalue().encode()
+    for piece in jsonl_pieces:
+        out.seek(0)
+        out.truncate()
+        for line in piece.splitlines():
+            if line.strip():
+                writer.writerow(json.loads(line))
+        yield out.getvalue().encode()

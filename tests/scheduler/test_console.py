@@ -905,3 +905,58 @@ def test_signing_in_counts_against_the_rate_limit_and_keeps_a_bounded_number_of_
         assert post_sign_in(busy.api_key).status_code == 303
     assert rows(busy.tenant_id) == MAX_SESSIONS_PER_KEY
     assert api.get("/console/jobs", follow_redirects=False).status_code == 200
+
+
+def test_manifest_downloads_stream_a_large_manifest_in_pieces(
+    pg_factory: sessionmaker[Session],
+    api_store: ObjectStore,
+    published: list[Any],
+    tmp_path: Any,
+    model_version: Any,
+    make_tenant: Callable[..., Credentials],
+) -> None:
+    """The console's JSONL and CSV downloads are streamed like the API's manifest: a download of a manifest of
+    tens of megabytes (a million-row job's is hundreds) holds a piece of it in memory, not all of it."""
+    import tracemalloc
+
+    import httpx
+
+    from db.images import manifest_keys
+    from scheduler.settings import ApiSettings, WebhookSettings
+    from tests.scheduler.conftest import LiveServer, _app
+
+    owner = make_tenant("big")
+    job = insert_finished_job(pg_factory, api_store, owner.tenant_id, model_version)
+    jsonl_key, _ = manifest_keys(owner.tenant_id, job.job_id)
+    row = {
+        "category": "a",
+        "key": None,
+        "sha256": None,
+        "sku": "S" * 40,
+        "status": "failed",
+        "error": "x" * 150,
+    }
+    rows = 80_000
+    manifest = b"".join(json.dumps({**row, "index": i}).encode() + b"\n" for i in range(rows))
+    api_store.put(jsonl_key, manifest)  # ~24 MB
+    app = _app(pg_factory, api_store, published, tmp_path, ApiSettings(), WebhookSettings())
+    server = LiveServer(app).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            sign_in(client, owner.api_key)  # type: ignore[arg-type]
+            for fmt in ("jsonl", "csv"):
+                lines = 0
+                tracemalloc.start()
+                try:
+                    with client.stream("GET", f"/console/jobs/{job.job_id}/manifest.{fmt}") as response:
+                        assert response.status_code == 200
+                        for piece in response.iter_bytes():
+                            lines += piece.count(b"\n")
+                    peak = tracemalloc.get_traced_memory()[1]
+                finally:
+                    tracemalloc.stop()
+                # Then every row came (CSV: and its header), and the peak is a small part of the manifest
+                assert lines == rows + (fmt == "csv"), fmt
+                assert peak < len(manifest) / 3, (fmt, peak, len(manifest))
+    finally:
+        server.stop()

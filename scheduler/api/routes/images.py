@@ -196,11 +196,6 @@ def open_reviewed_manifest(services: Services, tenant_id: str, job_id: str, form
     return itertools.chain([first], pieces)
 
 
-def read_reviewed_manifest(services: Services, tenant_id: str, job_id: str, format: str) -> bytes:
-    """A finished job's whole manifest with its current `review` column (the console's download)."""
-    return b"".join(open_reviewed_manifest(services, tenant_id, job_id, format))
-
-
 def _manifest_key(services: Services, tenant_id: str, job_id: str, format: str) -> tuple[str, dict[int, str]]:
     with services.session_factory() as session:
         job = get_job(session, job_id, tenant_id=tenant_id)
