@@ -141,3 +141,47 @@ def test_a_queued_submit_whose_client_went_away_is_not_committed(
     assert results["first"] == 201
     time.sleep(2.0)  # time for a wrongly kept submit to commit
     assert _jobs_by_seed(pg_factory, a.tenant_id) == [1]
+
+
+def test_queued_submits_hold_no_parsed_body_while_they_wait(
+    pg_factory: sessionmaker[Session],
+    model_version: Any,
+    make_tenant: Callable[..., Credentials],
+    live_server_factory: Callable[[Any], LiveServer],
+    tmp_path: Path,
+) -> None:
+    """A submit's body is read and parsed in its turn, not while it waits: a parsed 10 MiB request takes about
+    60 MiB, so 64 queued ones of one tenant (the default cap) could take 4 GiB of an API process."""
+    import tracemalloc
+
+    url = _serve(ApiSettings(), pg_factory, tmp_path, live_server_factory)
+    a = make_tenant(requests_per_minute=10_000)
+    pad = "x" * 120
+    items = [
+        {"category": "a", "count": 1, "sku": f"SKU-{i:06d}", "client_item_id": f"c-{i}-{pad}"}
+        for i in range(8_000)
+    ]
+    body = json.dumps({"items": items, "seed": 5}).encode()  # ~1.6 MB of JSON, several times that parsed
+    headers = {**a.headers, "Content-Type": "application/json"}
+
+    def submit(content: bytes) -> int:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            return http.post("/v1/jobs", content=content, headers=headers).status_code
+
+    tracemalloc.start()
+    try:
+        with ThreadPoolExecutor(8) as pool, _tenant_row_locked(pg_factory, a.tenant_id):
+            first = pool.submit(submit, json.dumps(_body(1)).encode())
+            _wait_until(lambda: _waiting_on_a_lock(pg_factory) >= 1, 30)  # A's first submit, inside its turn
+            before = tracemalloc.get_traced_memory()[0]
+            queued = [pool.submit(submit, body) for _ in range(4)]
+            time.sleep(2.0)  # sent (as much as the server reads) and queued behind the first
+            held = tracemalloc.get_traced_memory()[0] - before
+        statuses = [first.result(), *(future.result() for future in queued)]
+    finally:
+        tracemalloc.stop()
+    # Then the four waiting submits held a few socket buffers between them, not parsed requests
+    # (each waiting connection buffers what the server read of it before pausing: up to ~320 KiB)
+    assert held < 2 * 2**20, (held, len(body))
+    # And each was served in its turn once the first had gone through
+    assert statuses == [201] * 5, statuses

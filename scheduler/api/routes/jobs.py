@@ -94,32 +94,35 @@ async def create_job(
     locks, settings = services.submit_locks, services.settings
     # Counted as queued before the body is read: a tenant over its queue gets a 429 and costs nothing more.
     async with locks.queued(tenant.id, max_waiting=settings.submit_queue_max_per_tenant):
-        job_request, items = await read_job_request(request, services, tenant.id)
-        spec = await run_in_threadpool(job_spec, job_request, items)
-        del job_request, items
-        if spec.webhook_url:  # off the event loop, bounded in time and per tenant (SubmitResolver)
-            assert services.webhook_resolver is not None
-            await services.webhook_resolver.check(
-                spec.webhook_url,
-                allow_private=services.webhooks.webhook_allow_private_targets,
-                tenant_id=tenant.id,
-            )
-        submit = functools.partial(
-            submit_job,
-            services.session_factory,
-            spec,
-            tenant_id=tenant.id,
-            publisher=services.publisher,
-            limits=submit_limits(settings),
-            idempotency_key=idempotency_key,
-        )
         # One submit per tenant at a time in this process, queued here on the event loop: a queued submit holds
-        # neither a thread nor a pooled connection (the tenant's row lock still orders API processes). It waits
-        # at most submit_wait_seconds, and is dropped if its client went away meanwhile.
+        # neither a thread nor a pooled connection (the tenant's row lock still orders API processes), nor its
+        # body: the body is read and parsed (an s3:// manifest fetched) only in its turn, so one tenant's
+        # queued submits cost a socket each, not a parsed 10 MiB request each. It waits at most
+        # submit_wait_seconds. A client that went away is found once its body is read: polling for a
+        # disconnect before that would consume the body.
         try:
-            async with locks.turn(
-                tenant.id, wait_seconds=settings.submit_wait_seconds, client_gone=request.is_disconnected
-            ):
+            async with locks.turn(tenant.id, wait_seconds=settings.submit_wait_seconds):
+                job_request, items = await read_job_request(request, services, tenant.id)
+                if await request.is_disconnected():
+                    raise SubmitAbandonedError("the client went away while its submit was queued")
+                spec = await run_in_threadpool(job_spec, job_request, items)
+                del job_request, items
+                if spec.webhook_url:  # off the event loop, bounded in time and per tenant (SubmitResolver)
+                    assert services.webhook_resolver is not None
+                    await services.webhook_resolver.check(
+                        spec.webhook_url,
+                        allow_private=services.webhooks.webhook_allow_private_targets,
+                        tenant_id=tenant.id,
+                    )
+                submit = functools.partial(
+                    submit_job,
+                    services.session_factory,
+                    spec,
+                    tenant_id=tenant.id,
+                    publisher=services.publisher,
+                    limits=submit_limits(settings),
+                    idempotency_key=idempotency_key,
+                )
                 planned = await anyio.to_thread.run_sync(submit, limiter=locks.threads())
         except SubmitAbandonedError:
             return Response(status_code=CLIENT_CLOSED_REQUEST)  # type: ignore[return-value]
