@@ -254,6 +254,20 @@ class JobSpec(BaseModel):
             raise ValueError(f"omit items with {control[0]} (its images come from the source images)")
         if not control and not value and not {"variation", "interpolation"} - set(info.data):
             raise PydanticCustomError("too_short", "List should have at least 1 item")
+        # A client item id names one item of a job (what an incremental resubmit matches on). Repeated, it
+        # would only let one delivered item stand for any number of skipped items, which cost no quota.
+        first: dict[str, int] = {}
+        for position, item in enumerate(value):
+            if item.client_item_id is None:
+                continue
+            earlier = first.setdefault(item.client_item_id, position)
+            if earlier != position:
+                raise PydanticCustomError(
+                    "unique_client_item_id",
+                    "items.{position}.client_item_id {value} repeats items.{earlier}'s: a client item id names "
+                    "one item of a job",
+                    {"position": position, "value": repr(item.client_item_id), "earlier": earlier},
+                )
         return value
 
     @field_validator("truncation")

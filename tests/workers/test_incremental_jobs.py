@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,7 +17,7 @@ from db.pipeline_settings import WorkerSettings
 from db.planning import PlannedJob, parse_job_spec, submit_job
 from db.status import ImageStatus, JobStatus
 from db.storage import ObjectStore
-from db.tables import Image, JobItem, ModelVersion
+from db.tables import Image, Job, JobItem, ModelVersion
 from tests.pipeline import job_row, make_model_version, make_tenant, tiny_checkpoint
 from workers.chunk_generation import ChunkContext, ChunkOutcome, generate_chunk
 from workers.finalize import finalize_job
@@ -196,3 +197,41 @@ def test_a_resubmit_with_nothing_new_finishes_with_a_manifest_and_no_chunks(
     assert finalize_job(context.session_factory, context.store, second.job_id) is JobStatus.SUCCEEDED
     manifest = _manifest(context, second.job_id)
     assert [row["status"] for row in manifest] == [SKIPPED_EXISTING_STATUS] * 5
+
+
+def test_skipped_items_are_listed_with_a_query_per_batch_and_client_ids_are_unique_in_a_job(
+    context: ChunkContext, tenant_and_model: tuple[str, ModelVersion]
+) -> None:
+    from sqlalchemy import event
+
+    from db.errors import PlanningError
+    from db.incremental import iter_skipped_images
+
+    # Given 120 SKUs delivered, and a resubmit that skips them all
+    _run(context, _submit(context, tenant_and_model, _catalog(range(120)), Recorder()))
+    second = _submit(context, tenant_and_model, _catalog(range(120)), Recorder())
+    assert second.skipped_existing == 120
+    # When its skipped images are listed (what the manifest of the job holds)
+    statements: list[str] = []
+    engine = context.session_factory.kw["bind"]
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with context.session_factory() as session:
+            job = session.get_one(Job, second.job_id)
+            listed = [(item.client_item_id, image.sku) for item, image in iter_skipped_images(session, job)]
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    # Then every earlier image comes, in item order, from one query for the images, not one per item
+    assert listed == [(f"SKU-{n:04d}", f"SKU-{n:04d}") for n in range(120)]
+    reads = [statement for statement in statements if re.search(r"\bFROM images\b", statement)]
+    assert 1 <= len(reads) <= 2, reads
+    # And a job cannot name one client item id twice (one delivered item would stand for any number)
+    twice = _catalog(range(2))
+    twice["items"][1]["client_item_id"] = twice["items"][0]["client_item_id"]
+    with pytest.raises(PlanningError, match=r"items.1.client_item_id 'SKU-0000' repeats items.0's") as caught:
+        parse_job_spec(twice)
+    assert (caught.value.field, caught.value.rule) == ("items", "unique_client_item_id")
