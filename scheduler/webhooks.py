@@ -90,10 +90,23 @@ def resolve_host(host: str, port: int) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits, reached through a translator (NAT64, RFC 6052
+# and RFC 8215): the IPv4 address inside must be public too.
+NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
 def _is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv4 address inside an IPv6 one (mapped, 6to4, NAT64) reaches that IPv4 host: judge it instead.
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        else:
+            inner = ip.sixtofour
+            if inner is None and any(ip in prefix for prefix in NAT64_PREFIXES):
+                inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+            if inner is not None and not _is_public(str(inner)):
+                return False
     return not (
         ip.is_loopback
         or ip.is_private

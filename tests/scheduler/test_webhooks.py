@@ -99,6 +99,10 @@ def test_the_signature_matches_the_standard_webhooks_reference_vector() -> None:
         "http://[fe80::1]/hook",
         "http://0.0.0.0/hook",
         "http://[::ffff:127.0.0.1]/hook",
+        "http://[2002:7f00:1::1]/hook",  # 6to4 of 127.0.0.1
+        "http://[2002:a9fe:a9fe::1]/hook",  # 6to4 of 169.254.169.254 (cloud metadata)
+        "http://[64:ff9b::a00:1]/hook",  # NAT64 of 10.0.0.1
+        "http://[64:ff9b:1::7f00:1]/hook",  # local-use NAT64 of 127.0.0.1
     ],
 )
 def test_loopback_private_and_link_local_targets_are_refused(url: str) -> None:
@@ -124,6 +128,7 @@ def test_a_name_resolving_to_a_private_address_is_refused() -> None:
 
 
 def test_public_targets_pass_and_the_operator_setting_allows_loopback() -> None:
+    check_target("https://[2002:5db8:d822::1]/hook", allow_private=False)  # 6to4 of public 93.184.216.34
     """Given a public address, or loopback with the setting on, when checked, then it passes."""
     check_target(
         "https://hooks.example.com/x", allow_private=False, resolver=lambda host, port: ["93.184.216.34"]
