@@ -55,6 +55,8 @@ MAX_REVIEW_BATCH = 1000  # images per review request
 REJECTED_SHOWN = 20  # gate-rejected / failed images listed apart on the job page
 IMAGE_MEDIA_TYPES = {"png": "image/png", "webp": "image/webp"}
 MAX_SHARD_BYTES = 512 * 1024 * 1024  # a tar job's shard larger than this is not opened for one image
+SHARD_READ_BYTES = 1 << 20  # a shard is read this much at a time when one image is taken from it
+MAX_SHARD_MEMBER_BYTES = 64 * 1024 * 1024  # an image member larger than this is not read
 TileStatus = Literal["succeeded", "rejected", "failed"]
 Any_ = Literal[""]  # what a filter form sends for "any"
 
@@ -534,13 +536,39 @@ def read_image_bytes(console: Console, user: SignedIn, image: Image) -> tuple[by
         )
     name = f"{int(image.index):08d}.png"
     try:
-        with tarfile.open(fileobj=io.BytesIO(store.get(key)), mode="r:") as archive:
-            member = archive.extractfile(name)
-            if member is None:
-                raise KeyError(name)
-            return member.read(), "image/png"
+        # Read as a stream, a piece at a time, up to the member: one image of a shard of hundreds of MiB holds
+        # a piece and the member, not the shard (this route has no rate limit: a grid fetches dozens a second).
+        pieces = ChunkStream(store.iter_chunks(key, SHARD_READ_BYTES))
+        with tarfile.open(fileobj=pieces, mode="r|") as archive:
+            for member in archive:
+                if member.name == name and member.isfile() and member.size <= MAX_SHARD_MEMBER_BYTES:
+                    data = archive.extractfile(member)
+                    if data is not None:
+                        return data.read(), "image/png"
+        raise KeyError(name)
     except (KeyError, tarfile.TarError, ObjectNotFoundError) as exc:
         raise StoredObjectMissingError(f"no member {name} in the shard {key}") from exc
+
+
+class ChunkStream(io.RawIOBase):
+    """A read-only file over an iterator of byte pieces (what `tarfile`'s stream mode reads from)."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self.pieces, self.piece, self.offset = pieces, memoryview(b""), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self.offset >= len(self.piece):
+            piece = next(self.pieces, b"")
+            if not piece:
+                return 0
+            self.piece, self.offset = memoryview(piece), 0
+        size = min(len(buffer), len(self.piece) - self.offset)
+        buffer[:size] = self.piece[self.offset : self.offset + size]
+        self.offset += size
+        return size
 
 
 def _check_stored_bytes(console: Console, user: SignedIn, image: Image) -> StoredBytesCheck:

@@ -960,3 +960,39 @@ def test_manifest_downloads_stream_a_large_manifest_in_pieces(
                 assert peak < len(manifest) / 3, (fmt, peak, len(manifest))
     finally:
         server.stop()
+
+
+def test_one_image_of_a_large_shard_is_read_as_a_stream(local_store: ObjectStore) -> None:
+    """The image-file route has no rate limit (a grid fetches dozens a second), so one image of a tar job's
+    shard must not load the shard: it is streamed up to the member, holding a piece and the member."""
+    import os
+    import tarfile
+    import tracemalloc
+    from types import SimpleNamespace
+
+    from scheduler.console.jobs import SHARD_READ_BYTES, StoredObjectMissingError, read_image_bytes
+
+    tenant_id = "t" * 32
+    key = f"{tenant_id}/jobs/{'j' * 32}/shards/00000000.tar"
+    members = {index: os.urandom(200_000) for index in range(150)}  # a 30 MB shard
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:") as archive:
+        for index, data in members.items():
+            info = tarfile.TarInfo(f"{index:08d}.png")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    local_store.put(key, buffer.getvalue())
+    shard_bytes = len(buffer.getvalue())
+    del buffer
+    console = SimpleNamespace(services=SimpleNamespace(store=local_store))
+    user = SimpleNamespace(tenant=SimpleNamespace(id=tenant_id))
+    tracemalloc.start()
+    try:
+        data, media = read_image_bytes(console, user, SimpleNamespace(key=key, index=149))  # type: ignore[arg-type]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (data, media) == (members[149], "image/png")
+    assert peak < 4 * SHARD_READ_BYTES + 2 * len(members[149]) < shard_bytes / 4, peak
+    with pytest.raises(StoredObjectMissingError, match=r"no member 00000150\.png"):
+        read_image_bytes(console, user, SimpleNamespace(key=key, index=150))  # type: ignore[arg-type]
