@@ -934,9 +934,9 @@ def test_manifest_downloads_stream_a_large_manifest_in_pieces(
         "sha256": None,
         "sku": "S" * 40,
         "status": "failed",
-        "error": "x" * 150,
+        "error": "x" * 600,
     }
-    rows = 80_000
+    rows = 32_000
     manifest = b"".join(json.dumps({**row, "index": i}).encode() + b"\n" for i in range(rows))
     api_store.put(jsonl_key, manifest)  # ~24 MB
     app = _app(pg_factory, api_store, published, tmp_path, ApiSettings(), WebhookSettings())

@@ -156,10 +156,10 @@ def test_queued_submits_hold_no_parsed_body_while_they_wait(
 
     url = _serve(ApiSettings(), pg_factory, tmp_path, live_server_factory)
     a = make_tenant(requests_per_minute=10_000)
-    pad = "x" * 120
+    pad = "x" * 240
     items = [
         {"category": "a", "count": 1, "sku": f"SKU-{i:06d}", "client_item_id": f"c-{i}-{pad}"}
-        for i in range(8_000)
+        for i in range(4_500)
     ]
     body = json.dumps({"items": items, "seed": 5}).encode()  # ~1.6 MB of JSON, several times that parsed
     headers = {**a.headers, "Content-Type": "application/json"}
