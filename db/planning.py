@@ -233,7 +233,9 @@ def plan_job(
             webhook_events=spec.webhook_events,
             images_total=images_total,
             chunks_total=len(ranges),
-            quota_cost=_quota_cost(spec, images_total),
+            quota_cost=_quota_cost(
+                spec, images_total, skipped_images=sum(spec.items[position].count for position in skipped)
+            ),
             webhook_url=spec.webhook_url,
             idempotency_key=idempotency_key,
             request_sha256=digest,
@@ -287,10 +289,16 @@ def plan_job(
     )
 
 
-def _quota_cost(spec: JobSpec, images_total: int) -> int:
-    """What the job charges to its tenant's daily quota: each generated image, with its worst-case redraws."""
+# Images skipped as already delivered are not generated, but each is still a row of the job's manifest: they are
+# charged one quota unit per this many, so that resubmitting a delivered catalogue over and over is not free.
+SKIPPED_IMAGES_PER_QUOTA_UNIT = 100
+
+
+def _quota_cost(spec: JobSpec, images_total: int, *, skipped_images: int = 0) -> int:
+    """What the job charges to its tenant's daily quota: each generated image, with its worst-case redraws,
+    and one unit per `SKIPPED_IMAGES_PER_QUOTA_UNIT` images skipped as already delivered (rounded up)."""
     redraws = spec.quality_gate.max_redraws if spec.quality_gate is not None else 0
-    return images_total * (1 + redraws)
+    return images_total * (1 + redraws) + -(-skipped_images // SKIPPED_IMAGES_PER_QUOTA_UNIT)
 
 
 def _delivered_positions(

@@ -211,6 +211,9 @@ def test_skipped_items_are_listed_with_a_query_per_batch_and_client_ids_are_uniq
     _run(context, _submit(context, tenant_and_model, _catalog(range(120)), Recorder()))
     second = _submit(context, tenant_and_model, _catalog(range(120)), Recorder())
     assert second.skipped_existing == 120
+    # (not generated, but listed: 120 skipped images cost 2 units of the daily quota, not 0, so resubmitting a
+    # delivered catalogue again and again is not free)
+    assert job_row(context.session_factory, second.job_id).quota_cost == 2
     # When its skipped images are listed (what the manifest of the job holds)
     statements: list[str] = []
     engine = context.session_factory.kw["bind"]
