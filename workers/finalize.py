@@ -172,6 +172,11 @@ def finalize_job(session_factory: sessionmaker[Session], store: ObjectStore, job
         job = get_job(session, job_id, for_update=True)
         if job.status.is_terminal:
             return job.status
+        # Again under the job's lock: a retry (which takes the same lock) may have put a quarantined chunk back
+        # to pending while the manifests above were written; that chunk's own finalize comes later.
+        if _unfinished_chunks(session, job_id) > 0:
+            logger.info("a chunk was reopened while finalizing; finalize skipped", extra={"job_id": job_id})
+            return None
         target = final_status(job)
         if target is not JobStatus.CANCELLED and job.status is JobStatus.QUEUED:
             mark_job_running(session, job_id)
