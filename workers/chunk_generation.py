@@ -508,6 +508,7 @@ def _run_batches(
     checkpoint_sha = plan.model_version.checkpoint_sha256 or generator.checkpoint_sha256
     inference = inference_fields(generator)  # written into every file's provenance
     in_flight: list[Future[ImageRecord]] = []
+    futures: list[Future[ImageRecord]] = []
     records: list[ImageRecord] = []
     try:
         with contextlib.closing(_gated_batches(ctx, plan, generator, checks)) as batches:
@@ -517,7 +518,7 @@ def _run_batches(
                     for image in gated
                 ]
                 records += [future.result() for future in in_flight]
-                in_flight = futures
+                in_flight, futures = futures, []
         records += [future.result() for future in in_flight]
         in_flight = []
     except _Stop:
@@ -529,8 +530,13 @@ def _run_batches(
             _write_rows(ctx, checks.lease, records)
         raise
     finally:
-        for future in in_flight:
+        # An attempt that fails ends with its uploads: those not started are cancelled, and those running are
+        # waited for, so that no PUT of this attempt lands after the chunk is released, rerun elsewhere (whose
+        # bytes may differ in provenance) or its job deleted.
+        leftover = [*in_flight, *futures]
+        for future in leftover:
             future.cancel()
+        wait_futures(leftover)
     return checks.lease, [], records
 
 
