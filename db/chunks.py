@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -216,15 +216,27 @@ def complete_chunk(
     return bump_job_counters(session, lease.job_id, done=done, failed=failed, rejected=rejected)
 
 
-def release_chunk(session: Session, lease: Lease, *, error: str | None = None) -> bool:
+def release_chunk(
+    session: Session, lease: Lease, *, error: str | None = None, refund_attempt: bool = False
+) -> bool:
     """Give the lease back at once (graceful shutdown, retryable failure): the chunk is pending again.
 
-    Returns False when the lease was already lost (nothing to release).
+    `refund_attempt` (a graceful shutdown: the chunk did not fail) gives the claim back to the chunk's budget
+    of `max_attempts` by raising `retry_base`; `attempt`, the fencing token, still only grows, so the
+    released attempt stays fenced out. Returns False when the lease was already lost (nothing to release).
     """
+    values: dict[str, Any] = {
+        "status": ChunkStatus.PENDING,
+        "lease_expires_at": None,
+        "leased_by": None,
+        "last_error": error,
+    }
+    if refund_attempt:
+        values["retry_base"] = Chunk.retry_base + 1
     result = session.execute(
         update(Chunk)
         .where(_fenced(lease))  # type: ignore[arg-type]
-        .values(status=ChunkStatus.PENDING, lease_expires_at=None, leased_by=None, last_error=error)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]

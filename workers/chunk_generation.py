@@ -613,7 +613,8 @@ def _stop(ctx: ChunkContext, plan: ChunkPlan, lease: Lease, outcome: ChunkOutcom
         _finish(ctx, plan, progress)
         return outcome
     with transaction(ctx.session_factory) as session:
-        released = release_chunk(session, lease, error="released at worker shutdown")
+        # Not a failure: the claim goes back to the chunk's budget (rolling restarts must not quarantine it).
+        released = release_chunk(session, lease, error="released at worker shutdown", refund_attempt=True)
         if released:
             mark_enqueued(session, [lease.chunk_id])
     logger.info("chunk released at shutdown", extra=extra)

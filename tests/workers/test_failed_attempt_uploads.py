@@ -69,3 +69,43 @@ def test_a_failed_attempts_running_uploads_end_before_it_does(
     # Then no upload of that attempt landed afterwards under the deleted job's prefix
     assert [info.key for info in store.list(job_prefix(tenant, planned.job_id))] == []
     pool.shutdown()
+
+
+def test_graceful_shutdowns_give_their_claims_back_so_rolling_restarts_do_not_quarantine(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    from db.tables import Chunk
+
+    store = LocalStore(tmp_path / "objects")
+    pool = ThreadPoolExecutor(max_workers=2)
+    ctx = ChunkContext(
+        session_factory=session_factory,
+        store=store,
+        generators=GeneratorCache(store, device="cpu"),
+        settings=WorkerSettings(batch_size=4, max_attempts=3, retry_delay_seconds=0),
+        worker_name="w",
+        pool=pool,
+        on_job_finished=lambda job_id: finalize_job(session_factory, store, job_id),
+    )
+    tenant = make_tenant(session_factory)
+    model = make_model_version(session_factory, checkpoint=tiny_checkpoint(), store=store)
+    spec: dict[str, Any] = {"model": "tiny", "items": [{"category": "a", "count": 8}], "chunk_size": 8}
+    planned = submit_job(
+        session_factory,
+        parse_job_spec(spec),
+        tenant_id=tenant,
+        model_version=model,
+        publisher=lambda q, i: None,
+    )
+    chunk_id = planned.chunk_ids[0]
+    # Given a budget of 3 claims, when the chunk's worker is stopped gracefully (SIGTERM) 4 times while it runs
+    ctx.shutdown.set()
+    assert [generate_chunk(ctx, chunk_id) for _ in range(4)] == [ChunkOutcome.RELEASED] * 4
+    ctx.shutdown.clear()
+    # Then the chunk is still pending with its budget whole, and the next worker finishes the job
+    with session_factory() as session:
+        chunk = session.get_one(Chunk, chunk_id)
+        assert (chunk.status.value, chunk.attempt - chunk.retry_base) == ("pending", 0)
+    assert generate_chunk(ctx, chunk_id) is ChunkOutcome.SUCCEEDED
+    assert job_row(session_factory, planned.job_id).status is JobStatus.SUCCEEDED
+    pool.shutdown()
