@@ -53,7 +53,8 @@ def quarantine_chunk(
 def cancel_chunk_counted(
     session: Session, chunk_id: int, *, attempt: int | None = None
 ) -> JobProgress | None:
-    """Cancel a pending or leased chunk; images it already finished stay and count as done.
+    """Cancel a pending or leased chunk; images it already finished stay and count as done, and those the
+    quality gate rejected before the cancel as rejected.
 
     Fenced by `attempt` when given. Returns the job's progress, or None when nothing changed.
     """
@@ -63,8 +64,13 @@ def cancel_chunk_counted(
     done = count_chunk_images(
         session, chunk.job_id, chunk.start_index, chunk.stop_index, ImageStatus.SUCCEEDED
     )
+    rejected = count_chunk_images(
+        session, chunk.job_id, chunk.start_index, chunk.stop_index, ImageStatus.REJECTED
+    )
     _record_counts(session, chunk, done=done, failed=0)
-    return bump_job_counters(session, chunk.job_id, done=done)
+    chunk.images_rejected = rejected
+    session.flush()
+    return bump_job_counters(session, chunk.job_id, done=done, rejected=rejected)
 
 
 def cancel_pending_chunks(session: Session, job_id: str, *, limit: int = 10_000) -> JobProgress | None:

@@ -260,3 +260,34 @@ def test_stale_completion_racing_a_reclaim_never_double_counts(
     with pg_session_factory() as session:
         job = session.scalars(select(Job).where(Job.id == rows.job_id)).one()
         assert (job.chunks_finished, job.images_done) == (1, 4)
+
+
+def test_a_cancelled_chunk_counts_its_gate_rejections_as_rejected(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A chunk stopped by a cancel keeps the rows it wrote before it stopped: its delivered images count as
+    done and its quality-gate rejections as rejected (they were counted as nothing)."""
+    from db.chunk_outcomes import cancel_chunk_counted
+    from db.images import ImageRecord, upsert_images
+    from db.jobs import request_cancel
+
+    rows = insert_job(session_factory, chunks=2, chunk_size=4)
+    chunk_id = rows.chunk_ids[0]
+    with transaction(session_factory) as session:
+        lease = claim_chunk(session, chunk_id, worker="w", lease_seconds=120)
+    assert lease is not None
+    records = [
+        ImageRecord(0, "a", None, "k0", "ab" * 32, 1, 8, 8),
+        ImageRecord.rejected(index=1, category="a", sku=None, score=0.1, redraws=2, error="gate"),
+    ]
+    with transaction(session_factory) as session:
+        upsert_images(session, lease, records, renew_seconds=120)
+        request_cancel(session, rows.job_id)
+    with transaction(session_factory) as session:
+        progress = cancel_chunk_counted(session, chunk_id, attempt=lease.attempt)
+    assert progress is not None
+    with session_factory() as session:
+        job = session.get_one(Job, rows.job_id)
+        chunk = session.get_one(Chunk, chunk_id)
+        assert (job.images_done, job.images_rejected, job.images_failed) == (1, 1, 0)
+        assert (chunk.images_done, chunk.images_rejected) == (1, 1)
