@@ -106,15 +106,26 @@ class Reaper:
         self._stragglers: dict[str, dt.datetime] = {}
 
     def reap_once(self, now: dt.datetime | None = None) -> ReapReport:
-        """One repair pass; each step commits on its own, so a failure in one leaves the others done."""
+        """One repair pass; each step commits on its own and runs even when an earlier one failed (with Redis
+        down, republishing fails but cancelled jobs still finish); the first failure is raised at the end, so
+        the pass still counts as failed (`beat --check-heartbeat`)."""
         now = now or utcnow()
         report = ReapReport()
         finished: set[str] = set()
-        self._expired(now, report, finished)
-        self._exhausted_pending(report, finished)
-        self._lost_messages(now, report)
-        self._cancelling(report, finished)
-        self._finalize_stragglers(now, report, finished)
+        steps: list[Callable[[], None]] = [
+            lambda: self._expired(now, report, finished),
+            lambda: self._exhausted_pending(report, finished),
+            lambda: self._lost_messages(now, report),
+            lambda: self._cancelling(report, finished),
+            lambda: self._finalize_stragglers(now, report, finished),
+        ]
+        failure: Exception | None = None
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # the other steps still run; the pass is reported failed below
+                logger.warning("reaper step failed: %s", exc)
+                failure = failure or exc
         if not report.empty:
             logger.info(
                 "reaper: requeued=%d quarantined=%d republished=%d cancelled=%d finalize=%d",
@@ -124,6 +135,8 @@ class Reaper:
                 len(report.cancelled),
                 len(report.finalize_published),
             )
+        if failure is not None:
+            raise failure
         return report
 
     def _publish(self, by_queue: dict[str, list[int]], now: dt.datetime) -> None:

@@ -248,3 +248,32 @@ def test_redis_flushed_mid_job_the_reaper_requeues_from_sql(stack: PipelineStack
     assert len(stack.image_keys(job_id)) == 1500
     with stack.session_factory() as session:
         assert len(session.scalars(select(Image.index).where(Image.job_id == job_id)).all()) == 1500
+
+
+def test_a_failing_step_does_not_keep_the_others_from_running(
+    session_factory: sessionmaker[Session], broker: FakeBroker
+) -> None:
+    """With the broker down, measuring queue depths (lost messages) fails; a cancelled job's chunks must still
+    be cancelled in the same pass (that step needs no broker), and the pass still reports the failure."""
+
+    def broker_down(queue: str) -> int:
+        raise ConnectionError("redis: connection refused")
+
+    reaper = Reaper(
+        session_factory,
+        publisher=broker.publish,
+        publish_finalize=broker.publish_finalize,
+        queue_depth=broker_down,
+        settings=ReaperSettings(max_attempts=3, republish_after_seconds=60, finalize_grace_seconds=30),
+    )
+    # Given a cancelled job (the lost-message step asks the broker for its queue depths first, and fails)
+    job_id, chunk_ids = _job(session_factory, count=30)
+    with transaction(session_factory) as session:
+        session.execute(update(Chunk).values(enqueued_at=utcnow() - dt.timedelta(hours=1)))
+        request_cancel(session, job_id)
+    with pytest.raises(ConnectionError, match="connection refused"):
+        reaper.reap_once()
+    with session_factory() as session:
+        statuses = session.scalars(select(Chunk.status).where(Chunk.id.in_(chunk_ids))).all()
+    assert set(statuses) == {ChunkStatus.CANCELLED}
+    assert job_row(session_factory, job_id).chunks_finished == 3
