@@ -91,6 +91,8 @@ def exit_code_for(exc: BaseException) -> ExitCode:
     """The exit code for an exception raised by a command."""
     status = getattr(exc, "http_status", None)
     if isinstance(exc, CataloganError) and isinstance(status, int):
+        if 300 <= status < 400:  # a redirect: the API's URL is wrong (the API itself never redirects)
+            return ExitCode.CONFIG
         return API_STATUS_EXIT_CODES.get(status, ExitCode.UNAVAILABLE if status >= 500 else ExitCode.ERROR)
     for cls, code in EXIT_CODES:
         if isinstance(exc, cls):

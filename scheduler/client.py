@@ -28,6 +28,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import tarfile
 import threading
 import time
@@ -244,8 +245,32 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what a job id can be (the API's are 32 hex digits)
+API_KEY_PATTERN = re.compile(r"[!-~]+")  # printable ASCII, no space: what `catalogan keys create` prints
+
+
+class JobIdError(ClientError, ValueError):
+    """Raised for a job id that cannot be one (bad input: exit 2 in the CLI)."""
+
+
 def _job_id(job: Job | str) -> str:
-    return job.id if isinstance(job, Job) else job
+    """The job's id, checked before it goes into a URL path (`abc/`, `''` or `../x` would name another route)."""
+    value = job.id if isinstance(job, Job) else job
+    if not isinstance(value, str) or not JOB_ID_PATTERN.fullmatch(value):
+        raise JobIdError(f"job id {value!r}: must be 1 to 64 letters, digits, '_' or '-' (a job's `id`)")
+    return value
+
+
+def check_api_key(api_key: str) -> str:
+    """The key without surrounding whitespace (a trailing newline from a file or `echo`); `ClientError` naming
+    the variable, never echoing the key, when it holds anything but printable ASCII."""
+    key = api_key.strip()
+    if not API_KEY_PATTERN.fullmatch(key):
+        raise ClientError(
+            f"{API_KEY_ENV}: the API key must be printable ASCII without spaces (as `catalogan keys create` "
+            "prints it); check for a stray character"
+        )
+    return key
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -283,6 +308,7 @@ class Client:
             raise ClientError(
                 f"no API key: pass api_key or set {API_KEY_ENV} (create one with `catalogan keys create`)"
             )
+        api_key = check_api_key(api_key)
         self.base_url = base_url.rstrip("/")
         # A `file://` image URL is what an API on a local folder store answers; read one only from an API on
         # this machine, so a remote (or hostile) server cannot make `download` copy local files.
@@ -333,6 +359,16 @@ class Client:
                 continue
             if response.status_code >= 400:
                 raise ApiError(response.status_code, self._problem(response))
+            if response.status_code >= 300:  # the API never redirects: the URL is not the API's own address
+                location = response.headers.get("location", "?")
+                raise ApiError(
+                    response.status_code,
+                    {
+                        "status": response.status_code,
+                        "detail": f"{method} {self.base_url}{path} was redirected to {location}: set "
+                        f"{API_URL_ENV} to the API's own address (https:// where it serves TLS)",
+                    },
+                )
             return response
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:

@@ -23,8 +23,8 @@ from db.cli_support import job_exit_code, one_line_errors
 from db.errors import ConfigError
 from db.webhook_events import WEBHOOK_EVENTS
 from scheduler.cli.output import json_option, print_json, print_rows
-from scheduler.client import API_KEY_ENV, Client, Job
-from scheduler.errors import ApiError
+from scheduler.client import API_KEY_ENV, Client, Job, check_api_key
+from scheduler.errors import ApiError, ClientError
 
 COLUMNS = ("id", "status", "model", "images", "done", "failed", "progress", "created_at", "finished_at")
 MANIFEST_CSV_COLUMNS = (
@@ -44,8 +44,13 @@ ITEM_FIELD = re.compile(r"^(?:body\.)?items\.(\d+)\.(\w+)$")
 
 
 def _client() -> Client:
-    if not os.environ.get(API_KEY_ENV):
+    key = os.environ.get(API_KEY_ENV)
+    if not key:
         raise ConfigError(f"no API key: set {API_KEY_ENV} (create one with `catalogan keys create`)")
+    try:
+        check_api_key(key)
+    except ClientError as exc:
+        raise ConfigError(str(exc)) from exc
     return Client()
 
 

@@ -128,3 +128,43 @@ def test_client_without_a_key_says_which_variable_to_set(monkeypatch: pytest.Mon
     monkeypatch.delenv("CATALOGAN_API_KEY", raising=False)
     with pytest.raises(ClientError, match="CATALOGAN_API_KEY"):
         Client("http://api")
+
+
+def test_a_redirect_is_an_error_naming_the_api_url_not_a_success() -> None:
+    """The API never redirects: a 3xx means CATALOGAN_API_URL is not its address (http→https, a proxy). A
+    DELETE answered 307 was reported as done, and a JSON call failed on an empty body."""
+    from db.cli_support import ExitCode, exit_code_for
+
+    seen: list[httpx.Request] = []
+    moved = httpx.Response(301, headers={"location": "https://api/v1/jobs/j1"})
+    with Client("http://api", "k", transport=scripted([moved, moved], seen)) as client:
+        with pytest.raises(ApiError) as deleted:
+            client.delete_job("j1")
+        with pytest.raises(ApiError) as shown:
+            client.get_job("j1")
+    for error in (deleted.value, shown.value):
+        assert (
+            error.status == 301
+            and "CATALOGAN_API_URL" in str(error)
+            and "https://api/v1/jobs/j1" in str(error)
+        )
+        assert exit_code_for(error) is ExitCode.CONFIG
+
+
+def test_job_ids_and_api_keys_are_checked_before_a_request_and_a_key_is_never_echoed() -> None:
+    from scheduler.client import JobIdError
+
+    seen: list[httpx.Request] = []
+    with Client("http://api", "k", transport=scripted([], seen)) as client:
+        for bad in ("abc/", "", "../x", "a b"):
+            with pytest.raises(JobIdError, match="job id"):
+                client.delete_job(bad)
+    assert seen == []  # nothing was sent
+    # A key read from a file keeps its newline: stripped; a key with a character inside is refused by name
+    answer = httpx.Response(200, json={"data": [], "next_cursor": None})
+    with Client("http://api", "cg_secret\n", transport=scripted([answer], seen)) as client:
+        client.list_jobs()
+    assert seen[-1].headers["authorization"] == "Bearer cg_secret"
+    with pytest.raises(ClientError) as refused:
+        Client("http://api", "cg_sec ret")
+    assert "CATALOGAN_API_KEY" in str(refused.value) and "cg_sec" not in str(refused.value)
