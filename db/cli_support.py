@@ -115,6 +115,17 @@ def one_line_errors(func: F) -> F:
         except Exception as exc:
             # SQLAlchemy / redis connection failures: a service is down, not a bug.
             name = type(exc).__name__
+            first = str(exc).splitlines()[0] if str(exc) else name
+            if name in {"OperationalError", "ProgrammingError"} and (
+                "no such table" in first or ("relation" in first and "does not exist" in first)
+            ):
+                # A database without catalogan's tables is not an outage: say what to run.
+                click.echo(
+                    "Error: the database has no catalogan tables yet: run `catalogan db upgrade` "
+                    f"(CATALOGAN_DATABASE_URL, else the data folder's SQLite file) ({first})",
+                    err=True,
+                )
+                sys.exit(ExitCode.CONFIG)
             if name in {"OperationalError", "ConnectionError", "InterfaceError"}:
                 click.echo(f"Error: a service did not answer: {str(exc).splitlines()[0]}", err=True)
                 sys.exit(ExitCode.UNAVAILABLE)

@@ -92,7 +92,20 @@ class DatabaseSettings(BaseSettings):
     def _normalise(cls, value: str) -> str:
         # `postgresql://` means psycopg2 to SQLAlchemy; we ship psycopg 3.
         if value.startswith("postgresql://") or value.startswith("postgres://"):
-            return "postgresql+psycopg://" + value.split("://", 1)[1]
+            value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        if value:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                backend = make_url(value).get_backend_name()
+            except ArgumentError:
+                backend = None  # the message below never repeats the URL: it may hold a password
+            if backend not in ("postgresql", "sqlite"):
+                raise ValueError(
+                    "must be a PostgreSQL or SQLite URL: postgresql://user:password@host:5432/db or "
+                    "sqlite:////absolute/path.db (or empty for the embedded SQLite file)"
+                )
         return value
 
     def url(self, data: DataSettings | None = None) -> str:

@@ -43,3 +43,24 @@ def test_every_db_command_has_help_with_an_example() -> None:
         assert result.exit_code == 0, result.output
         assert "Example:" in result.output
     assert "db" in LAZY_HELP
+
+
+def test_a_malformed_database_url_or_a_database_without_tables_is_one_line_naming_what_to_fix(
+    tmp_path: Path,
+) -> None:
+    """`CATALOGAN_DATABASE_URL=garbage` gave a SQLAlchemy traceback (exit 1), and a fresh data folder "a
+    service did not answer" (exit 5, an outage): both are configuration (exit 6), in one line."""
+    from click.testing import CliRunner
+
+    from db.cli_support import ExitCode
+    from scheduler.cli.root import cli
+
+    env = {"CATALOGAN_DATA_DIR": str(tmp_path / "data")}
+    for url in ("garbage", "mysql://root:hunter2@db/catalog"):
+        result = CliRunner().invoke(cli, ["tenants", "ls"], env={**env, "CATALOGAN_DATABASE_URL": url})
+        assert result.exit_code == ExitCode.CONFIG, result.output
+        assert result.output.startswith("Error: CATALOGAN_DATABASE_URL: must be a PostgreSQL or SQLite URL")
+        assert len(result.output.strip().splitlines()) == 1 and "hunter2" not in result.output
+    fresh = CliRunner().invoke(cli, ["tenants", "ls"], env=env)
+    assert fresh.exit_code == ExitCode.CONFIG, fresh.output
+    assert "run `catalogan db upgrade`" in fresh.output and len(fresh.output.strip().splitlines()) == 1
