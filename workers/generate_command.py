@@ -12,13 +12,17 @@ part of each file's provenance, so a random id would make every run's bytes diff
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,6 +208,25 @@ def derived_job_id(tenant_id: str, model_version_id: int, spec: JobSpec) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While inside, SIGTERM ends the command as Ctrl-C does (`SystemExit(143)` through every `finally`),
+    instead of killing it at once and leaving its children running. Only in the main thread (where Python
+    handles signals); the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _start_children(data: DataSettings) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, "CATALOGAN_DATA_DIR": str(data.resolved)}
     logs = data.resolved / "logs"
@@ -317,15 +340,18 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
             job_id=job_id,
             model_version=model_version,
         )
-    children = _start_children(data) if request.start_worker and not existing_is_done(existing) else []
-    with session_factory() as session:
-        exporter = JobExport(store, session.get_one(Job, job_id), request.out_dir)
-    try:
-        if existing is not None and not existing.status.is_terminal:
-            _republish_pending(session_factory, job_id, existing.queue, publisher)
-        job = _wait(session_factory, job_id, request, children, exporter)
-    finally:
-        _stop_children(children)
+    children: list[subprocess.Popen[bytes]] = []
+    with _sigterm_raises():  # `kill PID` or `timeout` must stop the worker and beat started here too
+        try:
+            if request.start_worker and not existing_is_done(existing):
+                children = _start_children(data)
+            with session_factory() as session:
+                exporter = JobExport(store, session.get_one(Job, job_id), request.out_dir)
+            if existing is not None and not existing.status.is_terminal:
+                _republish_pending(session_factory, job_id, existing.queue, publisher)
+            job = _wait(session_factory, job_id, request, children, exporter)
+        finally:
+            _stop_children(children)
     with session_factory() as session:
         found = session.get(Job, job_id)
         assert found is not None

@@ -135,3 +135,44 @@ def test_generate_uses_postgresql_redis_and_s3_when_configured(
     assert len(keys) == 20
     assert not (tmp_path / "data" / "catalogan.db").exists()  # no embedded SQLite was used
     engine.dispose()
+
+
+def _children_of(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_kill_stops_generate_and_the_worker_and_beat_it_started(tmp_path: Path) -> None:
+    """`kill PID` (or `timeout`) on `catalogan generate` left its worker and beat running, orphaned, still
+    generating: SIGTERM now ends the command through its clean-up, which stops both."""
+    import signal
+    import time
+
+    folder = _embedded_folder(tmp_path)
+    command = [*CATALOGAN, "generate", "--model", "tiny", "--category", "a=20000", "--out", "out"]
+    process = subprocess.Popen(
+        command, cwd=folder, env=pipeline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    children: list[int] = []
+    while len(children) < 2:  # the worker and the beat have started
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.5)
+        children = _children_of(process.pid)
+    time.sleep(2.0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in children):
+        assert time.monotonic() < deadline, [pid for pid in children if Path(f"/proc/{pid}").exists()]
+        time.sleep(0.5)
