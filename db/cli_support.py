@@ -132,3 +132,14 @@ def one_line_errors(func: F) -> F:
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+def model_name_option(value: str) -> str:
+    """A `--name` option's value when it is a valid model name; click's usage error (exit 2) naming the option
+    and the rule otherwise, before the command does any work."""
+    from db.model_versions import check_model_name
+
+    try:
+        return check_model_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None

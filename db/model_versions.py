@@ -8,6 +8,7 @@ one before it, in the same transaction.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,20 @@ from db.errors import ConflictError, NotFoundError
 from db.job_specs import split_model_ref
 from db.status import MODEL_VERSION_TRANSITIONS, ModelVersionStatus, check_transition
 from db.tables import ModelVersion, utcnow
+
+# What a model name may be: `name@version` addresses a version, and the name is a folder of object keys
+# (`models/<name>/...`), so no '@', '/', space or leading dot.
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_model_name(name: str) -> str:
+    """`name` when it is a valid model name; `ValueError` naming the rule otherwise."""
+    if not MODEL_NAME_PATTERN.fullmatch(name):
+        raise ValueError(
+            f"{name!r}: a model name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+            "(no '@': name@version addresses a version)"
+        )
+    return name
 
 
 def next_version(session: Session, name: str) -> int:

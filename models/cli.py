@@ -15,7 +15,7 @@ import click
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import migrate
-from db.cli_support import one_line_errors
+from db.cli_support import model_name_option, one_line_errors
 from db.engine import engine_from_settings, make_session_factory
 from db.settings import DatabaseSettings, DataSettings, StorageSettings
 
@@ -73,7 +73,12 @@ def default_store_url() -> str:
 @click.option(
     "--out", "out_url", default=None, help="Object store for checkpoints (default: CATALOGAN_STORAGE_URL)."
 )
-@click.option("--name", default=None, help="Model name in the registry and the store (default: the preset).")
+@click.option(
+    "--name",
+    default=None,
+    callback=lambda _ctx, _param, value: None if value is None else model_name_option(value),
+    help="Model name in the registry and the store (default: the preset): letters, digits, '.', '_', '-'.",
+)
 @click.option(
     "--run", "run_id", default="", help="Run id under models/<name>/ (default: a new timestamped one)."
 )

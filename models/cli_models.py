@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import migrate
 from db.cli_output import json_option, print_json, print_table
-from db.cli_support import one_line_errors
+from db.cli_support import model_name_option, one_line_errors
 from db.engine import engine_from_settings, make_session_factory
 from db.settings import DatabaseSettings, DataSettings, StorageSettings
 from db.storage import open_store
@@ -150,7 +150,10 @@ def retire_command(ref: str, as_json: bool) -> None:
 @models_group.command("register")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
-    "--name", required=True, help="Model name in the registry (a new one, or a new version of one)."
+    "--name",
+    required=True,
+    callback=lambda _ctx, _param, value: model_name_option(value),
+    help="Model name in the registry (a new one, or a new version of one): letters, digits, '.', '_', '-'.",
 )
 @click.option(
     "--promote",

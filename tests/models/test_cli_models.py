@@ -82,3 +82,23 @@ def test_register_refuses_a_file_that_is_not_a_checkpoint(tmp_path: Path) -> Non
     assert len(result.stderr.strip().splitlines()) == 1
     listed = catalogan(["models", "list", "--json"], tmp_path)
     assert "bogus" not in {row["name"] for row in json.loads(listed.stdout)}
+
+
+def test_a_model_name_that_cannot_be_addressed_is_refused_before_any_work(tmp_path: Path) -> None:
+    """`--name fashion-cgan@2` registered `fashion-cgan@2@1`, which no command could address again; `a/b`
+    became two folders of object keys. Refused as a usage error naming --name, before the checkpoint is read."""
+    from click.testing import CliRunner
+
+    from scheduler.cli.root import cli
+
+    not_a_checkpoint = tmp_path / "x.pt"
+    not_a_checkpoint.write_bytes(b"x")
+    env = {"CATALOGAN_DATA_DIR": str(tmp_path / "data")}
+    for name in ("fashion-cgan@2", "a/b", "A B", "", ".hidden"):
+        result = CliRunner().invoke(
+            cli, ["models", "register", str(not_a_checkpoint), "--name", name, "--no-evaluate"], env=env
+        )
+        assert result.exit_code == 2 and "Invalid value for '--name'" in result.output, (name, result.output)
+        train = CliRunner().invoke(cli, ["train", "--name", name, "--steps", "1"], env=env)
+        assert train.exit_code == 2 and "Invalid value for '--name'" in train.output, (name, train.output)
+    assert not (tmp_path / "data").exists()
