@@ -69,8 +69,8 @@ EXIT_CODES: list[tuple[type[BaseException], ExitCode]] = [
     (ConflictError, ExitCode.CONFLICT),
     (InvalidTransitionError, ExitCode.CONFLICT),
     (ConfigError, ExitCode.CONFIG),
+    (ValueError, ExitCode.USAGE),  # before StorageError: InvalidKeyError (a name breaking a key rule) is both
     (StorageError, ExitCode.UNAVAILABLE),
-    (ValueError, ExitCode.USAGE),
     (CataloganError, ExitCode.ERROR),
 ]
 

@@ -35,6 +35,10 @@ COLUMNS = (
 )
 
 
+# The quota columns are 32-bit integers on PostgreSQL: a larger value was a DataError traceback.
+MAX_QUOTA = 2**31 - 1
+
+
 @click.group("tenants")
 def tenants() -> None:
     """Create, change and list tenants (customer accounts that own keys, jobs and objects); rotate webhook secrets.
@@ -50,16 +54,22 @@ def _quota_options(func: Any) -> Any:
     """The options `create` and `set` share: the quotas and the queue allowance."""
     options = [
         click.option(
-            "--images-per-day", type=click.IntRange(min=1), default=None, help="Quota of images per 24 h."
+            "--images-per-day",
+            type=click.IntRange(min=1, max=MAX_QUOTA),
+            default=None,
+            help="Quota of images per 24 h.",
         ),
         click.option(
             "--max-concurrent-jobs",
-            type=click.IntRange(min=1),
+            type=click.IntRange(min=1, max=MAX_QUOTA),
             default=None,
             help="Quota of unfinished jobs.",
         ),
         click.option(
-            "--requests-per-minute", type=click.IntRange(min=1), default=None, help="API rate limit."
+            "--requests-per-minute",
+            type=click.IntRange(min=1, max=MAX_QUOTA),
+            default=None,
+            help="API rate limit.",
         ),
         click.option(
             "--highest-queue",

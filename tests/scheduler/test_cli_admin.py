@@ -208,3 +208,15 @@ def test_serve_refuses_a_bad_chunk_size_setting_at_start_in_one_line() -> None:
     # Then it stops before serving, with one line naming the variable, and exit code 6 (configuration)
     assert result.exit_code == 6, result.output
     assert "CATALOGAN_CHUNK_SIZE_BACKFILL" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_quota_options_are_bounded_and_a_bad_tenant_name_is_a_usage_error(cli_env: dict[str, str]) -> None:
+    """A quota over the database's 32-bit column was a 90-line DataError traceback, and a tenant name
+    breaking a key rule exited 5 ("unavailable"): both are usage errors (exit 2), one line, nothing made."""
+    too_big = run(["tenants", "create", "big", "--images-per-day", "3000000000"], cli_env)
+    assert too_big.exit_code == 2 and "--images-per-day" in too_big.output, too_big.output
+    for name in ("", "a/b", "."):
+        bad = run(["tenants", "create", name], cli_env)
+        assert bad.exit_code == ExitCode.USAGE, (name, bad.output)
+        assert bad.output.startswith("Error:") and len(bad.output.strip().splitlines()) == 1, bad.output
+    assert json.loads(run(["tenants", "ls", "--json"], cli_env).output) == []
