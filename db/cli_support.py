@@ -13,9 +13,12 @@ place:
 from __future__ import annotations
 
 import enum
+import os
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -143,3 +146,39 @@ def model_name_option(value: str) -> str:
         return check_model_name(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _local_path(value: Path, param: click.Parameter) -> Path:
+    # click has already made a Path of it, which folds `s3://b/k` into `s3:/b/k`
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(value)):
+        raise click.BadParameter(f"{str(value)!r} looks like a URL: give a local path", param=param)
+    return value
+
+
+def output_folder(_ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """A `--out`-style folder option: a local path, created now (parents too), so that a path that cannot be
+    a folder is a usage error before the command does its work, not a traceback after it."""
+    if value is None:
+        return None
+    _local_path(value, param)
+    try:
+        value.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"{str(value)!r} cannot be a folder: {exc.strerror or exc}", param=param
+        ) from None
+    return value
+
+
+def output_file(_ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """A `--out`-style file option: a local path whose folder exists and is writable, checked before the
+    command does its work (the file itself is written at the end)."""
+    if value is None:
+        return None
+    _local_path(value, param)
+    folder = value.parent if str(value.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise click.BadParameter(
+            f"{str(value)!r}: its folder {str(folder)!r} is not a writable folder", param=param
+        )
+    return value

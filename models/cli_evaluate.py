@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from db.cli_support import one_line_errors
+from db.cli_support import one_line_errors, output_file
 from models.data.fashion_mnist import DEFAULT_ROOT
 
 if TYPE_CHECKING:
@@ -177,6 +177,7 @@ def read_checkpoint_uri(uri: str, store_url: str) -> bytes:
     "closest_pairs",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
+    callback=output_file,
     help="With --memorization: write a PNG of the 16 generated images nearest the training set (top) over "
     "their nearest training images (bottom).",
 )
@@ -190,6 +191,7 @@ def read_checkpoint_uri(uri: str, store_url: str) -> bytes:
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
+    callback=output_file,
     help="Also write the JSON report to this file.",
 )
 @one_line_errors

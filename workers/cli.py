@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from db.cli_support import CATALOGAN_ARGV, job_exit_code, one_line_errors
+from db.cli_support import CATALOGAN_ARGV, job_exit_code, one_line_errors, output_folder
 
 CHILD_STOP_TIMEOUT_SECONDS = 30
 
@@ -309,7 +309,12 @@ def worker(
 )
 @click.option("--chunk-size", type=int, default=None, help="Images per chunk [default: 256].")
 @click.option(
-    "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder."
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    callback=output_folder,
+    help="Folder (created if missing).",
 )
 @click.option(
     "--no-worker", is_flag=True, help="Do not start a worker and reaper: they already run elsewhere."

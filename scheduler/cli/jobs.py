@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from db.cli_support import job_exit_code, one_line_errors
+from db.cli_support import job_exit_code, one_line_errors, output_file, output_folder
 from db.errors import ConfigError
 from db.webhook_events import WEBHOOK_EVENTS
 from scheduler.cli.output import json_option, print_json, print_rows
@@ -432,6 +432,7 @@ def manifest_csv(rows: list[dict[str, Any]]) -> str:
     "out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
+    callback=output_file,
     help="Write the manifest here (default: stdout; Parquet needs --out).",
 )
 @click.option(
@@ -439,6 +440,7 @@ def manifest_csv(rows: list[dict[str, Any]]) -> str:
     "images_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
+    callback=output_folder,
     help="Also download the images into this folder (checked against their sha256).",
 )
 @one_line_errors

@@ -64,3 +64,31 @@ def test_a_malformed_database_url_or_a_database_without_tables_is_one_line_namin
     fresh = CliRunner().invoke(cli, ["tenants", "ls"], env=env)
     assert fresh.exit_code == ExitCode.CONFIG, fresh.output
     assert "run `catalogan db upgrade`" in fresh.output and len(fresh.output.strip().splitlines()) == 1
+
+
+def test_output_paths_are_checked_before_the_work_they_receive(tmp_path: Path) -> None:
+    """`generate --out afile/sub` ran the whole job and then printed a traceback; `--out s3://b/x` made a
+    local folder `s3:/b/x`; `jobs export --out` and `evaluate --out` failed after all their work. Each is now
+    a usage error naming the option (exit 2) before anything runs."""
+    from click.testing import CliRunner
+
+    from scheduler.cli.root import cli
+
+    (tmp_path / "afile").write_text("a file, not a folder")
+    env = {
+        "CATALOGAN_DATA_DIR": str(tmp_path / "data"),
+        "CATALOGAN_API_KEY": "cg_x",
+        "CATALOGAN_API_URL": "http://127.0.0.1:9",
+    }
+    cases = [
+        ["generate", "--category", "sneaker=1", "--out", str(tmp_path / "afile" / "sub")],
+        ["generate", "--category", "sneaker=1", "--out", "s3://bucket/x"],
+        ["jobs", "export", "a" * 32, "--out", str(tmp_path / "nodir" / "x.csv")],
+        ["jobs", "export", "a" * 32, "--images", str(tmp_path / "afile" / "sub")],
+        ["evaluate", str(tmp_path / "afile"), "--out", str(tmp_path / "afile" / "r.json")],
+    ]
+    for args in cases:
+        result = CliRunner().invoke(cli, args, env=env)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Invalid value for '--" in result.output, (args, result.output)
+    assert not (tmp_path / "data").exists() and not Path("s3:").exists()
