@@ -156,17 +156,21 @@ def _local_path(value: Path, param: click.Parameter) -> Path:
 
 
 def output_folder(_ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
-    """A `--out`-style folder option: a local path, created now (parents too), so that a path that cannot be
-    a folder is a usage error before the command does its work, not a traceback after it."""
+    """A `--out`-style folder option: a local path that is a folder or can be made one (its nearest existing
+    ancestor is a writable folder), checked before the command does its work and without creating anything:
+    bad input changes nothing."""
     if value is None:
         return None
     _local_path(value, param)
-    try:
-        value.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    existing = value.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == value.absolute() and existing.is_dir():
+        return value
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise click.BadParameter(
-            f"{str(value)!r} cannot be a folder: {exc.strerror or exc}", param=param
-        ) from None
+            f"{str(value)!r} cannot be a folder: {str(existing)!r} is not a writable folder", param=param
+        )
     return value
 
 
