@@ -7,6 +7,7 @@ FastAPI builds them per request from the `Services` created once in `create_app`
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -93,6 +94,16 @@ class Services:
             self._session_slots.set(slots)
         return slots
 
+    @asynccontextmanager
+    async def session_slot(self) -> AsyncIterator[None]:
+        """Hold one of this event loop's request-session slots (`session_slots`) for the block, taken on the loop."""
+        slots = self.session_slots()
+        if slots is None:
+            yield
+            return
+        async with slots:
+            yield
+
     def celery(self) -> Any:
         """The Celery app used to send tasks by name (built on first use; no worker code is imported)."""
         if self.celery_app is None:
@@ -155,18 +166,12 @@ async def get_session(services: ServicesDep) -> AsyncIterator[Session]:
     first takes one of `session_slot_count` slots, on the event loop, and the close runs on a thread of its
     own (a fresh limiter, as FastAPI does for the exit of a sync dependency) rather than the shared pool.
     """
-    slots = services.session_slots()
-    if slots is not None:
-        await slots.acquire()
-    try:
+    async with services.session_slot():
         session = services.session_factory()
         try:
             yield session
         finally:
             await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
-    finally:
-        if slots is not None:
-            slots.release()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -82,7 +82,7 @@ def json_body_openapi(model: type[pydantic.BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-async def read_json_body(request: Request, model: type[M]) -> M:
+async def read_json_body(request: Request, model: type[M], *, other_media: str = "") -> M:
     """The request's JSON body as `model`: read only when the route asks (after its dependencies: the API key
     and the rate limit) and parsed off the event loop.
 
@@ -92,9 +92,10 @@ async def read_json_body(request: Request, model: type[M]) -> M:
     """
     content_type = request.headers.get("content-type", "")
     if content_type and not content_type.startswith("application/json"):
-        raise UnsupportedMediaTypeError(f"content type {content_type!r}: send application/json")
+        raise UnsupportedMediaTypeError(f"content type {content_type!r}: send application/json{other_media}")
     body = await request.body()
     try:
+        # Off the event loop: validating a 10 MiB body takes a CPU for a while, and every request waits on it.
         return await run_in_threadpool(model.model_validate_json, body or b"null")
     except pydantic.ValidationError as exc:
         raise _validation_error(exc) from exc
@@ -156,17 +157,7 @@ async def read_job_request(
             parse_item_manifest, data, fmt, max_items=services.settings.max_items_per_job
         )
         return job_request, items
-    if content_type and not content_type.startswith("application/json"):
-        raise UnsupportedMediaTypeError(
-            f"content type {content_type!r}: send application/json or multipart/form-data"
-        )
-    body = await request.body()
-    try:
-        # Off the event loop: validating a 10 MiB body takes a CPU for a while, and every request waits on it.
-        job_request = await run_in_threadpool(JobCreate.model_validate_json, body or b"null")
-    except pydantic.ValidationError as exc:
-        raise _validation_error(exc) from exc
-    del body  # a queued submit keeps its parsed request, not the raw body too
+    job_request = await read_json_body(request, JobCreate, other_media=" or multipart/form-data")
     if job_request.variation is not None or job_request.interpolation is not None:
         return job_request, []  # the images come from the source images (checked by the submit path)
     if job_request.manifest_uri is not None:

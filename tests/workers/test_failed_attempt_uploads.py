@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.errors import TransientStorageError
 from db.job_deletion import delete_job, job_prefix
 from db.pipeline_settings import WorkerSettings
-from db.planning import parse_job_spec, submit_job
+from db.planning import PlannedJob, parse_job_spec, submit_job
 from db.status import JobStatus
 from db.storage import LocalStore
 from tests.pipeline import job_row, make_model_version, make_tenant, tiny_checkpoint
@@ -36,16 +36,15 @@ class FlakyStore(LocalStore):
         super().put(key, data, content_type=content_type)
 
 
-def test_a_failed_attempts_running_uploads_end_before_it_does(
-    session_factory: sessionmaker[Session], tmp_path: Path
-) -> None:
-    store = FlakyStore(tmp_path / "objects")
-    pool = ThreadPoolExecutor(max_workers=4)
+def _one_chunk_job(
+    session_factory: sessionmaker[Session], store: LocalStore, pool: ThreadPoolExecutor, *, max_attempts: int
+) -> tuple[ChunkContext, str, PlannedJob]:
+    """A worker context on `store` and a job of one 8-image chunk (batches of 4) of a tiny model."""
     ctx = ChunkContext(
         session_factory=session_factory,
         store=store,
         generators=GeneratorCache(store, device="cpu"),
-        settings=WorkerSettings(batch_size=4, max_attempts=1, retry_delay_seconds=0),
+        settings=WorkerSettings(batch_size=4, max_attempts=max_attempts, retry_delay_seconds=0),
         worker_name="w",
         pool=pool,
         on_job_finished=lambda job_id: finalize_job(session_factory, store, job_id),
@@ -60,6 +59,15 @@ def test_a_failed_attempts_running_uploads_end_before_it_does(
         model_version=model,
         publisher=lambda q, i: None,
     )
+    return ctx, tenant, planned
+
+
+def test_a_failed_attempts_running_uploads_end_before_it_does(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    store = FlakyStore(tmp_path / "objects")
+    pool = ThreadPoolExecutor(max_workers=4)
+    ctx, tenant, planned = _one_chunk_job(session_factory, store, pool, max_attempts=1)
     # Given an attempt whose first batch's upload fails while its second batch's uploads are still running
     assert generate_chunk(ctx, planned.chunk_ids[0]) is ChunkOutcome.QUARANTINED
     assert job_row(session_factory, planned.job_id).status is JobStatus.FAILED
@@ -78,25 +86,7 @@ def test_graceful_shutdowns_give_their_claims_back_so_rolling_restarts_do_not_qu
 
     store = LocalStore(tmp_path / "objects")
     pool = ThreadPoolExecutor(max_workers=2)
-    ctx = ChunkContext(
-        session_factory=session_factory,
-        store=store,
-        generators=GeneratorCache(store, device="cpu"),
-        settings=WorkerSettings(batch_size=4, max_attempts=3, retry_delay_seconds=0),
-        worker_name="w",
-        pool=pool,
-        on_job_finished=lambda job_id: finalize_job(session_factory, store, job_id),
-    )
-    tenant = make_tenant(session_factory)
-    model = make_model_version(session_factory, checkpoint=tiny_checkpoint(), store=store)
-    spec: dict[str, Any] = {"model": "tiny", "items": [{"category": "a", "count": 8}], "chunk_size": 8}
-    planned = submit_job(
-        session_factory,
-        parse_job_spec(spec),
-        tenant_id=tenant,
-        model_version=model,
-        publisher=lambda q, i: None,
-    )
+    ctx, _tenant, planned = _one_chunk_job(session_factory, store, pool, max_attempts=3)
     chunk_id = planned.chunk_ids[0]
     # Given a budget of 3 claims, when the chunk's worker is stopped gracefully (SIGTERM) 4 times while it runs
     ctx.shutdown.set()

@@ -321,14 +321,8 @@ async def estimate_job(
     spec = await run_in_threadpool(job_spec, job_request, items or [])
     del job_request, items
     submit_limits(settings).check_retention(spec)  # the document states the operator's maximum
-    slots = services.session_slots()
-    if slots is not None:
-        await slots.acquire()
-    try:
+    async with services.session_slot():
         return await run_in_threadpool(_estimate, services, spec, tenant.id, settings)
-    finally:
-        if slots is not None:
-            slots.release()
 
 
 def _estimate(services: Services, spec: JobSpec, tenant_id: str, settings: ApiSettings) -> EstimatePublic:
