@@ -3,23 +3,40 @@
 The lease is the only lock. `attempt` rises by one at every claim; every write a worker makes for a chunk
 is guarded by `WHERE id = :id AND attempt = :attempt AND status = 'leased'`, so a worker that was paused
 past its lease (and whose chunk another worker has since claimed) can no longer change anything.
+
+Lease times are on one clock, the database server's, because the hosts that write and compare them disagree:
+a worker whose clock ran ahead would take live leases and write leases that outlive it, a reaper whose clock
+ran ahead would reclaim live ones. On PostgreSQL every lease time written (`lease_expires_at` at claim and
+renewal, `enqueued_at`) is computed by the server in the UPDATE itself, `clock_timestamp() + interval`, and
+every comparison (a claim of an expired lease, the reaper's expiry scan and lost-message threshold) is against
+`statement_timestamp()`. Not `now()`: that is when the transaction began, so a renewal late in a transaction
+would write an expiry already partly spent. `clock_timestamp()` for writes: the lease starts when its row is
+written, even after waiting on a row lock. `statement_timestamp()` for comparisons: one instant for the
+whole statement (stable, so the (status, lease_expires_at) index serves the scan), and a statement that waited
+on a lock compares with the earlier instant, which errs towards leaving a lease alone. The `Lease` a claim
+or renewal returns carries the expiry the database wrote (RETURNING).
+
+On SQLite (the embedded stack: one host by construction, so the Python clock is the database host's clock)
+the times come from `db.tables.utcnow`: SQLite stores timestamps as naive text compared as text
+(`db.tables.UTCDateTime`), which its own `strftime(..., 'now')` (milliseconds, another format) would not
+match. `uses_database_clock` says which; `now=` arguments stand in for either clock (tests that move time).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, Interval, and_, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.errors import StaleAttemptError
 from db.jobs import JobProgress, bump_job_counters
 from db.status import ChunkStatus
-from db.tables import Chunk, JobItem, utcnow
+from db.tables import Chunk, JobItem, Timestamp, utcnow
 
 LEASE_SECONDS = 120
 MAX_ATTEMPTS = 5
@@ -27,7 +44,11 @@ MAX_ATTEMPTS = 5
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """Proof that one attempt holds a chunk until `expires_at`."""
+    """Proof that one attempt holds a chunk until `expires_at`.
+
+    `expires_at` is on the lease clock (the database server's on PostgreSQL, as RETURNING gave it): compare it
+    with that clock, never with this host's; the fenced writes, not this field, decide whether the lease holds.
+    """
 
     chunk_id: int
     job_id: str
@@ -100,7 +121,39 @@ def chunk_items(session: Session, chunk: ChunkRangeLike) -> tuple[ChunkItem, ...
     )
 
 
-def _claimable(now: dt.datetime) -> object:
+def uses_database_clock(session: Session) -> bool:
+    """True when lease times come from the database server's clock (PostgreSQL), False when they come from
+    this host's (SQLite, the one-host embedded stack); see the module docstring."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def lease_clock(
+    session: Session, *, now: dt.datetime | None = None, offset: dt.timedelta = dt.timedelta(0)
+) -> ColumnElement[dt.datetime]:
+    """The current time plus `offset` on the clock lease times are kept in, as a SQL expression to compare
+    `lease_expires_at` or `enqueued_at` with: `statement_timestamp()` on PostgreSQL, this host's clock on
+    SQLite, `now` when given."""
+    return _clock(session, now, offset, func.statement_timestamp)
+
+
+def _written_time(
+    session: Session, now: dt.datetime | None, offset: dt.timedelta = dt.timedelta(0)
+) -> ColumnElement[dt.datetime]:
+    # A lease time to write: on PostgreSQL `clock_timestamp()`, when the row is written (after any lock wait).
+    return _clock(session, now, offset, func.clock_timestamp)
+
+
+def _clock(
+    session: Session, now: dt.datetime | None, offset: dt.timedelta, server_time: Callable[..., Any]
+) -> ColumnElement[dt.datetime]:
+    if now is None and uses_database_clock(session):
+        time: ColumnElement[dt.datetime] = server_time(type_=Timestamp)
+        return time + literal(offset, Interval()) if offset else time
+    # SQLite (one host: this clock is the database host's), or a time the caller chose.
+    return literal((now or utcnow()) + offset, Timestamp)
+
+
+def _claimable(now: ColumnElement[dt.datetime]) -> object:
     return or_(
         Chunk.status == ChunkStatus.PENDING,
         and_(Chunk.status == ChunkStatus.LEASED, Chunk.lease_expires_at < now),
@@ -122,24 +175,33 @@ def claim_chunk(
     held by a live lease, or has used up `max_attempts` (the reaper quarantines those).
     Of two concurrent callers exactly one gets the lease: the row lock (PostgreSQL) or the database
     write lock (SQLite) makes the second UPDATE see the first one's result.
+    Expiry is read and written on the lease clock (the database's on PostgreSQL), never this host's alone;
+    `now` stands in for it (tests).
     """
-    now = now or utcnow()
-    expires = now + dt.timedelta(seconds=lease_seconds)
+    claimable = _claimable(lease_clock(session, now=now))
+    expires = _written_time(session, now, dt.timedelta(seconds=lease_seconds))
     row = session.execute(
         update(Chunk)
-        .where(Chunk.id == chunk_id, Chunk.attempt - Chunk.retry_base < max_attempts, _claimable(now))  # type: ignore[arg-type]
+        .where(Chunk.id == chunk_id, Chunk.attempt - Chunk.retry_base < max_attempts, claimable)  # type: ignore[arg-type]
         .values(
             status=ChunkStatus.LEASED, attempt=Chunk.attempt + 1, lease_expires_at=expires, leased_by=worker
         )
         .returning(
-            Chunk.job_id, Chunk.item_id, Chunk.start_index, Chunk.stop_index, Chunk.attempt, Chunk.retry_base
+            Chunk.job_id,
+            Chunk.item_id,
+            Chunk.start_index,
+            Chunk.stop_index,
+            Chunk.attempt,
+            Chunk.lease_expires_at,
+            Chunk.retry_base,
         )
         .execution_options(synchronize_session=False)
     ).one_or_none()
     if row is None:
         return None
-    job_id, item_id, start, stop, attempt, retry_base = row
-    return Lease(chunk_id, job_id, item_id, start, stop, attempt, expires, retry_base)
+    job_id, item_id, start, stop, attempt, expires_at, retry_base = row
+    assert expires_at is not None  # this UPDATE just wrote it
+    return Lease(chunk_id, job_id, item_id, start, stop, attempt, expires_at, retry_base)
 
 
 def _fenced(lease: Lease) -> object:
@@ -169,17 +231,19 @@ def renew_lease(
     """Extend a live lease (long chunks call this between batches); raises `StaleAttemptError` if lost.
 
     A lease that has already expired can still be renewed as long as no other attempt claimed the chunk.
+    The new expiry is `lease_seconds` from now on the lease clock (the database's on PostgreSQL); `now`
+    stands in for it (tests).
     """
-    expires = (now or utcnow()) + dt.timedelta(seconds=lease_seconds)
-    result = session.execute(
+    expires_at = session.execute(
         update(Chunk)
         .where(_fenced(lease))  # type: ignore[arg-type]
-        .values(lease_expires_at=expires)
+        .values(lease_expires_at=_written_time(session, now, dt.timedelta(seconds=lease_seconds)))
+        .returning(Chunk.lease_expires_at)
         .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    ).scalar_one_or_none()
+    if expires_at is None:
         raise StaleAttemptError(f"chunk {lease.chunk_id}: attempt {lease.attempt} lost its lease")
-    return dataclasses.replace(lease, expires_at=expires)
+    return dataclasses.replace(lease, expires_at=expires_at)
 
 
 def complete_chunk(
@@ -285,11 +349,12 @@ def find_expired_leases(
     a worker frozen inside its write transaction (a paused VM, a stopped process) keeps its chunk's row lock,
     and the reaper must go on repairing every other chunk instead of waiting on it. That chunk is taken up
     on a later pass, once the frozen transaction ends. (SQLite has no row locks; it serializes writers.)
+    Expired means on the lease clock (the database's on PostgreSQL), whatever this host's clock says; `now`
+    stands in for it (tests).
     """
-    now = now or utcnow()
     return session.scalars(
         select(Chunk)
-        .where(Chunk.status == ChunkStatus.LEASED, Chunk.lease_expires_at < now)
+        .where(Chunk.status == ChunkStatus.LEASED, Chunk.lease_expires_at < lease_clock(session, now=now))
         .order_by(Chunk.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -312,11 +377,14 @@ def find_stale_pending(
 
 
 def mark_enqueued(session: Session, chunk_ids: Sequence[int], *, now: dt.datetime | None = None) -> None:
-    """Record when the chunks' messages were (re)published, so the reaper can tell lost messages apart."""
+    """Record when the chunks' messages were (re)published, so the reaper can tell lost messages apart.
+
+    On the lease clock (the database's on PostgreSQL), which the reaper's lost-message threshold reads too.
+    """
     if chunk_ids:
         session.execute(
             update(Chunk)
             .where(Chunk.id.in_(chunk_ids))
-            .values(enqueued_at=now or utcnow())
+            .values(enqueued_at=_written_time(session, now))
             .execution_options(synchronize_session=False)
         )

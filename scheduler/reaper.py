@@ -23,6 +23,11 @@ a running job is never reaped.
 Steps 1 and 2 lock the chunk rows they repair with `SKIP LOCKED` (PostgreSQL): a worker frozen inside its
 write transaction holds its chunk's row lock, and the reaper skips that one chunk instead of stalling every job.
 
+Steps 1 and 3 compare lease expiries and publish times on the lease clock (`db.chunks.lease_clock`: the
+database server's on PostgreSQL), never this host's: a reaper whose clock runs ahead must not reclaim live
+leases, nor one whose clock runs behind keep dead ones. Step 5's grace is measured on this host's clock only
+(first seen and now are both read here), so skew between hosts does not enter it.
+
 Torch-free and broker-agnostic: it publishes by task name through `db.messaging`.
 """
 
@@ -38,7 +43,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.chunk_outcomes import cancel_pending_chunks, quarantine_chunk
-from db.chunks import Lease, find_expired_leases, mark_enqueued, release_chunk
+from db.chunks import Lease, find_expired_leases, lease_clock, mark_enqueued, release_chunk
 from db.engine import transaction
 from db.job_deletion import DeletedJob, expired_jobs, purge_job
 from db.jobs import JobProgress
@@ -108,8 +113,10 @@ class Reaper:
     def reap_once(self, now: dt.datetime | None = None) -> ReapReport:
         """One repair pass; each step commits on its own and runs even when an earlier one failed (with Redis
         down, republishing fails but cancelled jobs still finish); the first failure is raised at the end, so
-        the pass still counts as failed (`beat --check-heartbeat`)."""
-        now = now or utcnow()
+        the pass still counts as failed (`beat --check-heartbeat`).
+
+        Leases and publish times are judged on the lease clock (the database's on PostgreSQL); `now`, when
+        given, stands in for it and for this host's clock (tests)."""
         report = ReapReport()
         finished: set[str] = set()
         steps: list[Callable[[], None]] = [
@@ -117,7 +124,7 @@ class Reaper:
             lambda: self._exhausted_pending(report, finished),
             lambda: self._lost_messages(now, report),
             lambda: self._cancelling(report, finished),
-            lambda: self._finalize_stragglers(now, report, finished),
+            lambda: self._finalize_stragglers(now or utcnow(), report, finished),
         ]
         failure: Exception | None = None
         for step in steps:
@@ -139,7 +146,7 @@ class Reaper:
             raise failure
         return report
 
-    def _publish(self, by_queue: dict[str, list[int]], now: dt.datetime) -> None:
+    def _publish(self, by_queue: dict[str, list[int]], now: dt.datetime | None) -> None:
         for queue, chunk_ids in by_queue.items():
             self.publisher(queue, chunk_ids)
             with transaction(self.session_factory) as session:
@@ -153,7 +160,7 @@ class Reaper:
             report.quarantined.append(chunk.id)
             _note_finished(progress, chunk.job_id, finished)
 
-    def _expired(self, now: dt.datetime, report: ReapReport, finished: set[str]) -> None:
+    def _expired(self, now: dt.datetime | None, report: ReapReport, finished: set[str]) -> None:
         by_queue: dict[str, list[int]] = defaultdict(list)
         with transaction(self.session_factory) as session:
             for chunk in find_expired_leases(session, now=now, limit=self.settings.reaper_batch_limit):
@@ -185,13 +192,14 @@ class Reaper:
                     session, chunk, f"{error}; gave up after {chunk.attempt} attempts", report, finished
                 )
 
-    def _lost_messages(self, now: dt.datetime, report: ReapReport) -> None:
-        cutoff = now - dt.timedelta(seconds=self.settings.republish_after_seconds)
+    def _lost_messages(self, now: dt.datetime | None, report: ReapReport) -> None:
+        age = dt.timedelta(seconds=self.settings.republish_after_seconds)
         by_queue: dict[str, list[int]] = defaultdict(list)
         for queue in QUEUE_NAMES:
             if self.queue_depth(queue) > self.settings.queue_short_threshold:
                 continue  # the queue still holds messages: old pending chunks are waiting their turn
             with self.session_factory() as session:
+                cutoff = lease_clock(session, now=now, offset=-age)
                 rows = session.execute(
                     select(Chunk.id)
                     .join(Job, Job.id == Chunk.job_id)

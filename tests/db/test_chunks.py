@@ -24,6 +24,7 @@ from db.engine import make_engine, make_session_factory, transaction
 from db.errors import StaleAttemptError
 from db.status import ChunkStatus
 from db.tables import Chunk, Job, utcnow
+from tests.clock_skew import database_time, skew_host_clock, wait_until_database_passes
 from tests.db.factories import insert_job
 
 
@@ -291,3 +292,78 @@ def test_a_cancelled_chunk_counts_its_gate_rejections_as_rejected(
         chunk = session.get_one(Chunk, chunk_id)
         assert (job.images_done, job.images_rejected, job.images_failed) == (1, 1, 0)
         assert (chunk.images_done, chunk.images_rejected) == (1, 1)
+
+
+# --- hosts whose clocks disagree (PostgreSQL: lease times are the database server's) ----------------------
+
+HOUR = dt.timedelta(hours=1)
+
+
+def _lease_row(factory: sessionmaker[Session], chunk_id: int) -> tuple[ChunkStatus, int, str | None]:
+    chunk = _chunk(factory, chunk_id)
+    return chunk.status, chunk.attempt, chunk.leased_by
+
+
+def test_a_worker_whose_clock_runs_an_hour_ahead_does_not_take_a_live_lease(
+    pg_session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given worker a holds a fresh 120 s lease, when worker b, whose clock runs an hour ahead, claims the
+    chunk, then b gets nothing and a keeps its lease."""
+    rows = insert_job(pg_session_factory)
+    with transaction(pg_session_factory) as session:
+        held = claim_chunk(session, rows.chunk_ids[0], worker="a", lease_seconds=120)
+    assert held is not None
+    assert "db.chunks" in skew_host_clock(monkeypatch, HOUR)
+
+    with transaction(pg_session_factory) as session:
+        stolen = claim_chunk(session, rows.chunk_ids[0], worker="b", lease_seconds=120)
+
+    assert stolen is None
+    assert _lease_row(pg_session_factory, rows.chunk_ids[0]) == (ChunkStatus.LEASED, 1, "a")
+
+
+def test_a_worker_whose_clock_runs_an_hour_behind_still_takes_an_expired_lease(
+    pg_session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given worker a's 1 s lease has run out on the database's clock, when worker b, whose clock runs an
+    hour behind, claims the chunk, then b gets attempt 2 (a dead worker's chunk is not kept for an hour)."""
+    rows = insert_job(pg_session_factory)
+    with transaction(pg_session_factory) as session:
+        dead = claim_chunk(session, rows.chunk_ids[0], worker="a", lease_seconds=1)
+    assert dead is not None
+    wait_until_database_passes(pg_session_factory, dead.expires_at)
+    skew_host_clock(monkeypatch, -HOUR)
+
+    with transaction(pg_session_factory) as session:
+        taken = claim_chunk(session, rows.chunk_ids[0], worker="b", lease_seconds=120)
+
+    assert taken is not None and taken.attempt == 2
+    assert _lease_row(pg_session_factory, rows.chunk_ids[0]) == (ChunkStatus.LEASED, 2, "b")
+
+
+@pytest.mark.parametrize("step", ["claim", "renew"])
+def test_a_lease_written_by_a_worker_whose_clock_runs_ahead_ends_on_the_database_clock(
+    pg_session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """Given a worker whose clock runs an hour ahead takes (or renews) a 1 s lease and then dies, when the
+    lease has run out on the database's clock, then a worker with the right time takes the chunk over —
+    the dead worker's lease does not last an hour."""
+    rows = insert_job(pg_session_factory)
+    skew_host_clock(monkeypatch, HOUR)
+    with transaction(pg_session_factory) as session:
+        lease = claim_chunk(
+            session, rows.chunk_ids[0], worker="ahead", lease_seconds=1 if step == "claim" else 120
+        )
+        assert lease is not None
+        if step == "renew":
+            lease = renew_lease(session, lease, lease_seconds=1)
+        database_now = database_time(session)
+    assert abs(lease.expires_at - (database_now + dt.timedelta(seconds=1))) < dt.timedelta(seconds=5)
+    assert _chunk(pg_session_factory, rows.chunk_ids[0]).lease_expires_at == lease.expires_at
+    wait_until_database_passes(pg_session_factory, lease.expires_at)
+    monkeypatch.undo()  # the next claim runs on a host with the right time
+
+    with transaction(pg_session_factory) as session:
+        taken = claim_chunk(session, rows.chunk_ids[0], worker="on-time", lease_seconds=120)
+
+    assert taken is not None and taken.attempt == 2

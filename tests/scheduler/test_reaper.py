@@ -22,6 +22,7 @@ from db.status import ChunkStatus, ImageStatus, JobStatus
 from db.storage import ObjectStore
 from db.tables import Chunk, Image, Job, utcnow
 from scheduler.reaper import Reaper, ReapReport
+from tests.clock_skew import skew_host_clock, wait_until_database_passes
 from tests.pipeline import PipelineStack, job_row, make_model_version, make_tenant, wait_for
 from tests.services import flush_keeping_claim
 
@@ -277,3 +278,76 @@ def test_a_failing_step_does_not_keep_the_others_from_running(
         statuses = session.scalars(select(Chunk.status).where(Chunk.id.in_(chunk_ids))).all()
     assert set(statuses) == {ChunkStatus.CANCELLED}
     assert job_row(session_factory, job_id).chunks_finished == 3
+
+
+# --- a reaper whose host clock disagrees (PostgreSQL: lease times are the database server's) -------------
+
+HOUR = dt.timedelta(hours=1)
+
+
+def _claim_for(session_factory: sessionmaker[Session], chunk_id: int, seconds: float) -> Lease:
+    # A worker with the right time takes a lease of `seconds` on the database's clock.
+    with transaction(session_factory) as session:
+        lease = claim_chunk(session, chunk_id, worker="w", lease_seconds=seconds, max_attempts=10)
+    assert lease is not None
+    return lease
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_reaper_whose_clock_runs_an_hour_ahead_leaves_a_live_lease_alone(
+    session_factory: sessionmaker[Session],
+    reaper: Reaper,
+    broker: FakeBroker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a worker holding a fresh 120 s lease
+    _job_id, chunk_ids = _job(session_factory)
+    _claim_for(session_factory, chunk_ids[0], 120)
+    # When the reaper runs on a host whose clock runs an hour ahead
+    assert "scheduler.reaper" in skew_host_clock(monkeypatch, HOUR)
+    report = reaper.reap_once()
+    # Then the lease is neither released nor republished: the worker keeps its chunk
+    assert report.requeued == [] and report.quarantined == [] and broker.chunks == []
+    chunk = _chunk(session_factory, chunk_ids[0])
+    assert (chunk.status, chunk.attempt, chunk.leased_by) == (ChunkStatus.LEASED, 1, "w")
+
+
+@pytest.mark.parametrize("offset", [-HOUR, HOUR], ids=["behind", "ahead"])
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_reaper_whose_clock_is_off_still_reclaims_a_lease_that_ran_out(
+    session_factory: sessionmaker[Session],
+    reaper: Reaper,
+    broker: FakeBroker,
+    monkeypatch: pytest.MonkeyPatch,
+    offset: dt.timedelta,
+) -> None:
+    # Given a worker that died holding a 1 s lease, which has run out on the database's clock
+    _job_id, chunk_ids = _job(session_factory)
+    lease = _claim_for(session_factory, chunk_ids[0], 1)
+    wait_until_database_passes(session_factory, lease.expires_at)
+    # When the reaper runs on a host whose clock is an hour off
+    skew_host_clock(monkeypatch, offset)
+    report = reaper.reap_once()
+    # Then the chunk is released and republished once
+    assert report.requeued == [chunk_ids[0]] and broker.chunks == [("bulk", chunk_ids[0])]
+    assert _chunk(session_factory, chunk_ids[0]).status is ChunkStatus.PENDING
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_reaper_whose_clock_runs_an_hour_ahead_does_not_republish_fresh_messages(
+    session_factory: sessionmaker[Session],
+    reaper: Reaper,
+    broker: FakeBroker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given chunks the reaper republished a moment ago (their messages are in a worker's hands: depth 0)
+    _job_id, chunk_ids = _job(session_factory)
+    with transaction(session_factory) as session:
+        session.execute(update(Chunk).values(enqueued_at=utcnow() - dt.timedelta(seconds=120)))
+    assert reaper.reap_once().republished == list(chunk_ids)
+    # When the reaper runs again on a host whose clock has jumped an hour ahead
+    skew_host_clock(monkeypatch, HOUR)
+    report = reaper.reap_once()
+    # Then nothing is republished: `enqueued_at` and the threshold are on one clock, the database's
+    assert report.republished == []
+    assert broker.chunks == [("bulk", chunk_id) for chunk_id in chunk_ids]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ from db.status import ChunkStatus, ImageStatus, JobStatus
 from db.storage import ObjectStore
 from db.tables import Chunk, Image, Job, WebhookDelivery
 from scheduler.webhooks import event_envelope
+from tests.clock_skew import skew_host_clock
 from tests.pipeline import job_row, make_model_version, make_tenant, tiny_checkpoint
 from workers import chunk_generation
 from workers.chunk_generation import ChunkContext, ChunkOutcome, generate_chunk
@@ -289,3 +291,24 @@ def test_an_injected_fault_is_retried_then_quarantined(
         assert [event.event for event in events] == ["job.completed_with_failures"]
         assert events[0].payload["images_failed"] == 10 and events[0].payload["images_done"] == 20
         assert envelope_type(events[0]) == "job.completed_with_failures"
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # lease times are the database's there
+def test_a_worker_whose_clock_runs_an_hour_ahead_leaves_a_live_lease_to_its_holder(
+    context: ChunkContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a chunk another worker (with the right time) claimed a moment ago, for 120 s
+    job_id, chunk_ids = _submit(
+        context, {"model": "tiny", "items": [{"category": "a", "count": 8}], "chunk_size": 8}
+    )
+    with transaction(context.session_factory) as session:
+        assert claim_chunk(session, chunk_ids[0], worker="other", lease_seconds=120) is not None
+    # When its message reaches this worker, whose host clock runs an hour ahead
+    skew_host_clock(monkeypatch, dt.timedelta(hours=1))
+    outcome = generate_chunk(context, chunk_ids[0])
+    # Then it does not take the chunk over: nothing claimed, nothing written, the holder keeps attempt 1
+    assert outcome is ChunkOutcome.NOT_CLAIMED
+    assert _snapshot(context, job_id) == {}
+    with context.session_factory() as session:
+        chunk = session.get_one(Chunk, chunk_ids[0])
+        assert (chunk.status, chunk.attempt, chunk.leased_by) == (ChunkStatus.LEASED, 1, "other")
