@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.chunk_layout import chunk_ranges
+from db.chunks import lease_clock
 from db.engine import transaction
 from db.errors import IdempotencyMismatchError, InvalidKeyError, NotFoundError, PlanningError
 from db.incremental import ItemKey, JobSettings, find_delivered_items
@@ -338,11 +339,12 @@ def job_options(spec: JobSpec, control: ResolvedControl | None = None) -> dict[s
 
 
 def mark_job_enqueued(session: Session, job_id: str) -> None:
-    """Record that every pending chunk of a job was published just now (one UPDATE, any job size)."""
+    """Record that every pending chunk of a job was published just now (one UPDATE, any job size), on the lease
+    clock (the database's on PostgreSQL) that the reaper's lost-message threshold reads."""
     session.execute(
         update(Chunk)
         .where(Chunk.job_id == job_id, Chunk.status == ChunkStatus.PENDING)
-        .values(enqueued_at=utcnow())
+        .values(enqueued_at=lease_clock(session))
         .execution_options(synchronize_session=False)
     )
 

@@ -8,11 +8,12 @@ from typing import Any
 import click
 from sqlalchemy import func, select
 
+from db.chunks import lease_clock
 from db.cli_support import one_line_errors
 from db.messaging import QUEUE_NAMES, make_celery_app, queue_depth
 from db.settings import BrokerSettings, DataSettings
 from db.status import ChunkStatus
-from db.tables import Chunk, utcnow
+from db.tables import Chunk
 from scheduler.cli.database import cli_session_factory
 from scheduler.cli.output import json_option, print_json, print_table
 
@@ -43,12 +44,12 @@ def ping_workers(broker: BrokerSettings, data: DataSettings) -> list[str]:
 
 
 def lease_holders() -> list[dict[str, Any]]:
-    """Workers holding live chunk leases right now, from SQL (the source of truth)."""
-    now = utcnow()
+    """Workers holding live chunk leases right now, from SQL (the source of truth), on the lease clock (the
+    database's on PostgreSQL), not this host's."""
     with cli_session_factory()() as session:
         rows = session.execute(
             select(Chunk.leased_by, func.count(), func.max(Chunk.lease_expires_at))
-            .where(Chunk.status == ChunkStatus.LEASED, Chunk.lease_expires_at > now)
+            .where(Chunk.status == ChunkStatus.LEASED, Chunk.lease_expires_at > lease_clock(session))
             .group_by(Chunk.leased_by)
         ).all()
     return [{"worker": worker, "chunks": count, "lease_until": until} for worker, count, until in rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -198,6 +199,31 @@ def test_alive_on_counts_a_worker_that_holds_a_live_lease_but_answers_no_ping(
     for host in ("vm-b", "vm", "vm-c"):
         dead = run(["workers", "--alive-on", host], env)
         assert dead.exit_code == 1 and f"no worker on {host} answers a ping or holds a lease" in dead.output
+
+
+def test_alive_on_reads_live_leases_on_the_database_clock_not_this_hosts(
+    cli_env: dict[str, str],
+    redis_url: str,
+    pg_factory: sessionmaker[Session],
+    model_version: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A healthcheck host whose clock runs an hour ahead still sees a 300 s lease taken a moment ago as live:
+    lease times are the database's (docs/architecture.md), so the CLI compares them on that clock too."""
+    from db.chunks import claim_chunk
+    from db.planning import JobSpec, plan_job
+    from tests.clock_skew import skew_host_clock
+
+    tenant = json.loads(run(["tenants", "create", "acme", "--json"], cli_env).output)
+    with transaction(pg_factory) as session:
+        spec = JobSpec(model="tiny", items=[{"category": "a", "count": 1}], chunk_size=1)  # type: ignore[list-item]
+        planned = plan_job(session, spec, tenant_id=tenant["id"], model_version=model_version)
+        assert claim_chunk(session, planned.chunk_ids[0], worker="vm-a:1", lease_seconds=300) is not None
+    # When the healthcheck runs on a host an hour ahead, then the live lease keeps vm-a healthy
+    skew_host_clock(monkeypatch, dt.timedelta(hours=1))
+    alive = run(["workers", "--alive-on", "vm-a"], {**cli_env, "CATALOGAN_BROKER_URL": redis_url})
+    assert alive.exit_code == 0, alive.output
+    assert alive.output.split() == ["vm-a:1"]
 
 
 def test_serve_refuses_a_bad_chunk_size_setting_at_start_in_one_line() -> None:

@@ -351,3 +351,20 @@ def test_a_reaper_whose_clock_runs_an_hour_ahead_does_not_republish_fresh_messag
     # Then nothing is republished: `enqueued_at` and the threshold are on one clock, the database's
     assert report.republished == []
     assert broker.chunks == [("bulk", chunk_id) for chunk_id in chunk_ids]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_job_submitted_on_an_api_host_whose_clock_runs_behind_is_not_republished_at_once(
+    session_factory: sessionmaker[Session],
+    reaper: Reaper,
+    broker: FakeBroker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a job submitted (and published) by an API host whose clock runs an hour behind the database's
+    with monkeypatch.context() as api_host:
+        skew_host_clock(api_host, -HOUR)
+        _job(session_factory)
+    # When the reaper (60 s lost-message threshold) runs a moment later on a host with the right time
+    report = reaper.reap_once()
+    # Then the fresh messages are not taken for lost ones: the submit's publish time is the database's too
+    assert report.republished == [] and broker.chunks == []
