@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import random
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from db.storage.base import ObjectStore
-from models.errors import CheckpointError
+from models.errors import CheckpointError, CheckpointFileError
 
 CHECKPOINT_FORMAT_VERSION = 1
 FULL = "full"
@@ -83,13 +85,16 @@ def _interned(value: Any) -> Any:
 
 
 def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
-    """Read checkpoint bytes; raise `CheckpointError` when unreadable, of another version, or incomplete."""
+    """Read checkpoint bytes; raise `CheckpointError` (one line) when unreadable, of another version, or
+    incomplete."""
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors…
-        raise CheckpointError(f"unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"not a catalogan checkpoint (unreadable: {_load_failure(exc)})") from exc
     if not isinstance(payload, dict):
-        raise CheckpointError("unreadable checkpoint: not a dict")
+        raise CheckpointError(f"not a catalogan checkpoint (a torch file of a {type(payload).__name__})")
+    if "format_version" not in payload:
+        raise CheckpointError("not a catalogan checkpoint (a torch file without a format_version)")
     version = payload.get("format_version")
     if version != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(
@@ -100,6 +105,39 @@ def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"incomplete {payload.get('kind')!r} checkpoint: missing {', '.join(missing)}")
     return payload
+
+
+def _load_failure(exc: BaseException) -> str:
+    """What torch.load's error says about the bytes, in a few words (its own text runs over several lines,
+    and for weights-only loads advises loading the file as arbitrary code)."""
+    if isinstance(exc, EOFError):
+        return "empty or truncated"
+    if isinstance(exc, pickle.UnpicklingError):
+        return "not a torch file of tensors and plain values"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0].split('. ')[0] if text else ''}".rstrip(": ")
+
+
+def checkpoint_file_error(name: str, exc: CheckpointError) -> CheckpointFileError:
+    """A `CheckpointError` about bytes a person gave as a file, as one bad-input line that names it."""
+    # The first line alone: torch's load_state_dict text (weights that do not fit) is a line ending in ':'
+    # followed by one line per mismatched tensor.
+    text = str(exc).strip().splitlines()
+    return CheckpointFileError(f"{name}: {text[0].rstrip(':') if text else 'not a catalogan checkpoint'}")
+
+
+def read_checkpoint_file(path: Path, name: str | None = None) -> tuple[bytes, dict[str, Any]]:
+    """The bytes and checked payload of a checkpoint file a person named; `CheckpointFileError` naming it
+    (`name`, default the path) when it cannot be read or is not a catalogan checkpoint."""
+    name = name or str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointFileError(f"{name}: unreadable ({exc.strerror or exc})") from exc
+    try:
+        return data, checkpoint_from_bytes(data)
+    except CheckpointError as exc:
+        raise checkpoint_file_error(name, exc) from exc
 
 
 GENERATOR_KEEP = (

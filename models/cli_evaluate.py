@@ -111,10 +111,17 @@ def train_command(
 
 
 def read_model_bytes(model: str, param_hint: str = "MODEL") -> tuple[bytes, str]:
-    """Checkpoint bytes and a display name for MODEL: a checkpoint file path, or a registry `name[@version]`."""
+    """Checkpoint bytes and a display name for MODEL: a checkpoint file path, or a registry `name[@version]`.
+
+    A file that is not a catalogan checkpoint is a `CheckpointFileError` (bad input, exit 2) naming it, and
+    the option when `param_hint` is one (`--init-from x.pt: not a catalogan checkpoint (...)`).
+    """
+    from models.checkpoint import read_checkpoint_file
+
     path = Path(model)
     if path.is_file():
-        return path.read_bytes(), path.name
+        data, _ = read_checkpoint_file(path, f"{param_hint} {model}" if param_hint.startswith("-") else model)
+        return data, path.name
     if any(sep in model for sep in ("/", "\\")) or model.endswith((".pt", ".ckpt")):
         raise click.BadParameter(f"{model}: no such checkpoint file", param_hint=param_hint)
     return registry_checkpoint_bytes(model)
@@ -218,6 +225,8 @@ def evaluate(
 
         catalogan evaluate fashion-cgan --samples 1000 --out report.json
     """
+    from models.checkpoint import checkpoint_file_error
+    from models.errors import CheckpointError
     from models.evaluation import (
         calibration_report,
         evaluate_generator,
@@ -229,11 +238,17 @@ def evaluate(
     from models.metrics.cas import CasConfig
 
     data, name = read_model_bytes(model)
-    if record and Path(model).is_file():
+    from_file = Path(model).is_file()
+    if record and from_file:
         raise click.BadParameter(
             "--record needs a registry reference, not a checkpoint file", param_hint="MODEL"
         )
-    generator = load_generator(data)
+    try:
+        generator = load_generator(data)
+    except CheckpointError as exc:  # weights that do not fit the file's own config
+        if from_file:
+            raise checkpoint_file_error(model, exc) from exc
+        raise
     cas_config = None if no_cas else CasConfig()
     reference = real_test_reference(data_root)
     train_features = real_train_features(data_root) if memorization else None

@@ -189,18 +189,17 @@ def register_command(
 
         catalogan models register run-42/generator.pt --name fashion-cgan --promote --samples 200
     """
-    from models.checkpoint import checkpoint_from_bytes, sha256_hex
+    from models.checkpoint import checkpoint_file_error, read_checkpoint_file, sha256_hex
     from models.errors import CheckpointError
     from models.inference import load_generator
 
     if promote and not evaluate:
         raise click.UsageError("--promote needs the metrics: drop --no-evaluate")
-    data = checkpoint.read_bytes()
-    try:  # before anything is written
-        payload = checkpoint_from_bytes(data)
-    except CheckpointError as exc:  # torch's own text runs over several lines: keep the first
-        raise CheckpointError(f"{checkpoint}: {str(exc).splitlines()[0]}") from None
-    load_generator(data)  # the weights must match the config
+    data, payload = read_checkpoint_file(checkpoint)  # before anything is written
+    try:
+        load_generator(data)  # the weights must match the config
+    except CheckpointError as exc:
+        raise checkpoint_file_error(str(checkpoint), exc) from exc
     metrics: dict[str, Any] = {}
     if evaluate:
         metrics = measure(data, samples)

@@ -4,11 +4,16 @@
     └── ModelError                    raised by models/
         ├── UnknownPresetError        a preset name that `PRESETS` does not hold (also a ValueError)
         ├── CheckpointError           checkpoint bytes that cannot be read or are of another format version
-        ├── TrainingError             a training run that cannot start or continue (e.g. nothing to resume)
+        │   └── CheckpointFileError   a file a person gave as a checkpoint is not one (bad input; a ValueError)
+        ├── TrainingError             a training run that cannot start or continue (e.g. a worker failed)
+        │   └── TrainingInputError    the run's arguments break a rule, naming the option (a ValueError)
         ├── DataError                 training data unreadable or inconsistent (models/data/; a ValueError)
         └── MetricsError              the evaluator or a metric cannot produce a number
             ├── EvaluatorWeightsError the evaluator weights are missing or their sha256 does not match
             └── InsufficientSamplesError a metric got too few samples (or mismatched shapes; a ValueError)
+
+The `ValueError` ones are bad input: the CLI exits 2 (USAGE) for them, 1 for the other `ModelError`s
+(db/cli_support.py).
 
 Registry look-ups raise `db.errors.NotFoundError`; a promotion below the metric gates raises
 `db.errors.PromotionRefusedError` (a ConflictError; the gates live in `db/promotion.py`), re-exported here.
@@ -32,8 +37,19 @@ class CheckpointError(ModelError):
     """Raised when checkpoint bytes are unreadable, incomplete or of an unsupported format version."""
 
 
+class CheckpointFileError(CheckpointError, ValueError):
+    """Raised when a file given as a checkpoint (`evaluate FILE`, `models register FILE`, `train --init-from`)
+    is not a catalogan checkpoint it can use; the message names the file (or the option) in one line."""
+
+
 class TrainingError(ModelError):
-    """Raised when a training run cannot start or continue (bad arguments, nothing to resume from)."""
+    """Raised when a training run cannot start or continue for a reason other than its arguments (a worker
+    failed, the run is live elsewhere, no final checkpoint)."""
+
+
+class TrainingInputError(TrainingError, ValueError):
+    """Raised when a training run's arguments break a rule (preset, steps, data, workers vs GPUs, nothing to
+    resume, --init-from, ...); the message names the option, and nothing has been trained."""
 
 
 class DataError(ModelError, ValueError):

@@ -44,7 +44,7 @@ from models.checkpoint import (
 from models.config import get_preset
 from models.data.dataset import FASHION_MNIST, open_dataset
 from models.ema import ema_decay_at, update_ema
-from models.errors import TrainingError
+from models.errors import DataError, TrainingError, TrainingInputError
 from models.plots import loss_curve_png, sample_grid_png
 from models.progress_view import progress_text
 from models.run_recording import (
@@ -202,7 +202,7 @@ def pin_init_checkpoint(store: ObjectStore, request: TrainRequest, data: bytes) 
     """Copy the --init-from checkpoint into the run's folder and record its key and sha256 in the request.
 
     Every rank loads that copy and checks its sha256, so a file changed or replaced after the check cannot
-    reach training, and the run keeps the exact bytes it started from. Raises `TrainingError` when the
+    reach training, and the run keeps the exact bytes it started from. Raises `TrainingInputError` when the
     bytes are not a checkpoint or its model is not the preset's (categories are checked by each rank,
     which knows the data's).
     """
@@ -211,14 +211,14 @@ def pin_init_checkpoint(store: ObjectStore, request: TrainRequest, data: bytes) 
     try:
         payload = checkpoint_from_bytes(data)
     except CheckpointError as exc:
-        raise TrainingError(f"--init-from {request.init_from}: {exc}") from exc
+        raise TrainingInputError(f"--init-from {request.init_from}: {exc}") from exc
     differences = config_differences(
         payload["model_config"],
         get_preset(request.preset).model.to_dict(),
         skip=("categories", "num_classes"),
     )
     if differences:
-        raise TrainingError(
+        raise TrainingInputError(
             f"--init-from {request.init_from}: its model is not the {request.preset!r} preset's ("
             + "; ".join(differences)
             + ")"
@@ -426,43 +426,49 @@ def train_loop_per_worker(config: dict[str, Any], on_step: StepFn | None = None)
 def prepare_run(request: TrainRequest, store: ObjectStore) -> TrainRequest:
     """Check the request against the store: pick the run to resume, refuse to overwrite a run."""
     if request.steps < 1 or request.workers < 1 or request.checkpoint_every < 1:
-        raise TrainingError("--steps, --workers and --checkpoint-every must be at least 1")
+        raise TrainingInputError("--steps, --workers and --checkpoint-every must be at least 1")
     if request.eval_every < 0 or request.eval_samples < 1:
-        raise TrainingError("--eval-every must be at least 0 and --eval-samples at least 1")
+        raise TrainingInputError("--eval-every must be at least 0 and --eval-samples at least 1")
     if request.eval_every and not request.data.startswith(FASHION_MNIST):
-        raise TrainingError(
+        raise TrainingInputError(
             f"--eval-every needs --data fashion-mnist[:/path] (the evaluator knows Fashion-MNIST's categories), "
             f"not {request.data!r}"
         )
     if request.batch_size < 0:
-        raise TrainingError("--batch-size must be at least 1 (or 0 for the preset's)")
+        raise TrainingInputError("--batch-size must be at least 1 (or 0 for the preset's)")
     if request.precision not in PRECISIONS:
-        raise TrainingError(f"--precision must be one of {', '.join(PRECISIONS)}, not {request.precision!r}")
+        raise TrainingInputError(
+            f"--precision must be one of {', '.join(PRECISIONS)}, not {request.precision!r}"
+        )
     if request.d_warmup_steps < 0 or request.d_warmup_steps >= request.steps:
-        raise TrainingError("--d-warmup-steps must be at least 0 and below --steps")
+        raise TrainingInputError("--d-warmup-steps must be at least 0 and below --steps")
     if request.d_warmup_steps and not (request.init_from or request.resume):
-        raise TrainingError(
+        raise TrainingInputError(
             "--d-warmup-steps needs --init-from (a fresh G has nothing for D to catch up with)"
         )
     if request.init_from and request.resume:
-        raise TrainingError("--init-from starts a new run; a resumed run continues from its own checkpoint")
+        raise TrainingInputError(
+            "--init-from starts a new run; a resumed run continues from its own checkpoint"
+        )
     run = request.run
     if request.resume and not run:
         run = latest_run(store, request.name) or ""
         if not run:
-            raise TrainingError(
+            raise TrainingInputError(
                 f"nothing to resume: no run of {request.name!r} under {store.uri('models/' + request.name)}"
             )
     run = run or new_run_id()
     latest = find_latest(store, request.name, run)
     if request.resume and latest is None:
-        raise TrainingError(
+        raise TrainingInputError(
             f"nothing to resume: {store.uri(run_prefix(request.name, run))} has no checkpoint"
         )
     if not request.resume and latest is not None:
-        raise TrainingError(f"run {request.name}/{run} already has checkpoints; pass --resume to continue it")
+        raise TrainingInputError(
+            f"run {request.name}/{run} already has checkpoints; pass --resume to continue it"
+        )
     if latest is not None and int(latest["step"]) >= request.steps:
-        raise TrainingError(
+        raise TrainingInputError(
             f"run {request.name}/{run} is already at step {latest['step']} ≥ --steps {request.steps}"
         )
     recipe: dict[str, Any] = {}
@@ -485,7 +491,7 @@ def resumed_recipe(request: TrainRequest, record: dict[str, Any]) -> dict[str, A
         given = getattr(request, key)
         if key in recipe and given != getattr(defaults, key) and given != recipe[key]:
             option = "--" + key.replace("_", "-")
-            raise TrainingError(
+            raise TrainingInputError(
                 f"{option} {given} differs from the run's {recipe[key]}; a resumed run keeps its own"
             )
     return recipe
@@ -520,30 +526,52 @@ def fit_with_ray(
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray Train raises its own wrappers around a worker's error
-        raise TrainingError(f"training failed: {first_line(exc)}") from exc
+        raise run_failure(request, exc) from exc
     if result.error is not None:
-        raise TrainingError(f"training failed: {first_line(result.error)}") from result.error
+        raise run_failure(request, result.error) from result.error
     return run_result(store, request)
 
 
-def first_line(exc: BaseException) -> str:
-    """The root error's type and first line (with the rank that raised it): what a person needs from Ray Train.
+def run_failure(request: TrainRequest, exc: BaseException) -> TrainingError:
+    """A failed fit as one line. What the workers find wrong with the arguments — unreadable `--data`, an
+    `--init-from` or resumed checkpoint of another model — is a `TrainingInputError` naming the option (only a
+    rank, which loads the data, can tell); anything else is `TrainingError("training failed: ...")`."""
+    root = root_error(exc)
+    text = str(root).strip().splitlines()
+    if isinstance(root, DataError):
+        return TrainingInputError(f"--data {request.data}: {text[0] if text else type(root).__name__}")
+    if isinstance(root, TrainingInputError):
+        return TrainingInputError(text[0] if text else type(root).__name__)
+    return TrainingError(f"training failed: {first_line(exc)}")
+
+
+def root_error(exc: BaseException) -> BaseException:
+    """The error a worker (or the controller) raised, from inside Ray Train's wrappers (the lowest rank's).
 
     Ray Train wraps a worker's exception in `WorkerGroupError.worker_failures` ({rank: exception}), a
     controller's in `ControllerError.controller_failure`, and a remote call's in `RayTaskError.cause`.
     """
     failures = getattr(exc, "worker_failures", None)
     if isinstance(failures, dict) and failures:
-        rank = min(failures)
-        return f"rank {rank}: {first_line(failures[rank])}"
+        return root_error(failures[min(failures)])
     for attribute in ("controller_failure", "cause"):
         inner = getattr(exc, attribute, None)
         if isinstance(inner, BaseException) and inner is not exc:
-            return first_line(inner)
+            return root_error(inner)
     if exc.__cause__ is not None:
-        return first_line(exc.__cause__)
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+        return root_error(exc.__cause__)
+    return exc
+
+
+def first_line(exc: BaseException) -> str:
+    """The root error's type and first line (with the rank that raised it): what a person needs from Ray Train."""
+    failures = getattr(exc, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        rank = min(failures)
+        return f"rank {rank}: {first_line(failures[rank])}"
+    root = root_error(exc)
+    text = str(root).strip().splitlines()
+    return f"{type(root).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def run_result(store: ObjectStore, request: TrainRequest) -> RunResult:

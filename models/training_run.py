@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.storage import ObjectStore, open_store
-from models.errors import TrainingError
+from models.errors import TrainingError, TrainingInputError
 from models.registry import GateCheck, PromotionGates, register_version
 from models.runs import (
     HEARTBEAT_SECONDS,
@@ -150,7 +150,7 @@ def check_gpus(workers: int, *, local: bool) -> None:
         count = int(ray.cluster_resources().get("GPU", 0))
         where = "in the Ray cluster"
     if count < workers:
-        raise TrainingError(
+        raise TrainingInputError(
             f"--gpus with --workers {workers} needs {workers} GPUs; there are {count} {where}"
         )
 
@@ -328,7 +328,8 @@ def _fit_and_follow(
     """`fit_with_ray` with a follower thread; the record ends `failed` or `stopped` if training does not finish.
 
     A failure is raised again as one `TrainingError` line that ends with the command that resumes the run
-    (or says that there is no checkpoint to resume from yet).
+    (or says that there is no checkpoint to resume from yet); a bad argument that only a rank could see
+    (`fit_with_ray`'s `TrainingInputError`: unreadable --data, ...) as it is.
     """
     from models.training import find_latest
 
@@ -354,6 +355,8 @@ def _fit_and_follow(
         if status is not RunStatus.FINISHED:
             record.update(status=status.value, error=error, updated_at=now_iso(), finished_at=now_iso())
             write_run_record(store, record)
+    if isinstance(failure, TrainingInputError):  # a bad argument only a rank could see: no resume hint
+        raise failure
     if failure is not None:
         resumable = find_latest(store, request.name, request.run) is not None
         hint = (

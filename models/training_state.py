@@ -19,7 +19,7 @@ from models.checkpoint import FULL, capture_rng_states, carries_discriminator, r
 from models.config import ModelConfig, Preset, TrainConfig, with_categories
 from models.data.dataset import TrainingData
 from models.ema import make_ema
-from models.errors import TrainingError
+from models.errors import TrainingInputError
 from models.sampling import latents_for
 from models.steps import make_optimizers
 
@@ -150,7 +150,9 @@ def state_payload(state: WorkerState, preset: str, fingerprint: str) -> dict[str
 def load_state(state: WorkerState, payload: dict[str, Any]) -> None:
     """Put a full checkpoint's weights, optimiser states, step, history and RNG states into `state`."""
     if ModelConfig.from_dict(payload["model_config"]) != state.model:
-        raise TrainingError("the checkpoint's model config differs from this run's preset and data")
+        raise TrainingInputError(
+            "--resume: the checkpoint's model config differs from this run's --preset and --data"
+        )
     state.generator.load_state_dict(payload["generator"])
     state.generator_ema.load_state_dict(payload["generator_ema"])
     state.discriminator.load_state_dict(payload["discriminator"])
@@ -184,7 +186,7 @@ def apply_init(state: WorkerState, payload: dict[str, Any]) -> None:
     """
     differences = config_differences(payload["model_config"], state.model.to_dict())
     if differences:
-        raise TrainingError(
+        raise TrainingInputError(
             "--init-from: the checkpoint's model differs from this run's preset and data ("
             + "; ".join(differences)
             + ")"

@@ -1,9 +1,12 @@
-"""Fixtures for tests/models: the real Fashion-MNIST files (Debian's dataset-fashion-mnist)."""
+"""Fixtures for tests/models: the real Fashion-MNIST files (Debian's dataset-fashion-mnist), files that are not
+checkpoints."""
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,3 +52,33 @@ def ray_cluster() -> Iterator[str]:
         yield str(ray.get_runtime_context().gcs_address)
     finally:
         ray.shutdown()
+
+
+@pytest.fixture
+def not_checkpoint_files(tmp_path: Path) -> dict[str, Path]:
+    """Files someone might pass as a checkpoint that catalogan cannot use, by name: text, empty, truncated, a PNG,
+    a plain torch state dict, and a checkpoint whose weights do not fit its own config."""
+    import torch
+    from PIL import Image
+
+    from models.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes
+    from models.inference import random_generator_checkpoint
+
+    good = random_generator_checkpoint("fashion-cgan", seed=3)
+    png = io.BytesIO()
+    Image.new("L", (8, 8)).save(png, "PNG")
+    state_dict = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, state_dict)
+    payload = checkpoint_from_bytes(good)
+    other_widths = {**payload, "model_config": {**payload["model_config"], "g_width": 32}}
+    contents = {
+        "notes.txt": b"not a checkpoint\n",
+        "empty.pt": b"",
+        "truncated.pt": good[: len(good) // 2],
+        "image.png": png.getvalue(),
+        "state-dict.pt": state_dict.getvalue(),  # a torch file, but not a catalogan checkpoint
+        "other-widths.pt": checkpoint_to_bytes(other_widths),  # weights that do not fit its own config
+    }
+    for name, data in contents.items():
+        (tmp_path / name).write_bytes(data)
+    return {name: tmp_path / name for name in contents}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from db.cli_support import ExitCode
+from db.cli_support import ExitCode, exit_code_for
 from db.engine import make_engine, make_session_factory
 from models.registry import register_version
 from scheduler.cli.root import cli
@@ -62,6 +62,56 @@ def test_train_refuses_an_unknown_preset_before_starting_ray() -> None:
     result = CliRunner().invoke(cli, ["train", "--preset", "nope", "--steps", "1"])
     assert result.exit_code == ExitCode.USAGE
     assert "unknown preset 'nope'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--d-warmup-steps", "1"], "--d-warmup-steps needs --init-from"),
+        (["--resume"], "nothing to resume: no run of 'tiny'"),
+        (["--eval-every", "10", "--data", "{tmp}"], "--eval-every needs --data fashion-mnist"),
+        (["--gpus", "--workers", "2"], "--gpus with --workers 2 needs 2 GPUs; there are 1"),
+        (["--init-from", "{tmp}/notes.pt"], "--init-from {tmp}/notes.pt: not a catalogan checkpoint"),
+    ],
+    ids=[
+        "warmup-without-init",
+        "nothing-to-resume",
+        "eval-on-a-folder",
+        "more-workers-than-gpus",
+        "init-junk",
+    ],
+)
+def test_train_refuses_bad_arguments_as_usage_errors_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    """A bad argument is bad input (exit 2, one line naming the option), not a failed run (exit 1)."""
+    import torch
+
+    # Given a machine with one GPU, an empty object store, and a file that is not a checkpoint
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+    out = (tmp_path / "objects").as_uri()
+    # When `catalogan train` runs with a bad argument
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    result = CliRunner().invoke(cli, ["train", "--preset", "tiny", "--steps", "2", "--out", out, *args])
+    # Then it exits 2 with one line that names the option, and nothing was written or started
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.stderr.startswith("Error: " + message.replace("{tmp}", str(tmp_path))), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "objects").exists()
+    import ray
+
+    assert not ray.is_initialized()
+
+
+def test_only_bad_arguments_of_a_run_exit_2() -> None:
+    from models.errors import TrainingError, TrainingInputError
+
+    assert exit_code_for(TrainingInputError("--steps must be at least 1")) == ExitCode.USAGE
+    assert (
+        exit_code_for(TrainingError("training failed: rank 0: RuntimeError: gloo timed out"))
+        == ExitCode.ERROR
+    )
 
 
 def test_every_command_has_an_example_in_its_help() -> None:

@@ -73,12 +73,23 @@ def test_register_keeps_a_checkpoint_below_the_gates_a_candidate(
     assert "outside@1 is now production" in promoted.stdout
 
 
-def test_register_refuses_a_file_that_is_not_a_checkpoint(tmp_path: Path) -> None:
-    """Given a file that is not a checkpoint, when registered, then one error line and nothing is registered."""
-    bogus = tmp_path / "notes.pt"
-    bogus.write_bytes(b"not a checkpoint")
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("notes.txt", "not a catalogan checkpoint (unreadable: not a torch file"),
+        ("image.png", "not a catalogan checkpoint (unreadable: not a torch file"),
+        ("other-widths.pt", "checkpoint weights do not match its config"),
+    ],
+)
+def test_register_refuses_a_file_that_is_not_a_checkpoint(
+    tmp_path: Path, not_checkpoint_files: dict[str, Path], name: str, reason: str
+) -> None:
+    """Given a file that is not a checkpoint (or whose weights do not fit its config), when registered, then
+    one error line naming it, exit 2 (bad input), and nothing is registered."""
+    bogus = not_checkpoint_files[name]
     result = catalogan(["models", "register", str(bogus), "--name", "bogus", "--no-evaluate"], tmp_path)
-    assert result.returncode != 0 and result.stderr.startswith(f"Error: {bogus}: unreadable checkpoint")
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert result.stderr.startswith(f"Error: {bogus}: {reason}"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     listed = catalogan(["models", "list", "--json"], tmp_path)
     assert "bogus" not in {row["name"] for row in json.loads(listed.stdout)}

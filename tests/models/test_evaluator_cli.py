@@ -76,6 +76,29 @@ def test_evaluate_a_missing_file_is_a_one_line_usage_error(tmp_path: Path) -> No
     assert "no such checkpoint file" in result.output
 
 
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("notes.txt", "not a catalogan checkpoint (unreadable: not a torch file"),
+        ("empty.pt", "not a catalogan checkpoint (unreadable: empty or truncated)"),
+        ("truncated.pt", "not a catalogan checkpoint (unreadable: RuntimeError: PytorchStreamReader failed"),
+        ("image.png", "not a catalogan checkpoint (unreadable: not a torch file"),
+        ("state-dict.pt", "not a catalogan checkpoint (a torch file without a format_version)"),
+        ("other-widths.pt", "checkpoint weights do not match its config"),
+    ],
+)
+def test_evaluate_a_file_that_is_not_a_checkpoint_is_one_line_naming_it(
+    not_checkpoint_files: dict[str, Path], name: str, reason: str
+) -> None:
+    """Given a file that is not a catalogan checkpoint, `evaluate FILE` says so in one line naming the file,
+    exit 2 (bad input), instead of torch's multi-line unpickling text."""
+    path = not_checkpoint_files[name]
+    result = CliRunner().invoke(cli, ["evaluate", str(path), "--samples", "10"])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.stderr.startswith(f"Error: {path}: {reason}"), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
+
+
 def test_evaluate_refuses_a_generator_without_the_ten_fashion_categories(tmp_path: Path) -> None:
     """Given the 3-category `tiny` preset, the command explains that the evaluator needs 10 categories."""
     path = tmp_path / "tiny.pt"

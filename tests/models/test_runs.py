@@ -246,6 +246,27 @@ def test_a_ray_train_failure_reads_as_the_worker_error_that_caused_it() -> None:
     assert first_line(failure) == "rank 0: TrainingError: checkpoint model config differs"
 
 
+def test_a_bad_argument_only_a_rank_can_see_is_a_usage_error_naming_the_option() -> None:
+    # Given Ray Train's wrapper around a rank's error about the data, or about the --init-from checkpoint
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from models.errors import DataError, TrainingInputError
+    from models.training import run_failure
+
+    request = _request(data="/nowhere/photos")
+    data = WorkerGroupError("text", {0: DataError("/nowhere/photos: no such folder\n  details")})
+    init = WorkerGroupError("text", {0: TrainingInputError("--init-from: the checkpoint's model differs")})
+    crash = WorkerGroupError("text", {0: RuntimeError("gloo timed out")})
+    # Then the first two are bad input naming the option (exit 2), and a crash stays a failed run (exit 1)
+    assert isinstance(run_failure(request, data), TrainingInputError)
+    assert str(run_failure(request, data)) == "--data /nowhere/photos: /nowhere/photos: no such folder"
+    assert isinstance(run_failure(request, init), TrainingInputError)
+    assert str(run_failure(request, init)) == "--init-from: the checkpoint's model differs"
+    failed = run_failure(request, crash)
+    assert type(failed) is TrainingError
+    assert str(failed) == "training failed: rank 0: RuntimeError: gloo timed out"
+
+
 def test_periodic_evaluation_is_refused_for_data_the_evaluator_does_not_know(tmp_path: object) -> None:
     # Given a run on a folder of photos asking for periodic evaluation
     from models.training import prepare_run

@@ -273,3 +273,24 @@ def test_kill_or_ctrl_c_stops_the_run_recorded_as_stopped_and_resumable(
     assert shown.returncode == 0, shown.stderr
     view = json.loads(shown.stdout)
     assert view["status"] == "stopped" and str(view["resume_command"]).endswith("--resume")
+
+
+def test_data_that_cannot_be_read_is_a_usage_error_naming_data(ray_cluster: str, tmp_path: Path) -> None:
+    """Only a rank reads the data: a --data folder that is not there fails there, and comes back as bad input
+    (exit 2, one line naming --data), not as a failed run (exit 1) with a resume hint."""
+    env = {**os.environ, "CATALOGAN_DATA_DIR": str(tmp_path / "data"), "RAY_ADDRESS": ray_cluster}
+    missing = tmp_path / "no-such-photos"
+    result = subprocess.run(
+        [CATALOGAN, "train", "--preset", "tiny", "--data", str(missing), "--steps", "2", "--no-register"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [
+        f"Error: --data {missing}: {missing}: no such folder (use fashion-mnist[:/path], a folder, or s3://bucket/prefix)"
+    ]
+    assert "Traceback" not in result.stderr and "resume" not in result.stderr
