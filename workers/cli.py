@@ -314,7 +314,14 @@ def worker(
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
     callback=output_folder,
-    help="Folder (created if missing).",
+    help="Folder (created if missing). It must be empty or hold an export of this same job; another job's "
+    "export needs --overwrite.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="--out holds another job's export: remove the files that export recorded, then export. A folder "
+    "holding any other file is still refused.",
 )
 @click.option(
     "--no-worker", is_flag=True, help="Do not start a worker and reaper: they already run elsewhere."
@@ -337,9 +344,14 @@ def worker(
     help="Images near this delivered image (its category and model version); with --strength and --count.",
 )
 @click.option(
-    "--strength", type=float, default=None, help="Variations: 0 = the source's pixels, 1 = unrelated."
+    "--strength",
+    type=float,
+    default=None,
+    help="Variations (only with --variation-of): 0 = the source's pixels, 1 = unrelated.",
 )
-@click.option("--count", type=int, default=None, help="Variations: how many images.")
+@click.option(
+    "--count", type=int, default=None, help="Variations (only with --variation-of): how many images."
+)
 @click.option(
     "--interpolate",
     nargs=2,
@@ -347,7 +359,12 @@ def worker(
     metavar="JOB/INDEX JOB/INDEX",
     help="Frames between two delivered images of one category and model version; with --frames.",
 )
-@click.option("--frames", type=int, default=None, help="Interpolation: frames, both ends included.")
+@click.option(
+    "--frames",
+    type=int,
+    default=None,
+    help="Interpolation (only with --interpolate): frames, both ends included.",
+)
 @one_line_errors
 def generate(
     model_ref: str | None,
@@ -357,6 +374,7 @@ def generate(
     output_format: str,
     chunk_size: int | None,
     out_dir: Path,
+    overwrite: bool,
     no_worker: bool,
     as_json: bool,
     timeout_seconds: float,
@@ -378,10 +396,17 @@ def generate(
     and frames are jobs like any other, their files carry the recipe and `catalogan verify --regenerate`
     recomputes them.
 
+    --out must be new, empty, or hold an export of this same job (running a command again exports its job
+    again). The export records its files in --out/.catalogan-export.jsonl; --overwrite replaces another
+    job's export by removing exactly those files. Files no export wrote are never touched: such a folder
+    is refused.
+
     Example:
 
+    \b
         catalogan generate --category sneaker=16 --category dress=16 --seed 7 --out out/
         catalogan generate --variation-of 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f/3 --strength 0.3 --count 8 --out var/
+        catalogan generate --category sneaker=16 --seed 8 --out out/ --overwrite
     """
     from workers.generate_command import GenerateRequest, run_generate
 
@@ -402,6 +427,7 @@ def generate(
         count=count,
         interpolate=interpolate,
         frames=frames,
+        overwrite=overwrite,
     )
     summary = run_generate(request)
     if as_json:
@@ -415,6 +441,11 @@ def generate(
             click.echo(
                 f"skipped {summary['items_skipped_existing']} items ({summary['images_skipped_existing']} images) "
                 "already delivered by an earlier job: listed in the manifest as skipped_existing"
+            )
+        if summary["replaced_export"]:
+            replaced = summary["replaced_export"]
+            click.echo(
+                f"replaced the export of job {replaced['job_id']} ({replaced['files_removed']} files removed)"
             )
         click.echo(f"images, manifest and contact sheets in {summary['output']}")
     if summary["status"] != "succeeded":

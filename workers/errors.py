@@ -6,7 +6,8 @@ CataloganError (db.errors)
     ├── WorkerConfigError  the worker cannot start as configured (device, queues)
     ├── ProvenanceError    a file to verify carries no (or unreadable) catalogan provenance
     ├── PreviewRequestError a preview task's argument breaks the worker contract (count, key_prefix, model)
-    └── CheckpointMismatchError a checkpoint's bytes are not the ones its model version registered
+    ├── CheckpointMismatchError a checkpoint's bytes are not the ones its model version registered
+    └── ExportFolderError  an export folder holds files no export recorded, or another job's export
 """
 
 from __future__ import annotations
@@ -36,3 +37,8 @@ class PreviewRequestError(WorkerError, ValueError):
 
 class CheckpointMismatchError(WorkerError):
     """Raised when a checkpoint's sha256 differs from its model version's registered one (never generate from it)."""
+
+
+class ExportFolderError(WorkerError, ValueError):
+    """Raised when an export folder cannot take this job's export: it holds files no export recorded, or
+    another job's export that the caller did not ask to replace. The message starts with `--out`."""

@@ -2,15 +2,25 @@
 
 Files keep the layout of their object keys below the job (`<category-or-sku>/<index:08d>.png`), and the
 bytes are the stored bytes, so two jobs with the same model version, seed and request export identical files.
+
+Every export records what it wrote in the folder's marker, `.catalogan-export.jsonl`: a header line naming the
+job, then one line per file, appended *before* the file is written (so an interrupted export leaves no file it
+did not record) and rewritten sorted when the export finishes (so the marker's bytes, too, do not depend on the
+order chunks finished in). The marker is what lets `catalogan generate` tell a previous export of the same job
+(exported again), another job's export (replaced with `--overwrite`, file by recorded file) and files nobody
+exported (never touched): `check_output_folder`, `remove_export`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from PIL import Image as PILImage
 from sqlalchemy import select
@@ -20,6 +30,7 @@ from db.images import manifest_keys
 from db.status import ChunkStatus, ImageStatus
 from db.storage import ObjectStore
 from db.tables import Chunk, Image, Job
+from workers.errors import ExportFolderError
 from workers.shards import SHARD_FORMAT, index_key, read_member
 
 CONTACT_SHEET_MAX_IMAGES = 64
@@ -30,6 +41,19 @@ CONTACT_SHEET_MIN_TILE_PX = 112
 # GETs in flight while copying: one at a time is bound by the round trip, not by bandwidth or CPU
 # (`bench/bench_pipeline.py` measures the export against the job-only rate).
 EXPORT_READS_IN_FLIGHT = 8
+# The list of what an export wrote into its folder (see the module docstring); format version 1.
+EXPORT_MARKER_NAME = ".catalogan-export.jsonl"
+EXPORT_MARKER_VERSION = 1
+# How many files an error message names before it says "and N more".
+NAMED_FILES_MAX = 3
+
+
+@dataclass(frozen=True)
+class PreviousExport:
+    """A catalogan export found in a folder: its job and the files its marker records (relative, POSIX)."""
+
+    job_id: str
+    files: frozenset[str]
 
 
 @dataclass
@@ -47,6 +71,128 @@ def _write(path: Path, data: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_bytes(data)
     temporary.replace(path)
+
+
+def _safe_relative(value: object) -> str | None:
+    """`value` when it is a relative POSIX path that stays inside its folder (no `..`, not absolute)."""
+    if not isinstance(value, str) or not value or "\\" in value or "\x00" in value:
+        return None
+    path = PurePosixPath(value)
+    if path.is_absolute() or any(part in ("", ".", "..") for part in value.split("/")):
+        return None
+    return str(path)
+
+
+def read_export_marker(folder: Path) -> PreviousExport | None:
+    """The export recorded in `folder`'s marker; None when there is no marker or it cannot be trusted (not
+    catalogan's format, or a line naming a path outside the folder). A torn line (an export killed while
+    appending) is skipped: its file was not written yet."""
+    try:
+        lines = (folder / EXPORT_MARKER_NAME).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(header, dict) or header.get("catalogan_export") != EXPORT_MARKER_VERSION:
+        return None
+    job_id = header.get("job_id")
+    if not isinstance(job_id, str) or not job_id:
+        return None
+    files = set()
+    for line in lines[1:]:
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        path = _safe_relative(value)
+        if path is None:
+            return None  # a marker naming ../x or /etc/x is not ours: never act on it
+        files.add(path)
+    return PreviousExport(job_id, frozenset(files))
+
+
+def _foreign_files(folder: Path, previous: PreviousExport | None) -> list[str]:
+    """Everything under `folder` that is not a folder and not `previous`'s (a recorded file, a temporary file
+    of one, its marker), sorted. A symbolic link counts as a file and is not followed; a marker that cannot
+    be trusted counts as a file too."""
+    recorded = previous.files if previous is not None else frozenset()
+    ours = {EXPORT_MARKER_NAME, EXPORT_MARKER_NAME + ".tmp"} if previous is not None else set()
+    foreign = []
+    for root, folders, files in os.walk(folder):
+        base = Path(root).relative_to(folder)
+        entries = files + [name for name in folders if os.path.islink(os.path.join(root, name))]
+        for name in entries:
+            path = (base / name).as_posix()
+            if path in ours or path in recorded or path.removesuffix(".tmp") in recorded:
+                continue
+            foreign.append(path)
+    return sorted(foreign)
+
+
+def _named(paths: list[str]) -> str:
+    shown = ", ".join(repr(path) for path in paths[:NAMED_FILES_MAX])
+    more = len(paths) - NAMED_FILES_MAX
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def check_output_folder(folder: Path) -> PreviousExport | None:
+    """The catalogan export `folder` holds (None when the folder is missing or empty); `ExportFolderError`
+    naming `--out` when it holds anything that no export recorded: such files are the user's, and an export
+    mixed with them could neither be told apart nor be replaced safely later."""
+    if not folder.is_dir():
+        return None
+    previous = read_export_marker(folder)
+    foreign = _foreign_files(folder, previous)
+    if not foreign:
+        return previous
+    where = f"--out {str(folder)!r}"
+    if previous is None:
+        raise ExportFolderError(
+            f"{where}: not empty and not a catalogan export (holds {_named(foreign)}): "
+            "choose a new or empty folder"
+        )
+    raise ExportFolderError(
+        f"{where}: holds {_named(foreign)}, which no catalogan export wrote: choose a new or empty folder "
+        "(--overwrite only replaces the files of a previous export)"
+    )
+
+
+def check_replaceable(folder: Path, previous: PreviousExport | None, *, job_id: str, overwrite: bool) -> None:
+    """`ExportFolderError` naming `--out` when `folder` holds another job's export and `overwrite` is off;
+    the same job's export is simply exported again (the same files, the same bytes)."""
+    if previous is not None and previous.job_id != job_id and not overwrite:
+        raise ExportFolderError(
+            f"--out {str(folder)!r}: holds the export of job {previous.job_id}: add --overwrite to replace it, "
+            "or choose a new or empty folder"
+        )
+
+
+def remove_export(folder: Path, previous: PreviousExport) -> int:
+    """Remove the files `previous` recorded (and the folders that leaves empty, and its marker), nothing
+    else; returns how many recorded files it removed. Call `check_output_folder` first: it refuses a folder
+    that holds other files."""
+    removed = 0
+    parents: set[Path] = set()
+    for relative in sorted(previous.files):
+        folders = [parent for parent in Path(relative).parents if parent != Path(".")]
+        if any((folder / parent).is_symlink() for parent in folders):
+            continue  # a linked folder leads out of `folder`: what lies there is not this export's
+        path = folder / relative
+        temporary = path.with_name(path.name + ".tmp")  # left by an export killed inside `_write`
+        if temporary.is_symlink() or temporary.is_file():
+            temporary.unlink()
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+            removed += 1
+        parents.update(folders)
+    # Deepest first, so that a folder emptied by its emptied sub-folder goes too; a non-empty one stays.
+    for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            (folder / parent).rmdir()
+    (folder / EXPORT_MARKER_NAME).unlink(missing_ok=True)
+    return removed
 
 
 def contact_sheet(images: list[bytes]) -> bytes:
@@ -80,6 +226,9 @@ class JobExport:
     rows are committed with its completion, so a finished chunk is complete); `finish(session)` copies what
     is left, the manifests, and the contact sheets — built from the first images of each category *in index
     order*, read back from the exported files, so they do not depend on the order chunks finished in.
+
+    Each file is recorded in the folder's marker before it is written. The first write refuses
+    (`ExportFolderError`) a folder whose marker names another job: one folder never mixes two jobs' files.
     """
 
     def __init__(self, store: ObjectStore, job: Job, folder: Path) -> None:
@@ -89,9 +238,36 @@ class JobExport:
         self.prefix = f"{job.tenant_id}/jobs/{job.id}/"
         self.result = ExportResult(folder)
         self._exported_chunks: set[int] = set()
+        self._recorded: set[str] | None = None  # None until the marker is opened by the first write
 
     def _path(self, key: str) -> Path:
         return self.folder / key.removeprefix(self.prefix)
+
+    def _write_marker(self, files: set[str]) -> None:
+        header = json.dumps(
+            {"catalogan_export": EXPORT_MARKER_VERSION, "job_id": self.job_id}, sort_keys=True
+        )
+        lines = [header, *(json.dumps(path) for path in sorted(files))]
+        _write(self.folder / EXPORT_MARKER_NAME, ("\n".join(lines) + "\n").encode())
+
+    def _record(self, paths: list[Path]) -> None:
+        """Append `paths` to the marker (before they are written); opens the marker on the first call."""
+        if self._recorded is None:
+            previous = read_export_marker(self.folder)
+            if previous is not None and previous.job_id != self.job_id:
+                raise ExportFolderError(
+                    f"--out {str(self.folder)!r}: holds the export of job {previous.job_id}, "
+                    f"not of job {self.job_id}: remove it first"
+                )
+            # The same job's marker (an earlier or interrupted export) is kept, rewritten without torn lines.
+            self._recorded = set(previous.files) if previous is not None else set()
+            self._write_marker(self._recorded)
+        new = [path.relative_to(self.folder).as_posix() for path in paths]
+        new = [path for path in dict.fromkeys(new) if path not in self._recorded]
+        if new:
+            with (self.folder / EXPORT_MARKER_NAME).open("a", encoding="utf-8") as marker:
+                marker.write("".join(json.dumps(path) + "\n" for path in new))
+            self._recorded.update(new)
 
     def _export_chunks(self, session: Session, chunk_ids: list[int]) -> None:
         objects: list[str] = []
@@ -108,6 +284,7 @@ class JobExport:
             # A tar chunk's rows all name its one shard object; a png chunk's name one object each.
             objects += sorted(set(keys)) if self.output_format == SHARD_FORMAT else keys
             images += len(keys)
+        self._record([self._path(key) for key in objects])
         # One pool of reads for every chunk of this call.
         for key, data in self.store.get_many(objects, in_flight=EXPORT_READS_IN_FLIGHT):
             _write(self._path(key), data)
@@ -131,12 +308,18 @@ class JobExport:
         for key in [*manifest_keys(self.tenant_id, self.job_id), *extra]:
             if self.store.exists(key):
                 path = self._path(key)
+                self._record([path])
                 _write(path, self.store.get(key))
                 self.result.manifests.append(path)
         for category, images in sorted(self._sheet_images(session).items()):
             path = self.folder / "contact-sheets" / f"{category}.png"
+            self._record([path])
             _write(path, contact_sheet(images))
             self.result.contact_sheets.append(path)
+        # The marker in canonical form: sorted, and only what is there (an earlier run may have been cut short).
+        self._record([])
+        assert self._recorded is not None
+        self._write_marker({path for path in self._recorded if (self.folder / path).is_file()})
         return self.result
 
     def _sheet_images(self, session: Session) -> dict[str, list[bytes]]:

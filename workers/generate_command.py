@@ -44,7 +44,7 @@ from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageS
 from db.status import ChunkStatus, JobStatus
 from db.storage import ObjectStore, open_store
 from db.tables import Chunk, Job, ModelVersion, Tenant
-from workers.export import JobExport
+from workers.export import JobExport, check_output_folder, check_replaceable, remove_export
 
 LOCAL_TENANT_NAME = "local"
 LOCAL_TENANT_ID = uuid.uuid5(uuid.NAMESPACE_URL, "catalogan:tenant:local").hex
@@ -74,6 +74,8 @@ class GenerateRequest:
     count: int | None = None
     interpolate: tuple[str, str] | None = None
     frames: int | None = None
+    # --out holds another job's export: replace it (only the files that export recorded; see workers.export).
+    overwrite: bool = False
 
 
 def parse_items(categories: tuple[str, ...], sku_file: Path | None) -> list[dict[str, Any]]:
@@ -144,33 +146,76 @@ def parse_image_ref(option: str, value: str) -> dict[str, Any]:
     return {"job_id": job_id, "index": int(index)}
 
 
-def _control_fields(request: GenerateRequest) -> dict[str, Any]:
-    """The spec's variation / interpolation from --variation-of/--strength/--count and --interpolate/--frames."""
-    if request.variation_of is not None and request.interpolate is not None:
+# Options that mean something only next to another (docs/controlling.md). Alone they were dropped without a
+# word and a plain job of items ran instead of the variations or frames asked for.
+OPTION_NEEDS = (
+    ("--strength", "--variation-of"),
+    ("--count", "--variation-of"),
+    ("--frames", "--interpolate"),
+)
+CONTROL_NEEDS = (("--variation-of", ("--strength", "--count")), ("--interpolate", ("--frames",)))
+
+
+def check_option_combinations(request: GenerateRequest) -> None:
+    """`PlanningError` naming the options as typed when they do not go together: --variation-of with
+    --interpolate; --strength/--count without --variation-of, --frames without --interpolate (or a control
+    without them); --category/--sku-file with a control (its images come from its source images);
+    --truncation with --interpolate (each end keeps its own ψ). --truncation with --variation-of, --seed,
+    --model, --format and --chunk-size go with everything."""
+    given = {
+        "--category": bool(request.categories),
+        "--sku-file": request.sku_file is not None,
+        "--truncation": request.truncation is not None,
+        "--variation-of": request.variation_of is not None,
+        "--strength": request.strength is not None,
+        "--count": request.count is not None,
+        "--interpolate": request.interpolate is not None,
+        "--frames": request.frames is not None,
+    }
+    if given["--variation-of"] and given["--interpolate"]:
         raise PlanningError(
             "--variation-of", "one_control", "--variation-of: not with --interpolate (one job, one kind)"
         )
-    if request.variation_of is not None:
-        if request.strength is None or request.count is None:
+    for option, needed in OPTION_NEEDS:
+        if given[option] and not given[needed]:
+            raise PlanningError(option, "needs_option", f"{option}: only with {needed}")
+    for control, options in CONTROL_NEEDS:
+        missing = [option for option in options if not given[option]]
+        if given[control] and missing:
+            raise PlanningError(missing[0], "required", f"{' and '.join(missing)}: required with {control}")
+    sources = [option for option in ("--category", "--sku-file") if given[option]]
+    for control, _ in CONTROL_NEEDS:
+        if given[control] and sources:
             raise PlanningError(
-                "--strength", "required", "--strength and --count: required with --variation-of"
+                sources[0],
+                "one_source",
+                f"{'/'.join(sources)}: not with {control} (its images' category comes from the source images)",
             )
+    if given["--truncation"] and given["--interpolate"]:
+        raise PlanningError(
+            "--truncation",
+            "not_with_interpolation",
+            "--truncation: not with --interpolate (the frames lie between the two images' own latents)",
+        )
+
+
+def _control_fields(request: GenerateRequest) -> dict[str, Any]:
+    """The spec's variation / interpolation from --variation-of/--strength/--count and --interpolate/--frames
+    (their combinations already checked)."""
+    if request.variation_of is not None:
+        assert request.strength is not None and request.count is not None
         source = parse_image_ref("--variation-of", request.variation_of)
         return {"variation": {"source": source, "strength": request.strength, "count": request.count}}
     if request.interpolate is not None:
-        if request.frames is None:
-            raise PlanningError("--frames", "required", "--frames: required with --interpolate")
+        assert request.frames is not None
         start, end = (parse_image_ref("--interpolate", value) for value in request.interpolate)
         return {"interpolation": {"start": start, "end": end, "frames": request.frames}}
     return {}
 
 
 def _parse_generate_spec(request: GenerateRequest) -> JobSpec:
+    check_option_combinations(request)
     control = _control_fields(request)  # a variation or interpolation: its sources' model unless named
-    if control and (request.categories or request.sku_file):
-        raise PlanningError(
-            "--category", "one_source", "--category/--sku-file: not with --variation-of or --interpolate"
-        )
     spec: dict[str, Any] = {
         "model": request.model_ref if control else request.model_ref or DEFAULT_MODEL_NAME,
         "seed": request.seed if request.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1,
@@ -293,6 +338,12 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
         BrokerSettings(),
     )
     spec = generate_spec(request)  # argument checks first: nothing is registered or printed for a typo
+    # --out: files no export wrote are refused before anything happens; another job's export without
+    # --overwrite as soon as that is known (a random seed is a new job; else once the job id is derived),
+    # always before the job is submitted.
+    previous = check_output_folder(request.out_dir)
+    if request.seed is None:
+        check_replaceable(request.out_dir, previous, job_id="", overwrite=request.overwrite)
     url = db_settings.url(data)
     migrate.upgrade(url)
     session_factory = make_session_factory(engine_from_settings(db_settings, data))
@@ -322,6 +373,7 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
             raise NotFoundError(f"--model {spec.model}: {reason}; registered: {known or 'none'}") from None
         model_ref = f"{model_version.name}@{model_version.version}"
         job_id = derived_job_id(tenant_id, model_version.id, spec)
+        check_replaceable(request.out_dir, previous, job_id=job_id, overwrite=request.overwrite)
         existing = session.get(Job, job_id)
     if existing is not None and existing.status in (
         JobStatus.FAILED,
@@ -340,6 +392,9 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
             job_id=job_id,
             model_version=model_version,
         )
+    replaced: dict[str, Any] | None = None
+    if previous is not None and previous.job_id != job_id:  # --overwrite was given (checked above)
+        replaced = {"job_id": previous.job_id, "files_removed": remove_export(request.out_dir, previous)}
     children: list[subprocess.Popen[bytes]] = []
     with _sigterm_raises():  # `kill PID` or `timeout` must stop the worker and beat started here too
         try:
@@ -372,6 +427,7 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
         "exported_images": exported.images,
         "contact_sheets": [str(path) for path in exported.contact_sheets],
         "manifests": [str(path) for path in exported.manifests],
+        "replaced_export": replaced,
     }
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image as PILImage
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,7 +18,16 @@ from db.status import ChunkStatus, ImageStatus
 from db.storage import ObjectStore
 from db.tables import Chunk, Image, Job
 from tests.db.factories import JobRows, insert_job
-from workers.export import JobExport
+from workers.errors import ExportFolderError
+from workers.export import (
+    EXPORT_MARKER_NAME,
+    JobExport,
+    PreviousExport,
+    check_output_folder,
+    check_replaceable,
+    read_export_marker,
+    remove_export,
+)
 
 
 def _png(shade: int) -> bytes:
@@ -73,3 +84,129 @@ def test_the_export_copies_each_finished_chunk_while_the_job_runs(
     tile = sheet.width // 8
     first_tile_shade = sheet.getpixel((2 + tile // 2, 2 + tile // 2))
     assert first_tile_shade == 0, "the first tile is image 0"
+
+
+def _exported_job(
+    factory: sessionmaker[Session], store: ObjectStore, folder: Path
+) -> tuple[JobRows, dict[str, bytes]]:
+    """A finished job of one chunk of 4, exported to `folder`; returns its rows and the folder's files."""
+    rows = insert_job(factory, chunks=1, chunk_size=4)
+    _finish_chunk(factory, store, rows, 0)
+    with factory() as session:
+        JobExport(store, session.get_one(Job, rows.job_id), folder).finish(session)
+    files = {
+        path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()
+    }
+    return rows, files
+
+
+def test_the_export_records_every_file_it_wrote_in_its_marker(
+    session_factory: sessionmaker[Session], memory_store: ObjectStore, tmp_path: Path
+) -> None:
+    # Given a finished job exported to a folder
+    rows, files = _exported_job(session_factory, memory_store, tmp_path / "out")
+    # Then the marker names the job and exactly the other files, sorted (the same bytes whatever the order)
+    lines = (tmp_path / "out" / EXPORT_MARKER_NAME).read_text().splitlines()
+    assert json.loads(lines[0]) == {"catalogan_export": 1, "job_id": rows.job_id}
+    recorded = [json.loads(line) for line in lines[1:]]
+    assert recorded == sorted(set(files) - {EXPORT_MARKER_NAME})
+    assert {"Sneaker/00000000.png", "contact-sheets/Sneaker.png"} <= set(recorded)
+    # And the folder is this job's export, with nothing else in it
+    assert check_output_folder(tmp_path / "out") == PreviousExport(rows.job_id, frozenset(recorded))
+
+
+def test_a_folder_with_files_no_export_recorded_is_refused(
+    session_factory: sessionmaker[Session], memory_store: ObjectStore, tmp_path: Path
+) -> None:
+    # Given a folder of the user's, and an export with a user's file added next to its images
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    _exported_job(session_factory, memory_store, tmp_path / "out")
+    (tmp_path / "out" / "Sneaker" / "keep.png").write_bytes(b"mine")
+    # When each is checked as --out, then each is refused with one message naming --out and the file
+    with pytest.raises(ExportFolderError, match=r"^--out .*not a catalogan export.*'notes.txt'"):
+        check_output_folder(tmp_path / "mine")
+    with pytest.raises(ExportFolderError, match=r"^--out .*'Sneaker/keep.png'.*no catalogan export wrote"):
+        check_output_folder(tmp_path / "out")
+    # And a missing folder, or one holding only empty folders, is no export and no problem
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert (
+        check_output_folder(tmp_path / "nothing") is None and check_output_folder(tmp_path / "empty") is None
+    )
+
+
+def test_another_jobs_export_is_replaced_only_when_asked_and_only_its_files_go(
+    session_factory: sessionmaker[Session], memory_store: ObjectStore, tmp_path: Path
+) -> None:
+    # Given a folder holding a job's export, and a user's empty folder beside it
+    out = tmp_path / "out"
+    rows, files = _exported_job(session_factory, memory_store, out)
+    (out / "later").mkdir()
+    previous = check_output_folder(out)
+    assert previous is not None
+    # When another job wants the folder: refused without overwrite, naming the job and --overwrite
+    with pytest.raises(ExportFolderError, match=rf"^--out .*job {rows.job_id}: add --overwrite"):
+        check_replaceable(out, previous, job_id="another", overwrite=False)
+    check_replaceable(out, previous, job_id=rows.job_id, overwrite=False)  # the same job: exported again
+    check_replaceable(out, previous, job_id="another", overwrite=True)
+    # And removing it removes the recorded files, the folders they leave empty, and the marker: nothing else
+    assert remove_export(out, previous) == len(files) - 1
+    assert sorted(path.relative_to(out).as_posix() for path in out.rglob("*")) == ["later"]
+
+
+def test_the_export_never_writes_into_another_jobs_export(
+    session_factory: sessionmaker[Session], memory_store: ObjectStore, tmp_path: Path
+) -> None:
+    # Given a folder holding a job's export
+    _, files = _exported_job(session_factory, memory_store, tmp_path / "out")
+    # When a second job is exported there without removing the first, then it refuses before writing a file
+    with pytest.raises(ExportFolderError, match="holds the export of job"):
+        _exported_job(session_factory, memory_store, tmp_path / "out")
+    assert {
+        path.relative_to(tmp_path / "out").as_posix()
+        for path in (tmp_path / "out").rglob("*")
+        if path.is_file()
+    } == set(files)
+
+
+def test_a_marker_that_names_a_path_outside_its_folder_is_not_trusted(tmp_path: Path) -> None:
+    # Given a marker whose lines name ../victim.txt (edited, or not written by catalogan)
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "victim.txt").write_text("keep")
+    lines = [json.dumps({"catalogan_export": 1, "job_id": "j"}), json.dumps("../victim.txt")]
+    (out / EXPORT_MARKER_NAME).write_text("\n".join(lines) + "\n")
+    # Then it is no export: the folder is refused as the user's, and nothing outside it can be removed
+    assert read_export_marker(out) is None
+    with pytest.raises(ExportFolderError, match="not a catalogan export"):
+        check_output_folder(out)
+    assert (tmp_path / "victim.txt").read_text() == "keep"
+    # And a recorded path through a linked folder is not followed when an export is removed
+    (out / "link").symlink_to(tmp_path)
+    assert remove_export(out, PreviousExport("j", frozenset({"link/victim.txt"}))) == 0
+    assert (tmp_path / "victim.txt").read_text() == "keep"
+
+
+def test_an_interrupted_export_of_the_same_job_is_resumed_into_one_marker(
+    session_factory: sessionmaker[Session], memory_store: ObjectStore, tmp_path: Path
+) -> None:
+    # Given an export cut short after its first chunk, its last marker line torn by the kill
+    out = tmp_path / "out"
+    rows = insert_job(session_factory, chunks=2, chunk_size=4)
+    _finish_chunk(session_factory, memory_store, rows, 0)
+    with session_factory() as session:
+        JobExport(memory_store, session.get_one(Job, rows.job_id), out).export_finished(session)
+    with (out / EXPORT_MARKER_NAME).open("a") as marker:
+        marker.write('"Sneaker/000000')
+    previous = check_output_folder(out)
+    assert previous is not None and len(previous.files) == 4
+    # When the same job is exported again to the folder and finishes
+    _finish_chunk(session_factory, memory_store, rows, 1)
+    with session_factory() as session:
+        JobExport(memory_store, session.get_one(Job, rows.job_id), out).finish(session)
+    # Then the marker records every file once, sorted, without the torn line
+    finished = check_output_folder(out)
+    assert finished is not None and finished.job_id == rows.job_id
+    assert {f"Sneaker/{index:08d}.png" for index in range(8)} <= finished.files
+    recorded = [json.loads(line) for line in (out / EXPORT_MARKER_NAME).read_text().splitlines()[1:]]
+    assert recorded == sorted(finished.files)

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image as PILImage
 
+from db.cli_support import ExitCode
 from scheduler.cli.root import cli
 from tests.pipeline import CATALOGAN, pipeline_env
 from tests.workers.test_generate_command import _embedded_folder
+from workers.generate_command import GenerateRequest, generate_spec
 
 
 @pytest.mark.parametrize(
@@ -37,6 +41,89 @@ def test_bad_control_options_are_one_line_errors(tmp_path: Path, args: list[str]
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and named in lines[0], result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        # An option that only means something with another one was silently ignored: a job of items ran.
+        (["--category", "a=1", "--count", "2"], ["--count", "--variation-of"]),
+        (["--category", "a=1", "--strength", "0.5"], ["--strength", "--variation-of"]),
+        (["--category", "a=1", "--frames", "3"], ["--frames", "--interpolate"]),
+        (["--interpolate", "j/1", "j/2", "--frames", "3", "--count", "2"], ["--count", "--variation-of"]),
+        (["--variation-of", "j/1", "--strength", "0", "--count", "2", "--frames", "3"], ["--frames"]),
+        # Combinations docs/controlling.md rules out, named as typed (not as the API's fields).
+        (
+            ["--variation-of", "j/1", "--strength", "0", "--count", "2", "--interpolate", "j/1", "j/2"],
+            ["--variation-of", "--interpolate"],
+        ),
+        (
+            ["--sku-file", "{skus}", "--variation-of", "j/1", "--strength", "0", "--count", "2"],
+            ["--sku-file", "--variation-of"],
+        ),
+        (
+            ["--truncation", "0.8", "--interpolate", "j/1", "j/2", "--frames", "3"],
+            ["--truncation", "--interpolate"],
+        ),
+        (["--variation-of", "j/1", "--strength", "0.5"], ["--count", "--variation-of"]),
+    ],
+    ids=[
+        "count-without-variation",
+        "strength-without-variation",
+        "frames-without-interpolate",
+        "count-with-interpolate",
+        "frames-with-variation",
+        "variation-and-interpolate",
+        "sku-file-with-variation",
+        "truncation-with-interpolate",
+        "variation-without-count",
+    ],
+)
+def test_options_that_do_not_combine_are_refused_before_anything_happens(
+    tmp_path: Path, args: list[str], named: list[str]
+) -> None:
+    """Given options that do not combine (or one that needs another that is absent) / When `catalogan generate`
+    runs / Then one `Error:` line names the options, the exit code is 2, and no data folder, job or --out
+    folder was made."""
+    skus = tmp_path / "skus.csv"
+    skus.write_text("S1,a\n")
+    args = [str(skus) if arg == "{skus}" else arg for arg in args]
+    result = CliRunner().invoke(
+        cli,
+        ["generate", "--model", "tiny", *args, "--out", str(tmp_path / "out")],
+        prog_name="catalogan",
+        env={"CATALOGAN_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert result.exit_code == ExitCode.USAGE, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert all(option in lines[0] for option in named), lines[0]
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "control",
+    [
+        {"variation_of": "j/1", "strength": 0.5, "count": 2, "truncation": 0.8, "seed": 3},
+        {"interpolate": ("j/1", "j/2"), "frames": 3, "seed": 3, "chunk_size": 2},
+    ],
+    ids=["variation-with-truncation", "interpolation-with-chunk-size"],
+)
+def test_options_that_combine_pass_the_combination_check(control: dict[str, Any]) -> None:
+    """Given a variation with ψ and a seed, or frames with a seed and a chunk size (docs/controlling.md) /
+    When the request becomes a spec / Then the combination is accepted as that kind of job."""
+    request = GenerateRequest(
+        model_ref=None,
+        categories=(),
+        sku_file=None,
+        seed=None,
+        output_format="png",
+        chunk_size=None,
+        out_dir=Path("out"),
+    )
+    spec = generate_spec(dataclasses.replace(request, **control))
+    assert (spec.variation is not None) == ("variation_of" in control)
+    assert (spec.interpolation is not None) == ("interpolate" in control)
 
 
 def _run(cwd: Path, *args: str) -> dict[str, object]:
