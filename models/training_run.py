@@ -29,7 +29,8 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.storage import ObjectStore, open_store
-from models.errors import TrainingError, TrainingInputError
+from models.data.dataset import check_dataset
+from models.errors import DataError, TrainingError, TrainingInputError
 from models.registry import GateCheck, PromotionGates, register_version
 from models.runs import (
     HEARTBEAT_SECONDS,
@@ -240,6 +241,11 @@ def train_and_register(
     local = not options.ray_address and not ray.is_initialized()
     if request.use_gpu and local:
         check_gpus(request.workers, local=True)  # before a local cluster is started for nothing
+    if local:  # a remote cluster's workers may see data (a path, credentials) this host does not
+        try:
+            check_dataset(request.data)
+        except DataError as exc:
+            raise TrainingInputError(f"--data {request.data}: {exc}") from exc
     if not request.cpus_per_worker:
         request = dataclasses.replace(request, cpus_per_worker=cpus_for(request.workers, local=local))
     started_ray = start_ray(

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from db.errors import StorageError
+from db.storage import open_store
 from models.data.fashion_mnist import CATEGORIES, DEFAULT_ROOT, fingerprint, load_fashion_mnist
-from models.data.folder import folder_fingerprint, load_folder
-from models.data.s3_prefix import load_prefix
+from models.data.folder import folder_fingerprint, list_folder, load_folder
+from models.data.s3_prefix import list_prefix, load_prefix
 from models.errors import DataError
 
 FASHION_MNIST = "fashion-mnist"
@@ -57,10 +59,26 @@ def fit_fashion_mnist(images: np.ndarray, resolution: int, channels: int) -> tor
     return tensor.repeat(1, channels, 1, 1) if channels != 1 else tensor
 
 
+def check_dataset(spec: str) -> None:
+    """Raise `DataError` when the data a spec names cannot be opened, without decoding any image: Fashion-MNIST's
+    files are read (about 0.5 s), a folder or an object-store prefix is listed. `catalogan train` calls it
+    before a local Ray cluster starts, so a bad `--data` costs neither the start nor a failed run record."""
+    if _is_fashion_mnist(spec):
+        load_fashion_mnist(_fashion_mnist_root(spec), "train")
+    elif "://" in spec:
+        try:
+            store = open_store(spec)
+        except (StorageError, ValueError) as exc:
+            raise DataError(f"{spec}: {exc}") from exc
+        list_prefix(store)
+    else:
+        list_folder(_folder(spec))
+
+
 def open_dataset(spec: str, resolution: int, channels: int) -> TrainingData:
     """Load the data a spec names at the given resolution and channel count; raises `DataError`."""
-    if spec == FASHION_MNIST or spec.startswith(FASHION_MNIST + ":"):
-        root = Path(spec.split(":", 1)[1]) if ":" in spec else DEFAULT_ROOT
+    if _is_fashion_mnist(spec):
+        root = _fashion_mnist_root(spec)
         images, labels = load_fashion_mnist(root, "train")
         return TrainingData(
             fit_fashion_mnist(images, resolution, channels),
@@ -72,12 +90,25 @@ def open_dataset(spec: str, resolution: int, channels: int) -> TrainingData:
     if "://" in spec:
         array, labels, categories, digest = load_prefix(spec, resolution, channels)
         return TrainingData(torch.from_numpy(array), torch.from_numpy(labels), categories, digest, spec)
+    path = _folder(spec)
+    array, labels, categories = load_folder(path, resolution, channels)
+    return TrainingData(
+        torch.from_numpy(array), torch.from_numpy(labels), categories, folder_fingerprint(path), spec
+    )
+
+
+def _is_fashion_mnist(spec: str) -> bool:
+    return spec == FASHION_MNIST or spec.startswith(FASHION_MNIST + ":")
+
+
+def _fashion_mnist_root(spec: str) -> Path:
+    return Path(spec.split(":", 1)[1]) if ":" in spec else DEFAULT_ROOT
+
+
+def _folder(spec: str) -> Path:
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(
             f"{spec}: no such folder (use fashion-mnist[:/path], a folder, or s3://bucket/prefix)"
         )
-    array, labels, categories = load_folder(path, resolution, channels)
-    return TrainingData(
-        torch.from_numpy(array), torch.from_numpy(labels), categories, folder_fingerprint(path), spec
-    )
+    return path

@@ -72,6 +72,15 @@ def test_train_refuses_an_unknown_preset_before_starting_ray() -> None:
         (["--eval-every", "10", "--data", "{tmp}"], "--eval-every needs --data fashion-mnist"),
         (["--gpus", "--workers", "2"], "--gpus with --workers 2 needs 2 GPUs; there are 1"),
         (["--init-from", "{tmp}/notes.pt"], "--init-from {tmp}/notes.pt: not a catalogan checkpoint"),
+        (
+            ["--data", "{tmp}/no-such-photos"],
+            "--data {tmp}/no-such-photos: {tmp}/no-such-photos: no such folder",
+        ),
+        (["--data", "{tmp}"], "--data {tmp}: {tmp}: no category subfolders"),
+        (
+            ["--data", "fashion-mnist:{tmp}"],
+            "--data fashion-mnist:{tmp}: {tmp}/train-images-idx3-ubyte.gz: file not",
+        ),
     ],
     ids=[
         "warmup-without-init",
@@ -79,6 +88,9 @@ def test_train_refuses_an_unknown_preset_before_starting_ray() -> None:
         "eval-on-a-folder",
         "more-workers-than-gpus",
         "init-junk",
+        "data-missing",
+        "data-without-categories",
+        "data-without-idx-files",
     ],
 )
 def test_train_refuses_bad_arguments_as_usage_errors_before_anything_runs(
@@ -89,6 +101,7 @@ def test_train_refuses_bad_arguments_as_usage_errors_before_anything_runs(
 
     # Given a machine with one GPU, an empty object store, and a file that is not a checkpoint
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local cluster: the data is checked before it starts
     (tmp_path / "notes.pt").write_text("not a checkpoint\n")
     out = (tmp_path / "objects").as_uri()
     # When `catalogan train` runs with a bad argument
