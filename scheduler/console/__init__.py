@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 from scheduler.api.deps import Services
 from scheduler.console import auth, jobs, model_versions
 from scheduler.console.auth import Console, CsrfRejectedError, SignInRequiredError, sign_in_redirect
+from scheduler.console.headers import ConsoleHeadersMiddleware
 from scheduler.console.pages import ConsoleNotFoundError, NotAllowedError, register_filters
 from scheduler.console.settings import ConsoleSettings
 
@@ -33,6 +34,7 @@ def install_console(app: FastAPI, services: Services, settings: ConsoleSettings 
     console = Console(services=services, settings=settings or ConsoleSettings(), templates=templates)
     app.state.console = console
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
+    app.add_middleware(ConsoleHeadersMiddleware)  # CSP, no framing, no sniffing under /console
     for module in (auth, jobs, model_versions):
         app.include_router(module.router)
 

@@ -10,6 +10,8 @@
   sign a browser in to its own account either.
 - A missing, expired or signed-out session, or one whose key was revoked, sends the browser to the sign-in
   page (303) on a GET and answers 401 otherwise.
+- Signing in always opens a new session with a new token (a token the browser brings is never adopted) and
+  ends the session the browser held before; signing out is not counted against the tenant's rate limit.
 """
 
 from __future__ import annotations
@@ -112,8 +114,8 @@ def current_user(user: ViewerDep, console: ConsoleDep) -> SignedIn:
 UserDep = Annotated[SignedIn, Depends(current_user)]
 
 
-async def require_csrf(request: Request, user: UserDep) -> SignedIn:
-    """The signed-in user, once the request carries the session's CSRF token (else `CsrfRejectedError`)."""
+async def check_csrf(request: Request, user: SignedIn) -> SignedIn:
+    """`user`, once the request carries its session's CSRF token (else `CsrfRejectedError`)."""
     sent = request.headers.get("x-csrf-token")
     if sent is None:
         form = await request.form()
@@ -124,7 +126,20 @@ async def require_csrf(request: Request, user: UserDep) -> SignedIn:
     return user
 
 
+async def require_csrf(request: Request, user: UserDep) -> SignedIn:
+    """The signed-in user, after the rate limit, once the request carries the session's CSRF token."""
+    return await check_csrf(request, user)
+
+
 CsrfUserDep = Annotated[SignedIn, Depends(require_csrf)]
+
+
+async def require_csrf_unlimited(request: Request, user: ViewerDep) -> SignedIn:
+    """As `require_csrf` without the rate limit: signing out must work while the tenant's ETL uses it all."""
+    return await check_csrf(request, user)
+
+
+SignOutUserDep = Annotated[SignedIn, Depends(require_csrf_unlimited)]
 
 
 def _safe_next(target: str | None) -> str:
@@ -180,6 +195,8 @@ async def sign_in(
             request, console, next_url=next_url, error="api_key: enter an API key", status_code=422
         )
 
+    previous = request.cookies.get(SESSION_COOKIE)
+
     def open_session() -> str:
         with transaction(console.services.session_factory) as session:
             tenant, key = authenticate_console_key(session, api_key.strip())
@@ -194,6 +211,9 @@ async def sign_in(
                 tenant_id=tenant.id,
                 ttl_seconds=console.settings.session_ttl_seconds,
             )
+            # A new sign-in replaces the browser's session: the token it held before stops working too.
+            if previous:
+                end_console_session(session, previous)
         return token
 
     try:
@@ -219,8 +239,8 @@ async def sign_in(
 
 
 @router.post("/sign-out")
-def sign_out(request: Request, console: ConsoleDep, _user: CsrfUserDep) -> Response:
-    """End the session (server-side) and clear the cookie."""
+def sign_out(request: Request, console: ConsoleDep, _user: SignOutUserDep) -> Response:
+    """End the session (server-side) and clear the cookie (not counted against the rate limit)."""
     token = request.cookies.get(SESSION_COOKIE, "")
     with transaction(console.services.session_factory) as session:
         end_console_session(session, token)

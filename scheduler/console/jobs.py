@@ -17,8 +17,10 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import and_, or_, select
@@ -27,7 +29,7 @@ from sqlalchemy.orm import Session
 from db.console_sessions import SignedIn
 from db.engine import transaction
 from db.errors import NotFoundError, ObjectNotFoundError, PlanningError
-from db.job_specs import LATENT_CONTROL_OPTION, parse_metadata_pairs
+from db.job_specs import LATENT_CONTROL_OPTION, MAX_IMAGES_PER_JOB, parse_metadata_pairs
 from db.jobs import get_job
 from db.reviews import (
     MAX_NOTE_CHARS,
@@ -57,8 +59,12 @@ IMAGE_MEDIA_TYPES = {"png": "image/png", "webp": "image/webp"}
 MAX_SHARD_BYTES = 512 * 1024 * 1024  # a tar job's shard larger than this is not opened for one image
 SHARD_READ_BYTES = 1 << 20  # a shard is read this much at a time when one image is taken from it
 MAX_SHARD_MEMBER_BYTES = 64 * 1024 * 1024  # an image member larger than this is not read
+MAX_CATEGORY_OPTIONS = 200  # categories offered by a job page's filter (a model's categories, at most)
 TileStatus = Literal["succeeded", "rejected", "failed"]
 Any_ = Literal[""]  # what a filter form sends for "any"
+# An image index as a URL names it: bounded before any query (PostgreSQL would refuse a bigger one with a 500).
+IndexParam = Annotated[int, PathParam(ge=0, le=MAX_IMAGES_PER_JOB)]
+MAX_INDEX_DIGITS = len(str(MAX_IMAGES_PER_JOB))
 
 
 def _job_for(session: Session, job_id: str, user: SignedIn, *, for_update: bool = False) -> Job:
@@ -197,12 +203,12 @@ class TileFilter:
         """These filters as URL query parameters (for the next-page and download links)."""
         parts = []
         if self.category:
-            parts.append(f"category={self.category}")
+            parts.append(("category", self.category))
         if self.status:
-            parts.append(f"status={self.status}")
+            parts.append(("status", self.status))
         if self.review:
-            parts.append(f"review={self.review.value}")
-        return "&".join(parts)
+            parts.append(("review", self.review.value))
+        return urlencode(parts)  # a category's `&`, `#` or `+` stays inside its value
 
 
 def _tiles(
@@ -282,7 +288,16 @@ def job_page(
                     .limit(REJECTED_SHOWN)
                 )
             )
-        categories = sorted(set(session.scalars(select(JobItem.category).where(JobItem.job_id == job.id))))
+        # Distinct in SQL: a job of 100,000 SKU items sends its few categories, not one row per item.
+        categories = list(
+            session.scalars(
+                select(JobItem.category)
+                .where(JobItem.job_id == job.id)
+                .distinct()
+                .order_by(JobItem.category)
+                .limit(MAX_CATEGORY_OPTIONS)
+            )
+        )
         reviews = count_reviews(session, job.id, delivered_total=job.images_done)
     return render(
         console,
@@ -309,7 +324,7 @@ def job_tiles(
     job_id: str,
     console: ConsoleDep,
     user: UserDep,
-    after: Annotated[int, Query(ge=-1)],
+    after: Annotated[int, Query(ge=-1, le=MAX_IMAGES_PER_JOB)],
     category: Annotated[str | None, Query(max_length=128)] = None,
     status: Annotated[TileStatus | Any_ | None, Query()] = None,
     review: Annotated[ReviewState | Any_ | None, Query()] = None,
@@ -361,7 +376,7 @@ def _image_for(session: Session, job: Job, index: int) -> Image:
 
 @router.get("/jobs/{job_id}/images/{index}", response_class=HTMLResponse)
 async def image_page(
-    request: Request, job_id: str, index: int, console: ConsoleDep, user: UserDep
+    request: Request, job_id: str, index: IndexParam, console: ConsoleDep, user: UserDep
 ) -> Response:
     """One image at full size: provenance, the sha256 check of its stored bytes, its row, its review."""
 
@@ -589,7 +604,7 @@ def _check_stored_bytes(console: Console, user: SignedIn, image: Image) -> Store
 
 
 @router.get("/jobs/{job_id}/images/{index}/file")
-async def image_file(job_id: str, index: int, console: ConsoleDep, user: ViewerDep) -> Response:
+async def image_file(job_id: str, index: IndexParam, console: ConsoleDep, user: ViewerDep) -> Response:
     """The image's stored bytes (only keys under the tenant's prefix; a tar job's image from its shard)."""
 
     def read() -> tuple[bytes, str]:
@@ -618,7 +633,8 @@ def parse_indices(text: str) -> list[int]:
         raise RequestValidationError(
             "indices", "max_items", f"indices: at most {MAX_REVIEW_BATCH} images per review request"
         )
-    if not all(part.isdigit() for part in parts):
+    # ASCII digits only ("²" is a digit to str.isdigit, not to int), and no more than an index can have.
+    if not all(part.isascii() and part.isdigit() and len(part) <= MAX_INDEX_DIGITS for part in parts):
         raise RequestValidationError(
             "indices", "integers", "indices: comma-separated image indices (0, 1, ...)"
         )

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from db.console_sessions import SignedIn
 from db.engine import transaction
@@ -32,16 +32,21 @@ from db.promotion import promote_version
 from db.status import ModelVersionStatus
 from db.storage.base import ObjectStore
 from db.tables import ModelVersion
+from scheduler.api.cursors import MAX_CURSOR_CHARS, decode_cursor, encode_cursor
 from scheduler.console.auth import Console, ConsoleDep, CsrfUserDep, UserDep
 from scheduler.console.curves import curves_svg, parse_history
 from scheduler.console.pages import ConsoleNotFoundError, NotAllowedError, render
+from scheduler.errors import RequestValidationError
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
+MODELS_PAGE_SIZE = 10  # versions per page of the models page: each costs a folder listing and a history read
 MAX_HISTORY_BYTES = 32 * 1024 * 1024  # a history larger than this is not drawn (checked before reading)
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights"
 _STEP_FILE = re.compile(r"^(samples|loss)(?:-(\d+))?\.png$")
 NameParam = Annotated[str, PathParam(max_length=64)]
+# model_versions.version is a 32-bit column: a bigger number is a 422 here, not a database error (500).
+VersionParam = Annotated[int, PathParam(ge=0, le=2**31 - 1)]
 
 
 @dataclass(frozen=True)
@@ -137,19 +142,38 @@ def _version_view(store: ObjectStore, row: ModelVersion) -> dict[str, Any]:
     }
 
 
+def _after_cursor(cursor: str) -> Any:
+    """The keyset condition of a models-page cursor: versions after (name, version) in the page's order."""
+    name, version = decode_cursor(cursor, arity=2)
+    if not isinstance(name, str) or not isinstance(version, int) or isinstance(version, bool):
+        raise RequestValidationError("cursor", "opaque_cursor", "cursor: not a cursor this console issued")
+    return or_(ModelVersion.name > name, and_(ModelVersion.name == name, ModelVersion.version < version))
+
+
 @router.get("/models", response_class=HTMLResponse)
-async def models_page(request: Request, console: ConsoleDep, user: UserDep) -> Response:
-    """Every registered version, newest first per name, with metrics, sample grid and curves."""
+async def models_page(
+    request: Request,
+    console: ConsoleDep,
+    user: UserDep,
+    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_CHARS)] = None,
+) -> Response:
+    """The registered versions by name, newest first per name, with metrics, sample grid and curves; a page
+    (`MODELS_PAGE_SIZE`) at a time."""
+    limit = MODELS_PAGE_SIZE
+    condition = _after_cursor(cursor) if cursor else None
 
-    def load() -> list[dict[str, Any]]:
+    def load() -> tuple[list[dict[str, Any]], str | None]:
+        query = select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version.desc())
+        if condition is not None:
+            query = query.where(condition)
         with console.services.session_factory() as session:
-            rows = session.scalars(
-                select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version.desc())
-            ).all()
-        return [_version_view(console.services.store, row) for row in rows]
+            rows = session.scalars(query.limit(limit + 1)).all()
+        page = rows[:limit]
+        next_cursor = encode_cursor(page[-1].name, page[-1].version) if len(rows) > limit else None
+        return [_version_view(console.services.store, row) for row in page], next_cursor
 
-    versions = await run_in_threadpool(load)
-    return render(console, request, "models.html", user, versions=versions)
+    versions, next_cursor = await run_in_threadpool(load)
+    return render(console, request, "models.html", user, versions=versions, next_cursor=next_cursor)
 
 
 def _picture(console: Console, name: str, version: int, kind: str) -> bytes:
@@ -168,14 +192,14 @@ def _picture(console: Console, name: str, version: int, kind: str) -> bytes:
 
 
 @router.get("/models/{name}/{version}/samples.png")
-async def samples_png(name: NameParam, version: int, console: ConsoleDep, user: UserDep) -> Response:
+async def samples_png(name: NameParam, version: VersionParam, console: ConsoleDep, user: UserDep) -> Response:
     """The version's newest sample grid (one row per category)."""
     data = await run_in_threadpool(_picture, console, name, version, "samples")
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
 @router.get("/models/{name}/{version}/loss.png")
-async def loss_png(name: NameParam, version: int, console: ConsoleDep, user: UserDep) -> Response:
+async def loss_png(name: NameParam, version: VersionParam, console: ConsoleDep, user: UserDep) -> Response:
     """The version's loss picture, when training left one and no history.jsonl."""
     data = await run_in_threadpool(_picture, console, name, version, "loss")
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
@@ -187,7 +211,7 @@ def _require_operator(console: Console, user: SignedIn) -> None:
 
 
 @router.post("/models/{name}/{version}/promote")
-def promote(name: NameParam, version: int, console: ConsoleDep, user: CsrfUserDep) -> Response:
+def promote(name: NameParam, version: VersionParam, console: ConsoleDep, user: CsrfUserDep) -> Response:
     """Make the version production (operator keys only), through the promotion metric gates."""
     _require_operator(console, user)
     try:
@@ -200,7 +224,7 @@ def promote(name: NameParam, version: int, console: ConsoleDep, user: CsrfUserDe
 
 
 @router.post("/models/{name}/{version}/retire")
-def retire(name: NameParam, version: int, console: ConsoleDep, user: CsrfUserDep) -> Response:
+def retire(name: NameParam, version: VersionParam, console: ConsoleDep, user: CsrfUserDep) -> Response:
     """Retire the version (operator keys only)."""
     _require_operator(console, user)
     try:

@@ -230,6 +230,12 @@ def test_sign_in_open_a_finished_job_and_review_with_the_keyboard(stack: Console
     0-2 and rejects image 3 with the keyboard, then SQL, the manifest's review column (JSONL and Parquet) and
     `?review=approved` (over the SDK) agree; screenshots of the job and models pages are saved."""
     page = stack.page
+    # The console's Content-Security-Policy allows its own script and style only: nothing it uses is refused.
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None,
+    )
     sign_in(stack, stack.acme.api_key)
     row = page.locator("#jobs tbody tr", has_text=stack.acme.job_id[:12])
     assert "succeeded" in row.inner_text() and "16 / 0 / 0 of 16" in row.inner_text()
@@ -306,6 +312,7 @@ def test_sign_in_open_a_finished_job_and_review_with_the_keyboard(stack: Console
         (stack.screenshots / name).stat().st_size > 10_000
         for name in ("console-job.png", "console-models.png")
     )
+    assert refused == []
 
 
 def test_another_tenants_job_is_404_and_a_post_without_csrf_is_403(stack: ConsoleStack) -> None:
