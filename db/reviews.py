@@ -8,7 +8,7 @@ Each delivered image is in exactly one review state: `approved`, `rejected` or `
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -25,6 +25,7 @@ __all__ = [
     "MAX_NOTE_CHARS",
     "ReviewCounts",
     "ReviewDecision",
+    "ReviewDecisions",
     "ReviewState",
     "count_reviews",
     "delivered",
@@ -154,12 +155,59 @@ def reviews_of(session: Session, job_id: str, indices: Iterable[int]) -> dict[in
     return {row.index: row for row in rows}
 
 
-def review_decisions(session: Session, job_id: str) -> dict[int, str]:
-    """Every decision of a job as {index: "approved" | "rejected"} (for the manifest's `review` column)."""
+# Review decision rows read from SQL at a time while a job's decisions are gathered.
+DECISION_READ_ROWS = 10_000
+_DECISION_CODES = {ReviewDecision.APPROVED: 1, ReviewDecision.REJECTED: 2}
+_DECISION_VALUES = {code: decision.value for decision, code in _DECISION_CODES.items()}
+
+
+class ReviewDecisions(Mapping[int, str]):
+    """Every decision of one job as {index: "approved" | "rejected"}, one byte per image index.
+
+    A job may hold millions of reviewed images and each manifest download reads them all: a dict would cost
+    about 100 bytes an entry (a million-image job about 100 MB per download), this table one byte.
+    """
+
+    __slots__ = ("_codes", "_count")
+
+    def __init__(self, size: int = 0) -> None:
+        self._codes = bytearray(size)
+        self._count = 0
+
+    def set(self, index: int, decision: ReviewDecision | str) -> None:
+        """Record `decision` for image `index` (the table grows if `index` is past its size)."""
+        if index < 0:
+            raise ValueError(f"index {index}: must be at least 0")
+        if index >= len(self._codes):
+            self._codes.extend(bytes(index + 1 - len(self._codes)))
+        self._count += self._codes[index] == 0
+        self._codes[index] = _DECISION_CODES[ReviewDecision(decision)]
+
+    def __getitem__(self, index: int) -> str:
+        code = self._codes[index] if 0 <= index < len(self._codes) else 0
+        if not code:
+            raise KeyError(index)
+        return _DECISION_VALUES[code]
+
+    def __iter__(self) -> Iterator[int]:
+        return (index for index, code in enumerate(self._codes) if code)
+
+    def __len__(self) -> int:
+        return self._count
+
+
+def review_decisions(session: Session, job_id: str, *, size: int = 0) -> ReviewDecisions:
+    """Every decision of a job (for the manifest's `review` column), read `DECISION_READ_ROWS` rows at a time
+    into a one-byte-per-index table; `size` (the job's `images_total`) sizes it up front."""
+    decisions = ReviewDecisions(size)
     rows = session.execute(
-        select(ImageReview.index, ImageReview.decision).where(ImageReview.job_id == job_id)
-    ).all()
-    return {int(index): ReviewDecision(decision).value for index, decision in rows}
+        select(ImageReview.index, ImageReview.decision)
+        .where(ImageReview.job_id == job_id)
+        .execution_options(yield_per=DECISION_READ_ROWS)
+    )
+    for index, decision in rows:
+        decisions.set(int(index), decision)
+    return decisions
 
 
 def count_reviews(session: Session, job_id: str, *, delivered_total: int | None = None) -> ReviewCounts:

@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from db.images import manifest_keys
 from db.jobs import get_job
-from db.reviews import ReviewState, review_decisions, where_review_state
+from db.reviews import ReviewDecisions, ReviewState, review_decisions, where_review_state
 from db.status import ImageStatus
 from db.tables import Image
 from scheduler.api.cursors import decode_cursor, encode_cursor
@@ -196,10 +196,12 @@ def open_reviewed_manifest(services: Services, tenant_id: str, job_id: str, form
     return itertools.chain([first], pieces)
 
 
-def _manifest_key(services: Services, tenant_id: str, job_id: str, format: str) -> tuple[str, dict[int, str]]:
+def _manifest_key(
+    services: Services, tenant_id: str, job_id: str, format: str
+) -> tuple[str, ReviewDecisions]:
     with services.session_factory() as session:
         job = get_job(session, job_id, tenant_id=tenant_id)
-        decisions = review_decisions(session, job.id)
+        decisions = review_decisions(session, job.id, size=job.images_total)
     if not job.manifest_key:
         raise JobStateError(f"job {job_id} is {job.status.value}; its manifest is written when it finishes")
     jsonl_key, parquet_key = manifest_keys(tenant_id, job.id)
