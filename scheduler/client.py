@@ -13,7 +13,13 @@ SQLAlchemy). `download` fetches images in parallel threads, skips files already 
 is fetched once and each member checked against the image's sha256. Every path segment the server sends is
 checked (one safe key segment, and the file inside the target folder) before anything is fetched or written.
 
-Every call retries on 5xx, 429 and connection failures with exponential backoff, honouring `Retry-After`.
+Every call retries on 5xx, 429 and connection failures with exponential backoff, honouring `Retry-After` (seconds
+or an HTTP date, at most `MAX_RETRY_AFTER_SECONDS`). Redirects are never followed (the API key stays with the
+API's own address). Answers are read as streams and refused past a cap: `max_response_bytes` for API answers,
+`max_manifest_bytes` for a manifest, an image's own `size_bytes` for its bytes (`max_download_bytes` when the
+size is not known, e.g. a tar shard), so a broken or hostile peer cannot make the SDK hold an unbounded body.
+`wait` polls with a growing pause (`poll_seconds` up to `max_poll_seconds`), keeps waiting through 429s, and
+never sleeps past its `timeout_seconds`.
 `submit_job` always sends an `Idempotency-Key` (one is generated when none is given), so a retried submit
 never creates a second job. Errors: `ApiError` (the API answered with a problem; `.status`, `.problem`),
 `TransportError` (the API could not be reached), `WebhookVerificationError` (from `verify_webhook`) —
@@ -23,6 +29,7 @@ all `scheduler.errors.ClientError`/`SchedulerError`.
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import hashlib
 import io
 import ipaddress
@@ -45,7 +52,7 @@ import httpx
 
 from db.errors import InvalidKeyError
 from db.storage.keys import validate_key_segment
-from scheduler.errors import ApiError, ClientError, TransportError
+from scheduler.errors import ApiError, ClientError, ResponseTooLargeError, TransportError
 from scheduler.signatures import DEFAULT_TOLERANCE_SECONDS, verify
 
 __all__ = [
@@ -68,6 +75,13 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
+MAX_RETRY_AFTER_SECONDS = 120.0  # a longer Retry-After (or HTTP date) is waited this long, then tried again
+DEFAULT_MAX_POLL_SECONDS = 15.0  # `wait`'s pause grows to this (or stays at a longer `poll_seconds`)
+POLL_BACKOFF_FACTOR = 1.5  # `wait`'s pause is multiplied by this after each poll
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # an API answer (a page of 1,000 images is about 1 MiB)
+DEFAULT_MAX_MANIFEST_BYTES = 1024 * 1024 * 1024  # a manifest (JSONL: about 350 bytes per image)
+DEFAULT_MAX_DOWNLOAD_BYTES = 1024 * 1024 * 1024  # a presigned object whose size the listing does not give
+ERROR_BODY_BYTES = 64 * 1024  # of an error answer, only this much is read (the problem's detail)
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 TERMINAL_STATUSES = frozenset({"succeeded", "completed_with_failures", "failed", "cancelled"})
 
@@ -274,13 +288,67 @@ def check_api_key(api_key: str) -> str:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds from `Retry-After` (delta-seconds or an HTTP date); None when absent or unreadable."""
     value = response.headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        return None
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
+    return max(0.0, seconds) if seconds == seconds else None  # NaN is unreadable
+
+
+class _OutOfTime(ClientError):
+    """Raised inside the SDK when a retry would sleep past the caller's deadline (`wait` turns it into its
+    timeout error)."""
+
+
+def _read_capped(response: httpx.Response, limit: int, what: str, *, truncate: bool = False) -> bytes:
+    """The (decoded) body of a streamed `response`, read piece by piece: `ResponseTooLargeError` as soon as it
+    passes `limit` bytes (or announces more), or, with `truncate`, the first `limit` bytes."""
+    declared = response.headers.get("content-length", "")
+    if not truncate and declared.isdigit() and int(declared) > limit:
+        raise ResponseTooLargeError(f"{what}: the answer is {int(declared)} bytes, over {limit}; refused")
+    pieces: list[bytes] = []
+    read = 0
+    for piece in response.iter_bytes():
+        read += len(piece)
+        if read > limit:
+            if truncate:
+                pieces.append(piece[: len(piece) - (read - limit)])
+                break
+            raise ResponseTooLargeError(f"{what}: the answer is over {limit} bytes; refused")
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+# Headers that describe the body as it came over the wire, not the decoded bytes a bounded read returns.
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+def _send_capped(
+    http: httpx.Client, method: str, url: str, limit: int, what: str, **kwargs: Any
+) -> httpx.Response:
+    """One request whose answer is read with `_read_capped` (an error answer: its first `ERROR_BODY_BYTES`),
+    returned as a complete `httpx.Response`. Never follows a redirect."""
+    request = http.build_request(method, url, **kwargs)
+    response = http.send(request, stream=True, follow_redirects=False)
+    try:
+        if response.status_code >= 300:
+            data = _read_capped(response, ERROR_BODY_BYTES, what, truncate=True)
+        else:
+            data = _read_capped(response, limit, what)
+    finally:
+        response.close()
+    headers = [(name, value) for name, value in response.headers.multi_items() if name not in _WIRE_HEADERS]
+    return httpx.Response(response.status_code, headers=headers, content=data, request=request)
 
 
 class Client:
@@ -301,6 +369,9 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         allow_file_urls: bool | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     ) -> None:
         base_url = base_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL
         api_key = api_key or os.environ.get(API_KEY_ENV)
@@ -317,6 +388,9 @@ class Client:
         )
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
+        self.max_response_bytes = max_response_bytes
+        self.max_manifest_bytes = max_manifest_bytes
+        self.max_download_bytes = max_download_bytes
         self._sleep = sleep
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -342,21 +416,46 @@ class Client:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        limit: int | None = None,
+        deadline: float | None = None,
+        patient: bool = False,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One API call with retries; the answer read up to `limit` bytes (`max_response_bytes`).
+
+        No retry sleeps past `deadline` (a `time.monotonic()` value): the last error is raised instead. With
+        `patient`, 429 answers do not use up `max_retries` (the API asked us to slow down, not to give up).
+        """
+        what = f"{method} {self.base_url}{path}"
+        attempt = step = 0
         while True:
             try:
-                response = self._http.request(method, path, **kwargs)
+                response = _send_capped(
+                    self._http, method, path, limit or self.max_response_bytes, what, **kwargs
+                )
             except httpx.TransportError as exc:
+                delay = self._delay(step, None)
+                if attempt < self.max_retries and not self._time_left(delay, deadline):
+                    raise _OutOfTime(f"{what}: {exc}") from exc
                 if attempt >= self.max_retries:
-                    raise TransportError(f"{method} {self.base_url}{path}: {exc}") from exc
-                self._sleep(self._delay(attempt, None))
-                attempt += 1
+                    raise TransportError(f"{what}: {exc}") from exc
+                self._sleep(delay)
+                attempt, step = attempt + 1, step + 1
                 continue
-            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
-                self._sleep(self._delay(attempt, _retry_after(response)))
-                attempt += 1
-                continue
+            if response.status_code in RETRY_STATUSES:
+                counted = not (patient and response.status_code == 429)
+                delay = self._delay(step, _retry_after(response))
+                if attempt < self.max_retries or not counted:
+                    if not self._time_left(delay, deadline):
+                        raise _OutOfTime(f"{what}: HTTP {response.status_code}, next try in {delay:g} s")
+                    self._sleep(delay)
+                    attempt, step = attempt + counted, step + 1
+                    continue
             if response.status_code >= 400:
                 raise ApiError(response.status_code, self._problem(response))
             if response.status_code >= 300:  # the API never redirects: the URL is not the API's own address
@@ -373,8 +472,13 @@ class Client:
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return min(retry_after, MAX_BACKOFF_SECONDS * 4)
+            return min(retry_after, MAX_RETRY_AFTER_SECONDS)
         return min(MAX_BACKOFF_SECONDS, self.backoff_seconds * 2**attempt)
+
+    @staticmethod
+    def _time_left(delay: float, deadline: float | None) -> bool:
+        """True unless sleeping `delay` would pass `deadline`."""
+        return deadline is None or time.monotonic() + delay < deadline
 
     @staticmethod
     def _problem(response: httpx.Response) -> dict[str, Any]:
@@ -547,23 +651,40 @@ class Client:
         *,
         progress: Callable[[Job], None] | None = None,
         poll_seconds: float = 1.0,
+        max_poll_seconds: float = DEFAULT_MAX_POLL_SECONDS,
         timeout_seconds: float | None = None,
     ) -> Job:
         """Poll until the job is finished and return it; `progress` is called with every poll's result.
 
-        Raises `ClientError` when `timeout_seconds` pass first. A failed, completed_with_failures or cancelled
-        job is returned, not raised: check `job.status` (`job.completed_with_failures`, `job.images_failed`).
+        The pause between polls starts at `poll_seconds` and grows by half each poll up to `max_poll_seconds`
+        (an hour-long job costs about 250 requests, not 3,600). A 429 answer is waited out (its `Retry-After`,
+        at most `MAX_RETRY_AFTER_SECONDS`) however often it comes; other errors are raised after the usual
+        retries. Raises `ClientError` when `timeout_seconds` pass first, without sleeping past them. A failed,
+        completed_with_failures or cancelled job is returned, not raised: check `job.status`
+        (`job.completed_with_failures`, `job.images_failed`).
         """
+        path = f"/v1/jobs/{_job_id(job)}"
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+        interval = poll_seconds
         while True:
-            current = self.get_job(job)
+            try:
+                current = Job.from_json(self._request("GET", path, deadline=deadline, patient=True).json())
+            except _OutOfTime as exc:
+                raise ClientError(
+                    f"job {_job_id(job)} not finished after {timeout_seconds} s ({exc})"
+                ) from exc
             if progress is not None:
                 progress(current)
             if current.is_terminal:
                 return current
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ClientError(f"job {current.id} still {current.status} after {timeout_seconds} s")
-            self._sleep(poll_seconds)
+            pause = interval
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ClientError(f"job {current.id} still {current.status} after {timeout_seconds} s")
+                pause = min(pause, left)
+            self._sleep(pause)
+            interval = min(max(max_poll_seconds, poll_seconds), interval * POLL_BACKOFF_FACTOR)
 
     def cancel_job(self, job: Job | str) -> Job:
         """Ask the job to stop; finished images stay."""
@@ -617,8 +738,11 @@ class Client:
             if not cursor:
                 return
 
-    def _get_bytes(self, url: str, what: str) -> bytes:
-        """The bytes behind a presigned (or file://) URL, fetched without our Authorization header."""
+    def _get_bytes(self, url: str, what: str, size_bytes: int | None = None) -> bytes:
+        """The bytes behind a presigned (or file://) URL, fetched without our Authorization header: at most
+        `size_bytes` (the size the API listed; `ResponseTooLargeError` past it), else `max_download_bytes`."""
+        limit = size_bytes if size_bytes is not None and size_bytes >= 0 else self.max_download_bytes
+        too_large = f"{what}: larger than the {limit} bytes the API listed; refused"
         parts = urlsplit(url)
         if parts.scheme == "file":
             if not self.allow_file_urls:
@@ -626,11 +750,17 @@ class Client:
                     f"{what}: the API at {self.base_url} answered a file:// URL; local files are read only "
                     "for an API on this machine (Client(allow_file_urls=True) to allow it)"
                 )
-            return Path(unquote(parts.path)).read_bytes()
+            with Path(unquote(parts.path)).open("rb") as handle:
+                data = handle.read(limit + 1)
+            if len(data) > limit:
+                raise ResponseTooLargeError(too_large)
+            return data
         if parts.scheme not in ("http", "https"):
             raise ClientError(f"{what}: unsupported URL scheme {parts.scheme!r}")
         try:
-            response = self._downloads.get(url)
+            response = _send_capped(self._downloads, "GET", url, limit, what)
+        except ResponseTooLargeError as exc:
+            raise ResponseTooLargeError(too_large) from exc
         except httpx.HTTPError as exc:
             raise TransportError(f"{what}: {exc}") from exc
         if response.status_code != 200:
@@ -641,8 +771,10 @@ class Client:
         """The image's PNG/WebP bytes, checked against its sha256 (from its shard, for a tar job)."""
         if not image.url:
             raise ClientError(f"image {image.index} has no URL (status {image.status})")
-        data = self._get_bytes(image.url, f"image {image.index}")
-        if image.key and image.key.endswith(SHARD_SUFFIX):
+        shard = bool(image.key and image.key.endswith(SHARD_SUFFIX))
+        # A plain image is exactly `size_bytes` long; a tar job's row gives its member's size, not the shard's.
+        data = self._get_bytes(image.url, f"image {image.index}", None if shard else image.size_bytes)
+        if shard:
             data = shard_member(data, image.index)
         if image.sha256 and hashlib.sha256(data).hexdigest() != image.sha256:
             raise ClientError(f"image {image.index}: downloaded bytes do not match sha256 {image.sha256}")
@@ -704,7 +836,8 @@ class Client:
 
     def get_manifest(self, job: Job | str, *, format: str = "jsonl") -> bytes:
         """The finished job's manifest, as JSONL (default) or Parquet bytes."""
-        return self._request("GET", f"/v1/jobs/{_job_id(job)}/manifest", params={"format": format}).content
+        path = f"/v1/jobs/{_job_id(job)}/manifest"
+        return self._request("GET", path, params={"format": format}, limit=self.max_manifest_bytes).content
 
     def manifest_rows(self, job: Job | str) -> list[dict[str, Any]]:
         """The finished job's manifest rows (index, sku, category, key, sha256, seed, model version, status, error)."""

@@ -16,7 +16,8 @@
         ├── WebhookVerificationError    a webhook's signature or timestamp did not verify
         └── ClientError                 raised by the SDK (scheduler.client)
             ├── ApiError                the API answered with a problem (`status`, `http_status`, problem body)
-            └── TransportError          the API could not be reached after the retries (a ServiceUnavailableError)
+            ├── TransportError          the API could not be reached after the retries (a ServiceUnavailableError)
+            └── ResponseTooLargeError   an answer is larger than the SDK reads
 
 HTTP statuses are mapped in one place (`scheduler/api/problems.py`), CLI exit codes in another
 (`db/cli_support.py`).
@@ -91,3 +92,7 @@ class ApiError(ClientError):
 
 class TransportError(ClientError, ServiceUnavailableError):
     """Raised when the API could not be reached after all retries."""
+
+
+class ResponseTooLargeError(ClientError):
+    """Raised when an answer is larger than the SDK reads (`max_response_bytes`, an image's `size_bytes`, ...)."""

@@ -21,6 +21,7 @@ from scheduler.errors import WebhookVerificationError
 SECRET_PREFIX = "whsec_"
 SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE_SECONDS = 300
+MAX_TIMESTAMP_DIGITS = 12  # Unix seconds until the year 33658
 
 
 def new_secret() -> str:
@@ -75,18 +76,20 @@ def verify(
     signatures = lowered.get("webhook-signature")
     if not message_id or not stamp_text or not signatures:
         raise WebhookVerificationError("missing webhook-id, webhook-timestamp or webhook-signature header")
-    try:
-        stamp = int(stamp_text)
-    except ValueError as exc:
-        raise WebhookVerificationError(f"webhook-timestamp {stamp_text!r} is not an integer") from exc
+    # ASCII digits only, at most 12 (int() also takes "１２３", "1_000" and 4,000-digit numbers, which overflow
+    # the float arithmetic below: a hostile sender's header must be a refusal, never another exception).
+    if not (stamp_text.isascii() and stamp_text.isdigit() and len(stamp_text) <= MAX_TIMESTAMP_DIGITS):
+        raise WebhookVerificationError(f"webhook-timestamp {stamp_text[:32]!r} is not Unix seconds")
+    stamp = int(stamp_text)
     current = time.time() if now is None else now
     if abs(current - stamp) > tolerance_seconds:
         raise WebhookVerificationError(
             f"webhook-timestamp is {int(current - stamp)} s away from now (tolerance {tolerance_seconds} s)"
         )
-    expected = sign(secret, message_id, stamp, body).split(",", 1)[1]
+    expected = sign(secret, message_id, stamp, body).split(",", 1)[1].encode()
     for candidate in signatures.split():
         version, _, value = candidate.partition(",")
-        if version == SIGNATURE_VERSION and hmac.compare_digest(value, expected):
+        # Compared as bytes: compare_digest refuses str with non-ASCII characters (a TypeError, not a refusal).
+        if version == SIGNATURE_VERSION and hmac.compare_digest(value.encode("utf-8", "replace"), expected):
             return
     raise WebhookVerificationError("no webhook-signature matches the body")

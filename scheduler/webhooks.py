@@ -20,6 +20,9 @@ private, link-local, multicast, reserved and unspecified addresses are refused u
 address it checked (`pin_target`), keeping the name for `Host` and TLS SNI, so a DNS answer that changes between
 the check and the connection (rebinding) cannot redirect a signed POST. Redirects are not followed, and no
 proxy from the environment is used.
+A host that does not resolve at delivery is retried like a failed attempt (`WebhookHostUnresolvedError`); a
+refused address or a URL httpx cannot send fails the row at once. Whatever goes wrong in one row's attempt is
+that row's outcome: it never cancels the other attempts of the tick.
 
 Delivery: the due rows of one tick run concurrently (`webhook_concurrency`), at most
 `webhook_concurrency_per_tenant` rows of one tenant per tick; each attempt has one total deadline
@@ -33,6 +36,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import json
+import logging
 import math
 import random
 import socket
@@ -78,15 +82,22 @@ TERMINAL_LOOKBACK_SECONDS = 24 * 3600
 MAX_ERROR_CHARS = 500
 USER_AGENT = "catalogan-webhooks/1"
 
+logger = logging.getLogger(__name__)
+
 Resolver = Callable[[str, int], Sequence[str]]
 
 
+class WebhookHostUnresolvedError(UnsafeWebhookTargetError):
+    """Raised when a webhook host does not resolve now: a 422 at submit, a retried attempt at delivery (a DNS
+    outage is not an unsafe target, and giving up on the first one would lose the event)."""
+
+
 def resolve_host(host: str, port: int) -> list[str]:
-    """Every IP address `host` resolves to (IPv4 and IPv6)."""
+    """Every IP address `host` resolves to (IPv4 and IPv6); `WebhookHostUnresolvedError` when none."""
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
-        raise UnsafeWebhookTargetError(f"webhook_url host {host!r} does not resolve: {exc}") from exc
+        raise WebhookHostUnresolvedError(f"webhook_url host {host!r} does not resolve: {exc}") from exc
     return sorted({str(info[4][0]) for info in infos})
 
 
@@ -125,6 +136,12 @@ def _host_and_port(url: str) -> tuple[str, int]:
         raise UnsafeWebhookTargetError(f"webhook_url {url!r}: must be an http:// or https:// URL with a host")
     if parts.username or parts.password:
         raise UnsafeWebhookTargetError(f"webhook_url {url!r}: must not carry credentials")
+    try:
+        # What the dispatcher will send to must be a URL httpx builds a request for: urllib keeps characters
+        # (e.g. non-printable ASCII in the path) that httpx refuses, and such a row could never be sent.
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise UnsafeWebhookTargetError(f"webhook_url {url!r}: not a URL ({exc})") from exc
     try:
         return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
@@ -443,7 +460,7 @@ def pin_target(url: str, *, allow_private: bool, resolver: Resolver = resolve_ho
     port = parts.port or (443 if parts.scheme == "https" else 80)
     addresses = resolver(host, port)
     if not addresses:
-        raise UnsafeWebhookTargetError(f"webhook_url {url!r}: host {host!r} has no address")
+        raise WebhookHostUnresolvedError(f"webhook_url {url!r}: host {host!r} has no address")
     if not allow_private:
         refused = [address for address in addresses if not _is_public(address)]
         if refused:
@@ -526,11 +543,20 @@ async def _attempt(
         return "the tenant has no webhook secret", True
     try:
         await deliver(http, row.url, row.id, row.body, row.secret, settings, resolver=resolver)
+    except WebhookHostUnresolvedError as exc:  # retried with backoff, up to webhook_max_attempts
+        return str(exc), False
     except UnsafeWebhookTargetError as exc:
         return str(exc), True
     except TimeoutError:
         return f"no answer within {settings.webhook_timeout_seconds:g} s", False
     except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}", False
+    except httpx.InvalidURL as exc:  # not an HTTPError: a URL no attempt can send
+        return f"webhook_url {row.url!r}: not a URL ({exc})", True
+    except Exception as exc:
+        # Anything else is still this row's failure alone: escaping, it would cancel every other tenant's
+        # attempt of this tick, and the row, never recorded, would be claimed (and fail) again each lease.
+        logger.exception("webhook delivery %s to %r failed unexpectedly", row.id, row.url)
         return f"{type(exc).__name__}: {exc}", False
     return None, False
 

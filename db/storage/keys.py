@@ -91,9 +91,13 @@ RESERVED_JOB_FOLDERS = frozenset({"manifest.jsonl", "manifest.parquet", "shards"
 
 
 def validate_job_folder(value: str, field: str) -> str:
-    """`validate_key_segment`, and not one of `RESERVED_JOB_FOLDERS` (a SKU or category names a folder)."""
+    """`validate_key_segment`, and not one of `RESERVED_JOB_FOLDERS` (a SKU or category names a folder).
+
+    Compared as a case-insensitive folder compares names (macOS's default, the embedded local store's usual
+    home, and Windows, which also drops trailing dots): `SHARDS` or `Manifest.JSONL.` is the reserved name there.
+    """
     validate_key_segment(value, field)
-    if value in RESERVED_JOB_FOLDERS:
+    if value.rstrip(".").casefold() in RESERVED_JOB_FOLDERS:
         raise InvalidKeyError(
             f"{field} {value!r}: reserved for the job's own files ({', '.join(sorted(RESERVED_JOB_FOLDERS))})"
         )

@@ -57,7 +57,7 @@ MAX_PREVIEW_IMAGES = 8
 KEY_SEGMENT_RULE = (
     "Part of object keys: no '/', '\\', control or format characters, not '.' or '..', no leading or trailing "
     f"whitespace, at most {MAX_SEGMENT_BYTES} bytes of UTF-8; not manifest.jsonl, manifest.parquet or shards "
-    "(the job's own files)."
+    "in any case or with trailing dots (the job's own files)."
 )
 
 ModelRef = Field(

@@ -293,7 +293,13 @@ def show(job_id: str, as_json: bool) -> None:
 
 @jobs.command("watch")
 @click.argument("job_id")
-@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between polls.")
+@click.option(
+    "--interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds between polls (steady: an operator watching sees each change).",
+)
 @one_line_errors
 def watch(job_id: str, interval: float) -> None:
     """Follow a job with a live progress bar until it finishes; exit 10 when it completed with failures, 7
@@ -384,7 +390,7 @@ def follow(client: Client, job_id: str, interval: float) -> Job:
                     err=True,
                 )
 
-        return client.wait(job_id, progress=line, poll_seconds=interval)
+        return client.wait(job_id, progress=line, poll_seconds=interval, max_poll_seconds=interval)
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -403,7 +409,7 @@ def follow(client: Client, job_id: str, interval: float) -> Job:
                 task, total=job.images_total, completed=finished, status=job.status, failed=job.images_failed
             )
 
-        return client.wait(job_id, progress=update, poll_seconds=interval)
+        return client.wait(job_id, progress=update, poll_seconds=interval, max_poll_seconds=interval)
 
 
 def manifest_csv(rows: list[dict[str, Any]]) -> str:

@@ -100,10 +100,34 @@ def test_validation_either_accepts_unchanged_or_raises_invalid_key(key: str) -> 
 
 @given(
     st.text(
-        alphabet=st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Zs", "Zl", "Zp")), min_size=1, max_size=30
+        alphabet=st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Zs", "Zl", "Zp")),
+        min_size=1,
+        max_size=30,
     ).filter(lambda s: "/" not in s and "\\" not in s and s not in {".", ".."})
 )
 def test_ordinary_names_are_valid_segments_and_keys(name: str) -> None:
     """For any printable name without separators, it is a valid segment and a valid key under a prefix."""
     assert validate_key_segment(name, "category") == name
     assert validate_key(f"tenant/{name}/00000000.png")
+
+
+@pytest.mark.parametrize(
+    "value", ["SHARDS", "Manifest.JSONL", "manifest.Parquet", "shards.", "manifest.jsonl.."]
+)
+def test_a_job_folder_equal_to_the_jobs_own_files_on_a_case_insensitive_store_is_refused(value: str) -> None:
+    """Given a SKU that differs from one of the job's own names only by case or trailing dots (one and the same
+    name on a case-insensitive folder, the macOS default for the embedded local store, or on Windows), when it
+    is checked as a job folder, then it is refused as reserved: its folder would take the manifest's place
+    there, and the job could never finalize."""
+    from db.storage.keys import validate_job_folder
+
+    with pytest.raises(InvalidKeyError, match="reserved"):
+        validate_job_folder(value, "sku")
+
+
+def test_job_folders_that_only_resemble_reserved_names_are_kept() -> None:
+    """Given SKUs that merely contain a reserved name, when checked, then they pass unchanged."""
+    from db.storage.keys import validate_job_folder
+
+    for value in ("shards-2024", "my.manifest.jsonl", "SHARDSX", ".shards"):
+        assert validate_job_folder(value, "sku") == value

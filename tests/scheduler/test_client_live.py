@@ -47,7 +47,11 @@ def test_download_runs_in_parallel_resumes_and_skips_files_that_match(
     matches the manifest's sha256."""
     out = tmp_path / "out"
     with Client(live_stack.url, live_stack.tenant.api_key) as client:
-        job = client.wait(client.submit_job(ITEMS, seed=11, chunk_size=4), timeout_seconds=WAIT_SECONDS)
+        job = client.wait(
+            client.submit_job(ITEMS, seed=11, chunk_size=4),
+            max_poll_seconds=1.0,
+            timeout_seconds=WAIT_SECONDS,
+        )
         assert job.status == "succeeded", live_stack.worker.log()[-3000:]
         first = client.download(job, out, threads=4)
         assert len(first) == 10 and len({p.parent.name for p in first}) == 2
@@ -72,7 +76,7 @@ def test_a_tar_job_exports_and_verifies(
     the manifest's sha256, and each shard's presigned URL serves the tar the index describes."""
     with Client(live_stack.url, live_stack.tenant.api_key) as client:
         job = client.submit_job(ITEMS, seed=12, chunk_size=4, output_format="tar")
-        job = client.wait(job, timeout_seconds=WAIT_SECONDS)
+        job = client.wait(job, max_poll_seconds=1.0, timeout_seconds=WAIT_SECONDS)
         assert job.status == "succeeded", live_stack.worker.log()[-3000:]
         index = client.get_shard_index(job)
     monkeypatch.setenv("CATALOGAN_API_URL", live_stack.url)
@@ -115,7 +119,7 @@ LIGHT_SCRIPT = textwrap.dedent(
 
     with Client() as client:
         job = client.submit_job([{"category": "a", "count": 3}], seed=21)
-        job = client.wait(job, timeout_seconds=480, poll_seconds=0.3)
+        job = client.wait(job, timeout_seconds=480, poll_seconds=0.3, max_poll_seconds=1.0)
         paths = client.download(job, sys.argv[1])
     missing = [name for name in sys.argv[2].split(",") if importlib.util.find_spec(name) is None]
     print(json.dumps({"status": job.status, "files": len(paths), "missing": missing, "job": job.id,

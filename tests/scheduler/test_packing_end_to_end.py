@@ -52,7 +52,7 @@ def test_one_image_skus_share_chunks_and_a_failed_packed_chunk_is_retried_under_
     with Client(live_stack.url, live_stack.tenant.api_key) as client:
         job = client.submit_job(ITEMS, model="tiny", seed=3, chunk_size=16)
         assert job.chunks_total == 3
-        done = client.wait(job, poll_seconds=0.3, timeout_seconds=WAIT_SECONDS)
+        done = client.wait(job, poll_seconds=0.3, max_poll_seconds=1.0, timeout_seconds=WAIT_SECONDS)
         assert (done.status, done.images_done) == ("succeeded", 40), live_stack.worker.log()[-3000:]
         first = client.manifest_rows(done)
         _expected(first, tenant_id, done.id)
@@ -71,7 +71,9 @@ def test_one_image_skus_share_chunks_and_a_failed_packed_chunk_is_retried_under_
             model_version=model,
             publisher=publisher,
         )
-        failed = client.wait(planned.job_id, poll_seconds=0.3, timeout_seconds=WAIT_SECONDS)
+        failed = client.wait(
+            planned.job_id, poll_seconds=0.3, max_poll_seconds=1.0, timeout_seconds=WAIT_SECONDS
+        )
         assert (failed.status, failed.images_done, failed.images_failed) == (
             "completed_with_failures",
             24,
@@ -85,6 +87,6 @@ def test_one_image_skus_share_chunks_and_a_failed_packed_chunk_is_retried_under_
         with transaction(live_stack.factory) as session:  # the operator fixes the cause
             session.execute(update(Job).where(Job.id == failed.id).values(options={}))
         client.retry_job(failed)
-        retried = client.wait(failed.id, poll_seconds=0.3, timeout_seconds=WAIT_SECONDS)
+        retried = client.wait(failed.id, poll_seconds=0.3, max_poll_seconds=1.0, timeout_seconds=WAIT_SECONDS)
         assert (retried.status, retried.images_done) == ("succeeded", 40), live_stack.worker.log()[-3000:]
         _expected(client.manifest_rows(retried), tenant_id, retried.id)

@@ -53,7 +53,9 @@ def test_retry_reruns_only_the_failed_images(live_stack: LiveStack, redis_url: s
         publisher=publisher,
     )
     with Client(live_stack.url, live_stack.tenant.api_key) as client:
-        failed = client.wait(planned.job_id, poll_seconds=0.3, timeout_seconds=WAIT_SECONDS)
+        failed = client.wait(
+            planned.job_id, poll_seconds=0.3, max_poll_seconds=1.0, timeout_seconds=WAIT_SECONDS
+        )
         assert failed.status == "completed_with_failures", live_stack.worker.log()[-3000:]
         assert failed.is_terminal and failed.completed_with_failures
         assert (failed.images_done, failed.images_failed) == (4, 4)
@@ -64,7 +66,7 @@ def test_retry_reruns_only_the_failed_images(live_stack: LiveStack, redis_url: s
             session.execute(update(Job).where(Job.id == failed.id).values(options={}))
         retried = client.retry_job(failed)
         assert retried.status == "queued" and retried.images_failed == 0
-        done = client.wait(retried, poll_seconds=0.3, timeout_seconds=WAIT_SECONDS)
+        done = client.wait(retried, poll_seconds=0.3, max_poll_seconds=1.0, timeout_seconds=WAIT_SECONDS)
 
         assert done.status == "succeeded", live_stack.worker.log()[-3000:]
         assert (done.images_done, done.images_failed) == (8, 0)

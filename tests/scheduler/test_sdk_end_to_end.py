@@ -46,7 +46,9 @@ def test_submit_wait_list_and_download_through_the_sdk(live_stack: LiveStack, tm
     seen: list[Job] = []
     with Client(live_stack.url, live_stack.tenant.api_key) as client:
         job = client.submit_job(ITEMS, seed=5, chunk_size=4, idempotency_key="e2e-1")
-        done = client.wait(job, progress=seen.append, poll_seconds=0.3, timeout_seconds=WAIT_SECONDS)
+        done = client.wait(
+            job, progress=seen.append, poll_seconds=0.3, max_poll_seconds=1.0, timeout_seconds=WAIT_SECONDS
+        )
         assert done.status == "succeeded", (done, live_stack.worker.log()[-3000:])
         assert done.images_done == 10 and done.progress == 1.0 and seen[-1].status == "succeeded"
 
@@ -91,7 +93,7 @@ def test_a_webhook_receiver_gets_signed_events_the_sdk_verifies(
     try:
         with Client(live_stack.url, live_stack.tenant.api_key) as client:
             job = client.submit_job(ITEMS, seed=9, webhook_url=receiver.url)
-            done = client.wait(job, poll_seconds=0.3, timeout_seconds=WAIT_SECONDS)
+            done = client.wait(job, poll_seconds=0.3, max_poll_seconds=1.0, timeout_seconds=WAIT_SECONDS)
         assert done.status == "succeeded", live_stack.worker.log()[-3000:]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -125,7 +127,7 @@ def test_a_cancelled_job_keeps_its_finished_images(live_stack: LiveStack) -> Non
     with Client(live_stack.url, live_stack.tenant.api_key) as client:
         job = client.submit_job([{"category": "b", "count": 64}], seed=3, chunk_size=4)
         client.cancel_job(job)
-        done = client.wait(job, poll_seconds=0.3, timeout_seconds=WAIT_SECONDS)
+        done = client.wait(job, poll_seconds=0.3, max_poll_seconds=1.0, timeout_seconds=WAIT_SECONDS)
         assert done.status in ("cancelled", "succeeded")
         images = [image for image in client.iter_images(done) if image.status == ImageStatus.SUCCEEDED.value]
         assert len(images) == done.images_done and all(image.sha256 for image in images)

@@ -64,6 +64,26 @@ def test_a_stale_or_future_timestamp_fails_verification() -> None:
             verify_webhook(headers, body, secret)
 
 
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("webhook-signature", "v1,\u00e9t\u00e9"),  # non-ASCII: hmac.compare_digest raised TypeError on str
+        ("webhook-signature", "v1,\udc80"),  # a lone surrogate
+        ("webhook-timestamp", "1" + "0" * 400),  # an int too large for float arithmetic: OverflowError
+        ("webhook-timestamp", "\uff11\uff12\uff13"),  # fullwidth digits, which int() accepts
+        ("webhook-timestamp", "-1"),
+    ],
+)
+def test_a_hostile_header_is_a_verification_error_not_a_crash(header: str, value: str) -> None:
+    """Given a signed delivery whose signature or timestamp header a forger replaced with text a receiver's
+    framework may pass through (non-ASCII, huge or non-ASCII-digit numbers), when verified, then it is a
+    `WebhookVerificationError` (a 401 for the receiver), not another exception (a 500)."""
+    secret = new_secret()
+    headers = {**signed_headers(secret, "msg_h", b"{}"), header: value}
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook(headers, b"{}", secret)
+
+
 def test_the_signature_matches_the_standard_webhooks_reference_vector() -> None:
     """Given the Standard Webhooks spec's example, when signed, then the published signature comes out."""
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -4,6 +4,7 @@ answer, and a slow tenant next to a fast one. Real PostgreSQL, real HTTP servers
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import socket
 import socketserver
 import threading
@@ -266,7 +267,11 @@ def test_a_tenant_whose_webhook_host_resolves_slowly_stalls_no_one_and_holds_one
     attacker, victim = make_tenant("attacker"), make_tenant("victim")
 
     def submit(who: Credentials, host: str) -> httpx.Response:
-        body = {"model": "tiny@1", "items": [{"category": "a", "count": 1}], "webhook_url": f"https://{host}/h"}
+        body = {
+            "model": "tiny@1",
+            "items": [{"category": "a", "count": 1}],
+            "webhook_url": f"https://{host}/h",
+        }
         with httpx.Client(base_url=server.url, timeout=30) as client:
             return client.post("/v1/jobs", headers=who.headers, json=body)
 
@@ -299,3 +304,107 @@ def test_a_tenant_whose_webhook_host_resolves_slowly_stalls_no_one_and_holds_one
         assert submit(attacker, FAST_DNS_NAME).status_code == 201
     finally:
         server.stop()
+
+
+def test_a_webhook_url_httpx_cannot_send_to_is_refused_at_submit(
+    api: TestClient, tenant: Credentials
+) -> None:
+    """Given a webhook_url whose path carries a non-printable ASCII character (allowed by the URL pattern, kept
+    by urllib, refused by httpx when it builds the request), when it is submitted, then it is a 422 naming
+    webhook_url and no job is made."""
+    response = api.post(
+        "/v1/jobs",
+        json={"items": [{"category": "a", "count": 1}], "webhook_url": "http://127.0.0.1:9/hooks\x01"},
+        headers=tenant.headers,
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "webhook_url"
+    assert api.get("/v1/jobs", headers=tenant.headers).json()["data"] == []
+
+
+def test_one_unsendable_outbox_row_fails_alone_and_others_are_delivered(
+    api: TestClient,
+    make_tenant: Callable[..., Credentials],
+    pg_factory: sessionmaker[Session],
+    receiver: Receiver,
+) -> None:
+    """Given tenant S's due event for a URL httpx refuses to build a request for (written before submits
+    checked it, or an operator's default) queued before tenant F's event for a prompt receiver, when one
+    dispatch runs, then it returns normally, F's event is delivered, and S's row failed for good with an error
+    naming the URL (before: the error escaped the dispatcher's task group, cancelled F's delivery, and S's
+    row, never recorded, was claimed again by every later tick)."""
+    s, f = make_tenant(), make_tenant()
+    s_ids = _outbox(pg_factory, s, _job(api, s, receiver.url), f"{receiver.url}\x01x", 3)
+    f_ids = _outbox(pg_factory, f, _job(api, f, receiver.url), receiver.url, 2)
+    settings = WebhookSettings(webhook_allow_private_targets=True, webhook_timeout_seconds=4)
+    report = dispatch_due(pg_factory, settings)
+    assert all(row.status is DeliveryStatus.DELIVERED for row in _rows(pg_factory, f_ids))
+    assert len(receiver.deliveries) == 2
+    failed = [row for row in _rows(pg_factory, s_ids) if row.attempts]
+    assert len(failed) == 2 and all(row.status is DeliveryStatus.FAILED for row in failed)
+    assert all("not a URL" in (row.last_error or "") for row in failed)
+    assert (report.delivered, report.failed) == (2, 2)
+
+
+def test_a_webhook_host_that_fails_to_resolve_once_is_retried_not_given_up(
+    api: TestClient,
+    tenant: Credentials,
+    pg_factory: sessionmaker[Session],
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given a due event whose host's DNS answers SERVFAIL-like "temporary failure" once, when the dispatcher
+    runs, then the row waits for a retry (it is not failed for good: a DNS hiccup is not an unsafe target), and
+    the next tick, with DNS answering again, delivers it."""
+    port = int(receiver.url.split(":")[2].split("/")[0])
+    ids = _outbox(
+        pg_factory, tenant, _job(api, tenant, receiver.url), f"http://{FAST_DNS_NAME}:{port}/hooks", 1
+    )
+    real = socket.getaddrinfo
+    failing = [True]
+
+    def flaky(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == FAST_DNS_NAME:
+            if failing[0]:
+                raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", args[0]))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", flaky)
+    settings = WebhookSettings(webhook_allow_private_targets=True, webhook_timeout_seconds=2)
+    dispatch_due(pg_factory, settings)
+    (row,) = _rows(pg_factory, ids)
+    assert row.status is DeliveryStatus.PENDING and row.attempts == 1, (row.status, row.last_error)
+    assert "does not resolve" in (row.last_error or "")
+
+    failing[0] = False
+    later = row.next_attempt_at + dt.timedelta(seconds=1)
+    dispatch_due(pg_factory, settings, now=later)
+    (row,) = _rows(pg_factory, ids)
+    assert row.status is DeliveryStatus.DELIVERED and len(receiver.deliveries) == 1
+
+
+def test_a_redirecting_receiver_is_a_failed_attempt_and_its_target_gets_nothing(
+    api: TestClient, tenant: Credentials, pg_factory: sessionmaker[Session], receiver: Receiver
+) -> None:
+    """Given a receiver that answers 307 with `Location` pointing at another receiver (a rebinding by redirect:
+    the check saw only the first address), when the dispatcher delivers, then the second receiver gets no
+    request and the row waits for a retry with the 307 as its error. (Pins behaviour that was already so.)"""
+
+    def redirect(conn: socket.socket) -> None:
+        conn.sendall(
+            b"HTTP/1.1 307 Temporary Redirect\r\nlocation: %s\r\ncontent-length: 0\r\n\r\n"
+            % receiver.url.encode()
+        )
+
+    server = RawServer(redirect)
+    try:
+        ids = _outbox(pg_factory, tenant, _job(api, tenant, receiver.url), server.url, 1)
+        dispatch_due(
+            pg_factory, WebhookSettings(webhook_allow_private_targets=True, webhook_timeout_seconds=2)
+        )
+    finally:
+        server.stop()
+    assert receiver.deliveries == []
+    (row,) = _rows(pg_factory, ids)
+    assert row.status is DeliveryStatus.PENDING and "307" in (row.last_error or "")
