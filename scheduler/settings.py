@@ -29,6 +29,13 @@ from db.settings import BaseSettings  # pydantic-settings whose errors name the 
 
 MIB = 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES = 10 * MIB
+# Cell text a manifest may decode to (Parquet string columns, CSV/JSONL text): far above 100,000 short rows.
+DEFAULT_MANIFEST_MAX_DECODED_BYTES = 64 * MIB
+# What a Parquet manifest's footer may declare (scheduler.api.parquet_manifests). A pandas export of 1,000
+# columns has a 580 KiB footer; one of 50 columns in 100 row groups, 800 KiB.
+DEFAULT_MANIFEST_PARQUET_MAX_FOOTER_BYTES = MIB
+DEFAULT_MANIFEST_PARQUET_MAX_COLUMNS = 1_000
+DEFAULT_MANIFEST_PARQUET_MAX_ROW_GROUPS = 1_000
 MAX_REQUEST_BYTES_CEILING = 1024 * MIB
 
 
@@ -73,6 +80,29 @@ class ApiSettings(BaseSettings):
     page_size_max: int = Field(default=500, ge=1, le=10_000)
     manifest_max_bytes: int = Field(
         default=64 * MIB, ge=1024, description="Largest object a `manifest_uri` may name (HEAD before GET)."
+    )
+    manifest_max_decoded_bytes: int = Field(
+        default=DEFAULT_MANIFEST_MAX_DECODED_BYTES,
+        ge=1024,
+        description="Bytes a manifest may decode to: cell text, and a Parquet file's declared page sizes.",
+    )
+    manifest_parquet_max_footer_bytes: int = Field(
+        default=DEFAULT_MANIFEST_PARQUET_MAX_FOOTER_BYTES,
+        ge=1024,
+        le=64 * MIB,
+        description="Largest Parquet manifest footer (its length is read before it is parsed).",
+    )
+    manifest_parquet_max_columns: int = Field(
+        default=DEFAULT_MANIFEST_PARQUET_MAX_COLUMNS,
+        ge=4,
+        le=100_000,
+        description="Columns a Parquet manifest may declare.",
+    )
+    manifest_parquet_max_row_groups: int = Field(
+        default=DEFAULT_MANIFEST_PARQUET_MAX_ROW_GROUPS,
+        ge=1,
+        le=100_000,
+        description="Row groups a Parquet manifest may declare.",
     )
     manifest_uri_allowed_prefixes: dict[str, list[str]] = Field(
         default_factory=dict,

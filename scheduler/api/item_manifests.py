@@ -8,10 +8,12 @@ Bounds, each checked before the work it bounds (a hostile file must not cost the
 
 - rows: at most `max_items`. Parquet's row count is read from its footer and refused before any page is
   decoded; CSV and JSONL are parsed row by row and stop at the first row over the limit.
-- decoded bytes: at most `max_decoded_bytes` of cell text. Parquet: the kept columns' uncompressed size from
-  the footer is checked first, then string columns are read dictionary-encoded in record batches and each
-  batch's decoded length is counted before it becomes Python objects (a few KB of dictionary-encoded file can
-  decode to gigabytes); a cell over `MAX_CELL_BYTES` is refused the same way. CSV and JSONL text is decoded incrementally and is never larger than the file.
+- decoded bytes: at most `max_decoded_bytes` of cell text. Parquet (`scheduler.api.parquet_manifests`): the
+  footer's length, its lists, columns and row groups are bounded before pyarrow parses or reads them, every
+  page header of the kept columns is read to bound what decompression allocates, then string columns are read
+  dictionary-encoded in record batches and each batch's decoded length is counted before it becomes Python
+  objects (a few KB of dictionary-encoded file can decode to gigabytes); a cell over `MAX_CELL_BYTES` is
+  refused the same way. CSV and JSONL text is decoded incrementally and is never larger than the file.
 - a CSV cell over the `csv` module's field limit, a JSONL line nested deeper than the JSON parser allows and
   a JSONL line over `MAX_JSONL_LINE_BYTES` are 422s naming the row, never a 500.
 - `manifest_uri`: only under the tenant's own upload prefix in catalogan's store
@@ -33,22 +35,18 @@ from pydantic import ValidationError
 from db.errors import ObjectNotFoundError, StorageError, TransientStorageError
 from db.job_specs import MAX_ITEMS_PER_JOB
 from db.storage.base import ObjectStore
+from scheduler.api.parquet_manifests import ParquetBounds, parquet_rows
 from scheduler.api.schemas import ItemCreate
 from scheduler.errors import RequestValidationError
+from scheduler.settings import DEFAULT_MANIFEST_MAX_DECODED_BYTES as DEFAULT_MAX_DECODED_BYTES
 from scheduler.settings import ApiSettings
 
 FORMATS = ("csv", "jsonl", "parquet")
 COLUMNS = ("category", "count", "sku", "client_item_id")
 MIB = 1024 * 1024
-# Cell text a manifest may decode to (Parquet string columns, CSV/JSONL text): far above 100,000 short rows.
-DEFAULT_MAX_DECODED_BYTES = 64 * MIB
 # The largest object a `manifest_uri` may name (checked with a HEAD before the GET).
 DEFAULT_MANIFEST_MAX_BYTES = 64 * MIB
 MAX_JSONL_LINE_BYTES = 64 * 1024
-PARQUET_BATCH_ROWS = 1024
-# A Parquet cell longer than any field accepts (client_item_id: 255 characters, 4 bytes each at most) is
-# refused before it becomes a Python string: one batch then decodes to at most 1024 rows x 4 columns x 1 KiB.
-MAX_CELL_BYTES = 1024
 UPLOADS_FOLDER = "uploads"  # a tenant's manifests live under <store>/<tenant>/uploads/
 
 
@@ -124,122 +122,42 @@ def _rows_jsonl(data: IO[bytes]) -> Iterator[Mapping[str, Any]]:
         yield {key: value for key, value in row.items() if key in COLUMNS and value is not None}
 
 
-def _too_many_rows(rows: int, max_items: int) -> RequestValidationError:
-    return RequestValidationError("file", "max_items", f"file: {rows} rows, more than {max_items}")
-
-
-def _too_large_decoded(max_decoded_bytes: int) -> RequestValidationError:
-    return RequestValidationError(
-        "file", "max_decoded_bytes", f"file: decodes to more than {max_decoded_bytes} bytes of cell text"
-    )
-
-
-def _is_text(pa: Any, kind: Any) -> bool:
-    types = pa.types
-    return bool(
-        types.is_string(kind)
-        or types.is_large_string(kind)
-        or types.is_binary(kind)
-        or types.is_large_binary(kind)
-        or getattr(types, "is_string_view", lambda _: False)(kind)
-        or getattr(types, "is_binary_view", lambda _: False)(kind)
-    )
-
-
-def _rows_parquet(data: IO[bytes], max_decoded_bytes: int, max_items: int) -> Iterator[Mapping[str, Any]]:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(data)
-        names = schema.names
-        keep = [name for name in names if name in COLUMNS]
-        texts = []
-        for name in keep:
-            kind = schema.field(name).type
-            kind = kind.value_type if pa.types.is_dictionary(kind) else kind
-            if _is_text(pa, kind):
-                texts.append(name)
-            elif not (
-                pa.types.is_integer(kind)
-                or pa.types.is_floating(kind)
-                or pa.types.is_boolean(kind)
-                or pa.types.is_null(kind)
-            ):
-                # Nested or exotic types (lists, structs, ...) could decode to anything: not a manifest.
-                raise RequestValidationError(
-                    f"file.{name}",
-                    "column_type",
-                    f"file: column '{name}' has type {kind}; use text or integers",
-                )
-        data.seek(0)
-        # String columns stay dictionary-encoded in memory until each batch's size has been counted.
-        parquet = pq.ParquetFile(data, read_dictionary=texts)
-    except (pa.ArrowException, OSError) as exc:
-        raise RequestValidationError("file", "parquet", f"file: not a readable Parquet file ({exc})") from exc
-    if "category" not in names:
-        raise RequestValidationError("file", "columns", "file: Parquet needs a 'category' column")
-    metadata = parquet.metadata
-    if metadata.num_rows > max_items:
-        raise _too_many_rows(metadata.num_rows, max_items)
-    indexes = [i for i in range(metadata.num_columns) if metadata.schema.column(i).path in keep]
-    uncompressed = sum(
-        metadata.row_group(group).column(i).total_uncompressed_size
-        for group in range(metadata.num_row_groups)
-        for i in indexes
-    )
-    if uncompressed > max_decoded_bytes:
-        raise _too_large_decoded(max_decoded_bytes)
-    decoded = rows = 0
-    try:
-        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=keep):
-            rows += batch.num_rows
-            if rows > max_items:
-                raise _too_many_rows(rows, max_items)
-            for name in texts:
-                column = batch.column(name)
-                if pa.types.is_dictionary(column.type):
-                    lengths = pc.take(pc.binary_length(column.dictionary), column.indices)
-                else:
-                    lengths = pc.binary_length(column)
-                longest = pc.max(lengths).as_py() or 0
-                if longest > MAX_CELL_BYTES:
-                    raise RequestValidationError(
-                        f"file.row[{rows - batch.num_rows + 1}].{name}",
-                        "max_cell_bytes",
-                        f"file: a '{name}' cell near row {rows - batch.num_rows + 1} is longer than "
-                        f"{MAX_CELL_BYTES} bytes",
-                    )
-                decoded += pc.sum(lengths).as_py() or 0
-            if decoded > max_decoded_bytes:
-                raise _too_large_decoded(max_decoded_bytes)
-            for row in batch.to_pylist():
-                yield {key: value for key, value in row.items() if value is not None}
-    except pa.ArrowException as exc:
-        raise RequestValidationError("file", "parquet", f"file: not a readable Parquet file ({exc})") from exc
-
-
-def _rows(data: IO[bytes], fmt: str, max_items: int, max_decoded_bytes: int) -> Iterator[Mapping[str, Any]]:
-    if fmt == "csv":
-        return _rows_csv(data)
-    if fmt == "jsonl":
-        return _rows_jsonl(data)
-    return _rows_parquet(data, max_decoded_bytes, max_items)
-
-
 def parse_item_manifest(
     data: bytes | IO[bytes],
     fmt: str,
     *,
-    max_items: int = MAX_ITEMS_PER_JOB,
-    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    settings: ApiSettings | None = None,
+    max_items: int | None = None,
+    max_decoded_bytes: int | None = None,
 ) -> list[ItemCreate]:
     """The items of a manifest file; raise `RequestValidationError` naming the first bad row and column,
-    or the bound (`max_items`, `max_decoded_bytes`) it broke before decoding past it."""
-    stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    or the bound (`max_items`, `max_decoded_bytes`, a Parquet footer's) it broke before decoding past it.
+
+    The bounds come from `settings` (`max_items_per_job`, `manifest_max_decoded_bytes`,
+    `manifest_parquet_*`; their defaults without it); `max_items` and `max_decoded_bytes` override them.
+    """
+    bounds = ParquetBounds()
+    items_limit, decoded_limit = MAX_ITEMS_PER_JOB, DEFAULT_MAX_DECODED_BYTES
+    if settings is not None:
+        bounds = ParquetBounds(
+            max_footer_bytes=settings.manifest_parquet_max_footer_bytes,
+            max_columns=settings.manifest_parquet_max_columns,
+            max_row_groups=settings.manifest_parquet_max_row_groups,
+        )
+        items_limit, decoded_limit = settings.max_items_per_job, settings.manifest_max_decoded_bytes
+    max_items = items_limit if max_items is None else max_items
+    max_decoded_bytes = decoded_limit if max_decoded_bytes is None else max_decoded_bytes
+    rows: Iterator[Mapping[str, Any]]
+    if fmt == "parquet":
+        content = data if isinstance(data, bytes | bytearray) else data.read()
+        rows = parquet_rows(
+            content, COLUMNS, bounds=bounds, max_items=max_items, max_decoded_bytes=max_decoded_bytes
+        )
+    else:
+        stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+        rows = _rows_csv(stream) if fmt == "csv" else _rows_jsonl(stream)
     items: list[ItemCreate] = []
-    for number, row in enumerate(_rows(stream, fmt, max_items, max_decoded_bytes), start=1):
+    for number, row in enumerate(rows, start=1):
         if len(items) >= max_items:
             raise RequestValidationError("file", "max_items", f"file: more than {max_items} rows")
         values = dict(row)

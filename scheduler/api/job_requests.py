@@ -153,9 +153,7 @@ async def read_job_request(
             )
         fmt = manifest_format(upload.filename or "", upload.content_type)
         data = await upload.read()
-        items = await run_in_threadpool(
-            parse_item_manifest, data, fmt, max_items=services.settings.max_items_per_job
-        )
+        items = await run_in_threadpool(parse_item_manifest, data, fmt, settings=services.settings)
         return job_request, items
     job_request = await read_json_body(request, JobCreate, other_media=" or multipart/form-data")
     if job_request.variation is not None or job_request.interpolation is not None:
@@ -168,9 +166,7 @@ async def read_job_request(
             store=services.store,
             settings=services.settings,
         )
-        items = await run_in_threadpool(
-            parse_item_manifest, data, fmt, max_items=services.settings.max_items_per_job
-        )
+        items = await run_in_threadpool(parse_item_manifest, data, fmt, settings=services.settings)
         return job_request, items
     if not job_request.items:
         raise RequestValidationError("items", "required", "items: give items, manifest_uri, or upload a file")

@@ -314,7 +314,7 @@ async def estimate_job(
             store=services.store,
             settings=services.settings,
         )
-        items = await run_in_threadpool(parse_item_manifest, data, fmt, max_items=settings.max_items_per_job)
+        items = await run_in_threadpool(parse_item_manifest, data, fmt, settings=settings)
         del data
     if not items and not control:
         raise RequestValidationError("items", "required", "items: give items or manifest_uri")
