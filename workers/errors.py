@@ -7,7 +7,8 @@ CataloganError (db.errors)
     ├── ProvenanceError    a file to verify carries no (or unreadable) catalogan provenance
     ├── PreviewRequestError a preview task's argument breaks the worker contract (count, key_prefix, model)
     ├── CheckpointMismatchError a checkpoint's bytes are not the ones its model version registered
-    └── ExportFolderError  an export folder holds files no export recorded, or another job's export
+    ├── ExportFolderError  an export folder holds files no export recorded, or another job's export
+    └── FinalizeConflictError a job's chunks kept being claimed again while finalize wrote its manifests
 """
 
 from __future__ import annotations
@@ -42,3 +43,8 @@ class CheckpointMismatchError(WorkerError):
 class ExportFolderError(WorkerError, ValueError):
     """Raised when an export folder cannot take this job's export: it holds files no export recorded, or
     another job's export that the caller did not ask to replace. The message starts with `--out`."""
+
+
+class FinalizeConflictError(WorkerError):
+    """Raised when a job's chunks were claimed again during every one of finalize's passes (reruns kept
+    changing the image rows while the manifests were written); a later finalize can succeed."""

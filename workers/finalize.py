@@ -4,6 +4,17 @@ Idempotent and race-safe: the manifest bytes depend only on the image rows (no t
 change is a guarded UPDATE, and only the call that made the change inserts the webhook row. Called inline
 by the worker that completed the last chunk, and as the `finalize_job` task the reaper publishes when a
 crash came between that commit and this.
+
+In three steps, so that no SQL transaction (on SQLite: the database's write lock, as every transaction there
+begins IMMEDIATE) and no pooled connection is held while the object store writes:
+
+1. read: the job, "no unfinished chunk", the chunks' claim count, and the manifests built from the image rows,
+   each page of rows read in its own short transaction (`build_manifests`);
+2. write the manifests (and a tar job's shard index) to the store, with no connection;
+3. finish, in one transaction with the job row locked: unless a chunk was reopened (a retry: its own finalize
+   comes later) or claimed again since step 1 (a rerun changed the rows: the manifests written in step 2 may
+   be stale, even written over fresher ones, so all three steps run again), set the status and the manifest
+   key and put the webhook row in the outbox.
 """
 
 from __future__ import annotations
@@ -13,7 +24,8 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,6 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
+from db.errors import NotFoundError
 from db.images import iter_image_fields, manifest_keys
 from db.incremental import SKIPPED_EXISTING_STATUS, iter_skipped_images
 from db.jobs import get_job, mark_job_running, transition_job
@@ -28,11 +41,16 @@ from db.status import CHUNK_TERMINAL, JobStatus
 from db.storage import ObjectStore
 from db.tables import Chunk, Job, ModelVersion, Tenant, WebhookDelivery
 from db.webhook_events import wants_event
-from workers.shards import SHARD_FORMAT, write_shard_index
+from workers.errors import FinalizeConflictError
+from workers.shards import SHARD_FORMAT, ShardRow, put_shard_index, shard_index_rows
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MANIFEST_BATCH_ROWS = 50_000
+# Times finalize reads, writes and checks again when the job's chunks were claimed again meanwhile: each new
+# pass needs another rerun to have finished in between, so a few are plenty.
+MAX_FINALIZE_PASSES = 10
 MANIFEST_COLUMNS = pa.schema(
     [
         ("index", pa.int64()),
@@ -90,30 +108,57 @@ def manifest_rows(session: Session, job: Job, model_ref: str) -> Iterator[dict[s
         }
 
 
-def write_manifests(session: Session, store: ObjectStore, job: Job) -> str:
-    """Write `manifest.jsonl` and `manifest.parquet` next to the job's images; returns the JSONL key.
+def _between_reads(session: Session, rows: Iterator[T]) -> Iterator[T]:
+    """`rows`, with the session's transaction ended after each row that began one: a page of rows is read in
+    its own short transaction (on SQLite: the write lock, which every transaction there takes), and no
+    transaction or pooled connection is held while the rows are encoded."""
+    for row in rows:
+        if session.in_transaction():
+            session.commit()
+        yield row
+
+
+def build_manifests(
+    session: Session, job: Job, *, release_between_reads: bool = False
+) -> tuple[bytes, bytes]:
+    """The job's `manifest.jsonl` and `manifest.parquet` bytes, from its image rows.
 
     Rows stream from SQL in batches: the JSONL is built as bytes and the Parquet file one row group per batch,
-    so a million-image job never holds a million Python dicts.
+    so a million-image job never holds a million Python dicts. With `release_between_reads`, the session's
+    transaction is ended after each page of rows (it must hold no changes of its own).
     """
     model_version = session.get(ModelVersion, job.model_version_id)
     assert model_version is not None
     model_ref = f"{model_version.name}@{model_version.version}"
+    rows = manifest_rows(session, job, model_ref)
+    if release_between_reads:
+        rows = _between_reads(session, rows)
     jsonl = io.BytesIO()
     parquet = io.BytesIO()
     batch: list[dict[str, Any]] = []
     with pq.ParquetWriter(parquet, MANIFEST_COLUMNS, compression="zstd") as writer:
-        for row in manifest_rows(session, job, model_ref):
+        for row in rows:
             jsonl.write(json.dumps(row, sort_keys=True, separators=(",", ":")).encode() + b"\n")
             batch.append(row)
             if len(batch) >= MANIFEST_BATCH_ROWS:
                 writer.write_table(pa.Table.from_pylist(batch, schema=MANIFEST_COLUMNS))
                 batch = []
         writer.write_table(pa.Table.from_pylist(batch, schema=MANIFEST_COLUMNS))
-    jsonl_key, parquet_key = manifest_keys(job.tenant_id, job.id)
-    store.put(jsonl_key, jsonl.getvalue(), content_type="application/x-ndjson")
-    store.put(parquet_key, parquet.getvalue(), content_type="application/vnd.apache.parquet")
+    return jsonl.getvalue(), parquet.getvalue()
+
+
+def put_manifests(store: ObjectStore, tenant_id: str, job_id: str, jsonl: bytes, parquet: bytes) -> str:
+    """Write `manifest.jsonl` and `manifest.parquet` next to the job's images; returns the JSONL key."""
+    jsonl_key, parquet_key = manifest_keys(tenant_id, job_id)
+    store.put(jsonl_key, jsonl, content_type="application/x-ndjson")
+    store.put(parquet_key, parquet, content_type="application/vnd.apache.parquet")
     return jsonl_key
+
+
+def write_manifests(session: Session, store: ObjectStore, job: Job) -> str:
+    """Build the job's manifests from `session` and write them; returns the JSONL key (outside finalize:
+    finalize itself writes with no session open)."""
+    return put_manifests(store, job.tenant_id, job.id, *build_manifests(session, job))
 
 
 def final_status(job: Job) -> JobStatus:
@@ -126,6 +171,15 @@ def final_status(job: Job) -> JobStatus:
             return JobStatus.COMPLETED_WITH_FAILURES
         return JobStatus.FAILED
     return JobStatus.SUCCEEDED
+
+
+def _claims(session: Session, job_id: str) -> tuple[int, int]:
+    """(chunks, claims of them so far): every rerun claims a chunk again (its attempt grows by one), and no
+    image row of a finished chunk changes without one, so an unchanged pair means unchanged manifests."""
+    count, attempts = session.execute(
+        select(func.count(), func.coalesce(func.sum(Chunk.attempt), 0)).where(Chunk.job_id == job_id)
+    ).one()
+    return int(count), int(attempts)
 
 
 def _unfinished_chunks(session: Session, job_id: str) -> int:
@@ -153,30 +207,64 @@ def webhook_payload(job: Job) -> dict[str, Any]:
     }
 
 
-def finalize_job(session_factory: sessionmaker[Session], store: ObjectStore, job_id: str) -> JobStatus | None:
-    """Finalize a job whose chunks are all finished; returns its final status, or None if not ready.
+@dataclass(frozen=True, slots=True)
+class _Manifests:
+    """A job's manifests as read in step 1, and the claim count they were read at."""
 
-    A job already terminal is returned as is (nothing is written twice).
-    """
+    tenant_id: str
+    claims: tuple[int, int]
+    jsonl: bytes
+    parquet: bytes
+    shards: list[ShardRow] | None  # a tar job's shard index rows
+
+
+class _ClaimedAgain(Exception):
+    """Raised by step 3 when the job's chunks were claimed again since step 1 (nothing is changed)."""
+
+
+def _read_manifests(
+    session_factory: sessionmaker[Session], job_id: str, *, again: bool
+) -> _Manifests | JobStatus | None:
+    """Step 1: the manifests of a job whose chunks are all finished; its status when it is already terminal
+    (unless `again`: a pass that must write over manifests it may have left stale), None when not ready."""
     with session_factory() as session:
         job = get_job(session, job_id)
-        if job.status.is_terminal:
+        if job.status.is_terminal and not again:
             return job.status
         if _unfinished_chunks(session, job_id) > 0:
             logger.info("job not finished yet; finalize skipped", extra={"job_id": job_id})
             return None
-        manifest_key = write_manifests(session, store, job)
-        if job.output_format == SHARD_FORMAT:
-            write_shard_index(session, store, job)
+        claims = _claims(session, job_id)
+        shards = shard_index_rows(session, job) if job.output_format == SHARD_FORMAT else None
+        jsonl, parquet = build_manifests(session, job, release_between_reads=True)
+        return _Manifests(job.tenant_id, claims, jsonl, parquet, shards)
+
+
+def _write_manifests(store: ObjectStore, job_id: str, manifests: _Manifests) -> list[str]:
+    """Step 2 (no session open): the manifests, then a tar job's shard index; returns the keys written."""
+    keys = [put_manifests(store, manifests.tenant_id, job_id, manifests.jsonl, manifests.parquet)]
+    keys.append(manifest_keys(manifests.tenant_id, job_id)[1])
+    if manifests.shards is not None:
+        keys.append(put_shard_index(store, manifests.tenant_id, job_id, manifests.shards))
+    return keys
+
+
+def _finish(
+    session_factory: sessionmaker[Session], job_id: str, manifests: _Manifests, manifest_key: str
+) -> JobStatus | None:
+    """Step 3, with the job row locked: the final status, or None when a chunk was reopened; raises
+    `_ClaimedAgain` when a chunk was claimed again since step 1."""
     with transaction(session_factory) as session:
         job = get_job(session, job_id, for_update=True)
-        if job.status.is_terminal:
-            return job.status
-        # Again under the job's lock: a retry (which takes the same lock) may have put a quarantined chunk back
-        # to pending while the manifests above were written; that chunk's own finalize comes later.
+        # A retry (which takes the same lock) may have put a quarantined chunk back to pending while the
+        # manifests were written; that chunk's own finalize comes later and writes them again.
         if _unfinished_chunks(session, job_id) > 0:
             logger.info("a chunk was reopened while finalizing; finalize skipped", extra={"job_id": job_id})
             return None
+        if _claims(session, job_id) != manifests.claims:
+            raise _ClaimedAgain  # rerun since step 1: what was written may be stale, even over fresher ones
+        if job.status.is_terminal:
+            return job.status  # finished by another finalize from the same rows: the same bytes
         target = final_status(job)
         if target is not JobStatus.CANCELLED and job.status is JobStatus.QUEUED:
             mark_job_running(session, job_id)
@@ -191,8 +279,41 @@ def finalize_job(session_factory: sessionmaker[Session], store: ObjectStore, job
         session.refresh(job)
         if changed:
             _enqueue_webhook(session, job)
-    logger.info("job finalized: %s", target.value, extra={"job_id": job_id})
     return target
+
+
+def finalize_job(session_factory: sessionmaker[Session], store: ObjectStore, job_id: str) -> JobStatus | None:
+    """Finalize a job whose chunks are all finished; returns its final status, or None if not ready.
+
+    A job already terminal is returned as is (nothing is written twice). Raises `FinalizeConflictError` when
+    its chunks were claimed again during each of `MAX_FINALIZE_PASSES` passes.
+    """
+    again = False
+    for _ in range(MAX_FINALIZE_PASSES):
+        manifests = _read_manifests(session_factory, job_id, again=again)
+        if not isinstance(manifests, _Manifests):
+            return manifests
+        keys = _write_manifests(store, job_id, manifests)
+        try:
+            outcome = _finish(session_factory, job_id, manifests, keys[0])
+        except _ClaimedAgain:
+            logger.info(
+                "chunks claimed again while finalizing: manifests written again", extra={"job_id": job_id}
+            )
+            again = True
+            continue
+        except NotFoundError:
+            # Deleted while the manifests were written (it had been finished by another finalize): what was
+            # written after the deletion listed the job's objects would stay behind for good.
+            for key in keys:
+                store.delete(key)
+            raise
+        if outcome is not None:
+            logger.info("job finalized: %s", outcome.value, extra={"job_id": job_id})
+        return outcome
+    raise FinalizeConflictError(
+        f"job {job_id}: its chunks were claimed again during each of {MAX_FINALIZE_PASSES} finalize passes"
+    )
 
 
 def _enqueue_webhook(session: Session, job: Job) -> None:

@@ -145,27 +145,35 @@ def read_member(data: bytes, index: int) -> bytes:
         return extracted.read()
 
 
-def write_shard_index(session: Session, store: ObjectStore, job: Job) -> str:
-    """Write `shards/index.json` for a finished tar job from its image rows; returns its key.
+ShardRow = tuple[str, int, int, int]  # (key, images, first index, last index) of one shard
 
-    Document: `format` ("webdataset"), `member_extensions`, `images`, and `shards` in index order, each with
-    `key`, `url` (the store URI), `first_index`, `last_index`, `images` and `size_bytes`.
-    """
+
+def shard_index_rows(session: Session, job: Job) -> list[ShardRow]:
+    """The shards of a finished tar job from its image rows, in index order (what `shards/index.json` lists)."""
     rows = session.execute(
         select(Image.key, func.count(Image.id), func.min(Image.index), func.max(Image.index))
         .where(Image.job_id == job.id, Image.status == ImageStatus.SUCCEEDED, Image.key.is_not(None))
         .group_by(Image.key)
         .order_by(func.min(Image.index))
     ).all()
-    sizes = {info.key: info.size_bytes for info in store.list(shard_prefix(job.tenant_id, job.id))}
+    return [(str(key), int(count), int(first), int(last)) for key, count, first, last in rows]
+
+
+def put_shard_index(store: ObjectStore, tenant_id: str, job_id: str, rows: list[ShardRow]) -> str:
+    """Write `shards/index.json` for the shards `rows` (their sizes listed from the store); returns its key.
+
+    Document: `format` ("webdataset"), `member_extensions`, `images`, and `shards` in index order, each with
+    `key`, `url` (the store URI), `first_index`, `last_index`, `images` and `size_bytes`.
+    """
+    sizes = {info.key: info.size_bytes for info in store.list(shard_prefix(tenant_id, job_id))}
     shards: list[dict[str, Any]] = [
         {
-            "key": str(key),
-            "url": store.uri(str(key)),
-            "first_index": int(first),
-            "last_index": int(last),
-            "images": int(count),
-            "size_bytes": sizes.get(str(key)),
+            "key": key,
+            "url": store.uri(key),
+            "first_index": first,
+            "last_index": last,
+            "images": count,
+            "size_bytes": sizes.get(key),
         }
         for key, count, first, last in rows
     ]
@@ -175,6 +183,12 @@ def write_shard_index(session: Session, store: ObjectStore, job: Job) -> str:
         "images": sum(int(shard["images"]) for shard in shards),
         "shards": shards,
     }
-    key = index_key(job.tenant_id, job.id)
+    key = index_key(tenant_id, job_id)
     store.put(key, json.dumps(document, sort_keys=True, indent=1).encode(), content_type="application/json")
     return key
+
+
+def write_shard_index(session: Session, store: ObjectStore, job: Job) -> str:
+    """Write `shards/index.json` for a finished tar job from its image rows; returns its key
+    (`shard_index_rows` then `put_shard_index`)."""
+    return put_shard_index(store, job.tenant_id, job.id, shard_index_rows(session, job))

@@ -1,18 +1,28 @@
-"""Finalize against a retry that lands while it writes the manifests (PostgreSQL: row locks, no global lock).
+"""Finalize against what can happen while it writes the manifests to the object store.
 
-Finalize reads "no unfinished chunk", writes the manifests, then locks the job and finishes it. A retry of the
-job's failed images (POST /v1/jobs/{id}/retry, `catalogan dlq retry`) takes the same lock and may commit in
-between: its chunk is pending again, so the job must not be marked finished with a stale manifest.
+Finalize reads "no unfinished chunk" and the image rows, writes the manifests, then locks the job and finishes
+it. No SQL transaction (so, on SQLite, no write lock) and no pooled connection is held while the store
+writes: on SQLite every transaction takes the write lock, and one held across a slow upload made every other
+worker's commit wait on the busy timeout. So, meanwhile:
+
+- a retry of the job's failed images (POST /v1/jobs/{id}/retry, `catalogan dlq retry`) may commit: its chunk is
+  pending again, and the job must not be marked finished with a stale manifest;
+- the retried chunk may even run and finalize the job first: the stale manifests landing after its fresh ones
+  are written again (PostgreSQL: row locks, no global lock; SQLite: the same once the lock is not held).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.chunk_outcomes import retry_failed_images
@@ -27,6 +37,26 @@ from workers import finalize
 from workers.chunk_generation import ChunkContext, ChunkOutcome, generate_chunk
 from workers.generator_cache import GeneratorCache
 
+# How long another connection's write may wait while finalize uploads (SQLite's busy timeout in this test).
+OTHER_WRITER_WAIT_SECONDS = 0.5
+
+
+class HookedStore:
+    """An object store that runs `hook` once, in the put of the first manifest, before that put lands."""
+
+    def __init__(self, store: ObjectStore, hook: Callable[[], object]) -> None:
+        self.store = store
+        self.hook: Callable[[], object] | None = hook
+
+    def put(self, key: str, data: bytes, **options: Any) -> Any:
+        if self.hook is not None and key.endswith("/manifest.jsonl"):
+            hook, self.hook = self.hook, None
+            hook()
+        return self.store.put(key, data, **options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
 
 @pytest.fixture
 def pg_sessions(pg_url: str) -> Iterator[sessionmaker[Session]]:
@@ -35,47 +65,74 @@ def pg_sessions(pg_url: str) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def test_a_retry_committed_while_finalize_writes_the_manifests_keeps_the_job_open(
-    pg_sessions: sessionmaker[Session], local_store: ObjectStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pool = ThreadPoolExecutor(max_workers=2)
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    engine = make_engine(sqlite_url)
+    yield engine
+    engine.dispose()
 
+
+def _contexts(
+    sessions: sessionmaker[Session], store: ObjectStore, pool: ThreadPoolExecutor, finalize_store: Any
+) -> Callable[..., ChunkContext]:
     def context(*, fail: bool) -> ChunkContext:
         return ChunkContext(
-            session_factory=pg_sessions,
-            store=local_store,
-            generators=GeneratorCache(local_store, device="cpu"),
+            session_factory=sessions,
+            store=store,
+            generators=GeneratorCache(store, device="cpu"),
             settings=WorkerSettings(batch_size=16, max_attempts=1, retry_delay_seconds=0, test_faults=fail),
             worker_name="w",
             pool=pool,
-            on_job_finished=lambda job_id: finalize.finalize_job(pg_sessions, local_store, job_id),
+            on_job_finished=lambda job_id: finalize.finalize_job(sessions, finalize_store(), job_id),
         )
 
-    tenant_id = make_tenant(pg_sessions)
-    model = make_model_version(pg_sessions, checkpoint=tiny_checkpoint(), store=local_store)
+    return context
+
+
+def _a_job_with_its_first_chunk_quarantined(
+    sessions: sessionmaker[Session], store: ObjectStore, context: Callable[..., ChunkContext]
+) -> tuple[str, str, int, int]:
+    """(tenant id, job id, first chunk, second chunk): 20 images in two chunks, the first quarantined."""
+    tenant_id = make_tenant(sessions)
+    model = make_model_version(sessions, checkpoint=tiny_checkpoint(), store=store)
     spec = {"model": "tiny", "items": [{"category": "a", "count": 20}], "chunk_size": 10}
     planned = submit_job(
-        pg_sessions,
+        sessions,
         parse_job_spec({**spec, "options": {"test_fail_chunk_starts": [0]}}),
         tenant_id=tenant_id,
         model_version=model,
         publisher=lambda queue, ids: None,
     )
-    job_id, (first, second) = planned.job_id, planned.chunk_ids
-    # Given the job's first chunk quarantined while its second has not run (the job is still running)
+    first, second = planned.chunk_ids
     assert generate_chunk(context(fail=True), first) is ChunkOutcome.QUARANTINED
-    # When the tenant's retry commits while the last chunk's finalize writes the manifests
-    written = finalize.write_manifests
+    return tenant_id, planned.job_id, first, second
 
-    def write_then_retry(session: Session, store: ObjectStore, job: Any) -> str:
-        key = written(session, store, job)
+
+def _manifest_statuses(sessions: sessionmaker[Session], store: ObjectStore, job_id: str) -> list[str]:
+    job = job_row(sessions, job_id)
+    assert job.manifest_key is not None
+    return [json.loads(line)["status"] for line in store.get(job.manifest_key).splitlines()]
+
+
+def test_a_retry_committed_while_finalize_writes_the_manifests_keeps_the_job_open(
+    pg_sessions: sessionmaker[Session], local_store: ObjectStore
+) -> None:
+    pool = ThreadPoolExecutor(max_workers=2)
+    stores: list[Any] = [local_store]
+    context = _contexts(pg_sessions, local_store, pool, lambda: stores[-1])
+    # Given the job's first chunk quarantined while its second has not run (the job is still running)
+    tenant_id, job_id, first, second = _a_job_with_its_first_chunk_quarantined(
+        pg_sessions, local_store, context
+    )
+
+    # When the tenant's retry commits while the last chunk's finalize writes the manifests
+    def retry() -> None:
         with transaction(pg_sessions) as other:
             retry_failed_images(other, job_id, tenant_id=tenant_id)
-        return key
 
-    monkeypatch.setattr(finalize, "write_manifests", write_then_retry)
+    stores.append(HookedStore(local_store, retry))
     assert generate_chunk(context(fail=True), second) is ChunkOutcome.SUCCEEDED
-    monkeypatch.setattr(finalize, "write_manifests", written)
+    stores.append(local_store)
     # Then the job is not finished: its retried chunk is pending, and no manifest is recorded
     job = job_row(pg_sessions, job_id)
     with pg_sessions() as session:
@@ -83,8 +140,89 @@ def test_a_retry_committed_while_finalize_writes_the_manifests_keeps_the_job_ope
     assert not job.status.is_terminal and job.manifest_key is None, (job.status, job.manifest_key)
     # And once the retried chunk has run, the job succeeds with a manifest of 20 succeeded images
     assert generate_chunk(context(fail=False), first) is ChunkOutcome.SUCCEEDED
-    job = job_row(pg_sessions, job_id)
-    assert job.status is JobStatus.SUCCEEDED and job.manifest_key is not None
-    rows = [json.loads(line) for line in local_store.get(job.manifest_key).splitlines()]
-    assert [row["status"] for row in rows] == ["succeeded"] * 20
+    assert job_row(pg_sessions, job_id).status is JobStatus.SUCCEEDED
+    assert _manifest_statuses(pg_sessions, local_store, job_id) == ["succeeded"] * 20
+    pool.shutdown()
+
+
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_stale_manifests_landing_after_a_rerun_finished_the_job_are_written_again(
+    database: str, pg_url: str, sqlite_url: str, local_store: ObjectStore
+) -> None:
+    """Given a job whose last chunk's finalize has read the image rows (its first chunk quarantined: 10 failed
+    images), when the tenant's retry commits, the retried chunk runs and its own finalize finishes the job
+    before the first finalize's manifests land, then the job has succeeded and its manifest lists 20
+    succeeded images, not the stale 10 failed ones written last."""
+    engine = make_engine(pg_url if database == "postgresql" else sqlite_url)
+    sessions = make_session_factory(engine)
+    pool = ThreadPoolExecutor(max_workers=2)
+    stores: list[Any] = [local_store]
+    context = _contexts(sessions, local_store, pool, lambda: stores[-1])
+    tenant_id, job_id, first, second = _a_job_with_its_first_chunk_quarantined(sessions, local_store, context)
+
+    def retry_and_rerun() -> None:
+        stores.append(local_store)  # the rerun's own finalize writes straight through
+        with transaction(sessions) as other:
+            retry_failed_images(other, job_id, tenant_id=tenant_id)
+        assert generate_chunk(context(fail=False), first) is ChunkOutcome.SUCCEEDED
+        assert job_row(sessions, job_id).status is JobStatus.SUCCEEDED
+
+    stores.append(HookedStore(local_store, retry_and_rerun))
+    assert generate_chunk(context(fail=True), second) is ChunkOutcome.SUCCEEDED
+
+    assert job_row(sessions, job_id).status is JobStatus.SUCCEEDED
+    assert _manifest_statuses(sessions, local_store, job_id) == ["succeeded"] * 20
+    pool.shutdown()
+    engine.dispose()
+
+
+def test_finalize_holds_no_sqlite_lock_or_pooled_connection_while_the_store_writes(
+    sqlite_engine: Engine, sqlite_url: str, local_store: ObjectStore
+) -> None:
+    """Given an embedded (SQLite) job whose chunks are all done and a store whose manifest upload takes
+    seconds, when finalize runs and another process writes meanwhile, then that write commits within
+    OTHER_WRITER_WAIT_SECONDS (it waited on the busy timeout before: "database is locked"), finalize holds
+    no pooled connection during the upload, and the job still succeeds with its manifest."""
+    sessions = make_session_factory(sqlite_engine)
+    pool = ThreadPoolExecutor(max_workers=2)
+    uploading, uploaded = threading.Event(), threading.Event()
+
+    def slow_upload() -> None:
+        uploading.set()
+        uploaded.wait(30)
+
+    tenant_id = make_tenant(sessions)
+    model = make_model_version(sessions, checkpoint=tiny_checkpoint(), store=local_store)
+    spec = parse_job_spec({"model": "tiny", "items": [{"category": "a", "count": 10}], "chunk_size": 10})
+    planned = submit_job(
+        sessions, spec, tenant_id=tenant_id, model_version=model, publisher=lambda queue, ids: None
+    )
+    context = _contexts(sessions, local_store, pool, lambda: local_store)
+    done = context(fail=False)
+    done.on_job_finished = lambda job_id: None  # finalize below, in its own thread
+    assert generate_chunk(done, planned.chunk_ids[0]) is ChunkOutcome.SUCCEEDED
+    finalizing = threading.Thread(
+        target=finalize.finalize_job, args=(sessions, HookedStore(local_store, slow_upload), planned.job_id)
+    )
+    finalizing.start()
+    try:
+        assert uploading.wait(60), "finalize never uploaded its manifest"
+        checked_out = sqlite_engine.pool.checkedout()  # type: ignore[attr-defined]
+        other = sqlite3.connect(sqlite_url.split("///", 1)[1], timeout=OTHER_WRITER_WAIT_SECONDS)
+        started = time.monotonic()
+        try:
+            other.execute("UPDATE tenants SET name = name || '-x' WHERE id = ?", (tenant_id,))
+            other.commit()
+            waited: float | str = time.monotonic() - started
+        except sqlite3.OperationalError as exc:
+            waited = f"{exc} after {time.monotonic() - started:.1f} s"
+        finally:
+            other.close()
+    finally:
+        uploaded.set()
+        finalizing.join(60)
+    assert isinstance(waited, float) and waited < OTHER_WRITER_WAIT_SECONDS, waited
+    assert checked_out == 0, f"{checked_out} pooled connection(s) held while the store wrote"
+    assert job_row(sessions, planned.job_id).status is JobStatus.SUCCEEDED
+    assert _manifest_statuses(sessions, local_store, planned.job_id) == ["succeeded"] * 10
     pool.shutdown()
