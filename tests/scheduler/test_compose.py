@@ -5,11 +5,17 @@ published to the network, a least-privilege S3 user, no default secrets, pinned 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import re
 import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -27,6 +33,7 @@ from db.settings import BrokerSettings, DatabaseSettings, StorageSettings
 from scheduler.api.app import build_services
 from scheduler.cli.root import cli
 from scheduler.settings import ApiSettings
+from tests.scheduler.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
@@ -231,7 +238,7 @@ def test_services_use_a_least_privilege_s3_user_and_no_default_secrets(compose: 
     actions = {a for statement in policy["Statement"] for a in statement["Action"]}
     assert not any(a.endswith("*") or a.startswith("admin:") for a in actions), actions
     text = (ROOT / "docker-compose.yml").read_text()
-    for secret in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "CATALOGAN_S3_SECRET_KEY"):
+    for secret in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "CATALOGAN_S3_SECRET_KEY", "RAY_AUTH_TOKEN"):
         uses = re.findall(r"\$\{" + secret + r"([^}]*)\}", text)
         assert uses and all(use.startswith(":?") for use in uses), f"{secret} has a default: {uses}"
     assert env["CATALOGAN_ENVIRONMENT"] == "${CATALOGAN_ENVIRONMENT:-production}"
@@ -276,6 +283,94 @@ def test_training_connects_to_the_ray_head(compose: dict[str, Any]) -> None:
     assert "RAY_ADDRESS" in documented or "RAY_ADDRESS" in (ROOT / "models" / "cli.py").read_text()
 
 
+def _env_files(text: str) -> set[str]:
+    """The variables the `.env` printf one-liner of a text (README, compose header) writes."""
+    found = re.search(r"printf '([^']*)'", text)
+    assert found, "no .env one-liner"
+    return set(re.findall(r"([A-Z_]+)=%s", found.group(1)))
+
+
+def test_the_ray_head_authenticates_its_healthcheck_and_training_with_a_token(
+    compose: dict[str, Any],
+) -> None:
+    """Given the Ray head, when read, then token authentication is set explicitly (RAY_AUTH_MODE=token, the
+    token from the operator's .env, no default) instead of left to Ray, which turns it on by itself when a
+    token file exists and then refuses the healthcheck's `ray status`; the healthcheck is `ray status` on the
+    head's own port in exec form (it inherits the container's environment, token included); the README's and
+    the compose header's .env one-liners write the token; and the installed Ray reads both variables."""
+    head = compose["services"]["ray-head"]
+    assert head["environment"]["RAY_AUTH_MODE"] == "token"
+    assert re.fullmatch(r"\$\{RAY_AUTH_TOKEN:\?[^}]+\}", head["environment"]["RAY_AUTH_TOKEN"])
+    port = next(w.split("=")[1] for w in head["command"] if w.startswith("--port="))
+    assert head["healthcheck"]["test"][0] == "CMD"
+    assert healthcheck_words(head) == ["ray", "status", f"--address=127.0.0.1:{port}"]
+    for text in ((ROOT / "README.md").read_text(), (ROOT / "docker-compose.yml").read_text()):
+        assert "RAY_AUTH_TOKEN" in _env_files(text)
+    from ray._private.authentication import authentication_token_setup
+
+    assert authentication_token_setup.AUTH_MODE_ENV_VAR == "RAY_AUTH_MODE"
+    raylet = Path(authentication_token_setup.__file__).parents[2] / "_raylet.so"
+    assert b"RAY_AUTH_TOKEN" in raylet.read_bytes()  # the C++ token loader's environment variable
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_ray_head_healthcheck_passes_with_a_token_file_left_in_the_container(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """Given the compose file's ray-head command and environment (ports moved off Redis's, a token in place of
+    the .env one) and a ~/.ray/auth_token left by an earlier `ray.init()`, when the head starts and the
+    healthcheck's command runs with the container's environment, then it passes, and a driver connecting the
+    way `catalogan train` does (an explicit address) runs a task. Without the explicit token settings the
+    head turns token authentication on from the file and both were refused."""
+    head = compose["services"]["ray-head"]
+    gcs, dashboard = free_port(), free_port()
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("a-token-some-ray-init-left-here")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+        **{k: str(v) for k, v in head["environment"].items() if k.startswith("RAY_")},
+        "HOME": str(home),
+        "RAY_ADDRESS": f"127.0.0.1:{gcs}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    if "RAY_AUTH_TOKEN" in env:
+        env["RAY_AUTH_TOKEN"] = os.urandom(32).hex()  # what the operator's .env holds
+    ray = str(Path(sys.executable).parent / "ray")
+    words = [w if not w.startswith("--port=") else f"--port={gcs}" for w in head["command"]]
+    assert words[0] == "ray"
+    # Ray's socket paths must fit in 107 bytes: a short folder, not pytest's tmp_path.
+    temp = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
+    command = [ray, *words[1:], f"--dashboard-port={dashboard}", f"--temp-dir={temp}"]
+    log = (tmp_path / "head.log").open("w")
+    started = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        check = [ray, *healthcheck_words(head)[1:-1], f"--address=127.0.0.1:{gcs}"]
+        deadline = time.monotonic() + 120
+        while True:
+            answer = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
+            refused = "AuthenticationError" in answer.stderr
+            if answer.returncode == 0 or refused or time.monotonic() > deadline or started.poll() is not None:
+                break
+            time.sleep(2)
+        assert answer.returncode == 0, (answer.stderr[-1500:], (tmp_path / "head.log").read_text()[-1500:])
+        driver = (
+            f"import ray; ray.init(address='127.0.0.1:{gcs}', log_to_driver=False); "
+            "print(ray.get(ray.remote(lambda: 6 * 7).remote()))"
+        )
+        ran = subprocess.run(
+            [sys.executable, "-c", driver], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert ran.stdout.strip().endswith("42"), ran.stderr[-1500:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(started.pid, signal.SIGKILL)  # the head's session: `ray start` and what it started
+        started.wait(30)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 def test_images_are_pinned(compose: dict[str, Any]) -> None:
     """Given every image, when read, then it names a version tag (never `latest`, never untagged)."""
     for name, service in compose["services"].items():
@@ -318,7 +413,9 @@ def test_the_dockerfile_builds_one_image_with_the_cli() -> None:
     leaves out the virtualenv and git history."""
     text = (ROOT / "Dockerfile").read_text()
     assert 'pip install ".[server,cluster]"' in text and 'CMD ["catalogan", "serve"' in text
-    cluster = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["cluster"]
+    cluster = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "cluster"
+    ]
     ray = next(requirement for requirement in cluster if requirement.startswith("ray["))
     assert {"default", "client", "train"} <= set(ray.split("[")[1].split("]")[0].split(","))
     assert re.search(r"apt-get install -y --no-install-recommends dataset-fashion-mnist", text)
