@@ -60,6 +60,7 @@ MAX_SHARD_BYTES = 512 * 1024 * 1024  # a tar job's shard larger than this is not
 SHARD_READ_BYTES = 1 << 20  # a shard is read this much at a time when one image is taken from it
 MAX_SHARD_MEMBER_BYTES = 64 * 1024 * 1024  # an image member larger than this is not read
 MAX_CATEGORY_OPTIONS = 200  # categories offered by a job page's filter (a model's categories, at most)
+MAX_MODEL_OPTIONS = 200  # model versions offered by the jobs page's filter (those the tenant has used)
 TileStatus = Literal["succeeded", "rejected", "failed"]
 Any_ = Literal[""]  # what a filter form sends for "any"
 # An image index as a URL names it: bounded before any query (PostgreSQL would refuse a bigger one with a 500).
@@ -147,12 +148,18 @@ def jobs_page(
                 or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < str(last_id)))
             )
         rows = session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+        # The model versions this tenant has used: one (tenant_id, model_version_id) index probe per registered
+        # version, not a DISTINCT over every job of the tenant on every page view.
+        used = (
+            select(Job.id)
+            .where(Job.tenant_id == user.tenant.id, Job.model_version_id == ModelVersion.id)
+            .exists()
+        )
         models = session.execute(
             select(ModelVersion.name, ModelVersion.version)
-            .join(Job, Job.model_version_id == ModelVersion.id)
-            .where(Job.tenant_id == user.tenant.id)
-            .distinct()
+            .where(used)
             .order_by(ModelVersion.name, ModelVersion.version)
+            .limit(MAX_MODEL_OPTIONS)
         ).all()
     page = rows[:limit]
     next_cursor = None

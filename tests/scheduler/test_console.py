@@ -320,6 +320,25 @@ def test_another_tenants_job_image_file_and_manifest_are_404(
 # -- pages -----------------------------------------------------------------------------------------------
 
 
+def test_the_jobs_page_offers_only_the_model_versions_this_tenant_used(
+    console: TestClient,
+    finished: FinishedJob,
+    make_tenant: Callable[..., Credentials],
+    pg_factory: sessionmaker[Session],
+    api_store: ObjectStore,
+) -> None:
+    """Given acme's job on tiny@1, another tenant's job on tiny@2 and a registered but unused tiny@3, when acme
+    opens the jobs list, then its model filter offers tiny@1 alone."""
+    with transaction(pg_factory) as session:
+        versions = [
+            ModelVersion(name="tiny", version=v, preset="tiny", checkpoint_uri="memory://x") for v in (2, 3)
+        ]
+        session.add_all(versions)
+    insert_finished_job(pg_factory, api_store, make_tenant("globex").tenant_id, versions[0])
+    page = console.get("/console/jobs").text
+    assert re.findall(r'<option value="(tiny@\d+)"', page) == ["tiny@1"]
+
+
 def test_the_jobs_list_shows_the_job_with_status_progress_counts_and_model(
     console: TestClient, finished: FinishedJob
 ) -> None:
