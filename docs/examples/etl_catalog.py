@@ -170,8 +170,10 @@ def run(
     per_sku: int = 1,
     seed: int | None = None,
     model: str | None = None,
-) -> Job:
+) -> Job | None:
     """Submit one job for the SKUs lacking images, wait for it, write its manifest to `out`; return the job.
+    When every SKU already has an image there is nothing to submit: `out` gets the header alone (a nightly
+    run's loader finds an empty manifest, not a stale one) and None is returned.
 
     Raises `EtlError` for bad input (before anything is submitted) and for a job that did not succeed; the
     SDK's `ApiError` / `TransportError` / `ClientError` for what the API said or did not say.
@@ -179,7 +181,15 @@ def run(
     rows = skus_lacking_images(catalog)
     check_output(out)
     if not rows:
-        raise EtlError(f"{catalog}: every SKU already has an image")
+        try:
+            write_manifest_csv([], out)
+        except OSError as exc:
+            raise EtlError(f"{out}: cannot write the manifest ({exc.strerror or exc})") from exc
+        print(
+            f"{catalog}: every SKU already has an image; nothing submitted, {out} has no rows",
+            file=sys.stderr,
+        )
+        return None
     try:
         job = client.submit_job(
             job_items(rows, per_sku),

@@ -324,3 +324,17 @@ def test_run_as_a_script_a_missing_catalog_is_one_line_without_a_traceback(tmp_p
     )
     assert result.returncode == 2
     assert result.stderr == "Error: missing.csv: no such file\n"
+
+
+def test_a_catalog_with_nothing_to_generate_submits_nothing_and_writes_an_empty_manifest(
+    etl: ModuleType, folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A nightly run on a catalog whose every SKU has an image has nothing to do, which is not a failure: exit 0,
+    no request to the API, and the output holds the header alone (not yesterday's rows)."""
+    (folder / "catalog.csv").write_text("sku,category,image_url\nSKU-1,sneaker,https://cdn/a.jpg\n")
+    (folder / "out.csv").write_text("yesterday's rows\n")
+    seen = serve(etl, monkeypatch, lambda request: httpx.Response(500))
+    code, stderr = run_main(etl, capsys, "catalog.csv", "out.csv")
+    assert (code, seen) == (0, [])
+    assert "every SKU already has an image; nothing submitted" in stderr and "Error" not in stderr
+    assert (folder / "out.csv").read_text().splitlines() == [",".join(etl.OUTPUT_COLUMNS)]
