@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.settings import DatabaseSettings, DataSettings
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+# Execution option of `read_only_session_factory`'s engine: its SQLite transactions begin DEFERRED.
+READ_ONLY_OPTION = "catalogan_read_only"
 
 
 def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
@@ -38,7 +40,10 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A session of `read_only_session_factory` only reads: BEGIN DEFERRED takes no lock under WAL, so a
+            # reader (an export, finalize's page reads, a progress poll) never holds up a writer.
+            read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+            conn.exec_driver_sql("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, echo=echo, pool_size=pool_size, pool_pre_ping=True, max_overflow=pool_size)
@@ -53,6 +58,17 @@ def engine_from_settings(db: DatabaseSettings | None = None, data: DataSettings 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """A session factory that keeps loaded attributes usable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def read_only_session_factory(factory: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions on `factory`'s engine for work that only reads. On SQLite, where every other transaction begins
+    IMMEDIATE and so holds the one write lock until it ends, theirs begin DEFERRED: under WAL a reader takes no
+    lock and sees a snapshot, and writers go on. On PostgreSQL they are ordinary sessions. Writing through one
+    is a mistake (on SQLite it waits for the write lock mid-transaction and may fail with "database is locked")."""
+    engine = factory.kw.get("bind")
+    if not isinstance(engine, Engine) or engine.dialect.name != "sqlite":
+        return factory
+    return sessionmaker(engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False)
 
 
 @contextmanager

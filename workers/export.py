@@ -229,6 +229,9 @@ class JobExport:
 
     Each file is recorded in the folder's marker before it is written. The first write refuses
     (`ExportFolderError`) a folder whose marker names another job: one folder never mixes two jobs' files.
+
+    The session only reads (a `db.engine.read_only_session_factory` one keeps a SQLite reader from blocking the
+    workers): each call ends its transaction once it has the keys, before the store reads and file writes.
     """
 
     def __init__(self, store: ObjectStore, job: Job, folder: Path) -> None:
@@ -284,6 +287,7 @@ class JobExport:
             # A tar chunk's rows all name its one shard object; a png chunk's name one object each.
             objects += sorted(set(keys)) if self.output_format == SHARD_FORMAT else keys
             images += len(keys)
+        _end_reads(session)
         self._record([self._path(key) for key in objects])
         # One pool of reads for every chunk of this call.
         for key, data in self.store.get_many(objects, in_flight=EXPORT_READS_IN_FLIGHT):
@@ -344,6 +348,13 @@ class JobExport:
                     read_member(data, int(index)) if self.output_format == SHARD_FORMAT else data
                 )
         return sheets
+
+
+def _end_reads(session: Session) -> None:
+    # The keys are read: end the transaction before the store reads and file writes, so that no SQLite lock and
+    # no pooled PostgreSQL connection is held while they run (the session holds no changes of its own).
+    if session.in_transaction():
+        session.commit()
 
 
 def export_job(session: Session, store: ObjectStore, job: Job, folder: Path) -> ExportResult:

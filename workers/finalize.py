@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import transaction
+from db.engine import read_only_session_factory, transaction
 from db.errors import NotFoundError
 from db.images import iter_image_fields, manifest_keys
 from db.incremental import SKIPPED_EXISTING_STATUS, iter_skipped_images
@@ -226,8 +226,9 @@ def _read_manifests(
     session_factory: sessionmaker[Session], job_id: str, *, again: bool
 ) -> _Manifests | JobStatus | None:
     """Step 1: the manifests of a job whose chunks are all finished; its status when it is already terminal
-    (unless `again`: a pass that must write over manifests it may have left stale), None when not ready."""
-    with session_factory() as session:
+    (unless `again`: a pass that must write over manifests it may have left stale), None when not ready.
+    Read-only: on SQLite its transactions begin DEFERRED and take no lock (`read_only_session_factory`)."""
+    with read_only_session_factory(session_factory)() as session:
         job = get_job(session, job_id)
         if job.status.is_terminal and not again:
             return job.status

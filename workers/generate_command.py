@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import migrate
 from db.cli_support import CATALOGAN_ARGV
-from db.engine import engine_from_settings, make_session_factory, transaction
+from db.engine import engine_from_settings, make_session_factory, read_only_session_factory, transaction
 from db.errors import ConflictError, NotFoundError, PlanningError
 from db.incremental import count_skipped_items
 from db.job_specs import JobSpec, parse_job_spec, request_sha256, split_model_ref
@@ -305,12 +305,13 @@ def _wait(
 ) -> Job:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    reads = read_only_session_factory(session_factory)  # on SQLite a poll and its export never block a worker
     deadline = time.monotonic() + request.timeout_seconds
     columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not request.show_progress, transient=True) as progress:
         task = None
         while True:
-            with session_factory() as session:
+            with reads() as session:
                 job = session.get(Job, job_id)
                 assert job is not None
                 if task is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.engine import transaction
 from db.images import image_key
 from db.status import ChunkStatus, ImageStatus
-from db.storage import ObjectStore
+from db.storage import MemoryStore, ObjectStore
 from db.tables import Chunk, Image, Job
 from tests.db.factories import JobRows, insert_job
 from workers.errors import ExportFolderError
@@ -210,3 +212,41 @@ def test_an_interrupted_export_of_the_same_job_is_resumed_into_one_marker(
     assert {f"Sneaker/{index:08d}.png" for index in range(8)} <= finished.files
     recorded = [json.loads(line) for line in (out / EXPORT_MARKER_NAME).read_text().splitlines()[1:]]
     assert recorded == sorted(finished.files)
+
+
+class WriteDuringReads(MemoryStore):
+    """The memory store, trying one write to the SQLite database from another connection while it is read."""
+
+    def __init__(self, database: str) -> None:
+        super().__init__()
+        self.database = database
+        self.writes: list[str] = []
+
+    def get_many(self, keys: Sequence[str], *, in_flight: int = 8) -> Iterator[tuple[str, bytes]]:
+        """Write once from another connection (waiting at most 0.5 s), then read."""
+        other = sqlite3.connect(self.database, timeout=0.5)
+        try:
+            other.execute("UPDATE tenants SET name = name || '-x'")
+            other.commit()
+            self.writes.append("ok")
+        except sqlite3.OperationalError as exc:
+            self.writes.append(str(exc))
+        finally:
+            other.close()
+        yield from super().get_many(keys, in_flight=in_flight)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_export_holds_no_lock_while_it_reads_the_store(
+    session_factory: sessionmaker[Session], db_url: str, tmp_path: Path
+) -> None:
+    """Embedded (SQLite), an ordinary session's transaction holds the one write lock: the export ends it once it
+    has the keys, so a worker's commit never waits for the store reads and file writes (it waited on the busy
+    timeout before: "database is locked")."""
+    store = WriteDuringReads(db_url.split("///", 1)[1])
+    rows = insert_job(session_factory, chunks=1, chunk_size=4)
+    _finish_chunk(session_factory, store, rows, 0)
+    with session_factory() as session:
+        export = JobExport(store, session.get_one(Job, rows.job_id), tmp_path / "out")
+        assert export.export_finished(session) == 4
+    assert store.writes == ["ok"]
