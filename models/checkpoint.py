@@ -84,9 +84,17 @@ def _interned(value: Any) -> Any:
     return value
 
 
+TORCH_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive format (a zip file) since torch 1.6
+NOT_A_TORCH_FILE = "not a torch file of tensors and plain values"
+
+
 def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
     """Read checkpoint bytes; raise `CheckpointError` (one line) when unreadable, of another version, or
     incomplete."""
+    if data and not data.startswith(TORCH_ZIP_MAGIC):
+        # torch.save writes a zip archive; anything else goes to torch's legacy loader, whose errors on text or
+        # images are whatever its unpickler trips on first (`KeyError: 101` for "hello").
+        raise CheckpointError(f"not a catalogan checkpoint (unreadable: {NOT_A_TORCH_FILE})")
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors…
@@ -113,7 +121,7 @@ def _load_failure(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
         return "empty or truncated"
     if isinstance(exc, pickle.UnpicklingError):
-        return "not a torch file of tensors and plain values"
+        return NOT_A_TORCH_FILE
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0].split('. ')[0] if text else ''}".rstrip(": ")
 

@@ -74,15 +74,21 @@ def cli_shaped(error: ApiError, options: Sequence[str], registered: Sequence[str
         field, message = str(entry.get("field", "")), str(entry.get("message", ""))
         match = ITEM_FIELD.match(field)
         if match and int(match.group(1)) < len(options):
-            lines.append(f"--category {options[int(match.group(1))]}: {match.group(2)} {message}".rstrip())
+            name = match.group(2)
+            lines.append(f"--category {options[int(match.group(1))]}: {name}: {_unprefixed(message, name)}")
         elif field.endswith("model"):
-            lines.append(f"--model: {message}")
+            lines.append(f"--model: {_unprefixed(message, 'model')}")
         else:
-            lines.append(f"{field}: {message}" if field else message)
+            lines.append(f"{field}: {_unprefixed(message, field)}" if field else message)
     text = "; ".join(lines) or str(error.problem.get("detail") or error)
     if registered is not None and ("model" in text.lower()):
         text += f" (registered: {', '.join(registered) or 'none'}; see `catalogan models list`)"
     return text
+
+
+def _unprefixed(message: str, field: str) -> str:
+    # Some API messages already start with their field's name ("queue: 'interactive' is above ..."): name it once.
+    return message.removeprefix(f"{field}: ")
 
 
 def _row(job: Job) -> dict[str, Any]:

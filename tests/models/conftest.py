@@ -73,6 +73,7 @@ def not_checkpoint_files(tmp_path: Path) -> dict[str, Path]:
     other_widths = {**payload, "model_config": {**payload["model_config"], "g_width": 32}}
     contents = {
         "notes.txt": b"not a checkpoint\n",
+        "hello.txt": b"hello\n",  # torch's legacy unpickler said "KeyError: 101"
         "empty.pt": b"",
         "truncated.pt": good[: len(good) // 2],
         "image.png": png.getvalue(),

@@ -80,6 +80,7 @@ def test_evaluate_a_missing_file_is_a_one_line_usage_error(tmp_path: Path) -> No
     ("name", "reason"),
     [
         ("notes.txt", "not a catalogan checkpoint (unreadable: not a torch file"),
+        ("hello.txt", "not a catalogan checkpoint (unreadable: not a torch file"),
         ("empty.pt", "not a catalogan checkpoint (unreadable: empty or truncated)"),
         ("truncated.pt", "not a catalogan checkpoint (unreadable: RuntimeError: PytorchStreamReader failed"),
         ("image.png", "not a catalogan checkpoint (unreadable: not a torch file"),

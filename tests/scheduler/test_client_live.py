@@ -180,10 +180,15 @@ def test_jobs_submit_names_bad_input_as_typed(live_stack: LiveStack, monkeypatch
     monkeypatch.setenv("CATALOGAN_API_KEY", live_stack.tenant.api_key)
     runner = CliRunner()
     zero = runner.invoke(cli, ["jobs", "submit", "--category", "c=2", "--category", "a=0"])
-    assert zero.exit_code == 2 and "--category a=0: count" in zero.output, zero.output
+    assert zero.exit_code == 2, zero.output
+    assert "Error: --category a=0: count: Input should be greater than or equal to 1" in zero.output, (
+        zero.output
+    )
     unknown = runner.invoke(cli, ["jobs", "submit", "--category", "a=2", "--model", "nope"])
     assert unknown.exit_code == 2 and "registered: " in unknown.output and "@1" in unknown.output, (
         unknown.output
     )
+    # The option is named once, not the option and then the API's own prefix ("--model: model: ...")
+    assert "Error: --model: model 'nope' has no production version" in unknown.output, unknown.output
     with Client(live_stack.url, live_stack.tenant.api_key) as client:
         assert client.list_jobs().jobs == []
