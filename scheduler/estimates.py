@@ -1,16 +1,20 @@
 """Dry-run estimates: how many images and chunks a job makes, and how long it takes at measured throughput.
 
 Throughput is measured in SQL from the images workers wrote in the last `THROUGHPUT_WINDOW_SECONDS`
-(all tenants: it measures the fleet, not a job): images / (last - first write time). With fewer than
-`MIN_SAMPLE_IMAGES` images in the window the configured default is used and the estimate says so.
+(all tenants: it measures the fleet, not a job) over the time the fleet was busy: images / (the
+`BUSY_BUCKET_SECONDS` buckets in which any image was written × their length). Idle time between jobs is not
+work: dividing by the span from the first to the last write instead made two 5-second bursts half an hour apart
+read as 0.1 images/s. With fewer than `MIN_SAMPLE_IMAGES` images in the window the configured default is used
+and the estimate says so.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from db.job_specs import JobSpec
@@ -18,7 +22,7 @@ from db.tables import Image, utcnow
 
 THROUGHPUT_WINDOW_SECONDS = 3600
 MIN_SAMPLE_IMAGES = 16
-MIN_SPAN_SECONDS = 1.0
+BUSY_BUCKET_SECONDS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,17 +34,29 @@ class Throughput:
 
 
 def measured_throughput(session: Session, *, default: float, now: dt.datetime | None = None) -> Throughput:
-    """Fleet throughput from the image rows of the last hour, or `default` without enough data."""
+    """Fleet throughput while busy, from the image rows of the last hour, or `default` without enough data."""
     since = (now or utcnow()) - dt.timedelta(seconds=THROUGHPUT_WINDOW_SECONDS)
-    count, first, last = session.execute(
-        select(func.count(), func.min(Image.created_at), func.max(Image.created_at)).where(
-            Image.created_at > since
-        )
+    bucket = _bucket(session).label("bucket")
+    per_bucket = (
+        select(bucket, func.count().label("images"))
+        .where(Image.created_at > since)
+        .group_by(bucket)
+        .subquery()
+    )
+    count, buckets = session.execute(
+        select(func.coalesce(func.sum(per_bucket.c.images), 0), func.count())
     ).one()
-    if count < MIN_SAMPLE_IMAGES or first is None or last is None:
+    if count < MIN_SAMPLE_IMAGES or not buckets:
         return Throughput(default, "default")
-    span = max(MIN_SPAN_SECONDS, (last - first).total_seconds())
-    return Throughput(round(count / span, 3), "measured")
+    return Throughput(round(int(count) / (int(buckets) * BUSY_BUCKET_SECONDS), 3), "measured")
+
+
+def _bucket(session: Session) -> ColumnElement[Any]:
+    # The BUSY_BUCKET_SECONDS bucket of each image's write time (at most 360 of them in the window).
+    if session.get_bind().dialect.name == "postgresql":
+        return func.floor(func.extract("epoch", Image.created_at) / BUSY_BUCKET_SECONDS)
+    # SQLite keeps the timestamp as text; strftime('%s') reads it as seconds since the epoch.
+    return cast(func.strftime("%s", Image.created_at), Integer) // BUSY_BUCKET_SECONDS
 
 
 def count_chunks(spec: JobSpec) -> int:
