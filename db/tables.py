@@ -103,6 +103,9 @@ class Tenant(Base):
     requests_per_minute: Mapped[int] = mapped_column(Integer, default=600)
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    # After a rotation with a grace period, the replaced secret also signs every attempt until this time.
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_webhook_secret_until: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     # The highest-priority queue this tenant's jobs may ask for (interactive > bulk > backfill); operator-set.
     highest_queue: Mapped[str] = mapped_column(String(16), default="bulk", server_default="bulk")
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)

@@ -6,6 +6,7 @@ An API key looks like `cg_<prefix>_<secret>`. Only its SHA-256 is stored, next t
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -20,6 +21,9 @@ from db.errors import AuthenticationError, ConflictError, NotFoundError
 from db.quotas import QUEUES_BY_PRIORITY
 from db.storage.keys import validate_key_segment
 from db.tables import ApiKey, Tenant, utcnow
+
+# The longest a rotated webhook secret may keep signing next to its successor.
+MAX_WEBHOOK_SECRET_GRACE = dt.timedelta(days=7)
 
 API_KEY_SCHEME = "cg"
 API_KEY_PREFIX_BYTES = 6  # 12 hex characters: the public lookup part
@@ -113,15 +117,29 @@ def get_tenant_by_name(session: Session, name: str) -> Tenant:
     return tenant
 
 
-def set_webhook_secret(session: Session, name: str, secret: str) -> Tenant:
+def set_webhook_secret(
+    session: Session,
+    name: str,
+    secret: str,
+    *,
+    grace: dt.timedelta = dt.timedelta(0),
+    now: dt.datetime | None = None,
+) -> Tenant:
     """Replace the webhook signing secret of the tenant called `name` (`NotFoundError` if none).
 
-    The tenant row is locked, and the dispatcher reads the secret when it claims a delivery: every attempt
-    claimed after this commits is signed with `secret`, retries of earlier events included.
+    The tenant row is locked, and the dispatcher reads the secrets when it claims a delivery: every attempt
+    claimed after this commits is signed with `secret`, retries of earlier events included. With a `grace`
+    period the replaced secret signs each attempt too (a second signature in the header) until it ends, so a
+    receiver still checking the old one accepts them while it switches over; with none it stops at once.
     """
+    if grace < dt.timedelta(0) or grace > MAX_WEBHOOK_SECRET_GRACE:
+        raise ValueError(f"grace: must be between 0 and {MAX_WEBHOOK_SECRET_GRACE}, not {grace}")
     tenant = session.scalars(select(Tenant).where(Tenant.name == name).with_for_update()).one_or_none()
     if tenant is None:
         raise NotFoundError(f"tenant named {name!r} not found")
+    keep = grace > dt.timedelta(0) and tenant.webhook_secret is not None
+    tenant.previous_webhook_secret = tenant.webhook_secret if keep else None
+    tenant.previous_webhook_secret_until = (now or utcnow()) + grace if keep else None
     tenant.webhook_secret = secret
     session.flush()
     return tenant

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from scheduler.errors import WebhookVerificationError
 
@@ -46,14 +46,20 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
 
 
 def signed_headers(
-    secret: str, message_id: str, body: bytes, *, timestamp: int | None = None
+    secret: str,
+    message_id: str,
+    body: bytes,
+    *,
+    timestamp: int | None = None,
+    also: Sequence[str] = (),
 ) -> dict[str, str]:
-    """The three Standard Webhooks headers for `body`, stamped now unless `timestamp` is given."""
+    """The three Standard Webhooks headers for `body`, stamped now unless `timestamp` is given; each secret in
+    `also` (a rotated one, in its grace period) adds its signature, space-separated, as the standard allows."""
     stamp = int(time.time()) if timestamp is None else timestamp
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(stamp),
-        "webhook-signature": sign(secret, message_id, stamp, body),
+        "webhook-signature": " ".join(sign(key, message_id, stamp, body) for key in (secret, *also)),
     }
 
 

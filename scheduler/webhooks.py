@@ -381,6 +381,7 @@ class _Due:
     body: dict[str, Any]
     attempts: int
     secret: str | None
+    previous_secret: str | None  # a rotated secret still in its grace period: it signs too
 
 
 def _claim_due(factory: sessionmaker[Session], settings: WebhookSettings, now: dt.datetime) -> list[_Due]:
@@ -428,14 +429,24 @@ def _claim_due(factory: sessionmaker[Session], settings: WebhookSettings, now: d
                 WebhookDelivery.payload,
                 WebhookDelivery.attempts,
                 Tenant.webhook_secret,
+                Tenant.previous_webhook_secret,
+                Tenant.previous_webhook_secret_until,
             )
             .join(Tenant, Tenant.id == WebhookDelivery.tenant_id)
             .where(WebhookDelivery.id.in_(ids))
             .order_by(WebhookDelivery.created_at)
         ).all()
         return [
-            _Due(id_, tenant_id, url, event_envelope(event, created, payload), attempts, secret)
-            for id_, tenant_id, event, created, url, payload, attempts, secret in rows
+            _Due(
+                id_,
+                tenant_id,
+                url,
+                event_envelope(event, created, payload),
+                attempts,
+                secret,
+                previous if previous_until is not None and previous_until > now else None,
+            )
+            for id_, tenant_id, event, created, url, payload, attempts, secret, previous, previous_until in rows
         ]
 
 
@@ -483,6 +494,7 @@ async def deliver(
     secret: str,
     settings: WebhookSettings,
     *,
+    previous_secret: str | None = None,
     resolver: Resolver = resolve_host,
 ) -> None:
     """POST one signed event to the pinned address of `url`, all within `webhook_timeout_seconds`; raise
@@ -498,7 +510,7 @@ async def deliver(
             abandon_on_cancel=True,
         )
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-        headers = signed_headers(secret, message_id, body)
+        headers = signed_headers(secret, message_id, body, also=[previous_secret] if previous_secret else [])
         headers["content-type"] = "application/json"
         headers["user-agent"] = USER_AGENT
         headers["host"] = target.host_header
@@ -542,7 +554,16 @@ async def _attempt(
     if not row.secret:
         return "the tenant has no webhook secret", True
     try:
-        await deliver(http, row.url, row.id, row.body, row.secret, settings, resolver=resolver)
+        await deliver(
+            http,
+            row.url,
+            row.id,
+            row.body,
+            row.secret,
+            settings,
+            previous_secret=row.previous_secret,
+            resolver=resolver,
+        )
     except WebhookHostUnresolvedError as exc:  # retried with backoff, up to webhook_max_attempts
         return str(exc), False
     except UnsafeWebhookTargetError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import click
@@ -12,6 +13,7 @@ from db.engine import transaction
 from db.quotas import QUEUES_BY_PRIORITY
 from db.tables import ApiKey, Tenant
 from db.tenants import (
+    MAX_WEBHOOK_SECRET_GRACE,
     create_api_key,
     create_tenant,
     get_tenant_by_name,
@@ -225,25 +227,43 @@ def list_tenants(as_json: bool) -> None:
 
 @tenants.command("rotate-webhook-secret")
 @click.argument("name")
+@click.option(
+    "--grace-hours",
+    type=click.FloatRange(0, MAX_WEBHOOK_SECRET_GRACE.total_seconds() / 3600),
+    default=24.0,
+    show_default=True,
+    help="Hours the old secret keeps signing next to the new one (0: it stops at once, for a leaked secret).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @one_line_errors
-def rotate_webhook_secret(name: str, as_json: bool) -> None:
-    """Give tenant NAME a new webhook signing secret (printed once); the old one stops signing at once.
+def rotate_webhook_secret(name: str, grace_hours: float, as_json: bool) -> None:
+    """Give tenant NAME a new webhook signing secret (printed once).
 
-    Every delivery attempt from then on, retries of earlier events included, is signed with the new secret
-    (an attempt already in flight may still carry the old one). There is no grace period: switch the
-    receiver to the new secret right away (it may accept both while it changes over).
+    Every delivery attempt from then on, retries of earlier events included, is signed with the new secret.
+    For --grace-hours (24 by default, at most 168) each attempt also carries a second signature made with the
+    old secret, so a receiver still checking the old one accepts it while it switches over; then the old one
+    stops. A leaked secret: --grace-hours 0 (an attempt already in flight may still carry the old one).
 
     Example:
 
     \b
         catalogan tenants rotate-webhook-secret acme --json
+        catalogan tenants rotate-webhook-secret acme --grace-hours 0
     """
     secret = new_secret()
+    grace = dt.timedelta(hours=grace_hours)
     with transaction(cli_session_factory()) as session:
-        tenant = set_webhook_secret(session, name, secret)
-        result = {"id": tenant.id, "name": name, "webhook_secret": secret}
+        tenant = set_webhook_secret(session, name, secret, grace=grace)
+        until = tenant.previous_webhook_secret_until
+        result = {
+            "id": tenant.id,
+            "name": name,
+            "webhook_secret": secret,
+            "previous_secret_signs_until": until.isoformat() if until else None,
+        }
     if as_json:
         print_json(result)
         return
     click.echo(f"tenant {name}: new webhook secret (shown once): {secret}")
+    if until is not None:
+        click.echo(f"the old secret also signs every attempt until {until.isoformat(timespec='seconds')}")

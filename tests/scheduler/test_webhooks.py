@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -18,7 +19,7 @@ from db.cli_support import ExitCode
 from db.engine import transaction
 from db.jobs import mark_job_running, transition_job
 from db.status import DeliveryStatus, JobStatus
-from db.tables import Job, WebhookDelivery
+from db.tables import Job, Tenant, WebhookDelivery
 from scheduler.cli.root import cli
 from scheduler.client import verify_webhook
 from scheduler.errors import UnsafeWebhookTargetError, WebhookVerificationError
@@ -311,8 +312,9 @@ def test_a_rotated_secret_signs_every_attempt_after_the_rotation(
     tmp_path: Path,
 ) -> None:
     """Given an event whose first attempt (signed with the old secret) the receiver refused, when the operator
-    runs `catalogan tenants rotate-webhook-secret acme`, then the new secret is printed once and the retry is
-    signed with it: it verifies with the new secret and not with the old one; an unknown tenant is exit 3."""
+    runs `catalogan tenants rotate-webhook-secret acme --grace-hours 0` (a leaked secret), then the new secret is
+    printed once and the retry is signed with it alone: it verifies with the new secret and not with the old
+    one; an unknown tenant is exit 3."""
     job_id = _job(api, tenant, receiver.url)
     with transaction(pg_factory) as session:
         mark_job_running(session, job_id)
@@ -321,8 +323,11 @@ def test_a_rotated_secret_signs_every_attempt_after_the_rotation(
     verify_webhook(receiver.deliveries[0].headers, receiver.deliveries[0].body, tenant.webhook_secret)
 
     env = {"CATALOGAN_DATABASE_URL": pg_url, "CATALOGAN_DATA_DIR": str(tmp_path / "data")}
-    rotated = CliRunner().invoke(cli, ["tenants", "rotate-webhook-secret", "acme", "--json"], env=env)
+    rotated = CliRunner().invoke(
+        cli, ["tenants", "rotate-webhook-secret", "acme", "--grace-hours", "0", "--json"], env=env
+    )
     assert rotated.exit_code == 0, rotated.output
+    assert json.loads(rotated.output)["previous_secret_signs_until"] is None
     new = json.loads(rotated.output)["webhook_secret"]
     assert new.startswith("whsec_") and new != tenant.webhook_secret
 
@@ -338,3 +343,65 @@ def test_a_rotated_secret_signs_every_attempt_after_the_rotation(
 
     missing = CliRunner().invoke(cli, ["tenants", "rotate-webhook-secret", "nope"], env=env)
     assert missing.exit_code == ExitCode.NOT_FOUND and len(missing.output.strip().splitlines()) == 1
+
+
+def test_a_rotated_secret_keeps_signing_next_to_the_new_one_for_its_grace_period(
+    api: TestClient,
+    tenant: Credentials,
+    pg_url: str,
+    pg_factory: sessionmaker[Session],
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    """Given a refused first attempt, when the operator rotates the secret with the default grace period, then
+    each retry carries two signatures and verifies with the new secret and with the old one (a receiver can
+    switch over without refusing deliveries); once the grace period is over, only the new one signs. A grace
+    period over a week is a usage error that changes nothing."""
+    job_id = _job(api, tenant, receiver.url)
+    with transaction(pg_factory) as session:
+        mark_job_running(session, job_id)
+    receiver.statuses = [500, 500]
+    assert run_webhook_tick(pg_factory, ALLOW).retrying == 1
+    env = {"CATALOGAN_DATABASE_URL": pg_url, "CATALOGAN_DATA_DIR": str(tmp_path / "data")}
+    too_long = CliRunner().invoke(
+        cli, ["tenants", "rotate-webhook-secret", "acme", "--grace-hours", "169"], env=env
+    )
+    assert too_long.exit_code == ExitCode.USAGE and "--grace-hours" in too_long.output
+    with pg_factory() as session:
+        assert (
+            session.scalars(select(Tenant.webhook_secret).where(Tenant.name == "acme")).one()
+            == tenant.webhook_secret
+        )
+    rotated = CliRunner().invoke(cli, ["tenants", "rotate-webhook-secret", "acme", "--json"], env=env)
+    assert rotated.exit_code == 0, rotated.output
+    answer = json.loads(rotated.output)
+    new, until = answer["webhook_secret"], dt.datetime.fromisoformat(answer["previous_secret_signs_until"])
+    assert dt.timedelta(hours=23.9) < until - dt.datetime.now(dt.UTC) <= dt.timedelta(hours=24)
+
+    def next_attempt() -> Any:
+        with transaction(pg_factory) as session:  # due now
+            session.execute(update(WebhookDelivery).values(next_attempt_at=dt.datetime.now(dt.UTC)))
+        seen = len(receiver.deliveries)
+        for _ in range(30):
+            run_webhook_tick(pg_factory, ALLOW)
+            if len(receiver.deliveries) > seen:
+                return receiver.deliveries[-1]
+            time.sleep(0.05)
+        raise AssertionError("no new attempt")
+
+    during = next_attempt()
+    assert len(during.headers["webhook-signature"].split()) == 2
+    for secret in (new, tenant.webhook_secret):
+        assert verify_webhook(during.headers, during.body, secret)["data"]["job_id"] == job_id
+    # When the grace period is over
+    with transaction(pg_factory) as session:
+        session.execute(
+            update(Tenant)
+            .where(Tenant.name == "acme")
+            .values(previous_webhook_secret_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+        )
+    after = next_attempt()
+    assert len(after.headers["webhook-signature"].split()) == 1
+    assert verify_webhook(after.headers, after.body, new)["data"]["job_id"] == job_id
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook(after.headers, after.body, tenant.webhook_secret)
