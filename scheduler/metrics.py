@@ -5,7 +5,7 @@ by the scrapes in between: a scrape loop, or anyone who can reach /metrics, cann
 the jobs, chunks and images tables. The throughput query reads images by `created_at` (indexed).
 
 catalogan_queue_depth{queue}                messages waiting per queue
-catalogan_images_per_second                 fleet throughput over the last hour
+catalogan_images_per_second                 fleet throughput while busy over the last hour (as estimates use it)
 catalogan_jobs{status}                      jobs per status
 catalogan_images_failed                     failed images over all jobs
 catalogan_chunks_quarantined                chunks in the dead-letter state
@@ -100,7 +100,7 @@ class PipelineCollector(Collector):
         rate = measured_throughput(session, default=0.0, now=now)
         yield GaugeMetricFamily(
             "catalogan_images_per_second",
-            "Images written per second over the last hour.",
+            "Images written per second over the last hour, counting only the 10 s spans in which any was written.",
             value=rate.images_per_second,
         )
         jobs = GaugeMetricFamily("catalogan_jobs", "Jobs per status.", labels=["status"])
