@@ -68,6 +68,9 @@ def _too_large(scope: Any, limit: int) -> Any:
     )
 
 
+COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class RequestCounterMiddleware:
     """Counts answered requests per method, route template and status for `/metrics`."""
 
@@ -91,7 +94,10 @@ class RequestCounterMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            self.counter.labels(scope["method"], template, str(status["code"])).inc()
+            # The method is the client's token (HTTP allows any): a fixed set of label values, or every made-up
+            # method would add a time series to this process and to Prometheus.
+            method = scope["method"] if scope["method"] in COUNTED_METHODS else "other"
+            self.counter.labels(method, template, str(status["code"])).inc()
 
 
 class NulPathMiddleware:

@@ -193,6 +193,22 @@ def test_models_are_listed(api: TestClient, tenant: Credentials) -> None:
     ]
 
 
+def test_made_up_http_methods_share_one_metrics_series(api: TestClient) -> None:
+    """HTTP allows any method token: 50 requests with 50 made-up methods, sent with no key, add one
+    `method="other"` series to the request counter, not 50 (each series costs the API and Prometheus memory)."""
+    for number in range(50):
+        api.request(f"BREW{number}", "/v1/jobs")
+    lines = [
+        line
+        for line in api.get("/metrics").text.splitlines()
+        if line.startswith("catalogan_http_requests_total")
+    ]
+    assert not any("BREW" in line for line in lines), lines
+    assert [line for line in lines if 'method="other"' in line] == [
+        'catalogan_http_requests_total{method="other",route="/v1/jobs",status="405"} 50.0'
+    ]
+
+
 def test_health_readiness_and_metrics_answer(api: TestClient, tenant: Credentials) -> None:
     """Given a running app, when probed, then healthz/readyz are ok and metrics carry the pipeline families."""
     submit(api, tenant)
