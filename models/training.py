@@ -23,7 +23,6 @@ import datetime as dt
 import hashlib
 import json
 import random
-import tempfile
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -389,15 +388,16 @@ def run_worker(
 
 
 def ray_report(metrics: dict[str, Any], checkpoint_bytes: bytes | None) -> None:
-    """Report metrics (and rank 0's full checkpoint) to Ray Train; every rank calls it the same number of times."""
+    """Report metrics to Ray Train; every rank calls it the same number of times.
+
+    Rank 0 has already written the checkpoint to the run's object store (`write_checkpoint`), which is what
+    `--resume`, the registry and the operator read. Ray Train is not given a copy: its copy went to its own run
+    folder (a local temp folder by default), which nothing read, and on a multi-node cluster Ray refuses to
+    persist a checkpoint from a worker node that cannot reach that folder ("Unable to set up cluster storage").
+    """
     import ray.train
 
-    if checkpoint_bytes is None:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / "checkpoint.pt").write_bytes(checkpoint_bytes)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    ray.train.report(metrics)
 
 
 def train_loop_per_worker(config: dict[str, Any], on_step: StepFn | None = None) -> None:
@@ -504,7 +504,7 @@ def fit_with_ray(
 
     `train_loop` is what each worker runs: `train_loop_per_worker`, or a wrapper of it (the benchmark's).
     """
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     store = open_store(request.out_url)
@@ -520,7 +520,6 @@ def fit_with_ray(
         run_config=RunConfig(
             name=f"{request.name}-{request.run}",
             storage_path=str(ray_storage.resolve()),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
     try:

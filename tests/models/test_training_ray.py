@@ -84,13 +84,14 @@ def test_two_workers_train_checkpoint_and_resume_exactly(
     a, b = _final_state(local_store, "straight", 4), _final_state(local_store, "split", 4)
     for key in ("generator", "generator_ema", "discriminator", "optimizer_g", "optimizer_d", "history"):
         _assert_same_tensors(a[key], b[key], key)
-    # And every checkpoint came with a loss curve and a sample grid, and Ray kept its own copies
+    # And every checkpoint came with a loss curve and a sample grid; Ray Train's run folder holds no copy (on a
+    # multi-node cluster that local folder is out of the worker nodes' reach, and nothing read the copy)
     keys = {info.key for info in local_store.list("models/tiny/straight/")}
     for step in (2, 4):
         assert f"models/tiny/straight/checkpoint-{step:08d}.pt" in keys
         assert local_store.get(f"models/tiny/straight/samples-{step:08d}.png").startswith(b"\x89PNG")
         assert local_store.get(f"models/tiny/straight/loss-{step:08d}.png").startswith(b"\x89PNG")
-    assert list((tmp_path / "ray").rglob("checkpoint.pt"))
+    assert (tmp_path / "ray").is_dir() and not list((tmp_path / "ray").rglob("checkpoint*"))
     # And the final generator loads for inference with the folder's categories
     generator = load_generator(local_store.get("models/tiny/straight/generator.pt"))
     assert generator.categories == ("dark", "light", "mid")
