@@ -56,6 +56,11 @@ FOLLOW_POLL_SECONDS = 0.5
 LineFn = Callable[[dict[str, Any]], None]
 
 
+INDEX_NEEDS_DATA_HERE = (
+    " (this host builds the memorization index after the last step and cannot read it: pass data every node"
+    " and this host can read, such as s3://bucket/prefix, or --no-memorization-index)"
+)
+
 @dataclass(frozen=True)
 class TrainOptions:
     """What happens around the training itself."""
@@ -241,11 +246,15 @@ def train_and_register(
     local = not options.ray_address and not ray.is_initialized()
     if request.use_gpu and local:
         check_gpus(request.workers, local=True)  # before a local cluster is started for nothing
-    if local:  # a remote cluster's workers may see data (a path, credentials) this host does not
+    # A remote cluster's workers may see data (a path, credentials) this host does not; but when this host builds
+    # the memorization index after the last step, it must read the data too: refuse now, not after the training.
+    builds_index = options.register and options.memorization_index
+    if local or builds_index:
         try:
             check_dataset(request.data)
         except DataError as exc:
-            raise TrainingInputError(f"--data {request.data}: {exc}") from exc
+            why = "" if local else INDEX_NEEDS_DATA_HERE
+            raise TrainingInputError(f"--data {request.data}: {exc}{why}") from exc
     if not request.cpus_per_worker:
         request = dataclasses.replace(request, cpus_per_worker=cpus_for(request.workers, local=local))
     started_ray = start_ray(

@@ -117,6 +117,25 @@ def test_train_refuses_bad_arguments_as_usage_errors_before_anything_runs(
     assert not ray.is_initialized()
 
 
+def test_on_a_remote_cluster_data_this_host_cannot_read_is_refused_before_training_when_it_builds_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --ray-address the ranks read the data, but this host builds the memorization index after the last
+    step: data it cannot read is refused before Ray is contacted (the address here answers nothing), not after
+    hours of training. With --no-memorization-index only the ranks need it."""
+    import ray
+
+    out = (tmp_path / "objects").as_uri()
+    missing = tmp_path / "only-on-the-gpu-nodes"
+    args = ["train", "--preset", "tiny", "--steps", "2", "--out", out, "--data", str(missing)]
+    result = CliRunner().invoke(cli, [*args, "--ray-address", "127.0.0.1:9"])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.stderr.startswith(f"Error: --data {missing}: {missing}: no such folder"), result.stderr
+    assert "builds the memorization index" in result.stderr and "--no-memorization-index" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not ray.is_initialized()
+    assert not (tmp_path / "objects").exists()
+
+
 def test_only_bad_arguments_of_a_run_exit_2() -> None:
     from models.errors import TrainingError, TrainingInputError
 
