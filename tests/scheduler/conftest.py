@@ -184,9 +184,7 @@ class LiveServer:
         self.socket.bind(("127.0.0.1", 0))
         self.port = int(self.socket.getsockname()[1])
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
-        )
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -309,3 +307,26 @@ def live_stack(
         if os.environ.get("CATALOGAN_TEST_SHOW_WORKER_LOG"):
             print(worker.log())
         assert code in (0, -15, 143), f"worker exited with {code}:\n{worker.log()[-3000:]}"
+
+
+# --- the console (its helpers live with its tests: tests/scheduler/test_console.py) ---------------------
+
+
+@pytest.fixture
+def console(api: TestClient, tenant: Credentials) -> TestClient:
+    """The API's TestClient, signed in to the console with tenant acme's key (its CSRF token in a header
+    the app ignores, `X-Test-Csrf`, for the tests to read)."""
+    from tests.scheduler.test_console import sign_in
+
+    api.headers["X-Test-Csrf"] = sign_in(api, tenant.api_key)
+    return api
+
+
+@pytest.fixture
+def finished(
+    pg_factory: sessionmaker[Session], api_store: ObjectStore, tenant: Credentials, model_version: Any
+) -> Any:
+    """A finished job of tenant acme (a `test_console.FinishedJob`): 6 delivered images, 1 rejected by the gate."""
+    from tests.scheduler.test_console import insert_finished_job
+
+    return insert_finished_job(pg_factory, api_store, tenant.tenant_id, model_version)

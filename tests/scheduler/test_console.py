@@ -146,21 +146,6 @@ def sign_in(client: TestClient, api_key: str) -> str:
     return csrf.group(1)
 
 
-@pytest.fixture
-def console(api: TestClient, tenant: Credentials) -> TestClient:
-    """The API's TestClient, signed in to the console with tenant acme's key."""
-    api.headers["X-Test-Csrf"] = sign_in(api, tenant.api_key)
-    return api
-
-
-@pytest.fixture
-def finished(
-    pg_factory: sessionmaker[Session], api_store: ObjectStore, tenant: Credentials, model_version: Any
-) -> FinishedJob:
-    """A finished job of tenant acme: 6 delivered images, 1 rejected by the gate."""
-    return insert_finished_job(pg_factory, api_store, tenant.tenant_id, model_version)
-
-
 def review(client: TestClient, job_id: str, decision: str, indices: list[int], **extra: str) -> Any:
     """POST a review decision the way the grid's script does (JSON answer)."""
     return client.post(

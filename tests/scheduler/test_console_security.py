@@ -22,32 +22,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.engine import transaction
 from db.reviews import ReviewState
 from db.status import ModelVersionStatus
-from db.storage import ObjectStore
 from db.tables import ConsoleSession, ImageReview, JobItem, ModelVersion
 from scheduler.api.limits import MemoryRateLimiter
 from scheduler.console.auth import SESSION_COOKIE
 from scheduler.console.jobs import MAX_CATEGORY_OPTIONS, TileFilter
 from scheduler.console.model_versions import MODELS_PAGE_SIZE
 from tests.scheduler.conftest import Credentials
-from tests.scheduler.test_console import FinishedJob, insert_finished_job, sign_in
+from tests.scheduler.test_console import FinishedJob, sign_in
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def console(api: TestClient, tenant: Credentials) -> TestClient:
-    """The API's TestClient, signed in to the console with tenant acme's key (its CSRF token in a header
-    the app ignores, for the tests to read)."""
-    api.headers["X-Test-Csrf"] = sign_in(api, tenant.api_key)
-    return api
-
-
-@pytest.fixture
-def finished(
-    pg_factory: sessionmaker[Session], api_store: ObjectStore, tenant: Credentials, model_version: Any
-) -> FinishedJob:
-    """A finished job of tenant acme: 6 delivered images, 1 rejected by the gate."""
-    return insert_finished_job(pg_factory, api_store, tenant.tenant_id, model_version)
 
 
 # -- headers ---------------------------------------------------------------------------------------------

@@ -303,6 +303,24 @@ def test_finalize_rows_are_normalised_to_the_standard_envelope(
     assert body["type"] == "job.completed" and body["data"] == {"job_id": job_id, "status": "succeeded"}
 
 
+def _refused_first_attempt(
+    api: TestClient,
+    tenant: Credentials,
+    pg_factory: sessionmaker[Session],
+    receiver: Receiver,
+    *,
+    refusals: int,
+) -> str:
+    """A running job whose first webhook attempt (signed with the tenant's secret) the receiver refused; it
+    refuses `refusals` attempts in all. Returns the job id."""
+    job_id = _job(api, tenant, receiver.url)
+    with transaction(pg_factory) as session:
+        mark_job_running(session, job_id)
+    receiver.statuses = [500] * refusals
+    assert run_webhook_tick(pg_factory, ALLOW).retrying == 1
+    return job_id
+
+
 def test_a_rotated_secret_signs_every_attempt_after_the_rotation(
     api: TestClient,
     tenant: Credentials,
@@ -315,11 +333,7 @@ def test_a_rotated_secret_signs_every_attempt_after_the_rotation(
     runs `catalogan tenants rotate-webhook-secret acme --grace-hours 0` (a leaked secret), then the new secret is
     printed once and the retry is signed with it alone: it verifies with the new secret and not with the old
     one; an unknown tenant is exit 3."""
-    job_id = _job(api, tenant, receiver.url)
-    with transaction(pg_factory) as session:
-        mark_job_running(session, job_id)
-    receiver.statuses = [500]
-    assert run_webhook_tick(pg_factory, ALLOW).retrying == 1
+    job_id = _refused_first_attempt(api, tenant, pg_factory, receiver, refusals=1)
     verify_webhook(receiver.deliveries[0].headers, receiver.deliveries[0].body, tenant.webhook_secret)
 
     env = {"CATALOGAN_DATABASE_URL": pg_url, "CATALOGAN_DATA_DIR": str(tmp_path / "data")}
@@ -357,11 +371,7 @@ def test_a_rotated_secret_keeps_signing_next_to_the_new_one_for_its_grace_period
     each retry carries two signatures and verifies with the new secret and with the old one (a receiver can
     switch over without refusing deliveries); once the grace period is over, only the new one signs. A grace
     period over a week is a usage error that changes nothing."""
-    job_id = _job(api, tenant, receiver.url)
-    with transaction(pg_factory) as session:
-        mark_job_running(session, job_id)
-    receiver.statuses = [500, 500]
-    assert run_webhook_tick(pg_factory, ALLOW).retrying == 1
+    job_id = _refused_first_attempt(api, tenant, pg_factory, receiver, refusals=2)
     env = {"CATALOGAN_DATABASE_URL": pg_url, "CATALOGAN_DATA_DIR": str(tmp_path / "data")}
     too_long = CliRunner().invoke(
         cli, ["tenants", "rotate-webhook-secret", "acme", "--grace-hours", "169"], env=env
