@@ -127,7 +127,9 @@ def test_a_queued_submit_whose_client_went_away_is_not_committed(
             )
         )
         first.start()
-        time.sleep(1.0)
+        # The first submit must hold the tenant's turn (stalled on the row lock) before the second is sent;
+        # a fixed sleep let a busy box hand the turn to the second, which then committed once the lock went.
+        _wait_until(lambda: _waiting_on_a_lock(pg_factory) >= 1, 30)
         body = json.dumps(_body(2)).encode()
         request = (
             f"POST /v1/jobs HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: {a.headers['Authorization']}\r\n"
@@ -136,6 +138,7 @@ def test_a_queued_submit_whose_client_went_away_is_not_committed(
         with socket.create_connection((host, int(port))) as sock:
             sock.sendall(request)
             time.sleep(1.0)  # read, parsed and queued behind the first submit
+        time.sleep(0.5)  # the server's event loop sees the closed connection before the turn passes
         # the client is gone; now the first submit may go on
     first.join(timeout=60)
     assert results["first"] == 201
