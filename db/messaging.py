@@ -152,9 +152,15 @@ class CeleryPublisher:
             for chunk_id in chunk_ids:
                 self.app.send_task(GENERATE_CHUNK_TASK, args=[int(chunk_id)], queue=queue, producer=producer)
 
-    def publish_finalize(self, queue: str, job_id: str, *, countdown: float | None = None) -> None:
-        """Ask a worker to finalize a job (idempotent: finalizing a finished job is a no-op)."""
-        self.app.send_task(FINALIZE_JOB_TASK, args=[job_id], queue=check_queue(queue), countdown=countdown)
+    def publish_finalize(
+        self, queue: str, job_id: str, *, countdown: float | None = None, superseding: Sequence[str] = ()
+    ) -> None:
+        """Ask a worker to finalize a job (idempotent: finalizing a finished job is a no-op); with
+        `superseding`, to write its manifests again over what those dead finalizes left (`workers.finalize`)."""
+        kwargs = {"superseding": [str(write_id) for write_id in superseding]} if superseding else None
+        self.app.send_task(
+            FINALIZE_JOB_TASK, args=[job_id], kwargs=kwargs, queue=check_queue(queue), countdown=countdown
+        )
 
     def publish_chunk(self, queue: str, chunk_id: int, *, countdown: float | None = None) -> None:
         """Publish one chunk, optionally delayed (a retry after a failed attempt)."""

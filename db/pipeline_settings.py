@@ -98,6 +98,14 @@ class ReaperSettings(BaseSettings):
     republish_after_seconds: float = Field(default=60.0, gt=0, le=86_400)
     queue_short_threshold: int = Field(default=0, ge=0, le=100_000, description="'Short' queue depth.")
     finalize_grace_seconds: float = Field(default=30.0, ge=0, le=86_400)
+    # A finalize still recorded as writing a job's manifests after this long died mid-write: the reaper has
+    # them written again (a live one this slow would only be written over once more, harmlessly).
+    finalize_write_timeout_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        le=86_400,
+        description="Seconds after which a finalize recorded as writing manifests is presumed dead.",
+    )
     reaper_batch_limit: int = Field(
         default=1000, ge=1, le=100_000, description="Rows handled per step and tick."
     )

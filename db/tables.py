@@ -305,6 +305,22 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
 
+class FinalizeWrite(Base):
+    """A finalize pass writing a job's manifests (`workers.finalize`): inserted before its store writes, deleted
+    in the transaction that finishes the job.
+
+    A row left behind is a finalize that died after writing and before its check: if the job's chunks were
+    rerun meanwhile, what it wrote may be stale, written over fresher manifests, and the job may be finished
+    already, so no other finalize would come. The reaper has the manifests of such a job written again.
+    """
+
+    __tablename__ = "finalize_writes"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
 class ReviewDecision(enum.StrEnum):
     """A person's verdict on a delivered image, given in the console."""
 

@@ -11,7 +11,11 @@ One `reap_once` pass, every few seconds from `catalogan beat`:
    pending chunk goes back in, once per `republish_after_seconds`;
 4. cancelling jobs: their pending chunks are cancelled (counted), so they finish without a worker;
 5. stragglers: a job whose chunks are all finished but which is not terminal (a crash between the last
-   chunk's commit and its finalize) gets a `finalize_job` task, at most once per `finalize_grace_seconds`.
+   chunk's commit and its finalize) gets a `finalize_job` task, at most once per `finalize_grace_seconds`;
+6. dead finalize writes: a `finalize_writes` row seen for `finalize_write_timeout_seconds` is a finalize that
+   died while writing a job's manifests, perhaps stale ones over fresher ones (`workers.finalize`); the job
+   gets a `finalize_job` task that supersedes those rows: it writes the manifests again from the rows as they
+   are now, even for a job already finished, and deletes them. At most once per timeout per row.
 
 A separate step, `delete_expired_jobs` (its own thread in `catalogan beat`, every
 `retention_interval_seconds`), deletes finished jobs past their `expires_at` (retention, or a DELETE that did
@@ -25,8 +29,8 @@ write transaction holds its chunk's row lock, and the reaper skips that one chun
 
 Steps 1 and 3 compare lease expiries and publish times on the lease clock (`db.chunks.lease_clock`: the
 database server's on PostgreSQL), never this host's: a reaper whose clock runs ahead must not reclaim live
-leases, nor one whose clock runs behind keep dead ones. Step 5's grace is measured on this host's clock only
-(first seen and now are both read here), so skew between hosts does not enter it.
+leases, nor one whose clock runs behind keep dead ones. Steps 5 and 6 measure their waits on this host's clock only
+(first seen and now are both read here), so skew between hosts does not enter them.
 
 Torch-free and broker-agnostic: it publishes by task name through `db.messaging`.
 """
@@ -38,6 +42,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,12 +56,17 @@ from db.messaging import QUEUE_NAMES, Publisher
 from db.pipeline_settings import ReaperSettings
 from db.status import JOB_TERMINAL, ChunkStatus
 from db.storage.base import ObjectStore
-from db.tables import Chunk, Job, utcnow
+from db.tables import Chunk, FinalizeWrite, Job, utcnow
 
 logger = logging.getLogger(__name__)
 
 QueueDepth = Callable[[str], int]
-FinalizePublisher = Callable[[str, str], None]  # (queue, job_id)
+
+
+class FinalizePublisher(Protocol):
+    """Publishes a `finalize_job` task for a job to a queue; `superseding` names dead finalizes' writes."""
+
+    def __call__(self, queue: str, job_id: str, *, superseding: Sequence[str] = ()) -> None: ...
 
 
 @dataclass
@@ -68,12 +78,18 @@ class ReapReport:
     republished: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
     finalize_published: list[str] = field(default_factory=list)
+    finalize_rewrites: list[str] = field(default_factory=list)  # jobs whose manifests are written again
 
     @property
     def empty(self) -> bool:
         """True when the pass changed nothing."""
         return not (
-            self.requeued or self.quarantined or self.republished or self.cancelled or self.finalize_published
+            self.requeued
+            or self.quarantined
+            or self.republished
+            or self.cancelled
+            or self.finalize_published
+            or self.finalize_rewrites
         )
 
 
@@ -109,6 +125,7 @@ class Reaper:
         self.queue_depth = queue_depth
         self.settings = settings or ReaperSettings()
         self._stragglers: dict[str, dt.datetime] = {}
+        self._writes: dict[str, dt.datetime] = {}  # finalize_writes row id → when this reaper first saw it
 
     def reap_once(self, now: dt.datetime | None = None) -> ReapReport:
         """One repair pass; each step commits on its own and runs even when an earlier one failed (with Redis
@@ -125,6 +142,7 @@ class Reaper:
             lambda: self._lost_messages(now, report),
             lambda: self._cancelling(report, finished),
             lambda: self._finalize_stragglers(now or utcnow(), report, finished),
+            lambda: self._dead_finalize_writes(now or utcnow(), report),
         ]
         failure: Exception | None = None
         for step in steps:
@@ -135,12 +153,13 @@ class Reaper:
                 failure = failure or exc
         if not report.empty:
             logger.info(
-                "reaper: requeued=%d quarantined=%d republished=%d cancelled=%d finalize=%d",
+                "reaper: requeued=%d quarantined=%d republished=%d cancelled=%d finalize=%d rewrite=%d",
                 len(report.requeued),
                 len(report.quarantined),
                 len(report.republished),
                 len(report.cancelled),
                 len(report.finalize_published),
+                len(report.finalize_rewrites),
             )
         if failure is not None:
             raise failure
@@ -252,6 +271,30 @@ class Reaper:
         for job_id in list(self._stragglers):
             if job_id not in seen_now:
                 del self._stragglers[job_id]
+
+    def _dead_finalize_writes(self, now: dt.datetime, report: ReapReport) -> None:
+        with self.session_factory() as session:
+            rows = session.execute(
+                select(FinalizeWrite.id, FinalizeWrite.job_id, Job.queue)
+                .join(Job, Job.id == FinalizeWrite.job_id)
+                .order_by(FinalizeWrite.created_at)
+                .limit(self.settings.reaper_batch_limit)
+            ).all()
+        timeout = dt.timedelta(seconds=self.settings.finalize_write_timeout_seconds)
+        dead: dict[tuple[str, str], list[str]] = defaultdict(list)
+        seen_now = set()
+        for write_id, job_id, queue in rows:
+            seen_now.add(write_id)
+            first_seen = self._writes.setdefault(write_id, now)
+            if now - first_seen >= timeout:
+                dead[(queue, job_id)].append(write_id)
+                self._writes[write_id] = now  # once per timeout: the task may be lost, or the job not ready
+        for (queue, job_id), write_ids in dead.items():
+            self.publish_finalize(queue, job_id, superseding=write_ids)
+            report.finalize_rewrites.append(job_id)
+        for write_id in list(self._writes):
+            if write_id not in seen_now:
+                del self._writes[write_id]
 
 
 def delete_expired_jobs(

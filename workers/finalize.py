@@ -15,6 +15,12 @@ begins IMMEDIATE) and no pooled connection is held while the object store writes
    comes later) or claimed again since step 1 (a rerun changed the rows: the manifests written in step 2 may
    be stale, even written over fresher ones, so all three steps run again), set the status and the manifest
    key and put the webhook row in the outbox.
+
+Before its first write a finalize records itself (a `finalize_writes` row, in its own short transaction) and
+step 3 deletes that row. A finalize that died between a stale write and the check that would have made it
+write again leaves its row behind; the reaper then asks for a finalize that supersedes it (`superseding`):
+that one reads the rows as they are now, even of a job already finished, writes the manifests over whatever
+the dead one left, and deletes the dead one's row with its own.
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import read_only_session_factory, transaction
@@ -39,7 +46,7 @@ from db.incremental import SKIPPED_EXISTING_STATUS, iter_skipped_images
 from db.jobs import get_job, mark_job_running, transition_job
 from db.status import CHUNK_TERMINAL, JobStatus
 from db.storage import ObjectStore
-from db.tables import Chunk, Job, ModelVersion, Tenant, WebhookDelivery
+from db.tables import Chunk, FinalizeWrite, Job, ModelVersion, Tenant, WebhookDelivery, utcnow
 from db.webhook_events import wants_event
 from workers.errors import FinalizeConflictError
 from workers.shards import SHARD_FORMAT, ShardRow, put_shard_index, shard_index_rows
@@ -222,6 +229,39 @@ class _ClaimedAgain(Exception):
     """Raised by step 3 when the job's chunks were claimed again since step 1 (nothing is changed)."""
 
 
+class _Expired(Exception):
+    """Raised by step 3 when the finished job is being deleted (its `expires_at` has passed): the retention
+    pass may have listed the job's objects before step 2 wrote, so what was written must go."""
+
+    def __init__(self, status: JobStatus) -> None:
+        super().__init__(status.value)
+        self.status = status
+
+
+def _being_deleted(job: Job) -> bool:
+    """True once a finished job's `expires_at` has passed: the retention pass deletes its objects, then rows."""
+    return job.expires_at is not None and job.expires_at <= utcnow()
+
+
+def _record_write(session_factory: sessionmaker[Session], job_id: str) -> str:
+    """Before the first store write: the `finalize_writes` row step 3 deletes; returns its id."""
+    write_id = uuid.uuid4().hex
+    try:
+        with transaction(session_factory) as session:
+            session.add(FinalizeWrite(id=write_id, job_id=job_id))
+    except IntegrityError as exc:  # the job's rows were deleted since step 1
+        raise NotFoundError(f"job {job_id!r} not found") from exc
+    return write_id
+
+
+def _forget_writes(session: Session, job_id: str, write_ids: Sequence[str]) -> None:
+    """Delete the `finalize_writes` rows this finalize has written over (its own, those it supersedes)."""
+    if write_ids:
+        session.execute(
+            delete(FinalizeWrite).where(FinalizeWrite.job_id == job_id, FinalizeWrite.id.in_(list(write_ids)))
+        )
+
+
 def _read_manifests(
     session_factory: sessionmaker[Session], job_id: str, *, again: bool
 ) -> _Manifests | JobStatus | None:
@@ -230,7 +270,7 @@ def _read_manifests(
     Read-only: on SQLite its transactions begin DEFERRED and take no lock (`read_only_session_factory`)."""
     with read_only_session_factory(session_factory)() as session:
         job = get_job(session, job_id)
-        if job.status.is_terminal and not again:
+        if job.status.is_terminal and (not again or _being_deleted(job)):
             return job.status
         if _unfinished_chunks(session, job_id) > 0:
             logger.info("job not finished yet; finalize skipped", extra={"job_id": job_id})
@@ -251,20 +291,29 @@ def _write_manifests(store: ObjectStore, job_id: str, manifests: _Manifests) -> 
 
 
 def _finish(
-    session_factory: sessionmaker[Session], job_id: str, manifests: _Manifests, manifest_key: str
+    session_factory: sessionmaker[Session],
+    job_id: str,
+    manifests: _Manifests,
+    manifest_key: str,
+    written_over: Sequence[str],
 ) -> JobStatus | None:
     """Step 3, with the job row locked: the final status, or None when a chunk was reopened; raises
-    `_ClaimedAgain` when a chunk was claimed again since step 1."""
+    `_ClaimedAgain` when a chunk was claimed again since step 1 (its `finalize_writes` rows stay), `_Expired`
+    when the finished job is being deleted. Otherwise deletes the `written_over` rows with the change."""
     with transaction(session_factory) as session:
         job = get_job(session, job_id, for_update=True)
         # A retry (which takes the same lock) may have put a quarantined chunk back to pending while the
         # manifests were written; that chunk's own finalize comes later and writes them again.
         if _unfinished_chunks(session, job_id) > 0:
             logger.info("a chunk was reopened while finalizing; finalize skipped", extra={"job_id": job_id})
+            _forget_writes(session, job_id, written_over)
             return None
         if _claims(session, job_id) != manifests.claims:
             raise _ClaimedAgain  # rerun since step 1: what was written may be stale, even over fresher ones
+        _forget_writes(session, job_id, written_over)
         if job.status.is_terminal:
+            if _being_deleted(job):
+                raise _Expired(job.status)
             return job.status  # finished by another finalize from the same rows: the same bytes
         target = final_status(job)
         if target is not JobStatus.CANCELLED and job.status is JobStatus.QUEUED:
@@ -283,32 +332,56 @@ def _finish(
     return target
 
 
-def finalize_job(session_factory: sessionmaker[Session], store: ObjectStore, job_id: str) -> JobStatus | None:
+def finalize_job(
+    session_factory: sessionmaker[Session],
+    store: ObjectStore,
+    job_id: str,
+    *,
+    superseding: Sequence[str] = (),
+) -> JobStatus | None:
     """Finalize a job whose chunks are all finished; returns its final status, or None if not ready.
 
-    A job already terminal is returned as is (nothing is written twice). Raises `FinalizeConflictError` when
-    its chunks were claimed again during each of `MAX_FINALIZE_PASSES` passes.
+    A job already terminal is returned as is (nothing is written twice), unless this finalize supersedes
+    `finalize_writes` rows left by finalizes that died (`superseding`, from the reaper): then the manifests are
+    written again from the rows as they are now, and those rows deleted. Raises `FinalizeConflictError` when
+    its chunks were claimed again during each of `MAX_FINALIZE_PASSES` passes (its own row stays: the reaper
+    asks for another finalize later).
     """
-    again = False
+    again = bool(superseding)
+    write_id: str | None = None
     for _ in range(MAX_FINALIZE_PASSES):
         manifests = _read_manifests(session_factory, job_id, again=again)
         if not isinstance(manifests, _Manifests):
+            # Not ready (a chunk reopened since the last pass: its own finalize writes later), or being
+            # deleted: nothing left to write over.
+            stale = [write_id] if write_id is not None else []
+            if isinstance(manifests, JobStatus):
+                stale += superseding
+            if stale:
+                with transaction(session_factory) as session:
+                    _forget_writes(session, job_id, stale)
             return manifests
+        if write_id is None:
+            write_id = _record_write(session_factory, job_id)  # before the first write, after the read
         keys = _write_manifests(store, job_id, manifests)
         try:
-            outcome = _finish(session_factory, job_id, manifests, keys[0])
+            outcome = _finish(session_factory, job_id, manifests, keys[0], [write_id, *superseding])
         except _ClaimedAgain:
             logger.info(
                 "chunks claimed again while finalizing: manifests written again", extra={"job_id": job_id}
             )
             again = True
             continue
-        except NotFoundError:
-            # Deleted while the manifests were written (it had been finished by another finalize): what was
-            # written after the deletion listed the job's objects would stay behind for good.
+        except (NotFoundError, _Expired) as exc:
+            # Deleted, or being deleted, while the manifests were written (it had been finished by another
+            # finalize): what was written after the deletion listed the job's objects would stay for good.
             for key in keys:
                 store.delete(key)
-            raise
+            if isinstance(exc, NotFoundError):
+                raise
+            with transaction(session_factory) as session:
+                _forget_writes(session, job_id, [write_id, *superseding])
+            return exc.status
         if outcome is not None:
             logger.info("job finalized: %s", outcome.value, extra={"job_id": job_id})
         return outcome

@@ -21,12 +21,13 @@ def register_tasks(app: Celery) -> None:
         return generate_chunk(get_context(publisher), int(chunk_id)).value
 
     @app.task(name=FINALIZE_JOB_TASK, ignore_result=True)
-    def finalize_job_task(job_id: str) -> str | None:
+    def finalize_job_task(job_id: str, superseding: list[str] | None = None) -> str | None:
         from workers.context import get_context
         from workers.finalize import finalize_job
 
         context = get_context(publisher)
-        status = finalize_job(context.session_factory, context.store, str(job_id))
+        written_over = [str(write_id) for write_id in superseding or ()]
+        status = finalize_job(context.session_factory, context.store, str(job_id), superseding=written_over)
         return status.value if status is not None else None
 
     @app.task(name=PREVIEW_TASK, ignore_result=True)

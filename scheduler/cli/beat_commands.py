@@ -84,7 +84,7 @@ def beat(
     reaper = Reaper(
         session_factory,
         publisher=publisher,
-        publish_finalize=lambda queue, job_id: publisher.publish_finalize(queue, job_id),
+        publish_finalize=publisher.publish_finalize,
         queue_depth=lambda queue: queue_depth(app, queue),
         settings=settings,
     )

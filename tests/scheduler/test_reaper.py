@@ -20,7 +20,7 @@ from db.pipeline_settings import ReaperSettings
 from db.planning import parse_job_spec, submit_job
 from db.status import ChunkStatus, ImageStatus, JobStatus
 from db.storage import ObjectStore
-from db.tables import Chunk, Image, Job, utcnow
+from db.tables import Chunk, FinalizeWrite, Image, Job, utcnow
 from scheduler.reaper import Reaper, ReapReport
 from tests.clock_skew import skew_host_clock, wait_until_database_passes
 from tests.pipeline import PipelineStack, job_row, make_model_version, make_tenant, wait_for
@@ -33,13 +33,17 @@ class FakeBroker:
     def __init__(self) -> None:
         self.chunks: list[tuple[str, int]] = []
         self.finalized: list[str] = []
+        self.rewrites: list[tuple[str, tuple[str, ...]]] = []  # (job id, the finalize_writes it supersedes)
         self.depth = 0
 
     def publish(self, queue: str, chunk_ids: Sequence[int]) -> None:
         self.chunks.extend((queue, chunk_id) for chunk_id in chunk_ids)
 
-    def publish_finalize(self, queue: str, job_id: str) -> None:
-        self.finalized.append(job_id)
+    def publish_finalize(self, queue: str, job_id: str, *, superseding: Sequence[str] = ()) -> None:
+        if superseding:
+            self.rewrites.append((job_id, tuple(superseding)))
+        else:
+            self.finalized.append(job_id)
 
 
 @pytest.fixture
@@ -205,6 +209,32 @@ def test_a_straggler_gets_a_finalize_after_the_grace_period(
     assert reaper.reap_once(now + dt.timedelta(seconds=32)).finalize_published == []
 
 
+def test_a_dead_finalizes_write_is_superseded_after_the_write_timeout_once_per_timeout(
+    session_factory: sessionmaker[Session], broker: FakeBroker
+) -> None:
+    # Given a job with two finalize_writes rows left behind (finalizes that died while writing)
+    job_id, _ = _job(session_factory)
+    with transaction(session_factory) as session:
+        session.add_all([FinalizeWrite(id="w1", job_id=job_id), FinalizeWrite(id="w2", job_id=job_id)])
+    reaper = Reaper(
+        session_factory,
+        publisher=broker.publish,
+        publish_finalize=broker.publish_finalize,
+        queue_depth=lambda queue: 0,
+        settings=ReaperSettings(finalize_grace_seconds=3600, finalize_write_timeout_seconds=900),
+    )
+    now = utcnow()
+    # When the reaper first sees them, then it waits: a finalize writing a large manifest is still alive
+    assert reaper.reap_once(now).finalize_rewrites == []
+    assert reaper.reap_once(now + dt.timedelta(seconds=899)).finalize_rewrites == []
+    # And after the timeout it publishes one finalize superseding both, then none until the next timeout
+    assert reaper.reap_once(now + dt.timedelta(seconds=900)).finalize_rewrites == [job_id]
+    assert [(job, sorted(ids)) for job, ids in broker.rewrites] == [(job_id, ["w1", "w2"])]
+    assert reaper.reap_once(now + dt.timedelta(seconds=1000)).finalize_rewrites == []
+    assert reaper.reap_once(now + dt.timedelta(seconds=1800)).finalize_rewrites == [job_id]
+    assert broker.finalized == []
+
+
 def test_the_reaper_and_beat_command_import_no_torch() -> None:
     # Given a fresh interpreter, when the reaper, the beat command and planning are imported
     code = (
@@ -368,3 +398,34 @@ def test_a_job_submitted_on_an_api_host_whose_clock_runs_behind_is_not_republish
     report = reaper.reap_once()
     # Then the fresh messages are not taken for lost ones: the submit's publish time is the database's too
     assert report.republished == [] and broker.chunks == []
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_manifests_left_by_a_dead_finalize_are_written_again_through_beat_and_a_worker(
+    stack: PipelineStack,
+) -> None:
+    """Given a finished job whose manifest was then overwritten with stale bytes by a finalize that died before
+    its check (its finalize_writes row left behind), when `catalogan beat` (write timeout 0) and a worker run,
+    then the reaper's `finalize_job` task, through Redis, writes the manifest again from the image rows and
+    deletes the row; the job stays succeeded with its 30 images."""
+    stack.start("worker")
+    job_id = stack.submit({"items": [{"category": "c", "count": 30}], "chunk_size": 10, "seed": 5})
+    job = stack.wait_terminal(job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.manifest_key is not None
+    fresh = stack.store.get(job.manifest_key)
+    stack.store.put(job.manifest_key, b'{"stale": true}\n')
+    with transaction(stack.session_factory) as session:
+        session.add(FinalizeWrite(id="dead-finalize", job_id=job_id))
+
+    stack.start("beat", CATALOGAN_FINALIZE_WRITE_TIMEOUT_SECONDS="0")
+
+    def rewritten() -> bool:
+        with stack.session_factory() as session:
+            left = session.scalars(select(FinalizeWrite.id).where(FinalizeWrite.job_id == job_id)).all()
+        return not left
+
+    wait_for(rewritten, timeout=120, what="the dead finalize's row deleted by the rewrite")
+    assert stack.store.get(job.manifest_key) == fresh
+    job = stack.job(job_id)
+    assert (job.status, job.images_done) == (JobStatus.SUCCEEDED, 30)

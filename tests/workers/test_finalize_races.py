@@ -22,16 +22,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.chunk_outcomes import retry_failed_images
 from db.engine import make_engine, make_session_factory, transaction
-from db.pipeline_settings import WorkerSettings
+from db.images import manifest_keys
+from db.job_deletion import expire_job
+from db.pipeline_settings import ReaperSettings, WorkerSettings
 from db.planning import parse_job_spec, submit_job
 from db.status import ChunkStatus, JobStatus
 from db.storage import ObjectStore
-from db.tables import Chunk
+from db.tables import Chunk, FinalizeWrite, utcnow
+from scheduler.reaper import Reaper
 from tests.pipeline import job_row, make_model_version, make_tenant, tiny_checkpoint
 from workers import finalize
 from workers.chunk_generation import ChunkContext, ChunkOutcome, generate_chunk
@@ -225,4 +228,155 @@ def test_finalize_holds_no_sqlite_lock_or_pooled_connection_while_the_store_writ
     assert checked_out == 0, f"{checked_out} pooled connection(s) held while the store wrote"
     assert job_row(sessions, planned.job_id).status is JobStatus.SUCCEEDED
     assert _manifest_statuses(sessions, local_store, planned.job_id) == ["succeeded"] * 10
+    pool.shutdown()
+
+
+class _Killed(BaseException):
+    """The finalizing process dying (kill -9): nothing after the raise runs, no handler catches it."""
+
+
+def _finalize_writes(sessions: sessionmaker[Session], job_id: str) -> list[str]:
+    with sessions() as session:
+        return list(session.scalars(select(FinalizeWrite.id).where(FinalizeWrite.job_id == job_id)))
+
+
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_a_finalize_killed_after_writing_stale_manifests_is_written_over_by_the_reaper(
+    database: str, pg_url: str, sqlite_url: str, local_store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given the race above, but the first finalize's process dies right after its stale manifests landed
+    (before the check that would have written them again), when the reaper runs with the write timeout
+    passed, then it has the manifests written again: 20 succeeded images, no finalize_writes row left, and a
+    second reaper pass publishes nothing."""
+    engine = make_engine(pg_url if database == "postgresql" else sqlite_url)
+    sessions = make_session_factory(engine)
+    pool = ThreadPoolExecutor(max_workers=2)
+    stores: list[Any] = [local_store]
+    context = _contexts(sessions, local_store, pool, lambda: stores[-1])
+    tenant_id, job_id, first, second = _a_job_with_its_first_chunk_quarantined(sessions, local_store, context)
+
+    def retry_and_rerun() -> None:
+        stores.append(local_store)
+        with transaction(sessions) as other:
+            retry_failed_images(other, job_id, tenant_id=tenant_id)
+        assert generate_chunk(context(fail=False), first) is ChunkOutcome.SUCCEEDED
+        assert job_row(sessions, job_id).status is JobStatus.SUCCEEDED
+        monkeypatch.setattr(finalize, "_finish", killed)  # the first finalize dies after its writes land
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise _Killed
+
+    finish = finalize._finish
+    stores.append(HookedStore(local_store, retry_and_rerun))
+    with pytest.raises(_Killed):
+        generate_chunk(context(fail=True), second)
+    monkeypatch.setattr(finalize, "_finish", finish)
+    # The window: the job is finished, and its manifest is the dead finalize's stale one
+    assert job_row(sessions, job_id).status is JobStatus.SUCCEEDED
+    assert _manifest_statuses(sessions, local_store, job_id) == ["failed"] * 10 + ["succeeded"] * 10
+    dead = _finalize_writes(sessions, job_id)
+    assert len(dead) == 1
+
+    rewrites: list[tuple[str, tuple[str, ...]]] = []
+
+    def publish_finalize(queue: str, job_id: str, *, superseding: Any = ()) -> None:
+        rewrites.append((job_id, tuple(superseding)))  # a worker runs the task
+        finalize.finalize_job(sessions, local_store, job_id, superseding=superseding)
+
+    reaper = Reaper(
+        sessions,
+        publisher=lambda queue, ids: None,
+        publish_finalize=publish_finalize,
+        queue_depth=lambda queue: 0,
+        settings=ReaperSettings(finalize_write_timeout_seconds=0),
+    )
+    assert reaper.reap_once().finalize_rewrites == [job_id]
+    assert rewrites == [(job_id, tuple(dead))]
+    assert _manifest_statuses(sessions, local_store, job_id) == ["succeeded"] * 20
+    assert _finalize_writes(sessions, job_id) == []
+    assert job_row(sessions, job_id).status is JobStatus.SUCCEEDED
+    assert reaper.reap_once().empty
+    pool.shutdown()
+    engine.dispose()
+
+
+def test_a_live_finalize_is_not_superseded_before_the_write_timeout(
+    pg_sessions: sessionmaker[Session], local_store: ObjectStore
+) -> None:
+    """Given a finalize paused in its manifest upload (its finalize_writes row recorded), when the reaper runs
+    with the default 900 s timeout, then it publishes nothing; once the upload ends, the row is gone."""
+    pool = ThreadPoolExecutor(max_workers=2)
+    uploading, uploaded = threading.Event(), threading.Event()
+
+    def slow_upload() -> None:
+        uploading.set()
+        uploaded.wait(30)
+
+    tenant_id = make_tenant(pg_sessions)
+    model = make_model_version(pg_sessions, checkpoint=tiny_checkpoint(), store=local_store)
+    spec = parse_job_spec({"model": "tiny", "items": [{"category": "a", "count": 10}], "chunk_size": 10})
+    planned = submit_job(
+        pg_sessions, spec, tenant_id=tenant_id, model_version=model, publisher=lambda queue, ids: None
+    )
+    done = _contexts(pg_sessions, local_store, pool, lambda: local_store)(fail=False)
+    done.on_job_finished = lambda job_id: None
+    assert generate_chunk(done, planned.chunk_ids[0]) is ChunkOutcome.SUCCEEDED
+    published: list[str] = []
+    reaper = Reaper(
+        pg_sessions,
+        publisher=lambda queue, ids: None,
+        publish_finalize=lambda queue, job_id, superseding=(): published.append(job_id),
+        queue_depth=lambda queue: 0,
+        settings=ReaperSettings(finalize_grace_seconds=900),
+    )
+    finalizing = threading.Thread(
+        target=finalize.finalize_job,
+        args=(pg_sessions, HookedStore(local_store, slow_upload), planned.job_id),
+    )
+    finalizing.start()
+    try:
+        assert uploading.wait(60), "finalize never uploaded its manifest"
+        assert len(_finalize_writes(pg_sessions, planned.job_id)) == 1
+        report = reaper.reap_once()
+    finally:
+        uploaded.set()
+        finalizing.join(60)
+    assert report.finalize_rewrites == [] and published == []
+    assert _finalize_writes(pg_sessions, planned.job_id) == []
+    assert job_row(pg_sessions, planned.job_id).status is JobStatus.SUCCEEDED
+    pool.shutdown()
+
+
+def test_a_finalize_whose_job_began_expiring_while_it_wrote_deletes_what_it_wrote(
+    pg_sessions: sessionmaker[Session], local_store: ObjectStore
+) -> None:
+    """Given a finished job and a leftover finalize_writes row, when the finalize that supersedes it is writing
+    and the job's DELETE begins meanwhile (expires_at now), then what it wrote is deleted again (the
+    retention pass may have listed the job's objects already) and both rows are gone."""
+    pool = ThreadPoolExecutor(max_workers=2)
+    tenant_id = make_tenant(pg_sessions)
+    model = make_model_version(pg_sessions, checkpoint=tiny_checkpoint(), store=local_store)
+    spec = parse_job_spec({"model": "tiny", "items": [{"category": "a", "count": 10}], "chunk_size": 10})
+    planned = submit_job(
+        pg_sessions, spec, tenant_id=tenant_id, model_version=model, publisher=lambda queue, ids: None
+    )
+    job_id = planned.job_id
+    done = _contexts(pg_sessions, local_store, pool, lambda: local_store)(fail=False)
+    assert generate_chunk(done, planned.chunk_ids[0]) is ChunkOutcome.SUCCEEDED
+    assert job_row(pg_sessions, job_id).status is JobStatus.SUCCEEDED
+    jsonl_key, parquet_key = manifest_keys(tenant_id, job_id)
+    local_store.delete(jsonl_key)
+    local_store.delete(parquet_key)  # the retention pass has deleted them already
+    with transaction(pg_sessions) as session:
+        session.add(FinalizeWrite(id="dead", job_id=job_id))
+
+    def delete_begins() -> None:
+        expire_job(pg_sessions, job_id, tenant_id=tenant_id, now=utcnow())
+
+    status = finalize.finalize_job(
+        pg_sessions, HookedStore(local_store, delete_begins), job_id, superseding=["dead"]
+    )
+    assert status is JobStatus.SUCCEEDED
+    assert not local_store.exists(jsonl_key) and not local_store.exists(parquet_key)
+    assert _finalize_writes(pg_sessions, job_id) == []
     pool.shutdown()
