@@ -13,15 +13,22 @@ from db.storage.memory import MemoryStore
 
 
 def test_reads_run_concurrently_but_never_more_than_in_flight_and_come_back_in_order() -> None:
-    # Given a read that takes a few milliseconds and counts how many run at once
-    running, most = 0, 0
+    # Given a read that takes a few milliseconds and counts how many run at once; the first four wait for
+    # each other (up to 30 s), since a loaded machine may start their threads further apart than one read
+    # lasts, and then no four would ever have overlapped
+    running, most, started = 0, 0, 0
     lock = threading.Lock()
+    first_four_started = threading.Event()
 
     def get(key: str) -> bytes:
-        nonlocal running, most
+        nonlocal running, most, started
         with lock:
             running += 1
             most = max(most, running)
+            started += 1
+            if started == 4:
+                first_four_started.set()
+        assert first_four_started.wait(30), f"only {started} of the first 4 reads were let run at once"
         time.sleep(0.005)
         with lock:
             running -= 1

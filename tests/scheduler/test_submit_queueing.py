@@ -25,12 +25,17 @@ async def _run_submits(locks: TenantSubmitLocks, tenants: list[str]) -> tuple[di
     inside: dict[str, int] = {}
     most: dict[str, int] = {}
     order: list[str] = []
+    # Whoever gets in first stays inside until every submit has arrived: a fixed sleep there could run out
+    # while the later ones are still being started (a loaded machine may stop this process for longer), and
+    # then a's second submit would go in before b's first had even arrived.
+    all_arrived = anyio.Event()
 
     async def submit(tenant: str, position: int) -> None:
         async with locks.hold(tenant):
             order.append(f"{tenant}{position}")
             inside[tenant] = inside.get(tenant, 0) + 1
             most[tenant] = max(most.get(tenant, 0), inside[tenant])
+            await all_arrived.wait()
             await anyio.sleep(0.01)  # a submit's thread hop: others get the loop meanwhile
             inside[tenant] -= 1
 
@@ -38,6 +43,7 @@ async def _run_submits(locks: TenantSubmitLocks, tenants: list[str]) -> tuple[di
         for position, tenant in enumerate(tenants):
             group.start_soon(submit, tenant, position)
             await anyio.sleep(0)  # start them in this order
+        all_arrived.set()
     return most, order
 
 

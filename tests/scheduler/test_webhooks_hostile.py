@@ -99,6 +99,13 @@ def _outbox(
     return ids
 
 
+def _wait_until(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def _rows(factory: sessionmaker[Session], ids: list[str]) -> list[WebhookDelivery]:
     with factory() as session:
         rows = list(session.scalars(select(WebhookDelivery).where(WebhookDelivery.id.in_(ids))))
@@ -251,11 +258,14 @@ def test_a_tenant_whose_webhook_host_resolves_slowly_stalls_no_one_and_holds_one
     from tests.scheduler.conftest import LiveServer, _app
 
     real_getaddrinfo = socket.getaddrinfo
-    slow_answered = threading.Event()
+    # The attacker's DNS server answers when the test says so, not after a fixed time: each step below must
+    # happen while its lookup runs, and on a loaded machine a fixed delay could run out in the middle of them.
+    slow_asked, slow_may_answer, slow_answered = threading.Event(), threading.Event(), threading.Event()
 
     def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
         if host == SLOW_DNS_NAME:
-            time.sleep(3.0)
+            slow_asked.set()
+            slow_may_answer.wait(60)  # bounded: never leave a resolver thread behind for good
             slow_answered.set()
         if host in (SLOW_DNS_NAME, FAST_DNS_NAME):
             return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (PUBLIC_ADDRESS, 443))]
@@ -263,7 +273,9 @@ def test_a_tenant_whose_webhook_host_resolves_slowly_stalls_no_one_and_holds_one
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     webhooks = WebhookSettings(webhook_allow_private_targets=False, webhook_resolve_timeout_seconds=1.0)
-    server = LiveServer(_app(pg_factory, api_store, published, tmp_path, ApiSettings(), webhooks)).start()
+    app = _app(pg_factory, api_store, published, tmp_path, ApiSettings(), webhooks)
+    resolver = app.state.services.webhook_resolver  # its count of each tenant's lookups still running
+    server = LiveServer(app).start()
     attacker, victim = make_tenant("attacker"), make_tenant("victim")
 
     def submit(who: Credentials, host: str) -> httpx.Response:
@@ -280,7 +292,7 @@ def test_a_tenant_whose_webhook_host_resolves_slowly_stalls_no_one_and_holds_one
         # Given the attacker's submit waiting on its DNS server
         attack = threading.Thread(target=lambda: answers.append(submit(attacker, SLOW_DNS_NAME)))
         attack.start()
-        time.sleep(0.3)
+        assert slow_asked.wait(30), "the attacker's submit never looked its webhook host up"
         # When others use the API meanwhile, then they are answered at once: the event loop is not waiting
         with httpx.Client(base_url=server.url, timeout=30) as client:
             started = time.monotonic()
@@ -299,10 +311,13 @@ def test_a_tenant_whose_webhook_host_resolves_slowly_stalls_no_one_and_holds_one
         assert "did not resolve within 1 s" in answers[0].json()["detail"]
         assert not slow_answered.is_set()
         # And once its lookup has returned, the attacker may submit again
+        slow_may_answer.set()
         assert slow_answered.wait(5)
-        time.sleep(0.1)
+        # (the lookup's thread hands its end to the event loop, which counts it off: wait for that, not a time)
+        _wait_until(lambda: attacker.tenant_id not in resolver.running, 30)
         assert submit(attacker, FAST_DNS_NAME).status_code == 201
     finally:
+        slow_may_answer.set()
         server.stop()
 
 
