@@ -265,7 +265,7 @@ def create_app(
             return queue_depth(celery_app, queue)
 
     registry, requests = make_registry(
-        services.session_factory, depth, settings.default_images_per_second, settings.metrics_cache_seconds
+        services.read_sessions, depth, settings.default_images_per_second, settings.metrics_cache_seconds
     )
     app.state.metrics_registry = registry
     install_problem_handlers(app)

@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import QueuePool
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.engine import read_only_session_factory
 from db.errors import AuthenticationError
 from db.messaging import Publisher, make_celery_app
 from db.settings import BrokerSettings, DataSettings
@@ -53,11 +54,15 @@ class Services:
     submit_locks: TenantSubmitLocks = field(default_factory=TenantSubmitLocks)
     preview_slots: ConcurrencyLimiter | None = None  # per-tenant previews in progress; built in __post_init__
     webhook_resolver: SubmitResolver | None = None  # submit-time webhook host lookups; built in __post_init__
+    # Sessions for requests that only read: on SQLite their transactions begin DEFERRED and take no lock, so
+    # an embedded API answers reads while a worker or a submit holds the one write lock (built in __post_init__).
+    read_sessions: sessionmaker[Session] = field(init=False, repr=False)
     _session_slots: RunVar[anyio.Semaphore] | None = field(default=None, init=False, repr=False)
     _session_slot_count: int = field(default=0, init=False, repr=False)
     _preview_threads: RunVar[anyio.CapacityLimiter] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.read_sessions = read_only_session_factory(self.session_factory)
         count = session_slot_count(self.session_factory)
         if count is not None:
             self._session_slots = RunVar(f"catalogan_session_slots_{id(self)}")
@@ -158,7 +163,8 @@ SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 
 
 async def get_session(services: ServicesDep) -> AsyncIterator[Session]:
-    """A session for one request; routes commit explicitly, anything left open is rolled back.
+    """A read-only session for one request (`Services.read_sessions`); routes that write open a `transaction`
+    of `services.session_factory` instead.
 
     A sync route's session keeps its connection until FastAPI has serialized the response, which it does in
     the shared thread pool. Unbounded, every pooled connection could end up waiting for a thread while every
@@ -167,7 +173,7 @@ async def get_session(services: ServicesDep) -> AsyncIterator[Session]:
     own (a fresh limiter, as FastAPI does for the exit of a sync dependency) rather than the shared pool.
     """
     async with services.session_slot():
-        session = services.session_factory()
+        session = services.read_sessions()
         try:
             yield session
         finally:
@@ -200,7 +206,7 @@ def get_tenant(
 
     if credentials is None or not credentials.credentials:
         raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-    with services.session_factory() as session:
+    with services.read_sessions() as session:
         tenant = authenticate_api_key(session, credentials.credentials)
         session.expunge_all()
     window = services.settings.rate_limit_window_seconds

@@ -89,7 +89,7 @@ def signed_in_user(request: Request, console: ConsoleDep) -> SignedIn:
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         raise SignInRequiredError
-    with console.services.session_factory() as session:
+    with console.services.read_sessions() as session:
         user = find_console_session(session, token)
         session.expunge_all()
     if user is None:

@@ -124,7 +124,7 @@ def jobs_page(
     except PlanningError as exc:
         raise RequestValidationError(exc.field, exc.rule, str(exc)) from exc
     limit = console.settings.jobs_page_size
-    with console.services.session_factory() as session:
+    with console.services.read_sessions() as session:
         query = (
             select(Job, ModelVersion)
             .join(ModelVersion, ModelVersion.id == Job.model_version_id, isouter=True)
@@ -279,7 +279,7 @@ def job_page(
 ) -> Response:
     """A job: its progress, counts, downloads, the first page of its grid and its rejected images apart."""
     filters = _filters(category, status, review)
-    with console.services.session_factory() as session:
+    with console.services.read_sessions() as session:
         job = _job_for(session, job_id, user)
         model = session.get(ModelVersion, job.model_version_id)
         tiles, next_after = _tiles(session, job, filters, after=None, limit=console.settings.page_size)
@@ -338,7 +338,7 @@ def job_tiles(
 ) -> Response:
     """The next page of the grid after index `after`, as list items (fetched while scrolling)."""
     filters = _filters(category, status, review)
-    with console.services.session_factory() as session:
+    with console.services.read_sessions() as session:
         job = _job_for(session, job_id, user)
         tiles, next_after = _tiles(session, job, filters, after=after, limit=console.settings.page_size)
     response = render(
@@ -356,7 +356,7 @@ def job_tiles(
 @router.get("/jobs/{job_id}/summary")
 def job_summary(job_id: str, console: ConsoleDep, user: UserDep) -> JSONResponse:
     """A job's status and counts as JSON (the job page polls it while the job runs)."""
-    with console.services.session_factory() as session:
+    with console.services.read_sessions() as session:
         job = _job_for(session, job_id, user)
         model = session.get(ModelVersion, job.model_version_id)
         reviews = count_reviews(session, job.id, delivered_total=job.images_done)
@@ -388,7 +388,7 @@ async def image_page(
     """One image at full size: provenance, the sha256 check of its stored bytes, its row, its review."""
 
     def load() -> dict[str, Any]:
-        with console.services.session_factory() as session:
+        with console.services.read_sessions() as session:
             job = _job_for(session, job_id, user)
             image = _image_for(session, job, index)
             model = session.get(ModelVersion, job.model_version_id)
@@ -615,7 +615,7 @@ async def image_file(job_id: str, index: IndexParam, console: ConsoleDep, user: 
     """The image's stored bytes (only keys under the tenant's prefix; a tar job's image from its shard)."""
 
     def read() -> tuple[bytes, str]:
-        with console.services.session_factory() as session:
+        with console.services.read_sessions() as session:
             job = _job_for(session, job_id, user)
             image = _image_for(session, job, index)
         try:

@@ -166,7 +166,7 @@ async def models_page(
         query = select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version.desc())
         if condition is not None:
             query = query.where(condition)
-        with console.services.session_factory() as session:
+        with console.services.read_sessions() as session:
             rows = session.scalars(query.limit(limit + 1)).all()
         page = rows[:limit]
         next_cursor = encode_cursor(page[-1].name, page[-1].version) if len(rows) > limit else None
@@ -177,7 +177,7 @@ async def models_page(
 
 
 def _picture(console: Console, name: str, version: int, kind: str) -> bytes:
-    with console.services.session_factory() as session:
+    with console.services.read_sessions() as session:
         try:
             row = get_model_version(session, name, version)
         except NotFoundError as exc:

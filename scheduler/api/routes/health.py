@@ -61,7 +61,7 @@ def check_services(services: Services) -> dict[str, str]:
 
 
 def _ping_database(services: Services) -> None:
-    with services.session_factory() as session:
+    with services.read_sessions() as session:
         session.execute(text("SELECT 1"))
 
 

@@ -199,7 +199,7 @@ def open_reviewed_manifest(services: Services, tenant_id: str, job_id: str, form
 def _manifest_key(
     services: Services, tenant_id: str, job_id: str, format: str
 ) -> tuple[str, ReviewDecisions]:
-    with services.session_factory() as session:
+    with services.read_sessions() as session:
         job = get_job(session, job_id, tenant_id=tenant_id)
         decisions = review_decisions(session, job.id, size=job.images_total)
     if not job.manifest_key:

@@ -139,7 +139,7 @@ def _job_model_and_skipped(
     services: Services, planned: PlannedJob
 ) -> tuple[Job, ModelVersion | None, tuple[int, int]]:
     """The submitted job's row, its model version and `count_skipped_items` (items, images skipped)."""
-    with services.session_factory() as session:
+    with services.read_sessions() as session:
         job = get_job(session, planned.job_id)
         return job, session.get(ModelVersion, job.model_version_id), count_skipped_items(session, job.id)
 
@@ -327,7 +327,7 @@ async def estimate_job(
 
 def _estimate(services: Services, spec: JobSpec, tenant_id: str, settings: ApiSettings) -> EstimatePublic:
     """The estimate of a checked spec: its model (or its source images' model) and the measured throughput."""
-    with services.session_factory() as session:
+    with services.read_sessions() as session:
         resolved = resolve_latent_control(session, spec, tenant_id)
         model = (
             session.get_one(ModelVersion, resolved.model_version_id)

@@ -38,7 +38,7 @@ async def create_preview(request: Request, services: ServicesDep, tenant: Tenant
     threads = services.preview_threads()
 
     def resolve() -> ModelVersion:
-        with services.session_factory() as session:
+        with services.read_sessions() as session:
             model = resolve_job_model(session, body.model)
             session.expunge(model)
         return model

@@ -66,7 +66,7 @@ async def get_shard_index(job_id: str, services: ServicesDep, tenant: TenantDep)
     """The shard index of a finished `output_format: tar` job, each shard with a fresh presigned URL."""
 
     def read() -> ShardIndexPublic:
-        with services.session_factory() as session:
+        with services.read_sessions() as session:
             job = get_job(session, job_id, tenant_id=tenant.id)
         if job.output_format != "tar":
             raise JobStateError(
