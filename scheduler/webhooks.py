@@ -5,9 +5,8 @@ Two steps, both run by the periodic tick (`run_webhook_tick`, called from `catal
 1. `emit_job_events` looks at jobs that have a webhook target (the job's `webhook_url`, else the tenant's
    default) and writes outbox rows for what happened since the last tick: `job.started`, `job.progress`
    (at most one per `webhook_progress_interval_seconds` and only when the counts moved), and one terminal
-   event — `job.completed`, `job.completed_with_failures`, `job.failed` or `job.cancelled`. Each event is written once per job.
-   event — `job.completed`, `job.failed` or `job.cancelled`. Each event is written once per job, and only
-   when the job subscribed to it (`jobs.webhook_events`, None = every event; `db.webhook_events`).
+   event — `job.completed`, `job.completed_with_failures`, `job.failed` or `job.cancelled`. Each event is
+   written once per job, and only when the job subscribed to it (`jobs.webhook_events`, None = every event; `db.webhook_events`).
 2. `dispatch_due` POSTs due outbox rows, signed the Standard Webhooks way (`scheduler.signatures`) with the
    tenant's secret. A 2xx marks the row delivered; anything else retries with exponential backoff
    until `webhook_max_attempts`, then the row is failed. `webhook-id` is the outbox row id, the same on
@@ -28,6 +27,10 @@ Delivery: the due rows of one tick run concurrently (`webhook_concurrency`), at 
 `webhook_concurrency_per_tenant` rows of one tenant per tick; each attempt has one total deadline
 (`webhook_timeout_seconds`, resolving to reading the answer) and reads at most `webhook_max_response_bytes`.
 A slow or silent receiver therefore costs its own tenant's events, and others' at most one deadline per tick.
+A tenant may also run the DNS server of its webhook host and answer slowly: a timed-out `getaddrinfo` cannot be
+cancelled and keeps its thread after the attempt has given up, so lookups run on their own threads
+(`DeliveryLookups`, shared by every tick of the process) and a tenant has at most one running at a time; its
+next attempt waits for that one, within its own deadline, instead of taking another thread.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import logging
 import math
 import random
 import socket
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -85,6 +89,8 @@ USER_AGENT = "catalogan-webhooks/1"
 logger = logging.getLogger(__name__)
 
 Resolver = Callable[[str, int], Sequence[str]]
+# How often a delivery attempt looks again whether its tenant's earlier host lookup has returned.
+LOOKUP_TURN_POLL_SECONDS = 0.05
 
 
 class WebhookHostUnresolvedError(UnsafeWebhookTargetError):
@@ -216,6 +222,62 @@ class SubmitResolver:
         self.running[tenant_id] -= 1
         if self.running[tenant_id] <= 0:
             del self.running[tenant_id]
+
+
+class DeliveryLookups:
+    """`pin_target` for the dispatcher: each lookup on this object's own threads, at most `per_tenant` of one
+    tenant's running at once, across ticks (each tick is its own event loop; this object outlives them).
+
+    A lookup that outlives its attempt's deadline (a tenant's slow DNS server: `getaddrinfo` cannot be
+    cancelled) keeps its thread and its tenant's turn until it returns, so that tenant's later attempts wait
+    for it, each within its own deadline, while the other tenants' lookups have the remaining threads.
+    """
+
+    def __init__(self, *, threads: int = 16, per_tenant: int = 1) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook-delivery-dns")
+        self.per_tenant = per_tenant
+        self._lock = threading.Lock()
+        self.running: Counter[str] = Counter()  # tenant id → lookups not yet returned (under _lock)
+
+    def _take(self, tenant_id: str) -> bool:
+        with self._lock:
+            if self.running[tenant_id] >= self.per_tenant:
+                return False
+            self.running[tenant_id] += 1
+            return True
+
+    def _finished(self, tenant_id: str) -> None:
+        with self._lock:
+            self.running[tenant_id] -= 1
+            if self.running[tenant_id] <= 0:
+                del self.running[tenant_id]
+
+    async def pin(self, url: str, tenant_id: str, *, allow_private: bool, resolver: Resolver) -> PinnedTarget:
+        """`pin_target(url)` off the event loop, in the tenant's turn; cancelled by the caller's deadline."""
+        while not self._take(tenant_id):
+            await anyio.sleep(LOOKUP_TURN_POLL_SECONDS)  # the tenant's earlier lookup has not returned yet
+        try:
+            lookup = self.executor.submit(pin_target, url, allow_private=allow_private, resolver=resolver)
+        except BaseException:
+            self._finished(tenant_id)
+            raise
+        lookup.add_done_callback(lambda _: self._finished(tenant_id))  # when it returns, even after a timeout
+        return await asyncio.wrap_future(lookup)
+
+
+_PROCESS_LOOKUPS: dict[int, DeliveryLookups] = {}
+_PROCESS_LOOKUPS_LOCK = threading.Lock()
+
+
+def delivery_lookups(settings: WebhookSettings) -> DeliveryLookups:
+    """This process's `DeliveryLookups` for `settings.webhook_concurrency` threads (made on first use): every
+    tick shares it, so a lookup left running by one tick still counts in the next."""
+    with _PROCESS_LOOKUPS_LOCK:
+        lookups = _PROCESS_LOOKUPS.get(settings.webhook_concurrency)
+        if lookups is None:
+            lookups = DeliveryLookups(threads=settings.webhook_concurrency)
+            _PROCESS_LOOKUPS[settings.webhook_concurrency] = lookups
+        return lookups
 
 
 def job_event_data(job: Job) -> dict[str, Any]:
@@ -496,18 +558,22 @@ async def deliver(
     *,
     previous_secret: str | None = None,
     resolver: Resolver = resolve_host,
+    lookups: DeliveryLookups | None = None,
+    tenant_id: str = "",
 ) -> None:
     """POST one signed event to the pinned address of `url`, all within `webhook_timeout_seconds`; raise
     `httpx.HTTPError`, `TimeoutError` or `UnsafeWebhookTargetError` when it was not accepted.
+
+    The name is resolved through `lookups` in `tenant_id`'s turn (a fresh `DeliveryLookups` when None).
 
     The deadline covers resolving, connecting, sending and reading the answer (a receiver dripping bytes cannot
     hold an attempt longer); at most `webhook_max_response_bytes` of the answer are read. Redirects are not
     followed: a 3xx is a failed attempt.
     """
+    lookups = lookups or DeliveryLookups(threads=1)
     with anyio.fail_after(settings.webhook_timeout_seconds):
-        target = await anyio.to_thread.run_sync(
-            partial(pin_target, url, allow_private=settings.webhook_allow_private_targets, resolver=resolver),
-            abandon_on_cancel=True,
+        target = await lookups.pin(
+            url, tenant_id, allow_private=settings.webhook_allow_private_targets, resolver=resolver
         )
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
         headers = signed_headers(secret, message_id, body, also=[previous_secret] if previous_secret else [])
@@ -549,7 +615,7 @@ def _outcome(
 
 
 async def _attempt(
-    http: httpx.AsyncClient, row: _Due, settings: WebhookSettings, resolver: Resolver
+    http: httpx.AsyncClient, row: _Due, settings: WebhookSettings, resolver: Resolver, lookups: DeliveryLookups
 ) -> tuple[str | None, bool]:
     if not row.secret:
         return "the tenant has no webhook secret", True
@@ -563,6 +629,8 @@ async def _attempt(
             settings,
             previous_secret=row.previous_secret,
             resolver=resolver,
+            lookups=lookups,
+            tenant_id=row.tenant_id,
         )
     except WebhookHostUnresolvedError as exc:  # retried with backoff, up to webhook_max_attempts
         return str(exc), False
@@ -588,15 +656,18 @@ def dispatch_due(
     *,
     now: dt.datetime | None = None,
     resolver: Resolver = resolve_host,
+    lookups: DeliveryLookups | None = None,
 ) -> DispatchReport:
     """Deliver the due outbox rows once each, concurrently; schedule retries with backoff; give up after the
     max attempts. Returns after at most about one attempt deadline.
 
     Up to `webhook_concurrency` attempts run at once, and at most `webhook_concurrency_per_tenant` rows of one
     tenant are claimed per call, so a receiver that is slow or never answers delays only its own tenant's
-    events. Each row's outcome is written as soon as its attempt ends.
+    events. Each row's outcome is written as soon as its attempt ends. Host lookups go through `lookups`
+    (the process's `delivery_lookups()` when None), which outlives the tick.
     """
     now = now or utcnow()
+    lookups = lookups or delivery_lookups(settings)
     rows = _claim_due(factory, settings, now)
     if not rows:
         return DispatchReport()
@@ -624,7 +695,7 @@ def dispatch_due(
 
             async def one(row: _Due) -> None:
                 async with slots:
-                    error, permanent = await _attempt(http, row, settings, resolver)
+                    error, permanent = await _attempt(http, row, settings, resolver, lookups)
                 await anyio.to_thread.run_sync(record, row, error, permanent)
 
             async with anyio.create_task_group() as group:

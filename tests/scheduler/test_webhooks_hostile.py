@@ -23,7 +23,7 @@ from db.engine import transaction
 from db.status import DeliveryStatus
 from db.tables import WebhookDelivery
 from scheduler.settings import WebhookSettings
-from scheduler.webhooks import dispatch_due
+from scheduler.webhooks import DeliveryLookups, dispatch_due
 from tests.scheduler.conftest import Credentials
 from tests.scheduler.receivers import Receiver
 
@@ -423,3 +423,60 @@ def test_a_redirecting_receiver_is_a_failed_attempt_and_its_target_gets_nothing(
     assert receiver.deliveries == []
     (row,) = _rows(pg_factory, ids)
     assert row.status is DeliveryStatus.PENDING and "307" in (row.last_error or "")
+
+
+def test_a_tenant_whose_webhook_host_resolves_slowly_at_delivery_holds_one_lookup_across_ticks(
+    api: TestClient,
+    make_tenant: Callable[..., Credentials],
+    pg_factory: sessionmaker[Session],
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given tenant S whose webhook host's DNS server never answers within the 1 s attempt deadline (6 due
+    events) and tenant F with a prompt receiver, when three dispatch ticks run (each takes 2 of S's events and
+    one new event of F's), then S never has more than one lookup running (before: each tick left two
+    abandoned lookup threads behind, six after three ticks), each of F's events is delivered in its tick, and
+    each tick still ends within about one deadline."""
+    real_getaddrinfo = socket.getaddrinfo
+    lock, answer = threading.Lock(), threading.Event()
+    in_lookup = {"now": 0, "most": 0}
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == SLOW_DNS_NAME:
+            with lock:
+                in_lookup["now"] += 1
+                in_lookup["most"] = max(in_lookup["most"], in_lookup["now"])
+            try:
+                answer.wait(60)  # bounded: never leave a thread behind for good
+            finally:
+                with lock:
+                    in_lookup["now"] -= 1
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (PUBLIC_ADDRESS, 443))]
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    lookups = DeliveryLookups(threads=4)
+    settings = WebhookSettings(
+        webhook_allow_private_targets=True, webhook_timeout_seconds=1, webhook_concurrency_per_tenant=2
+    )
+    s, f = make_tenant(), make_tenant()
+    slow_url = f"https://{SLOW_DNS_NAME}/hooks"
+    try:
+        s_ids = _outbox(pg_factory, s, _job(api, s, receiver.url), slow_url, 6)
+        f_job = _job(api, f, receiver.url)
+        tick_seconds, delivered = [], []
+        for _ in range(3):
+            f_ids = _outbox(pg_factory, f, f_job, receiver.url, 1)
+            started = time.monotonic()
+            dispatch_due(pg_factory, settings, lookups=lookups)
+            tick_seconds.append(time.monotonic() - started)
+            delivered.append(_rows(pg_factory, f_ids)[0].status)
+        most = in_lookup["most"]
+    finally:
+        answer.set()
+    _wait_until(lambda: not lookups.running, 30)
+    assert most == 1, f"tenant S had {most} lookups running at once"
+    assert delivered == [DeliveryStatus.DELIVERED] * 3
+    assert all(seconds < 3.0 for seconds in tick_seconds), tick_seconds
+    attempted = [row for row in _rows(pg_factory, s_ids) if row.attempts]
+    assert len(attempted) == 6 and all(row.status is DeliveryStatus.PENDING for row in attempted)
