@@ -615,7 +615,11 @@ def _outcome(
 
 
 async def _attempt(
-    http: httpx.AsyncClient, row: _Due, settings: WebhookSettings, resolver: Resolver, lookups: DeliveryLookups
+    http: httpx.AsyncClient,
+    row: _Due,
+    settings: WebhookSettings,
+    resolver: Resolver,
+    lookups: DeliveryLookups,
 ) -> tuple[str | None, bool]:
     if not row.secret:
         return "the tenant has no webhook secret", True

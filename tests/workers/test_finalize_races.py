@@ -111,6 +111,35 @@ def _a_job_with_its_first_chunk_quarantined(
     return tenant_id, planned.job_id, first, second
 
 
+def _a_job_with_its_chunk_done(
+    sessions: sessionmaker[Session], store: ObjectStore, pool: ThreadPoolExecutor, *, finalized: bool
+) -> tuple[str, str]:
+    """(tenant id, job id): a 10-image job in one chunk, run; finalized by its worker or left to the test."""
+    tenant_id = make_tenant(sessions)
+    model = make_model_version(sessions, checkpoint=tiny_checkpoint(), store=store)
+    spec = parse_job_spec({"model": "tiny", "items": [{"category": "a", "count": 10}], "chunk_size": 10})
+    planned = submit_job(
+        sessions, spec, tenant_id=tenant_id, model_version=model, publisher=lambda queue, ids: None
+    )
+    done = _contexts(sessions, store, pool, lambda: store)(fail=False)
+    if not finalized:
+        done.on_job_finished = lambda job_id: None  # the test finalizes it, in its own way
+    assert generate_chunk(done, planned.chunk_ids[0]) is ChunkOutcome.SUCCEEDED
+    return tenant_id, planned.job_id
+
+
+def _paused_upload() -> tuple[Callable[[], None], threading.Event, threading.Event]:
+    """(hook, uploading, uploaded): a `HookedStore` hook that says it is uploading, then waits (at most 30 s)
+    until the test sets `uploaded`."""
+    uploading, uploaded = threading.Event(), threading.Event()
+
+    def hook() -> None:
+        uploading.set()
+        uploaded.wait(30)
+
+    return hook, uploading, uploaded
+
+
 def _manifest_statuses(sessions: sessionmaker[Session], store: ObjectStore, job_id: str) -> list[str]:
     job = job_row(sessions, job_id)
     assert job.manifest_key is not None
@@ -188,24 +217,10 @@ def test_finalize_holds_no_sqlite_lock_or_pooled_connection_while_the_store_writ
     no pooled connection during the upload, and the job still succeeds with its manifest."""
     sessions = make_session_factory(sqlite_engine)
     pool = ThreadPoolExecutor(max_workers=2)
-    uploading, uploaded = threading.Event(), threading.Event()
-
-    def slow_upload() -> None:
-        uploading.set()
-        uploaded.wait(30)
-
-    tenant_id = make_tenant(sessions)
-    model = make_model_version(sessions, checkpoint=tiny_checkpoint(), store=local_store)
-    spec = parse_job_spec({"model": "tiny", "items": [{"category": "a", "count": 10}], "chunk_size": 10})
-    planned = submit_job(
-        sessions, spec, tenant_id=tenant_id, model_version=model, publisher=lambda queue, ids: None
-    )
-    context = _contexts(sessions, local_store, pool, lambda: local_store)
-    done = context(fail=False)
-    done.on_job_finished = lambda job_id: None  # finalize below, in its own thread
-    assert generate_chunk(done, planned.chunk_ids[0]) is ChunkOutcome.SUCCEEDED
+    slow_upload, uploading, uploaded = _paused_upload()
+    tenant_id, job_id = _a_job_with_its_chunk_done(sessions, local_store, pool, finalized=False)
     finalizing = threading.Thread(
-        target=finalize.finalize_job, args=(sessions, HookedStore(local_store, slow_upload), planned.job_id)
+        target=finalize.finalize_job, args=(sessions, HookedStore(local_store, slow_upload), job_id)
     )
     finalizing.start()
     try:
@@ -226,8 +241,8 @@ def test_finalize_holds_no_sqlite_lock_or_pooled_connection_while_the_store_writ
         finalizing.join(60)
     assert isinstance(waited, float) and waited < OTHER_WRITER_WAIT_SECONDS, waited
     assert checked_out == 0, f"{checked_out} pooled connection(s) held while the store wrote"
-    assert job_row(sessions, planned.job_id).status is JobStatus.SUCCEEDED
-    assert _manifest_statuses(sessions, local_store, planned.job_id) == ["succeeded"] * 10
+    assert job_row(sessions, job_id).status is JobStatus.SUCCEEDED
+    assert _manifest_statuses(sessions, local_store, job_id) == ["succeeded"] * 10
     pool.shutdown()
 
 
@@ -306,21 +321,8 @@ def test_a_live_finalize_is_not_superseded_before_the_write_timeout(
     """Given a finalize paused in its manifest upload (its finalize_writes row recorded), when the reaper runs
     with the default 900 s timeout, then it publishes nothing; once the upload ends, the row is gone."""
     pool = ThreadPoolExecutor(max_workers=2)
-    uploading, uploaded = threading.Event(), threading.Event()
-
-    def slow_upload() -> None:
-        uploading.set()
-        uploaded.wait(30)
-
-    tenant_id = make_tenant(pg_sessions)
-    model = make_model_version(pg_sessions, checkpoint=tiny_checkpoint(), store=local_store)
-    spec = parse_job_spec({"model": "tiny", "items": [{"category": "a", "count": 10}], "chunk_size": 10})
-    planned = submit_job(
-        pg_sessions, spec, tenant_id=tenant_id, model_version=model, publisher=lambda queue, ids: None
-    )
-    done = _contexts(pg_sessions, local_store, pool, lambda: local_store)(fail=False)
-    done.on_job_finished = lambda job_id: None
-    assert generate_chunk(done, planned.chunk_ids[0]) is ChunkOutcome.SUCCEEDED
+    slow_upload, uploading, uploaded = _paused_upload()
+    _, job_id = _a_job_with_its_chunk_done(pg_sessions, local_store, pool, finalized=False)
     published: list[str] = []
     reaper = Reaper(
         pg_sessions,
@@ -331,19 +333,19 @@ def test_a_live_finalize_is_not_superseded_before_the_write_timeout(
     )
     finalizing = threading.Thread(
         target=finalize.finalize_job,
-        args=(pg_sessions, HookedStore(local_store, slow_upload), planned.job_id),
+        args=(pg_sessions, HookedStore(local_store, slow_upload), job_id),
     )
     finalizing.start()
     try:
         assert uploading.wait(60), "finalize never uploaded its manifest"
-        assert len(_finalize_writes(pg_sessions, planned.job_id)) == 1
+        assert len(_finalize_writes(pg_sessions, job_id)) == 1
         report = reaper.reap_once()
     finally:
         uploaded.set()
         finalizing.join(60)
     assert report.finalize_rewrites == [] and published == []
-    assert _finalize_writes(pg_sessions, planned.job_id) == []
-    assert job_row(pg_sessions, planned.job_id).status is JobStatus.SUCCEEDED
+    assert _finalize_writes(pg_sessions, job_id) == []
+    assert job_row(pg_sessions, job_id).status is JobStatus.SUCCEEDED
     pool.shutdown()
 
 
@@ -354,15 +356,7 @@ def test_a_finalize_whose_job_began_expiring_while_it_wrote_deletes_what_it_wrot
     and the job's DELETE begins meanwhile (expires_at now), then what it wrote is deleted again (the
     retention pass may have listed the job's objects already) and both rows are gone."""
     pool = ThreadPoolExecutor(max_workers=2)
-    tenant_id = make_tenant(pg_sessions)
-    model = make_model_version(pg_sessions, checkpoint=tiny_checkpoint(), store=local_store)
-    spec = parse_job_spec({"model": "tiny", "items": [{"category": "a", "count": 10}], "chunk_size": 10})
-    planned = submit_job(
-        pg_sessions, spec, tenant_id=tenant_id, model_version=model, publisher=lambda queue, ids: None
-    )
-    job_id = planned.job_id
-    done = _contexts(pg_sessions, local_store, pool, lambda: local_store)(fail=False)
-    assert generate_chunk(done, planned.chunk_ids[0]) is ChunkOutcome.SUCCEEDED
+    tenant_id, job_id = _a_job_with_its_chunk_done(pg_sessions, local_store, pool, finalized=True)
     assert job_row(pg_sessions, job_id).status is JobStatus.SUCCEEDED
     jsonl_key, parquet_key = manifest_keys(tenant_id, job_id)
     local_store.delete(jsonl_key)
