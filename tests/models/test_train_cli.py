@@ -89,8 +89,27 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _wait_for_checkpoint_then_kill(process: subprocess.Popen[str], store: LocalStore) -> int:
-    """SIGKILL the driver once the run has a checkpoint; return the step of the newest one after it settles."""
+def _free_cpus() -> float:
+    import ray  # initialised in this process by the ray_cluster fixture
+
+    return float(ray.available_resources().get("CPU", 0.0))
+
+
+def _settled_free_cpus(seconds: float = 60.0) -> float:
+    """The cluster's free CPUs once an earlier run's workers have given theirs back (at most `seconds`)."""
+    import ray
+
+    total, deadline = float(ray.cluster_resources().get("CPU", 0.0)), time.monotonic() + seconds
+    while _free_cpus() < total and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _free_cpus()
+
+
+def _wait_for_checkpoint_then_kill(
+    process: subprocess.Popen[str], store: LocalStore, free_cpus: float
+) -> int:
+    """SIGKILL the driver once the run has a checkpoint; return the step of the newest one after it settles
+    (its workers gone: the cluster has `free_cpus` free again, the CPUs free before the run started)."""
     deadline = time.monotonic() + RUN_TIMEOUT_S
     latest_key = "models/tiny/killed/latest.json"
     while time.monotonic() < deadline:
@@ -103,7 +122,12 @@ def _wait_for_checkpoint_then_kill(process: subprocess.Popen[str], store: LocalS
         time.sleep(0.1)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
-    # Ray ends the dead driver's workers within moments; wait until nothing in the run folder changes.
+    # Ray ends the dead driver's workers: wait until the cluster has all its CPUs back (their actors are gone),
+    # not for a quiet spell alone, which a loaded box could give between two steps of live workers.
+    while _free_cpus() < free_cpus:
+        assert time.monotonic() < deadline, "the killed run's Ray workers never gave their CPUs back"
+        time.sleep(0.2)
+    # Then until nothing in the run folder changes (a write in flight when the workers died has landed).
     folder = store.root / "models/tiny/killed"
     snapshot: list[tuple[str, int]] = []
     while True:
@@ -137,10 +161,11 @@ def runs(ray_cluster: str, fashion_train: object, tmp_path_factory: pytest.TempP
         check=False,
     )
     assert straight.returncode == 0, straight.stdout + straight.stderr
+    free_cpus = _settled_free_cpus()
     killed = subprocess.Popen(
         _args(store.url, "killed"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    killed_step = _wait_for_checkpoint_then_kill(killed, store)
+    killed_step = _wait_for_checkpoint_then_kill(killed, store, free_cpus)
     listed = _cli(env, "train", "ls", "--json")
     shown = _cli(env, "train", "show", "tiny/killed", "--json")
     shown_text = _cli(env, "train", "show", "killed")
