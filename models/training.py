@@ -145,10 +145,12 @@ def write_checkpoint(
     fingerprint: str,
     final: bool,
     log: Callable[[str], None] = print,
-) -> tuple[bytes, list[str]]:
-    """Rank 0: the full checkpoint, loss curve and sample grid to the store, then `latest.json`.
+) -> tuple[bytes, list[str], dict[str, Any]]:
+    """Rank 0: the full checkpoint, loss curve and sample grid to the store; not yet `latest.json`.
 
-    Returns the checkpoint bytes and the mode-collapse warnings of its sample grid.
+    Returns the checkpoint bytes, the mode-collapse warnings of its sample grid, and the `latest.json` record
+    that `write_latest` publishes once the step's history line is written (a run killed in between resumes
+    from the checkpoint before and redoes that line, instead of resuming past a line it never wrote).
     """
     prefix = run_prefix(request.name, request.run)
     data = checkpoint_to_bytes(state_payload(state, request.preset, fingerprint))
@@ -186,8 +188,13 @@ def write_checkpoint(
         latest.update(
             generator_key=f"{prefix}/{GENERATOR_FILE}", generator_sha256=sha256_hex(generator_bytes)
         )
-    store.put(f"{prefix}/{LATEST}", json.dumps(latest, indent=2).encode(), content_type="application/json")
-    return data, warnings
+    return data, warnings, latest
+
+
+def write_latest(store: ObjectStore, request: TrainRequest, latest: dict[str, Any]) -> None:
+    """Rank 0: point the run's `latest.json` at the checkpoint `write_checkpoint` wrote (resume reads it)."""
+    key = f"{run_prefix(request.name, request.run)}/{LATEST}"
+    store.put(key, json.dumps(latest, indent=2).encode(), content_type="application/json")
 
 
 def mode_collapse_warnings(grid: np.ndarray, categories: tuple[str, ...]) -> list[str]:
@@ -369,19 +376,22 @@ def run_worker(
             state.evaluations.append(evaluation)
             write_evaluation_artifacts(store, request, state, data.fingerprint, evaluation)
             extra.update({k: v for k, v in evaluation.items() if k != "step"})
-        if state.step % request.checkpoint_every == 0 or final:
-            metrics = {"step": state.step, "loss_d": loss_d, "loss_g": loss_g}
-            data_bytes = None
-            if rank == 0:
-                data_bytes, warnings = write_checkpoint(store, request, state, data.fingerprint, final, log)
-                if warnings:
-                    extra["warnings"] = warnings
-            if report is not None:
-                report(metrics, data_bytes)
+        checkpointed = state.step % request.checkpoint_every == 0 or final
+        data_bytes, latest = None, None
+        if checkpointed and rank == 0:
+            data_bytes, warnings, latest = write_checkpoint(store, request, state, data.fingerprint, final, log)
+            if warnings:
+                extra["warnings"] = warnings
         if recorder is not None:
             recorder.add(loss_d, loss_g)
             if extra or state.step % request.log_every == 0 or final:
                 log(progress_text(recorder.record(state.step, extra), request.steps))
+        # The history line first, then latest.json: resuming from this checkpoint keeps the lines up to its
+        # step, so each of them must be written before the checkpoint can be resumed from.
+        if latest is not None:
+            write_latest(store, request, latest)
+        if checkpointed and report is not None:
+            report({"step": state.step, "loss_d": loss_d, "loss_g": loss_g}, data_bytes)
         if on_step is not None:
             on_step(state.step)
     return state

@@ -28,8 +28,8 @@ from models.config import get_preset
 from models.data.dataset import open_dataset
 from models.errors import CheckpointError, TrainingError
 from models.inference import random_generator_checkpoint
-from models.runs import new_run_record, write_run_record
-from models.training import INIT_FILE, TrainRequest, pin_init_checkpoint, prepare_run, run_worker
+from models.runs import new_run_record, read_history, write_run_record
+from models.training import INIT_FILE, TrainRequest, find_latest, pin_init_checkpoint, prepare_run, run_worker
 from models.training_run import cpus_for
 from models.training_state import WorkerState, apply_init, init_state
 
@@ -249,3 +249,32 @@ def test_a_local_cluster_gives_a_single_cpu_worker_every_core() -> None:
     assert cpus_for(1, local=True) == cores
     assert cpus_for(cores * 2, local=True) == 1
     assert cpus_for(1, local=False) == 1
+
+
+class _Killed(BaseException):
+    """The training process dying (nothing after the raise runs)."""
+
+
+def test_a_run_killed_before_a_checkpoints_history_line_resumes_from_the_checkpoint_before(
+    store: LocalStore, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a run with a checkpoint and a history line every step, whose process dies writing step 2's line
+    from models.run_recording import ProgressRecorder
+
+    record = ProgressRecorder.record
+
+    def dies_at_step_2(self: ProgressRecorder, step: int, extra: dict[str, object]) -> dict[str, object]:
+        if step == 2:
+            raise _Killed
+        return record(self, step, extra)
+
+    monkeypatch.setattr(ProgressRecorder, "record", dies_at_step_2)
+    with pytest.raises(_Killed):
+        run_worker(_start(store, _request(store, folder, "killed", 3)), log=lambda _line: None)
+    monkeypatch.setattr(ProgressRecorder, "record", record)
+    # Then latest.json points at step 1, whose line was written (before: at step 2's checkpoint, written first)
+    latest = find_latest(store, "tiny", "killed")
+    assert latest is not None and latest["step"] == 1
+    # And the resumed run has one history line per step, none missing (before: step 2's was lost for good)
+    run_worker(prepare_run(_request(store, folder, "killed", 3, resume=True), store), log=lambda _line: None)
+    assert [line["step"] for line in read_history(store, "tiny", "killed")] == [1, 2, 3]
