@@ -10,10 +10,11 @@ by uvicorn in this process):
 2. behind: tenant A submits a `--large-images` job, then, `--gap` seconds later, tenant B submits the same small
    job; B's time from its submit to `succeeded`, and A's.
 
-It prints the three times, and B's wait behind A as a ratio to B alone, then one JSON line. Each job's chunks
-are published to the broker at submit, so B's first chunk queues behind every chunk of A's that was published
-before it: B's time behind A is about the rest of A's job. A per-tenant publish window (a tenant has at most so
-many chunks in the broker at once, refilled as they finish) would bound it by the window instead.
+It prints the three times, and B's wait behind A as a ratio to B alone, then one JSON line. The broker queue is
+first in, first out; with the per-tenant publish window (`db.publish_window`, `CATALOGAN_PUBLISH_WINDOW_CHUNKS`)
+B's first chunk waits behind at most one window of A's chunks. Before it, every chunk was published at submit
+and B's time behind A was about the rest of A's job. Set `CATALOGAN_PUBLISH_WINDOW_CHUNKS=1000000` in the
+environment to see that behaviour again.
 """
 
 from __future__ import annotations

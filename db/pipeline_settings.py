@@ -86,6 +86,20 @@ class ChunkSizeSettings(BaseSettings):
         return int(getattr(self, f"chunk_size_{queue}"))
 
 
+class PublishWindowSettings(BaseSettings):
+    """How many chunks one tenant may have published and unfinished per queue (`db.publish_window`); read by
+    the API and `catalogan generate` (submits), the workers (refills) and `catalogan beat` (the reaper)."""
+
+    model_config = _config()
+
+    publish_window_chunks: int = Field(
+        default=32,
+        ge=1,
+        le=1_000_000,
+        description="Chunks one tenant may have in each queue at once; the rest wait in SQL for their turn.",
+    )
+
+
 class ReaperSettings(BaseSettings):
     """How often `catalogan beat` repairs the pipeline, and when it considers a message lost."""
 

@@ -48,6 +48,7 @@ from db.job_specs import (
 )
 from db.latent_control import ResolvedControl, resolve_latent_control, truncation_recipe
 from db.model_versions import resolve_model_version
+from db.publish_window import publish_window_chunks, take_publish_slots
 from db.quotas import check_job_quotas, check_queue_allowance
 from db.status import ChunkStatus, JobStatus, ModelVersionStatus
 from db.storage.keys import validate_key_segment
@@ -350,14 +351,28 @@ def mark_job_enqueued(session: Session, job_id: str) -> None:
 
 
 def publish_planned(
-    session_factory: sessionmaker[Session], planned: PlannedJob, publisher: Publisher
+    session_factory: sessionmaker[Session],
+    planned: PlannedJob,
+    publisher: Publisher,
+    *,
+    tenant_id: str | None = None,
 ) -> bool:
-    """Publish a committed job's chunks, then record `enqueued_at`. Returns False when the broker failed.
+    """Publish a committed job's chunks and record `enqueued_at`. Returns False when the broker failed.
 
+    With `tenant_id`, as many of the tenant's held chunks as its publish window has room for
+    (`db.publish_window`: oldest first, so this job's follow the tenant's earlier ones); the rest are published
+    as the tenant's chunks finish. Without it, every chunk in `planned` (a resumed embedded job).
     A failure is logged, not raised: the job is committed, and the reaper publishes chunks that were never
     enqueued, so the client must not retry (and so create a second job).
     """
     try:
+        if planned.chunk_ids and tenant_id is not None:
+            window = publish_window_chunks()
+            with transaction(session_factory) as session:
+                ids = take_publish_slots(session, tenant_id, planned.queue, window=window)
+            if ids:
+                publisher(planned.queue, ids)
+            return True
         if planned.chunk_ids:
             publisher(planned.queue, planned.chunk_ids)
         else:  # every item was skipped as already delivered: nothing to generate, only the manifest to write
@@ -425,7 +440,8 @@ def submit_job(
         return existing
     if planned.existing:
         return planned
-    return dataclasses.replace(planned, published=publish_planned(session_factory, planned, publisher))
+    published = publish_planned(session_factory, planned, publisher, tenant_id=tenant_id)
+    return dataclasses.replace(planned, published=published)
 
 
 def _plan_submission(

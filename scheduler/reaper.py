@@ -15,7 +15,9 @@ One `reap_once` pass, every few seconds from `catalogan beat`:
 6. dead finalize writes: a `finalize_writes` row seen for `finalize_write_timeout_seconds` is a finalize that
    died while writing a job's manifests, perhaps stale ones over fresher ones (`workers.finalize`); the job
    gets a `finalize_job` task that supersedes those rows: it writes the manifests again from the rows as they
-   are now, even for a job already finished, and deletes them. At most once per timeout per row.
+   are now, even for a job already finished, and deletes them. At most once per timeout per row;
+7. publish windows: a tenant with held chunks (pending, never published: `db.publish_window`) gets as many
+   published as its window has room for, when a crash (or a cancelled chunk) kept a worker from refilling it.
 
 A separate step, `delete_expired_jobs` (its own thread in `catalogan beat`, every
 `retention_interval_seconds`), deletes finished jobs past their `expires_at` (retention, or a DELETE that did
@@ -44,7 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.chunk_outcomes import cancel_pending_chunks, quarantine_chunk
@@ -54,6 +56,7 @@ from db.job_deletion import DeletedJob, expired_jobs, purge_job
 from db.jobs import JobProgress
 from db.messaging import QUEUE_NAMES, Publisher
 from db.pipeline_settings import ReaperSettings
+from db.publish_window import held_windows, publish_window_chunks, refill
 from db.status import JOB_TERMINAL, ChunkStatus
 from db.storage.base import ObjectStore
 from db.tables import Chunk, FinalizeWrite, Job, utcnow
@@ -79,6 +82,7 @@ class ReapReport:
     cancelled: list[int] = field(default_factory=list)
     finalize_published: list[str] = field(default_factory=list)
     finalize_rewrites: list[str] = field(default_factory=list)  # jobs whose manifests are written again
+    refilled: list[int] = field(default_factory=list)  # held chunks published into their tenant's window
 
     @property
     def empty(self) -> bool:
@@ -90,6 +94,7 @@ class ReapReport:
             or self.cancelled
             or self.finalize_published
             or self.finalize_rewrites
+            or self.refilled
         )
 
 
@@ -118,8 +123,10 @@ class Reaper:
         publish_finalize: FinalizePublisher,
         queue_depth: QueueDepth,
         settings: ReaperSettings | None = None,
+        publish_window: int | None = None,
     ) -> None:
         self.session_factory = session_factory
+        self.publish_window = publish_window if publish_window is not None else publish_window_chunks()
         self.publisher = publisher
         self.publish_finalize = publish_finalize
         self.queue_depth = queue_depth
@@ -143,6 +150,7 @@ class Reaper:
             lambda: self._cancelling(report, finished),
             lambda: self._finalize_stragglers(now or utcnow(), report, finished),
             lambda: self._dead_finalize_writes(now or utcnow(), report),
+            lambda: self._refill_windows(report),
         ]
         failure: Exception | None = None
         for step in steps:
@@ -153,13 +161,14 @@ class Reaper:
                 failure = failure or exc
         if not report.empty:
             logger.info(
-                "reaper: requeued=%d quarantined=%d republished=%d cancelled=%d finalize=%d rewrite=%d",
+                "reaper: requeued=%d quarantined=%d republished=%d cancelled=%d finalize=%d rewrite=%d refill=%d",
                 len(report.requeued),
                 len(report.quarantined),
                 len(report.republished),
                 len(report.cancelled),
                 len(report.finalize_published),
                 len(report.finalize_rewrites),
+                len(report.refilled),
             )
         if failure is not None:
             raise failure
@@ -226,10 +235,7 @@ class Reaper:
                         Job.queue == queue,
                         Job.cancel_requested.is_(False),
                         Chunk.status == ChunkStatus.PENDING,
-                        or_(
-                            Chunk.enqueued_at < cutoff,
-                            and_(Chunk.enqueued_at.is_(None), Job.created_at < cutoff),
-                        ),
+                        Chunk.enqueued_at < cutoff,  # a held chunk (never published) is step 7's
                     )
                     .order_by(Chunk.id)
                     .limit(self.settings.reaper_batch_limit)
@@ -271,6 +277,13 @@ class Reaper:
         for job_id in list(self._stragglers):
             if job_id not in seen_now:
                 del self._stragglers[job_id]
+
+    def _refill_windows(self, report: ReapReport) -> None:
+        with self.session_factory() as session:
+            windows = held_windows(session, limit=self.settings.reaper_batch_limit)
+        for tenant_id, queue in windows:
+            ids = refill(self.session_factory, self.publisher, tenant_id, queue, window=self.publish_window)
+            report.refilled.extend(ids)
 
     def _dead_finalize_writes(self, now: dt.datetime, report: ReapReport) -> None:
         with self.session_factory() as session:

@@ -106,6 +106,8 @@ class ChunkContext:
     device: str = "cpu"
     # Called after the commit that finished a job's last chunk.
     on_job_finished: Callable[[str], object] = lambda job_id: None
+    # (tenant id, queue) of a chunk that finished: publish the tenant's next held chunks (db.publish_window)
+    on_chunk_finished: Callable[[str, str], object] = lambda tenant_id, queue: None
     # Called to rerun a released or failed chunk: (queue, chunk_id, countdown seconds).
     republish: Callable[[str, int, float | None], None] = lambda queue, chunk_id, countdown: None
     shutdown: threading.Event = field(default_factory=threading.Event)
@@ -543,6 +545,8 @@ def _run_batches(
 def _finish(ctx: ChunkContext, plan: ChunkPlan, progress: JobProgress | None) -> None:
     if progress is not None and progress.all_chunks_finished:
         ctx.on_job_finished(plan.job_id)
+    if progress is not None:  # the chunk left its tenant's publish window: the tenant's next one goes in
+        ctx.on_chunk_finished(plan.tenant_id, plan.queue)
 
 
 def _fail(ctx: ChunkContext, plan: ChunkPlan, lease: Lease, exc: BaseException) -> ChunkOutcome:

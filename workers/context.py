@@ -37,6 +37,7 @@ def resolve_device(requested: str) -> str:
 
 def build_context(publisher: CeleryPublisher, settings: WorkerSettings | None = None) -> ChunkContext:
     """Build the worker's dependencies from `CATALOGAN_*` settings (engine, store, cache, pool)."""
+    from db.publish_window import publish_window_chunks, refill
     from workers.finalize import finalize_job
 
     settings = settings or WorkerSettings()
@@ -68,6 +69,11 @@ def build_context(publisher: CeleryPublisher, settings: WorkerSettings | None = 
     def on_job_finished(job_id: str) -> None:
         finalize_job(session_factory, store, job_id)
 
+    window = publish_window_chunks()
+
+    def on_chunk_finished(tenant_id: str, queue: str) -> None:
+        refill(session_factory, publisher, tenant_id, queue, window=window)
+
     def republish(queue: str, chunk_id: int, countdown: float | None) -> None:
         publisher.publish_chunk(queue, chunk_id, countdown=countdown)
 
@@ -81,6 +87,7 @@ def build_context(publisher: CeleryPublisher, settings: WorkerSettings | None = 
         gate_pool=gate_pool,
         device=device,
         on_job_finished=on_job_finished,
+        on_chunk_finished=on_chunk_finished,
         republish=republish,
         shutdown=SHUTDOWN,
     )

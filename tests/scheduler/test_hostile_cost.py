@@ -114,8 +114,9 @@ def test_100000_one_image_items_make_one_message_per_chunk_of_images_not_per_ite
     tmp_path: Path,
 ) -> None:
     """Given the API publishing to a real Redis, when a tenant submits 100,000 one-image SKU items (the 9 MiB
-    request of the finding), then the job has ceil(100,000 / 256) = 391 chunks and 391 messages wait in the
-    bulk queue (before: 100,000 of each); every item keeps its own row and index."""
+    request of the finding), then the job has ceil(100,000 / 256) = 391 chunks (before: 100,000), of which the
+    tenant's publish window, 32, wait as messages in the bulk queue (before: 100,000 messages); every item
+    keeps its own row and index."""
     settings = ApiSettings()
     services = build_services(
         settings,
@@ -136,4 +137,4 @@ def test_100000_one_image_items_make_one_message_per_chunk_of_images_not_per_ite
         assert _count(session, Chunk) == 391 and _count(session, JobItem) == 100_000
         sizes = session.execute(select(Chunk.start_index, Chunk.stop_index).order_by(Chunk.start_index)).all()
     assert sizes[0] == (0, 256) and sizes[-1] == (390 * 256, 100_000)
-    assert redis.Redis.from_url(redis_url).llen("bulk") == 391
+    assert redis.Redis.from_url(redis_url).llen("bulk") == 32  # CATALOGAN_PUBLISH_WINDOW_CHUNKS; the rest follow
