@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.chunks import mark_enqueued
-from db.engine import transaction
+from db.engine import read_only_session_factory, transaction
 from db.status import JOB_TERMINAL, ChunkStatus
 from db.tables import Chunk, Job, Tenant
 
@@ -54,6 +54,18 @@ def in_flight(session: Session, tenant_id: str, queue: str) -> int:
     return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
 
 
+def _held(tenant_id: str, queue: str) -> Any:
+    """The tenant's held chunks in `queue`: pending, never published, of jobs not being cancelled."""
+    return _active_chunks(tenant_id, queue).where(
+        Chunk.status == ChunkStatus.PENDING, Chunk.enqueued_at.is_(None), Job.cancel_requested.is_(False)
+    )
+
+
+def _has_held(session_factory: sessionmaker[Session], tenant_id: str, queue: str) -> bool:
+    with read_only_session_factory(session_factory)() as session:
+        return session.scalar(_held(tenant_id, queue).limit(1)) is not None
+
+
 def take_publish_slots(session: Session, tenant_id: str, queue: str, *, window: int) -> list[int]:
     """With the tenant's row locked: mark up to the window's room of the tenant's held chunks in `queue` as
     published (oldest first, jobs being cancelled skipped) and return their ids, to send after the commit."""
@@ -61,18 +73,7 @@ def take_publish_slots(session: Session, tenant_id: str, queue: str, *, window: 
     room = window - in_flight(session, tenant_id, queue)
     if room <= 0:
         return []
-    ids = list(
-        session.scalars(
-            _active_chunks(tenant_id, queue)
-            .where(
-                Chunk.status == ChunkStatus.PENDING,
-                Chunk.enqueued_at.is_(None),
-                Job.cancel_requested.is_(False),
-            )
-            .order_by(Chunk.id)
-            .limit(room)
-        )
-    )
+    ids = list(session.scalars(_held(tenant_id, queue).order_by(Chunk.id).limit(room)))
     mark_enqueued(session, ids)
     return ids
 
@@ -87,7 +88,10 @@ def refill(
 ) -> list[int]:
     """Publish the tenant's next held chunks in `queue`, as many as its window has room for; returns their ids.
 
-    A failed send is logged, not raised: the chunks are marked published, and the reaper republishes them."""
+    A failed send is logged, not raised: the chunks are marked published, and the reaper republishes them.
+    A tenant with nothing held (most jobs fit in the window) costs one read: no lock, no count."""
+    if not _has_held(session_factory, tenant_id, queue):
+        return []
     with transaction(session_factory) as session:
         ids = take_publish_slots(session, tenant_id, queue, window=window)
     if ids:

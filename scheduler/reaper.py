@@ -42,7 +42,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -113,7 +113,7 @@ def _lease_of(chunk: Chunk) -> Lease:
 
 
 class Reaper:
-    """Repairs chunks and jobs; holds only the in-memory time each straggler was first seen."""
+    """Repairs chunks and jobs; holds only the in-memory times stragglers and finalize writes were first seen."""
 
     def __init__(
         self,
@@ -131,8 +131,8 @@ class Reaper:
         self.publish_finalize = publish_finalize
         self.queue_depth = queue_depth
         self.settings = settings or ReaperSettings()
-        self._stragglers: dict[str, dt.datetime] = {}
-        self._writes: dict[str, dt.datetime] = {}  # finalize_writes row id → when this reaper first saw it
+        self._stragglers = _FirstSeen()  # job ids
+        self._writes = _FirstSeen()  # finalize_writes row ids
 
     def reap_once(self, now: dt.datetime | None = None) -> ReapReport:
         """One repair pass; each step commits on its own and runs even when an earlier one failed (with Redis
@@ -264,19 +264,12 @@ class Reaper:
                     Job.status.not_in(JOB_TERMINAL), Job.chunks_finished >= Job.chunks_total
                 )
             ).all()
+        queues = {job_id: queue for job_id, queue in rows}
         grace = dt.timedelta(seconds=self.settings.finalize_grace_seconds)
-        seen_now = set()
-        for job_id, queue in rows:
-            seen_now.add(job_id)
-            first_seen = self._stragglers.setdefault(job_id, now)
-            # The reaper itself just finished it (quarantine, cancel): finalize at once.
-            if job_id in finished or now - first_seen >= grace:
-                self.publish_finalize(queue, job_id)
-                self._stragglers[job_id] = now
-                report.finalize_published.append(job_id)
-        for job_id in list(self._stragglers):
-            if job_id not in seen_now:
-                del self._stragglers[job_id]
+        # The reaper itself just finished some (quarantine, cancel): those are finalized at once.
+        for job_id in self._stragglers.due(queues, now, grace, at_once=finished):
+            self.publish_finalize(queues[job_id], job_id)
+            report.finalize_published.append(job_id)
 
     def _refill_windows(self, report: ReapReport) -> None:
         with self.session_factory() as session:
@@ -293,21 +286,38 @@ class Reaper:
                 .order_by(FinalizeWrite.created_at)
                 .limit(self.settings.reaper_batch_limit)
             ).all()
+        jobs = {write_id: (queue, job_id) for write_id, job_id, queue in rows}
         timeout = dt.timedelta(seconds=self.settings.finalize_write_timeout_seconds)
         dead: dict[tuple[str, str], list[str]] = defaultdict(list)
-        seen_now = set()
-        for write_id, job_id, queue in rows:
-            seen_now.add(write_id)
-            first_seen = self._writes.setdefault(write_id, now)
-            if now - first_seen >= timeout:
-                dead[(queue, job_id)].append(write_id)
-                self._writes[write_id] = now  # once per timeout: the task may be lost, or the job not ready
+        # Once per timeout: the task may be lost, or the job not ready yet.
+        for write_id in self._writes.due(jobs, now, timeout):
+            dead[jobs[write_id]].append(write_id)
         for (queue, job_id), write_ids in dead.items():
             self.publish_finalize(queue, job_id, superseding=write_ids)
             report.finalize_rewrites.append(job_id)
-        for write_id in list(self._writes):
-            if write_id not in seen_now:
-                del self._writes[write_id]
+
+
+class _FirstSeen:
+    """When this reaper first saw each key, on its own clock (skew between hosts never enters a wait)."""
+
+    def __init__(self) -> None:
+        self.since: dict[str, dt.datetime] = {}
+
+    def due(
+        self, keys: Iterable[str], now: dt.datetime, wait: dt.timedelta, *, at_once: Container[str] = ()
+    ) -> list[str]:
+        """The keys seen now that have waited `wait` since first seen or last due (or are in `at_once`), in
+        order; each due one waits again from now, and keys no longer seen are forgotten."""
+        seen = list(keys)
+        due = []
+        for key in seen:
+            first = self.since.setdefault(key, now)
+            if key in at_once or now - first >= wait:
+                due.append(key)
+                self.since[key] = now
+        for key in self.since.keys() - set(seen):
+            del self.since[key]
+        return due
 
 
 def delete_expired_jobs(

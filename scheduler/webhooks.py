@@ -47,10 +47,10 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -89,6 +89,7 @@ USER_AGENT = "catalogan-webhooks/1"
 logger = logging.getLogger(__name__)
 
 Resolver = Callable[[str, int], Sequence[str]]
+T = TypeVar("T")
 # How often a delivery attempt looks again whether its tenant's earlier host lookup has returned.
 LOOKUP_TURN_POLL_SECONDS = 0.05
 
@@ -173,14 +174,49 @@ def check_target(url: str, *, allow_private: bool, resolver: Resolver = resolve_
         _check_addresses(url, resolver(host, port))
 
 
-class SubmitResolver:
-    """`check_target` for the API's event loop: the lookup off the loop, bounded in time and per tenant.
+class TenantLookups:
+    """Host lookups on this object's own threads, at most `per_tenant` of one tenant's running at once.
 
-    A tenant names the webhook host, so it may also run the DNS server that answers for it, slowly. The lookup
-    runs on this object's own threads (never the event loop, never the shared thread pool), the submit gets a
-    422 after `timeout_seconds`, and a tenant whose earlier lookup is still running (a timed-out
-    `getaddrinfo` cannot be cancelled) gets a 429 instead of another thread: one tenant holds at most
-    `per_tenant` threads, and the others' lookups keep theirs.
+    A tenant names the webhook host, so it may also run the DNS server that answers for it, slowly, and a
+    timed-out `getaddrinfo` cannot be cancelled: a lookup keeps its thread and its tenant's turn until it
+    returns, so one tenant holds at most `per_tenant` threads and the others' lookups keep theirs. Thread-safe:
+    a lookup's end is counted on the executor's thread (the dispatcher's ticks are separate event loops).
+    """
+
+    def __init__(self, *, threads: int, per_tenant: int, thread_name_prefix: str) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=thread_name_prefix)
+        self.per_tenant = per_tenant
+        self._lock = threading.Lock()
+        self.running: Counter[str] = Counter()  # tenant id → lookups not yet returned (under _lock)
+
+    def try_start(
+        self, tenant_id: str, function: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> Future[T] | None:
+        """`function(*args, **kwargs)` on this object's threads in the tenant's turn; None while the tenant
+        already has `per_tenant` lookups running."""
+        with self._lock:
+            if self.running[tenant_id] >= self.per_tenant:
+                return None
+            self.running[tenant_id] += 1
+        try:
+            lookup = self.executor.submit(function, *args, **kwargs)
+        except BaseException:
+            self._finished(tenant_id)
+            raise
+        lookup.add_done_callback(lambda _: self._finished(tenant_id))  # when it returns, even after a timeout
+        return lookup
+
+    def _finished(self, tenant_id: str) -> None:
+        with self._lock:
+            self.running[tenant_id] -= 1
+            if self.running[tenant_id] <= 0:
+                del self.running[tenant_id]
+
+
+class SubmitResolver(TenantLookups):
+    """`check_target` for the API's event loop: the lookup off the loop (`TenantLookups`), bounded in time and
+    per tenant: the submit gets a 422 after `timeout_seconds`, and a tenant whose earlier lookup is still
+    running gets a 429 instead of another thread.
     """
 
     def __init__(
@@ -191,77 +227,48 @@ class SubmitResolver:
         timeout_seconds: float = 5.0,
         resolver: Resolver = resolve_host,
     ) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook-dns")
-        self.per_tenant, self.timeout_seconds, self.resolver = per_tenant, timeout_seconds, resolver
-        self.running: Counter[str] = (
-            Counter()
-        )  # tenant id → lookups not yet returned (read and written on the loop)
+        super().__init__(threads=threads, per_tenant=per_tenant, thread_name_prefix="webhook-dns")
+        self.timeout_seconds, self.resolver = timeout_seconds, resolver
 
     async def check(self, url: str, *, allow_private: bool, tenant_id: str) -> None:
         """As `check_target`, awaited; `LimitExceededError` while this tenant's earlier lookup still runs."""
         host, port = _host_and_port(url)
         if allow_private:
             return
-        if self.running[tenant_id] >= self.per_tenant:
+        lookup = self.try_start(tenant_id, self.resolver, host, port)
+        if lookup is None:
             raise LimitExceededError(
                 "webhook_url: an earlier lookup of your webhook host has not returned yet; retry later",
                 retry_after_seconds=math.ceil(self.timeout_seconds),
             )
-        self.running[tenant_id] += 1
-        lookup = asyncio.get_running_loop().run_in_executor(self.executor, self.resolver, host, port)
-        lookup.add_done_callback(lambda _: self._finished(tenant_id))  # also after a timeout: when it returns
         try:
-            addresses = await asyncio.wait_for(asyncio.shield(lookup), self.timeout_seconds)
+            addresses = await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(lookup)), self.timeout_seconds
+            )
         except TimeoutError as exc:
             raise UnsafeWebhookTargetError(
                 f"webhook_url host {host!r} did not resolve within {self.timeout_seconds:g} s"
             ) from exc
         _check_addresses(url, addresses)
 
-    def _finished(self, tenant_id: str) -> None:
-        self.running[tenant_id] -= 1
-        if self.running[tenant_id] <= 0:
-            del self.running[tenant_id]
 
-
-class DeliveryLookups:
-    """`pin_target` for the dispatcher: each lookup on this object's own threads, at most `per_tenant` of one
-    tenant's running at once, across ticks (each tick is its own event loop; this object outlives them).
-
-    A lookup that outlives its attempt's deadline (a tenant's slow DNS server: `getaddrinfo` cannot be
-    cancelled) keeps its thread and its tenant's turn until it returns, so that tenant's later attempts wait
-    for it, each within its own deadline, while the other tenants' lookups have the remaining threads.
+class DeliveryLookups(TenantLookups):
+    """`pin_target` for the dispatcher (`TenantLookups`, shared by every tick of the process, so a lookup left
+    running by one tick still counts in the next): a tenant's next attempt waits for its running lookup, within
+    its own deadline, instead of taking another thread.
     """
 
     def __init__(self, *, threads: int = 16, per_tenant: int = 1) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook-delivery-dns")
-        self.per_tenant = per_tenant
-        self._lock = threading.Lock()
-        self.running: Counter[str] = Counter()  # tenant id → lookups not yet returned (under _lock)
-
-    def _take(self, tenant_id: str) -> bool:
-        with self._lock:
-            if self.running[tenant_id] >= self.per_tenant:
-                return False
-            self.running[tenant_id] += 1
-            return True
-
-    def _finished(self, tenant_id: str) -> None:
-        with self._lock:
-            self.running[tenant_id] -= 1
-            if self.running[tenant_id] <= 0:
-                del self.running[tenant_id]
+        super().__init__(threads=threads, per_tenant=per_tenant, thread_name_prefix="webhook-delivery-dns")
 
     async def pin(self, url: str, tenant_id: str, *, allow_private: bool, resolver: Resolver) -> PinnedTarget:
         """`pin_target(url)` off the event loop, in the tenant's turn; cancelled by the caller's deadline."""
-        while not self._take(tenant_id):
+        while (
+            lookup := self.try_start(
+                tenant_id, pin_target, url, allow_private=allow_private, resolver=resolver
+            )
+        ) is None:
             await anyio.sleep(LOOKUP_TURN_POLL_SECONDS)  # the tenant's earlier lookup has not returned yet
-        try:
-            lookup = self.executor.submit(pin_target, url, allow_private=allow_private, resolver=resolver)
-        except BaseException:
-            self._finished(tenant_id)
-            raise
-        lookup.add_done_callback(lambda _: self._finished(tenant_id))  # when it returns, even after a timeout
         return await asyncio.wrap_future(lookup)
 
 

@@ -75,6 +75,23 @@ def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+Race = tuple[sessionmaker[Session], list[Any], Callable[..., ChunkContext]]
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def race(
+    request: pytest.FixtureRequest, pg_url: str, sqlite_url: str, local_store: ObjectStore
+) -> Iterator[Race]:
+    """(sessions, stores, context) on each database: `context(fail=...)` finalizes through `stores[-1]`."""
+    engine = make_engine(pg_url if request.param == "postgresql" else sqlite_url)
+    sessions = make_session_factory(engine)
+    pool = ThreadPoolExecutor(max_workers=2)
+    stores: list[Any] = [local_store]
+    yield sessions, stores, _contexts(sessions, local_store, pool, lambda: stores[-1])
+    pool.shutdown()
+    engine.dispose()
+
+
 def _contexts(
     sessions: sessionmaker[Session], store: ObjectStore, pool: ThreadPoolExecutor, finalize_store: Any
 ) -> Callable[..., ChunkContext]:
@@ -177,19 +194,14 @@ def test_a_retry_committed_while_finalize_writes_the_manifests_keeps_the_job_ope
     pool.shutdown()
 
 
-@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
 def test_stale_manifests_landing_after_a_rerun_finished_the_job_are_written_again(
-    database: str, pg_url: str, sqlite_url: str, local_store: ObjectStore
+    race: Race, local_store: ObjectStore
 ) -> None:
     """Given a job whose last chunk's finalize has read the image rows (its first chunk quarantined: 10 failed
     images), when the tenant's retry commits, the retried chunk runs and its own finalize finishes the job
     before the first finalize's manifests land, then the job has succeeded and its manifest lists 20
     succeeded images, not the stale 10 failed ones written last."""
-    engine = make_engine(pg_url if database == "postgresql" else sqlite_url)
-    sessions = make_session_factory(engine)
-    pool = ThreadPoolExecutor(max_workers=2)
-    stores: list[Any] = [local_store]
-    context = _contexts(sessions, local_store, pool, lambda: stores[-1])
+    sessions, stores, context = race
     tenant_id, job_id, first, second = _a_job_with_its_first_chunk_quarantined(sessions, local_store, context)
 
     def retry_and_rerun() -> None:
@@ -204,8 +216,6 @@ def test_stale_manifests_landing_after_a_rerun_finished_the_job_are_written_agai
 
     assert job_row(sessions, job_id).status is JobStatus.SUCCEEDED
     assert _manifest_statuses(sessions, local_store, job_id) == ["succeeded"] * 20
-    pool.shutdown()
-    engine.dispose()
 
 
 def test_finalize_holds_no_sqlite_lock_or_pooled_connection_while_the_store_writes(
@@ -255,19 +265,14 @@ def _finalize_writes(sessions: sessionmaker[Session], job_id: str) -> list[str]:
         return list(session.scalars(select(FinalizeWrite.id).where(FinalizeWrite.job_id == job_id)))
 
 
-@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
 def test_a_finalize_killed_after_writing_stale_manifests_is_written_over_by_the_reaper(
-    database: str, pg_url: str, sqlite_url: str, local_store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+    race: Race, local_store: ObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Given the race above, but the first finalize's process dies right after its stale manifests landed
     (before the check that would have written them again), when the reaper runs with the write timeout
     passed, then it has the manifests written again: 20 succeeded images, no finalize_writes row left, and a
     second reaper pass publishes nothing."""
-    engine = make_engine(pg_url if database == "postgresql" else sqlite_url)
-    sessions = make_session_factory(engine)
-    pool = ThreadPoolExecutor(max_workers=2)
-    stores: list[Any] = [local_store]
-    context = _contexts(sessions, local_store, pool, lambda: stores[-1])
+    sessions, stores, context = race
     tenant_id, job_id, first, second = _a_job_with_its_first_chunk_quarantined(sessions, local_store, context)
 
     def retry_and_rerun() -> None:
@@ -311,8 +316,6 @@ def test_a_finalize_killed_after_writing_stale_manifests_is_written_over_by_the_
     assert _finalize_writes(sessions, job_id) == []
     assert job_row(sessions, job_id).status is JobStatus.SUCCEEDED
     assert reaper.reap_once().empty
-    pool.shutdown()
-    engine.dispose()
 
 
 def test_a_live_finalize_is_not_superseded_before_the_write_timeout(
