@@ -12,6 +12,9 @@ Every variant turns the same latents (`models.sampling.latents_for`) of the work
 - `onnxruntime`      the module exported to ONNX at the worker batch, run by ONNX Runtime's CPU provider;
 - `onnxruntime-fixed` `load_generator(..., backend="onnxruntime")`: ONNX Runtime in fixed, padded compute
                      batches of `--compute-batch` (batch-invariant like eager-fixed);
+- `eager-fixed-folded`, `onnxruntime-fixed-folded` the same two with the folded graph (`graph="folded"`: each
+                     nearest ×2 → conv3×3 as one stride-2 transposed conv); `onnxruntime-fixed-folded` is
+                     what a CPU worker runs by default (`--skip folded` leaves both out);
 - `openvino-fixed`   the same ONNX export (at `--compute-batch` rows) compiled by OpenVINO's CPU plugin with
                      fp32 inference precision (its default on a CPU with AMX/AVX-512-BF16 is bf16), in fixed,
                      padded blocks; `openvino-bf16-fixed` the same at OpenVINO's own default precision.
@@ -39,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.inference import ONNXRUNTIME, export_onnx, load_generator, padded_blocks
+from models.inference import FOLDED, ONNXRUNTIME, export_onnx, load_generator, padded_blocks
 from models.sampling import latents_for
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "weights" / "fashion-cgan" / "generator.pt"
@@ -68,6 +71,13 @@ def variants(batch: int, compute_batch: int, skip: set[str]) -> dict[str, Forwar
         return fixed.generate(y, z)
 
     out["eager-fixed"] = run_fixed
+    if "folded" not in skip:
+        folded = load_generator(data, compute_batch=compute_batch, graph=FOLDED)
+
+        def run_folded(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return folded.generate(y, z)
+
+        out["eager-fixed-folded"] = run_folded
     if "channels_last" not in skip:
         nhwc = load_generator(data).module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
@@ -103,6 +113,15 @@ def variants(batch: int, compute_batch: int, skip: set[str]) -> dict[str, Forwar
             return adopted.generate(y, z)
 
         out["onnxruntime-fixed"] = run_onnx_fixed
+        if "folded" not in skip:
+            adopted_folded = load_generator(
+                data, backend=ONNXRUNTIME, compute_batch=compute_batch, graph=FOLDED
+            )
+
+            def run_onnx_folded(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return adopted_folded.generate(y, z)
+
+            out["onnxruntime-fixed-folded"] = run_onnx_folded
         session = _onnx_session(module, batch, eager.z_dim)
         if session is not None:
 

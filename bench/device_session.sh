@@ -3,7 +3,8 @@
 # minutes of device time with the machine's start (~2 min); both together do not. Run `bench` first (it
 # decides issues 11 and 19), and `train` in the next session that has a device:
 #
-#   bash bench/device_session.sh bench   # ~6 min: gpu_bench sections 0, 3, 4 and 5 (the worker in-process
+#   bash bench/device_session.sh bench   # ~7 min: gpu_bench section 1 for a minute (the plain and the folded
+#                                        # graph's forward), then sections 0, 3, 4 and 5 (the worker in-process
 #                                        # with the gate on the GPU, chunk sizes, the Ray Data peer's actor
 #                                        # beside it; training steps/s with cudnn.benchmark off and on; then
 #                                        # 1, 2, 4 and 8 worker processes sharing the GPU)
@@ -17,7 +18,7 @@
 #
 # Before `train`, on the CPU box: mkdir -p .devcarry/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz
 # .devcarry/fashion-mnist/ and pass carry [".devcarry"]. Everything lands under $OUT (set by the device
-# machine): bench/gpu_bench.json, bench/gpu_worker_section.json, bench/gpu_worker_processes.json,
+# machine): graphs/gpu_bench.json, bench/gpu_bench.json, bench/gpu_worker_section.json, bench/gpu_worker_processes.json,
 # train/variants.json, train/b128-trainable.pt.part-0 and -1, train/b256-trainable.pt.part-0 and -1, and a
 # log per part (6 files, about 47 MiB: the machine brings back at most 8 files and 64 MiB). On the CPU box,
 # join each trainable checkpoint (which also writes its generator), then score the generator:
@@ -37,7 +38,11 @@ fi
 
 case "$part" in
   bench)
-    mkdir -p "$out/bench"
+    mkdir -p "$out/bench" "$out/graphs"
+    # Section 1, capped at a minute: the plain and the folded graph's forward side by side (a CUDA worker
+    # runs plain until this shows the fold faster on the GPU too; docs/generation.md, "The folded graph")
+    "$python" bench/gpu_bench.py --out "$out/graphs" --sections 1 --budget-s "${GRAPHS_S:-60}" \
+      2>&1 | tee "$out/graphs.log"
     "$python" bench/gpu_bench.py --out "$out/bench" --sections 0,3,4,5 --budget-s "${BENCH_S:-120}" \
       2>&1 | tee "$out/bench.log"
     ;;

@@ -130,7 +130,12 @@ def generation(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
     results: dict[str, Any] = {"forward": {}, "generate": {}, "render_pixels": {}}
     for name, checkpoint in _generators(args.smoke):
         generator = load_generator(checkpoint, device=device)
-        module = generator.module
+        # Both graphs' forward, side by side (docs/generation.md, "The folded graph"): a CUDA worker runs plain
+        # until this section shows the fold faster there too
+        modules = {
+            "plain": generator.module,
+            "folded": load_generator(checkpoint, device=device, graph="folded").module,
+        }
         for dtype_name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
             for batch in batches:
                 if budget.over():
@@ -138,29 +143,34 @@ def generation(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
                     return results
                 z = torch.randn(batch, generator.z_dim, device=device)
                 y = torch.arange(batch, device=device) % generator.config.num_classes
+                for graph, module in modules.items():
 
-                def forward(
-                    z: torch.Tensor = z,
-                    y: torch.Tensor = y,
-                    dtype: torch.dtype = dtype,
-                    module: torch.nn.Module = module,
-                ) -> int:
-                    with (
-                        torch.inference_mode(),
-                        torch.autocast(
-                            device.type, dtype=dtype, enabled=dtype != torch.float32 and device.type == "cuda"
-                        ),
-                    ):
-                        module(z, y)
-                    return z.shape[0]
+                    def forward(
+                        z: torch.Tensor = z,
+                        y: torch.Tensor = y,
+                        dtype: torch.dtype = dtype,
+                        module: torch.nn.Module = module,
+                    ) -> int:
+                        with (
+                            torch.inference_mode(),
+                            torch.autocast(
+                                device.type,
+                                dtype=dtype,
+                                enabled=dtype != torch.float32 and device.type == "cuda",
+                            ),
+                        ):
+                            module(z, y)
+                        return z.shape[0]
 
-                try:
-                    rate = timed_rate(forward, device, seconds)
-                except torch.OutOfMemoryError:
-                    rate = float("nan")
-                    torch.cuda.empty_cache()
-                results["forward"][f"{name}|{dtype_name}|{batch}"] = rate
-                print(f"forward {name} {dtype_name} batch {batch}: {rate:,.0f} images/s", flush=True)
+                    try:
+                        rate = timed_rate(forward, device, seconds)
+                    except torch.OutOfMemoryError:
+                        rate = float("nan")
+                        torch.cuda.empty_cache()
+                    results["forward"][f"{name}|{graph}|{dtype_name}|{batch}"] = rate
+                    print(
+                        f"forward {name} {graph} {dtype_name} batch {batch}: {rate:,.0f} images/s", flush=True
+                    )
         for batch in batches:
             if budget.over():
                 break

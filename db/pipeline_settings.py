@@ -37,6 +37,12 @@ class WorkerSettings(BaseSettings):
         description="auto (onnxruntime on a CPU where it is installed, else eager), eager, or onnxruntime "
         "(CPU only; the server extra installs it); see models/inference.py.",
     )
+    inference_graph: Literal["auto", "plain", "folded"] = Field(
+        default="auto",
+        description="auto (folded on the CPU, plain on CUDA), plain (the module as trained) or folded (each "
+        "nearest x2 + conv3x3 as one equivalent transposed conv: 1.5-1.7x the shipped generator's images/s on a "
+        "CPU; pixels rounded differently, recorded in the provenance); see models/inference.py.",
+    )
     gate_overlap: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="Run batch k's quality gate in its own thread (own CUDA stream) while batch k+1 is "

@@ -13,12 +13,19 @@ GEMMs), which `tests/models/test_inference.py` checks on the shipped model for b
 positions and padding. Chunks, redraws, previews and `verify --regenerate` all come through here.
 
 The determinism key of an image is (model version, seed, index, category, redraw) plus the `InferenceSpec`:
-backend, device kind, dtype and compute batch. The worker writes the spec into every file's provenance and
-`verify --regenerate` loads the generator with the same spec, or says it cannot (another device kind).
+backend, device kind, dtype, compute batch and graph. The worker writes the spec into every file's provenance
+and `verify --regenerate` loads the generator with the same spec, or says it cannot (another device kind).
+
+The graph. `plain` runs the module as trained; `folded` computes each nearest ×2 → conv3×3 as one equivalent
+stride-2 transposed convolution (`models.generator_cgan.fold_upsampling`): the same function with 4 instead of 9
+multiply-adds per output pixel, rounded differently (about 1e-5 before quantisation, so a pixel in tens of
+thousands lands one grey level apart). A worker's default (`auto`) is folded on the CPU, where it was measured
+faster, and plain on CUDA until a device measures it (`bench/gpu_bench.py` section 1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import tempfile
 import warnings
@@ -33,10 +40,16 @@ from models.build import build_generator
 from models.checkpoint import GENERATOR, checkpoint_from_bytes, checkpoint_to_bytes, sha256_hex
 from models.config import ModelConfig, get_preset
 from models.errors import CheckpointError
+from models.generator_cgan import ConditionalGenerator, fold_upsampling
 
 EAGER = "eager"
 ONNXRUNTIME = "onnxruntime"  # CPU only; onnxruntime + onnx (the server extra, or 'catalogan[onnx]')
 BACKENDS = (EAGER, ONNXRUNTIME)
+PLAIN = "plain"  # the module as trained
+FOLDED = (
+    "folded"  # nearest ×2 → conv3×3 folded into one transposed conv (`models.generator_cgan.fold_upsampling`)
+)
+GRAPHS = (PLAIN, FOLDED)
 # A worker setting, not a backend: onnxruntime on the CPU when it is installed (1.3x eager's images/s for the
 # shipped generator on a quiet 2-core box, docs/performance.md), eager otherwise and on CUDA.
 AUTO = "auto"
@@ -58,13 +71,14 @@ class InferenceSpec:
     """How pixels are computed: part of an image's determinism key and of its provenance.
 
     Same (model version, seed, index, category, redraw, spec) → same bytes. Another backend, device kind,
-    dtype or compute batch may differ by a grey level in a few pixels.
+    dtype, compute batch or graph may differ by a grey level in a few pixels.
     """
 
     backend: str = EAGER
     device_kind: str = "cpu"  # "cpu" | "cuda": the kind, not the ordinal (any GPU of the kind regenerates)
     dtype: str = "fp32"  # "fp32" | "bf16" (CUDA autocast)
     compute_batch: int = CPU_COMPUTE_BATCH
+    graph: str = PLAIN  # "plain" | "folded"; files written before the field existed are plain
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -79,19 +93,28 @@ class InferenceSpec:
             raise ValueError("inference backend onnxruntime: only on cpu, fp32")
         if not 1 <= self.compute_batch <= MAX_COMPUTE_BATCH:
             raise ValueError(f"compute batch {self.compute_batch}: must be in 1..{MAX_COMPUTE_BATCH}")
+        if self.graph not in GRAPHS:
+            raise ValueError(f"inference graph {self.graph!r}: must be one of {', '.join(GRAPHS)}")
 
     def describe(self) -> str:
-        """One line for people: "eager on cpu, fp32, compute batch 8"."""
-        return f"{self.backend} on {self.device_kind}, {self.dtype}, compute batch {self.compute_batch}"
+        """One line for people: "eager on cpu, fp32, compute batch 8" (", folded graph" when folded)."""
+        return describe_fields(self.to_fields())
 
     def to_fields(self) -> dict[str, str]:
-        """The spec as provenance text fields (`workers.encoding.Provenance.inference`)."""
-        return {
+        """The spec as provenance text fields (`workers.encoding.Provenance.inference`).
+
+        `graph` is written only when it is not plain, so a plain file keeps the bytes it had before the field
+        existed (the fields are PNG text chunks) and an old file reads as plain.
+        """
+        fields = {
             "backend": self.backend,
             "device_kind": self.device_kind,
             "dtype": self.dtype,
             "compute_batch": str(self.compute_batch),
         }
+        if self.graph != PLAIN:
+            fields["graph"] = self.graph
+        return fields
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> InferenceSpec:
@@ -100,7 +123,20 @@ class InferenceSpec:
             compute_batch = int(fields["compute_batch"])
         except ValueError as exc:
             raise ValueError(f"compute_batch {fields['compute_batch']!r}: not an integer") from exc
-        return cls(fields["backend"], fields["device_kind"], fields["dtype"], compute_batch)
+        return cls(
+            fields["backend"],
+            fields["device_kind"],
+            fields["dtype"],
+            compute_batch,
+            fields.get("graph", PLAIN),
+        )
+
+
+def describe_fields(fields: dict[str, str]) -> str:
+    """Provenance inference fields for people: "onnxruntime on cpu, fp32, compute batch 8, folded graph"."""
+    text = f"{fields['backend']} on {fields['device_kind']}, {fields['dtype']}, compute batch {fields['compute_batch']}"
+    graph = fields.get("graph", PLAIN)
+    return text if graph == PLAIN else f"{text}, {graph} graph"
 
 
 def resolve_backend(backend: str, device: str | torch.device) -> str:
@@ -117,12 +153,24 @@ def resolve_backend(backend: str, device: str | torch.device) -> str:
     return ONNXRUNTIME if installed else EAGER
 
 
+def resolve_graph(graph: str, device: str | torch.device) -> str:
+    """The graph a worker on `device` runs for the setting `graph` (`auto` or one of `GRAPHS`).
+
+    `auto` is folded on the CPU (1.5–1.7× the shipped generator's images/s there, docs/performance.md) and
+    plain on CUDA, where the fold has not been measured yet (`bench/gpu_bench.py` section 1 times both).
+    """
+    if graph != AUTO:
+        return graph
+    return FOLDED if torch.device(device).type == "cpu" else PLAIN
+
+
 def default_spec(
     device: str | torch.device,
     *,
     backend: str = EAGER,
     dtype: str | None = None,
     compute_batch: int | None = None,
+    graph: str = PLAIN,
 ) -> InferenceSpec:
     """The spec a worker on `device` uses unless told otherwise: fp32 on CPU, bf16 autocast on CUDA.
 
@@ -136,6 +184,7 @@ def default_spec(
         kind,
         dtype or ("bf16" if kind == "cuda" else "fp32"),
         compute_batch or (CUDA_COMPUTE_BATCH if kind == "cuda" else CPU_COMPUTE_BATCH),
+        graph,
     )
 
 
@@ -267,14 +316,15 @@ def load_generator(
     backend: str = EAGER,
     dtype: str | None = None,
     compute_batch: int | None = None,
+    graph: str = PLAIN,
 ) -> LoadedGenerator:
     """The EMA generator from a checkpoint's bytes, in eval mode on `device`; raises `CheckpointError`.
 
     `dtype` defaults to fp32 on CPU and bf16 on CUDA, `compute_batch` to the device kind's default
-    (`CPU_COMPUTE_BATCH`, `CUDA_COMPUTE_BATCH`); `backend` is one of `BACKENDS`.
+    (`CPU_COMPUTE_BATCH`, `CUDA_COMPUTE_BATCH`); `backend` is one of `BACKENDS`, `graph` one of `GRAPHS`.
     """
     target = torch.device(device)
-    spec = default_spec(target, backend=backend, dtype=dtype, compute_batch=compute_batch)
+    spec = default_spec(target, backend=backend, dtype=dtype, compute_batch=compute_batch, graph=graph)
     payload = checkpoint_from_bytes(data)
     config = ModelConfig.from_dict(payload["model_config"])
     module = build_generator(config)
@@ -283,6 +333,11 @@ def load_generator(
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint weights do not match its config: {exc}") from exc
     module.eval().requires_grad_(False).to(target)
+    if spec.graph == FOLDED:
+        if isinstance(module, ConditionalGenerator):
+            module = fold_upsampling(module)
+        else:  # nothing to fold (the seed article's DCGAN): record the graph that runs
+            spec = dataclasses.replace(spec, graph=PLAIN)
     return LoadedGenerator(module, config, sha256_hex(data), target, spec)
 
 
@@ -298,7 +353,12 @@ def load_generator_for(
     if target.type != spec.device_kind:
         raise ValueError(f"the spec needs a {spec.device_kind} device, got {target}")
     return load_generator(
-        data, device=target, backend=spec.backend, dtype=spec.dtype, compute_batch=spec.compute_batch
+        data,
+        device=target,
+        backend=spec.backend,
+        dtype=spec.dtype,
+        compute_batch=spec.compute_batch,
+        graph=spec.graph,
     )
 
 

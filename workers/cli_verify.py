@@ -12,7 +12,7 @@ import click
 from db.cli_support import ExitCode, one_line_errors
 
 
-def _regenerate_report(data: bytes, device: str | None, backend: str | None) -> Any:
+def _regenerate_report(data: bytes, device: str | None, backend: str | None, graph: str | None) -> Any:
     """Verify with regeneration against the registry named by `CATALOGAN_*` (the embedded stack by default)."""
     from db.engine import engine_from_settings, make_session_factory
     from db.pipeline_settings import WorkerSettings
@@ -35,6 +35,7 @@ def _regenerate_report(data: bytes, device: str | None, backend: str | None) -> 
             session_factory=make_session_factory(engine),
             generators=generators,
             backend=backend,
+            graph=graph,
         )
     finally:
         engine.dispose()
@@ -76,16 +77,25 @@ def _print_text(path: Path, report: Any) -> None:
     default=None,
     help="Regenerate with this inference backend instead of the one the file records (eager).",
 )
+@click.option(
+    "--graph",
+    type=click.Choice(["plain", "folded"]),
+    default=None,
+    help="Regenerate with this graph instead of the one the file records (plain: the generator as trained; "
+    "folded: its upsampling folded into transposed convolutions, a CPU worker's default).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @one_line_errors
-def verify(file: Path, regenerate: bool, device: str | None, backend: str | None, as_json: bool) -> None:
+def verify(
+    file: Path, regenerate: bool, device: str | None, backend: str | None, graph: str | None, as_json: bool
+) -> None:
     """Read the provenance a generated PNG/WebP carries; with --regenerate, prove it bit for bit.
 
-    Regeneration uses the inference backend, device kind, dtype and compute batch the file records and says
-    which it used. Exit 0 when the provenance is readable (and, with --regenerate, the recomputed file is
+    Regeneration uses the inference backend, device kind, dtype, compute batch and graph the file records and
+    says which it used. Exit 0 when the provenance is readable (and, with --regenerate, the recomputed file is
     identical); exit 8 (NOT_VERIFIED) when the file differs from what its model version produces, or carries
     no provenance (metadata stripped); exit 9 (NOT_COMPARABLE) when it differs but was regenerated on another
-    device kind or backend than made it (e.g. a CUDA bf16 file on a CPU): not evidence of tampering;
+    device kind, backend or graph than made it (e.g. a CUDA bf16 file on a CPU): not evidence of tampering;
     exit 3 when its model version is not in the registry.
 
     Example:
@@ -97,7 +107,7 @@ def verify(file: Path, regenerate: bool, device: str | None, backend: str | None
 
     data = file.read_bytes()
     try:
-        report = _regenerate_report(data, device, backend) if regenerate else verify_file(data)
+        report = _regenerate_report(data, device, backend, graph) if regenerate else verify_file(data)
     except ProvenanceError as exc:
         click.echo(f"Error: {file}: {exc}", err=True)
         sys.exit(ExitCode.NOT_VERIFIED)

@@ -49,15 +49,16 @@ def build_context(publisher: CeleryPublisher, settings: WorkerSettings | None = 
         from models.inference import CUDA_WORKER_BATCH_SIZE
 
         settings = settings.model_copy(update={"batch_size": CUDA_WORKER_BATCH_SIZE})  # device-aware default
-    from models.inference import default_spec, resolve_backend
+    from models.inference import default_spec, resolve_backend, resolve_graph
 
     backend = resolve_backend(settings.inference_backend, device)  # `auto`: onnxruntime on a CPU that has it
+    graph = resolve_graph(settings.inference_graph, device)  # `auto`: folded on the CPU
     try:  # refuse an impossible backend before any chunk is claimed
         default_spec(device, backend=backend)
     except ValueError as exc:
         raise WorkerConfigError(f"CATALOGAN_INFERENCE_BACKEND: {exc}") from exc
     generators = GeneratorCache(
-        store, device=device, max_entries=settings.generator_cache_size, backend=backend
+        store, device=device, max_entries=settings.generator_cache_size, backend=backend, graph=graph
     )
     pool = ThreadPoolExecutor(max_workers=settings.upload_threads, thread_name_prefix="upload")
     gate_pool = (

@@ -44,11 +44,11 @@ class ModelVersionRef(Protocol):
 Loader = Callable[[bytes, str], GeneratorLike]
 
 
-def default_loader(data: bytes, device: str, backend: str = "eager") -> GeneratorLike:
+def default_loader(data: bytes, device: str, backend: str = "eager", graph: str = "plain") -> GeneratorLike:
     """Load a checkpoint with `models.inference.load_generator` (imported here: it imports torch)."""
     from models.inference import load_generator
 
-    return load_generator(data, device=device, backend=backend)
+    return load_generator(data, device=device, backend=backend, graph=graph)
 
 
 def spec_loader(data: bytes, device: str, spec: Any) -> GeneratorLike:
@@ -82,12 +82,14 @@ class GeneratorCache:
         max_entries: int = 2,
         loader: Loader | None = None,
         backend: str = "eager",
+        graph: str = "plain",
     ) -> None:
         self.store = store
         self.device = device
         self.max_entries = max_entries
         self.backend = backend  # the inference backend of generators loaded without a spec
-        self.loader = loader or functools.partial(default_loader, backend=backend)
+        self.graph = graph  # and their graph (`models.inference.GRAPHS`)
+        self.loader = loader or functools.partial(default_loader, backend=backend, graph=graph)
         self._entries: OrderedDict[tuple[int, Any], GeneratorLike] = OrderedDict()
         self._lock = threading.Lock()
 

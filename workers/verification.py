@@ -10,13 +10,13 @@ the worker uses), renders the pixels with `workers.pixels.render_pixels`, re-enc
 different checkpoint makes it "not matching".
 
 Scope of exact regeneration. The file also records how its pixels were computed (`models.inference.InferenceSpec`:
-inference backend, device kind, dtype, compute batch), and regeneration loads the generator with that same
-spec. Bytes are equal for the same model version, backend, device kind and dtype (measured on CPU: 2,000 of 2,000
-files of the shipped model, `tests/workers/test_verification.py`). Another device kind or backend (a CUDA bf16
-image regenerated on a CPU, a file made with a backend this machine lacks, or `backend=` asked for another
-one) can differ by a grey level without any tampering: such a difference is reported as `different device` /
-`different backend` (`comparable=False`, exit 9 in the CLI), never as tampering. A file written before the
-spec was recorded is regenerated with the default CPU spec.
+inference backend, device kind, dtype, compute batch, graph), and regeneration loads the generator with that
+same spec. Bytes are equal for the same model version and spec (measured on CPU: 2,000 of 2,000 files of the
+shipped model, `tests/workers/test_verification.py`). Another device kind, backend or graph (a CUDA bf16
+image regenerated on a CPU, a file made with a backend this machine lacks, or `backend=` / `graph=` asked for
+another one) can differ by a grey level without any tampering: such a difference is reported as `different
+device` / `different backend` / `different graph` (`comparable=False`, exit 9 in the CLI), never as
+tampering. A file written before the spec was recorded is regenerated with the default CPU spec.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from db.errors import NotFoundError
 from db.job_specs import split_model_ref
 from db.latent_control import parse_control, provenance_fields
 from db.model_versions import get_model_version
-from models.inference import BACKENDS, InferenceSpec, default_spec
+from models.inference import BACKENDS, GRAPHS, PLAIN, InferenceSpec, default_spec, describe_fields
 from workers.encoding import IPTC_TRAINED_ALGORITHMIC_MEDIA, Provenance, encode_image
 from workers.errors import ProvenanceError
 from workers.generator_cache import GeneratorCache
@@ -51,6 +51,8 @@ XMP_TEXT_KEY = "XML:com.adobe.xmp"
 FORMATS = {"PNG": "png", "WEBP": "webp"}
 REQUIRED_FIELDS = ("model_version", "checkpoint_sha256", "job_id", "index", "seed", "category")
 INFERENCE_FIELDS = ("backend", "device_kind", "dtype", "compute_batch")
+# Written only when not plain (`InferenceSpec.to_fields`): a file without it was computed by the plain graph.
+OPTIONAL_INFERENCE_FIELDS = ("graph",)
 # The latent recipe's fields (`db.latent_control.provenance_fields`); `latent_control` is the one regenerated from.
 CONTROL_FIELDS = ("truncation", "variation_of", "strength", "interpolation", "frame", "latent_control")
 
@@ -74,8 +76,8 @@ class VerificationReport:
     provenance: dict[str, Any]
     regenerated: bool
     matches: bool | None = None
-    # False when the regeneration ran with another backend, device kind, dtype or compute batch than the file
-    # records: a difference then proves nothing either way (`reason` says which).
+    # False when the regeneration ran with another backend, device kind, dtype, compute batch or graph than the
+    # file records: a difference then proves nothing either way (`reason` says which).
     comparable: bool | None = None
     regenerated_with: str | None = None  # "eager on cpu, fp32, compute batch 8"
     pixels_match: bool | None = None
@@ -150,7 +152,9 @@ def read_provenance(data: bytes) -> FileProvenance:
         category=fields["category"],
         sku=fields.get("sku"),
         redraw=_int_field(fields, "redraw") if "redraw" in fields else 0,
-        inference=tuple((name, fields[name]) for name in INFERENCE_FIELDS if name in fields),
+        inference=tuple(
+            (name, fields[name]) for name in INFERENCE_FIELDS + OPTIONAL_INFERENCE_FIELDS if name in fields
+        ),
         control=tuple((name, fields[name]) for name in CONTROL_FIELDS if name in fields),
     )
     return FileProvenance(provenance, output_format, fields.get("DigitalSourceType", ""))
@@ -185,14 +189,15 @@ def _file_spec(claimed: FileProvenance) -> dict[str, str]:
     return fields
 
 
-def _describe(fields: dict[str, str]) -> str:
-    return f"{fields['backend']} on {fields['device_kind']}, {fields['dtype']}, compute batch {fields['compute_batch']}"
-
-
-def _wanted_spec(recorded: dict[str, str], device: str, backend: str | None) -> InferenceSpec:
+def _wanted_spec(
+    recorded: dict[str, str], device: str, backend: str | None, graph: str | None = None
+) -> InferenceSpec:
     """The spec to regenerate with: the file's own on a device of its kind, else this device's default."""
     kind = torch.device(device).type
-    spec = default_spec(device)
+    recorded_graph = recorded.get(
+        "graph", PLAIN
+    )  # the file's graph where it is known, also on another device
+    spec = default_spec(device, graph=recorded_graph if recorded_graph in GRAPHS else PLAIN)
     if recorded and recorded["device_kind"] == kind and recorded["backend"] in BACKENDS:
         try:
             spec = InferenceSpec.from_fields(recorded)
@@ -200,6 +205,8 @@ def _wanted_spec(recorded: dict[str, str], device: str, backend: str | None) -> 
             raise ProvenanceError(f"inference provenance: {exc}") from exc
     if backend is not None:
         spec = dataclasses.replace(spec, backend=backend)
+    if graph is not None:
+        spec = dataclasses.replace(spec, graph=graph)
     return spec
 
 
@@ -213,8 +220,9 @@ def _difference(recorded: dict[str, str], spec: InferenceSpec) -> str | None:
         ("backend", "different backend"),
         ("dtype", "different dtype"),
         ("compute_batch", "different compute batch"),
+        ("graph", "different graph"),
     ):
-        if recorded[name] != used[name]:
+        if recorded.get(name, PLAIN) != used.get(name, PLAIN):
             return label
     return None
 
@@ -238,14 +246,16 @@ def regenerate_file(
     session_factory: sessionmaker[Session],
     generators: GeneratorCache,
     backend: str | None = None,
+    graph: str | None = None,
 ) -> Regenerated:
     """Recompute a file's bytes and pixels from the registry, the way the worker made them.
 
     The job identity (job, index, seed, category, SKU, redraw) and the inference spec come from the file; the
     model version and its checkpoint come from the registry. The spec is the file's own when `generators`
-    runs on a device of the kind the file names (and `backend` is None); otherwise the device's default
-    spec (with `backend` when given) and the result says what differs. Raises `NotFoundError` (unknown model
-    version) or `ProvenanceError` (a category the model version does not have, malformed inference fields).
+    runs on a device of the kind the file names (and `backend` and `graph` are None); otherwise the device's
+    default spec (with `backend` and `graph` when given) and the result says what differs. Raises
+    `NotFoundError` (unknown model version) or `ProvenanceError` (a category the model version does not
+    have, malformed inference fields).
     """
     stated = claimed.provenance
     name, version = split_model_ref(stated.model_version)
@@ -258,7 +268,7 @@ def regenerate_file(
     if stated.category not in categories:
         raise ProvenanceError(f"category {stated.category!r} is not a category of {stated.model_version}")
     recorded = _file_spec(claimed)
-    spec = _wanted_spec(recorded, generators.device, backend)
+    spec = _wanted_spec(recorded, generators.device, backend, graph)
     generator = generators.get(model_version, spec)
     recipe = _recipe(claimed)
     pixels = render_pixels(
@@ -297,12 +307,12 @@ def _mismatch_reason(
     claimed: FileProvenance, regenerated: Regenerated, pixels_match: bool, differing: int
 ) -> str:
     if not regenerated.comparable:
-        recorded = _describe(dict(claimed.provenance.inference))
+        recorded = describe_fields(dict(claimed.provenance.inference))
         what = str(regenerated.difference).removeprefix("different ")
         return (
             f"{regenerated.difference}: the file was made with {recorded}, regenerated with "
             f"{regenerated.regenerated_with}; {differing} pixel(s) differ, which another {what} alone can cause "
-            "(not evidence of tampering): regenerate with the file's device kind and backend to prove it"
+            "(not evidence of tampering): regenerate with the file's device kind, backend and graph to prove it"
         )
     if not pixels_match:
         return f"{differing} pixel(s) differ from the image the model version produces"
@@ -319,12 +329,14 @@ def verify_file(
     session_factory: sessionmaker[Session] | None = None,
     generators: GeneratorCache | None = None,
     backend: str | None = None,
+    graph: str | None = None,
 ) -> VerificationReport:
     """Read a file's provenance and, with `regenerate`, recompute it and compare bit for bit.
 
     `backend` asks for another inference backend than the file records (the report then says "different
-    backend" when the pixels differ). Raises `ProvenanceError` when the file carries no readable provenance,
-    `NotFoundError` when its model version is not in the registry. A file that differs is a report with
+    backend" when the pixels differ), `graph` for another graph ("different graph"). Raises
+    `ProvenanceError` when the file carries no readable provenance, `NotFoundError` when its model version
+    is not in the registry. A file that differs is a report with
     `matches=False` (and `comparable=False` when the run could not reproduce the file's spec), not an error.
     """
     claimed = read_provenance(data)
@@ -343,7 +355,7 @@ def verify_file(
         raise ValueError("regenerate needs a session factory and a generator cache")
     try:
         regenerated = regenerate_file(
-            claimed, session_factory=session_factory, generators=generators, backend=backend
+            claimed, session_factory=session_factory, generators=generators, backend=backend, graph=graph
         )
     except NotFoundError as exc:
         raise NotFoundError(

@@ -96,9 +96,11 @@ def test_a_2000_image_job_over_three_categories_succeeds_exactly(stack: Pipeline
         entry["sha256"] == rows[entry["index"]][1] and entry["status"] == "succeeded" for entry in manifest
     )
     assert {entry["category"] for entry in manifest} == {"a", "b", "c"}
-    # And a CPU worker at its default backend (`auto`) computed them with onnxruntime, and says so in the file
+    # And a CPU worker at its default backend and graph (`auto`) computed them with onnxruntime on the folded
+    # graph, and says so in the file
     first = read_provenance(stack.store.get(str(rows[0][0])))
     assert dict(first.provenance.inference)["backend"] == "onnxruntime"
+    assert dict(first.provenance.inference)["graph"] == "folded"
 
 
 def test_redelivering_finished_chunks_changes_no_byte_and_no_row(stack: PipelineStack) -> None:
