@@ -24,6 +24,9 @@ Rounds alternate between the variants so a load change on the box hits each of t
 median over rounds. Each variant's pixels are compared with eager's (images that differ): a backend whose
 pixels differ is a different determinism key (`models.inference.InferenceSpec`), not a drop-in replacement.
 
+Then the quality gate's evaluator on eager and on ONNX Runtime (the backend a CPU worker's gate follows), on the
+same images (`--skip evaluator` leaves it out).
+
     python bench/bench_inference.py [--batch 64] [--compute-batch 8] [--rounds 5] [--threads N] [--skip compile]
 """
 
@@ -227,7 +230,7 @@ def main() -> None:
         )
         reference = pixels if reference is None else reference
         differ = int((pixels != reference).reshape(len(pixels), -1).any(dim=1).sum())
-        print(f"{name:>17}: {differ} of {len(pixels)} images differ from eager's pixels", flush=True)
+        print(f"{name:>24}: {differ} of {len(pixels)} images differ from eager's pixels", flush=True)
     for _ in range(args.rounds):
         for name, forward in runs.items():
             started = time.perf_counter()
@@ -235,10 +238,35 @@ def main() -> None:
                 forward(z[start : start + args.batch], y[start : start + args.batch])
             rates[name].append(len(z) / (time.perf_counter() - started))
     eager_rate = statistics.median(rates["eager"])
-    print(f"{'backend':>17} {'images/s':>9} {'x eager':>8}  rounds")
+    print(f"{'backend':>24} {'images/s':>9} {'x eager':>8}  rounds")
     for name, values in rates.items():
         rate = statistics.median(values)
-        print(f"{name:>17} {rate:9.0f} {rate / eager_rate:8.2f}  {' '.join(f'{v:.0f}' for v in values)}")
+        print(f"{name:>24} {rate:9.0f} {rate / eager_rate:8.2f}  {' '.join(f'{v:.0f}' for v in values)}")
+    if "evaluator" not in set(args.skip):
+        evaluator_rates(reference if reference is not None else runs["eager"](z, y), args.rounds)
+
+
+def evaluator_rates(pixels: torch.Tensor, rounds: int) -> None:
+    """The quality gate's evaluator (`workers.quality_gate.EvaluatorScorer`, no index) on each backend: the
+    same uint8 images scored in alternating rounds; images/s, the ratio to eager and the largest score gap."""
+    from workers.quality_gate import EvaluatorScorer
+
+    scorers = {backend: EvaluatorScorer(None, backend=backend) for backend in ("eager", ONNXRUNTIME)}
+    scores = {backend: scorer(pixels, 3).confidence for backend, scorer in scorers.items()}  # warm-up
+    gap = float(abs(scores[ONNXRUNTIME] - scores["eager"]).max())
+    rates: dict[str, list[float]] = {backend: [] for backend in scorers}
+    for _ in range(rounds):
+        for backend, scorer in scorers.items():
+            started = time.perf_counter()
+            scorer(pixels, 3)
+            rates[backend].append(len(pixels) / (time.perf_counter() - started))
+    eager_rate = statistics.median(rates["eager"])
+    print(f"\nthe gate's evaluator, {len(pixels)} images (largest score gap onnxruntime vs eager {gap:.1e})")
+    for backend, values in rates.items():
+        rate = statistics.median(values)
+        print(
+            f"{'evaluator ' + backend:>24} {rate:9.0f} {rate / eager_rate:8.2f}  {' '.join(f'{v:.0f}' for v in values)}"
+        )
 
 
 if __name__ == "__main__":

@@ -512,7 +512,7 @@ def bench_versus_peer(
     rows: list[dict[str, Any]] = []
     exports: list[dict[str, Any]] = []
     scaling: list[dict[str, Any]] = []
-    overlap_ab: list[dict[str, Any]] = []
+    setting_ab: list[dict[str, Any]] = []
     peer_rates: dict[bytes, dict[str, Any]] = {}
     try:
         for scenario in scenarios:  # warm-up: every worker process loads every model (not timed)
@@ -574,16 +574,19 @@ def bench_versus_peer(
             rate = run_job(near_free, size, seed=100 + seed)
             print(f"catalogan near-free at {size:,} images: {rate:.0f} images/s", flush=True)
             scaling.append({"images": size, "catalogan_images_per_s": rate})
-        for round_ in range(args.gate_overlap_rounds):  # the shipped job, the worker restarted per setting
+        variable, values = ab_setting(args.ab)
+        for round_ in range(args.ab_rounds):  # the shipped job, the worker restarted per value
             shipped_scenario = next(scenario for scenario in scenarios if scenario.name == "shipped")
-            for setting in ("off", "on"):
+            for value in values:
                 worker.terminate()
                 worker.wait(timeout=60)
-                worker = start_worker({"CATALOGAN_GATE_OVERLAP": setting})
+                worker = start_worker({variable: value})
                 run_job(shipped_scenario, 2 * cores * args.chunk_size, seed=0)  # warm-up: model, evaluator
                 rate = run_job(shipped_scenario, args.peer_images, seed=200 + round_)
-                print(f"catalogan shipped, gate overlap {setting}: {rate:.0f} images/s", flush=True)
-                overlap_ab.append({"round": round_, "gate_overlap": setting, "catalogan_images_per_s": rate})
+                print(f"catalogan shipped, {variable}={value}: {rate:.0f} images/s", flush=True)
+                setting_ab.append(
+                    {"round": round_, "variable": variable, "value": value, "catalogan_images_per_s": rate}
+                )
     finally:
         ray.shutdown()
         worker.terminate()
@@ -592,7 +595,7 @@ def bench_versus_peer(
     results["rows"] = rows
     results["exports"] = exports
     results["scaling"] = scaling
-    results["gate_overlap_ab"] = overlap_ab
+    results["setting_ab"] = setting_ab
     results["load_after"] = os.getloadavg()
     return results
 
@@ -669,25 +672,29 @@ def peer_lines(results: dict[str, Any]) -> list[str]:
         ]
         rates = [row["catalogan_images_per_s"] for row in results["scaling"]]
         lines.append(f"\nlargest job / smallest job images/s: {rates[-1] / rates[0]:.2f}")
-    if results.get("gate_overlap_ab"):
-        lines += ["", "| round | gate overlap | shipped images/s |", "|---:|---|---:|"]
-        lines += [
-            f"| {row['round']} | {row['gate_overlap']} | {row['catalogan_images_per_s']:.0f} |"
-            for row in results["gate_overlap_ab"]
-        ]
-        by_setting = {
-            setting: [
-                row["catalogan_images_per_s"]
-                for row in results["gate_overlap_ab"]
-                if row["gate_overlap"] == setting
-            ]
-            for setting in ("off", "on")
-        }
+    if results.get("setting_ab"):
+        ab = results["setting_ab"]
+        variable = ab[0]["variable"]
+        lines += ["", f"| round | {variable} | shipped images/s |", "|---:|---|---:|"]
+        lines += [f"| {row['round']} | {row['value']} | {row['catalogan_images_per_s']:.0f} |" for row in ab]
+        by_value: dict[str, list[float]] = {}
+        for row in ab:
+            by_value.setdefault(row["value"], []).append(row["catalogan_images_per_s"])
+        first, second = list(by_value)
         lines.append(
-            f"\ngate overlap on ÷ off (mean of {len(by_setting['on'])} rounds): "
-            f"{sum(by_setting['on']) / sum(by_setting['off']):.3f}"
+            f"\n{variable} {second} ÷ {first} (mean of {len(by_value[second])} rounds): "
+            f"{sum(by_value[second]) / sum(by_value[first]):.3f}"
         )
     return lines
+
+
+def ab_setting(text: str) -> tuple[str, tuple[str, str]]:
+    """`VAR=A,B` → (VAR, (A, B)); SystemExit naming --ab when malformed."""
+    variable, _, values = text.partition("=")
+    pair = tuple(value.strip() for value in values.split(","))
+    if not variable.startswith("CATALOGAN_") or len(pair) != 2 or not all(pair):
+        raise SystemExit(f"--ab {text!r}: must be CATALOGAN_NAME=A,B (two values of one worker setting)")
+    return variable, (pair[0], pair[1])
 
 
 def _postgres_backends(admin_url: str, database: str) -> list[int]:
@@ -873,11 +880,17 @@ def main() -> None:
         "against job size).",
     )
     parser.add_argument(
-        "--gate-overlap-rounds",
+        "--ab-rounds",
         type=int,
         default=0,
-        help="After the comparison, this many rounds of the shipped job with CATALOGAN_GATE_OVERLAP=off then "
-        "on (the worker restarted for each): overlap on ÷ off on this box.",
+        help="After the comparison, this many rounds of the shipped job with the worker setting --ab at its "
+        "first value, then its second (the worker restarted for each): second ÷ first on this box.",
+    )
+    parser.add_argument(
+        "--ab",
+        default="CATALOGAN_INFERENCE_GRAPH=plain,folded",
+        help="The worker setting --ab-rounds compares, as CATALOGAN_NAME=A,B "
+        "[default CATALOGAN_INFERENCE_GRAPH=plain,folded; e.g. CATALOGAN_GATE_OVERLAP=off,on].",
     )
     parser.add_argument(
         "--server-cores",
@@ -893,6 +906,8 @@ def main() -> None:
         help="No shipped-generator row (it builds the memorization index).",
     )
     args = parser.parse_args()
+    if args.ab_rounds:
+        ab_setting(args.ab)  # a malformed --ab stops here, before any service starts
     sizes = [int(size) for size in args.images.split(",") if size]
 
     # A database of its own, claimed as the test suite claims them: no run shares its queues.

@@ -281,7 +281,7 @@ class WorkerBench:
         from db.engine import make_engine, make_session_factory, transaction
         from db.pipeline_settings import WorkerSettings
         from db.tables import Tenant
-        from models.inference import CUDA_WORKER_BATCH_SIZE, load_generator
+        from models.inference import CUDA_WORKER_BATCH_SIZE, load_generator, resolve_backend, resolve_graph
         from workers.chunk_generation import ChunkContext
         from workers.generator_cache import GeneratorCache
 
@@ -343,7 +343,13 @@ class WorkerBench:
         self.ctx = ChunkContext(
             session_factory=self.factory,
             store=self.store,
-            generators=GeneratorCache(self.store, device=str(device), max_entries=2),
+            generators=GeneratorCache(  # the backend and graph `catalogan worker` runs on this device
+                self.store,
+                device=str(device),
+                max_entries=2,
+                backend=resolve_backend(self.settings.inference_backend, device),
+                graph=resolve_graph(self.settings.inference_graph, device),
+            ),
             settings=self.settings,
             worker_name="gpu-bench",
             pool=self.pool,

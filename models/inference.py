@@ -276,24 +276,29 @@ def export_onnx(module: nn.Module, batch: int, z_dim: int) -> bytes:
     """The generator exported to ONNX at exactly `batch` rows: inputs `z` (b, z_dim), `y` (b,); output `images`."""
     z = torch.zeros(batch, z_dim)  # (b, z_dim)
     y = torch.zeros(batch, dtype=torch.long)  # (b,)
+    return export_module_onnx(module, (z, y), ["z", "y"], ["images"])
+
+
+def export_module_onnx(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], input_names: list[str], output_names: list[str]
+) -> bytes:
+    """A fixed-shape module exported to ONNX bytes at the shapes of `inputs`."""
     with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of the dynamo one, which needs onnxscript; this
-        # fixed-shape, control-flow-free module exports the same either way.
+        # The TorchScript exporter is deprecated in favour of the dynamo one, which needs onnxscript; these
+        # fixed-shape, control-flow-free modules export the same either way.
         warnings.simplefilter("ignore", DeprecationWarning)
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "generator.onnx"
+            path = Path(folder) / "module.onnx"
             torch.onnx.export(
-                module, (z, y), path, input_names=["z", "y"], output_names=["images"], dynamo=False
+                module, inputs, path, input_names=input_names, output_names=output_names, dynamo=False
             )
             return path.read_bytes()
 
 
-def _onnx_session(module: nn.Module, spec: InferenceSpec, z_dim: int) -> Any:
-    """An ONNX Runtime CPU session of the module, exported at exactly `spec.compute_batch` rows.
-
-    Deterministic compute on, one session thread per torch thread (a worker process is single-threaded).
-    Raises `ValueError` naming the extra when onnxruntime is not installed.
-    """
+def onnx_cpu_session(model: bytes) -> Any:
+    """An ONNX Runtime CPU session of ONNX bytes: deterministic compute on, one session thread per torch
+    thread (a worker process is single-threaded). Raises `ValueError` naming the extra when onnxruntime is
+    not installed."""
     try:
         import onnxruntime
     except ImportError as exc:
@@ -301,12 +306,20 @@ def _onnx_session(module: nn.Module, spec: InferenceSpec, z_dim: int) -> Any:
             "inference backend onnxruntime: the onnxruntime package is not installed "
             "(pip install 'catalogan[onnx]')"
         ) from exc
-    model = export_onnx(module, spec.compute_batch, z_dim)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.use_deterministic_compute = True
+    # Pool threads that spin while they wait for work burn a core the process's other threads (encode,
+    # upload, the gate) need: with two torch threads, spinning cost the in-process worker 1.5 ms of CPU per
+    # image (bench/gpu_bench.py section 3). Scheduling only: the results are the same.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _onnx_session(module: nn.Module, spec: InferenceSpec, z_dim: int) -> Any:
+    """An ONNX Runtime CPU session of the generator, exported at exactly `spec.compute_batch` rows."""
+    return onnx_cpu_session(export_onnx(module, spec.compute_batch, z_dim))
 
 
 def load_generator(

@@ -111,9 +111,9 @@ class ChunkContext:
     # Called to rerun a released or failed chunk: (queue, chunk_id, countdown seconds).
     republish: Callable[[str, int, float | None], None] = lambda queue, chunk_id, countdown: None
     shutdown: threading.Event = field(default_factory=threading.Event)
-    # Quality-gate scorers (the evaluator + the model version's memorization index), per model version id
-    # and index sha256.
-    scorers: dict[tuple[int, str | None], Scorer] = field(default_factory=dict)
+    # Quality-gate scorers (the evaluator + the model version's memorization index), per model version id,
+    # index sha256 and evaluator backend (the generator's).
+    scorers: dict[tuple[int, str | None, str], Scorer] = field(default_factory=dict)
     # One thread that runs the quality gate of batch k while batch k+1 is forwarded (`gate_overlap`); None:
     # the gate runs in the batch loop's thread, after the forward pass.
     gate_pool: ThreadPoolExecutor | None = None
@@ -276,11 +276,14 @@ def _gated(
         return [GatedImage(index, pixels[row], None, 0) for row, index in enumerate(batch)]
     # Keyed by the index too: a version that gets its index after this worker cached a scorer without one
     # (the shipped model, registered before its index was built) is scored with the index from then on.
-    cache_key = (plan.model_version.id, str(index_entry.get("sha256")) if index_entry else None)
+    # The evaluator runs on the generator's backend (ONNX Runtime for an onnxruntime spec), so a job's gate
+    # decisions are a function of its inference spec like its pixels.
+    backend = str(getattr(getattr(generator, "spec", None), "backend", "eager"))  # doubles carry no spec
+    cache_key = (plan.model_version.id, str(index_entry.get("sha256")) if index_entry else None, backend)
     scorer = ctx.scorers.get(cache_key)
     if scorer is None:
         index = load_memorization_index(ctx.store, plan.model_version) if indexed else None
-        scorer = ctx.scorers[cache_key] = evaluator_scorer(index, device=ctx.device)
+        scorer = ctx.scorers[cache_key] = evaluator_scorer(index, device=ctx.device, backend=backend)
     # The gate scores and redraws one item's images at a time (the scorer takes one class per call); a
     # segment's pixel rows are the batch's, in order.
     gated: list[GatedImage] = []

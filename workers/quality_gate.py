@@ -9,8 +9,9 @@ A failed image is redrawn from the latent of (seed, index, redraw) for redraw = 
 (`models.sampling.latents_for(redraws=...)`); an image that still fails after the last redraw is
 *rejected*: its row says so (status `rejected`, score, redraws, and the reason) and no object is stored.
 Everything is a function of (model version, seed, index, category, gate, inference spec) and the shipped
-evaluator, run in fixed compute blocks on the worker's device (`EvaluatorScorer`); a chunk scores the same
-blocks on every run, so the same job twice gives the same scores, redraws and rejections.
+evaluator, run in fixed compute blocks on the worker's device and on the generator's backend (ONNX Runtime
+for an onnxruntime spec; `EvaluatorScorer`); a chunk scores the same blocks on every run, so the same job
+twice gives the same scores, redraws and rejections.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import contextlib
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from models.memorization_index import MemorizationIndex
+
+if TYPE_CHECKING:
+    from models.evaluator import EvaluatorCNN
 from workers.errors import WorkerConfigError
 from workers.generator_cache import GeneratorLike
 from workers.pixels import render_pixels
@@ -95,21 +99,36 @@ class EvaluatorScorer:
     (60,000 × 128) that is about one pair in 40,000 and a quarter of the full product's CPU time
     (docs/performance.md, "The near-copy check, pruned"). Everything stays on the device, computed once per
     index. No Python loop per image. On CUDA cuDNN is pinned to deterministic algorithms and no autocast is
-    used: the gate's decisions do not depend on the device's mood.
+    used: the gate's decisions do not depend on the device's mood. With `backend="onnxruntime"` (CPU only)
+    the evaluator runs as one ONNX Runtime graph with deterministic compute: scores within about 1e-6 of
+    eager's, bit-identical from run to run.
     """
 
     def __init__(
-        self, index: MemorizationIndex | None = None, *, device: str = "cpu", compute_batch: int | None = None
+        self,
+        index: MemorizationIndex | None = None,
+        *,
+        device: str = "cpu",
+        compute_batch: int | None = None,
+        backend: str = "eager",
     ) -> None:
         from models.evaluator import default_evaluator
-        from models.inference import CPU_COMPUTE_BATCH, CUDA_COMPUTE_BATCH
+        from models.inference import BACKENDS, CPU_COMPUTE_BATCH, CUDA_COMPUTE_BATCH, ONNXRUNTIME
 
         self.device = torch.device(device)
+        if backend not in BACKENDS:
+            raise ValueError(f"evaluator backend {backend!r}: must be one of {', '.join(BACKENDS)}")
+        if backend == ONNXRUNTIME and self.device.type != "cpu":
+            raise ValueError("evaluator backend onnxruntime: only on cpu")
+        self.backend = backend
         shared = default_evaluator()  # cached per process, on the CPU: a copy goes to any other device
         self.model = (shared if self.device.type == "cpu" else copy.deepcopy(shared).to(self.device)).eval()
         self.compute_batch = compute_batch or (
             CUDA_COMPUTE_BATCH if self.device.type == "cuda" else CPU_COMPUTE_BATCH
         )
+        # ONNX Runtime runs the evaluator in about half eager's CPU time at one thread (it fuses each conv
+        # with its batch norm and ReLU; docs/performance.md, "The gate's evaluator on ONNX Runtime")
+        self._session = _evaluator_session(self.model, self.compute_batch) if backend == ONNXRUNTIME else None
         self.pruning: _PrunedSearch | None = (
             _PrunedSearch(index.train_features, index.threshold, self.device) if index is not None else None
         )
@@ -127,13 +146,20 @@ class EvaluatorScorer:
         with torch.inference_mode(), _deterministic(self.device):
             x = x.to(self.device)
             for start in range(0, len(x), block):
-                features = self.model.features(x[start : start + block])  # (b, D) float32
-                logits = self.model.head(features).double()  # (b, classes)
-                confidence.append(torch.softmax(logits, dim=1)[:, class_index])
+                features, logits = self._evaluate(x[start : start + block])  # (b, D) float32, (b, classes)
+                confidence.append(torch.softmax(logits.double(), dim=1)[:, class_index])
                 near.append(self._near(features))
             scores = torch.cat(confidence)[:size].cpu().numpy()
             copies = torch.cat(near)[:size].cpu().numpy()
         return Scores(np.asarray(scores, dtype=np.float64), np.asarray(copies, dtype=bool))
+
+    def _evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (b, D) and logits (b, classes) of one block of `compute_batch` rows, float32."""
+        if self._session is not None:
+            features, logits = self._session.run(None, {"x": x.numpy()})
+            return torch.from_numpy(features), torch.from_numpy(logits)
+        features = self.model.features(x)
+        return features, self.model.head(features)
 
     def _near(self, features: torch.Tensor) -> torch.Tensor:
         """True per row whose nearest training feature is closer than the index's threshold."""
@@ -211,6 +237,27 @@ class _PrunedSearch:
         return near
 
 
+class _FeaturesAndLogits(torch.nn.Module):
+    """The evaluator as one graph with both outputs the gate reads (what ONNX Runtime runs)."""
+
+    def __init__(self, model: EvaluatorCNN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.features(x)
+        return features, self.model.head(features)
+
+
+def _evaluator_session(model: EvaluatorCNN, compute_batch: int) -> Any:
+    """An ONNX Runtime CPU session of the evaluator at exactly `compute_batch` rows: in `x`, out features, logits."""
+    from models.inference import export_module_onnx, onnx_cpu_session
+
+    example = torch.zeros(compute_batch, 1, 32, 32)
+    data = export_module_onnx(_FeaturesAndLogits(model).eval(), (example,), ["x"], ["features", "logits"])
+    return onnx_cpu_session(data)
+
+
 def _deterministic(device: torch.device) -> Any:
     """cuDNN pinned to deterministic algorithms on CUDA; nothing to pin on the CPU."""
     if device.type == "cuda":
@@ -218,9 +265,11 @@ def _deterministic(device: torch.device) -> Any:
     return contextlib.nullcontext()
 
 
-def evaluator_scorer(index: MemorizationIndex | None = None, *, device: str = "cpu") -> Scorer:
-    """Score with the shipped evaluator on `device`; near copies from `index` when given."""
-    return EvaluatorScorer(index, device=device)
+def evaluator_scorer(
+    index: MemorizationIndex | None = None, *, device: str = "cpu", backend: str = "eager"
+) -> Scorer:
+    """Score with the shipped evaluator on `device` and `backend`; near copies from `index` when given."""
+    return EvaluatorScorer(index, device=device, backend=backend)
 
 
 def apply_gate(

@@ -192,7 +192,7 @@ def test_the_next_forward_pass_runs_while_the_gate_scores_the_batch_before(
     ctx = _context(session_factory, local_store, pools, overlap=True)
     second_forward = threading.Event()
     scorer = _BlockingScorer(second_forward)
-    ctx.scorers[(model.id, None)] = scorer  # what `_gated` would build for this version (no index)
+    ctx.scorers[(model.id, None, "eager")] = scorer  # what `_gated` would build for it (no index, eager)
     forwards: list[str] = []
     forward = chunk_generation._forward
 
@@ -235,7 +235,7 @@ def test_a_chunk_stopped_with_a_batch_in_the_gate_leaves_no_gate_work_behind(
     ready = threading.Event()
     ready.set()
     scorer = _BlockingScorer(ready)
-    ctx.scorers[(model.id, None)] = scorer
+    ctx.scorers[(model.id, None, "eager")] = scorer
     forward = chunk_generation._forward
     calls: list[int] = []
 
@@ -261,6 +261,7 @@ def test_a_chunk_stopped_with_a_batch_in_the_gate_leaves_no_gate_work_behind(
     # Then it was released after the batch it had uploaded; the batch that was in the gate finished there
     # before generate_chunk returned, and no third forward pass ran
     assert outcome is ChunkOutcome.RELEASED
+    assert scorer.threads == {"gate_0"}  # the worker scored with this scorer (its cache key is `_gated`'s)
     assert scorer.active == 0 and len(calls) == 2
     with ctx.session_factory() as session:
         rows = session.scalars(select(Image).where(Image.job_id == job_id).order_by(Image.index)).all()

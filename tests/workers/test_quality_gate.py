@@ -243,3 +243,68 @@ def test_the_batched_device_scorer_agrees_with_the_reference_path_on_cpu_tensors
     alone = [scorer(pixels[row : row + 1], 2) for row in (0, 17, 47)]
     np.testing.assert_allclose([a.confidence[0] for a in alone], scores.confidence[[0, 17, 47]], atol=1e-6)
     assert [bool(a.near_copy[0]) for a in alone] == [True, False, False]
+
+
+def test_the_evaluator_on_onnxruntime_scores_as_eager_does_and_the_same_every_time() -> None:
+    # Given 48 images of the shipped generator and an index whose training set holds the first 16 of them
+    import numpy as np
+    import torch
+
+    from models.evaluator import default_evaluator, embed
+    from models.inference import load_generator
+    from models.memorization_index import MemorizationIndex
+    from workers.pixels import render_pixels
+    from workers.quality_gate import EvaluatorScorer
+
+    shipped = Path(__file__).resolve().parents[2] / "models" / "weights" / "fashion-cgan" / "generator.pt"
+    pixels = render_pixels(load_generator(shipped.read_bytes()), 5, 2, range(48))  # (48, 32, 32, 1)
+    features, _ = embed(default_evaluator(), pixels)
+    index = MemorizationIndex(features[:16].astype(np.float32), threshold=1.0, quantile=0.001)
+    # When eager and two ONNX Runtime scorers score them
+    eager = EvaluatorScorer(index, device="cpu")(pixels, 2)
+    first, second = (EvaluatorScorer(index, device="cpu", backend="onnxruntime")(pixels, 2) for _ in range(2))
+    # Then ONNX Runtime makes eager's near-copy decisions with eager's confidence to float32 precision (its
+    # fused conv + batch norm rounds apart by about 1e-6)
+    assert first.near_copy.tolist() == eager.near_copy.tolist() == [True] * 16 + [False] * 32
+    np.testing.assert_allclose(first.confidence, eager.confidence, atol=1e-5)
+    # And two sessions give bit-identical scores (the gate's decisions of a job do not move between runs)
+    assert first.confidence.tobytes() == second.confidence.tobytes()
+    # And a backend that cannot run the evaluator is refused naming it
+    with pytest.raises(ValueError, match="evaluator backend 'tensorrt'"):
+        EvaluatorScorer(None, device="cpu", backend="tensorrt")
+    if torch.cuda.is_available():  # pragma: no cover - CPU CI
+        with pytest.raises(ValueError, match="onnxruntime: only on cpu"):
+            EvaluatorScorer(None, device="cuda", backend="onnxruntime")
+
+
+def test_an_onnxruntime_worker_gates_with_the_evaluator_on_onnxruntime(
+    session_factory: sessionmaker[Session], local_store: ObjectStore, model: ModelVersion
+) -> None:
+    # Given a worker whose generators run on onnxruntime (a CPU worker's default)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        ctx = ChunkContext(
+            session_factory=session_factory,
+            store=local_store,
+            generators=GeneratorCache(local_store, device="cpu", backend="onnxruntime"),
+            settings=WorkerSettings(batch_size=16, upload_threads=2),
+            worker_name="test-worker",
+            pool=pool,
+            on_job_finished=lambda job_id: finalize_job(session_factory, local_store, job_id),
+        )
+        spec = {
+            "model": "tiny",
+            "items": [{"category": "a", "count": 40}],
+            "seed": 42,
+            "chunk_size": 20,
+            "quality_gate": HIGH_GATE,
+        }
+        # When the same gated job runs twice
+        first, second = _run(ctx, model, spec), _run(ctx, model, spec)
+    # Then its gate scored on onnxruntime: one scorer, keyed and built for that backend
+    assert [(key[2], scorer.backend) for key, scorer in ctx.scorers.items()] == [  # type: ignore[attr-defined]
+        ("onnxruntime", "onnxruntime")
+    ]
+    # And both runs made the same decisions with the same scores, some of them redraws and rejections
+    outcome = _outcome(ctx, first)
+    assert [row[:4] for row in _outcome(ctx, second)] == [row[:4] for row in outcome]
+    assert {row[3] for row in outcome} >= {0, 1} and any(row[1] is ImageStatus.REJECTED for row in outcome)
