@@ -25,7 +25,6 @@ faster, and plain on CUDA until a device measures it (`bench/gpu_bench.py` secti
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import tempfile
 import warnings
@@ -346,11 +345,10 @@ def load_generator(
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint weights do not match its config: {exc}") from exc
     module.eval().requires_grad_(False).to(target)
-    if spec.graph == FOLDED:
-        if isinstance(module, ConditionalGenerator):
-            module = fold_upsampling(module)
-        else:  # nothing to fold (the seed article's DCGAN): record the graph that runs
-            spec = dataclasses.replace(spec, graph=PLAIN)
+    if spec.graph == FOLDED and isinstance(module, ConditionalGenerator):
+        # The seed article's DCGAN has no up-blocks: folding it changes nothing, so it computes exactly as
+        # plain under either name (and a file claiming either regenerates to the same pixels).
+        module = fold_upsampling(module)
     return LoadedGenerator(module, config, sha256_hex(data), target, spec)
 
 

@@ -453,3 +453,18 @@ def test_a_gpu_made_file_regenerated_on_a_cpu_reports_a_different_device(
     assert report["comparable"] is False and report["matches"] is False
     assert report["reason"].startswith("different device: the file was made with eager on cuda, bf16")
     assert report["regenerated_with"] == "eager on cpu, fp32, compute batch 8"
+
+
+def test_a_file_claiming_an_unknown_graph_is_refused_naming_the_field(
+    png_job: GeneratedJob, tmp_path: Path
+) -> None:
+    # Given a file whose inference provenance claims a graph catalogan has never run
+    claimed = read_provenance(png_job.files[2]).provenance
+    forged = dataclasses.replace(claimed, inference=(*claimed.inference, ("graph", "fused")))
+    path = tmp_path / "forged.png"
+    path.write_bytes(_one_pixel_changed(png_job.files[2], 0, forged))
+    # When it is verified with regeneration
+    result = _verify(png_job.env, str(path), "--regenerate")
+    # Then it is not verified (exit 8), naming the field and the rule, and nothing is regenerated for it
+    assert result.exit_code == ExitCode.NOT_VERIFIED, result.output
+    assert "inference provenance: inference graph 'fused': must be one of plain, folded" in result.output
