@@ -26,27 +26,43 @@ from workers.verification import read_provenance, verify_file
 
 # The tiny random generator's images score about 0.03 for category "a": 0.036 is a high bar for it.
 HIGH_GATE = {"min_confidence": 0.036, "max_redraws": 2}
+# A 40-image job with that gate: some images pass at once, some after redraws, some are rejected.
+REDRAWING_JOB = {
+    "model": "tiny",
+    "items": [{"category": "a", "count": 40}],
+    "seed": 42,
+    "chunk_size": 20,
+    "quality_gate": HIGH_GATE,
+}
 
 
 def _publish_nothing(queue: str, chunk_ids: Sequence[int]) -> None:
     """Chunks run in-process here."""
 
 
-@pytest.fixture
-def context(session_factory: sessionmaker[Session], local_store: ObjectStore) -> Iterator[ChunkContext]:
-    """A worker context on `db_url` and a local object folder (the real shipped evaluator scores)."""
-    pool = ThreadPoolExecutor(max_workers=2)
-    ctx = ChunkContext(
+def _context(
+    session_factory: sessionmaker[Session],
+    store: ObjectStore,
+    pool: ThreadPoolExecutor,
+    backend: str = "eager",
+) -> ChunkContext:
+    """A worker context whose generators run on `backend` (the real shipped evaluator scores)."""
+    return ChunkContext(
         session_factory=session_factory,
-        store=local_store,
-        generators=GeneratorCache(local_store, device="cpu"),
+        store=store,
+        generators=GeneratorCache(store, device="cpu", backend=backend),
         settings=WorkerSettings(batch_size=16, upload_threads=2),
         worker_name="test-worker",
         pool=pool,
-        on_job_finished=lambda job_id: finalize_job(session_factory, local_store, job_id),
+        on_job_finished=lambda job_id: finalize_job(session_factory, store, job_id),
     )
-    yield ctx
-    pool.shutdown(wait=True)
+
+
+@pytest.fixture
+def context(session_factory: sessionmaker[Session], local_store: ObjectStore) -> Iterator[ChunkContext]:
+    """A worker context on `db_url` and a local object folder."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield _context(session_factory, local_store, pool)
 
 
 @pytest.fixture
@@ -78,15 +94,8 @@ def test_a_high_threshold_redraws_and_rejects_the_same_images_every_time(
     context: ChunkContext, model: ModelVersion
 ) -> None:
     # Given a 40-image job with a gate the tiny generator often misses
-    spec = {
-        "model": "tiny",
-        "items": [{"category": "a", "count": 40}],
-        "seed": 42,
-        "chunk_size": 20,
-        "quality_gate": HIGH_GATE,
-    }
     # When the same job runs twice
-    first, second = _run(context, model, spec), _run(context, model, spec)
+    first, second = _run(context, model, REDRAWING_JOB), _run(context, model, REDRAWING_JOB)
     # Then some images pass at once, some after redraws, some are rejected after the last redraw
     outcome = _outcome(context, first)
     passed = [row for row in outcome if row[1] is ImageStatus.SUCCEEDED]
@@ -282,24 +291,9 @@ def test_an_onnxruntime_worker_gates_with_the_evaluator_on_onnxruntime(
 ) -> None:
     # Given a worker whose generators run on onnxruntime (a CPU worker's default)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        ctx = ChunkContext(
-            session_factory=session_factory,
-            store=local_store,
-            generators=GeneratorCache(local_store, device="cpu", backend="onnxruntime"),
-            settings=WorkerSettings(batch_size=16, upload_threads=2),
-            worker_name="test-worker",
-            pool=pool,
-            on_job_finished=lambda job_id: finalize_job(session_factory, local_store, job_id),
-        )
-        spec = {
-            "model": "tiny",
-            "items": [{"category": "a", "count": 40}],
-            "seed": 42,
-            "chunk_size": 20,
-            "quality_gate": HIGH_GATE,
-        }
+        ctx = _context(session_factory, local_store, pool, backend="onnxruntime")
         # When the same gated job runs twice
-        first, second = _run(ctx, model, spec), _run(ctx, model, spec)
+        first, second = _run(ctx, model, REDRAWING_JOB), _run(ctx, model, REDRAWING_JOB)
     # Then its gate scored on onnxruntime: one scorer, keyed and built for that backend
     assert [(key[2], scorer.backend) for key, scorer in ctx.scorers.items()] == [  # type: ignore[attr-defined]
         ("onnxruntime", "onnxruntime")
