@@ -40,7 +40,7 @@ class WorkerSettings(BaseSettings):
     inference_graph: Literal["auto", "plain", "folded"] = Field(
         default="auto",
         description="auto (folded on the CPU, plain on CUDA), plain (the module as trained) or folded (each "
-        "nearest x2 + conv3x3 as one equivalent transposed conv: 1.5-1.7x the shipped generator's images/s on a "
+        "nearest x2 + conv3x3 as one equivalent transposed conv: 1.7-1.8x the shipped generator's forward on a "
         "CPU; pixels rounded differently, recorded in the provenance); see models/inference.py.",
     )
     gate_overlap: Literal["auto", "on", "off"] = Field(

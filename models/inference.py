@@ -45,9 +45,8 @@ EAGER = "eager"
 ONNXRUNTIME = "onnxruntime"  # CPU only; onnxruntime + onnx (the server extra, or 'catalogan[onnx]')
 BACKENDS = (EAGER, ONNXRUNTIME)
 PLAIN = "plain"  # the module as trained
-FOLDED = (
-    "folded"  # nearest ×2 → conv3×3 folded into one transposed conv (`models.generator_cgan.fold_upsampling`)
-)
+# Each nearest ×2 → conv3×3 folded into one transposed conv (`models.generator_cgan.fold_upsampling`)
+FOLDED = "folded"
 GRAPHS = (PLAIN, FOLDED)
 # A worker setting, not a backend: onnxruntime on the CPU when it is installed (1.3x eager's images/s for the
 # shipped generator on a quiet 2-core box, docs/performance.md), eager otherwise and on CUDA.
@@ -155,8 +154,9 @@ def resolve_backend(backend: str, device: str | torch.device) -> str:
 def resolve_graph(graph: str, device: str | torch.device) -> str:
     """The graph a worker on `device` runs for the setting `graph` (`auto` or one of `GRAPHS`).
 
-    `auto` is folded on the CPU (1.5–1.7× the shipped generator's images/s there, docs/performance.md) and
-    plain on CUDA, where the fold has not been measured yet (`bench/gpu_bench.py` section 1 times both).
+    `auto` is folded on the CPU (1.7–1.8× the shipped generator's forward at one thread, 1.3× a worker's
+    images/s end to end: docs/performance.md) and plain on CUDA, where the fold has not been measured yet
+    (`bench/gpu_bench.py` section 1 times both).
     """
     if graph != AUTO:
         return graph
