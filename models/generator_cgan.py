@@ -100,8 +100,9 @@ def _fold_taps(weight: torch.Tensor) -> torch.Tensor:
 def fold_upsampling(generator: ConditionalGenerator) -> ConditionalGenerator:
     """A copy of a generator with every `UpBlock` folded (`FoldedUpBlock`), in eval mode: for inference only.
 
-    Measured on the shipped generator on a 2-core CPU (docs/performance.md, "The folded graph and the gate's evaluator on ONNX Runtime"): 1.7–1.8× the
-    unfolded forward's images/s at one thread under ONNX Runtime and eager.
+    Measured on the shipped generator on a 2-core CPU: 1.7–1.8× the unfolded forward's images/s at one thread
+    under ONNX Runtime and eager (docs/performance.md, "The folded graph and the gate's evaluator on ONNX
+    Runtime").
     """
     folded = copy.deepcopy(generator)
     folded.blocks = nn.ModuleList(FoldedUpBlock(cast(UpBlock, block)) for block in generator.blocks)
