@@ -98,3 +98,20 @@ def test_processes_per_gpu_zero_is_refused_naming_the_option(monkeypatch: pytest
     result, started = _started_children(monkeypatch, "--gpus", "0", "--processes-per-gpu", "0")
     assert result.exit_code == 2 and started == []
     assert "Invalid value for '--processes-per-gpu': 0 is not in the range x>=1." in result.output
+
+
+def test_an_unknown_inference_graph_is_one_line_naming_the_variable_and_starts_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given CATALOGAN_INFERENCE_GRAPH set to a graph catalogan does not have
+    monkeypatch.setenv("CATALOGAN_INFERENCE_GRAPH", "fused")
+    started: list[object] = []
+    monkeypatch.setattr(worker_cli.subprocess, "Popen", lambda *a, **k: started.append(a))
+    # When the worker starts
+    result = CliRunner().invoke(worker_cli.worker, ["--concurrency", "1"])
+    # Then it exits non-zero with one line naming the variable and the allowed values, and starts no process
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [
+        "Error: CATALOGAN_INFERENCE_GRAPH: Input should be 'auto', 'plain' or 'folded' (see docs/configuration.md)"
+    ]
+    assert started == []
