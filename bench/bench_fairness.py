@@ -21,12 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +31,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from db import migrate  # noqa: E402
-from db.engine import make_engine, make_session_factory  # noqa: E402
-from db.storage import open_store  # noqa: E402
 from tests.faults.load import (  # noqa: E402
-    create_database,
-    drop_database,
+    bench_stack,
     load_tenant_headers,
-    serve_api,
-    start_tiny_workers,
 )
-from tests.faults.services import RedisServer  # noqa: E402
-from tests.pipeline import ServiceProcess  # noqa: E402
-from tests.services import TEST_BUCKET, SeaweedFS  # noqa: E402
 
 
 def submit(url: str, headers: dict[str, str], images: int, chunk_size: int, seed: int) -> tuple[str, float]:
@@ -88,31 +75,10 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    folder = Path(tempfile.mkdtemp(prefix="catalogan-fairness-"))
-    redis_server = RedisServer(folder / "redis")
-    redis_server.start()
-    seaweed = SeaweedFS(folder / "seaweedfs")
-    seaweed.start()
-    os.environ.update(seaweed.env())
-    db_url = create_database(args.postgres_admin_url, "catalogan_fairness")
-    workers: list[ServiceProcess] = []
-    api = None
-    try:
-        migrate.upgrade(db_url)
-        factory = make_session_factory(make_engine(db_url))
-        store = open_store(f"s3://{TEST_BUCKET}/fairness-{uuid.uuid4().hex[:8]}")
-        workers = start_tiny_workers(
-            args.workers,
-            factory,
-            store,
-            db_url=db_url,
-            redis_url=redis_server.url,
-            folder=folder,
-            s3_env=seaweed.env(),
-        )
-        api = serve_api(factory, store, redis_server.url, folder / "api-data")
-        _, a = load_tenant_headers(factory, "large")
-        _, b = load_tenant_headers(factory, "small")
+    with bench_stack("fairness", args.postgres_admin_url, workers=args.workers) as stack:
+        api = stack.serve()
+        _, a = load_tenant_headers(stack.factory, "large")
+        _, b = load_tenant_headers(stack.factory, "small")
         # Warm-up: the workers load the model (not part of any figure).
         job, _ = submit(api.url, b, args.small_images, args.chunk_size, seed=1)
         wait_succeeded(api.url, b, job, args.timeout)
@@ -125,15 +91,6 @@ def main() -> None:
         small, small_started = submit(api.url, b, args.small_images, args.chunk_size, seed=4)
         behind = wait_succeeded(api.url, b, small, args.timeout) - small_started
         large_seconds = wait_succeeded(api.url, a, large, args.timeout) - large_started
-    finally:
-        if api is not None:
-            api.stop()
-        for worker in workers:
-            worker.stop()
-        drop_database(args.postgres_admin_url, db_url)
-        seaweed.stop()
-        redis_server.stop()
-        shutil.rmtree(folder, ignore_errors=True)  # the worker logs, SeaweedFS and Redis data of this run
 
     figures: dict[str, Any] = {
         "large_images": args.large_images,

@@ -22,13 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -38,22 +34,13 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from db import migrate  # noqa: E402
-from db.engine import make_engine, make_session_factory  # noqa: E402
-from db.storage import open_store  # noqa: E402
 from scheduler.settings import ApiSettings  # noqa: E402
 from tests.faults.load import (  # noqa: E402
     LoadReport,
-    create_database,
-    drop_database,
+    bench_stack,
     load_tenant_headers,
     run_load,
-    serve_api,
-    start_tiny_workers,
 )
-from tests.faults.services import RedisServer  # noqa: E402
-from tests.pipeline import ServiceProcess  # noqa: E402
-from tests.services import TEST_BUCKET, SeaweedFS  # noqa: E402
 
 
 class PreviewFlood:
@@ -122,37 +109,15 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    folder = Path(tempfile.mkdtemp(prefix="catalogan-hostile-"))
-    redis_server = RedisServer(folder / "redis")
-    redis_server.start()
-    seaweed = SeaweedFS(folder / "seaweedfs")
-    seaweed.start()
-    os.environ.update(seaweed.env())
-    db_url = create_database(args.postgres_admin_url, "catalogan_hostile")
-    workers: list[ServiceProcess] = []
-    api = None
     phases: dict[str, dict[str, Any]] = {}
     flood_statuses: Counter[str] = Counter()
-    try:
-        migrate.upgrade(db_url)
-        factory = make_session_factory(make_engine(db_url))
-        store = open_store(f"s3://{TEST_BUCKET}/hostile-{uuid.uuid4().hex[:8]}")
-        workers = start_tiny_workers(
-            args.workers,
-            factory,
-            store,
-            db_url=db_url,
-            redis_url=redis_server.url,
-            folder=folder,
-            s3_env=seaweed.env(),
-            queues="bulk",
-        )
+    with bench_stack("hostile", args.postgres_admin_url, workers=args.workers, queues="bulk") as stack:
         settings = ApiSettings(
             preview_timeout_seconds=args.preview_timeout, preview_max_concurrent_per_tenant=args.previews
         )
-        api = serve_api(factory, store, redis_server.url, folder / "api-data", settings)
-        headers = [load_tenant_headers(factory, f"tenant{i}")[1] for i in range(args.tenants)]
-        hostile = load_tenant_headers(factory, "hostile")[1]
+        api = stack.serve(settings)
+        headers = [load_tenant_headers(stack.factory, f"tenant{i}")[1] for i in range(args.tenants)]
+        hostile = load_tenant_headers(stack.factory, "hostile")[1]
         count = args.images_per_job
 
         def load() -> LoadReport:
@@ -181,15 +146,6 @@ def main() -> None:
         finally:
             flood.finish()
         flood_statuses = flood.statuses
-    finally:
-        if api is not None:
-            api.stop()
-        for worker in workers:
-            worker.stop()
-        drop_database(args.postgres_admin_url, db_url)
-        seaweed.stop()
-        redis_server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
     base, loaded = phases["without_previews"], phases["with_previews"]
     ratio = loaded["poll_p99_ms"] / base["poll_p99_ms"] if base["poll_p99_ms"] else float("inf")
     for name, figures in phases.items():

@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from db import migrate  # noqa: E402
-from db.engine import make_engine, make_session_factory  # noqa: E402
-from db.storage import open_store  # noqa: E402
 from tests.faults.load import (  # noqa: E402
     LoadReport,
-    create_database,
-    drop_database,
+    bench_stack,
     load_tenant_headers,
     run_load,
-    serve_api,
-    start_tiny_workers,
 )
-from tests.faults.services import RedisServer  # noqa: E402
-from tests.pipeline import ServiceProcess  # noqa: E402
-from tests.services import TEST_BUCKET, SeaweedFS  # noqa: E402
 
 
 def summary_figures(args: argparse.Namespace, report: LoadReport) -> dict[str, Any]:
@@ -154,35 +141,15 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    folder = Path(tempfile.mkdtemp(prefix="catalogan-load-"))
-    redis_server = None
-    redis_url = args.redis_url
-    if not redis_url:
-        redis_server = RedisServer(folder / "redis")
-        redis_server.start()
-        redis_url = redis_server.url
-    seaweed = SeaweedFS(folder / "seaweedfs")
-    seaweed.start()
-    os.environ.update(seaweed.env())
-    db_url = create_database(args.postgres_admin_url, "catalogan_load")
-    workers: list[ServiceProcess] = []
-    api = None
-    try:
-        migrate.upgrade(db_url)
-        engine = make_engine(db_url, pool_size=args.pool_size)
-        factory = make_session_factory(engine)
-        store = open_store(f"s3://{TEST_BUCKET}/load-{uuid.uuid4().hex[:8]}")
-        workers = start_tiny_workers(
-            args.workers,
-            factory,
-            store,
-            db_url=db_url,
-            redis_url=redis_url,
-            folder=folder,
-            s3_env=seaweed.env(),
-        )
-        api = serve_api(factory, store, redis_url, folder / "api-data")
-        headers = [load_tenant_headers(factory, f"load{i}")[1] for i in range(args.tenants)]
+    with bench_stack(
+        "load",
+        args.postgres_admin_url,
+        workers=args.workers,
+        redis_url=args.redis_url,
+        pool_size=args.pool_size,
+    ) as stack:
+        api = stack.serve()
+        headers = [load_tenant_headers(stack.factory, f"load{i}")[1] for i in range(args.tenants)]
         count = args.images_per_job
         report = run_load(
             api.url,
@@ -192,16 +159,6 @@ def main() -> None:
             job_body=lambda i: {"items": [{"category": "abc"[i % 3], "count": count}], "seed": i},
             timeout_seconds=args.timeout,
         )
-    finally:
-        if api is not None:
-            api.stop()
-        for worker in workers:
-            worker.stop()
-        drop_database(args.postgres_admin_url, db_url)
-        seaweed.stop()
-        if redis_server is not None:
-            redis_server.stop()
-        shutil.rmtree(folder, ignore_errors=True)  # the worker logs, SeaweedFS and Redis data of this run
     print(report.summary())
     for error in report.errors[:10]:
         print("error:", error)

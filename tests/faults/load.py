@@ -9,12 +9,15 @@ polling its job's status until it is finished. Shared by `tests/faults/test_load
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +83,83 @@ def start_tiny_workers(
     )
     command = ["worker", "--gpus", "none", *(["--queues", queues] if queues else [])]
     return [ServiceProcess(command, env, folder / f"worker-{i}.log") for i in range(count)]
+
+
+@dataclass
+class BenchStack:
+    """The services one bench run starts: a private Redis (or the one it was given), SeaweedFS, a fresh
+    PostgreSQL database, `catalogan worker` processes on the tiny model, and the API once `serve` is called."""
+
+    folder: Path
+    redis_url: str
+    db_url: str
+    factory: Any
+    store: Any
+    workers: list[ServiceProcess]
+    api: LiveApi | None = None
+
+    def serve(self, settings: Any | None = None) -> LiveApi:
+        """Start the real API on this stack (default settings, or `settings`); stopped with the stack."""
+        self.api = serve_api(self.factory, self.store, self.redis_url, self.folder / "api-data", settings)
+        return self.api
+
+
+@contextmanager
+def bench_stack(
+    name: str,
+    admin_url: str,
+    *,
+    workers: int,
+    queues: str | None = None,
+    redis_url: str = "",
+    pool_size: int | None = None,
+) -> Iterator[BenchStack]:
+    """Start a bench's services (`BenchStack`), named `name` in the database, bucket prefix and temporary
+    folder; stop them all and drop the database on the way out, whatever happened."""
+    from db import migrate
+    from db.engine import make_session_factory
+    from db.storage import open_store
+    from tests.faults.services import RedisServer
+    from tests.services import TEST_BUCKET, SeaweedFS
+
+    folder = Path(tempfile.mkdtemp(prefix=f"catalogan-{name}-"))
+    redis_server = None
+    if not redis_url:
+        redis_server = RedisServer(folder / "redis")
+        redis_server.start()
+        redis_url = redis_server.url
+    seaweed = SeaweedFS(folder / "seaweedfs")
+    seaweed.start()
+    os.environ.update(seaweed.env())
+    db_url = create_database(admin_url, f"catalogan_{name}")
+    stack: BenchStack | None = None
+    try:
+        migrate.upgrade(db_url)
+        pool = {} if pool_size is None else {"pool_size": pool_size}
+        factory = make_session_factory(make_engine(db_url, **pool))
+        store = open_store(f"s3://{TEST_BUCKET}/{name}-{uuid.uuid4().hex[:8]}")
+        stack = BenchStack(folder, redis_url, db_url, factory, store, [])
+        stack.workers = start_tiny_workers(
+            workers,
+            factory,
+            store,
+            db_url=db_url,
+            redis_url=redis_url,
+            folder=folder,
+            s3_env=seaweed.env(),
+            queues=queues,
+        )
+        yield stack
+    finally:
+        if stack is not None and stack.api is not None:
+            stack.api.stop()
+        for worker in stack.workers if stack is not None else []:
+            worker.stop()
+        drop_database(admin_url, db_url)
+        seaweed.stop()
+        if redis_server is not None:
+            redis_server.stop()
+        shutil.rmtree(folder, ignore_errors=True)  # the worker logs, SeaweedFS and Redis data of this run
 
 
 class LiveApi:
