@@ -3,7 +3,11 @@ fresh machine without training.
 
 `ensure_default_model` copies the shipped EMA generator into the object store (same bytes → same key, so
 re-running is harmless) and inserts its `model_versions` row as production when no row with its sha256
-exists. Registrations are serialised (a transaction-scoped advisory lock on PostgreSQL; SQLite's
+exists. A package that ships new generator bytes (a better model) registers them as the next version of
+`fashion-cgan`, under a key named after their sha256, and as a candidate when another version is in
+production: the operator promotes it (`catalogan models promote fashion-cgan@N`), and the versions before it
+keep their bytes, so their images still verify. (The first shipped version was stored at the fixed key
+`models/fashion-cgan/shipped/generator.pt`; rows that point there keep it.) Registrations are serialised (a transaction-scoped advisory lock on PostgreSQL; SQLite's
 BEGIN IMMEDIATE already serialises writers), so whoever comes second finds the first one's row. Should an
 insert still collide on `name@version` (a concurrent `catalogan train` of the same name), it is retried.
 
@@ -51,7 +55,6 @@ SHIPPED_CHECKPOINT = SHIPPED_DIR / "generator.pt"
 SHIPPED_SHA256 = SHIPPED_DIR / "generator.sha256"
 SHIPPED_METADATA = SHIPPED_DIR / "metadata.json"
 STORE_PREFIX = f"models/{DEFAULT_MODEL_NAME}/shipped"
-STORE_KEY = f"{STORE_PREFIX}/generator.pt"
 INDEX_KEY_PREFIX = f"{STORE_PREFIX}/memorization-index-"  # + the first 16 hex digits of its sha256 + ".npz"
 INSERT_ATTEMPTS = 3
 # PostgreSQL advisory-lock key serialising registrations of the shipped model (any fixed 63-bit number).
@@ -90,6 +93,11 @@ def shipped_checkpoint_bytes() -> tuple[bytes, str]:
     return data, actual
 
 
+def shipped_store_key(sha256: str) -> str:
+    """The object key of a shipped generator: named after its bytes, so a newer one never replaces an older."""
+    return f"{STORE_PREFIX}/generator-{sha256[:16]}.pt"
+
+
 def shipped_metadata() -> dict[str, Any]:
     """Preset, model config, data fingerprint and metrics of the shipped model (`metadata.json`)."""
     return dict(json.loads(SHIPPED_METADATA.read_text()))
@@ -125,7 +133,15 @@ def ensure_default_model(
     should see (building the index, its cost, or why there is none); they are logged as well.
     """
     data, sha256 = shipped_checkpoint_bytes()
-    row = _register(session_factory, store, data, sha256)
+    row, created = _register(session_factory, store, data, sha256)
+    if created and row.status is ModelVersionStatus.CANDIDATE:
+        message = (
+            f"the generator shipped in this package is new: registered as {row.name}@{row.version}, a candidate "
+            f"beside the version in production; `catalogan models promote {row.name}@{row.version}` makes it "
+            "the default (docs/training.md, 'The default model')"
+        )
+        logger.warning(message)
+        (notify or _no_notify)(message)
     if index is None or _index_present(store, row):
         return row
     with _INDEX_LOCK:
@@ -141,15 +157,17 @@ def ensure_default_model(
 
 def _register(
     session_factory: sessionmaker[Session], store: ObjectStore, data: bytes, sha256: str
-) -> ModelVersion:
-    """The shipped generator's row, inserted (and its checkpoint stored) when there is none."""
+) -> tuple[ModelVersion, bool]:
+    """The shipped generator's row, inserted (and its checkpoint stored) when there is none; True if inserted."""
     with transaction(session_factory) as session:
         found = _find_shipped(session, sha256)
     if found is not None:
-        if not store.exists(STORE_KEY):
-            store.put(STORE_KEY, data)
-        return found
-    store.put(STORE_KEY, data)  # before the row, so a row never points at a missing object
+        key = _key_in_store(store, found.checkpoint_uri)
+        if key is not None and not store.exists(key):
+            store.put(key, data)
+        return found, False
+    key = shipped_store_key(sha256)
+    store.put(key, data)  # before the row, so a row never points at a missing object
     metadata = shipped_metadata()
     for _ in range(INSERT_ATTEMPTS):
         try:
@@ -157,21 +175,22 @@ def _register(
                 _lock_registration(session)
                 found = _find_shipped(session, sha256)
                 if found is not None:
-                    return found
+                    return found, False
                 in_production = find_production(session, DEFAULT_MODEL_NAME) is not None
-                return create_model_version(
+                created = create_model_version(
                     session,
                     name=DEFAULT_MODEL_NAME,
                     preset=str(metadata.get("preset", DEFAULT_MODEL_NAME)),
                     architecture=str(metadata.get("model_config", {}).get("architecture", "")),
                     config=metadata.get("model_config", {}),
                     categories=metadata.get("model_config", {}).get("categories", []),
-                    checkpoint_uri=store.uri(STORE_KEY),
+                    checkpoint_uri=store.uri(key),
                     checkpoint_sha256=sha256,
                     data_fingerprint=str(metadata.get("data_fingerprint", "")),
                     metrics=metadata.get("metrics", {}),
                     status=ModelVersionStatus.CANDIDATE if in_production else ModelVersionStatus.PRODUCTION,
                 )
+            return created, True
         except ConflictError:
             continue  # another process inserted this name@version first: look again
     with transaction(session_factory) as session:
@@ -180,14 +199,14 @@ def _register(
         raise ConflictError(
             f"could not register the shipped {DEFAULT_MODEL_NAME} model after {INSERT_ATTEMPTS} attempts"
         )
-    return found
+    return found, False
 
 
 def _no_notify(message: str) -> None:
     """The default `notify`: the message is logged only."""
 
 
-def _index_key(store: ObjectStore, uri: str) -> str | None:
+def _key_in_store(store: ObjectStore, uri: str) -> str | None:
     """The key of `uri` in `store`, or None when it names another store."""
     base = store.url.rstrip("/") + "/"
     return uri[len(base) :] if uri.startswith(base) else None
@@ -198,7 +217,7 @@ def _index_present(store: ObjectStore, row: ModelVersion) -> bool:
     entry = (row.metrics or {}).get(METRICS_KEY)
     if not entry:
         return False
-    key = _index_key(store, str(entry.get("uri", "")))
+    key = _key_in_store(store, str(entry.get("uri", "")))
     return key is None or store.exists(key)
 
 
@@ -275,7 +294,7 @@ def _record_index(
         if row is None:
             raise ConflictError(f"model version {row_id} disappeared while its memorization index was built")
         if _index_present(store, row):
-            ours = _index_key(store, str(entry["uri"]))
+            ours = _key_in_store(store, str(entry["uri"]))
             if ours is not None and row.metrics[METRICS_KEY].get("uri") != entry["uri"]:
                 store.delete(ours)  # a different object under its own digest: nobody points at it
             return row

@@ -14,16 +14,18 @@ import pytest
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
+import models.default_model as default_model
 from db.engine import make_engine, make_session_factory
 from db.status import ModelVersionStatus
 from db.storage import LocalStore
+from models.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes
 from models.data.fashion_mnist import DEFAULT_ROOT, FILES
 from models.default_model import (
     INDEX_KEY_PREFIX,
-    STORE_KEY,
     ShippedIndexSpec,
     ensure_default_model,
     shipped_checkpoint_bytes,
+    shipped_store_key,
 )
 from models.inference import load_generator
 from models.memorization_index import METRICS_KEY, MemorizationIndex
@@ -74,8 +76,10 @@ def test_the_shipped_model_is_registered_once_as_production(
     # And "fashion-cgan" resolves to it, its checkpoint is in the store with the recorded sha256
     data, sha256 = shipped_checkpoint_bytes()
     row = get_version(session_factory, "fashion-cgan")
-    assert row.checkpoint_sha256 == sha256 and row.checkpoint_uri == local_store.uri(STORE_KEY)
-    assert local_store.get(STORE_KEY) == data
+    assert row.checkpoint_sha256 == sha256 and row.checkpoint_uri == local_store.uri(
+        shipped_store_key(sha256)
+    )
+    assert local_store.get(shipped_store_key(sha256)) == data
     assert row.data_fingerprint.startswith("sha256:") and len(row.categories) == 10
     # And its memorization index was built once, stored next to the generator, and recorded in the row
     entry = row.metrics[METRICS_KEY]
@@ -140,6 +144,78 @@ def test_other_data_than_the_model_was_trained_on_is_not_indexed(
     # Then no index is built from the wrong data, and the message says so
     assert METRICS_KEY not in row.metrics and list(local_store.list(INDEX_KEY_PREFIX)) == []
     assert len(messages) == 1 and "is not the data the model was trained on" in messages[0]
+
+
+def _ship_other_generator(folder: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, str]:
+    """Make this package ship other generator bytes (the shipped weights, one of them nudged)."""
+    payload = checkpoint_from_bytes(shipped_checkpoint_bytes()[0])
+    weights = payload["generator_ema"]
+    name = next(key for key, value in weights.items() if value.is_floating_point())
+    weights[name] = weights[name] + 1e-3
+    data = checkpoint_to_bytes(payload)
+    sha256 = hashlib.sha256(data).hexdigest()
+    folder.mkdir()
+    (folder / "generator.pt").write_bytes(data)
+    (folder / "generator.sha256").write_text(f"{sha256}  generator.pt\n")
+    monkeypatch.setattr(default_model, "SHIPPED_CHECKPOINT", folder / "generator.pt")
+    monkeypatch.setattr(default_model, "SHIPPED_SHA256", folder / "generator.sha256")
+    return data, sha256
+
+
+def test_a_newly_shipped_generator_is_the_next_version_a_candidate_and_leaves_the_old_bytes_alone(
+    sqlite_session_factory: sessionmaker[Session],
+    local_store: LocalStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a registry where this package's generator is fashion-cgan@1, in production
+    first = ensure_default_model(sqlite_session_factory, local_store, index=None)
+    old_data, old_sha = shipped_checkpoint_bytes()
+    # When a later package ships other bytes and a command ensures the default model twice
+    new_data, new_sha = _ship_other_generator(tmp_path / "release", monkeypatch)
+    messages: list[str] = []
+    second = ensure_default_model(sqlite_session_factory, local_store, index=None, notify=messages.append)
+    again = ensure_default_model(sqlite_session_factory, local_store, index=None, notify=messages.append)
+    # Then they are fashion-cgan@2, a candidate, stored under their own key, registered once
+    assert (second.version, second.status) == (2, ModelVersionStatus.CANDIDATE) and again.id == second.id
+    assert second.checkpoint_sha256 == new_sha and second.checkpoint_uri == local_store.uri(
+        shipped_store_key(new_sha)
+    )
+    assert local_store.get(shipped_store_key(new_sha)) == new_data
+    # And the operator is told once, with the command that promotes it
+    assert (
+        len(messages) == 1
+        and "fashion-cgan@2" in messages[0]
+        and "models promote fashion-cgan@2" in messages[0]
+    )
+    # And @1 is still production, its object still its own bytes: its images still verify
+    assert get_version(sqlite_session_factory, "fashion-cgan").id == first.id
+    assert (
+        first.checkpoint_uri != second.checkpoint_uri
+        and local_store.get(shipped_store_key(old_sha)) == old_data
+    )
+    assert hashlib.sha256(local_store.get(shipped_store_key(old_sha))).hexdigest() == first.checkpoint_sha256
+
+
+def test_a_version_at_the_first_release_key_keeps_it_and_gets_its_bytes_back_when_they_are_missing(
+    sqlite_session_factory: sessionmaker[Session], local_store: LocalStore
+) -> None:
+    # Given a registry made before shipped keys carried the sha256: @1 points at the fixed key, whose object
+    # was lost
+    from db.tables import ModelVersion
+
+    row = ensure_default_model(sqlite_session_factory, local_store, index=None)
+    legacy = "models/fashion-cgan/shipped/generator.pt"
+    with sqlite_session_factory.begin() as session:
+        found = session.get(ModelVersion, row.id)
+        assert found is not None
+        found.checkpoint_uri = local_store.uri(legacy)
+    # When the default model is ensured again
+    again = ensure_default_model(sqlite_session_factory, local_store, index=None)
+    # Then the row keeps its key and the shipped bytes are put back there
+    assert again.id == row.id and again.checkpoint_uri == local_store.uri(legacy)
+    assert local_store.get(legacy) == shipped_checkpoint_bytes()[0]
+    assert len(list_versions(sqlite_session_factory, "fashion-cgan")) == 1
 
 
 def test_the_shipped_generator_makes_distinct_images_per_category() -> None:
