@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train_precision, also when imported by path
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGS = "legs.json"
@@ -54,13 +55,11 @@ def now_iso() -> str:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+    """The CPU's model and its bf16 features (a leg's speed depends on them), as bench_train_precision reads them."""
+    from bench_train_precision import cpu_description
+
+    model, flags = cpu_description()
+    return f"{model} [{' '.join(flags)}]" if flags else model
 
 
 def read_legs(carry: Path) -> dict[str, Any]:
@@ -68,6 +67,15 @@ def read_legs(carry: Path) -> dict[str, Any]:
     if not path.exists():
         return {"legs": []}
     return json.loads(path.read_text())
+
+
+def evaluations(carry: Path) -> list[dict[str, Any]]:
+    """The periodic evaluations in CARRY/history.jsonl, oldest first (each with its `total_step`)."""
+    history = carry / HISTORY
+    if not history.exists():
+        return []
+    lines = (json.loads(text) for text in history.read_text().splitlines() if text.strip())
+    return [line for line in lines if "fid_fm" in line]
 
 
 def steps_done(legs: dict[str, Any]) -> int:
@@ -136,12 +144,9 @@ def export(
     legs["legs"].append(leg)
     (carry / LEGS).write_text(json.dumps(legs, indent=2) + "\n")
 
-    evaluations = []
-    for line in (json.loads(text) for text in (carry / HISTORY).read_text().splitlines() if text.strip()):
-        if "fid_fm" in line:
-            evaluations.append({**line, "step": line["total_step"]})
-    if evaluations:
-        (carry / QUALITY).write_bytes(quality_curve_png(evaluations, f"{name}: legs 0–{leg['leg']}"))
+    curve = [{**line, "step": line["total_step"]} for line in evaluations(carry)]
+    if curve:
+        (carry / QUALITY).write_bytes(quality_curve_png(curve, f"{name}: legs 0–{leg['leg']}"))
     print(
         f"leg {leg['leg']}: {step} steps (total {leg['total_steps_after']}) → {carry / TRAINABLE_FILE} "
         f"(sha256 {leg['trainable_sha256'][:12]}…; `catalogan evaluate` takes it as it is)"
@@ -250,12 +255,9 @@ def status(args: argparse.Namespace) -> int:
             f"leg {leg['leg']}: {leg['steps']} steps (total {leg['total_steps_after']}), seed {leg['seed']}, "
             f"{leg['cpu']}, exported {leg['exported_at']}"
         )
-    history = carry / HISTORY
-    if history.exists():
-        evaluations = [json.loads(t) for t in history.read_text().splitlines() if t.strip() and "fid_fm" in t]
-        if evaluations:
-            last = evaluations[-1]
-            print(f"last evaluation: total step {last['total_step']}, FID_fm {last['fid_fm']:.3f}")
+    done = evaluations(carry)
+    if done:
+        print(f"last evaluation: total step {done[-1]['total_step']}, FID_fm {done[-1]['fid_fm']:.3f}")
     return 0
 
 

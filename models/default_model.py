@@ -7,9 +7,10 @@ exists. A package that ships new generator bytes (a better model) registers them
 `fashion-cgan`, under a key named after their sha256, and as a candidate when another version is in
 production: the operator promotes it (`catalogan models promote fashion-cgan@N`), and the versions before it
 keep their bytes, so their images still verify. (The first shipped version was stored at the fixed key
-`models/fashion-cgan/shipped/generator.pt`; rows that point there keep it.) Registrations are serialised (a transaction-scoped advisory lock on PostgreSQL; SQLite's
-BEGIN IMMEDIATE already serialises writers), so whoever comes second finds the first one's row. Should an
-insert still collide on `name@version` (a concurrent `catalogan train` of the same name), it is retried.
+`models/fashion-cgan/shipped/generator.pt`; rows that point there keep it.) Registrations are serialised
+(a transaction-scoped advisory lock on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers), so
+whoever comes second finds the first one's row. Should an insert still collide on `name@version` (a
+concurrent `catalogan train` of the same name), it is retried.
 
 It then gives the row what `catalogan train` gives a finished run: a memorization index (the workers'
 near-copy check, `models.memorization_index`) of the model's training data, the 60,000 Fashion-MNIST
@@ -132,16 +133,16 @@ def ensure_default_model(
     none yet; `None` registers the generator alone. `notify` receives the one-line messages a person
     should see (building the index, its cost, or why there is none); they are logged as well.
     """
+    notify = notify or _no_notify
     data, sha256 = shipped_checkpoint_bytes()
     row, created = _register(session_factory, store, data, sha256)
     if created and row.status is ModelVersionStatus.CANDIDATE:
-        message = (
+        notify_warning(
+            notify,
             f"the generator shipped in this package is new: registered as {row.name}@{row.version}, a candidate "
             f"beside the version in production; `catalogan models promote {row.name}@{row.version}` makes it "
-            "the default (docs/training.md, 'The default model')"
+            "the default (docs/training.md, 'The default model')",
         )
-        logger.warning(message)
-        (notify or _no_notify)(message)
     if index is None or _index_present(store, row):
         return row
     with _INDEX_LOCK:
@@ -149,7 +150,7 @@ def ensure_default_model(
             found = session.get(ModelVersion, row.id)
         if found is not None and _index_present(store, found):
             return found
-        entry = _store_index(store, index, notify or _no_notify)
+        entry = _store_index(store, index, notify)
         if entry is None:
             return row
         return _record_index(session_factory, store, row.id, entry)
@@ -261,11 +262,7 @@ def _store_index(store: ObjectStore, spec: ShippedIndexSpec, notify: Notify) -> 
             f"{DEFAULT_MODEL_NAME}: {problem}, so it is registered without a memorization index and its jobs "
             "skip the near-copy check; run again once the data is there to attach one"
         )
-        if notify is _no_notify:
-            logger.warning(message)  # nobody else is told
-        else:
-            # The caller shows it; at INFO, Python's last-resort handler does not print it a second time.
-            notify_info(notify, message)
+        notify_warning(notify, message)
         return None
     payload = built.to_bytes()
     key = f"{INDEX_KEY_PREFIX}{hashlib.sha256(payload).hexdigest()[:16]}.npz"
@@ -276,6 +273,15 @@ def _store_index(store: ObjectStore, spec: ShippedIndexSpec, notify: Notify) -> 
         f"{len(payload) / 1e6:.1f} MB, threshold {built.threshold:.3f}, {time.monotonic() - started:.0f} s)",
     )
     return index_metrics(built, store.uri(key), payload)
+
+
+def notify_warning(notify: Notify, message: str) -> None:
+    """A message a person must see: a WARNING when nobody is told, else passed to `notify` (logged at INFO)."""
+    if notify is _no_notify:
+        logger.warning(message)  # nobody else is told
+    else:
+        # The caller shows it; at INFO, Python's last-resort handler does not print it a second time.
+        notify_info(notify, message)
 
 
 def notify_info(notify: Notify, message: str) -> None:
