@@ -106,6 +106,32 @@ def test_a_job_over_the_chunk_bound_is_refused_before_anything_is_written(
     assert created.json()["counts"]["chunks_total"] == 10
 
 
+def test_an_estimate_is_held_to_the_submits_bounds_before_anything_is_counted(
+    api: TestClient, model_version: Any, make_tenant: Callable[..., Credentials]
+) -> None:
+    """Given the API's default bounds, when a tenant asks POST /v1/jobs:estimate for 1,000 items of 100,000
+    images at one image a chunk (10^8 chunks; before, counted one by one on a pooled thread while holding a
+    session slot), then the submit's 422 naming items and max_images_per_job; 100,000 images at one a chunk
+    (100,000 chunks) is the submit's 422 naming chunk_size; the same images at a chunk size that fits are
+    estimated."""
+    tenant = make_tenant()
+    huge = {"chunk_size": 1, "items": [{"category": "a", "count": 100_000}] * 1_000}
+    for path in ("/v1/jobs:estimate", "/v1/jobs"):
+        response = api.post(path, json=huge, headers=tenant.headers)
+        assert response.status_code == 422, response.text
+        error = response.json()["errors"][0]
+        assert (error["field"], error["rule"]) == ("items", "max_images_per_job"), path
+    chunky = {"chunk_size": 1, "items": [{"category": "a", "count": 100_000}]}
+    response = api.post("/v1/jobs:estimate", json=chunky, headers=tenant.headers)
+    assert response.status_code == 422, response.text
+    error = response.json()["errors"][0]
+    assert (error["field"], error["rule"]) == ("chunk_size", "max_chunks_per_job")
+    assert "100000 chunks" in error["message"]
+    fits = api.post("/v1/jobs:estimate", json={**chunky, "chunk_size": 1000}, headers=tenant.headers)
+    assert fits.status_code == 200, fits.text
+    assert (fits.json()["images"], fits.json()["chunks"]) == (100_000, 100)
+
+
 def test_100000_one_image_items_make_one_message_per_chunk_of_images_not_per_item(
     pg_factory: sessionmaker[Session],
     model_version: Any,

@@ -320,7 +320,9 @@ async def estimate_job(
         raise RequestValidationError("items", "required", "items: give items or manifest_uri")
     spec = await run_in_threadpool(job_spec, job_request, items or [])
     del job_request, items
-    submit_limits(settings).check_retention(spec)  # the document states the operator's maximum
+    # The operator's bounds before any work they bound: an estimate of a job a submit would refuse is refused
+    # with the submit's 422 (a job of 10^10 one-image chunks is not counted, let alone estimated).
+    await run_in_threadpool(submit_limits(settings).check, spec)
     async with services.session_slot():
         return await run_in_threadpool(_estimate, services, spec, tenant.id, settings)
 
