@@ -13,6 +13,7 @@ place:
 from __future__ import annotations
 
 import enum
+import math
 import os
 import re
 import sys
@@ -186,3 +187,30 @@ def output_file(_ctx: click.Context, param: click.Parameter, value: Path | None)
             f"{str(value)!r}: its folder {str(folder)!r} is not a writable folder", param=param
         )
     return value
+
+
+class FiniteFloat(click.ParamType):
+    """A float option that must be a finite number within bounds: click's usage error (exit 2) naming the
+    option and the rule otherwise. (`click.FloatRange` lets `nan` through: every comparison with it is
+    false, so `--interval nan` passed `min=0` and `--max-age nan` made any heartbeat fresh.)
+
+    `min_open` excludes `min` itself (`> 0` rather than `>= 0`).
+    """
+
+    name = "number"
+
+    def __init__(self, min: float | None = None, max: float | None = None, *, min_open: bool = False) -> None:
+        self.min, self.max, self.min_open = min, max, min_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = float(click.FLOAT.convert(value, param, ctx))
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.min is not None and (number < self.min or (self.min_open and number == self.min)):
+            self.fail(f"{number:g}: must be {'>' if self.min_open else '>='} {self.min:g}", param, ctx)
+        if self.max is not None and number > self.max:
+            self.fail(f"{number:g}: must be <= {self.max:g}", param, ctx)
+        return number
+
+    def __repr__(self) -> str:
+        return f"FiniteFloat(min={self.min}, max={self.max}, min_open={self.min_open})"

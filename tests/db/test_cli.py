@@ -92,3 +92,28 @@ def test_output_paths_are_checked_before_the_work_they_receive(tmp_path: Path) -
         assert result.exit_code == 2, (args, result.output)
         assert "Invalid value for '--" in result.output, (args, result.output)
     assert not (tmp_path / "data").exists() and not Path("s3:").exists()
+
+
+def test_a_finite_float_option_refuses_nan_infinity_and_out_of_range_values_naming_the_option() -> None:
+    import click
+
+    from db.cli_support import FiniteFloat
+
+    @click.command()
+    @click.option("--interval", type=FiniteFloat(min=0, max=60, min_open=True), default=5.0)
+    def command(interval: float) -> None:
+        click.echo(f"interval={interval}")
+
+    runner = CliRunner()
+    assert runner.invoke(command, ["--interval", "2.5"]).output == "interval=2.5\n"
+    for bad, rule in [
+        ("nan", "not a finite number"),
+        ("inf", "not a finite number"),
+        ("0", "must be > 0"),
+        ("-1", "must be > 0"),
+        ("61", "must be <= 60"),
+        ("x", "is not a valid float"),
+    ]:
+        result = runner.invoke(command, ["--interval", bad])
+        assert result.exit_code == 2, (bad, result.output)
+        assert "'--interval'" in result.output and rule in result.output, (bad, result.output)
