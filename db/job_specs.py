@@ -37,6 +37,10 @@ MAX_CHUNKS_PER_JOB = 200_000
 MAX_REDRAWS = 16
 MAX_URL_LENGTH = 2048
 MAX_MODEL_REF_CHARS = 80
+# A model version in a reference: 1 to 9 ASCII digits, as the API's `name@version` pattern allows (a version
+# column is a 32-bit integer; `str.isdigit` would let '²' through to `int()`).
+MODEL_VERSION_PATTERN = re.compile(r"[0-9]{1,9}")
+MAX_MODEL_VERSION = 999_999_999
 MAX_CATEGORY_CHARS = 64
 MAX_SKU_CHARS = 128
 MAX_CLIENT_ITEM_ID_CHARS = 255
@@ -442,9 +446,11 @@ def parse_job_spec(data: Mapping[str, Any]) -> JobSpec:
 def split_model_ref(ref: str) -> tuple[str, int | None]:
     """Split "name" or "name@version" into (name, version or None); raise `PlanningError` when malformed."""
     name, sep, version = ref.partition("@")
-    if not name or (sep and not version.isdigit()):
+    if not name or (sep and not MODEL_VERSION_PATTERN.fullmatch(version)):
         raise PlanningError(
-            "model", "model_ref", f"model {ref!r}: must be 'name' or 'name@version' with an integer version"
+            "model",
+            "model_ref",
+            f"model {ref!r}: must be 'name' or 'name@version' with a version of 1 to 9 digits (0-9)",
         )
     return name, int(version) if sep else None
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.errors import ConflictError, NotFoundError
-from db.job_specs import split_model_ref
+from db.job_specs import MAX_MODEL_VERSION, split_model_ref
 from db.status import MODEL_VERSION_TRANSITIONS, ModelVersionStatus, check_transition
 from db.tables import ModelVersion, utcnow
 
@@ -90,7 +90,10 @@ def create_model_version(
 
 
 def get_model_version(session: Session, name: str, version: int) -> ModelVersion:
-    """The row `name@version`; `NotFoundError` when missing."""
+    """The row `name@version`; `NotFoundError` when missing (a version beyond 9 digits never exists: it is
+    not sent to the database, whose integer column would refuse it)."""
+    if not 0 <= version <= MAX_MODEL_VERSION:
+        raise NotFoundError(f"model {name}@{version} is not registered (a version is 1 to 9 digits)")
     found = session.scalars(
         select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
     ).one_or_none()

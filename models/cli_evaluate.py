@@ -6,6 +6,8 @@ Loaded lazily by the root CLI (it imports torch).
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,10 +16,54 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from db.cli_support import one_line_errors, output_file
+from db.job_specs import MAX_SEED
 from models.data.fashion_mnist import DEFAULT_ROOT
 
 if TYPE_CHECKING:
     from models.evaluation import EvaluationReport
+
+
+def device_option(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A `--device` for torch: `cpu`, `cuda` or `cuda:N`, a CUDA one only where torch sees that GPU; click's
+    usage error (exit 2) naming the option otherwise, before any data is read or any epoch runs."""
+    if value == "cpu":
+        return value
+    match = re.fullmatch(r"cuda(?::([0-9]{1,4}))?", value)
+    if match is None:
+        raise click.BadParameter(f"{value!r}: must be cpu, cuda or cuda:N", param=param)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise click.BadParameter(f"{value!r}: no CUDA device is visible (use cpu)", param=param)
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise click.BadParameter(
+            f"{value!r}: there is no CUDA device {index} ({torch.cuda.device_count()} visible)", param=param
+        )
+    return value
+
+
+def weights_file_option(_ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """`evaluator train --out`: a local file path whose nearest existing folder is writable (a missing folder
+    is created at the end, as `save_evaluator` does), and neither it nor its `.sha256` beside it a folder;
+    checked before any epoch runs, without creating anything."""
+    if value is None:
+        return None
+    from models.evaluator import sha256_path_for
+
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(value)):
+        raise click.BadParameter(f"{str(value)!r} looks like a URL: give a local path", param=param)
+    for path in (value, sha256_path_for(value)):
+        if path.is_dir():
+            raise click.BadParameter(f"{str(path)!r} is a folder, not a file", param=param)
+    existing = value.absolute().parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise click.BadParameter(
+            f"{str(value)!r}: {str(existing)!r} is not a writable folder to write it in", param=param
+        )
+    return value
 
 
 @click.group("evaluator")
@@ -47,13 +93,15 @@ def evaluator() -> None:
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
+    callback=weights_file_option,
     help="Where to write the state_dict (+ .sha256 beside it) [default: the shipped models/weights/evaluator-fashion.pt].",
 )
 @click.option(
     "--device",
     default="cpu",
     show_default=True,
-    help="Torch device to train on (`cuda` for a GPU); the recipe is the same.",
+    callback=device_option,
+    help="Torch device to train on: cpu, cuda or cuda:N (`cuda` for a GPU); the recipe is the same.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @one_line_errors
@@ -129,10 +177,12 @@ def read_model_bytes(model: str, param_hint: str = "MODEL") -> tuple[bytes, str]
 
 def registry_checkpoint_bytes(reference: str) -> tuple[bytes, str]:
     """Resolve `name[@version]` in the model registry and read its checkpoint from the object store."""
+    from db.job_specs import split_model_ref
     from db.settings import StorageSettings
     from models.cli_models import open_registry
     from models.registry import get_version
 
+    split_model_ref(reference)  # a malformed reference is bad input before the registry is opened (or made)
     # open_registry: the schema at head and the shipped fashion-cgan registered, as in a fresh folder
     row = get_version(open_registry(), reference)
     return read_checkpoint_uri(row.checkpoint_uri, StorageSettings().url()), f"{row.name}@{row.version}"
@@ -161,7 +211,13 @@ def read_checkpoint_uri(uri: str, store_url: str) -> bytes:
     show_default=True,
     help="Generated images per category (the calibration row uses as many real train images).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Job seed for the latents and subsets.")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0, max=MAX_SEED),
+    default=0,
+    show_default=True,
+    help="Job seed for the latents and subsets (0 to 2^63-1, as a job's).",
+)
 @click.option(
     "--no-cas", is_flag=True, help="Skip CAS (it trains a small classifier on the generated images)."
 )
@@ -225,6 +281,10 @@ def evaluate(
 
         catalogan evaluate fashion-cgan --samples 1000 --out report.json
     """
+    if closest_pairs is not None and not memorization:
+        raise click.UsageError(
+            "--closest-pairs needs --memorization (the pairs come from its nearest-train search)"
+        )
     from models.checkpoint import checkpoint_file_error
     from models.errors import CheckpointError
     from models.evaluation import (

@@ -51,6 +51,18 @@ def open_registry() -> sessionmaker[Session]:
     return factory
 
 
+def model_ref_argument(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A `NAME` / `NAME@VERSION` argument checked before the registry is opened (a bad one changes nothing):
+    click's usage error (exit 2) naming the reference and the rule otherwise."""
+    from db.job_specs import split_model_ref
+
+    try:
+        split_model_ref(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+    return value
+
+
 def _row(row: ModelVersion) -> dict[str, Any]:
     metrics = row.metrics or {}
     shown = {
@@ -96,7 +108,7 @@ def list_command(name: str | None, as_json: bool) -> None:
 
 
 @models_group.command("show")
-@click.argument("ref")
+@click.argument("ref", callback=model_ref_argument)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @one_line_errors
 def show_command(ref: str, as_json: bool) -> None:
@@ -115,7 +127,7 @@ def show_command(ref: str, as_json: bool) -> None:
 
 
 @models_group.command("promote")
-@click.argument("ref")
+@click.argument("ref", callback=model_ref_argument)
 @click.option("--force", is_flag=True, help="Promote even below the metric gates.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @one_line_errors
@@ -133,7 +145,7 @@ def promote_command(ref: str, force: bool, as_json: bool) -> None:
 
 
 @models_group.command("retire")
-@click.argument("ref")
+@click.argument("ref", callback=model_ref_argument)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @one_line_errors
 def retire_command(ref: str, as_json: bool) -> None:

@@ -55,6 +55,8 @@ INFERENCE_FIELDS = ("backend", "device_kind", "dtype", "compute_batch")
 OPTIONAL_INFERENCE_FIELDS = ("graph",)
 # The latent recipe's fields (`db.latent_control.provenance_fields`); `latent_control` is the one regenerated from.
 CONTROL_FIELDS = ("truncation", "variation_of", "strength", "interpolation", "frame", "latent_control")
+# What PIL raises for a truncated or corrupt file it recognised ("Truncated File Read", "broken PNG file", ...).
+DAMAGED_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +128,15 @@ def read_provenance(data: bytes) -> FileProvenance:
         image = PILImage.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise ProvenanceError("not a PNG or WebP image") from exc
+    except DAMAGED_IMAGE_ERRORS as exc:
+        raise ProvenanceError(f"a truncated or corrupt image ({exc})") from exc
     output_format = FORMATS.get(str(image.format))
     if output_format is None:
         raise ProvenanceError(f"format {image.format}: catalogan writes PNG or WebP only")
-    text: dict[str, str] = dict(getattr(image, "text", {}) or {})
+    try:  # a PNG's text chunks after the image data are read here: a cut file fails here, not at open
+        text: dict[str, str] = dict(getattr(image, "text", {}) or {})
+    except DAMAGED_IMAGE_ERRORS as exc:
+        raise ProvenanceError(f"a truncated or corrupt image ({exc})") from exc
     xmp = text.get(XMP_TEXT_KEY) or image.info.get("xmp") or image.info.get(XMP_TEXT_KEY) or ""
     fields = _xmp_fields(xmp)
     fields.update(
@@ -258,7 +265,10 @@ def regenerate_file(
     have, malformed inference fields).
     """
     stated = claimed.provenance
-    name, version = split_model_ref(stated.model_version)
+    try:
+        name, version = split_model_ref(stated.model_version)
+    except ValueError as exc:  # PlanningError: e.g. a version beyond 9 digits, which no registry holds
+        raise ProvenanceError(f"provenance field 'model_version': {exc}") from exc
     if version is None:
         raise ProvenanceError(f"model_version {stated.model_version!r}: must be name@version")
     with session_factory() as session:
