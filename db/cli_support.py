@@ -156,22 +156,36 @@ def _local_path(value: Path, param: click.Parameter) -> Path:
     return value
 
 
+def output_folder_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be (made) an output folder, or None when it can: it is a writable folder (a link to
+    one counts), or its nearest existing ancestor is one. A symbolic link that leads nowhere or not to a folder
+    (at `folder` or between it and that ancestor) and an existing file are refused: `mkdir` fails on them only
+    later, after the command did its work. Creates nothing."""
+    target = folder.absolute()
+    existing = target
+    while not os.path.lexists(existing) and existing != existing.parent:  # lexists: a dangling link exists
+        existing = existing.parent
+    if existing.is_symlink() and not existing.is_dir():
+        link = os.readlink(existing)
+        what = "leads nowhere" if not os.path.exists(existing) else "is not a folder"
+        return f"{str(existing)!r} is a symbolic link to {link!r}, which {what}"
+    if not existing.is_dir():
+        return f"{str(existing)!r} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{str(existing)!r} is not a writable folder"
+    return None
+
+
 def output_folder(_ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
-    """A `--out`-style folder option: a local path that is a folder or can be made one (its nearest existing
-    ancestor is a writable folder), checked before the command does its work and without creating anything:
-    bad input changes nothing."""
+    """A `--out`-style folder option: a local path that is a writable folder or can be made one (see
+    `output_folder_problem`), checked before the command does its work and without creating anything: bad
+    input changes nothing."""
     if value is None:
         return None
     _local_path(value, param)
-    existing = value.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing == value.absolute() and existing.is_dir():
-        return value
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise click.BadParameter(
-            f"{str(value)!r} cannot be a folder: {str(existing)!r} is not a writable folder", param=param
-        )
+    problem = output_folder_problem(value)
+    if problem is not None:
+        raise click.BadParameter(f"{str(value)!r} cannot be a folder: {problem}", param=param)
     return value
 
 

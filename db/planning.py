@@ -108,7 +108,7 @@ class PlannedJob:
     skipped_existing: int = 0  # items skipped: their images were delivered by an earlier job (db.incremental)
 
 
-def _category_indices(spec: JobSpec, model_version: ModelVersionLike) -> list[tuple[str, int]]:
+def category_indices(spec: JobSpec, model_version: ModelVersionLike) -> list[tuple[str, int]]:
     """Canonical category name and class index per item (matched case-insensitively)."""
     categories = [str(category) for category in model_version.categories]
     lookup = {category.casefold(): (category, index) for index, category in enumerate(categories)}
@@ -207,7 +207,7 @@ def plan_job(
         raise ValueError("a variation or interpolation job is planned with its resolved control")
     if control is not None:
         spec = spec.model_copy(update={"items": [ItemSpec(category=control.category, count=control.count)]})
-    categories = _category_indices(spec, model_version)
+    categories = category_indices(spec, model_version)
     _check_size(spec)
     job_id = job_id or uuid.uuid4().hex
     seed = spec.seed if spec.seed is not None else secrets.randbits(63)

@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from db.cli_support import CATALOGAN_ARGV, job_exit_code, one_line_errors, output_folder
+from db.cli_support import CATALOGAN_ARGV, FiniteFloat, job_exit_code, one_line_errors, output_folder
 
 CHILD_STOP_TIMEOUT_SECONDS = 30
 
@@ -328,7 +328,12 @@ def worker(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option(
-    "--timeout", "timeout_seconds", type=float, default=3600.0, show_default=True, help="Give up after."
+    "--timeout",
+    "timeout_seconds",
+    type=FiniteFloat(min=0, min_open=True),
+    default=3600.0,
+    show_default=True,
+    help="Give up after this many seconds (> 0).",
 )
 @click.option(
     "--truncation",

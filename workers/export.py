@@ -26,6 +26,7 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db.cli_support import output_folder_problem
 from db.images import manifest_keys
 from db.status import ChunkStatus, ImageStatus
 from db.storage import ObjectStore
@@ -140,7 +141,12 @@ def _named(paths: list[str]) -> str:
 def check_output_folder(folder: Path) -> PreviousExport | None:
     """The catalogan export `folder` holds (None when the folder is missing or empty); `ExportFolderError`
     naming `--out` when it holds anything that no export recorded: such files are the user's, and an export
-    mixed with them could neither be told apart nor be replaced safely later."""
+    mixed with them could neither be told apart nor be replaced safely later. A path that cannot be made a
+    folder (a file, a symbolic link leading nowhere or not to a folder) is refused too: the export's first
+    `mkdir` would fail on it only after the job ran."""
+    problem = output_folder_problem(folder)
+    if problem is not None:
+        raise ExportFolderError(f"--out {str(folder)!r}: cannot be a folder: {problem}")
     if not folder.is_dir():
         return None
     previous = read_export_marker(folder)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import re
 import signal
@@ -35,11 +36,18 @@ from db.cli_support import CATALOGAN_ARGV
 from db.engine import engine_from_settings, make_session_factory, read_only_session_factory, transaction
 from db.errors import ConflictError, NotFoundError, PlanningError
 from db.incremental import count_skipped_items
-from db.job_specs import JobSpec, parse_job_spec, request_sha256, split_model_ref
+from db.job_specs import (
+    MAX_IMAGES_PER_ITEM,
+    JobSpec,
+    SubmitLimits,
+    parse_job_spec,
+    request_sha256,
+    split_model_ref,
+)
 from db.latent_control import resolve_latent_control
 from db.messaging import CeleryPublisher, make_celery_app
 from db.model_versions import list_model_versions
-from db.planning import PlannedJob, publish_planned, resolve_job_model, submit_job
+from db.planning import PlannedJob, category_indices, publish_planned, resolve_job_model, submit_job
 from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageSettings
 from db.status import ChunkStatus, JobStatus
 from db.storage import ObjectStore, open_store
@@ -78,39 +86,70 @@ class GenerateRequest:
     overwrite: bool = False
 
 
+# A count as typed: ASCII digits only (`str.isdigit` lets '²' through, and `int()` then fails unnamed).
+COUNT_PATTERN = re.compile(r"[0-9]+")
+COUNT_RULE = f"the count must be a whole number 1..{MAX_IMAGES_PER_ITEM}"
+
+
+def read_sku_rows(sku_file: Path) -> list[tuple[int, list[str]]]:
+    """(line number, comma-separated fields) of each row of a SKU file that is not blank or a comment;
+    `PlanningError` naming --sku-file when the file is not UTF-8 text (a leading BOM is allowed)."""
+    data = sku_file.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        row = data.count(b"\n", 0, exc.start) + 1
+        raise PlanningError(
+            "--sku-file",
+            "utf8",
+            f"--sku-file {str(sku_file)!r}: must be UTF-8 text (CSV): byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start} (row {row}) is not UTF-8",
+        ) from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            rows.append((number, [part.strip() for part in line.split(",")]))
+    return rows
+
+
 def parse_items(categories: tuple[str, ...], sku_file: Path | None) -> list[dict[str, Any]]:
-    """Items from `CAT=COUNT` options and a SKU file; raise `PlanningError` naming the bad input."""
+    """Items from `CAT=COUNT` options and a SKU file; raise `PlanningError` naming the bad input as typed
+    (`--category 'bag=x'`, `--sku-file row 3`: the file's line number)."""
     items: list[dict[str, Any]] = []
     for option in categories:
         name, sep, count = option.partition("=")
-        if not sep or not name or not count.strip().isdigit():
+        if not sep or not name.strip():
             raise PlanningError(
                 "--category",
                 "category_count",
                 f"--category {option!r}: must be CATEGORY=COUNT, e.g. sneaker=16",
             )
-        items.append({"category": name.strip(), "count": int(count)})
-    if sku_file is not None:
-        for number, line in enumerate(sku_file.read_text(encoding="utf-8").splitlines(), start=1):
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            parts = [part.strip() for part in line.split(",")]
-            if len(parts) not in (2, 3, 4) or (len(parts) >= 3 and not parts[2].isdigit()):
-                raise PlanningError(
-                    "--sku-file",
-                    "sku_line",
-                    f"{sku_file}:{number}: must be 'SKU,CATEGORY[,COUNT[,CLIENT_ITEM_ID]]'",
-                )
-            items.append(
-                {
-                    "sku": parts[0],
-                    "category": parts[1],
-                    "count": int(parts[2]) if len(parts) >= 3 else 1,
-                    # The item's identity for incremental resubmits (db.incremental): the SKU unless given.
-                    "client_item_id": parts[3] if len(parts) == 4 and parts[3] else parts[0],
-                }
+        if not COUNT_PATTERN.fullmatch(count.strip()):
+            raise PlanningError(
+                "--category", "category_count", f"--category {option!r}: {COUNT_RULE}, e.g. sneaker=16"
             )
+        items.append({"category": name.strip(), "count": int(count)})
+    for number, parts in read_sku_rows(sku_file) if sku_file is not None else []:
+        if len(parts) not in (2, 3, 4):
+            raise PlanningError(
+                "--sku-file",
+                "sku_line",
+                f"--sku-file row {number}: must be 'SKU,CATEGORY[,COUNT[,CLIENT_ITEM_ID]]'",
+            )
+        if len(parts) >= 3 and not COUNT_PATTERN.fullmatch(parts[2]):
+            raise PlanningError(
+                "--sku-file", "sku_line", f"--sku-file row {number}: count {parts[2]!r}: {COUNT_RULE}"
+            )
+        items.append(
+            {
+                "sku": parts[0],
+                "category": parts[1],
+                "count": int(parts[2]) if len(parts) >= 3 else 1,
+                # The item's identity for incremental resubmits (db.incremental): the SKU unless given.
+                "client_item_id": parts[3] if len(parts) == 4 and parts[3] else parts[0],
+            }
+        )
     if not items:
         raise PlanningError(
             "items", "required", "items: give at least one --category CAT=COUNT or a --sku-file"
@@ -118,24 +157,44 @@ def parse_items(categories: tuple[str, ...], sku_file: Path | None) -> list[dict
     return items
 
 
+def item_error_as_typed(request: GenerateRequest, exc: PlanningError) -> PlanningError:
+    """`exc` about `items[N].FIELD` renamed after the input that made item N, as typed: `--category bag=0:
+    count: ...` or `--sku-file row 3: category: ...` (the file's line number); any other error as it is."""
+    match = re.fullmatch(r"items\[(\d+)\]\.(\w+)", exc.field)
+    if match is None:
+        return exc
+    sources = [f"--category {option}" for option in request.categories]
+    if request.sku_file is not None:
+        sources += [f"--sku-file row {number}" for number, _ in read_sku_rows(request.sku_file)]
+    index, rule_text = int(match.group(1)), str(exc).split(": ", 1)[-1]
+    where = sources[index] if index < len(sources) else exc.field
+    return PlanningError(exc.field, exc.rule, f"{where}: {match.group(2)}: {rule_text}")
+
+
 def generate_spec(request: GenerateRequest) -> JobSpec:
     """The domain request of `catalogan generate`: the model named (default fashion-cgan), the items of the
-    --category options and the SKU file, the seed (chosen here when absent: it is part of the job id).
+    --category options and the SKU file, the seed (chosen here when absent: it is part of the job id). The
+    submit path's bounds (`SubmitLimits`) are checked here too, before anything is migrated or registered.
 
     A broken item is named as it was typed: `--category bag=0: count: ...`, or the SKU file's row."""
     try:
-        return _parse_generate_spec(request)
+        spec = _parse_generate_spec(request)
+        SubmitLimits().check(spec)
     except PlanningError as exc:
-        match = re.fullmatch(r"items\[(\d+)\]\.(\w+)", exc.field)
-        if match is None:
-            raise
-        index, rule_text = int(match.group(1)), str(exc).split(": ", 1)[-1]
-        where = (
-            f"--category {request.categories[index]}"
-            if index < len(request.categories)
-            else f"--sku-file row {index - len(request.categories) + 1}"
-        )
-        raise PlanningError(exc.field, exc.rule, f"{where}: {match.group(2)}: {rule_text}") from None
+        raise item_error_as_typed(request, exc) from None
+    return spec
+
+
+def check_categories(request: GenerateRequest, spec: JobSpec, model_version: ModelVersion) -> None:
+    """`PlanningError` naming the --category / --sku-file row as typed when an item's category is not one of
+    `model_version`'s (with the list of its categories): the submit path's own check, made before anything is
+    committed. A variation or interpolation takes its category from its source images."""
+    if spec.variation is not None or spec.interpolation is not None:
+        return
+    try:
+        category_indices(spec, model_version)
+    except PlanningError as exc:
+        raise item_error_as_typed(request, exc) from None
 
 
 def parse_image_ref(option: str, value: str) -> dict[str, Any]:
@@ -338,6 +397,10 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
         StorageSettings(),
         BrokerSettings(),
     )
+    if not math.isfinite(request.timeout_seconds) or request.timeout_seconds <= 0:  # the CLI refuses it too
+        raise PlanningError(
+            "--timeout", "positive", f"--timeout {request.timeout_seconds}: must be > 0 seconds"
+        )
     spec = generate_spec(request)  # argument checks first: nothing is registered or printed for a typo
     # --out: files no export wrote are refused before anything happens; another job's export without
     # --overwrite as soon as that is known (a random seed is a new job; else once the job id is derived),
@@ -352,8 +415,9 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     _ensure_default_model(session_factory, store, request.model_ref or DEFAULT_MODEL_NAME)
     app = make_celery_app(broker, data)
     publisher = CeleryPublisher(app)
+    # One transaction: every check below comes before the local tenant is made, and an error rolls it back.
     with transaction(session_factory) as session:
-        tenant_id = ensure_local_tenant(session)
+        tenant_id = LOCAL_TENANT_ID
         # The job id is a function of the resolved version (see the module docstring), so the model is
         # resolved here, by the submit path's own resolver, and handed to submit_job (a variation or
         # interpolation without --model: its sources' version; submit_job checks the sources again).
@@ -372,10 +436,12 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
             )
             reason = str(exc).removeprefix("model: ")
             raise NotFoundError(f"--model {spec.model}: {reason}; registered: {known or 'none'}") from None
+        check_categories(request, spec, model_version)
         model_ref = f"{model_version.name}@{model_version.version}"
         job_id = derived_job_id(tenant_id, model_version.id, spec)
         check_replaceable(request.out_dir, previous, job_id=job_id, overwrite=request.overwrite)
         existing = session.get(Job, job_id)
+        ensure_local_tenant(session)
     if existing is not None and existing.status in (
         JobStatus.FAILED,
         JobStatus.COMPLETED_WITH_FAILURES,

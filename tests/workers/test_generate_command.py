@@ -91,7 +91,7 @@ def test_generate_rejects_an_unknown_category_in_one_line(tmp_path: Path) -> Non
     # Then the command fails with one line naming the field and the rule, and a usage exit code
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "Error: items[0].category: 'sofa' is not a category of model tiny@1 (one of: a, b, c)"
+        "Error: --category sofa=3: category: 'sofa' is not a category of model tiny@1 (one of: a, b, c)"
     ]
 
 
