@@ -37,7 +37,9 @@ def current_format() -> Format:
 
 
 def json_option(func: F) -> F:
-    """Add `--format table|tsv|json` and `--json` (= `--format json`); the command receives `as_json`."""
+    """Add `--format table|tsv|json` and `--json` (= `--format json`); the command receives `as_json`.
+
+    `--json` with `--format table` or `--format tsv` is a usage error (exit 2) naming both."""
 
     @click.option(
         "--format",
@@ -49,6 +51,11 @@ def json_option(func: F) -> F:
     @click.option("--json", "as_json", is_flag=True, help="Print JSON (same as --format json).")
     @functools.wraps(func)
     def wrapper(*args: Any, listing_format: Format | None, as_json: bool, **kwargs: Any) -> Any:
+        if as_json and listing_format not in (None, "json"):
+            # `--format tsv --json` printed JSON without a word: two answers to one question is bad usage.
+            raise click.UsageError(
+                f"--json and --format {listing_format} conflict: give one of them (--json = --format json)"
+            )
         chosen: Format = "json" if as_json else listing_format or default_format()
         click.get_current_context().find_root().meta[FORMAT_KEY] = chosen
         return func(*args, as_json=chosen == "json", **kwargs)

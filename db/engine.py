@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.errors import ConfigError
 from db.settings import DatabaseSettings, DataSettings
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
@@ -17,12 +18,39 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30
 READ_ONLY_OPTION = "catalogan_read_only"
 
 
-def make_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
-    """Create an engine; SQLite gets WAL, a busy timeout and foreign keys so several processes can share it."""
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names; None for another database or an in-memory SQLite one."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[1] if "///" in url else ""
+    path = path.split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path)
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file `url` names when it does not exist yet (`make_engine` would create it, and its folders);
+    None when it exists or `url` is not a SQLite file. Commands that only read check this first."""
+    path = sqlite_file(url)
+    return path if path is not None and not path.exists() else None
+
+
+def make_engine(url: str, *, echo: bool = False, pool_size: int = 5, create: bool = True) -> Engine:
+    """Create an engine; SQLite gets WAL, a busy timeout and foreign keys so several processes can share it.
+
+    A SQLite file that does not exist yet is created on first connect, its folders here. With `create=False`
+    (commands that only read) a missing one is a `ConfigError` instead, and nothing is created.
+    """
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_file(url)
+        if path is not None:
+            if not create and not path.exists():
+                raise ConfigError(
+                    f"the SQLite database file {str(path)!r} does not exist (`catalogan db upgrade` creates it)"
+                )
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
         )

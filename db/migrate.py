@@ -7,6 +7,7 @@ plain `alembic` command works as well: it reads `[tool.alembic]` in pyproject.to
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, inspect, text
 
@@ -60,6 +62,23 @@ def head_revision() -> str:
     return head
 
 
+class UnknownRevisionError(ConfigError, ValueError):
+    """A target revision that names no migration shipped with this version (`check_revision`)."""
+
+
+def check_revision(revision: str) -> str:
+    """`revision` when it names shipped migrations (`head`, `base`, an id or a unique prefix of one, `branch@head`);
+    `UnknownRevisionError` with Alembic's reason otherwise — checked before any database is opened, so a typo
+    changes nothing. A relative target (`-1`, `0010+1`) depends on the database and is left to the migration."""
+    if revision == "base" or re.search(r"[+-]\d+$", revision):
+        return revision
+    try:
+        ScriptDirectory.from_config(alembic_config()).revision_map.get_revisions(revision)
+    except RevisionError as exc:
+        raise UnknownRevisionError(str(exc)) from None
+    return revision
+
+
 def _current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
@@ -99,9 +118,12 @@ def downgrade(url: str, revision: str) -> MigrationResult:
     return _run(url, "downgrade", revision)
 
 
-def current(url: str) -> str | None:
-    """The revision the database at `url` is at, or None when it has never been migrated."""
-    engine = make_engine(url)
+def current(url: str, *, create: bool = True) -> str | None:
+    """The revision the database at `url` is at, or None when it has never been migrated.
+
+    `create=False`: a SQLite file that does not exist is a `ConfigError`, not created (`db.engine.make_engine`).
+    """
+    engine = make_engine(url, create=create)
     try:
         with engine.connect() as connection:
             return _current(connection)

@@ -61,6 +61,43 @@ def _config() -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix="CATALOGAN_", extra="ignore", frozen=True)
 
 
+# The kombu transports `CATALOGAN_BROKER_URL` may name: Redis over TCP, over TLS, or over a Unix socket.
+BROKER_SCHEMES = ("redis", "rediss", "redis+socket")
+STORAGE_URL_RULE = "must be s3://bucket[/prefix], file:///absolute/path or memory:// (or empty for a folder in the data folder)"
+
+
+def check_storage_url(url: str) -> str:
+    """`url` when it is an object-store URL `db.storage.open_store` opens; `ValueError` stating the rule (never
+    the URL) otherwise."""
+    from db.storage.keys import validate_key
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(STORAGE_URL_RULE) from None
+    scheme = parts.scheme.lower()
+    if scheme == "memory" and url.lower().startswith("memory://"):
+        return url
+    if scheme == "file" and url.lower().startswith("file://"):
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError(f"{STORAGE_URL_RULE}: a file:// URL takes an absolute path (three slashes)")
+        return url
+    if scheme == "s3" and url.lower().startswith("s3://"):
+        if not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(
+                f"{STORAGE_URL_RULE}: an s3:// URL names a bucket and takes no query or fragment"
+            )
+        prefix = parts.path.strip("/")
+        if prefix:
+            try:
+                validate_key(prefix)
+            except ValueError:
+                raise ValueError(f"{STORAGE_URL_RULE}: the prefix breaks the object-key rules") from None
+        return url
+    raise ValueError(STORAGE_URL_RULE)
+
+
 class DataSettings(BaseSettings):
     """Where the embedded stack keeps its files (`CATALOGAN_DATA_DIR`)."""
 
@@ -129,6 +166,15 @@ class StorageSettings(BaseSettings):
         "empty = the endpoint the services use (AWS_ENDPOINT_URL).",
     )
 
+    @field_validator("storage_url")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        # Checked here, at start, so a bad URL is one line naming the variable (exit 6) rather than the object
+        # store's "unsupported object-store URL" when it is first opened (exit 5, no variable named).
+        if value:
+            check_storage_url(value)
+        return value
+
     @field_validator("storage_public_endpoint_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -145,13 +191,32 @@ class StorageSettings(BaseSettings):
 
 
 class BrokerSettings(BaseSettings):
-    """Celery broker (`CATALOGAN_BROKER_URL`): a Redis URL; empty = the embedded filesystem broker."""
+    """Celery broker (`CATALOGAN_BROKER_URL`): a Redis URL (`BROKER_SCHEMES`); empty = the embedded filesystem
+    broker."""
 
     model_config = _config()
 
     broker_url: str = Field(
         default="", description="redis://host:port/db; empty = kombu filesystem:// in the data folder."
     )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        # kombu picks its transport by the scheme: anything else was a `KeyError: 'No such transport'` traceback
+        # when the first worker, beat or API process built its Celery app. Our transport options are Redis's.
+        if value:
+            try:
+                parts = urlsplit(value)
+                parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+            except ValueError:
+                parts = None
+            if parts is None or parts.scheme.lower() not in BROKER_SCHEMES:
+                raise ValueError(
+                    "must be a Redis URL: redis://host:6379/0, rediss://host:6380/0 (TLS) or "
+                    "redis+socket:///path/to/redis.sock (or empty for the embedded folder broker)"
+                )
+        return value
 
     @property
     def embedded(self) -> bool:

@@ -287,6 +287,24 @@ def check_api_key(api_key: str) -> str:
     return key
 
 
+def check_api_url(url: str, name: str = API_URL_ENV) -> str:
+    """`url` when it is http(s)://host[:port][/path]; `ClientError` naming `name` (the variable or argument it came
+    from) and the rule otherwise, never the URL (it may carry credentials). Checked before any request: `notaurl`
+    became "GET notaurl/v1/jobs: ..." (an outage, exit 5) and `http://[::1` urllib's "Invalid IPv6 URL"."""
+    rule = f"{name}: must be http(s)://host[:port][/path], e.g. {DEFAULT_API_URL}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):
+        raise ClientError(f"{rule} (not a URL)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ClientError(rule)
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        raise ClientError(f"{rule}, without credentials, query or fragment")
+    return url
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     """Seconds from `Retry-After` (delta-seconds or an HTTP date); None when absent or unreadable."""
     value = response.headers.get("retry-after")
@@ -373,6 +391,7 @@ class Client:
         max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     ) -> None:
+        url_source = "base_url" if base_url else API_URL_ENV
         base_url = base_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL
         api_key = api_key or os.environ.get(API_KEY_ENV)
         if not api_key:
@@ -380,6 +399,7 @@ class Client:
                 f"no API key: pass api_key or set {API_KEY_ENV} (create one with `catalogan keys create`)"
             )
         api_key = check_api_key(api_key)
+        check_api_url(base_url, url_source)
         self.base_url = base_url.rstrip("/")
         # A `file://` image URL is what an API on a local folder store answers; read one only from an API on
         # this machine, so a remote (or hostile) server cannot make `download` copy local files.

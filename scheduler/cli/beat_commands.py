@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -12,22 +13,36 @@ from typing import Any
 
 import click
 
-from db.cli_support import one_line_errors
+from db.cli_support import FiniteFloat, one_line_errors, output_file
+
+MAX_INTERVAL_SECONDS = 3600.0  # an hour between repair passes: anything longer is a typo (ms for s)
+
+
+def heartbeat_file_option(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """`--heartbeat-file`: its folder must be a writable folder and the file, when it exists, writable — checked
+    before beat starts (a file in place of the folder was a traceback every pass, then "1 periodic step(s)
+    failed")."""
+    value = output_file(ctx, param, value)
+    if value is not None and value.exists() and not os.access(value, os.W_OK):
+        raise click.BadParameter(f"{str(value)!r} is not writable", ctx=ctx, param=param)
+    return value
 
 
 @click.command("beat")
 @click.option("--once", is_flag=True, help="Run one repair pass and exit.")
 @click.option(
     "--interval",
-    type=float,
+    type=FiniteFloat(min=0, max=MAX_INTERVAL_SECONDS, min_open=True),
     default=None,
-    help="Seconds between passes [default: CATALOGAN_REAPER_INTERVAL_SECONDS or 5].",
+    help="Seconds between passes, > 0 [default: CATALOGAN_REAPER_INTERVAL_SECONDS, else 5].",
 )
 @click.option(
     "--heartbeat-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Touch this file after every successful reaper pass (for a container healthcheck).",
+    callback=heartbeat_file_option,
+    help="Touch this file after every successful reaper pass (for a container healthcheck); its folder must "
+    "exist and be writable.",
 )
 @click.option(
     "--check-heartbeat",
@@ -38,7 +53,7 @@ from db.cli_support import one_line_errors
 )
 @click.option(
     "--max-age",
-    type=click.FloatRange(min=1),
+    type=FiniteFloat(min=1),
     default=60.0,
     show_default=True,
     help="Seconds a heartbeat stays fresh for --check-heartbeat.",
@@ -75,12 +90,15 @@ def beat(
     from scheduler.webhooks import run_webhook_tick
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Every setting first: a bad one is one line (exit 6) before anything is created or any step runs.
     data = DataSettings()
     settings = ReaperSettings()
-    app = make_celery_app(BrokerSettings(), data)
-    publisher = CeleryPublisher(app)
-    session_factory = make_session_factory(engine_from_settings(DatabaseSettings(), data))
+    broker_settings, database_settings = BrokerSettings(), DatabaseSettings()
+    storage_url = StorageSettings().url(data)
     webhook_settings = WebhookSettings()
+    app = make_celery_app(broker_settings, data)
+    publisher = CeleryPublisher(app)
+    session_factory = make_session_factory(engine_from_settings(database_settings, data))
     reaper = Reaper(
         session_factory,
         publisher=publisher,
@@ -95,7 +113,7 @@ def beat(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    every = interval or settings.reaper_interval_seconds
+    every = interval if interval is not None else settings.reaper_interval_seconds
 
     def reap_and_beat() -> None:
         reaper.reap_once()  # raises when SQL or the broker fails: then no heartbeat
@@ -117,7 +135,7 @@ def beat(
     webhook_thread.start()
     # Retention deletes objects in the store (many, for a large job): its own thread too, never holding a
     # database connection while the store works (scheduler.reaper.delete_expired_jobs).
-    store = open_store(StorageSettings().url(data))
+    store = open_store(storage_url)
     retention_steps = [
         PeriodicStep(
             "retention",

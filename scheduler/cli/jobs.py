@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from db.cli_support import job_exit_code, one_line_errors, output_file, output_folder
+from db.cli_support import FiniteFloat, job_exit_code, one_line_errors, output_file, output_folder
 from db.errors import ConfigError
 from db.webhook_events import WEBHOOK_EVENTS
 from scheduler.cli.output import json_option, print_json, print_rows
@@ -41,6 +41,9 @@ MANIFEST_CSV_COLUMNS = (
 
 
 ITEM_FIELD = re.compile(r"^(?:body\.)?items\.(\d+)\.(\w+)$")
+# `jobs watch --interval`: 0 polled the API without pausing; an hour between polls is as slow as is useful.
+MIN_WATCH_INTERVAL_SECONDS = 0.1
+MAX_WATCH_INTERVAL_SECONDS = 3600.0
 
 
 def _client() -> Client:
@@ -301,10 +304,11 @@ def show(job_id: str, as_json: bool) -> None:
 @click.argument("job_id")
 @click.option(
     "--interval",
-    type=float,
+    type=FiniteFloat(min=MIN_WATCH_INTERVAL_SECONDS, max=MAX_WATCH_INTERVAL_SECONDS),
     default=1.0,
     show_default=True,
-    help="Seconds between polls (steady: an operator watching sees each change).",
+    help=f"Seconds between polls, {MIN_WATCH_INTERVAL_SECONDS:g} to {MAX_WATCH_INTERVAL_SECONDS:g} (steady: an "
+    "operator watching sees each change).",
 )
 @one_line_errors
 def watch(job_id: str, interval: float) -> None:

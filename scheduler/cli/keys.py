@@ -13,6 +13,16 @@ from scheduler.cli.database import cli_session_factory
 from scheduler.cli.output import json_option, print_json, print_rows
 
 COLUMNS = ("id", "tenant", "name", "prefix", "created_at", "revoked_at")
+# `api_keys.name` is String(64) (db/tables.py): PostgreSQL refused a longer label with a DataError traceback,
+# SQLite kept it. (A test holds the two together.)
+MAX_KEY_NAME_LENGTH = 64
+
+
+def key_name_option(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """`--name` when it fits the column; a usage error naming the option and the rule otherwise."""
+    if len(value) > MAX_KEY_NAME_LENGTH:
+        raise click.BadParameter(f"{len(value)} characters: at most {MAX_KEY_NAME_LENGTH}", param=param)
+    return value
 
 
 @click.group("keys")
@@ -28,7 +38,12 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--tenant", "tenant_name", required=True, help="Tenant name.")
-@click.option("--name", default="", help="A label for the key (e.g. the system that uses it).")
+@click.option(
+    "--name",
+    default="",
+    callback=key_name_option,
+    help=f"A label for the key (e.g. the system that uses it), at most {MAX_KEY_NAME_LENGTH} characters.",
+)
 @json_option
 @one_line_errors
 def create(tenant_name: str, name: str, as_json: bool) -> None:

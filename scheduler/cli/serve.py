@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import socket
+
 import click
 
 from db.cli_support import one_line_errors
+from db.errors import ConfigError
 from db.pipeline_settings import ChunkSizeSettings
 from scheduler.settings import ApiSettings
 
@@ -12,8 +17,43 @@ from scheduler.settings import ApiSettings
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
+# A host name: dot-separated labels of letters, digits, hyphens (and underscores, which container networks use).
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
+
+
+def bind_host_problem(host: str) -> str | None:
+    """Why `host` cannot be an address to bind to (None when it can): an IP address, or a name that resolves.
+
+    Checked before uvicorn starts: uvicorn printed "[Errno -2] Name or service not known" and exited 3."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if not HOST_NAME.fullmatch(host):
+        return "must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name"
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        return f"the host name does not resolve to an address ({exc})"
+    return None
+
+
+def host_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--host`: a usage error naming the option when it cannot be bound to (`bind_host_problem`)."""
+    if value is not None and (problem := bind_host_problem(value)) is not None:
+        raise click.BadParameter(f"{value!r}: {problem}", param=param)
+    return value
+
+
 @click.command("serve")
-@click.option("--host", default=None, help="Bind address (default CATALOGAN_API_HOST, 127.0.0.1).")
+@click.option(
+    "--host",
+    default=None,
+    callback=host_option,
+    help="Bind address: an IP address or a host name that resolves (default CATALOGAN_API_HOST, 127.0.0.1).",
+)
 @click.option(
     "--port",
     type=click.IntRange(1, 65535),
@@ -48,6 +88,8 @@ def serve(host: str | None, port: int | None, workers: int | None, log_level: st
 
     settings = ApiSettings()  # validated here so a bad setting is one line, not a worker traceback
     ChunkSizeSettings()  # the per-queue chunk sizes planning reads, checked at start too
+    if host is None and (problem := bind_host_problem(settings.api_host)) is not None:
+        raise ConfigError(f"CATALOGAN_API_HOST: {problem}")
     uvicorn.run(
         "scheduler.api.app:create_app",
         factory=True,

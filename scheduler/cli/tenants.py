@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import click
 from sqlalchemy import func, select, update
 
-from db.cli_support import one_line_errors
+from db.cli_support import FiniteFloat, one_line_errors
 from db.engine import transaction
+from db.job_specs import MAX_URL_LENGTH
 from db.quotas import QUEUES_BY_PRIORITY
 from db.tables import ApiKey, Tenant
 from db.tenants import (
@@ -37,8 +39,38 @@ COLUMNS = (
 )
 
 
+# The API's rule for a job's webhook_url (scheduler.api.schemas.WEBHOOK_URL_PATTERN, which only the HTTP layer
+# may import; a test holds the two equal): http(s), a DNS name or IPv4 host, an optional port 0-65535.
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+WEBHOOK_URL_PATTERN = rf"^https?://[A-Za-z0-9.-]+(:{_PORT})?([/?#].*)?$"
+
 # The quota columns are 32-bit integers on PostgreSQL: a larger value was a DataError traceback.
 MAX_QUOTA = 2**31 - 1
+
+
+def webhook_url_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--webhook-url`: the URL rule the API applies to a job's `webhook_url` (http or https, a DNS name or IPv4
+    host, an optional port, no credentials, at most `MAX_URL_LENGTH` characters), as a usage error naming the
+    option; nothing is written otherwise. The host is not resolved here: the API never checks a tenant's
+    default at submit either, and the dispatcher checks its addresses before every delivery (private ones are
+    refused unless CATALOGAN_WEBHOOK_ALLOW_PRIVATE_TARGETS), from the host that sends it."""
+    if value is None:
+        return None
+    from scheduler.errors import UnsafeWebhookTargetError
+    from scheduler.webhooks import check_target
+
+    if len(value) > MAX_URL_LENGTH:
+        raise click.BadParameter(f"{len(value)} characters: at most {MAX_URL_LENGTH}", param=param)
+    try:
+        check_target(value, allow_private=True)  # scheme, host, credentials, port; no lookup
+    except UnsafeWebhookTargetError as exc:
+        raise click.BadParameter(str(exc).removeprefix("webhook_url "), param=param) from None
+    if not re.fullmatch(WEBHOOK_URL_PATTERN, value):
+        raise click.BadParameter(
+            f"{value!r}: must be http(s)://host[:port][/path] with a DNS name or IPv4 address as host",
+            param=param,
+        )
+    return value
 
 
 @click.group("tenants")
@@ -89,7 +121,14 @@ def _quota_options(func: Any) -> Any:
 @tenants.command("create")
 @click.argument("name")
 @_quota_options
-@click.option("--webhook-url", default=None, help="Default webhook URL for the tenant's jobs.")
+@click.option(
+    "--webhook-url",
+    default=None,
+    callback=webhook_url_option,
+    help="Default webhook URL for the tenant's jobs: http(s)://host[:port][/path], no credentials, at most "
+    f"{MAX_URL_LENGTH} characters (the API's rule for a job's webhook_url). Its addresses are checked at every "
+    "delivery, not here.",
+)
 @click.option("--with-key", is_flag=True, help="Also create a first API key and print it (shown once).")
 @json_option
 @one_line_errors
@@ -229,7 +268,7 @@ def list_tenants(as_json: bool) -> None:
 @click.argument("name")
 @click.option(
     "--grace-hours",
-    type=click.FloatRange(0, MAX_WEBHOOK_SECRET_GRACE.total_seconds() / 3600),
+    type=FiniteFloat(0, MAX_WEBHOOK_SECRET_GRACE.total_seconds() / 3600),
     default=24.0,
     show_default=True,
     help="Hours the old secret keeps signing next to the new one (0: it stops at once, for a leaked secret).",
