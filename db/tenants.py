@@ -29,6 +29,8 @@ API_KEY_SCHEME = "cg"
 API_KEY_PREFIX_BYTES = 6  # 12 hex characters: the public lookup part
 API_KEY_SECRET_BYTES = 32  # 256 bits of randomness: the part that must stay secret
 
+MAX_TENANT_NAME_CHARS = 64  # db.tables.Tenant.name
+
 
 @dataclass(frozen=True, slots=True)
 class IssuedApiKey:
@@ -60,7 +62,11 @@ def create_tenant(
     requests_per_minute: int | None = None,
     highest_queue: str | None = None,
 ) -> Tenant:
-    """Insert a tenant; its name must be a valid key segment and unique (else `ConflictError`)."""
+    """Insert a tenant; its name must be a valid key segment of at most `MAX_TENANT_NAME_CHARS` characters
+    (the column's width: PostgreSQL refuses a longer one, SQLite would store it) and unique (else
+    `ConflictError`)."""
+    if len(name) > MAX_TENANT_NAME_CHARS:
+        raise ValueError(f"tenant name: {len(name)} characters; at most {MAX_TENANT_NAME_CHARS}")
     validate_key_segment(name, "tenant name")
     tenant = Tenant(id=_new_id(), name=name, webhook_url=webhook_url)
     set_tenant_limits(

@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 from db.cli_support import ExitCode
 from db.job_specs import MAX_URL_LENGTH
 from db.tables import ApiKey, Tenant
+from db.tenants import MAX_TENANT_NAME_CHARS
 from scheduler.cli.keys import MAX_KEY_NAME_LENGTH
 from scheduler.cli.root import cli
 
@@ -52,6 +53,7 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_the_cli_length_limits_are_the_columns_widths() -> None:
+    assert Tenant.__table__.c.name.type.length == MAX_TENANT_NAME_CHARS  # type: ignore[attr-defined]
     assert ApiKey.__table__.c.name.type.length == MAX_KEY_NAME_LENGTH  # type: ignore[attr-defined]
     assert Tenant.__table__.c.webhook_url.type.length == MAX_URL_LENGTH  # type: ignore[attr-defined]
 
@@ -73,6 +75,11 @@ def test_values_longer_than_their_postgresql_columns_are_usage_errors_and_nothin
     too_long = run(["tenants", "create", "globex", "--webhook-url", long_url], pg_env)
     assert_usage_error(too_long, "--webhook-url")
     assert f"at most {MAX_URL_LENGTH}" in too_long.output
+
+    long_tenant = run(["tenants", "create", "t" * 65], pg_env)
+    assert long_tenant.exit_code == 2, long_tenant.output
+    assert "tenant name: 65 characters; at most 64" in long_tenant.output
+    assert "Traceback" not in long_tenant.output
 
     keys = json.loads(run(["keys", "ls", "--json"], pg_env).output)
     assert [key["name"] for key in keys] == ["n" * 64]

@@ -11,7 +11,7 @@ import pytest
 
 from db.cli_support import CATALOGAN_ARGV, ExitCode
 
-LONG_NAME = "acme-" + "x" * 70  # far wider than an 80-column table could show
+LONG_NAME = "acme-" + "x" * 59  # the longest name a tenant may have (64), far wider than a 40-column terminal
 
 
 def catalogan(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -28,7 +28,7 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def test_piped_tables_are_tsv_and_never_truncated(tmp_path: Path) -> None:
-    """Given a tenant with a 75-character name and a key, when `tenants ls` and `keys ls` are piped, then each is
+    """Given a tenant with a 64-character name and a key, when `tenants ls` and `keys ls` are piped, then each is
     TSV with a header, the whole name is there (so `| grep` finds it), and --format table/json still work."""
     env = clean_env(tmp_path)
     assert catalogan(["db", "upgrade"], env, tmp_path).returncode == 0
