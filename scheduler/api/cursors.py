@@ -10,6 +10,8 @@ from typing import Any
 from scheduler.errors import RequestValidationError
 
 MAX_CURSOR_CHARS = 512
+# The integers a cursor may carry: a 64-bit signed column's (every integer sort key is one or narrower).
+MIN_CURSOR_INT, MAX_CURSOR_INT = -(2**63), 2**63 - 1
 
 
 def encode_cursor(*values: Any) -> str:
@@ -30,5 +32,8 @@ def decode_cursor(cursor: str, *, arity: int) -> list[Any]:
             "cursor", "opaque_cursor", "cursor: not a cursor this API issued"
         ) from exc
     if not isinstance(values, list) or len(values) != arity or any("\x00" in str(v) for v in values):
+        raise RequestValidationError("cursor", "opaque_cursor", "cursor: not a cursor this API issued")
+    if any(isinstance(v, int) and not MIN_CURSOR_INT <= v <= MAX_CURSOR_INT for v in values):
+        # A hand-made cursor's 10**20 would reach the database: OverflowError on SQLite, DataError on PostgreSQL.
         raise RequestValidationError("cursor", "opaque_cursor", "cursor: not a cursor this API issued")
     return values

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from db.console_sessions import SignedIn
 from db.engine import transaction
 from db.errors import NotFoundError, ObjectNotFoundError, PlanningError
-from db.job_specs import LATENT_CONTROL_OPTION, MAX_IMAGES_PER_JOB, parse_metadata_pairs
+from db.job_specs import LATENT_CONTROL_OPTION, MAX_IMAGES_PER_JOB, parse_metadata_pairs, split_model_ref
 from db.jobs import get_job
 from db.reviews import (
     MAX_NOTE_CHARS,
@@ -135,12 +135,13 @@ def jobs_page(
         for key, value in labels.items():
             query = query.where(Job.job_metadata[key].as_string() == value)
         if model:
-            name, _, version = model.partition("@")
+            try:  # a version is 1 to 9 ASCII digits ('²' passed isdigit(), 10**20 overflowed SQLite: 500s)
+                name, version = split_model_ref(model)
+            except PlanningError as exc:
+                raise RequestValidationError("model", "model_ref", str(exc)) from None
             query = query.where(ModelVersion.name == name)
-            if version:
-                if not version.isdigit():
-                    raise RequestValidationError("model", "model_ref", "model: name or name@version")
-                query = query.where(ModelVersion.version == int(version))
+            if version is not None:
+                query = query.where(ModelVersion.version == version)
         if cursor:
             created, last_id = decode_cursor(cursor, arity=2)
             created_at = _parse_time(created)

@@ -27,6 +27,7 @@ from sqlalchemy import and_, or_, select
 from db.console_sessions import SignedIn
 from db.engine import transaction
 from db.errors import CataloganError, NotFoundError
+from db.job_specs import MAX_MODEL_VERSION
 from db.model_versions import describe_model_version, get_model_version, transition_model_version
 from db.promotion import promote_version
 from db.status import ModelVersionStatus
@@ -145,7 +146,12 @@ def _version_view(store: ObjectStore, row: ModelVersion) -> dict[str, Any]:
 def _after_cursor(cursor: str) -> Any:
     """The keyset condition of a models-page cursor: versions after (name, version) in the page's order."""
     name, version = decode_cursor(cursor, arity=2)
-    if not isinstance(name, str) or not isinstance(version, int) or isinstance(version, bool):
+    if (
+        not isinstance(name, str)
+        or not isinstance(version, int)
+        or isinstance(version, bool)
+        or not 0 <= version <= MAX_MODEL_VERSION  # the version column is a 32-bit integer
+    ):
         raise RequestValidationError("cursor", "opaque_cursor", "cursor: not a cursor this console issued")
     return or_(ModelVersion.name > name, and_(ModelVersion.name == name, ModelVersion.version < version))
 

@@ -23,6 +23,7 @@ from db.engine import transaction
 from db.reviews import ReviewState
 from db.status import ModelVersionStatus
 from db.tables import ConsoleSession, ImageReview, JobItem, ModelVersion
+from scheduler.api.cursors import encode_cursor
 from scheduler.api.limits import MemoryRateLimiter
 from scheduler.console.auth import SESSION_COOKIE
 from scheduler.console.jobs import MAX_CATEGORY_OPTIONS, TileFilter
@@ -84,6 +85,12 @@ def test_numbers_out_of_range_in_console_urls_and_forms_are_422_not_500(
     for url in (f"{base}/images/{huge}", f"{base}/images/{huge}/file", f"{base}/tiles?after={huge}",
                 f"/console/models/tiny/{huge}/samples.png", f"/console/models/tiny/{huge}/loss.png"):  # fmt: skip
         assert console.get(url).status_code == 422, url
+    # The jobs filter's model version and the models page's cursor: '²' passed isdigit(), 10**20 overflowed
+    for url in (f"/console/jobs?model=tiny@{huge}", "/console/jobs?model=tiny@²", "/console/jobs?model=tiny@3000000000",
+                f"/console/models?cursor={encode_cursor('tiny', int(huge))}",
+                f"/console/models?cursor={encode_cursor('tiny', 3_000_000_000)}"):  # fmt: skip
+        assert console.get(url).status_code == 422, url
+    assert console.get("/console/jobs?model=tiny@1").status_code == 200
     promote = console.post(f"/console/models/tiny/{huge}/promote", data={"csrf_token": "x"})
     assert promote.status_code in (403, 422)  # the CSRF check or the bound: either way, not a 500
     for indices in ("²", "1" * 30, "0,99999999999", "٣"):

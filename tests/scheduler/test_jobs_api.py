@@ -15,6 +15,7 @@ from db.chunk_outcomes import quarantine_chunk
 from db.engine import transaction
 from db.status import ChunkStatus, JobStatus
 from db.tables import Chunk, Job
+from scheduler.api.cursors import encode_cursor
 from tests.scheduler.conftest import Credentials
 
 ITEMS = [{"category": "a", "count": 5, "sku": "SKU-1"}, {"category": "b", "count": 3}]
@@ -79,6 +80,22 @@ def test_a_forged_cursor_is_a_422_naming_the_cursor(api: TestClient, tenant: Cre
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["errors"][0]["field"] == "cursor"
+
+
+def test_a_cursor_carrying_an_integer_beyond_64_bits_is_a_422_not_a_500(
+    api: TestClient, tenant: Credentials
+) -> None:
+    """Given a hand-made image-page cursor after index 10**20 (beyond PostgreSQL's bigint and SQLite's integer:
+    a DataError / OverflowError, so a 500), when listing a job's images, then the 422 names `cursor`; the
+    largest 64-bit index is a cursor like any other (an empty page)."""
+    job = submit(api, tenant)
+    url = f"/v1/jobs/{job['id']}/images"
+    response = api.get(url, params={"cursor": encode_cursor(10**20)}, headers=tenant.headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "cursor"
+    edge = api.get(url, params={"cursor": encode_cursor(2**63 - 1)}, headers=tenant.headers)
+    assert edge.status_code == 200, edge.text
+    assert edge.json()["data"] == []
 
 
 def test_cancel_moves_the_job_to_cancelling_and_is_repeatable(api: TestClient, tenant: Credentials) -> None:
