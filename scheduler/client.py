@@ -63,6 +63,7 @@ __all__ = [
     "JobPage",
     "Model",
     "PreviewImage",
+    "spreadsheet_safe",
     "verify_webhook",
 ]
 
@@ -890,6 +891,20 @@ class Client:
             PreviewImage(i["index"], i["category"], i["sha256"], base64.b64decode(i["png_base64"]))
             for i in body["images"]
         ]
+
+
+# A spreadsheet reads a cell that starts with one of these as a formula (or, tab and CR, as the start of one).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(row: Mapping[str, Any]) -> dict[str, Any]:
+    """`row` with every text value a spreadsheet would run as a formula prefixed by `'`, which it shows as text
+    (OWASP's advice against CSV injection): a tenant's SKU such as `=HYPERLINK(...)` comes through as text.
+    For writing manifest rows (`Client.manifest_rows`) to a CSV someone will open in a spreadsheet."""
+    return {
+        name: "'" + value if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) else value
+        for name, value in row.items()
+    }
 
 
 def image_path(image: Image) -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 from urllib.parse import urlsplit
 
-from scheduler.client import Client, Job
+from scheduler.client import Client, Job, spreadsheet_safe
 from scheduler.errors import ApiError, ClientError, TransportError
 
 OUTPUT_COLUMNS = ("sku", "category", "index", "key", "sha256", "seed", "model_version", "status", "error")
@@ -159,7 +159,8 @@ def write_manifest_csv(rows: list[dict[str, Any]], out: Path) -> None:
     with out.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=OUTPUT_COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda row: row["index"]))
+        # spreadsheet_safe: a SKU such as `=HYPERLINK(...)` stays text when the file is opened in a spreadsheet
+        writer.writerows(spreadsheet_safe(row) for row in sorted(rows, key=lambda row: row["index"]))
 
 
 def run(

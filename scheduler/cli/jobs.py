@@ -23,7 +23,7 @@ from db.cli_support import FiniteFloat, job_exit_code, one_line_errors, output_f
 from db.errors import ConfigError
 from db.webhook_events import WEBHOOK_EVENTS
 from scheduler.cli.output import json_option, print_json, print_rows
-from scheduler.client import API_KEY_ENV, Client, Job
+from scheduler.client import API_KEY_ENV, Client, Job, spreadsheet_safe
 from scheduler.errors import ApiError, ClientError
 
 COLUMNS = ("id", "status", "model", "images", "done", "failed", "progress", "created_at", "finished_at")
@@ -423,12 +423,13 @@ def follow(client: Client, job_id: str, interval: float) -> Job:
 
 
 def manifest_csv(rows: list[dict[str, Any]]) -> str:
-    """Manifest rows as CSV text with the manifest's columns first."""
+    """Manifest rows as CSV text with the manifest's columns first; text a spreadsheet would run as a formula
+    (a tenant's SKU `=HYPERLINK(...)`) is made text (`spreadsheet_safe`), as in the console's CSV."""
     extra = sorted({key for row in rows for key in row} - set(MANIFEST_CSV_COLUMNS))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=[*MANIFEST_CSV_COLUMNS, *extra], extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(spreadsheet_safe(row) for row in rows)
     return out.getvalue()
 
 

@@ -45,6 +45,7 @@ from db.status import JOB_TERMINAL, ImageStatus, JobStatus
 from db.tables import Image, ImageReview, Job, JobItem, ModelVersion
 from scheduler.api.cursors import decode_cursor, encode_cursor
 from scheduler.api.routes.images import open_reviewed_manifest, tenant_owns_key
+from scheduler.client import spreadsheet_safe
 from scheduler.console.auth import Console, ConsoleDep, CsrfUserDep, UserDep, ViewerDep
 from scheduler.console.pages import ConsoleNotFoundError, render
 from scheduler.console.provenance import embedded_provenance
@@ -732,19 +733,6 @@ async def manifest_download(
         media_type=media[fmt],
         headers={"Content-Disposition": f'attachment; filename="{job_id}.{fmt}"'},
     )
-
-
-# A spreadsheet reads a cell that starts with one of these as a formula (or, tab and CR, as the start of one).
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(row: dict[str, Any]) -> dict[str, Any]:
-    """`row` with every text value a spreadsheet would run as a formula prefixed by `'`, which it shows as text
-    (OWASP's advice against CSV injection): an SKU such as `=HYPERLINK(...)` comes through as text."""
-    return {
-        name: "'" + value if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) else value
-        for name, value in row.items()
-    }
 
 
 def csv_pieces(jsonl_pieces: Iterable[bytes]) -> Iterator[bytes]:

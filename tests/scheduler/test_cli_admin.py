@@ -105,11 +105,13 @@ def test_jobs_commands_work_through_the_api(
     no_key = run(["jobs", "ls"], {**env, "CATALOGAN_API_KEY": ""})
     assert no_key.exit_code == ExitCode.CONFIG
 
-    # The job ends: watch reports it, export writes the manifest as CSV.
+    # The job ends: watch reports it, export writes the manifest as CSV, safe to open in a spreadsheet.
     jsonl_key, _ = manifest_keys(tenant["id"], job_id)
     store.put(
         jsonl_key,
-        b'{"index": 0, "sku": "S1", "category": "a", "key": "k", "sha256": "ab", "status": "succeeded"}\n',
+        # An SKU and an error text a spreadsheet would run as formulas: the CSV makes them text (a leading ')
+        b'{"index": 0, "sku": "=1+2", "category": "a", "key": "k", "sha256": "ab", "status": "succeeded", '
+        b'"error": "@SUM(A1)"}\n',
     )
     with transaction(pg_factory) as session:
         session.execute(
@@ -122,7 +124,7 @@ def test_jobs_commands_work_through_the_api(
     assert exported.exit_code == 0, exported.output
     assert out.read_text().splitlines() == [
         "index,sku,category,key,sha256,seed,model_version,status,error,review",
-        "0,S1,a,k,ab,,,succeeded,,pending",
+        "0,'=1+2,a,k,ab,,,succeeded,'@SUM(A1),pending",
     ]
     with transaction(pg_factory) as session:
         session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.FAILED))
