@@ -329,6 +329,23 @@ def _new_delivery(job: Job, url: str, event: str, now: dt.datetime) -> WebhookDe
     )
 
 
+def job_reviewed_target(session: Session, job: Job) -> str | None:
+    """Where the job's `job.reviewed` event would go (the job's webhook, else the tenant's), or None when it
+    would not be written: the job does not want it, no URL, or it is already in the outbox. Cheap (two index
+    probes), so the caller asks it before the exact count of a large job's reviews that the event needs."""
+    if not wants_event(job.webhook_events, EVENT_REVIEWED):
+        return None
+    url = job.webhook_url or session.scalar(select(Tenant.webhook_url).where(Tenant.id == job.tenant_id))
+    if not url:
+        return None
+    sent = session.scalar(
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.job_id == job.id, WebhookDelivery.event == EVENT_REVIEWED)
+        .limit(1)
+    )
+    return None if sent is not None else str(url)
+
+
 def enqueue_job_reviewed(
     session: Session, job: Job, reviews: dict[str, int], *, now: dt.datetime | None = None
 ) -> bool:
@@ -336,17 +353,8 @@ def enqueue_job_reviewed(
     for the job's webhook target (else the tenant's); `reviews` are the approved/rejected counts it carries.
     Returns True when a row was written. The caller holds the job's row lock, so two last decisions made
     at once write one event."""
-    if not wants_event(job.webhook_events, EVENT_REVIEWED):
-        return False
-    url = job.webhook_url or session.scalar(select(Tenant.webhook_url).where(Tenant.id == job.tenant_id))
-    if not url:
-        return False
-    sent = session.scalar(
-        select(WebhookDelivery.id)
-        .where(WebhookDelivery.job_id == job.id, WebhookDelivery.event == EVENT_REVIEWED)
-        .limit(1)
-    )
-    if sent is not None:
+    url = job_reviewed_target(session, job)
+    if url is None:
         return False
     delivery = _new_delivery(job, url, EVENT_REVIEWED, now or utcnow())
     delivery.payload = {**delivery.payload, "reviews": dict(reviews)}

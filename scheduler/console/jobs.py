@@ -50,7 +50,7 @@ from scheduler.console.auth import Console, ConsoleDep, CsrfUserDep, UserDep, Vi
 from scheduler.console.pages import ConsoleNotFoundError, render
 from scheduler.console.provenance import embedded_provenance
 from scheduler.errors import JobStateError, RequestValidationError
-from scheduler.webhooks import enqueue_job_reviewed
+from scheduler.webhooks import enqueue_job_reviewed, job_reviewed_target
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -682,7 +682,14 @@ def review_images(
         except NotFoundError as exc:
             raise ConsoleNotFoundError(str(exc)) from exc
         reviews = count_reviews(session, job.id, delivered_total=job.images_done)
-        if job.status in JOB_TERMINAL and reviews.pending == 0 and reviews.delivered > 0:
+        if (
+            job.status in JOB_TERMINAL
+            and reviews.pending == 0
+            and reviews.delivered > 0
+            # Only when the event is still to be written: the exact pass reads every image row of the job,
+            # under its row lock, and every later keystroke on a reviewed job would pay it again.
+            and job_reviewed_target(session, job) is not None
+        ):
             reviews = count_reviews(session, job.id)  # the exact pass, once the counters say all are decided
             if reviews.pending == 0:
                 enqueue_job_reviewed(
