@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 from urllib.parse import quote
 
@@ -38,6 +38,7 @@ from db.engine import transaction
 from db.errors import AuthenticationError, LimitExceededError
 from scheduler.api.deps import Services
 from scheduler.console.settings import ConsoleSettings
+from scheduler.console.shard_reads import ShardReads
 
 SESSION_COOKIE = "catalogan_console"
 SIGN_IN_COOKIE = "catalogan_console_sign_in"
@@ -63,6 +64,7 @@ class Console:
     services: Services
     settings: ConsoleSettings
     templates: Jinja2Templates
+    shard_reads: ShardReads = field(default_factory=ShardReads)  # tar jobs' images: their own threads
 
 
 def get_console(request: Request) -> Console:

@@ -14,9 +14,9 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
@@ -53,6 +53,7 @@ from scheduler.errors import JobStateError, RequestValidationError
 from scheduler.webhooks import enqueue_job_reviewed, job_reviewed_target
 
 router = APIRouter(prefix="/console", include_in_schema=False)
+T = TypeVar("T")
 
 MAX_REVIEW_BATCH = 1000  # images per review request
 REJECTED_SHOWN = 20  # gate-rejected / failed images listed apart on the job page
@@ -389,7 +390,7 @@ async def image_page(
 ) -> Response:
     """One image at full size: provenance, the sha256 check of its stored bytes, its row, its review."""
 
-    def load() -> dict[str, Any]:
+    def load() -> tuple[Job, Image, ModelVersion | None, ImageReview | None, Any, list[int]]:
         with console.services.read_sessions() as session:
             job = _job_for(session, job_id, user)
             image = _image_for(session, job, index)
@@ -407,25 +408,26 @@ async def image_page(
                 .scalars()
                 .all()
             )
-        check = _check_stored_bytes(console, user, image)
-        row = {column.name: getattr(image, column.key) for column in Image.__table__.columns}
-        return {
-            "job": _job_summary(job, model),
-            "tile": _tile(job, image, review),
-            "review_row": review,
-            "image_row": {
-                name: (value.value if hasattr(value, "value") else value) for name, value in row.items()
-            },
-            "provenance": provenance_rows(job, image, model, check.embedded),
-            "gate_score": image.score,
-            "check": check,
-            "made_from": made_from(job),
-            "made_into": made_into,
-            "previous": index - 1 if index - 1 in neighbours else None,
-            "next": index + 1 if index + 1 in neighbours else None,
-        }
+        return job, image, model, review, made_into, list(neighbours)
 
-    context = await run_in_threadpool(load)
+    job, image, model, review, made_into, neighbours = await run_in_threadpool(load)
+    check = await read_stored(console, user, image, lambda: _check_stored_bytes(console, user, image))
+    row = {column.name: getattr(image, column.key) for column in Image.__table__.columns}
+    context = {
+        "job": _job_summary(job, model),
+        "tile": _tile(job, image, review),
+        "review_row": review,
+        "image_row": {
+            name: (value.value if hasattr(value, "value") else value) for name, value in row.items()
+        },
+        "provenance": provenance_rows(job, image, model, check.embedded),
+        "gate_score": image.score,
+        "check": check,
+        "made_from": made_from(job),
+        "made_into": made_into,
+        "previous": index - 1 if index - 1 in neighbours else None,
+        "next": index + 1 if index + 1 in neighbours else None,
+    }
     return render(console, request, "image.html", user, **context)
 
 
@@ -595,6 +597,15 @@ class ChunkStream(io.RawIOBase):
         return size
 
 
+async def read_stored(console: Console, user: SignedIn, image: Image, read: Callable[[], T]) -> T:
+    """`read()` (which reads `image`'s stored bytes) off the event loop: a tar job's member on the shard
+    threads (`ShardReads`: bounded per process and per tenant, since it may stream a shard of hundreds of
+    MiB), any other image, one GET of a small object, on the shared pool."""
+    if (image.key or "").endswith(".tar"):
+        return await console.shard_reads.run(user.tenant.id, read)
+    return await run_in_threadpool(read)
+
+
 def _check_stored_bytes(console: Console, user: SignedIn, image: Image) -> StoredBytesCheck:
     try:
         data, _ = read_image_bytes(console, user, image)
@@ -616,16 +627,20 @@ def _check_stored_bytes(console: Console, user: SignedIn, image: Image) -> Store
 async def image_file(job_id: str, index: IndexParam, console: ConsoleDep, user: ViewerDep) -> Response:
     """The image's stored bytes (only keys under the tenant's prefix; a tar job's image from its shard)."""
 
-    def read() -> tuple[bytes, str]:
+    def lookup() -> Image:
         with console.services.read_sessions() as session:
             job = _job_for(session, job_id, user)
-            image = _image_for(session, job, index)
+            return _image_for(session, job, index)
+
+    image = await run_in_threadpool(lookup)
+
+    def read() -> tuple[bytes, str]:
         try:
             return read_image_bytes(console, user, image)
         except StoredObjectMissingError as exc:
             raise ConsoleNotFoundError(str(exc)) from exc
 
-    data, media_type = await run_in_threadpool(read)
+    data, media_type = await read_stored(console, user, image, read)
     # Deterministic keys: the bytes behind one (job, index) never change.
     return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=86400"})
 
