@@ -200,8 +200,12 @@ async def sign_in(
     previous = request.cookies.get(SESSION_COOKIE)
 
     def open_session() -> str:
+        # A wrong key costs a read: the write transaction (on SQLite, the database's one write lock, which a
+        # worker committing a chunk waits for) is opened only for a key that authenticates.
+        with console.services.read_sessions() as session:
+            authenticate_console_key(session, api_key.strip())
         with transaction(console.services.session_factory) as session:
-            tenant, key = authenticate_console_key(session, api_key.strip())
+            tenant, key = authenticate_console_key(session, api_key.strip())  # again: revoked since?
             # A sign-in counts against the tenant's rate limit, as an API request does (and before its row).
             services = console.services
             window = services.settings.rate_limit_window_seconds

@@ -8,6 +8,7 @@ begin DEFERRED: under WAL they take no lock and see the last committed state.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -88,3 +89,39 @@ def test_reads_and_console_pages_answer_while_another_process_holds_the_write_lo
         writer.close()
     assert answered_under_lock == set(paths), f"waited for the write lock: {set(paths) - answered_under_lock}"
     assert set(statuses.values()) == {200}, statuses
+
+
+def test_a_wrong_key_at_the_console_sign_in_is_refused_while_another_process_holds_the_write_lock(
+    sqlite_url: str,
+    sqlite_factory: sessionmaker[Session],
+    tmp_path: Path,
+    live_server_factory: Callable[[Any], LiveServer],
+) -> None:
+    """Given an embedded API and another process holding SQLite's write lock, when a browser signs in with a
+    key that does not exist, then the 401 comes while the lock is held (before: each failed attempt opened a
+    write transaction, so anyone could queue sign-ins behind, and in front of, the workers' commits)."""
+    app = _app(sqlite_factory, MemoryStore(), [], tmp_path, ApiSettings(), WebhookSettings())
+    url = live_server_factory(app).url
+
+    def wrong_sign_in() -> int:
+        with httpx.Client(base_url=url, timeout=60) as browser:
+            form = browser.get("/console/sign-in")
+            token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+            assert token is not None
+            return browser.post(
+                "/console/sign-in",
+                data={"api_key": "cg_" + "0" * 12 + "_" + "x" * 43, "csrf_token": token.group(1)},
+            ).status_code
+
+    writer = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(wrong_sign_in)
+            done, _ = wait([future], timeout=LOCK_HELD_AT_MOST_SECONDS)
+            writer.execute("ROLLBACK")
+            status = future.result()
+    finally:
+        writer.close()
+    assert future in done, "the failed sign-in waited for the write lock"
+    assert status == 401
