@@ -31,7 +31,11 @@ class WorkerSettings(BaseSettings):
     max_attempts: int = Field(default=MAX_ATTEMPTS, ge=1, le=100, description="Claims before quarantine.")
     batch_size: int = Field(default=64, ge=1, le=4096, description="Images per forward pass.")
     upload_threads: int = Field(default=8, ge=1, le=128, description="Encode + upload threads per worker.")
-    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]{1,3})?)$",
+        description="auto, cpu, cuda or cuda:N (`catalogan worker` without --gpus: which GPUs it runs on).",
+    )
     inference_backend: str = Field(
         default="auto",
         description="auto (onnxruntime on a CPU where it is installed, else eager), eager, or onnxruntime "

@@ -23,7 +23,7 @@ from db.errors import ConfigError
 DEFAULT_DATA_DIR = Path("catalogan-data")
 # Passwords that ship in examples and images (ours, MinIO's, PostgreSQL's): production refuses them.
 DEVELOPMENT_SECRETS = frozenset(
-    {"", "catalogan", "catalogan-dev-secret", "minioadmin", "postgres", "password", "secret", "changeme"}
+    {"", "catalogan", "catalogan-dev-secret", "minioadmin", "postgres", "password", "secret", "changeme", "CHANGE_ME"}
 )
 
 

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from db.cli_support import CATALOGAN_ARGV, FiniteFloat, job_exit_code, one_line_errors, output_folder
+from db.errors import ConfigError
 
 CHILD_STOP_TIMEOUT_SECONDS = 30
 
@@ -166,6 +168,14 @@ def supervise(specs: list[ChildSpec]) -> int:
     return max(worst, *(abs(child.wait()) for child, _ in children))
 
 
+def gpus_for_device(device: str) -> str:
+    """The `--gpus` value `CATALOGAN_DEVICE` stands for when the option is not given: `auto` → auto, `cpu` →
+    none, `cuda` → every visible GPU (an error when there is none), `cuda:N` → GPU N alone."""
+    if device in ("auto", "cpu"):
+        return "auto" if device == "auto" else "none"
+    return "cuda" if device == "cuda" else device.split(":", 1)[1]
+
+
 def _child_command(queues: str, loglevel: str, gpus: str, torch_threads: int | None = None) -> list[str]:
     command = [*CATALOGAN_ARGV, "worker", "--gpus", gpus, "--queues", queues, "--loglevel", loglevel]
     if torch_threads is not None:
@@ -180,9 +190,9 @@ def _child_command(queues: str, loglevel: str, gpus: str, torch_threads: int | N
 @click.option(
     "--gpus",
     default="auto",
-    show_default=True,
     help="auto: one process per visible GPU (CPU when none); none: CPU; '0,1': these GPUs; pinned: this "
-    "process uses the GPU CUDA_VISIBLE_DEVICES names.",
+    "process uses the GPU CUDA_VISIBLE_DEVICES names [default: from CATALOGAN_DEVICE: auto -> auto, cpu -> "
+    "none, cuda -> every visible GPU, cuda:N -> N].",
 )
 @click.option(
     "--concurrency",
@@ -245,6 +255,8 @@ def worker(
     # Highest priority first, whatever order was typed: the Redis transport pops the queues in this order.
     names = sorted(dict.fromkeys(names), key=QUEUE_NAMES.index)
     host = socket.gethostname()
+    if click.get_current_context().get_parameter_source("gpus") is ParameterSource.DEFAULT:
+        gpus = gpus_for_device(settings.device)  # --gpus not given: CATALOGAN_DEVICE decides
     if gpus == "pinned":
         _run_celery_worker(
             names,
@@ -255,7 +267,12 @@ def worker(
         return
     selected: list[int] = []
     if gpus != "none":
-        selected = list(range(_visible_gpus())) if gpus == "auto" else [int(part) for part in gpus.split(",")]
+        selected = (
+            list(range(_visible_gpus())) if gpus in ("auto", "cuda") else [int(p) for p in gpus.split(",")]
+        )
+        if gpus == "cuda" and not selected:
+            raise ConfigError("CATALOGAN_DEVICE=cuda: no CUDA device is visible (use auto or cpu)")
+        gpus = "auto" if gpus == "cuda" else gpus
     if not selected:
         os.environ["CATALOGAN_DEVICE"] = "cpu"
         processes, threads = cpu_split(concurrency, usable_cores())

@@ -144,6 +144,9 @@ def create(
 ) -> None:
     """Create a tenant with a fresh webhook signing secret (printed once).
 
+    NAME is at most 64 characters and one object-key segment (it names the tenant's folder in the store):
+    not empty, `.` or `..`, no `/`, backslash, control character or surrounding space.
+
     Example:
 
     \b

@@ -84,3 +84,20 @@ def test_settings_are_frozen() -> None:
     settings = DatabaseSettings()
     with pytest.raises(ValidationError):
         settings.database_url = "sqlite://"
+
+
+def test_the_documented_full_stack_password_is_refused_as_a_development_default() -> None:
+    """docs/configuration.md's full-stack example carries the password CHANGE_ME (it used `secret`, which a
+    production `catalogan serve` refuses, so the example failed as written); copied unchanged, it is still
+    refused as a default in production, and a real password passes."""
+    import re
+
+    from db.settings import default_credential_problems
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    (url,) = re.findall(r"export CATALOGAN_DATABASE_URL=(postgresql\S+)", docs)
+    assert default_credential_problems(DatabaseSettings(database_url=url), {}) == [
+        "CATALOGAN_DATABASE_URL carries no password or a development default one"
+    ]
+    real = url.replace("CHANGE_ME", "x7-Kq2-long-random")
+    assert default_credential_problems(DatabaseSettings(database_url=real), {}) == []

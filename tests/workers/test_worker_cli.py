@@ -115,3 +115,53 @@ def test_an_unknown_inference_graph_is_one_line_naming_the_variable_and_starts_n
         "Error: CATALOGAN_INFERENCE_GRAPH: Input should be 'auto', 'plain' or 'folded' (see docs/configuration.md)"
     ]
     assert started == []
+
+
+def test_catalogan_device_picks_the_devices_when_gpus_is_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CATALOGAN_DEVICE was documented as the worker's device and set by the compose file, but `catalogan
+    worker` overwrote it from --gpus: `cpu` on a GPU host still ran on CUDA, `cuda:1` was ignored."""
+    cpu_runs: list[tuple[object, ...]] = []
+
+    def cpu_alone(*args: object) -> None:
+        cpu_runs.append(args)
+
+    # Given a box with one visible GPU and CATALOGAN_DEVICE=cpu, when the worker starts without --gpus
+    monkeypatch.setenv("CATALOGAN_DEVICE", "cpu")
+    monkeypatch.setattr(worker_cli, "_visible_gpus", lambda: 1)
+    monkeypatch.setattr(worker_cli, "supervise", lambda *a: pytest.fail("no GPU child may start"))
+    monkeypatch.setattr(worker_cli, "_run_celery_worker", cpu_alone)
+    result = CliRunner().invoke(worker_cli.worker, ["--concurrency", "1"])
+    # Then it runs on the CPU, no GPU child
+    assert result.exit_code == 0, result.output
+    assert len(cpu_runs) == 1 and str(cpu_runs[0][1]).startswith("cpu-")
+    # And an explicit --gpus still wins over the variable
+    result, started = _started_children(monkeypatch, "--gpus", "0", "--processes-per-gpu", "2")
+    assert result.exit_code == 0, result.output
+    assert [spec.env["CUDA_VISIBLE_DEVICES"] for spec in started] == ["0", "0"]
+    # Given CATALOGAN_DEVICE=cuda:0, then one pinned child on GPU 0 (with 2 per GPU: the supervisor)
+    monkeypatch.setenv("CATALOGAN_DEVICE", "cuda:0")
+    monkeypatch.setenv("CATALOGAN_PROCESSES_PER_GPU", "2")
+    result, started = _started_children(monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert [(spec.env["CUDA_VISIBLE_DEVICES"], spec.env["CATALOGAN_DEVICE"]) for spec in started] == [
+        ("0", "cuda")
+    ] * 2
+
+
+def test_catalogan_device_cuda_without_a_gpu_or_malformed_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker_cli, "_visible_gpus", lambda: 0)
+    monkeypatch.setattr(worker_cli, "_run_celery_worker", lambda *a: pytest.fail("nothing may start"))
+    monkeypatch.setattr(worker_cli, "supervise", lambda *a: pytest.fail("nothing may start"))
+    monkeypatch.setenv("CATALOGAN_DEVICE", "cuda")
+    result = CliRunner().invoke(worker_cli.worker, [])
+    assert result.exit_code == 6, result.output
+    assert (
+        result.output.strip() == "Error: CATALOGAN_DEVICE=cuda: no CUDA device is visible (use auto or cpu)"
+    )
+    monkeypatch.setenv("CATALOGAN_DEVICE", "gpu")
+    result = CliRunner().invoke(worker_cli.worker, [])
+    assert result.exit_code != 0
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: CATALOGAN_DEVICE")
