@@ -105,6 +105,7 @@ def test_the_public_surface_is_declared() -> None:
         "JobPage",
         "Model",
         "PreviewImage",
+        "spreadsheet_safe",
         "verify_webhook",
     ]
     for name in client_module.__all__:
