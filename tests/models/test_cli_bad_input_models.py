@@ -19,6 +19,7 @@ from db.tables import ModelVersion
 from models.cli_evaluate import weights_file_option
 from models.inference import random_generator_checkpoint
 from scheduler.cli.root import cli
+from tests.cli_results import one_error_line
 
 BAD_REFS = (
     "fashion-cgan@99999999999999999999",  # OverflowError on SQLite before
@@ -52,14 +53,6 @@ def _model_rows(sqlite_url: str) -> int:
         engine.dispose()
 
 
-def _one_error_line(result: Result) -> str:
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
-
-
 @pytest.mark.parametrize("command", ["show", "promote", "retire"])
 @pytest.mark.parametrize("ref", BAD_REFS)
 def test_models_commands_refuse_a_bad_version_before_touching_the_registry(
@@ -69,7 +62,7 @@ def test_models_commands_refuse_a_bad_version_before_touching_the_registry(
     reference and the rule, and registers nothing (not even the shipped model) nor stores anything."""
     result = _invoke(["models", command, ref], env)
     assert result.exit_code == ExitCode.USAGE, result.output
-    line = _one_error_line(result)
+    line = one_error_line(result)
     assert repr(ref) in line and "1 to 9 digits" in line
     assert _model_rows(sqlite_url) == 0
     assert not (tmp_path / "store").exists()
@@ -103,7 +96,7 @@ def test_evaluate_refuses_a_bad_version_before_opening_the_registry(
     """Given `evaluate NAME@<20 digits>`, one line naming the reference, exit 2, no row registered."""
     result = _invoke(["evaluate", "fashion-cgan@99999999999999999999"], env)
     assert result.exit_code == ExitCode.USAGE, result.output
-    assert "fashion-cgan@99999999999999999999" in _one_error_line(result)
+    assert "fashion-cgan@99999999999999999999" in one_error_line(result)
     assert _model_rows(sqlite_url) == 0
 
 
@@ -123,7 +116,7 @@ def test_evaluate_closest_pairs_without_memorization_is_a_usage_error(
         ["evaluate", str(checkpoint_file), "--closest-pairs", str(pairs), "--data", str(tmp_path / "none")]
     )
     assert result.exit_code == ExitCode.USAGE, result.output
-    line = _one_error_line(result)
+    line = one_error_line(result)
     assert "--closest-pairs" in line and "--memorization" in line
     assert not pairs.exists()
 
@@ -147,7 +140,7 @@ def test_evaluate_seed_out_of_range_names_the_option(
         ]
     )
     assert result.exit_code == ExitCode.USAGE, result.output
-    assert "--seed" in _one_error_line(result)
+    assert "--seed" in one_error_line(result)
     assert not out.exists()
 
 
@@ -167,7 +160,7 @@ def test_evaluator_train_out_under_a_file_is_refused_before_training(tmp_path: P
         ]
     )
     assert result.exit_code == ExitCode.USAGE, result.output
-    line = _one_error_line(result)
+    line = one_error_line(result)
     assert "--out" in line and "afile" in line
     assert (tmp_path / "afile").read_text() == "x"
 
@@ -209,6 +202,6 @@ def test_evaluator_train_bad_device_is_refused_before_training(
         ]
     )
     assert result.exit_code == ExitCode.USAGE, result.output
-    line = _one_error_line(result)
+    line = one_error_line(result)
     assert "--device" in line and repr(device) in line
     assert not out.exists()

@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 from db.cli_support import ExitCode
 from db.storage import LocalStore
 from scheduler.cli.root import cli
+from tests.cli_results import one_error_line
 from workers.encoding import Provenance, encode_image
 
 
@@ -26,14 +27,6 @@ def _verify(env: dict[str, str] | None, *args: str) -> Result:
     return CliRunner().invoke(cli, ["verify", *args], env=env, prog_name="catalogan")
 
 
-def _one_error_line(result: Result) -> str:
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
-
-
 @pytest.mark.parametrize("keep", [60, 100, 600])
 def test_a_truncated_png_is_not_verified_in_one_line(tmp_path: Path, keep: int) -> None:
     """Given a valid catalogan PNG cut short, verify exits 8 with one line naming the file, and leaves it as is."""
@@ -42,7 +35,7 @@ def test_a_truncated_png_is_not_verified_in_one_line(tmp_path: Path, keep: int) 
     path.write_bytes(data)
     result = _verify(None, str(path))
     assert result.exit_code == ExitCode.NOT_VERIFIED, result.output
-    line = _one_error_line(result)
+    line = one_error_line(result)
     assert str(path) in line and "truncated or corrupt" in line
     assert path.read_bytes() == data
 
@@ -61,7 +54,7 @@ def test_a_provenance_version_beyond_nine_digits_is_not_verified(
     }
     result = _verify(env, str(path), "--regenerate")
     assert result.exit_code == ExitCode.NOT_VERIFIED, result.output
-    line = _one_error_line(result)
+    line = one_error_line(result)
     assert str(path) in line and "model_version" in line and "1 to 9 digits" in line
     # Reading the provenance alone still works: the file is not refused for what it claims
     assert _verify(None, str(path)).exit_code == ExitCode.OK
