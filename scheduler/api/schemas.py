@@ -50,6 +50,7 @@ from db.job_specs import (
 )
 from db.status import ImageStatus, JobStatus, ModelVersionStatus
 from db.storage.keys import MAX_SEGMENT_BYTES, validate_job_folder
+from db.urls import WEBHOOK_URL_PATTERN
 from db.webhook_events import WebhookEvents
 
 MAX_PREVIEW_IMAGES = 8
@@ -83,10 +84,8 @@ JsonInteger = Annotated[int, BeforeValidator(_integral_number)]
 # reach the document as raw `ge`/`le` keys, which no client or tool reads, instead of `minimum`/`maximum`.
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral_number)]
 ChunkSize = Annotated[int, Field(ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE), BeforeValidator(_integral_number)]
-# What the SSRF guard (scheduler.webhooks.check_target) accepts before it resolves the host: http(s), a host, an
-# optional port, no credentials. Stated in the document so that a client (and the schemathesis run) knows.
-_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
-WEBHOOK_URL_PATTERN = rf"^https?://[A-Za-z0-9.-]+(:{_PORT})?([/?#].*)?$"
+# db.urls.WEBHOOK_URL_PATTERN, what the SSRF guard accepts before it resolves the host, is stated in the
+# document so that a client (and the schemathesis run) knows.
 # The document's `maximum` is the operator's CATALOGAN_MAX_JOB_RETENTION_DAYS (scheduler.api.app sets it).
 RetentionDays = Annotated[
     int, Field(ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS), BeforeValidator(_integral_number)

@@ -22,6 +22,7 @@ from db.tenants import (
     set_tenant_limits,
     set_webhook_secret,
 )
+from db.urls import WEBHOOK_URL_PATTERN  # the API's rule for a job's webhook_url
 from scheduler.cli.database import cli_session_factory
 from scheduler.cli.output import json_option, print_json, print_rows
 from scheduler.signatures import new_secret
@@ -38,11 +39,6 @@ COLUMNS = (
     "created_at",
 )
 
-
-# The API's rule for a job's webhook_url (scheduler.api.schemas.WEBHOOK_URL_PATTERN, which only the HTTP layer
-# may import; a test holds the two equal): http(s), a DNS name or IPv4 host, an optional port 0-65535.
-_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
-WEBHOOK_URL_PATTERN = rf"^https?://[A-Za-z0-9.-]+(:{_PORT})?([/?#].*)?$"
 
 # The quota columns are 32-bit integers on PostgreSQL: a larger value was a DataError traceback.
 MAX_QUOTA = 2**31 - 1
