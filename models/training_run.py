@@ -250,8 +250,13 @@ def train_and_register(
     # the memorization index after the last step, it must read the data too: refuse now, not after the training.
     builds_index = options.register and options.memorization_index
     if local or builds_index:
-        try:
-            check_dataset(request.data)
+        from models.config import get_preset
+
+        model = get_preset(request.preset).model
+        try:  # each local worker holds its own decoded copy; a remote cluster's workers are not on this host
+            check_dataset(
+                request.data, (model.channels, model.resolution, model.resolution), request.workers if local else 1
+            )
         except DataError as exc:
             why = "" if local else INDEX_NEEDS_DATA_HERE
             raise TrainingInputError(f"--data {request.data}: {exc}{why}") from exc

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from db.errors import StorageError
 from db.storage import open_store
 from models.data.fashion_mnist import CATEGORIES, DEFAULT_ROOT, fingerprint, load_fashion_mnist
-from models.data.folder import folder_fingerprint, list_folder, load_folder
+from models.data.folder import check_memory, list_folder, load_folder
 from models.data.s3_prefix import list_prefix, load_prefix
 from models.errors import DataError
 
@@ -59,20 +59,24 @@ def fit_fashion_mnist(images: np.ndarray, resolution: int, channels: int) -> tor
     return tensor.repeat(1, channels, 1, 1) if channels != 1 else tensor
 
 
-def check_dataset(spec: str) -> None:
+def check_dataset(spec: str, image_shape: tuple[int, int, int] | None = None, copies: int = 1) -> None:
     """Raise `DataError` when the data a spec names cannot be opened, without decoding any image: Fashion-MNIST's
-    files are read (about 0.5 s), a folder or an object-store prefix is listed. `catalogan train` calls it
-    before a local Ray cluster starts, so a bad `--data` costs neither the start nor a failed run record."""
+    files are read (about 0.5 s), a folder or an object-store prefix is listed (each file's size checked).
+    With `image_shape` (C, R, R), also when `copies` decoded copies (one per worker on this machine) would not
+    fit in memory. `catalogan train` calls it before a local Ray cluster starts, so a bad `--data` costs
+    neither the start nor a failed run record."""
     if _is_fashion_mnist(spec):
-        load_fashion_mnist(_fashion_mnist_root(spec), "train")
+        count = len(load_fashion_mnist(_fashion_mnist_root(spec), "train")[1])
     elif "://" in spec:
         try:
             store = open_store(spec)
         except (StorageError, ValueError) as exc:
             raise DataError(f"{spec}: {exc}") from exc
-        list_prefix(store)
+        count = sum(len(keys) for keys in list_prefix(store).values())
     else:
-        list_folder(_folder(spec))
+        count = sum(len(paths) for paths in list_folder(_folder(spec))[1].values())
+    if image_shape is not None:
+        check_memory(count, image_shape, copies)
 
 
 def open_dataset(spec: str, resolution: int, channels: int) -> TrainingData:
@@ -91,10 +95,8 @@ def open_dataset(spec: str, resolution: int, channels: int) -> TrainingData:
         array, labels, categories, digest = load_prefix(spec, resolution, channels)
         return TrainingData(torch.from_numpy(array), torch.from_numpy(labels), categories, digest, spec)
     path = _folder(spec)
-    array, labels, categories = load_folder(path, resolution, channels)
-    return TrainingData(
-        torch.from_numpy(array), torch.from_numpy(labels), categories, folder_fingerprint(path), spec
-    )
+    array, labels, categories, digest = load_folder(path, resolution, channels)
+    return TrainingData(torch.from_numpy(array), torch.from_numpy(labels), categories, digest, spec)
 
 
 def _is_fashion_mnist(spec: str) -> bool:

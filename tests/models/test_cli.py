@@ -117,6 +117,36 @@ def test_train_refuses_bad_arguments_as_usage_errors_before_anything_runs(
     assert not ray.is_initialized()
 
 
+def test_data_that_would_not_fit_in_memory_once_per_local_worker_is_refused_before_ray_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each local worker decodes its own copy of the data set: the size of all the copies is checked from the
+    listing (no image decoded), before a local cluster starts."""
+    import ray
+    from PIL import Image
+
+    from models.data import folder
+
+    for category in ("bags", "shoes"):
+        (tmp_path / "photos" / category).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (8, 8)).save(tmp_path / "photos" / category / f"{i}.png")
+    # Given a machine of 1 KiB: the tiny preset's 6 images at 1×8×8 take 384 bytes, within half of it for one
+    # worker, but 768 bytes for two
+    monkeypatch.setattr(folder, "physical_memory_bytes", lambda: 1024)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = (tmp_path / "objects").as_uri()
+    args = ["train", "--preset", "tiny", "--steps", "2", "--out", out, "--data", str(tmp_path / "photos")]
+    result = CliRunner().invoke(cli, [*args, "--workers", "2"])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.stderr.startswith(
+        f"Error: --data {tmp_path / 'photos'}: 6 images at 1×8×8 take 384 bytes per worker, 768 bytes for 2 workers: "
+        "over 50% of this machine's 1.0 KiB of memory (train on fewer images, a smaller preset or fewer workers"
+    ), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not ray.is_initialized()
+    assert not (tmp_path / "objects").exists()
+
+
 def test_on_a_remote_cluster_data_this_host_cannot_read_is_refused_before_training_when_it_builds_the_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
