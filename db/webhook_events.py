@@ -14,10 +14,13 @@ written, let alone sent:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
+
+if TYPE_CHECKING:
+    from db.tables import Job
 
 WebhookEventName = Literal[
     "job.started",
@@ -64,3 +67,21 @@ WebhookEvents = Annotated[
     ),
     AfterValidator(_no_duplicates),  # after the length bound: a 10,000-entry list is refused unread
 ]
+
+
+def job_event_data(job: Job) -> dict[str, Any]:
+    """The `data` of a job event (stored as the outbox row's payload), the same for every writer: the beat's
+    events and the workers' terminal event carry the fields docs/api.md and the OpenAPI `JobEventData` list."""
+    return {
+        "job_id": job.id,
+        "status": job.status.value,
+        "images_total": job.images_total,
+        "images_done": job.images_done,
+        "images_failed": job.images_failed,
+        "images_rejected": job.images_rejected,
+        "manifest_key": job.manifest_key,
+        "metadata": dict(job.job_metadata or {}),
+        "error": job.error,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }

@@ -64,7 +64,7 @@ from db.errors import LimitExceededError
 from db.status import DeliveryStatus, JobStatus
 from db.tables import Job, Tenant, WebhookDelivery, utcnow
 from db.urls import split_url
-from db.webhook_events import WEBHOOK_EVENT_ALIASES, WEBHOOK_EVENTS, wants_event
+from db.webhook_events import WEBHOOK_EVENT_ALIASES, WEBHOOK_EVENTS, job_event_data, wants_event
 from scheduler.errors import UnsafeWebhookTargetError
 from scheduler.settings import WebhookSettings
 from scheduler.signatures import signed_headers
@@ -287,28 +287,12 @@ def delivery_lookups(settings: WebhookSettings) -> DeliveryLookups:
         return lookups
 
 
-def job_event_data(job: Job) -> dict[str, Any]:
-    """The `data` of a job event (stored as the outbox row's payload)."""
-    return {
-        "job_id": job.id,
-        "status": job.status.value,
-        "images_total": job.images_total,
-        "images_done": job.images_done,
-        "images_failed": job.images_failed,
-        "images_rejected": job.images_rejected,
-        "manifest_key": job.manifest_key,
-        "metadata": dict(job.job_metadata or {}),
-        "error": job.error,
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-    }
-
-
 def event_envelope(event: str, created_at: dt.datetime, payload: dict[str, Any]) -> dict[str, Any]:
     """The body sent for one outbox row: Standard Webhooks' `type`, `timestamp` and `data`.
 
-    Rows written by the workers' finalize step carry a flat payload with an `event` key and name success
-    `job.succeeded`; both are normalised here so receivers see one shape and one vocabulary.
+    The workers' finalize step names success `job.succeeded`, and rows it wrote before it used
+    `db.webhook_events.job_event_data` carry an `event` key in the payload; both are normalised here so
+    receivers see one shape and one vocabulary.
     """
     data = {key: value for key, value in payload.items() if key != "event"}
     return {"type": EVENT_ALIASES.get(event, event), "timestamp": created_at.isoformat(), "data": data}

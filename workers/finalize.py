@@ -47,7 +47,7 @@ from db.jobs import get_job, mark_job_running, transition_job
 from db.status import CHUNK_TERMINAL, JobStatus
 from db.storage import ObjectStore
 from db.tables import Chunk, FinalizeWrite, Job, ModelVersion, Tenant, WebhookDelivery, utcnow
-from db.webhook_events import wants_event
+from db.webhook_events import job_event_data, wants_event
 from workers.errors import FinalizeConflictError
 from workers.shards import SHARD_FORMAT, ShardRow, put_shard_index, shard_index_rows
 
@@ -198,20 +198,6 @@ def _unfinished_chunks(session: Session, job_id: str) -> int:
         )
         or 0
     )
-
-
-def webhook_payload(job: Job) -> dict[str, Any]:
-    """The body of the `job.<status>` event."""
-    return {
-        "event": f"job.{job.status.value}",
-        "job_id": job.id,
-        "status": job.status.value,
-        "images_total": int(job.images_total),
-        "images_done": int(job.images_done),
-        "images_failed": int(job.images_failed),
-        "manifest_key": job.manifest_key,
-        "error": job.error,
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +392,6 @@ def _enqueue_webhook(session: Session, job: Job) -> None:
             job_id=job.id,
             event=f"job.{job.status.value}",
             url=url,
-            payload=webhook_payload(job),
+            payload=job_event_data(job),
         )
     )

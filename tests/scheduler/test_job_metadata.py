@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.storage import MemoryStore
 from db.tables import Job
+from db.webhook_events import job_event_data
 from scheduler.cli.root import cli
 from scheduler.settings import ApiSettings, WebhookSettings
-from scheduler.webhooks import job_event_data
 from tests.scheduler.conftest import Credentials, LiveServer, _app
 
 ITEMS = [{"category": "a", "count": 2}]

@@ -24,6 +24,7 @@ from db.planning import parse_job_spec, submit_job
 from db.status import ChunkStatus, ImageStatus, JobStatus
 from db.storage import ObjectStore
 from db.tables import Chunk, Image, Job, WebhookDelivery
+from scheduler.api.openapi_extras import JobEventData
 from scheduler.webhooks import event_envelope
 from tests.clock_skew import skew_host_clock
 from tests.pipeline import job_row, make_model_version, make_tenant, tiny_checkpoint
@@ -266,6 +267,7 @@ def test_an_injected_fault_is_retried_then_quarantined(
             "chunk_size": 10,
             "options": {"test_fail_chunk_starts": [10]},
             "webhook_url": "https://hooks.example.com/catalogan",
+            "metadata": {"batch": "spring"},
         },
     )
     # When each chunk's messages are delivered until nothing is left
@@ -291,6 +293,11 @@ def test_an_injected_fault_is_retried_then_quarantined(
         assert [event.event for event in events] == ["job.completed_with_failures"]
         assert events[0].payload["images_failed"] == 10 and events[0].payload["images_done"] == 20
         assert envelope_type(events[0]) == "job.completed_with_failures"
+        # with every field the API documents for an event's data, as the beat's events carry them
+        data = JobEventData.model_validate(events[0].payload)
+        assert set(events[0].payload) == set(JobEventData.model_fields) - {"reviews"}
+        assert data.metadata == {"batch": "spring"} and data.images_rejected == 0
+        assert data.started_at is not None and data.finished_at is not None
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # lease times are the database's there
