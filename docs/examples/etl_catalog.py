@@ -5,8 +5,10 @@
 
 Input: a catalog CSV with at least `sku` and `category` columns; rows whose `image_url` column is empty (or
 missing) lack an image. Output: one CSV row per generated image — sku, category, index, key, sha256, seed,
-model_version, status — i.e. the job's manifest, ready to load back into the catalog. Re-running with the
-same input and seed is safe: the Idempotency-Key is derived from them, so the API returns the same job.
+model_version, status — i.e. the job's manifest, ready to load back into the catalog: values are written as
+the API has them (a SKU `-100-BLK` stays `-100-BLK`, so the loader's join on `sku` matches), not made
+spreadsheet-safe. Re-running with the same input and options is safe: the Idempotency-Key is derived from the
+input file, --per-sku, --seed and --model, so the API returns the same job.
 
 Errors are one line on stderr (`Error: ...`, naming the file and line, the option or the variable) and an exit
 code a scheduler can act on, the same numbers as `catalogan`'s: 2 bad input (the catalog, an option, the output
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 from urllib.parse import urlsplit
 
-from scheduler.client import Client, Job, spreadsheet_safe
+from scheduler.client import Client, Job
 from scheduler.errors import ApiError, ClientError, TransportError
 
 OUTPUT_COLUMNS = ("sku", "category", "index", "key", "sha256", "seed", "model_version", "status", "error")
@@ -129,9 +131,13 @@ def job_items(rows: list[CatalogRow], per_sku: int) -> list[dict[str, Any]]:
     return [{"sku": row.sku, "category": row.category, "count": per_sku} for row in rows]
 
 
-def idempotency_key(catalog: Path, per_sku: int, seed: int | None) -> str:
-    """Same input file + options → same key → the API returns the job it already made."""
-    digest = hashlib.sha256(catalog.read_bytes() + f"|{per_sku}|{seed}".encode()).hexdigest()
+def idempotency_key(catalog: Path, per_sku: int, seed: int | None, model: str | None) -> str:
+    """Same input file + options → same key → the API returns the job it already made. Every option that
+    changes the request is hashed: the same key with another request (another `--model`) is the API's 422."""
+    options = f"|{per_sku}|{seed}"
+    if model is not None:  # appended only when given: a run on the default model keeps its earlier key
+        options += f"|{model}"
+    digest = hashlib.sha256(catalog.read_bytes() + options.encode()).hexdigest()
     return f"etl-{digest[:40]}"
 
 
@@ -155,12 +161,12 @@ def refused_rows(error: ApiError, catalog: Path, rows: list[CatalogRow], per_sku
 
 
 def write_manifest_csv(rows: list[dict[str, Any]], out: Path) -> None:
-    """Write manifest rows as CSV with the columns a catalog loader expects."""
+    """Write manifest rows as CSV with the columns a catalog loader expects, every value as the API has it."""
     with out.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=OUTPUT_COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        # spreadsheet_safe: a SKU such as `=HYPERLINK(...)` stays text when the file is opened in a spreadsheet
-        writer.writerows(spreadsheet_safe(row) for row in sorted(rows, key=lambda row: row["index"]))
+        # Not spreadsheet_safe: its leading ' on a SKU such as `-100-BLK` would break the loader's join on sku.
+        writer.writerows(sorted(rows, key=lambda row: row["index"]))
 
 
 def run(
@@ -196,7 +202,7 @@ def run(
             job_items(rows, per_sku),
             seed=seed,
             model=model,
-            idempotency_key=idempotency_key(catalog, per_sku, seed),
+            idempotency_key=idempotency_key(catalog, per_sku, seed, model),
         )
     except ApiError as exc:
         if exc.status in (413, 422):  # the API refused part of the input: name the lines and options

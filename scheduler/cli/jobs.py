@@ -23,7 +23,7 @@ from db.cli_support import FiniteFloat, job_exit_code, one_line_errors, output_f
 from db.errors import ConfigError
 from db.webhook_events import WEBHOOK_EVENTS
 from scheduler.cli.output import json_option, print_json, print_rows
-from scheduler.client import API_KEY_ENV, Client, Job, spreadsheet_safe
+from scheduler.client import API_KEY_ENV, Client, Job, JobPage, spreadsheet_safe
 from scheduler.errors import ApiError, ClientError
 
 COLUMNS = ("id", "status", "model", "images", "done", "failed", "progress", "created_at", "finished_at")
@@ -41,6 +41,10 @@ MANIFEST_CSV_COLUMNS = (
 
 
 ITEM_FIELD = re.compile(r"^(?:body\.)?items\.(\d+)\.(\w+)$")
+# The API's rule for an `Idempotency-Key` (its route's header pattern): 1 to 255 printable ASCII characters,
+# none of them a space at either end (HTTP strips those, so the key sent would not be the key given).
+IDEMPOTENCY_KEY = re.compile(r"[!-~](?:[ -~]{0,253}[!-~])?")
+MAX_PAGE_SIZE = 500  # the API's largest `limit` for GET /v1/jobs
 # `jobs watch --interval`: 0 polled the API without pausing; an hour between polls is as slow as is useful.
 MIN_WATCH_INTERVAL_SECONDS = 0.1
 MAX_WATCH_INTERVAL_SECONDS = 3600.0
@@ -81,6 +85,8 @@ def cli_shaped(error: ApiError, options: Sequence[str], registered: Sequence[str
             lines.append(f"--category {options[int(match.group(1))]}: {name}: {_unprefixed(message, name)}")
         elif field.endswith("model"):
             lines.append(f"--model: {_unprefixed(message, 'model')}")
+        elif field.lower().endswith("idempotency-key"):  # `Idempotency-Key` reused with another request
+            lines.append(f"--idempotency-key: {_unprefixed(message, 'Idempotency-Key')}")
         else:
             lines.append(f"{field}: {_unprefixed(message, field)}" if field else message)
     text = "; ".join(lines) or str(error.problem.get("detail") or error)
@@ -127,6 +133,17 @@ def metadata_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[.
         return values
 
     return click.option("--metadata", multiple=True, metavar="KEY=VALUE", callback=parse, help=help_text)
+
+
+def idempotency_key_option(_ctx: click.Context, _param: click.Parameter, key: str | None) -> str | None:
+    """`--idempotency-key` when the API would take it; a usage error naming the option and the rule otherwise,
+    before anything is sent."""
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        raise click.BadParameter(
+            f"{key!r}: 1 to 255 printable ASCII characters, no space at either end",
+            param_hint="--idempotency-key",
+        )
+    return key
 
 
 @click.group("jobs")
@@ -181,6 +198,15 @@ def jobs() -> None:
     help="Days the job is kept once finished, then deleted [default: the API's, 30].",
 )
 @click.option(
+    "--idempotency-key",
+    metavar="KEY",
+    default=None,
+    callback=idempotency_key_option,
+    help="Submitting again with the same KEY and options returns the job the first submit made instead of a "
+    "second one (rerun a submit that exited 5 safely); the same KEY with other options is exit 2. 1 to 255 "
+    "printable ASCII characters [default: a fresh key per run].",
+)
+@click.option(
     "--wait",
     is_flag=True,
     help="Follow the job until it finishes; exit 10 when it completed with failures, 7 when it failed or was "
@@ -198,6 +224,7 @@ def submit(
     queue: str | None,
     metadata: dict[str, str],
     retention_days: int | None,
+    idempotency_key: str | None,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -207,6 +234,7 @@ def submit(
 
     \b
         catalogan jobs submit --category sneaker=16 --category dress=8 --seed 7 --metadata batch=spring --wait
+        catalogan jobs submit --category sneaker=16 --seed 7 --idempotency-key nightly-2027-03-01 --wait
     """
     items = parse_categories(categories)
     with _client() as client:
@@ -221,6 +249,7 @@ def submit(
                 retention_days=retention_days,
                 queue=queue,
                 webhook_events=list(dict.fromkeys(webhook_events)) or None,
+                idempotency_key=idempotency_key,
             )
         except ApiError as exc:
             if exc.status not in (404, 422):
@@ -230,6 +259,8 @@ def submit(
             if "model" in text.lower():
                 registered = [f"{m.name}@{m.version} ({m.status})" for m in client.list_models()]
             raise click.UsageError(cli_shaped(exc, categories, registered)) from exc
+        if job.replayed:
+            click.echo(f"job {job.id} was already submitted with this --idempotency-key", err=True)
         if wait:
             click.echo(f"job {job.id} {job.status}", err=True)
             job = follow(client, job.id, 1.0)
@@ -250,24 +281,77 @@ def submit(
     default=None,
     help="Only jobs in this status.",
 )
-@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True, help="How many jobs.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_PAGE_SIZE),
+    default=50,
+    show_default=True,
+    help=f"How many jobs (one page, at most {MAX_PAGE_SIZE}); with --all, the size of each page fetched.",
+)
+@click.option(
+    "--cursor",
+    default=None,
+    help="Start at this page: the `next cursor: ...` an earlier `jobs ls` printed on stderr.",
+)
+@click.option(
+    "--all",
+    "every_page",
+    is_flag=True,
+    help="Follow the cursors to the last page and list every job (from --cursor on, when given).",
+)
 @metadata_option("Only jobs labelled KEY=VALUE; repeat to require several.")
 @json_option
 @one_line_errors
-def list_jobs(status: str | None, limit: int, metadata: dict[str, str], as_json: bool) -> None:
-    """List the tenant's jobs, newest first.
+def list_jobs(
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+    every_page: bool,
+    metadata: dict[str, str],
+    as_json: bool,
+) -> None:
+    """List the tenant's jobs, newest first, one page at a time (--all: every page). When more jobs follow,
+    stderr says `next cursor: CURSOR` (give it to --cursor); stdout stays the listing, so `--json` is a list.
 
     Example:
 
     \b
-        catalogan jobs ls --status failed --metadata batch=spring --json
+        catalogan jobs ls --status failed --metadata batch=spring --all --json
     """
     with _client() as client:
-        page = client.list_jobs(status=status, limit=limit, metadata=metadata or None)
+        try:
+            page = _list_pages(client, status, limit, cursor, metadata or None, every_page)
+        except ApiError as exc:
+            fields = [str(entry.get("field", "")) for entry in exc.problem.get("errors") or []]
+            if exc.status == 422 and any(field.endswith("cursor") for field in fields):
+                raise click.BadParameter("not a cursor this API issued", param_hint="--cursor") from exc
+            raise
     if as_json:
         print_json([_job_json(job) for job in page.jobs])
     else:
         print_rows([_row(job) for job in page.jobs], COLUMNS, as_json=False, title="jobs")
+    if page.next_cursor:
+        click.echo(f"next cursor: {page.next_cursor}", err=True)
+
+
+def _list_pages(
+    client: Client,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+    metadata: dict[str, str] | None,
+    every_page: bool,
+) -> JobPage:
+    """The page at `cursor`, or with `every_page` the jobs of it and every page after it as one page."""
+    page = client.list_jobs(status=status, limit=limit, cursor=cursor, metadata=metadata)
+    jobs, seen = list(page.jobs), {cursor}
+    while every_page and page.next_cursor:
+        if page.next_cursor in seen:  # an API handing back a cursor twice would page forever
+            raise ClientError(f"the API returned the cursor {page.next_cursor!r} twice; stopped listing")
+        seen.add(page.next_cursor)
+        page = client.list_jobs(status=status, limit=limit, cursor=page.next_cursor, metadata=metadata)
+        jobs.extend(page.jobs)
+    return JobPage(jobs, page.next_cursor)
 
 
 @jobs.command("show")
@@ -422,14 +506,15 @@ def follow(client: Client, job_id: str, interval: float) -> Job:
         return client.wait(job_id, progress=update, poll_seconds=interval, max_poll_seconds=interval)
 
 
-def manifest_csv(rows: list[dict[str, Any]]) -> str:
+def manifest_csv(rows: list[dict[str, Any]], *, raw: bool = False) -> str:
     """Manifest rows as CSV text with the manifest's columns first; text a spreadsheet would run as a formula
-    (a tenant's SKU `=HYPERLINK(...)`) is made text (`spreadsheet_safe`), as in the console's CSV."""
+    (a tenant's SKU `=HYPERLINK(...)`) is made text (`spreadsheet_safe`), as in the console's CSV. `raw`
+    writes every value unchanged, for a machine loader (a SKU `-100-BLK` must stay `-100-BLK` to join on)."""
     extra = sorted({key for row in rows for key in row} - set(MANIFEST_CSV_COLUMNS))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=[*MANIFEST_CSV_COLUMNS, *extra], extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(spreadsheet_safe(row) for row in rows)
+    writer.writerows(rows if raw else (spreadsheet_safe(row) for row in rows))
     return out.getvalue()
 
 
@@ -459,20 +544,29 @@ def manifest_csv(rows: list[dict[str, Any]]) -> str:
     callback=output_folder,
     help="Also download the images into this folder (checked against their sha256).",
 )
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="CSV: write every value unchanged, for a program to load (default: spreadsheet-safe, a value starting "
+    "with = + - @ gets a leading ' so a spreadsheet shows it as text).",
+)
 @one_line_errors
-def export(job_id: str, fmt: str, out: Path | None, images_dir: Path | None) -> None:
+def export(job_id: str, fmt: str, out: Path | None, images_dir: Path | None, raw: bool) -> None:
     """Export a finished job's manifest (and optionally its images).
 
     Example:
 
     \b
         catalogan jobs export 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f --format csv --out manifest.csv --images out/
+        catalogan jobs export 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f --format csv --raw --out for-the-loader.csv
     """
     if fmt == "parquet" and out is None:
         raise click.UsageError("--format parquet needs --out FILE")
+    if raw and fmt != "csv":
+        raise click.UsageError(f"--raw applies to --format csv only (--format {fmt} is written unchanged)")
     with _client() as client:
         if fmt == "csv":
-            data = manifest_csv(client.manifest_rows(job_id)).encode()
+            data = manifest_csv(client.manifest_rows(job_id), raw=raw).encode()
         else:
             data = client.get_manifest(job_id, format=fmt)
         saved = client.download(job_id, images_dir) if images_dir is not None else []
@@ -495,7 +589,7 @@ def shards(job_id: str, as_json: bool) -> None:
     Example:
 
     \b
-        catalogan jobs shards 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f --format tsv | cut -f5 | xargs -n1 curl -sO
+        catalogan jobs shards 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f --format tsv | tail -n +2 | cut -f5 | xargs -n1 curl -sO
     """
     with _client() as client:
         index = client.get_shard_index(job_id)

@@ -5,7 +5,9 @@ or the variable, catalogan's exit codes, and nothing submitted or written. The A
 
 from __future__ import annotations
 
+import csv
 import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -338,3 +340,57 @@ def test_a_catalog_with_nothing_to_generate_submits_nothing_and_writes_an_empty_
     assert (code, seen) == (0, [])
     assert "every SKU already has an image; nothing submitted" in stderr and "Error" not in stderr
     assert (folder / "out.csv").read_text().splitlines() == [",".join(etl.OUTPUT_COLUMNS)]
+
+
+def test_a_rerun_with_another_model_is_another_idempotency_key(
+    etl: ModuleType, folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Given the same catalog and options, when the script runs again with the same `--model` and then with
+    another, then the rerun sends the same Idempotency-Key (the API returns the same job) and the other model a
+    different one (a new job, not a 422 for a key reused with another body)."""
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(201, json=job_body("queued"))
+        if request.url.path.endswith("/manifest"):
+            return httpx.Response(200, text="")
+        return httpx.Response(200, json=job_body("succeeded", images_done=1))
+
+    seen = serve(etl, monkeypatch, api)
+    for model in ("fashion-cgan@1", "fashion-cgan@1", "fashion-cgan@2"):
+        code, stderr = run_main(etl, capsys, "catalog.csv", "out.csv", "--seed", "7", "--model", model)
+        assert code == 0, stderr
+    keys = [request.headers["Idempotency-Key"] for request in seen if request.method == "POST"]
+    assert keys[0] == keys[1] != keys[2]
+    # Without --model, the key is what it was before the model was hashed (a rerun across the upgrade
+    # returns the job it made then).
+    catalog = folder / "catalog.csv"
+    assert (
+        etl.idempotency_key(catalog, 1, 7, None)
+        == "etl-" + hashlib.sha256(catalog.read_bytes() + b"|1|7").hexdigest()[:40]
+    )
+
+
+def test_the_manifest_csv_carries_skus_as_they_are_for_the_loader(
+    etl: ModuleType, folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Given SKUs a spreadsheet would read as formulas (`-100-BLK`, valid in the API), when the manifest is
+    written, then each is the catalog's own SKU, unprefixed, so a loader joining on `sku` finds it."""
+    (folder / "catalog.csv").write_text("sku,category,image_url\n-100-BLK,sneaker,\n+7,dress,\n")
+    manifest = [
+        {"index": 0, "sku": "-100-BLK", "category": "sneaker", "key": "t/jobs/job1/-100-BLK/00000000.png"},
+        {"index": 1, "sku": "+7", "category": "dress", "key": "t/jobs/job1/+7/00000001.png"},
+    ]
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(201, json=job_body("queued"))
+        if request.url.path.endswith("/manifest"):
+            return httpx.Response(200, text="".join(json.dumps(row) + "\n" for row in manifest))
+        return httpx.Response(200, json=job_body("succeeded", images_done=2))
+
+    serve(etl, monkeypatch, api)
+    code, stderr = run_main(etl, capsys, "catalog.csv", "out.csv")
+    assert code == 0, stderr
+    with (folder / "out.csv").open(newline="") as handle:
+        assert [row["sku"] for row in csv.DictReader(handle)] == ["-100-BLK", "+7"]
