@@ -15,7 +15,8 @@ steps, each committing on its own:
 1. `expire_job` (one short transaction, the job row locked): check it is finished and set `expires_at` to now
    when it is later or unset. From then on the job is expired: a retry refuses it (`db.chunk_outcomes`), and
    if this process dies mid-way the reaper finishes the deletion.
-2. `delete_objects` (no connection): list the prefix and delete at most `max_objects` objects.
+2. `delete_objects` (no connection): list the prefix and delete at most `max_objects` objects with
+   `ObjectStore.delete_many` (on S3 one request per 1,000 objects).
 3. `delete_rows` (one short transaction), only once the prefix is empty: delete the job row (job items,
    chunks, images, reviews and webhook deliveries follow by `ON DELETE CASCADE`), guarded by "still
    terminal and expired".
@@ -84,8 +85,7 @@ def delete_objects(store: ObjectStore, prefix: str, *, max_objects: int) -> tupl
             more = True
             break
         keys.append(info.key)
-    for key in keys:
-        store.delete(key)
+    store.delete_many(keys)  # one DeleteObjects request per 1,000 keys on S3, not one request per key
     return len(keys), more
 
 

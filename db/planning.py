@@ -341,7 +341,11 @@ def job_options(spec: JobSpec, control: ResolvedControl | None = None) -> dict[s
 
 def mark_job_enqueued(session: Session, job_id: str) -> None:
     """Record that every pending chunk of a job was published just now (one UPDATE, any job size), on the lease
-    clock (the database's on PostgreSQL) that the reaper's lost-message threshold reads."""
+    clock (the database's on PostgreSQL) that the reaper's lost-message threshold reads.
+
+    Only for a job published whole, outside any publish window (`publish_planned` without a tenant): it
+    stamps held chunks too, which then count as in flight though never sent. Chunks published through a
+    tenant's window are marked by `db.publish_window.take_publish_slots` (a retry: `refill`)."""
     session.execute(
         update(Chunk)
         .where(Chunk.job_id == job_id, Chunk.status == ChunkStatus.PENDING)

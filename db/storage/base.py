@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from db.storage.keys import validate_key
+
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
@@ -66,6 +68,17 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object under `key`; deleting a missing key is not an error."""
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove the objects under `keys`; missing keys are not an error. Every key is checked
+        (`InvalidKeyError`) before any object is removed.
+
+        For bulk deletions (a job's folder): S3 sends one DeleteObjects request per 1,000 keys instead of one
+        request per key. This default deletes one key at a time (a folder, a dict: no round trip to save)."""
+        for key in keys:
+            validate_key(key)
+        for key in keys:
+            self.delete(key)
 
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:

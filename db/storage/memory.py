@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from db.errors import ObjectNotFoundError
 from db.storage.base import ObjectInfo, ObjectStore, PresignedUrl
@@ -45,6 +45,14 @@ class MemoryStore(ObjectStore):
         validate_key(key)
         with self._lock:
             self._objects.pop(key, None)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove every key (missing ones are not an error); every key is checked before any is removed."""
+        for key in keys:
+            validate_key(key)
+        with self._lock:
+            for key in keys:
+                self._objects.pop(key, None)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Yield the objects under `prefix` in key order (a snapshot taken at the call)."""

@@ -46,6 +46,7 @@ S3_MAX_ATTEMPTS = 5
 S3_CONNECT_TIMEOUT_SECONDS = 5
 S3_READ_TIMEOUT_SECONDS = 60
 S3_MAX_POOL_CONNECTIONS = 32  # workers upload from a thread pool; boto3's default of 10 would queue them
+S3_DELETE_MAX_KEYS = 1000  # keys one DeleteObjects request may name (S3's own limit)
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _TRANSIENT_CODES = frozenset(
@@ -138,6 +139,20 @@ def _boundary(what: str) -> Iterator[None]:
         yield
     except (BotoCoreError, ClientError) as exc:
         raise translate_error(exc, what) from exc
+
+
+def _delete_error(errors: Sequence[dict[str, Any]], what: str, strip: int) -> StorageError:
+    """The error of a DeleteObjects answer that names keys it could not delete: transient when every failure
+    is (the whole call can be retried; deleting again what was deleted is harmless)."""
+    first = errors[0]
+    code = str(first.get("Code", ""))
+    message = (
+        f"{what}: {len(errors)} not deleted, e.g. {str(first.get('Key', ''))[strip:]!r}: "
+        f"{code} {first.get('Message', '')}".rstrip()
+    )
+    if all(str(error.get("Code", "")) in _TRANSIENT_CODES for error in errors):
+        return TransientStorageError(message)
+    return StorageError(message)
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -233,6 +248,25 @@ class S3Store(ObjectStore):
         full = self._full(key)
         with _boundary(f"delete {self.uri(key)}"):
             self.client.delete_object(Bucket=self.bucket, Key=full)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete the objects with one DeleteObjects request per `S3_DELETE_MAX_KEYS` keys (missing keys are
+        deleted as far as S3 is concerned). Every key is checked before any request; a key S3 could not delete
+        is raised as the error of its code (`TransientStorageError` for SlowDown, InternalError, ...).
+
+        Through boto3 also when obstore carries PUTs: deletes stay on the portable path (db/storage/s3_put.py)."""
+        full = [self._full(key) for key in keys]
+        for start in range(0, len(full), S3_DELETE_MAX_KEYS):
+            batch = full[start : start + S3_DELETE_MAX_KEYS]
+            what = f"delete {len(batch)} objects under {self.url}"
+            with _boundary(what):
+                response = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+                )
+            errors = response.get("Errors") or []
+            if errors:
+                raise _delete_error(errors, what, len(self.prefix) + 1 if self.prefix else 0)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Yield the objects under `prefix` page by page; S3 returns keys in UTF-8 byte (= key) order."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import logging
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import anyio
+from anyio.lowlevel import RunVar
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import StringConstraints
@@ -20,9 +22,10 @@ from db.incremental import count_skipped_items, count_skipped_items_of_jobs
 from db.job_specs import MAX_METADATA_KEYS, METADATA_FILTER_PATTERN, JobSpec, parse_metadata_pairs
 from db.jobs import get_job, request_cancel
 from db.latent_control import resolve_latent_control
-from db.planning import PlannedJob, mark_job_enqueued, resolve_job_model, submit_job
+from db.planning import PlannedJob, resolve_job_model, submit_job
+from db.publish_window import publish_window_chunks, refill
 from db.status import JobStatus
-from db.tables import Job, ModelVersion
+from db.tables import Job, ModelVersion, utcnow
 from scheduler.api.cursors import decode_cursor, encode_cursor
 from scheduler.api.deps import Services, ServicesDep, SessionDep, SettingsDep, TenantDep
 from scheduler.api.item_manifests import parse_item_manifest, read_manifest_uri
@@ -38,15 +41,21 @@ from scheduler.api.job_requests import (
 from scheduler.api.problems import COMMON_ERRORS, problem_doc
 from scheduler.api.schemas import EstimatePublic, JobCreate, JobPage, JobPublic, ModelVersionRef
 from scheduler.api.views import job_public
-from scheduler.errors import RequestValidationError
+from scheduler.errors import RateLimitedError, RequestValidationError
 from scheduler.estimates import count_chunks, measured_throughput
 from scheduler.settings import ApiSettings
 from scheduler.submission import SubmitAbandonedError
 
 # Answered (to no one) for a submit dropped because its client went away (nginx's code for it).
 CLIENT_CLOSED_REQUEST = 499
+# Deletions of one tenant running at once in this API process (one more: 429), on DELETION_THREADS threads of
+# their own: a deletion waits on the store (a listing and a DeleteObjects of up to 1,000 keys), and 40 of
+# them on the shared pool of sync routes starved every other tenant's requests.
+DELETIONS_PER_TENANT = 2
+DELETION_THREADS = 4
+# What a tenant over its deletions is told to wait: about one deletion of 1,000 objects.
+DELETION_RETRY_AFTER_SECONDS = 2
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
@@ -226,17 +235,103 @@ def show_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
         202: {
             "description": "Deletion started: the job has more objects than one request deletes "
             f"({job_deletion.DELETE_REQUEST_MAX_OBJECTS}); it is expired now, and the reaper deletes the rest "
-            "and then its rows (GET gives 404 once done; DELETE again is also fine)."
+            "and then its rows (GET gives 404 once done; DELETE again is also fine). Also the answer to a "
+            "DELETE of a job whose deletion another request of the tenant is running."
         },
         409: problem_doc("The job is not finished (queued, running or cancelling): cancel it first."),
+        429: problem_doc(
+            f"Rate limit or quota reached, or {DELETIONS_PER_TENANT} deletions of the tenant are already "
+            "running; see `Retry-After`."
+        ),
     },
 )
-def delete_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
+async def delete_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
     """Remove a finished job (succeeded, completed_with_failures, failed or cancelled): its images, manifests
     and shards in the store, then its rows. Another tenant's job is a 404; an unfinished one a 409 (cancel it,
-    then delete it). No database connection is held while the store deletes."""
-    result = job_deletion.delete_job(services.session_factory, services.store, job_id, tenant_id=tenant.id)
+    then delete it). No database connection is held while the store deletes.
+
+    At most `DELETIONS_PER_TENANT` deletions of one tenant run at once in this process (one more: 429), on
+    the deletions' own threads, never the shared pool of sync routes. A DELETE of a job whose deletion is
+    running answers 202 once that one has expired the job, without deleting anything itself."""
+    deletions = _loop_deletions()
+    key = (tenant.id, job_id)
+    running = deletions.running.get(key)
+    if running is not None:
+        await running.expired.wait()  # on the event loop: no thread, no connection
+        if running.error is not None:
+            raise running.error  # the same 404, 409 or 503 as the running deletion's
+        return Response(status_code=202)
+    if deletions.per_tenant[tenant.id] >= DELETIONS_PER_TENANT:
+        raise RateLimitedError(
+            f"{DELETIONS_PER_TENANT} deletions of this tenant are already running; delete fewer jobs at once",
+            retry_after_seconds=DELETION_RETRY_AFTER_SECONDS,
+        )
+    deletion = deletions.running[key] = _Deletion()
+    deletions.per_tenant[tenant.id] += 1
+    try:
+        result = await _delete(services, tenant.id, job_id, deletion, deletions.threads)
+    finally:
+        del deletions.running[key]
+        deletions.per_tenant[tenant.id] -= 1
+        if deletions.per_tenant[tenant.id] == 0:
+            del deletions.per_tenant[tenant.id]
     return Response(status_code=204 if result.finished else 202)
+
+
+@dataclass(slots=True)
+class _Deletion:
+    """A deletion running in this process: `expired` is set once its first step is done, `error` when it
+    failed (the job is not this tenant's, or not finished)."""
+
+    expired: anyio.Event = field(default_factory=anyio.Event)
+    error: Exception | None = None
+
+
+@dataclass(slots=True)
+class _LoopDeletions:
+    running: dict[tuple[str, str], _Deletion] = field(default_factory=dict)  # (tenant id, job id) → deletion
+    per_tenant: Counter[str] = field(default_factory=Counter)
+    threads: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DELETION_THREADS))
+
+
+# Per event loop, as the submit locks (scheduler.submission): an app served by several loops in turn (tests)
+# never shares a deletion between them.
+_deletions: RunVar[_LoopDeletions] = RunVar("catalogan_job_deletions")
+
+
+def _loop_deletions() -> _LoopDeletions:
+    state = _deletions.get(None)
+    if state is None:
+        state = _LoopDeletions()
+        _deletions.set(state)
+    return state
+
+
+async def _delete(
+    services: Services, tenant_id: str, job_id: str, deletion: _Deletion, threads: anyio.CapacityLimiter
+) -> job_deletion.DeletedJob:
+    """`job_deletion.delete_job` in its steps on `threads`, telling `deletion` when the job is expired."""
+    now = utcnow()
+    expire = functools.partial(
+        job_deletion.expire_job, services.session_factory, job_id, tenant_id=tenant_id, now=now
+    )
+    try:
+        owner = await anyio.to_thread.run_sync(expire, limiter=threads)
+    except Exception as exc:
+        deletion.error = exc
+        raise
+    finally:
+        deletion.expired.set()
+    purge = functools.partial(
+        job_deletion.purge_job,
+        services.session_factory,
+        services.store,
+        job_id,
+        tenant_id=owner,
+        max_objects=job_deletion.DELETE_REQUEST_MAX_OBJECTS,
+        now=now,
+    )
+    return await anyio.to_thread.run_sync(purge, limiter=threads)
 
 
 @router.post(
@@ -272,13 +367,12 @@ def retry_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobPubli
         job = get_job(session, job_id, tenant_id=tenant.id)
         session.refresh(job)
         retried = job_public(job, session.get(ModelVersion, job.model_version_id))
-    try:
-        services.publisher(plan.queue, plan.chunk_ids)
-    except Exception as exc:  # the broker is down: the retry is committed, the reaper publishes its chunks
-        log.warning("retry of job %s committed but not published (the reaper will): %s", job_id, exc)
-        return retried
-    with transaction(services.session_factory) as session:
-        mark_job_enqueued(session, job_id)
+    # The retried chunks are held again (pending, never published): they go out through the tenant's publish
+    # window as a submit's do, as much as it has room for now and the rest as the tenant's chunks finish. A
+    # failed send is logged; the chunks it marked published are the reaper's to publish again.
+    refill(
+        services.session_factory, services.publisher, tenant.id, plan.queue, window=publish_window_chunks()
+    )
     return retried
 
 
@@ -290,6 +384,10 @@ def retry_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobPubli
         **COMMON_ERRORS,
         413: problem_doc("Request body too large."),
         415: problem_doc("Not JSON."),
+        429: problem_doc(
+            "Rate limit reached, or the tenant's submit queue is full or its turn did not come in time "
+            "(estimates queue with submits); see `Retry-After`."
+        ),
     },
     openapi_extra=json_body_openapi(JobCreate),
 )
@@ -300,7 +398,23 @@ async def estimate_job(
 
     The body is the one `POST /v1/jobs` takes as JSON: inline `items`, or an `s3://` manifest that is read
     (and checked) as a submit would read it, or a variation / interpolation (its source images checked).
+    An estimate queues with the tenant's submits, as a submit does.
     """
+    locks = services.submit_locks
+    # An estimate costs what a submit's parse costs (a 10 MiB body, a 64 MiB manifest): it takes the tenant's
+    # submit turn, counted as queued before its body is read (a 429 when the tenant's queue is full), and
+    # reads and parses the body only in its turn, so one tenant's burst of estimates waits on the event loop
+    # holding a socket each, and runs one at a time.
+    async with (
+        locks.queued(tenant.id, max_waiting=settings.submit_queue_max_per_tenant),
+        locks.turn(tenant.id, wait_seconds=settings.submit_wait_seconds),
+    ):
+        return await _read_and_estimate(request, services, tenant.id, settings)
+
+
+async def _read_and_estimate(
+    request: Request, services: Services, tenant_id: str, settings: ApiSettings
+) -> EstimatePublic:
     # The body is read after the key and the rate limit, and parsed off the event loop; an `s3://` manifest
     # is read and parsed before a database session is taken, so a slow read holds no pooled connection.
     job_request = await read_json_body(request, JobCreate)
@@ -310,7 +424,7 @@ async def estimate_job(
         data, fmt = await run_in_threadpool(
             read_manifest_uri,
             job_request.manifest_uri,
-            tenant_id=tenant.id,
+            tenant_id=tenant_id,
             store=services.store,
             settings=services.settings,
         )
@@ -324,7 +438,7 @@ async def estimate_job(
     # with the submit's 422 (a job of 10^10 one-image chunks is not counted, let alone estimated).
     await run_in_threadpool(submit_limits(settings).check, spec)
     async with services.session_slot():
-        return await run_in_threadpool(_estimate, services, spec, tenant.id, settings)
+        return await run_in_threadpool(_estimate, services, spec, tenant_id, settings)
 
 
 def _estimate(services: Services, spec: JobSpec, tenant_id: str, settings: ApiSettings) -> EstimatePublic:
