@@ -9,7 +9,7 @@ from db.chunk_outcomes import retry_failed_images
 from db.cli_support import one_line_errors
 from db.engine import transaction
 from db.messaging import CeleryPublisher, make_celery_app
-from db.planning import mark_job_enqueued
+from db.publish_window import publish_window_chunks, refill
 from db.settings import BrokerSettings, DataSettings
 from db.status import ChunkStatus
 from db.tables import Chunk, Job
@@ -75,7 +75,10 @@ def list_quarantined(job_id: str | None, limit: int, as_json: bool) -> None:
 @json_option
 @one_line_errors
 def retry(job_id: str, as_json: bool) -> None:
-    """Put a job's quarantined chunks back on its queue (as `POST /v1/jobs/{id}/retry` does).
+    """Put a job's quarantined chunks back on its queue (as `POST /v1/jobs/{id}/retry` does): they are held
+    again and published through the tenant's publish window (`CATALOGAN_PUBLISH_WINDOW_CHUNKS`), as many as it
+    has room for now, the rest as the tenant's chunks finish. A broker that does not answer is logged; the
+    reaper publishes those chunks.
 
     Example:
 
@@ -90,10 +93,14 @@ def retry(job_id: str, as_json: bool) -> None:
 
             raise NotFoundError(f"job {job_id!r} not found")
         plan = retry_failed_images(session, job_id, tenant_id=tenant_id)
-    CeleryPublisher(make_celery_app(BrokerSettings(), DataSettings()))(plan.queue, plan.chunk_ids)
-    with transaction(factory) as session:
-        mark_job_enqueued(session, job_id)
+    publisher = CeleryPublisher(make_celery_app(BrokerSettings(), DataSettings()))
+    published = refill(factory, publisher, tenant_id, plan.queue, window=publish_window_chunks())
     if as_json:
-        print_json({"job": job_id, "chunks": list(plan.chunk_ids), "queue": plan.queue})
+        print_json(
+            {"job": job_id, "chunks": list(plan.chunk_ids), "queue": plan.queue, "published": published}
+        )
     else:
-        click.echo(f"job {job_id}: {len(plan.chunk_ids)} chunks back on the {plan.queue} queue")
+        click.echo(
+            f"job {job_id}: {len(plan.chunk_ids)} chunks back on the {plan.queue} queue "
+            f"({len(published)} of the tenant's held chunks published now, the rest as its window frees)"
+        )

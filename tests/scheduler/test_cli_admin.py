@@ -161,6 +161,33 @@ def test_dlq_lists_and_retries_quarantined_chunks(
     assert json.loads(run(["dlq", "ls", "--json"], cli_env).output) == []
 
 
+def test_dlq_retry_publishes_through_the_tenants_window_and_leaves_the_rest_held(
+    cli_env: dict[str, str], pg_factory: sessionmaker[Session], model_version: Any
+) -> None:
+    """Given a failed job of three quarantined chunks and a publish window of one chunk, when the operator
+    retries it, then one chunk is published and the other two stay held (pending, never sent), as a retry
+    through the API does: before, all three were sent and every pending chunk marked published."""
+    from db.planning import JobSpec, plan_job
+
+    tenant = json.loads(run(["tenants", "create", "acme", "--json"], cli_env).output)
+    with transaction(pg_factory) as session:
+        spec = JobSpec(model="tiny", items=[{"category": "a", "count": 6}], chunk_size=2)  # type: ignore[list-item]
+        planned = plan_job(session, spec, tenant_id=tenant["id"], model_version=model_version)
+        for chunk_id in planned.chunk_ids:
+            quarantine_chunk(session, chunk_id, error="CUDA out of memory")
+        session.query(Job).filter(Job.id == planned.job_id).update({"status": JobStatus.FAILED})
+    retried = run(["dlq", "retry", planned.job_id, "--json"], {**cli_env, "CATALOGAN_PUBLISH_WINDOW_CHUNKS": "1"})
+    assert retried.exit_code == 0, retried.output
+    body = json.loads(retried.output)
+    assert body["chunks"] == list(planned.chunk_ids) and len(body["published"]) == 1
+    with pg_factory() as session:
+        rows = session.execute(
+            select(Chunk.id, Chunk.status, Chunk.enqueued_at).where(Chunk.job_id == planned.job_id)
+        ).all()
+    assert {status for _, status, _ in rows} == {"pending"}
+    assert sorted(chunk_id for chunk_id, _, enqueued in rows if enqueued is not None) == body["published"]
+
+
 def test_workers_shows_queue_depths_from_redis(cli_env: dict[str, str], redis_url: str) -> None:
     """Given two messages waiting on the bulk queue, when `catalogan workers --json` runs, then it reports
     a depth of 2 for bulk and no live worker."""
