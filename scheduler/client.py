@@ -8,26 +8,35 @@
         paths = client.download(job, "out/")
 
 The SDK needs httpx and pydantic only (`pip install catalogan`, without the `server` extra: no torch, no
-SQLAlchemy). `download` fetches images in parallel threads, skips files already on disk whose sha256 matches
-(so an interrupted download resumes), and unpacks tar jobs: their image rows point at a WebDataset shard, which
-is fetched once and each member checked against the image's sha256. Every path segment the server sends is
-checked (one safe key segment, and the file inside the target folder) before anything is fetched or written.
+SQLAlchemy). `download` works page by page (list a page of images, fetch its files, then list the next), so a
+presigned link is used minutes after it was issued, never hours, and a link that expired anyway (403) has its
+page listed again once for fresh ones; it fetches in parallel threads, skips files already on disk whose sha256
+matches (so an interrupted download resumes), and unpacks tar jobs: their image rows point at a WebDataset
+shard, which is fetched and indexed once, each member checked against the image's sha256, and let go once the
+listing has passed its last image. Every path segment the server sends is checked (one safe key segment, and
+the file inside the target folder) before anything of its page is fetched or written.
 
 Every call retries on 5xx, 429 and connection failures with exponential backoff, honouring `Retry-After` (seconds
-or an HTTP date, at most `MAX_RETRY_AFTER_SECONDS`). Redirects are never followed (the API key stays with the
-API's own address). Answers are read as streams and refused past a cap: `max_response_bytes` for API answers,
-`max_manifest_bytes` for a manifest, an image's own `size_bytes` for its bytes (`max_download_bytes` when the
-size is not known, e.g. a tar shard), so a broken or hostile peer cannot make the SDK hold an unbounded body.
+or an HTTP date, at most `MAX_RETRY_AFTER_SECONDS`); so does every fetch of an image or shard (S3's 503 SlowDown,
+a reset connection). A retry or delete whose first attempt may have reached the API (its answer lost) and whose
+resend finds the work done (409 nothing to retry, 404 gone) is confirmed with a GET and reported done.
+Redirects are never followed (the API key stays with the API's own address). Answers are read as streams and
+refused past a cap: `max_response_bytes` for API answers (a problem's body too, so a 422 naming a thousand
+fields keeps them), `max_manifest_bytes` for a manifest (`iter_manifest_rows` and `download_manifest` stream it,
+a line at most `MAX_MANIFEST_LINE_BYTES`), an image's own `size_bytes` for its bytes (`max_download_bytes` when
+the size is not known, e.g. a tar shard), so a broken or hostile peer cannot make the SDK hold an unbounded body.
 `wait` polls with a growing pause (`poll_seconds` up to `max_poll_seconds`), keeps waiting through 429s, and
 never sleeps past its `timeout_seconds`.
 `submit_job` always sends an `Idempotency-Key` (one is generated when none is given), so a retried submit
 never creates a second job. Errors: `ApiError` (the API answered with a problem; `.status`, `.problem`),
-`TransportError` (the API could not be reached), `WebhookVerificationError` (from `verify_webhook`) —
+`TransportError` (the API could not be reached), `NotCataloganApiError` (a 2xx answer that is not the API's
+JSON: the URL points at something else), `WebhookVerificationError` (from `verify_webhook`) —
 all `scheduler.errors.ClientError`/`SchedulerError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
 import hashlib
@@ -37,7 +46,6 @@ import json
 import os
 import re
 import tarfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -45,14 +53,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from db.errors import InvalidKeyError
+from db.errors import ConfigError, InvalidKeyError
 from db.storage.keys import validate_key_segment
-from scheduler.errors import ApiError, ClientError, ResponseTooLargeError, TransportError
+from scheduler.errors import (
+    ApiError,
+    ClientError,
+    ResponseTooLargeError,
+    TransportError,
+    WebhookVerificationError,
+)
 from scheduler.signatures import DEFAULT_TOLERANCE_SECONDS, verify
 
 __all__ = [
@@ -62,6 +76,7 @@ __all__ = [
     "Job",
     "JobPage",
     "Model",
+    "NotCataloganApiError",
     "PreviewImage",
     "spreadsheet_safe",
     "verify_webhook",
@@ -82,9 +97,14 @@ POLL_BACKOFF_FACTOR = 1.5  # `wait`'s pause is multiplied by this after each pol
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # an API answer (a page of 1,000 images is about 1 MiB)
 DEFAULT_MAX_MANIFEST_BYTES = 1024 * 1024 * 1024  # a manifest (JSONL: about 350 bytes per image)
 DEFAULT_MAX_DOWNLOAD_BYTES = 1024 * 1024 * 1024  # a presigned object whose size the listing does not give
-ERROR_BODY_BYTES = 64 * 1024  # of an error answer, only this much is read (the problem's detail)
+ERROR_BODY_BYTES = 64 * 1024  # of an object store's error answer, this much is read (API: max_response_bytes)
+MAX_MANIFEST_LINE_BYTES = 1024 * 1024  # one JSONL manifest row (about 350 bytes; a long error message more)
+MANIFEST_FORMATS = ("jsonl", "parquet")
+DOWNLOAD_PAGE_SIZE = 200  # images `download` lists, fetches and lets go of at a time
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 TERMINAL_STATUSES = frozenset({"succeeded", "completed_with_failures", "failed", "cancelled"})
+# A job in one of these after a retry answered 409 was not retried (a retried one goes back to the queue).
+RETRY_REFUSED_STATUSES = frozenset({"completed_with_failures", "failed", "cancelling", "cancelled"})
 
 
 def _time(value: str | None) -> dt.datetime | None:
@@ -220,6 +240,24 @@ class Estimate:
     seconds: float
     images_per_second: float
     throughput_basis: str
+    quota_cost: int | None = None  # what the job would charge to the daily quota (images × (1 + max_redraws))
+    model_name: str | None = None  # the model version the job would run
+    model_version: int | None = None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Estimate:
+        """Build from an `EstimatePublic` body."""
+        model = body.get("model") or {}
+        return cls(
+            images=body["images"],
+            chunks=body["chunks"],
+            seconds=body["seconds"],
+            images_per_second=body["images_per_second"],
+            throughput_basis=body["throughput_basis"],
+            quota_cost=body.get("quota_cost"),
+            model_name=model.get("name"),
+            model_version=model.get("version"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +304,26 @@ API_KEY_PATTERN = re.compile(r"[!-~]+")  # printable ASCII, no space: what `cata
 
 class JobIdError(ClientError, ValueError):
     """Raised for a job id that cannot be one (bad input: exit 2 in the CLI)."""
+
+
+class NotCataloganApiError(ClientError, ConfigError):
+    """Raised when a URL answered with success but not as the catalogan API does (not a JSON object, a manifest
+    line that is not one): `CATALOGAN_API_URL` points at another server, e.g. a proxy's sign-in page (exit 6,
+    configuration, in the CLI)."""
+
+
+class _ExpiredLinkError(ApiError):
+    """Raised inside the SDK when a presigned link answers 403, as S3 does once it expired (`download` lists
+    the page again for fresh links)."""
+
+
+class _ResentError(ApiError):
+    """Raised inside the SDK for an error answer to a resend whose earlier attempt may have reached the API
+    (a read timeout, a 5xx): that attempt may have done the work the resend found done (409, 404)."""
+
+
+# Transport errors raised before the request left this machine: a resend cannot repeat anything.
+_UNSENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 def _job_id(job: Job | str) -> str:
@@ -329,23 +387,71 @@ class _OutOfTime(ClientError):
     timeout error)."""
 
 
+def _iter_capped(response: httpx.Response, limit: int, what: str) -> Iterator[bytes]:
+    """The (decoded) body of a streamed `response`, piece by piece: `ResponseTooLargeError` as soon as it passes
+    `limit` bytes (or announces more)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ResponseTooLargeError(f"{what}: the answer is {int(declared)} bytes, over {limit}; refused")
+    read = 0
+    for piece in response.iter_bytes():
+        read += len(piece)
+        if read > limit:
+            raise ResponseTooLargeError(f"{what}: the answer is over {limit} bytes; refused")
+        yield piece
+
+
 def _read_capped(response: httpx.Response, limit: int, what: str, *, truncate: bool = False) -> bytes:
     """The (decoded) body of a streamed `response`, read piece by piece: `ResponseTooLargeError` as soon as it
     passes `limit` bytes (or announces more), or, with `truncate`, the first `limit` bytes."""
-    declared = response.headers.get("content-length", "")
-    if not truncate and declared.isdigit() and int(declared) > limit:
-        raise ResponseTooLargeError(f"{what}: the answer is {int(declared)} bytes, over {limit}; refused")
+    if not truncate:
+        return b"".join(_iter_capped(response, limit, what))
     pieces: list[bytes] = []
     read = 0
     for piece in response.iter_bytes():
         read += len(piece)
         if read > limit:
-            if truncate:
-                pieces.append(piece[: len(piece) - (read - limit)])
-                break
-            raise ResponseTooLargeError(f"{what}: the answer is over {limit} bytes; refused")
+            pieces.append(piece[: len(piece) - (read - limit)])
+            break
         pieces.append(piece)
     return b"".join(pieces)
+
+
+def _iter_lines(response: httpx.Response, limit: int, max_line_bytes: int, what: str) -> Iterator[bytes]:
+    """The lines of a streamed `response` (without their `\n`), each held alone: `ResponseTooLargeError` for a
+    line over `max_line_bytes` or a body over `limit`; `TransportError` when the body breaks off."""
+    buffer = bytearray()
+    try:
+        for piece in _iter_capped(response, limit, what):
+            buffer += piece
+            start = 0
+            while (end := buffer.find(b"\n", start)) >= 0:
+                if end - start > max_line_bytes:
+                    break
+                yield bytes(buffer[start:end])
+                start = end + 1
+            del buffer[:start]
+            if len(buffer) > max_line_bytes:
+                raise ResponseTooLargeError(f"{what}: a line over {max_line_bytes} bytes; refused")
+    except httpx.HTTPError as exc:
+        raise TransportError(f"{what}: {exc}") from exc
+    if buffer:
+        yield bytes(buffer)
+
+
+def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
+    """The JSON object an API answer holds; `NotCataloganApiError` naming the URL when it holds anything else."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not text
+        body = None
+    if not isinstance(body, dict):
+        kind = response.headers.get("content-type", "no content-type")
+        raise NotCataloganApiError(
+            f"{what}: HTTP {response.status_code} answered {kind}, not the catalogan API's JSON: is "
+            f"{API_URL_ENV} (or base_url) the API's own address?"
+        )
+    return body
 
 
 # Headers that describe the body as it came over the wire, not the decoded bytes a bounded read returns.
@@ -353,21 +459,39 @@ _WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encod
 
 
 def _send_capped(
-    http: httpx.Client, method: str, url: str, limit: int, what: str, **kwargs: Any
+    http: httpx.Client,
+    method: str,
+    url: str,
+    limit: int,
+    what: str,
+    *,
+    error_limit: int = ERROR_BODY_BYTES,
+    stream: bool = False,
+    **kwargs: Any,
 ) -> httpx.Response:
-    """One request whose answer is read with `_read_capped` (an error answer: its first `ERROR_BODY_BYTES`),
-    returned as a complete `httpx.Response`. Never follows a redirect."""
+    """One request whose answer is read with `_read_capped` (an error answer: its first `error_limit` bytes),
+    returned as a complete `httpx.Response`; with `stream`, a success is returned unread and open (the caller
+    reads and closes it). Never follows a redirect."""
     request = http.build_request(method, url, **kwargs)
     response = http.send(request, stream=True, follow_redirects=False)
+    if stream and response.status_code < 300:
+        return response
     try:
         if response.status_code >= 300:
-            data = _read_capped(response, ERROR_BODY_BYTES, what, truncate=True)
+            data = _read_capped(response, error_limit, what, truncate=True)
         else:
             data = _read_capped(response, limit, what)
     finally:
         response.close()
     headers = [(name, value) for name, value in response.headers.multi_items() if name not in _WIRE_HEADERS]
     return httpx.Response(response.status_code, headers=headers, content=data, request=request)
+
+
+class _Answer(NamedTuple):
+    """The last answer of a request sent with retries."""
+
+    response: httpx.Response
+    resent: bool  # an earlier attempt may have reached the server and acted (its answer lost, or a 5xx)
 
 
 class Client:
@@ -445,19 +569,71 @@ class Client:
         limit: int | None = None,
         deadline: float | None = None,
         patient: bool = False,
+        stream: bool = False,
         **kwargs: Any,
     ) -> httpx.Response:
-        """One API call with retries; the answer read up to `limit` bytes (`max_response_bytes`).
+        """One API call with retries; the answer read up to `limit` bytes (`max_response_bytes`), or with
+        `stream` returned open for the caller to read (and close) when it is a success.
 
         No retry sleeps past `deadline` (a `time.monotonic()` value): the last error is raised instead. With
         `patient`, 429 answers do not use up `max_retries` (the API asked us to slow down, not to give up).
+        An error answer is read up to `max_response_bytes`, so a problem listing many fields keeps them all.
         """
         what = f"{method} {self.base_url}{path}"
+        response, resent = self._send(
+            self._http,
+            method,
+            path,
+            what,
+            limit=limit or self.max_response_bytes,
+            error_limit=self.max_response_bytes,
+            deadline=deadline,
+            patient=patient,
+            stream=stream,
+            **kwargs,
+        )
+        if response.status_code >= 400:
+            raise (_ResentError if resent else ApiError)(response.status_code, self._problem(response))
+        if response.status_code >= 300:  # the API never redirects: the URL is not the API's own address
+            location = response.headers.get("location", "?")
+            raise ApiError(
+                response.status_code,
+                {
+                    "status": response.status_code,
+                    "detail": f"{method} {self.base_url}{path} was redirected to {location}: set "
+                    f"{API_URL_ENV} to the API's own address (https:// where it serves TLS)",
+                },
+            )
+        return response
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """`_request`, its answer parsed as the JSON object every API success is (`NotCataloganApiError`
+        naming the URL otherwise: a proxy's or web server's page)."""
+        return _json_object(self._request(method, path, **kwargs), f"{method} {self.base_url}{path}")
+
+    def _send(
+        self,
+        http: httpx.Client,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        limit: int,
+        error_limit: int,
+        deadline: float | None = None,
+        patient: bool = False,
+        stream: bool = False,
+        **kwargs: Any,
+    ) -> _Answer:
+        """`_send_capped` again after a transport error, 5xx or 429, with exponential backoff (`Retry-After`
+        when given), at most `max_retries` times; the last answer, whatever its status, and whether an earlier
+        attempt may have reached the server."""
         attempt = step = 0
+        resent = False
         while True:
             try:
                 response = _send_capped(
-                    self._http, method, path, limit or self.max_response_bytes, what, **kwargs
+                    http, method, url, limit, what, error_limit=error_limit, stream=stream, **kwargs
                 )
             except httpx.TransportError as exc:
                 delay = self._delay(step, None)
@@ -465,31 +641,23 @@ class Client:
                     raise _OutOfTime(f"{what}: {exc}") from exc
                 if attempt >= self.max_retries:
                     raise TransportError(f"{what}: {exc}") from exc
+                resent = resent or not isinstance(exc, _UNSENT_ERRORS)
                 self._sleep(delay)
                 attempt, step = attempt + 1, step + 1
                 continue
+            except httpx.HTTPError as exc:  # e.g. a body that does not decode: no use sending it again
+                raise TransportError(f"{what}: {exc}") from exc
             if response.status_code in RETRY_STATUSES:
                 counted = not (patient and response.status_code == 429)
                 delay = self._delay(step, _retry_after(response))
                 if attempt < self.max_retries or not counted:
                     if not self._time_left(delay, deadline):
                         raise _OutOfTime(f"{what}: HTTP {response.status_code}, next try in {delay:g} s")
+                    resent = resent or response.status_code != 429  # a 429 refused the request unread
                     self._sleep(delay)
                     attempt, step = attempt + counted, step + 1
                     continue
-            if response.status_code >= 400:
-                raise ApiError(response.status_code, self._problem(response))
-            if response.status_code >= 300:  # the API never redirects: the URL is not the API's own address
-                location = response.headers.get("location", "?")
-                raise ApiError(
-                    response.status_code,
-                    {
-                        "status": response.status_code,
-                        "detail": f"{method} {self.base_url}{path} was redirected to {location}: set "
-                        f"{API_URL_ENV} to the API's own address (https:// where it serves TLS)",
-                    },
-                )
-            return response
+            return _Answer(response, resent)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -572,7 +740,7 @@ class Client:
         data = {"spec": json.dumps(spec)} if spec else {}
         response = self._request("POST", "/v1/jobs", files=files, data=data, headers={"Idempotency-Key": key})
         replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
-        return Job.from_json(response.json(), replayed=replayed)
+        return Job.from_json(_json_object(response, f"POST {self.base_url}/v1/jobs"), replayed=replayed)
 
     def submit_variations(
         self,
@@ -629,11 +797,11 @@ class Client:
             "POST", "/v1/jobs", json=dict(spec), headers={"Idempotency-Key": idempotency_key}
         )
         replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
-        return Job.from_json(response.json(), replayed=replayed)
+        return Job.from_json(_json_object(response, f"POST {self.base_url}/v1/jobs"), replayed=replayed)
 
     def get_job(self, job: Job | str) -> Job:
         """The job's current status and counts."""
-        return Job.from_json(self._request("GET", f"/v1/jobs/{_job_id(job)}").json())
+        return Job.from_json(self._call("GET", f"/v1/jobs/{_job_id(job)}"))
 
     def list_jobs(
         self,
@@ -651,7 +819,7 @@ class Client:
             params["metadata"] = [f"{key}={value}" for key, value in metadata.items()]
         if cursor:
             params["cursor"] = cursor
-        body = self._request("GET", "/v1/jobs", params=params).json()
+        body = self._call("GET", "/v1/jobs", params=params)
         return JobPage([Job.from_json(item) for item in body["data"]], body.get("next_cursor"))
 
     def iter_jobs(
@@ -689,7 +857,7 @@ class Client:
         interval = poll_seconds
         while True:
             try:
-                current = Job.from_json(self._request("GET", path, deadline=deadline, patient=True).json())
+                current = Job.from_json(self._call("GET", path, deadline=deadline, patient=True))
             except _OutOfTime as exc:
                 raise ClientError(
                     f"job {_job_id(job)} not finished after {timeout_seconds} s ({exc})"
@@ -709,34 +877,73 @@ class Client:
 
     def cancel_job(self, job: Job | str) -> Job:
         """Ask the job to stop; finished images stay."""
-        return Job.from_json(self._request("POST", f"/v1/jobs/{_job_id(job)}/cancel").json())
+        return Job.from_json(self._call("POST", f"/v1/jobs/{_job_id(job)}/cancel"))
 
     def delete_job(self, job: Job | str) -> None:
         """Delete a finished job: its images, manifests and shards, then the job itself (an unfinished job is an
-        `ApiError` 409: cancel it first)."""
-        self._request("DELETE", f"/v1/jobs/{_job_id(job)}")
+        `ApiError` 409: cancel it first).
+
+        When an attempt may have reached the API and lost its answer (a read timeout, a 5xx), the resend finds
+        the job gone (404); a GET that also answers 404 confirms it, and the delete is reported done.
+        """
+        path = f"/v1/jobs/{_job_id(job)}"
+        try:
+            self._request("DELETE", path)
+        except _ResentError as exc:
+            if exc.status != 404:
+                raise
+            try:
+                self._request("GET", path)
+            except ApiError as lookup:
+                if lookup.status == 404:
+                    return
+                raise
+            raise  # the job is there: the 404 was about something else
 
     def retry_job(self, job: Job | str) -> Job:
-        """Run the job's failed images again (its quarantined chunks)."""
-        return Job.from_json(self._request("POST", f"/v1/jobs/{_job_id(job)}/retry").json())
+        """Run the job's failed images again (its quarantined chunks).
+
+        When an attempt may have reached the API and lost its answer (a read timeout, a 5xx), the resend finds
+        nothing to retry (409); the job as a GET shows it then tells: back in the queue (or already through it)
+        is the retry done, and that job is returned; still failed, or cancelled, raises the 409.
+        """
+        path = f"/v1/jobs/{_job_id(job)}"
+        try:
+            return Job.from_json(self._call("POST", f"{path}/retry"))
+        except _ResentError as exc:
+            if exc.status != 409:
+                raise
+            current = Job.from_json(self._call("GET", path))
+            if current.status in RETRY_REFUSED_STATUSES:
+                raise
+            return current
 
     def estimate_job(
-        self, items: Sequence[Mapping[str, Any]], *, model: str | None = None, chunk_size: int | None = None
+        self,
+        items: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        model: str | None = None,
+        chunk_size: int | None = None,
+        quality_gate: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        manifest_uri: str | None = None,
+        output_format: str | None = None,
     ) -> Estimate:
-        """What a job of `items` would take, without creating it."""
-        spec: dict[str, Any] = {"items": list(items)}
-        if model:
-            spec["model"] = model
-        if chunk_size:
-            spec["chunk_size"] = chunk_size
-        body = self._request("POST", "/v1/jobs:estimate", json=spec).json()
-        return Estimate(
-            body["images"],
-            body["chunks"],
-            body["seconds"],
-            body["images_per_second"],
-            body["throughput_basis"],
+        """What a job of `items` (or of the `s3://` manifest at `manifest_uri`) would take, without creating it:
+        images, chunks, seconds, and `quota_cost` (what it would charge to the daily quota: with a
+        `quality_gate`, each image's worst-case redraws too). The other arguments are `submit_job`'s."""
+        spec = _present(
+            {
+                "items": list(items) if items is not None else None,
+                "model": model or None,
+                "chunk_size": chunk_size or None,
+                "quality_gate": dict(quality_gate) if quality_gate is not None else None,
+                "queue": queue,
+                "manifest_uri": manifest_uri,
+                "output_format": output_format,
+            }
         )
+        return Estimate.from_json(self._call("POST", "/v1/jobs:estimate", json=spec))
 
     # -- images and manifests -----------------------------------------------------------------------
 
@@ -745,23 +952,34 @@ class Client:
     ) -> Iterator[Image]:
         """Every image of the job in index order, with fresh presigned URLs; with `review` ("approved",
         "rejected" or "pending"), only the delivered images in that review state."""
+        job_id = _job_id(job)
         cursor: str | None = None
         while True:
-            params: dict[str, Any] = {"limit": page_size}
-            if review is not None:
-                params["review"] = review
-            if cursor:
-                params["cursor"] = cursor
-            body = self._request("GET", f"/v1/jobs/{_job_id(job)}/images", params=params).json()
-            for item in body["data"]:
-                yield Image.from_json(item)
-            cursor = body.get("next_cursor")
+            images, cursor = self._images_page(job_id, cursor, page_size, review)
+            yield from images
             if not cursor:
                 return
 
+    def _images_page(
+        self, job_id: str, cursor: str | None, limit: int, review: str | None = None
+    ) -> tuple[list[Image], str | None]:
+        """One page of the job's images after `cursor`, with presigned URLs issued now, and the next page's
+        cursor (None after the last page)."""
+        params: dict[str, Any] = {"limit": limit}
+        if review is not None:
+            params["review"] = review
+        if cursor:
+            params["cursor"] = cursor
+        body = self._call("GET", f"/v1/jobs/{job_id}/images", params=params)
+        return [Image.from_json(item) for item in body["data"]], body.get("next_cursor")
+
     def _get_bytes(self, url: str, what: str, size_bytes: int | None = None) -> bytes:
         """The bytes behind a presigned (or file://) URL, fetched without our Authorization header: at most
-        `size_bytes` (the size the API listed; `ResponseTooLargeError` past it), else `max_download_bytes`."""
+        `size_bytes` (the size the API listed; `ResponseTooLargeError` past it), else `max_download_bytes`.
+
+        Retried as an API call is (a 5xx such as S3's 503 SlowDown, a 429, a reset or timed-out connection),
+        at most `max_retries` times; a 403, what S3 answers once a link expired, is `_ExpiredLinkError`.
+        """
         limit = size_bytes if size_bytes is not None and size_bytes >= 0 else self.max_download_bytes
         too_large = f"{what}: larger than the {limit} bytes the API listed; refused"
         parts = urlsplit(url)
@@ -779,11 +997,17 @@ class Client:
         if parts.scheme not in ("http", "https"):
             raise ClientError(f"{what}: unsupported URL scheme {parts.scheme!r}")
         try:
-            response = _send_capped(self._downloads, "GET", url, limit, what)
+            response, _ = self._send(
+                self._downloads, "GET", url, what, limit=limit, error_limit=ERROR_BODY_BYTES
+            )
         except ResponseTooLargeError as exc:
             raise ResponseTooLargeError(too_large) from exc
-        except httpx.HTTPError as exc:
-            raise TransportError(f"{what}: {exc}") from exc
+        if response.status_code == 403:
+            detail = (
+                f"{what}: the store refused its presigned link with 403, as it does once a link expired: "
+                f"{response.text[:200]}"
+            )
+            raise _ExpiredLinkError(403, {"status": 403, "detail": detail})
         if response.status_code != 200:
             raise ApiError(response.status_code, {"detail": f"{what}: {response.text[:200]}"})
         return response.content
@@ -792,7 +1016,7 @@ class Client:
         """The image's PNG/WebP bytes, checked against its sha256 (from its shard, for a tar job)."""
         if not image.url:
             raise ClientError(f"image {image.index} has no URL (status {image.status})")
-        shard = bool(image.key and image.key.endswith(SHARD_SUFFIX))
+        shard = _in_shard(image)
         # A plain image is exactly `size_bytes` long; a tar job's row gives its member's size, not the shard's.
         data = self._get_bytes(image.url, f"image {image.index}", None if shard else image.size_bytes)
         if shard:
@@ -806,70 +1030,191 @@ class Client:
     ) -> list[Path]:
         """Save every succeeded image of the job under `directory`, mirroring category/SKU folders.
 
-        Up to `threads` downloads run at once. A file already there whose sha256 matches is kept without
+        A page of `DOWNLOAD_PAGE_SIZE` images at a time: the page is listed (presigned links issued then), its
+        paths checked, its files fetched, up to `threads` at once, and only then is the next page listed, so no
+        link waits long enough to expire and memory holds one page. A link refused anyway (403: it expired) has
+        its page listed again, once, for fresh links. A file already there whose sha256 matches is kept without
         downloading it again (an interrupted download resumes where it stopped); every file is written to a
         temporary name and renamed, so a file is either complete or absent. Tar jobs' images come out of their
-        shards, each shard fetched once. Returns the paths of all the job's images, in index order.
+        shards, each fetched and indexed once and let go once the listing has passed its last image. Returns
+        the paths of all the job's images, in index order.
         """
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         root = Path(directory)
-        wanted = [
-            image
-            for image in self.iter_images(job)
-            if image.status == "succeeded" and image.url and image.key
-        ]
-        for image in wanted:  # every path is checked before anything is written
-            _check_inside(root, image)
-        shards: dict[str, _ShardCache] = {}
-        for image in wanted:
-            if image.key and image.key.endswith(SHARD_SUFFIX):
-                shards.setdefault(image.key, _ShardCache())
+        job_id = _job_id(job)
+        shards: dict[str, _Shard] = {}  # by key: the shards the page being saved needs
+        paths: list[Path] = []
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="catalogan-download")
+        try:
+            cursor: str | None = None
+            while True:
+                images, next_cursor = self._images_page(job_id, cursor, DOWNLOAD_PAGE_SIZE)
+                paths += self._download_page(pool, root, images, shards, job_id=job_id, cursor=cursor)
+                if not next_cursor:
+                    return paths
+                cursor = next_cursor
+        finally:
+            pool.shutdown(cancel_futures=True)  # after an error, the fetches still queued are dropped
 
-        def save(image: Image) -> Path:
-            target = root / image_path(image)
-            if target.is_file() and image.sha256 and _file_sha256(target) == image.sha256:
-                return target
-            if image.key in shards:
-                shard = shards[str(image.key)].get(
-                    lambda: self._get_bytes(str(image.url), f"shard {image.key}")
+    def _download_page(
+        self,
+        pool: ThreadPoolExecutor,
+        root: Path,
+        images: Sequence[Image],
+        shards: dict[str, _Shard],
+        *,
+        job_id: str,
+        cursor: str | None,
+    ) -> list[Path]:
+        """Save the succeeded images of one listed page (the page after `cursor`); their paths in index order.
+        Links refused as expired are replaced by the same page listed again, once."""
+        wanted = _deliverable(root, images)
+        # A shard holds consecutive images, so one this page does not list is done with; one it does list may
+        # have started on an earlier page (a shard of 1,000 images spans five) and is kept.
+        listed = {image.key for image in wanted if _in_shard(image)}
+        for key in [key for key in shards if key not in listed]:
+            del shards[key]
+        saved, expired = self._save_images(pool, root, wanted, shards, expired_ok=True)
+        if expired:
+            fresh = {
+                image.index: image
+                for image in _deliverable(root, self._images_page(job_id, cursor, DOWNLOAD_PAGE_SIZE)[0])
+            }
+            gone = [image.index for image in expired if image.index not in fresh]
+            if gone:
+                raise ClientError(
+                    f"images {gone}: no longer listed as delivered when their page was listed again"
                 )
-                data = shard_member(shard, image.index)
-                if image.sha256 and hashlib.sha256(data).hexdigest() != image.sha256:
-                    raise ClientError(
-                        f"image {image.index}: shard member does not match sha256 {image.sha256}"
-                    )
-            else:
-                data = self.fetch_image(image)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
-            partial.write_bytes(data)
-            partial.replace(target)
-            return target
+            again, _ = self._save_images(
+                pool, root, [fresh[image.index] for image in expired], shards, expired_ok=False
+            )
+            saved.update(again)
+        return [saved[image.index] for image in wanted]
 
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="catalogan-download") as pool:
-            return list(pool.map(save, wanted))
+    def _save_images(
+        self,
+        pool: ThreadPoolExecutor,
+        root: Path,
+        images: Sequence[Image],
+        shards: dict[str, _Shard],
+        *,
+        expired_ok: bool,
+    ) -> tuple[dict[int, Path], list[Image]]:
+        """Save `images` (listed and checked) under `root` on `pool`: a file already there with the image's
+        sha256 is kept; each shard the others need is fetched and indexed once (into `shards`); then every
+        file is written. Returns the paths saved by index, and the images whose link was refused as expired
+        (with `expired_ok`; without, that `_ExpiredLinkError` is raised)."""
+        targets = {image.index: root / image_path(image) for image in images}
+
+        def fetch_shard(image: Image) -> _Shard | None:
+            what = f"shard {image.key}"
+            try:
+                return _Shard(self._get_bytes(str(image.url), what), what)
+            except _ExpiredLinkError:
+                if not expired_ok:
+                    raise
+                return None
+
+        def save(image: Image) -> Path | None:
+            if _in_shard(image):
+                data = shards[str(image.key)].member(image.index)
+            else:
+                try:
+                    data = self._get_bytes(str(image.url), f"image {image.index}", image.size_bytes)
+                except _ExpiredLinkError:
+                    if not expired_ok:
+                        raise
+                    return None
+            if image.sha256 and hashlib.sha256(data).hexdigest() != image.sha256:
+                raise ClientError(f"image {image.index}: downloaded bytes do not match sha256 {image.sha256}")
+            _write_file(targets[image.index], data)
+            return targets[image.index]
+
+        present = pool.map(lambda image: _holds(targets[image.index], image.sha256), images)
+        missing = [image for image, there in zip(images, present, strict=True) if not there]
+        needed: dict[str, Image] = {}  # each shard by the first of its missing images (whose link fetches it)
+        for image in missing:
+            if _in_shard(image) and image.key not in shards:
+                needed.setdefault(str(image.key), image)
+        for key, shard in zip(needed, pool.map(fetch_shard, needed.values()), strict=True):
+            if shard is not None:
+                shards[key] = shard
+        expired = [image for image in missing if _in_shard(image) and image.key not in shards]
+        runnable = [image for image in missing if not (_in_shard(image) and image.key not in shards)]
+        for image, path in zip(runnable, pool.map(save, runnable), strict=True):
+            if path is None:
+                expired.append(image)
+        late = {image.index for image in expired}
+        return {index: target for index, target in targets.items() if index not in late}, expired
 
     def get_shard_index(self, job: Job | str) -> dict[str, Any]:
         """A finished tar job's shard index: each shard with its key, a presigned `url`, index range and size."""
-        body: dict[str, Any] = self._request("GET", f"/v1/jobs/{_job_id(job)}/shards").json()
-        return body
+        return self._call("GET", f"/v1/jobs/{_job_id(job)}/shards")
 
     def get_manifest(self, job: Job | str, *, format: str = "jsonl") -> bytes:
-        """The finished job's manifest, as JSONL (default) or Parquet bytes."""
+        """The finished job's manifest, as JSONL (default) or Parquet bytes, whole in memory (at most
+        `max_manifest_bytes`; `download_manifest` streams it to a file instead)."""
         path = f"/v1/jobs/{_job_id(job)}/manifest"
         return self._request("GET", path, params={"format": format}, limit=self.max_manifest_bytes).content
 
+    def iter_manifest_rows(self, job: Job | str) -> Iterator[dict[str, Any]]:
+        """The finished job's manifest rows (index, sku, category, key, sha256, seed, model version, status,
+        error, review) one at a time, parsed from the JSONL answer as it streams in: memory holds one line (at
+        most `MAX_MANIFEST_LINE_BYTES`) however many rows there are; the answer is capped at
+        `max_manifest_bytes`. Stopping early closes the connection."""
+        path = f"/v1/jobs/{_job_id(job)}/manifest"
+        what = f"GET {self.base_url}{path}"
+        response = self._request("GET", path, params={"format": "jsonl"}, stream=True)
+        with contextlib.closing(response):
+            lines = _iter_lines(response, self.max_manifest_bytes, MAX_MANIFEST_LINE_BYTES, what)
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not text
+                    row = None
+                if not isinstance(row, dict):
+                    raise NotCataloganApiError(
+                        f"{what}: line {number} is not a JSON object, as the catalogan API's manifest rows "
+                        f"are: is {API_URL_ENV} (or base_url) the API's own address?"
+                    )
+                yield row
+
     def manifest_rows(self, job: Job | str) -> list[dict[str, Any]]:
-        """The finished job's manifest rows (index, sku, category, key, sha256, seed, model version, status, error)."""
-        text = self.get_manifest(job).decode()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        """The finished job's manifest rows (index, sku, category, key, sha256, seed, model version, status,
+        error, review), all in one list (`iter_manifest_rows` reads a large job's a row at a time)."""
+        return list(self.iter_manifest_rows(job))
+
+    def download_manifest(self, job: Job | str, path: str | Path, *, format: str = "jsonl") -> Path:
+        """Save the finished job's manifest, JSONL (default) or Parquet, to the file `path` as it streams in
+        (at most `max_manifest_bytes`, never whole in memory). It is written to a temporary name beside `path`
+        and renamed, so `path` is the complete manifest or, after an error, as it was. Returns `path`."""
+        if format not in MANIFEST_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(MANIFEST_FORMATS)}, got {format!r}")
+        target = Path(path)
+        api_path = f"/v1/jobs/{_job_id(job)}/manifest"
+        what = f"GET {self.base_url}{api_path}"
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+        response = self._request("GET", api_path, params={"format": format}, stream=True)
+        try:
+            with contextlib.closing(response), partial.open("wb") as handle:
+                try:
+                    for piece in _iter_capped(response, self.max_manifest_bytes, what):
+                        handle.write(piece)
+                except httpx.HTTPError as exc:
+                    raise TransportError(f"{what}: {exc}") from exc
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
 
     # -- models and previews -----------------------------------------------------------------------------
 
     def list_models(self) -> list[Model]:
         """Every registered model version."""
-        body = self._request("GET", "/v1/models").json()
+        body = self._call("GET", "/v1/models")
         return [
             Model(m["name"], m["version"], m["status"], m.get("categories", []), m.get("metrics", {}))
             for m in body["data"]
@@ -886,7 +1231,7 @@ class Client:
             spec["model"] = model
         if seed is not None:
             spec["seed"] = seed
-        body = self._request("POST", "/v1/previews", json=spec).json()
+        body = self._call("POST", "/v1/previews", json=spec)
         return [
             PreviewImage(i["index"], i["category"], i["sha256"], base64.b64decode(i["png_base64"]))
             for i in body["images"]
@@ -936,17 +1281,65 @@ def _check_inside(root: Path, image: Image) -> Path:
     return target
 
 
+def _deliverable(root: Path, images: Sequence[Image]) -> list[Image]:
+    """The succeeded images with a link and a key, each checked to land inside `root` (`ClientError` for the
+    first that would not: nothing of the page is fetched then)."""
+    wanted = [image for image in images if image.status == "succeeded" and image.url and image.key]
+    for image in wanted:
+        _check_inside(root, image)
+    return wanted
+
+
+def _in_shard(image: Image) -> bool:
+    """True for an image of a tar job: its key is the WebDataset shard that holds it."""
+    return bool(image.key and image.key.endswith(SHARD_SUFFIX))
+
+
+def _holds(target: Path, sha256: str | None) -> bool:
+    """True when `target` is a file with this sha256 (a download that needs no doing)."""
+    return sha256 is not None and target.is_file() and _file_sha256(target) == sha256
+
+
+def _write_file(target: Path, data: bytes) -> None:
+    """Write `target` under a temporary name and rename it: it is complete or absent, never half written."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        partial.write_bytes(data)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+class _Shard:
+    """A WebDataset shard's bytes and where each file's data lies in them, from one pass over its headers.
+
+    `TarFile.extractfile(name)` scans every header for each name asked: 1,000 images of a shard cost a million
+    header reads, where this costs a thousand and then a dictionary lookup per image."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self._data = data
+        self._members: dict[str, tuple[int, int]] = {}  # name -> (offset of its data, size)
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+                for member in archive:
+                    if member.isreg() and not member.issparse():
+                        self._members[member.name] = (member.offset_data, member.size)
+        except tarfile.TarError as exc:
+            raise ClientError(f"{what}: not a readable tar shard ({exc})") from exc
+
+    def member(self, index: int) -> bytes:
+        """The PNG of image `index` (member `<index:08d>.png`); `ClientError` when the shard has none."""
+        name = f"{index:08d}.png"
+        offset, size = self._members.get(name, (0, -1))
+        if size < 0 or offset + size > len(self._data):
+            raise ClientError(f"image {index}: no member {name} in its shard")
+        return self._data[offset : offset + size]
+
+
 def shard_member(shard: bytes, index: int) -> bytes:
     """The PNG of image `index` in a WebDataset shard (member `<index:08d>.png`); `ClientError` if absent."""
-    name = f"{index:08d}.png"
-    try:
-        with tarfile.open(fileobj=io.BytesIO(shard), mode="r:") as archive:
-            member = archive.extractfile(name)
-            if member is None:
-                raise KeyError(name)
-            return member.read()
-    except (KeyError, tarfile.TarError) as exc:
-        raise ClientError(f"image {index}: no member {name} in its shard ({exc})") from exc
+    return _Shard(shard, f"image {index}'s shard").member(index)
 
 
 def _file_sha256(path: Path) -> str:
@@ -957,32 +1350,37 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _ShardCache:
-    """One shard's bytes, fetched by the first thread that needs them; the others wait for that fetch."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._data: bytes | None = None
-
-    def get(self, fetch: Callable[[], bytes]) -> bytes:
-        with self._lock:
-            if self._data is None:
-                self._data = fetch()
-            return self._data
-
-
 def verify_webhook(
     headers: Mapping[str, str],
-    body: bytes,
+    body: bytes | str,
     secret: str,
     *,
     tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
 ) -> dict[str, Any]:
     """Check a webhook's Standard Webhooks signature and freshness; return its parsed JSON payload.
 
-    Raises `WebhookVerificationError` for a missing header, a signature that does not match `body`
-    (e.g. a tampered body) or a timestamp older or newer than `tolerance_seconds`.
+    `body` is the raw body as received: bytes (in Starlette or FastAPI, `body = await request.body()`), or text,
+    checked as its UTF-8 bytes. Raises `WebhookVerificationError` for a body of another type (such as the
+    method `request.body` itself), a missing header, a signature that does not match `body` (e.g. a tampered
+    body), a timestamp older or newer than `tolerance_seconds`, or a signed body that is not a JSON object.
     """
-    verify(headers, body, secret, tolerance_seconds=tolerance_seconds)
-    payload: dict[str, Any] = json.loads(body)
+    if isinstance(body, str):
+        try:
+            raw = body.encode()
+        except UnicodeEncodeError as exc:
+            raise WebhookVerificationError("webhook body: text that is not valid Unicode") from exc
+    elif isinstance(body, bytes | bytearray | memoryview):
+        raw = bytes(body)
+    else:
+        raise WebhookVerificationError(
+            f"webhook body: the raw body as bytes or str, not {type(body).__name__} (in Starlette or "
+            "FastAPI: `body = await request.body()`)"
+        )
+    verify(headers, raw, secret, tolerance_seconds=tolerance_seconds)
+    try:
+        payload = json.loads(raw)
+    except ValueError as exc:
+        raise WebhookVerificationError("webhook body: signed, but not JSON") from exc
+    if not isinstance(payload, dict):
+        raise WebhookVerificationError("webhook body: signed, but not a JSON object")
     return payload

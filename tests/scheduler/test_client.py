@@ -104,6 +104,7 @@ def test_the_public_surface_is_declared() -> None:
         "Job",
         "JobPage",
         "Model",
+        "NotCataloganApiError",
         "PreviewImage",
         "spreadsheet_safe",
         "verify_webhook",
