@@ -7,14 +7,46 @@ import re
 import socket
 
 import click
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from db.cli_support import one_line_errors
 from db.errors import ConfigError
 from db.pipeline_settings import ChunkSizeSettings
+from db.settings import BaseSettings
 from scheduler.settings import ApiSettings
 
 # uvicorn.config.LOG_LEVELS' names, listed here so the root command stays light (a test tries each of them).
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+# Connections and requests one uvicorn process serves at once; more are answered 503 at once. Well under the usual
+# 1,024 open files per process, which also hold the database, Redis and S3 connections and temporary files.
+DEFAULT_LIMIT_CONCURRENCY = 512
+
+
+class ServeSettings(BaseSettings):
+    """How `catalogan serve` runs uvicorn: its bound on concurrent work and its timeouts (`CATALOGAN_API_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CATALOGAN_", extra="ignore", frozen=True)
+
+    api_limit_concurrency: int = Field(
+        default=DEFAULT_LIMIT_CONCURRENCY,
+        ge=1,
+        le=100_000,
+        description="Connections (idle keep-alive ones included) and requests at once per uvicorn process; "
+        "beyond it uvicorn answers 503 at once instead of queueing work it cannot start.",
+    )
+    api_timeout_keep_alive_seconds: int = Field(
+        default=5, ge=1, le=300, description="An idle keep-alive connection is closed after this long."
+    )
+    api_timeout_graceful_shutdown_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="On SIGTERM, requests still running after this long are cancelled (a slow download's "
+        "client cannot hold a stopping process forever).",
+    )
 
 
 # A host name: dot-separated labels of letters, digits, hyphens (and underscores, which container networks use).
@@ -67,6 +99,15 @@ def host_option(_ctx: click.Context, param: click.Parameter, value: str | None) 
     help="uvicorn worker processes, at least 1 (default CATALOGAN_API_WORKERS, 1).",
 )
 @click.option(
+    "--limit-concurrency",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Connections and requests one uvicorn process serves at once (idle keep-alive connections count); "
+    f"beyond it, 503 at once (default CATALOGAN_API_LIMIT_CONCURRENCY, {DEFAULT_LIMIT_CONCURRENCY}). Idle "
+    "connections close after CATALOGAN_API_TIMEOUT_KEEP_ALIVE_SECONDS (5); on SIGTERM, requests still running "
+    "after CATALOGAN_API_TIMEOUT_GRACEFUL_SHUTDOWN_SECONDS (30) are cancelled.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="info",
@@ -74,7 +115,9 @@ def host_option(_ctx: click.Context, param: click.Parameter, value: str | None) 
     help="uvicorn log level.",
 )
 @one_line_errors
-def serve(host: str | None, port: int | None, workers: int | None, log_level: str) -> None:
+def serve(
+    host: str | None, port: int | None, workers: int | None, limit_concurrency: int | None, log_level: str
+) -> None:
     """Serve the HTTP API and the web console at /console/ (FastAPI under uvicorn); settings come from
     CATALOGAN_* variables.
 
@@ -83,11 +126,13 @@ def serve(host: str | None, port: int | None, workers: int | None, log_level: st
     \b
         CATALOGAN_DATABASE_URL=postgresql://postgres@localhost/catalogan \\
         CATALOGAN_BROKER_URL=redis://localhost:6379/0 catalogan serve --host 0.0.0.0 --port 8000
+        catalogan serve --limit-concurrency 256   # a smaller box: 503 beyond 256 at once
     """
     import uvicorn
 
     settings = ApiSettings()  # validated here so a bad setting is one line, not a worker traceback
     ChunkSizeSettings()  # the per-queue chunk sizes planning reads, checked at start too
+    limits = ServeSettings()
     if host is None and (problem := bind_host_problem(settings.api_host)) is not None:
         raise ConfigError(f"CATALOGAN_API_HOST: {problem}")
     uvicorn.run(
@@ -98,4 +143,7 @@ def serve(host: str | None, port: int | None, workers: int | None, log_level: st
         workers=workers or settings.api_workers,
         log_level=log_level,
         proxy_headers=True,
+        limit_concurrency=limit_concurrency or limits.api_limit_concurrency,
+        timeout_keep_alive=limits.api_timeout_keep_alive_seconds,
+        timeout_graceful_shutdown=limits.api_timeout_graceful_shutdown_seconds,
     )

@@ -38,7 +38,7 @@ from db.engine import transaction
 from db.errors import AuthenticationError, LimitExceededError
 from scheduler.api.deps import Services
 from scheduler.console.settings import ConsoleSettings
-from scheduler.console.shard_reads import ShardReads
+from scheduler.console.shard_reads import StoreReads, new_image_reads, new_shard_reads
 
 SESSION_COOKIE = "catalogan_console"
 SIGN_IN_COOKIE = "catalogan_console_sign_in"
@@ -64,7 +64,8 @@ class Console:
     services: Services
     settings: ConsoleSettings
     templates: Jinja2Templates
-    shard_reads: ShardReads = field(default_factory=ShardReads)  # tar jobs' images: their own threads
+    shard_reads: StoreReads = field(default_factory=new_shard_reads)  # tar jobs' images: their own threads
+    image_reads: StoreReads = field(default_factory=new_image_reads)  # other images: lookup + GET, one call
 
 
 def get_console(request: Request) -> Console:

@@ -14,7 +14,7 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlencode
@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
@@ -44,7 +44,7 @@ from db.reviews import (
 from db.status import JOB_TERMINAL, ImageStatus, JobStatus
 from db.tables import Image, ImageReview, Job, JobItem, ModelVersion
 from scheduler.api.cursors import decode_cursor, encode_cursor
-from scheduler.api.routes.images import open_reviewed_manifest, tenant_owns_key
+from scheduler.api.routes.images import manifest_answer, open_reviewed_manifest, tenant_owns_key
 from scheduler.client import spreadsheet_safe
 from scheduler.console.auth import Console, ConsoleDep, CsrfUserDep, UserDep, ViewerDep
 from scheduler.console.pages import ConsoleNotFoundError, render
@@ -598,12 +598,13 @@ class ChunkStream(io.RawIOBase):
 
 
 async def read_stored(console: Console, user: SignedIn, image: Image, read: Callable[[], T]) -> T:
-    """`read()` (which reads `image`'s stored bytes) off the event loop: a tar job's member on the shard
-    threads (`ShardReads`: bounded per process and per tenant, since it may stream a shard of hundreds of
-    MiB), any other image, one GET of a small object, on the shared pool."""
+    """`read()` (which reads `image`'s stored bytes) off the event loop, never on the shared pool: a tar job's
+    member on the shard threads (`Console.shard_reads`, since it may stream a shard of hundreds of MiB), any
+    other image, one GET of a small object, on the image threads (`Console.image_reads`). Both are bounded per
+    process and per tenant; a tenant over its bound is a 429 with `Retry-After`."""
     if (image.key or "").endswith(".tar"):
         return await console.shard_reads.run(user.tenant.id, read)
-    return await run_in_threadpool(read)
+    return await console.image_reads.run(user.tenant.id, read)
 
 
 def _check_stored_bytes(console: Console, user: SignedIn, image: Image) -> StoredBytesCheck:
@@ -625,22 +626,29 @@ def _check_stored_bytes(console: Console, user: SignedIn, image: Image) -> Store
 
 @router.get("/jobs/{job_id}/images/{index}/file")
 async def image_file(job_id: str, index: IndexParam, console: ConsoleDep, user: ViewerDep) -> Response:
-    """The image's stored bytes (only keys under the tenant's prefix; a tar job's image from its shard)."""
+    """The image's stored bytes (only keys under the tenant's prefix; a tar job's image from its shard).
 
-    def lookup() -> Image:
-        with console.services.read_sessions() as session:
-            job = _job_for(session, job_id, user)
-            return _image_for(session, job, index)
+    The row lookup and the GET run in one call on the image threads (`Console.image_reads`, bounded per
+    tenant: this route has no rate limit), so a request holds no thread of the shared pool, waiting or not; a
+    tar job's member is then read on the shard threads."""
 
-    image = await run_in_threadpool(lookup)
-
-    def read() -> tuple[bytes, str]:
+    def read(image: Image) -> tuple[bytes, str]:
         try:
             return read_image_bytes(console, user, image)
         except StoredObjectMissingError as exc:
             raise ConsoleNotFoundError(str(exc)) from exc
 
-    data, media_type = await read_stored(console, user, image, read)
+    def lookup_and_read() -> tuple[Image, tuple[bytes, str] | None]:
+        with console.services.read_sessions() as session:
+            job = _job_for(session, job_id, user)
+            image = _image_for(session, job, index)
+        # The connection is back in the pool before the store is asked.
+        return image, None if (image.key or "").endswith(".tar") else read(image)
+
+    image, found = await console.image_reads.run(user.tenant.id, lookup_and_read)
+    if found is None:
+        found = await console.shard_reads.run(user.tenant.id, lambda: read(image))
+    data, media_type = found
     # Deterministic keys: the bytes behind one (job, index) never change.
     return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=86400"})
 
@@ -734,10 +742,11 @@ async def manifest_download(
     """The finished job's manifest with its current `review` column: JSONL, Parquet or CSV.
 
     Streamed as the /v1 manifest route streams it, a piece at a time from the store: a download holds no
-    more of a million-row manifest in memory than one piece.
+    more of a million-row manifest in memory than one piece. It counts against the same bound of downloads
+    per tenant (`manifest_answer`: one more is a 429 with `Retry-After`) and reads on the same threads.
     """
 
-    def open_pieces() -> Iterator[bytes]:
+    def open_pieces() -> Generator[bytes]:
         try:
             pieces = open_reviewed_manifest(
                 console.services, user.tenant.id, job_id, "parquet" if fmt == "parquet" else "jsonl"
@@ -748,26 +757,28 @@ async def manifest_download(
             raise ConsoleNotFoundError(str(exc)) from exc
         return csv_pieces(pieces) if fmt == "csv" else pieces
 
-    pieces = await run_in_threadpool(open_pieces)
     media = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet", "csv": "text/csv"}
-    return StreamingResponse(
-        pieces,
-        media_type=media[fmt],
-        headers={"Content-Disposition": f'attachment; filename="{job_id}.{fmt}"'},
+    return await manifest_answer(
+        user.tenant.id, open_pieces, media_type=media[fmt], filename=f"{job_id}.{fmt}"
     )
 
 
-def csv_pieces(jsonl_pieces: Iterable[bytes]) -> Iterator[bytes]:
+def csv_pieces(jsonl_pieces: Iterable[bytes]) -> Generator[bytes]:
     """The manifest as CSV (`MANIFEST_CSV_COLUMNS`), a piece for each piece of whole JSONL lines; text that a
-    spreadsheet would run as a formula is made text (`spreadsheet_safe`)."""
+    spreadsheet would run as a formula is made text (`spreadsheet_safe`). Closing it closes `jsonl_pieces`
+    (when they can be closed: the store's stream)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, MANIFEST_CSV_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    yield out.getvalue().encode()
-    for piece in jsonl_pieces:
-        out.seek(0)
-        out.truncate()
-        for line in piece.splitlines():
-            if line.strip():
-                writer.writerow(spreadsheet_safe(json.loads(line)))
+    try:
+        writer.writeheader()
         yield out.getvalue().encode()
+        for piece in jsonl_pieces:
+            out.seek(0)
+            out.truncate()
+            for line in piece.splitlines():
+                if line.strip():
+                    writer.writerow(spreadsheet_safe(json.loads(line)))
+            yield out.getvalue().encode()
+    finally:
+        if isinstance(jsonl_pieces, Generator):
+            jsonl_pieces.close()
