@@ -48,7 +48,7 @@ import re
 import tarfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1187,24 +1187,34 @@ class Client:
         error, review), all in one list (`iter_manifest_rows` reads a large job's a row at a time)."""
         return list(self.iter_manifest_rows(job))
 
-    def download_manifest(self, job: Job | str, path: str | Path, *, format: str = "jsonl") -> Path:
-        """Save the finished job's manifest, JSONL (default) or Parquet, to the file `path` as it streams in
-        (at most `max_manifest_bytes`, never whole in memory). It is written to a temporary name beside `path`
-        and renamed, so `path` is the complete manifest or, after an error, as it was. Returns `path`."""
+    def iter_manifest_bytes(self, job: Job | str, *, format: str = "jsonl") -> Generator[bytes, None, None]:
+        """The finished job's manifest, JSONL (default) or Parquet, in pieces as it streams in (at most
+        `max_manifest_bytes` in all, never whole in memory); `TransportError` when the answer breaks off.
+        Stopping early closes the connection."""
         if format not in MANIFEST_FORMATS:
             raise ValueError(f"format must be one of {', '.join(MANIFEST_FORMATS)}, got {format!r}")
-        target = Path(path)
         api_path = f"/v1/jobs/{_job_id(job)}/manifest"
         what = f"GET {self.base_url}{api_path}"
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
         response = self._request("GET", api_path, params={"format": format}, stream=True)
+        with contextlib.closing(response):
+            try:
+                yield from _iter_capped(response, self.max_manifest_bytes, what)
+            except httpx.HTTPError as exc:
+                raise TransportError(f"{what}: {exc}") from exc
+
+    def download_manifest(self, job: Job | str, path: str | Path, *, format: str = "jsonl") -> Path:
+        """Save the finished job's manifest, JSONL (default) or Parquet, to the file `path` as it streams in
+        (`iter_manifest_bytes`). It is written to a temporary name beside `path` and renamed, so `path` is the
+        complete manifest or, after an error, as it was. Returns `path`."""
+        if format not in MANIFEST_FORMATS:  # before any file is made (the generator checks only when first read)
+            raise ValueError(f"format must be one of {', '.join(MANIFEST_FORMATS)}, got {format!r}")
+        pieces = self.iter_manifest_bytes(job, format=format)
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
         try:
-            with contextlib.closing(response), partial.open("wb") as handle:
-                try:
-                    for piece in _iter_capped(response, self.max_manifest_bytes, what):
-                        handle.write(piece)
-                except httpx.HTTPError as exc:
-                    raise TransportError(f"{what}: {exc}") from exc
+            with contextlib.closing(pieces), partial.open("wb") as handle:
+                for piece in pieces:
+                    handle.write(piece)
             partial.replace(target)
         finally:
             partial.unlink(missing_ok=True)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+import itertools
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -506,16 +507,45 @@ def follow(client: Client, job_id: str, interval: float) -> Job:
         return client.wait(job_id, progress=update, poll_seconds=interval, max_poll_seconds=interval)
 
 
-def manifest_csv(rows: list[dict[str, Any]], *, raw: bool = False) -> str:
-    """Manifest rows as CSV text with the manifest's columns first; text a spreadsheet would run as a formula
-    (a tenant's SKU `=HYPERLINK(...)`) is made text (`spreadsheet_safe`), as in the console's CSV. `raw`
-    writes every value unchanged, for a machine loader (a SKU `-100-BLK` must stay `-100-BLK` to join on)."""
-    extra = sorted({key for row in rows for key in row} - set(MANIFEST_CSV_COLUMNS))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[*MANIFEST_CSV_COLUMNS, *extra], extrasaction="ignore")
+def write_manifest_csv(rows: Iterable[dict[str, Any]], handle: TextIO, *, raw: bool = False) -> int:
+    """Write manifest rows to `handle` as CSV, the manifest's columns first and then the first row's others
+    (every row of one manifest has the same keys), one row at a time; returns the number of rows. Text a
+    spreadsheet would run as a formula (a tenant's SKU `=HYPERLINK(...)`) is made text (`spreadsheet_safe`),
+    as in the console's CSV; `raw` writes every value unchanged, for a machine loader (a SKU `-100-BLK` must
+    stay `-100-BLK` to join on)."""
+    rows = iter(rows)
+    first = next(rows, None)
+    extra = sorted(set(first or ()) - set(MANIFEST_CSV_COLUMNS))
+    writer = csv.DictWriter(handle, fieldnames=[*MANIFEST_CSV_COLUMNS, *extra], extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows if raw else (spreadsheet_safe(row) for row in rows))
+    count = 0
+    for row in itertools.chain([first] if first is not None else [], rows):
+        writer.writerow(row if raw else spreadsheet_safe(row))
+        count += 1
+    return count
+
+
+def manifest_csv(rows: Iterable[dict[str, Any]], *, raw: bool = False) -> str:
+    """`write_manifest_csv` into a string."""
+    out = io.StringIO()
+    write_manifest_csv(rows, out, raw=raw)
     return out.getvalue()
+
+
+def _save_manifest_csv(client: Client, job_id: str, out: Path | None, *, raw: bool) -> None:
+    """Stream the job's manifest rows as CSV to stdout or to `out` (a temporary name beside it, renamed when
+    complete: after an error `out` is as it was); memory holds one row whatever the job's size."""
+    rows = client.iter_manifest_rows(job_id)
+    if out is None:
+        write_manifest_csv(rows, sys.stdout, raw=raw)
+        return
+    partial = out.with_name(f".{out.name}.{os.getpid()}.part")
+    try:
+        with partial.open("w", newline="", encoding="utf-8") as handle:
+            write_manifest_csv(rows, handle, raw=raw)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 @jobs.command("export")
@@ -565,15 +595,17 @@ def export(job_id: str, fmt: str, out: Path | None, images_dir: Path | None, raw
     if raw and fmt != "csv":
         raise click.UsageError(f"--raw applies to --format csv only (--format {fmt} is written unchanged)")
     with _client() as client:
+        # Streamed, never whole in memory: CSV a row at a time, JSONL and Parquet to the file as they arrive.
         if fmt == "csv":
-            data = manifest_csv(client.manifest_rows(job_id), raw=raw).encode()
+            _save_manifest_csv(client, job_id, out, raw=raw)
+        elif out is not None:
+            client.download_manifest(job_id, out, format=fmt)
         else:
-            data = client.get_manifest(job_id, format=fmt)
+            for piece in client.iter_manifest_bytes(job_id, format=fmt):
+                sys.stdout.buffer.write(piece)
+            sys.stdout.buffer.flush()
         saved = client.download(job_id, images_dir) if images_dir is not None else []
-    if out is None:
-        click.echo(data.decode(), nl=False)
-    else:
-        out.write_bytes(data)
+    if out is not None:
         click.echo(f"manifest written to {out}", err=True)
     if images_dir is not None:
         click.echo(f"{len(saved)} images written under {images_dir}", err=True)

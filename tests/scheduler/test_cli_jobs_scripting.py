@@ -4,6 +4,7 @@ writes SKUs unchanged, and the `shards` help pipeline hands curl URLs only."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -25,6 +26,7 @@ from db.storage import MemoryStore
 from db.tables import Job
 from scheduler.cli import jobs as jobs_cli
 from scheduler.cli.root import cli
+from scheduler.client import Client
 from scheduler.settings import ApiSettings, WebhookSettings
 from tests.scheduler.conftest import Credentials, LiveServer, _app
 
@@ -274,3 +276,34 @@ def test_the_shards_help_pipeline_hands_curl_only_urls(monkeypatch: pytest.Monke
     )
 
     assert fed.stdout.splitlines() == [shard["url"] for shard in ShardIndexClient.SHARDS]
+
+
+def test_export_streams_every_format_and_leaves_out_as_it_was_when_the_answer_breaks_off(
+    live_api: LiveApi, pg_factory: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a 3,000-row manifest, when exported as JSONL to stdout and to a file, and as CSV, then each holds
+    every row (JSONL the API's own bytes); and when the answer is over the client's cap mid-stream, an existing
+    --out file is left as it was (the manifest is written to a temporary name and renamed only when complete)."""
+    rows = [
+        {"index": i, "sku": f"S{i}", "category": "a", "key": f"k{i}", "sha256": "ab", "status": "succeeded"}
+        for i in range(3_000)
+    ]
+    job_id = finish_with_manifest(live_api, pg_factory, rows)
+
+    to_stdout = run(["jobs", "export", job_id], live_api.env)
+    to_file = run(["jobs", "export", job_id, "--out", str(tmp_path / "m.jsonl")], live_api.env)
+    as_csv = run(["jobs", "export", job_id, "--format", "csv", "--out", str(tmp_path / "m.csv")], live_api.env)
+
+    assert to_stdout.exit_code == to_file.exit_code == as_csv.exit_code == 0, to_stdout.output + as_csv.output
+    assert to_stdout.stdout_bytes == (tmp_path / "m.jsonl").read_bytes()
+    served = [json.loads(line) for line in to_stdout.stdout.splitlines()]
+    assert [row["index"] for row in served] == list(range(3_000)) and served[0]["review"] == "pending"
+    lines = (tmp_path / "m.csv").read_text().splitlines()
+    assert len(lines) == 3_001 and lines[0].startswith("index,sku,category,key,") and lines[-1].startswith("2999,S2999,")
+
+    (tmp_path / "m.jsonl").write_text("the earlier export\n")
+    monkeypatch.setattr(jobs_cli, "Client", functools.partial(Client, max_manifest_bytes=10_000))
+    cut = run(["jobs", "export", job_id, "--out", str(tmp_path / "m.jsonl")], live_api.env)
+    assert cut.exit_code != 0 and "over 10000 bytes" in cut.output, cut.output
+    assert (tmp_path / "m.jsonl").read_text() == "the earlier export\n"
+    assert [path.name for path in tmp_path.iterdir() if path.name.endswith(".part")] == []
