@@ -17,7 +17,9 @@
         └── ClientError                 raised by the SDK (scheduler.client)
             ├── ApiError                the API answered with a problem (`status`, `http_status`, problem body)
             ├── TransportError          the API could not be reached after the retries (a ServiceUnavailableError)
-            └── ResponseTooLargeError   an answer is larger than the SDK reads
+            ├── ResponseTooLargeError   an answer is larger than the SDK reads
+            └── NotCataloganApiError    a 2xx answer that is not the API's JSON: the URL is another server's
+                                        (also a db ConfigError: exit 6 in the CLI)
 
 HTTP statuses are mapped in one place (`scheduler/api/problems.py`), CLI exit codes in another
 (`db/cli_support.py`).
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from db.errors import CataloganError, LimitExceededError, ServiceUnavailableError
+from db.errors import CataloganError, ConfigError, LimitExceededError, ServiceUnavailableError
 
 
 class SchedulerError(CataloganError):
@@ -96,3 +98,9 @@ class TransportError(ClientError, ServiceUnavailableError):
 
 class ResponseTooLargeError(ClientError):
     """Raised when an answer is larger than the SDK reads (`max_response_bytes`, an image's `size_bytes`, ...)."""
+
+
+class NotCataloganApiError(ClientError, ConfigError):
+    """Raised when a URL answered with success but not as the catalogan API does (not a JSON object, a manifest
+    line that is not one): `CATALOGAN_API_URL` points at another server, e.g. a proxy's sign-in page (exit 6,
+    configuration, in the CLI)."""

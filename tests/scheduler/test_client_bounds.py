@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-import scheduler.client as client_module
+import scheduler.client.connection as client_connection
+import scheduler.client.jobs as client_jobs
 from scheduler.client import Client
 from scheduler.errors import ApiError, ClientError
 
@@ -173,11 +174,13 @@ class FakeClock:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """A fake clock the SDK module reads (`time.monotonic`); pass `clock.sleep` as the client's sleep."""
+    """A fake clock the SDK modules read (`time.monotonic`: the retry deadline in `connection`, `wait` in
+    `jobs`); pass `clock.sleep` as the client's sleep."""
     fake = FakeClock()
-    monkeypatch.setattr(
-        client_module, "time", SimpleNamespace(monotonic=fake.monotonic, sleep=fake.sleep, time=time.time)
-    )
+    for module in (client_connection, client_jobs):
+        monkeypatch.setattr(
+            module, "time", SimpleNamespace(monotonic=fake.monotonic, sleep=fake.sleep, time=time.time)
+        )
     return fake
 
 
