@@ -43,6 +43,11 @@ def _config() -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix="CATALOGAN_", extra="ignore", frozen=True)
 
 
+# `catalogan serve`: connections and requests one uvicorn process serves at once (more: 503 at once). Well under
+# the usual 1,024 open files per process, which also hold the database, Redis and S3 connections and temp files.
+DEFAULT_LIMIT_CONCURRENCY = 512
+
+
 class ApiSettings(BaseSettings):
     """The HTTP API (`catalogan serve`): bind address, request limits, job bounds, previews."""
 
@@ -54,6 +59,23 @@ class ApiSettings(BaseSettings):
     api_host: str = Field(default="127.0.0.1", description="Address `catalogan serve` binds to.")
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes.")
+    api_limit_concurrency: int = Field(
+        default=DEFAULT_LIMIT_CONCURRENCY,
+        ge=1,
+        le=100_000,
+        description="Connections (idle keep-alive ones included) and requests at once per uvicorn process; "
+        "beyond it uvicorn answers 503 at once instead of queueing work it cannot start.",
+    )
+    api_timeout_keep_alive_seconds: int = Field(
+        default=5, ge=1, le=300, description="An idle keep-alive connection is closed after this long."
+    )
+    api_timeout_graceful_shutdown_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="On SIGTERM, requests still running after this long are cancelled (a slow download's "
+        "client cannot hold a stopping process forever).",
+    )
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024, le=MAX_REQUEST_BYTES_CEILING)
     # The operator tightens the bounds of db.job_specs (declared there once), never widens them.
     max_items_per_job: int = Field(default=MAX_ITEMS_PER_JOB, ge=1, le=MAX_ITEMS_PER_JOB)

@@ -7,46 +7,14 @@ import re
 import socket
 
 import click
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from db.cli_support import one_line_errors
 from db.errors import ConfigError
 from db.pipeline_settings import ChunkSizeSettings
-from db.settings import BaseSettings
-from scheduler.settings import ApiSettings
+from scheduler.settings import DEFAULT_LIMIT_CONCURRENCY, ApiSettings
 
 # uvicorn.config.LOG_LEVELS' names, listed here so the root command stays light (a test tries each of them).
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-
-
-# Connections and requests one uvicorn process serves at once; more are answered 503 at once. Well under the usual
-# 1,024 open files per process, which also hold the database, Redis and S3 connections and temporary files.
-DEFAULT_LIMIT_CONCURRENCY = 512
-
-
-class ServeSettings(BaseSettings):
-    """How `catalogan serve` runs uvicorn: its bound on concurrent work and its timeouts (`CATALOGAN_API_*`)."""
-
-    model_config = SettingsConfigDict(env_prefix="CATALOGAN_", extra="ignore", frozen=True)
-
-    api_limit_concurrency: int = Field(
-        default=DEFAULT_LIMIT_CONCURRENCY,
-        ge=1,
-        le=100_000,
-        description="Connections (idle keep-alive ones included) and requests at once per uvicorn process; "
-        "beyond it uvicorn answers 503 at once instead of queueing work it cannot start.",
-    )
-    api_timeout_keep_alive_seconds: int = Field(
-        default=5, ge=1, le=300, description="An idle keep-alive connection is closed after this long."
-    )
-    api_timeout_graceful_shutdown_seconds: int = Field(
-        default=30,
-        ge=1,
-        le=3600,
-        description="On SIGTERM, requests still running after this long are cancelled (a slow download's "
-        "client cannot hold a stopping process forever).",
-    )
 
 
 # A host name: dot-separated labels of letters, digits, hyphens (and underscores, which container networks use).
@@ -132,7 +100,6 @@ def serve(
 
     settings = ApiSettings()  # validated here so a bad setting is one line, not a worker traceback
     ChunkSizeSettings()  # the per-queue chunk sizes planning reads, checked at start too
-    limits = ServeSettings()
     if host is None and (problem := bind_host_problem(settings.api_host)) is not None:
         raise ConfigError(f"CATALOGAN_API_HOST: {problem}")
     uvicorn.run(
@@ -143,7 +110,7 @@ def serve(
         workers=workers or settings.api_workers,
         log_level=log_level,
         proxy_headers=True,
-        limit_concurrency=limit_concurrency or limits.api_limit_concurrency,
-        timeout_keep_alive=limits.api_timeout_keep_alive_seconds,
-        timeout_graceful_shutdown=limits.api_timeout_graceful_shutdown_seconds,
+        limit_concurrency=limit_concurrency or settings.api_limit_concurrency,
+        timeout_keep_alive=settings.api_timeout_keep_alive_seconds,
+        timeout_graceful_shutdown=settings.api_timeout_graceful_shutdown_seconds,
     )
