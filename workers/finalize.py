@@ -10,7 +10,8 @@ begins IMMEDIATE) and no pooled connection is held while the object store writes
 
 1. read: the job, "no unfinished chunk", the chunks' claim count, and the manifests built from the image rows,
    each page of rows read in its own short transaction (`build_manifests`);
-2. write the manifests (and a tar job's shard index) to the store, with no connection;
+2. write the manifests (and a tar job's shard index) to the store, with no connection, from temporary files
+   (`spool`: in memory when small, on disk when large, so no job's size sets the worker's memory);
 3. finish, in one transaction with the job row locked: unless a chunk was reopened (a retry: its own finalize
    comes later) or claimed again since step 1 (a rerun changed the rows: the manifests written in step 2 may
    be stale, even written over fresher ones, so all three steps run again), set the status and the manifest
@@ -25,13 +26,13 @@ the dead one left, and deletes the dead one's row with its own.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,6 +56,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MANIFEST_BATCH_ROWS = 50_000
+# A job's manifests up to this size are built in memory; larger ones in temporary files (a million images
+# make about 300 MB of JSONL), from which the store uploads them a part at a time.
+MANIFEST_SPOOL_BYTES = 8 << 20
 # Times finalize reads, writes and checks again when the job's chunks were claimed again meanwhile: each new
 # pass needs another rerun to have finished in between, so a few are plenty.
 MAX_FINALIZE_PASSES = 10
@@ -126,13 +130,14 @@ def _between_reads(session: Session, rows: Iterator[T]) -> Iterator[T]:
 
 
 def build_manifests(
-    session: Session, job: Job, *, release_between_reads: bool = False
-) -> tuple[bytes, bytes]:
-    """The job's `manifest.jsonl` and `manifest.parquet` bytes, from its image rows.
+    session: Session, job: Job, jsonl: BinaryIO, parquet: BinaryIO, *, release_between_reads: bool = False
+) -> None:
+    """Write the job's `manifest.jsonl` and `manifest.parquet` into `jsonl` and `parquet`, from its image rows.
 
-    Rows stream from SQL in batches: the JSONL is built as bytes and the Parquet file one row group per batch,
-    so a million-image job never holds a million Python dicts. With `release_between_reads`, the session's
-    transaction is ended after each page of rows (it must hold no changes of its own).
+    Rows stream from SQL in batches: the JSONL is written a batch at a time and the Parquet file one row group
+    per batch, so a million-image job never holds a million Python dicts, nor (written to `spool()` files)
+    its manifests in memory. With `release_between_reads`, the session's transaction is ended after each page
+    of rows (it must hold no changes of its own).
     """
     model_version = session.get(ModelVersion, job.model_version_id)
     assert model_version is not None
@@ -140,32 +145,43 @@ def build_manifests(
     rows = manifest_rows(session, job, model_ref)
     if release_between_reads:
         rows = _between_reads(session, rows)
-    jsonl = io.BytesIO()
-    parquet = io.BytesIO()
     batch: list[dict[str, Any]] = []
     with pq.ParquetWriter(parquet, MANIFEST_COLUMNS, compression="zstd") as writer:
         for row in rows:
-            jsonl.write(json.dumps(row, sort_keys=True, separators=(",", ":")).encode() + b"\n")
             batch.append(row)
             if len(batch) >= MANIFEST_BATCH_ROWS:
-                writer.write_table(pa.Table.from_pylist(batch, schema=MANIFEST_COLUMNS))
+                _write_batch(batch, jsonl, writer)
                 batch = []
-        writer.write_table(pa.Table.from_pylist(batch, schema=MANIFEST_COLUMNS))
-    return jsonl.getvalue(), parquet.getvalue()
+        _write_batch(batch, jsonl, writer)
 
 
-def put_manifests(store: ObjectStore, tenant_id: str, job_id: str, jsonl: bytes, parquet: bytes) -> str:
-    """Write `manifest.jsonl` and `manifest.parquet` next to the job's images; returns the JSONL key."""
+def _write_batch(batch: list[dict[str, Any]], jsonl: BinaryIO, writer: pq.ParquetWriter) -> None:
+    jsonl.write(
+        b"".join(json.dumps(row, sort_keys=True, separators=(",", ":")).encode() + b"\n" for row in batch)
+    )
+    writer.write_table(pa.Table.from_pylist(batch, schema=MANIFEST_COLUMNS))
+
+
+def spool() -> BinaryIO:
+    """A temporary file for a manifest: in memory up to `MANIFEST_SPOOL_BYTES`, on disk beyond."""
+    return cast(BinaryIO, tempfile.SpooledTemporaryFile(max_size=MANIFEST_SPOOL_BYTES))
+
+
+def put_manifests(store: ObjectStore, tenant_id: str, job_id: str, jsonl: BinaryIO, parquet: BinaryIO) -> str:
+    """Write `manifest.jsonl` and `manifest.parquet` (files, read from their start: `ObjectStore.put_file`)
+    next to the job's images; returns the JSONL key."""
     jsonl_key, parquet_key = manifest_keys(tenant_id, job_id)
-    store.put(jsonl_key, jsonl, content_type="application/x-ndjson")
-    store.put(parquet_key, parquet, content_type="application/vnd.apache.parquet")
+    store.put_file(jsonl_key, jsonl, content_type="application/x-ndjson")
+    store.put_file(parquet_key, parquet, content_type="application/vnd.apache.parquet")
     return jsonl_key
 
 
 def write_manifests(session: Session, store: ObjectStore, job: Job) -> str:
     """Build the job's manifests from `session` and write them; returns the JSONL key (outside finalize:
     finalize itself writes with no session open)."""
-    return put_manifests(store, job.tenant_id, job.id, *build_manifests(session, job))
+    with spool() as jsonl, spool() as parquet:
+        build_manifests(session, job, jsonl, parquet)
+        return put_manifests(store, job.tenant_id, job.id, jsonl, parquet)
 
 
 def final_status(job: Job) -> JobStatus:
@@ -206,9 +222,13 @@ class _Manifests:
 
     tenant_id: str
     claims: tuple[int, int]
-    jsonl: bytes
-    parquet: bytes
+    jsonl: BinaryIO  # `spool()` files, closed by `close`
+    parquet: BinaryIO
     shards: list[ShardRow] | None  # a tar job's shard index rows
+
+    def close(self) -> None:
+        self.jsonl.close()
+        self.parquet.close()
 
 
 class _ClaimedAgain(Exception):
@@ -263,8 +283,13 @@ def _read_manifests(
             return None
         claims = _claims(session, job_id)
         shards = shard_index_rows(session, job) if job.output_format == SHARD_FORMAT else None
-        jsonl, parquet = build_manifests(session, job, release_between_reads=True)
-        return _Manifests(job.tenant_id, claims, jsonl, parquet, shards)
+        manifests = _Manifests(job.tenant_id, claims, spool(), spool(), shards)
+        try:
+            build_manifests(session, job, manifests.jsonl, manifests.parquet, release_between_reads=True)
+        except BaseException:
+            manifests.close()
+            raise
+        return manifests
 
 
 def _write_manifests(store: ObjectStore, job_id: str, manifests: _Manifests) -> list[str]:
@@ -349,7 +374,10 @@ def finalize_job(
             return manifests
         if write_id is None:
             write_id = _record_write(session_factory, job_id)  # before the first write, after the read
-        keys = _write_manifests(store, job_id, manifests)
+        try:
+            keys = _write_manifests(store, job_id, manifests)
+        finally:
+            manifests.close()
         try:
             outcome = _finish(session_factory, job_id, manifests, keys[0], [write_id, *superseding])
         except _ClaimedAgain:

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from db.storage.keys import validate_key
 
@@ -32,6 +33,9 @@ class PresignedUrl:
     expires_at: dt.datetime
 
 
+PUT_FILE_PIECE_BYTES = 16 << 20  # what `put_file` holds at once (S3: one part of a multipart upload)
+
+
 class ObjectStore(abc.ABC):
     """A flat key → bytes store rooted at a prefix (an S3 bucket/prefix, a folder, a dict)."""
 
@@ -40,6 +44,16 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         """Store `data` under `key`, replacing any object there; readers never see a partial object."""
+
+    def put_file(self, key: str, file: BinaryIO, *, content_type: str = "application/octet-stream") -> None:
+        """Store the bytes of `file` (a seekable binary file, read from its start) under `key`, replacing any
+        object there; readers never see a partial object.
+
+        For objects too large to hold (a million-image job's manifests): the S3 and local stores read
+        `PUT_FILE_PIECE_BYTES` at a time (S3: a multipart upload above `S3_SINGLE_PUT_MAX_BYTES`). This
+        default reads the whole file (the in-memory store holds it anyway)."""
+        file.seek(0)
+        self.put(key, file.read(), content_type=content_type)
 
     @abc.abstractmethod
     def get(self, key: str) -> bytes:

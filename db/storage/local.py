@@ -8,13 +8,15 @@ one — also when two processes write the same key (re-run chunks write identica
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from db.errors import ObjectNotFoundError, StorageError
-from db.storage.base import ObjectInfo, ObjectStore, PresignedUrl
+from db.storage.base import PUT_FILE_PIECE_BYTES, ObjectInfo, ObjectStore, PresignedUrl
 from db.storage.keys import validate_key, validate_prefix
 from db.storage.presign import check_expiry
 
@@ -46,6 +48,15 @@ class LocalStore(ObjectStore):
 
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         """Write `data` atomically (temp file + fsync + rename) under `key`."""
+        self._write(key, lambda handle: handle.write(data))
+
+    def put_file(self, key: str, file: BinaryIO, *, content_type: str = "application/octet-stream") -> None:
+        """Copy `file` (from its start) atomically under `key`, `PUT_FILE_PIECE_BYTES` at a time."""
+        file.seek(0)
+        self._write(key, lambda handle: shutil.copyfileobj(file, handle, PUT_FILE_PIECE_BYTES))
+
+    def _write(self, key: str, write: Callable[[BinaryIO], object]) -> None:
+        """Run `write` on a temp file next to `key`'s path, fsync it and rename it into place."""
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +68,7 @@ class LocalStore(ObjectStore):
         try:
             os.fchmod(fd, OBJECT_FILE_MODE)  # mkstemp creates 0600; objects are as readable as other files
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                write(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp_name, path)

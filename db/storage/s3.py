@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from contextlib import contextmanager, suppress
+from typing import Any, BinaryIO
 
 import boto3
 import botocore.loaders
@@ -35,7 +35,7 @@ from botocore.exceptions import (
 )
 
 from db.errors import ObjectNotFoundError, StorageError, TransientStorageError
-from db.storage.base import ObjectInfo, ObjectStore, PresignedUrl, threaded_gets
+from db.storage.base import PUT_FILE_PIECE_BYTES, ObjectInfo, ObjectStore, PresignedUrl, threaded_gets
 from db.storage.keys import validate_key, validate_prefix
 from db.storage.presign import check_expiry, presign_client
 from db.storage.s3_put import ObstoreFastPath, put_client_choice
@@ -47,6 +47,7 @@ S3_CONNECT_TIMEOUT_SECONDS = 5
 S3_READ_TIMEOUT_SECONDS = 60
 S3_MAX_POOL_CONNECTIONS = 32  # workers upload from a thread pool; boto3's default of 10 would queue them
 S3_DELETE_MAX_KEYS = 1000  # keys one DeleteObjects request may name (S3's own limit)
+S3_MAX_PARTS = 10_000  # parts one multipart upload may have (S3's own limit)
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _TRANSIENT_CODES = frozenset(
@@ -171,6 +172,8 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 class S3Store(ObjectStore):
     """Objects in one S3 bucket under an optional key prefix."""
 
+    piece_bytes = PUT_FILE_PIECE_BYTES  # `put_file`: one PUT up to this size, else parts of this size
+
     def __init__(self, url: str, *, client: Any | None = None) -> None:
         self.bucket, self.prefix = parse_s3_url(url)
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
@@ -200,6 +203,41 @@ class S3Store(ObjectStore):
             return
         with _boundary(f"put {self.uri(key)}"):
             self.client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentType=content_type)
+
+    def put_file(self, key: str, file: BinaryIO, *, content_type: str = "application/octet-stream") -> None:
+        """Upload `file` (from its start): in one PUT when it is at most `piece_bytes`, else as a multipart
+        upload of `piece_bytes` parts (more when 10,000 of them would not hold it), read one part at a time.
+        S3 makes the object visible when the upload completes; a failed upload is aborted (its parts go)."""
+        size = file.seek(0, os.SEEK_END)
+        file.seek(0)
+        if size <= self.piece_bytes:
+            self.put(key, file.read(), content_type=content_type)
+            return
+        full = self._full(key)
+        what = f"put {self.uri(key)}"
+        part_bytes = max(self.piece_bytes, -(-size // S3_MAX_PARTS))
+        with _boundary(what):
+            upload = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=full, ContentType=content_type
+            )
+        upload_id = upload["UploadId"]
+        try:
+            parts: list[dict[str, Any]] = []
+            while piece := file.read(part_bytes):
+                number = len(parts) + 1
+                with _boundary(f"{what} (part {number})"):
+                    answer = self.client.upload_part(
+                        Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=piece
+                    )
+                parts.append({"ETag": answer["ETag"], "PartNumber": number})
+            with _boundary(what):
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+        except BaseException:
+            with suppress(BotoCoreError, ClientError):  # the upload's own error is the one to raise
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            raise
 
     def get(self, key: str) -> bytes:
         """Download the object; raise `ObjectNotFoundError` when there is none."""

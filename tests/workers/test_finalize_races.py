@@ -52,10 +52,17 @@ class HookedStore:
         self.hook: Callable[[], object] | None = hook
 
     def put(self, key: str, data: bytes, **options: Any) -> Any:
+        self._before(key)
+        return self.store.put(key, data, **options)
+
+    def put_file(self, key: str, file: Any, **options: Any) -> Any:
+        self._before(key)
+        return self.store.put_file(key, file, **options)
+
+    def _before(self, key: str) -> None:
         if self.hook is not None and key.endswith("/manifest.jsonl"):
             hook, self.hook = self.hook, None
             hook()
-        return self.store.put(key, data, **options)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
