@@ -19,6 +19,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -67,10 +68,16 @@ class ExportResult:
     manifests: list[Path] = field(default_factory=list)
 
 
-def _write(path: Path, data: bytes) -> None:
+def _write(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write `data` (bytes, or pieces of them: a manifest streamed from the store) to `path` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
+    try:
+        with temporary.open("wb") as handle:
+            handle.writelines([data] if isinstance(data, bytes) else data)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     temporary.replace(path)
 
 
@@ -319,7 +326,7 @@ class JobExport:
             if self.store.exists(key):
                 path = self._path(key)
                 self._record([path])
-                _write(path, self.store.get(key))
+                _write(path, self.store.iter_chunks(key))  # a piece at a time: a manifest can be large
                 self.result.manifests.append(path)
         for category, images in sorted(self._sheet_images(session).items()):
             path = self.folder / "contact-sheets" / f"{category}.png"

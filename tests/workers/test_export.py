@@ -15,9 +15,9 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
-from db.images import image_key
+from db.images import image_key, manifest_keys
 from db.status import ChunkStatus, ImageStatus
-from db.storage import MemoryStore, ObjectStore
+from db.storage import LocalStore, MemoryStore, ObjectStore
 from db.tables import Chunk, Image, Job
 from tests.db.factories import JobRows, insert_job
 from workers.errors import ExportFolderError
@@ -250,3 +250,31 @@ def test_the_export_holds_no_lock_while_it_reads_the_store(
         export = JobExport(store, session.get_one(Job, rows.job_id), tmp_path / "out")
         assert export.export_finished(session) == 4
     assert store.writes == ["ok"]
+
+
+def test_the_export_copies_the_manifests_a_piece_at_a_time(
+    session_factory: sessionmaker[Session], local_store: LocalStore, tmp_path: Path
+) -> None:
+    """Given a finished job whose stored manifest spans several pieces, the export streams it into the
+    folder (a million-image job's JSONL is about 300 MB): the whole object is never read at once."""
+
+    class PiecesOnly(LocalStore):
+        def get(self, key: str) -> bytes:
+            assert not key.endswith(("manifest.jsonl", "manifest.parquet")), "a manifest was read whole"
+            return super().get(key)
+
+    store = PiecesOnly(local_store.root)
+    rows = insert_job(session_factory, chunks=1, chunk_size=4)
+    _finish_chunk(session_factory, store, rows, 0)
+    jsonl_key, parquet_key = manifest_keys(rows.tenant_id, rows.job_id)
+    manifest = b"".join(b'{"index":%d}\n' % index for index in range(300_000))  # about 4 MiB: 4 pieces
+    store.put(jsonl_key, manifest)
+    store.put(parquet_key, b"PAR1 parquet bytes")
+    folder = tmp_path / "out"
+    with session_factory() as session:
+        result = JobExport(store, session.get_one(Job, rows.job_id), folder).finish(session)
+
+    assert (folder / "manifest.jsonl").read_bytes() == manifest
+    assert (folder / "manifest.parquet").read_bytes() == b"PAR1 parquet bytes"
+    assert sorted(path.name for path in result.manifests) == ["manifest.jsonl", "manifest.parquet"]
+    assert not list(folder.glob("*.tmp"))
