@@ -162,6 +162,19 @@ class ApiSettings(BaseSettings):
         default=15.0, ge=0, le=3600, description="How long /metrics reuses one SQL aggregate."
     )
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=3600)
+    auth_threads: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Threads of the API-key and console-session checks' own pool; never the shared pool.",
+    )
+    auth_failures_per_window: int = Field(
+        default=60,
+        ge=1,
+        le=1_000_000,
+        description="Failed API-key or console-session checks one client address may make per rate-limit "
+        "window; beyond, 429 before any lookup.",
+    )
     default_images_per_second: float = Field(
         default=50.0, gt=0, description="Throughput assumed by estimates until workers have measured one."
     )

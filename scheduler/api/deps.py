@@ -24,8 +24,10 @@ from db.messaging import Publisher, make_celery_app
 from db.settings import BrokerSettings, DataSettings
 from db.storage.base import ObjectStore
 from db.tables import Tenant
+from scheduler.api.auth_gate import AuthGate
 from scheduler.api.limits import (
     ConcurrencyLimiter,
+    LoopThreads,
     MemoryConcurrencyLimiter,
     RateLimiter,
     RedisConcurrencyLimiter,
@@ -59,15 +61,21 @@ class Services:
     read_sessions: sessionmaker[Session] = field(init=False, repr=False)
     _session_slots: RunVar[anyio.Semaphore] | None = field(default=None, init=False, repr=False)
     _session_slot_count: int = field(default=0, init=False, repr=False)
-    _preview_threads: RunVar[anyio.CapacityLimiter] | None = field(default=None, init=False, repr=False)
+    _preview_threads: LoopThreads | None = field(default=None, init=False, repr=False)
+    auth_gate: AuthGate = field(init=False, repr=False)  # key and session checks (scheduler/api/auth_gate.py)
 
     def __post_init__(self) -> None:
         self.read_sessions = read_only_session_factory(self.session_factory)
+        self.auth_gate = AuthGate(
+            threads=self.settings.auth_threads,
+            failures_per_window=self.settings.auth_failures_per_window,
+            window_seconds=self.settings.rate_limit_window_seconds,
+        )
         count = session_slot_count(self.session_factory)
         if count is not None:
             self._session_slots = RunVar(f"catalogan_session_slots_{id(self)}")
             self._session_slot_count = count
-        self._preview_threads = RunVar(f"catalogan_preview_threads_{id(self)}")
+        self._preview_threads = LoopThreads("preview", self.settings.preview_threads)
         if self.webhook_resolver is None:
             self.webhook_resolver = SubmitResolver(
                 timeout_seconds=self.webhooks.webhook_resolve_timeout_seconds
@@ -81,13 +89,9 @@ class Services:
 
     def preview_threads(self) -> anyio.CapacityLimiter:
         """This event loop's own small thread pool for previews (broker send, result polls), so that waiting
-        previews never take threads of the shared pool that authentication and every sync route need."""
+        previews never take threads of the shared pool that every sync route needs."""
         assert self._preview_threads is not None
-        limiter = self._preview_threads.get(None)
-        if limiter is None:
-            limiter = anyio.CapacityLimiter(self.settings.preview_threads)
-            self._preview_threads.set(limiter)
-        return limiter
+        return self._preview_threads.limiter()
 
     def session_slots(self) -> anyio.Semaphore | None:
         """This event loop's semaphore bounding the open request sessions (None: the pool never makes one wait)."""
@@ -193,26 +197,34 @@ StoreDep = Annotated[ObjectStore, Depends(get_store)]
 _bearer = HTTPBearer(auto_error=False, description="An API key from `catalogan keys create`.")
 
 
-def get_tenant(
+async def get_tenant(
+    request: Request,
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Tenant:
     """The tenant owning the request's API key (`Authorization: Bearer <key>`), after its rate limit.
 
     Raises `AuthenticationError` (401) for a missing, unknown or revoked key and `RateLimitedError` (429)
-    when the tenant is over its requests-per-window limit.
+    when the tenant is over its requests-per-window limit, or the client's address over its failed checks
+    (before any lookup). The lookup runs on the authentication threads (`Services.auth_gate`), never the
+    shared pool: made-up keys cannot take the threads every tenant's sync routes need.
     """
     from db.tenants import authenticate_api_key
 
     if credentials is None or not credentials.credentials:
         raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-    with services.read_sessions() as session:
-        tenant = authenticate_api_key(session, credentials.credentials)
-        session.expunge_all()
-    window = services.settings.rate_limit_window_seconds
-    limit = max(1, tenant.requests_per_minute * window // 60)
-    services.rate_limiter.hit(tenant.id, limit=limit, window_seconds=window)
-    return tenant
+    clear_key = credentials.credentials
+
+    def check() -> Tenant:
+        with services.read_sessions() as session:
+            tenant = authenticate_api_key(session, clear_key)
+            session.expunge_all()
+        window = services.settings.rate_limit_window_seconds
+        limit = max(1, tenant.requests_per_minute * window // 60)
+        services.rate_limiter.hit(tenant.id, limit=limit, window_seconds=window)
+        return tenant
+
+    return await services.auth_gate.run(request.client.host if request.client else None, check)
 
 
 TenantDep = Annotated[Tenant, Depends(get_tenant)]

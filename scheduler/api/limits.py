@@ -14,10 +14,32 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Protocol
 
+import anyio
+from anyio.lowlevel import RunVar
+
 from scheduler.errors import PayloadTooLargeError, RateLimitedError
 
 # What a tenant over its concurrent-work limit is told to wait: about one short preview.
 CONCURRENCY_RETRY_AFTER_SECONDS = 5
+
+
+class LoopThreads:
+    """A pool of `count` threads of its own per event loop (an `anyio.CapacityLimiter` to pass to
+    `anyio.to_thread.run_sync`): work run with it never takes a thread of the shared pool, and a caller waiting
+    for one waits on the event loop. Per loop, because a limiter belongs to the loop it was made on (tests run
+    apps on several)."""
+
+    def __init__(self, name: str, count: int) -> None:
+        self.count = count
+        self._limiters: RunVar[anyio.CapacityLimiter] = RunVar(f"catalogan_{name}_threads_{id(self)}")
+
+    def limiter(self) -> anyio.CapacityLimiter:
+        """This event loop's limiter."""
+        limiter = self._limiters.get(None)
+        if limiter is None:
+            limiter = anyio.CapacityLimiter(self.count)
+            self._limiters.set(limiter)
+        return limiter
 
 
 class RateLimiter(Protocol):

@@ -23,7 +23,6 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -87,17 +86,28 @@ def is_https(request: Request, settings: ConsoleSettings) -> bool:
     return False
 
 
-def signed_in_user(request: Request, console: ConsoleDep) -> SignedIn:
-    """The signed-in tenant and key of the request's session cookie (`SignInRequiredError` without one)."""
+async def signed_in_user(request: Request, console: ConsoleDep) -> SignedIn:
+    """The signed-in tenant and key of the request's session cookie (`SignInRequiredError` without one).
+
+    The lookup runs on the authentication threads, after the client's address is checked for failures left
+    (`Services.auth_gate`); a cookie that opens no session counts as a failure."""
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         raise SignInRequiredError
-    with console.services.read_sessions() as session:
-        user = find_console_session(session, token)
-        session.expunge_all()
-    if user is None:
-        raise SignInRequiredError
-    return user
+
+    def check() -> SignedIn:
+        with console.services.read_sessions() as session:
+            user = find_console_session(session, token)
+            session.expunge_all()
+        if user is None:
+            raise SignInRequiredError
+        return user
+
+    return await console.services.auth_gate.run(_client_host(request), check, failures=(SignInRequiredError,))
+
+
+def _client_host(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 # Image bytes (one object per tile, cached by the browser for a day) are not counted against the tenant's
@@ -224,7 +234,8 @@ async def sign_in(
         return token
 
     try:
-        token = await run_in_threadpool(open_session)
+        # On the authentication threads; a wrong key counts against the client's address (429 once spent).
+        token = await console.services.auth_gate.run(_client_host(request), open_session)
     except AuthenticationError as exc:
         return _sign_in_page(request, console, next_url=next_url, error=str(exc), status_code=401)
     except LimitExceededError as exc:

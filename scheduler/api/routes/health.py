@@ -15,6 +15,7 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scheduler.api.deps import Services, ServicesDep
+from scheduler.api.limits import LoopThreads
 from scheduler.api.schemas import HealthPublic, ReadinessPublic
 
 router = APIRouter(tags=["health"])
@@ -22,16 +23,12 @@ router = APIRouter(tags=["health"])
 READINESS_PROBE_KEY = "healthz/probe"
 READINESS_CACHE_SECONDS = 1.0  # a readiness answer is reused this long after its check ended
 log = logging.getLogger(__name__)
-_METRICS_THREADS: RunVar[anyio.CapacityLimiter] = RunVar("catalogan_metrics_threads")
+_METRICS_THREADS = LoopThreads("metrics", 1)
 
 
 def metrics_threads() -> anyio.CapacityLimiter:
     """One thread for scrapes, never more: concurrent scrapes wait for each other, not the shared pool."""
-    limiter = _METRICS_THREADS.get(None)
-    if limiter is None:
-        limiter = anyio.CapacityLimiter(1)
-        _METRICS_THREADS.set(limiter)
-    return limiter
+    return _METRICS_THREADS.limiter()
 
 
 @router.get("/healthz", response_model=HealthPublic, summary="Liveness")

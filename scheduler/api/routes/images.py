@@ -23,7 +23,6 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import anyio.to_thread
-from anyio.lowlevel import RunVar
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
@@ -37,6 +36,7 @@ from db.status import ImageStatus
 from db.tables import Image
 from scheduler.api.cursors import decode_cursor, encode_cursor
 from scheduler.api.deps import Services, ServicesDep, TenantDep
+from scheduler.api.limits import LoopThreads
 from scheduler.api.problems import COMMON_ERRORS, problem_doc
 from scheduler.api.schemas import ImagePage
 from scheduler.api.views import image_public
@@ -171,10 +171,10 @@ class ManifestDownloads:
     def __init__(
         self, per_tenant: int = MANIFEST_DOWNLOADS_PER_TENANT, threads: int = MANIFEST_DOWNLOAD_THREADS
     ):
-        self.per_tenant, self.thread_count = per_tenant, threads
+        self.per_tenant = per_tenant
         self._running: dict[str, int] = {}
         self._lock = threading.Lock()  # apps on several event loops (tests) may share this process
-        self._threads: RunVar[anyio.CapacityLimiter] = RunVar(f"catalogan_manifest_threads_{id(self)}")
+        self._threads = LoopThreads("manifest", threads)
 
     def start(self, tenant_id: str) -> None:
         """Count one download of the tenant; `RateLimitedError` when it already has `per_tenant` running."""
@@ -203,11 +203,7 @@ class ManifestDownloads:
 
     def threads(self) -> anyio.CapacityLimiter:
         """This event loop's threads for manifest reads."""
-        limiter = self._threads.get(None)
-        if limiter is None:
-            limiter = anyio.CapacityLimiter(self.thread_count)
-            self._threads.set(limiter)
-        return limiter
+        return self._threads.limiter()
 
 
 MANIFEST_DOWNLOADS = ManifestDownloads()  # per API process, shared by `/v1` and the console
