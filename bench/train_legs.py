@@ -293,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--carry", required=True)
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # Ray starts its workers at niceness 15: on a box shared with anything else (tests, a benchmark) the
+    # training worker got what the others left, at times half the steps. A leg is the box's main work.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if args.action == "run":
         return run_leg(args)
     if args.action == "export":
