@@ -36,6 +36,10 @@ def configure_options(connection: Connection) -> dict[str, Any]:
         "compare_server_default": False,
         # SQLite cannot ALTER most things: batch mode copies the table instead.
         "render_as_batch": connection.dialect.name == "sqlite",
+        # Commit after each migration, so a table lock lasts one migration rather than the whole upgrade, and a
+        # migration may build an index CONCURRENTLY in an autocommit block. `db.migrate` runs SQLite inside
+        # one outer transaction, where Alembic opens none of its own: all pending migrations commit together.
+        "transaction_per_migration": True,
         "render_item": render_item,
     }
 

@@ -178,3 +178,52 @@ def test_concurrent_upgrades_of_an_empty_postgresql_all_succeed(empty_pg_url: st
     assert errors == []
     assert sum(result.changed for result in results) == 1
     assert migrate.check_schema(empty_pg_url) == []
+
+
+def test_downgrade_to_a_newer_revision_is_refused_and_changes_nothing(empty_db_url: str) -> None:
+    """Given a database at 0010, a downgrade to 0011 or to head is bad input (a ValueError naming REVISION and
+    the rule), and the database stays at 0010."""
+    migrate.upgrade(empty_db_url, "0010")
+
+    for target in ("0011", "head"):
+        with pytest.raises(
+            migrate.DowngradeTargetError, match=r"REVISION '.+' is newer than .* revision 0010"
+        ):
+            migrate.downgrade(empty_db_url, target)
+
+    assert migrate.current(empty_db_url) == "0010"
+    assert issubclass(migrate.DowngradeTargetError, ValueError)
+
+
+def test_downgrade_to_the_current_revision_changes_nothing(empty_db_url: str) -> None:
+    """Given a database at head, a downgrade to head (or to its id) reports no change."""
+    migrate.upgrade(empty_db_url)
+
+    for target in ("head", migrate.head_revision()):
+        result = migrate.downgrade(empty_db_url, target)
+        assert (result.before, result.after, result.changed) == (migrate.head_revision(),) * 2 + (False,)
+
+
+def test_cli_downgrade_above_the_current_revision_exits_2_and_to_it_exits_0(tmp_path: Path) -> None:
+    """Given a database at 0010, `db downgrade 0011 --url ... --yes` exits 2 with one line naming REVISION and
+    the rule; at head, `db downgrade head --yes` says there is nothing to do (exit 0)."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    env = _env()
+    assert (
+        _catalogan("db", "upgrade", "--revision", "0010", "--url", url, env=env, cwd=tmp_path).returncode == 0
+    )
+
+    above = _catalogan("db", "downgrade", "0011", "--url", url, "--yes", env=env, cwd=tmp_path)
+
+    assert above.returncode == 2, above.stderr
+    assert above.stderr.strip().splitlines() == [
+        "Error: REVISION '0011' is newer than the database's revision 0010: a downgrade only goes to an older "
+        "revision (`catalogan db upgrade --revision 0011` goes up)"
+    ]
+    assert migrate.current(url) == "0010"
+
+    assert _catalogan("db", "upgrade", "--url", url, env=env, cwd=tmp_path).returncode == 0
+    at_head = _catalogan("db", "downgrade", "head", "--url", url, "--yes", env=env, cwd=tmp_path)
+
+    assert at_head.returncode == 0, at_head.stderr
+    assert "nothing to do" in at_head.stdout

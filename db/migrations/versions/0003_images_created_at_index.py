@@ -8,7 +8,7 @@ Create Date: 2026-12-04 16:45:00
 
 from collections.abc import Sequence
 
-from alembic import op
+from db.migrate import create_index_concurrently, drop_index_concurrently
 
 revision: str = "0003"
 down_revision: str | Sequence[str] | None = "0002"
@@ -17,10 +17,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Add the index."""
-    op.create_index("ix_images_created_at", "images", ["created_at"], unique=False)
+    """Add the index; on PostgreSQL CONCURRENTLY, so workers keep inserting images while it builds."""
+    create_index_concurrently("ix_images_created_at", "images", ["created_at"])
 
 
 def downgrade() -> None:
     """Drop the index."""
-    op.drop_index("ix_images_created_at", table_name="images")
+    drop_index_concurrently("ix_images_created_at", "images")

@@ -24,6 +24,10 @@ def upgrade() -> None:
         batch.add_column(sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("webhook_events", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("quota_cost", sa.BigInteger(), server_default=sa.text("0"), nullable=False))
+        # Not CONCURRENTLY (db.migrate.create_index_concurrently): the ADD COLUMNs above hold jobs' exclusive
+        # lock until this migration commits, and the backfill below rewrites every row anyway; building the
+        # index of a column that is all NULL adds little. A concurrent build would have to commit them first,
+        # and a failure then could not be rerun.
         batch.create_index("ix_jobs_expires_at", ["expires_at"], unique=False)
     op.execute("UPDATE jobs SET quota_cost = images_total")
     with op.batch_alter_table("tenants") as batch:

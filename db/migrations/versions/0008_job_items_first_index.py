@@ -9,7 +9,7 @@ Create Date: 2026-12-04 19:45:00
 
 from collections.abc import Sequence
 
-from alembic import op
+from db.migrate import create_index_concurrently, drop_index_concurrently
 
 revision: str = "0008"
 down_revision: str | Sequence[str] | None = "0007"
@@ -18,10 +18,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Add the index."""
-    op.create_index("ix_job_items_job_id_first_index", "job_items", ["job_id", "first_index"], unique=False)
+    """Add the index; on PostgreSQL CONCURRENTLY, so jobs keep being submitted while it builds."""
+    create_index_concurrently("ix_job_items_job_id_first_index", "job_items", ["job_id", "first_index"])
 
 
 def downgrade() -> None:
     """Drop the index."""
-    op.drop_index("ix_job_items_job_id_first_index", table_name="job_items")
+    drop_index_concurrently("ix_job_items_job_id_first_index", "job_items")

@@ -9,7 +9,7 @@ Create Date: 2026-12-07 00:40:00
 
 from collections.abc import Sequence
 
-from alembic import op
+from db.migrate import create_index_concurrently, drop_index_concurrently
 
 revision: str = "0009"
 down_revision: str | Sequence[str] | None = "0008"
@@ -18,12 +18,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Add the index."""
-    op.create_index(
-        "ix_jobs_tenant_id_model_version_id", "jobs", ["tenant_id", "model_version_id"], unique=False
-    )
+    """Add the index; on PostgreSQL CONCURRENTLY, so jobs keep being written while it builds."""
+    create_index_concurrently("ix_jobs_tenant_id_model_version_id", "jobs", ["tenant_id", "model_version_id"])
 
 
 def downgrade() -> None:
     """Drop the index."""
-    op.drop_index("ix_jobs_tenant_id_model_version_id", table_name="jobs")
+    drop_index_concurrently("ix_jobs_tenant_id_model_version_id", "jobs")
