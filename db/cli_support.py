@@ -37,7 +37,7 @@ from db.errors import (
 F = TypeVar("F", bound=Callable[..., Any])
 
 # The command that runs `catalogan` with this interpreter, whether or not the console script is on PATH
-# (`catalogan worker --gpus all` starts one per GPU; `catalogan generate` starts a worker and beat).
+# (`catalogan worker --gpus auto` starts one per GPU; `catalogan generate` starts a worker and beat).
 CATALOGAN_ARGV: tuple[str, ...] = (sys.executable, "-c", "from scheduler.cli import main; main()")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,9 +26,19 @@ from typing import Any
 
 import click
 from click.core import ParameterSource
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
-from db.cli_support import CATALOGAN_ARGV, FiniteFloat, job_exit_code, one_line_errors, output_folder
+from db.cli_support import (
+    CATALOGAN_ARGV,
+    ExitCode,
+    FiniteFloat,
+    job_exit_code,
+    one_line_errors,
+    output_folder,
+)
 from db.errors import ConfigError
+from db.settings import BaseSettings  # pydantic-settings whose errors name the CATALOGAN_* variable
 
 CHILD_STOP_TIMEOUT_SECONDS = 30
 
@@ -36,6 +47,78 @@ def _visible_gpus() -> int:
     import torch  # only here: `catalogan worker --help` stays light
 
     return int(torch.cuda.device_count())
+
+
+class WorkerProcessSettings(BaseSettings):
+    """How many processes `catalogan worker` runs when --concurrency / --processes-per-gpu are not given.
+
+    Read here rather than by click's `envvar`, which called a malformed variable a bad option (`Invalid value
+    for '--concurrency'`, exit 2); a setting is one line naming the variable, exit 6 (docs/cli.md)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CATALOGAN_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
+
+    worker_concurrency: int | None = Field(
+        default=None, ge=1, description="CPU worker processes; unset = one per usable core, at least 2."
+    )
+    processes_per_gpu: int = Field(default=1, ge=1, description="Worker processes sharing each GPU.")
+
+
+# What `--gpus` takes besides GPU indices.
+GPU_WORDS = ("auto", "none", "pinned")
+GPU_INDEX = re.compile(r"[0-9]{1,3}")
+
+
+def gpu_indices(value: str) -> list[int]:
+    """The visible GPUs `value` ('0,1') names; `ValueError` stating the rule when it is not a list of distinct
+    indices below the number of visible GPUs (checked at start: a worker on a GPU that is not there said ready
+    and failed every chunk)."""
+    parts = [part.strip() for part in value.split(",")]
+    if not all(GPU_INDEX.fullmatch(part) for part in parts):
+        raise ValueError(f"must be {', '.join(GPU_WORDS)} or comma-separated GPU indices such as 0,1")
+    indices = [int(part) for part in parts]
+    if len(set(indices)) != len(indices):
+        raise ValueError("names a GPU twice (--processes-per-gpu runs several processes on one GPU)")
+    visible = _visible_gpus()
+    for index in indices:
+        if index >= visible:
+            seen = {0: "no GPU is visible", 1: "only GPU 0 is visible"}.get(
+                visible, f"only GPUs 0-{visible - 1} are visible"
+            )
+            raise ValueError(f"GPU {index}: {seen}")
+    return indices
+
+
+def gpus_option(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """`--gpus`: a usage error naming the option and its rule when the value is not one `gpu_indices` takes."""
+    if value not in GPU_WORDS:
+        try:
+            gpu_indices(value)
+        except ValueError as exc:
+            raise click.BadParameter(f"{value!r}: {exc}", param=param) from None
+    return value
+
+
+def queue_names(value: str) -> list[str]:
+    """The queues a comma-separated `value` names, highest priority first whatever the order typed (the Redis
+    transport pops them in this order); `ValueError` stating the rule for an unknown or missing name."""
+    from db.messaging import QUEUE_NAMES, check_queue
+
+    names = [check_queue(name.strip()) for name in value.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"name at least one queue of {', '.join(QUEUE_NAMES)}")
+    return sorted(dict.fromkeys(names), key=QUEUE_NAMES.index)
+
+
+def queues_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """`--queues`: the queue names, or a usage error naming the option and the queues there are."""
+    if value is None:
+        return None
+    try:
+        return queue_names(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
 
 
 def usable_cores() -> int:
@@ -83,8 +166,14 @@ def _die_with_parent() -> None:
 
 
 def _run_celery_worker(queues: list[str], hostname: str, loglevel: str, torch_threads: int | None) -> None:
+    """Run one Celery worker process until it is stopped, after checking every setting its chunks need.
+
+    The check comes first: the context is built on the first task, and a setting refused only there failed
+    every task while the worker said ready. A refused setting exits 6 at start, which stops the supervisor."""
+    from workers.context import read_worker_config
     from workers.logs import configure_json_logging
 
+    read_worker_config()
     configure_json_logging()
     if torch_threads is not None:
         import torch
@@ -133,7 +222,8 @@ def supervise(specs: list[ChildSpec]) -> int:
 
     A child killed by a signal (OOM killer, kill -9) or exiting after it ran a while is restarted: its chunk's
     lease expires and the reaper hands the chunk to a live process. A child exiting with an error right after
-    its start (bad settings) stops the supervisor with that exit code instead.
+    its start, or with the settings' exit code 6 at any time (a slow start must not turn a refused setting
+    into a restart loop), stops the supervisor with that exit code instead.
     """
     stopping = False
     children: list[tuple[subprocess.Popen[bytes], float]] = []
@@ -158,7 +248,9 @@ def supervise(specs: list[ChildSpec]) -> int:
             code = child.poll()
             if code is None or stopping:
                 continue
-            if code > 0 and time.monotonic() - started < CHILD_HEALTHY_AFTER_SECONDS:
+            if code == ExitCode.CONFIG or (
+                code > 0 and time.monotonic() - started < CHILD_HEALTHY_AFTER_SECONDS
+            ):
                 print(f"worker child {child.pid} exited with {code} at start: stopping", file=sys.stderr)
                 forward(signal.SIGTERM, None)
                 worst = code
@@ -185,21 +277,25 @@ def _child_command(queues: str, loglevel: str, gpus: str, torch_threads: int | N
 
 @click.command("worker")
 @click.option(
-    "--queues", "-Q", default=None, help="Comma-separated queues [default: CATALOGAN_QUEUES or all three]."
+    "--queues",
+    "-Q",
+    default=None,
+    callback=queues_option,
+    help="Comma-separated queues of interactive, bulk, backfill [default: CATALOGAN_QUEUES or all three].",
 )
 @click.option(
     "--gpus",
     default="auto",
-    help="auto: one process per visible GPU (CPU when none); none: CPU; '0,1': these GPUs; pinned: this "
-    "process uses the GPU CUDA_VISIBLE_DEVICES names [default: from CATALOGAN_DEVICE: auto -> auto, cpu -> "
-    "none, cuda -> every visible GPU, cuda:N -> N].",
+    callback=gpus_option,
+    help="auto: one process per visible GPU (CPU when none); none: CPU; '0,1': these GPUs (indices below the "
+    "number of visible GPUs); pinned: this process uses the GPU CUDA_VISIBLE_DEVICES names [default: from "
+    "CATALOGAN_DEVICE: auto -> auto, cpu -> none, cuda -> every visible GPU, cuda:N -> N].",
 )
 @click.option(
     "--concurrency",
     "-c",
     type=int,
     default=None,
-    envvar="CATALOGAN_WORKER_CONCURRENCY",
     help="CPU only: worker processes, each with cores // N torch threads and its own model "
     "[default: CATALOGAN_WORKER_CONCURRENCY, else one process per usable core, at least 2]. GPUs: see "
     "--processes-per-gpu.",
@@ -207,11 +303,10 @@ def _child_command(queues: str, loglevel: str, gpus: str, torch_threads: int | N
 @click.option(
     "--processes-per-gpu",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    envvar="CATALOGAN_PROCESSES_PER_GPU",
+    default=None,
     help="GPUs only: worker processes sharing each GPU, each with its own model and cores // (GPUs x N) CPU "
-    "threads; more than 1 lifts the CPU-bound side (encode, upload) of a GPU worker.",
+    "threads; more than 1 lifts the CPU-bound side (encode, upload) of a GPU worker [default: "
+    "CATALOGAN_PROCESSES_PER_GPU, else 1].",
 )
 @click.option(
     "--torch-threads",
@@ -225,10 +320,10 @@ def _child_command(queues: str, loglevel: str, gpus: str, torch_threads: int | N
 )
 @one_line_errors
 def worker(
-    queues: str | None,
+    queues: list[str] | None,
     gpus: str,
     concurrency: int | None,
-    processes_per_gpu: int,
+    processes_per_gpu: int | None,
     torch_threads: int | None,
     loglevel: str,
 ) -> None:
@@ -236,24 +331,29 @@ def worker(
 
     On a CPU box: --concurrency processes (default one per core, at least 2) under a supervisor that
     restarts a child killed by a signal; on GPUs --processes-per-gpu processes per GPU (default one).
+    Settings are checked before anything starts: a bad one is one line naming it, exit 6.
 
     Settings: CATALOGAN_DATABASE_URL, CATALOGAN_STORAGE_URL, CATALOGAN_BROKER_URL (empty = embedded),
     CATALOGAN_BATCH_SIZE, CATALOGAN_UPLOAD_THREADS, CATALOGAN_LEASE_SECONDS, CATALOGAN_DEVICE,
-    CATALOGAN_WORKER_CONCURRENCY, CATALOGAN_PROCESSES_PER_GPU.
+    CATALOGAN_QUEUES, CATALOGAN_WORKER_CONCURRENCY, CATALOGAN_PROCESSES_PER_GPU.
 
     Example:
 
         CATALOGAN_BROKER_URL=redis://localhost:6379/0 catalogan worker --queues bulk,backfill --concurrency 4
     """
-    from db.messaging import QUEUE_NAMES, check_queue
     from db.pipeline_settings import WorkerSettings
+    from workers.context import read_service_settings
 
     settings = WorkerSettings()
-    names = [name.strip() for name in (queues or settings.queues).split(",") if name.strip()]
-    for name in names:
-        check_queue(name)
-    # Highest priority first, whatever order was typed: the Redis transport pops the queues in this order.
-    names = sorted(dict.fromkeys(names), key=QUEUE_NAMES.index)
+    processes_settings = WorkerProcessSettings()
+    concurrency = concurrency if concurrency is not None else processes_settings.worker_concurrency
+    per_gpu = processes_per_gpu or processes_settings.processes_per_gpu
+    if queues is None:
+        try:
+            queues = queue_names(settings.queues)
+        except ValueError as exc:
+            raise ConfigError(f"CATALOGAN_QUEUES: {exc}") from None
+    names = queues
     host = socket.gethostname()
     if click.get_current_context().get_parameter_source("gpus") is ParameterSource.DEFAULT:
         gpus = gpus_for_device(settings.device)  # --gpus not given: CATALOGAN_DEVICE decides
@@ -266,26 +366,33 @@ def worker(
         )
         return
     selected: list[int] = []
-    if gpus != "none":
-        selected = (
-            list(range(_visible_gpus())) if gpus in ("auto", "cuda") else [int(p) for p in gpus.split(",")]
-        )
+    if gpus in ("auto", "cuda"):
+        selected = list(range(_visible_gpus()))
         if gpus == "cuda" and not selected:
             raise ConfigError("CATALOGAN_DEVICE=cuda: no CUDA device is visible (use auto or cpu)")
-        gpus = "auto" if gpus == "cuda" else gpus
+        gpus = "auto"
+    elif gpus != "none":
+        try:  # --gpus was checked by its callback: only a value from CATALOGAN_DEVICE (cuda:N) can fail here
+            selected = gpu_indices(gpus)
+        except ValueError as exc:
+            raise ConfigError(f"CATALOGAN_DEVICE={settings.device}: {exc} (use auto or cpu)") from None
     if not selected:
         os.environ["CATALOGAN_DEVICE"] = "cpu"
         processes, threads = cpu_split(concurrency, usable_cores())
         if processes == 1:
             _run_celery_worker(names, f"cpu-{os.getpid()}@{host}", loglevel, torch_threads or threads)
             return
+        # One line here for a bad service setting, not one per child; each child checks the rest at start
+        # (the device and the inference backend need torch, which this supervisor does not load on a CPU box).
+        read_service_settings()
         command = _child_command(",".join(names), loglevel, "none", threads)
         env = {**os.environ, "CATALOGAN_WORKER_CONCURRENCY": "1"}
         sys.exit(supervise([ChildSpec(command, env) for _ in range(processes)]))
-    if gpus == "auto" and len(selected) == 1 and processes_per_gpu == 1:  # no supervisor needed
+    if gpus == "auto" and len(selected) == 1 and per_gpu == 1:  # no supervisor needed
         os.environ["CATALOGAN_DEVICE"] = "cuda"
         _run_celery_worker(names, f"gpu0-{os.getpid()}@{host}", loglevel, torch_threads)
         return
+    read_service_settings()  # as above; the GPUs were counted, and each child checks the backend at start
     # Each process gets its share of the cores for the CPU side (latents, encode, the gate's glue).
     specs = [
         ChildSpec(
@@ -297,7 +404,7 @@ def worker(
                 "OMP_NUM_THREADS": str(threads),
             },
         )
-        for gpu, threads in gpu_split(physical_gpu_ids(selected), processes_per_gpu, usable_cores())
+        for gpu, threads in gpu_split(physical_gpu_ids(selected), per_gpu, usable_cores())
     ]
     sys.exit(supervise(specs))
 

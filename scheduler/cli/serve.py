@@ -40,6 +40,32 @@ def bind_host_problem(host: str) -> str | None:
     return None
 
 
+def check_api_settings() -> ApiSettings:
+    """Read every setting an API process reads, and apply the production refusal, in this process; returns the
+    API's own settings.
+
+    uvicorn builds the app in each of its worker processes: with `--workers 2` a setting the app refuses there
+    was a traceback per child and a restart, forever (compose restarted nothing: the supervisor never exited),
+    and `CATALOGAN_PUBLISH_WINDOW_CHUNKS`, read per request, failed only when a submit published. Checked here,
+    a bad setting is one line naming the variable and exit 6 before any child starts."""
+    from db.pipeline_settings import PublishWindowSettings
+    from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageSettings
+    from scheduler.api.app import refuse_embedded_defaults
+    from scheduler.console.settings import ConsoleSettings
+    from scheduler.settings import WebhookSettings
+
+    settings = ApiSettings()
+    ChunkSizeSettings()  # the per-queue chunk sizes planning reads
+    PublishWindowSettings()  # read per submit
+    WebhookSettings()
+    ConsoleSettings()
+    DataSettings()
+    database, storage, broker = DatabaseSettings(), StorageSettings(), BrokerSettings()
+    if settings.environment == "production":
+        refuse_embedded_defaults(database, storage, broker)  # what `build_services` refuses in each process
+    return settings
+
+
 def host_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """`--host`: a usage error naming the option when it cannot be bound to (`bind_host_problem`)."""
     if value is not None and (problem := bind_host_problem(value)) is not None:
@@ -98,8 +124,7 @@ def serve(
     """
     import uvicorn
 
-    settings = ApiSettings()  # validated here so a bad setting is one line, not a worker traceback
-    ChunkSizeSettings()  # the per-queue chunk sizes planning reads, checked at start too
+    settings = check_api_settings()  # a bad setting is one line here, not a traceback in every uvicorn child
     if host is None and (problem := bind_host_problem(settings.api_host)) is not None:
         raise ConfigError(f"CATALOGAN_API_HOST: {problem}")
     uvicorn.run(

@@ -32,7 +32,7 @@ from db.errors import ConfigError
 from db.settings import BrokerSettings, DatabaseSettings, StorageSettings
 from scheduler.api.app import build_services
 from scheduler.cli.root import cli
-from scheduler.settings import ApiSettings
+from scheduler.settings import ApiSettings, WebhookSettings
 from tests.scheduler.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -242,6 +242,49 @@ def test_services_use_a_least_privilege_s3_user_and_no_default_secrets(compose: 
         uses = re.findall(r"\$\{" + secret + r"([^}]*)\}", text)
         assert uses and all(use.startswith(":?") for use in uses), f"{secret} has a default: {uses}"
     assert env["CATALOGAN_ENVIRONMENT"] == "${CATALOGAN_ENVIRONMENT:-production}"
+
+
+def test_the_s3_user_may_abort_a_failed_multipart_upload(compose: dict[str, Any]) -> None:
+    """Given the store uploads a manifest over 16 MiB in parts and aborts the upload when a part fails
+    (db/storage/s3.py `put_file`), when the services' policy is read, then it grants the multipart actions on
+    the bucket's objects (without them the abort was refused and the parts stayed in the bucket)."""
+    init = " ".join(compose["services"]["minio-init"]["command"])
+    policy = json.loads(init[init.index("{") : init.rindex("}") + 1])
+    on_objects = {
+        action
+        for statement in policy["Statement"]
+        if statement["Resource"] == ["arn:aws:s3:::catalogan/*"]
+        for action in statement["Action"]
+    }
+    assert {"s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"} <= on_objects
+
+
+def stop_grace_seconds(service: dict[str, Any]) -> float:
+    """A service's `stop_grace_period` in seconds (a Compose duration such as `1m30s`); Docker's 10 s when unset."""
+    duration = str(service.get("stop_grace_period", "10s"))
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"([0-9.]+)(h|ms|us|m|s)", duration)
+    assert "".join(number + unit for number, unit in parts) == duration, f"not a duration: {duration}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def test_each_service_is_given_the_time_its_own_graceful_stop_takes(compose: dict[str, Any]) -> None:
+    """Given Docker SIGKILLs a service stop_grace_period after SIGTERM (10 s when unset), when the long-running
+    services are read, then each waits longer than its own stop: the API its requests' graceful shutdown
+    (CATALOGAN_API_TIMEOUT_GRACEFUL_SHUTDOWN_SECONDS, 30 s), beat its webhook thread (2 x the webhook timeout)
+    and then its retention thread (60 s, scheduler/cli/beat_commands.py), the worker more than the default."""
+    services = compose["services"]
+    api_env = services["api"]["environment"]
+    graceful = float(
+        api_env.get(
+            "CATALOGAN_API_TIMEOUT_GRACEFUL_SHUTDOWN_SECONDS",
+            ApiSettings.model_fields["api_timeout_graceful_shutdown_seconds"].default,
+        )
+    )
+    assert stop_grace_seconds(services["api"]) >= graceful + 5
+    webhook_join = 2 * WebhookSettings.model_fields["webhook_timeout_seconds"].default
+    assert stop_grace_seconds(services["beat"]) >= webhook_join + 60 + 5
+    assert stop_grace_seconds(services["worker"]) > 10
 
 
 def test_production_refuses_the_development_credentials() -> None:

@@ -55,8 +55,10 @@ def test_several_processes_per_gpu_share_the_cores_evenly() -> None:
         gpu_split(["0"], 0, 16)
 
 
-def _started_children(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Result, list[ChildSpec]]:
-    """`catalogan worker ARGS` on an 8-core box with 1 visible GPU, the supervisor replaced by a recorder."""
+def _started_children(
+    monkeypatch: pytest.MonkeyPatch, *args: str, visible: int = 1
+) -> tuple[Result, list[ChildSpec]]:
+    """`catalogan worker ARGS` on an 8-core box with `visible` GPUs, the supervisor replaced by a recorder."""
     started: list[ChildSpec] = []
 
     def record(specs: list[ChildSpec]) -> int:
@@ -64,7 +66,7 @@ def _started_children(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Resu
         return 0
 
     monkeypatch.setattr(worker_cli, "supervise", record)
-    monkeypatch.setattr(worker_cli, "_visible_gpus", lambda: 1)
+    monkeypatch.setattr(worker_cli, "_visible_gpus", lambda: visible)
     monkeypatch.setattr(worker_cli, "usable_cores", lambda: 8)
     monkeypatch.setattr(worker_cli, "_run_celery_worker", lambda *a: pytest.fail("no supervisor was used"))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -72,8 +74,8 @@ def _started_children(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Resu
 
 
 def test_processes_per_gpu_start_that_many_pinned_children_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    # When the worker runs on GPUs 0 and 1 with 2 processes per GPU
-    result, started = _started_children(monkeypatch, "--gpus", "0,1", "--processes-per-gpu", "2")
+    # When the worker runs on GPUs 0 and 1 (of 2 visible) with 2 processes per GPU
+    result, started = _started_children(monkeypatch, "--gpus", "0,1", "--processes-per-gpu", "2", visible=2)
     # Then the supervisor starts 4 pinned children: 2 on each GPU, 8 cores // 4 = 2 threads each
     assert result.exit_code == 0, result.output
     assert [(spec.env["CUDA_VISIBLE_DEVICES"], spec.env["OMP_NUM_THREADS"]) for spec in started] == [
