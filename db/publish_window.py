@@ -17,7 +17,7 @@ message would.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -85,11 +85,16 @@ def refill(
     queue: str,
     *,
     window: int,
+    on_send_failure: Callable[[Exception], None] | None = None,
 ) -> list[int]:
-    """Publish the tenant's next held chunks in `queue`, as many as its window has room for; returns their ids.
+    """Publish the tenant's next held chunks in `queue`, as many as its window has room for; returns the ids the
+    broker took (none when the send failed).
 
-    A failed send is logged, not raised: the chunks are marked published, and the reaper republishes them.
-    A tenant with nothing held (most jobs fit in the window) costs one read: no lock, no count."""
+    A failed send is not raised: the chunks stay marked published and the reaper republishes them. It is logged
+    in one line (the traceback at debug: a broker outage is not a bug, and every refill during one would print
+    a page of kombu frames), or handed to `on_send_failure` instead, for a caller that reports it in its own
+    words (`catalogan dlq retry`). A tenant with nothing held (most jobs fit in the window) costs one read: no
+    lock, no count."""
     if not _has_held(session_factory, tenant_id, queue):
         return []
     with transaction(session_factory) as session:
@@ -97,10 +102,20 @@ def refill(
     if ids:
         try:
             publisher(queue, ids)
-        except Exception:
-            logger.exception(
-                "publishing %d chunks of tenant %s failed; the reaper will publish them", len(ids), tenant_id
-            )
+        except Exception as exc:
+            if on_send_failure is not None:
+                on_send_failure(exc)
+            else:
+                first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+                logger.warning(
+                    "publishing %d chunks of tenant %s failed (%s: %s); the reaper will publish them",
+                    len(ids),
+                    tenant_id,
+                    type(exc).__name__,
+                    first_line,
+                )
+                logger.debug("the failed publish", exc_info=True)
+            return []
     return ids
 
 

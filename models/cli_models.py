@@ -1,4 +1,4 @@
-"""`catalogan models list|show|promote|retire|register|register-default`: the model registry from the CLI.
+"""`catalogan models list|show|promote|retire|restore|register|register-default`: the model registry from the CLI.
 
 Imported lazily by the root command; torch is imported only by `models register` (to read and measure the
 checkpoint), so `catalogan models list` starts without it. Every command that reads the registry first brings
@@ -20,7 +20,9 @@ from db import migrate
 from db.cli_output import json_option, print_json, print_table
 from db.cli_support import model_name_option, one_line_errors
 from db.engine import engine_from_settings, make_session_factory
+from db.errors import InvalidTransitionError, NotFoundError
 from db.settings import DatabaseSettings, DataSettings, StorageSettings
+from db.status import ModelVersionStatus
 from db.storage import open_store
 from db.tables import ModelVersion
 from models.registry import (
@@ -30,6 +32,7 @@ from models.registry import (
     list_versions,
     promote_version,
     register_version,
+    restore_version,
     retire_version,
 )
 
@@ -63,6 +66,28 @@ def model_ref_argument(_ctx: click.Context, param: click.Parameter, value: str) 
     return value
 
 
+def exact_model_ref_argument(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A `NAME@VERSION` argument, for the commands that change one version's status: a bare NAME means "its
+    production version" elsewhere, and `models retire NAME` retired production without the operator ever
+    naming which version — so the version is required here (click's usage error, exit 2, before the registry
+    is opened)."""
+    from db.job_specs import split_model_ref
+
+    model_ref_argument(ctx, param, value)
+    name, version = split_model_ref(value)
+    if version is None:
+        raise click.BadParameter(
+            f"{value!r}: give NAME@VERSION, not a bare name (`catalogan models list --name {name}` lists "
+            "its versions)",
+            param=param,
+        )
+    return value
+
+
+def _list_name_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else model_name_option(value)
+
+
 def _row(row: ModelVersion) -> dict[str, Any]:
     metrics = row.metrics or {}
     shown = {
@@ -81,7 +106,7 @@ def _row(row: ModelVersion) -> dict[str, Any]:
 
 @click.group("models")
 def models_group() -> None:
-    """List, inspect, register, promote and retire generator versions.
+    """List, inspect, register, promote, retire and restore generator versions.
 
     Example:
 
@@ -90,7 +115,12 @@ def models_group() -> None:
 
 
 @models_group.command("list")
-@click.option("--name", default=None, help="Only this model name.")
+@click.option(
+    "--name",
+    default=None,
+    callback=_list_name_option,
+    help="Only this model name (exit 3 when it has no version).",
+)
 @json_option
 @one_line_errors
 def list_command(name: str | None, as_json: bool) -> None:
@@ -101,6 +131,11 @@ def list_command(name: str | None, as_json: bool) -> None:
         catalogan models list --format tsv
     """
     rows = list_versions(open_registry(), name)
+    if name is not None and not rows:
+        # An empty listing read as "that model has no versions yet" when the name was a typo.
+        raise NotFoundError(
+            f"model {name!r} has no registered version (`catalogan models list` shows every name)"
+        )
     if as_json:
         print_json([describe(row) for row in rows])
     else:
@@ -138,25 +173,64 @@ def promote_command(ref: str, force: bool, as_json: bool) -> None:
 
         catalogan models promote fashion-cgan@3
     """
-    row = promote_version(open_registry(), ref, gates=PromotionGates(), force=force)
+    factory = open_registry()
+    try:
+        row = promote_version(factory, ref, gates=PromotionGates(), force=force)
+    except InvalidTransitionError as exc:
+        if get_version(factory, ref).status is ModelVersionStatus.RETIRED:
+            raise InvalidTransitionError(
+                f"{exc} (restore it first: catalogan models restore {ref})"
+            ) from None
+        raise
     click.echo(
         json.dumps(describe(row), indent=2) if as_json else f"{row.name}@{row.version} is now production"
     )
 
 
 @models_group.command("retire")
-@click.argument("ref", callback=model_ref_argument)
+@click.argument("ref", callback=exact_model_ref_argument)
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Retire it even when it is the production version (jobs naming the model then fail until another "
+    "version is promoted).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @one_line_errors
-def retire_command(ref: str, as_json: bool) -> None:
-    """Retire NAME@VERSION (new jobs refuse it; finished images stay).
+def retire_command(ref: str, yes: bool, as_json: bool) -> None:
+    """Retire NAME@VERSION (new jobs refuse it; finished images stay); `models restore` undoes it.
+
+    The production version needs --yes: without it, jobs naming just the model have no version to run.
 
     Example:
 
         catalogan models retire fashion-cgan@1
     """
-    row = retire_version(open_registry(), ref)
+    factory = open_registry()
+    if not yes and get_version(factory, ref).status is ModelVersionStatus.PRODUCTION:
+        raise click.UsageError(
+            f"{ref} is the production version: jobs naming {ref.partition('@')[0]!r} would have none; "
+            "promote another version first, or give --yes"
+        )
+    row = retire_version(factory, ref)
     click.echo(json.dumps(describe(row), indent=2) if as_json else f"{row.name}@{row.version} is now retired")
+
+
+@models_group.command("restore")
+@click.argument("ref", callback=exact_model_ref_argument)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@one_line_errors
+def restore_command(ref: str, as_json: bool) -> None:
+    """Make a retired NAME@VERSION a candidate again, to promote it back (`models promote`, metric-gated).
+
+    Example:
+
+        catalogan models restore fashion-cgan@1 && catalogan models promote fashion-cgan@1
+    """
+    row = restore_version(open_registry(), ref)
+    click.echo(
+        json.dumps(describe(row), indent=2) if as_json else f"{row.name}@{row.version} is now a candidate"
+    )
 
 
 @models_group.command("register")

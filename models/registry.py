@@ -119,6 +119,15 @@ def retire_version(session_factory: sessionmaker[Session], ref: str) -> ModelVer
         )
 
 
+def restore_version(session_factory: sessionmaker[Session], ref: str) -> ModelVersion:
+    """Make a retired version a candidate again: the transitions map's only way back from retired, so a
+    version retired by mistake can be promoted again (through the gates, as any candidate)."""
+    with transaction(session_factory) as session:
+        return transition_model_version(
+            session, resolve_model_version(session, ref), ModelVersionStatus.CANDIDATE
+        )
+
+
 def record_metrics(
     session_factory: sessionmaker[Session], ref: str, metrics: Mapping[str, Any]
 ) -> ModelVersion:

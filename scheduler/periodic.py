@@ -26,8 +26,18 @@ class PeriodicStep:
     run: Callable[[], object]
 
 
-def run_periodic(steps: Sequence[PeriodicStep], stop: threading.Event, *, once: bool = False) -> int:
-    """Run each step when it is due until `stop` is set (or one round, with `once`); returns failed runs."""
+def run_periodic(
+    steps: Sequence[PeriodicStep],
+    stop: threading.Event,
+    *,
+    once: bool = False,
+    errors: list[Exception] | None = None,
+) -> int:
+    """Run each step when it is due until `stop` is set (or one round, with `once`); returns failed runs.
+
+    With `errors`, each failure is appended there and logged in one line (its traceback at debug): the caller
+    reports it (`catalogan beat --once` turns the first into its exit code), and a database that is down is
+    not worth a page of driver frames per step."""
     next_due = {step.name: 0.0 for step in steps}
     failures = 0
     while not stop.is_set():
@@ -37,9 +47,15 @@ def run_periodic(steps: Sequence[PeriodicStep], stop: threading.Event, *, once: 
                 continue
             try:
                 step.run()
-            except Exception:
+            except Exception as exc:
                 failures += 1
-                logger.exception("periodic step %s failed; retrying next tick", step.name)
+                if errors is None:
+                    logger.exception("periodic step %s failed; retrying next tick", step.name)
+                else:
+                    errors.append(exc)
+                    first_line = (str(exc).splitlines() or [""])[0]
+                    logger.error("periodic step %s failed: %s: %s", step.name, type(exc).__name__, first_line)
+                    logger.debug("periodic step %s failed", step.name, exc_info=True)
             next_due[step.name] = time.monotonic() + step.interval_seconds
         if once:
             break

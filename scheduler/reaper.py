@@ -157,7 +157,10 @@ class Reaper:
             try:
                 step()
             except Exception as exc:  # the other steps still run; the pass is reported failed below
-                logger.warning("reaper step failed: %s", exc)
+                # One line (a driver's error spans several); the traceback at debug.
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                logger.warning("reaper step failed: %s", first)
+                logger.debug("reaper step failed", exc_info=exc)
                 failure = failure or exc
         if not report.empty:
             logger.info(

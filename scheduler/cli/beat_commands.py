@@ -66,9 +66,12 @@ def beat(
     check_file: Path | None,
     max_age: float,
 ) -> None:
-    """Run the periodic steps: the reaper (re-enqueue expired or lost chunks, quarantine, finalize
-    stragglers), the webhook outbox (job events, signed deliveries with retries) and retention (delete
-    finished jobs past their expires_at: objects, then rows).
+    """Run the periodic steps: the reaper, the webhook outbox and retention.
+
+    The reaper re-enqueues expired or lost chunks, quarantines, and finalizes stragglers; the webhook outbox
+    sends job events (signed deliveries with retries); retention deletes finished jobs past their expires_at
+    (objects, then rows). A failing step is logged and retried at the next tick; with --once the first
+    failure decides the exit code (5 when the database, broker or store did not answer).
 
     Run exactly one `catalogan beat` per deployment (two are safe — every repair is a guarded UPDATE —
     but publish duplicate messages). It talks to the broker by task name only.
@@ -127,8 +130,15 @@ def beat(
         PeriodicStep("webhooks", every, lambda: run_webhook_tick(session_factory, webhook_settings))
     ]
     results: dict[str, int] = {}
+    # --once reports its failures itself (one log line per step, then the first one as the exit code); the
+    # loop logs each with its traceback and carries on.
+    reaper_errors: list[Exception] | None = [] if once else None
+    webhook_errors: list[Exception] | None = [] if once else None
+    retention_errors: list[Exception] | None = [] if once else None
     webhook_thread = threading.Thread(
-        target=lambda: results.__setitem__("webhooks", run_periodic(webhook_steps, stop, once=once)),
+        target=lambda: results.__setitem__(
+            "webhooks", run_periodic(webhook_steps, stop, once=once, errors=webhook_errors)
+        ),
         name="webhooks",
         daemon=True,
     )
@@ -144,18 +154,26 @@ def beat(
         )
     ]
     retention_thread = threading.Thread(
-        target=lambda: results.__setitem__("retention", run_periodic(retention_steps, stop, once=once)),
+        target=lambda: results.__setitem__(
+            "retention", run_periodic(retention_steps, stop, once=once, errors=retention_errors)
+        ),
         name="retention",
         daemon=True,
     )
     retention_thread.start()
-    failures = run_periodic(reaper_steps, stop, once=once)
+    failures = run_periodic(reaper_steps, stop, once=once, errors=reaper_errors)
     if not once:
         stop.set()
     webhook_thread.join(timeout=webhook_settings.webhook_timeout_seconds * 2)
     retention_thread.join(timeout=60)
     failures += results.get("webhooks", 0) + results.get("retention", 0)
     if once and failures:
+        errors = [*(reaper_errors or []), *(webhook_errors or []), *(retention_errors or [])]
+        if errors:
+            # Raised again for `one_line_errors`, the one place that maps errors to exit codes: a database or
+            # broker that did not answer is exit 5 in one line, a project error its own code, a bug exit 1
+            # with its traceback.
+            raise errors[0]
         raise click.ClickException(f"{failures} periodic step(s) failed; see the log above")
 
 

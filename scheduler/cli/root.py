@@ -27,22 +27,34 @@ LAZY_SUBCOMMANDS: dict[str, str] = {
     "models": "models.cli_models:models_group",
     "verify": "workers.cli_verify:verify",
 }
+# What `catalogan --help` shows for each lazy command, without importing it (that would import torch). A group's
+# line names every one of its subcommands; a command's line is its own short help (the first sentence of its
+# docstring) — tests/scheduler/test_cli_help.py holds both to that, so a new subcommand or a reworded
+# docstring cannot leave this list behind.
 LAZY_HELP: dict[str, str] = {
-    "db": "Create or upgrade the SQL schema (Alembic migrations).",
-    "worker": "Run a generation worker (one process per GPU, Celery solo pool).",
-    "generate": "Generate images with a real job and export them to a folder.",
-    "beat": "Run the reaper loop: re-enqueue lost chunks, quarantine, finalize stragglers.",
-    "serve": "Serve the HTTP API (uvicorn).",
-    "tenants": "Create and list tenants.",
-    "keys": "Create, revoke and list API keys.",
-    "jobs": "List, watch, cancel, retry and export jobs (through the API).",
-    "workers": "Live workers and queue depths.",
-    "dlq": "Quarantined chunks: list and retry.",
-    "evaluator": "Train the evaluator CNN whose features the GAN metrics use.",
-    "evaluate": "Measure a generator: FID_fm, KID, precision/recall, accuracy, CAS, diversity.",
-    "train": "Train a GAN preset on Ray Train (DDP workers, checkpoints to the object store).",
-    "models": "List, show, register, promote and retire generator versions (the shipped one included).",
-    "verify": "Read a file's provenance; with --regenerate, recompute it and compare bit for bit.",
+    "db": "The SQL schema (Alembic migrations): upgrade, downgrade, current, check.",
+    "worker": "Run generation workers (Celery, solo pool) until SIGTERM; logs are JSON lines on stderr.",
+    "generate": (
+        "Generate images with a real job and export them to a folder, with a contact sheet per category."
+    ),
+    "beat": "Run the periodic steps: the reaper, the webhook outbox and retention.",
+    "serve": (
+        "Serve the HTTP API and the web console at /console/ (FastAPI under uvicorn); settings come from "
+        "CATALOGAN_* variables."
+    ),
+    "tenants": "Tenants (customer accounts): create, set, ls, rotate-webhook-secret.",
+    "keys": "API keys: create, ls, revoke.",
+    "jobs": "Jobs through the API: submit, ls, show, watch, cancel, retry, delete, export, shards.",
+    "workers": "Show live workers (Celery ping and live chunk leases) and the depth of each queue.",
+    "dlq": "Quarantined chunks (those that failed every attempt): ls, retry.",
+    "evaluator": "The evaluator CNN whose features the GAN metrics use: train.",
+    "evaluate": "Measure a generator against real Fashion-MNIST test in the evaluator's feature space.",
+    "train": "Train a GAN preset on Ray Train (DDP workers, checkpoints to the object store); ls, show: its runs.",
+    "models": (
+        "Generator versions, the shipped one included: list, show, register, register-default, promote, "
+        "retire, restore."
+    ),
+    "verify": "Read the provenance a generated PNG/WebP carries; with --regenerate, prove it bit for bit.",
 }
 
 

@@ -15,7 +15,7 @@ from db.settings import BrokerSettings, DataSettings
 from db.status import ChunkStatus
 from db.tables import Chunk
 from scheduler.cli.database import cli_session_factory
-from scheduler.cli.output import json_option, print_json, print_table
+from scheduler.cli.output import current_format, json_option, print_json, print_table
 
 PING_TIMEOUT_SECONDS = 2.0
 
@@ -74,15 +74,25 @@ def alive_on(host: str, broker: BrokerSettings, data: DataSettings) -> list[str]
     metavar="HOST",
     help="Healthcheck: exit 0 when a worker of HOST answers a ping or holds a live lease, else 1.",
 )
+@click.option(
+    "--queues",
+    "queues_only",
+    is_flag=True,
+    help="Print the queue depths only (piped, the default listing is the workers alone).",
+)
 @json_option
 @one_line_errors
-def workers(host: str | None, as_json: bool) -> None:
+def workers(host: str | None, queues_only: bool, as_json: bool) -> None:
     """Show live workers (Celery ping and live chunk leases) and the depth of each queue.
+
+    On a terminal it prints both tables; piped (TSV) it prints the workers only, as one table, and
+    `--queues` the queue depths; `--json` prints both in one document.
 
     Example:
 
     \b
         CATALOGAN_BROKER_URL=redis://localhost:6379/0 catalogan workers --json
+        catalogan workers --queues | awk 'NR > 1 && $2 > 1000'   # queues over 1000 deep
     """
     broker, data = BrokerSettings(), DataSettings()
     if host is not None:
@@ -93,6 +103,10 @@ def workers(host: str | None, as_json: bool) -> None:
         click.echo(" ".join(alive))
         return
     depths = queue_depths(broker, data)
+    depth_rows = [{"queue": queue, "depth": depth} for queue, depth in depths.items()]
+    if queues_only:
+        print_table(depth_rows, ("queue", "depth"), title="queues")
+        return
     pinged = ping_workers(broker, data)
     holders = lease_holders()
     names = sorted({*pinged, *(str(h["worker"]) for h in holders if h["worker"])})
@@ -110,4 +124,8 @@ def workers(host: str | None, as_json: bool) -> None:
         print_json({"workers": rows, "queues": depths})
         return
     print_table(rows, ("worker", "ping", "chunks", "lease_until"), title="workers")
-    print_table([{"queue": q, "depth": d} for q, d in depths.items()], ("queue", "depth"), title="queues")
+    if current_format() == "table":
+        # A person reads both; piped, a second table glued under the first broke `cut`/`awk` (one header,
+        # one line per row): there the depths are `--queues`.
+        click.echo()
+        print_table(depth_rows, ("queue", "depth"), title="queues")

@@ -106,3 +106,35 @@ def test_the_reaper_fills_a_window_a_crash_left_short_and_skips_a_job_being_canc
     report = reaper.reap_once()
     assert not set(report.refilled) & set(held)
     assert not set(broker.published) & set(held)
+
+
+def test_a_refill_the_broker_refuses_returns_nothing_and_logs_one_line(
+    session_factory: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a tenant with a held chunk and a broker that refuses the send, when the window is refilled, then
+    no id comes back (callers report what was sent: `dlq retry --json` listed the chunk as published), the
+    chunk stays marked published for the reaper, and the failure is one log line without a traceback."""
+    broker = Broker()
+    a = make_tenant(session_factory, "a")
+    chunks = _submit(session_factory, a, broker, 4)  # 2 published, 2 held
+    _finish(session_factory, chunks[:1])
+
+    def refusing(queue: str, chunk_ids: Sequence[int]) -> None:
+        raise ConnectionRefusedError("[Errno 111] Connection refused\nsecond line of the broker's message")
+
+    with caplog.at_level("DEBUG", logger="db.publish_window"):
+        assert refill(session_factory, refusing, a, "bulk", window=WINDOW) == []
+    with session_factory() as session:
+        assert session.scalar(select(Chunk.enqueued_at).where(Chunk.id == chunks[2])) is not None
+    shown = [record for record in caplog.records if record.levelname != "DEBUG"]
+    assert [(record.levelname, record.exc_info) for record in shown] == [("WARNING", None)]
+    assert shown[0].getMessage() == (
+        f"publishing 1 chunks of tenant {a} failed (ConnectionRefusedError: [Errno 111] Connection refused); "
+        "the reaper will publish them"
+    )
+    # A caller that reports the failure itself gets it instead of the log line
+    failures: list[Exception] = []
+    caplog.clear()
+    _finish(session_factory, chunks[1:2])
+    assert refill(session_factory, refusing, a, "bulk", window=WINDOW, on_send_failure=failures.append) == []
+    assert [type(exc) for exc in failures] == [ConnectionRefusedError] and caplog.records == []

@@ -13,6 +13,7 @@ from db.cli_support import ExitCode, exit_code_for
 from db.engine import make_engine, make_session_factory
 from models.registry import register_version
 from scheduler.cli.root import cli
+from tests.cli_results import one_error_line
 
 
 @pytest.fixture
@@ -50,12 +51,79 @@ def test_list_show_promote_and_retire(registry_env: str) -> None:
     assert runner.invoke(cli, ["models", "promote", "fashion-cgan@2"]).exit_code == 0
     shown = json.loads(runner.invoke(cli, ["models", "show", "fashion-cgan", "--json"]).output)
     assert shown["ref"] == "fashion-cgan@2" and shown["status"] == "production"
-    # --force overrides the gates; retire works on an exact version
+    # --force overrides the gates; retire works on an exact version (production: with --yes)
     assert runner.invoke(cli, ["models", "promote", "fashion-cgan@1", "--force"]).exit_code == 0
-    retired = runner.invoke(cli, ["models", "retire", "fashion-cgan@1", "--json"])
+    retired = runner.invoke(cli, ["models", "retire", "fashion-cgan@1", "--yes", "--json"])
     assert json.loads(retired.output)["status"] == "retired"
     missing = runner.invoke(cli, ["models", "show", "nope@3"])
     assert missing.exit_code == ExitCode.NOT_FOUND
+
+
+def _statuses() -> dict[str, str]:
+    listed = CliRunner().invoke(cli, ["models", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    return {version["ref"]: version["status"] for version in json.loads(listed.output)}
+
+
+def test_retire_refuses_a_bare_name_and_leaves_the_production_version_alone(registry_env: str) -> None:
+    """Given fashion-cgan@2 in production, when an operator runs `models retire fashion-cgan` (a bare name,
+    which resolves to the production version), then it is one usage line naming the argument and the
+    NAME@VERSION rule, exit 2, and @2 is still production: before, it was retired at once, exit 0."""
+    runner = CliRunner()
+    assert runner.invoke(cli, ["models", "promote", "fashion-cgan@2"]).exit_code == 0
+    result = runner.invoke(cli, ["models", "retire", "fashion-cgan"])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    line = one_error_line(result)
+    assert "'REF'" in line and "NAME@VERSION" in line and "models list --name fashion-cgan" in line
+    assert _statuses() == {"fashion-cgan@1": "candidate", "fashion-cgan@2": "production"}
+
+
+def test_retiring_the_production_version_needs_yes_and_restore_brings_it_back(registry_env: str) -> None:
+    """Given fashion-cgan@2 in production, when it is retired without --yes, then exit 2 naming --yes and nothing
+    changes; with --yes it is retired, `models promote` says to restore it first (exit 4), and `models restore`
+    makes it a candidate that `models promote` puts back in production (before, nothing could)."""
+    runner = CliRunner()
+    assert runner.invoke(cli, ["models", "promote", "fashion-cgan@2"]).exit_code == 0
+    refused = runner.invoke(cli, ["models", "retire", "fashion-cgan@2"])
+    assert refused.exit_code == ExitCode.USAGE, refused.output
+    assert "production" in one_error_line(refused) and "--yes" in one_error_line(refused)
+    assert _statuses()["fashion-cgan@2"] == "production"
+
+    assert runner.invoke(cli, ["models", "retire", "fashion-cgan@2", "--yes"]).exit_code == 0
+    assert _statuses()["fashion-cgan@2"] == "retired"
+    promote = runner.invoke(cli, ["models", "promote", "fashion-cgan@2"])
+    assert promote.exit_code == ExitCode.CONFLICT, promote.output
+    assert "catalogan models restore fashion-cgan@2" in one_error_line(promote)
+
+    restored = runner.invoke(cli, ["models", "restore", "fashion-cgan@2", "--json"])
+    assert restored.exit_code == 0, restored.output
+    assert json.loads(restored.output)["status"] == "candidate"
+    assert runner.invoke(cli, ["models", "promote", "fashion-cgan@2"]).exit_code == 0
+    assert _statuses() == {"fashion-cgan@1": "candidate", "fashion-cgan@2": "production"}
+    # A candidate is not retired: restoring it is an invalid transition, and a bare name is refused as by retire
+    assert runner.invoke(cli, ["models", "restore", "fashion-cgan@1"]).exit_code == ExitCode.CONFLICT
+    assert runner.invoke(cli, ["models", "restore", "fashion-cgan"]).exit_code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "words"),
+    [
+        ("a b", ExitCode.USAGE, "Invalid value for '--name'"),
+        ("fashion-cgan@2", ExitCode.USAGE, "Invalid value for '--name'"),
+        ("nosuch", ExitCode.NOT_FOUND, "model 'nosuch' has no registered version"),
+    ],
+)
+def test_models_list_name_must_be_a_valid_name_with_versions(
+    registry_env: str, name: str, code: ExitCode, words: str
+) -> None:
+    """Given a registry of fashion-cgan versions, when `models list --name` names something no model can be
+    called (exit 2) or a model with no version (exit 3), then one line says so: before, both printed a bare
+    header and exit 0, as if the model simply had no versions."""
+    result = CliRunner().invoke(cli, ["models", "list", "--name", name])
+    assert result.exit_code == code, result.output
+    assert words in one_error_line(result)
+    listed = CliRunner().invoke(cli, ["models", "list", "--name", "fashion-cgan", "--json"])
+    assert [version["ref"] for version in json.loads(listed.output)] == ["fashion-cgan@1", "fashion-cgan@2"]
 
 
 def test_train_refuses_an_unknown_preset_before_starting_ray() -> None:
@@ -184,6 +252,7 @@ def test_every_command_has_an_example_in_its_help() -> None:
         ["models", "show"],
         ["models", "promote"],
         ["models", "retire"],
+        ["models", "restore"],
     ):
         result = runner.invoke(cli, [*args, "--help"])
         assert result.exit_code == 0 and "Example:" in result.output, args

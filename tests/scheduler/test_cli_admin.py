@@ -176,7 +176,9 @@ def test_dlq_retry_publishes_through_the_tenants_window_and_leaves_the_rest_held
         for chunk_id in planned.chunk_ids:
             quarantine_chunk(session, chunk_id, error="CUDA out of memory")
         session.query(Job).filter(Job.id == planned.job_id).update({"status": JobStatus.FAILED})
-    retried = run(["dlq", "retry", planned.job_id, "--json"], {**cli_env, "CATALOGAN_PUBLISH_WINDOW_CHUNKS": "1"})
+    retried = run(
+        ["dlq", "retry", planned.job_id, "--json"], {**cli_env, "CATALOGAN_PUBLISH_WINDOW_CHUNKS": "1"}
+    )
     assert retried.exit_code == 0, retried.output
     body = json.loads(retried.output)
     assert body["chunks"] == list(planned.chunk_ids) and len(body["published"]) == 1
@@ -186,6 +188,75 @@ def test_dlq_retry_publishes_through_the_tenants_window_and_leaves_the_rest_held
         ).all()
     assert {status for _, status, _ in rows} == {"pending"}
     assert sorted(chunk_id for chunk_id, _, enqueued in rows if enqueued is not None) == body["published"]
+
+
+def _failed_job(
+    cli_env: dict[str, str], pg_factory: sessionmaker[Session], model_version: Any, error: str
+) -> tuple[str, tuple[int, ...]]:
+    """A failed job of acme's whose one chunk is quarantined with `error`: (job id, chunk ids)."""
+    from db.planning import JobSpec, plan_job
+
+    tenant = json.loads(run(["tenants", "create", "acme", "--json"], cli_env).output)
+    with transaction(pg_factory) as session:
+        spec = JobSpec(model="tiny", items=[{"category": "a", "count": 2}], chunk_size=2)  # type: ignore[list-item]
+        planned = plan_job(session, spec, tenant_id=tenant["id"], model_version=model_version)
+        quarantine_chunk(session, planned.chunk_ids[0], error=error)
+        session.query(Job).filter(Job.id == planned.job_id).update({"status": JobStatus.FAILED})
+    return planned.job_id, tuple(planned.chunk_ids)
+
+
+def test_dlq_retry_with_a_broker_that_does_not_answer_says_nothing_was_published(
+    cli_env: dict[str, str], pg_factory: sessionmaker[Session], model_version: Any
+) -> None:
+    """Given a failed job with a quarantined chunk and a broker that refuses connections, when the operator
+    retries it with --json, then the chunk is pending again, `published` is empty, and stderr is one warning
+    line, exit 0 (the reaper publishes it later): before, `published` listed the chunk as sent and a page of
+    kombu traceback followed."""
+    job_id, chunk_ids = _failed_job(cli_env, pg_factory, model_version, "CUDA out of memory")
+    result = run(
+        ["dlq", "retry", job_id, "--json"], {**cli_env, "CATALOGAN_BROKER_URL": "redis://127.0.0.1:1/0"}
+    )
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["chunks"] == list(chunk_ids) and body["published"] == []
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [result.stderr.strip()]
+    assert (
+        result.stderr.startswith("Warning: the broker did not take the chunks")
+        and "catalogan beat" in result.stderr
+    )
+    with pg_factory() as session:
+        status, enqueued_at = session.execute(
+            select(Chunk.status, Chunk.enqueued_at).where(Chunk.id == chunk_ids[0])
+        ).one()
+    assert status == "pending" and enqueued_at is not None  # marked published: the reaper's lost-message step
+
+
+def test_dlq_ls_of_a_job_that_does_not_exist_is_not_found(
+    cli_env: dict[str, str], pg_factory: sessionmaker[Session], model_version: Any
+) -> None:
+    """Given a DLQ holding one job's chunk, when `dlq ls --job` names a job that does not exist, then one line
+    naming --job and the id, exit 3 (as `keys ls --tenant nosuch`): before, an empty listing, exit 0."""
+    job_id, _ = _failed_job(cli_env, pg_factory, model_version, "CUDA out of memory")
+    missing = run(["dlq", "ls", "--job", "nosuch"], cli_env)
+    assert missing.exit_code == ExitCode.NOT_FOUND, missing.output
+    assert missing.stderr.strip() == "Error: --job: job 'nosuch' not found"
+    assert len(json.loads(run(["dlq", "ls", "--job", job_id, "--json"], cli_env).output)) == 1
+
+
+def test_dlq_ls_truncates_a_long_error_only_in_the_terminal_table(
+    cli_env: dict[str, str], pg_factory: sessionmaker[Session], model_version: Any
+) -> None:
+    """Given a chunk quarantined with a 500-character error, when the DLQ is listed, then --json and TSV carry
+    the whole error and only the aligned table shortens it: before, --json cut it at 200 characters."""
+    error = "RuntimeError: " + "x" * 486
+    _failed_job(cli_env, pg_factory, model_version, error)
+    as_json = run(["dlq", "ls", "--json"], cli_env)
+    assert [row["error"] for row in json.loads(as_json.output)] == [error]
+    tsv = run(["dlq", "ls", "--format", "tsv"], cli_env).output.splitlines()
+    assert tsv[1].split("\t")[6] == error
+    table = run(["dlq", "ls", "--format", "table"], cli_env).output
+    assert error[:200] in table and error not in table
 
 
 def test_workers_shows_queue_depths_from_redis(cli_env: dict[str, str], redis_url: str) -> None:

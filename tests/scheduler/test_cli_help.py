@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from scheduler.cli.root import LAZY_SUBCOMMANDS, cli
+from scheduler.cli.root import LAZY_HELP, LAZY_SUBCOMMANDS, cli
 
 
 def walk(
@@ -53,3 +54,21 @@ def test_every_listing_offers_json(path: tuple[str, ...]) -> None:
 def test_listings_exist() -> None:
     """Given the tree, when listings are collected, then tenants, keys, jobs, dlq and workers are among them."""
     assert {path[0] for path in LISTINGS} >= {"tenants", "keys", "jobs", "dlq", "workers"}
+
+
+@pytest.mark.parametrize("name", sorted(LAZY_SUBCOMMANDS))
+def test_each_lazy_summary_says_what_its_command_holds(name: str) -> None:
+    """Given a lazy command, whose `catalogan --help` line is written in LAZY_HELP (importing it would import
+    torch), when the line is compared with the command, then a group's line names every subcommand and a
+    command's line is its own short help: hand-copied lines had drifted (`tenants` "Create and list tenants."
+    without set and rotate-webhook-secret, `beat` "the reaper loop" without webhooks and retention)."""
+    command = dict(COMMANDS)[(name,)]
+    summary = LAZY_HELP[name]
+    if isinstance(command, click.Group):
+        subcommands = command.list_commands(click.Context(command, info_name=name))
+        missing = [
+            sub for sub in subcommands if not re.search(rf"(?<![\w-]){re.escape(sub)}(?![\w-])", summary)
+        ]
+        assert missing == [], f"`catalogan --help` says {summary!r} for {name}, not naming {missing}"
+    else:
+        assert summary == command.get_short_help_str(limit=10_000)

@@ -67,3 +67,33 @@ def test_a_broken_setting_is_one_line_naming_the_variable_and_exit_6(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: {variable}:"), result.stderr
     assert value not in lines[0]  # values are never echoed: a broken setting may hold a secret
+
+
+def test_piped_workers_is_one_table_and_the_queue_depths_are_their_own(tmp_path: Path) -> None:
+    """Given the embedded stack with no worker, when `catalogan workers` is piped, then stdout is one TSV table
+    (one header line): before, the queue-depth table followed it, glued on with a second header. `--queues`
+    prints the depths as their own table, and the terminal table still shows both."""
+    env = clean_env(tmp_path)
+    assert catalogan(["db", "upgrade"], env, tmp_path).returncode == 0
+    piped = catalogan(["workers"], env, tmp_path)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.splitlines() == ["worker\tping\tchunks\tlease_until"]
+    queues = catalogan(["workers", "--queues"], env, tmp_path)
+    assert queues.returncode == 0, queues.stderr
+    assert queues.stdout.splitlines() == ["queue\tdepth", "interactive\t0", "bulk\t0", "backfill\t0"]
+    table = catalogan(["workers", "--format", "table"], env, tmp_path).stdout
+    assert "WORKER" in table and "QUEUE" in table and "backfill" in table
+
+
+def test_beat_once_with_the_database_down_is_exit_5_in_one_error_line(tmp_path: Path) -> None:
+    """Given a database URL nobody answers on, when `beat --once` runs, then each step logs one line, the
+    command ends with one `Error:` line saying a service did not answer, exit 5, and no traceback: before,
+    a traceback per step and exit 1, which means a bug."""
+    env = clean_env(tmp_path, CATALOGAN_DATABASE_URL="postgresql://postgres@127.0.0.1:1/x")
+    result = catalogan(["beat", "--once"], env, tmp_path)
+    assert result.returncode == ExitCode.UNAVAILABLE, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith("Error: a service did not answer:"), result.stderr
+    for step in ("reaper", "webhooks", "retention"):
+        assert f"periodic step {step} failed: OperationalError:" in result.stderr
