@@ -15,9 +15,65 @@ import click
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import migrate
-from db.cli_support import model_name_option, one_line_errors
+from db.cli_support import model_name_option, one_line_errors, output_folder_problem
 from db.engine import engine_from_settings, make_session_factory
+from db.job_specs import MAX_SEED
 from db.settings import DatabaseSettings, DataSettings, StorageSettings
+
+# Upper bounds of `train` arguments, checked when the command line is parsed, so a typo stops before Ray starts
+# instead of inside a rank (here, not in models.training: this module loads without torch). They bound
+# nonsense, not what fits: 10 million steps is 41 hours of fashion-cgan at the 67.7 steps/s measured on an
+# H200 (and keeps `checkpoint-<step:08d>.pt` keys in step order); 4,096 images per step per worker is 16x the
+# largest batch measured (fashion-cgan, 256, on an H200). No preset has been run near either.
+MAX_STEPS = 10_000_000
+MAX_BATCH_SIZE = 4096
+
+
+def _run_option(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not value:  # a new timestamped run; also what `train ls|show` parse, which must not load torch
+        return value
+    from models.training import run_id_problem
+
+    problem = run_id_problem(value)
+    if problem is not None:
+        raise click.BadParameter(f"{value!r}: {problem}")
+    return value
+
+
+def store_url_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """An `--out` object-store URL that `open_store` takes (s3://, file:///abs/path, memory://): click's usage
+    error naming the option otherwise (exit 2), instead of the store's error read as an outage (exit 5)."""
+    if value is None:
+        return None
+    from db.errors import StorageError
+    from db.storage import LocalStore, open_store
+
+    try:
+        store = open_store(value)
+    except (StorageError, ValueError) as exc:
+        raise click.BadParameter(str(exc)) from None
+    if isinstance(store, LocalStore):
+        existing = store.root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise click.BadParameter(f"{value!r}: {str(existing)!r} is not a folder")
+    return value
+
+
+def _writable_store_url_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # `train --out`: also a local folder that can be made (nothing is created here; `train_and_register`
+    # then writes and deletes a key there before Ray starts, for any store).
+    from db.storage import LocalStore, open_store
+
+    if store_url_option(ctx, param, value) is None:
+        return None
+    assert value is not None
+    store = open_store(value)
+    problem = output_folder_problem(store.root) if isinstance(store, LocalStore) else None
+    if problem is not None:
+        raise click.BadParameter(f"{value!r} cannot be a folder: {problem}")
+    return value
 
 
 def open_registry() -> sessionmaker[Session]:
@@ -57,8 +113,8 @@ def default_store_url() -> str:
     "--steps",
     default=5000,
     show_default=True,
-    type=click.IntRange(min=1),
-    help="Total optimiser steps (a resumed run continues to this).",
+    type=click.IntRange(min=1, max=MAX_STEPS),
+    help=f"Total optimiser steps, 1 to {MAX_STEPS:,} (a resumed run continues to this).",
 )
 @click.option(
     "--gpus/--no-gpus",
@@ -71,7 +127,12 @@ def default_store_url() -> str:
     help="Continue the run (--run, else the latest of --name) from its last checkpoint.",
 )
 @click.option(
-    "--out", "out_url", default=None, help="Object store for checkpoints (default: CATALOGAN_STORAGE_URL)."
+    "--out",
+    "out_url",
+    default=None,
+    callback=_writable_store_url_option,
+    help="Object store for checkpoints: s3://bucket/prefix, file:///abs/path or memory:// "
+    "(default: CATALOGAN_STORAGE_URL).",
 )
 @click.option(
     "--name",
@@ -80,7 +141,11 @@ def default_store_url() -> str:
     help="Model name in the registry and the store (default: the preset): letters, digits, '.', '_', '-'.",
 )
 @click.option(
-    "--run", "run_id", default="", help="Run id under models/<name>/ (default: a new timestamped one)."
+    "--run",
+    "run_id",
+    default="",
+    callback=_run_option,
+    help="Run id under models/<name>/ (default: a new timestamped one): letters, digits, '.', '_', '-'.",
 )
 @click.option(
     "--checkpoint-every",
@@ -89,7 +154,12 @@ def default_store_url() -> str:
     type=click.IntRange(min=1),
     help="Steps between checkpoints.",
 )
-@click.option("--seed", default=None, type=int, help="Override the preset's seed.")
+@click.option(
+    "--seed",
+    default=None,
+    type=click.IntRange(min=0, max=MAX_SEED),
+    help="Override the preset's seed (0 to 2^63-1, as a job's).",
+)
 @click.option(
     "--log-every",
     default=50,
@@ -140,8 +210,9 @@ def default_store_url() -> str:
     "--batch-size",
     default=0,
     show_default=True,
-    type=click.IntRange(min=0),
-    help="Images per step per worker; 0 = the preset's (fashion-cgan: 64).",
+    type=click.IntRange(min=0, max=MAX_BATCH_SIZE),
+    help=f"Images per step per worker, at most {MAX_BATCH_SIZE:,} (16x the largest batch measured on an H200); "
+    "0 = the preset's (fashion-cgan: 64).",
 )
 @click.option(
     "--precision",
@@ -298,7 +369,13 @@ def _stop_on_sigterm(_signum: int, _frame: object) -> None:
 
 @train.command("ls")
 @click.option("--name", default=None, help="Only runs of this model name.")
-@click.option("--out", "out_url", default=None, help="Object store to read (default: CATALOGAN_STORAGE_URL).")
+@click.option(
+    "--out",
+    "out_url",
+    default=None,
+    callback=store_url_option,
+    help="Object store to read (default: CATALOGAN_STORAGE_URL).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @one_line_errors
 def train_ls(name: str | None, out_url: str | None, as_json: bool) -> None:
@@ -341,7 +418,13 @@ def _last_metrics(last: dict[str, Any] | None) -> str:
 @train.command("show")
 @click.argument("run_ref", metavar="RUN")
 @click.option("--follow", is_flag=True, help="Print each new progress update until the run ends.")
-@click.option("--out", "out_url", default=None, help="Object store to read (default: CATALOGAN_STORAGE_URL).")
+@click.option(
+    "--out",
+    "out_url",
+    default=None,
+    callback=store_url_option,
+    help="Object store to read (default: CATALOGAN_STORAGE_URL).",
+)
 @click.option(
     "--json", "as_json", is_flag=True, help="Print JSON (with --follow: one object per update first)."
 )

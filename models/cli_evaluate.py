@@ -357,12 +357,16 @@ def evaluate(
 
 
 def record_report(reference: str, report: EvaluationReport) -> None:
-    """Merge the headline metrics into the registry row, where the promotion gates read them."""
+    """Merge the metrics measured into the registry row, where the promotion gates read them. A metric not
+    measured this time (CAS under --no-cas) keeps the value the row has: merging its None erased a recorded
+    CAS, and the CAS gate then refused a version it had passed."""
     from db.engine import engine_from_settings, make_session_factory
     from models.registry import record_metrics
+    from models.training_run import recorded_metrics
 
-    metrics = {key: value for key, value in report.to_dict().items() if key not in {"source", "warnings"}}
-    record_metrics(make_session_factory(engine_from_settings()), reference, metrics)
+    record_metrics(
+        make_session_factory(engine_from_settings()), reference, recorded_metrics(report.to_dict())
+    )
 
 
 def print_report_table(reports: list[EvaluationReport]) -> None:

@@ -320,10 +320,12 @@ def register_command(
 
 
 def measure(data: bytes, samples: int) -> dict[str, Any]:
-    """The scalar metrics of a generator checkpoint, as `catalogan evaluate` measures them (the gates' input)."""
+    """The metrics of a generator checkpoint, as `catalogan evaluate --record` measures and records them (the
+    gates' input): the scalars and the per-category ones that `CATALOGAN_GATE_MIN_CATEGORY_ACCURACY*` read."""
     from models.evaluation import evaluate_generator, real_test_reference
     from models.inference import load_generator
     from models.metrics.cas import CasConfig
+    from models.training_run import recorded_metrics
 
     report = evaluate_generator(
         load_generator(data),
@@ -333,7 +335,7 @@ def measure(data: bytes, samples: int) -> dict[str, Any]:
         reference=real_test_reference(),
         cas_config=CasConfig(),
     ).to_dict()
-    return {k: v for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return recorded_metrics(report)
 
 
 @models_group.command("register-default")

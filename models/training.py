@@ -87,6 +87,16 @@ def new_run_id() -> str:
     return dt.datetime.now(dt.UTC).strftime("run-%Y%m%d-%H%M%S")
 
 
+def run_id_problem(run: str) -> str | None:
+    """Why `run` cannot be a run id, or None: a run id is one folder of object keys (`models/<name>/<run>/`),
+    under the rule of a model name, so `train ls` lists the run and `train show NAME/RUN` finds it again."""
+    from db.model_versions import MODEL_NAME_PATTERN
+
+    if MODEL_NAME_PATTERN.fullmatch(run):
+        return None
+    return "a run id is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
 def step_seed(seed: int, step: int, rank: int, purpose: str) -> int:
     """A 63-bit seed for one (step, rank, purpose), mixed with BLAKE2b."""
     digest = hashlib.blake2b(f"{seed}:{step}:{rank}:{purpose}".encode(), digest_size=8).digest()
@@ -204,14 +214,10 @@ def mode_collapse_warnings(grid: np.ndarray, categories: tuple[str, ...]) -> lis
     return diversity_alarm({category: grid[row] for row, category in enumerate(categories)})
 
 
-def pin_init_checkpoint(store: ObjectStore, request: TrainRequest, data: bytes) -> TrainRequest:
-    """Copy the --init-from checkpoint into the run's folder and record its key and sha256 in the request.
-
-    Every rank loads that copy and checks its sha256, so a file changed or replaced after the check cannot
-    reach training, and the run keeps the exact bytes it started from. Raises `TrainingInputError` when the
-    bytes are not a checkpoint or its model is not the preset's (categories are checked by each rank,
-    which knows the data's).
-    """
+def check_init_checkpoint(request: TrainRequest, data: bytes) -> None:
+    """Raise `TrainingInputError` when the --init-from bytes are not a checkpoint or its model is not the
+    preset's (categories are checked by each rank, which knows the data's). Writes nothing, so the driver
+    runs it with the other checks and copies the bytes (`pin_init_checkpoint`) only once all have passed."""
     from models.errors import CheckpointError
 
     try:
@@ -229,6 +235,16 @@ def pin_init_checkpoint(store: ObjectStore, request: TrainRequest, data: bytes) 
             + "; ".join(differences)
             + ")"
         )
+
+
+def pin_init_checkpoint(store: ObjectStore, request: TrainRequest, data: bytes) -> TrainRequest:
+    """Copy the --init-from checkpoint into the run's folder and record its key and sha256 in the request.
+
+    Every rank loads that copy and checks its sha256, so a file changed or replaced after the check cannot
+    reach training, and the run keeps the exact bytes it started from. The bytes are checked first
+    (`check_init_checkpoint`): nothing is copied for a checkpoint the run would refuse.
+    """
+    check_init_checkpoint(request, data)
     key = f"{run_prefix(request.name, request.run)}/{INIT_FILE}"
     store.put(key, data)
     return dataclasses.replace(request, init_key=key, init_sha256=sha256_hex(data))
@@ -379,7 +395,9 @@ def run_worker(
         checkpointed = state.step % request.checkpoint_every == 0 or final
         data_bytes, latest = None, None
         if checkpointed and rank == 0:
-            data_bytes, warnings, latest = write_checkpoint(store, request, state, data.fingerprint, final, log)
+            data_bytes, warnings, latest = write_checkpoint(
+                store, request, state, data.fingerprint, final, log
+            )
             if warnings:
                 extra["warnings"] = warnings
         if recorder is not None:
@@ -433,19 +451,30 @@ def train_loop_per_worker(config: dict[str, Any], on_step: StepFn | None = None)
     )
 
 
+def check_evaluator_data(option: str, data: str) -> None:
+    """Refuse `option` (--eval-every, --evaluate) for data whose categories are not Fashion-MNIST's: the
+    evaluator measures against those ten, and would only say so after the training (`evaluate_generator`)."""
+    if not data.startswith(FASHION_MNIST):
+        raise TrainingInputError(
+            f"{option} needs --data fashion-mnist[:/path] (the evaluator knows Fashion-MNIST's categories), "
+            f"not {data!r}"
+        )
+
+
 def prepare_run(request: TrainRequest, store: ObjectStore) -> TrainRequest:
-    """Check the request against the store: pick the run to resume, refuse to overwrite a run."""
+    """Check the request against the store: pick the run to resume, refuse to overwrite a run, or to resume
+    one with another preset. Writes nothing."""
     if request.steps < 1 or request.workers < 1 or request.checkpoint_every < 1:
         raise TrainingInputError("--steps, --workers and --checkpoint-every must be at least 1")
     if request.eval_every < 0 or request.eval_samples < 1:
         raise TrainingInputError("--eval-every must be at least 0 and --eval-samples at least 1")
-    if request.eval_every and not request.data.startswith(FASHION_MNIST):
-        raise TrainingInputError(
-            f"--eval-every needs --data fashion-mnist[:/path] (the evaluator knows Fashion-MNIST's categories), "
-            f"not {request.data!r}"
-        )
+    if request.eval_every:
+        check_evaluator_data("--eval-every", request.data)
     if request.batch_size < 0:
         raise TrainingInputError("--batch-size must be at least 1 (or 0 for the preset's)")
+    problem = run_id_problem(request.run) if request.run else None
+    if problem is not None:
+        raise TrainingInputError(f"--run {request.run!r}: {problem}")
     if request.precision not in PRECISIONS:
         raise TrainingInputError(
             f"--precision must be one of {', '.join(PRECISIONS)}, not {request.precision!r}"
@@ -477,13 +506,22 @@ def prepare_run(request: TrainRequest, store: ObjectStore) -> TrainRequest:
         raise TrainingInputError(
             f"run {request.name}/{run} already has checkpoints; pass --resume to continue it"
         )
+    record: dict[str, Any] = {}
+    if request.resume:
+        record = read_run_record(store, request.name, run) or {}
+        # The checkpoint holds the preset's networks: another preset only fails in every rank, after Ray has
+        # started and the run record has been rewritten with it.
+        recorded = str((latest or {}).get("preset") or record.get("preset") or "")
+        if recorded and recorded != request.preset:
+            raise TrainingInputError(
+                f"--preset {request.preset} differs from the run's {recorded}; a resumed run keeps its own "
+                f"(pass --preset {recorded})"
+            )
     if latest is not None and int(latest["step"]) >= request.steps:
         raise TrainingInputError(
             f"run {request.name}/{run} is already at step {latest['step']} ≥ --steps {request.steps}"
         )
-    recipe: dict[str, Any] = {}
-    if request.resume:
-        recipe = resumed_recipe(request, read_run_record(store, request.name, run) or {})
+    recipe = resumed_recipe(request, record) if request.resume else {}
     return TrainRequest.from_dict({**request.to_dict(), **recipe, "run": run})
 
 

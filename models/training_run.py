@@ -2,7 +2,10 @@
 
 `catalogan train` parses its options and calls it; so can a script. In order:
 
-1. check the request against the store (`prepare_run`: nothing to resume, would overwrite, a live run);
+1. check the request against the store (`prepare_run`: nothing to resume, would overwrite, another preset, a
+   live run), `--evaluate`'s data, the `--init-from` bytes, GPUs and data on a local cluster, and that the store
+   takes a write (`probe_store`); only then copy the `--init-from` checkpoint into the run's folder, so bad
+   input leaves nothing behind;
 2. connect to Ray (`ray_address`: a running cluster, `auto` for the local node's; otherwise a new local
    cluster sized for the workers) with Ray's own chatter off unless `verbose`, and check there are GPUs for
    every worker when `use_gpu`;
@@ -10,24 +13,28 @@
    reads rank 0's `history.jsonl`, hands each new line to `on_line` once, and keeps the record's heartbeat;
 4. record `failed` (with the error) or `stopped` (Ctrl-C, SIGTERM) if training does not finish;
 5. evaluate the final generator (`evaluate`), build the memorization index, register a candidate, record
-   `finished`, and return the summary with the promotion gates and the next command.
+   `finished` (or `failed`, without a resume command, when one of these fails), and return the summary with
+   the promotion gates and the next command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import tempfile
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.errors import StorageError, TransientStorageError
 from db.storage import ObjectStore, open_store
 from models.data.dataset import check_dataset
 from models.errors import DataError, TrainingError, TrainingInputError
@@ -44,7 +51,15 @@ from models.runs import (
     run_prefix,
     write_run_record,
 )
-from models.training import TrainRequest, fit_with_ray, pin_init_checkpoint, prepare_run
+from models.training import (
+    RunResult,
+    TrainRequest,
+    check_evaluator_data,
+    check_init_checkpoint,
+    fit_with_ray,
+    pin_init_checkpoint,
+    prepare_run,
+)
 
 RAY_ENV_DEFAULTS = {
     # Ray's memory monitor kills workers when the *machine* is near full; on a shared box that is other
@@ -60,6 +75,7 @@ INDEX_NEEDS_DATA_HERE = (
     " (this host builds the memorization index after the last step and cannot read it: pass data every node"
     " and this host can read, such as s3://bucket/prefix, or --no-memorization-index)"
 )
+
 
 @dataclass(frozen=True)
 class TrainOptions:
@@ -232,15 +248,18 @@ def train_and_register(
     `history.jsonl` line once, in step order; `on_status` one-line notes (connected, evaluating, …).
     Raises `TrainingError` (recorded as `failed`) or `KeyboardInterrupt` (recorded as `stopped`).
     """
+    if options.evaluate:
+        check_evaluator_data("--evaluate", request.data)
     store = open_store(request.out_url)
     request = prepare_run(request, store)
     refuse_live_run(store, request)
-    if request.init_from and not request.resume:
+    pins_init = bool(request.init_from) and not request.resume
+    if pins_init:
         if options.init_checkpoint is None:
             raise TrainingError(
                 f"--init-from {request.init_from}: pass its bytes as TrainOptions.init_checkpoint"
             )
-        request = pin_init_checkpoint(store, request, options.init_checkpoint)
+        check_init_checkpoint(request, options.init_checkpoint)
     import ray
 
     local = not options.ray_address and not ray.is_initialized()
@@ -255,11 +274,17 @@ def train_and_register(
         model = get_preset(request.preset).model
         try:  # each local worker holds its own decoded copy; a remote cluster's workers are not on this host
             check_dataset(
-                request.data, (model.channels, model.resolution, model.resolution), request.workers if local else 1
+                request.data,
+                (model.channels, model.resolution, model.resolution),
+                request.workers if local else 1,
             )
         except DataError as exc:
             why = "" if local else INDEX_NEEDS_DATA_HERE
             raise TrainingInputError(f"--data {request.data}: {exc}{why}") from exc
+    probe_store(store, request)
+    if pins_init:  # the first write of the run, once every check has passed
+        assert options.init_checkpoint is not None
+        request = pin_init_checkpoint(store, request, options.init_checkpoint)
     if not request.cpus_per_worker:
         request = dataclasses.replace(request, cpus_per_worker=cpus_for(request.workers, local=local))
     started_ray = start_ray(
@@ -288,6 +313,51 @@ def train_and_register(
     finally:
         if started_ray:
             ray.shutdown()
+    try:
+        return _after_training(store, request, result, record, options, registry, on_status)
+    except BaseException as exc:
+        # The steps are done (latest.json says so), so `--resume` has nothing left to do: record what failed
+        # instead of leaving the run `running`, and offer no resume command that would only be refused.
+        stopped = isinstance(exc, KeyboardInterrupt)
+        what = "stopped by the operator" if stopped else (str(exc).splitlines() or [repr(exc)])[0]
+        record.update(
+            status=(RunStatus.STOPPED if stopped else RunStatus.FAILED).value,
+            error=f"after the last step: {what} (the trained generator is {result.generator_uri})",
+            resume_command=None,
+            updated_at=now_iso(),
+            finished_at=now_iso(),
+        )
+        with contextlib.suppress(StorageError):  # a store that fails now must not hide the error itself
+            write_run_record(store, record)
+        raise
+
+
+def probe_store(store: ObjectStore, request: TrainRequest) -> None:
+    """Write and delete a small key in the run's folder, so an `--out` this host cannot write to is refused
+    before Ray starts rather than at the run record's first write after it (a folder under a file, a read-only
+    folder, a bucket without write access). A store that does not answer is still unavailable (exit 5), now
+    naming --out."""
+    key = f"{run_prefix(request.name, request.run)}/write-probe-{uuid.uuid4().hex}.tmp"
+    try:
+        store.put(key, b"catalogan train: write probe\n")
+    except TransientStorageError as exc:
+        raise TransientStorageError(f"--out {request.out_url}: {exc}") from exc
+    except StorageError as exc:
+        raise TrainingInputError(f"--out {request.out_url}: cannot write there ({exc})") from exc
+    with contextlib.suppress(StorageError):  # training never deletes: a store that refuses it is still usable
+        store.delete(key)
+
+
+def _after_training(
+    store: ObjectStore,
+    request: TrainRequest,
+    result: RunResult,
+    record: dict[str, Any],
+    options: TrainOptions,
+    registry: Callable[[], sessionmaker[Session]] | None,
+    on_status: Callable[[str], None],
+) -> TrainOutcome:
+    """Evaluate, index and register a finished run, record it `finished`, and return its outcome."""
     summary: dict[str, Any] = {
         "name": result.name,
         "run": result.run,
@@ -393,7 +463,15 @@ def evaluate_checkpoint(data: bytes, samples_per_class: int = 1000) -> dict[str,
     from models.evaluation import evaluate_generator
     from models.inference import load_generator
 
-    report = evaluate_generator(load_generator(data), samples_per_class).to_dict()
+    return recorded_metrics(evaluate_generator(load_generator(data), samples_per_class).to_dict())
+
+
+def recorded_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What a registry row keeps of an evaluation report (`EvaluationReport.to_dict()`): its numbers and its
+    per-category dicts, which the per-category promotion gates read. One rule for `train --evaluate`,
+    `models register` and `evaluate --record`. A metric not measured (None: CAS under --no-cas, memorization
+    without --memorization) is left out, so merging it keeps the value a version already has; so are the
+    source, the warnings and local file paths."""
     return {
         key: value
         for key, value in report.items()

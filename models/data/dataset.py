@@ -61,12 +61,16 @@ def fit_fashion_mnist(images: np.ndarray, resolution: int, channels: int) -> tor
 
 def check_dataset(spec: str, image_shape: tuple[int, int, int] | None = None, copies: int = 1) -> None:
     """Raise `DataError` when the data a spec names cannot be opened, without decoding any image: Fashion-MNIST's
-    files are read (about 0.5 s), a folder or an object-store prefix is listed (each file's size checked).
+    four files (train and test) are read (about 0.5 s), a folder or an object-store prefix is listed (each file's size checked).
     With `image_shape` (C, R, R), also when `copies` decoded copies (one per worker on this machine) would not
     fit in memory. `catalogan train` calls it before a local Ray cluster starts, so a bad `--data` costs
     neither the start nor a failed run record."""
     if _is_fashion_mnist(spec):
-        count = len(load_fashion_mnist(_fashion_mnist_root(spec), "train")[1])
+        root = _fashion_mnist_root(spec)
+        count = len(load_fashion_mnist(root, "train")[1])
+        # Each rank's data fingerprint reads the test split's two files as well (`fingerprint`): a folder with
+        # the train files alone would pass here and then fail in every rank, after Ray has started.
+        load_fashion_mnist(root, "test")
     elif "://" in spec:
         try:
             store = open_store(spec)
