@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -55,6 +55,19 @@ class ExitCode(enum.IntEnum):
     NOT_VERIFIED = 8  # `verify`: the file does not match its provenance, or carries none
     NOT_COMPARABLE = 9  # `verify --regenerate`: differs, but regenerated on another device kind or backend
     COMPLETED_WITH_FAILURES = 10  # the job finished, some images failed and the others were delivered
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, the shell's own convention); SIGTERM, where handled, is 143
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised when a command is stopped (Ctrl-C, or SIGTERM where it turns the signal into this) and has one
+    line to say what becomes of its work (`interrupted: job J goes on when the same command runs again`).
+
+    A `KeyboardInterrupt`, so that no `except Exception` on the way up swallows it; `one_line_errors` prints
+    the line and exits with `exit_code` (130 for Ctrl-C, 128 + the signal otherwise)."""
+
+    def __init__(self, message: str = "interrupted", exit_code: int = ExitCode.INTERRUPTED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def job_exit_code(status: str) -> ExitCode:
@@ -111,7 +124,14 @@ def one_line_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt as exc:
+            # click would print a bare "Aborted!" and exit 1, which the exit table keeps for bugs.
+            _exit_interrupted(exc)
+        except click.Abort as exc:
+            if isinstance(exc.__context__, KeyboardInterrupt):  # Ctrl-C in a prompt; a "no" stays click's
+                _exit_interrupted(exc.__context__)
+            raise
+        except (click.ClickException, click.exceptions.Exit):
             raise
         except (CataloganError, ValueError) as exc:
             click.echo(f"Error: {exc}", err=True)
@@ -136,6 +156,15 @@ def one_line_errors(func: F) -> F:
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+def _exit_interrupted(exc: KeyboardInterrupt) -> NoReturn:
+    """One line on stderr (the command's own, when it raised `Interrupted`) and exit 130 (or its code)."""
+    if isinstance(exc, Interrupted):
+        click.echo(str(exc), err=True)
+        sys.exit(exc.exit_code)
+    click.echo("interrupted", err=True)
+    sys.exit(ExitCode.INTERRUPTED)
 
 
 def model_name_option(value: str) -> str:

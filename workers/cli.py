@@ -26,8 +26,6 @@ from typing import Any
 
 import click
 from click.core import ParameterSource
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from db.cli_support import (
     CATALOGAN_ARGV,
@@ -38,7 +36,7 @@ from db.cli_support import (
     output_folder,
 )
 from db.errors import ConfigError
-from db.settings import BaseSettings  # pydantic-settings whose errors name the CATALOGAN_* variable
+from workers.processes import WorkerProcessSettings, die_with_parent, queue_names
 
 CHILD_STOP_TIMEOUT_SECONDS = 30
 
@@ -47,22 +45,6 @@ def _visible_gpus() -> int:
     import torch  # only here: `catalogan worker --help` stays light
 
     return int(torch.cuda.device_count())
-
-
-class WorkerProcessSettings(BaseSettings):
-    """How many processes `catalogan worker` runs when --concurrency / --processes-per-gpu are not given.
-
-    Read here rather than by click's `envvar`, which called a malformed variable a bad option (`Invalid value
-    for '--concurrency'`, exit 2); a setting is one line naming the variable, exit 6 (docs/cli.md)."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="CATALOGAN_", extra="ignore", frozen=True, env_ignore_empty=True
-    )
-
-    worker_concurrency: int | None = Field(
-        default=None, ge=1, description="CPU worker processes; unset = one per usable core, at least 2."
-    )
-    processes_per_gpu: int = Field(default=1, ge=1, description="Worker processes sharing each GPU.")
 
 
 # What `--gpus` takes besides GPU indices.
@@ -98,17 +80,6 @@ def gpus_option(_ctx: click.Context, param: click.Parameter, value: str) -> str:
         except ValueError as exc:
             raise click.BadParameter(f"{value!r}: {exc}", param=param) from None
     return value
-
-
-def queue_names(value: str) -> list[str]:
-    """The queues a comma-separated `value` names, highest priority first whatever the order typed (the Redis
-    transport pops them in this order); `ValueError` stating the rule for an unknown or missing name."""
-    from db.messaging import QUEUE_NAMES, check_queue
-
-    names = [check_queue(name.strip()) for name in value.split(",") if name.strip()]
-    if not names:
-        raise ValueError(f"name at least one queue of {', '.join(QUEUE_NAMES)}")
-    return sorted(dict.fromkeys(names), key=QUEUE_NAMES.index)
 
 
 def queues_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
@@ -155,14 +126,6 @@ def gpu_split(gpu_ids: list[str], per_gpu: int, cores: int) -> list[tuple[str, i
         raise ValueError(f"processes per GPU must be at least 1, got {per_gpu}")
     threads = max(1, cores // (len(gpu_ids) * per_gpu)) if gpu_ids else 1
     return [(gpu, threads) for gpu in gpu_ids for _ in range(per_gpu)]
-
-
-def _die_with_parent() -> None:
-    """In a child before exec: SIGKILL when the supervisor dies, even by kill -9 (Linux PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _run_celery_worker(queues: list[str], hostname: str, loglevel: str, torch_threads: int | None) -> None:
@@ -229,7 +192,7 @@ def supervise(specs: list[ChildSpec]) -> int:
     children: list[tuple[subprocess.Popen[bytes], float]] = []
 
     def start(spec: ChildSpec) -> tuple[subprocess.Popen[bytes], float]:
-        return subprocess.Popen(spec.command, env=spec.env, preexec_fn=_die_with_parent), time.monotonic()
+        return subprocess.Popen(spec.command, env=spec.env, preexec_fn=die_with_parent), time.monotonic()
 
     def forward(signum: int, _frame: Any) -> None:
         nonlocal stopping

@@ -286,6 +286,11 @@ class JobExport:
             self._recorded.update(new)
 
     def _export_chunks(self, session: Session, chunk_ids: list[int]) -> None:
+        if not chunk_ids:
+            # Nothing finished yet: the folder (and its marker) is made with the first file, so a run that
+            # stops before any chunk finished (a worker that could not start) leaves no folder behind.
+            _end_reads(session)
+            return
         objects: list[str] = []
         images = 0
         for chunk_id in chunk_ids:
@@ -326,7 +331,10 @@ class JobExport:
             if self.store.exists(key):
                 path = self._path(key)
                 self._record([path])
-                _write(path, self.store.iter_chunks(key))  # a piece at a time: a manifest can be large
+                if key in extra:
+                    _write(path, self._local_shard_index(key))
+                else:
+                    _write(path, self.store.iter_chunks(key))  # a piece at a time: a manifest can be large
                 self.result.manifests.append(path)
         for category, images in sorted(self._sheet_images(session).items()):
             path = self.folder / "contact-sheets" / f"{category}.png"
@@ -338,6 +346,16 @@ class JobExport:
         assert self._recorded is not None
         self._write_marker({path for path in self._recorded if (self.folder / path).is_file()})
         return self.result
+
+    def _local_shard_index(self, key: str) -> bytes:
+        """The job's `shards/index.json` with each shard's `url` made the shard's path relative to the folder
+        (`shards/00000000.tar`), everything else as stored. The stored url is the store's URI (`file:///<data
+        folder>/objects/...`, `s3://...`): copied as is it pointed out of the folder, at the data folder it
+        came from, and made the index differ from one machine to the next."""
+        document = json.loads(self.store.get(key))
+        for shard in document["shards"]:
+            shard["url"] = self._path(str(shard["key"])).relative_to(self.folder).as_posix()
+        return json.dumps(document, sort_keys=True, indent=1).encode()  # as `workers.shards` writes it
 
     def _sheet_images(self, session: Session) -> dict[str, list[bytes]]:
         """The first `CONTACT_SHEET_MAX_IMAGES` exported images of each category, in index order."""

@@ -13,6 +13,8 @@ part of each file's provenance, so a random id would make every run's bytes diff
 from __future__ import annotations
 
 import contextlib
+import csv
+import functools
 import hashlib
 import math
 import os
@@ -32,9 +34,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import migrate
-from db.cli_support import CATALOGAN_ARGV
+from db.cli_support import CATALOGAN_ARGV, ExitCode, Interrupted
 from db.engine import engine_from_settings, make_session_factory, read_only_session_factory, transaction
-from db.errors import ConflictError, NotFoundError, PlanningError
+from db.errors import ConfigError, ConflictError, NotFoundError, PlanningError
 from db.incremental import count_skipped_items
 from db.job_specs import (
     MAX_IMAGES_PER_ITEM,
@@ -47,7 +49,14 @@ from db.job_specs import (
 from db.latent_control import resolve_latent_control
 from db.messaging import CeleryPublisher, make_celery_app
 from db.model_versions import list_model_versions
-from db.planning import PlannedJob, category_indices, publish_planned, resolve_job_model, submit_job
+from db.planning import (
+    ModelVersionLike,
+    PlannedJob,
+    category_indices,
+    publish_planned,
+    resolve_job_model,
+    submit_job,
+)
 from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageSettings
 from db.status import ChunkStatus, JobStatus
 from db.storage import ObjectStore, open_store
@@ -92,8 +101,12 @@ COUNT_RULE = f"the count must be a whole number 1..{MAX_IMAGES_PER_ITEM}"
 
 
 def read_sku_rows(sku_file: Path) -> list[tuple[int, list[str]]]:
-    """(line number, comma-separated fields) of each row of a SKU file that is not blank or a comment;
-    `PlanningError` naming --sku-file when the file is not UTF-8 text (a leading BOM is allowed)."""
+    """(line number, CSV fields) of each row of a SKU file that is not blank or a comment; `PlanningError`
+    naming --sku-file when the file is not UTF-8 text (a leading BOM is allowed) or a row is not CSV.
+
+    Each line is read as one CSV record, so a spreadsheet's quoting holds: `"A1",sneaker` is SKU A1 (a split at
+    every comma kept the quotes in the SKU), `"A,1",sneaker` is SKU `A,1`. A record stays on one line, and `#`
+    starts a comment anywhere on it, as before, so the row numbers in errors are the file's lines."""
     data = sku_file.read_bytes()
     try:
         text = data.decode("utf-8-sig")
@@ -108,8 +121,15 @@ def read_sku_rows(sku_file: Path) -> list[tuple[int, list[str]]]:
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
-        if line:
-            rows.append((number, [part.strip() for part in line.split(",")]))
+        if not line:
+            continue
+        try:  # strict: `"A1"x,...` or an unclosed quote is an error, not a SKU with a stray quote in it
+            (fields,) = csv.reader([line], skipinitialspace=True, strict=True)
+        except csv.Error as exc:
+            raise PlanningError(
+                "--sku-file", "sku_line", f"--sku-file row {number}: not a CSV record ({exc})"
+            ) from None
+        rows.append((number, [part.strip() for part in fields]))
     return rows
 
 
@@ -171,21 +191,55 @@ def item_error_as_typed(request: GenerateRequest, exc: PlanningError) -> Plannin
     return PlanningError(exc.field, exc.rule, f"{where}: {match.group(2)}: {rule_text}")
 
 
+# The spec's fields that one option sets, and that option's name as typed (`item_error_as_typed` does the items).
+OPTION_OF_FIELD = {
+    "model": "--model",
+    "seed": "--seed",
+    "output_format": "--format",
+    "chunk_size": "--chunk-size",
+    "truncation": "--truncation",
+    "variation.strength": "--strength",
+    "variation.count": "--count",
+    "interpolation.frames": "--frames",
+}
+
+
+def option_error_as_typed(request: GenerateRequest, exc: PlanningError) -> PlanningError:
+    """`exc` about a field one option sets renamed after that option and its value as typed: `--seed -1: ...`
+    rather than `seed: ...` (the API's field names mean nothing on a command line); any other error as it is."""
+    option = OPTION_OF_FIELD.get(exc.field)
+    if option is None:
+        return exc
+    value = {
+        "--model": request.model_ref,
+        "--seed": request.seed,
+        "--format": request.output_format,
+        "--chunk-size": request.chunk_size,
+        "--truncation": request.truncation,
+        "--strength": request.strength,
+        "--count": request.count,
+        "--frames": request.frames,
+    }[option]
+    typed = f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else value
+    return PlanningError(option, exc.rule, f"{option} {typed}: {str(exc).split(': ', 1)[-1]}")
+
+
 def generate_spec(request: GenerateRequest) -> JobSpec:
     """The domain request of `catalogan generate`: the model named (default fashion-cgan), the items of the
     --category options and the SKU file, the seed (chosen here when absent: it is part of the job id). The
     submit path's bounds (`SubmitLimits`) are checked here too, before anything is migrated or registered.
 
-    A broken item is named as it was typed: `--category bag=0: count: ...`, or the SKU file's row."""
+    A broken item is named as it was typed: `--category bag=0: count: ...`, or the SKU file's row; a broken
+    option too: `--seed -1: ...`, `--model 'fashion-cgan@x': ...`."""
     try:
         spec = _parse_generate_spec(request)
         SubmitLimits().check(spec)
     except PlanningError as exc:
-        raise item_error_as_typed(request, exc) from None
+        raise option_error_as_typed(request, item_error_as_typed(request, exc)) from None
     return spec
 
 
-def check_categories(request: GenerateRequest, spec: JobSpec, model_version: ModelVersion) -> None:
+def check_categories(request: GenerateRequest, spec: JobSpec, model_version: ModelVersionLike) -> None:
     """`PlanningError` naming the --category / --sku-file row as typed when an item's category is not one of
     `model_version`'s (with the list of its categories): the submit path's own check, made before anything is
     committed. A variation or interpolation takes its category from its source images."""
@@ -274,9 +328,11 @@ def _control_fields(request: GenerateRequest) -> dict[str, Any]:
 
 def _parse_generate_spec(request: GenerateRequest) -> JobSpec:
     check_option_combinations(request)
+    if request.model_ref is not None:
+        split_model_ref(request.model_ref)  # `--model ''` was the default model; `@x` failed after migrating
     control = _control_fields(request)  # a variation or interpolation: its sources' model unless named
     spec: dict[str, Any] = {
-        "model": request.model_ref if control else request.model_ref or DEFAULT_MODEL_NAME,
+        "model": request.model_ref if control or request.model_ref is not None else DEFAULT_MODEL_NAME,
         "seed": request.seed if request.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1,
         "output_format": request.output_format,
         "chunk_size": request.chunk_size,
@@ -284,6 +340,76 @@ def _parse_generate_spec(request: GenerateRequest) -> JobSpec:
         **(control or {"items": parse_items(request.categories, request.sku_file)}),
     }
     return parse_job_spec({key: value for key, value in spec.items() if value is not None})
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """The shipped fashion-cgan as planning sees a model version (`ModelVersionLike`), before it is registered:
+    its categories come from `models/weights/fashion-cgan/metadata.json`; a fresh registry makes it version 1."""
+
+    categories: tuple[str, ...]
+    id: int = 0
+    name: str = DEFAULT_MODEL_NAME
+    version: int = 1
+
+
+def names_shipped_model(spec: JobSpec) -> bool:
+    """True when the job's model is the shipped default: `fashion-cgan` with no version (a plain job)."""
+    if spec.model is None or spec.variation is not None or spec.interpolation is not None:
+        return False
+    return split_model_ref(spec.model) == (DEFAULT_MODEL_NAME, None)
+
+
+def check_shipped_categories(request: GenerateRequest, spec: JobSpec) -> None:
+    """`check_categories` against the shipped model's own list, for a registry that holds no fashion-cgan yet.
+
+    Registering it builds its memorization index (a minute or more of CPU) and the data folder: a typo in a
+    category was reported only after both. Call it only where the registry has no fashion-cgan, as the
+    registered one (a newer version, or a model trained under that name) may have other categories."""
+    from models.default_model import shipped_metadata
+
+    categories = shipped_metadata().get("model_config", {}).get("categories", [])
+    check_categories(request, spec, ShippedModel(tuple(str(category) for category in categories)))
+
+
+def check_default_categories(
+    session_factory: sessionmaker[Session], request: GenerateRequest, spec: JobSpec
+) -> None:
+    """The categories of a job for the default model, checked before `_ensure_default_model` (which may build
+    the memorization index): against the shipped list while the registry holds no fashion-cgan, else against
+    the version the job would get (when none resolves, the resolution after registration says so)."""
+    with session_factory() as session:
+        registered = session.scalar(
+            select(ModelVersion.id).where(ModelVersion.name == DEFAULT_MODEL_NAME).limit(1)
+        )
+        if registered is None:
+            check_shipped_categories(request, spec)
+            return
+        try:
+            model_version = resolve_job_model(session, spec.model)
+        except NotFoundError:
+            return
+        check_categories(request, spec, model_version)
+
+
+def check_worker_settings() -> None:
+    """Read and check the settings of the `catalogan worker` and `catalogan beat` started here, as they check
+    them at their start: `ConfigError` naming the variable (exit 6).
+
+    Before anything is submitted: a worker refusing `CATALOGAN_WORKER_CONCURRENCY=abc` only once it ran left
+    a queued job and an --out folder, and an error naming the worker's exit code, not the variable."""
+    from db.pipeline_settings import ReaperSettings, WorkerSettings
+    from workers.context import read_worker_config
+    from workers.processes import WorkerProcessSettings, queue_names
+
+    settings = WorkerSettings()
+    WorkerProcessSettings()
+    ReaperSettings()
+    try:
+        queue_names(settings.queues)
+    except ValueError as exc:
+        raise ConfigError(f"CATALOGAN_QUEUES: {exc}") from None
+    read_worker_config(settings)
 
 
 def ensure_local_tenant(session: Session) -> str:
@@ -314,15 +440,15 @@ def derived_job_id(tenant_id: str, model_version_id: int, spec: JobSpec) -> str:
 
 @contextlib.contextmanager
 def _sigterm_raises() -> Iterator[None]:
-    """While inside, SIGTERM ends the command as Ctrl-C does (`SystemExit(143)` through every `finally`),
-    instead of killing it at once and leaving its children running. Only in the main thread (where Python
-    handles signals); the previous handler comes back after."""
+    """While inside, SIGTERM ends the command as Ctrl-C does (`Interrupted`, exit 143, through every
+    `finally`), instead of killing it at once and leaving its children running. Only in the main thread (where
+    Python handles signals); the previous handler comes back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
+        raise Interrupted(exit_code=128 + signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
@@ -331,23 +457,34 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _start_children(data: DataSettings) -> list[subprocess.Popen[bytes]]:
+def _start_children(data: DataSettings) -> dict[str, subprocess.Popen[bytes]]:
+    """`catalogan worker` and `catalogan beat`, logging to the data folder's `logs/`. Each gets SIGTERM when
+    this process dies, even by kill -9 (the worker supervisor's own `die_with_parent`): SIGTERM, not
+    SIGKILL, so the worker releases its chunk. Without it they lived on, and a rerun started a second beat."""
+    from workers.processes import die_with_parent
+
     env = {**os.environ, "CATALOGAN_DATA_DIR": str(data.resolved)}
     logs = data.resolved / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    children = []
-    for name, args in (("worker", ["worker"]), ("beat", ["beat"])):
-        log = (logs / f"{name}.log").open("ab")
-        children.append(subprocess.Popen([*CATALOGAN_ARGV, *args], env=env, stdout=log, stderr=log))
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    for name in ("worker", "beat"):
+        with (logs / f"{name}.log").open("ab") as log:
+            children[name] = subprocess.Popen(
+                [*CATALOGAN_ARGV, name],
+                env=env,
+                stdout=log,
+                stderr=log,
+                preexec_fn=functools.partial(die_with_parent, signal.SIGTERM),
+            )
     return children
 
 
-def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
-    for child in children:
+def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    for child in children.values():
         if child.poll() is None:
             child.terminate()  # graceful: the worker releases its chunk
     deadline = time.monotonic() + CHILD_STOP_TIMEOUT_SECONDS
-    for child in children:
+    for child in children.values():
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -359,15 +496,20 @@ def _wait(
     session_factory: sessionmaker[Session],
     job_id: str,
     request: GenerateRequest,
-    children: list[subprocess.Popen[bytes]],
+    children: dict[str, subprocess.Popen[bytes]],
     exporter: JobExport,
+    logs: Path,
 ) -> Job:
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     reads = read_only_session_factory(session_factory)  # on SQLite a poll and its export never block a worker
     deadline = time.monotonic() + request.timeout_seconds
     columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not request.show_progress, transient=True) as progress:
+    # On stderr, and only on a terminal: on stdout a piped run's first line was the bar's empty line.
+    console = Console(stderr=True)
+    show = request.show_progress and console.is_terminal
+    with Progress(*columns, console=console, disable=not show, transient=True) as progress:
         task = None
         while True:
             with reads() as session:
@@ -379,18 +521,33 @@ def _wait(
                 if job.status.is_terminal:
                     return job
                 exporter.export_finished(session)  # the export streams while the job runs
-            for child in children:
+            for name, child in children.items():
                 if child.poll() is not None:
+                    log = logs / f"{name}.log"
+                    if child.returncode == ExitCode.CONFIG:  # a setting it refused: its exit code, 6
+                        raise ConfigError(f"`catalogan {name}` refused a setting (exit 6): see {log}")
                     raise ConflictError(
-                        f"a {child.args!r} process exited with {child.returncode}; see catalogan-data/logs/"
+                        f"`catalogan {name}` exited with {child.returncode}: see {log}; job {job_id} goes on "
+                        "when the same command runs again"
                     )
             if time.monotonic() > deadline:
-                raise ConflictError(f"job {job_id} did not finish within {request.timeout_seconds:.0f} s")
+                raise ConflictError(
+                    f"job {job_id} did not finish within {request.timeout_seconds:g} s: it goes on when the "
+                    "same command runs again, which waits for it and exports it"
+                )
             time.sleep(POLL_INTERVAL_SECONDS)
 
 
 def run_generate(request: GenerateRequest) -> dict[str, Any]:
-    """Run (or find) the job for this request, wait for it, export it; return the summary."""
+    """Run (or find) the job for this request, wait for it, export it; return the summary.
+
+    Ctrl-C or SIGTERM raises `Interrupted` (exit 130 / 143, one line): once the job exists, the line says the
+    same command resumes it; the worker and beat started here are stopped on the way out."""
+    with _sigterm_raises():  # `kill PID` or `timeout` must stop the worker and beat started here too
+        return _run_generate(request)
+
+
+def _run_generate(request: GenerateRequest) -> dict[str, Any]:
     data, db_settings, storage, broker = (
         DataSettings(),
         DatabaseSettings(),
@@ -409,10 +566,18 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     if request.seed is None:
         check_replaceable(request.out_dir, previous, job_id="", overwrite=request.overwrite)
     url = db_settings.url(data)
+    shipped = names_shipped_model(spec)
+    if shipped and not db_settings.database_url and not (data.resolved / "catalogan.db").exists():
+        check_shipped_categories(request, spec)  # a fresh data folder: a typo must not create it
+    if request.start_worker:
+        check_worker_settings()  # nothing is created or submitted for a setting the worker would refuse
     migrate.upgrade(url)
     session_factory = make_session_factory(engine_from_settings(db_settings, data))
+    if shipped:
+        check_default_categories(session_factory, request, spec)  # before a memorization index is built
     store = open_store(storage.url(data))
-    _ensure_default_model(session_factory, store, request.model_ref or DEFAULT_MODEL_NAME)
+    if spec.model is not None:  # a variation or interpolation without --model: its sources' model
+        _ensure_default_model(session_factory, store, spec.model)
     app = make_celery_app(broker, data)
     publisher = CeleryPublisher(app)
     # One transaction: every check below comes before the local tenant is made, and an error rolls it back.
@@ -450,20 +615,20 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
         raise ConflictError(
             f"job {job_id} for this request already ended {existing.status.value}; use another --seed or data folder"
         )
-    if existing is None:
-        submit_job(
-            session_factory,
-            spec,
-            tenant_id=tenant_id,
-            publisher=publisher,
-            job_id=job_id,
-            model_version=model_version,
-        )
-    replaced: dict[str, Any] | None = None
-    if previous is not None and previous.job_id != job_id:  # --overwrite was given (checked above)
-        replaced = {"job_id": previous.job_id, "files_removed": remove_export(request.out_dir, previous)}
-    children: list[subprocess.Popen[bytes]] = []
-    with _sigterm_raises():  # `kill PID` or `timeout` must stop the worker and beat started here too
+    try:
+        if existing is None:
+            submit_job(
+                session_factory,
+                spec,
+                tenant_id=tenant_id,
+                publisher=publisher,
+                job_id=job_id,
+                model_version=model_version,
+            )
+        replaced: dict[str, Any] | None = None
+        if previous is not None and previous.job_id != job_id:  # --overwrite was given (checked above)
+            replaced = {"job_id": previous.job_id, "files_removed": remove_export(request.out_dir, previous)}
+        children: dict[str, subprocess.Popen[bytes]] = {}
         try:
             if request.start_worker and not existing_is_done(existing):
                 children = _start_children(data)
@@ -471,15 +636,20 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
                 exporter = JobExport(store, session.get_one(Job, job_id), request.out_dir)
             if existing is not None and not existing.status.is_terminal:
                 _republish_pending(session_factory, job_id, existing.queue, publisher)
-            job = _wait(session_factory, job_id, request, children, exporter)
+            job = _wait(session_factory, job_id, request, children, exporter, data.resolved / "logs")
         finally:
             _stop_children(children)
-    with session_factory() as session:
-        found = session.get(Job, job_id)
-        assert found is not None
-        job = found
-        exported = exporter.finish(session)
-        skipped_items, skipped_images = count_skipped_items(session, job.id)
+        with session_factory() as session:
+            found = session.get(Job, job_id)
+            assert found is not None
+            job = found
+            exported = exporter.finish(session)
+            skipped_items, skipped_images = count_skipped_items(session, job.id)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (`_sigterm_raises`)
+        raise Interrupted(
+            f"interrupted: job {job_id} goes on when the same command runs again",
+            exit_code=getattr(exc, "exit_code", ExitCode.INTERRUPTED),
+        ) from None
     return {
         "job_id": job.id,
         "status": job.status.value,

@@ -186,3 +186,149 @@ def test_generate_help_still_loads() -> None:
     """The --timeout type is a click type (the command's --help lists it)."""
     result = CliRunner().invoke(cli, ["generate", "--help"], prog_name="catalogan")
     assert result.exit_code == 0 and "--timeout" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "start"),
+    [
+        (["--seed", "-1"], "Error: --seed -1: "),
+        (["--chunk-size", "0"], "Error: --chunk-size 0: "),
+        (["--truncation", "2"], "Error: --truncation 2: "),
+        (["--model", "fashion-cgan@x"], "Error: --model 'fashion-cgan@x': must be 'name' or 'name@version'"),
+        (["--model", ""], "Error: --model '': must be 'name' or 'name@version'"),
+    ],
+    ids=["seed", "chunk-size", "truncation", "model-version", "empty-model"],
+)
+def test_a_bad_option_is_named_as_typed_not_as_the_apis_field(
+    stack: Path, args: list[str], start: str
+) -> None:
+    """Given --seed -1, --chunk-size 0, --truncation 2, --model fashion-cgan@x or --model '' / When generate
+    runs / Then the one line names the option and its value as typed (it said `seed: ...`, and `--model ''`
+    quietly ran the default model), exit 2, and nothing was written."""
+    line = _refused(_generate("--category", "sneaker=1", *args, "--out", "o"), stack)
+    assert line.startswith(start), line
+    assert not (stack / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("row", "sku"),
+    [('"A1",sneaker', "A1"), ('"A,1",sneaker,2', "A,1"), ('"A 1", sneaker # note', "A 1")],
+    ids=["quoted", "quoted-comma", "spaces-and-comment"],
+)
+def test_a_sku_file_is_read_as_csv(tmp_path: Path, row: str, sku: str) -> None:
+    """Given a SKU file whose row quotes its SKU, as a spreadsheet writes it / When its items are read / Then
+    the SKU is the value inside the quotes (a split at every comma kept the quotes, and cut `"A,1"` in two)."""
+    from workers.generate_command import parse_items
+
+    (tmp_path / "skus.csv").write_text(f"# sku,category,count\n{row}\n")
+    (item,) = parse_items((), tmp_path / "skus.csv")
+    assert (item["sku"], item["category"], item["client_item_id"]) == (sku, "sneaker", sku)
+
+
+def test_a_sku_row_that_is_not_csv_is_named_with_its_row(stack: Path) -> None:
+    """Given a SKU file whose second row has text after a closing quote / When generate runs / Then one line
+    names `--sku-file row 2` and says it is not a CSV record, exit 2, nothing written."""
+    (stack / "skus.csv").write_text('S1,sneaker\n"S2"x,dress\n')
+    line = _refused(_generate("--sku-file", "skus.csv", "--out", "o"), stack)
+    assert line.startswith("Error: --sku-file row 2: not a CSV record"), line
+
+
+def test_a_quoted_sku_with_a_comma_reaches_the_job_without_its_quotes(stack: Path) -> None:
+    """Given a SKU file row `"A,1",sneaker` / When generate runs (no worker, a 1 s timeout) / Then the job's
+    item is SKU `A,1`: the job was submitted, and only the wait ran out."""
+    from db.tables import JobItem
+
+    (stack / "skus.csv").write_text('"A,1",sneaker\n')
+    result = _generate("--sku-file", "skus.csv", "--seed", "1", "--out", "o", "--timeout", "1")
+    assert result.exit_code == ExitCode.CONFLICT, result.output
+    engine = make_engine(f"sqlite:///{stack / 'cat.db'}")
+    with make_session_factory(engine)() as session:
+        assert list(session.scalars(select(JobItem.sku))) == ["A,1"]
+    engine.dispose()
+
+
+def test_a_timeout_says_the_job_goes_on_and_how_to_resume_it(stack: Path) -> None:
+    """Given no worker and --timeout 1 / When generate gives up / Then exit 4 (unchanged) and the one line says
+    the job goes on when the same command runs again."""
+    result = _generate("--category", "sneaker=1", "--seed", "1", "--out", "o", "--timeout", "1")
+    assert result.exit_code == ExitCode.CONFLICT, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert "did not finish within 1 s" in line and "goes on when the same command runs again" in line, line
+
+
+def test_a_bad_worker_setting_is_refused_before_anything_is_submitted(
+    stack: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given CATALOGAN_WORKER_CONCURRENCY=abc / When generate runs and would start a worker / Then one line
+    names the variable, exit 6 (it was `a [...] process exited with 6`, exit 4, after the job was submitted
+    and --out made), and no job row, tenant row or --out folder was made."""
+    monkeypatch.setenv("CATALOGAN_WORKER_CONCURRENCY", "abc")
+    result = CliRunner().invoke(
+        cli,
+        ["generate", "--model", "fcg@1", "--category", "sneaker=1", "--seed", "41", "--out", "o41"],
+        prog_name="catalogan",
+    )
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: CATALOGAN_WORKER_CONCURRENCY: "), line
+    assert _rows(stack, Job) == 0 and _rows(stack, Tenant) == 0
+    assert not (stack / "o41").exists()
+
+
+def test_ctrl_c_while_waiting_is_one_line_naming_the_job_and_exit_130(
+    stack: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a job submitted and being waited for / When Ctrl-C arrives / Then one line says the job goes on
+    when the same command runs again and the exit code is 130 (it was click's `Aborted!`, exit 1: a bug)."""
+    import workers.generate_command
+
+    def interrupt(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workers.generate_command, "_wait", interrupt)
+    result = _generate("--category", "sneaker=1", "--seed", "1", "--out", "o")
+    assert result.exit_code == ExitCode.INTERRUPTED == 130, result.output
+    engine = make_engine(f"sqlite:///{stack / 'cat.db'}")
+    with make_session_factory(engine)() as session:
+        (job_id,) = session.scalars(select(Job.id))
+    engine.dispose()
+    assert result.output.strip().splitlines() == [
+        f"interrupted: job {job_id} goes on when the same command runs again"
+    ]
+
+
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(stack: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a command interrupted before it has anything to say about its work / When Ctrl-C arrives / Then the
+    shared wrapper prints `interrupted` and exits 130, not click's `Aborted!` and 1."""
+    import workers.generate_command
+
+    def interrupt(_request: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workers.generate_command, "run_generate", interrupt)
+    result = _generate("--category", "sneaker=1", "--out", "o")
+    assert (result.exit_code, result.output.strip()) == (ExitCode.INTERRUPTED, "interrupted"), result.output
+
+
+def test_a_worker_that_refuses_a_setting_passes_its_exit_code_6_through(
+    stack: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a setting only the started worker refuses (the up-front check bypassed) / When generate runs /
+    Then it exits 6, not 4, and its one line points at the worker's log in the data folder (it said
+    `see catalogan-data/logs/` whatever the data folder)."""
+    import workers.generate_command
+
+    monkeypatch.setattr(workers.generate_command, "check_worker_settings", lambda: None)
+    monkeypatch.setenv("CATALOGAN_WORKER_CONCURRENCY", "abc")
+    result = CliRunner().invoke(
+        cli,
+        ["generate", "--model", "fcg@1", "--category", "sneaker=1", "--seed", "41", "--out", "o41"],
+        prog_name="catalogan",
+    )
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    (line,) = result.output.strip().splitlines()
+    assert (
+        line
+        == f"Error: `catalogan worker` refused a setting (exit 6): see {stack / 'data' / 'logs' / 'worker.log'}"
+    )
+    assert "CATALOGAN_WORKER_CONCURRENCY" in (stack / "data" / "logs" / "worker.log").read_text()

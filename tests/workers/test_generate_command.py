@@ -157,6 +157,20 @@ def test_kill_stops_generate_and_the_worker_and_beat_it_started(tmp_path: Path) 
     import signal
     import time
 
+    process, children = _generate_with_children(tmp_path)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in children):
+        assert time.monotonic() < deadline, [pid for pid in children if Path(f"/proc/{pid}").exists()]
+        time.sleep(0.5)
+
+
+def _generate_with_children(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """`catalogan generate` of a long job on the embedded default, once its worker and beat run (and 2 s on)."""
+    import time
+
     folder = _embedded_folder(tmp_path)
     command = [*CATALOGAN, "generate", "--model", "tiny", "--category", "a=20000", "--out", "out"]
     process = subprocess.Popen(
@@ -169,10 +183,40 @@ def test_kill_stops_generate_and_the_worker_and_beat_it_started(tmp_path: Path) 
         time.sleep(0.5)
         children = _children_of(process.pid)
     time.sleep(2.0)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-    deadline = time.monotonic() + 60
-    while any(Path(f"/proc/{pid}").exists() for pid in children):
-        assert time.monotonic() < deadline, [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    return process, children
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (an orphan's zombie waits for PID 1 to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_kill_9_of_generate_takes_the_worker_and_beat_it_started_with_it(tmp_path: Path) -> None:
+    """Given `catalogan generate` running a job with the worker and beat it started / When it is killed with
+    SIGKILL (no clean-up runs) / Then both children end within seconds: they get SIGTERM when it dies
+    (PR_SET_PDEATHSIG). They lived on, reparented to PID 1, and a rerun started a second beat."""
+    import signal
+    import time
+
+    process, children = _generate_with_children(tmp_path)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 45  # the worker finishes the batch in flight and releases its chunk
+    while any(_running(pid) for pid in children):
+        assert time.monotonic() < deadline, [pid for pid in children if _running(pid)]
         time.sleep(0.5)
+
+
+def test_piped_generate_prints_the_summary_as_its_first_line(tmp_path: Path) -> None:
+    """Given stdout is a pipe (`catalogan generate ... | head -1`) / When generate runs / Then the first line on
+    stdout is the summary, `job ...`: the progress bar is on stderr, and off when stderr is not a terminal (it
+    wrote an empty line to stdout first)."""
+    folder = _embedded_folder(tmp_path)
+    result = _generate(folder, "--category", "a=2", "--seed", "3", "--out", "out")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith("job "), result.stdout
