@@ -367,15 +367,19 @@ def _stop_on_sigterm(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-@train.command("ls")
-@click.option("--name", default=None, help="Only runs of this model name.")
-@click.option(
+# `train ls` and `train show`: the store a run is read from, checked by click (exit 2 naming --out).
+_read_out_option = click.option(
     "--out",
     "out_url",
     default=None,
     callback=store_url_option,
     help="Object store to read (default: CATALOGAN_STORAGE_URL).",
 )
+
+
+@train.command("ls")
+@click.option("--name", default=None, help="Only runs of this model name.")
+@_read_out_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @one_line_errors
 def train_ls(name: str | None, out_url: str | None, as_json: bool) -> None:
@@ -418,13 +422,7 @@ def _last_metrics(last: dict[str, Any] | None) -> str:
 @train.command("show")
 @click.argument("run_ref", metavar="RUN")
 @click.option("--follow", is_flag=True, help="Print each new progress update until the run ends.")
-@click.option(
-    "--out",
-    "out_url",
-    default=None,
-    callback=store_url_option,
-    help="Object store to read (default: CATALOGAN_STORAGE_URL).",
-)
+@_read_out_option
 @click.option(
     "--json", "as_json", is_flag=True, help="Print JSON (with --follow: one object per update first)."
 )
