@@ -13,6 +13,7 @@ page without the buttons, and a POST from them is a 403. Promotion applies the s
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,12 +136,48 @@ def _version_view(store: ObjectStore, row: ModelVersion) -> dict[str, Any]:
             for key, value in view["metrics"].items()
             if isinstance(value, int | float) and not isinstance(value, bool)
         },
+        "per_category": per_category_rows(view["metrics"], view["categories"]),
         "samples_url": f"{base}/samples.png" if has_samples else None,
         "loss_url": f"{base}/loss.png" if has_loss_png and not curves else None,
         "curves": curves,
         "curves_note": curves_note,
         "shipped": files.shipped_dir is not None,
     }
+
+
+PER_CATEGORY_KEYS = (  # the per-category tables `catalogan evaluate` records, in the table's column order
+    "per_class_accuracy",
+    "real_per_class_accuracy",
+    "per_class_fid_fm",
+    "per_class_precision",
+    "per_class_recall",
+)
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(float(value)):
+        return float(value)
+    return None
+
+
+def per_category_rows(metrics: dict[str, Any], categories: list[str]) -> list[dict[str, Any]]:
+    """The stored per-category evaluation as table rows, one per category of the model (or of the recorded
+    table when the row names none): generated conditional accuracy, the evaluator's accuracy on real images
+    of the category, their ratio (what `min_category_accuracy_ratio` gates), FID_fm, precision, recall.
+    Numbers only; a value that is missing or not a finite number is None (shown as a dash)."""
+    tables = {key: metrics.get(key) for key in PER_CATEGORY_KEYS}
+    accuracy = tables["per_class_accuracy"]
+    if not isinstance(accuracy, dict) or not accuracy:
+        return []
+    rows = []
+    for category in categories or [name for name in accuracy if isinstance(name, str)]:
+        row: dict[str, Any] = {"category": category}
+        for key, table in tables.items():
+            row[key] = _finite(table.get(category)) if isinstance(table, dict) else None
+        generated, real = row["per_class_accuracy"], row["real_per_class_accuracy"]
+        row["ratio"] = generated / real if generated is not None and real else None
+        rows.append(row)
+    return rows
 
 
 def _after_cursor(cursor: str) -> Any:

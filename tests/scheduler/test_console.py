@@ -15,6 +15,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -44,6 +45,7 @@ from scheduler.api.limits import MemoryRateLimiter
 from scheduler.console import jobs as console_jobs
 from scheduler.console.auth import SESSION_COOKIE, SIGN_IN_COOKIE
 from scheduler.console.curves import parse_history
+from scheduler.console.model_versions import per_category_rows
 from scheduler.console.provenance import embedded_provenance
 from scheduler.console.settings import ConsoleSettings
 from tests.scheduler.conftest import Credentials
@@ -590,11 +592,12 @@ def test_the_sdk_filters_images_by_review_state(
 # -- models ----------------------------------------------------------------------------------------------
 
 
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "models" / "weights" / "fashion-cgan"
+
+
 def insert_shipped_fashion_cgan(factory: sessionmaker[Session]) -> None:
     """Register the shipped fashion-cgan as a candidate row (its files stay in models/weights/, not the store)."""
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[2] / "models" / "weights" / "fashion-cgan"
+    folder = SHIPPED_DIR
     metadata = json.loads((folder / "metadata.json").read_text())
     with transaction(factory) as session:
         session.add(
@@ -606,6 +609,24 @@ def insert_shipped_fashion_cgan(factory: sessionmaker[Session]) -> None:
                 metrics=metadata["metrics"], status=ModelVersionStatus.CANDIDATE,
             )
         )  # fmt: skip
+
+
+def test_the_per_category_table_shows_what_was_measured_and_dashes_the_rest() -> None:
+    """Given a stored per-category evaluation with a missing real accuracy, a NaN and a category the model has
+    but the table lacks, then each category of the model gets a row, and what is not a finite number is None
+    (a dash on the page), never a ratio over a missing real accuracy."""
+    metrics = {
+        "per_class_accuracy": {"shirt": 0.75, "bag": float("nan"), "coat": 0.9},
+        "real_per_class_accuracy": {"shirt": 0.8, "coat": 0.0},
+        "per_class_fid_fm": "not a table",
+    }
+    rows = {row["category"]: row for row in per_category_rows(metrics, ["shirt", "bag", "coat", "sandal"])}
+    assert list(rows) == ["shirt", "bag", "coat", "sandal"]
+    assert rows["shirt"]["ratio"] == pytest.approx(0.9375) and rows["shirt"]["per_class_fid_fm"] is None
+    assert rows["bag"]["per_class_accuracy"] is None and rows["bag"]["ratio"] is None
+    assert rows["coat"]["ratio"] is None  # a real accuracy of 0 makes no ratio
+    assert all(value is None for key, value in rows["sandal"].items() if key != "category")
+    assert per_category_rows({"fid_fm": 0.3}, ["shirt"]) == []
 
 
 def test_the_models_page_shows_metrics_samples_and_curves_from_history(
@@ -630,7 +651,15 @@ def test_the_models_page_shows_metrics_samples_and_curves_from_history(
     page = console.get("/console/models").text
     assert "tiny@1: losses against step" in page and "tiny@1: FID_fm against step" in page
     assert page.count("<polyline") == 3 and "g_loss (last 0.2)" in page
-    assert "conditional_accuracy" in page and "0.9279" in page
+    shipped = json.loads((SHIPPED_DIR / "metadata.json").read_text())["metrics"]
+    assert "conditional_accuracy" in page and f"{shipped['conditional_accuracy']:.4g}" in page
+    # The shipped card's per-category evaluation is a table: every category with its generated and real
+    # accuracy and their ratio.
+    table = page.split('<table class="per-category">', 1)[1].split("</table>", 1)[0]
+    shirt = table.split('<th scope="row">shirt</th>', 1)[1].split("</tr>", 1)[0]
+    accuracy, real = shipped["per_class_accuracy"]["shirt"], shipped["real_per_class_accuracy"]["shirt"]
+    assert shirt.startswith(f"<td>{accuracy:.3g}</td><td>{real:.3g}</td><td>{accuracy / real:.3g}</td>")
+    assert table.count('<th scope="row">') == len(shipped["per_class_accuracy"]) == 10
     # Numbers only: paths and storage URIs in the stored card stay the operator's.
     assert "1.25" in page and "/srv/private" not in page and "operator-bucket" not in page
     assert console.get("/console/models/fashion-cgan/1/samples.png").content[:8] == b"\x89PNG\r\n\x1a\n"
