@@ -3,12 +3,15 @@
     .venv/bin/python bench/bench_truncation.py --samples-per-class 1000
     .venv/bin/python bench/bench_truncation.py --samples-per-class 500 --psi 1.0 0.7 0.5 --json
     .venv/bin/python bench/bench_truncation.py --samples-per-class 1000 --device cuda   # on a GPU box
+    .venv/bin/python bench/bench_truncation.py --samples-per-class 500 --json --plot docs/images/truncation-curve.png
+    .venv/bin/python bench/bench_truncation.py --from-json rows.jsonl --plot curve.png   # redraw, no measuring
 
 For each ψ, `models.evaluation.evaluate_generator` samples the shipped `fashion-cgan` (its checkpoint
 verified against generator.sha256) through a wrapper that applies ψ exactly as a job does
 (`models.latent_control.truncate`), with the same latents (seed, index) for every ψ, and scores the images
 with the project's evaluator against the 10,000 real test images (CAS is skipped: it trains a classifier per
-row). Prints a Markdown table: the one in docs/evaluation.md ("Truncation ψ") comes from this script.
+row). Prints a Markdown table (or, with `--json`, one JSON object per ψ); `--plot` also draws FID_fm,
+precision and recall against ψ. The table and the curve in docs/evaluation.md ("Truncation ψ") come from it.
 """
 
 from __future__ import annotations
@@ -45,6 +48,35 @@ class Truncated:
         return self.generator.generate(class_indices, truncate(latents, self.psi))
 
 
+def plot_rows(rows: list[dict], path: Path, title: str) -> None:
+    """FID_fm (left) and precision, recall and conditional accuracy (right) against ψ, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda row: row["psi"])
+    psi = [row["psi"] for row in rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.plot(psi, [row["fid_fm"] for row in rows], marker="o", color="tab:purple")
+    left.set_ylabel("FID_fm (lower is better)")
+    for key, label in (
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("conditional_accuracy", "accuracy"),
+    ):
+        right.plot(psi, [row[key] for row in rows], marker="o", label=label)
+    right.set_ylim(0, 1)
+    right.legend(loc="lower right", fontsize=8)
+    for axis in (left, right):
+        axis.set_xlabel("truncation ψ")
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples-per-class", type=int, default=1000)
@@ -54,7 +86,17 @@ def main() -> None:
         "--device", default="cpu", help="Where the generator runs: cpu or cuda (fp32 on both)."
     )
     parser.add_argument("--json", action="store_true", help="Print one JSON object per ψ instead of a table.")
+    parser.add_argument("--plot", type=Path, help="Also draw the rows as a PNG: metrics against ψ.")
+    parser.add_argument(
+        "--from-json", type=Path, help="Read rows a --json run printed instead of measuring (with --plot)."
+    )
     args = parser.parse_args()
+    if args.from_json is not None:
+        if args.plot is None:
+            parser.error("--from-json needs --plot")
+        rows = [json.loads(line) for line in args.from_json.read_text().splitlines() if line.strip()]
+        plot_rows(rows, args.plot, f"{args.from_json.name}: {rows[0]['samples']} images per ψ")
+        return
 
     data, sha256 = shipped_checkpoint_bytes()
     generator = load_generator(data, device=args.device, dtype="fp32")
@@ -67,6 +109,7 @@ def main() -> None:
         print()
         print("| ψ | FID_fm | precision | recall | conditional accuracy | intra-class SSIM |")
         print("|---|---|---|---|---|---|", flush=True)
+    rows = []
     for psi in args.psi:  # each row as it is measured: a long run shows its progress
         report = evaluate_generator(
             Truncated(generator, psi),
@@ -85,6 +128,7 @@ def main() -> None:
             "intra_class_ssim": report.intra_class_ssim,
             "samples": report.sample_count,
         }
+        rows.append(row)
         if args.json:
             print(json.dumps(row, sort_keys=True), flush=True)
             continue
@@ -94,6 +138,10 @@ def main() -> None:
             flush=True,
         )
     print(f"{time.perf_counter() - started:.0f} s in all", file=sys.stderr)
+    if args.plot is not None:
+        plot_rows(
+            rows, args.plot, f"fashion-cgan {sha256[:12]}: {args.samples_per_class} images per category"
+        )
 
 
 if __name__ == "__main__":
