@@ -103,10 +103,10 @@ def verify(
         catalogan verify out/sneaker/00000003.png --regenerate --json
     """
     from workers.errors import ProvenanceError
-    from workers.verification import verify_file
+    from workers.verification import read_image_file, verify_file
 
-    data = file.read_bytes()
     try:
+        data = read_image_file(file)  # refuses a file larger than any catalogan image before reading it
         report = _regenerate_report(data, device, backend, graph) if regenerate else verify_file(data)
     except ProvenanceError as exc:
         click.echo(f"Error: {file}: {exc}", err=True)

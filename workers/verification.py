@@ -17,6 +17,12 @@ image regenerated on a CPU, a file made with a backend this machine lacks, or `b
 another one) can differ by a grey level without any tampering: such a difference is reported as `different
 device` / `different backend` / `different graph` (`comparable=False`, exit 9 in the CLI), never as
 tampering. A file written before the spec was recorded is regenerated with the default CPU spec.
+
+Hostile files. Every bound is checked before the work it bounds: the file's size before it is read
+(`read_image_file`, `MAX_FILE_BYTES`), the width and height its header declares before anything is decoded
+(`MAX_IMAGE_SIDE_PX`: a larger image is not a catalogan image), and a PNG's text chunks are read by walking its
+chunks (`MAX_TEXT_BYTES` of provenance text at most), never by decoding its pixels. Pillow decodes pixels only
+for `--regenerate`, of a file whose header passed those bounds.
 """
 
 from __future__ import annotations
@@ -24,14 +30,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import struct
 import xml.etree.ElementTree as ElementTree
+import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
+from PIL.Image import DecompressionBombError, DecompressionBombWarning
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.errors import NotFoundError
@@ -55,8 +66,27 @@ INFERENCE_FIELDS = ("backend", "device_kind", "dtype", "compute_batch")
 OPTIONAL_INFERENCE_FIELDS = ("graph",)
 # The latent recipe's fields (`db.latent_control.provenance_fields`); `latent_control` is the one regenerated from.
 CONTROL_FIELDS = ("truncation", "variation_of", "strength", "interpolation", "frame", "latent_control")
-# What PIL raises for a truncated or corrupt file it recognised ("Truncated File Read", "broken PNG file", ...).
-DAMAGED_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+# What PIL raises for a truncated or corrupt file it recognised ("Truncated File Read", "broken PNG file", ...),
+# and its decompression-bomb error (and warning, where warnings are errors): a damaged file, not a crash.
+DAMAGED_IMAGE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    DecompressionBombError,
+    DecompressionBombWarning,
+)
+# The largest width or height verify reads: 16x the largest preset's resolution (photo-cgan-64, 64 px), so a
+# model trained at a larger power of two still verifies; a test holds every preset to it. Decoding an image this
+# size takes at most 4 MiB (RGBA).
+MAX_IMAGE_SIDE_PX = 1024
+# The largest file verify reads: a MAX_IMAGE_SIDE_PX square RGB image stored without any compression is 3 MiB,
+# its provenance a few KiB (the shipped model writes about 1.5 KiB PNGs; photo-cgan-64 about 13 KiB).
+MAX_FILE_BYTES = 8 * 1024 * 1024
+# Provenance text kept from a PNG's chunks, in all (catalogan's is about 2 KiB, XMP packet included).
+MAX_TEXT_BYTES = 1024 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,25 +149,181 @@ def _int_field(fields: dict[str, str], name: str) -> int:
         raise ProvenanceError(f"provenance field {name!r}: {fields[name]!r} is not an integer") from exc
 
 
-def read_provenance(data: bytes) -> FileProvenance:
-    """The provenance a PNG or WebP file carries; `ProvenanceError` when it is not an image or has none.
+def _damaged(what: object) -> ProvenanceError:
+    return ProvenanceError(f"a truncated or corrupt image ({what})")
 
-    PNG: the `catalogan:*` text chunks (the XMP packet fills in what they lack); WebP: the XMP packet.
+
+def _check_file_bytes(size: int) -> None:
+    """Refuse a file larger than any catalogan file, by its size alone."""
+    if size > MAX_FILE_BYTES:
+        raise ProvenanceError(
+            f"not a catalogan image: {size:,} bytes, more than any catalogan file ({MAX_FILE_BYTES:,} at most)"
+        )
+
+
+def _check_side(width: int, height: int) -> None:
+    """Refuse an image larger than any catalogan model makes, from the size its header declares."""
+    if not 0 < width <= MAX_IMAGE_SIDE_PX or not 0 < height <= MAX_IMAGE_SIDE_PX:
+        raise ProvenanceError(
+            f"not a catalogan image: {width}×{height} px declared, catalogan images are at most "
+            f"{MAX_IMAGE_SIDE_PX}×{MAX_IMAGE_SIDE_PX}"
+        )
+
+
+def read_image_file(path: Path) -> bytes:
+    """The bytes of a file to verify; `ProvenanceError` for one larger than `MAX_FILE_BYTES`, before it is read.
+
+    The size is checked with `stat`, and the read stops one byte past the cap (a file that grew since, or a
+    device or pipe whose size `stat` does not say).
     """
+    _check_file_bytes(path.stat().st_size)
+    with path.open("rb") as handle:
+        data = handle.read(MAX_FILE_BYTES + 1)
+    _check_file_bytes(len(data))
+    return data
+
+
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """The (width, height) a PNG's IHDR or a WebP's first chunk declares, read without Pillow; None if neither.
+
+    The WebP cases are those Pillow's `WebPImagePlugin._get_size` reads (VP8 lossy, VP8L lossless, VP8X).
+    """
+    if data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack_from(">II", data, 16)
+        return int(width), int(height)
+    if not (data[:4] == b"RIFF" and data[8:12] == b"WEBP") or len(data) < 30:
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8X":
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if chunk == b"VP8L" and data[20] == 0x2F:
+        (bits,) = struct.unpack_from("<I", data, 21)
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def _open_image(data: bytes) -> PILImage.Image:
+    """Pillow's view of a PNG or WebP's header (nothing decoded), its size checked before and after opening.
+
+    `ProvenanceError` for a file that is not a PNG or WebP, is damaged, or declares more than
+    `MAX_IMAGE_SIDE_PX`. Pillow is asked for those two formats only, and opens only files whose header size
+    passed, so its bomb check (a warning past 89 Mpx, an error past twice that) never fires on a file we read.
+    """
+    _check_file_bytes(len(data))
+    declared = _declared_size(data)
+    if declared is not None:
+        _check_side(*declared)
     try:
-        image = PILImage.open(io.BytesIO(data))
+        image = PILImage.open(io.BytesIO(data), formats=tuple(FORMATS))
     except UnidentifiedImageError as exc:
         raise ProvenanceError("not a PNG or WebP image") from exc
     except DAMAGED_IMAGE_ERRORS as exc:
-        raise ProvenanceError(f"a truncated or corrupt image ({exc})") from exc
-    output_format = FORMATS.get(str(image.format))
-    if output_format is None:
-        raise ProvenanceError(f"format {image.format}: catalogan writes PNG or WebP only")
-    try:  # a PNG's text chunks after the image data are read here: a cut file fails here, not at open
-        text: dict[str, str] = dict(getattr(image, "text", {}) or {})
-    except DAMAGED_IMAGE_ERRORS as exc:
-        raise ProvenanceError(f"a truncated or corrupt image ({exc})") from exc
-    xmp = text.get(XMP_TEXT_KEY) or image.info.get("xmp") or image.info.get(XMP_TEXT_KEY) or ""
+        raise _damaged(exc) from exc
+    _check_side(*image.size)
+    return image
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, memoryview]]:
+    """Each chunk of a PNG as (type, data), from IHDR to IEND, its CRC checked; nothing is decompressed.
+
+    `ProvenanceError` when the file ends before IEND or a chunk's CRC is wrong (what Pillow's decoder would
+    have reported for a cut or damaged file, found without decoding).
+    """
+    view = memoryview(data)
+    position = len(PNG_SIGNATURE)
+    while True:
+        if position + 12 > len(data):
+            raise _damaged("the file ends before IEND")
+        length, kind = struct.unpack_from(">I4s", data, position)
+        end = position + 12 + length  # length, type, data, CRC
+        if end > len(data):
+            raise _damaged(f"chunk {kind.decode('latin-1')!r} cut short")
+        body = view[position + 8 : end - 4]
+        if zlib.crc32(body, zlib.crc32(kind)) != struct.unpack_from(">I", data, end - 4)[0]:
+            raise _damaged(f"chunk {kind.decode('latin-1')!r}: CRC mismatch")
+        yield kind, body
+        if kind == b"IEND":
+            return
+        position = end
+
+
+def _inflate(compressed: bytes, limit: int) -> bytes:
+    """Decompress at most `limit` bytes of a text chunk; `ProvenanceError` past it or on a broken stream."""
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(compressed, limit + 1)
+    except zlib.error as exc:
+        raise _damaged(f"compressed text: {exc}") from exc
+    if len(text) > limit:
+        raise ProvenanceError(f"not a catalogan image: over {MAX_TEXT_BYTES:,} bytes of provenance text")
+    return text
+
+
+def _png_text(kind: bytes, body: bytes, limit: int) -> tuple[str, str] | None:
+    """(keyword, text) of a tEXt, zTXt or iTXt chunk as Pillow reads them; None for another keyword than the
+    provenance's (never decompressed) or an undecodable one (Pillow skips those too)."""
+    keyword_bytes, _, rest = body.partition(b"\x00")
+    keyword = keyword_bytes.decode("latin-1")
+    if not (keyword.startswith("catalogan:") or keyword == XMP_TEXT_KEY):
+        return None
+    if kind == b"tEXt":
+        return keyword, rest.decode("latin-1")
+    if kind == b"zTXt":
+        return keyword, _inflate(rest[1:], limit).decode("latin-1")
+    if len(rest) < 2:  # iTXt: compression flag, method, language, translated keyword, text
+        return None
+    compressed, rest = rest[0], rest[2:]
+    _language, _, rest = rest.partition(b"\x00")
+    _translated, _, raw = rest.partition(b"\x00")
+    try:
+        return keyword, (_inflate(raw, limit) if compressed else raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _png_text_fields(data: bytes) -> dict[str, str]:
+    """The provenance text chunks of a PNG, wherever they are (catalogan writes them before IDAT), read by
+    walking its chunks: the declared size is checked first, and no pixel data is decompressed."""
+    chunks = _png_chunks(data)
+    kind, header = next(chunks)
+    if kind != b"IHDR" or len(header) != 13:
+        raise _damaged("no IHDR chunk first")
+    _check_side(*struct.unpack_from(">II", header))
+    text: dict[str, str] = {}
+    budget = MAX_TEXT_BYTES
+    for kind, body in chunks:
+        if kind not in PNG_TEXT_CHUNKS:
+            continue
+        field = _png_text(kind, bytes(body), budget)
+        if field is None:
+            continue
+        budget -= len(field[1])
+        if budget < 0:
+            raise ProvenanceError(f"not a catalogan image: over {MAX_TEXT_BYTES:,} bytes of provenance text")
+        text[field[0]] = field[1]  # a later chunk wins, as in Pillow's `image.text`
+    return text
+
+
+def read_provenance(data: bytes) -> FileProvenance:
+    """The provenance a PNG or WebP file carries; `ProvenanceError` when it is not an image or has none.
+
+    PNG: the `catalogan:*` text chunks (the XMP packet fills in what they lack); WebP: the XMP packet. Nothing
+    is decoded: a file larger than `MAX_FILE_BYTES` or declaring more than `MAX_IMAGE_SIDE_PX` is refused as
+    not a catalogan image, a cut or damaged one as truncated or corrupt.
+    """
+    _check_file_bytes(len(data))
+    if data.startswith(PNG_SIGNATURE):
+        output_format = "png"
+        text = _png_text_fields(data)
+        xmp: str | bytes = text.get(XMP_TEXT_KEY, "")
+    else:
+        image = _open_image(data)
+        output_format = FORMATS[str(image.format)]
+        text = {}
+        xmp = image.info.get("xmp") or image.info.get(XMP_TEXT_KEY) or ""
     fields = _xmp_fields(xmp)
     fields.update(
         {key.split(":", 1)[1]: value for key, value in text.items() if key.startswith("catalogan:")}
@@ -168,10 +354,13 @@ def read_provenance(data: bytes) -> FileProvenance:
 
 
 def _decode_pixels(data: bytes) -> np.ndarray | None:
-    """Pixels of an encoded image as uint8 (H, W, C), the layout `render_pixels` returns; None if undecodable."""
+    """Pixels of an encoded image as uint8 (H, W, C), the layout `render_pixels` returns; None if undecodable.
+
+    Decoded only once `_open_image` has checked the declared size (at most `MAX_IMAGE_SIDE_PX` square).
+    """
     try:
-        array = np.asarray(PILImage.open(io.BytesIO(data)))
-    except (OSError, ValueError):  # a damaged image: its pixels cannot match anything
+        array = np.asarray(_open_image(data))
+    except (ProvenanceError, *DAMAGED_IMAGE_ERRORS):  # a damaged image: its pixels cannot match anything
         return None
     return array[:, :, None] if array.ndim == 2 else array
 
