@@ -399,7 +399,7 @@ def _after_training(
         ref = f"{row.name}@{row.version}"
         summary["registered"] = ref
         record["registered"] = ref
-        outcome.gates = PromotionGates().checks(row.metrics or {})
+        outcome.gates = PromotionGates().checks(row.metrics or {}, row.categories)
         outcome.next_command = (
             f"catalogan models promote {ref}"
             if all(gate.passed for gate in outcome.gates)

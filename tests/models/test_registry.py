@@ -114,6 +114,98 @@ def test_per_category_floors_refuse_a_version_with_one_weak_category(
     )
 
 
+ONLY_CATEGORY_GATES = {"min_conditional_accuracy": None, "min_cas": None, "max_fid_fm": None}
+
+
+@pytest.mark.parametrize(
+    ("gates", "metrics", "why"),
+    [
+        pytest.param(
+            {"min_category_accuracy_ratio": 0.9},
+            {
+                "per_class_accuracy": {"shirt": 0.1, "bag": 0.99},
+                "real_per_class_accuracy": {"bag": 0.98},
+            },
+            "shirt (real accuracy missing)",
+            id="real-accuracy-missing-for-one-category",
+        ),
+        pytest.param(
+            {"min_category_accuracy_ratio": 0.9},
+            {"per_class_accuracy": {"shirt": 0.1, "bag": 0.99}, "real_per_class_accuracy": {}},
+            "shirt (real accuracy missing), bag (real accuracy missing)",
+            id="real-accuracy-empty",
+        ),
+        pytest.param(
+            {"min_category_accuracy_ratio": 0.9},
+            {
+                "per_class_accuracy": {"shirt": 0.1, "bag": 0.99},
+                "real_per_class_accuracy": {"shirt": 0.0, "bag": 0.98},
+            },
+            "shirt (real accuracy 0.0)",
+            id="real-accuracy-zero",
+        ),
+        pytest.param(
+            {"min_category_accuracy": 0.8},
+            {"per_class_accuracy": {"shirt": float("nan"), "bag": 0.99}},
+            "shirt (accuracy nan)",
+            id="accuracy-nan",
+        ),
+        pytest.param(
+            {"min_category_accuracy": 0.8},
+            {"per_class_accuracy": {"shirt": "0.95", "bag": 0.99}},
+            "shirt (accuracy '0.95')",
+            id="accuracy-not-a-number",
+        ),
+    ],
+)
+def test_a_category_gate_fails_when_a_categorys_value_is_not_measured(
+    gates: dict[str, float], metrics: dict[str, Any], why: str
+) -> None:
+    # Given only a per-category gate, and metrics where shirt's value (or the real bar it is read against) is
+    # missing, not a number, NaN or 0
+    promotion_gates = PromotionGates(**ONLY_CATEGORY_GATES, **gates)
+    # When the gates are applied
+    [check] = promotion_gates.checks(metrics)
+    # Then the gate fails naming shirt as not measured (before: a missing or 0 real accuracy made the floor 0,
+    # and NaN < floor is False, so each passed)
+    assert not check.passed
+    assert check.reason is not None and f"per-category accuracy not measured: {why}" in check.reason
+    assert "shirt" in check.value and "not measured" in check.value
+    assert promotion_gates.failures(metrics) == [check.reason]
+
+
+def test_a_category_of_the_model_missing_from_the_metrics_fails_the_category_gate() -> None:
+    # Given a model of shirt and bag whose per-category accuracy names bag only, and bag far above the floor
+    gates = PromotionGates(**ONLY_CATEGORY_GATES, min_category_accuracy=0.8)
+    metrics = {"per_class_accuracy": {"bag": 0.99}}
+    # Then with the model's categories the gate fails naming shirt (before: shirt was never checked)
+    [check] = gates.checks(metrics, ["shirt", "bag"])
+    assert not check.passed and check.reason is not None
+    assert "not measured: shirt (accuracy missing)" in check.reason
+    assert check.value == "lowest: bag 0.990; not measured: shirt"
+    # And every category measured and above the floor passes
+    assert gates.failures({"per_class_accuracy": {"bag": 0.99, "shirt": 0.85}}, ["shirt", "bag"]) == []
+
+
+def test_promotion_is_refused_when_a_category_of_the_version_is_not_measured(
+    session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a version of categories a and b whose per-category metrics measure a only (a and b real too)
+    ref = _register(
+        session_factory,
+        {**GOOD, "per_class_accuracy": {"a": 0.99}, "real_per_class_accuracy": {"a": 0.99, "b": 0.99}},
+    )
+    # When the operator requires every category at 0.9 of the evaluator's real accuracy
+    monkeypatch.setenv("CATALOGAN_GATE_MIN_CATEGORY_ACCURACY_RATIO", "0.9")
+    # Then promotion is refused naming b as not measured (before: it was promoted)
+    with pytest.raises(PromotionRefusedError, match=r"not measured: b \(accuracy missing\)"):
+        promote_version(session_factory, ref)
+    assert get_version(session_factory, ref).status is ModelVersionStatus.CANDIDATE
+    # And once b is measured above its floor, the same gates promote it
+    record_metrics(session_factory, ref, {"per_class_accuracy": {"a": 0.99, "b": 0.95}})
+    assert promote_version(session_factory, ref).status is ModelVersionStatus.PRODUCTION
+
+
 def test_promoting_a_new_version_retires_the_old_one(session_factory: sessionmaker[Session]) -> None:
     old, new = _register(session_factory, GOOD), _register(session_factory)
     promote_version(session_factory, old)
