@@ -19,6 +19,16 @@ MAX_TEXT_BYTES = 1 << 20  # a text chunk larger than this is not decoded
 _XMP_ATTRIBUTE = re.compile(r'catalogan:([A-Za-z0-9_]+)="([^"]*)"')
 
 
+def _inflate(compressed: bytes) -> bytes:
+    """A compressed iTXt value, inflated to at most MAX_TEXT_BYTES (zlib.error past it: not decoded).
+    `zlib.decompress`'s bufsize is only a starting size, not a limit."""
+    inflater = zlib.decompressobj()
+    raw = inflater.decompress(compressed, MAX_TEXT_BYTES)
+    if inflater.unconsumed_tail:
+        raise zlib.error(f"compressed text inflates past {MAX_TEXT_BYTES} bytes")
+    return raw
+
+
 def _png_text(data: bytes) -> dict[str, str]:
     fields: dict[str, str] = {}
     position = len(PNG_SIGNATURE)
@@ -42,7 +52,7 @@ def _png_text(data: bytes) -> dict[str, str]:
             _language, _, rest = rest.partition(b"\x00")
             _translated, _, text = rest.partition(b"\x00")
             try:
-                raw = zlib.decompress(text, bufsize=MAX_TEXT_BYTES) if compressed else text
+                raw = _inflate(text) if compressed else text
                 fields[keyword.decode("latin-1")] = raw.decode("utf-8")
             except (zlib.error, UnicodeDecodeError):
                 continue

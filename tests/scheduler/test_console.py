@@ -410,6 +410,40 @@ def test_embedded_provenance_reads_what_the_workers_encoder_wrote(output_format:
     assert embedded_provenance(b"not an image") == {}
 
 
+def test_a_compressed_text_chunk_is_inflated_only_up_to_its_bound() -> None:
+    """Given a PNG whose compressed iTXt value inflates to 64 MiB (64 KiB on disk), when the console reads its
+    provenance, then the value is skipped after MAX_TEXT_BYTES of output and nothing near 64 MiB is held;
+    a small compressed value still reads."""
+    import struct
+    import tracemalloc
+    import zlib
+
+    from scheduler.console import provenance as console_provenance
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    def itxt(keyword: str, value: bytes) -> bytes:
+        return chunk(b"iTXt", keyword.encode() + b"\x00\x01\x00\x00\x00" + zlib.compress(value, 9))
+
+    bomb = (
+        console_provenance.PNG_SIGNATURE
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+        + itxt("catalogan:sku", b"a" * (64 << 20))
+        + itxt("catalogan:seed", b"11")
+        + chunk(b"IEND", b"")
+    )
+    assert len(bomb) < 100_000
+    tracemalloc.start()
+    try:
+        fields = embedded_provenance(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert fields == {"seed": "11"}
+    assert peak < 4 * console_provenance.MAX_TEXT_BYTES
+
+
 def test_the_image_page_shows_where_the_files_provenance_and_the_rows_disagree(
     console: TestClient,
     finished: FinishedJob,
