@@ -257,3 +257,53 @@ class FiniteFloat(click.ParamType):
 
     def __repr__(self) -> str:
         return f"FiniteFloat(min={self.min}, max={self.max}, min_open={self.min_open})"
+
+
+def creative_control_options(command: F) -> F:
+    """The creative-control options `catalogan generate` and `catalogan jobs submit` share (docs/controlling.md):
+    `--truncation`, `--variation-of` with `--strength` and `--count`, `--interpolate` with `--frames`. Their
+    rules (ranges, which go together, JOB/INDEX or a file) are `db.control_options`'; here only the types."""
+    options = (
+        click.option(
+            "--truncation",
+            type=FiniteFloat(),
+            default=None,
+            metavar="PSI",
+            help="Truncation ψ in 0.3..1.0: scales each latent (1.0 = off; lower = more typical, less varied). "
+            "With --category or --variation-of (it replaces the source's ψ), not with --interpolate.",
+        ),
+        click.option(
+            "--variation-of",
+            default=None,
+            metavar="JOB/INDEX|FILE",
+            help="Images near this delivered image (its category and model version): JOB_ID/INDEX, or the path "
+            "of the PNG a job delivered (its job and index are read from the file and its sha256 is checked "
+            "against the recorded one; the image is not uploaded); with --strength and --count.",
+        ),
+        click.option(
+            "--strength",
+            type=FiniteFloat(),
+            default=None,
+            help="Variations (only with --variation-of): 0 = the source's pixels, 1 = unrelated.",
+        ),
+        click.option(
+            "--count", type=int, default=None, help="Variations (only with --variation-of): how many images."
+        ),
+        click.option(
+            "--interpolate",
+            nargs=2,
+            default=None,
+            metavar="SOURCE SOURCE",
+            help="Frames between two delivered images of one category and model version, each JOB_ID/INDEX or "
+            "a delivered PNG's path; with --frames.",
+        ),
+        click.option(
+            "--frames",
+            type=int,
+            default=None,
+            help="Interpolation (only with --interpolate): frames, both ends included.",
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command

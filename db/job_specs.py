@@ -70,6 +70,8 @@ MAX_VARIATIONS = 10_000  # images one variations job may ask for
 MAX_FRAMES = 10_000  # frames one interpolation job may ask for
 # The job option where a job row keeps its resolved latent control (db.latent_control); never client-set.
 LATENT_CONTROL_OPTION = "latent_control"
+# A source image's file as the client names it: the hex sha256 of its bytes (as image rows record it).
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 # What one item of an API request may ask for (the schema's published bound; ApiSettings may tighten it).
 # Larger items are for the trusted doors (the CLI, ETL scripts calling `submit_job`).
@@ -174,12 +176,14 @@ class QualityGateSpec(BaseModel):
 
 
 class ImageRef(BaseModel):
-    """A delivered image of the same tenant: job id + image index."""
+    """A delivered image of the same tenant: job id + image index, and optionally the sha256 of the file the
+    client holds (`db.source_files`): then the image must be exactly that file (`db.latent_control`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     job_id: str = Field(min_length=1, max_length=MAX_JOB_ID_CHARS)
     index: int = Field(ge=0, le=MAX_IMAGES_PER_JOB)
+    sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
 
 
 class VariationSpec(BaseModel):
@@ -461,12 +465,18 @@ def request_sha256(spec: JobSpec) -> str:
     The creative-control fields and `webhook_events` are left out when unused (and ψ = 1.0 of a plain job
     counts as unused), so a request without them hashes as it did before they existed: `catalogan generate`
     derives its job id from this hash, and the job id is part of every file's bytes. (`queue` always counted,
-    as `bulk` when not chosen.)
+    as `bulk` when not chosen.) A source's `sha256` is left out too: it pins which file the client holds, not
+    what the job makes, so naming a source by its file or by JOB/INDEX is the same request (the same job id,
+    the same files).
     """
     data = spec.model_dump(mode="json")
     for name in ("variation", "interpolation"):
         if data[name] is None:
             del data[name]
+            continue
+        for source in ("source", "start", "end"):
+            if source in data[name]:
+                data[name][source].pop("sha256", None)
     if not data["metadata"]:
         del data["metadata"]
     if data["retention_days"] is None:

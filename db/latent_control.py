@@ -1,8 +1,9 @@
 """Creative control, the torch-free half: the *recipe* of a job's latents, resolved at submit and checked.
 
 A job may ask for truncation ψ, for variations of a delivered image, or for an interpolation between two
-(`db.job_specs.JobSpec`). At submit, `resolve_latent_control` checks the source images (delivered, of the
-same tenant, one model version, one category) and writes what the worker needs into the job's options under
+(`db.job_specs.JobSpec`). At submit (and estimate), `resolve_latent_control` checks the source images
+(delivered, of the same tenant, of a finished job that has not expired, the very file when the client gave its
+sha256, one model version, one category) and writes what the worker needs into the job's options under
 `latent_control`, as plain JSON (the *recipe*):
 
     {"truncation": 0.7}                                          # only when ψ != 1.0
@@ -18,6 +19,7 @@ A source carries its own job's recipe, so a variation of a variation is recomput
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from collections.abc import Mapping
@@ -39,11 +41,12 @@ from db.job_specs import (
     ImageRef,
     JobSpec,
 )
-from db.status import ImageStatus
-from db.tables import Image, Job
+from db.status import ImageStatus, JobStatus
+from db.tables import Image, Job, utcnow
 
 __all__ = [
     "MAX_SOURCE_DEPTH",
+    "SOURCE_JOB_STATUSES",
     "ResolvedControl",
     "canonical_json",
     "control_of_options",
@@ -54,6 +57,9 @@ __all__ = [
     "truncation_recipe",
 ]
 
+# A source image's job must be finished with its images delivered: not queued or running (a retry of failed
+# images runs it again), not failed (nothing delivered), not cancelled or cancelling.
+SOURCE_JOB_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.COMPLETED_WITH_FAILURES})
 # Generations of sources one recipe may nest (a variation of a variation of ...): bounds the recipe's size
 # (an interpolation doubles it per generation) and the work of recomputing it.
 MAX_SOURCE_DEPTH = 4
@@ -101,19 +107,52 @@ def _depth(recipe: Mapping[str, Any] | None) -> int:
     return 1 + max(_depth(source.get("control")) for source in sources)
 
 
-def _load_source(session: Session, ref: ImageRef, tenant_id: str, field: str) -> _Source:
-    """A delivered image of this tenant as a recipe source; `PlanningError` naming `field` otherwise."""
+def _load_source(session: Session, ref: ImageRef, tenant_id: str, field: str, now: dt.datetime) -> _Source:
+    """A delivered image of this tenant's finished, unexpired job as a recipe source; `PlanningError` naming
+    `field` (or `field.sha256`) and the rule otherwise."""
     row = session.execute(
-        select(Image.category, Image.redraws, Image.status, Job.seed, Job.model_version_id, Job.options)
+        select(
+            Image.category,
+            Image.redraws,
+            Image.status,
+            Image.sha256,
+            Job.seed,
+            Job.model_version_id,
+            Job.options,
+            Job.status.label("job_status"),
+            Job.expires_at,
+        )
         .join(Job, Job.id == Image.job_id)
         .where(Image.job_id == ref.job_id, Image.index == ref.index, Job.tenant_id == tenant_id)
     ).one_or_none()
-    # Another tenant's image answers exactly as a missing one: its existence is not revealed.
+    # Another tenant's image answers exactly as a missing one: its existence is not revealed (nor its job's
+    # status, expiry or hash, checked only below).
     if row is None or row.status is not ImageStatus.SUCCEEDED:
         raise PlanningError(
             field,
             "delivered_image",
             f"{field}: no delivered image {ref.index} in job {ref.job_id} of this tenant",
+        )
+    if row.job_status not in SOURCE_JOB_STATUSES:
+        raise PlanningError(
+            field,
+            "finished_job",
+            f"{field}: job {ref.job_id} is {row.job_status.value}; a source is an image of a finished job "
+            f"({' or '.join(sorted(status.value for status in SOURCE_JOB_STATUSES))})",
+        )
+    if row.expires_at is not None and row.expires_at <= now:
+        raise PlanningError(
+            field,
+            "not_expired",
+            f"{field}: job {ref.job_id} expired at {row.expires_at.isoformat()} (its images are being "
+            "deleted); a source is an image of a job that is kept",
+        )
+    if ref.sha256 is not None and ref.sha256 != row.sha256:
+        raise PlanningError(
+            f"{field}.sha256",
+            "recorded_sha256",
+            f"{field}.sha256: the file is not image {ref.index} of job {ref.job_id} as delivered (its sha256 "
+            "differs from the one recorded): an edited or re-encoded copy",
         )
     control = control_of_options(row.options)
     if _depth(control) >= MAX_SOURCE_DEPTH:
@@ -134,23 +173,28 @@ def _load_source(session: Session, ref: ImageRef, tenant_id: str, field: str) ->
     return _Source(recipe, row.category, int(row.model_version_id), recipe_truncation(control))
 
 
-def resolve_latent_control(session: Session, spec: JobSpec, tenant_id: str) -> ResolvedControl | None:
+def resolve_latent_control(
+    session: Session, spec: JobSpec, tenant_id: str, *, now: dt.datetime | None = None
+) -> ResolvedControl | None:
     """The recipe of a variation or interpolation job, its sources checked; None for any other job.
 
     Raises `PlanningError` naming the field: a source that is not a delivered image of this tenant
-    (`delivered_image`), too deep (`source_depth`), two ends of other model versions (`same_model_version`)
-    or categories (`same_category`).
+    (`delivered_image`), of a job that is not finished (`finished_job`: succeeded or completed_with_failures)
+    or has expired (`not_expired`, `now` or later: being deleted), not the file the client holds
+    (`field.sha256`, `recorded_sha256`), too deep (`source_depth`), two ends of other model versions
+    (`same_model_version`) or categories (`same_category`).
     """
+    now = now or utcnow()
     if spec.variation is not None:
-        source = _load_source(session, spec.variation.source, tenant_id, "variation.source")
+        source = _load_source(session, spec.variation.source, tenant_id, "variation.source", now)
         truncation = spec.truncation if spec.truncation is not None else source.truncation
         recipe: dict[str, Any] = {"variation": {"source": source.recipe, "strength": spec.variation.strength}}
         if truncation != 1.0:
             recipe["truncation"] = truncation
         return ResolvedControl(recipe, source.category, spec.variation.count, source.model_version_id)
     if spec.interpolation is not None:
-        start = _load_source(session, spec.interpolation.start, tenant_id, "interpolation.start")
-        end = _load_source(session, spec.interpolation.end, tenant_id, "interpolation.end")
+        start = _load_source(session, spec.interpolation.start, tenant_id, "interpolation.start", now)
+        end = _load_source(session, spec.interpolation.end, tenant_id, "interpolation.end", now)
         if end.model_version_id != start.model_version_id:
             raise PlanningError(
                 "interpolation.end",
@@ -196,7 +240,8 @@ def provenance_fields(recipe: Mapping[str, Any] | None, index: int) -> tuple[tup
     """Provenance text fields of image `index` of a job with this recipe: readable ones, then the recipe.
 
     () for a plain job, so its files keep their bytes. Readable: `truncation`, `variation_of`
-    (job/index), `strength`, `interpolation` (job/index..job/index), `frame` (index/last).
+    (job/index), `strength`, `interpolation` (job/index..job/index), `frame` (index/last). `ValueError` for
+    an interpolation whose frames do not include `index` (no job makes such an image).
     """
     if not recipe:
         return ()
@@ -211,12 +256,20 @@ def provenance_fields(recipe: Mapping[str, Any] | None, index: int) -> tuple[tup
         ]
     if "interpolation" in recipe:
         interpolation = recipe["interpolation"]
+        _check_frame(index, int(interpolation["frames"]), "frame")
         fields += [
             ("interpolation", f"{_ref_text(interpolation['start'])}..{_ref_text(interpolation['end'])}"),
             ("frame", f"{index}/{int(interpolation['frames']) - 1}"),
         ]
     fields.append(("latent_control", canonical_json(recipe)))
     return tuple(fields)
+
+
+def _check_frame(index: int, frames: int, what: str) -> None:
+    """`ValueError` unless image `index` is a frame of an interpolation of `frames` frames (0..frames-1): a
+    file claiming frame 9 of 5 would be rendered off the path (t > 1), an image no job could have made."""
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < frames:
+        raise ValueError(f"{what}: image {index} is not a frame of an interpolation of {frames} frames")
 
 
 def _number(value: Any, low: float, high: float, what: str) -> float:
@@ -244,6 +297,8 @@ def _check_source(source: Any, depth: int, what: str) -> None:
     _integer(source.get("redraw"), 0, 1 << 16, f"{what}.redraw")
     if "control" in source:
         _check_recipe(source["control"], depth + 1, f"{what}.control")
+        if "interpolation" in source["control"]:  # a frame as a source: one its job could have made
+            _check_frame(source["index"], source["control"]["interpolation"]["frames"], f"{what}.index")
 
 
 def _check_recipe(recipe: Any, depth: int, what: str) -> None:
@@ -276,11 +331,16 @@ def _check_recipe(recipe: Any, depth: int, what: str) -> None:
         _check_source(interpolation["end"], depth, f"{what}.interpolation.end")
 
 
-def parse_control(text: str) -> dict[str, Any]:
-    """A recipe read back from a file's provenance, checked (a file may be hostile); `ValueError` otherwise."""
+def parse_control(text: str, *, index: int | None = None) -> dict[str, Any]:
+    """A recipe read back from a file's provenance, checked (a file may be hostile); `ValueError` otherwise.
+
+    With `index` (the file's image index), also that a job with this recipe could have made that image: an
+    interpolation's image is one of its frames (0..frames-1)."""
     try:
         recipe = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"latent_control: not JSON ({exc})") from exc
     _check_recipe(recipe, 0, "latent_control")
+    if index is not None and "interpolation" in recipe:
+        _check_frame(index, recipe["interpolation"]["frames"], "latent_control.interpolation.frames")
     return dict(recipe)

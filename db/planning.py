@@ -73,6 +73,7 @@ __all__ = [
     "plan_job",
     "publish_planned",
     "resolve_job_model",
+    "resolve_model_and_control",
     "submit_job",
 ]
 
@@ -469,11 +470,7 @@ def _plan_submission(
             return existing
     if limits.tenant_quotas:
         check_queue_allowance(tenant, spec.queue)
-    control = resolve_latent_control(session, spec, tenant_id)
-    if control is not None:
-        model_version = _source_model(session, spec, control, model_version)
-    elif model_version is None:
-        model_version = resolve_job_model(session, spec.model)
+    control, model_version = resolve_model_and_control(session, spec, tenant_id, model_version)
     if limits.tenant_quotas:
         check_job_quotas(session, tenant, images=spec.images_total, cost=spec.quota_cost)
     return plan_job(
@@ -486,6 +483,24 @@ def _plan_submission(
         control=control,
         retention_days=limits.retention_days(spec),
     )
+
+
+def resolve_model_and_control(
+    session: Session, spec: JobSpec, tenant_id: str, model_version: ModelVersionLike | None = None
+) -> tuple[ResolvedControl | None, ModelVersionLike]:
+    """The checked sources (None: a job of items) and the model version a job runs with: what a submit checks
+    and `POST /v1/jobs:estimate` checks the same way, so an estimate is refused exactly where a submit is.
+
+    A variation or interpolation: `resolve_latent_control` (its sources), then its sources' model version,
+    which `spec.model` (or the `model_version` a caller resolved from it) must name when given, and which must
+    not be retired. Any other job: `model_version` when given, else `resolve_job_model(spec.model)`. Raises
+    `PlanningError` naming the field and the rule."""
+    control = resolve_latent_control(session, spec, tenant_id)
+    if control is not None:
+        return control, _source_model(session, spec, control, model_version)
+    if model_version is None:
+        model_version = resolve_job_model(session, spec.model)
+    return None, model_version
 
 
 def _source_model(

@@ -31,6 +31,7 @@ from db.cli_support import (
     CATALOGAN_ARGV,
     ExitCode,
     FiniteFloat,
+    creative_control_options,
     job_exit_code,
     one_line_errors,
     output_folder,
@@ -422,41 +423,7 @@ def worker(
     show_default=True,
     help="Give up after this many seconds (> 0).",
 )
-@click.option(
-    "--truncation",
-    type=float,
-    default=None,
-    metavar="PSI",
-    help="Truncation ψ in 0.3..1.0: scales each latent (1.0 = off; lower = more typical, less varied).",
-)
-@click.option(
-    "--variation-of",
-    default=None,
-    metavar="JOB/INDEX",
-    help="Images near this delivered image (its category and model version); with --strength and --count.",
-)
-@click.option(
-    "--strength",
-    type=float,
-    default=None,
-    help="Variations (only with --variation-of): 0 = the source's pixels, 1 = unrelated.",
-)
-@click.option(
-    "--count", type=int, default=None, help="Variations (only with --variation-of): how many images."
-)
-@click.option(
-    "--interpolate",
-    nargs=2,
-    default=None,
-    metavar="JOB/INDEX JOB/INDEX",
-    help="Frames between two delivered images of one category and model version; with --frames.",
-)
-@click.option(
-    "--frames",
-    type=int,
-    default=None,
-    help="Interpolation (only with --interpolate): frames, both ends included.",
-)
+@creative_control_options
 @one_line_errors
 def generate(
     model_ref: str | None,
@@ -498,6 +465,7 @@ def generate(
     \b
         catalogan generate --category sneaker=16 --category dress=16 --seed 7 --out out/
         catalogan generate --variation-of 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f/3 --strength 0.3 --count 8 --out var/
+        catalogan generate --variation-of out/dress/00000003.png --strength 0.3 --count 8 --out var/
         catalogan generate --category sneaker=16 --seed 8 --out out/ --overwrite
     """
     from workers.generate_command import GenerateRequest, run_generate

@@ -33,8 +33,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import migrate
+from db import control_options, migrate
 from db.cli_support import CATALOGAN_ARGV, ExitCode, Interrupted
+from db.control_options import option_as_typed
 from db.engine import engine_from_settings, make_session_factory, read_only_session_factory, transaction
 from db.errors import ConfigError, ConflictError, NotFoundError, PlanningError
 from db.incremental import count_skipped_items
@@ -46,7 +47,6 @@ from db.job_specs import (
     request_sha256,
     split_model_ref,
 )
-from db.latent_control import resolve_latent_control
 from db.messaging import CeleryPublisher, make_celery_app
 from db.model_versions import list_model_versions
 from db.planning import (
@@ -55,6 +55,7 @@ from db.planning import (
     category_indices,
     publish_planned,
     resolve_job_model,
+    resolve_model_and_control,
     submit_job,
 )
 from db.settings import BrokerSettings, DatabaseSettings, DataSettings, StorageSettings
@@ -191,22 +192,36 @@ def item_error_as_typed(request: GenerateRequest, exc: PlanningError) -> Plannin
     return PlanningError(exc.field, exc.rule, f"{where}: {match.group(2)}: {rule_text}")
 
 
-# The spec's fields that one option sets, and that option's name as typed (`item_error_as_typed` does the items).
+# The spec's fields that one option sets, and that option's name as typed (`item_error_as_typed` does the
+# items; `db.control_options.option_as_typed` the creative-control options and their sources).
 OPTION_OF_FIELD = {
     "model": "--model",
     "seed": "--seed",
     "output_format": "--format",
     "chunk_size": "--chunk-size",
-    "truncation": "--truncation",
-    "variation.strength": "--strength",
-    "variation.count": "--count",
-    "interpolation.frames": "--frames",
 }
+
+
+def _typed_controls(request: GenerateRequest) -> dict[str, Any]:
+    """The creative-control options as typed (None: not given)."""
+    return {
+        "--truncation": request.truncation,
+        "--variation-of": request.variation_of,
+        "--strength": request.strength,
+        "--count": request.count,
+        "--interpolate": request.interpolate,
+        "--frames": request.frames,
+    }
 
 
 def option_error_as_typed(request: GenerateRequest, exc: PlanningError) -> PlanningError:
     """`exc` about a field one option sets renamed after that option and its value as typed: `--seed -1: ...`
-    rather than `seed: ...` (the API's field names mean nothing on a command line); any other error as it is."""
+    rather than `seed: ...`, `--variation-of 'abc/3': no delivered image ...` rather than `variation.source:
+    ...` (the API's field names mean nothing on a command line); any other error as it is."""
+    rule_text = str(exc).split(": ", 1)[-1]
+    control = option_as_typed(exc.field, _typed_controls(request))
+    if control is not None:
+        return PlanningError(control.split(" ", 1)[0], exc.rule, f"{control}: {rule_text}")
     option = OPTION_OF_FIELD.get(exc.field)
     if option is None:
         return exc
@@ -215,13 +230,9 @@ def option_error_as_typed(request: GenerateRequest, exc: PlanningError) -> Plann
         "--seed": request.seed,
         "--format": request.output_format,
         "--chunk-size": request.chunk_size,
-        "--truncation": request.truncation,
-        "--strength": request.strength,
-        "--count": request.count,
-        "--frames": request.frames,
     }[option]
     typed = f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else value
-    return PlanningError(option, exc.rule, f"{option} {typed}: {str(exc).split(': ', 1)[-1]}")
+    return PlanningError(option, exc.rule, f"{option} {typed}: {rule_text}")
 
 
 def generate_spec(request: GenerateRequest) -> JobSpec:
@@ -251,65 +262,17 @@ def check_categories(request: GenerateRequest, spec: JobSpec, model_version: Mod
         raise item_error_as_typed(request, exc) from None
 
 
-def parse_image_ref(option: str, value: str) -> dict[str, Any]:
-    """`JOB/INDEX` (a delivered image) as `{"job_id", "index"}`; `PlanningError` naming the option otherwise."""
-    job_id, sep, index = value.rpartition("/")
-    if not sep or not job_id or not index.isdigit():
-        raise PlanningError(option, "image_ref", f"{option} {value!r}: must be JOB_ID/INDEX, e.g. 4f0c.../3")
-    return {"job_id": job_id, "index": int(index)}
-
-
-# Options that mean something only next to another (docs/controlling.md). Alone they were dropped without a
-# word and a plain job of items ran instead of the variations or frames asked for.
-OPTION_NEEDS = (
-    ("--strength", "--variation-of"),
-    ("--count", "--variation-of"),
-    ("--frames", "--interpolate"),
-)
-CONTROL_NEEDS = (("--variation-of", ("--strength", "--count")), ("--interpolate", ("--frames",)))
-
-
 def check_option_combinations(request: GenerateRequest) -> None:
-    """`PlanningError` naming the options as typed when they do not go together: --variation-of with
-    --interpolate; --strength/--count without --variation-of, --frames without --interpolate (or a control
-    without them); --category/--sku-file with a control (its images come from its source images);
-    --truncation with --interpolate (each end keeps its own ψ). --truncation with --variation-of, --seed,
-    --model, --format and --chunk-size go with everything."""
-    given = {
-        "--category": bool(request.categories),
-        "--sku-file": request.sku_file is not None,
-        "--truncation": request.truncation is not None,
-        "--variation-of": request.variation_of is not None,
-        "--strength": request.strength is not None,
-        "--count": request.count is not None,
-        "--interpolate": request.interpolate is not None,
-        "--frames": request.frames is not None,
-    }
-    if given["--variation-of"] and given["--interpolate"]:
-        raise PlanningError(
-            "--variation-of", "one_control", "--variation-of: not with --interpolate (one job, one kind)"
-        )
-    for option, needed in OPTION_NEEDS:
-        if given[option] and not given[needed]:
-            raise PlanningError(option, "needs_option", f"{option}: only with {needed}")
-    for control, options in CONTROL_NEEDS:
-        missing = [option for option in options if not given[option]]
-        if given[control] and missing:
-            raise PlanningError(missing[0], "required", f"{' and '.join(missing)}: required with {control}")
-    sources = [option for option in ("--category", "--sku-file") if given[option]]
-    for control, _ in CONTROL_NEEDS:
-        if given[control] and sources:
-            raise PlanningError(
-                sources[0],
-                "one_source",
-                f"{'/'.join(sources)}: not with {control} (its images' category comes from the source images)",
-            )
-    if given["--truncation"] and given["--interpolate"]:
-        raise PlanningError(
-            "--truncation",
-            "not_with_interpolation",
-            "--truncation: not with --interpolate (the frames lie between the two images' own latents)",
-        )
+    """`PlanningError` naming the options as typed when they do not go together
+    (`db.control_options.check_option_combinations`, the rules `catalogan jobs submit` applies too):
+    --variation-of with --interpolate; --strength/--count without --variation-of, --frames without
+    --interpolate (or a control without them); --category/--sku-file with a control (its images come from its
+    source images); --truncation with --interpolate (each end keeps its own ψ). --truncation with
+    --variation-of, --seed, --model, --format and --chunk-size go with everything."""
+    given = {option: value is not None for option, value in _typed_controls(request).items()}
+    control_options.check_option_combinations(
+        {"--category": bool(request.categories), "--sku-file": request.sku_file is not None, **given}
+    )
 
 
 def _control_fields(request: GenerateRequest) -> dict[str, Any]:
@@ -317,11 +280,13 @@ def _control_fields(request: GenerateRequest) -> dict[str, Any]:
     (their combinations already checked)."""
     if request.variation_of is not None:
         assert request.strength is not None and request.count is not None
-        source = parse_image_ref("--variation-of", request.variation_of)
+        source = control_options.parse_image_ref("--variation-of", request.variation_of)
         return {"variation": {"source": source, "strength": request.strength, "count": request.count}}
     if request.interpolate is not None:
         assert request.frames is not None
-        start, end = (parse_image_ref("--interpolate", value) for value in request.interpolate)
+        start, end = (
+            control_options.parse_image_ref("--interpolate", value) for value in request.interpolate
+        )
         return {"interpolation": {"start": start, "end": end, "frames": request.frames}}
     return {}
 
@@ -584,23 +549,12 @@ def _run_generate(request: GenerateRequest) -> dict[str, Any]:
     with transaction(session_factory) as session:
         tenant_id = LOCAL_TENANT_ID
         # The job id is a function of the resolved version (see the module docstring), so the model is
-        # resolved here, by the submit path's own resolver, and handed to submit_job (a variation or
-        # interpolation without --model: its sources' version; submit_job checks the sources again).
-        control = resolve_latent_control(session, spec, tenant_id)
+        # resolved here, by the submit path's own resolver (a variation or interpolation: its sources, checked,
+        # and their version), and handed to submit_job, which checks the sources again.
         try:
-            model_version = (
-                session.get_one(ModelVersion, control.model_version_id)
-                if control is not None and spec.model is None
-                else resolve_job_model(session, spec.model)
-            )
+            _, model_version = resolve_model_and_control(session, spec, tenant_id)
         except (NotFoundError, PlanningError) as exc:
-            if isinstance(exc, PlanningError) and exc.field != "model":
-                raise
-            known = ", ".join(
-                f"{m.name}@{m.version} ({m.status.value})" for m in list_model_versions(session)
-            )
-            reason = str(exc).removeprefix("model: ")
-            raise NotFoundError(f"--model {spec.model}: {reason}; registered: {known or 'none'}") from None
+            raise _resolution_error_as_typed(session, request, spec, exc) from None
         check_categories(request, spec, model_version)
         model_ref = f"{model_version.name}@{model_version.version}"
         job_id = derived_job_id(tenant_id, model_version.id, spec)
@@ -617,14 +571,17 @@ def _run_generate(request: GenerateRequest) -> dict[str, Any]:
         )
     try:
         if existing is None:
-            submit_job(
-                session_factory,
-                spec,
-                tenant_id=tenant_id,
-                publisher=publisher,
-                job_id=job_id,
-                model_version=model_version,
-            )
+            try:
+                submit_job(
+                    session_factory,
+                    spec,
+                    tenant_id=tenant_id,
+                    publisher=publisher,
+                    job_id=job_id,
+                    model_version=model_version,
+                )
+            except PlanningError as exc:  # a source that changed since it was checked above, named as typed
+                raise option_error_as_typed(request, exc) from None
         replaced: dict[str, Any] | None = None
         if previous is not None and previous.job_id != job_id:  # --overwrite was given (checked above)
             replaced = {"job_id": previous.job_id, "files_removed": remove_export(request.out_dir, previous)}
@@ -666,6 +623,31 @@ def _run_generate(request: GenerateRequest) -> dict[str, Any]:
         "manifests": [str(path) for path in exported.manifests],
         "replaced_export": replaced,
     }
+
+
+def _resolution_error_as_typed(
+    session: Session, request: GenerateRequest, spec: JobSpec, exc: NotFoundError | PlanningError
+) -> Exception:
+    """An error of `resolve_model_and_control` as typed: a source named by its option (`--variation-of
+    'abc/3': no delivered image ...`); an unknown or retired --model with the registered versions; a retired
+    model version of the sources (no --model given) under the source's option."""
+    if isinstance(exc, PlanningError) and exc.field != "model":
+        return option_error_as_typed(request, exc)
+    reason = str(exc).removeprefix("model: ")
+    if spec.model is None and (spec.variation is not None or spec.interpolation is not None):
+        source = option_as_typed(
+            "variation.source" if spec.variation is not None else "interpolation.start",
+            _typed_controls(request),
+        )
+        assert source is not None  # a control job comes from its option
+        rule = exc.rule if isinstance(exc, PlanningError) else "registered"
+        return PlanningError(
+            source.split(" ", 1)[0], rule, f"{source}: the model version that made it: {reason}"
+        )
+    if isinstance(exc, PlanningError) and exc.rule == "source_model_version":
+        return PlanningError("--model", exc.rule, f"--model {spec.model!r}: {reason}")
+    known = ", ".join(f"{m.name}@{m.version} ({m.status.value})" for m in list_model_versions(session))
+    return NotFoundError(f"--model {spec.model}: {reason}; registered: {known or 'none'}")
 
 
 def existing_is_done(job: Job | None) -> bool:

@@ -431,7 +431,7 @@ def _recipe(claimed: FileProvenance) -> dict[str, Any] | None:
     if "latent_control" not in fields:
         raise ProvenanceError("incomplete latent provenance: missing latent_control")
     try:
-        return parse_control(fields["latent_control"])
+        return parse_control(fields["latent_control"], index=claimed.provenance.index)
     except ValueError as exc:
         raise ProvenanceError(f"provenance field {exc}") from exc
 

@@ -44,6 +44,7 @@ from db.job_specs import (
     MIN_CHUNK_SIZE,
     MIN_RETENTION_DAYS,
     MIN_TRUNCATION,
+    SHA256_PATTERN,
     JobMetadata,
     QualityGateSpec,
     QueueName,
@@ -164,12 +165,22 @@ class QualityGateCreate(QualityGateSpec):
 
 
 class ImageRefCreate(_Strict):
-    """A delivered image of your tenant: the job id and the image's index in it."""
+    """A delivered image of your tenant: the job id and the image's index in it; with `sha256`, the image must
+    be exactly the file you hold (its job id and index read from the file's provenance, its bytes not sent)."""
 
     job_id: str = Field(
         min_length=1, max_length=MAX_JOB_ID_CHARS, examples=["4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f"]
     )
     index: JsonInteger = Field(ge=0, le=MAX_IMAGES_PER_JOB, examples=[3])
+    sha256: str | None = Field(
+        default=None,
+        min_length=64,
+        max_length=64,
+        pattern=SHA256_PATTERN,
+        description="Hex SHA-256 of the file you hold (lower case). When given it must equal the sha256 "
+        "recorded for that delivered image (422 naming `...source.sha256`, rule `recorded_sha256`).",
+        examples=["5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b9719d911017c592"],
+    )
 
 
 class VariationCreate(_Strict):
@@ -324,6 +335,29 @@ class ModelVersionRef(BaseModel):
     version: int
 
 
+class ImageRefPublic(BaseModel):
+    """A source image of a job: the job id and the image's index in it."""
+
+    job_id: str
+    index: int
+
+
+class VariationPublic(BaseModel):
+    """What a variations job was asked for: `count` images near `source` at `strength`."""
+
+    source: ImageRefPublic
+    strength: float
+    count: int
+
+
+class InterpolationPublic(BaseModel):
+    """What an interpolation job was asked for: `frames` images from `start` to `end`, both included."""
+
+    start: ImageRefPublic
+    end: ImageRefPublic
+    frames: int
+
+
 JOB_EXAMPLE: dict[str, Any] = {
     "id": "4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f",
     "status": "running",
@@ -355,6 +389,9 @@ JOB_EXAMPLE: dict[str, Any] = {
     "finished_at": None,
     "retention_days": 30,
     "expires_at": None,
+    "truncation": None,
+    "variation": None,
+    "interpolation": None,
 }
 
 
@@ -399,6 +436,16 @@ class JobPublic(BaseModel):
         default=None,
         description="When the job's objects and rows are deleted: finished_at + retention_days. Null while it "
         "runs (a running job never expires) or when kept until deleted.",
+    )
+    truncation: float | None = Field(
+        default=None,
+        description="ψ the job's latents are scaled by (a variation: its own or its source's); null = 1.0, off.",
+    )
+    variation: VariationPublic | None = Field(
+        default=None, description="The source image, strength and count of a variations job (else null)."
+    )
+    interpolation: InterpolationPublic | None = Field(
+        default=None, description="The two end images and the frames of an interpolation job (else null)."
     )
 
 

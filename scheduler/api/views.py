@@ -7,15 +7,19 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from db.latent_control import control_of_options
 from db.status import JobStatus
 from db.tables import Image, Job, ModelVersion, utcnow
 from scheduler.api.schemas import (
     CountsPublic,
     ImagePublic,
+    ImageRefPublic,
+    InterpolationPublic,
     JobPublic,
     ModelMetricsSummary,
     ModelPublic,
     ModelVersionRef,
+    VariationPublic,
 )
 
 
@@ -29,6 +33,35 @@ def eta_seconds(job: Job, now: dt.datetime | None = None) -> float | None:
     elapsed = ((now or utcnow()) - job.started_at).total_seconds()
     remaining = max(0, job.images_total - finished)
     return round(remaining * max(elapsed, 0.0) / finished, 1)
+
+
+def _source(source: Mapping[str, Any]) -> ImageRefPublic:
+    return ImageRefPublic(job_id=str(source["job_id"]), index=int(source["index"]))
+
+
+def control_public(job: Job) -> dict[str, Any]:
+    """The job's creative control as the job view shows it (`truncation`, `variation`, `interpolation`), from
+    the recipe planning stored (`db.latent_control`); every field None for a plain job with ψ 1.0."""
+    recipe = control_of_options(job.options) or {}
+    variation = recipe.get("variation")
+    interpolation = recipe.get("interpolation")
+    return {
+        "truncation": float(recipe["truncation"]) if "truncation" in recipe else None,
+        "variation": VariationPublic(
+            source=_source(variation["source"]),
+            strength=float(variation["strength"]),
+            count=job.images_total,
+        )
+        if variation
+        else None,
+        "interpolation": InterpolationPublic(
+            start=_source(interpolation["start"]),
+            end=_source(interpolation["end"]),
+            frames=int(interpolation["frames"]),
+        )
+        if interpolation
+        else None,
+    }
 
 
 def job_public(
@@ -71,6 +104,7 @@ def job_public(
         finished_at=job.finished_at,
         retention_days=job.retention_days,
         expires_at=job.expires_at,
+        **control_public(job),
     )
 
 

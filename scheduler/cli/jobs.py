@@ -13,15 +13,23 @@ import itertools
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
 import click
 
-from db.cli_support import FiniteFloat, job_exit_code, one_line_errors, output_file, output_folder
-from db.errors import ConfigError
+from db.cli_support import (
+    FiniteFloat,
+    creative_control_options,
+    job_exit_code,
+    one_line_errors,
+    output_file,
+    output_folder,
+)
+from db.control_options import check_option_combinations, option_as_typed, parse_image_ref
+from db.errors import ConfigError, PlanningError
 from db.webhook_events import WEBHOOK_EVENTS
 from scheduler.cli.output import json_option, print_json, print_rows
 from scheduler.client import API_KEY_ENV, Client, Job, JobPage, spreadsheet_safe
@@ -74,14 +82,23 @@ def parse_categories(options: Sequence[str]) -> list[dict[str, Any]]:
     return items
 
 
-def cli_shaped(error: ApiError, options: Sequence[str], registered: Sequence[str] | None) -> str:
-    """The API's 422 as the user typed it: `items.0.count` becomes `--category bag=0`; a bad model lists
-    the registered ones."""
+def cli_shaped(
+    error: ApiError,
+    options: Sequence[str],
+    registered: Sequence[str] | None,
+    typed: Mapping[str, Any] | None = None,
+) -> str:
+    """The API's 422 as the user typed it: `items.0.count` becomes `--category bag=0`, `variation.source`
+    `--variation-of 'J/3'` (`typed`: each creative-control option's value as given); a bad model lists the
+    registered ones."""
     lines = []
     for entry in error.problem.get("errors") or []:
         field, message = str(entry.get("field", "")), str(entry.get("message", ""))
         match = ITEM_FIELD.match(field)
-        if match and int(match.group(1)) < len(options):
+        control = option_as_typed(field.removeprefix("body."), typed or {})
+        if control is not None:
+            lines.append(f"{control}: {message.split(': ', 1)[-1] if message.startswith(field) else message}")
+        elif match and int(match.group(1)) < len(options):
             name = match.group(2)
             lines.append(f"--category {options[int(match.group(1))]}: {name}: {_unprefixed(message, name)}")
         elif field.endswith("model"):
@@ -163,9 +180,9 @@ def jobs() -> None:
     "--category",
     "categories",
     multiple=True,
-    required=True,
     metavar="CATEGORY=COUNT",
-    help="Images of one category; repeat for more (e.g. --category sneaker=16).",
+    help="Images of one category; repeat for more (e.g. --category sneaker=16). Required unless "
+    "--variation-of or --interpolate.",
 )
 @click.option(
     "--model", default=None, help="NAME (its production version) or NAME@VERSION [default: the API's]."
@@ -213,6 +230,7 @@ def jobs() -> None:
     help="Follow the job until it finishes; exit 10 when it completed with failures, 7 when it failed or was "
     "cancelled.",
 )
+@creative_control_options
 @json_option
 @one_line_errors
 def submit(
@@ -227,39 +245,94 @@ def submit(
     retention_days: int | None,
     idempotency_key: str | None,
     wait: bool,
+    truncation: float | None,
+    variation_of: str | None,
+    strength: float | None,
+    count: int | None,
+    interpolate: tuple[str, str] | None,
+    frames: int | None,
     as_json: bool,
 ) -> None:
     """Submit a job and print its id (with --wait, follow it to the end).
+
+    A job of --category items, or of variations (--variation-of with --strength and --count) or frames
+    (--interpolate with --frames) of images you already have: the options and their rules are `catalogan
+    generate`'s (docs/controlling.md). A source is JOB_ID/INDEX or the path of the delivered PNG.
 
     Example:
 
     \b
         catalogan jobs submit --category sneaker=16 --category dress=8 --seed 7 --metadata batch=spring --wait
         catalogan jobs submit --category sneaker=16 --seed 7 --idempotency-key nightly-2027-03-01 --wait
+        catalogan jobs submit --variation-of out/dress/00000003.png --strength 0.3 --count 8 --truncation 0.9
+        catalogan jobs submit --interpolate 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f/0 4f0c2a9e8b7d4c6a9e2f1b3d5c7a9e0f/5 --frames 8
     """
+    typed: dict[str, Any] = {
+        "--truncation": truncation,
+        "--variation-of": variation_of,
+        "--strength": strength,
+        "--count": count,
+        "--interpolate": interpolate,
+        "--frames": frames,
+    }
+    # Everything typed is checked before anything is sent (a source file is read here, never uploaded).
+    check_option_combinations({"--category": bool(categories)} | {k: v is not None for k, v in typed.items()})
+    if not categories and variation_of is None and interpolate is None:
+        raise PlanningError(
+            "--category", "required", "--category: give CATEGORY=COUNT, or --variation-of / --interpolate"
+        )
     items = parse_categories(categories)
+    sources = [parse_image_ref("--variation-of", variation_of)] if variation_of is not None else []
+    sources += [parse_image_ref("--interpolate", value) for value in interpolate or ()]
+    common: dict[str, Any] = {
+        "model": model,
+        "output_format": output_format,
+        "metadata": metadata or None,
+        "retention_days": retention_days,
+        "queue": queue,
+        "webhook_events": list(dict.fromkeys(webhook_events)) or None,
+    }
     with _client() as client:
         try:
-            job = client.submit_job(
-                items,
-                model=model,
-                seed=seed,
-                output_format=output_format,
-                webhook_url=webhook_url,
-                metadata=metadata or None,
-                retention_days=retention_days,
-                queue=queue,
-                webhook_events=list(dict.fromkeys(webhook_events)) or None,
-                idempotency_key=idempotency_key,
-            )
+            if variation_of is not None:
+                assert strength is not None and count is not None  # check_option_combinations
+                job = client.submit_variations(
+                    sources[0],
+                    count=count,
+                    strength=strength,
+                    seed=seed,
+                    truncation=truncation,
+                    webhook_url=webhook_url,
+                    idempotency_key=idempotency_key,
+                    **{name: value for name, value in common.items() if value is not None},
+                )
+            elif interpolate is not None:
+                assert frames is not None  # check_option_combinations
+                job = client.submit_interpolation(
+                    sources[0],
+                    sources[1],
+                    frames=frames,
+                    webhook_url=webhook_url,
+                    idempotency_key=idempotency_key,
+                    **{name: value for name, value in {**common, "seed": seed}.items() if value is not None},
+                )
+            else:
+                job = client.submit_job(
+                    items,
+                    seed=seed,
+                    webhook_url=webhook_url,
+                    truncation=truncation,
+                    idempotency_key=idempotency_key,
+                    **common,
+                )
         except ApiError as exc:
             if exc.status not in (404, 422):
                 raise
-            text = cli_shaped(exc, categories, None)
+            text = cli_shaped(exc, categories, None, typed)
             registered = None
             if "model" in text.lower():
                 registered = [f"{m.name}@{m.version} ({m.status})" for m in client.list_models()]
-            raise click.UsageError(cli_shaped(exc, categories, registered)) from exc
+            raise click.UsageError(cli_shaped(exc, categories, registered, typed)) from exc
         if job.replayed:
             click.echo(f"job {job.id} was already submitted with this --idempotency-key", err=True)
         if wait:
@@ -381,8 +454,41 @@ def show(job_id: str, as_json: bool) -> None:
         click.echo(f"{'webhooks':>12}: " + (" ".join(job.webhook_events) or "none"))
     if job.metadata:
         click.echo(f"{'metadata':>12}: " + " ".join(f"{k}={v}" for k, v in sorted(job.metadata.items())))
+    for name, value in control_lines(job):
+        click.echo(f"{name:>12}: {value}")
     if job.error:
         click.echo(f"{'error':>12}: {job.error}")
+
+
+def _ref_text(source: Mapping[str, Any]) -> str:
+    return f"{source.get('job_id')}/{source.get('index')}"
+
+
+def control_lines(job: Job) -> list[tuple[str, str]]:
+    """The job's creative control as `jobs show` prints it: ψ, the source and strength of variations, the ends
+    and frames of an interpolation (nothing for a plain job)."""
+    lines = []
+    if job.truncation is not None:
+        lines.append(("truncation", f"{job.truncation:g}"))
+    if job.variation:
+        variation = job.variation
+        lines.append(
+            (
+                "variation",
+                f"of {_ref_text(variation.get('source') or {})}, strength {variation.get('strength')}, "
+                f"count {variation.get('count')}",
+            )
+        )
+    if job.interpolation:
+        ends = job.interpolation
+        lines.append(
+            (
+                "interpolate",
+                f"{_ref_text(ends.get('start') or {})} .. {_ref_text(ends.get('end') or {})}, "
+                f"{ends.get('frames')} frames",
+            )
+        )
+    return lines
 
 
 @jobs.command("watch")

@@ -33,6 +33,11 @@ never creates a second job. Errors: `ApiError` (the API answered with a problem;
 JSON: the URL points at something else), `WebhookVerificationError` (from `verify_webhook`) —
 all `scheduler.errors.ClientError`/`SchedulerError`.
 
+A variation or interpolation may name its source images by the catalogan PNGs you hold:
+`client.submit_variations(Path("out/b/00000003.png"), count=8, strength=0.3)`, or `image_ref_from_file(path)`
+wherever a source is taken. The file is read here, bounded (`MAX_SOURCE_FILE_BYTES`), for its job id, index and
+sha256; only those are sent, and the API makes the job from exactly that delivered image.
+
 The package, a module per noun: `Client` (below) is a `connection.Connection` (settings, HTTP clients, retries)
 with the calls of `jobs`, `downloads` (images and tar shards), `manifests` and `previews` (models); `results`
 holds the dataclasses they return, `transport` one bounded request and its body readers, `shards` the tar
@@ -66,9 +71,12 @@ from scheduler.client.defaults import RETRY_STATUSES as RETRY_STATUSES
 from scheduler.client.downloads import ImageCalls
 from scheduler.client.downloads import image_path as image_path
 from scheduler.client.jobs import JOB_ID_PATTERN as JOB_ID_PATTERN
+from scheduler.client.jobs import MAX_SOURCE_FILE_BYTES as MAX_SOURCE_FILE_BYTES
 from scheduler.client.jobs import RETRY_REFUSED_STATUSES as RETRY_REFUSED_STATUSES
 from scheduler.client.jobs import JobCalls
 from scheduler.client.jobs import JobIdError as JobIdError
+from scheduler.client.jobs import SourceFileError as SourceFileError
+from scheduler.client.jobs import image_ref_from_file as image_ref_from_file
 from scheduler.client.manifests import MANIFEST_FORMATS as MANIFEST_FORMATS
 from scheduler.client.manifests import ManifestCalls
 from scheduler.client.previews import ModelCalls

@@ -1,16 +1,19 @@
 """The job calls of `Client`: submit (items, a manifest, variations, an interpolation), get, list, wait for,
-cancel, delete, retry and estimate a job; and the check a job id passes before it goes into a URL path."""
+cancel, delete, retry and estimate a job; the check a job id passes before it goes into a URL path; and
+`image_ref_from_file`, a source image named by the catalogan PNG you hold."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
+from db import source_files
 from scheduler.client.connection import Connection
 from scheduler.client.defaults import DEFAULT_MAX_POLL_SECONDS, POLL_BACKOFF_FACTOR
 from scheduler.client.results import Estimate, Job, JobPage
@@ -32,6 +35,61 @@ def _job_id(job: Job | str) -> str:
     if not isinstance(value, str) or not JOB_ID_PATTERN.fullmatch(value):
         raise JobIdError(f"job id {value!r}: must be 1 to 64 letters, digits, '_' or '-' (a job's `id`)")
     return value
+
+
+class SourceFileError(ClientError, ValueError):
+    """Raised for a file that cannot name a source image: missing, over `MAX_SOURCE_FILE_BYTES`, not a PNG, or
+    without catalogan's job id and index (bad input: exit 2 in the CLI). Nothing was sent."""
+
+
+MAX_SOURCE_FILE_BYTES = source_files.MAX_SOURCE_FILE_BYTES
+# A source image: (job, index), a catalogan PNG's path (a `pathlib.Path`: a `str` is a job id), or the
+# mapping `image_ref_from_file` returns.
+ImageSource: TypeAlias = "tuple[Job | str, int] | os.PathLike[str] | Mapping[str, Any]"
+
+
+def image_ref_from_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The delivered image a catalogan PNG you hold names, as a source of a variation or interpolation:
+    `{"job_id", "index", "sha256"}`, the job id and index read from the file's provenance and the sha256 from
+    its bytes. Read here, bounded (a file over `MAX_SOURCE_FILE_BYTES` is refused before it is read; only
+    the PNG's chunk headers and two text chunks are parsed); the image itself is never sent. The API then
+    makes the job only from that very file (a 422 naming `...source.sha256` for an edited copy).
+
+    Raises `SourceFileError` saying why the file cannot name an image."""
+    try:
+        return source_files.read_source_file(path).to_json()
+    except source_files.SourceFileError as exc:
+        raise SourceFileError(f"{os.fspath(path)!r}: {exc}") from exc
+
+
+def _image_ref(source: Any, what: str) -> dict[str, Any]:
+    """A source image as the API takes it: from (job, index), a file's path, or a mapping with job_id and
+    index (and sha256); `ClientError` for anything else, before anything is sent."""
+    if isinstance(source, os.PathLike):
+        return image_ref_from_file(source)
+    if isinstance(source, Mapping):
+        unknown = set(source) - {"job_id", "index", "sha256"}
+        if unknown or not {"job_id", "index"} <= set(source):
+            raise ClientError(
+                f"{what}: a mapping of job_id, index and optionally sha256, not {sorted(source)}"
+            )
+        return {"job_id": _job_id(source["job_id"]), **{k: v for k, v in source.items() if k != "job_id"}}
+    if isinstance(source, tuple) and len(source) == 2:
+        return {"job_id": _job_id(source[0]), "index": source[1]}
+    raise ClientError(
+        f"{what}: give (job, index), the path of a PNG a job delivered, or image_ref_from_file()"
+    )
+
+
+def _control_json(name: str, value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """An estimate's `variation` / `interpolation` with its source images as the API takes them."""
+    if value is None:
+        return None
+    body = dict(value)
+    for key in ("source",) if name == "variation" else ("start", "end"):
+        if key in body:
+            body[key] = _image_ref(body[key], f"{name}.{key}")
+    return body
 
 
 def _present(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,8 +165,8 @@ class JobCalls(Connection):
 
     def submit_variations(
         self,
-        source: Job | str,
-        index: int,
+        source: Job | str | os.PathLike[str] | Mapping[str, Any],
+        index: int | None = None,
         *,
         count: int,
         strength: float,
@@ -120,36 +178,44 @@ class JobCalls(Connection):
     ) -> Job:
         """A job of `count` images near image `index` of your job `source`: same model version and category.
 
-        `strength` 0 gives the source image's own pixels, 1 an unrelated image of its category; `truncation`
-        defaults to the source's ψ. Other `POST /v1/jobs` fields (`output_format`, `chunk_size`,
-        `quality_gate`) pass through `options`.
+        `source` may instead be the catalogan PNG you hold, as a `pathlib.Path` (or `image_ref_from_file`'s
+        result), without `index`: its job and index are read from the file, and the API checks that the file
+        is exactly that delivered image (its sha256). `strength` 0 gives the source image's own pixels, 1 an
+        unrelated image of its category; `truncation` defaults to the source's ψ. Other `POST /v1/jobs`
+        fields (`model`, `output_format`, `chunk_size`, `quality_gate`, `metadata`, ...) pass through `options`.
         """
-        variation = {
-            "source": {"job_id": _job_id(source), "index": index},
-            "strength": strength,
-            "count": count,
-        }
+        if isinstance(source, os.PathLike | Mapping):
+            if index is not None:
+                raise ClientError("index: the file (or mapping) names its image; give index only with a job")
+            ref = _image_ref(source, "source")
+        elif index is None:
+            raise ClientError("index: give the index of the image in job source (or source as a file's Path)")
+        else:
+            ref = _image_ref((source, index), "source")
+        variation = {"source": ref, "strength": strength, "count": count}
         spec = {"variation": variation, "seed": seed, "truncation": truncation, "webhook_url": webhook_url}
         return self._submit_json({**_present(spec), **options}, idempotency_key or uuid.uuid4().hex)
 
     def submit_interpolation(
         self,
-        start: tuple[Job | str, int],
-        end: tuple[Job | str, int],
+        start: ImageSource,
+        end: ImageSource,
         *,
         frames: int,
         webhook_url: str | None = None,
         idempotency_key: str | None = None,
         **options: Any,
     ) -> Job:
-        """A job of `frames` images on the latent path between two of your images, given as (job, index).
+        """A job of `frames` images on the latent path between two of your images, each given as (job, index)
+        or as the catalogan PNG you hold (a `pathlib.Path`, or `image_ref_from_file`'s result: the API then
+        checks it is exactly that delivered image).
 
         Frame 0 is `start`'s pixels and the last frame `end`'s; both must come from one model version and be of
         one category. Other `POST /v1/jobs` fields pass through `options`.
         """
         interpolation = {
-            "start": {"job_id": _job_id(start[0]), "index": start[1]},
-            "end": {"job_id": _job_id(end[0]), "index": end[1]},
+            "start": _image_ref(start, "start"),
+            "end": _image_ref(end, "end"),
             "frames": frames,
         }
         spec = {"interpolation": interpolation, "webhook_url": webhook_url}
@@ -291,10 +357,18 @@ class JobCalls(Connection):
         queue: str | None = None,
         manifest_uri: str | None = None,
         output_format: str | None = None,
+        truncation: float | None = None,
+        variation: Mapping[str, Any] | None = None,
+        interpolation: Mapping[str, Any] | None = None,
     ) -> Estimate:
-        """What a job of `items` (or of the `s3://` manifest at `manifest_uri`) would take, without creating it:
-        images, chunks, seconds, and `quota_cost` (what it would charge to the daily quota: with a
-        `quality_gate`, each image's worst-case redraws too). The other arguments are `submit_job`'s."""
+        """What a job of `items` (or of the `s3://` manifest at `manifest_uri`, or a `variation` /
+        `interpolation`) would take, without creating it: images, chunks, seconds, and `quota_cost` (what it
+        would charge to the daily quota: with a `quality_gate`, each image's worst-case redraws too).
+
+        `variation`: `{"source": SOURCE, "strength": 0.3, "count": 8}`; `interpolation`: `{"start": SOURCE,
+        "end": SOURCE, "frames": 8}`; a SOURCE is (job, index), a catalogan PNG's `pathlib.Path` or
+        `image_ref_from_file`'s result. Their sources are checked as a submit checks them (the same 422s). The
+        other arguments are `submit_job`'s."""
         spec = _present(
             {
                 "items": list(items) if items is not None else None,
@@ -304,6 +378,9 @@ class JobCalls(Connection):
                 "queue": queue,
                 "manifest_uri": manifest_uri,
                 "output_format": output_format,
+                "truncation": truncation,
+                "variation": _control_json("variation", variation),
+                "interpolation": _control_json("interpolation", interpolation),
             }
         )
         return Estimate.from_json(self._call("POST", "/v1/jobs:estimate", json=spec))

@@ -46,6 +46,12 @@ class Job:
     expires_at: dt.datetime | None = None  # when its objects and rows are deleted (None while it runs)
     queue: str = "bulk"  # the queue (priority) its chunks go to
     webhook_events: Sequence[str] | None = None  # the events sent for it (None = every event)
+    # Creative control (docs/controlling.md), as the API's job view has it: ψ (None = 1.0, off);
+    # `{"source": {"job_id", "index"}, "strength", "count"}` of a variations job; `{"start", "end", "frames"}`
+    # of an interpolation (None for any other job).
+    truncation: float | None = None
+    variation: Mapping[str, Any] | None = None
+    interpolation: Mapping[str, Any] | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -91,6 +97,9 @@ class Job:
             expires_at=_time(body.get("expires_at")),
             queue=body.get("queue", "bulk"),
             webhook_events=body.get("webhook_events"),
+            truncation=body.get("truncation"),
+            variation=body.get("variation"),
+            interpolation=body.get("interpolation"),
             raw=dict(body),
         )
 

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,16 +21,25 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from db.cli_support import ExitCode
-from db.engine import make_engine, make_session_factory
+from db.engine import make_engine, make_session_factory, transaction
+from db.model_versions import get_model_version
 from db.pipeline_settings import WorkerSettings
 from db.planning import parse_job_spec, submit_job
+from db.status import DeliveryStatus, JobStatus
 from db.storage import LocalStore
-from db.tables import Image
+from db.tables import Image, Job, Tenant, WebhookDelivery
+from models.inference import InferenceSpec
 from scheduler.cli.root import cli
+from scheduler.settings import WebhookSettings
+from scheduler.signatures import new_secret
+from scheduler.webhooks import dispatch_due
 from tests.pipeline import make_model_version, make_tenant, tiny_checkpoint
+from tests.scheduler.receivers import Receiver
 from workers.chunk_generation import ChunkContext, ChunkOutcome, generate_chunk
 from workers.encoding import encode_image
+from workers.finalize import finalize_job
 from workers.generator_cache import GeneratorCache
+from workers.pixels import render_pixels
 from workers.verification import read_provenance, verify_file
 
 SOURCE_JOB = "5" * 32  # fixed job ids: a file's bytes carry its job id, so two worlds can agree on bytes
@@ -92,6 +103,8 @@ def make_world(sqlite_url: str, tmp_path: Path) -> Iterator[Callable[[str], Worl
             settings=WorkerSettings(batch_size=4, upload_threads=2),
             worker_name=f"worker-{name}",
             pool=ThreadPoolExecutor(max_workers=2),
+            # As the worker does (workers.context): the last chunk finalizes the job (manifests, status, webhook).
+            on_job_finished=lambda job_id: finalize_job(session_factory, store, job_id),
         )
         make_model_version(session_factory, checkpoint=tiny_checkpoint(seed=3), store=store)
         world = World(url, store, engine, context, make_tenant(session_factory))
@@ -207,3 +220,115 @@ def test_verify_cli_regenerates_a_variation_and_refuses_an_edited_recipe(
     result = CliRunner().invoke(cli, ["verify", str(edited), "--regenerate"], env=env, prog_name="catalogan")
     assert result.exit_code == ExitCode.NOT_VERIFIED, result.output
     assert "NOT matching" in result.output
+
+
+def _manifest(world: World, job_id: str) -> tuple[Job, list[dict[str, object]]]:
+    """The job row and its JSONL manifest's records, as the finalize step wrote them to the store."""
+    with world.context.session_factory() as session:
+        job = session.get_one(Job, job_id)
+        session.expunge(job)
+    assert job.manifest_key is not None
+    lines = world.store.get(job.manifest_key).decode().splitlines()
+    return job, [json.loads(line) for line in lines]
+
+
+def test_control_jobs_list_every_image_in_their_manifest_and_send_their_webhook(
+    make_world: Callable[[str], World],
+) -> None:
+    """Given a delivered job and a webhook receiver / When a variation job and an interpolation job of its images
+    run to the end / Then each succeeded with a manifest listing every image (index, key, sha256 of its file,
+    seed, model version), each listed file carries its recipe (source and strength; its frame of the path),
+    and each job's `job.completed` webhook is delivered, signed, like any job's."""
+    world = make_world("hooks")
+    secret = new_secret()
+    with transaction(world.context.session_factory) as session:
+        session.get_one(Tenant, world.tenant_id).webhook_secret = secret
+    receiver = Receiver().start()
+    try:
+        world.run({"items": [{"category": "b", "count": 4}], "seed": 8}, SOURCE_JOB)
+        source = {"job_id": SOURCE_JOB, "index": 2}
+        kinds = {
+            "variation": {"variation": {"source": source, "strength": 0.3, "count": 5}, "seed": 1},
+            "interpolation": {
+                "interpolation": {"start": source, "end": {"job_id": SOURCE_JOB, "index": 3}, "frames": 6},
+                "seed": 2,
+            },
+        }
+        jobs = {
+            kind: world.run({**spec, "webhook_url": receiver.url}, job_id)
+            for (kind, spec), job_id in zip(kinds.items(), ("6" * 32, "8" * 32), strict=True)
+        }
+        report = dispatch_due(
+            world.context.session_factory, WebhookSettings(webhook_allow_private_targets=True)
+        )
+        for kind, (job_id, files) in jobs.items():
+            job, rows = _manifest(world, job_id)
+            total = 5 if kind == "variation" else 6
+            assert job.status is JobStatus.SUCCEEDED and job.images_done == total
+            assert [row["index"] for row in rows] == list(range(total))
+            for row in rows:
+                data = files[int(row["index"])]  # type: ignore[call-overload]
+                assert row["status"] == "succeeded" and row["category"] == "b"
+                assert (row["seed"], row["model_version"]) == (job.seed, "tiny@1")
+                assert (
+                    row["sha256"]
+                    == hashlib.sha256(data).hexdigest()
+                    == hashlib.sha256(world.store.get(str(row["key"]))).hexdigest()
+                )
+                fields = dict(read_provenance(data).provenance.control)
+                if kind == "variation":
+                    assert (fields["variation_of"], fields["strength"]) == (f"{SOURCE_JOB}/2", "0.3")
+                else:
+                    assert fields["interpolation"] == f"{SOURCE_JOB}/2..{SOURCE_JOB}/3"
+                    assert fields["frame"] == f"{row['index']}/5"
+                assert json.loads(fields["latent_control"]) == job.options["latent_control"]
+    finally:
+        receiver.stop()
+    assert (report.delivered, report.failed) == (2, 0)
+    bodies = {json.loads(delivery.body)["data"]["job_id"]: delivery for delivery in receiver.deliveries}
+    assert set(bodies) == {job_id for job_id, _ in jobs.values()}
+    for job_id, delivery in bodies.items():
+        body = json.loads(delivery.body)
+        assert body["type"] == "job.completed" and body["data"]["status"] == "succeeded"
+        assert body["data"]["images_done"] == (5 if job_id == "6" * 32 else 6)
+        assert "webhook-signature" in delivery.headers
+    with world.context.session_factory() as session:
+        statuses = session.scalars(select(WebhookDelivery.status)).all()
+    assert statuses == [DeliveryStatus.DELIVERED] * 2
+
+
+def _forged_frame(world: World, real: bytes, index: int) -> bytes:
+    """A hand-made file claiming to be image `index` of the interpolation job that made `real`: the pixels the
+    recipe gives at t = index / (frames - 1), encoded with `real`'s provenance and that index and frame."""
+    claimed = read_provenance(real).provenance
+    control = dict(claimed.control)
+    recipe = json.loads(control["latent_control"])
+    last = int(recipe["interpolation"]["frames"]) - 1
+    with world.context.session_factory() as session:
+        model_version = get_model_version(session, "tiny", 1)
+        session.expunge(model_version)
+    spec = InferenceSpec.from_fields(dict(claimed.inference))
+    generator = GeneratorCache(world.store, device="cpu").get(model_version, spec)
+    class_index = [str(category) for category in model_version.categories].index(claimed.category)
+    pixels = render_pixels(generator, claimed.seed, class_index, [index], redraws=[0], control=recipe)[0]
+    forged = tuple((name, f"{index}/{last}" if name == "frame" else value) for name, value in claimed.control)
+    return encode_image(pixels, "png", dataclasses.replace(claimed, index=index, control=forged))
+
+
+def test_a_file_claiming_a_frame_beyond_its_interpolation_does_not_verify(
+    make_world: Callable[[str], World],
+) -> None:
+    """Given a 5-frame interpolation, and hand-made files made the way its frames are made (the recipe's
+    pixels at t = index / 4, the file's provenance with that index) / When the one claiming frame 2 and the one
+    claiming frame 9 are verified with --regenerate / Then frame 2 is byte for byte the job's own file and
+    verifies, and frame 9 (t = 9/4, off the path: an image no job could have made) is refused, never reported
+    as matching."""
+    world = make_world("frames")
+    world.run({"items": [{"category": "b", "count": 4}], "seed": 8}, SOURCE_JOB)
+    ends = {"start": {"job_id": SOURCE_JOB, "index": 0}, "end": {"job_id": SOURCE_JOB, "index": 1}}
+    _, frames = world.run({"interpolation": {**ends, "frames": 5}, "seed": 3}, "8" * 32)
+    assert _forged_frame(world, frames[4], 2) == frames[2]
+    assert world.verify(frames[2]) is True
+    forged = _forged_frame(world, frames[4], 9)
+    with pytest.raises(ValueError, match="not a frame of an interpolation of 5 frames"):
+        world.verify(forged)

@@ -21,8 +21,7 @@ from db.engine import transaction
 from db.incremental import count_skipped_items, count_skipped_items_of_jobs
 from db.job_specs import MAX_METADATA_KEYS, METADATA_FILTER_PATTERN, JobSpec, parse_metadata_pairs
 from db.jobs import get_job, request_cancel
-from db.latent_control import resolve_latent_control
-from db.planning import PlannedJob, resolve_job_model, submit_job
+from db.planning import PlannedJob, resolve_model_and_control, submit_job
 from db.publish_window import publish_window_chunks, refill
 from db.status import JobStatus
 from db.tables import Job, ModelVersion, utcnow
@@ -442,14 +441,13 @@ async def _read_and_estimate(
 
 
 def _estimate(services: Services, spec: JobSpec, tenant_id: str, settings: ApiSettings) -> EstimatePublic:
-    """The estimate of a checked spec: its model (or its source images' model) and the measured throughput."""
+    """The estimate of a checked spec: its model (or its source images' model) and the measured throughput.
+
+    The model and the sources go through the submit's own checks (`resolve_model_and_control`): an estimate
+    a submit would refuse (a source of another model version than `model`, a retired one, an expired
+    source) is the submit's 422."""
     with services.read_sessions() as session:
-        resolved = resolve_latent_control(session, spec, tenant_id)
-        model = (
-            session.get_one(ModelVersion, resolved.model_version_id)
-            if resolved is not None
-            else resolve_job_model(session, spec.model)
-        )
+        _, model = resolve_model_and_control(session, spec, tenant_id)
         throughput = measured_throughput(session, default=settings.default_images_per_second)
         model_ref = ModelVersionRef(name=model.name, version=model.version)
     images = spec.images_total
