@@ -276,6 +276,9 @@ def evaluate(
     MODEL is a checkpoint file, or a registry reference `name` (the promoted version) or `name@version`.
     Metrics: FID_fm and KID (lower is better), precision / recall, conditional accuracy, CAS (higher is
     better), intra-class SSIM (high means mode collapse). The calibration row scores real train images.
+    Per category, a second table: the generated images' conditional accuracy beside the evaluator's
+    accuracy on real images of the category, their ratio, and the category's FID_fm, precision and
+    recall (also in --json, and what --record stores for the per-category promotion gates).
 
     Example:
 

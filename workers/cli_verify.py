@@ -91,6 +91,9 @@ def verify(
 ) -> None:
     """Read the provenance a generated PNG/WebP carries; with --regenerate, prove it bit for bit.
 
+    A file from a truncation, variation or interpolation job records its latent recipe (ψ, source image,
+    strength, frame); --regenerate recomputes it from that recipe, sources included.
+
     Regeneration uses the inference backend, device kind, dtype, compute batch and graph the file records and
     says which it used. Exit 0 when the provenance is readable (and, with --regenerate, the recomputed file is
     identical); exit 8 (NOT_VERIFIED) when the file differs from what its model version produces, or carries
