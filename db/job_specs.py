@@ -302,11 +302,19 @@ class JobSpec(BaseModel):
         return sum(item.count for item in self.items)
 
     @property
+    def redraws_per_image(self) -> int:
+        """Redraws one image may take at worst: the quality gate's `max_redraws`, none without a gate, and none
+        for an interpolation, whose frames do not move when redrawn (a frame is where it is on the path, so
+        the gate scores it once and rejects it if it fails; redrawing would render the same pixels)."""
+        if self.quality_gate is None or self.interpolation is not None:
+            return 0
+        return self.quality_gate.max_redraws
+
+    @property
     def quota_cost(self) -> int:
         """Generations this job may spend at worst, what the tenant's daily quota is charged: each image
-        once, plus `quality_gate.max_redraws` redraws of it when the job has a quality gate."""
-        redraws = self.quality_gate.max_redraws if self.quality_gate is not None else 0
-        return self.images_total * (1 + redraws)
+        once, plus its `redraws_per_image`."""
+        return self.images_total * (1 + self.redraws_per_image)
 
     def chunks_total(self, chunk_size: int | None = None) -> int:
         """Chunks planning makes for this spec (`db.chunk_layout`: small items packed), at most; items an

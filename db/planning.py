@@ -300,8 +300,7 @@ SKIPPED_IMAGES_PER_QUOTA_UNIT = 100
 def _quota_cost(spec: JobSpec, images_total: int, *, skipped_images: int = 0) -> int:
     """What the job charges to its tenant's daily quota: each generated image, with its worst-case redraws,
     and one unit per `SKIPPED_IMAGES_PER_QUOTA_UNIT` images skipped as already delivered (rounded up)."""
-    redraws = spec.quality_gate.max_redraws if spec.quality_gate is not None else 0
-    return images_total * (1 + redraws) + -(-skipped_images // SKIPPED_IMAGES_PER_QUOTA_UNIT)
+    return images_total * (1 + spec.redraws_per_image) + -(-skipped_images // SKIPPED_IMAGES_PER_QUOTA_UNIT)
 
 
 def _delivered_positions(

@@ -105,6 +105,12 @@ def source_latent(source: Mapping[str, Any], z_dim: int) -> torch.Tensor:
     return truncate(_source_pre_truncation(source, z_dim), float((recipe or {}).get("truncation", 1.0)))
 
 
+def redraw_moves(recipe: Mapping[str, Any] | None) -> bool:
+    """Whether a quality-gate redraw gives an image another latent: yes for plain images and variations
+    (their own noise is redrawn), no for interpolation frames (a frame is where it is on the path)."""
+    return not (recipe and "interpolation" in recipe)
+
+
 def render_latents(
     recipe: Mapping[str, Any] | None,
     seed: int,

@@ -8,6 +8,8 @@ a training image than the calibrated threshold is a *near copy* and fails the ga
 A failed image is redrawn from the latent of (seed, index, redraw) for redraw = 1, 2, … `max_redraws`
 (`models.sampling.latents_for(redraws=...)`); an image that still fails after the last redraw is
 *rejected*: its row says so (status `rejected`, score, redraws, and the reason) and no object is stored.
+An interpolation frame renders the same pixels whatever its redraw, so it is scored once and, failing,
+rejected with 0 redraws (and its job is charged no redraws: `JobSpec.redraws_per_image`).
 Everything is a function of (model version, seed, index, category, gate, inference spec) and the shipped
 evaluator, run in fixed compute blocks on the worker's device and on the generator's backend (ONNX Runtime
 for an onnxruntime spec; `EvaluatorScorer`); a chunk scores the same blocks on every run, so the same job
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from models.latent_control import redraw_moves
 from models.memorization_index import MemorizationIndex
 
 if TYPE_CHECKING:
@@ -296,7 +299,9 @@ def apply_gate(
     redraws = np.zeros(len(indices), dtype=np.int64)
     positions = np.asarray(indices, dtype=np.int64)
     failing = np.flatnonzero(near | (scores < gate.min_confidence))
-    for redraw in range(1, gate.max_redraws + 1):
+    # An interpolation frame renders the same pixels whatever its redraw: scored once, rejected if it fails.
+    rounds = gate.max_redraws if redraw_moves(control) else 0
+    for redraw in range(1, rounds + 1):
         if not len(failing):
             break
         current[failing] = render_pixels(

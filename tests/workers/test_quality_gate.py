@@ -302,3 +302,57 @@ def test_an_onnxruntime_worker_gates_with_the_evaluator_on_onnxruntime(
     outcome = _outcome(ctx, first)
     assert [row[:4] for row in _outcome(ctx, second)] == [row[:4] for row in outcome]
     assert {row[3] for row in outcome} >= {0, 1} and any(row[1] is ImageStatus.REJECTED for row in outcome)
+
+
+@pytest.mark.parametrize(
+    ("control", "renders", "redraws"),
+    [
+        (None, 2, 2),
+        ({"variation": {"source": {}, "strength": 0.5}}, 2, 2),
+        ({"interpolation": {"start": {}, "end": {}, "frames": 4}}, 0, 0),
+    ],
+)
+def test_a_frame_is_scored_once_since_a_redraw_renders_the_same_frame(
+    monkeypatch: pytest.MonkeyPatch, control: dict[str, Any] | None, renders: int, redraws: int
+) -> None:
+    """Given a gate with 2 redraws and a scorer no image passes / When a plain, a variation and an interpolation
+    batch are gated / Then plain images and variations are redrawn twice before they are rejected, and
+    interpolation frames (whose pixels do not depend on the redraw) are rejected after one scoring, with no
+    render at all."""
+    import numpy as np
+
+    from workers import quality_gate
+    from workers.quality_gate import GateSettings, Scores, apply_gate
+
+    rendered: list[list[int]] = []
+    scored: list[int] = []
+
+    def render(generator: object, seed: int, class_index: int, indices: list[int], **_: object) -> Any:
+        rendered.append(indices)
+        return np.zeros((len(indices), 4, 4, 1), dtype=np.uint8)
+
+    def never_passes(pixels: Any, class_index: int) -> Scores:
+        scored.append(len(pixels))
+        return Scores(np.zeros(len(pixels)), np.zeros(len(pixels), dtype=bool))
+
+    monkeypatch.setattr(quality_gate, "render_pixels", render)
+    gated = apply_gate(
+        object(), never_passes, GateSettings(0.5, 2), seed=1, class_index=0, indices=[0, 1, 2],
+        pixels=np.zeros((3, 4, 4, 1), dtype=np.uint8), control=control,
+    )  # fmt: skip
+    assert len(rendered) == renders and len(scored) == 1 + renders
+    assert [(image.pixels is None, image.redraws) for image in gated] == [(True, redraws)] * 3
+
+
+def test_an_interpolation_job_is_charged_no_redraws() -> None:
+    """Given a quality gate of 3 redraws / Then a variation job is charged each image 4 times and an
+    interpolation job each frame once (its frames are never redrawn)."""
+    gate = {"min_confidence": 0.5, "max_redraws": 3}
+    source = {"job_id": "j" * 32, "index": 0}
+    variation = parse_job_spec(
+        {"variation": {"source": source, "strength": 0.3, "count": 5}, "quality_gate": gate}
+    )
+    frames = parse_job_spec(
+        {"interpolation": {"start": source, "end": {**source, "index": 1}, "frames": 5}, "quality_gate": gate}
+    )
+    assert (variation.quota_cost, frames.quota_cost) == (20, 5)
