@@ -461,24 +461,38 @@ def made_from(job: Job) -> list[dict[str, Any]]:
     return found
 
 
+# Jobs made from an image come after it: the image page looks for them among at most this many of the
+# tenant's jobs submitted since the image's job (newest first, on the (tenant_id, created_at) index), so a
+# tenant with a million jobs costs one page view a bounded scan, not a pass over every recipe it has stored.
+MADE_FROM_SCAN_JOBS = 2000
+MADE_FROM_SHOWN = 20
+
+
 def jobs_made_from(session: Session, job: Job, index: int, tenant_id: str) -> list[dict[str, Any]]:
-    """The tenant's jobs (newest first, at most 20) made from image `index` of `job`: its variations and the
-    interpolations starting or ending at it."""
+    """The tenant's jobs (newest first, at most MADE_FROM_SHOWN) made from image `index` of `job`: its
+    variations and the interpolations starting or ending at it, among the MADE_FROM_SCAN_JOBS newest jobs the
+    tenant submitted since `job`."""
+    recent = (
+        select(Job.id, Job.status, Job.created_at, Job.images_total, Job.options)
+        .where(Job.tenant_id == tenant_id, Job.created_at >= job.created_at, Job.id != job.id)
+        .order_by(Job.created_at.desc())
+        .limit(MADE_FROM_SCAN_JOBS)
+        .subquery()
+    )
 
     def names(*path: str) -> Any:
         return and_(
-            Job.options[(LATENT_CONTROL_OPTION, *path, "job_id")].as_string() == job.id,
-            Job.options[(LATENT_CONTROL_OPTION, *path, "index")].as_integer() == index,
+            recent.c.options[(LATENT_CONTROL_OPTION, *path, "job_id")].as_string() == job.id,
+            recent.c.options[(LATENT_CONTROL_OPTION, *path, "index")].as_integer() == index,
         )
 
     rows = session.execute(
-        select(Job.id, Job.status, Job.created_at, Job.images_total)
+        select(recent.c.id, recent.c.status, recent.c.created_at, recent.c.images_total)
         .where(
-            Job.tenant_id == tenant_id,
-            or_(names("variation", "source"), names("interpolation", "start"), names("interpolation", "end")),
+            or_(names("variation", "source"), names("interpolation", "start"), names("interpolation", "end"))
         )
-        .order_by(Job.created_at.desc())
-        .limit(20)
+        .order_by(recent.c.created_at.desc())
+        .limit(MADE_FROM_SHOWN)
     ).all()
     return [
         {

@@ -871,6 +871,43 @@ def test_jobs_made_from_an_image_are_found_on_sqlite_and_postgresql(
         ]  # fmt: skip
 
 
+def test_jobs_made_from_an_image_are_looked_for_in_a_bounded_window_of_newer_jobs(
+    session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a variation of image 0 and then three plain jobs of the same tenant, when the scan window is 3
+    jobs, then the variation is beyond it and not looked at (the page view's cost is bounded by the window,
+    not by the tenant's job count); with a window of 4 it is found."""
+    from db.job_specs import LATENT_CONTROL_OPTION
+    from scheduler.console import jobs as console_jobs
+    from tests.db.factories import insert_job
+
+    rows = insert_job(session_factory, chunks=1, status=JobStatus.SUCCEEDED)
+    source = {"job_id": rows.job_id, "index": 0, "seed": 7, "redraw": 0}
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    with transaction(session_factory) as session:
+        parent = session.get(Job, rows.job_id)
+        assert parent is not None
+        for offset in range(4):
+            options = (
+                {LATENT_CONTROL_OPTION: {"variation": {"source": source, "strength": 0.3}}}
+                if offset == 0
+                else {}
+            )
+            session.add(
+                Job(
+                    id=uuid.uuid4().hex, tenant_id=parent.tenant_id, model_version_id=parent.model_version_id,
+                    seed=1, chunk_size=4, options=options, created_at=start + dt.timedelta(seconds=offset),
+                )
+            )  # fmt: skip
+    with session_factory() as session:
+        parent = session.get(Job, rows.job_id)
+        assert parent is not None
+        monkeypatch.setattr(console_jobs, "MADE_FROM_SCAN_JOBS", 3)
+        assert console_jobs.jobs_made_from(session, parent, 0, parent.tenant_id) == []
+        monkeypatch.setattr(console_jobs, "MADE_FROM_SCAN_JOBS", 4)
+        assert len(console_jobs.jobs_made_from(session, parent, 0, parent.tenant_id)) == 1
+
+
 def test_the_image_page_links_the_jobs_made_from_it(
     console: TestClient, finished: FinishedJob, tenant: Credentials, pg_factory: sessionmaker[Session]
 ) -> None:
