@@ -7,8 +7,8 @@ never go to the server, which checks that `sha256` is the one it recorded for th
 (`db.latent_control`), so the job is made from exactly the file the client holds.
 
 Bounded, because the path may name anything: a file over `MAX_SOURCE_FILE_BYTES` is refused before a byte is
-read, and the read itself stops there. Only the PNG chunk headers and the two text chunks needed are parsed
-(no pixel decode, no decompression). Standard library only: the light SDK install has no Pillow.
+read, and the read itself stops there. Only the PNG's chunks are walked (`db.png_text`) and the two text
+chunks needed are read: no pixel decode. Standard library only: the light SDK install has no Pillow.
 
     source = read_source_file(Path("out/b/00000003.png"))   # SourceFile(job_id=..., index=3, sha256=...)
 """
@@ -19,18 +19,17 @@ import hashlib
 import os
 import re
 import stat
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from db.job_specs import MAX_IMAGES_PER_JOB, MAX_JOB_ID_CHARS
+from db.png_text import PNG_SIGNATURE, PngChunkError, PngTextTooLongError, png_chunks, text_chunk
 
 # A catalogan image is a few KiB (a 28x28 grey PNG with its provenance is about 3 KiB); 4 MiB leaves room for
 # much larger models and still refuses a video or a disk image named by mistake before it is read.
 MAX_SOURCE_FILE_BYTES = 4 << 20
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_FIELD_BYTES = 1024  # a job id or an index; compressed text is inflated to this much at most
 JOB_ID_FIELD = "catalogan:job_id"
 INDEX_FIELD = "catalogan:index"
 # What the two fields may hold: a job id as the API makes them (and `JobSpec` accepts), an index of ASCII digits.
@@ -83,59 +82,28 @@ def read_limited(path: Path, max_bytes: int = MAX_SOURCE_FILE_BYTES) -> bytes:
 
 
 def png_text_fields(data: bytes, keywords: frozenset[str]) -> dict[str, str]:
-    """The uncompressed tEXt / iTXt fields named in `keywords` of a PNG's bytes (each chunk's CRC checked);
-    `SourceFileError` when the bytes are not a whole PNG or name one of `keywords` twice or compressed.
-
-    Walks the chunk headers only (each is length + type + data + CRC): nothing is decoded or decompressed."""
+    """The text fields named in `keywords` of a PNG's bytes (`db.png_text`'s chunk walk: every chunk's length
+    and CRC checked, nothing decoded, other keywords never decompressed); `SourceFileError` when the bytes are
+    not a whole PNG or name one of `keywords` twice (a field that does not decode is missing)."""
     if not data.startswith(PNG_SIGNATURE):
         raise SourceFileError("not a PNG file (catalogan reads a source's job and index from a PNG)")
     found: dict[str, str] = {}
-    offset = len(PNG_SIGNATURE)
-    while True:
-        if offset + 8 > len(data):
-            raise SourceFileError("a truncated PNG (no IEND chunk)")
-        length, kind = struct.unpack_from(">I4s", data, offset)
-        end = offset + 8 + length
-        if end + 4 > len(data):
-            raise SourceFileError(f"a truncated PNG (chunk {kind!r} runs past the end)")
-        body = data[offset + 8 : end]
-        if kind in (b"tEXt", b"iTXt"):
-            (crc,) = struct.unpack_from(">I", data, end)
-            if zlib.crc32(kind + body) != crc:
-                raise SourceFileError(f"a damaged PNG (chunk {kind!r} fails its CRC)")
-            keyword, value = _text_chunk(kind, body)
-            if keyword in keywords:
-                if keyword in found:
-                    raise SourceFileError(f"{keyword} appears twice (not a file catalogan wrote)")
-                if value is None:
-                    raise SourceFileError(f"{keyword} is not readable text (not a file catalogan wrote)")
-                found[keyword] = value
-        if kind == b"IEND":
-            return found
-        offset = end + 4
-
-
-def _text_chunk(kind: bytes, body: bytes) -> tuple[str, str | None]:
-    """(keyword, text) of a tEXt or iTXt chunk; the text is None when the chunk cannot be read as ours."""
-    keyword_bytes, sep, rest = body.partition(b"\x00")
-    keyword = keyword_bytes.decode("latin-1")
-    if not sep:
-        return keyword, None
-    if kind == b"tEXt":
-        return keyword, rest.decode("latin-1")
-    # iTXt: compression flag, compression method, language tag \0, translated keyword \0, text (UTF-8).
-    if len(rest) < 2:
-        return keyword, None
-    if rest[0] != 0:
-        if keyword in (JOB_ID_FIELD, INDEX_FIELD):
-            raise SourceFileError(f"{keyword} is compressed (not a file catalogan wrote)")
-        return keyword, None
-    _language, _, after = rest[2:].partition(b"\x00")
-    _translated, _, text = after.partition(b"\x00")
     try:
-        return keyword, text.decode("utf-8")
-    except UnicodeDecodeError:
-        return keyword, None
+        for kind, body in png_chunks(data):
+            field = text_chunk(kind, body, MAX_FIELD_BYTES, keywords.__contains__)
+            if field is None:  # another chunk, another keyword, or text that does not decode
+                continue
+            keyword, value = field
+            if keyword in found:
+                raise SourceFileError(f"{keyword} appears twice (not a file catalogan wrote)")
+            found[keyword] = value
+    except PngChunkError as exc:
+        raise SourceFileError(f"a truncated or damaged PNG ({exc})") from None
+    except PngTextTooLongError:
+        raise SourceFileError(
+            f"a source field over {MAX_FIELD_BYTES} bytes (not a file catalogan wrote)"
+        ) from None
+    return found
 
 
 def source_of_png(data: bytes) -> SourceFile:

@@ -32,8 +32,6 @@ import hashlib
 import io
 import struct
 import xml.etree.ElementTree as ElementTree
-import zlib
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,7 @@ from db.errors import NotFoundError
 from db.job_specs import split_model_ref
 from db.latent_control import parse_control, provenance_fields
 from db.model_versions import get_model_version
+from db.png_text import PNG_SIGNATURE, PngChunkError, PngTextTooLongError, png_chunks, text_chunk
 from models.inference import BACKENDS, GRAPHS, PLAIN, InferenceSpec, default_spec, describe_fields
 from workers.encoding import IPTC_TRAINED_ALGORITHMIC_MEDIA, Provenance, encode_image
 from workers.errors import ProvenanceError
@@ -85,8 +84,6 @@ MAX_IMAGE_SIDE_PX = 1024
 MAX_FILE_BYTES = 8 * 1024 * 1024
 # Provenance text kept from a PNG's chunks, in all (catalogan's is about 2 KiB, XMP packet included).
 MAX_TEXT_BYTES = 1024 * 1024
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,85 +223,35 @@ def _open_image(data: bytes) -> PILImage.Image:
     return image
 
 
-def _png_chunks(data: bytes) -> Iterator[tuple[bytes, memoryview]]:
-    """Each chunk of a PNG as (type, data), from IHDR to IEND, its CRC checked; nothing is decompressed.
-
-    `ProvenanceError` when the file ends before IEND or a chunk's CRC is wrong (what Pillow's decoder would
-    have reported for a cut or damaged file, found without decoding).
-    """
-    view = memoryview(data)
-    position = len(PNG_SIGNATURE)
-    while True:
-        if position + 12 > len(data):
-            raise _damaged("the file ends before IEND")
-        length, kind = struct.unpack_from(">I4s", data, position)
-        end = position + 12 + length  # length, type, data, CRC
-        if end > len(data):
-            raise _damaged(f"chunk {kind.decode('latin-1')!r} cut short")
-        body = view[position + 8 : end - 4]
-        if zlib.crc32(body, zlib.crc32(kind)) != struct.unpack_from(">I", data, end - 4)[0]:
-            raise _damaged(f"chunk {kind.decode('latin-1')!r}: CRC mismatch")
-        yield kind, body
-        if kind == b"IEND":
-            return
-        position = end
-
-
-def _inflate(compressed: bytes, limit: int) -> bytes:
-    """Decompress at most `limit` bytes of a text chunk; `ProvenanceError` past it or on a broken stream."""
-    inflater = zlib.decompressobj()
-    try:
-        text = inflater.decompress(compressed, limit + 1)
-    except zlib.error as exc:
-        raise _damaged(f"compressed text: {exc}") from exc
-    if len(text) > limit:
-        raise ProvenanceError(f"not a catalogan image: over {MAX_TEXT_BYTES:,} bytes of provenance text")
-    return text
-
-
-def _png_text(kind: bytes, body: bytes, limit: int) -> tuple[str, str] | None:
-    """(keyword, text) of a tEXt, zTXt or iTXt chunk as Pillow reads them; None for another keyword than the
-    provenance's (never decompressed) or an undecodable one (Pillow skips those too)."""
-    keyword_bytes, _, rest = body.partition(b"\x00")
-    keyword = keyword_bytes.decode("latin-1")
-    if not (keyword.startswith("catalogan:") or keyword == XMP_TEXT_KEY):
-        return None
-    if kind == b"tEXt":
-        return keyword, rest.decode("latin-1")
-    if kind == b"zTXt":
-        return keyword, _inflate(rest[1:], limit).decode("latin-1")
-    if len(rest) < 2:  # iTXt: compression flag, method, language, translated keyword, text
-        return None
-    compressed, rest = rest[0], rest[2:]
-    _language, _, rest = rest.partition(b"\x00")
-    _translated, _, raw = rest.partition(b"\x00")
-    try:
-        return keyword, (_inflate(raw, limit) if compressed else raw).decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
 def _png_text_fields(data: bytes) -> dict[str, str]:
     """The provenance text chunks of a PNG, wherever they are (catalogan writes them before IDAT), read by
     walking its chunks: the declared size is checked first, and no pixel data is decompressed."""
-    chunks = _png_chunks(data)
-    kind, header = next(chunks)
-    if kind != b"IHDR" or len(header) != 13:
-        raise _damaged("no IHDR chunk first")
-    _check_side(*struct.unpack_from(">II", header))
+    too_much = f"not a catalogan image: over {MAX_TEXT_BYTES:,} bytes of provenance text"
     text: dict[str, str] = {}
     budget = MAX_TEXT_BYTES
-    for kind, body in chunks:
-        if kind not in PNG_TEXT_CHUNKS:
-            continue
-        field = _png_text(kind, bytes(body), budget)
-        if field is None:
-            continue
-        budget -= len(field[1])
-        if budget < 0:
-            raise ProvenanceError(f"not a catalogan image: over {MAX_TEXT_BYTES:,} bytes of provenance text")
-        text[field[0]] = field[1]  # a later chunk wins, as in Pillow's `image.text`
+    try:
+        chunks = png_chunks(data)
+        kind, header = next(chunks)
+        if kind != b"IHDR" or len(header) != 13:
+            raise _damaged("no IHDR chunk first")
+        _check_side(*struct.unpack_from(">II", header))
+        for kind, body in chunks:
+            field = text_chunk(kind, body, budget, _is_provenance_keyword)
+            if field is None:
+                continue
+            budget -= len(field[1])
+            if budget < 0:
+                raise ProvenanceError(too_much)
+            text[field[0]] = field[1]  # a later chunk wins, as in Pillow's `image.text`
+    except PngChunkError as exc:
+        raise _damaged(exc) from exc
+    except PngTextTooLongError as exc:
+        raise ProvenanceError(too_much) from exc
     return text
+
+
+def _is_provenance_keyword(keyword: str) -> bool:
+    return keyword.startswith("catalogan:") or keyword == XMP_TEXT_KEY
 
 
 def read_provenance(data: bytes) -> FileProvenance:

@@ -9,54 +9,35 @@ recorded how it computed the pixels — `backend`, `device_kind`, `dtype`, `comp
 from __future__ import annotations
 
 import re
-import struct
-import zlib
 from html import unescape
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from db.png_text import PNG_SIGNATURE, PngChunkError, PngTextTooLongError, png_chunks, text_chunk
+
 PREFIX = "catalogan:"
 MAX_TEXT_BYTES = 1 << 20  # a text chunk larger than this is not decoded
 _XMP_ATTRIBUTE = re.compile(r'catalogan:([A-Za-z0-9_]+)="([^"]*)"')
 
 
-def _inflate(compressed: bytes) -> bytes:
-    """A compressed iTXt value, inflated to at most MAX_TEXT_BYTES (zlib.error past it: not decoded).
-    `zlib.decompress`'s bufsize is only a starting size, not a limit."""
-    inflater = zlib.decompressobj()
-    raw = inflater.decompress(compressed, MAX_TEXT_BYTES)
-    if inflater.unconsumed_tail:
-        raise zlib.error(f"compressed text inflates past {MAX_TEXT_BYTES} bytes")
-    return raw
-
-
 def _png_text(data: bytes) -> dict[str, str]:
+    """The `catalogan:` text fields of a PNG, by `db.png_text`'s chunk walk. Lenient, as a page should be: a
+    field that does not decode or inflates past MAX_TEXT_BYTES is skipped, and a damaged file gives the fields
+    read before the damage."""
     fields: dict[str, str] = {}
-    position = len(PNG_SIGNATURE)
-    while position + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[position : position + 4])
-        kind = data[position + 4 : position + 8]
-        body = data[position + 8 : position + 8 + length]
-        position += 12 + length  # length, type, data, CRC
-        if kind == b"IEND" or len(body) != length:
-            break
-        if length > MAX_TEXT_BYTES:
-            continue
-        if kind == b"tEXt" and b"\x00" in body:
-            keyword, _, text = body.partition(b"\x00")
-            fields[keyword.decode("latin-1")] = text.decode("latin-1")
-        elif kind == b"iTXt" and b"\x00" in body:
-            keyword, _, rest = body.partition(b"\x00")
-            if len(rest) < 2:
-                continue
-            compressed, rest = rest[0], rest[2:]
-            _language, _, rest = rest.partition(b"\x00")
-            _translated, _, text = rest.partition(b"\x00")
+    try:
+        for kind, body in png_chunks(data):
             try:
-                raw = _inflate(text) if compressed else text
-                fields[keyword.decode("latin-1")] = raw.decode("utf-8")
-            except (zlib.error, UnicodeDecodeError):
+                field = text_chunk(kind, body, MAX_TEXT_BYTES, _is_ours)
+            except (PngChunkError, PngTextTooLongError):
                 continue
+            if field is not None:
+                fields[field[0]] = field[1]
+    except PngChunkError:
+        pass
     return fields
+
+
+def _is_ours(keyword: str) -> bool:
+    return keyword.startswith(PREFIX)
 
 
 def embedded_provenance(data: bytes) -> dict[str, str]:
