@@ -115,6 +115,10 @@ def parse_metadata_pairs(pairs: Sequence[str], field: str = "metadata") -> dict[
         raise PlanningError(field, "metadata_bounds", f"{field}: {exc}") from exc
 
 
+# The one declaration of ψ (docs/controlling.md): a finite number in 0.3–1.0, 1.0 = off. A job's `truncation`
+# (JobSpec and the API's JobCreate) and a preview's (PreviewCreate) are this type, so both refuse alike.
+Truncation = Annotated[float, Field(ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False)]
+
 # The one declaration of a job's metadata (JobSpec and the API's JobCreate both use it).
 JobMetadata = Annotated[
     dict[str, str],
@@ -232,7 +236,7 @@ class JobSpec(BaseModel):
     webhook_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
     options: dict[str, Any] = Field(default_factory=dict)
     quality_gate: QualityGateSpec | None = None
-    truncation: float | None = Field(default=None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False)
+    truncation: Truncation | None = None
     metadata: JobMetadata = Field(default_factory=dict)
     retention_days: int | None = Field(default=None, ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS)
     webhook_events: WebhookEvents | None = None  # None = every event (db.webhook_events)

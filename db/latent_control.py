@@ -220,11 +220,12 @@ def resolve_latent_control(
     return None
 
 
-def truncation_recipe(spec: JobSpec) -> dict[str, Any] | None:
-    """The recipe of a plain job: `{"truncation": ψ}` when ψ != 1.0, else None (today's latents, untouched)."""
-    if spec.truncation is None or spec.truncation == 1.0:
+def truncation_recipe(truncation: float | None) -> dict[str, Any] | None:
+    """The recipe of a plain job (or a preview) with this ψ: `{"truncation": ψ}` when ψ != 1.0, else None
+    (today's latents, untouched)."""
+    if truncation is None or truncation == 1.0:
         return None
-    return {"truncation": spec.truncation}
+    return {"truncation": float(truncation)}
 
 
 def canonical_json(recipe: Mapping[str, Any]) -> str:

@@ -333,7 +333,7 @@ def job_options(spec: JobSpec, control: ResolvedControl | None = None) -> dict[s
     options = dict(spec.options)
     if spec.quality_gate is not None:
         options[QUALITY_GATE_OPTION] = spec.quality_gate.model_dump()
-    recipe = control.recipe if control is not None else truncation_recipe(spec)
+    recipe = control.recipe if control is not None else truncation_recipe(spec.truncation)
     if recipe is not None:
         options[LATENT_CONTROL_OPTION] = recipe
     return options

@@ -3,7 +3,8 @@
 There is no Celery result backend (progress lives in SQL), so the answer travels through the object store:
 the API sends `PREVIEW_TASK` by name with one JSON argument
 
-    {"preview_id", "tenant_id", "model_version_id", "category", "class_index", "count", "seed", "key_prefix"}
+    {"preview_id", "tenant_id", "model_version_id", "category", "class_index", "count", "seed", "truncation",
+     "key_prefix"}
 
 and polls `<key_prefix>/result.json`, which the worker writes last:
 
@@ -11,7 +12,8 @@ and polls `<key_prefix>/result.json`, which the worker writes last:
     or {"error": "..."}
 
 `key_prefix` is `<tenant>/previews/<preview_id>`, under the tenant's prefix like every object of theirs.
-Image `i` is the same pure function of (model version, seed, i, category) as in a bulk job.
+Image `i` is the same pure function of (model version, seed, i, category, ψ) as in a bulk job; `truncation` is
+always sent, 1.0 (off) when the client gave none.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Preview:
     model_name: str
     model_version: int
     seed: int
+    truncation: float  # ψ the images were made with; 1.0 = off
     images: list[PreviewImage]
 
 
@@ -92,6 +95,7 @@ async def run_preview(
     category: str,
     count: int,
     seed: int | None,
+    truncation: float | None = None,
     timeout_seconds: float,
     threads: anyio.CapacityLimiter,
     slots: ConcurrencyLimiter,
@@ -101,8 +105,9 @@ async def run_preview(
     """Send one preview task and wait for its result in the object store; raise `PreviewTimeoutError`.
 
     Bounded before any work: the tenant takes one of its `max_concurrent` preview slots (else 429) and the
-    category is checked. The wait is asynchronous: between polls the request holds no thread at all, and each
-    blocking call (broker send, store read) runs on `threads`, the previews' own small pool. The task message
+    category is checked. `truncation` is ψ as the request's schema checked it (None = 1.0, off). The wait is
+    asynchronous: between polls the request holds no thread at all, and each blocking call (broker send,
+    store read) runs on `threads`, the previews' own small pool. The task message
     expires with the request (`expires`), so a worker that comes back later does not generate for nobody.
     """
     name, class_index = class_index_of(model, category)
@@ -127,6 +132,7 @@ async def run_preview(
             preview_id=preview_id,
             count=count,
             seed=seed,
+            truncation=1.0 if truncation is None else float(truncation),
             timeout_seconds=timeout_seconds,
             threads=threads,
             client_gone=client_gone,
@@ -147,6 +153,7 @@ async def _send_and_wait(
     preview_id: str,
     count: int,
     seed: int,
+    truncation: float,
     timeout_seconds: float,
     threads: anyio.CapacityLimiter,
     client_gone: Callable[[], Awaitable[bool]] | None,
@@ -160,6 +167,7 @@ async def _send_and_wait(
         "class_index": class_index,
         "count": count,
         "seed": seed,
+        "truncation": truncation,
         "key_prefix": key_prefix,
     }
     deadline = time.monotonic() + timeout_seconds
@@ -199,4 +207,6 @@ async def _send_and_wait(
         )
         for (index, _), data in zip(entries, blobs, strict=True)
     ]
-    return Preview(model_name=model.name, model_version=model.version, seed=seed, images=images)
+    return Preview(
+        model_name=model.name, model_version=model.version, seed=seed, truncation=truncation, images=images
+    )

@@ -2,27 +2,33 @@
 
 The API sends one JSON argument
 
-    {"preview_id", "tenant_id", "model_version_id", "category", "class_index", "count", "seed", "key_prefix"}
+    {"preview_id", "tenant_id", "model_version_id", "category", "class_index", "count", "seed", "truncation",
+     "key_prefix"}
 
 and polls `<key_prefix>/result.json`. This module writes `<key_prefix>/00.png` … then, LAST, the result:
 
     {"images": [{"index": 0, "category": "dress", "key": "<key_prefix>/00.png", "sha256": "..."}]}
     or {"error": "..."}
 
+`truncation` (ψ) came later: a request without it, from an older API, is rendered with ψ 1.0 (off).
+
 Guarantees:
 - `key_prefix` must be exactly `<tenant_id>/previews/<preview_id>` (ids being single path segments); any
   other request is refused and nothing is written under the prefix it named. When the two ids are safe, the
   refusal is still answered as `{"error": ...}` at the canonical prefix; otherwise it is only logged.
-- every other failure (bad count, unknown model version, category mismatch, checkpoint or generation
-  error) is answered as an `{"error": ...}` result file: the API answers 503 with it, never a silent timeout.
-- pixels: image `i` goes through `workers.pixels.render_pixels(generator, seed, class_index, [0..count))`,
-  the very call a chunk makes, so its pixels equal those of image index `i` of a job with the same seed and
-  model version whose image `i` is of this category (the first item of a job starts at index 0) and that
-  the job's quality gate accepted at its first draw (previews are not gated; a redrawn job image differs).
-- files: PNGs encoded by `workers.encoding.encode_with_digest` with the same provenance fields as a job's,
-  `job_id` being the constant `preview`: the bytes differ from the job's PNG only in that field (and `sku`,
-  for an item with one), and two previews with the same model version, category and seed give
-  byte-identical files (same sha256).
+- every other failure (bad count, a ψ a job could not have, unknown model version, category mismatch,
+  checkpoint or generation error) is answered as an `{"error": ...}` result file: the API answers 503 with
+  it, never a silent timeout.
+- pixels: image `i` goes through `workers.pixels.render_pixels(generator, seed, class_index, [0..count),
+  control=recipe)`, the very call a chunk makes, with the recipe a job with this ψ stores
+  (`db.latent_control.truncation_recipe`: None at ψ 1.0), so its pixels equal those of image index `i` of a
+  job with the same seed, ψ and model version whose image `i` is of this category (the first item of a job
+  starts at index 0) and that the job's quality gate accepted at its first draw (previews are not gated; a
+  redrawn job image differs).
+- files: PNGs encoded by `workers.encoding.encode_with_digest` with the same provenance fields as a job's
+  (the recipe's `truncation` and `latent_control` included when ψ != 1.0), `job_id` being the constant
+  `preview`: the bytes differ from the job's PNG only in that field (and `sku`, for an item with one), and
+  two previews with the same model version, category, seed and ψ give byte-identical files (same sha256).
 - devices: the generator computes in fixed, padded compute blocks (`models.inference`), so a preview's one
   batch of `count` images gives the pixels a chunk's batches give, on the same inference spec (backend,
   device kind, dtype); "equal" is tested on CPU workers. A CUDA worker (bf16) and a CPU worker may differ by
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +48,8 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.images import CONTENT_TYPES
+from db.job_specs import MAX_TRUNCATION, MIN_TRUNCATION
+from db.latent_control import provenance_fields, truncation_recipe
 from db.storage import ObjectStore
 from db.tables import ModelVersion
 from workers.encoding import Provenance, encode_with_digest
@@ -72,6 +81,7 @@ class PreviewRequest:
     class_index: int
     count: int
     seed: int
+    truncation: float = 1.0  # ψ; 1.0 = off (and what a request without the field means)
 
     @property
     def key_prefix(self) -> str:
@@ -93,6 +103,24 @@ def _int_field(raw: Mapping[str, Any], name: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise PreviewRequestError(f"{name}: must be an integer in [{low}, {high}], got {value!r}")
     return value
+
+
+def _truncation_field(raw: Mapping[str, Any]) -> float:
+    """ψ of a request: 1.0 when absent (an API from before ψ), else a finite number in the job's range. The
+    queue is not trusted: a value the API would have refused (5.0, NaN, "0.7", null) is refused here too."""
+    if "truncation" not in raw:
+        return 1.0
+    value = raw["truncation"]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not MIN_TRUNCATION <= value <= MAX_TRUNCATION
+    ):
+        raise PreviewRequestError(
+            f"truncation: must be a number in [{MIN_TRUNCATION}, {MAX_TRUNCATION}], got {value!r}"
+        )
+    return float(value)
 
 
 def parse_request(raw: object) -> PreviewRequest:
@@ -117,6 +145,7 @@ def parse_request(raw: object) -> PreviewRequest:
         class_index=_int_field(raw, "class_index", 0, 2**31 - 1),
         count=_int_field(raw, "count", 1, MAX_PREVIEW_IMAGES),
         seed=_int_field(raw, "seed", 0, MAX_SEED),
+        truncation=_truncation_field(raw),
     )
 
 
@@ -153,7 +182,9 @@ def _render(
     """Generate, encode and upload the images; the `{"images": [...]}` result (not yet written)."""
     generator = generators.get(model)
     indices = list(range(request.count))
-    pixels = render_pixels(generator, request.seed, request.class_index, indices)  # (B, H, W, C) uint8
+    recipe = truncation_recipe(request.truncation)  # what a job with this ψ stores; None at ψ 1.0
+    # (B, H, W, C) uint8
+    pixels = render_pixels(generator, request.seed, request.class_index, indices, control=recipe)
     checkpoint_sha = model.checkpoint_sha256 or generator.checkpoint_sha256
     inference = inference_fields(generator)  # as a job's files record it
     images = []
@@ -167,6 +198,7 @@ def _render(
             category=request.category,
             sku=None,
             inference=inference,
+            control=provenance_fields(recipe, index),  # () at ψ 1.0: the plain bytes
         )
         encoded = encode_with_digest(pixels[index], PREVIEW_FORMAT, provenance)
         key = f"{request.key_prefix}/{index:02d}.{PREVIEW_FORMAT}"

@@ -38,16 +38,15 @@ from db.job_specs import (
     MAX_RETENTION_DAYS,
     MAX_SEED,
     MAX_SKU_CHARS,
-    MAX_TRUNCATION,
     MAX_URL_LENGTH,
     MAX_VARIATIONS,
     MIN_CHUNK_SIZE,
     MIN_RETENTION_DAYS,
-    MIN_TRUNCATION,
     SHA256_PATTERN,
     JobMetadata,
     QualityGateSpec,
     QueueName,
+    Truncation,
 )
 from db.status import ImageStatus, JobStatus, ModelVersionStatus
 from db.storage.keys import MAX_SEGMENT_BYTES, validate_job_folder
@@ -267,11 +266,8 @@ class JobCreate(_Strict):
         description="Overrides the tenant default. An http(s) URL with a host (a DNS name or IPv4 address; use a "
         "name for IPv6), an optional port and no credentials; its host must resolve to public addresses only (else 422 `public_http_target`).",
     )
-    truncation: float | None = Field(
+    truncation: Truncation | None = Field(
         default=None,
-        ge=MIN_TRUNCATION,
-        le=MAX_TRUNCATION,
-        allow_inf_nan=False,
         description="ψ: each latent is scaled by ψ (1.0 = off, the default; lower = more typical, less "
         "varied images). A variation defaults to its source's ψ; not with interpolation. See "
         "docs/controlling.md.",
@@ -556,6 +552,12 @@ class PreviewCreate(_Strict):
     category: str = Field(min_length=1, max_length=MAX_CATEGORY_CHARS)
     count: JsonInteger = Field(default=4, ge=1, le=MAX_PREVIEW_IMAGES)
     seed: Seed | None = None
+    truncation: Truncation | None = Field(
+        default=None,
+        description="ψ, as a job's `truncation` (0.3–1.0; 1.0 = off, the default): image i is image i of a job "
+        "with the same model version, seed, category and ψ. See docs/controlling.md.",
+        examples=[0.7],
+    )
 
 
 class PreviewImagePublic(BaseModel):
@@ -572,6 +574,9 @@ class PreviewPublic(BaseModel):
 
     model: ModelVersionRef
     seed: int
+    truncation: float = Field(
+        description="ψ the images were made with (1.0 = off): the `truncation` a job needs to deliver them."
+    )
     images: list[PreviewImagePublic]
 
 

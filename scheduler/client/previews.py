@@ -21,9 +21,19 @@ class ModelCalls(Connection):
         ]
 
     def preview(
-        self, category: str, *, count: int = 4, model: str | None = None, seed: int | None = None
+        self,
+        category: str,
+        *,
+        count: int = 4,
+        model: str | None = None,
+        seed: int | None = None,
+        truncation: float | None = None,
     ) -> list[PreviewImage]:
-        """Up to 8 images generated right away, to try a model before a bulk job."""
+        """Up to 8 images generated right away, to try a model before a bulk job.
+
+        `truncation`: ψ in 0.3..1.0 as `submit_job` takes it (None or 1.0 is off); with a `seed`, image i is
+        image i of a job submitted with the same model, seed, category and ψ.
+        """
         import base64
 
         spec: dict[str, Any] = {"category": category, "count": count}
@@ -31,6 +41,8 @@ class ModelCalls(Connection):
             spec["model"] = model
         if seed is not None:
             spec["seed"] = seed
+        if truncation is not None:
+            spec["truncation"] = truncation
         body = self._call("POST", "/v1/previews", json=spec)
         return [
             PreviewImage(i["index"], i["category"], i["sha256"], base64.b64decode(i["png_base64"]))

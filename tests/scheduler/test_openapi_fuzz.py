@@ -116,7 +116,8 @@ PLAUSIBLE = {
     "/v1/jobs": PLAUSIBLE_JOB,
     "/v1/jobs:estimate": PLAUSIBLE_JOB,
     "/v1/previews": st.fixed_dictionaries(
-        {"category": CATEGORY_NAMES}, optional={"count": st.integers(1, 8)}
+        {"category": CATEGORY_NAMES},
+        optional={"count": st.integers(1, 8), "truncation": st.floats(0.3, 1.0)},
     ),
 }
 

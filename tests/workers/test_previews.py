@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Iterator
@@ -21,11 +22,13 @@ from db.storage import ObjectStore
 from db.tables import Image, ModelVersion
 from tests.pipeline import make_model_version, make_tenant, tiny_checkpoint
 from workers.chunk_generation import ChunkContext, ChunkOutcome, generate_chunk
-from workers.encoding import IPTC_TRAINED_ALGORITHMIC_MEDIA
+from workers.encoding import IPTC_TRAINED_ALGORITHMIC_MEDIA, Provenance, encode_with_digest
 from workers.errors import PreviewRequestError
 from workers.generator_cache import GeneratorCache
-from workers.previews import generate_preview, parse_request
+from workers.pixels import inference_fields, render_pixels
+from workers.previews import PREVIEW_JOB_ID, generate_preview, parse_request
 from workers.tasks import PREVIEW_TASK
+from workers.verification import read_provenance
 
 
 @pytest.fixture
@@ -180,25 +183,37 @@ def context(
     pool.shutdown(wait=True)
 
 
+def _run_job(context: ChunkContext, model: ModelVersion, spec: dict[str, Any]) -> dict[int, bytes]:
+    """Submit a job of `model` and run its chunks in-process; its delivered files by index."""
+    planned = submit_job(
+        context.session_factory,
+        parse_job_spec({"model": "tiny", **spec}),
+        tenant_id=make_tenant(context.session_factory),
+        model_version=model,
+        publisher=lambda queue, ids: None,
+    )
+    outcomes = [generate_chunk(context, chunk_id) for chunk_id in planned.chunk_ids]
+    assert outcomes == [ChunkOutcome.SUCCEEDED] * len(outcomes)
+    with context.session_factory() as session:
+        rows = session.scalars(select(Image).where(Image.job_id == planned.job_id)).all()
+        return {row.index: context.store.get(str(row.key)) for row in rows}
+
+
+def _as_preview_file(job_file: bytes) -> bytes:
+    """The file a job delivered, re-encoded as a preview of it would be: its own pixels and provenance with
+    `job_id` set to `preview` (the one field in which a preview's file may differ from the job's)."""
+    claimed = read_provenance(job_file).provenance
+    pixels = _pixels(job_file)[:, :, None]  # (H, W) grey -> (H, W, 1)
+    return encode_with_digest(pixels, "png", dataclasses.replace(claimed, job_id=PREVIEW_JOB_ID)).data
+
+
 def test_preview_images_are_the_pixels_a_job_with_the_same_seed_delivers(
     context: ChunkContext, model: ModelVersion, local_store: ObjectStore, generators: GeneratorCache
 ) -> None:
     """Given a 4-image job of category b with seed 11 run by the chunk worker,
     when a preview of 3 images of b with seed 11 runs, then PNGs 00..02 come first, result.json last,
     each decodes to the job's image i pixel for pixel and names the model, seed, index and category."""
-    tenant_id = make_tenant(context.session_factory)
-    planned = submit_job(
-        context.session_factory,
-        parse_job_spec({"model": "tiny", "items": [{"category": "b", "count": 4}], "seed": 11}),
-        tenant_id=tenant_id,
-        model_version=model,
-        publisher=lambda queue, ids: None,
-    )
-    assert [generate_chunk(context, chunk_id) for chunk_id in planned.chunk_ids] == [ChunkOutcome.SUCCEEDED]
-    with context.session_factory() as session:
-        job_keys = {
-            row.index: row.key for row in session.scalars(select(Image).where(Image.job_id == planned.job_id))
-        }
+    job_files = _run_job(context, model, {"items": [{"category": "b", "count": 4}], "seed": 11})
     store = _OrderStore(local_store)
 
     result = generate_preview(
@@ -215,7 +230,7 @@ def test_preview_images_are_the_pixels_a_job_with_the_same_seed_delivers(
     assert json.loads(local_store.get("t1/previews/p1/result.json")) == result
     for index, key in enumerate(keys):
         data = local_store.get(key)
-        assert np.array_equal(_pixels(data), _pixels(local_store.get(str(job_keys[index]))))
+        assert np.array_equal(_pixels(data), _pixels(job_files[index]))
         info = PILImage.open(io.BytesIO(data)).info
         assert info["catalogan:model_version"] == "tiny@1" and info["catalogan:seed"] == "11"
         assert info["catalogan:index"] == str(index) and info["catalogan:category"] == "b"
@@ -249,6 +264,88 @@ def test_two_previews_with_the_same_seed_give_the_same_bytes(
         local_store.get(image["key"]) for image in first["images"]
     ]
     assert other["images"][0]["sha256"] != first["images"][0]["sha256"]
+
+
+def test_a_preview_with_truncation_is_the_file_a_job_with_that_truncation_delivers(
+    context: ChunkContext, model: ModelVersion, local_store: ObjectStore, generators: GeneratorCache
+) -> None:
+    """Given a job of 4 images of b with seed 11 and ψ 0.7 run by the chunk worker,
+    when a preview of 3 images of b with seed 11 and ψ 0.7 runs, then image i is the job's image i byte for
+    byte but for `job_id` (same pixels, same recipe fields), and differs from the preview without ψ."""
+    job_files = _run_job(
+        context, model, {"items": [{"category": "b", "count": 4}], "seed": 11, "truncation": 0.7}
+    )
+
+    result = _run(_request(model, truncation=0.7), context.session_factory, local_store, generators)
+    plain = _run(
+        _request(model, preview_id="p2", key_prefix="t1/previews/p2"),
+        context.session_factory,
+        local_store,
+        generators,
+    )
+
+    assert [image["index"] for image in result["images"]] == [0, 1, 2]
+    for image, without in zip(result["images"], plain["images"], strict=True):
+        data = local_store.get(image["key"])
+        assert data == _as_preview_file(job_files[image["index"]])
+        info = PILImage.open(io.BytesIO(data)).info
+        assert info["catalogan:truncation"] == "0.7"
+        assert info["catalogan:latent_control"] == '{"truncation":0.7}'
+        assert not np.array_equal(_pixels(data), _pixels(local_store.get(without["key"])))
+
+
+@pytest.mark.parametrize("psi", [1.0, 1, None], ids=["1.0", "integer-1", "absent"])
+def test_truncation_one_or_absent_gives_the_plain_preview_bytes(
+    psi: float | None,
+    session_factory: sessionmaker[Session],
+    local_store: ObjectStore,
+    generators: GeneratorCache,
+    model: ModelVersion,
+) -> None:
+    """Given a preview request with ψ 1.0, or without the field (an API from before ψ),
+    when the worker runs it, then each file is the plain latents' pixels with no recipe fields: the bytes a
+    preview had before ψ existed."""
+    request = _request(model) if psi is None else _request(model, truncation=psi)
+
+    result = _run(request, session_factory, local_store, generators)
+
+    generator = generators.get(model)
+    pixels = render_pixels(generator, 11, 1, [0, 1, 2])  # (B, H, W, C): plain latents, no recipe
+    for image in result["images"]:
+        index = image["index"]
+        plain = Provenance(
+            model_version="tiny@1",
+            checkpoint_sha256=str(model.checkpoint_sha256),
+            job_id=PREVIEW_JOB_ID,
+            index=index,
+            seed=11,
+            category="b",
+            sku=None,
+            inference=inference_fields(generator),
+        )
+        expected = encode_with_digest(pixels[index], "png", plain)
+        assert local_store.get(image["key"]) == expected.data and image["sha256"] == expected.sha256
+    assert parse_request(request).truncation == 1.0
+
+
+@pytest.mark.parametrize(
+    "psi", [5.0, float("nan"), float("inf"), 0.2, 0.0, -0.7, True, "0.7", None, [0.7]], ids=repr
+)
+def test_a_truncation_outside_the_jobs_rule_sent_to_the_queue_is_refused_not_rendered(
+    psi: object,
+    session_factory: sessionmaker[Session],
+    local_store: ObjectStore,
+    generators: GeneratorCache,
+    model: ModelVersion,
+) -> None:
+    """Given a task payload whose ψ a job could not have (out of 0.3..1.0, not finite, not a number) sent
+    straight to the queue, when the worker runs it, then result.json is an error naming truncation and no
+    image is written."""
+    result = _run(_request(model, truncation=psi), session_factory, local_store, generators)
+
+    assert "truncation" in result["error"]
+    assert json.loads(local_store.get("t1/previews/p1/result.json")) == result
+    assert [info.key for info in local_store.list("t1/") if info.key.endswith(".png")] == []
 
 
 def test_a_worker_started_without_queues_consumes_the_interactive_queue(

@@ -31,6 +31,9 @@ router = APIRouter(prefix="/v1", tags=["previews"])
 async def create_preview(request: Request, services: ServicesDep, tenant: TenantDep) -> PreviewPublic:
     """Generate `count` (≤ 8) images of one category through the `interactive` queue and return them inline.
 
+    With `seed` and `truncation` (ψ) image i is image i of a job with the same model version, seed, category
+    and ψ, so a client sees what the job would deliver; the answer names the ψ used.
+
     At most `CATALOGAN_PREVIEW_MAX_CONCURRENT_PER_TENANT` previews of one tenant wait at once (more: 429 with
     `Retry-After`); a waiting preview holds no thread of the shared pool.
     """
@@ -53,6 +56,7 @@ async def create_preview(request: Request, services: ServicesDep, tenant: Tenant
         category=body.category,
         count=body.count,
         seed=body.seed,
+        truncation=body.truncation,
         timeout_seconds=services.settings.preview_timeout_seconds,
         threads=threads,
         slots=services.preview_slots,
@@ -62,6 +66,7 @@ async def create_preview(request: Request, services: ServicesDep, tenant: Tenant
     return PreviewPublic(
         model=ModelVersionRef(name=preview.model_name, version=preview.model_version),
         seed=preview.seed,
+        truncation=preview.truncation,
         images=[
             PreviewImagePublic(
                 index=image.index, category=image.category, sha256=image.sha256, png_base64=image.png_base64
