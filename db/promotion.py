@@ -123,14 +123,14 @@ class PromotionGates(BaseSettings):
         unmeasured: dict[str, str] = {}  # category → what is missing, as shown
         below: list[str] = []
         for category in names:
-            value = _finite(accuracy.get(category))
+            value = finite_metric(accuracy.get(category))
             if value is None:
                 unmeasured[category] = f"accuracy {_shown(accuracy, category)}"
                 continue
             measured[category] = value
             floor = bound
             if isinstance(real, Mapping):
-                real_value = _finite(real.get(category))
+                real_value = finite_metric(real.get(category))
                 if real_value is None or real_value <= 0:
                     # A floor of bound × 0 would pass anything: the bar itself was not measured.
                     unmeasured[category] = f"real accuracy {_shown(real, category)}"
@@ -157,7 +157,7 @@ class PromotionGates(BaseSettings):
         return [check.reason or check.gate for check in self.checks(metrics, categories) if not check.passed]
 
 
-def _finite(value: Any) -> float | None:
+def finite_metric(value: Any) -> float | None:
     """`value` as a finite float; None for a missing, non-numeric (bools included) or NaN/infinite one."""
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         return None

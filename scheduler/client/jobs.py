@@ -51,8 +51,8 @@ ImageSource: TypeAlias = "tuple[Job | str, int] | os.PathLike[str] | Mapping[str
 def image_ref_from_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The delivered image a catalogan PNG you hold names, as a source of a variation or interpolation:
     `{"job_id", "index", "sha256"}`, the job id and index read from the file's provenance and the sha256 from
-    its bytes. Read here, bounded (a file over `MAX_SOURCE_FILE_BYTES` is refused before it is read; only
-    the PNG's chunk headers and two text chunks are parsed); the image itself is never sent. The API then
+    its bytes. Read here, bounded (a file over `MAX_SOURCE_FILE_BYTES` is refused before it is read; the PNG's
+    chunks are walked and two text chunks read, no pixel decoded); the image itself is never sent. The API then
     makes the job only from that very file (a 422 naming `...source.sha256` for an edited copy).
 
     Raises `SourceFileError` saying why the file cannot name an image."""

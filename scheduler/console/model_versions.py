@@ -13,7 +13,6 @@ page without the buttons, and a POST from them is a 403. Promotion applies the s
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from db.engine import transaction
 from db.errors import CataloganError, NotFoundError
 from db.job_specs import MAX_MODEL_VERSION
 from db.model_versions import describe_model_version, get_model_version, transition_model_version
-from db.promotion import promote_version
+from db.promotion import finite_metric, promote_version
 from db.status import ModelVersionStatus
 from db.storage.base import ObjectStore
 from db.tables import ModelVersion
@@ -154,12 +153,6 @@ PER_CATEGORY_KEYS = (  # the per-category tables `catalogan evaluate` records, i
 )
 
 
-def _finite(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(float(value)):
-        return float(value)
-    return None
-
-
 def per_category_rows(metrics: dict[str, Any], categories: list[str]) -> list[dict[str, Any]]:
     """The stored per-category evaluation as table rows, one per category of the model (or of the recorded
     table when the row names none): generated conditional accuracy, the evaluator's accuracy on real images
@@ -173,7 +166,7 @@ def per_category_rows(metrics: dict[str, Any], categories: list[str]) -> list[di
     for category in categories or [name for name in accuracy if isinstance(name, str)]:
         row: dict[str, Any] = {"category": category}
         for key, table in tables.items():
-            row[key] = _finite(table.get(category)) if isinstance(table, dict) else None
+            row[key] = finite_metric(table.get(category)) if isinstance(table, dict) else None
         generated, real = row["per_class_accuracy"], row["real_per_class_accuracy"]
         row["ratio"] = generated / real if generated is not None and real else None
         rows.append(row)

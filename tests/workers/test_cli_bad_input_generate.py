@@ -55,6 +55,15 @@ def _generate(*args: str) -> Result:
     )
 
 
+def _generate_starting_a_worker() -> Result:
+    # A one-image job that would start `catalogan worker` (no --no-worker): for the worker-settings checks.
+    return CliRunner().invoke(
+        cli,
+        ["generate", "--model", "fcg@1", "--category", "sneaker=1", "--seed", "41", "--out", "o41"],
+        prog_name="catalogan",
+    )
+
+
 def _rows(folder: Path, table: type[Job] | type[Tenant]) -> int:
     engine = make_engine(f"sqlite:///{folder / 'cat.db'}")
     with make_session_factory(engine)() as session:
@@ -263,11 +272,7 @@ def test_a_bad_worker_setting_is_refused_before_anything_is_submitted(
     names the variable, exit 6 (it was `a [...] process exited with 6`, exit 4, after the job was submitted
     and --out made), and no job row, tenant row or --out folder was made."""
     monkeypatch.setenv("CATALOGAN_WORKER_CONCURRENCY", "abc")
-    result = CliRunner().invoke(
-        cli,
-        ["generate", "--model", "fcg@1", "--category", "sneaker=1", "--seed", "41", "--out", "o41"],
-        prog_name="catalogan",
-    )
+    result = _generate_starting_a_worker()
     assert result.exit_code == ExitCode.CONFIG, result.output
     (line,) = result.output.strip().splitlines()
     assert line.startswith("Error: CATALOGAN_WORKER_CONCURRENCY: "), line
@@ -320,11 +325,7 @@ def test_a_worker_that_refuses_a_setting_passes_its_exit_code_6_through(
 
     monkeypatch.setattr(workers.generate_command, "check_worker_settings", lambda: None)
     monkeypatch.setenv("CATALOGAN_WORKER_CONCURRENCY", "abc")
-    result = CliRunner().invoke(
-        cli,
-        ["generate", "--model", "fcg@1", "--category", "sneaker=1", "--seed", "41", "--out", "o41"],
-        prog_name="catalogan",
-    )
+    result = _generate_starting_a_worker()
     assert result.exit_code == ExitCode.CONFIG, result.output
     (line,) = result.output.strip().splitlines()
     assert (
